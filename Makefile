@@ -1,0 +1,35 @@
+# Every target builds .venv itself from nothing but Python 3.11 and the package registries.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-slow test-all bench up clean
+
+$(STAMP): pyproject.toml setup.py
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "AIOS needs Python >= 3.11"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/aios demo
+
+up: $(STAMP)
+	$(BIN)/aios up
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]  # 5: no slow tests collected
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/aios bench eventlog --events 100000
+
+clean:
+	rm -rf $(VENV) .aios build *.egg-info

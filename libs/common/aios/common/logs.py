@@ -1,0 +1,59 @@
+"""Structured JSON logs: one object per line with time, level, logger, message, service, trace id and the ``extra``
+fields a call passes. Machines parse them; ``jq`` makes them readable."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import msgspec
+
+from aios.common import tracing
+
+_STD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+_encoder = msgspec.json.Encoder()
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage(),
+            "service": self.service,
+        }
+        trace_id = tracing.current_trace_id()
+        if trace_id:
+            out["trace_id"] = trace_id
+        for key, value in record.__dict__.items():
+            if key not in _STD and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        try:
+            return _encoder.encode(out).decode()
+        except (TypeError, msgspec.EncodeError):
+            return _encoder.encode({k: v if _plain(v) else repr(v) for k, v in out.items()}).decode()
+
+
+def _plain(value: Any) -> bool:
+    try:
+        _encoder.encode(value)
+        return True
+    except (TypeError, msgspec.EncodeError):
+        return False
+
+
+def setup_logging(service: str, level: str = "INFO", stream: Any = None) -> None:
+    """Route all logging through one JSON handler on stderr (or ``stream``)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter(service))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("asyncio").setLevel(logging.WARNING)

@@ -1,0 +1,138 @@
+"""The service runner: the thin async shell every AIOS service runs in.
+
+It loads settings, sets up JSON logs and tracing, connects to NATS (reconnecting forever with backoff), opens the
+event store, serves ``/healthz`` and ``/metrics`` over aiohttp, runs the service, and on SIGTERM/SIGINT drains:
+the service stops taking work and finishes what is in flight, then NATS is drained and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import signal
+import time
+from typing import Any
+
+import nats
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+
+from aios.common import tracing
+from aios.common.config import Settings, load_settings
+from aios.common.logs import setup_logging
+from aios.common.store import EventStore, connect_nats
+
+log = logging.getLogger("aios.runner")
+
+
+class ServiceContext:
+    """What a running service gets: settings, the NATS connection, the event store, a metrics registry, and the
+    ``stopping`` event it should watch to wind down."""
+
+    def __init__(self, name: str, settings: Settings, nc: nats.NATS, store: EventStore,
+                 registry: CollectorRegistry) -> None:
+        self.name = name
+        self.settings = settings
+        self.nc = nc
+        self.store = store
+        self.metrics = registry
+        self.stopping = asyncio.Event()
+        self.http_url = ""
+
+
+class Service(abc.ABC):
+    """One AIOS service. ``run`` does the work until ``ctx.stopping`` is set, then finishes in-flight work and
+    returns; ``healthy`` answers /healthz (cheap, no I/O)."""
+
+    name: str = "service"
+
+    @abc.abstractmethod
+    async def run(self, ctx: ServiceContext) -> None: ...
+
+    def healthy(self) -> tuple[bool, str]:
+        return True, "ok"
+
+
+async def _serve_http(ctx: ServiceContext, service: Service) -> web.AppRunner:
+    started = time.time()
+
+    async def healthz(_request: web.Request) -> web.Response:
+        connected = ctx.nc.is_connected
+        ok, detail = service.healthy()
+        body = {"service": ctx.name, "nats": "connected" if connected else "disconnected", "detail": detail,
+                "uptime_s": round(time.time() - started, 1), "stopping": ctx.stopping.is_set()}
+        healthy = ok and connected and not ctx.stopping.is_set()
+        return web.json_response(body, status=200 if healthy else 503)
+
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(ctx.metrics), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, ctx.settings.http_host, ctx.settings.http_port)
+    await site.start()
+    sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+    port = sockets[0].getsockname()[1] if sockets else ctx.settings.http_port
+    ctx.http_url = f"http://{ctx.settings.http_host}:{port}"
+    return runner
+
+
+async def run_service(service: Service, settings: Settings | None = None, *,
+                      install_signal_handlers: bool = True, ready: asyncio.Event | None = None) -> int:
+    """Run ``service`` until it returns or a stop signal arrives; returns the process exit code."""
+    settings = settings or load_settings()
+    setup_logging(service.name, settings.log_level)
+    tracing.setup_tracing(f"aios-{service.name}")
+    if not settings.servers:
+        log.error("AIOS_NATS_URL is not set: a service needs a NATS server (use `aios up` for a local cluster)")
+        return 2
+    registry = CollectorRegistry()
+    up = Gauge("aios_service_up", "1 while the service runs", ["service"], registry=registry)
+    nats_connected = Gauge("aios_nats_connected", "1 while connected to NATS", ["service"], registry=registry)
+    nc = await connect_nats(settings.servers, name=f"aios-{service.name}")
+    store = EventStore(nc, settings.servers, replicas=settings.stream_replicas)
+    await store.ensure_stream()
+    ctx = ServiceContext(service.name, settings, nc, store, registry)
+    nats_connected.labels(service.name).set_function(lambda: 1.0 if nc.is_connected else 0.0)
+    http = await _serve_http(ctx, service)
+    loop = asyncio.get_running_loop()
+    if install_signal_handlers:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, ctx.stopping.set)
+    up.labels(service.name).set(1)
+    log.info("service started", extra={"http": ctx.http_url, "nats": settings.servers})
+    if ready is not None:
+        ready.set()
+    code = 0
+    try:
+        await service.run(ctx)
+    except Exception:
+        log.exception("service failed")
+        code = 1
+    finally:
+        up.labels(service.name).set(0)
+        ctx.stopping.set()
+        await http.cleanup()
+        try:
+            await asyncio.wait_for(nc.drain(), 10)
+        except (asyncio.TimeoutError, nats.errors.Error):
+            pass
+        await store.close()
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        log.info("service stopped", extra={"exit_code": code})
+    return code
+
+
+def main_for(service: Service) -> None:
+    """Entry point helper: ``aios <service>`` calls this."""
+    raise SystemExit(asyncio.run(run_service(service)))
+
+
+def run_blocking(service: Service, **kwargs: Any) -> int:
+    return asyncio.run(run_service(service, **kwargs))

@@ -1,0 +1,544 @@
+"""The event store: the ``AIOS_EVENTS`` JetStream stream seen as a log of commits per aggregate.
+
+* ``append`` publishes one commit (one or more events of one aggregate) on ``aios.evt.<aggregate>`` with
+  ``Nats-Msg-Id`` (a retried append is stored once) and, when a version is expected,
+  ``Nats-Expected-Last-Subject-Sequence`` (a writer that decided on stale state gets :class:`ConcurrencyConflict`).
+* ``read`` returns one aggregate's events and version; ``replay`` folds the whole log fast; ``subscribe`` tails it
+  live and survives reconnects and server restarts without gaps or repeats.
+
+Writes go through :mod:`aios.common.publisher`, reads through :mod:`aios.common.consumer`, both on one raw protocol
+connection; nats-py manages the stream and serves the KV and Object stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any, AsyncIterator, Callable, Iterable, Literal
+
+import msgspec
+import nats
+import nats.js.errors
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+from aios.common import tracing
+from aios.common.consumer import OrderedConsumer
+from aios.common.errors import (
+    ConcurrencyConflict, EventError, InvalidAggregate, MalformedEvent, StoreError, StoreUnavailable,
+)
+from aios.common.events import Event, decoder, encode
+from aios.common.publisher import AckedPublisher, PubAck, header_block
+from aios.common.wire import RawNatsConnection, new_token
+
+log = logging.getLogger("aios.store")
+
+STREAM = "AIOS_EVENTS"
+PREFIX = "aios.evt"
+WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code for a failed Nats-Expected-Last-Subject-Sequence check
+_BAD_TOKEN = set(" \t\r\n*>")
+
+
+class Commit(msgspec.Struct, frozen=True, gc=False):
+    """One stored message: the events of one aggregate appended together, and the stream sequence they got."""
+
+    seq: int
+    aggregate: str
+    events: list[Event]
+    headers: bytes | None = None
+
+    @property
+    def trace_headers(self) -> dict[str, str]:
+        return tracing.parse_header_block(self.headers)
+
+
+class AppendResult(msgspec.Struct, frozen=True):
+    seq: int
+    """Stream sequence of the commit: the aggregate's new version."""
+    duplicate: bool = False
+    """True when the idempotency key was seen before and nothing new was stored."""
+
+
+class AggregateHistory(msgspec.Struct, frozen=True):
+    aggregate: str
+    events: list[Event]
+    version: int
+    """Stream sequence of the aggregate's last commit; pass it as ``expected_version`` of the next append."""
+
+
+def validate_aggregate(aggregate: str) -> str:
+    """``<kind>.<id>`` with non-empty tokens and no wildcard or whitespace characters."""
+    if not isinstance(aggregate, str) or aggregate.count(".") < 1:
+        raise InvalidAggregate(f"aggregate {aggregate!r}: expected '<kind>.<id>', e.g. 'job.j-42'")
+    for token in aggregate.split("."):
+        if not token or _BAD_TOKEN.intersection(token):
+            raise InvalidAggregate(f"aggregate {aggregate!r}: tokens must be non-empty and free of spaces, '*', '>'")
+    return aggregate
+
+
+class EventStore:
+    """Append to and read from the event log. One per process; cheap to share between tasks."""
+
+    def __init__(self, nc: nats.NATS, servers: list[str], *, stream: str = STREAM, prefix: str = PREFIX,
+                 replicas: int = 1, ack_timeout: float = 2.0, append_deadline: float = 15.0,
+                 duplicate_window: float = 120.0, max_pending: int = 4000) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.servers = servers
+        self.stream = stream
+        self.prefix = prefix
+        self.replicas = replicas
+        self.ack_timeout = ack_timeout
+        self.append_deadline = append_deadline
+        self.duplicate_window = duplicate_window
+        self.max_pending = max_pending
+        self._conn: RawNatsConnection | None = None
+        self._publisher: AckedPublisher | None = None
+        self._conn_lock = asyncio.Lock()
+
+    # -- stream management ------------------------------------------------------------------------------------------
+    def stream_config(self) -> StreamConfig:
+        return StreamConfig(
+            name=self.stream, subjects=[f"{self.prefix}.>"], storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD, num_replicas=self.replicas,
+            duplicate_window=self.duplicate_window, allow_direct=True, max_msgs_per_subject=-1,
+            description="AIOS event log: one subject per aggregate, the source of truth",
+        )
+
+    async def ensure_stream(self) -> None:
+        """Create the stream, or bring an existing one to the configuration this code expects."""
+        want = self.stream_config()
+        try:
+            info = await self.js.stream_info(self.stream)
+        except nats.js.errors.NotFoundError:
+            await self.js.add_stream(want)
+            log.info("created stream", extra={"stream": self.stream})
+            return
+        have = info.config
+        if have.storage != want.storage:
+            raise StoreError(f"stream {self.stream} uses {have.storage} storage, expected {want.storage}: "
+                             "storage cannot be changed in place; migrate the stream")
+        changed = (sorted(have.subjects or []) != sorted(want.subjects or []) or have.num_replicas != want.num_replicas
+                   or have.duplicate_window != want.duplicate_window or not have.allow_direct)
+        if changed:
+            await self.js.update_stream(want)
+            log.info("upgraded stream", extra={"stream": self.stream})
+
+    def subject(self, aggregate: str) -> str:
+        return f"{self.prefix}.{validate_aggregate(aggregate)}"
+
+    async def last_seq(self) -> int:
+        """Sequence of the newest message in the log (0 for an empty log)."""
+        return (await self.js.stream_info(self.stream)).state.last_seq
+
+    async def version(self, aggregate: str) -> int:
+        """The aggregate's current version: sequence of its last commit, 0 when it has none."""
+        try:
+            msg = await self.js.get_last_msg(self.stream, self.subject(aggregate))
+        except nats.js.errors.NotFoundError:
+            return 0
+        return int(msg.seq)  # type: ignore[arg-type]
+
+    # -- writing ----------------------------------------------------------------------------------------------------
+    def _prepare(self, aggregate: str, events: Event | Iterable[Event], expected_version: int | None,
+                 idempotency_key: str | None) -> tuple[str, bytes, dict[str, str]]:
+        subject = self.subject(aggregate)
+        batch = [events] if isinstance(events, Event) else list(events)
+        if not batch:
+            raise EventError("append needs at least one event")
+        trace_id = tracing.current_trace_id()
+        for i, ev in enumerate(batch):
+            if not isinstance(ev, Event):
+                raise EventError(f"event {i}: {type(ev).__name__} is not an Event")
+            if ev.AGGREGATE and ev.aggregate != aggregate:
+                raise InvalidAggregate(f"event {i} ({type(ev).__name__}) belongs to {ev.aggregate!r}, not {aggregate!r}")
+            if trace_id and ev.trace_id is None:
+                batch[i] = msgspec.structs.replace(ev, trace_id=trace_id)
+        headers = {"Nats-Msg-Id": idempotency_key or new_token()}
+        if expected_version is not None:
+            if expected_version < 0:
+                raise StoreError(f"expected_version {expected_version}: must be >= 0")
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_version)
+        return subject, encode(batch), headers
+
+    async def append(self, aggregate: str, events: Event | Iterable[Event], expected_version: int | None = None, *,
+                     idempotency_key: str | None = None) -> AppendResult:
+        """Append one commit and wait for the server's acknowledgement.
+
+        ``expected_version``: ``None`` appends unconditionally, ``0`` only if the aggregate has no events yet, ``n``
+        only if its last commit is still at sequence ``n``. Lost acknowledgements are retried with the same
+        idempotency key until ``append_deadline``, then :class:`StoreUnavailable` is raised: never a silent loss.
+        """
+        subject, payload, headers = self._prepare(aggregate, events, expected_version, idempotency_key)
+        with tracing.publish_span(subject, headers):
+            return await self._publish_until_acked(aggregate, subject, payload, headers, expected_version)
+
+    async def _publish_until_acked(self, aggregate: str, subject: str, payload: bytes, headers: dict[str, str],
+                                   expected_version: int | None) -> AppendResult:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.append_deadline
+        delay = 0.05
+        subject_b, block = subject.encode(), header_block(headers)
+        while True:
+            try:
+                publisher = await self._writer()
+                fut = await publisher.publish(subject_b, block, payload)
+                ack = await asyncio.wait_for(fut, self.ack_timeout)
+                try:
+                    result = _result_of(ack, aggregate, expected_version)
+                except ConcurrencyConflict:
+                    earlier = await self._already_stored(subject, expected_version or 0, headers["Nats-Msg-Id"])
+                    if earlier is None:
+                        raise
+                    return earlier
+                if result is not None:
+                    return result
+                problem = ack.error.description if ack.error else "no stream answered"
+            except asyncio.TimeoutError:
+                problem = f"no acknowledgement within {self.ack_timeout}s"
+            except StoreUnavailable as exc:
+                problem = str(exc)
+            if loop.time() + delay > deadline:
+                raise StoreUnavailable(f"append to {aggregate!r} not acknowledged within {self.append_deadline}s "
+                                       f"({problem}); retry with idempotency key {headers['Nats-Msg-Id']!r}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _already_stored(self, subject: str, after_seq: int, msg_id: str) -> AppendResult | None:
+        """The commit carrying ``msg_id`` after ``after_seq``, if one exists.
+
+        JetStream checks ``Nats-Expected-Last-Subject-Sequence`` before its duplicate window, so the retry of an
+        append whose acknowledgement was lost comes back as a conflict. It is a duplicate if our message is there.
+        """
+        needle = f"Nats-Msg-Id: {msg_id}\r\n".encode()
+        found: list[int] = []
+
+        def look(seq: int, _subject: bytes, hdr: bytes | None, _payload: bytes, _pending: int) -> None:
+            if hdr is not None and needle in hdr:
+                found.append(seq)
+
+        await self._consume(subject, after_seq, await self.last_seq(), look)
+        return AppendResult(found[0], duplicate=True) if found else None
+
+    def pipeline(self) -> "AppendPipeline":
+        """Many appends in flight at once, acknowledgements collected at the end (bulk import, benchmarks)."""
+        return AppendPipeline(self)
+
+    # -- reading ----------------------------------------------------------------------------------------------------
+    async def _reader_conn(self) -> RawNatsConnection:
+        """The store's own protocol connection (reads and writes), reopened after a loss."""
+        async with self._conn_lock:
+            if self._conn is None or self._conn.is_closed:
+                self._conn = await RawNatsConnection.connect(self.servers, name="aios-store")
+                self._publisher = AckedPublisher(self._conn, self.max_pending)
+            return self._conn
+
+    async def _writer(self) -> AckedPublisher:
+        await self._reader_conn()
+        assert self._publisher is not None
+        return self._publisher
+
+    async def _consume(self, filter_subject: str, after_seq: int, until_seq: int,
+                       on_message: Callable[[int, bytes, bytes | None, bytes, int], None]) -> int:
+        """Deliver messages after ``after_seq`` up to ``until_seq`` (or until caught up) in order; returns the last
+        sequence delivered. Survives consumer loss and reconnects within ``append_deadline`` per stall."""
+        if until_seq <= after_seq:
+            return after_seq
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def deliver(seq: int, subject: bytes, hdr: bytes | None, payload: bytes, pending: int) -> None:
+            on_message(seq, subject, hdr, payload, pending)
+            if (seq >= until_seq or pending == 0) and not done.done():
+                done.set_result(None)
+
+        conn = await self._reader_conn()
+        consumer = OrderedConsumer(conn, self.stream, filter_subject, after_seq, deliver)
+        stalled_since = loop.time()
+        try:
+            await consumer.start()
+            while not done.done():
+                progress = consumer.last_seq
+                waiters = {done, asyncio.ensure_future(consumer.wait_trouble()), conn.closed}
+                finished, pending_waiters = await asyncio.wait(waiters, timeout=consumer.heartbeat,
+                                                               return_when=asyncio.FIRST_COMPLETED)
+                for w in pending_waiters:
+                    if w is not done and w is not conn.closed:
+                        w.cancel()
+                if consumer.error is not None:
+                    raise consumer.error
+                if done.done():
+                    break
+                if consumer.last_seq != progress:
+                    stalled_since = loop.time()
+                elif loop.time() - stalled_since > self.append_deadline:
+                    raise StoreUnavailable(f"reading {filter_subject} stalled at sequence {consumer.last_seq}")
+                consumer.check_idle()
+                if conn.is_closed or consumer.needs_reset:
+                    if conn.is_closed:
+                        await asyncio.sleep(0.2)
+                        conn = await self._reader_conn()
+                        consumer.conn = conn
+                    await consumer.restart()
+        finally:
+            await consumer.stop()
+        return consumer.last_seq
+
+    async def read(self, aggregate: str) -> AggregateHistory:
+        """All events of one aggregate, oldest first, with its version."""
+        subject = self.subject(aggregate)
+        version = await self.version(aggregate)
+        events: list[Event] = []
+        decode = decoder()
+
+        def collect(seq: int, _subject: bytes, _hdr: bytes | None, payload: bytes, _pending: int) -> None:
+            events.extend(_decode_at(decode, payload, seq, subject))
+
+        await self._consume(subject, 0, version, collect)
+        return AggregateHistory(aggregate, events, version)
+
+    async def replay(self, handler: Callable[[Commit], Any], from_seq: int = 1, to_seq: int | None = None, *,
+                     filter_subject: str | None = None, on_bad_event: Literal["raise", "skip"] = "raise") -> int:
+        """Call ``handler(commit)`` for every commit from ``from_seq`` to ``to_seq`` (default: the log's end now).
+
+        The handler runs synchronously inside the reader (no task per message), so it must not block. Returns the
+        last sequence seen, which is what a snapshot of the folded state should record.
+        """
+        until = await self.last_seq() if to_seq is None else to_seq
+        subject_filter = filter_subject or f"{self.prefix}.>"
+        decode = decoder()
+        cut = len(self.prefix) + 1
+        bad: list[str] = []
+
+        def on_message(seq: int, subject: bytes, hdr: bytes | None, payload: bytes, _pending: int) -> None:
+            try:
+                events = _decode_at(decode, payload, seq, subject)
+            except EventError as exc:
+                if on_bad_event == "raise":
+                    raise
+                bad.append(str(exc))
+                return
+            handler(Commit(seq, subject[cut:].decode(), events, hdr))
+
+        last = await self._consume(subject_filter, from_seq - 1, until, on_message)
+        for problem in bad:
+            log.error("skipped a bad event during replay", extra={"problem": problem})
+        return max(last, from_seq - 1)
+
+    def subscribe(self, from_seq: int = 1, *, filter_subject: str | None = None) -> "Subscription":
+        """Live tail: an async iterator of commits from ``from_seq`` on, forever, each exactly once, in order."""
+        return Subscription(self, filter_subject or f"{self.prefix}.>", from_seq - 1)
+
+    async def close(self) -> None:
+        """Close the store's connections (the nats-py one too)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if not self.nc.is_closed:
+            await self.nc.close()
+
+
+def _decode_at(decode: Callable[[bytes], list[Event]], payload: bytes, seq: int, subject: bytes | str) -> list[Event]:
+    try:
+        return decode(payload)
+    except EventError as exc:
+        where = subject.decode() if isinstance(subject, bytes) else subject
+        raise type(exc)(f"at sequence {seq} on {where}: {exc}") if isinstance(exc, MalformedEvent) else exc
+
+
+def _result_of(ack: PubAck, aggregate: str, expected_version: int | None) -> AppendResult | None:
+    """The append's result; None when it should be retried (no stream answered); raises when it was rejected."""
+    err = ack.error
+    if err is None:
+        return AppendResult(ack.seq, ack.duplicate)
+    if err.code == 503:
+        return None
+    if err.err_code == WRONG_LAST_SEQUENCE:
+        raise ConcurrencyConflict(aggregate, expected_version or 0, err.description)
+    raise StoreError(f"append to {aggregate!r} rejected: {err.description} (err_code {err.err_code})")
+
+
+class AppendPipeline:
+    """Appends sent back to back with up to ``max_pending`` unacknowledged; :meth:`results` waits for them all,
+    re-sending (same idempotency key) any whose acknowledgement was lost."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self._sent: list[tuple[str, str, bytes, dict[str, str], int | None]] = []
+        self._futures: list[asyncio.Future[PubAck] | None] = []
+
+    async def add(self, aggregate: str, events: Event | Iterable[Event], expected_version: int | None = None, *,
+                  idempotency_key: str | None = None) -> None:
+        subject, payload, headers = self.store._prepare(aggregate, events, expected_version, idempotency_key)
+        tracing.inject(headers)
+        self._sent.append((aggregate, subject, payload, headers, expected_version))
+        try:
+            publisher = await self.store._writer()
+            fut: asyncio.Future[PubAck] | None = await publisher.publish(subject.encode(), header_block(headers), payload)
+        except StoreUnavailable:
+            fut = None  # re-sent by results()
+        self._futures.append(fut)
+
+    def __len__(self) -> int:
+        return len(self._sent)
+
+    async def results(self) -> list[AppendResult | StoreError]:
+        """One entry per ``add``, in order: the result, or the error for that append (nothing raised here)."""
+        store = self.store
+        waiting = [f for f in self._futures if f is not None]
+        if waiting:
+            await asyncio.wait(waiting, timeout=store.ack_timeout * 4)
+        out: list[AppendResult | StoreError] = []
+        for (aggregate, subject, payload, headers, expected), fut in zip(self._sent, self._futures):
+            try:
+                if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
+                    result = _result_of(fut.result(), aggregate, expected)
+                    if result is not None:
+                        out.append(result)
+                        continue
+                if fut is not None and not fut.done():
+                    fut.cancel()
+                # Lost or failed acknowledgement: the same idempotency key makes a re-send safe.
+                out.append(await store._publish_until_acked(aggregate, subject, payload, headers, expected))
+            except StoreError as err:
+                out.append(err)
+        self._sent.clear()
+        self._futures.clear()
+        return out
+
+
+class Subscription:
+    """A live tail of the log. Iterate with ``async for``; :meth:`close` when done.
+
+    Backpressure: when the consumer of this iterator falls ``high_water`` commits behind, reading from the socket
+    pauses until it catches up, so a slow service cannot run out of memory.
+    """
+
+    def __init__(self, store: EventStore, filter_subject: str, after_seq: int, *, high_water: int = 10_000) -> None:
+        self.store = store
+        self.filter_subject = filter_subject
+        self.last_seq = after_seq
+        self.high_water = high_water
+        self.reconnects = 0
+        self._queue: asyncio.Queue[Commit | BaseException] = asyncio.Queue()
+        self._conn: RawNatsConnection | None = None
+        self._paused = False
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._decode = decoder()
+        self._cut = len(store.prefix) + 1
+
+    def __aiter__(self) -> AsyncIterator[Commit]:
+        self._start()
+        return self
+
+    def _start(self) -> None:
+        if self._task is None and not self._closed:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def __anext__(self) -> Commit:
+        self._start()
+        if self._closed and self._queue.empty():
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if self._paused and self._queue.qsize() < self.high_water // 2 and self._conn and self._conn.transport:
+            self._conn.transport.resume_reading()
+            self._paused = False
+        if isinstance(item, BaseException):
+            raise item
+        self.last_seq = item.seq
+        return item
+
+    async def next(self, timeout: float) -> Commit:
+        """The next commit, or :class:`asyncio.TimeoutError` after ``timeout`` seconds."""
+        return await asyncio.wait_for(self.__anext__(), timeout)
+
+    def _on_message(self, seq: int, subject: bytes, hdr: bytes | None, payload: bytes, _pending: int) -> None:
+        events = _decode_at(self._decode, payload, seq, subject)
+        self._queue.put_nowait(Commit(seq, subject[self._cut:].decode(), events, hdr))
+        if not self._paused and self._queue.qsize() >= self.high_water and self._conn and self._conn.transport:
+            self._conn.transport.pause_reading()
+            self._paused = True
+
+    async def _run(self) -> None:
+        consumer: OrderedConsumer | None = None
+        delay = 0.1
+        while not self._closed:
+            try:
+                if self._conn is None or self._conn.is_closed:
+                    self._conn = await RawNatsConnection.connect(self.store.servers, name="aios-subscriber")
+                    self._paused = False
+                    if consumer is not None:
+                        self.reconnects += 1
+                if consumer is None:
+                    consumer = OrderedConsumer(self._conn, self.store.stream, self.filter_subject, self.last_seq,
+                                               self._on_message)
+                    await consumer.start()
+                else:
+                    consumer.conn = self._conn
+                    await consumer.restart()
+                delay = 0.1
+                while not self._closed:
+                    trouble = asyncio.ensure_future(consumer.wait_trouble())
+                    await asyncio.wait({trouble, self._conn.closed}, timeout=consumer.heartbeat,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    trouble.cancel()
+                    if consumer.error is not None:
+                        self._queue.put_nowait(consumer.error)
+                        self._closed = True
+                        return
+                    if not self._paused:
+                        consumer.check_idle()
+                    if self._conn.is_closed or consumer.needs_reset:
+                        break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the tail must outlive any single failure
+                level = logging.WARNING if isinstance(exc, StoreError) else logging.ERROR
+                log.log(level, "subscription interrupted, retrying", exc_info=not isinstance(exc, StoreError),
+                        extra={"error": str(exc), "after_seq": self.last_seq})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                if consumer is not None and self._conn is not None and not self._conn.is_closed:
+                    self._conn.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._conn is not None:
+            self._conn.close()
+        self._queue.put_nowait(StopAsyncIteration())
+
+
+async def connect(servers: list[str], *, name: str = "aios", **store_options: Any) -> EventStore:
+    """Connect nats-py with unbounded reconnects and return an :class:`EventStore` over it (stream ensured)."""
+    nc = await connect_nats(servers, name=name)
+    store = EventStore(nc, servers, **store_options)
+    await store.ensure_stream()
+    return store
+
+
+async def connect_nats(servers: list[str], *, name: str = "aios", **options: Any) -> nats.NATS:
+    """nats-py connection that retries forever with jittered backoff; connection events are logged."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error", extra={"error": str(exc) or type(exc).__name__})
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected")
+
+    params: dict[str, Any] = dict(
+        servers=servers, name=f"{name}-{os.getpid()}", max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+        connect_timeout=2, allow_reconnect=True, error_cb=on_error, disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+    )
+    params.update(options)
+    return await nats.connect(**params)

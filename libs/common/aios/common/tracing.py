@@ -1,0 +1,106 @@
+"""OpenTelemetry at the bus seam: tracer set-up from ``OTEL_*`` variables and W3C ``traceparent`` in NATS headers.
+
+Spans follow the messaging conventions: ``publish <subject>`` (PRODUCER) where a message is sent, ``process
+<subject>`` (CONSUMER) where it is handled, the consumer's span a child of the producer's through the header.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Iterator, Mapping, MutableMapping
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.propagators.textmap import DefaultGetter, DefaultSetter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+_propagator = TraceContextTextMapPropagator()
+_setter = DefaultSetter()
+_getter = DefaultGetter()
+TRACER_NAME = "aios"
+
+
+def setup_tracing(service_name: str, env: Mapping[str, str] | None = None) -> trace.TracerProvider:
+    """Install an SDK tracer provider configured by the standard variables.
+
+    ``OTEL_SDK_DISABLED=true`` keeps the no-op provider. ``OTEL_TRACES_EXPORTER`` picks ``otlp`` (the default when
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set), ``console`` or ``none``.
+    ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` name the resource; ``OTEL_TRACES_SAMPLER`` and the
+    ``OTEL_BSP_*`` batch settings are read by the SDK itself.
+    """
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    env = os.environ if env is None else env
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return trace.get_tracer_provider()
+    attrs = {} if env.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service_name}
+    provider = TracerProvider(resource=Resource.create(attrs))
+    has_endpoint = bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    exporters = env.get("OTEL_TRACES_EXPORTER", "otlp" if has_endpoint else "none")
+    for name in (e.strip().lower() for e in exporters.split(",")):
+        if name == "otlp":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        elif name == "console":
+            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer(TRACER_NAME)
+
+
+def inject(headers: MutableMapping[str, str]) -> MutableMapping[str, str]:
+    """Write the current span's ``traceparent`` (and ``tracestate``) into message headers."""
+    _propagator.inject(headers, setter=_setter)
+    return headers
+
+
+def extract(headers: Mapping[str, str] | None) -> otel_context.Context:
+    """The remote context carried by message headers (an empty context when there is none)."""
+    return _propagator.extract(headers or {}, getter=_getter)
+
+
+def parse_header_block(block: bytes | None) -> dict[str, str]:
+    """Headers of a raw NATS ``HMSG`` (``NATS/1.0\\r\\nKey: value\\r\\n...``) as a dict (last value wins)."""
+    if not block:
+        return {}
+    out: dict[str, str] = {}
+    for line in block.decode("utf-8", "replace").split("\r\n")[1:]:
+        key, sep, value = line.partition(":")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def current_trace_id() -> str | None:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+
+@contextmanager
+def publish_span(subject: str, headers: MutableMapping[str, str]) -> Iterator[trace.Span]:
+    """A PRODUCER span around sending one message; its context goes into ``headers``."""
+    with tracer().start_as_current_span(
+        f"publish {subject}", kind=trace.SpanKind.PRODUCER,
+        attributes={"messaging.system": "nats", "messaging.destination.name": subject,
+                    "messaging.operation.type": "publish"},
+    ) as span:
+        inject(headers)
+        yield span
+
+
+@contextmanager
+def process_span(subject: str, headers: Mapping[str, str] | None) -> Iterator[trace.Span]:
+    """A CONSUMER span around handling one message, continuing the trace its headers carry."""
+    with tracer().start_as_current_span(
+        f"process {subject}", context=extract(headers), kind=trace.SpanKind.CONSUMER,
+        attributes={"messaging.system": "nats", "messaging.destination.name": subject,
+                    "messaging.operation.type": "process"},
+    ) as span:
+        yield span

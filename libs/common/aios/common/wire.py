@@ -1,0 +1,242 @@
+"""A minimal NATS protocol connection for reading JetStream fast.
+
+nats-py turns every delivered message into a task-scheduled coroutine, a ``Msg`` object and a parsed header dict.
+Replaying a million-event log that way costs most of the time in the client. This connection parses the protocol
+synchronously in ``data_received`` and hands each message to a plain callback as bytes: no task, no header parsing
+unless the caller wants it. It speaks only what reading needs: CONNECT (user/password or token), SUB/UNSUB, PUB,
+request/reply, PING/PONG. Publishing and stream management stay with nats-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+from collections import deque
+from typing import Callable
+from urllib.parse import unquote, urlsplit
+
+from aios.common.errors import StoreUnavailable
+
+MessageHandler = Callable[[bytes, "bytes | None", "bytes | None", bytes], None]
+"""handler(subject, reply, headers or None, payload); called synchronously, must not block or raise."""
+
+_CRLF = b"\r\n"
+
+
+def new_token() -> str:
+    return os.urandom(9).hex()
+
+
+class RawNatsConnection(asyncio.Protocol):
+    """One client connection. Create with :meth:`connect`; every message is dispatched by subscription id."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.server_info: dict[str, object] = {}
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._buf = b""
+        self._pending_parts: list[bytes] = []
+        self._pending_len = 0
+        self._need = 0
+        self._subs: dict[bytes, MessageHandler] = {}
+        self._next_sid = 0
+        self._pongs: deque[asyncio.Future[None]] = deque()
+        self._info: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
+        self._error: str | None = None
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+
+    # -- life cycle ------------------------------------------------------------------------------------------------
+    @classmethod
+    async def connect(cls, servers: list[str], *, name: str = "aios-reader", timeout: float = 5.0,
+                      tls: ssl.SSLContext | None = None) -> "RawNatsConnection":
+        """Connect to the first server of ``servers`` that answers; raise :class:`StoreUnavailable` if none does."""
+        errors = []
+        for url in servers:
+            try:
+                return await asyncio.wait_for(cls._connect_one(url, name, tls), timeout)
+            except (OSError, asyncio.TimeoutError, ConnectionError, StoreUnavailable) as exc:
+                errors.append(f"{url}: {exc or type(exc).__name__}")
+        raise StoreUnavailable("cannot connect to NATS: " + "; ".join(errors))
+
+    @classmethod
+    async def _connect_one(cls, url: str, name: str, tls: ssl.SSLContext | None) -> "RawNatsConnection":
+        parts = urlsplit(url if "://" in url else f"nats://{url}")
+        host, port = parts.hostname or "127.0.0.1", parts.port or 4222
+        loop = asyncio.get_running_loop()
+        transport, conn = await loop.create_connection(cls, host, port)
+        info = await conn._info
+        if info.get("tls_required") or parts.scheme == "tls":
+            ctx = tls or ssl.create_default_context()
+            transport = await loop.start_tls(transport, conn, ctx, server_hostname=host)  # type: ignore[assignment]
+            conn.transport = transport  # type: ignore[assignment]
+        opts: dict[str, object] = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True,
+                                   "protocol": 1, "lang": "python-aios", "version": "1", "name": name}
+        if parts.username and parts.password is not None:
+            opts.update(user=unquote(parts.username), **{"pass": unquote(parts.password)})
+        elif parts.username:
+            opts["auth_token"] = unquote(parts.username)
+        conn._write(b"CONNECT " + json.dumps(opts).encode() + _CRLF)
+        await conn.ping(timeout=5.0)
+        return conn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = StoreUnavailable(f"NATS connection lost: {exc or self._error or 'closed by server'}")
+        for fut in (self._info, *self._pongs):
+            if not fut.done():
+                fut.set_exception(reason)
+        self._pongs.clear()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    @property
+    def is_closed(self) -> bool:
+        return self.closed.done()
+
+    # -- client operations -------------------------------------------------------------------------------------------
+    def _write(self, data: bytes) -> None:
+        """Queue bytes for the socket; everything written in one event-loop turn goes out in one send."""
+        if self.transport is None or self.transport.is_closing():
+            raise StoreUnavailable("NATS connection is closed")
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self._out))
+        self._out.clear()
+
+    def subscribe(self, subject: str, handler: MessageHandler) -> bytes:
+        self._next_sid += 1
+        sid = str(self._next_sid).encode()
+        self._subs[sid] = handler
+        self._write(b"SUB " + subject.encode() + b" " + sid + _CRLF)
+        return sid
+
+    def unsubscribe(self, sid: bytes) -> None:
+        if self._subs.pop(sid, None) is not None and not self.is_closed:
+            self._write(b"UNSUB " + sid + _CRLF)
+
+    def publish(self, subject: bytes | str, payload: bytes = b"", reply: str | None = None) -> None:
+        subj = subject.encode() if isinstance(subject, str) else subject
+        head = b"PUB " + subj + (b" " + reply.encode() if reply else b"") + b" " + str(len(payload)).encode()
+        self._write(head + _CRLF + payload + _CRLF)
+
+    def publish_with_headers(self, subject: bytes, headers: bytes, payload: bytes, reply: bytes) -> None:
+        """HPUB; ``headers`` is a complete block (``NATS/1.0\r\n...\r\n\r\n``)."""
+        hl = len(headers)
+        self._write(b"HPUB %s %s %d %d\r\n%s%s\r\n" % (subject, reply, hl, hl + len(payload), headers, payload))
+
+    async def ping(self, timeout: float = 5.0) -> None:
+        """Round trip to the server: everything written before is processed when this returns."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pongs.append(fut)
+        self._write(b"PING\r\n")
+        await asyncio.wait_for(fut, timeout)
+
+    async def request(self, subject: str, payload: bytes, timeout: float = 5.0) -> tuple[bytes | None, bytes]:
+        """Request/reply; returns (headers, payload) of the first reply."""
+        fut: asyncio.Future[tuple[bytes | None, bytes]] = asyncio.get_running_loop().create_future()
+
+        def on_reply(_s: bytes, _r: bytes | None, hdr: bytes | None, data: bytes) -> None:
+            if not fut.done():
+                fut.set_result((hdr, data))
+
+        inbox = f"_INBOX.{new_token()}"
+        sid = self.subscribe(inbox, on_reply)
+        try:
+            self.publish(subject, payload, reply=inbox)
+            closed = self.closed
+            done, _ = await asyncio.wait({fut, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if fut in done:
+                hdr, data = fut.result()
+                if hdr is not None and hdr.startswith(b"NATS/1.0 503"):
+                    raise StoreUnavailable(f"no responders for {subject} (JetStream not ready?)")
+                return hdr, data
+            if closed in done:
+                raise StoreUnavailable(f"NATS connection lost during request to {subject}")
+            raise StoreUnavailable(f"request to {subject} timed out after {timeout}s")
+        finally:
+            self.unsubscribe(sid)
+
+    # -- protocol parsing --------------------------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self._need:
+            # A large message is still arriving: collect chunks without re-copying the buffer each time.
+            self._pending_parts.append(data)
+            self._pending_len += len(data)
+            if self._pending_len < self._need:
+                return
+            data = b"".join(self._pending_parts)
+            self._pending_parts, self._pending_len, self._need = [], 0, 0
+            buf = data
+        else:
+            buf = self._buf + data if self._buf else data
+        n = len(buf)
+        pos = 0
+        subs = self._subs
+        find = buf.find
+        while pos < n:
+            eol = find(_CRLF, pos)
+            if eol < 0:
+                break
+            op = buf[pos:pos + 4]
+            if op == b"HMSG" or op == b"MSG ":
+                head = buf[pos + (5 if op == b"HMSG" else 4):eol].split(b" ")
+                total = int(head[-1])
+                start = eol + 2
+                end = start + total
+                if end + 2 > n:
+                    self._need = end + 2 - pos
+                    break
+                handler = subs.get(head[1])
+                if op == b"HMSG":
+                    hdr_len = int(head[-2])
+                    reply = head[2] if len(head) == 5 else None
+                    if handler is not None:
+                        handler(head[0], reply, buf[start:start + hdr_len], buf[start + hdr_len:end])
+                else:
+                    reply = head[2] if len(head) == 4 else None
+                    if handler is not None:
+                        handler(head[0], reply, None, buf[start:end])
+                pos = end + 2
+                continue
+            if op == b"PING":
+                self.transport.write(b"PONG\r\n")  # type: ignore[union-attr]
+            elif op == b"PONG":
+                if self._pongs:
+                    fut = self._pongs.popleft()
+                    if not fut.done():
+                        fut.set_result(None)
+            elif op == b"INFO":
+                self.server_info = json.loads(buf[pos + 5:eol])
+                if not self._info.done():
+                    self._info.set_result(self.server_info)
+            elif op == b"-ERR":
+                self._error = buf[pos + 5:eol].decode(errors="replace").strip(" '")
+                err = StoreUnavailable(f"NATS error: {self._error}")
+                while self._pongs:
+                    fut = self._pongs.popleft()
+                    if not fut.done():
+                        fut.set_exception(err)
+            pos = eol + 2
+        if self._need:
+            self._pending_parts = [buf[pos:]]
+            self._pending_len = n - pos
+            self._buf = b""
+            if self._pending_len >= self._need:  # pragma: no cover - cannot happen: we broke out for lack of bytes
+                self._need = 0
+        else:
+            self._buf = buf[pos:] if pos < n else b""

@@ -1,0 +1,156 @@
+"""The event store against a real nats-server: appends, versions, idempotency, conflicts, reads, replay, tailing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from aios.common.errors import ConcurrencyConflict, EventError, InvalidAggregate, MalformedEvent, UnknownEventType
+from aios.common.events import JobCancelled, JobCancelRequested, JobSubmitted
+from aios.common.natsserver import NatsServer
+from aios.common.store import Commit, EventStore
+from tests.conftest import open_store
+
+
+def submitted(i: int, tenant: str = "nlp") -> JobSubmitted:
+    return JobSubmitted(aggregate_id=f"j{i}", tenant=tenant, name=f"job-{i}", spec={"n": i})
+
+
+async def test_round_trip_of_10000_events(store: EventStore) -> None:
+    pipe = store.pipeline()
+    for i in range(10_000):
+        await pipe.add(f"job.j{i % 100}", JobCancelRequested(aggregate_id=f"j{i % 100}", reason=str(i)))
+    results = await pipe.results()
+    assert [r.seq for r in results] == list(range(1, 10_001))  # type: ignore[union-attr]
+
+    commits: list[Commit] = []
+    last = await store.replay(commits.append)
+    assert last == 10_000
+    assert [c.seq for c in commits] == list(range(1, 10_001))
+    assert [int(c.events[0].reason) for c in commits] == list(range(10_000))  # type: ignore[attr-defined]
+    assert all(c.aggregate == f"job.j{int(c.events[0].reason) % 100}" for c in commits)  # type: ignore[attr-defined]
+
+    history = await store.read("job.j7")
+    assert [int(e.reason) for e in history.events] == list(range(7, 10_000, 100))  # type: ignore[attr-defined]
+    assert history.version == 9_908
+
+    tail: list[int] = []
+    await store.replay(lambda c: tail.append(c.seq), from_seq=9_990)
+    assert tail == list(range(9_990, 10_001))
+
+
+async def test_version_is_the_sequence_of_the_last_commit(store: EventStore) -> None:
+    assert (await store.read("job.new")).version == 0
+    first = await store.append("job.new", JobSubmitted(aggregate_id="new", tenant="t"), expected_version=0)
+    await store.append("job.j1", submitted(1), expected_version=None)
+    second = await store.append("job.new", JobCancelled(aggregate_id="new"), expected_version=first.seq)
+    history = await store.read("job.new")
+    assert history.version == second.seq == 3
+    assert [type(e).__name__ for e in history.events] == ["JobSubmitted", "JobCancelled"]
+
+
+async def test_racing_writers_one_wins_one_conflicts(store: EventStore) -> None:
+    base = await store.append("job.r", JobSubmitted(aggregate_id="r", tenant="t"), expected_version=0)
+    for round_ in range(20):
+        version = (await store.read("job.r")).version
+        a = store.append("job.r", JobCancelRequested(aggregate_id="r", requested_by=f"a{round_}"), version)
+        b = store.append("job.r", JobCancelRequested(aggregate_id="r", requested_by=f"b{round_}"), version)
+        outcomes = await asyncio.gather(a, b, return_exceptions=True)
+        wins = [o for o in outcomes if not isinstance(o, Exception)]
+        losses = [o for o in outcomes if isinstance(o, ConcurrencyConflict)]
+        assert len(wins) == 1 and len(losses) == 1, outcomes
+        assert losses[0].aggregate == "job.r" and losses[0].expected_version == version
+    assert len((await store.read("job.r")).events) == 21
+    assert base.seq == 1
+
+
+async def test_new_aggregate_guard(store: EventStore) -> None:
+    await store.append("job.once", JobSubmitted(aggregate_id="once", tenant="t"), expected_version=0)
+    with pytest.raises(ConcurrencyConflict, match="no longer at version 0"):
+        await store.append("job.once", JobSubmitted(aggregate_id="once", tenant="t"), expected_version=0)
+
+
+@pytest.mark.parametrize("expected", [None, "exact"])
+async def test_retry_with_same_idempotency_key_is_stored_once(store: EventStore, expected: str | None) -> None:
+    v = await store.append("job.i", JobSubmitted(aggregate_id="i", tenant="t"))
+    version = v.seq if expected else None
+    ev = JobCancelled(aggregate_id="i", reason="retry me")
+    first = await store.append("job.i", ev, version, idempotency_key="submit-123")
+    again = await store.append("job.i", ev, version, idempotency_key="submit-123")
+    assert not first.duplicate and again.duplicate and again.seq == first.seq
+    history = await store.read("job.i")
+    assert [type(e).__name__ for e in history.events] == ["JobSubmitted", "JobCancelled"]
+    # A different key is a different command, and the version check applies to it as usual.
+    if expected:
+        with pytest.raises(ConcurrencyConflict):
+            await store.append("job.i", ev, version, idempotency_key="submit-124")
+
+
+async def test_commit_of_several_events_is_atomic(store: EventStore) -> None:
+    events = [JobSubmitted(aggregate_id="m", tenant="t"), JobCancelRequested(aggregate_id="m"),
+              JobCancelled(aggregate_id="m")]
+    result = await store.append("job.m", events, expected_version=0)
+    history = await store.read("job.m")
+    assert history.events == events and history.version == result.seq
+    seen: list[Commit] = []
+    await store.replay(seen.append)
+    assert len(seen) == 1 and seen[0].events == events
+
+
+async def test_bad_appends_are_refused_before_anything_is_sent(store: EventStore) -> None:
+    with pytest.raises(InvalidAggregate, match="expected '<kind>.<id>'"):
+        await store.append("job", submitted(1))
+    with pytest.raises(InvalidAggregate, match="free of spaces"):
+        await store.append("job.a b", submitted(1))
+    with pytest.raises(InvalidAggregate, match="belongs to 'job.j1', not 'job.j2'"):
+        await store.append("job.j2", submitted(1))
+    with pytest.raises(EventError, match="at least one event"):
+        await store.append("job.j1", [])
+    with pytest.raises(EventError, match="is not an Event"):
+        await store.append("job.j1", [{"type": "JobSubmitted"}])  # type: ignore[list-item]
+    assert await store.last_seq() == 0
+
+
+async def test_foreign_garbage_in_the_log_is_named_or_skipped(store: EventStore) -> None:
+    await store.append("job.g", JobSubmitted(aggregate_id="g", tenant="t"))
+    await store.js.publish(f"{store.prefix}.job.g", b"{not json")
+    await store.js.publish(f"{store.prefix}.job.g", b'{"type":"JobFromTheFuture","aggregate_id":"g"}')
+    await store.append("job.g", JobCancelled(aggregate_id="g"))
+    with pytest.raises(MalformedEvent, match=f"at sequence 2 on {store.prefix}.job.g"):
+        await store.replay(lambda c: None)
+    seen: list[int] = []
+    last = await store.replay(lambda c: seen.append(c.seq), on_bad_event="skip")
+    assert seen == [1, 4] and last == 4
+    with pytest.raises(UnknownEventType):
+        await store.replay(lambda c: None, from_seq=3)
+
+
+async def test_subscribe_tails_live_in_order(store: EventStore) -> None:
+    await store.append("job.s0", JobSubmitted(aggregate_id="s0", tenant="t"))
+    sub = store.subscribe(1)
+    try:
+        assert (await sub.next(5)).seq == 1
+        for i in range(1, 50):
+            await store.append(f"job.s{i}", JobSubmitted(aggregate_id=f"s{i}", tenant="t"))
+        got = [(await sub.next(5)).seq for _ in range(49)]
+        assert got == list(range(2, 51))
+        with pytest.raises(asyncio.TimeoutError):
+            await sub.next(0.3)
+    finally:
+        await sub.close()
+
+
+async def test_stream_is_created_then_upgraded_in_place(nats_server: NatsServer) -> None:
+    store = await open_store(nats_server.url, duplicate_window=30.0)
+    try:
+        await store.append("job.u", JobSubmitted(aggregate_id="u", tenant="t"))
+        assert (await store.js.stream_info(store.stream)).config.duplicate_window == 30.0
+        upgraded = EventStore(store.nc, store.servers, stream=store.stream, prefix=store.prefix,
+                              duplicate_window=90.0)
+        await upgraded.ensure_stream()
+        info = await store.js.stream_info(store.stream)
+        assert info.config.duplicate_window == 90.0 and info.state.messages == 1
+    finally:
+        await store.js.delete_stream(store.stream)
+        await store.close()
