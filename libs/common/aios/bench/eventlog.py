@@ -63,7 +63,7 @@ def workload_event(i: int) -> tuple[str, Event]:
     return f"job.{job}", ev
 
 
-async def append_workload(store: EventStore, start: int, count: int, window: int = 20_000) -> float:
+async def append_workload(store: EventStore, start: int, count: int, window: int = 100_000) -> float:
     """Pipelined appends with idempotency ids; every acknowledgement is checked. Returns appends per second."""
     t0 = time.perf_counter()
     for lo in range(start, start + count, window):

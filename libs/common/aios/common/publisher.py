@@ -47,21 +47,23 @@ class AckedPublisher:
         self._prefix_b = self._prefix.encode()
         self._cut = len(self._prefix_b)
         self._futures: dict[bytes, asyncio.Future[PubAck]] = {}
-        self._slots = asyncio.Semaphore(max_pending)
+        self.max_pending = max_pending
+        self._room = asyncio.Event()
+        self._room.set()
         self._counter = 0
         conn.subscribe(self._prefix + "*", self._on_ack)
         conn.closed.add_done_callback(self._fail_all)
 
     async def publish(self, subject: bytes, headers: bytes, payload: bytes) -> asyncio.Future[PubAck]:
         """Send one message; the returned future resolves to its PubAck (which may carry ``error``)."""
-        await self._slots.acquire()
+        while len(self._futures) >= self.max_pending:
+            self._room.clear()
+            await self._room.wait()
         if self.conn.is_closed:
-            self._slots.release()
             raise StoreUnavailable("NATS connection is closed")
         self._counter += 1
         token = b"%x" % self._counter
         fut: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
-        fut.add_done_callback(self._release)
         self._futures[token] = fut
         try:
             self.conn.publish_with_headers(subject, headers, payload, self._prefix_b + token)
@@ -71,11 +73,18 @@ class AckedPublisher:
             raise
         return fut
 
-    def _release(self, _fut: asyncio.Future[PubAck]) -> None:
-        self._slots.release()
+    def forget(self, fut: asyncio.Future[PubAck]) -> None:
+        """Stop waiting for an acknowledgement (the caller timed out and will re-send); frees its slot."""
+        for token, pending in list(self._futures.items()):
+            if pending is fut:
+                del self._futures[token]
+        fut.cancel()
+        self._room.set()
 
     def _on_ack(self, subject: bytes, _reply: bytes | None, hdr: bytes | None, payload: bytes) -> None:
         fut = self._futures.pop(subject[self._cut:], None)
+        if len(self._futures) < self.max_pending:
+            self._room.set()
         if fut is None or fut.done():
             return
         if hdr is not None and hdr.startswith(b"NATS/1.0 503"):
@@ -88,6 +97,7 @@ class AckedPublisher:
 
     def _fail_all(self, _closed: object) -> None:
         futures, self._futures = self._futures, {}
+        self._room.set()
         for fut in futures.values():
             if not fut.done():
                 fut.set_exception(StoreUnavailable("NATS connection lost before the acknowledgement arrived"))

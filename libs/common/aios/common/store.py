@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from typing import Any, AsyncIterator, Callable, Iterable, Literal
 
 import msgspec
@@ -36,7 +37,7 @@ log = logging.getLogger("aios.store")
 STREAM = "AIOS_EVENTS"
 PREFIX = "aios.evt"
 WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code for a failed Nats-Expected-Last-Subject-Sequence check
-_BAD_TOKEN = set(" \t\r\n*>")
+_AGGREGATE = re.compile(r"[^.\s*>]+(?:\.[^.\s*>]+)+")
 
 
 class Commit(msgspec.Struct, frozen=True, gc=False):
@@ -68,12 +69,11 @@ class AggregateHistory(msgspec.Struct, frozen=True):
 
 def validate_aggregate(aggregate: str) -> str:
     """``<kind>.<id>`` with non-empty tokens and no wildcard or whitespace characters."""
-    if not isinstance(aggregate, str) or aggregate.count(".") < 1:
+    if isinstance(aggregate, str) and _AGGREGATE.fullmatch(aggregate):
+        return aggregate
+    if not isinstance(aggregate, str) or "." not in aggregate:
         raise InvalidAggregate(f"aggregate {aggregate!r}: expected '<kind>.<id>', e.g. 'job.j-42'")
-    for token in aggregate.split("."):
-        if not token or _BAD_TOKEN.intersection(token):
-            raise InvalidAggregate(f"aggregate {aggregate!r}: tokens must be non-empty and free of spaces, '*', '>'")
-    return aggregate
+    raise InvalidAggregate(f"aggregate {aggregate!r}: tokens must be non-empty and free of spaces, '*', '>'")
 
 
 class EventStore:
@@ -183,7 +183,11 @@ class EventStore:
             try:
                 publisher = await self._writer()
                 fut = await publisher.publish(subject_b, block, payload)
-                ack = await asyncio.wait_for(fut, self.ack_timeout)
+                try:
+                    ack = await asyncio.wait_for(asyncio.shield(fut), self.ack_timeout)
+                except asyncio.TimeoutError:
+                    publisher.forget(fut)
+                    raise
                 try:
                     result = _result_of(ack, aggregate, expected_version)
                 except ConcurrencyConflict:
@@ -234,6 +238,8 @@ class EventStore:
             return self._conn
 
     async def _writer(self) -> AckedPublisher:
+        if self._publisher is not None and self._conn is not None and not self._conn.is_closed:
+            return self._publisher
         await self._reader_conn()
         assert self._publisher is not None
         return self._publisher
@@ -370,7 +376,8 @@ class AppendPipeline:
     async def add(self, aggregate: str, events: Event | Iterable[Event], expected_version: int | None = None, *,
                   idempotency_key: str | None = None) -> None:
         subject, payload, headers = self.store._prepare(aggregate, events, expected_version, idempotency_key)
-        tracing.inject(headers)
+        if tracing.current_trace_id() is not None:
+            tracing.inject(headers)
         self._sent.append((aggregate, subject, payload, headers, expected_version))
         try:
             publisher = await self.store._writer()
@@ -396,8 +403,8 @@ class AppendPipeline:
                     if result is not None:
                         out.append(result)
                         continue
-                if fut is not None and not fut.done():
-                    fut.cancel()
+                if fut is not None and not fut.done() and store._publisher is not None:
+                    store._publisher.forget(fut)
                 # Lost or failed acknowledgement: the same idempotency key makes a re-send safe.
                 out.append(await store._publish_until_acked(aggregate, subject, payload, headers, expected))
             except StoreError as err:

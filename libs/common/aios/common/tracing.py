@@ -12,6 +12,7 @@ from typing import Iterator, Mapping, MutableMapping
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.trace import INVALID_SPAN
 from opentelemetry.propagators.textmap import DefaultGetter, DefaultSetter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -79,7 +80,11 @@ def parse_header_block(block: bytes | None) -> dict[str, str]:
 
 
 def current_trace_id() -> str | None:
-    ctx = trace.get_current_span().get_span_context()
+    """The active trace id as 32 hex digits, or None outside any recorded span."""
+    span = trace.get_current_span()
+    if span is INVALID_SPAN:
+        return None
+    ctx = span.get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else None
 
 

@@ -1,0 +1,1 @@
+"""aios.device_agent: the device-agent service (DESIGN.md §3). Built by its own issue; registered in aios.cli.services when it runs."""

@@ -1,0 +1,1 @@
+"""aios.gateway: the gateway service (DESIGN.md §3). Built by its own issue; registered in aios.cli.services when it runs."""

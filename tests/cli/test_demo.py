@@ -1,0 +1,27 @@
+"""`aios demo` and `aios bench eventlog` run end to end (small sizes; the real figures live in bench/RESULTS.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_demo_runs_a_workload_through_a_crash_and_agrees_with_itself(aios_env: dict[str, str]) -> None:
+    out = subprocess.run([sys.executable, "-m", "aios.cli.main", "demo"], env=aios_env, capture_output=True,
+                         text=True, timeout=170)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "NATS server killed (SIGKILL)" in out.stdout
+    assert "no event lost, none repeated" in out.stdout
+
+
+def test_bench_eventlog_prints_the_figures_as_json(aios_env: dict[str, str]) -> None:
+    out = subprocess.run([sys.executable, "-m", "aios.cli.main", "bench", "eventlog", "--events", "3000",
+                          "--restart-events", "12000", "--tail", "2000"], env=aios_env, capture_output=True,
+                         text=True, timeout=170)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    for key in ("append_per_s", "replay_per_s", "restart_s", "raw_publish_async_per_s", "raw_ordered_replay_per_s"):
+        assert result[key] > 0, key
+    assert result["restart_log_events"] == 12000 and result["restart_tail_events"] == 2000
+    assert result["restart_snapshot_seq"] == 10000

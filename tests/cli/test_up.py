@@ -1,0 +1,104 @@
+"""`aios up`: embedded NATS plus each service in its own process, reported, and all stopped on Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from aios.common.natsserver import NatsServer
+
+
+def read_until(proc: subprocess.Popen[str], pattern: str, timeout: float = 30) -> str:
+    seen = ""
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen += line
+        if re.search(pattern, seen):
+            return seen
+    raise AssertionError(f"{pattern!r} not printed; got:\n{seen}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purpose
+        return Path(f"/proc/{pid}/status").read_text().find("State:\tZ") < 0
+    except OSError:
+        return False
+
+
+def test_up_starts_embedded_nats_and_services_and_stops_on_ctrl_c(aios_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**aios_env, "AIOS_NATS_PORT": "0", "AIOS_EXTRA_SERVICES": "tail=tail_service:TailService"}
+    proc = subprocess.Popen([sys.executable, "-m", "aios.cli.main", "up"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        out = read_until(proc, r"Ctrl-C stops everything")
+        url = re.search(r"export AIOS_NATS_URL=(nats://\S+)", out).group(1)  # type: ignore[union-attr]
+        health = re.search(r"tail\s+pid (\d+), (http://\S+/healthz)", out)
+        assert health, out
+        service_pid, health_url = int(health.group(1)), health.group(2)
+        assert "embedded, data in" in out
+        assert (tmp_path / "data" / "jetstream").is_dir()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(health_url, timeout=2) as resp:
+                    assert json.loads(resp.read())["nats"] == "connected"
+                    break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        nats_pids = subprocess.run(["pgrep", "-f", f"nats-server.*{url.rsplit(':', 1)[1]}"], capture_output=True,
+                                   text=True).stdout.split()
+        assert nats_pids, "embedded nats-server not found"
+
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=30)[0]
+        assert proc.returncode == 0, rest
+        assert "stopped." in rest
+        assert not pid_alive(service_pid)
+        assert not any(pid_alive(int(p)) for p in nats_pids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_up_uses_an_external_server_when_configured(aios_env: dict[str, str], nats_server: NatsServer) -> None:
+    env = {**aios_env, "AIOS_NATS_URL": nats_server.url}
+    proc = subprocess.Popen([sys.executable, "-m", "aios.cli.main", "up"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        out = read_until(proc, r"Ctrl-C stops everything")
+        assert f"nats               {nats_server.url}\n" in out and "embedded" not in out
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert nats_server.running()  # not ours to stop
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    (["bench", "eventlog", "--events", "0"], 2, "must be a positive integer"),
+    (["bench", "eventlog", "--events", "10", "--restart-events", "20", "--tail", "15"], 2, "--restart-events must exceed"),
+    (["frobnicate"], 2, "invalid choice"),
+])
+def test_cli_usage_errors(aios_env: dict[str, str], argv: list[str], code: int, message: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "aios.cli.main", *argv], env=aios_env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == code and message in out.stderr and "Traceback" not in out.stderr

@@ -1,0 +1,82 @@
+"""A trace started where an event is appended is continued where it is consumed (same trace id, parent link)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Iterator
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from aios.common import tracing
+from aios.common.events import JobSubmitted
+from aios.common.store import EventStore
+
+_exporter = InMemorySpanExporter()
+_provider = TracerProvider()
+_provider.add_span_processor(SimpleSpanProcessor(_exporter))
+
+
+@pytest.fixture
+def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
+    # The global provider can be set once per process; patch the getter instead so other tests keep the no-op one.
+    monkeypatch.setattr(tracing, "tracer", lambda: _provider.get_tracer("aios"))
+    _exporter.clear()
+    yield _exporter
+
+
+async def test_consumer_continues_the_publishers_trace(store: EventStore, spans: InMemorySpanExporter) -> None:
+    sub = store.subscribe(1)
+    with _provider.get_tracer("test").start_as_current_span("submit job") as root:
+        await store.append("job.t1", JobSubmitted(aggregate_id="t1", tenant="nlp"))
+    commit = await sub.next(5)
+    with tracing.process_span(f"{store.prefix}.{commit.aggregate}", commit.trace_headers):
+        pass
+    await sub.close()
+
+    by_name = {s.name: s for s in spans.get_finished_spans()}
+    publish = by_name[f"publish {store.prefix}.job.t1"]
+    process = by_name[f"process {store.prefix}.job.t1"]
+    trace_id = root.get_span_context().trace_id
+    assert publish.context.trace_id == process.context.trace_id == trace_id
+    assert publish.kind == trace.SpanKind.PRODUCER and process.kind == trace.SpanKind.CONSUMER
+    assert process.parent is not None and process.parent.span_id == publish.context.span_id
+    assert publish.attributes["messaging.system"] == "nats"
+    # The event itself records the trace it was written under.
+    assert commit.events[0].trace_id == format(trace_id, "032x")
+
+
+def test_inject_extract_round_trip() -> None:
+    with _provider.get_tracer("test").start_as_current_span("x") as span:
+        headers = tracing.inject({})
+    assert headers["traceparent"].split("-")[1] == format(span.get_span_context().trace_id, "032x")
+    ctx = trace.get_current_span(tracing.extract(headers)).get_span_context()
+    assert ctx.span_id == span.get_span_context().span_id and ctx.is_remote
+    assert not trace.get_current_span(tracing.extract({})).get_span_context().is_valid
+
+
+def test_header_block_parsing() -> None:
+    block = b"NATS/1.0\r\nNats-Msg-Id: k1\r\ntraceparent: 00-abc-def-01\r\n\r\n"
+    assert tracing.parse_header_block(block) == {"Nats-Msg-Id": "k1", "traceparent": "00-abc-def-01"}
+    assert tracing.parse_header_block(None) == {}
+
+
+def test_setup_reads_otel_variables() -> None:
+    """In a fresh process (the global provider can be set once): exporter and service name come from OTEL_*."""
+    code = ("from aios.common import tracing\n"
+            "p = tracing.setup_tracing('fallback-name')\n"
+            "with tracing.publish_span('aios.evt.job.x', {}):\n    pass\n"
+            "getattr(p, 'shutdown', lambda: None)()\n")
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "aios-from-env"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert '"name": "publish aios.evt.job.x"' in out.stdout and '"service.name": "aios-from-env"' in out.stdout
+    assert '"kind": "SpanKind.PRODUCER"' in out.stdout
+    env = {**os.environ, "OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "console"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "publish aios" not in out.stdout
