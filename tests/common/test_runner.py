@@ -99,3 +99,25 @@ def test_bad_extra_services_setting(aios_env: dict[str, str]) -> None:
                          env={**aios_env, "AIOS_EXTRA_SERVICES": "x=nomodule"}, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 2 and "AIOS_EXTRA_SERVICES: 'x=nomodule' is not 'name=module:attr'" in out.stderr
+
+
+def test_service_waits_for_nats_to_come_up(aios_env: dict[str, str], tmp_path: Path) -> None:
+    server = NatsServer(tmp_path / "late-nats")
+    port = free_port()
+    env = {**aios_env, "AIOS_NATS_URL": server.url, "AIOS_HTTP_PORT": str(port), "AIOS_EXTRA_SERVICES": TAIL}
+    proc = subprocess.Popen([sys.executable, "-m", "aios.cli.main", "service", "tail"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        assert proc.poll() is None, "the service gave up instead of retrying"
+        server.start()
+        status, _ = wait_http(f"http://127.0.0.1:{port}/healthz")
+        assert status == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+        log = proc.stderr.read() if proc.stderr else ""
+        assert "NATS not reachable yet, retrying" in log or '"msg":"nats error"' in log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.kill()

@@ -148,6 +148,10 @@ async def run(events: int = 100_000, restart_events: int = 1_000_000, tail: int 
         report = await restarted.rebuild(store, snapshots)
         if restarted.state.events != restart_events:
             raise RuntimeError(f"restart folded {restarted.state.events} events, expected {restart_events}")
+        cold = projector()
+        cold_report = await cold.rebuild(store)
+        if cold.state.status != restarted.state.status or cold.state.per_tenant != restarted.state.per_tenant:
+            raise RuntimeError("snapshot + tail and a full replay folded to different states")
         result: dict[str, Any] = {
             "events": events,
             "append_per_s": round(append_rate),
@@ -157,6 +161,7 @@ async def run(events: int = 100_000, restart_events: int = 1_000_000, tail: int 
             "restart_snapshot_seq": report.snapshot_seq,
             "restart_tail_events": report.tail_commits,
             "snapshot_bytes": snap.size,
+            "restart_without_snapshot_s": round(cold_report.seconds, 3),
             "raw_publish_async_per_s": round(raw_publish),
             "raw_ordered_replay_per_s": round(raw_replay),
             "append_vs_raw_publish": round(append_rate / raw_publish, 2),

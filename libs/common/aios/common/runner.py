@@ -10,11 +10,13 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import random
 import signal
 import time
 from typing import Any
 
 import nats
+import nats.errors
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
@@ -81,6 +83,20 @@ async def _serve_http(ctx: ServiceContext, service: Service) -> web.AppRunner:
     return runner
 
 
+async def connect_with_backoff(servers: list[str], name: str, max_delay: float = 5.0) -> nats.NATS:
+    """The first connection, retried with jittered exponential backoff until a server answers (nats-py only
+    reconnects forever once it has connected)."""
+    delay = 0.2
+    while True:
+        try:
+            return await connect_nats(servers, name=name)
+        except (OSError, nats.errors.Error, asyncio.TimeoutError) as exc:
+            log.warning("NATS not reachable yet, retrying", extra={"servers": servers, "error": str(exc) or
+                                                                     type(exc).__name__, "retry_in_s": round(delay, 2)})
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, max_delay)
+
+
 async def run_service(service: Service, settings: Settings | None = None, *,
                       install_signal_handlers: bool = True, ready: asyncio.Event | None = None) -> int:
     """Run ``service`` until it returns or a stop signal arrives; returns the process exit code."""
@@ -93,7 +109,7 @@ async def run_service(service: Service, settings: Settings | None = None, *,
     registry = CollectorRegistry()
     up = Gauge("aios_service_up", "1 while the service runs", ["service"], registry=registry)
     nats_connected = Gauge("aios_nats_connected", "1 while connected to NATS", ["service"], registry=registry)
-    nc = await connect_nats(settings.servers, name=f"aios-{service.name}")
+    nc = await connect_with_backoff(settings.servers, f"aios-{service.name}")
     store = EventStore(nc, settings.servers, replicas=settings.stream_replicas)
     await store.ensure_stream()
     ctx = ServiceContext(service.name, settings, nc, store, registry)
