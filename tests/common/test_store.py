@@ -154,3 +154,15 @@ async def test_stream_is_created_then_upgraded_in_place(nats_server: NatsServer)
     finally:
         await store.js.delete_stream(store.stream)
         await store.close()
+
+
+async def test_subscription_reports_or_skips_bad_events(store: EventStore) -> None:
+    await store.js.publish(f"{store.prefix}.job.x", b'{"type":"Bogus","aggregate_id":"x"}')
+    await store.append("job.x", JobSubmitted(aggregate_id="x", tenant="t"))
+    strict = store.subscribe(1)
+    with pytest.raises(UnknownEventType, match="'Bogus'"):
+        await strict.next(5)
+    await strict.close()
+    lenient = store.subscribe(1, on_bad_event="skip")
+    assert (await lenient.next(5)).seq == 2 and lenient.skipped == 1
+    await lenient.close()

@@ -331,9 +331,13 @@ class EventStore:
             log.error("skipped a bad event during replay", extra={"problem": problem})
         return max(last, from_seq - 1)
 
-    def subscribe(self, from_seq: int = 1, *, filter_subject: str | None = None) -> "Subscription":
-        """Live tail: an async iterator of commits from ``from_seq`` on, forever, each exactly once, in order."""
-        return Subscription(self, filter_subject or f"{self.prefix}.>", from_seq - 1)
+    def subscribe(self, from_seq: int = 1, *, filter_subject: str | None = None,
+                  on_bad_event: Literal["raise", "skip"] = "raise") -> "Subscription":
+        """Live tail: an async iterator of commits from ``from_seq`` on, forever, each exactly once, in order.
+
+        A payload that is not a valid event ends the iteration with its error (``raise``) or is logged and passed
+        over (``skip``)."""
+        return Subscription(self, filter_subject or f"{self.prefix}.>", from_seq - 1, on_bad_event=on_bad_event)
 
     async def close(self) -> None:
         """Close the store's connections (the nats-py one too)."""
@@ -421,8 +425,11 @@ class Subscription:
     pauses until it catches up, so a slow service cannot run out of memory.
     """
 
-    def __init__(self, store: EventStore, filter_subject: str, after_seq: int, *, high_water: int = 10_000) -> None:
+    def __init__(self, store: EventStore, filter_subject: str, after_seq: int, *, high_water: int = 10_000,
+                 on_bad_event: Literal["raise", "skip"] = "raise") -> None:
         self.store = store
+        self.on_bad_event = on_bad_event
+        self.skipped = 0
         self.filter_subject = filter_subject
         self.last_seq = after_seq
         self.high_water = high_water
@@ -461,7 +468,14 @@ class Subscription:
         return await asyncio.wait_for(self.__anext__(), timeout)
 
     def _on_message(self, seq: int, subject: bytes, hdr: bytes | None, payload: bytes, _pending: int) -> None:
-        events = _decode_at(self._decode, payload, seq, subject)
+        try:
+            events = _decode_at(self._decode, payload, seq, subject)
+        except EventError as exc:
+            if self.on_bad_event == "raise":
+                raise
+            self.skipped += 1
+            log.error("skipped a bad event", extra={"problem": str(exc)})
+            return
         self._queue.put_nowait(Commit(seq, subject[self._cut:].decode(), events, hdr))
         if not self._paused and self._queue.qsize() >= self.high_water and self._conn and self._conn.transport:
             self._conn.transport.pause_reading()
