@@ -166,3 +166,13 @@ async def test_subscription_reports_or_skips_bad_events(store: EventStore) -> No
     lenient = store.subscribe(1, on_bad_event="skip")
     assert (await lenient.next(5)).seq == 2 and lenient.skipped == 1
     await lenient.close()
+
+
+async def test_replay_of_a_filter_with_nothing_in_it_returns_at_once(store: EventStore) -> None:
+    await store.append("job.a", JobSubmitted(aggregate_id="a", tenant="t"))
+    seen: list[Commit] = []
+    started = asyncio.get_running_loop().time()
+    last = await store.replay(seen.append, filter_subject=store.subject("node.nothing-here"))
+    assert seen == [] and last == 0
+    assert (await store.read("node.nothing-here")).events == []
+    assert asyncio.get_running_loop().time() - started < 2

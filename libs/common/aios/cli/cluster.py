@@ -10,14 +10,17 @@ import time
 
 from aios.cli.services import registry
 from aios.common.config import Settings
-from aios.common.natsserver import NatsServer, free_port
+from aios.common.natsserver import NatsServer, die_with_parent, free_port
 
 
 class LocalCluster:
     """Start NATS (unless ``AIOS_NATS_URL`` points at one) and the services; stop them in reverse order."""
 
-    def __init__(self, settings: Settings, services: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, settings: Settings, services: list[str] | None = None, env: dict[str, str] | None = None,
+                 agents: list[tuple[str, str]] | None = None) -> None:
         self.settings = settings
+        self.agents = list(agents or [])
+        """(node id, sim spec) of the simulated nodes to run, each its own device-agent process."""
         self.env = dict(os.environ if env is None else env)
         self.names = services if services is not None else sorted(registry(self.env))
         self.nats: NatsServer | None = None
@@ -32,22 +35,30 @@ class LocalCluster:
             self.nats = NatsServer(data / "jetstream", port=self.settings.nats_port, log_file=data / "nats-server.log")
             self.nats.start()
             self.nats_url = self.nats.url
-        logs = data / "logs"
-        logs.mkdir(exist_ok=True)
         for name in self.names:
-            port = free_port()
-            env = {**self.env, "AIOS_NATS_URL": self.nats_url, "AIOS_HTTP_PORT": str(port),
-                   "AIOS_DATA_DIR": str(data)}
-            out = open(logs / f"{name}.log", "ab")
-            self.procs[name] = subprocess.Popen([sys.executable, "-m", "aios.cli.main", "service", name],
-                                                env=env, stdout=out, stderr=subprocess.STDOUT)
-            out.close()
-            self.http_ports[name] = port
+            self._spawn(name, ["service", name])
+        for node, spec in self.agents:
+            self._spawn(f"agent-{node}", ["agent", "--node", node, "--sim", spec])
         return self
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        logs = self.settings.data_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        port = free_port()
+        env = {**self.env, "AIOS_NATS_URL": self.nats_url, "AIOS_HTTP_PORT": str(port),
+               "AIOS_DATA_DIR": str(self.settings.data_dir)}
+        with open(logs / f"{name}.log", "ab") as out:
+            self.procs[name] = subprocess.Popen([sys.executable, "-m", "aios.cli.main", *argv], env=env, stdout=out,
+                                                stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        self.http_ports[name] = port
+
+    @property
+    def process_names(self) -> list[str]:
+        return list(self.procs)
 
     def describe(self) -> list[tuple[str, str]]:
         rows = [("nats", f"{self.nats_url}" + (f" (embedded, data in {self.nats.store_dir})" if self.nats else ""))]
-        for name in self.names:
+        for name in self.procs:
             rows.append((name, f"pid {self.procs[name].pid}, http://127.0.0.1:{self.http_ports[name]}/healthz, "
                                f"log {self.settings.data_dir / 'logs' / (name + '.log')}"))
         return rows
@@ -56,18 +67,36 @@ class LocalCluster:
         return {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
 
     def stop(self, grace: float = 15.0) -> None:
-        for proc in self.procs.values():
+        """Agents first (their workers checkpoint on SIGTERM), then cluster services, then NATS."""
+        agents = [p for n, p in self.procs.items() if n.startswith("agent-")]
+        others = [p for n, p in self.procs.items() if not n.startswith("agent-")]
+        self._terminate(agents, grace)
+        self._terminate(others, grace)
+        if self.nats is not None:
+            self.nats.stop()
+
+    def kill_agent(self, node: str) -> None:
+        """SIGKILL one node's agent (chaos and node-loss tests, the demo)."""
+        proc = self.procs[f"agent-{node}"]
+        proc.kill()
+        proc.wait()
+
+    def restart_agent(self, node: str) -> None:
+        spec = dict(self.agents)[node]
+        self._spawn(f"agent-{node}", ["agent", "--node", node, "--sim", spec])
+
+    @staticmethod
+    def _terminate(procs: list[subprocess.Popen[bytes]], grace: float) -> None:
+        for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
-        for proc in self.procs.values():
+        for proc in procs:
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if self.nats is not None:
-            self.nats.stop()
 
     def __enter__(self) -> "LocalCluster":
         return self.start()

@@ -62,7 +62,12 @@ async def run(keep: bool = False, jobs: int = 3000) -> int:
         assert cluster.nats is not None
         cluster.nats.kill()
         console.print("[red]NATS server killed (SIGKILL)[/] ... restarting it")
-        restart = asyncio.get_running_loop().run_in_executor(None, lambda: (time.sleep(1.0), cluster.nats.start()))
+
+        async def restart_nats() -> None:
+            await asyncio.sleep(1.0)
+            cluster.nats.start()  # type: ignore[union-attr]
+
+        restart = asyncio.ensure_future(restart_nats())
         await submit(store, jobs // 2, jobs - jobs // 2)  # acknowledged only once the server is back
         await restart
         console.print(f"submitted {jobs - jobs // 2} more jobs across the outage in {time.perf_counter() - t0:.1f}s")

@@ -14,14 +14,34 @@ import time
 from typing import Callable
 
 from aios.common.config import load_settings
-from aios.common.errors import AiosError
+from aios.common.errors import AiosError, ConfigError
+
+
+DEFAULT_SIM_NODES = ["sim-1=4xH100-80GB", "sim-2=4xA100-40GB"]
+
+
+def _sim_nodes(items: list[str]) -> list[tuple[str, str]]:
+    from aios.device_agent.fakenvml import parse_sim_spec
+
+    nodes = []
+    for item in items:
+        node, sep, spec = item.partition("=")
+        if not sep or not node:
+            raise ConfigError(f"--sim {item!r}: expected NODE=SPEC, e.g. sim-1=4xH100-80GB")
+        try:
+            parse_sim_spec(spec)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        nodes.append((node, spec))
+    return nodes
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     from aios.cli.cluster import LocalCluster
 
     settings = load_settings()
-    cluster = LocalCluster(settings)
+    agents = [] if args.no_sim else _sim_nodes(args.sim or DEFAULT_SIM_NODES)
+    cluster = LocalCluster(settings, agents=agents)
     stop = False
 
     def on_signal(_sig: int, _frame: object) -> None:
@@ -59,11 +79,41 @@ def cmd_service(args: argparse.Namespace) -> int:
     return asyncio.run(run_service(load_service(args.name)))
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from aios.bench import eventlog
+def cmd_agent(args: argparse.Namespace) -> int:
+    from aios.common.runner import run_service
+    from aios.device_agent.service import AgentConfig, DeviceAgentService
 
-    result = asyncio.run(eventlog.run(events=args.events, restart_events=args.restart_events, tail=args.tail,
-                                      nats_url=args.nats_url, profile=args.profile))
+    base = AgentConfig.from_env()
+    config = AgentConfig(node_id=args.node or base.node_id, sim=args.sim or base.sim,
+                         telemetry_interval_s=args.telemetry_interval or base.telemetry_interval_s,
+                         heartbeat_interval_s=args.heartbeat_interval or base.heartbeat_interval_s)
+    if config.sim:
+        from aios.device_agent.fakenvml import parse_sim_spec
+
+        try:
+            parse_sim_spec(config.sim)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return asyncio.run(run_service(DeviceAgentService(config)))
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    from aios.cli import inspect
+
+    return asyncio.run(inspect.nodes(args.node, as_json=args.json))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.bench == "inventory":
+        from aios.bench import inventory
+
+        result = asyncio.run(inventory.run(nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                                           agent_seconds=args.agent_seconds))
+    else:
+        from aios.bench import eventlog
+
+        result = asyncio.run(eventlog.run(events=args.events, restart_events=args.restart_events, tail=args.tail,
+                                          nats_url=args.nats_url, profile=args.profile))
     print(json.dumps(result, indent=2))
     return 0
 
@@ -86,7 +136,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     up = sub.add_parser("up", help="start a local cluster: embedded NATS (unless AIOS_NATS_URL is set) + services")
+    up.add_argument("--sim", action="append", metavar="NODE=SPEC",
+                    help="a simulated node, e.g. sim-1=2xH100-80GB,2xA100-40GB (repeatable; default: "
+                         + " and ".join(DEFAULT_SIM_NODES) + ")")
+    up.add_argument("--no-sim", action="store_true", help="no simulated nodes (real agents join on their own)")
     up.set_defaults(handler=cmd_up)
+
+    agent = sub.add_parser("agent", help="run the device agent of this node (NVML, or --sim)")
+    agent.add_argument("--node", help="node id (default: AIOS_NODE_ID or the host name)")
+    agent.add_argument("--sim", metavar="SPEC", help="simulate the devices, e.g. 2xH100-80GB,4xA100-40GB")
+    agent.add_argument("--telemetry-interval", type=float, help="seconds between telemetry samples (default 1)")
+    agent.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats (default 2)")
+    agent.set_defaults(handler=cmd_agent)
+
+    nodes = sub.add_parser("nodes", help="nodes and their devices, from the resource manager")
+    nodes.add_argument("node", nargs="?", help="show one node in detail")
+    nodes.add_argument("--json", action="store_true", help="machine-readable output")
+    nodes.set_defaults(handler=cmd_nodes)
 
     service = sub.add_parser("service", help="run one service in this process (what `aios up` starts)")
     service.add_argument("name")
@@ -101,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     eventlog.add_argument("--nats-url", default=None, help="use this server instead of a private one")
     eventlog.add_argument("--profile", action="store_true", help="add a cProfile of the append path")
     eventlog.set_defaults(handler=cmd_bench)
+    inventory = bench_sub.add_parser("inventory", help="heartbeats the resource manager sustains; agent CPU")
+    inventory.add_argument("--nodes", type=_positive, default=1000)
+    inventory.add_argument("--gpus-per-node", type=_positive, default=8)
+    inventory.add_argument("--agent-seconds", type=_positive, default=20, help="how long to measure the agent")
+    inventory.set_defaults(handler=cmd_bench)
 
     demo = sub.add_parser("demo", help="run a workload through a local cluster and show what happens")
     demo.add_argument("--keep", action="store_true", help="stay up after the demo until Ctrl-C")
@@ -111,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
-    if args.command == "bench" and args.restart_events <= args.tail + args.events:
+    if args.command == "bench" and args.bench == "eventlog" and args.restart_events <= args.tail + args.events:
         print("aios bench eventlog: --restart-events must exceed --events + --tail", file=sys.stderr)
         raise SystemExit(2)
     try:

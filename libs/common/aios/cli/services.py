@@ -12,7 +12,10 @@ import os
 from aios.common.errors import ConfigError
 from aios.common.runner import Service
 
-SERVICES: dict[str, str] = {}
+SERVICES: dict[str, str] = {
+    "resource-manager": "aios.resource_manager.service:from_env",
+}
+"""Cluster services: one of each per cluster. Node services (the device agent) run once per node: `aios agent`."""
 
 
 def registry(env: dict[str, str] | None = None) -> dict[str, str]:

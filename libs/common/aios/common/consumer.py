@@ -57,6 +57,8 @@ class OrderedConsumer:
         self.name = ""
         self.resets = 0
         self.error: BaseException | None = None
+        self.initial_pending: int | None = None
+        """Messages matching the filter after the start sequence when the consumer was (re)created."""
         self.last_activity = time.monotonic()
         self._sid: bytes | None = None
         self._dseq = 0
@@ -96,6 +98,7 @@ class OrderedConsumer:
             err = reply["error"]
             raise StoreError(f"cannot create a reader on {self.stream}: {err.get('description')} "
                              f"(err_code {err.get('err_code')})")
+        self.initial_pending = reply.get("num_pending")
 
     def _drop_sub(self) -> None:
         if self._sid is not None:

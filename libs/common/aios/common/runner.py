@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 import signal
+import sys
 import time
 from typing import Any
 
@@ -22,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, gen
 
 from aios.common import tracing
 from aios.common.config import Settings, load_settings
+from aios.common.errors import AiosError
 from aios.common.logs import setup_logging
 from aios.common.store import EventStore, connect_nats
 
@@ -126,6 +128,10 @@ async def run_service(service: Service, settings: Settings | None = None, *,
     code = 0
     try:
         await service.run(ctx)
+    except AiosError as exc:
+        log.error("service cannot run", extra={"error": str(exc)})
+        print(f"aios {service.name}: {exc}", file=sys.stderr, flush=True)
+        code = 2
     except Exception:
         log.exception("service failed")
         code = 1

@@ -103,11 +103,16 @@ class Projector(Generic[S]):
     """Folds commits into a state with ``evolve(state, event) -> state`` and remembers the last sequence applied,
     so a commit already in the state is never applied twice (tracking record, as in the eventsourcing library)."""
 
-    def __init__(self, name: str, initial: Callable[[], S], evolve: Callable[[S, Event], S], state_type: type[S],
-                 schema: int = 1) -> None:
+    def __init__(self, name: str, initial: Callable[[], S], evolve: Callable[[S, Event], S] | None, state_type: type[S],
+                 schema: int = 1, *, fold_commit: Callable[[S, Commit], S] | None = None) -> None:
+        """Fold with ``evolve(state, event)``, or with ``fold_commit(state, commit)`` when the fold needs each
+        commit's sequence and aggregate (for example to track versions for conditional appends)."""
+        if (evolve is None) == (fold_commit is None):
+            raise TypeError("give exactly one of evolve and fold_commit")
         self.name = name
         self.initial = initial
         self.evolve = evolve
+        self.fold_commit = fold_commit
         self.state_type = state_type
         self.schema = schema
         self.state: S = initial()
@@ -116,13 +121,19 @@ class Projector(Generic[S]):
     def apply(self, commit: Commit) -> None:
         if commit.seq <= self.seq:
             return
+        if self.fold_commit is not None:
+            self.state = self.fold_commit(self.state, commit)
+            self.seq = commit.seq
+            return
         state, evolve = self.state, self.evolve
+        assert evolve is not None
         for ev in commit.events:
             state = evolve(state, ev)
         self.state = state
         self.seq = commit.seq
 
-    async def rebuild(self, store: EventStore, snapshots: SnapshotStore | None = None) -> RebuildReport:
+    async def rebuild(self, store: EventStore, snapshots: SnapshotStore | None = None, *,
+                      filter_subject: str | None = None) -> RebuildReport:
         """State = snapshot (if any) + every commit after it, up to the end of the log now."""
         started = time.perf_counter()
         self.state, self.seq = self.initial(), 0
@@ -138,16 +149,17 @@ class Projector(Generic[S]):
             count += 1
             self.apply(commit)
 
-        await store.replay(apply, from_seq=self.seq + 1)
+        await store.replay(apply, from_seq=self.seq + 1, filter_subject=filter_subject)
         return RebuildReport(snapshot_seq, count, self.seq, time.perf_counter() - started)
 
     async def save(self, snapshots: SnapshotStore) -> SnapshotInfo:
         return await snapshots.save(self.name, self.seq, self.state, self.schema)
 
     async def follow(self, store: EventStore, on_commit: Callable[[Commit], Any] | None = None,
-                     stop: asyncio.Event | None = None) -> None:
-        """Apply live commits after ``self.seq`` until ``stop`` is set."""
-        sub = store.subscribe(self.seq + 1)
+                     stop: asyncio.Event | None = None, *, filter_subject: str | None = None) -> None:
+        """Apply live commits after ``self.seq`` until ``stop`` is set; ``on_commit`` sees each after it is applied
+        (it may be a coroutine function)."""
+        sub = store.subscribe(self.seq + 1, filter_subject=filter_subject)
         stop = stop or asyncio.Event()
         stopper = asyncio.ensure_future(stop.wait())
         try:
@@ -160,7 +172,9 @@ class Projector(Generic[S]):
                 commit = nxt.result()
                 self.apply(commit)
                 if on_commit is not None:
-                    on_commit(commit)
+                    result = on_commit(commit)
+                    if asyncio.iscoroutine(result):
+                        await result
         finally:
             stopper.cancel()
             await sub.close()

@@ -263,6 +263,8 @@ class EventStore:
         stalled_since = loop.time()
         try:
             await consumer.start()
+            if consumer.initial_pending == 0:
+                return after_seq  # nothing matches the filter after after_seq
             while not done.done():
                 progress = consumer.last_seq
                 waiters = {done, asyncio.ensure_future(consumer.wait_trouble()), conn.closed}
@@ -286,6 +288,8 @@ class EventStore:
                         conn = await self._reader_conn()
                         consumer.conn = conn
                     await consumer.restart()
+                    if consumer.initial_pending == 0:
+                        break
         finally:
             await consumer.stop()
         return consumer.last_seq

@@ -1,1 +1,7 @@
-"""aios.device_agent: the device-agent service (DESIGN.md §3). Built by its own issue; registered in aios.cli.services when it runs."""
+"""aios.device_agent: one per node. Reads the accelerators through NVML (or a simulated NVML), registers the node,
+heartbeats, publishes telemetry and DCGM-named metrics, turns XIDs/ECC/lost devices into health events, and runs
+worker processes on the devices leased to their job.
+
+Pipeline: backend (nvml.py over pynvml; fakenvml.py in sim mode) -> samples and signals -> health.py (pure) ->
+events; requests -> lease check (aios.resource_manager.leases) -> workloads.py -> WorkerStarted/WorkerExited.
+"""

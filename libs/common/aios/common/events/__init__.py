@@ -2,9 +2,18 @@
 
 from aios.common.events.base import Event, event_types, schema_version, to_dict
 from aios.common.events.codec import decode, decode_one, decoder, encode, upcaster
-from aios.common.events.job import JobCancelled, JobCancelRequested, JobEvent, JobSubmitted
+from aios.common.events.job import (
+    JobCancelled, JobCancelRequested, JobEvent, JobRequeued, JobSubmitted, WorkerExited, WorkerStarted,
+)
+from aios.common.events.node import (
+    DeviceHealthy, DeviceInfo, DevicesLeased, DevicesReleased, DeviceUnhealthy, Link, MigInstance, NodeEvent,
+    NodeLost, NodeRegistered,
+)
+from aios.common.events.tenant import TenantEvent, TenantQuotaSet
 
 __all__ = [
     "Event", "event_types", "schema_version", "to_dict", "decode", "decode_one", "decoder", "encode", "upcaster",
-    "JobEvent", "JobSubmitted", "JobCancelRequested", "JobCancelled",
+    "JobEvent", "JobSubmitted", "JobCancelRequested", "JobCancelled", "JobRequeued", "WorkerStarted", "WorkerExited",
+    "NodeEvent", "NodeRegistered", "DeviceInfo", "Link", "MigInstance", "DeviceUnhealthy", "DeviceHealthy", "NodeLost",
+    "DevicesLeased", "DevicesReleased", "TenantEvent", "TenantQuotaSet",
 ]

@@ -27,3 +27,28 @@ class JobCancelRequested(JobEvent, frozen=True, kw_only=True):
 
 class JobCancelled(JobEvent, frozen=True, kw_only=True):
     reason: str = ""
+
+
+class JobRequeued(JobEvent, frozen=True, kw_only=True):
+    """The job lost its devices (node lost, preempted) and goes back to the queue; it resumes from a checkpoint."""
+
+    reason: str
+    node_id: str = ""
+
+
+class WorkerStarted(JobEvent, frozen=True, kw_only=True):
+    """The device agent of ``node_id`` started a worker process of the job on ``device_uuids``."""
+
+    node_id: str
+    worker: str
+    pid: int
+    device_uuids: list[str] = []
+
+
+class WorkerExited(JobEvent, frozen=True, kw_only=True):
+    node_id: str
+    worker: str
+    exit_code: int | None
+    """None when killed by a signal (see ``signal``)."""
+    signal: int | None = None
+    reason: str = ""

@@ -1,0 +1,69 @@
+"""Device health as a pure state machine: NVML signals and samples in, ``DeviceUnhealthy``/``DeviceHealthy`` out.
+
+Critical: XIDs other than the application-level ones NVIDIA's Kubernetes device plugin also ignores, double-bit
+ECC errors, and a device that fell off the bus. Recovery: a lost device that answers again is healthy at once; one
+marked by an XID or ECC error is healthy again after ``quiet_s`` seconds of clean samples with no new error.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from aios.device_agent.nvml import DeviceSample, HealthSignal
+
+APPLICATION_XIDS = frozenset({13, 31, 43, 45, 68, 109})
+"""Graphics engine exception, MMU fault, reset channel, preemptive cleanup, video processor, context switch timeout:
+caused by the application, not the hardware."""
+
+
+def is_critical_xid(xid: int) -> bool:
+    return xid not in APPLICATION_XIDS
+
+
+class Transition(msgspec.Struct, frozen=True):
+    uuid: str
+    healthy: bool
+    reason: str
+    xid: int | None = None
+
+
+class HealthTracker:
+    def __init__(self, quiet_s: float = 60.0) -> None:
+        self.quiet_s = quiet_s
+        self.unhealthy: dict[str, tuple[str, float, bool]] = {}
+        """uuid -> (reason, time of the last bad sign, lost?)"""
+        self._dbe: dict[str, int] = {}
+
+    def _mark(self, uuid: str, reason: str, now: float, lost: bool = False, xid: int | None = None) -> list[Transition]:
+        known = uuid in self.unhealthy
+        self.unhealthy[uuid] = (reason, now, lost)
+        return [] if known else [Transition(uuid, False, reason, xid)]
+
+    def on_signal(self, signal: HealthSignal, now: float) -> list[Transition]:
+        if signal.kind == "xid" and signal.xid is not None:
+            if not is_critical_xid(signal.xid):
+                return []
+            return self._mark(signal.uuid, f"critical XID {signal.xid}", now, xid=signal.xid)
+        if signal.kind == "ecc-dbe":
+            return self._mark(signal.uuid, "double-bit ECC error", now)
+        if signal.kind == "lost":
+            return self._mark(signal.uuid, "fell off the bus (GPU is lost)", now, lost=True)
+        return []
+
+    def on_sample(self, sample: DeviceSample, now: float) -> list[Transition]:
+        uuid = sample.uuid
+        if sample.lost:
+            return self._mark(uuid, "fell off the bus (GPU is lost)", now, lost=True)
+        previous = self._dbe.get(uuid)
+        if sample.ecc_dbe_total is not None:
+            self._dbe[uuid] = sample.ecc_dbe_total
+            if previous is not None and sample.ecc_dbe_total > previous:
+                return self._mark(uuid, "double-bit ECC error", now)
+        state = self.unhealthy.get(uuid)
+        if state is None:
+            return []
+        reason, since, lost = state
+        if lost or now - since >= self.quiet_s:
+            del self.unhealthy[uuid]
+            return [Transition(uuid, True, "answers again" if lost else f"no errors for {self.quiet_s:.0f}s")]
+        return []

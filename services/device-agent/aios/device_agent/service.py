@@ -1,0 +1,274 @@
+"""The device agent service: the async shell around the backend, the health tracker and the workload runner."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import msgspec
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js.api import KeyValueConfig, StorageType
+
+from aios.common.errors import AiosError, ConfigError
+from aios.common.events import (
+    DeviceHealthy, DeviceUnhealthy, NodeLost, NodeRegistered, WorkerExited, WorkerStarted,
+)
+from aios.common.runner import Service, ServiceContext
+from aios.common.snapshot import Projector
+from aios.common.store import Commit
+from aios.common.wire import new_token
+from aios.device_agent import fakenvml
+from aios.device_agent.health import HealthTracker, Transition
+from aios.device_agent.metrics import DcgmMetrics
+from aios.device_agent.nvml import NvmlBackend, host_resources
+from aios.device_agent.protocol import (
+    HEARTBEAT_BUCKET, Heartbeat, Reply, RunRequest, StopRequest, log_subject, run_subject, stop_subject,
+    telemetry_subject,
+)
+from aios.device_agent.workloads import Workload, WorkloadRunner
+from aios.resource_manager.inventory import Inventory, fold_commit
+
+log = logging.getLogger("aios.device_agent")
+_encoder = msgspec.json.Encoder()
+
+
+class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
+    node_id: str
+    sim: str | None = None
+    telemetry_interval_s: float = 1.0
+    heartbeat_interval_s: float = 2.0
+    heartbeat_ttl_s: float = 60.0
+    stop_grace_s: float = 10.0
+    labels: dict[str, str] = {}
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "AgentConfig":
+        env = dict(os.environ if env is None else env)
+        node = env.get("AIOS_NODE_ID") or os.uname().nodename
+        try:
+            return cls(node_id=node, sim=env.get("AIOS_SIM") or None,
+                       telemetry_interval_s=float(env.get("AIOS_TELEMETRY_INTERVAL", "1")),
+                       heartbeat_interval_s=float(env.get("AIOS_HEARTBEAT_INTERVAL", "2")))
+        except ValueError as exc:
+            raise ConfigError(f"AIOS_TELEMETRY_INTERVAL / AIOS_HEARTBEAT_INTERVAL: {exc}") from None
+
+
+def make_backend(config: AgentConfig) -> tuple[NvmlBackend, fakenvml.FakeNvml | None]:
+    """The NVML backend, over the real library or, with ``sim``, over a simulated one installed in its place."""
+    fake = None
+    if config.sim:
+        try:
+            fake = fakenvml.sim_node(config.sim, config.node_id)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        fakenvml.install(fake)
+    return NvmlBackend(), fake
+
+
+class DeviceAgentService(Service):
+    name = "device-agent"
+
+    def __init__(self, config: AgentConfig | None = None,
+                 backend_factory: Callable[[AgentConfig], tuple[NvmlBackend, Any]] = make_backend) -> None:
+        self.config = config or AgentConfig.from_env()
+        self.backend_factory = backend_factory
+        self.agent_id = new_token()
+        self.health = HealthTracker()
+        self.node = Projector("agent-node", Inventory, None, Inventory, fold_commit=fold_commit)
+        self.samples = 0
+        self.registered = 0
+
+    def healthy(self) -> tuple[bool, str]:
+        return True, f"node {self.config.node_id}: {self.samples} samples, {len(self.health.unhealthy)} unhealthy"
+
+    async def run(self, ctx: ServiceContext) -> None:
+        cfg = self.config
+        backend, self.fake = self.backend_factory(cfg)
+        await asyncio.to_thread(backend.start)
+        self.backend = backend
+        self.ctx = ctx
+        hostname = backend.hostname()
+        self.metrics = DcgmMetrics(ctx.metrics, hostname)
+        self.devices = await asyncio.to_thread(backend.devices)
+        self.metrics.describe(self.devices)
+        self.links = await asyncio.to_thread(backend.links)
+        self.driver = await asyncio.to_thread(backend.driver_version)
+        self.runner = WorkloadRunner(self._on_output, self._on_exit)
+        node_subject = ctx.store.subject(f"node.{cfg.node_id}")
+        await self.node.rebuild(ctx.store, filter_subject=node_subject)
+        await self._register()
+        kv = await self._heartbeat_bucket()
+        stop_follow = asyncio.Event()
+        tasks = [
+            asyncio.ensure_future(self.node.follow(ctx.store, self._on_node_commit, stop_follow,
+                                                   filter_subject=node_subject)),
+            asyncio.ensure_future(self._heartbeats(kv)),
+            asyncio.ensure_future(self._telemetry()),
+            asyncio.ensure_future(self._nvml_events()),
+        ]
+        subs = [await ctx.nc.subscribe(run_subject(cfg.node_id), cb=self._handle_run),
+                await ctx.nc.subscribe(stop_subject(cfg.node_id), cb=self._handle_stop)]
+        log.info("agent ready", extra={"node": cfg.node_id, "devices": len(self.devices), "sim": cfg.sim,
+                                       "driver": self.driver})
+        await ctx.stopping.wait()
+        for sub in subs:
+            await sub.unsubscribe()
+        await self.runner.stop_all(cfg.stop_grace_s)  # workers get SIGTERM (checkpoint) before the node goes
+        stop_follow.set()
+        for t in tasks[1:]:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(backend.stop)
+
+    # -- registration and heartbeats --------------------------------------------------------------------------------
+    async def _register(self) -> None:
+        cores, memory = host_resources()
+        cfg = self.config
+        self.registered += 1
+        await self.ctx.store.append(f"node.{cfg.node_id}", NodeRegistered(
+            aggregate_id=cfg.node_id, hostname=self.backend.hostname(), agent_id=self.agent_id, cpu_cores=cores,
+            memory_bytes=memory, devices=self.devices, links=self.links, labels=dict(cfg.labels),
+            backend="sim" if cfg.sim else "nvml", driver_version=self.driver),
+            idempotency_key=f"register-{self.agent_id}-{self.registered}")
+        for uuid, (reason, _since, _lost) in self.health.unhealthy.items():
+            await self._append_health(Transition(uuid, False, reason))
+
+    async def _on_node_commit(self, commit: Commit) -> None:
+        for ev in commit.events:
+            if isinstance(ev, NodeLost):
+                log.warning("the cluster declared this node lost; registering again", extra={"reason": ev.reason})
+                await self._register()
+
+    async def _heartbeat_bucket(self) -> Any:
+        js = self.ctx.store.js
+        try:
+            return await js.key_value(HEARTBEAT_BUCKET)
+        except nats.js.errors.BucketNotFoundError:
+            try:
+                return await js.create_key_value(KeyValueConfig(
+                    bucket=HEARTBEAT_BUCKET, history=1, ttl=self.config.heartbeat_ttl_s, storage=StorageType.MEMORY,
+                    replicas=self.ctx.store.replicas, description="device agent heartbeats, one key per node"))
+            except nats.js.errors.BadRequestError:
+                return await js.key_value(HEARTBEAT_BUCKET)  # created meanwhile by another agent
+
+    async def _heartbeats(self, kv: Any) -> None:
+        cfg = self.config
+        while True:
+            beat = Heartbeat(cfg.node_id, self.agent_id, time.time(), len(self.devices),
+                             len(self.health.unhealthy), len(self.runner.running))
+            try:
+                await kv.put(cfg.node_id, _encoder.encode(beat))
+            except Exception as exc:  # noqa: BLE001 - NATS away: keep beating, the loss shows on the other side
+                log.warning("heartbeat not stored", extra={"error": str(exc) or type(exc).__name__})
+            await asyncio.sleep(cfg.heartbeat_interval_s)
+
+    # -- telemetry and health -----------------------------------------------------------------------------------------
+    async def _telemetry(self) -> None:
+        cfg = self.config
+        subject = telemetry_subject(cfg.node_id)
+        errors_seen: dict[str, int] = {}
+        while True:
+            started = time.monotonic()
+            samples = await asyncio.to_thread(self.backend.sample)
+            self.samples += 1
+            now = time.monotonic()
+            for s in samples:
+                self.metrics.observe(s)
+                for t in self.health.on_sample(s, now):
+                    await self._append_health(t)
+            for call, count in self.backend.error_counts.items():
+                if count > errors_seen.get(call, 0):
+                    self.metrics.nvml_errors.labels(call).inc(count - errors_seen.get(call, 0))
+                    errors_seen[call] = count
+            try:
+                await self.ctx.nc.publish(subject, _encoder.encode({"node": cfg.node_id, "ts": time.time(),
+                                                                    "devices": samples}))
+            except Exception as exc:  # noqa: BLE001
+                log.debug("telemetry not published", extra={"error": str(exc)})
+            await asyncio.sleep(max(0.0, cfg.telemetry_interval_s - (time.monotonic() - started)))
+
+    async def _nvml_events(self) -> None:
+        while True:
+            signals = await asyncio.to_thread(self.backend.wait_events, 1000)
+            now = time.monotonic()
+            for signal in signals:
+                for t in self.health.on_signal(signal, now):
+                    await self._append_health(t)
+            if not signals and self.backend._event_set is None:
+                await asyncio.sleep(1.0)
+
+    async def _append_health(self, t: Transition) -> None:
+        node = self.config.node_id
+        ev = (DeviceHealthy(aggregate_id=node, device_uuid=t.uuid, reason=t.reason) if t.healthy else
+              DeviceUnhealthy(aggregate_id=node, device_uuid=t.uuid, reason=t.reason, xid=t.xid))
+        self.metrics.set_health(t.uuid, t.healthy, t.xid)
+        log.warning("device health changed", extra={"uuid": t.uuid, "healthy": t.healthy, "reason": t.reason})
+        try:
+            await self.ctx.store.append(f"node.{node}", ev)
+        except AiosError as exc:
+            log.error("health event not stored", extra={"error": str(exc)})
+
+    # -- workloads ------------------------------------------------------------------------------------------------------
+    async def _handle_run(self, msg: Msg) -> None:
+        reply = await self.start_worker(msg.data)
+        await msg.respond(_encoder.encode(reply))
+
+    async def start_worker(self, data: bytes) -> Reply:
+        try:
+            req = msgspec.json.decode(data, type=RunRequest)
+        except msgspec.ValidationError as exc:
+            return Reply(False, error=f"invalid run request: {exc}")
+        except msgspec.DecodeError as exc:
+            return Reply(False, error=f"run request is not JSON: {exc}")
+        if not req.command:
+            return Reply(False, error="invalid run request: `command` is empty")
+        node = self.config.node_id
+        book = self.node.state.leases
+        not_leased = [u for u in req.device_uuids if book.holder.get(u) != req.job_id or book.node_of.get(u) != node]
+        if not_leased:
+            return Reply(False, error=f"job {req.job_id} holds no lease on {', '.join(not_leased)} on node {node}")
+        unhealthy = [u for u in req.device_uuids if u in self.health.unhealthy]
+        if unhealthy:
+            return Reply(False, error=f"devices unhealthy: {', '.join(unhealthy)}")
+        try:
+            w = await self.runner.start(req.job_id, req.worker, req.command, req.env, req.device_uuids, req.cwd)
+        except (OSError, ValueError) as exc:
+            return Reply(False, error=f"cannot start {req.command[0]!r}: {exc}")
+        if self.fake is not None:
+            for uuid in req.device_uuids:
+                gpu = self.fake.by_uuid(uuid)
+                gpu.busy, gpu.processes[w.proc.pid] = 0.9, 4 * 1024**3
+        await self.ctx.store.append(f"job.{req.job_id}", WorkerStarted(
+            aggregate_id=req.job_id, node_id=node, worker=req.worker, pid=w.proc.pid, device_uuids=req.device_uuids))
+        return Reply(True, pid=w.proc.pid)
+
+    async def _handle_stop(self, msg: Msg) -> None:
+        try:
+            req = msgspec.json.decode(msg.data, type=StopRequest)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            await msg.respond(_encoder.encode(Reply(False, error=f"invalid stop request: {exc}")))
+            return
+        stopped = await self.runner.stop(req.job_id, req.grace_s)
+        await msg.respond(_encoder.encode(Reply(True, stopped=stopped)))
+
+    def _on_output(self, w: Workload, stream: str, line: bytes) -> None:
+        asyncio.ensure_future(self.ctx.nc.publish(log_subject(w.job_id, w.worker, stream), line))
+
+    async def _on_exit(self, w: Workload, code: int | None, sig: int | None) -> None:
+        if self.fake is not None:
+            for uuid in w.device_uuids:
+                gpu = self.fake.by_uuid(uuid)
+                gpu.processes.pop(w.proc.pid, None)
+                gpu.busy = 0.0 if not gpu.processes else gpu.busy
+        reason = "stopped on request" if w.stopping else ("exited" if code is not None else f"killed by signal {sig}")
+        await self.ctx.store.append(f"job.{w.job_id}", WorkerExited(
+            aggregate_id=w.job_id, node_id=self.config.node_id, worker=w.worker, exit_code=code, signal=sig,
+            reason=reason))
+
+
+def from_env() -> DeviceAgentService:
+    return DeviceAgentService(AgentConfig.from_env())

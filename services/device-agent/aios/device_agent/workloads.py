@@ -1,0 +1,108 @@
+"""Worker processes on this node: started pinned to their devices, output streamed, stopped with a grace period."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+log = logging.getLogger("aios.device_agent.workloads")
+
+OutputSink = Callable[["Workload", str, bytes], None]
+ExitSink = Callable[["Workload", "int | None", "int | None"], Awaitable[None]]
+
+
+@dataclass
+class Workload:
+    job_id: str
+    worker: str
+    device_uuids: list[str]
+    proc: asyncio.subprocess.Process
+    started: float = field(default_factory=time.time)
+    stopping: bool = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.job_id, self.worker
+
+
+def device_environment(device_uuids: list[str]) -> dict[str, str]:
+    """Pin a process to devices by UUID: NVML's and CUDA's index orders can differ, UUIDs cannot."""
+    visible = ",".join(device_uuids)
+    return {"CUDA_VISIBLE_DEVICES": visible, "NVIDIA_VISIBLE_DEVICES": visible or "void",
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+
+
+class WorkloadRunner:
+    def __init__(self, on_output: OutputSink, on_exit: ExitSink) -> None:
+        self.on_output = on_output
+        self.on_exit = on_exit
+        self.running: dict[tuple[str, str], Workload] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    async def start(self, job_id: str, worker: str, command: list[str], env: dict[str, str],
+                    device_uuids: list[str], cwd: str | None = None) -> Workload:
+        if (job_id, worker) in self.running:
+            raise ValueError(f"worker {worker!r} of job {job_id!r} is already running")
+        full_env = {**os.environ, **env, **device_environment(device_uuids)}
+        proc = await asyncio.create_subprocess_exec(
+            *command, env=full_env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        workload = Workload(job_id, worker, list(device_uuids), proc)
+        self.running[workload.key] = workload
+        task = asyncio.ensure_future(self._watch(workload))
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+        return workload
+
+    async def _pump(self, workload: Workload, stream: asyncio.StreamReader | None, name: str) -> None:
+        if stream is None:
+            return
+        while True:
+            line = await stream.readline()
+            if not line:
+                return
+            self.on_output(workload, name, line)
+
+    async def _watch(self, workload: Workload) -> None:
+        await asyncio.gather(self._pump(workload, workload.proc.stdout, "stdout"),
+                             self._pump(workload, workload.proc.stderr, "stderr"))
+        code = await workload.proc.wait()
+        self.running.pop(workload.key, None)
+        exit_code, sig = (code, None) if code >= 0 else (None, -code)
+        try:
+            await self.on_exit(workload, exit_code, sig)
+        except Exception:  # noqa: BLE001 - a reporting failure must not lose the watcher's bookkeeping
+            log.exception("reporting a worker exit failed", extra={"job": workload.job_id})
+
+    async def stop(self, job_id: str, grace_s: float = 10.0) -> int:
+        """SIGTERM every worker of the job (its process group), SIGKILL what is left after ``grace_s``."""
+        targets = [w for w in self.running.values() if w.job_id == job_id]
+        for w in targets:
+            w.stopping = True
+            _signal_group(w, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for w in targets:
+            try:
+                await asyncio.wait_for(w.proc.wait(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                _signal_group(w, signal.SIGKILL)
+                await w.proc.wait()
+        return len(targets)
+
+    async def stop_all(self, grace_s: float = 10.0) -> None:
+        for job in {w.job_id for w in self.running.values()}:
+            await self.stop(job, grace_s)
+        if self._watchers:
+            await asyncio.wait(self._watchers, timeout=grace_s)
+
+
+def _signal_group(w: Workload, sig: int) -> None:
+    try:
+        os.killpg(w.proc.pid, sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,132 @@
+"""The cluster inventory: a pure fold of node, device, lease and tenant events (no I/O).
+
+It answers what the scheduler and ``aios nodes`` need: which nodes are online, their devices, health, topology and
+labels, which devices are free, who holds the rest, and each aggregate's version for the next conditional append.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from aios.common.events import (
+    DeviceHealthy, DeviceInfo, DevicesLeased, DevicesReleased, DeviceUnhealthy, Event, Link, NodeLost,
+    NodeRegistered, TenantQuotaSet,
+)
+from aios.common.store import Commit
+from aios.resource_manager.leases import LeaseBook, grant, release, release_node
+
+
+class DeviceState(msgspec.Struct):
+    info: DeviceInfo
+    healthy: bool = True
+    reason: str = ""
+
+
+class NodeState(msgspec.Struct):
+    node_id: str
+    hostname: str
+    agent_id: str
+    online: bool
+    cpu_cores: int
+    memory_bytes: int
+    devices: dict[str, DeviceState]
+    links: list[Link] = []
+    labels: dict[str, str] = {}
+    backend: str = ""
+    registered_at: float = 0.0
+    lost_at: float | None = None
+    lost_reason: str = ""
+    registrations: int = 0
+
+
+class Inventory(msgspec.Struct):
+    nodes: dict[str, NodeState] = {}
+    tenants: dict[str, TenantQuotaSet] = {}
+    leases: LeaseBook = msgspec.field(default_factory=LeaseBook)
+    versions: dict[str, int] = {}
+    """aggregate -> stream sequence of its last commit (the expected_version of the next append)."""
+    seq: int = 0
+
+    # -- queries -----------------------------------------------------------------------------------------------------
+    def free_devices(self, node_id: str) -> list[DeviceState]:
+        node = self.nodes.get(node_id)
+        if node is None or not node.online:
+            return []
+        return [d for u, d in node.devices.items() if d.healthy and self.leases.is_free(u)]
+
+    def capacity(self) -> dict[str, dict[str, int]]:
+        """Per device kind: total, healthy, free (online nodes only)."""
+        out: dict[str, dict[str, int]] = {}
+        for node in self.nodes.values():
+            if not node.online:
+                continue
+            for uuid, dev in node.devices.items():
+                row = out.setdefault(dev.info.kind, {"total": 0, "healthy": 0, "free": 0})
+                row["total"] += 1
+                if dev.healthy:
+                    row["healthy"] += 1
+                    if self.leases.is_free(uuid):
+                        row["free"] += 1
+        return out
+
+    def usage_by_tenant(self, tenant_of_job: dict[str, str]) -> dict[str, dict[str, int]]:
+        kinds = {u: d.info.kind for n in self.nodes.values() for u, d in n.devices.items()}
+        usage: dict[str, dict[str, int]] = {}
+        for uuid, job in self.leases.holder.items():
+            tenant = tenant_of_job.get(job, "")
+            per = usage.setdefault(tenant, {})
+            per[kinds.get(uuid, "unknown")] = per.get(kinds.get(uuid, "unknown"), 0) + 1
+        return usage
+
+
+def fold_commit(inv: Inventory, commit: Commit) -> Inventory:
+    for ev in commit.events:
+        evolve(inv, ev)
+    inv.versions[commit.aggregate] = commit.seq
+    inv.seq = commit.seq
+    return inv
+
+
+def evolve(inv: Inventory, ev: Event) -> Inventory:
+    kind = type(ev)
+    if kind is NodeRegistered:
+        _registered(inv, ev)  # type: ignore[arg-type]
+    elif kind is DevicesLeased:
+        if ev.aggregate_id in inv.nodes:
+            grant(inv.leases, ev.aggregate_id, ev.job_id, ev.device_uuids)  # type: ignore[attr-defined]
+    elif kind is DevicesReleased:
+        release(inv.leases, ev.aggregate_id, ev.job_id, ev.device_uuids)  # type: ignore[attr-defined]
+    elif kind is DeviceUnhealthy or kind is DeviceHealthy:
+        node = inv.nodes.get(ev.aggregate_id)
+        dev = node.devices.get(ev.device_uuid) if node else None  # type: ignore[attr-defined]
+        if dev is not None:
+            dev.healthy = kind is DeviceHealthy
+            dev.reason = ev.reason  # type: ignore[attr-defined]
+    elif kind is NodeLost:
+        node = inv.nodes.get(ev.aggregate_id)
+        if node is not None:
+            node.online = False
+            node.lost_at = ev.ts
+            node.lost_reason = ev.reason  # type: ignore[attr-defined]
+        release_node(inv.leases, ev.aggregate_id)
+    elif kind is TenantQuotaSet:
+        inv.tenants[ev.aggregate_id] = ev  # type: ignore[assignment]
+    return inv
+
+
+def _registered(inv: Inventory, ev: NodeRegistered) -> None:
+    old = inv.nodes.get(ev.aggregate_id)
+    devices = {d.uuid: DeviceState(d) for d in ev.devices}
+    if old is not None:
+        for uuid, state in devices.items():  # health known before a restart stays until the agent says otherwise
+            if uuid in old.devices and not old.devices[uuid].healthy:
+                state.healthy, state.reason = False, old.devices[uuid].reason
+        gone = set(old.devices) - set(devices)
+        for uuid in gone:
+            if uuid in inv.leases.holder:
+                job = inv.leases.holder[uuid]
+                release(inv.leases, ev.aggregate_id, job, [uuid])
+    inv.nodes[ev.aggregate_id] = NodeState(
+        node_id=ev.aggregate_id, hostname=ev.hostname, agent_id=ev.agent_id, online=True, cpu_cores=ev.cpu_cores,
+        memory_bytes=ev.memory_bytes, devices=devices, links=list(ev.links), labels=dict(ev.labels),
+        backend=ev.backend, registered_at=ev.ts, registrations=(old.registrations if old else 0) + 1)

@@ -1,0 +1,53 @@
+"""Answers to inventory queries, as plain JSON-ready dicts built from the folded state (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aios.resource_manager.inventory import Inventory, NodeState
+
+QUERY_PREFIX = "aios.rm"
+
+
+def node_summary(inv: Inventory, node: NodeState) -> dict[str, Any]:
+    free = {d.info.uuid for d in inv.free_devices(node.node_id)}
+    return {
+        "node": node.node_id, "hostname": node.hostname, "online": node.online, "backend": node.backend,
+        "cpu_cores": node.cpu_cores, "memory_gib": round(node.memory_bytes / 1024**3, 1),
+        "devices": len(node.devices), "free": len(free),
+        "unhealthy": sum(1 for d in node.devices.values() if not d.healthy),
+        "kinds": sorted({d.info.kind for d in node.devices.values()}),
+        "lost_reason": node.lost_reason, "registrations": node.registrations,
+    }
+
+
+def node_detail(inv: Inventory, node: NodeState) -> dict[str, Any]:
+    out = node_summary(inv, node)
+    out["labels"] = node.labels
+    out["devices"] = [
+        {"uuid": u, "index": d.info.index, "kind": d.info.kind, "model": d.info.model,
+         "memory_gib": round(d.info.memory_bytes / 1024**3, 1), "healthy": d.healthy, "reason": d.reason,
+         "job": inv.leases.holder.get(u), "mig": [m.uuid for m in d.info.mig_instances]}
+        for u, d in sorted(node.devices.items(), key=lambda kv: kv[1].info.index)]
+    out["links"] = [{"a": link.a, "b": link.b, "level": link.level} for link in node.links]
+    return out
+
+
+def answer(inv: Inventory, what: str, args: dict[str, Any]) -> dict[str, Any]:
+    """``what``: nodes | node | capacity | tenants. Errors come back as ``{"error": ...}`` naming the field."""
+    if what == "nodes":
+        return {"nodes": [node_summary(inv, n) for _, n in sorted(inv.nodes.items())], "seq": inv.seq}
+    if what == "node":
+        node_id = args.get("node")
+        if not isinstance(node_id, str):
+            return {"error": "field 'node': a node id (string) is required"}
+        node = inv.nodes.get(node_id)
+        if node is None:
+            return {"error": f"field 'node': no node {node_id!r} (known: {', '.join(sorted(inv.nodes)) or 'none'})"}
+        return node_detail(inv, node)
+    if what == "capacity":
+        return {"capacity": inv.capacity(), "seq": inv.seq}
+    if what == "tenants":
+        return {"tenants": {t: {"cohort": q.cohort, "nominal": q.nominal, "borrowing_limit": q.borrowing_limit,
+                                "lending_limit": q.lending_limit} for t, q in sorted(inv.tenants.items())}}
+    return {"error": f"unknown query {what!r} (nodes, node, capacity, tenants)"}

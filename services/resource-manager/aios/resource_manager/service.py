@@ -1,0 +1,132 @@
+"""The resource manager service: folds the inventory, watches heartbeats, declares lost nodes, answers queries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+
+from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError
+from aios.common.events import JobRequeued, NodeLost, NodeRegistered
+from aios.common.runner import Service, ServiceContext
+from aios.common.snapshot import Projector
+from aios.common.store import Commit
+from aios.resource_manager.inventory import Inventory, fold_commit
+from aios.resource_manager.liveness import lost_nodes
+from aios.resource_manager.queries import QUERY_PREFIX, answer
+
+log = logging.getLogger("aios.resource_manager")
+HEARTBEAT_BUCKET = "AIOS_HEARTBEATS"
+
+
+class ResourceManagerService(Service):
+    name = "resource-manager"
+
+    def __init__(self, node_timeout_s: float | None = None, check_interval_s: float = 0.5) -> None:
+        if node_timeout_s is None:
+            raw = os.environ.get("AIOS_NODE_TIMEOUT", "10")
+            try:
+                node_timeout_s = float(raw)
+            except ValueError:
+                raise ConfigError(f"AIOS_NODE_TIMEOUT={raw!r}: must be a number of seconds") from None
+        self.node_timeout_s = node_timeout_s
+        self.check_interval_s = check_interval_s
+        self.inventory = Projector("resource-manager", Inventory, None, Inventory, fold_commit=fold_commit)
+        self.last_seen: dict[str, float] = {}
+        self.heartbeats = 0
+        self.declared_lost = 0
+
+    def healthy(self) -> tuple[bool, str]:
+        inv = self.inventory.state
+        online = sum(1 for n in inv.nodes.values() if n.online)
+        return True, f"{online}/{len(inv.nodes)} nodes online, log at {inv.seq}"
+
+    async def run(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        started = time.monotonic()
+        await self.inventory.rebuild(ctx.store)
+        stop = asyncio.Event()
+        follow = asyncio.ensure_future(self.inventory.follow(ctx.store, self._on_commit, stop))
+        watch = asyncio.ensure_future(self._watch_heartbeats())
+        sub = await ctx.nc.subscribe(f"{QUERY_PREFIX}.>", cb=self._handle_query)
+        log.info("inventory ready", extra={"nodes": len(self.inventory.state.nodes), "seq": self.inventory.seq})
+        try:
+            while not ctx.stopping.is_set():
+                await self.check_liveness(time.monotonic(), started)
+                try:
+                    await asyncio.wait_for(ctx.stopping.wait(), self.check_interval_s)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            await sub.unsubscribe()
+            stop.set()
+            watch.cancel()
+            await asyncio.gather(follow, watch, return_exceptions=True)
+
+    def _on_commit(self, commit: Commit) -> None:
+        for ev in commit.events:
+            if isinstance(ev, NodeRegistered):
+                self.last_seen[ev.aggregate_id] = time.monotonic()
+
+    async def _watch_heartbeats(self) -> None:
+        js = self.ctx.store.js
+        while True:
+            try:
+                kv = await js.key_value(HEARTBEAT_BUCKET)
+                watcher = await kv.watchall()
+                async for entry in watcher:
+                    if entry is not None and entry.value:
+                        self.last_seen[entry.key] = time.monotonic()
+                        self.heartbeats += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - bucket not there yet, or NATS away: look again
+                log.debug("heartbeat watch restarting", extra={"error": str(exc) or type(exc).__name__})
+                await asyncio.sleep(1.0)
+
+    async def check_liveness(self, now: float, started: float) -> None:
+        inv = self.inventory.state
+        for node_id, seen in lost_nodes(inv, self.last_seen, now, self.node_timeout_s, started):
+            jobs = inv.leases.jobs_on(node_id)
+            aggregate = f"node.{node_id}"
+            silent = now - seen
+            try:
+                result = await self.ctx.store.append(aggregate, NodeLost(
+                    aggregate_id=node_id, reason=f"no heartbeat for {silent:.1f}s (timeout {self.node_timeout_s:g}s)",
+                    last_seen=time.time() - silent, jobs=jobs), expected_version=inv.versions.get(aggregate, 0))
+            except ConcurrencyConflict:
+                continue  # the node moved on (re-registered, or another manager acted): decide again on fresh state
+            except AiosError as exc:
+                log.error("could not declare node lost", extra={"node": node_id, "error": str(exc)})
+                continue
+            self.declared_lost += 1
+            log.warning("node lost", extra={"node": node_id, "silent_s": round(silent, 1), "jobs": jobs})
+            for job in jobs:
+                try:
+                    await self.ctx.store.append(f"job.{job}", JobRequeued(
+                        aggregate_id=job, reason=f"node {node_id} lost", node_id=node_id),
+                        idempotency_key=f"requeue-{job}-{result.seq}")
+                except AiosError as exc:
+                    log.error("could not requeue job", extra={"job": job, "error": str(exc)})
+
+    async def _handle_query(self, msg: Msg) -> None:
+        what = msg.subject[len(QUERY_PREFIX) + 1:]
+        try:
+            args: dict[str, Any] = json.loads(msg.data) if msg.data else {}
+            if not isinstance(args, dict):
+                raise ValueError("expected a JSON object")
+            body = answer(self.inventory.state, what, args)
+        except ValueError as exc:
+            body = {"error": f"query body: {exc}"}
+        if msg.reply:
+            await msg.respond(msgspec.json.encode(body))
+
+
+def from_env() -> ResourceManagerService:
+    return ResourceManagerService()

@@ -1,0 +1,162 @@
+"""The NVML backend on the fake library (success and failure paths), DCGM metrics, and the pure health rules."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pynvml as N
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from aios.device_agent import fakenvml
+from aios.device_agent.health import APPLICATION_XIDS, HealthTracker, is_critical_xid
+from aios.device_agent.metrics import DcgmMetrics
+from aios.device_agent.nvml import DeviceSample, HealthSignal, NvmlBackend, NvmlUnavailable, device_kind
+
+
+@pytest.fixture
+def dgx() -> Iterator[tuple[fakenvml.FakeNvml, NvmlBackend]]:
+    fake = fakenvml.dgx_h100()
+    fakenvml.install(fake)
+    backend = NvmlBackend()
+    backend.start()
+    yield fake, backend
+    backend.stop()
+    fakenvml.uninstall()
+
+
+def test_no_driver_is_a_clear_error_that_offers_sim() -> None:
+    fakenvml.uninstall()
+    with pytest.raises(NvmlUnavailable, match="libnvidia-ml.so.1.*not found.*--sim"):
+        NvmlBackend().start()
+
+
+def test_inventory_of_a_dgx(dgx: tuple[fakenvml.FakeNvml, NvmlBackend]) -> None:
+    fake, backend = dgx
+    devices = backend.devices()
+    assert [d.index for d in devices] == list(range(8))
+    assert {d.kind for d in devices} == {"h100"} and devices[0].memory_bytes == 80 * 1024**3
+    assert devices[0].power_limit_w == 700.0  # NVML milliwatts converted once, here
+    assert [d.uuid for d in devices] == [g.uuid for g in fake.gpus]
+    assert devices[7].mig_enabled and len(devices[7].mig_instances) == 2
+    assert not devices[0].mig_enabled and devices[0].pci_bus_id == "00000000:18:00.0"
+    links = backend.links()
+    assert len(links) == 28 and {link.level for link in links} == {"nvlink"}
+
+
+def test_pcie_levels_without_nvlink() -> None:
+    fake = fakenvml.sim_node("2xV100-16GB,1xT4", "n")
+    fake.nvlink = set()
+    fakenvml.install(fake)
+    backend = NvmlBackend()
+    backend.start()
+    levels = {(link.a[-4:], link.b[-4:]): link.level for link in backend.links()}
+    u = [g.uuid[-4:] for g in fake.gpus]
+    assert levels[(u[0], u[1])] == "pcie-switch" and levels[(u[0], u[2])] == "system"
+    backend.stop()
+    fakenvml.uninstall()
+
+
+def test_samples_and_degraded_calls(dgx: tuple[fakenvml.FakeNvml, NvmlBackend]) -> None:
+    fake, backend = dgx
+    fake.gpus[1].busy = 1.0
+    fake.gpus[1].processes[777] = 2 * 1024**3
+    s = backend.sample()[1]
+    assert s.utilization_gpu >= 90 and s.power_w is not None and s.power_w > 500 and s.processes == [(777, 2 * 1024**3)]
+    assert s.memory_used_bytes >= 2 * 1024**3 and s.errors == []
+
+    fake.fail("nvmlDeviceGetTemperature", N.NVML_ERROR_UNKNOWN)
+    fake.fail("nvmlDeviceGetPowerUsage", N.NVML_ERROR_NOT_SUPPORTED)
+    s = backend.sample()[0]
+    assert s.temperature_c is None and s.power_w is None and s.utilization_gpu is not None
+    assert s.errors == ["nvmlDeviceGetTemperature: Unknown Error"]  # NotSupported is normal, not an error
+    assert backend.error_counts["nvmlDeviceGetTemperature"] == 8
+    fake.heal()
+    assert backend.sample()[0].temperature_c is not None
+
+
+def test_lost_gpu_is_reported_then_recovers(dgx: tuple[fakenvml.FakeNvml, NvmlBackend]) -> None:
+    fake, backend = dgx
+    fake.gpus[6].lost = True
+    s = backend.sample()[6]
+    assert s.lost and s.utilization_gpu is None and "GPU is lost" in s.errors[0]
+    assert not backend.sample()[5].lost
+    fake.gpus[6].lost = False
+    assert not backend.sample()[6].lost
+
+
+def test_nvml_events(dgx: tuple[fakenvml.FakeNvml, NvmlBackend]) -> None:
+    fake, backend = dgx
+    assert backend.wait_events(20) == []
+    fake.xid(2, 48)
+    assert backend.wait_events(200) == [HealthSignal(fake.gpus[2].uuid, "xid", 48)]
+    fake.double_bit_ecc(3)
+    assert backend.wait_events(200) == [HealthSignal(fake.gpus[3].uuid, "ecc-dbe")]
+
+
+def test_event_set_failure_degrades() -> None:
+    fake = fakenvml.dgx_h100()
+    fake.fail("nvmlEventSetCreate", N.NVML_ERROR_NOT_SUPPORTED)
+    fakenvml.install(fake)
+    backend = NvmlBackend()
+    backend.start()
+    assert backend.wait_events(10) == [] and len(backend.devices()) == 8
+    backend.stop()
+    fakenvml.uninstall()
+
+
+@pytest.mark.parametrize("model, kind", [("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA A100-SXM4-40GB", "a100"),
+                                         ("Tesla V100-SXM2-16GB", "v100"), ("NVIDIA GeForce RTX 4090", "rtx4090"),
+                                         ("Mystery Accelerator 9", "mystery-accelerator-9")])
+def test_device_kinds(model: str, kind: str) -> None:
+    assert device_kind(model) == kind
+
+
+def test_health_rules() -> None:
+    h = HealthTracker(quiet_s=60)
+    for xid in sorted(APPLICATION_XIDS):
+        assert not is_critical_xid(xid) and h.on_signal(HealthSignal("g0", "xid", xid), 0) == []
+    [t] = h.on_signal(HealthSignal("g0", "xid", 79), 10)
+    assert not t.healthy and t.xid == 79 and "79" in t.reason
+    assert h.on_signal(HealthSignal("g0", "xid", 79), 11) == []  # no duplicate transition
+    clean = DeviceSample("g0", 0, ecc_dbe_total=0)
+    assert h.on_sample(clean, 30) == []  # still within the quiet period after the last error
+    [back] = h.on_sample(clean, 72)
+    assert back.healthy
+
+    [lost] = h.on_sample(DeviceSample("g1", 1, lost=True), 100)
+    assert not lost.healthy and "fell off the bus" in lost.reason
+    [found] = h.on_sample(DeviceSample("g1", 1), 101)
+    assert found.healthy  # a lost device that answers again is back at once
+
+    assert h.on_sample(DeviceSample("g2", 2, ecc_dbe_total=0), 0) == []
+    [dbe] = h.on_sample(DeviceSample("g2", 2, ecc_dbe_total=1), 1)
+    assert not dbe.healthy and "double-bit" in dbe.reason
+    assert h.on_signal(HealthSignal("g3", "ecc-sbe"), 0) == []  # corrected errors are not a health problem
+
+
+def test_dcgm_metrics_names_and_units() -> None:
+    fake = fakenvml.sim_node("1xA100-40GB", "n")
+    fakenvml.install(fake)
+    backend = NvmlBackend()
+    backend.start()
+    registry = CollectorRegistry()
+    m = DcgmMetrics(registry, "host-1")
+    m.describe(backend.devices())
+    fake.gpus[0].processes[1] = 1024**3
+    m.observe(backend.sample()[0])
+    m.set_health(fake.gpus[0].uuid, False, xid=79)
+    uuid = fake.gpus[0].uuid
+    labels = {"gpu": "0", "UUID": uuid, "device": "nvidia0", "modelName": "NVIDIA A100-SXM4-40GB", "Hostname": "host-1"}
+    values = {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
+              for fam in text_string_to_metric_families(generate_latest(registry).decode()) for smp in fam.samples}
+    key = tuple(sorted(labels.items()))
+    assert values[("DCGM_FI_DEV_FB_USED", key)] == 1536.0  # 1 GiB process + 512 MiB context, in MiB
+    assert values[("DCGM_FI_DEV_POWER_MGMT_LIMIT", key)] == 400.0  # watts, not milliwatts
+    assert values[("DCGM_FI_DEV_XID_ERRORS", key)] == 79.0 and values[("aios_device_healthy", key)] == 0.0
+    for name in ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_POWER_USAGE",
+                 "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "DCGM_FI_DEV_FB_FREE"):
+        assert (name, key) in values
+    backend.stop()
+    fakenvml.uninstall()
