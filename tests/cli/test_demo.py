@@ -25,3 +25,13 @@ def test_bench_eventlog_prints_the_figures_as_json(aios_env: dict[str, str]) -> 
         assert result[key] > 0, key
     assert result["restart_log_events"] == 12000 and result["restart_tail_events"] == 2000
     assert result["restart_snapshot_seq"] == 10000
+
+
+def test_bench_inventory_prints_the_figures_as_json(aios_env: dict[str, str]) -> None:
+    out = subprocess.run([sys.executable, "-m", "aios.cli.main", "bench", "inventory", "--nodes", "20",
+                          "--gpus-per-node", "2", "--agent-seconds", "2"], env=aios_env, capture_output=True,
+                         text=True, timeout=170)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["heartbeats_per_s"] > 0 and result["heartbeats_processed"] > 0
+    assert result["nodes_declared_lost"] == 0 and 0 <= result["agent_cpu_percent"] < 100

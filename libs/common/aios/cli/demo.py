@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aios.bench.eventlog import JobsState, evolve, projector
+from aios.cli import inspect
 from aios.cli.cluster import LocalCluster
 from aios.common.config import load_settings
 from aios.common.events import JobCancelled, JobSubmitted
@@ -48,7 +49,7 @@ async def run(keep: bool = False, jobs: int = 3000) -> int:
     base = Path(tempfile.mkdtemp(prefix="aios-demo-"))
     env = {k: v for k, v in os.environ.items() if k != "AIOS_NATS_URL"}
     settings = load_settings({**env, "AIOS_DATA_DIR": str(base), "AIOS_NATS_PORT": "0"})
-    cluster = LocalCluster(settings, env=env).start()
+    cluster = LocalCluster(settings, env=env, agents=[("sim-1", "4xH100-80GB"), ("sim-2", "4xA100-40GB")]).start()
     try:
         console.print(f"[bold]AIOS demo[/]: embedded NATS at {cluster.nats_url}, data in {base}")
         store = await connect([cluster.nats_url], name="aios-demo", append_deadline=30.0)
@@ -104,6 +105,13 @@ async def run(keep: bool = False, jobs: int = 3000) -> int:
         console.print(f"cold replay {cold_report.seconds * 1000:.0f} ms, restart from snapshot "
                       f"{warm_report.seconds * 1000:.0f} ms")
         console.print("[green]no event lost, none repeated[/]" if ok else "[red]MISMATCH between folds[/]")
+        console.print("[bold]inventory[/] (aios nodes): two simulated nodes, read through the real NVML wrapper")
+        for _ in range(100):  # agents register within a few seconds of start
+            reply = await inspect.ask("aios.rm.nodes", servers=[cluster.nats_url])
+            if sum(1 for n in reply["nodes"] if n["online"]) == 2:
+                break
+            await asyncio.sleep(0.2)
+        await inspect.nodes(None, servers=[cluster.nats_url])
         if keep:
             console.print(f"staying up: export AIOS_NATS_URL={cluster.nats_url}  (Ctrl-C to stop)")
             await asyncio.Event().wait()

@@ -14,14 +14,15 @@ from aios.common.config import load_settings
 from aios.common.errors import AiosError, ConfigError
 
 
-async def ask(subject: str, body: dict[str, Any] | None = None, timeout: float = 5.0) -> dict[str, Any]:
-    settings = load_settings()
-    if not settings.servers:
+async def ask(subject: str, body: dict[str, Any] | None = None, timeout: float = 5.0,
+              servers: list[str] | None = None) -> dict[str, Any]:
+    servers = servers or load_settings().servers
+    if not servers:
         raise ConfigError("AIOS_NATS_URL is not set: point it at the cluster (`aios up` prints the export line)")
     try:
-        nc = await nats.connect(settings.servers, connect_timeout=3, max_reconnect_attempts=0, allow_reconnect=False)
+        nc = await nats.connect(servers, connect_timeout=3, max_reconnect_attempts=0, allow_reconnect=False)
     except (OSError, nats.errors.Error) as exc:
-        raise AiosError(f"cannot reach NATS at {settings.nats_url}: {exc or type(exc).__name__}") from None
+        raise AiosError(f"cannot reach NATS at {','.join(servers)}: {exc or type(exc).__name__}") from None
     try:
         msg = await nc.request(subject, json.dumps(body or {}).encode(), timeout=timeout)
     except nats.errors.NoRespondersError:
@@ -36,10 +37,10 @@ async def ask(subject: str, body: dict[str, Any] | None = None, timeout: float =
     return reply
 
 
-async def nodes(node: str | None, as_json: bool = False) -> int:
+async def nodes(node: str | None, as_json: bool = False, servers: list[str] | None = None) -> int:
     console = Console()
     if node:
-        detail = await ask("aios.rm.node", {"node": node})
+        detail = await ask("aios.rm.node", {"node": node}, servers=servers)
         if as_json:
             print(json.dumps(detail, indent=2))
             return 0
@@ -52,7 +53,7 @@ async def nodes(node: str | None, as_json: bool = False) -> int:
                           "ok" if d["healthy"] else f"[red]{d['reason']}[/]", d["job"] or "-")
         console.print(table)
         return 0
-    reply = await ask("aios.rm.nodes")
+    reply = await ask("aios.rm.nodes", servers=servers)
     if as_json:
         print(json.dumps(reply["nodes"], indent=2))
         return 0

@@ -92,7 +92,12 @@ def evolve(inv: Inventory, ev: Event) -> Inventory:
     if kind is NodeRegistered:
         _registered(inv, ev)  # type: ignore[arg-type]
     elif kind is DevicesLeased:
-        if ev.aggregate_id in inv.nodes:
+        node = inv.nodes.get(ev.aggregate_id)
+        unknown = [u for u in ev.device_uuids if node is None or u not in node.devices]  # type: ignore[attr-defined]
+        if node is None or not node.online or unknown:
+            inv.leases.violations.append(f"lease of job {ev.job_id} on node {ev.aggregate_id} refused: "  # type: ignore[attr-defined]
+                                         + ("node offline or unknown" if not unknown else f"no devices {unknown}"))
+        else:
             grant(inv.leases, ev.aggregate_id, ev.job_id, ev.device_uuids)  # type: ignore[attr-defined]
     elif kind is DevicesReleased:
         release(inv.leases, ev.aggregate_id, ev.job_id, ev.device_uuids)  # type: ignore[attr-defined]

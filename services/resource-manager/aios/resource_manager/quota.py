@@ -1,6 +1,7 @@
 """Tenant quotas with cohorts and borrowing, in the spirit of Kueue's ClusterQueue and cohort. Pure.
 
-Per device kind, a tenant may always use its ``nominal`` quota. Beyond it, it may borrow what other members of its
+Per device kind, a tenant is entitled to its ``nominal`` quota (if borrowers hold part of it, it gets it back by
+reclaiming, never by exceeding the cohort). Beyond it, it may borrow what other members of its
 cohort leave unused and are willing to lend (``lending_limit``, default: all unused), up to its own
 ``borrowing_limit`` (default: no limit). Borrowed devices are reclaimable: when a tenant asks for devices within its
 nominal quota that borrowers are using, :func:`reclaim_plan` says how many to take back from whom (the scheduler
@@ -57,7 +58,7 @@ def fits(quotas: Mapping[str, Quota], usage: Usage, tenant: str, kind: str, extr
     """Would ``tenant`` using ``extra`` more ``kind`` devices keep every quota rule?"""
     q = quotas[tenant]
     after = _used(usage, tenant, kind) + extra
-    if after <= q.nominal.get(kind, 0):
+    if after <= q.nominal.get(kind, 0) and not q.cohort:
         return True, ""
     if q.borrowing_limit is not None and borrowed(q, after, kind) > q.borrowing_limit.get(kind, 0):
         return False, (f"tenant {tenant}: {kind} would be {after} against nominal {q.nominal.get(kind, 0)} + "
@@ -69,6 +70,9 @@ def fits(quotas: Mapping[str, Quota], usage: Usage, tenant: str, kind: str, extr
         demand += borrowed(m, used, kind)
         pool += lendable(m, used, kind)
     if demand > pool:
+        if after <= q.nominal.get(kind, 0):
+            return False, (f"tenant {tenant}: {kind} {after} is within its nominal {q.nominal.get(kind, 0)}, but "
+                           f"cohort {q.cohort} has lent it out: {demand - pool} must be reclaimed from borrowers")
         where = f"cohort {q.cohort}" if q.cohort else "no cohort to borrow from"
         return False, (f"tenant {tenant}: {kind} would be {after} against nominal {q.nominal.get(kind, 0)}; "
                        f"{where} lends {pool}, borrowers would need {demand}")

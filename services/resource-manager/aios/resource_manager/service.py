@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
+from prometheus_client import Counter, Gauge
 
 from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError
 from aios.common.events import JobRequeued, NodeLost, NodeRegistered
@@ -49,6 +50,15 @@ class ResourceManagerService(Service):
 
     async def run(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
+        self.heartbeat_counter = Counter("aios_rm_heartbeats", "heartbeats received from device agents",
+                                         registry=ctx.metrics)
+        self.nodes_gauge = Gauge("aios_rm_nodes", "nodes known to the resource manager", ["state"],
+                                 registry=ctx.metrics)
+        self.nodes_gauge.labels("online").set_function(
+            lambda: sum(1 for n in self.inventory.state.nodes.values() if n.online))
+        self.nodes_gauge.labels("lost").set_function(
+            lambda: sum(1 for n in self.inventory.state.nodes.values() if not n.online))
+        self.lost_counter = Counter("aios_rm_nodes_declared_lost", "NodeLost events written", registry=ctx.metrics)
         started = time.monotonic()
         await self.inventory.rebuild(ctx.store)
         stop = asyncio.Event()
@@ -84,6 +94,7 @@ class ResourceManagerService(Service):
                     if entry is not None and entry.value:
                         self.last_seen[entry.key] = time.monotonic()
                         self.heartbeats += 1
+                        self.heartbeat_counter.inc()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - bucket not there yet, or NATS away: look again
@@ -106,6 +117,7 @@ class ResourceManagerService(Service):
                 log.error("could not declare node lost", extra={"node": node_id, "error": str(exc)})
                 continue
             self.declared_lost += 1
+            self.lost_counter.inc()
             log.warning("node lost", extra={"node": node_id, "silent_s": round(silent, 1), "jobs": jobs})
             for job in jobs:
                 try:

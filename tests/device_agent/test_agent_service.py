@@ -1,0 +1,170 @@
+"""The device agent as a service on a real nats-server, with a simulated node behind the real pynvml wrapper."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import urllib.request
+from typing import Any, AsyncIterator
+
+import msgspec
+import pytest
+import pytest_asyncio
+
+from aios.common.config import Settings
+from aios.common.events import (
+    DevicesLeased, DeviceUnhealthy, NodeRegistered, WorkerExited, WorkerStarted,
+)
+from aios.common.natsserver import NatsServer
+from aios.common.runner import run_service
+from aios.common.store import EventStore, connect
+from aios.device_agent.protocol import HEARTBEAT_BUCKET, Heartbeat, run_subject, stop_subject, telemetry_subject
+from aios.device_agent.service import AgentConfig, DeviceAgentService
+
+NODE = "t-node"
+
+
+async def until(check: Any, timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest_asyncio.fixture
+async def agent(killable_nats: NatsServer) -> AsyncIterator[tuple[DeviceAgentService, EventStore]]:
+    config = AgentConfig(node_id=NODE, sim="2xH100-80GB,1xV100-16GB", telemetry_interval_s=0.2,
+                         heartbeat_interval_s=0.2, stop_grace_s=2.0)
+    service = DeviceAgentService(config)
+    ready = asyncio.Event()
+    task = asyncio.ensure_future(run_service(service, Settings(nats_url=killable_nats.url), ready=ready,
+                                             install_signal_handlers=False))
+    await asyncio.wait_for(ready.wait(), 20)
+    store = await connect([killable_nats.url])
+    await until(lambda: _registered(store), what="NodeRegistered")
+    yield service, store
+    service.ctx.stopping.set()
+    assert await asyncio.wait_for(task, 30) == 0
+    await store.close()
+
+
+async def _registered(store: EventStore) -> bool:
+    return any(isinstance(e, NodeRegistered) for e in (await store.read(f"node.{NODE}")).events)
+
+
+async def request(store: EventStore, subject: str, body: dict[str, Any] | bytes) -> dict[str, Any]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    msg = await store.nc.request(subject, data, timeout=10)
+    return json.loads(msg.data)
+
+
+async def test_registration_heartbeat_telemetry_and_metrics(agent: tuple[DeviceAgentService, EventStore]) -> None:
+    service, store = agent
+    [reg] = [e for e in (await store.read(f"node.{NODE}")).events if isinstance(e, NodeRegistered)]
+    assert [d.kind for d in reg.devices] == ["h100", "h100", "v100"] and reg.backend == "sim"
+    assert {link.level for link in reg.links} == {"nvlink", "system"} and len(reg.links) == 3
+    assert reg.cpu_cores >= 1 and reg.memory_bytes > 0
+
+    kv = await store.js.key_value(HEARTBEAT_BUCKET)
+    beat = msgspec.json.decode((await kv.get(NODE)).value, type=Heartbeat)
+    assert beat.agent_id == reg.agent_id and beat.devices == 3
+
+    got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def on_telemetry(msg: Any) -> None:
+        if not got.done():
+            got.set_result(msg.data)
+
+    sub = await store.nc.subscribe(telemetry_subject(NODE), cb=on_telemetry)
+    telemetry = json.loads(await asyncio.wait_for(got, 5))
+    await sub.unsubscribe()
+    assert len(telemetry["devices"]) == 3 and telemetry["devices"][0]["power_limit_w"] == 700.0
+
+    text = await asyncio.to_thread(lambda: urllib.request.urlopen(service.ctx.http_url + "/metrics").read().decode())
+    assert f'UUID="{reg.devices[2].uuid}"' in text and "DCGM_FI_DEV_FB_USED{" in text
+
+
+async def test_runs_workers_only_on_leased_devices(agent: tuple[DeviceAgentService, EventStore]) -> None:
+    service, store = agent
+    history = await store.read(f"node.{NODE}")
+    uuid = history.events[0].devices[0].uuid  # type: ignore[attr-defined]
+    script = "import os; print(os.environ['CUDA_VISIBLE_DEVICES'], os.environ['AIOS_JOB_ID'])"
+    run = {"job_id": "j1", "worker": "w0", "command": [sys.executable, "-c", script], "device_uuids": [uuid],
+           "env": {"AIOS_JOB_ID": "j1"}}
+    refused = await request(store, run_subject(NODE), run)
+    assert not refused["ok"] and f"job j1 holds no lease on {uuid} on node {NODE}" == refused["error"]
+
+    bad = await request(store, run_subject(NODE), {"job_id": 3, "worker": "w", "command": ["x"]})
+    assert not bad["ok"] and "`$.job_id`" in bad["error"]
+    assert "not JSON" in (await request(store, run_subject(NODE), b"{nope"))["error"]
+
+    await store.append(f"node.{NODE}", DevicesLeased(aggregate_id=NODE, job_id="j1", device_uuids=[uuid]),
+                       expected_version=history.version)
+    lines: list[bytes] = []
+
+    async def on_log(msg: Any) -> None:
+        lines.append(msg.data)
+
+    sub = await store.nc.subscribe("aios.logs.j1.>", cb=on_log)
+    await until(lambda: _holds(service, uuid), what="agent to see the lease")
+    started = await request(store, run_subject(NODE), run)
+    assert started["ok"] and started["pid"] > 0
+    events = await until(lambda: _job_events(store, "j1", 2), what="worker start and exit events")
+    assert isinstance(events[0], WorkerStarted) and events[0].device_uuids == [uuid]
+    assert isinstance(events[1], WorkerExited) and events[1].exit_code == 0
+    await until(lambda: _truthy(lines), what="log line")
+    assert lines[0] == f"{uuid} j1\n".encode()
+    await sub.unsubscribe()
+
+    sleeper = {**run, "worker": "w1", "command": [sys.executable, "-c", "import time; time.sleep(60)"]}
+    assert (await request(store, run_subject(NODE), sleeper))["ok"]
+    stopped = await request(store, stop_subject(NODE), {"job_id": "j1", "grace_s": 1})
+    assert stopped == {"ok": True, "stopped": 1}
+    events = await until(lambda: _job_events(store, "j1", 4), what="stopped worker exit")
+    assert events[3].reason == "stopped on request"
+
+
+async def _holds(service: DeviceAgentService, uuid: str) -> bool:
+    return service.node.state.leases.holder.get(uuid) == "j1"
+
+
+async def _job_events(store: EventStore, job: str, n: int) -> list[Any] | None:
+    events = (await store.read(f"job.{job}")).events
+    return events if len(events) >= n else None
+
+
+async def _truthy(items: list[bytes]) -> bool:
+    return bool(items)
+
+
+async def test_critical_xids_make_devices_unhealthy(agent: tuple[DeviceAgentService, EventStore]) -> None:
+    service, store = agent
+    fake = service.fake
+    fake.xid(1, 13)  # application error: ignored, as NVIDIA's device plugin does
+    fake.xid(2, 79)  # fell off the bus
+    events = await until(lambda: _unhealthy(store), what="DeviceUnhealthy")
+    assert [(e.device_uuid, e.xid) for e in events] == [(fake.gpus[2].uuid, 79)]
+    fake.gpus[0].lost = True
+    events = await until(lambda: _unhealthy(store, 2), what="lost device")
+    assert events[1].device_uuid == fake.gpus[0].uuid and "fell off the bus" in events[1].reason
+
+
+async def _unhealthy(store: EventStore, n: int = 1) -> list[DeviceUnhealthy] | None:
+    events = [e for e in (await store.read(f"node.{NODE}")).events if isinstance(e, DeviceUnhealthy)]
+    return events if len(events) >= n else None
+
+
+async def test_without_a_gpu_the_agent_explains_and_exits(killable_nats: NatsServer, capsys: pytest.CaptureFixture[str]) -> None:
+    from aios.device_agent import fakenvml
+
+    fakenvml.uninstall()
+    service = DeviceAgentService(AgentConfig(node_id="real"))
+    code = await run_service(service, Settings(nats_url=killable_nats.url), install_signal_handlers=False)
+    assert code == 2
+    assert "libnvidia-ml.so.1" in capsys.readouterr().err

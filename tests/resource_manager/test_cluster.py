@@ -1,0 +1,97 @@
+"""Acceptance: a local cluster with two simulated nodes, seen through `aios nodes`; a SIGKILLed agent becomes
+`NodeLost` within the timeout and its jobs are requeued; the restarted agent brings its node back once; a restarted
+resource manager rebuilds the same inventory from the log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from aios.cli.cluster import LocalCluster
+from aios.common.config import load_settings
+from aios.common.events import DevicesLeased, JobRequeued, NodeLost, NodeRegistered
+from aios.common.store import connect
+
+
+@pytest.fixture
+def cluster(aios_env: dict[str, str], tmp_path: Path) -> Iterator[LocalCluster]:
+    env = {**aios_env, "AIOS_NODE_TIMEOUT": "3", "AIOS_HEARTBEAT_INTERVAL": "0.5"}
+    settings = load_settings({**env, "AIOS_NATS_PORT": "0"})
+    c = LocalCluster(settings, env=env, agents=[("sim-a", "2xH100-80GB"), ("sim-b", "2xA100-40GB")]).start()
+    yield c
+    c.stop()
+
+
+def aios_nodes(cluster: LocalCluster, env: dict[str, str], *args: str) -> Any:
+    out = subprocess.run([sys.executable, "-m", "aios.cli.main", "nodes", "--json", *args],
+                         env={**env, "AIOS_NATS_URL": cluster.nats_url}, capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        return None
+    return json.loads(out.stdout)
+
+
+def wait_nodes(cluster: LocalCluster, env: dict[str, str], check: Any, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    nodes = None
+    while time.monotonic() < deadline:
+        nodes = aios_nodes(cluster, env)
+        if nodes is not None and check({n["node"]: n for n in nodes}):
+            return {n["node"]: n for n in nodes}
+        time.sleep(0.3)
+    raise AssertionError(f"nodes never matched; last: {nodes}")
+
+
+async def test_node_loss_and_return(cluster: LocalCluster, aios_env: dict[str, str]) -> None:
+    nodes = await asyncio.to_thread(wait_nodes, cluster, aios_env,
+                                    lambda n: set(n) == {"sim-a", "sim-b"} and all(v["online"] for v in n.values()))
+    assert nodes["sim-a"]["kinds"] == ["h100"] and nodes["sim-b"]["kinds"] == ["a100"]
+    detail = await asyncio.to_thread(aios_nodes, cluster, aios_env, "sim-a")
+    assert [d["kind"] for d in detail["devices"]] == ["h100", "h100"] and detail["links"][0]["level"] == "nvlink"
+
+    store = await connect([cluster.nats_url])
+    history = await store.read("node.sim-a")
+    uuid = history.events[-1].devices[0].uuid  # type: ignore[attr-defined]
+    await store.append("node.sim-a", DevicesLeased(aggregate_id="sim-a", job_id="train-1", device_uuids=[uuid]),
+                       expected_version=history.version)
+
+    cluster.kill_agent("sim-a")
+    killed = time.monotonic()
+    nodes = await asyncio.to_thread(wait_nodes, cluster, aios_env, lambda n: not n["sim-a"]["online"], 20)
+    detected = time.monotonic() - killed
+    assert 3 <= detected < 3 + 5, detected  # timeout 3 s, checked every 0.5 s, plus query round trips
+    assert "no heartbeat" in nodes["sim-a"]["lost_reason"] and nodes["sim-b"]["online"]
+    lost = [e for e in (await store.read("node.sim-a")).events if isinstance(e, NodeLost)]
+    assert len(lost) == 1 and lost[0].jobs == ["train-1"]
+    requeued = (await store.read("job.train-1")).events
+    assert len(requeued) == 1 and isinstance(requeued[0], JobRequeued) and requeued[0].node_id == "sim-a"
+
+    cluster.restart_agent("sim-a")
+    nodes = await asyncio.to_thread(wait_nodes, cluster, aios_env, lambda n: n["sim-a"]["online"], 20)
+    assert len(nodes) == 2 and nodes["sim-a"]["devices"] == 2 and nodes["sim-a"]["free"] == 2
+    assert nodes["sim-a"]["registrations"] == 2
+    registrations = [e for e in (await store.read("node.sim-a")).events if isinstance(e, NodeRegistered)]
+    assert len(registrations) == 2
+
+    # A restarted resource manager folds the same inventory from the log.
+    before = await asyncio.to_thread(aios_nodes, cluster, aios_env)
+    rm = cluster.procs["resource-manager"]
+    rm.kill()
+    rm.wait()
+    cluster._spawn("resource-manager", ["service", "resource-manager"])
+    after = await asyncio.to_thread(wait_nodes, cluster, aios_env, lambda n: len(n) == 2)
+    assert sorted(after.values(), key=lambda n: n["node"]) == before
+    assert [e for e in (await store.read("node.sim-a")).events if isinstance(e, NodeLost)] == lost  # no second loss
+    await store.close()
+
+
+def test_nodes_without_a_cluster_is_a_clear_error(aios_env: dict[str, str]) -> None:
+    out = subprocess.run([sys.executable, "-m", "aios.cli.main", "nodes"], env=aios_env, capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 2 and "AIOS_NATS_URL is not set" in out.stderr and "Traceback" not in out.stderr

@@ -1,0 +1,136 @@
+"""The lease ledger and the inventory fold: literal cases, and properties over random event sequences."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aios.common.events import (
+    DeviceHealthy, DeviceInfo, DevicesLeased, DevicesReleased, DeviceUnhealthy, Event, Link, NodeLost,
+    NodeRegistered, TenantQuotaSet,
+)
+from aios.common.store import Commit
+from aios.resource_manager.inventory import Inventory, evolve, fold_commit
+from aios.resource_manager.leases import LeaseBook, LeaseConflict, check_grant, grant, release
+from aios.resource_manager.liveness import lost_nodes
+
+NODES = {"n1": ["n1-g0", "n1-g1", "n1-g2", "n1-g3"], "n2": ["n2-g0", "n2-g1"]}
+
+
+def registered(node: str, agent: str = "a1", kinds: str = "h100") -> NodeRegistered:
+    devices = [DeviceInfo(uuid=u, index=i, kind=kinds, model="NVIDIA H100 80GB HBM3", memory_bytes=80 << 30)
+               for i, u in enumerate(NODES[node])]
+    return NodeRegistered(aggregate_id=node, hostname=node, agent_id=agent, cpu_cores=32, memory_bytes=256 << 30,
+                          devices=devices, links=[Link(NODES[node][0], NODES[node][1], "nvlink")])
+
+
+def fold(events: list[Event]) -> Inventory:
+    inv = Inventory()
+    for seq, ev in enumerate(events, 1):
+        fold_commit(inv, Commit(seq, ev.aggregate, [ev]))
+    return inv
+
+
+def test_lease_lifecycle_and_queries() -> None:
+    inv = fold([registered("n1"), registered("n2"),
+                DevicesLeased(aggregate_id="n1", job_id="j1", device_uuids=["n1-g0", "n1-g1"]),
+                DeviceUnhealthy(aggregate_id="n1", device_uuid="n1-g3", reason="critical XID 79", xid=79)])
+    assert [d.info.uuid for d in inv.free_devices("n1")] == ["n1-g2"]
+    assert inv.capacity() == {"h100": {"total": 6, "healthy": 5, "free": 3}}
+    assert inv.leases.jobs_on("n1") == ["j1"] and inv.versions == {"node.n1": 4, "node.n2": 2}
+    assert inv.usage_by_tenant({"j1": "nlp"}) == {"nlp": {"h100": 2}}
+
+    evolve(inv, DevicesReleased(aggregate_id="n1", job_id="j1"))
+    evolve(inv, DeviceHealthy(aggregate_id="n1", device_uuid="n1-g3"))
+    assert len(inv.free_devices("n1")) == 4
+
+
+def test_node_lost_ends_its_leases_and_a_return_is_not_double_counted() -> None:
+    inv = fold([registered("n1"), DevicesLeased(aggregate_id="n1", job_id="j1", device_uuids=["n1-g0"]),
+                NodeLost(aggregate_id="n1", reason="no heartbeat", last_seen=0.0, jobs=["j1"])])
+    assert not inv.nodes["n1"].online and inv.leases.holder == {} and inv.free_devices("n1") == []
+    assert inv.capacity() == {}
+    evolve(inv, registered("n1", agent="a2"))
+    assert inv.nodes["n1"].online and inv.nodes["n1"].registrations == 2
+    assert inv.capacity() == {"h100": {"total": 4, "healthy": 4, "free": 4}}
+
+
+def test_health_survives_an_agent_restart_until_the_agent_says_otherwise() -> None:
+    inv = fold([registered("n1"), DeviceUnhealthy(aggregate_id="n1", device_uuid="n1-g1", reason="double-bit ECC"),
+                registered("n1", agent="a2")])
+    assert not inv.nodes["n1"].devices["n1-g1"].healthy
+
+
+def test_tenants_are_folded() -> None:
+    inv = fold([TenantQuotaSet(aggregate_id="nlp", cohort="research", nominal={"h100": 4})])
+    assert inv.tenants["nlp"].nominal == {"h100": 4}
+
+
+def test_check_grant() -> None:
+    book = grant(LeaseBook(), "n1", "j1", ["n1-g0"])
+    check_grant(book, "j1", ["n1-g0", "n1-g1"])  # own devices are fine
+    for devices, message in [(["n1-g0"], "n1-g0 to j1"), (["n1-g1", "n1-g1"], "listed twice")]:
+        try:
+            check_grant(book, "j2", devices)
+        except LeaseConflict as exc:
+            assert message in str(exc)
+        else:
+            raise AssertionError("conflict not detected")
+
+
+ALL_DEVICES = [u for devs in NODES.values() for u in devs]
+node_of = {u: n for n, devs in NODES.items() for u in devs}
+jobs = st.sampled_from(["j1", "j2", "j3", "j4"])
+ops = st.one_of(
+    st.tuples(st.just("lease"), jobs, st.lists(st.sampled_from(ALL_DEVICES), min_size=1, max_size=3, unique=True)),
+    st.tuples(st.just("release"), jobs, st.lists(st.sampled_from(ALL_DEVICES), max_size=2, unique=True)),
+    st.tuples(st.just("lost"), st.sampled_from(sorted(NODES)), st.just([])),
+    st.tuples(st.just("register"), st.sampled_from(sorted(NODES)), st.just([])),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(ops, max_size=40))
+def test_no_device_is_ever_in_two_leases(script: list[tuple[str, str, list[str]]]) -> None:
+    """Whatever events reach the log, even conflicting ones written by a buggy client, the fold never books a
+    device twice, and a conflicting lease is recorded as a violation rather than applied."""
+    inv = fold([registered("n1"), registered("n2")])
+    for kind, arg, devices in script:
+        if kind == "lease":
+            node = node_of[devices[0]]
+            devices = [d for d in devices if node_of[d] == node]
+            before = dict(inv.leases.holder)
+            refused = any(before.get(d, arg) != arg for d in devices) or not inv.nodes[node].online
+            evolve(inv, DevicesLeased(aggregate_id=node, job_id=arg, device_uuids=devices))
+            if refused:
+                assert inv.leases.holder == before and inv.leases.violations
+            else:
+                assert all(inv.leases.holder[d] == arg for d in devices)
+        elif kind == "release":
+            for node in NODES:
+                evolve(inv, DevicesReleased(aggregate_id=node, job_id=arg,
+                                            device_uuids=[d for d in devices if node_of[d] == node]))
+        elif kind == "lost":
+            evolve(inv, NodeLost(aggregate_id=arg, reason="test", last_seen=0.0))
+            assert not inv.leases.jobs_on(arg)
+        else:
+            evolve(inv, registered(arg, agent="again"))
+        holders: dict[str, str] = {}
+        for device, job in inv.leases.holder.items():
+            assert holders.setdefault(device, job) == job
+            assert inv.leases.node_of[device] == node_of[device]
+        assert set(inv.leases.holder) == set(inv.leases.node_of)
+
+
+def test_release_only_touches_the_jobs_own_devices() -> None:
+    book = grant(grant(LeaseBook(), "n1", "j1", ["n1-g0"]), "n1", "j2", ["n1-g1"])
+    release(book, "n1", "j1", ["n1-g1"])
+    assert book.holder == {"n1-g0": "j1", "n1-g1": "j2"}
+
+
+def test_liveness_rule() -> None:
+    inv = fold([registered("n1"), registered("n2")])
+    assert lost_nodes(inv, {"n1": 100.0}, now=105.0, timeout_s=10, watching_since=90.0) == [("n2", 90.0)]
+    assert lost_nodes(inv, {"n1": 100.0, "n2": 104.0}, now=109.0, timeout_s=10, watching_since=0.0) == []
+    evolve(inv, NodeLost(aggregate_id="n2", reason="x", last_seen=0.0))
+    assert lost_nodes(inv, {"n1": 100.0}, now=200.0, timeout_s=10, watching_since=0.0) == [("n1", 100.0)]
