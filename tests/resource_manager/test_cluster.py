@@ -95,3 +95,28 @@ def test_nodes_without_a_cluster_is_a_clear_error(aios_env: dict[str, str]) -> N
     out = subprocess.run([sys.executable, "-m", "aios.cli.main", "nodes"], env=aios_env, capture_output=True,
                          text=True, timeout=30)
     assert out.returncode == 2 and "AIOS_NATS_URL is not set" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_quota_and_tenants_commands(aios_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**aios_env, "AIOS_NATS_PORT": "0"}
+    c = LocalCluster(load_settings(env), env=env).start()
+    try:
+        env = {**aios_env, "AIOS_NATS_URL": c.nats_url}
+        run = lambda *a: subprocess.run([sys.executable, "-m", "aios.cli.main", *a], env=env,  # noqa: E731
+                                        capture_output=True, text=True, timeout=30)
+        ok = run("quota", "nlp", "--cohort", "research", "--nominal", "h100=4,a100=2", "--borrowing-limit", "h100=2")
+        assert ok.returncode == 0, ok.stderr
+        bad = run("quota", "nlp", "--nominal", "h100=four")
+        assert bad.returncode == 2 and "--nominal: 'h100=four' is not KIND=N" in bad.stderr
+        deadline = time.monotonic() + 20
+        while True:
+            out = run("tenants", "--json")
+            tenants = json.loads(out.stdout) if out.returncode == 0 else {}
+            if "nlp" in tenants:
+                break
+            assert time.monotonic() < deadline, out.stderr
+            time.sleep(0.3)
+        assert tenants["nlp"] == {"cohort": "research", "nominal": {"h100": 4, "a100": 2},
+                                  "borrowing_limit": {"h100": 2}, "lending_limit": None, "usage": {}}
+    finally:
+        c.stop()

@@ -39,6 +39,9 @@ def test_lease_lifecycle_and_queries() -> None:
     assert inv.capacity() == {"h100": {"total": 6, "healthy": 5, "free": 3}}
     assert inv.leases.jobs_on("n1") == ["j1"] and inv.versions == {"node.n1": 4, "node.n2": 2}
     assert inv.usage_by_tenant({"j1": "nlp"}) == {"nlp": {"h100": 2}}
+    evolve(inv, DevicesLeased(aggregate_id="n2", job_id="j9", device_uuids=["n2-g0"], tenant="vision"))
+    assert inv.usage_by_tenant() == {"": {"h100": 2}, "vision": {"h100": 1}}
+    evolve(inv, DevicesReleased(aggregate_id="n2", job_id="j9"))
 
     evolve(inv, DevicesReleased(aggregate_id="n1", job_id="j1"))
     evolve(inv, DeviceHealthy(aggregate_id="n1", device_uuid="n1-g3"))

@@ -64,3 +64,50 @@ async def nodes(node: str | None, as_json: bool = False, servers: list[str] | No
                       ",".join(n["kinds"]), str(n["cpu_cores"]), str(n["memory_gib"]))
     console.print(table)
     return 0
+
+
+async def tenants(as_json: bool = False, servers: list[str] | None = None) -> int:
+    reply = await ask("aios.rm.tenants", servers=servers)
+    if as_json:
+        print(json.dumps(reply["tenants"], indent=2))
+        return 0
+    table = Table("tenant", "cohort", "nominal", "in use", "borrowing limit", "lending limit")
+    fmt = lambda d: ", ".join(f"{k}={v}" for k, v in sorted(d.items())) if d else "-"  # noqa: E731
+    for name, t in reply["tenants"].items():
+        table.add_row(name or "(unknown)", t["cohort"] or "-", fmt(t["nominal"]), fmt(t["usage"]),
+                      fmt(t["borrowing_limit"]) if t["borrowing_limit"] is not None else "none",
+                      fmt(t["lending_limit"]) if t["lending_limit"] is not None else "all unused")
+    Console().print(table)
+    return 0
+
+
+def parse_counts(option: str, text: str | None) -> dict[str, int] | None:
+    """``h100=8,a100=4`` -> {"h100": 8, "a100": 4}; errors name the option and the bad part."""
+    if text is None:
+        return None
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, sep, count = part.partition("=")
+        if not sep or not kind or not count.isdigit():
+            raise ConfigError(f"{option}: {part!r} is not KIND=N with N a whole number (e.g. h100=8)")
+        out[kind.strip().lower()] = int(count)
+    return out
+
+
+async def set_quota(tenant: str, cohort: str, nominal: str, borrowing: str | None, lending: str | None) -> int:
+    from aios.common.events import TenantQuotaSet
+    from aios.common.store import connect
+
+    servers = load_settings().servers
+    if not servers:
+        raise ConfigError("AIOS_NATS_URL is not set: point it at the cluster (`aios up` prints the export line)")
+    event = TenantQuotaSet(aggregate_id=tenant, cohort=cohort, nominal=parse_counts("--nominal", nominal) or {},
+                           borrowing_limit=parse_counts("--borrowing-limit", borrowing),
+                           lending_limit=parse_counts("--lending-limit", lending))
+    store = await connect(servers, name="aios-cli", append_deadline=5.0)
+    try:
+        result = await store.append(f"tenant.{tenant}", event)
+    finally:
+        await store.close()
+    print(f"quota of {tenant} set (event {result.seq})")
+    return 0

@@ -103,6 +103,19 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     return asyncio.run(inspect.nodes(args.node, as_json=args.json))
 
 
+def cmd_tenants(args: argparse.Namespace) -> int:
+    from aios.cli import inspect
+
+    return asyncio.run(inspect.tenants(as_json=args.json))
+
+
+def cmd_quota(args: argparse.Namespace) -> int:
+    from aios.cli import inspect
+
+    return asyncio.run(inspect.set_quota(args.tenant, args.cohort, args.nominal, args.borrowing_limit,
+                                         args.lending_limit))
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench == "inventory":
         from aios.bench import inventory
@@ -157,6 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
     service = sub.add_parser("service", help="run one service in this process (what `aios up` starts)")
     service.add_argument("name")
     service.set_defaults(handler=cmd_service)
+
+    tenants = sub.add_parser("tenants", help="tenants: quotas, cohorts and devices in use")
+    tenants.add_argument("--json", action="store_true", help="machine-readable output")
+    tenants.set_defaults(handler=cmd_tenants)
+
+    quota = sub.add_parser("quota", help="set a tenant's quota (appends TenantQuotaSet)")
+    quota.add_argument("tenant")
+    quota.add_argument("--nominal", required=True, metavar="KIND=N,...", help="e.g. h100=8,a100=4")
+    quota.add_argument("--cohort", default="", help="cohort whose unused quota the tenant may borrow and lends to")
+    quota.add_argument("--borrowing-limit", metavar="KIND=N,...", help="most it may borrow beyond nominal")
+    quota.add_argument("--lending-limit", metavar="KIND=N,...", help="most of its unused quota others may borrow")
+    quota.set_defaults(handler=cmd_quota)
 
     bench = sub.add_parser("bench", help="benchmarks printing JSON")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="benchmark")

@@ -43,6 +43,8 @@ class Inventory(msgspec.Struct):
     nodes: dict[str, NodeState] = {}
     tenants: dict[str, TenantQuotaSet] = {}
     leases: LeaseBook = msgspec.field(default_factory=LeaseBook)
+    tenant_of: dict[str, str] = {}
+    """job id -> tenant, from the leases (for usage per tenant)."""
     versions: dict[str, int] = {}
     """aggregate -> stream sequence of its last commit (the expected_version of the next append)."""
     seq: int = 0
@@ -69,7 +71,9 @@ class Inventory(msgspec.Struct):
                         row["free"] += 1
         return out
 
-    def usage_by_tenant(self, tenant_of_job: dict[str, str]) -> dict[str, dict[str, int]]:
+    def usage_by_tenant(self, tenant_of_job: dict[str, str] | None = None) -> dict[str, dict[str, int]]:
+        """Leased devices per tenant and device kind (jobs without a known tenant count under "")."""
+        tenant_of_job = self.tenant_of if tenant_of_job is None else tenant_of_job
         kinds = {u: d.info.kind for n in self.nodes.values() for u, d in n.devices.items()}
         usage: dict[str, dict[str, int]] = {}
         for uuid, job in self.leases.holder.items():
@@ -99,6 +103,8 @@ def evolve(inv: Inventory, ev: Event) -> Inventory:
                                          + ("node offline or unknown" if not unknown else f"no devices {unknown}"))
         else:
             grant(inv.leases, ev.aggregate_id, ev.job_id, ev.device_uuids)  # type: ignore[attr-defined]
+            if ev.tenant:  # type: ignore[attr-defined]
+                inv.tenant_of[ev.job_id] = ev.tenant  # type: ignore[attr-defined]
     elif kind is DevicesReleased:
         release(inv.leases, ev.aggregate_id, ev.job_id, ev.device_uuids)  # type: ignore[attr-defined]
     elif kind is DeviceUnhealthy or kind is DeviceHealthy:

@@ -48,6 +48,13 @@ def answer(inv: Inventory, what: str, args: dict[str, Any]) -> dict[str, Any]:
     if what == "capacity":
         return {"capacity": inv.capacity(), "seq": inv.seq}
     if what == "tenants":
-        return {"tenants": {t: {"cohort": q.cohort, "nominal": q.nominal, "borrowing_limit": q.borrowing_limit,
-                                "lending_limit": q.lending_limit} for t, q in sorted(inv.tenants.items())}}
+        usage = inv.usage_by_tenant()
+        names = sorted(set(inv.tenants) | {t for t in usage if t})
+        out = {}
+        for t in names:
+            q = inv.tenants.get(t)
+            out[t] = {"cohort": q.cohort if q else "", "nominal": q.nominal if q else {},
+                      "borrowing_limit": q.borrowing_limit if q else None,
+                      "lending_limit": q.lending_limit if q else None, "usage": usage.get(t, {})}
+        return {"tenants": out}
     return {"error": f"unknown query {what!r} (nodes, node, capacity, tenants)"}
