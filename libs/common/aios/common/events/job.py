@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import msgspec
+
 from aios.common.events.base import Event
 
 
@@ -52,3 +54,47 @@ class WorkerExited(JobEvent, frozen=True, kw_only=True):
     """None when killed by a signal (see ``signal``)."""
     signal: int | None = None
     reason: str = ""
+
+
+class Assignment(msgspec.Struct, frozen=True):
+    """The devices of one node given to a job, and the global ranks of the workers on them (one per device)."""
+
+    node_id: str
+    device_uuids: list[str]
+    ranks: list[int]
+
+
+class JobAdmitted(JobEvent, frozen=True, kw_only=True):
+    """Quota allows the job to run; ``borrowed`` is what it uses beyond its tenant's nominal quota."""
+
+    tenant: str
+    borrowed: dict[str, int] = {}
+
+
+class JobPlaced(JobEvent, frozen=True, kw_only=True):
+    """Devices chosen (all at once for a gang); the node leases were appended before this event."""
+
+    assignments: list[Assignment]
+    world_size: int
+    policy: str = ""
+    attempt: int = 1
+
+
+class JobPreempted(JobEvent, frozen=True, kw_only=True):
+    """The job must checkpoint and give its devices back; it returns to the queue."""
+
+    reason: str
+    for_job: str = ""
+
+
+class JobStarted(JobEvent, frozen=True, kw_only=True):
+    world_size: int = 0
+
+
+class JobSucceeded(JobEvent, frozen=True, kw_only=True):
+    runtime_s: float | None = None
+
+
+class JobFailed(JobEvent, frozen=True, kw_only=True):
+    reason: str
+    exit_code: int | None = None

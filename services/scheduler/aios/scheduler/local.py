@@ -1,0 +1,38 @@
+"""Carry out rounds without NATS: fold the commits of a plan straight into the state (tests, the simulator).
+
+The same functions produce the commits the live service appends; here every expected version holds because there
+is one writer, so the result is what the service would reach when no other writer interferes.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from aios.common.events import Event
+from aios.common.store import Commit as StoredCommit
+from aios.scheduler.decisions import Commit, housekeeping_commits, lease_commits, placement_commits
+from aios.scheduler.policies.base import Policy
+from aios.scheduler.rounds import RoundPlan, plan_round
+from aios.scheduler.state import SchedulerState, fold_commit
+
+
+def apply(state: SchedulerState, commits: list[Commit] | list[tuple[str, list[Event]]], now: float) -> None:
+    for c in commits:
+        aggregate, events = (c.aggregate, c.events) if isinstance(c, Commit) else c
+        stamped = [msgspec.structs.replace(e, ts=now) for e in events]
+        fold_commit(state, StoredCommit(state.seq + 1, aggregate, stamped))
+
+
+def step(state: SchedulerState, policy: Policy, now: float, **options: object) -> RoundPlan:
+    plan = plan_round(state, policy, now, **options)  # type: ignore[arg-type]
+    apply(state, housekeeping_commits(state, plan), now)
+    leases = lease_commits(state, plan)
+    apply(state, leases, now)
+    placed, _ = placement_commits(state, plan, {c.aggregate.split(".", 1)[1] for c in leases} | _cpu_nodes(plan),
+                                  policy.name)
+    apply(state, placed, now)
+    return plan
+
+
+def _cpu_nodes(plan: RoundPlan) -> set[str]:
+    return {a.node_id for p in plan.placements for a in p.assignments if not a.device_uuids}

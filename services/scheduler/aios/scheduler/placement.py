@@ -1,0 +1,285 @@
+"""Placement: which devices of which nodes a job gets. Pure; numpy for the greedy path, HiGHS MILP for windows.
+
+A *bin* is the free devices of one kind on one online node (healthy, not leased). Both solvers share one objective:
+place as much priority weight as possible, then use few bins per job (fewer nodes, NVLink stays inside a node),
+then prefer bins that are already fuller (best fit, so big holes stay whole for big gangs). A gang is all-or-nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import msgspec
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.sparse import coo_matrix
+
+from aios.resource_manager.inventory import Inventory
+
+BIN_PENALTY = 1.0
+"""Cost of each extra bin (node) a job spans, against a placed job's weight (>= 100)."""
+FIT_PENALTY = 0.01
+"""Cost per device of using emptier bins (best fit)."""
+
+
+class Request(msgspec.Struct, frozen=True):
+    job_id: str
+    devices: int
+    kinds: frozenset[str] | None = None
+    """Acceptable kinds; None: any."""
+    max_per_node: int | None = None
+    gang: bool = True
+    cpu: float = 0.0
+    """Per worker (= per device; one worker for a CPU-only job)."""
+    memory_gib: float = 0.0
+    weight: float = 100.0
+
+
+@dataclass
+class ClusterView:
+    """Free capacity as arrays, updated in place as a round places jobs."""
+
+    bin_node: np.ndarray
+    bin_kind: list[str]
+    bin_free: np.ndarray
+    bin_devices: list[list[str]]
+    node_ids: list[str]
+    node_cpu: np.ndarray
+    node_mem: np.ndarray
+    kind_index: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def from_inventory(cls, inv: Inventory, cpu_used: dict[str, float] | None = None,
+                       mem_used: dict[str, float] | None = None) -> "ClusterView":
+        node_ids: list[str] = []
+        bin_node, bin_kind, bin_free, bin_devices = [], [], [], []
+        cpu, mem = [], []
+        for node_id, node in sorted(inv.nodes.items()):
+            if not node.online:
+                continue
+            n = len(node_ids)
+            node_ids.append(node_id)
+            cpu.append(node.cpu_cores - (cpu_used or {}).get(node_id, 0.0))
+            mem.append(node.memory_bytes / 1024**3 - (mem_used or {}).get(node_id, 0.0))
+            by_kind: dict[str, list[str]] = {}
+            for dev in inv.free_devices(node_id):
+                by_kind.setdefault(dev.info.kind, []).append(dev.info.uuid)
+            order = _nvlink_order(node.links)
+            for kind, uuids in sorted(by_kind.items()):
+                uuids.sort(key=lambda u: order.get(u, (1 << 30, u)))
+                bin_node.append(n)
+                bin_kind.append(kind)
+                bin_free.append(len(uuids))
+                bin_devices.append(uuids)
+        view = cls(np.array(bin_node, dtype=np.int64), bin_kind, np.array(bin_free, dtype=np.int64), bin_devices,
+                   node_ids, np.array(cpu, dtype=float), np.array(mem, dtype=float))
+        kinds = np.array(bin_kind, dtype=object)
+        view.kind_index = {k: np.flatnonzero(kinds == k) for k in set(bin_kind)}
+        return view
+
+    def candidates(self, req: Request) -> np.ndarray:
+        """Bins of acceptable kinds with a free device (indices)."""
+        if req.kinds is None:
+            idx = np.arange(len(self.bin_kind))
+        else:
+            parts = [self.kind_index[k] for k in req.kinds if k in self.kind_index]
+            idx = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        return idx[self.bin_free[idx] > 0]
+
+    def capacity_in(self, req: Request, bins: np.ndarray) -> np.ndarray:
+        """Devices of ``req`` each bin can take now: free devices, per-node limit, CPU and memory of the node."""
+        cap = self.bin_free[bins].astype(float)
+        if req.max_per_node is not None:
+            cap = np.minimum(cap, req.max_per_node)
+        nodes = self.bin_node[bins]
+        if req.cpu > 0:
+            cap = np.minimum(cap, np.floor(self.node_cpu[nodes] / req.cpu + 1e-9))
+        if req.memory_gib > 0:
+            cap = np.minimum(cap, np.floor(self.node_mem[nodes] / req.memory_gib + 1e-9))
+        return np.maximum(cap, 0).astype(np.int64)
+
+    def take(self, req: Request, plan: list[tuple[int, int]]) -> dict[str, list[str]]:
+        """Commit a plan [(bin, count)] to the view; returns node id -> device uuids."""
+        out: dict[str, list[str]] = {}
+        for b, count in plan:
+            devices = self.bin_devices[b][:count]
+            self.bin_devices[b] = self.bin_devices[b][count:]
+            self.bin_free[b] -= count
+            n = int(self.bin_node[b])
+            self.node_cpu[n] -= req.cpu * count
+            self.node_mem[n] -= req.memory_gib * count
+            out.setdefault(self.node_ids[n], []).extend(devices)
+        return out
+
+    def place_cpu_only(self, req: Request) -> str | None:
+        """One worker without accelerators: the node with the most free CPU that fits."""
+        ok = np.flatnonzero((self.node_cpu >= req.cpu) & (self.node_mem >= req.memory_gib))
+        if ok.size == 0:
+            return None
+        n = int(ok[np.argmax(self.node_cpu[ok])])
+        self.node_cpu[n] -= req.cpu
+        self.node_mem[n] -= req.memory_gib
+        return self.node_ids[n]
+
+
+def _nvlink_order(links: list) -> dict[str, tuple[int, str]]:  # type: ignore[type-arg]
+    """Devices ordered by NVLink component (largest first), so a job's devices come from one NVLink domain."""
+    parent: dict[str, str] = {}
+
+    def find(u: str) -> str:
+        while parent.setdefault(u, u) != u:
+            parent[u] = parent[parent[u]]
+            u = parent[u]
+        return u
+
+    for link in links:
+        find(link.a)
+        find(link.b)
+        if link.level == "nvlink":
+            parent[find(link.a)] = find(link.b)
+    groups: dict[str, list[str]] = {}
+    for u in parent:
+        groups.setdefault(find(u), []).append(u)
+    ranked = sorted(groups.values(), key=lambda g: (-len(g), min(g)))
+    return {u: (i, u) for i, g in enumerate(ranked) for u in g}
+
+
+def greedy(view: ClusterView, req: Request) -> list[tuple[int, int]] | None:
+    """Best fit: the fullest single bin that holds the whole job; else the fewest bins, biggest first.
+    Non-gang jobs take what there is (at least one device). None when a gang cannot be placed whole."""
+    bins = view.candidates(req)
+    if bins.size == 0:
+        return None
+    cap = view.capacity_in(req, bins)
+    fits = np.flatnonzero(cap >= req.devices)
+    if fits.size:
+        best = fits[np.lexsort((bins[fits], cap[fits]))][0]
+        return [(int(bins[best]), req.devices)]
+    order = np.lexsort((bins, -cap))
+    cum = np.cumsum(cap[order])
+    if cum.size == 0 or cum[-1] <= 0:
+        return None
+    if cum[-1] < req.devices:
+        if req.gang:
+            return None
+        need = int(cum[-1])
+    else:
+        need = req.devices
+    k = int(np.searchsorted(cum, need)) + 1
+    plan, left = [], need
+    for i in order[:k]:
+        take = int(min(cap[i], left))
+        if take:
+            plan.append((int(bins[i]), take))
+            left -= take
+    return plan
+
+
+def plan_cost(view: ClusterView, plan: list[tuple[int, int]]) -> float:
+    """The shared objective's cost part of one job's plan (lower is better)."""
+    top = max(1, int(view.bin_free.max())) if view.bin_free.size else 1
+    return BIN_PENALTY * len(plan) + FIT_PENALTY * sum(c * view.bin_free[b] / top for b, c in plan)
+
+
+@dataclass
+class MilpResult:
+    plans: dict[str, list[tuple[int, int]]]
+    objective: float
+    status: str
+    seconds: float
+    variables: int
+
+
+def milp_window(view: ClusterView, reqs: list[Request], time_limit: float = 1.0,
+                candidates_per_job: int = 24) -> MilpResult:
+    """Place a window of gang jobs at once with ``scipy.optimize.milp`` (HiGHS).
+
+    Variables per (job, candidate bin): x = devices there (integer), y = bin used (binary); per job z = placed
+    (binary), sum_b x = devices * z. Capacity per bin, CPU and memory per node. Each job considers its
+    ``candidates_per_job`` best-fitting bins only (plus ties), which keeps a 200 x 1,000 window small.
+    """
+    started = time.perf_counter()
+    top = max(1, int(view.bin_free.max())) if view.bin_free.size else 1
+    cols_job, cols_bin, caps = [], [], []
+    for j, req in enumerate(reqs):
+        bins = view.candidates(req)
+        if bins.size == 0:
+            continue
+        cap = view.capacity_in(req, bins)
+        keep = cap > 0
+        bins, cap = bins[keep], cap[keep]
+        if bins.size > candidates_per_job:
+            # prefer bins that hold the whole job, fullest first; then the biggest
+            whole = cap >= req.devices
+            score = np.where(whole, cap, 10_000 - cap)
+            pick = np.argsort(score, kind="stable")[:candidates_per_job]
+            bins, cap = bins[pick], cap[pick]
+        cols_job += [j] * bins.size
+        cols_bin += bins.tolist()
+        caps += cap.tolist()
+    nx, nj = len(cols_job), len(reqs)
+    if nx == 0:
+        return MilpResult({}, 0.0, "empty", time.perf_counter() - started, 0)
+    cols_job_a, cols_bin_a, caps_a = np.array(cols_job), np.array(cols_bin), np.array(caps, dtype=float)
+    # variable layout: x[0:nx], y[nx:2nx], z[2nx:2nx+nj]
+    nvar = 2 * nx + nj
+    c = np.zeros(nvar)
+    c[:nx] = FIT_PENALTY * view.bin_free[cols_bin_a] / top
+    c[nx:2 * nx] = BIN_PENALTY
+    c[2 * nx:] = -np.array([r.weight for r in reqs])
+    rows, cols, vals, lo, hi = [], [], [], [], []
+    r = 0
+    # sum_b x_jb - devices_j z_j == 0
+    for j, req in enumerate(reqs):
+        idx = np.flatnonzero(cols_job_a == j)
+        rows += [r] * (idx.size + 1)
+        cols += idx.tolist() + [2 * nx + j]
+        vals += [1.0] * idx.size + [-float(req.devices)]
+        lo.append(0.0)
+        hi.append(0.0)
+        r += 1
+    # x_jb - cap_jb y_jb <= 0
+    k = np.arange(nx)
+    rows += (r + k).tolist() * 2
+    cols += k.tolist() + (nx + k).tolist()
+    vals += [1.0] * nx + (-caps_a).tolist()
+    lo += [-np.inf] * nx
+    hi += [0.0] * nx
+    r += nx
+    # bin capacity
+    for b in np.unique(cols_bin_a):
+        idx = np.flatnonzero(cols_bin_a == b)
+        rows += [r] * idx.size
+        cols += idx.tolist()
+        vals += [1.0] * idx.size
+        lo.append(-np.inf)
+        hi.append(float(view.bin_free[b]))
+        r += 1
+    # node CPU and memory
+    nodes_a = view.bin_node[cols_bin_a]
+    for n in np.unique(nodes_a):
+        idx = np.flatnonzero(nodes_a == n)
+        for per, free in ((np.array([reqs[j].cpu for j in cols_job_a[idx]]), view.node_cpu[n]),
+                          (np.array([reqs[j].memory_gib for j in cols_job_a[idx]]), view.node_mem[n])):
+            if per.any():
+                rows += [r] * idx.size
+                cols += idx.tolist()
+                vals += per.tolist()
+                lo.append(-np.inf)
+                hi.append(float(free))
+                r += 1
+    A = coo_matrix((vals, (rows, cols)), shape=(r, nvar)).tocsr()
+    upper = np.concatenate([caps_a, np.ones(nx), np.ones(nj)])
+    res = milp(c, constraints=LinearConstraint(A, lo, hi), integrality=np.ones(nvar),
+               bounds=Bounds(np.zeros(nvar), upper), options={"time_limit": time_limit, "disp": False})
+    plans: dict[str, list[tuple[int, int]]] = {}
+    if res.x is not None:
+        x = np.round(res.x).astype(np.int64)
+        for j, req in enumerate(reqs):
+            if x[2 * nx + j] == 1:
+                idx = np.flatnonzero((cols_job_a == j) & (x[:nx] > 0))
+                plans[req.job_id] = [(int(cols_bin_a[i]), int(x[i])) for i in idx]
+    status = {0: "optimal", 1: "time-limit"}.get(res.status, f"status-{res.status}")
+    objective = float(res.fun) if res.x is not None else 0.0
+    return MilpResult(plans, objective, status, time.perf_counter() - started, nvar)

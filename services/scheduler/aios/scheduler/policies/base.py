@@ -1,0 +1,66 @@
+"""The one interface every policy implements (DESIGN.md §9.2). Pure: state and clock in, an order and preemption
+victims out; the round (rounds.py) does quota admission and placement the same way for all of them."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from aios.scheduler.state import PREEMPTING, RUNNING, PLACED, JobState, SchedulerState
+
+Estimator = Callable[[JobState], float]
+"""Predicted remaining runtime of a job, in seconds."""
+
+
+class Policy:
+    """Contract:
+
+    * ``order(state, now, estimate)`` returns the pending jobs to try, best first. No I/O, no mutation.
+    * ``sequential``: a job that does not fit blocks the ones after it (FIFO, priority) unless ``backfill``.
+    * ``victims(state, now, job, need)`` names running jobs whose preemption would let ``job`` start (``need``
+      devices of its kinds are missing). Default: none. The round checks that the victims really make room.
+    * ``kinds_for(job)`` narrows the device kinds a job may use this round (heterogeneity-aware policies).
+    """
+
+    name = "base"
+    sequential = False
+    backfill = False
+
+    def order(self, state: SchedulerState, now: float, estimate: Estimator) -> list[JobState]:
+        raise NotImplementedError
+
+    def victims(self, state: SchedulerState, now: float, job: JobState, need: int) -> list[JobState]:
+        return []
+
+    def kinds_for(self, job: JobState) -> frozenset[str] | None:
+        return frozenset(job.spec.device_types) if job.spec and job.spec.device_types else None
+
+
+def running(state: SchedulerState) -> list[JobState]:
+    return [j for j in state.jobs.values() if j.status in (PLACED, RUNNING)]
+
+
+def compatible(job: JobState, other: JobState, state: SchedulerState) -> int:
+    """Devices of ``other`` that ``job`` could use (kinds match)."""
+    kinds = set(job.spec.device_types) if job.spec and job.spec.device_types else None
+    count = 0
+    for a in other.assignments:
+        node = state.inv.nodes.get(a.node_id)
+        for u in a.device_uuids:
+            dev = node.devices.get(u) if node else None
+            if dev is not None and (kinds is None or dev.info.kind in kinds):
+                count += 1
+    return count
+
+
+def pick_victims(candidates: list[JobState], job: JobState, need: int, state: SchedulerState) -> list[JobState]:
+    """Take candidates in the given order until they free ``need`` usable devices; none if they cannot."""
+    chosen, freed = [], 0
+    for c in candidates:
+        n = compatible(job, c, state)
+        if n == 0 or c.status == PREEMPTING:
+            continue
+        chosen.append(c)
+        freed += n
+        if freed >= need:
+            return chosen
+    return []

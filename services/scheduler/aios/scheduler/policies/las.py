@@ -1,0 +1,35 @@
+"""Least attained service, Tiresias-style: jobs sit in discretised queues by the device-seconds they have received
+(thresholds in ``thresholds``); lower queues first, arrival order within a queue. A job in a lower queue that does
+not fit preempts jobs of higher queues that have run at least ``min_run_s`` (so jobs are not thrashed)."""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+
+from aios.scheduler.policies.base import Estimator, Policy, pick_victims, running
+from aios.scheduler.state import JobState, SchedulerState
+
+
+class LeastAttainedService(Policy):
+    name = "las"
+
+    def __init__(self, thresholds: tuple[float, ...] = (3_600.0, 36_000.0), min_run_s: float = 300.0) -> None:
+        self.thresholds = thresholds
+        self.min_run_s = min_run_s
+
+    def attained(self, job: JobState, now: float) -> float:
+        live = (now - job.placed_at) * job.held_devices() if job.placed_at is not None else 0.0
+        return job.attained + live
+
+    def queue(self, job: JobState, now: float) -> int:
+        return bisect_right(self.thresholds, self.attained(job, now))
+
+    def order(self, state: SchedulerState, now: float, estimate: Estimator) -> list[JobState]:
+        return sorted(state.pending(), key=lambda j: (self.queue(j, now), j.arrival))
+
+    def victims(self, state: SchedulerState, now: float, job: JobState, need: int) -> list[JobState]:
+        mine = self.queue(job, now)
+        higher = [r for r in running(state) if r.spec and r.spec.preemptible and self.queue(r, now) > mine
+                  and r.placed_at is not None and now - r.placed_at >= self.min_run_s]
+        higher.sort(key=lambda r: -self.attained(r, now))
+        return pick_victims(higher, job, need, state)

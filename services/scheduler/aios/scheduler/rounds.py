@@ -1,0 +1,312 @@
+"""One scheduling round as a pure function: state + policy + clock -> what to append (a :class:`RoundPlan`).
+
+Pipeline, cheap steps first (Nomad's stack): housekeeping (release devices of jobs that no longer hold them,
+requeue drained preemptions, cancels) -> policy order -> quota admission (quota.admit) -> placement (greedy per job,
+or a MILP window for policies that may reorder) -> preemption when the best blocked job could start by it ->
+a reason for every job left pending (``aios why``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import msgspec
+
+from aios.common.events import Assignment
+from aios.resource_manager import quota as quotas
+from aios.scheduler.placement import ClusterView, Request, greedy, milp_window
+from aios.scheduler.policies.base import Policy
+from aios.scheduler.state import HOLDING, PENDING, PREEMPTING, TERMINAL, JobState, SchedulerState
+
+PREEMPT_GRACE_S = 30.0
+"""How long a preempted job may take to checkpoint and stop before its devices are taken back anyway."""
+DEFAULT_RUNTIME_S = 3600.0
+
+
+class Placement(msgspec.Struct, frozen=True):
+    job_id: str
+    assignments: list[Assignment]
+    borrowed: dict[str, int] = {}
+
+
+class Preemption(msgspec.Struct, frozen=True):
+    job_id: str
+    for_job: str
+    reason: str
+
+
+class RoundPlan(msgspec.Struct):
+    placements: list[Placement] = []
+    preemptions: list[Preemption] = []
+    releases: list[tuple[str, str]] = []
+    """(node, job): leases to give back."""
+    requeues: list[str] = []
+    cancels: list[str] = []
+    reasons: dict[str, str] = {}
+    order: list[str] = []
+    solver: str = "greedy"
+
+
+def default_estimate(job: JobState) -> float:
+    spec = job.spec
+    if spec is None:
+        return DEFAULT_RUNTIME_S
+    total = spec.runtime_estimate_s or spec.max_runtime_s or DEFAULT_RUNTIME_S
+    return max(1.0, total - job.run_seconds)
+
+
+def request_for(job: JobState, kinds: frozenset[str] | None, weight: float = 100.0) -> Request:
+    spec = job.spec
+    assert spec is not None
+    return Request(job.job_id, spec.devices, kinds, spec.max_devices_per_node, spec.gang, spec.cpu_per_worker,
+                   spec.memory_gib_per_worker, weight)
+
+
+def assignments_of(view: ClusterView, req: Request, plan: list[tuple[int, int]]) -> list[Assignment]:
+    taken = view.take(req, plan)
+    out, rank = [], 0
+    for node, uuids in taken.items():
+        out.append(Assignment(node, uuids, list(range(rank, rank + len(uuids)))))
+        rank += len(uuids)
+    return out
+
+
+def _usage(state: SchedulerState) -> tuple[dict[str, dict[str, int]], dict[str, float], dict[str, float]]:
+    kind_of = {u: d.info.kind for n in state.inv.nodes.values() for u, d in n.devices.items()}
+    usage: dict[str, dict[str, int]] = {}
+    cpu: dict[str, float] = {}
+    mem: dict[str, float] = {}
+    for job in state.jobs.values():
+        if job.status not in HOLDING or job.spec is None:
+            continue
+        per = usage.setdefault(job.tenant, {})
+        for a in job.assignments:
+            workers = max(1, len(a.device_uuids))
+            cpu[a.node_id] = cpu.get(a.node_id, 0.0) + job.spec.cpu_per_worker * workers
+            mem[a.node_id] = mem.get(a.node_id, 0.0) + job.spec.memory_gib_per_worker * workers
+            for u in a.device_uuids:
+                per[kind_of.get(u, "?")] = per.get(kind_of.get(u, "?"), 0) + 1
+    return usage, cpu, mem
+
+
+def _request_kinds(job: JobState, view: ClusterView, all_kinds: list[str]) -> dict[str, int]:
+    """The quota charge of a job: its devices, counted against the kind it would most likely get."""
+    spec = job.spec
+    assert spec is not None
+    kinds = spec.device_types or all_kinds
+    if spec.devices == 0 or not kinds:
+        return {}
+    best = max(kinds, key=lambda k: int(view.bin_free[view.kind_index[k]].sum()) if k in view.kind_index else -1)
+    return {best: spec.devices}
+
+
+def _housekeeping(state: SchedulerState, now: float, plan: RoundPlan) -> None:
+    for uuid, job_id in state.inv.leases.holder.items():
+        job = state.jobs.get(job_id)
+        if job is None or job.status not in HOLDING:
+            pair = (state.inv.leases.node_of[uuid], job_id)
+            if pair not in plan.releases:
+                plan.releases.append(pair)
+    for job in state.jobs.values():
+        if job.status == PREEMPTING and (job.workers_running == 0 or now - (job.preempted_at or now) > PREEMPT_GRACE_S):
+            plan.requeues.append(job.job_id)
+            for a in job.assignments:
+                if (a.node_id, job.job_id) not in plan.releases:
+                    plan.releases.append((a.node_id, job.job_id))
+        elif job.cancel_requested and job.status not in TERMINAL:
+            plan.cancels.append(job.job_id)
+
+
+def plan_round(state: SchedulerState, policy: Policy, now: float, *,
+               estimate: Callable[[JobState], float] = default_estimate, milp_max_jobs: int = 200,
+               milp_time_limit: float = 0.5) -> RoundPlan:
+    plan = RoundPlan()
+    _housekeeping(state, now, plan)
+    usage, cpu_used, mem_used = _usage(state)
+    view = ClusterView.from_inventory(state.inv, cpu_used, mem_used)
+    tenants = {t: quotas.Quota(t, q.cohort, q.nominal, q.borrowing_limit, q.lending_limit)
+               for t, q in state.inv.tenants.items()}
+    cancelled = set(plan.cancels)
+    ordered = [j for j in policy.order(state, now, estimate) if j.job_id not in cancelled]
+    plan.order = [j.job_id for j in ordered]
+
+    all_kinds = sorted({d.info.kind for n in state.inv.nodes.values() if n.online for d in n.devices.values()})
+    admitted: list[tuple[JobState, dict[str, int]]] = []
+    for job in ordered:
+        charge = _request_kinds(job, view, all_kinds)
+        if job.tenant in tenants and charge:
+            decision = quotas.admit(tenants, usage, job.tenant, charge)
+            if not decision.admitted:
+                plan.reasons[job.job_id] = f"quota: {decision.reason}"
+                _maybe_reclaim(state, plan, tenants, usage, job, charge, now)
+                continue
+            borrowed = decision.borrowed
+        else:
+            borrowed = {}
+        admitted.append((job, borrowed))
+        for k, n in charge.items():  # charge the tentative usage, so later jobs see it
+            usage.setdefault(job.tenant, {})[k] = usage.get(job.tenant, {}).get(k, 0) + n
+
+    if policy.sequential:
+        _place_in_order(state, policy, now, estimate, view, admitted, plan)
+    else:
+        _place_window(state, policy, now, view, admitted, plan, milp_max_jobs, milp_time_limit)
+    return plan
+
+
+def _try_place(view: ClusterView, policy: Policy, job: JobState) -> Placement | None:
+    spec = job.spec
+    assert spec is not None
+    if spec.devices == 0:
+        req = request_for(job, None)
+        node = view.place_cpu_only(req)
+        return Placement(job.job_id, [Assignment(node, [], [0])]) if node else None
+    for kinds in dict.fromkeys([policy.kinds_for(job), frozenset(spec.device_types) or None]):
+        req = request_for(job, kinds)
+        found = greedy(view, req)
+        if found:
+            return Placement(job.job_id, assignments_of(view, req, found))
+    return None
+
+
+def _capacity_reason(view: ClusterView, job: JobState) -> str:
+    spec = job.spec
+    assert spec is not None
+    req = request_for(job, frozenset(spec.device_types) or None)
+    bins = view.candidates(req)
+    kinds = "/".join(spec.device_types) or "any kind"
+    if bins.size == 0:
+        return f"capacity: no free {kinds} device on any online node (needs {spec.devices})"
+    cap = view.capacity_in(req, bins)
+    total = int(cap.sum())
+    best = int(cap.max())
+    node = view.node_ids[int(view.bin_node[bins[int(cap.argmax())]])]
+    if spec.gang and total < spec.devices:
+        return (f"capacity: gang of {spec.devices} {kinds} devices, {total} free in the cluster "
+                f"(best node {node} has {best}; short by {spec.devices - total})")
+    return f"capacity: needs {spec.devices} {kinds} devices; best node {node} has {best} free"
+
+
+def _place_in_order(state: SchedulerState, policy: Policy, now: float, estimate: Callable[[JobState], float],
+                    view: ClusterView, admitted: list[tuple[JobState, dict[str, int]]], plan: RoundPlan) -> None:
+    head: JobState | None = None
+    shadow, extra = float("inf"), 0
+    for job, borrowed in admitted:
+        if head is not None and not policy.backfill:
+            plan.reasons[job.job_id] = f"order: behind {head.job_id} ({policy.name}), which waits for capacity"
+            continue
+        if head is not None:  # EASY backfill: start only if it cannot delay the head's reservation
+            fits_before = now + estimate(job) <= shadow
+            if not fits_before and job.devices > extra:
+                plan.reasons[job.job_id] = (f"order: backfill would delay {head.job_id}, reserved at "
+                                            f"t+{shadow - now:.0f}s (needs {job.devices}, {extra} spare)")
+                continue
+        placed = _try_place(view, policy, job)
+        if placed is not None:
+            plan.placements.append(Placement(job.job_id, placed.assignments, borrowed))
+            if head is not None and not (now + estimate(job) <= shadow):
+                extra -= job.devices
+            continue
+        plan.reasons[job.job_id] = _capacity_reason(view, job)
+        if head is None:
+            head = job
+            _maybe_preempt(state, policy, now, view, job, plan)
+            if policy.backfill:
+                from aios.scheduler.policies.backfill import EasyBackfill
+
+                free = int(view.capacity_in(request_for(job, policy.kinds_for(job)),
+                                            view.candidates(request_for(job, policy.kinds_for(job)))).sum())
+                shadow, extra = EasyBackfill.reservation(state, now, job, free, estimate)
+
+
+def _place_window(state: SchedulerState, policy: Policy, now: float, view: ClusterView,
+                  admitted: list[tuple[JobState, dict[str, int]]], plan: RoundPlan, milp_max_jobs: int,
+                  milp_time_limit: float) -> None:
+    window = [(j, b) for j, b in admitted if j.devices > 0 and j.spec and j.spec.gang][:milp_max_jobs]
+    placed: set[str] = set()
+    if len(window) > 1:
+        n = len(window)
+        reqs = [request_for(j, policy.kinds_for(j), weight=100.0 + 100.0 * (n - i) / n) for i, (j, _) in
+                enumerate(window)]
+        result = milp_window(view, reqs, time_limit=milp_time_limit)
+        if result.status in ("optimal", "time-limit") and result.plans:
+            plan.solver = f"milp ({result.status}, {result.seconds * 1000:.0f} ms)"
+            by_id = {r.job_id: r for r in reqs}
+            borrowed_of = {j.job_id: b for j, b in window}
+            for job, _ in window:
+                if job.job_id in result.plans:
+                    req = by_id[job.job_id]
+                    plan.placements.append(Placement(job.job_id, assignments_of(view, req, result.plans[job.job_id]),
+                                                     borrowed_of[job.job_id]))
+                    placed.add(job.job_id)
+    blocked_first: JobState | None = None
+    for job, borrowed in admitted:
+        if job.job_id in placed:
+            continue
+        found = _try_place(view, policy, job)
+        if found is not None:
+            plan.placements.append(Placement(job.job_id, found.assignments, borrowed))
+            continue
+        plan.reasons[job.job_id] = _capacity_reason(view, job)
+        if blocked_first is None:
+            blocked_first = job
+            _maybe_preempt(state, policy, now, view, job, plan)
+
+
+def _maybe_preempt(state: SchedulerState, policy: Policy, now: float, view: ClusterView, job: JobState,
+                   plan: RoundPlan) -> None:
+    spec = job.spec
+    assert spec is not None
+    req = request_for(job, frozenset(spec.device_types) or None)
+    free = int(view.capacity_in(req, view.candidates(req)).sum())
+    need = spec.devices - free
+    if need <= 0:
+        return
+    victims = policy.victims(state, now, job, need)
+    taken = {p.job_id for p in plan.preemptions}
+    for v in victims:
+        if v.job_id not in taken:
+            plan.preemptions.append(Preemption(v.job_id, job.job_id, f"preempted by {policy.name} for {job.job_id}"))
+    if victims:
+        plan.reasons[job.job_id] += f"; preempting {', '.join(v.job_id for v in victims)} to make room"
+
+
+def _maybe_reclaim(state: SchedulerState, plan: RoundPlan, tenants: dict[str, quotas.Quota],
+                   usage: dict[str, dict[str, int]], job: JobState, charge: dict[str, int], now: float) -> None:
+    """A tenant within its nominal quota whose share is lent out takes it back from the borrowers' newest jobs."""
+    for kind, n in charge.items():
+        reclaim = quotas.reclaim_plan(tenants, usage, job.tenant, kind, n)
+        for tenant, count in reclaim.items():
+            borrowers = sorted((j for j in state.jobs.values() if j.tenant == tenant and j.status in HOLDING
+                                and j.spec and j.spec.preemptible and j.status != PREEMPTING),
+                               key=lambda j: -(j.placed_at or 0.0))
+            freed = 0
+            for victim in borrowers:
+                if freed >= count:
+                    break
+                if victim.job_id in {p.job_id for p in plan.preemptions}:
+                    continue
+                plan.preemptions.append(Preemption(victim.job_id, job.job_id,
+                                                   f"quota reclaimed by {job.tenant} (lent to {tenant})"))
+                freed += victim.held_devices()
+            if freed:
+                plan.reasons[job.job_id] += f"; reclaiming {freed} {kind} from {tenant}"
+
+
+def explain(state: SchedulerState, policy: Policy, job_id: str, now: float) -> str:
+    """Why a job is where it is (``aios why``)."""
+    job = state.jobs.get(job_id)
+    if job is None:
+        return f"no job {job_id!r}"
+    if job.status != PENDING:
+        detail = f" ({job.error})" if job.error else ""
+        where = ", ".join(f"{a.node_id}:{len(a.device_uuids)}" for a in job.assignments)
+        return f"{job_id} is {job.status}{detail}" + (f" on {where}" if where else "")
+    plan = plan_round(state, policy, now)
+    position = plan.order.index(job_id) + 1 if job_id in plan.order else 0
+    ahead = plan.order[:position - 1][-5:] if position else []
+    if any(p.job_id == job_id for p in plan.placements):
+        return f"{job_id} is pending and fits now: it will be placed in the next round"
+    reason = plan.reasons.get(job_id, "waiting for the next round")
+    queue = f"position {position} of {len(plan.order)} under {policy.name}"
+    return f"{job_id} is pending: {reason}. {queue}" + (f"; ahead: {', '.join(ahead)}" if ahead else "")

@@ -1,0 +1,96 @@
+"""The job spec: what a user submits, validated at the door with errors that name the field and the reason."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from aios.common.errors import AiosError
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")
+_KIND = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+
+
+class SpecError(AiosError):
+    """A job spec is invalid; ``field`` names the offending field (dotted path)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    tenant: str
+    priority: int = 0
+    devices: int = 1
+    """Accelerators in all (0: a CPU-only job)."""
+    device_types: list[str] = []
+    """Acceptable device kinds (``h100``, ``a100`` ...); empty: any."""
+    throughput: dict[str, float] = {}
+    """Optional relative speed per device kind (e.g. {"h100": 3.0, "v100": 1.0}) for heterogeneity-aware policies."""
+    max_devices_per_node: int | None = None
+    gang: bool = True
+    cpu_per_worker: float = 1.0
+    memory_gib_per_worker: float = 4.0
+    max_runtime_s: float | None = None
+    runtime_estimate_s: float | None = None
+    """The user's own estimate (backfill uses the learned prediction when absent)."""
+    preemptible: bool = True
+    command: list[str] | None = None
+    trainer: dict[str, Any] | None = None
+    env: dict[str, str] = {}
+    checkpoint_interval_s: float | None = None
+
+
+def validate_spec(raw: Any) -> JobSpec:
+    """A :class:`JobSpec` from decoded JSON/YAML, or :class:`SpecError` naming the first bad field."""
+    if not isinstance(raw, dict):
+        raise SpecError("spec", f"expected a mapping, got {type(raw).__name__}")
+    try:
+        spec = msgspec.convert(raw, JobSpec)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        m = re.search(r"at `\$\.([^`]+)`", text)
+        field = m.group(1) if m else (re.search(r"field `([^`]+)`", text) or [None, "spec"])[1]
+        raise SpecError(field, text.split(" - at ")[0]) from None
+    if not _NAME.match(spec.name):
+        raise SpecError("name", "lowercase letters, digits, '.', '_' or '-', 1 to 64 characters, alphanumeric ends")
+    if not _NAME.match(spec.tenant):
+        raise SpecError("tenant", "lowercase letters, digits, '.', '_' or '-', 1 to 64 characters")
+    if not -1000 <= spec.priority <= 1000:
+        raise SpecError("priority", "must be between -1000 and 1000")
+    if not 0 <= spec.devices <= 4096:
+        raise SpecError("devices", "must be between 0 and 4096")
+    for i, kind in enumerate(spec.device_types):
+        if not _KIND.match(kind):
+            raise SpecError(f"device_types[{i}]", f"{kind!r} is not a device kind (e.g. h100, a100)")
+    for kind, value in spec.throughput.items():
+        if not value > 0:
+            raise SpecError(f"throughput.{kind}", "must be a positive number")
+        if spec.device_types and kind not in spec.device_types:
+            raise SpecError(f"throughput.{kind}", "names a device kind not in device_types")
+    if spec.max_devices_per_node is not None and spec.max_devices_per_node < 1:
+        raise SpecError("max_devices_per_node", "must be at least 1")
+    if spec.cpu_per_worker <= 0:
+        raise SpecError("cpu_per_worker", "must be positive")
+    if spec.memory_gib_per_worker <= 0:
+        raise SpecError("memory_gib_per_worker", "must be positive")
+    for field in ("max_runtime_s", "runtime_estimate_s", "checkpoint_interval_s"):
+        value = getattr(spec, field)
+        if value is not None and value <= 0:
+            raise SpecError(field, "must be a positive number of seconds")
+    if (spec.command is None) == (spec.trainer is None):
+        raise SpecError("command", "give exactly one of `command` (a list of arguments) or `trainer`")
+    if spec.command is not None and (not spec.command or not all(spec.command)):
+        raise SpecError("command", "must be a non-empty list of non-empty strings")
+    if spec.trainer is not None and not isinstance(spec.trainer.get("kind"), str):
+        raise SpecError("trainer.kind", "required: the built-in trainer to run (e.g. mlp)")
+    return spec
+
+
+def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
+    return msgspec.to_builtins(spec)

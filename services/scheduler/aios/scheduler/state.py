@@ -1,0 +1,152 @@
+"""The scheduler's state: a pure fold of job, node, tenant and lease events (no I/O)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from aios.common.events import (
+    Assignment, Event, JobAdmitted, JobCancelled, JobCancelRequested, JobFailed, JobPlaced, JobPreempted,
+    JobRequeued, JobStarted, JobSubmitted, JobSucceeded, WorkerExited, WorkerStarted,
+)
+from aios.common.store import Commit
+from aios.resource_manager import inventory
+from aios.scheduler.spec import JobSpec, SpecError, validate_spec
+
+PENDING, PLACED, RUNNING, PREEMPTING, SUCCEEDED, FAILED, CANCELLED = (
+    "pending", "placed", "running", "preempting", "succeeded", "failed", "cancelled")
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+HOLDING = frozenset({PLACED, RUNNING, PREEMPTING})
+"""States in which a job may hold devices."""
+
+
+class JobState(msgspec.Struct):
+    job_id: str
+    spec: JobSpec | None
+    tenant: str
+    arrival: int
+    """Order of submission (stream sequence of JobSubmitted)."""
+    submitted_at: float
+    status: str = PENDING
+    admitted: bool = False
+    borrowed: dict[str, int] = {}
+    assignments: list[Assignment] = []
+    placed_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    preempted_at: float | None = None
+    attained: float = 0.0
+    """Device-seconds received so far (least-attained-service policies)."""
+    run_seconds: float = 0.0
+    attempts: int = 0
+    preemptions: int = 0
+    requeues: int = 0
+    cancel_requested: bool = False
+    workers_running: int = 0
+    error: str = ""
+
+    @property
+    def devices(self) -> int:
+        return self.spec.devices if self.spec else 0
+
+    def held_devices(self) -> int:
+        return sum(len(a.device_uuids) for a in self.assignments)
+
+
+class Finished(msgspec.Struct, frozen=True):
+    """A completed run, kept for the runtime predictor."""
+
+    tenant: str
+    name: str
+    devices: int
+    kinds: list[str]
+    runtime_s: float
+
+
+class SchedulerState(msgspec.Struct):
+    inv: inventory.Inventory = msgspec.field(default_factory=inventory.Inventory)
+    jobs: dict[str, JobState] = {}
+    finished: list[Finished] = []
+    seq: int = 0
+    now: float = 0.0
+    """Timestamp of the newest event folded (the simulated clock follows it)."""
+
+    def pending(self) -> list[JobState]:
+        return [j for j in self.jobs.values() if j.status == PENDING and j.spec is not None]
+
+    def holding(self) -> list[JobState]:
+        return [j for j in self.jobs.values() if j.status in HOLDING]
+
+
+MAX_HISTORY = 5000
+
+
+def fold_commit(state: SchedulerState, commit: Commit) -> SchedulerState:
+    inventory.fold_commit(state.inv, commit)
+    for ev in commit.events:
+        evolve(state, ev, commit.seq)
+    state.seq = commit.seq
+    return state
+
+
+def _close_run(job: JobState, ts: float) -> None:
+    if job.placed_at is not None:
+        held = job.held_devices() or max(job.devices, 1)
+        elapsed = max(0.0, ts - job.placed_at)
+        job.attained += held * elapsed
+        job.run_seconds += elapsed
+        job.placed_at = None
+
+
+def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
+    state.now = max(state.now, ev.ts)
+    kind = type(ev)
+    if kind is JobSubmitted:
+        if ev.aggregate_id in state.jobs:
+            return state
+        try:
+            spec: JobSpec | None = validate_spec(ev.spec)  # type: ignore[attr-defined]
+            error = ""
+        except SpecError as exc:
+            spec, error = None, str(exc)
+        state.jobs[ev.aggregate_id] = JobState(
+            ev.aggregate_id, spec, ev.tenant, seq, ev.ts, status=PENDING if spec else FAILED,  # type: ignore[attr-defined]
+            error=error)
+        return state
+    job = state.jobs.get(ev.aggregate_id)
+    if job is None or job.status in TERMINAL and kind is not JobCancelRequested:
+        return state
+    if kind is JobAdmitted:
+        job.admitted, job.borrowed = True, dict(ev.borrowed)  # type: ignore[attr-defined]
+    elif kind is JobPlaced:
+        job.status, job.assignments, job.placed_at = PLACED, list(ev.assignments), ev.ts  # type: ignore[attr-defined]
+        job.attempts += 1
+    elif kind is JobStarted:
+        if job.status == PLACED:
+            job.status = RUNNING
+        job.started_at = job.started_at or ev.ts
+    elif kind is WorkerStarted:
+        job.workers_running += 1
+    elif kind is WorkerExited:
+        job.workers_running = max(0, job.workers_running - 1)
+    elif kind is JobPreempted:
+        job.status, job.preempted_at = PREEMPTING, ev.ts
+        job.preemptions += 1
+        _close_run(job, ev.ts)
+    elif kind is JobRequeued:
+        _close_run(job, ev.ts)
+        job.status, job.assignments, job.admitted, job.preempted_at = PENDING, [], False, None
+        job.requeues += 1
+        job.workers_running = 0
+    elif kind is JobCancelRequested:
+        job.cancel_requested = True
+    elif kind in (JobSucceeded, JobFailed, JobCancelled):
+        _close_run(job, ev.ts)
+        job.status = {JobSucceeded: SUCCEEDED, JobFailed: FAILED, JobCancelled: CANCELLED}[kind]
+        job.finished_at = ev.ts
+        if kind is JobFailed:
+            job.error = ev.reason  # type: ignore[attr-defined]
+        if kind is JobSucceeded and job.spec is not None:
+            state.finished.append(Finished(job.tenant, job.spec.name, job.spec.devices, list(job.spec.device_types),
+                                           job.run_seconds))
+            del state.finished[:-MAX_HISTORY]
+    return state

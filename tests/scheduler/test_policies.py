@@ -1,0 +1,150 @@
+"""Each policy on a literal cluster: what it places, what it holds back, whom it preempts, and why."""
+
+from __future__ import annotations
+
+from aios.scheduler.local import step
+from aios.scheduler.policies import POLICIES, make_policy
+from aios.scheduler.rounds import explain
+from aios.scheduler.state import PENDING, PLACED, PREEMPTING
+from tests.scheduler.helpers import Cluster
+
+
+def test_registry_has_one_module_per_policy() -> None:
+    assert set(POLICIES) == {"fifo", "priority", "fairshare", "las", "hetero", "backfill"}
+
+
+def test_fifo_blocks_behind_the_head_and_explains() -> None:
+    c = Cluster(("n1", "h100", 4), ("n2", "h100", 4))
+    c.submit("a", 4)
+    c.submit("big", 8)
+    c.submit("small", 1)
+    fifo = make_policy("fifo")
+    plan = step(c.state, fifo, 2.0)
+    assert [p.job_id for p in plan.placements] == ["a"] and c.where("a") in ({"n1": 4}, {"n2": 4})
+    assert c.status("big") == PENDING and c.status("small") == PENDING
+    why = explain(c.state, fifo, "small", 3.0)
+    assert "behind big" in why and "position 2 of 2" in why
+    why_big = explain(c.state, fifo, "big", 3.0)
+    assert "gang of 8" in why_big and "4 free" in why_big and "short by 4" in why_big
+    c.finish("a", 10.0)
+    step(c.state, fifo, 10.0)  # releases a's devices
+    step(c.state, fifo, 10.0)
+    assert c.where("big") == {"n1": 4, "n2": 4} and c.status("small") == PENDING
+
+
+def test_gang_prefers_one_node_and_best_fit() -> None:
+    c = Cluster(("n1", "h100", 8), ("n2", "h100", 2))
+    c.submit("two", 2)
+    c.submit("eight", 6)
+    step(c.state, make_policy("fifo"), 2.0)
+    assert c.where("two") == {"n2": 2}  # best fit keeps the 8-GPU node whole
+    assert c.where("eight") == {"n1": 6}
+
+
+def test_priority_preempts_lower_priority_and_requeues_after_checkpoint() -> None:
+    c = Cluster(("n1", "h100", 4))
+    c.submit("low", 4, priority=1)
+    c.submit("keep", 0, priority=0)
+    prio = make_policy("priority")
+    step(c.state, prio, 2.0)
+    c.submit("urgent", 2, priority=10, now=3.0)
+    plan = step(c.state, prio, 4.0)
+    assert [p.job_id for p in plan.preemptions] == ["low"] and c.status("low") == PREEMPTING
+    assert "preempting low" in plan.reasons["urgent"]
+    c.workers_exited("low", 5.0)  # the worker checkpointed and exited
+    step(c.state, prio, 5.0)  # requeue + release
+    assert c.status("low") == PENDING and c.state.jobs["low"].preemptions == 1
+    step(c.state, prio, 6.0)
+    assert c.status("urgent") == PLACED and c.status("low") == PENDING
+
+
+def test_non_preemptible_jobs_are_not_preempted() -> None:
+    c = Cluster(("n1", "h100", 2))
+    c.submit("steady", 2, priority=0, preemptible=False)
+    prio = make_policy("priority")
+    step(c.state, prio, 1.0)
+    c.submit("urgent", 2, priority=5, now=2.0)
+    plan = step(c.state, prio, 3.0)
+    assert plan.preemptions == [] and c.status("urgent") == PENDING
+
+
+def test_fair_share_interleaves_tenants_and_enforces_quota() -> None:
+    c = Cluster(("n1", "h100", 4), ("n2", "h100", 4))
+    c.quota("nlp", "lab", h100=4)
+    c.quota("vision", "lab", h100=4)
+    for i in range(4):
+        c.submit(f"nlp-{i}", 2, tenant="nlp", now=1.0 + i)
+    for i in range(4):
+        c.submit(f"vis-{i}", 2, tenant="vision", now=10.0 + i)
+    step(c.state, make_policy("fairshare"), 20.0)
+    placed = {j for j, s in c.state.jobs.items() if s.status == PLACED}
+    assert placed == {"nlp-0", "nlp-1", "vis-0", "vis-1"}  # vision is not starved by nlp's earlier arrivals
+
+
+def test_fair_share_borrowing_and_reclaim() -> None:
+    c = Cluster(("n1", "h100", 8))
+    c.quota("nlp", "lab", h100=4)
+    c.quota("vision", "lab", h100=4)
+    for i in range(4):
+        c.submit(f"nlp-{i}", 2, tenant="nlp")
+    fair = make_policy("fairshare")
+    step(c.state, fair, 2.0)
+    assert sum(c.state.jobs[f"nlp-{i}"].status == PLACED for i in range(4)) == 4  # borrows vision's idle quota
+    assert any(c.state.jobs[f"nlp-{i}"].borrowed for i in range(4))
+    c.submit("vis-0", 4, tenant="vision", now=3.0)
+    plan = step(c.state, fair, 4.0)
+    assert len(plan.preemptions) == 2 and all(p.for_job == "vis-0" for p in plan.preemptions)
+    assert "quota" in plan.reasons["vis-0"] and "reclaiming 4 h100 from nlp" in plan.reasons["vis-0"]
+
+
+def test_las_prefers_jobs_with_less_service() -> None:
+    c = Cluster(("n1", "h100", 2))
+    las = make_policy("las")
+    c.submit("old", 2, now=0.0)
+    step(c.state, las, 0.0)
+    c.submit("new", 2, now=1.0)
+    plan = step(c.state, las, 4000.0)  # old has 8,000 device-seconds: a higher queue than new
+    assert [p.job_id for p in plan.preemptions] == ["old"]
+
+
+def test_hetero_sends_jobs_where_they_run_fastest() -> None:
+    c = Cluster(("fast", "h100", 2), ("slow", "v100", 2))
+    c.submit("loves-h100", 2, device_types=["h100", "v100"], throughput={"h100": 4.0, "v100": 1.0})
+    c.submit("indifferent", 2, device_types=["h100", "v100"], throughput={"h100": 1.0, "v100": 1.0})
+    step(c.state, make_policy("hetero"), 2.0)
+    assert c.where("loves-h100") == {"fast": 2} and c.where("indifferent") == {"slow": 2}
+
+
+def test_backfill_runs_short_jobs_without_delaying_the_head() -> None:
+    c = Cluster(("n1", "h100", 4))
+    c.submit("running", 3, runtime_estimate_s=100)
+    bf = make_policy("backfill")
+    step(c.state, bf, 0.0)
+    c.submit("head", 4, runtime_estimate_s=100, now=1.0)
+    c.submit("short", 1, runtime_estimate_s=50, now=2.0)
+    c.submit("long", 1, runtime_estimate_s=500, now=3.0)
+    plan = step(c.state, bf, 5.0)
+    assert [p.job_id for p in plan.placements] == ["short"]
+    assert "backfill would delay head" in plan.reasons["long"]
+
+
+def test_node_loss_and_cancel() -> None:
+    c = Cluster(("n1", "h100", 2), ("n2", "h100", 2))
+    c.submit("a", 2)
+    c.submit("b", 2)
+    fifo = make_policy("fifo")
+    step(c.state, fifo, 1.0)
+    lost = next(iter(c.where("a")))
+    c.lose(lost, 2.0)
+    assert not c.state.inv.leases.jobs_on(lost)
+    c.cancel("b", 3.0)
+    plan = step(c.state, fifo, 3.0)
+    assert plan.cancels == ["b"] and c.status("b") == "cancelled"
+
+
+def test_cpu_only_jobs_use_cpu_capacity() -> None:
+    c = Cluster(("n1", "h100", 1, 4))
+    c.submit("cpu-a", 0, cpu_per_worker=3)
+    c.submit("cpu-b", 0, cpu_per_worker=3)
+    step(c.state, make_policy("fifo"), 1.0)
+    assert c.status("cpu-a") == PLACED and c.status("cpu-b") == PENDING
