@@ -69,7 +69,7 @@ async def test_registration_heartbeat_telemetry_and_metrics(agent: tuple[DeviceA
     [reg] = [e for e in (await store.read(f"node.{NODE}")).events if isinstance(e, NodeRegistered)]
     assert [d.kind for d in reg.devices] == ["h100", "h100", "v100"] and reg.backend == "sim"
     assert {link.level for link in reg.links} == {"nvlink", "system"} and len(reg.links) == 3
-    assert reg.cpu_cores >= 1 and reg.memory_bytes > 0
+    assert reg.cpu_cores >= 48 and reg.memory_bytes >= 3 * 128 * 1024**3  # a simulated node of its size
 
     kv = await store.js.key_value(HEARTBEAT_BUCKET)
     beat = msgspec.json.decode((await kv.get(NODE)).value, type=Heartbeat)

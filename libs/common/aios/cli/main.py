@@ -103,6 +103,30 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     return asyncio.run(inspect.nodes(args.node, as_json=args.json))
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from aios.cli import jobs
+
+    return asyncio.run(jobs.submit(args.spec, args.idempotency_key, args.json))
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from aios.cli import jobs
+
+    return asyncio.run(jobs.jobs(args.json))
+
+
+def cmd_why(args: argparse.Namespace) -> int:
+    from aios.cli import jobs
+
+    return asyncio.run(jobs.why(args.job, args.json))
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from aios.cli import jobs
+
+    return asyncio.run(jobs.cancel(args.job))
+
+
 def cmd_tenants(args: argparse.Namespace) -> int:
     from aios.cli import inspect
 
@@ -170,6 +194,22 @@ def build_parser() -> argparse.ArgumentParser:
     service = sub.add_parser("service", help="run one service in this process (what `aios up` starts)")
     service.add_argument("name")
     service.set_defaults(handler=cmd_service)
+
+    submit = sub.add_parser("submit", help="submit a job spec (YAML or JSON)")
+    submit.add_argument("spec")
+    submit.add_argument("--idempotency-key", help="retrying with the same key submits once")
+    submit.add_argument("--json", action="store_true")
+    submit.set_defaults(handler=cmd_submit)
+    jobs_p = sub.add_parser("jobs", help="jobs and their state, from the scheduler")
+    jobs_p.add_argument("--json", action="store_true")
+    jobs_p.set_defaults(handler=cmd_jobs)
+    why = sub.add_parser("why", help="why a job is pending (quota, capacity, gang size, order)")
+    why.add_argument("job")
+    why.add_argument("--json", action="store_true")
+    why.set_defaults(handler=cmd_why)
+    cancel = sub.add_parser("cancel", help="cancel a job")
+    cancel.add_argument("job")
+    cancel.set_defaults(handler=cmd_cancel)
 
     tenants = sub.add_parser("tenants", help="tenants: quotas, cohorts and devices in use")
     tenants.add_argument("--json", action="store_true", help="machine-readable output")

@@ -128,6 +128,9 @@ class DeviceAgentService(Service):
     async def _register(self) -> None:
         cores, memory = host_resources()
         cfg = self.config
+        if cfg.sim:  # a simulated node gets the CPU and memory of a real one of its size, not this laptop's
+            cores = max(cores, 16 * len(self.devices))
+            memory = max(memory, 128 * 1024**3 * len(self.devices))
         self.registered += 1
         await self.ctx.store.append(f"node.{cfg.node_id}", NodeRegistered(
             aggregate_id=cfg.node_id, hostname=self.backend.hostname(), agent_id=self.agent_id, cpu_cores=cores,
@@ -227,8 +230,10 @@ class DeviceAgentService(Service):
         if not req.command:
             return Reply(False, error="invalid run request: `command` is empty")
         node = self.config.node_id
-        book = self.node.state.leases
-        not_leased = [u for u in req.device_uuids if book.holder.get(u) != req.job_id or book.node_of.get(u) != node]
+        not_leased = self._not_leased(req)
+        if not_leased:  # the lease may be in the log but not yet in our fold: catch up once, then decide
+            await self._catch_up()
+            not_leased = self._not_leased(req)
         if not_leased:
             return Reply(False, error=f"job {req.job_id} holds no lease on {', '.join(not_leased)} on node {node}")
         unhealthy = [u for u in req.device_uuids if u in self.health.unhealthy]
@@ -245,6 +250,16 @@ class DeviceAgentService(Service):
         await self.ctx.store.append(f"job.{req.job_id}", WorkerStarted(
             aggregate_id=req.job_id, node_id=node, worker=req.worker, pid=w.proc.pid, device_uuids=req.device_uuids))
         return Reply(True, pid=w.proc.pid)
+
+    def _not_leased(self, req: RunRequest) -> list[str]:
+        book, node = self.node.state.leases, self.config.node_id
+        return [u for u in req.device_uuids if book.holder.get(u) != req.job_id or book.node_of.get(u) != node]
+
+    async def _catch_up(self, timeout: float = 3.0) -> None:
+        target = await self.ctx.store.version(f"node.{self.config.node_id}")
+        deadline = time.monotonic() + timeout
+        while self.node.seq < target and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     async def _handle_stop(self, msg: Msg) -> None:
         try:

@@ -10,7 +10,7 @@ import msgspec
 
 from aios.common.events import Event
 from aios.common.store import Commit as StoredCommit
-from aios.scheduler.decisions import Commit, housekeeping_commits, lease_commits, placement_commits
+from aios.scheduler.decisions import Commit, claim_commits, failure_commits, housekeeping_commits, lease_commits
 from aios.scheduler.policies.base import Policy
 from aios.scheduler.rounds import RoundPlan, plan_round
 from aios.scheduler.state import SchedulerState, fold_commit
@@ -26,13 +26,11 @@ def apply(state: SchedulerState, commits: list[Commit] | list[tuple[str, list[Ev
 def step(state: SchedulerState, policy: Policy, now: float, **options: object) -> RoundPlan:
     plan = plan_round(state, policy, now, **options)  # type: ignore[arg-type]
     apply(state, housekeeping_commits(state, plan), now)
-    leases = lease_commits(state, plan)
+    claims = claim_commits(state, plan, policy.name)
+    claimed = {c.aggregate.split(".", 1)[1] for c in claims}
+    leases = lease_commits(state, plan, claimed)
+    apply(state, claims, now)
     apply(state, leases, now)
-    placed, _ = placement_commits(state, plan, {c.aggregate.split(".", 1)[1] for c in leases} | _cpu_nodes(plan),
-                                  policy.name)
-    apply(state, placed, now)
+    failures, _ = failure_commits(plan, claimed, {c.aggregate.split(".", 1)[1] for c in leases}, policy.sequential)
+    apply(state, failures, now)
     return plan
-
-
-def _cpu_nodes(plan: RoundPlan) -> set[str]:
-    return {a.node_id for p in plan.placements for a in p.assignments if not a.device_uuids}

@@ -16,11 +16,13 @@ from aios.common.events import Assignment
 from aios.resource_manager import quota as quotas
 from aios.scheduler.placement import ClusterView, Request, greedy, milp_window
 from aios.scheduler.policies.base import Policy
-from aios.scheduler.state import HOLDING, PENDING, PREEMPTING, TERMINAL, JobState, SchedulerState
+from aios.scheduler.state import HOLDING, PENDING, PLACED, PREEMPTING, TERMINAL, JobState, SchedulerState
 
 PREEMPT_GRACE_S = 30.0
 """How long a preempted job may take to checkpoint and stop before its devices are taken back anyway."""
 DEFAULT_RUNTIME_S = 3600.0
+BOOKING_GRACE_S = 30.0
+"""A placed job whose devices are not all leased to it this long after placement is requeued."""
 
 
 class Placement(msgspec.Struct, frozen=True):
@@ -38,9 +40,10 @@ class Preemption(msgspec.Struct, frozen=True):
 class RoundPlan(msgspec.Struct):
     placements: list[Placement] = []
     preemptions: list[Preemption] = []
-    releases: list[tuple[str, str]] = []
-    """(node, job): leases to give back."""
+    releases: list[tuple[str, str, tuple[str, ...]]] = []
+    """(node, job, devices): leases to give back (no devices: all the job holds on the node)."""
     requeues: list[str] = []
+    requeue_reasons: dict[str, str] = {}
     cancels: list[str] = []
     reasons: dict[str, str] = {}
     order: list[str] = []
@@ -101,19 +104,30 @@ def _request_kinds(job: JobState, view: ClusterView, all_kinds: list[str]) -> di
 
 
 def _housekeeping(state: SchedulerState, now: float, plan: RoundPlan) -> None:
+    whole: set[tuple[str, str]] = set()
+    stray: dict[tuple[str, str], list[str]] = {}
     for uuid, job_id in state.inv.leases.holder.items():
         job = state.jobs.get(job_id)
+        node = state.inv.leases.node_of[uuid]
         if job is None or job.status not in HOLDING:
-            pair = (state.inv.leases.node_of[uuid], job_id)
-            if pair not in plan.releases:
-                plan.releases.append(pair)
+            whole.add((node, job_id))
+        elif not any(uuid in a.device_uuids for a in job.assignments):
+            stray.setdefault((node, job_id), []).append(uuid)  # booked by a placement that lost a race
+    holder = state.inv.leases.holder
     for job in state.jobs.values():
         if job.status == PREEMPTING and (job.workers_running == 0 or now - (job.preempted_at or now) > PREEMPT_GRACE_S):
             plan.requeues.append(job.job_id)
-            for a in job.assignments:
-                if (a.node_id, job.job_id) not in plan.releases:
-                    plan.releases.append((a.node_id, job.job_id))
-        elif job.cancel_requested and job.status not in TERMINAL:
+            whole.update((a.node_id, job.job_id) for a in job.assignments)
+        elif (job.status == PLACED and job.placed_at is not None and now - job.placed_at > BOOKING_GRACE_S
+              and any(holder.get(u) != job.job_id for a in job.assignments for u in a.device_uuids)):
+            # placed, but its devices never became its own (a writer died between claim and booking)
+            plan.requeues.append(job.job_id)
+            plan.requeue_reasons[job.job_id] = "placement was never fully booked; back in the queue"
+            whole.update((a.node_id, job.job_id) for a in job.assignments)
+    plan.releases = [(n, j, ()) for n, j in sorted(whole)] + [
+        (n, j, tuple(sorted(u))) for (n, j), u in sorted(stray.items()) if (n, j) not in whole]
+    for job in state.jobs.values():
+        if job.cancel_requested and job.status not in TERMINAL and job.job_id not in plan.requeues:
             plan.cancels.append(job.job_id)
 
 

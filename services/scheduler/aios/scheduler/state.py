@@ -42,6 +42,8 @@ class JobState(msgspec.Struct):
     requeues: int = 0
     cancel_requested: bool = False
     workers_running: int = 0
+    exit_codes: dict[str, int | None] = {}
+    """worker -> exit code (None: killed by a signal), for the current attempt."""
     error: str = ""
 
     @property
@@ -120,6 +122,8 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
     elif kind is JobPlaced:
         job.status, job.assignments, job.placed_at = PLACED, list(ev.assignments), ev.ts  # type: ignore[attr-defined]
         job.attempts += 1
+        job.exit_codes = {}
+        job.workers_running = 0
     elif kind is JobStarted:
         if job.status == PLACED:
             job.status = RUNNING
@@ -128,6 +132,7 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         job.workers_running += 1
     elif kind is WorkerExited:
         job.workers_running = max(0, job.workers_running - 1)
+        job.exit_codes[ev.worker] = ev.exit_code  # type: ignore[attr-defined]
     elif kind is JobPreempted:
         job.status, job.preempted_at = PREEMPTING, ev.ts
         job.preemptions += 1

@@ -1,0 +1,91 @@
+"""Job commands: ``aios submit``, ``aios jobs``, ``aios why``, ``aios cancel``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from aios.cli.inspect import ask
+from aios.common.config import load_settings
+from aios.common.errors import AiosError, ConfigError
+from aios.common.events import JobCancelRequested, JobSubmitted
+from aios.common.store import connect
+from aios.common.wire import new_token
+from aios.scheduler.spec import SpecError, spec_to_dict, validate_spec
+
+
+def load_spec_file(path: str) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)  # JSON is YAML too
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML or JSON: {exc}") from None
+    return data
+
+
+async def _store():  # type: ignore[no-untyped-def]
+    servers = load_settings().servers
+    if not servers:
+        raise ConfigError("AIOS_NATS_URL is not set: point it at the cluster (`aios up` prints the export line)")
+    return await connect(servers, name="aios-cli", append_deadline=10.0)
+
+
+async def submit(path: str, idempotency_key: str | None, as_json: bool) -> int:
+    raw = load_spec_file(path)
+    try:
+        spec = validate_spec(raw)
+    except SpecError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    job_id = f"{spec.name}-{new_token()[:6]}"
+    store = await _store()
+    try:
+        result = await store.append(f"job.{job_id}", JobSubmitted(aggregate_id=job_id, tenant=spec.tenant,
+                                                                  name=spec.name, spec=spec_to_dict(spec)),
+                                    expected_version=0, idempotency_key=idempotency_key or f"submit-{job_id}")
+    finally:
+        await store.close()
+    if as_json:
+        print(json.dumps({"job": job_id, "seq": result.seq, "duplicate": result.duplicate}))
+    else:
+        print(f"submitted {job_id}" + (" (already submitted)" if result.duplicate else ""))
+    return 0
+
+
+async def cancel(job_id: str) -> int:
+    store = await _store()
+    try:
+        if (await store.read(f"job.{job_id}")).version == 0:
+            raise AiosError(f"no job {job_id!r}")
+        await store.append(f"job.{job_id}", JobCancelRequested(aggregate_id=job_id, requested_by="cli"),
+                           idempotency_key=f"cancel-{job_id}")
+    finally:
+        await store.close()
+    print(f"cancel requested for {job_id}")
+    return 0
+
+
+async def jobs(as_json: bool) -> int:
+    reply = await ask("aios.sched.jobs")
+    if as_json:
+        print(json.dumps(reply["jobs"], indent=2))
+        return 0
+    table = Table("job", "tenant", "status", "devices", "prio", "nodes", "tries", title=f"policy {reply['policy']}")
+    for j in reply["jobs"]:
+        table.add_row(j["job"], j["tenant"], j["status"], str(j["devices"]), str(j["priority"]),
+                      ",".join(sorted(set(j["nodes"]))) or "-", str(j["attempts"]))
+    Console().print(table)
+    return 0
+
+
+async def why(job_id: str, as_json: bool) -> int:
+    reply = await ask("aios.sched.why", {"job": job_id})
+    print(json.dumps(reply) if as_json else reply["why"])
+    return 0

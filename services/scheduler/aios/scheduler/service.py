@@ -1,0 +1,235 @@
+"""The scheduler service: the async shell around the pure round. Folds the log, leads (or stands by), decides,
+and appends the decisions: leases against node versions first, then placements for jobs fully booked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+from prometheus_client import Counter, Gauge, Histogram
+
+from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError
+from aios.common.runner import Service, ServiceContext
+from aios.common.snapshot import Projector, SnapshotStore
+from aios.common.store import Commit as StoredCommit
+from aios.common.wire import new_token
+from aios.scheduler.decisions import Commit, claim_commits, failure_commits, housekeeping_commits, lease_commits
+from aios.scheduler.leadership import Leadership
+from aios.scheduler.policies import make_policy
+from aios.scheduler.predict import RuntimePredictor
+from aios.scheduler.rounds import explain, plan_round
+from aios.scheduler.state import PENDING, SchedulerState, fold_commit
+
+log = logging.getLogger("aios.scheduler")
+QUERY_PREFIX = "aios.sched"
+
+
+class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True):
+    policy: str = "fairshare"
+    round_interval_s: float = 0.5
+    leader_ttl_s: float = 5.0
+    leader_election: bool = True
+    snapshot_every: int = 5000
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "SchedulerConfig":
+        env = dict(os.environ if env is None else env)
+        policy = env.get("AIOS_SCHEDULER_POLICY", "fairshare")
+        make_policy(policy)  # validates the name
+        try:
+            interval = float(env.get("AIOS_SCHEDULER_INTERVAL", "0.5"))
+        except ValueError:
+            raise ConfigError("AIOS_SCHEDULER_INTERVAL: must be a number of seconds") from None
+        return cls(policy=policy, round_interval_s=interval,
+                   leader_election=env.get("AIOS_SCHEDULER_LEADER", "on") != "off")
+
+
+class SchedulerService(Service):
+    name = "scheduler"
+
+    def __init__(self, config: SchedulerConfig | None = None) -> None:
+        self.config = config or SchedulerConfig.from_env()
+        self.policy = make_policy(self.config.policy)
+        self.projector = Projector("scheduler", SchedulerState, None, SchedulerState, fold_commit=fold_commit)
+        self.predictor = RuntimePredictor()
+        self.identity = f"{os.uname().nodename}-{os.getpid()}-{new_token()[:6]}"
+        self.rounds = 0
+        self.conflicts = 0
+        self.placed = 0
+        self._wake = asyncio.Event()
+        self._last_appended = 0
+        self._versions: dict[str, int] = {}
+        self._fitted_on = -1
+
+    def healthy(self) -> tuple[bool, str]:
+        role = "leader" if getattr(self, "leadership", None) is None or self.leadership.is_leader else "standby"
+        return True, f"{role}, policy {self.policy.name}, {self.rounds} rounds, log at {self.projector.seq}"
+
+    async def run(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self._metrics(ctx)
+        snapshots = SnapshotStore(ctx.store)
+        report = await self.projector.rebuild(ctx.store, snapshots)
+        log.info("state rebuilt", extra={"snapshot_seq": report.snapshot_seq, "tail": report.tail_commits,
+                                         "seconds": round(report.seconds, 3), "policy": self.policy.name})
+        stop = asyncio.Event()
+        tasks = [asyncio.ensure_future(self.projector.follow(ctx.store, self._on_commit, stop))]
+        self.leadership: Leadership | None = None
+        if self.config.leader_election:
+            self.leadership = Leadership(ctx.store.js, self.identity, ttl_s=self.config.leader_ttl_s,
+                                         replicas=ctx.store.replicas)
+            tasks.append(asyncio.ensure_future(self.leadership.run(stop)))
+        sub = await ctx.nc.subscribe(f"{QUERY_PREFIX}.>", cb=self._handle_query)
+        last_snapshot = self.projector.seq
+        try:
+            while not ctx.stopping.is_set():
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.config.round_interval_s)
+                except asyncio.TimeoutError:
+                    pass
+                self._wake.clear()
+                if ctx.stopping.is_set():
+                    break
+                if self.leadership is not None and not self.leadership.is_leader:
+                    continue
+                try:
+                    await self.round()
+                except AiosError as exc:
+                    log.warning("round interrupted", extra={"error": str(exc)})
+                if self.projector.seq - last_snapshot >= self.config.snapshot_every:
+                    await self.projector.save(snapshots)
+                    last_snapshot = self.projector.seq
+        finally:
+            await sub.unsubscribe()
+            if self.leadership is not None:
+                await self.leadership.resign()
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _metrics(self, ctx: ServiceContext) -> None:
+        self.m_rounds = Counter("aios_scheduler_rounds", "scheduling rounds run", registry=ctx.metrics)
+        self.m_placed = Counter("aios_scheduler_placements", "jobs placed", ["policy"], registry=ctx.metrics)
+        self.m_conflicts = Counter("aios_scheduler_conflicts", "appends refused by a version check",
+                                   registry=ctx.metrics)
+        self.m_round_s = Histogram("aios_scheduler_round_seconds", "time to decide a round", registry=ctx.metrics,
+                                   buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5))
+        self.m_latency = Histogram("aios_scheduler_submit_to_placed_seconds", "submit to placed", registry=ctx.metrics,
+                                   buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300))
+        pending = Gauge("aios_scheduler_pending_jobs", "jobs waiting", registry=ctx.metrics)
+        pending.set_function(lambda: sum(1 for j in self.projector.state.jobs.values() if j.status == PENDING))
+
+    def _on_commit(self, commit: StoredCommit) -> None:
+        if commit.aggregate.startswith(("job.", "node.", "tenant.")):
+            self._wake.set()
+
+    async def round(self) -> None:
+        state = self.projector.state
+        now = time.time()
+        if len(state.finished) != self._fitted_on and len(state.finished) % 50 == 0:
+            self.predictor.fit(state.finished)
+            self._fitted_on = len(state.finished)
+        started = time.perf_counter()
+        plan = plan_round(state, self.policy, now, estimate=self.predictor.estimate)
+        self.m_round_s.observe(time.perf_counter() - started)
+        self.rounds += 1
+        self.m_rounds.inc()
+        # 1. housekeeping; 2. claim the jobs (JobPlaced against each job's version); 3. book their devices (one
+        # commit per node against its version); 4. jobs not fully booked go back to the queue. Each phase is
+        # pipelined: its appends are in flight together.
+        # Every commit, with the versions it is conditional on, is built now from the state the plan was made on:
+        # the state keeps folding new commits while the appends below are awaited.
+        housekeeping = housekeeping_commits(state, plan)
+        claims = claim_commits(state, plan, self.policy.name, self.identity)
+        all_leases = lease_commits(state, plan, {p.job_id for p in plan.placements})
+        # 1. housekeeping; 2. claim the jobs (JobPlaced against each job's version); 3. book their devices (one
+        # commit per node against its version); 4. jobs not fully booked go back to the queue. Each phase is
+        # pipelined: its appends are in flight together.
+        last = 0
+        self._versions = {}
+        for seq in await self._append_all(housekeeping):
+            last = max(last, seq or 0)
+        claimed = {c.aggregate.split(".", 1)[1] for c, seq in zip(claims, await self._append_all(claims)) if seq}
+        leases = []
+        for c in all_leases:
+            events = [e for e in c.events if e.job_id in claimed]  # type: ignore[attr-defined]
+            if events:  # our own release this round moved the node on: expect that version instead
+                leases.append(msgspec.structs.replace(
+                    c, events=events, expected_version=self._versions.get(c.aggregate, c.expected_version)))
+        booked = {c.aggregate.split(".", 1)[1] for c, seq in zip(leases, await self._append_all(leases)) if seq}
+        booked |= {a.node_id for p in plan.placements for a in p.assignments if not a.device_uuids}
+        failures, failed = failure_commits(plan, claimed, booked, self.policy.sequential)
+        for seq in await self._append_all(failures):
+            last = max(last, seq or 0)
+        placed = claimed - failed
+        now_s = time.time()
+        for job_id in placed:
+            job = state.jobs.get(job_id)
+            if job is not None:
+                self.m_latency.observe(max(0.0, now_s - job.submitted_at))
+        self.placed += len(placed)
+        if placed:
+            self.m_placed.labels(self.policy.name).inc(len(placed))
+        last = max(last, self._last_appended)
+        await self._caught_up(last)
+
+    async def _append_all(self, commits: list[Commit]) -> list[int | None]:
+        """Append commits pipelined; the sequence of each, or None where a version check refused it."""
+        if not commits:
+            return []
+        pipe = self.ctx.store.pipeline()
+        for c in commits:
+            await pipe.add(c.aggregate, c.events, c.expected_version, idempotency_key=c.idempotency_key)
+        out: list[int | None] = []
+        for result in await pipe.results():
+            if isinstance(result, ConcurrencyConflict):
+                self.conflicts += 1
+                self.m_conflicts.inc()
+                out.append(None)
+            elif isinstance(result, Exception):
+                raise result
+            else:
+                out.append(result.seq)
+                self._last_appended = max(self._last_appended, result.seq)
+        for c, seq in zip(commits, out):
+            if seq is not None:
+                self._versions[c.aggregate] = max(self._versions.get(c.aggregate, 0), seq)
+        return out
+
+    async def _caught_up(self, seq: int, timeout: float = 2.0) -> None:
+        """Decide the next round on a state that includes this round's own decisions."""
+        deadline = time.monotonic() + timeout
+        while self.projector.seq < seq and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+
+    async def _handle_query(self, msg: Msg) -> None:
+        what = msg.subject[len(QUERY_PREFIX) + 1:]
+        try:
+            args: dict[str, Any] = json.loads(msg.data) if msg.data else {}
+        except ValueError:
+            args = {}
+        state = self.projector.state
+        if what == "why":
+            job = args.get("job")
+            body: Any = ({"error": "field 'job': a job id is required"} if not isinstance(job, str) else
+                         {"job": job, "why": explain(state, self.policy, job, time.time())})
+        elif what == "jobs":
+            body = {"jobs": [{"job": j.job_id, "name": j.spec.name if j.spec else "", "tenant": j.tenant,
+                              "status": j.status, "devices": j.devices, "priority": j.spec.priority if j.spec else 0,
+                              "nodes": [a.node_id for a in j.assignments], "attempts": j.attempts,
+                              "submitted_at": j.submitted_at, "error": j.error}
+                             for j in sorted(state.jobs.values(), key=lambda j: j.arrival)], "seq": state.seq,
+                    "policy": self.policy.name}
+        else:
+            body = {"error": f"unknown query {what!r} (why, jobs)"}
+        if msg.reply:
+            await msg.respond(json.dumps(body).encode())
+
+
+def from_env() -> SchedulerService:
+    return SchedulerService()

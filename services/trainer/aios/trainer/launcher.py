@@ -1,0 +1,164 @@
+"""The launcher: turns ``JobPlaced`` into worker processes through the device agents, and worker exits into the
+job's outcome. Pure parts (environment, outcome) are functions; :class:`LauncherService` is the shell.
+
+One worker per device (one per CPU-only job), with a torchrun-compatible environment, so a user's
+``torch.distributed`` script runs unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import zlib
+from typing import Any
+
+from aios.common.events import Assignment, JobFailed, JobStarted, JobSucceeded
+from aios.common.errors import AiosError
+from aios.common.runner import Service, ServiceContext
+from aios.common.snapshot import Projector
+from aios.common.store import Commit
+from aios.device_agent.protocol import run_subject, stop_subject
+from aios.scheduler.state import CANCELLED, PLACED, PREEMPTING, RUNNING, JobState, SchedulerState, fold_commit
+
+log = logging.getLogger("aios.trainer.launcher")
+
+
+def worker_name(rank: int) -> str:
+    return f"rank{rank}"
+
+
+def master_port(job_id: str, attempt: int) -> int:
+    return 20000 + zlib.crc32(f"{job_id}/{attempt}".encode()) % 20000
+
+
+def worker_env(job: JobState, assignment: Assignment, rank: int, local_rank: int, nats_url: str) -> dict[str, str]:
+    """torchrun's variables plus AIOS's own."""
+    spec = job.spec
+    assert spec is not None
+    world = sum(max(1, len(a.device_uuids)) for a in job.assignments)
+    master = job.assignments[0].node_id
+    return {**spec.env,
+            "MASTER_ADDR": "127.0.0.1" if master.startswith("sim") else master,
+            "MASTER_PORT": str(master_port(job.job_id, job.attempts)),
+            "RANK": str(rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(world),
+            "LOCAL_WORLD_SIZE": str(max(1, len(assignment.device_uuids))), "GROUP_RANK": "0",
+            "AIOS_JOB_ID": job.job_id, "AIOS_ATTEMPT": str(job.attempts), "AIOS_NATS_URL": nats_url,
+            "AIOS_CHECKPOINT_STORE": "AIOS_CHECKPOINTS", "AIOS_CHECKPOINT_NAME": job.job_id}
+
+
+def outcome(job: JobState) -> tuple[str, str] | None:
+    """('succeeded'|'failed', reason) once the current attempt's workers have all exited, else None."""
+    world = sum(max(1, len(a.device_uuids)) for a in job.assignments)
+    if not world or len(job.exit_codes) < world:
+        bad = {w: c for w, c in job.exit_codes.items() if c != 0}
+        if bad and job.status in (PLACED, RUNNING):
+            worker, code = sorted(bad.items())[0]
+            return "failed", f"worker {worker} exited with {code if code is not None else 'a signal'}"
+        return None
+    bad = {w: c for w, c in job.exit_codes.items() if c != 0}
+    if not bad:
+        return "succeeded", ""
+    worker, code = sorted(bad.items())[0]
+    return "failed", f"worker {worker} exited with {code if code is not None else 'a signal'}"
+
+
+class LauncherService(Service):
+    name = "trainer"
+
+    def __init__(self) -> None:
+        self.projector = Projector("launcher", SchedulerState, None, SchedulerState, fold_commit=fold_commit)
+        self.launched: set[tuple[str, int]] = set()
+        self.stopped: set[tuple[str, int]] = set()
+        self.decided: set[tuple[str, int]] = set()
+
+    async def run(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        await self.projector.rebuild(ctx.store)
+        for job in self.projector.state.jobs.values():  # after a restart: running jobs are already launched
+            if job.workers_running or job.exit_codes or job.started_at:
+                self.launched.add((job.job_id, job.attempts))
+        stop = asyncio.Event()
+        follower = asyncio.ensure_future(self.projector.follow(ctx.store, self._on_commit, stop))
+        await self._reconcile()
+        await ctx.stopping.wait()
+        stop.set()
+        await follower
+
+    def _booked(self, job: JobState) -> bool:
+        """Workers start only once every device of the placement is leased to the job (leases follow JobPlaced)."""
+        holder = self.projector.state.inv.leases.holder
+        return all(holder.get(u) == job.job_id for a in job.assignments for u in a.device_uuids)
+
+    async def _on_commit(self, commit: Commit) -> None:
+        if commit.aggregate.startswith("job."):
+            await self._reconcile(commit.aggregate[4:])
+        elif commit.aggregate.startswith("node."):
+            for job_id in {getattr(e, "job_id", None) for e in commit.events} - {None}:
+                await self._reconcile(job_id)
+
+    async def _reconcile(self, only: str | None = None) -> None:
+        jobs = self.projector.state.jobs
+        targets = [jobs[only]] if only and only in jobs else ([] if only else list(jobs.values()))
+        for job in targets:
+            key = (job.job_id, job.attempts)
+            if job.spec is None or job.spec.command is None:
+                continue  # the built-in trainer (issue 6) runs those
+            if job.status == PLACED and key not in self.launched and self._booked(job):
+                self.launched.add(key)
+                await self._launch(job)
+            elif job.status in (PREEMPTING, CANCELLED) and key in self.launched and key not in self.stopped:
+                self.stopped.add(key)
+                await self._stop(job)
+            elif job.status in (PLACED, RUNNING) and key not in self.decided:
+                result = outcome(job)
+                if result is not None:
+                    self.decided.add(key)
+                    await self._finish(job, *result)
+
+    async def _launch(self, job: JobState) -> None:
+        spec = job.spec
+        assert spec is not None and spec.command is not None
+        rank = 0
+        url = ",".join(self.ctx.settings.servers)
+        for a in job.assignments:
+            devices = a.device_uuids or [None]  # type: ignore[list-item]
+            for local, uuid in enumerate(devices):
+                request = {"job_id": job.job_id, "worker": worker_name(rank), "command": spec.command,
+                           "device_uuids": [uuid] if uuid else [], "env": worker_env(job, a, rank, local, url)}
+                reply = await self._ask(run_subject(a.node_id), request)
+                if not reply.get("ok") and "already running" not in reply.get("error", ""):
+                    await self._finish(job, "failed", f"could not start {worker_name(rank)} on {a.node_id}: "
+                                                      f"{reply.get('error')}")
+                    return
+                rank += 1
+        await self._append(job, JobStarted(aggregate_id=job.job_id, world_size=rank), f"started-{job.attempts}")
+
+    async def _stop(self, job: JobState) -> None:
+        for node in {a.node_id for a in job.assignments}:
+            await self._ask(stop_subject(node), {"job_id": job.job_id, "grace_s": 10})
+
+    async def _finish(self, job: JobState, result: str, reason: str) -> None:
+        key = f"{result}-{job.attempts}"
+        if result == "succeeded":
+            await self._append(job, JobSucceeded(aggregate_id=job.job_id, runtime_s=job.run_seconds), key)
+        else:
+            await self._stop(job)
+            await self._append(job, JobFailed(aggregate_id=job.job_id, reason=reason), key)
+
+    async def _append(self, job: JobState, event: Any, key: str) -> None:
+        try:
+            await self.ctx.store.append(f"job.{job.job_id}", event, idempotency_key=f"{job.job_id}-{key}")
+        except AiosError as exc:
+            log.error("could not record job outcome", extra={"job": job.job_id, "error": str(exc)})
+
+    async def _ask(self, subject: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            msg = await self.ctx.nc.request(subject, json.dumps(body).encode(), timeout=10)
+            return json.loads(msg.data)
+        except Exception as exc:  # noqa: BLE001 - an agent away is an answer too
+            return {"ok": False, "error": f"no answer from {subject}: {exc or type(exc).__name__}"}
+
+
+def from_env() -> LauncherService:
+    return LauncherService()
