@@ -65,7 +65,7 @@ async def cancel(job_id: str) -> int:
         if (await store.read(f"job.{job_id}")).version == 0:
             raise AiosError(f"no job {job_id!r}")
         await store.append(f"job.{job_id}", JobCancelRequested(aggregate_id=job_id, requested_by="cli"),
-                           idempotency_key=f"cancel-{job_id}")
+                           idempotency_key=f"cli-cancel-request-{job_id}")
     finally:
         await store.close()
     print(f"cancel requested for {job_id}")

@@ -141,7 +141,12 @@ def cmd_quota(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.bench == "inventory":
+    if args.bench == "scheduler":
+        from aios.bench import scheduler
+
+        result = asyncio.run(scheduler.run(nodes=args.nodes, gpus_per_node=args.gpus_per_node, pending=args.pending,
+                                           rate=args.rate, seconds=args.seconds))
+    elif args.bench == "inventory":
         from aios.bench import inventory
 
         result = asyncio.run(inventory.run(nodes=args.nodes, gpus_per_node=args.gpus_per_node,
@@ -237,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     inventory.add_argument("--gpus-per-node", type=_positive, default=8)
     inventory.add_argument("--agent-seconds", type=_positive, default=20, help="how long to measure the agent")
     inventory.set_defaults(handler=cmd_bench)
+    sched = bench_sub.add_parser("scheduler", help="placement core, committed placements, submit-to-placed latency")
+    sched.add_argument("--nodes", type=_positive, default=1000)
+    sched.add_argument("--gpus-per-node", type=_positive, default=8)
+    sched.add_argument("--pending", type=_positive, default=10_000)
+    sched.add_argument("--rate", type=float, default=100.0, help="submissions per second for the latency part")
+    sched.add_argument("--seconds", type=float, default=10.0, help="how long to submit for the latency part")
+    sched.set_defaults(handler=cmd_bench)
 
     demo = sub.add_parser("demo", help="run a workload through a local cluster and show what happens")
     demo.add_argument("--keep", action="store_true", help="stay up after the demo until Ctrl-C")

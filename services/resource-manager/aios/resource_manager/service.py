@@ -123,7 +123,7 @@ class ResourceManagerService(Service):
                 try:
                     await self.ctx.store.append(f"job.{job}", JobRequeued(
                         aggregate_id=job, reason=f"node {node_id} lost", node_id=node_id),
-                        idempotency_key=f"requeue-{job}-{result.seq}")
+                        idempotency_key=f"rm-requeue-{job}-{result.seq}")
                 except AiosError as exc:
                     log.error("could not requeue job", extra={"job": job, "error": str(exc)})
 

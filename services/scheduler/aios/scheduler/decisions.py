@@ -33,14 +33,14 @@ def housekeeping_commits(state: SchedulerState, plan: RoundPlan) -> list[Commit]
     for job in plan.requeues:
         reason = plan.requeue_reasons.get(job, "preempted: back in the queue")
         out.append(Commit(f"job.{job}", [JobRequeued(aggregate_id=job, reason=reason)], version(f"job.{job}", 0),
-                          idempotency_key=f"requeue-{job}-{state.jobs[job].attempts}"))
+                          idempotency_key=f"sched-requeue-{job}-{state.jobs[job].attempts}"))
     for p in plan.preemptions:
         out.append(Commit(f"job.{p.job_id}", [JobPreempted(aggregate_id=p.job_id, reason=p.reason, for_job=p.for_job)],
                           version(f"job.{p.job_id}", 0),
-                          idempotency_key=f"preempt-{p.job_id}-{state.jobs[p.job_id].attempts}"))
+                          idempotency_key=f"sched-preempt-{p.job_id}-{state.jobs[p.job_id].attempts}"))
     for job in plan.cancels:
         out.append(Commit(f"job.{job}", [JobCancelled(aggregate_id=job, reason="cancelled on request")],
-                          version(f"job.{job}", 0), idempotency_key=f"cancel-{job}"))
+                          version(f"job.{job}", 0), idempotency_key=f"sched-cancelled-{job}"))
     return out
 
 
@@ -57,7 +57,7 @@ def claim_commits(state: SchedulerState, plan: RoundPlan, policy: str, identity:
         events.append(JobPlaced(aggregate_id=p.job_id, assignments=p.assignments, world_size=world, policy=policy,
                                 attempt=job.attempts + 1))
         out.append(Commit(f"job.{p.job_id}", events, state.inv.versions.get(f"job.{p.job_id}", 0),
-                          idempotency_key=f"place-{p.job_id}-{job.attempts + 1}-{identity}"))
+                          idempotency_key=f"sched-place-{p.job_id}-{job.attempts + 1}-{identity}"))
     return out
 
 

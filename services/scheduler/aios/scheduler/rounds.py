@@ -14,7 +14,7 @@ import msgspec
 
 from aios.common.events import Assignment
 from aios.resource_manager import quota as quotas
-from aios.scheduler.placement import ClusterView, Request, greedy, milp_window
+from aios.scheduler.placement import BinCache, ClusterView, Request, greedy, milp_window
 from aios.scheduler.policies.base import Policy
 from aios.scheduler.state import HOLDING, PENDING, PLACED, PREEMPTING, TERMINAL, JobState, SchedulerState
 
@@ -133,11 +133,11 @@ def _housekeeping(state: SchedulerState, now: float, plan: RoundPlan) -> None:
 
 def plan_round(state: SchedulerState, policy: Policy, now: float, *,
                estimate: Callable[[JobState], float] = default_estimate, milp_max_jobs: int = 200,
-               milp_time_limit: float = 0.5) -> RoundPlan:
+               milp_time_limit: float = 0.5, cache: BinCache | None = None) -> RoundPlan:
     plan = RoundPlan()
     _housekeeping(state, now, plan)
     usage, cpu_used, mem_used = _usage(state)
-    view = ClusterView.from_inventory(state.inv, cpu_used, mem_used)
+    view = ClusterView.from_inventory(state.inv, cpu_used, mem_used, cache)
     tenants = {t: quotas.Quota(t, q.cohort, q.nominal, q.borrowing_limit, q.lending_limit)
                for t, q in state.inv.tenants.items()}
     cancelled = set(plan.cancels)
@@ -183,14 +183,24 @@ def _try_place(view: ClusterView, policy: Policy, job: JobState) -> Placement | 
     return None
 
 
-def _capacity_reason(view: ClusterView, job: JobState) -> str:
+def _capacity_reason(view: ClusterView, job: JobState, state: SchedulerState | None = None) -> str:
     spec = job.spec
     assert spec is not None
     req = request_for(job, frozenset(spec.device_types) or None)
     bins = view.candidates(req)
     kinds = "/".join(spec.device_types) or "any kind"
     if bins.size == 0:
-        return f"capacity: no free {kinds} device on any online node (needs {spec.devices})"
+        holders: dict[str, int] = {}
+        if state is not None:
+            wanted = set(spec.device_types)
+            for node in state.inv.nodes.values():
+                for u, d in node.devices.items():
+                    j = state.inv.leases.holder.get(u)
+                    if j and node.online and (not wanted or d.info.kind in wanted):
+                        holders[j] = holders.get(j, 0) + 1
+        held = ", ".join(f"{j} ({n})" for j, n in sorted(holders.items(), key=lambda kv: -kv[1])[:3])
+        return (f"capacity: needs {spec.devices} devices ({kinds}), none free on any online node"
+                + (f"; held by {held}" if held else ""))
     cap = view.capacity_in(req, bins)
     total = int(cap.sum())
     best = int(cap.max())
@@ -221,7 +231,7 @@ def _place_in_order(state: SchedulerState, policy: Policy, now: float, estimate:
             if head is not None and not (now + estimate(job) <= shadow):
                 extra -= job.devices
             continue
-        plan.reasons[job.job_id] = _capacity_reason(view, job)
+        plan.reasons[job.job_id] = _capacity_reason(view, job, state)
         if head is None:
             head = job
             _maybe_preempt(state, policy, now, view, job, plan)
@@ -261,7 +271,7 @@ def _place_window(state: SchedulerState, policy: Policy, now: float, view: Clust
         if found is not None:
             plan.placements.append(Placement(job.job_id, found.assignments, borrowed))
             continue
-        plan.reasons[job.job_id] = _capacity_reason(view, job)
+        plan.reasons[job.job_id] = _capacity_reason(view, job, state)
         if blocked_first is None:
             blocked_first = job
             _maybe_preempt(state, policy, now, view, job, plan)

@@ -21,6 +21,7 @@ from aios.common.store import Commit as StoredCommit
 from aios.common.wire import new_token
 from aios.scheduler.decisions import Commit, claim_commits, failure_commits, housekeeping_commits, lease_commits
 from aios.scheduler.leadership import Leadership
+from aios.scheduler.placement import BinCache
 from aios.scheduler.policies import make_policy
 from aios.scheduler.predict import RuntimePredictor
 from aios.scheduler.rounds import explain, plan_round
@@ -64,6 +65,7 @@ class SchedulerService(Service):
         self.placed = 0
         self._wake = asyncio.Event()
         self._last_appended = 0
+        self.bins = BinCache()
         self._versions: dict[str, int] = {}
         self._fitted_on = -1
 
@@ -135,7 +137,7 @@ class SchedulerService(Service):
             self.predictor.fit(state.finished)
             self._fitted_on = len(state.finished)
         started = time.perf_counter()
-        plan = plan_round(state, self.policy, now, estimate=self.predictor.estimate)
+        plan = plan_round(state, self.policy, now, estimate=self.predictor.estimate, cache=self.bins)
         self.m_round_s.observe(time.perf_counter() - started)
         self.rounds += 1
         self.m_rounds.inc()

@@ -148,7 +148,7 @@ class LauncherService(Service):
 
     async def _append(self, job: JobState, event: Any, key: str) -> None:
         try:
-            await self.ctx.store.append(f"job.{job.job_id}", event, idempotency_key=f"{job.job_id}-{key}")
+            await self.ctx.store.append(f"job.{job.job_id}", event, idempotency_key=f"launcher-{job.job_id}-{key}")
         except AiosError as exc:
             log.error("could not record job outcome", extra={"job": job.job_id, "error": str(exc)})
 

@@ -1,0 +1,187 @@
+"""``aios bench scheduler``: the decision core in memory, decisions committed through a real nats-server, and the
+latency from submit to placed at a steady submission rate."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from aios.common.config import Settings
+from aios.common.events import DeviceInfo, JobPlaced, JobSubmitted, Link, NodeRegistered
+from aios.common.natsserver import NatsServer
+from aios.common.runner import run_service
+from aios.common.store import Commit, EventStore, connect
+from aios.scheduler.local import apply
+from aios.scheduler.placement import ClusterView, Request, greedy, milp_window
+from aios.scheduler.service import SchedulerConfig, SchedulerService
+from aios.scheduler.state import SchedulerState
+
+KINDS = ("h100", "a100", "v100")
+
+
+def node_events(nodes: int, gpus: int) -> list[tuple[str, list[Any]]]:
+    out = []
+    for n in range(nodes):
+        name = f"node-{n:04d}"
+        kind = KINDS[n % len(KINDS)]
+        devices = [DeviceInfo(uuid=f"{name}-g{g}", index=g, kind=kind, model=kind, memory_bytes=80 << 30)
+                   for g in range(gpus)]
+        links = [Link(devices[a].uuid, devices[b].uuid, "nvlink") for a in range(gpus) for b in range(a + 1, gpus)]
+        out.append((f"node.{name}", [NodeRegistered(aggregate_id=name, hostname=name, agent_id="bench",
+                                                    cpu_cores=224, memory_bytes=2 << 40, devices=devices,
+                                                    links=links)]))
+    return out
+
+
+def job_spec(i: int, rng: random.Random, devices: int | None = None, any_kind: bool = False) -> dict[str, Any]:
+    return {"name": f"job-{i}", "tenant": f"t{i % 5}", "devices": devices or rng.choice([1, 1, 2, 4, 8]),
+            "device_types": [] if any_kind else rng.choice([[], ["h100"], ["a100", "h100"]]), "command": ["train"],
+            "priority": i % 3}
+
+
+def core(nodes: int, gpus: int, pending: int) -> dict[str, Any]:
+    rng = random.Random(1)
+    state = SchedulerState()
+    apply(state, node_events(nodes, gpus), 0.0)
+    for i in range(pending):
+        spec = job_spec(i, rng)
+        apply(state, [(f"job.job-{i}", [JobSubmitted(aggregate_id=f"job-{i}", tenant=spec["tenant"], spec=spec)])],
+              1.0)
+    t0 = time.perf_counter()
+    view = ClusterView.from_inventory(state.inv)
+    view_s = time.perf_counter() - t0
+    reqs = [Request(j.job_id, j.devices, frozenset(j.spec.device_types) or None, None, True, 1.0, 4.0)
+            for j in state.pending() if j.spec]
+    placed = 0
+    t0 = time.perf_counter()
+    for req in reqs:
+        plan = greedy(view, req)
+        if plan is not None:
+            view.take(req, plan)
+            placed += 1
+    greedy_s = time.perf_counter() - t0
+    window = reqs[:200]
+    fresh = ClusterView.from_inventory(state.inv)
+    result = milp_window(fresh, window, time_limit=5.0)
+    return {"greedy_placements_per_s": round(placed / greedy_s), "greedy_placed": placed,
+            "greedy_tried": len(reqs), "cluster_view_s": round(view_s, 4),
+            "milp_window_s": round(result.seconds, 3), "milp_window_jobs": len(window),
+            "milp_window_nodes": nodes, "milp_status": result.status, "milp_placed": len(result.plans),
+            "milp_variables": result.variables}
+
+
+async def _log_placed(store: EventStore) -> list[Commit]:
+    out: list[Commit] = []
+    await store.replay(lambda c: out.append(c) if c.aggregate.startswith("job.") else None)
+    return out
+
+
+async def committed(url: str, nodes: int, gpus: int, pending: int) -> dict[str, Any]:
+    store = await connect([url], name="bench-scheduler")
+    rng = random.Random(2)
+    pipe = store.pipeline()
+    for aggregate, events in node_events(nodes, gpus):
+        await pipe.add(aggregate, events)
+    for i in range(pending):
+        spec = job_spec(i, rng, devices=1, any_kind=True)
+        await pipe.add(f"job.job-{i}", JobSubmitted(aggregate_id=f"job-{i}", tenant=spec["tenant"], spec=spec),
+                       expected_version=0)
+    assert not [r for r in await pipe.results() if isinstance(r, Exception)]
+    service = SchedulerService(SchedulerConfig(policy="fifo", round_interval_s=0.05, leader_election=False))
+    ready = asyncio.Event()
+    task = asyncio.ensure_future(run_service(service, Settings(nats_url=url, log_level="WARNING"), ready=ready,
+                                             install_signal_handlers=False))
+    await ready.wait()
+    # Decisions start at the first round; measured until placements stop for a second (the cluster is full).
+    t0 = time.perf_counter()
+    last_change, placed = t0, 0
+    while (placed == 0 or time.perf_counter() - last_change < 1.0) and time.perf_counter() - t0 < 300:
+        if service.placed != placed:
+            placed, last_change = service.placed, time.perf_counter()
+        await asyncio.sleep(0.005)
+    elapsed = last_change - t0
+    service.ctx.stopping.set()
+    await task
+    commits = await _log_placed(store)
+    in_log = sum(1 for c in commits for e in c.events if isinstance(e, JobPlaced))
+    await store.close()
+    return {"committed_placements_per_s": round(placed / elapsed), "committed_placements": placed,
+            "placements_in_log": in_log, "commit_rounds": service.rounds, "conflicts": service.conflicts}
+
+
+async def latency(url: str, rate: float, seconds: float) -> dict[str, Any]:
+    """Submissions at ``rate``/s on the cluster left by ``committed`` plus fresh capacity; submit -> placed."""
+    store = await connect([url], name="bench-latency")
+    service = SchedulerService(SchedulerConfig(policy="fairshare", round_interval_s=0.5, leader_election=False))
+    ready = asyncio.Event()
+    task = asyncio.ensure_future(run_service(service, Settings(nats_url=url, log_level="WARNING"), ready=ready,
+                                             install_signal_handlers=False))
+    await ready.wait()
+    submitted: dict[str, float] = {}
+    placed_at: dict[str, float] = {}
+    sub = store.subscribe(await store.last_seq() + 1)
+
+    async def watch() -> None:
+        async for c in sub:
+            if any(isinstance(e, JobPlaced) for e in c.events):
+                placed_at.setdefault(c.aggregate[4:], time.perf_counter())
+
+    watcher = asyncio.ensure_future(watch())
+    n = int(rate * seconds)
+    start = time.perf_counter()
+    for i in range(n):
+        target = start + i / rate
+        delay = target - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        job = f"lat-{i}"
+        spec = {"name": job, "tenant": f"t{i % 5}", "devices": 1, "command": ["serve"]}
+        submitted[job] = time.perf_counter()
+        await store.append(f"job.{job}", JobSubmitted(aggregate_id=job, tenant=spec["tenant"], spec=spec),
+                           expected_version=0)
+    deadline = time.perf_counter() + 30
+    while len(placed_at) < n and time.perf_counter() < deadline:
+        await asyncio.sleep(0.05)
+    watcher.cancel()
+    await sub.close()
+    service.ctx.stopping.set()
+    await task
+    await store.close()
+    lat = sorted((placed_at[j] - submitted[j]) * 1000 for j in placed_at if j in submitted)
+    return {"submit_rate_per_s": rate, "submitted": n, "placed": len(lat),
+            "submit_to_placed_p50_ms": round(statistics.median(lat), 2) if lat else None,
+            "submit_to_placed_p99_ms": round(float(np.percentile(lat, 99)), 2) if lat else None}
+
+
+async def run(nodes: int = 1000, gpus_per_node: int = 8, pending: int = 10_000, rate: float = 100.0,
+              seconds: float = 10.0) -> dict[str, Any]:
+    result: dict[str, Any] = {"nodes": nodes, "gpus_per_node": gpus_per_node, "pending": pending}
+    result.update(core(nodes, gpus_per_node, pending))
+    tmp = tempfile.mkdtemp(prefix="aios-bench-sched-")
+    server = NatsServer(tmp).start()
+    try:
+        result.update(await committed(server.url, nodes, gpus_per_node, pending))
+        lat_tmp = tempfile.mkdtemp(prefix="aios-bench-lat-")
+        lat_server = NatsServer(lat_tmp).start()
+        try:
+            store = await connect([lat_server.url])
+            pipe = store.pipeline()
+            for aggregate, events in node_events(nodes, gpus_per_node):
+                await pipe.add(aggregate, events)
+            await pipe.results()
+            await store.close()
+            result.update(await latency(lat_server.url, rate, seconds))
+        finally:
+            lat_server.stop()
+            shutil.rmtree(lat_tmp, ignore_errors=True)
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result

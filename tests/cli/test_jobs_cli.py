@@ -1,0 +1,66 @@
+"""`aios submit / jobs / why / cancel` against a running local cluster."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from aios.cli.cluster import LocalCluster
+from aios.common.config import load_settings
+
+
+def test_submit_why_cancel(aios_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**aios_env, "AIOS_SCHEDULER_POLICY": "fifo", "AIOS_SCHEDULER_INTERVAL": "0.1"}
+    cluster = LocalCluster(load_settings({**env, "AIOS_NATS_PORT": "0"}), env=env,
+                           agents=[("sim-1", "2xH100-80GB")]).start()
+    env = {**env, "AIOS_NATS_URL": cluster.nats_url}
+
+    def aios(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "aios.cli.main", *args], env=env, capture_output=True,
+                              text=True, timeout=60)
+
+    def jobs() -> dict[str, Any]:
+        out = aios("jobs", "--json")
+        return {j["name"]: j for j in json.loads(out.stdout)} if out.returncode == 0 else {}
+
+    def wait(check: Any, what: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 30
+        while True:
+            current = jobs()
+            if check(current):
+                return current
+            assert time.monotonic() < deadline, f"{what}: {current}"
+            time.sleep(0.3)
+
+    try:
+        long = tmp_path / "long.yaml"
+        long.write_text("name: long\ntenant: nlp\ndevices: 2\ncommand: [sleep, '30']\n")
+        blocked = tmp_path / "blocked.json"
+        blocked.write_text(json.dumps({"name": "blocked", "tenant": "nlp", "devices": 2, "command": ["true"]}))
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("name: bad\ntenant: nlp\ndevices: -1\ncommand: [x]\n")
+
+        wait(lambda j: True, "scheduler up")
+        first = aios("submit", str(long), "--json")
+        assert first.returncode == 0, first.stderr
+        assert json.loads(first.stdout)["job"].startswith("long-")
+        wait(lambda j: j.get("long", {}).get("status") in ("placed", "running"), "long placed")
+        second = aios("submit", str(blocked))
+        assert second.returncode == 0 and second.stdout.startswith("submitted blocked-")
+        job_id = second.stdout.split()[1]
+        wait(lambda j: "blocked" in j, "blocked seen")
+        why = aios("why", job_id)
+        assert why.returncode == 0 and "needs 2 devices" in why.stdout and "held by long-" in why.stdout, why.stdout
+        assert aios("cancel", job_id).returncode == 0
+        wait(lambda j: j["blocked"]["status"] == "cancelled", "cancelled")
+
+        refused = aios("submit", str(bad))
+        assert refused.returncode == 2 and "devices: must be between 0 and 4096" in refused.stderr
+        missing = aios("why", "no-such-job")
+        assert missing.returncode == 0 and "no job 'no-such-job'" in missing.stdout
+    finally:
+        cluster.stop()
