@@ -1,0 +1,49 @@
+"""Job specs are validated at the door: every mistake comes back naming the field and the reason."""
+
+from __future__ import annotations
+
+import pytest
+
+from aios.scheduler.spec import SpecError, validate_spec
+
+GOOD = {"name": "bert-ft", "tenant": "nlp", "devices": 8, "device_types": ["h100", "a100"],
+        "throughput": {"h100": 2.0, "a100": 1.0}, "max_devices_per_node": 4, "gang": True, "priority": 10,
+        "cpu_per_worker": 8, "memory_gib_per_worker": 64, "max_runtime_s": 7200, "preemptible": True,
+        "command": ["torchrun", "train.py"], "checkpoint_interval_s": 600}
+
+
+def test_a_full_spec_is_accepted() -> None:
+    spec = validate_spec(GOOD)
+    assert spec.devices == 8 and spec.throughput == {"h100": 2.0, "a100": 1.0} and spec.max_devices_per_node == 4
+    assert validate_spec({"name": "mlp", "tenant": "t", "trainer": {"kind": "mlp", "epochs": 3}}).trainer
+
+
+@pytest.mark.parametrize("change, field, reason", [
+    ({"name": "Bert FT"}, "name", "lowercase letters"),
+    ({"tenant": ""}, "tenant", "lowercase letters"),
+    ({"devices": -1}, "devices", "between 0 and 4096"),
+    ({"devices": "8"}, "devices", "Expected `int`, got `str`"),
+    ({"priority": 5000}, "priority", "between -1000 and 1000"),
+    ({"device_types": ["H100!"]}, "device_types[0]", "is not a device kind"),
+    ({"throughput": {"h100": 0}}, "throughput.h100", "positive"),
+    ({"throughput": {"v100": 1.0}}, "throughput.v100", "not in device_types"),
+    ({"max_devices_per_node": 0}, "max_devices_per_node", "at least 1"),
+    ({"cpu_per_worker": 0}, "cpu_per_worker", "positive"),
+    ({"max_runtime_s": -5}, "max_runtime_s", "positive number of seconds"),
+    ({"command": []}, "command", "non-empty"),
+    ({"trainer": {"kind": "mlp"}}, "command", "exactly one of"),
+    ({"gpus": 8}, "gpus", "unknown field"),
+])
+def test_bad_fields_are_named(change: dict, field: str, reason: str) -> None:
+    with pytest.raises(SpecError) as info:
+        validate_spec({**GOOD, **change})
+    assert info.value.field == field and reason in str(info.value)
+
+
+def test_missing_fields_and_wrong_shapes() -> None:
+    with pytest.raises(SpecError, match="^name: Object missing required field `name`"):
+        validate_spec({"tenant": "t", "command": ["x"]})
+    with pytest.raises(SpecError, match="^spec: expected a mapping"):
+        validate_spec(["not", "a", "mapping"])
+    with pytest.raises(SpecError, match="^trainer.kind: required"):
+        validate_spec({"name": "x", "tenant": "t", "trainer": {"epochs": 1}})
