@@ -15,6 +15,7 @@ import msgspec
 from aios.common.events import Assignment
 from aios.resource_manager import quota as quotas
 from aios.scheduler.placement import BinCache, ClusterView, Request, greedy, milp_window
+from aios.scheduler.policies.backfill import EasyBackfill
 from aios.scheduler.policies.base import Policy
 from aios.scheduler.state import HOLDING, PENDING, PLACED, PREEMPTING, TERMINAL, JobState, SchedulerState
 
@@ -236,8 +237,6 @@ def _place_in_order(state: SchedulerState, policy: Policy, now: float, estimate:
             head = job
             _maybe_preempt(state, policy, now, view, job, plan)
             if policy.backfill:
-                from aios.scheduler.policies.backfill import EasyBackfill
-
                 free = int(view.capacity_in(request_for(job, policy.kinds_for(job)),
                                             view.candidates(request_for(job, policy.kinds_for(job)))).sum())
                 shadow, extra = EasyBackfill.reservation(state, now, job, free, estimate)
