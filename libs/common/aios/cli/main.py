@@ -127,6 +127,17 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return asyncio.run(jobs.cancel(args.job))
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from aios.cli import simulate
+
+    if args.list_policies:
+        return simulate.list_policies(args.json)
+    if not args.trace:
+        raise ConfigError("--trace is required (or --list-policies)")
+    return simulate.run(args.trace, args.cluster, args.policy, args.compare, args.throughputs, args.round,
+                        args.gpus_per_server, args.json, args.out)
+
+
 def cmd_tenants(args: argparse.Namespace) -> int:
     from aios.cli import inspect
 
@@ -215,6 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", help="cancel a job")
     cancel.add_argument("job")
     cancel.set_defaults(handler=cmd_cancel)
+
+    sim = sub.add_parser("simulate", help="run a workload trace through the scheduler core under a simulated clock")
+    sim.add_argument("--trace", help="Gavel-format trace (../shared/traces/*.trace)")
+    sim.add_argument("--cluster", default="v100=12,p100=12,k80=12", help="GPUs per kind, e.g. v100=12,p100=12")
+    sim.add_argument("--policy", help="policy to run (default: the recommended one)")
+    sim.add_argument("--compare", help="comma-separated policies to run side by side")
+    sim.add_argument("--throughputs", default="../shared/traces/gavel-throughputs-isolated.csv")
+    sim.add_argument("--round", type=float, default=360.0, help="round length in seconds")
+    sim.add_argument("--gpus-per-server", type=_positive, default=4)
+    sim.add_argument("--out", help="folder for per-job records (CSV) and summaries (JSON)")
+    sim.add_argument("--list-policies", action="store_true")
+    sim.add_argument("--json", action="store_true")
+    sim.set_defaults(handler=cmd_simulate)
 
     tenants = sub.add_parser("tenants", help="tenants: quotas, cohorts and devices in use")
     tenants.add_argument("--json", action="store_true", help="machine-readable output")

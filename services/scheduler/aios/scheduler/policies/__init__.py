@@ -9,6 +9,7 @@ from aios.scheduler.policies.base import Policy
 from aios.scheduler.policies.fairshare import FairShare
 from aios.scheduler.policies.fifo import Fifo
 from aios.scheduler.policies.hetero import HeteroAware
+from aios.scheduler.policies.hetero_las import HeteroLeastAttainedService
 from aios.scheduler.policies.las import LeastAttainedService
 from aios.scheduler.policies.priority import StrictPriority
 
@@ -19,6 +20,7 @@ POLICIES: dict[str, Callable[[], Policy]] = {
     "las": LeastAttainedService,
     "hetero": HeteroAware,
     "backfill": EasyBackfill,
+    "hetero-las": HeteroLeastAttainedService,
 }
 
 
