@@ -10,7 +10,9 @@ from tests.scheduler.helpers import Cluster
 
 
 def test_registry_has_one_module_per_policy() -> None:
-    assert set(POLICIES) == {"fifo", "priority", "fairshare", "las", "hetero", "backfill"}
+    assert set(POLICIES) == {"fifo", "priority", "fairshare", "las", "hetero", "backfill", "hetero-las"}
+    for name, factory in POLICIES.items():
+        assert factory().name == name
 
 
 def test_fifo_blocks_behind_the_head_and_explains() -> None:
@@ -148,3 +150,12 @@ def test_cpu_only_jobs_use_cpu_capacity() -> None:
     c.submit("cpu-b", 0, cpu_per_worker=3)
     step(c.state, make_policy("fifo"), 1.0)
     assert c.status("cpu-a") == PLACED and c.status("cpu-b") == PENDING
+
+
+def test_hetero_las_offers_the_fastest_kind_first() -> None:
+    c = Cluster(("fast", "v100", 2), ("slow", "k80", 2))
+    c.submit("a", 1, device_types=["v100", "k80"], throughput={"v100": 4.0, "k80": 1.0})
+    c.submit("b", 2, device_types=["v100", "k80"], throughput={"v100": 4.0, "k80": 1.0})
+    step(c.state, make_policy("hetero-las"), 1.0)
+    assert c.where("a") == {"fast": 1}
+    assert c.where("b") == {"slow": 2}  # the fast kind is full: any acceptable kind rather than waiting
