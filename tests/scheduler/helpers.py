@@ -5,19 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from aios.common.events import (
-    DeviceInfo, JobCancelRequested, JobSubmitted, JobSucceeded, Link, NodeLost, NodeRegistered, TenantQuotaSet,
-    WorkerExited,
+    JobCancelRequested, JobSubmitted, JobSucceeded, NodeLost, TenantQuotaSet, WorkerExited,
 )
-from aios.scheduler.local import apply
+from aios.scheduler.local import apply, node_registration
 from aios.scheduler.state import SchedulerState
 
 
 def node(name: str, kind: str, count: int, cpu: int = 64) -> tuple[str, list[Any]]:
-    devices = [DeviceInfo(uuid=f"{name}-g{i}", index=i, kind=kind, model=kind, memory_bytes=80 << 30)
-               for i in range(count)]
-    links = [Link(devices[i].uuid, devices[j].uuid, "nvlink") for i in range(count) for j in range(i + 1, count)]
-    return f"node.{name}", [NodeRegistered(aggregate_id=name, hostname=name, agent_id="a", cpu_cores=cpu,
-                                           memory_bytes=1 << 40, devices=devices, links=links)]
+    return node_registration(name, kind, count, cpu_cores=cpu, memory_bytes=1 << 40)
 
 
 class Cluster:

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from aios.common.config import Settings
-from aios.common.events import DeviceInfo, JobPlaced, JobSubmitted, Link, NodeRegistered
+from aios.common.events import JobPlaced, JobSubmitted
 from aios.common.natsserver import NatsServer
 from aios.common.runner import run_service
 from aios.common.store import Commit, EventStore, connect
-from aios.scheduler.local import apply
+from aios.scheduler.local import apply, node_registration
 from aios.scheduler.placement import ClusterView, Request, greedy, milp_window
 from aios.scheduler.service import SchedulerConfig, SchedulerService
 from aios.scheduler.state import SchedulerState
@@ -27,17 +27,8 @@ KINDS = ("h100", "a100", "v100")
 
 
 def node_events(nodes: int, gpus: int) -> list[tuple[str, list[Any]]]:
-    out = []
-    for n in range(nodes):
-        name = f"node-{n:04d}"
-        kind = KINDS[n % len(KINDS)]
-        devices = [DeviceInfo(uuid=f"{name}-g{g}", index=g, kind=kind, model=kind, memory_bytes=80 << 30)
-                   for g in range(gpus)]
-        links = [Link(devices[a].uuid, devices[b].uuid, "nvlink") for a in range(gpus) for b in range(a + 1, gpus)]
-        out.append((f"node.{name}", [NodeRegistered(aggregate_id=name, hostname=name, agent_id="bench",
-                                                    cpu_cores=224, memory_bytes=2 << 40, devices=devices,
-                                                    links=links)]))
-    return out
+    return [node_registration(f"node-{n:04d}", KINDS[n % len(KINDS)], gpus, cpu_cores=224, memory_bytes=2 << 40)
+            for n in range(nodes)]
 
 
 def job_spec(i: int, rng: random.Random, devices: int | None = None, any_kind: bool = False) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from aios.common.events import Event
+from aios.common.events import DeviceInfo, Event, Link, NodeRegistered
 from aios.common.store import Commit as StoredCommit
 from aios.scheduler.decisions import Commit, claim_commits, failure_commits, housekeeping_commits, lease_commits
 from aios.scheduler.policies.base import Policy
@@ -34,3 +34,14 @@ def step(state: SchedulerState, policy: Policy, now: float, **options: object) -
     failures, _ = failure_commits(plan, claimed, {c.aggregate.split(".", 1)[1] for c in leases}, policy.sequential)
     apply(state, failures, now)
     return plan
+
+
+def node_registration(name: str, kind: str, count: int, *, cpu_cores: int = 64, memory_bytes: int = 512 << 30,
+                      device_memory_bytes: int = 80 << 30) -> tuple[str, list[Event]]:
+    """A node of ``count`` devices of one kind, all NVLink-connected, as its agent would register it (simulations,
+    benchmarks, tests)."""
+    devices = [DeviceInfo(uuid=f"{name}-g{i}", index=i, kind=kind, model=kind, memory_bytes=device_memory_bytes)
+               for i in range(count)]
+    links = [Link(devices[a].uuid, devices[b].uuid, "nvlink") for a in range(count) for b in range(a + 1, count)]
+    return f"node.{name}", [NodeRegistered(aggregate_id=name, hostname=name, agent_id="sim", cpu_cores=cpu_cores,
+                                           memory_bytes=memory_bytes, devices=devices, links=links)]

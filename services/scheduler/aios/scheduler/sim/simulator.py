@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from aios.common.events import DeviceInfo, JobSubmitted, JobSucceeded, Link, NodeRegistered, WorkerExited
-from aios.scheduler.local import apply, step
+from aios.common.events import JobSubmitted, JobSucceeded, WorkerExited
+from aios.scheduler.local import apply, node_registration, step
 from aios.scheduler.policies.base import Policy
 from aios.scheduler.predict import RuntimePredictor
 from aios.scheduler.sim.traces import Throughputs, TraceJob
@@ -44,14 +44,8 @@ def cluster_events(cluster: dict[str, int], gpus_per_server: int) -> list[tuple[
     out = []
     for kind, count in sorted(cluster.items()):
         for s in range((count + gpus_per_server - 1) // gpus_per_server):
-            name = f"{kind}-{s:03d}"
             n = min(gpus_per_server, count - s * gpus_per_server)
-            devices = [DeviceInfo(uuid=f"{name}-g{g}", index=g, kind=kind, model=kind, memory_bytes=16 << 30)
-                       for g in range(n)]
-            links = [Link(devices[a].uuid, devices[b].uuid, "nvlink") for a in range(n) for b in range(a + 1, n)]
-            out.append((f"node.{name}", [NodeRegistered(aggregate_id=name, hostname=name, agent_id="sim",
-                                                        cpu_cores=64, memory_bytes=512 << 30, devices=devices,
-                                                        links=links)]))
+            out.append(node_registration(f"{kind}-{s:03d}", kind, n, device_memory_bytes=16 << 30))
     return out
 
 
