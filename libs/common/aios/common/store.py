@@ -267,12 +267,12 @@ class EventStore:
                 return after_seq  # nothing matches the filter after after_seq
             while not done.done():
                 progress = consumer.last_seq
-                waiters = {done, asyncio.ensure_future(consumer.wait_trouble()), conn.closed}
-                finished, pending_waiters = await asyncio.wait(waiters, timeout=consumer.heartbeat,
-                                                               return_when=asyncio.FIRST_COMPLETED)
-                for w in pending_waiters:
-                    if w is not done and w is not conn.closed:
-                        w.cancel()
+                trouble = asyncio.ensure_future(consumer.wait_trouble())
+                try:
+                    await asyncio.wait({done, trouble, conn.closed}, timeout=consumer.heartbeat,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    trouble.cancel()
                 if consumer.error is not None:
                     raise consumer.error
                 if done.done():
@@ -505,9 +505,11 @@ class Subscription:
                 delay = 0.1
                 while not self._closed:
                     trouble = asyncio.ensure_future(consumer.wait_trouble())
-                    await asyncio.wait({trouble, self._conn.closed}, timeout=consumer.heartbeat,
-                                       return_when=asyncio.FIRST_COMPLETED)
-                    trouble.cancel()
+                    try:
+                        await asyncio.wait({trouble, self._conn.closed}, timeout=consumer.heartbeat,
+                                           return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        trouble.cancel()
                     if consumer.error is not None:
                         self._queue.put_nowait(consumer.error)
                         self._closed = True
