@@ -69,12 +69,14 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
         while next_arrival < len(pending_arrivals) and pending_arrivals[next_arrival][1].arrival_s <= now:
             i, tj = pending_arrivals[next_arrival]
             next_arrival += 1
-            job_id = f"{slug(tj.job_type)}-{i}"
-            rates = {k: v for k, v in throughputs.get((tj.job_type, tj.gpus), {}).items() if k in cluster and v > 0}
+            job_id = tj.name or f"{slug(tj.job_type)}-{i}"
+            table = tj.rates or throughputs.get((tj.job_type, tj.gpus), {})
+            rates = ({k: v for k, v in table.items() if k in cluster and v > 0} if table
+                     else {k: 1.0 for k in cluster})  # nothing known of its speed: one step a second anywhere
             jobs[job_id] = SimJob(job_id, tj, rates)
-            spec = {"name": job_id, "tenant": "trace", "devices": tj.gpus, "device_types": sorted(rates),
+            spec = {"name": job_id, "tenant": tj.tenant, "devices": tj.gpus, "device_types": sorted(rates),
                     "throughput": rates, "command": ["train"], "priority": int(tj.priority_weight)}
-            apply(state, [(f"job.{job_id}", [JobSubmitted(aggregate_id=job_id, tenant="trace", spec=spec)])],
+            apply(state, [(f"job.{job_id}", [JobSubmitted(aggregate_id=job_id, tenant=tj.tenant, spec=spec)])],
                   tj.arrival_s)
         t0 = time.perf_counter()
         for _ in range(4):  # a live scheduler decides again at once on its own releases; so does the simulation

@@ -12,11 +12,17 @@ from aios.common.errors import ConfigError
 
 
 class TraceJob(msgspec.Struct, frozen=True):
+    """One job of a workload: ``total_steps`` of work, done at ``rates[kind]`` steps/s on a GPU kind (when ``rates``
+    is empty the simulator looks the job up in the throughput table by ``(job_type, gpus)``)."""
+
     job_type: str
     total_steps: float
     gpus: int
     priority_weight: float
     arrival_s: float
+    rates: dict[str, float] = {}
+    tenant: str = "trace"
+    name: str = ""
 
 
 def read_gavel_trace(path: str | Path) -> list[TraceJob]:
