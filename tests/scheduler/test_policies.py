@@ -10,7 +10,8 @@ from tests.scheduler.helpers import Cluster
 
 
 def test_registry_has_one_module_per_policy() -> None:
-    assert set(POLICIES) == {"fifo", "priority", "fairshare", "las", "hetero", "backfill", "hetero-las"}
+    assert set(POLICIES) == {"fifo", "priority", "fairshare", "las", "hetero", "backfill", "hetero-las",
+                             "hetero-ts"}
     for name, factory in POLICIES.items():
         assert factory().name == name
 
@@ -159,3 +160,48 @@ def test_hetero_las_offers_the_fastest_kind_first() -> None:
     step(c.state, make_policy("hetero-las"), 1.0)
     assert c.where("a") == {"fast": 1}
     assert c.where("b") == {"slow": 2}  # the fast kind is full: any acceptable kind rather than waiting
+
+
+def test_hetero_ts_gives_the_fast_kind_to_the_job_that_gains_most() -> None:
+    c = Cluster(("fast", "v100", 1), ("slow", "k80", 1))
+    c.submit("indifferent", 1, device_types=["v100", "k80"], throughput={"v100": 1.2, "k80": 1.0})
+    c.submit("loves-v100", 1, device_types=["v100", "k80"], throughput={"v100": 4.0, "k80": 1.0})
+    step(c.state, make_policy("hetero-ts"), 1.0)
+    assert c.where("loves-v100") == {"fast": 1} and c.where("indifferent") == {"slow": 1}
+
+
+def test_hetero_ts_time_shares_after_the_quantum_and_not_before() -> None:
+    c = Cluster(("n1", "v100", 1))
+    ts = make_policy("hetero-ts")  # quantum 360 s
+    c.submit("old", 1, now=0.0)
+    step(c.state, ts, 0.0)
+    c.submit("new", 1, now=10.0)
+    plan = step(c.state, ts, 100.0)  # old is inside its quantum: it keeps the device
+    assert not plan.preemptions and "time share" in plan.reasons["new"]
+    plan = step(c.state, ts, 400.0)  # quantum over: new has less attained service and takes its turn
+    assert [(p.job_id, p.reason.split(":")[0]) for p in plan.preemptions] == [("old", "time share")]
+    c.workers_exited("old", 401.0)
+    step(c.state, ts, 401.0)
+    step(c.state, ts, 401.0)
+    assert c.status("new") == PLACED and c.status("old") == PENDING
+    assert c.state.jobs["old"].work == 400.0
+
+
+def test_hetero_ts_migrates_a_job_to_a_faster_kind_that_came_free() -> None:
+    c = Cluster(("fast", "v100", 1), ("slow", "k80", 1))
+    ts = make_policy("hetero-ts")
+    hints = {"device_types": ["v100", "k80"], "throughput": {"v100": 4.0, "k80": 1.0}}
+    c.submit("first", 1, now=0.0, **hints)
+    c.submit("second", 1, now=0.0, **hints)
+    step(c.state, ts, 0.0)
+    on_k80 = next(j for j in ("first", "second") if c.where(j) == {"slow": 1})
+    other = "second" if on_k80 == "first" else "first"
+    c.finish(other, 100.0)
+    step(c.state, ts, 100.0)
+    plan = step(c.state, ts, 400.0)
+    assert [p.job_id for p in plan.preemptions] == [on_k80] and "migrating to v100" in plan.preemptions[0].reason
+    c.workers_exited(on_k80, 401.0)
+    step(c.state, ts, 401.0)
+    step(c.state, ts, 401.0)
+    assert c.where(on_k80) == {"fast": 1}
+    assert c.state.jobs[on_k80].work == 400.0 * 0.25  # 400 s on a kind four times slower

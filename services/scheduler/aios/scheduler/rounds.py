@@ -144,6 +144,13 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
     cancelled = set(plan.cancels)
     ordered = [j for j in policy.order(state, now, estimate) if j.job_id not in cancelled]
     plan.order = [j.job_id for j in ordered]
+    for job, why in policy.displaced(state, now):
+        if job.job_id not in cancelled:
+            plan.preemptions.append(Preemption(job.job_id, "", why))
+    listed = set(plan.order)
+    for job in state.pending():
+        if job.job_id not in listed and job.job_id not in cancelled:
+            plan.reasons[job.job_id] = policy.waiting_reason(job) or "order: not chosen by the policy this round"
 
     all_kinds = sorted({d.info.kind for n in state.inv.nodes.values() if n.online for d in n.devices.values()})
     admitted: list[tuple[JobState, dict[str, int]]] = []
@@ -176,7 +183,9 @@ def _try_place(view: ClusterView, policy: Policy, job: JobState) -> Placement | 
         req = request_for(job, None)
         node = view.place_cpu_only(req)
         return Placement(job.job_id, [Assignment(node, [], [0])]) if node else None
-    for kinds in dict.fromkeys([policy.kinds_for(job), frozenset(spec.device_types) or None]):
+    choices = [policy.kinds_for(job)] if policy.strict_kinds else [policy.kinds_for(job),
+                                                                    frozenset(spec.device_types) or None]
+    for kinds in dict.fromkeys(choices):
         req = request_for(job, kinds)
         found = greedy(view, req)
         if found:
@@ -247,7 +256,7 @@ def _place_window(state: SchedulerState, policy: Policy, now: float, view: Clust
                   milp_time_limit: float) -> None:
     window = [(j, b) for j, b in admitted if j.devices > 0 and j.spec and j.spec.gang][:milp_max_jobs]
     placed: set[str] = set()
-    if len(window) > 1:
+    if len(window) > 1 and policy.milp:
         n = len(window)
         reqs = [request_for(j, policy.kinds_for(j), weight=100.0 + 100.0 * (n - i) / n) for i, (j, _) in
                 enumerate(window)]

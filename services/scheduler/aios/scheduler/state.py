@@ -37,6 +37,9 @@ class JobState(msgspec.Struct):
     attained: float = 0.0
     """Device-seconds received so far (least-attained-service policies)."""
     run_seconds: float = 0.0
+    work: float = 0.0
+    """Service normalised by speed: device-seconds times the job's speed on the kind it held relative to its
+    fastest kind (throughput hints), so an hour on a device three times slower counts a third of an hour."""
     attempts: int = 0
     preemptions: int = 0
     requeues: int = 0
@@ -90,11 +93,31 @@ def fold_commit(state: SchedulerState, commit: Commit) -> SchedulerState:
     return state
 
 
-def _close_run(job: JobState, ts: float) -> None:
+def speed_share(state: SchedulerState, job: JobState) -> float:
+    """The job's speed on the devices it holds, relative to its fastest kind (1.0 without throughput hints)."""
+    hints = job.spec.throughput if job.spec else {}
+    if not hints:
+        return 1.0
+    best = max(hints.values())
+    kinds = {dev.info.kind for a in job.assignments if (node := state.inv.nodes.get(a.node_id)) is not None
+             for u in a.device_uuids if (dev := node.devices.get(u)) is not None}
+    return min((hints.get(k, 0.0) for k in kinds), default=best) / best if best > 0 else 1.0
+
+
+def work_done(state: SchedulerState, job: JobState, now: float) -> float:
+    """Normalised service so far, including the run in progress."""
+    if job.placed_at is None:
+        return job.work
+    held = job.held_devices() or max(job.devices, 1)
+    return job.work + held * max(0.0, now - job.placed_at) * speed_share(state, job)
+
+
+def _close_run(state: SchedulerState, job: JobState, ts: float) -> None:
     if job.placed_at is not None:
         held = job.held_devices() or max(job.devices, 1)
         elapsed = max(0.0, ts - job.placed_at)
         job.attained += held * elapsed
+        job.work += held * elapsed * speed_share(state, job)
         job.run_seconds += elapsed
         job.placed_at = None
 
@@ -136,16 +159,16 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
     elif kind is JobPreempted:
         job.status, job.preempted_at = PREEMPTING, ev.ts
         job.preemptions += 1
-        _close_run(job, ev.ts)
+        _close_run(state, job, ev.ts)
     elif kind is JobRequeued:
-        _close_run(job, ev.ts)
+        _close_run(state, job, ev.ts)
         job.status, job.assignments, job.admitted, job.preempted_at = PENDING, [], False, None
         job.requeues += 1
         job.workers_running = 0
     elif kind is JobCancelRequested:
         job.cancel_requested = True
     elif kind in (JobSucceeded, JobFailed, JobCancelled):
-        _close_run(job, ev.ts)
+        _close_run(state, job, ev.ts)
         job.status = {JobSucceeded: SUCCEEDED, JobFailed: FAILED, JobCancelled: CANCELLED}[kind]
         job.finished_at = ev.ts
         if kind is JobFailed:

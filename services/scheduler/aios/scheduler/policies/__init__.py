@@ -12,6 +12,7 @@ from aios.scheduler.policies.hetero import HeteroAware
 from aios.scheduler.policies.hetero_las import HeteroLeastAttainedService
 from aios.scheduler.policies.las import LeastAttainedService
 from aios.scheduler.policies.priority import StrictPriority
+from aios.scheduler.policies.timeshare import TimeSharedHeteroLAS
 
 POLICIES: dict[str, Callable[[], Policy]] = {
     "fifo": Fifo,
@@ -21,6 +22,7 @@ POLICIES: dict[str, Callable[[], Policy]] = {
     "hetero": HeteroAware,
     "backfill": EasyBackfill,
     "hetero-las": HeteroLeastAttainedService,
+    "hetero-ts": TimeSharedHeteroLAS,
 }
 
 

@@ -18,18 +18,31 @@ class Policy:
     * ``sequential``: a job that does not fit blocks the ones after it (FIFO, priority) unless ``backfill``.
     * ``victims(state, now, job, need)`` names running jobs whose preemption would let ``job`` start (``need``
       devices of its kinds are missing). Default: none. The round checks that the victims really make room.
-    * ``kinds_for(job)`` narrows the device kinds a job may use this round (heterogeneity-aware policies).
+    * ``kinds_for(job)`` narrows the device kinds a job may use this round (heterogeneity-aware policies); with
+      ``strict_kinds`` the job waits rather than take another kind.
+    * ``displaced(state, now)`` names running jobs to preempt because the policy's allocation for this round leaves
+      them out or moves them (time-sharing policies), with the reason; ``waiting_reason(job)`` says why a pending
+      job the policy did not order waits.
+    * ``milp``: place the round's window with the MILP (False: greedy, for policies that decide kinds themselves).
     """
 
     name = "base"
     sequential = False
     backfill = False
+    strict_kinds = False
+    milp = True
 
     def order(self, state: SchedulerState, now: float, estimate: Estimator) -> list[JobState]:
         raise NotImplementedError
 
     def victims(self, state: SchedulerState, now: float, job: JobState, need: int) -> list[JobState]:
         return []
+
+    def displaced(self, state: SchedulerState, now: float) -> list[tuple[JobState, str]]:
+        return []
+
+    def waiting_reason(self, job: JobState) -> str | None:
+        return None
 
     def kinds_for(self, job: JobState) -> frozenset[str] | None:
         return frozenset(job.spec.device_types) if job.spec and job.spec.device_types else None
