@@ -132,10 +132,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     if args.list_policies:
         return simulate.list_policies(args.json)
-    if not args.trace:
-        raise ConfigError("--trace is required (or --list-policies)")
+    if not args.trace and not args.from_log:
+        raise ConfigError("--trace FILE or --from-log is required (or --list-policies)")
     return simulate.run(args.trace, args.cluster, args.policy, args.compare, args.throughputs, args.round,
-                        args.gpus_per_server, args.json, args.out)
+                        args.gpus_per_server, args.json, args.out, from_log=args.from_log, add=args.add,
+                        export=args.export)
 
 
 def cmd_tenants(args: argparse.Namespace) -> int:
@@ -228,14 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.set_defaults(handler=cmd_cancel)
 
     sim = sub.add_parser("simulate", help="run a workload trace through the scheduler core under a simulated clock")
-    sim.add_argument("--trace", help="Gavel-format trace (../shared/traces/*.trace)")
-    sim.add_argument("--cluster", default="v100=12,p100=12,k80=12", help="GPUs per kind, e.g. v100=12,p100=12")
+    sim.add_argument("--trace", help="workload: a Gavel trace (../shared/traces/*.trace) or a native JSONL file")
+    sim.add_argument("--from-log", action="store_true",
+                     help="workload: the jobs of the live cluster's event log (AIOS_NATS_URL), replayed")
+    sim.add_argument("--cluster", help="GPUs per kind, e.g. v100=12,p100=12 (default: v100=12,p100=12,k80=12, "
+                                       "or with --from-log the nodes the log registered)")
+    sim.add_argument("--add", metavar="KIND=N,...", help="what-if: add GPUs to the cluster, e.g. h100=8")
+    sim.add_argument("--export", metavar="FILE", help="also write the workload as native JSONL")
     sim.add_argument("--policy", help="policy to run (default: the recommended one)")
     sim.add_argument("--compare", help="comma-separated policies to run side by side")
     sim.add_argument("--throughputs", default="../shared/traces/gavel-throughputs-isolated.csv")
     sim.add_argument("--round", type=float, default=360.0, help="round length in seconds")
     sim.add_argument("--gpus-per-server", type=_positive, default=4)
-    sim.add_argument("--out", help="folder for per-job records (CSV) and summaries (JSON)")
+    sim.add_argument("--out", help="folder for per-job records (CSV), summaries (JSON) and report.md with plots "
+                                   "(default with --compare: ./simulate-report)")
     sim.add_argument("--list-policies", action="store_true")
     sim.add_argument("--json", action="store_true")
     sim.set_defaults(handler=cmd_simulate)

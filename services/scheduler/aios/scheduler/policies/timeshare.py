@@ -31,6 +31,7 @@ class TimeSharedHeteroLAS(Policy):
         self._kind: dict[str, str] = {}
         self._displaced: list[tuple[JobState, str]] = []
         self._rank: dict[str, int] = {}
+        self._accepts_cache: dict[tuple[str, int], list[str]] = {}
 
     # -- the allocation -------------------------------------------------------------------------------------------
     def _kinds_of(self, state: SchedulerState, job: JobState) -> set[str]:
@@ -41,9 +42,17 @@ class TimeSharedHeteroLAS(Policy):
         """Kinds the job may run on, fastest first (throughput hints; the cluster's kinds without them)."""
         spec = job.spec
         assert spec is not None
-        kinds = [k for k in (spec.device_types or sorted(capacity)) if k in capacity]
-        hints = spec.throughput
-        return sorted(kinds, key=lambda k: -hints.get(k, 0.0)) if hints else kinds
+        key = (job.job_id, len(capacity))
+        kinds = self._accepts_cache.get(key)
+        if kinds is None:
+            kinds = [k for k in (spec.device_types or sorted(capacity)) if k in capacity]
+            hints = spec.throughput
+            if hints:
+                kinds.sort(key=lambda k: -hints.get(k, 0.0))
+            if len(self._accepts_cache) > 100_000:
+                self._accepts_cache.clear()
+            self._accepts_cache[key] = kinds
+        return kinds
 
     def allocate(self, state: SchedulerState, now: float) -> dict[str, str]:
         capacity: dict[str, int] = {}
@@ -55,7 +64,7 @@ class TimeSharedHeteroLAS(Policy):
         chosen: dict[str, str] = {}
         movable: list[JobState] = []
         for job in state.jobs.values():
-            if job.spec is None or job.devices == 0:
+            if job.status not in (PLACED, RUNNING, PENDING) or job.spec is None or job.spec.devices == 0:
                 continue
             if job.status in (PLACED, RUNNING):
                 pinned = (not job.spec.preemptible or job.placed_at is None

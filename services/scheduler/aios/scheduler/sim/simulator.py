@@ -21,8 +21,9 @@ from aios.common.events import JobSubmitted, JobSucceeded, WorkerExited
 from aios.scheduler.local import apply, node_registration, step
 from aios.scheduler.policies.base import Policy
 from aios.scheduler.predict import RuntimePredictor
+from aios.scheduler.sim.fairness import finish_time_fairness, isolated_finish_times
 from aios.scheduler.sim.traces import Throughputs, TraceJob
-from aios.scheduler.state import PLACED, PREEMPTING, SchedulerState
+from aios.scheduler.state import PENDING, PLACED, PREEMPTING, SchedulerState
 
 
 @dataclass
@@ -34,6 +35,7 @@ class SimJob:
     start: float | None = None
     finish: float | None = None
     kind_time: dict[str, float] = field(default_factory=dict)
+    preemptions: int = 0
 
 
 def slug(job_type: str) -> str:
@@ -51,6 +53,7 @@ def cluster_events(cluster: dict[str, int], gpus_per_server: int) -> list[tuple[
 
 def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str, int], policy: Policy,
              round_s: float = 360.0, gpus_per_server: int = 4, max_rounds: int = 2_000_000) -> dict[str, Any]:
+    """Run ``trace`` under ``policy``; the summary keys, per-job ``records`` and a per-round ``timeline``."""
     started = time.perf_counter()
     state = SchedulerState()
     apply(state, cluster_events(cluster, gpus_per_server), 0.0)
@@ -64,6 +67,7 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
     preemptions = 0
     busy_gpu_s = 0.0
     total_gpus = sum(cluster.values())
+    timeline: dict[str, list[float]] = {"t_s": [], "busy_gpus": [], "queued": [], "running": []}
     while rounds < max_rounds:
         # arrivals up to now, in arrival order
         while next_arrival < len(pending_arrivals) and pending_arrivals[next_arrival][1].arrival_s <= now:
@@ -89,7 +93,11 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
                 break
         decide_s += time.perf_counter() - t0
         rounds += 1
-        running = [state.jobs[j] for j in jobs if state.jobs[j].status == PLACED]
+        running = [js for js in state.jobs.values() if js.status == PLACED]
+        timeline["t_s"].append(now)
+        timeline["busy_gpus"].append(sum(js.held_devices() for js in running))
+        timeline["running"].append(len(running))
+        timeline["queued"].append(sum(1 for js in state.jobs.values() if js.status == PENDING))
         end = now + round_s
         finished = []
         for js in running:
@@ -112,16 +120,23 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
         if finished:
             apply(state, [(f"job.{sj.job_id}", [JobSucceeded(aggregate_id=sj.job_id)]) for sj in finished], now)
             for sj in finished:
-                state.jobs[sj.job_id].finished_at = sj.finish
+                sj.preemptions = state.jobs[sj.job_id].preemptions
+                # a finished job leaves the state (its devices are released as those of an unknown job), so every
+                # round costs what the live jobs cost, not the whole history
+                del state.jobs[sj.job_id]
             if len(state.finished) >= 20 and len(state.finished) % 20 == 0:
                 predictor.fit(state.finished)
-        active = any(s.status in (PLACED, PREEMPTING) or s.status == "pending" for s in state.jobs.values())
+        active = any(s.status in (PLACED, PREEMPTING, PENDING) for s in state.jobs.values())
         if not active:
             if next_arrival >= len(pending_arrivals):
                 break
             gap = pending_arrivals[next_arrival][1].arrival_s - now
             if gap > round_s:  # idle cluster: jump to the round of the next arrival
                 now += (gap // round_s) * round_s
+    for sj in jobs.values():
+        if sj.job_id in state.jobs:  # still in the system when the simulation stopped
+            sj.preemptions = state.jobs[sj.job_id].preemptions
+    rho = _rho(list(jobs.values()), cluster)
     done = [j for j in jobs.values() if j.finish is not None]
     jct = np.array([(j.finish - j.trace.arrival_s) / 3600 for j in done])  # type: ignore[operator]
     makespan = max((j.finish for j in done), default=0.0)  # type: ignore[type-var]
@@ -133,16 +148,36 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
         "p99_jct_h": round(float(np.percentile(jct, 99)), 2) if jct.size else None,
         "makespan_h": round((makespan - first) / 3600, 1),
         "utilization": round(busy_gpu_s / (total_gpus * max(1.0, makespan - first)), 3),
+        "mean_rho": round(float(np.nanmean(rho)), 3) if np.isfinite(rho).any() else None,
+        "max_rho": round(float(np.nanmax(rho)), 2) if np.isfinite(rho).any() else None,
         "preemptions": preemptions, "rounds": rounds, "round_s": round_s,
         "scheduler_ms_per_round": round(1000 * decide_s / max(1, rounds), 3),
         "wall_s": round(time.perf_counter() - started, 1),
+        "total_gpus": total_gpus,
         "records": [{"job": j.job_id, "arrival_s": j.trace.arrival_s, "start_s": j.start, "finish_s": j.finish,
-                     "gpus": j.trace.gpus, "kind_time_s": j.kind_time} for j in jobs.values()],
+                     "gpus": j.trace.gpus, "kind_time_s": j.kind_time, "preemptions": j.preemptions,
+                     "rho": None if not np.isfinite(r) else round(float(r), 4)}
+                    for j, r in zip(jobs.values(), rho)],
+        "timeline": timeline,
     }
 
 
+def _rho(jobs: list[SimJob], cluster: dict[str, int]) -> np.ndarray:
+    """Finish-time fairness of every job against the equal split of the same cluster (fairness.py)."""
+    if not jobs:
+        return np.array([])
+    kinds = sorted(cluster)
+    arrival = np.array([j.trace.arrival_s for j in jobs])
+    reference = isolated_finish_times(arrival, np.array([j.trace.total_steps for j in jobs]),
+                                      np.array([j.trace.gpus for j in jobs]),
+                                      np.array([[j.rates.get(k, 0.0) for k in kinds] for j in jobs]),
+                                      np.array([cluster[k] for k in kinds], dtype=float))
+    jct = np.array([np.nan if j.finish is None else j.finish - j.trace.arrival_s for j in jobs])
+    return finish_time_fairness(jct, reference - arrival)
+
+
 def summary(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if k != "records"}
+    return {k: v for k, v in result.items() if k not in ("records", "timeline")}
 
 
 __all__ = ["simulate", "summary", "statistics"]

@@ -1,0 +1,329 @@
+"""The native workload format of the simulator, and the export of a live AIOS log into it (counterfactual replay:
+"what would last week have looked like with 8 more H100s, or with fair share?").
+
+Format: JSON Lines, one job per line; blank lines and lines starting with ``#`` are ignored::
+
+    {"name": "train-3f2a1c", "arrival_s": 0.0, "tenant": "vision", "devices": 4, "job_type": "train",
+     "priority": 0, "work": 130.0, "rates": {"h100": 2.0, "a100": 1.0}}
+
+* ``arrival_s`` (required, number >= 0): seconds after the start of the workload.
+* ``devices`` (required, integer >= 1): GPUs the job holds as one gang.
+* ``work`` (required, number > 0): the job's total work in steps.
+* ``rates`` (optional, may be omitted or ``{}``): steps per second per GPU kind; the job runs only on these kinds.
+  Empty: the simulator looks the job up in its throughput table by ``(job_type, devices)``, else 1 step/s anywhere.
+* ``name`` (default ``""``: the simulator names it), ``tenant`` (default ``"trace"``), ``job_type`` (default: the
+  name without a trailing ``-<number>``), ``priority`` (number, default 0: the job spec's priority).
+
+Unknown fields are rejected so that a misspelt field is an error, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import msgspec
+
+from aios.common.errors import ConfigError
+from aios.common.events import (
+    Event, JobCancelled, JobFailed, JobPlaced, JobPreempted, JobRequeued, JobStarted, JobSubmitted, JobSucceeded,
+    NodeRegistered,
+)
+from aios.scheduler.sim.traces import TraceJob
+
+FIELDS = ("name", "arrival_s", "tenant", "devices", "job_type", "priority", "work", "rates")
+HEADER = "# AIOS native workload: one JSON job per line (see aios.scheduler.sim.native)"
+_SUFFIX = re.compile(r"(?:[-_.]\d+)+$")
+
+
+class _Bad(Exception):
+    """One field of one line is wrong; turned into a ConfigError that names the file and line."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"field {name!r}: {reason}")
+
+
+def _number(obj: dict[str, Any], name: str, default: float | None = None) -> float:
+    value = obj.get(name, default)
+    if value is None:
+        raise _Bad(name, "required")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _Bad(name, f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _text(obj: dict[str, Any], name: str, default: str) -> str:
+    value = obj.get(name, default)
+    if not isinstance(value, str):
+        raise _Bad(name, f"expected a string, got {value!r}")
+    return value
+
+
+def job_type_of(name: str) -> str:
+    """``resnet-12`` -> ``resnet``: runs of one kind of job share a type (the simulator's throughput-table key)."""
+    return _SUFFIX.sub("", name) or name
+
+
+def _job_from_obj(obj: dict[str, Any]) -> TraceJob:
+    for key in obj:
+        if key not in FIELDS:
+            raise _Bad(key, f"unknown field (expected one of {', '.join(FIELDS)})")
+    arrival = _number(obj, "arrival_s")
+    if arrival < 0:
+        raise _Bad("arrival_s", f"expected a number >= 0, got {obj['arrival_s']!r}")
+    devices = obj.get("devices")
+    if devices is None:
+        raise _Bad("devices", "required")
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise _Bad("devices", f"expected a positive integer, got {devices!r}")
+    work = _number(obj, "work")
+    if work <= 0:
+        raise _Bad("work", f"expected a positive number of steps, got {obj['work']!r}")
+    raw_rates = obj.get("rates") or {}
+    if not isinstance(raw_rates, dict):
+        raise _Bad("rates", f"expected an object of GPU kind -> steps per second, got {raw_rates!r}")
+    rates: dict[str, float] = {}
+    for kind, value in raw_rates.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise _Bad(f"rates.{kind}", f"expected a positive number, got {value!r}")
+        rates[kind] = float(value)
+    name = _text(obj, "name", "")
+    return TraceJob(job_type=_text(obj, "job_type", job_type_of(name) or "job"), total_steps=work, gpus=devices,
+                    priority_weight=_number(obj, "priority", 0.0), arrival_s=arrival, rates=rates,
+                    tenant=_text(obj, "tenant", "trace"), name=name)
+
+
+def read_native_trace(path: str | Path) -> list[TraceJob]:
+    """The jobs of a native workload file, by arrival (ties keep file order); ConfigError names line and field."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the workload: {exc}") from None
+    jobs = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise ConfigError(f"{path}:{n}: not valid JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise ConfigError(f"{path}:{n}: expected a JSON object (one job), got {type(obj).__name__}")
+        try:
+            jobs.append(_job_from_obj(obj))
+        except _Bad as exc:
+            raise ConfigError(f"{path}:{n}: {exc}") from None
+    return sorted(jobs, key=lambda j: j.arrival_s)
+
+
+def _job_to_obj(job: TraceJob) -> dict[str, Any]:
+    weight = float(job.priority_weight)
+    priority: float | int = int(weight) if weight.is_integer() else weight
+    return {"name": job.name, "arrival_s": job.arrival_s, "tenant": job.tenant, "devices": job.gpus,
+            "job_type": job.job_type, "priority": priority, "work": job.total_steps, "rates": dict(job.rates)}
+
+
+def write_native_trace(path: str | Path, jobs: list[TraceJob]) -> None:
+    """Write ``jobs`` in order; each is checked first, so a file this writes always reads back to the same jobs."""
+    lines = [HEADER]
+    for i, job in enumerate(jobs):
+        obj = _job_to_obj(job)
+        try:
+            _job_from_obj(obj)
+            lines.append(json.dumps(obj, allow_nan=False))
+        except (_Bad, ValueError) as exc:
+            raise ConfigError(f"job {i} ({job.name or job.job_type}): {exc}") from None
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# -- export of a live log ---------------------------------------------------------------------------------------------
+
+class LogWorkload(msgspec.Struct, frozen=True):
+    """What a live log shows: its jobs as a native workload, and the cluster they ran on."""
+
+    jobs: list[TraceJob]
+    cluster: dict[str, int]
+    """GPU kind -> devices, over every node that registered (each node once, as it last registered)."""
+    skipped: list[str] = []
+    """Ids of the jobs left out (no work to replay); ``reasons`` says why."""
+    reasons: dict[str, str] = {}
+    start_ts: float = 0.0
+    """Epoch seconds of arrival 0 (the first exported job's submission)."""
+
+
+@dataclass
+class _Run:
+    start: float
+    uuids: list[str]
+    started: bool = False
+
+
+@dataclass
+class _Job:
+    job_id: str
+    tenant: str
+    name: str
+    spec: dict[str, Any]
+    submitted: float
+    runs: list[tuple[float, list[str]]] = field(default_factory=list)
+    """(seconds, device uuids) of each finished run."""
+    open: _Run | None = None
+    end: str = ""
+
+    def close(self, ts: float) -> None:
+        if self.open is not None:
+            self.runs.append((max(0.0, ts - self.open.start), self.open.uuids))
+            self.open = None
+
+
+def _events(items: Iterable[Any]) -> Iterable[Event]:
+    """Accept stored commits, (aggregate, events) pairs, or bare events."""
+    for item in items:
+        if isinstance(item, Event):
+            yield item
+        elif isinstance(item, tuple):
+            yield from item[1]
+        else:
+            yield from item.events
+
+
+def _spec_number(spec: dict[str, Any], name: str) -> float | None:
+    value = spec.get(name)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def _speeds(spec: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
+    """The spec's relative speed per kind (valid entries only) and its acceptable kinds."""
+    raw = spec.get("throughput")
+    speeds = {k: float(v) for k, v in raw.items()
+              if isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+              and math.isfinite(v) and v > 0} if isinstance(raw, dict) else {}
+    types = spec.get("device_types")
+    kinds = [k for k in types if isinstance(k, str)] if isinstance(types, list) else []
+    return speeds, kinds
+
+
+def _rates(spec: dict[str, Any], cluster_kinds: Iterable[str]) -> dict[str, float]:
+    """Where the job may run and how fast, as the live scheduler saw it: kinds missing from ``throughput`` at 1.0.
+
+    A job with no hint at all gets ``{}`` (1 step/s anywhere in the simulator, including kinds added for the
+    counterfactual)."""
+    speeds, kinds = _speeds(spec)
+    if kinds:
+        return {k: speeds.get(k, 1.0) for k in kinds}
+    if speeds:
+        return {**{k: 1.0 for k in sorted(cluster_kinds)}, **speeds}
+    return {}
+
+
+def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
+    """Fold the job and node events of a live log (in log order) into a native workload and its cluster.
+
+    Work of a job = the sum over its runs (JobPlaced, or JobStarted when present, until JobPreempted, JobRequeued,
+    JobSucceeded, JobFailed or JobCancelled) of run seconds x its ``throughput`` on the kind it ran on (1.0 when not
+    given; the slowest kind when a gang spanned kinds). Failed and cancelled jobs keep the work they did; jobs
+    still pending or running use ``runtime_estimate_s`` x their fastest rate (at least the work done so far), else
+    they are skipped. Device kinds are resolved after the fold, so commit order across aggregates does not matter.
+    """
+    jobs: dict[str, _Job] = {}
+    nodes: dict[str, list[str]] = {}
+    kind_of: dict[str, str] = {}
+    orphans: dict[str, str] = {}
+    for ev in _events(commits_or_events):
+        kind = type(ev)
+        if kind is NodeRegistered:
+            nodes[ev.aggregate_id] = [d.kind for d in ev.devices]  # type: ignore[attr-defined]
+            kind_of.update((d.uuid, d.kind) for d in ev.devices)  # type: ignore[attr-defined]
+            continue
+        if ev.AGGREGATE != "job":
+            continue
+        if kind is JobSubmitted:
+            if ev.aggregate_id not in jobs:  # a duplicate submit changes nothing, as in the scheduler's fold
+                sub: JobSubmitted = ev  # type: ignore[assignment]
+                spec = sub.spec if isinstance(sub.spec, dict) else {}
+                jobs[sub.aggregate_id] = _Job(sub.aggregate_id, sub.tenant, sub.name or str(spec.get("name") or ""),
+                                              spec, sub.ts)
+            continue
+        job = jobs.get(ev.aggregate_id)
+        if job is None:
+            if kind in (JobPlaced, JobSucceeded, JobFailed):
+                orphans[ev.aggregate_id] = "no JobSubmitted in the log (trimmed by retention?)"
+            continue
+        if job.end:
+            continue
+        if kind is JobPlaced:
+            job.close(ev.ts)
+            job.open = _Run(ev.ts, [u for a in ev.assignments for u in a.device_uuids])  # type: ignore[attr-defined]
+        elif kind is JobStarted:
+            if job.open is not None and not job.open.started:
+                job.open.start, job.open.started = max(job.open.start, ev.ts), True
+        elif kind in (JobPreempted, JobRequeued):
+            job.close(ev.ts)
+        elif kind in (JobSucceeded, JobFailed, JobCancelled):
+            job.close(ev.ts)
+            job.end = {JobSucceeded: "succeeded", JobFailed: "failed", JobCancelled: "cancelled"}[kind]
+
+    cluster = dict(sorted(Counter(k for kinds in nodes.values() for k in kinds).items()))
+    out: list[tuple[float, TraceJob]] = []
+    reasons: dict[str, str] = {}
+    for job in jobs.values():
+        tj, why = _export(job, kind_of, cluster)
+        if tj is None:
+            reasons[job.job_id] = why
+        else:
+            out.append((job.submitted, tj))
+    for job_id, why in orphans.items():
+        reasons.setdefault(job_id, why)
+    start = min((ts for ts, _ in out), default=0.0)
+    exported = sorted((msgspec.structs.replace(tj, arrival_s=ts - start) for ts, tj in out),
+                      key=lambda j: j.arrival_s)
+    return LogWorkload(exported, cluster, list(reasons), reasons, start)
+
+
+def _export(job: _Job, kind_of: dict[str, str], cluster: dict[str, int]) -> tuple[TraceJob | None, str]:
+    """The job as native workload, or None and why it cannot be replayed."""
+    spec = job.spec
+    devices = spec.get("devices", 1)
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        return None, f"devices {devices!r}: only GPU jobs are simulated"
+    speeds, _ = _speeds(spec)
+    rates = _rates(spec, cluster)
+    done = 0.0
+    for seconds, uuids in job.runs:
+        kinds = {kind_of[u] for u in uuids if u in kind_of}
+        done += seconds * (min(speeds.get(k, 1.0) for k in kinds) if kinds else 1.0)
+    if job.end == "succeeded" or (job.end and done > 0):
+        work = done
+    elif job.end:
+        return None, f"{job.end} without running"
+    else:
+        estimate = _spec_number(spec, "runtime_estimate_s")
+        if estimate is None or estimate <= 0:
+            return None, "still pending or running, and no runtime_estimate_s"
+        work = max(done, estimate * max(rates.values(), default=1.0))
+    if work <= 0:
+        return None, f"{job.end or 'unfinished'} with no recorded run time"
+    job_type = spec.get("job_type")
+    if not isinstance(job_type, str) or not job_type:
+        job_type = job_type_of(job.name or job.job_id)
+    return TraceJob(job_type=job_type, total_steps=work, gpus=devices,
+                    priority_weight=_spec_number(spec, "priority") or 0.0, arrival_s=0.0, rates=rates,
+                    tenant=job.tenant, name=job.job_id), ""
+
+
+async def load_log_workload(store: Any) -> LogWorkload:
+    """Read every job.* and node.* commit of ``store`` (an EventStore) and fold them with :func:`jobs_from_events`.
+
+    The two subject filters are replayed one after the other and merged by stream sequence, so the fold sees log
+    order without decoding the other aggregates (tenants, quotas)."""
+    commits: list[Any] = []
+    for aggregate in ("job", "node"):
+        await store.replay(commits.append, filter_subject=f"{store.prefix}.{aggregate}.>")
+    commits.sort(key=lambda c: c.seq)
+    return jobs_from_events(commits)

@@ -1,0 +1,123 @@
+"""The native workload format (read, write, errors) and the export of a live log into it for counterfactual replay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aios.common.errors import ConfigError
+from aios.common.events import (
+    Assignment, Event, JobCancelled, JobFailed, JobPlaced, JobPreempted, JobRequeued, JobStarted, JobSubmitted,
+    JobSucceeded,
+)
+from aios.common.store import EventStore
+from aios.scheduler.local import node_registration
+from aios.scheduler.sim.native import jobs_from_events, load_log_workload, read_native_trace, write_native_trace
+from aios.scheduler.sim.traces import TraceJob
+
+GOOD = '{"name": "a-1", "arrival_s": 0, "tenant": "t", "devices": 1, "job_type": "a", "priority": 0, "work": 10}'
+
+
+def test_write_then_read_round_trips(tmp_path: Path) -> None:
+    jobs = [TraceJob("resnet", 130.0, 4, 0.0, 0.0, {"h100": 2.0, "a100": 1.0}, "vision", "resnet-ab12"),
+            TraceJob("bert", 1e9 / 3, 1, 2.5, 12.345678901234567, {}, "nlp", "bert-7"),
+            TraceJob("A", 3600.0, 2, 1.0, 99.0)]
+    path = tmp_path / "jobs.jsonl"
+    write_native_trace(path, jobs)
+    assert read_native_trace(path) == jobs
+    write_native_trace(path, list(reversed(jobs)))
+    assert read_native_trace(path) == jobs  # read back by arrival
+
+
+def test_comments_blank_lines_and_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.jsonl"
+    path.write_text('# a comment\n\n{"arrival_s": 5, "devices": 2, "work": 7, "name": "llama-7b-12"}\n' + GOOD + "\n")
+    late, early = read_native_trace(path)[::-1]
+    assert early.name == "a-1" and late == TraceJob("llama-7b", 7.0, 2, 0.0, 5.0, {}, "trace", "llama-7b-12")
+
+
+@pytest.mark.parametrize("line, field", [
+    ('{"name": "b", "arrival_s": 1,', "not valid JSON"),
+    ('{"name": "b", "arrival_s": 1, "devices": 1}', "field 'work': required"),
+    ('{"name": "b", "arrival_s": 1, "devices": -1, "work": 3}', "field 'devices': expected a positive integer, got -1"),
+    ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "rates": {"h100": "fast"}}', "field 'rates.h100'"),
+    ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "wrok": 3}', "field 'wrok': unknown field"),
+    ('[1, 2]', "expected a JSON object"),
+])
+def test_bad_input_names_file_line_and_field(tmp_path: Path, line: str, field: str) -> None:
+    path = tmp_path / "jobs.jsonl"
+    path.write_text(f"{GOOD}\n# comment\n{line}\n")
+    with pytest.raises(ConfigError) as err:
+        read_native_trace(path)
+    assert str(err.value).startswith(f"{path}:3: ") and field in str(err.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_native_trace(tmp_path / "nope.jsonl")
+
+
+def submitted(job: str, ts: float, **spec: object) -> JobSubmitted:
+    body = {"name": job.rsplit("-", 1)[0], "tenant": "vision", "devices": 1, "command": ["train"], **spec}
+    return JobSubmitted(aggregate_id=job, tenant="vision", name=str(body["name"]), spec=body, ts=ts)
+
+
+def placed(job: str, ts: float, node: str, *uuids: str) -> JobPlaced:
+    return JobPlaced(aggregate_id=job, assignments=[Assignment(node, list(uuids), list(range(len(uuids))))],
+                     world_size=len(uuids), ts=ts)
+
+
+def log_events() -> list[tuple[str, list[Event]]]:
+    """Two nodes (one registers twice) and five jobs covering every outcome the export distinguishes."""
+    h100, a100 = node_registration("n1", "h100", 8), node_registration("n2", "a100", 4)
+    thr = {"h100": 2.0, "a100": 1.0}
+    events: list[Event] = [
+        *h100[1], *a100[1],
+        submitted("train-1", 100.0, throughput=thr, priority=5),
+        placed("train-1", 110.0, "n1", "n1-g0"), JobStarted(aggregate_id="train-1", ts=120.0),
+        JobPreempted(aggregate_id="train-1", reason="fair share", ts=170.0),
+        JobRequeued(aggregate_id="train-1", reason="preempted", ts=175.0),
+        *h100[1],  # the agent restarted: still 8 H100s, not 16
+        submitted("idle-2", 150.0), JobCancelled(aggregate_id="idle-2", ts=155.0),
+        submitted("crash-3", 160.0), placed("crash-3", 160.0, "n2", "n2-g1"),
+        JobFailed(aggregate_id="crash-3", reason="exit 1", ts=170.0),
+        placed("train-1", 200.0, "n2", "n2-g0"), JobSucceeded(aggregate_id="train-1", ts=230.0),
+        submitted("wait-4", 300.0, runtime_estimate_s=60.0, throughput={"h100": 3.0}),
+        submitted("run-5", 310.0), placed("run-5", 320.0, "n1", "n1-g1"),
+    ]
+    return [(ev.aggregate, [ev]) for ev in events]
+
+
+def test_the_fold_measures_work_on_the_kinds_each_run_used() -> None:
+    w = jobs_from_events(log_events())
+    assert w.cluster == {"a100": 4, "h100": 8}
+    by_name = {j.name: j for j in w.jobs}
+    assert list(by_name) == ["train-1", "crash-3", "wait-4"]
+    train = by_name["train-1"]
+    assert train.total_steps == 50 * 2.0 + 30 * 1.0 and train.arrival_s == 0.0
+    assert (train.job_type, train.gpus, train.tenant, train.priority_weight) == ("train", 1, "vision", 5.0)
+    assert train.rates == {"h100": 2.0, "a100": 1.0}
+    assert by_name["crash-3"].total_steps == 10.0 and by_name["crash-3"].arrival_s == 60.0  # failed: work done
+    wait = by_name["wait-4"]
+    assert wait.total_steps == 60 * 3.0 and wait.rates == {"a100": 1.0, "h100": 3.0}  # estimate at its fastest
+    assert sorted(w.skipped) == ["idle-2", "run-5"] and w.start_ts == 100.0
+    assert "runtime_estimate_s" in w.reasons["run-5"]
+
+
+def test_the_fold_accepts_bare_events_too() -> None:
+    flat = [ev for _, evs in log_events() for ev in evs]
+    assert jobs_from_events(flat) == jobs_from_events(log_events())
+
+
+async def test_load_log_workload_reads_the_store(store: EventStore) -> None:
+    aggregate, registered = node_registration("gpu-a", "h100", 4)
+    await store.append(aggregate, registered)
+    await store.append("job.big-1", [submitted("big-1", 1000.0, devices=2),
+                                     placed("big-1", 1010.0, "gpu-a", "gpu-a-g0", "gpu-a-g1")])
+    await store.append("job.gone-2", [submitted("gone-2", 1005.0), JobCancelled(aggregate_id="gone-2", ts=1006.0)])
+    await store.append("job.big-1", JobSucceeded(aggregate_id="big-1", ts=1100.0))
+
+    w = await load_log_workload(store)
+    assert w.cluster == {"h100": 4} and w.skipped == ["gone-2"]
+    assert w.jobs == [TraceJob("big", 90.0, 2, 0.0, 0.0, {}, "vision", "big-1")]
