@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from aios.common.events import Assignment, JobPlaced, JobSubmitted, JobSucceeded
+from aios.common.natsserver import NatsServer
+from aios.common.store import connect
+from aios.scheduler.local import node_registration
 from aios.scheduler.policies import make_policy
+from aios.scheduler.sim.fairness import isolated_finish_times
+from aios.scheduler.sim.native import write_native_trace
 from aios.scheduler.sim.simulator import simulate
 from aios.scheduler.sim.traces import TraceJob, parse_cluster, read_gavel_trace
 
@@ -80,3 +88,78 @@ def test_simulate_command(aios_env: dict[str, str]) -> None:
     assert summary["finished"] == 100
     missing = run("--trace", "nope.trace")
     assert missing.returncode == 2 and "--trace: no such file 'nope.trace'" in missing.stderr
+
+
+def test_equal_split_reference_by_hand() -> None:
+    # two jobs of 3600 and 1800 steps at 1 step/s share one GPU from t=0: each runs at 0.5 until the short one
+    # is done at 3600 s; the long one has 1800 steps left and runs alone until 5400 s
+    finish_s = isolated_finish_times(np.array([0.0, 0.0]), np.array([3600.0, 1800.0]), np.array([1, 1]),
+                                     np.array([[1.0], [1.0]]), np.array([1.0]))
+    assert finish_s.tolist() == pytest.approx([5400.0, 3600.0])
+    # a 2-GPU gang in a 4-GPU cluster alone runs all the time (its fraction is capped at 1)
+    alone = isolated_finish_times(np.array([10.0]), np.array([100.0]), np.array([2]), np.array([[2.0]]),
+                                  np.array([4.0]))
+    assert alone.tolist() == pytest.approx([60.0])
+
+
+def test_finish_time_fairness_in_the_records() -> None:
+    trace = [TraceJob("A", 3600, 1, 1, 0), TraceJob("A", 1800, 1, 1, 0)]
+    r = simulate(trace, RATES, {"v100": 1}, make_policy("fifo"), round_s=360)
+    rho = {rec["job"][-1]: rec["rho"] for rec in r["records"]}
+    assert rho == {"0": pytest.approx(3600 / 5400, abs=1e-4), "1": pytest.approx(5400 / 3600, abs=1e-4)}
+    assert r["mean_rho"] == pytest.approx((3600 / 5400 + 1.5) / 2, abs=1e-3) and r["max_rho"] == 1.5
+    assert r["timeline"]["busy_gpus"][:2] == [1, 1] and r["timeline"]["queued"][0] == 1
+
+
+def test_hetero_ts_shares_one_gpu_and_moves_a_job_to_the_fast_kind() -> None:
+    trace = [TraceJob("A", 36_000, 1, 1, 0), TraceJob("A", 360, 1, 1, 7200)]
+    r = simulate(trace, RATES, {"v100": 1}, make_policy("hetero-ts"), round_s=360)
+    assert finish(r, 1) == 7200 + 360 and finish(r, 0) == 36_000 + 360 and r["preemptions"] == 1
+    # two jobs, a V100 and a K80: the one on the K80 moves to the V100 once the other finishes
+    trace = [TraceJob("A", 360, 1, 1, 0), TraceJob("A", 3600, 1, 1, 0)]
+    r = simulate(trace, RATES, {"v100": 1, "k80": 1}, make_policy("hetero-ts"), round_s=360)
+    moved = next(rec for rec in r["records"] if rec["job"].endswith("-1"))
+    assert moved["preemptions"] == 1 and moved["kind_time_s"]["k80"] == 360.0
+    assert moved["finish_s"] == 360 + (3600 - 90) / 1.0  # 90 steps on the K80 in its first round, then the V100
+
+
+@pytest.mark.skipif(not TRACES.is_dir(), reason="../shared/traces not present")
+def test_compare_writes_the_report(tmp_path: Path) -> None:
+    from aios.cli import simulate as cli
+
+    native = tmp_path / "jobs.jsonl"
+    write_native_trace(native, read_gavel_trace(TRACES / "gavel-synthetic-continuous-300.trace")[:40])
+    assert cli.run(str(native), "v100=4,p100=4,k80=4", None, "fifo,hetero-ts", str(TRACES /
+                   "gavel-throughputs-isolated.csv"), 360, 4, True, str(tmp_path / "out")) == 0
+    out = tmp_path / "out"
+    for name in ("report.md", "jct_cdf.png", "utilization.png", "queue.png", "rho.png", "fifo.csv", "hetero-ts.json"):
+        assert (out / name).is_file(), name
+    report = (out / "report.md").read_text()
+    assert "| fifo |" in report and "| hetero-ts |" in report and "![JCT CDF](jct_cdf.png)" in report
+    assert json.loads((out / "hetero-ts.json").read_text())["finished"] == 40
+
+
+async def test_counterfactual_replay_of_a_live_log(killable_nats: NatsServer, capsys: pytest.CaptureFixture) -> None:
+    from aios.cli import simulate as cli
+
+    store = await connect([killable_nats.url])  # the default stream, as a live cluster writes it
+    try:
+        await store.append(*node_registration("n1", "a100", 1))
+        for i, (t0, run_s) in enumerate([(1000.0, 3600.0), (1000.0, 3600.0)]):
+            job = f"train-{i}"
+            spec = {"name": "train", "tenant": "t", "devices": 1, "command": ["python", "train.py"]}
+            await store.append(f"job.{job}", [JobSubmitted(aggregate_id=job, tenant="t", spec=spec, ts=t0)])
+            start = t0 + i * run_s  # one GPU: the second job waited for the first
+            await store.append(f"job.{job}", [
+                JobPlaced(aggregate_id=job, assignments=[Assignment("n1", ["n1-g0"], [0])], world_size=1, ts=start),
+                JobSucceeded(aggregate_id=job, ts=start + run_s)])
+    finally:
+        await store.close()
+    capsys.readouterr()
+    args = dict(from_log=True, servers=[killable_nats.url])
+    assert await asyncio.to_thread(cli.run, None, None, "fifo", None, None, 360, 4, True, None, **args) == 0
+    as_logged = json.loads(capsys.readouterr().out)
+    assert as_logged["finished"] == 2 and as_logged["avg_jct_h"] == 1.5  # 1 h and 2 h, as in the log
+    assert await asyncio.to_thread(cli.run, None, None, "fifo", None, None, 360, 4, True, None, add="a100=1",
+                                   **args) == 0
+    assert json.loads(capsys.readouterr().out)["avg_jct_h"] == 1.0  # with one more A100 nobody waits

@@ -76,7 +76,7 @@ def add_gpus(cluster: dict[str, int], extra: str | None) -> dict[str, int]:
     return out
 
 
-def run(trace: str | None, cluster: str | None, policy: str | None, compare: str | None, throughputs: str,
+def run(trace: str | None, cluster: str | None, policy: str | None, compare: str | None, throughputs: str | None,
         round_s: float, gpus_per_server: int, as_json: bool, out: str | None, *, from_log: bool = False,
         add: str | None = None, export: str | None = None, servers: list[str] | None = None) -> int:
     if round_s <= 0:
@@ -102,9 +102,9 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
     if export:
         write_native_trace(export, jobs)
     table = {}
-    if Path(throughputs).is_file():
+    if throughputs and Path(throughputs).is_file():
         table = read_gavel_throughputs(throughputs)
-    elif throughputs != DEFAULT_THROUGHPUTS:
+    elif throughputs and throughputs != DEFAULT_THROUGHPUTS:
         raise ConfigError(f"--throughputs: no such file {throughputs!r}")
     names = [p.strip() for p in compare.split(",") if p.strip()] if compare else [policy or RECOMMENDED]
     policies = [make_policy(name) for name in names]  # unknown names fail before any simulation runs

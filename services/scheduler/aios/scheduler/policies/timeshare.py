@@ -21,6 +21,10 @@ from aios.scheduler.policies.base import Estimator, Policy
 from aios.scheduler.state import PENDING, PLACED, RUNNING, JobState, SchedulerState, work_done
 
 
+ANY_KIND = "*"
+"""Allocation of a gang larger than any one kind: it runs across kinds, at the pace of the slowest."""
+
+
 class TimeSharedHeteroLAS(Policy):
     name = "hetero-ts"
     milp = False
@@ -83,12 +87,29 @@ class TimeSharedHeteroLAS(Policy):
         self._rank = {j.job_id: i for i, j in enumerate(movable)}
         admitted: list[JobState] = []
         left = dict(capacity)
+        spanning: list[JobState] = []
         for job in movable:
-            fits = [k for k in self._accepts(job, left) if left[k] >= job.devices]
+            accepted = self._accepts(job, left)
+            fits = [k for k in accepted if left[k] >= job.devices]
             if fits:
                 admitted.append(job)
                 left[min(fits, key=lambda k: left[k])] -= job.devices  # provisional: reserves room, kind comes next
+            elif job.devices > max((capacity.get(k, 0) for k in accepted), default=0) and \
+                    sum(max(0, left[k]) for k in accepted) >= job.devices:
+                spanning.append(job)  # larger than any one kind: it may only ever run across kinds
+                need = job.devices
+                for k in accepted:
+                    take = min(need, max(0, left[k]))
+                    left[k] -= take
+                    need -= take
         left = dict(capacity)
+        for job in spanning:
+            need = job.devices
+            for k in self._accepts(job, left):
+                take = min(need, max(0, left[k]))
+                left[k] -= take
+                need -= take
+            chosen[job.job_id] = ANY_KIND
 
         def gain(job: JobState) -> float:
             hints = [v for v in (job.spec.throughput.values() if job.spec else ()) if v > 0]
@@ -113,7 +134,7 @@ class TimeSharedHeteroLAS(Policy):
             have = self._kinds_of(state, job)
             if want is None:
                 self._displaced.append((job, "time share: jobs with less attained service take its turn"))
-            elif want not in have:
+            elif want != ANY_KIND and want not in have:
                 self._displaced.append((job, f"migrating to {want}, where it runs faster"))
         pending = [j for j in state.pending() if j.devices == 0 or j.job_id in self._kind]
         return sorted(pending, key=lambda j: self._rank.get(j.job_id, -1))
@@ -131,4 +152,4 @@ class TimeSharedHeteroLAS(Policy):
 
     def kinds_for(self, job: JobState) -> frozenset[str] | None:
         want = self._kind.get(job.job_id)
-        return frozenset([want]) if want else super().kinds_for(job)
+        return frozenset([want]) if want and want != ANY_KIND else super().kinds_for(job)

@@ -67,6 +67,7 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
     preemptions = 0
     busy_gpu_s = 0.0
     total_gpus = sum(cluster.values())
+    stalled = 0
     timeline: dict[str, list[float]] = {"t_s": [], "busy_gpus": [], "queued": [], "running": []}
     while rounds < max_rounds:
         # arrivals up to now, in arrival order
@@ -126,6 +127,9 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
                 del state.jobs[sj.job_id]
             if len(state.finished) >= 20 and len(state.finished) % 20 == 0:
                 predictor.fit(state.finished)
+        stalled = stalled + 1 if not running and next_arrival >= len(pending_arrivals) else 0
+        if stalled > 3:  # nothing runs, nothing can arrive: the jobs left can never be placed on this cluster
+            break
         active = any(s.status in (PLACED, PREEMPTING, PENDING) for s in state.jobs.values())
         if not active:
             if next_arrival >= len(pending_arrivals):
