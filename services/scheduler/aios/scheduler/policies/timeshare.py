@@ -17,12 +17,24 @@ most of which are short, run first and leave, while the long ones share what rem
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
 from aios.scheduler.policies.base import Estimator, Policy
 from aios.scheduler.state import PENDING, PLACED, RUNNING, JobState, SchedulerState, work_done
 
 
+UNUSABLE = 1e12
 ANY_KIND = "*"
 """Allocation of a gang larger than any one kind: it runs across kinds, at the pace of the slowest."""
+
+
+def _gain(job: JobState) -> float:
+    """How much faster the job runs on its fastest kind than on its slowest (1.0 without hints)."""
+    hints = [v for v in (job.spec.throughput.values() if job.spec else ()) if v > 0]
+    return max(hints) / min(hints) if hints else 1.0
 
 
 class TimeSharedHeteroLAS(Policy):
@@ -30,8 +42,12 @@ class TimeSharedHeteroLAS(Policy):
     milp = False
     strict_kinds = True
 
-    def __init__(self, quantum_s: float = 360.0) -> None:
+    def __init__(self, quantum_s: float = 360.0, youth: float = 0.25, young_s: float = 3600.0,
+                 assignment_max_jobs: int = 400) -> None:
         self.quantum_s = quantum_s
+        self.youth = youth
+        self.young_s = young_s
+        self.assignment_max_jobs = assignment_max_jobs
         self._kind: dict[str, str] = {}
         self._displaced: list[tuple[JobState, str]] = []
         self._rank: dict[str, int] = {}
@@ -111,17 +127,61 @@ class TimeSharedHeteroLAS(Policy):
                 need -= take
             chosen[job.job_id] = ANY_KIND
 
-        def gain(job: JobState) -> float:
-            hints = [v for v in (job.spec.throughput.values() if job.spec else ()) if v > 0]
-            return max(hints) / min(hints) if hints else 1.0
-
-        for job in sorted(admitted, key=lambda j: (-gain(j), self._rank[j.job_id])):
+        # greedy: the job that gains most from a fast kind picks first; then the one-device jobs trade the devices
+        # they got among themselves, optimally (gangs keep theirs)
+        greedy: dict[str, str] = {}
+        for job in sorted(admitted, key=lambda j: (-_gain(j), self._rank[j.job_id])):
             for k in self._accepts(job, left):
                 if left[k] >= job.devices:
                     left[k] -= job.devices
-                    chosen[job.job_id] = k
+                    greedy[job.job_id] = k
                     break
+        singles = [j for j in admitted if j.devices == 1 and j.job_id in greedy]
+        pool: dict[str, int] = {}
+        for job in singles:
+            pool[greedy[job.job_id]] = pool.get(greedy[job.job_id], 0) + 1
+        chosen.update(greedy)
+        for job in singles:
+            del chosen[job.job_id]
+        chosen.update(self._assign_singles(state, singles, pool, now))
         return chosen
+
+    def _assign_singles(self, state: SchedulerState, jobs: list[JobState], left: dict[str, int],
+                        now: float) -> dict[str, str]:
+        """One-device jobs onto kinds as an assignment problem (Hungarian method): maximise the sum over jobs of
+        ``weight * log(speed on the kind / speed on its fastest kind)``, the weight favouring young jobs (they are
+        the likeliest to finish soon, so a fast device shortens most completion times)."""
+        kinds = [k for k in sorted(left) if left[k] > 0]
+        if not jobs or not kinds:
+            return {}
+        if len(jobs) > self.assignment_max_jobs:  # large rounds: the greedy order of the gangs
+            out: dict[str, str] = {}
+            for job in sorted(jobs, key=lambda j: (-_gain(j), self._rank[j.job_id])):
+                k = next((k for k in self._accepts(job, left) if left[k] >= 1), None)
+                if k is not None:
+                    left[k] -= 1
+                    out[job.job_id] = k
+            return out
+        per_kind = np.full((len(jobs), len(kinds)), UNUSABLE)
+        for i, job in enumerate(jobs):
+            accepted = self._accepts(job, left)
+            hints = job.spec.throughput if job.spec else {}
+            best = max(hints.values(), default=0.0)
+            weight = ((work_done(state, job, now) + self.young_s) / 3600.0) ** -self.youth
+            for c, k in enumerate(kinds):
+                if k in accepted:
+                    speed = hints.get(k, 0.0) / best if best > 0 else 1.0
+                    per_kind[i, c] = -weight * math.log(speed) if speed > 0 else UNUSABLE / 2
+        repeat = [min(left[k], len(jobs)) for k in kinds]
+        slot_kind = [k for k, n in zip(kinds, repeat) for _ in range(n)]
+        cost = np.repeat(per_kind, repeat, axis=1)
+        rows, cols = linear_sum_assignment(cost)
+        out = {}
+        for i, c in zip(rows, cols):
+            if cost[i, c] < UNUSABLE / 4:
+                out[jobs[i].job_id] = slot_kind[c]
+                left[slot_kind[c]] -= 1
+        return out
 
     # -- the policy interface ---------------------------------------------------------------------------------------
     def order(self, state: SchedulerState, now: float, estimate: Estimator) -> list[JobState]:
