@@ -51,7 +51,7 @@ class TimeSharedHeteroLAS(Policy):
         self._kind: dict[str, str] = {}
         self._displaced: list[tuple[JobState, str]] = []
         self._rank: dict[str, int] = {}
-        self._accepts_cache: dict[tuple[str, int], list[str]] = {}
+        self._accepts_cache: dict[str, tuple[list[str], bool]] = {}
 
     # -- the allocation -------------------------------------------------------------------------------------------
     def _kinds_of(self, state: SchedulerState, job: JobState) -> set[str]:
@@ -59,20 +59,19 @@ class TimeSharedHeteroLAS(Policy):
                 for u in a.device_uuids if (dev := node.devices.get(u)) is not None}
 
     def _accepts(self, job: JobState, capacity: dict[str, int]) -> list[str]:
-        """Kinds the job may run on, fastest first (throughput hints; the cluster's kinds without them)."""
+        """Kinds of ``capacity`` the job may run on, fastest first (throughput hints; without them, any kind)."""
         spec = job.spec
         assert spec is not None
-        key = (job.job_id, len(capacity))
-        kinds = self._accepts_cache.get(key)
-        if kinds is None:
-            kinds = [k for k in (spec.device_types or sorted(capacity)) if k in capacity]
+        cached = self._accepts_cache.get(job.job_id)
+        if cached is None:
             hints = spec.throughput
-            if hints:
-                kinds.sort(key=lambda k: -hints.get(k, 0.0))
+            kinds = sorted(spec.device_types or hints, key=lambda k: -hints.get(k, 0.0))
             if len(self._accepts_cache) > 100_000:
                 self._accepts_cache.clear()
-            self._accepts_cache[key] = kinds
-        return kinds
+            cached = self._accepts_cache[job.job_id] = (kinds, not spec.device_types)
+        kinds, any_kind = cached
+        out = [k for k in kinds if k in capacity]
+        return out + [k for k in sorted(capacity) if k not in kinds] if any_kind else out
 
     def allocate(self, state: SchedulerState, now: float) -> dict[str, str]:
         capacity: dict[str, int] = {}
