@@ -163,3 +163,14 @@ async def test_counterfactual_replay_of_a_live_log(killable_nats: NatsServer, ca
     assert await asyncio.to_thread(cli.run, None, None, "fifo", None, None, 360, 4, True, None, add="a100=1",
                                    **args) == 0
     assert json.loads(capsys.readouterr().out)["avg_jct_h"] == 1.0  # with one more A100 nobody waits
+
+
+def test_makespan_policy_follows_the_plan_with_true_estimates() -> None:
+    # A: 3600 steps, 4x faster on the V100; B: 1800 steps, as fast on either. Shortest makespan: A on the V100
+    # for 1 h, B on the K80 for half an hour
+    rates = {("A", 1): {"v100": 1.0, "k80": 0.25}, ("B", 1): {"v100": 1.0, "k80": 1.0}}
+    trace = [TraceJob("B", 1800, 1, 1, 0), TraceJob("A", 3600, 1, 1, 0)]
+    r = simulate(trace, rates, {"v100": 1, "k80": 1}, make_policy("makespan"), round_s=360, oracle_estimates=True)
+    assert r["policy"] == "makespan (oracle estimates)" and r["makespan_h"] == 1.0
+    a = next(rec for rec in r["records"] if rec["job"].startswith("a-"))
+    assert a["kind_time_s"] == {"v100": 3600.0}

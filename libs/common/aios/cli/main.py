@@ -136,7 +136,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise ConfigError("--trace FILE or --from-log is required (or --list-policies)")
     return simulate.run(args.trace, args.cluster, args.policy, args.compare, args.throughputs, args.round,
                         args.gpus_per_server, args.json, args.out, from_log=args.from_log, add=args.add,
-                        export=args.export)
+                        export=args.export, oracle_estimates=args.oracle_estimates)
 
 
 def cmd_tenants(args: argparse.Namespace) -> int:
@@ -236,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "or with --from-log the nodes the log registered)")
     sim.add_argument("--add", metavar="KIND=N,...", help="what-if: add GPUs to the cluster, e.g. h100=8")
     sim.add_argument("--export", metavar="FILE", help="also write the workload as native JSONL")
+    sim.add_argument("--oracle-estimates", action="store_true",
+                     help="give every job its true duration as its runtime estimate (labelled; not the headline)")
     sim.add_argument("--policy", help="policy to run (default: the recommended one)")
     sim.add_argument("--compare", help="comma-separated policies to run side by side")
     sim.add_argument("--throughputs", default="../shared/traces/gavel-throughputs-isolated.csv")

@@ -78,7 +78,8 @@ def add_gpus(cluster: dict[str, int], extra: str | None) -> dict[str, int]:
 
 def run(trace: str | None, cluster: str | None, policy: str | None, compare: str | None, throughputs: str | None,
         round_s: float, gpus_per_server: int, as_json: bool, out: str | None, *, from_log: bool = False,
-        add: str | None = None, export: str | None = None, servers: list[str] | None = None) -> int:
+        add: str | None = None, export: str | None = None, servers: list[str] | None = None,
+        oracle_estimates: bool = False) -> int:
     if round_s <= 0:
         raise ConfigError("--round: must be a positive number of seconds")
     if bool(trace) == from_log:
@@ -108,7 +109,8 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
         raise ConfigError(f"--throughputs: no such file {throughputs!r}")
     names = [p.strip() for p in compare.split(",") if p.strip()] if compare else [policy or RECOMMENDED]
     policies = [make_policy(name) for name in names]  # unknown names fail before any simulation runs
-    results = [simulate(jobs, table, gpus, p, round_s=round_s, gpus_per_server=gpus_per_server) for p in policies]
+    results = [simulate(jobs, table, gpus, p, round_s=round_s, gpus_per_server=gpus_per_server,
+                        oracle_estimates=oracle_estimates) for p in policies]
     cluster_text = ",".join(f"{k}={v}" for k, v in sorted(gpus.items()))
     folder = out or (DEFAULT_REPORT if compare else None)
     report = _write_outputs(Path(folder), results, f"{source} on {cluster_text}") if folder else None

@@ -11,6 +11,7 @@ from aios.scheduler.policies.fifo import Fifo
 from aios.scheduler.policies.hetero import HeteroAware
 from aios.scheduler.policies.hetero_las import HeteroLeastAttainedService
 from aios.scheduler.policies.las import LeastAttainedService
+from aios.scheduler.policies.makespan import ShortestMakespan
 from aios.scheduler.policies.priority import StrictPriority
 from aios.scheduler.policies.timeshare import TimeSharedHeteroLAS
 
@@ -23,6 +24,7 @@ POLICIES: dict[str, Callable[[], Policy]] = {
     "backfill": EasyBackfill,
     "hetero-las": HeteroLeastAttainedService,
     "hetero-ts": TimeSharedHeteroLAS,
+    "makespan": ShortestMakespan,
 }
 
 

@@ -41,6 +41,7 @@ class TimeSharedHeteroLAS(Policy):
     name = "hetero-ts"
     milp = False
     strict_kinds = True
+    trade_singles = True
 
     def __init__(self, quantum_s: float = 360.0, youth: float = 0.25, young_s: float = 3600.0,
                  assignment_max_jobs: int = 400) -> None:
@@ -82,6 +83,7 @@ class TimeSharedHeteroLAS(Policy):
                         capacity[dev.info.kind] = capacity.get(dev.info.kind, 0) + 1
         chosen: dict[str, str] = {}
         movable: list[JobState] = []
+        self.prepare(state, now, dict(capacity))
         for job in state.jobs.values():
             if job.status not in (PLACED, RUNNING, PENDING) or job.spec is None or job.spec.devices == 0:
                 continue
@@ -98,7 +100,7 @@ class TimeSharedHeteroLAS(Policy):
                 movable.append(job)
             elif job.status == PENDING:
                 movable.append(job)
-        movable.sort(key=lambda j: (work_done(state, j, now) * j.devices, j.arrival))
+        movable.sort(key=lambda j: (self.rank_key(state, j, now), j.arrival))
         self._rank = {j.job_id: i for i, j in enumerate(movable)}
         admitted: list[JobState] = []
         left = dict(capacity)
@@ -129,21 +131,47 @@ class TimeSharedHeteroLAS(Policy):
         # greedy: the job that gains most from a fast kind picks first; then the one-device jobs trade the devices
         # they got among themselves, optimally (gangs keep theirs)
         greedy: dict[str, str] = {}
-        for job in sorted(admitted, key=lambda j: (-_gain(j), self._rank[j.job_id])):
-            for k in self._accepts(job, left):
+        for job in sorted(admitted, key=lambda j: (self.pick_key(state, j, now), self._rank[j.job_id])):
+            for k in self.kind_order(job, self._accepts(job, left)):
                 if left[k] >= job.devices:
                     left[k] -= job.devices
                     greedy[job.job_id] = k
+                    break
+        for job in movable:  # work conserving: room that admission left over goes to the next jobs in rank order
+            if job.job_id in greedy or job.job_id in chosen:
+                continue
+            for k in self.kind_order(job, self._accepts(job, left)):
+                if left[k] >= job.devices:
+                    left[k] -= job.devices
+                    greedy[job.job_id] = k
+                    admitted.append(job)
                     break
         singles = [j for j in admitted if j.devices == 1 and j.job_id in greedy]
         pool: dict[str, int] = {}
         for job in singles:
             pool[greedy[job.job_id]] = pool.get(greedy[job.job_id], 0) + 1
         chosen.update(greedy)
+        if not self.trade_singles:
+            return chosen
         for job in singles:
             del chosen[job.job_id]
         chosen.update(self._assign_singles(state, singles, pool, now))
         return chosen
+
+    def prepare(self, state: SchedulerState, now: float, capacity: dict[str, int]) -> None:
+        """Work done once per allocation before the keys are asked (subclasses: a plan for the whole round)."""
+
+    def kind_order(self, job: JobState, kinds: list[str]) -> list[str]:
+        """The kinds a job tries, best first (here: fastest first)."""
+        return kinds
+
+    def rank_key(self, state: SchedulerState, job: JobState, now: float) -> float:
+        """Who runs first: least normalised service times size (2D-LAS)."""
+        return work_done(state, job, now) * job.devices
+
+    def pick_key(self, state: SchedulerState, job: JobState, now: float) -> float:
+        """Who picks its kind first: the job that gains most from a fast kind."""
+        return -_gain(job)
 
     def _assign_singles(self, state: SchedulerState, jobs: list[JobState], left: dict[str, int],
                         now: float) -> dict[str, str]:
