@@ -7,7 +7,7 @@ from typing import Callable
 from aios.scheduler.policies.backfill import EasyBackfill
 from aios.scheduler.policies.base import Policy
 from aios.scheduler.policies.fairshare import FairShare
-from aios.scheduler.policies.fifo import Fifo
+from aios.scheduler.policies.fifo import Fifo, FifoAnyKind
 from aios.scheduler.policies.hetero import HeteroAware
 from aios.scheduler.policies.hetero_las import HeteroLeastAttainedService
 from aios.scheduler.policies.las import LeastAttainedService
@@ -17,6 +17,7 @@ from aios.scheduler.policies.timeshare import TimeSharedHeteroLAS
 
 POLICIES: dict[str, Callable[[], Policy]] = {
     "fifo": Fifo,
+    "fifo-anykind": FifoAnyKind,
     "priority": StrictPriority,
     "fairshare": FairShare,
     "las": LeastAttainedService,
