@@ -40,6 +40,10 @@ class JobState(msgspec.Struct):
     work: float = 0.0
     """Service normalised by speed: device-seconds times the job's speed on the kind it held relative to its
     fastest kind (throughput hints), so an hour on a device three times slower counts a third of an hour."""
+    run_kinds: list[str] = []
+    """Device kinds of the current placement."""
+    run_speed: float = 1.0
+    """``speed_share`` of the current placement, fixed when it is placed (kinds do not change under a run)."""
     attempts: int = 0
     preemptions: int = 0
     requeues: int = 0
@@ -93,14 +97,18 @@ def fold_commit(state: SchedulerState, commit: Commit) -> SchedulerState:
     return state
 
 
-def speed_share(state: SchedulerState, job: JobState) -> float:
+def kinds_held(state: SchedulerState, job: JobState) -> list[str]:
+    return sorted({dev.info.kind for a in job.assignments if (node := state.inv.nodes.get(a.node_id)) is not None
+                   for u in a.device_uuids if (dev := node.devices.get(u)) is not None})
+
+
+def speed_share(state: SchedulerState, job: JobState, kinds: list[str] | None = None) -> float:
     """The job's speed on the devices it holds, relative to its fastest kind (1.0 without throughput hints)."""
     hints = job.spec.throughput if job.spec else {}
     if not hints:
         return 1.0
     best = max(hints.values())
-    kinds = {dev.info.kind for a in job.assignments if (node := state.inv.nodes.get(a.node_id)) is not None
-             for u in a.device_uuids if (dev := node.devices.get(u)) is not None}
+    kinds = kinds_held(state, job) if kinds is None else kinds
     return min((hints.get(k, 0.0) for k in kinds), default=best) / best if best > 0 else 1.0
 
 
@@ -109,7 +117,7 @@ def work_done(state: SchedulerState, job: JobState, now: float) -> float:
     if job.placed_at is None:
         return job.work
     held = job.held_devices() or max(job.devices, 1)
-    return job.work + held * max(0.0, now - job.placed_at) * speed_share(state, job)
+    return job.work + held * max(0.0, now - job.placed_at) * job.run_speed
 
 
 def _close_run(state: SchedulerState, job: JobState, ts: float) -> None:
@@ -117,7 +125,7 @@ def _close_run(state: SchedulerState, job: JobState, ts: float) -> None:
         held = job.held_devices() or max(job.devices, 1)
         elapsed = max(0.0, ts - job.placed_at)
         job.attained += held * elapsed
-        job.work += held * elapsed * speed_share(state, job)
+        job.work += held * elapsed * job.run_speed
         job.run_seconds += elapsed
         job.placed_at = None
 
@@ -144,6 +152,8 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         job.admitted, job.borrowed = True, dict(ev.borrowed)  # type: ignore[attr-defined]
     elif kind is JobPlaced:
         job.status, job.assignments, job.placed_at = PLACED, list(ev.assignments), ev.ts  # type: ignore[attr-defined]
+        job.run_kinds = kinds_held(state, job)
+        job.run_speed = speed_share(state, job, job.run_kinds)
         job.attempts += 1
         job.exit_codes = {}
         job.workers_running = 0

@@ -23,7 +23,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from aios.scheduler.policies.base import Estimator, Policy
-from aios.scheduler.state import PENDING, PLACED, RUNNING, JobState, SchedulerState, work_done
+from aios.scheduler.state import PENDING, PLACED, RUNNING, JobState, SchedulerState, kinds_held, work_done
 
 
 UNUSABLE = 1e12
@@ -53,11 +53,11 @@ class TimeSharedHeteroLAS(Policy):
         self._displaced: list[tuple[JobState, str]] = []
         self._rank: dict[str, int] = {}
         self._accepts_cache: dict[str, tuple[list[str], bool]] = {}
+        self._slowdown_cache: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
 
     # -- the allocation -------------------------------------------------------------------------------------------
     def _kinds_of(self, state: SchedulerState, job: JobState) -> set[str]:
-        return {dev.info.kind for a in job.assignments if (node := state.inv.nodes.get(a.node_id)) is not None
-                for u in a.device_uuids if (dev := node.devices.get(u)) is not None}
+        return set(job.run_kinds) if job.run_kinds or not job.assignments else set(kinds_held(state, job))
 
     def _accepts(self, job: JobState, capacity: dict[str, int]) -> list[str]:
         """Kinds of ``capacity`` the job may run on, fastest first (throughput hints; without them, any kind)."""
@@ -189,16 +189,26 @@ class TimeSharedHeteroLAS(Policy):
                     left[k] -= 1
                     out[job.job_id] = k
             return out
-        per_kind = np.full((len(jobs), len(kinds)), UNUSABLE)
-        for i, job in enumerate(jobs):
-            accepted = self._accepts(job, left)
-            hints = job.spec.throughput if job.spec else {}
-            best = max(hints.values(), default=0.0)
-            weight = ((work_done(state, job, now) + self.young_s) / 3600.0) ** -self.youth
-            for c, k in enumerate(kinds):
-                if k in accepted:
-                    speed = hints.get(k, 0.0) / best if best > 0 else 1.0
-                    per_kind[i, c] = -weight * math.log(speed) if speed > 0 else UNUSABLE / 2
+        key = tuple(kinds)
+        rows = []
+        for job in jobs:
+            row = self._slowdown_cache.get((job.job_id, key))
+            if row is None:
+                accepted = set(self._accepts(job, left))
+                hints = job.spec.throughput if job.spec else {}
+                best = max(hints.values(), default=0.0)
+                row = np.full(len(kinds), UNUSABLE)
+                for c, k in enumerate(kinds):
+                    if k in accepted:
+                        speed = hints.get(k, 0.0) / best if best > 0 else 1.0
+                        row[c] = -math.log(speed) if speed > 0 else UNUSABLE
+                if len(self._slowdown_cache) > 200_000:
+                    self._slowdown_cache.clear()
+                self._slowdown_cache[(job.job_id, key)] = row
+            rows.append(row)
+        done = np.array([work_done(state, j, now) for j in jobs])
+        weight = ((done + self.young_s) / 3600.0) ** -self.youth
+        per_kind = np.minimum(weight[:, None] * np.array(rows), UNUSABLE)
         repeat = [min(left[k], len(jobs)) for k in kinds]
         slot_kind = [k for k, n in zip(kinds, repeat) for _ in range(n)]
         cost = np.repeat(per_kind, repeat, axis=1)

@@ -19,6 +19,7 @@ import numpy as np
 
 from aios.common.events import JobSubmitted, JobSucceeded, WorkerExited
 from aios.scheduler.local import apply, node_registration, step
+from aios.scheduler.placement import BinCache
 from aios.scheduler.policies.base import Policy
 from aios.scheduler.predict import RuntimePredictor
 from aios.scheduler.sim.fairness import finish_time_fairness, isolated_finish_times
@@ -72,6 +73,7 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
     busy_gpu_s = 0.0
     total_gpus = sum(cluster.values())
     stalled = 0
+    bins = BinCache()
     timeline: dict[str, list[float]] = {"t_s": [], "busy_gpus": [], "queued": [], "running": []}
     while rounds < max_rounds:
         # arrivals up to now, in arrival order
@@ -91,7 +93,7 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
                   tj.arrival_s)
         t0 = time.perf_counter()
         for _ in range(8):  # a live scheduler decides again at once on its own releases; so does the simulation
-            plan = step(state, policy, now, estimate=predictor.estimate)
+            plan = step(state, policy, now, estimate=predictor.estimate, cache=bins)
             if plan.preemptions:  # workers checkpoint and stop at once in the simulation
                 preemptions += len(plan.preemptions)
                 apply(state, [(f"job.{p.job_id}", [WorkerExited(aggregate_id=p.job_id, node_id="-", worker="w",
