@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/aios bench eventlog --events 100000
 	$(BIN)/aios bench inventory --nodes 1000 --gpus-per-node 8
 	$(BIN)/aios bench scheduler --nodes 1000 --gpus-per-node 8 --pending 10000
+	$(BIN)/aios bench simulator --gpus 10000 --jobs 50000
 
 clean:
 	rm -rf $(VENV) .aios build *.egg-info

@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 from aios.common.config import load_settings
@@ -158,6 +159,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         result = asyncio.run(scheduler.run(nodes=args.nodes, gpus_per_node=args.gpus_per_node, pending=args.pending,
                                            rate=args.rate, seconds=args.seconds))
+    elif args.bench == "simulator":
+        from aios.bench import simulator
+
+        if not Path(args.throughputs).is_file():
+            raise ConfigError(f"--throughputs: no such file {args.throughputs!r}")
+        return simulator.main(gpus=args.gpus, jobs=args.jobs, policies=args.policy, load=args.load,
+                              throughputs=args.throughputs)
     elif args.bench == "inventory":
         from aios.bench import inventory
 
@@ -282,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     sched.add_argument("--rate", type=float, default=100.0, help="submissions per second for the latency part")
     sched.add_argument("--seconds", type=float, default=10.0, help="how long to submit for the latency part")
     sched.set_defaults(handler=cmd_bench)
+    simb = bench_sub.add_parser("simulator", help="trace simulator speed on a large synthetic cluster and workload")
+    simb.add_argument("--gpus", type=_positive, default=10_000)
+    simb.add_argument("--jobs", type=_positive, default=50_000)
+    simb.add_argument("--policy", default="hetero-ts", help="policy, or comma-separated policies")
+    simb.add_argument("--load", type=float, default=0.8, help="offered load, share of the GPUs (fastest-kind time)")
+    simb.add_argument("--throughputs", default="../shared/traces/gavel-throughputs-isolated.csv")
+    simb.set_defaults(handler=cmd_bench)
 
     demo = sub.add_parser("demo", help="run a workload through a local cluster and show what happens")
     demo.add_argument("--keep", action="store_true", help="stay up after the demo until Ctrl-C")

@@ -139,11 +139,12 @@ def _write_outputs(folder: Path, results: list[dict[str, Any]], title: str) -> P
 
     folder.mkdir(parents=True, exist_ok=True)
     for r in results:
-        with open(folder / f"{r['policy']}.csv", "w", newline="") as fh:
+        name = r["policy"].replace(" (oracle estimates)", "-oracle")
+        with open(folder / f"{name}.csv", "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["job", "arrival_s", "start_s", "finish_s", "gpus", "preemptions", "rho", "kind_time_s"])
             for rec in r["records"]:
                 w.writerow([rec["job"], rec["arrival_s"], rec["start_s"], rec["finish_s"], rec["gpus"],
                             rec["preemptions"], rec["rho"], json.dumps(rec["kind_time_s"])])
-        (folder / f"{r['policy']}.json").write_text(json.dumps(summary(r), indent=2))
+        (folder / f"{name}.json").write_text(json.dumps(summary(r), indent=2))
     return write_report(folder, results, title)
