@@ -1,11 +1,9 @@
 """Shortest makespan (``makespan``): finish a batch of jobs as early as possible.
 
-Every quantum it solves, with ``scipy.optimize.linprog``, the fluid version of the problem for the work that is left:
-find for each job ``j`` the time ``y[j, k]`` it should run on each kind ``k`` so that every job gets its remaining
-work done, no kind is used by more GPUs than it has, no job runs longer than the horizon ``T``, and ``T`` is as
-small as possible. The fluid plan is then rounded to whole gangs for this quantum: jobs that must run for the largest
-share of the horizon go first, each on the kind the plan gives it most time on (Gavel's minimum-makespan policy,
-on the ``hetero-ts`` machinery that re-decides each quantum and keeps gangs whole).
+The fluid plan (``planned.py``) is the makespan LP for the work that is left: times ``y[j, k]`` on each kind so that
+every job gets its remaining work done, no kind is used by more GPUs than it has over the horizon ``T``, no job runs
+longer than ``T``, and ``T`` is as small as possible; the time shares are ``y / T`` (Gavel's minimum-makespan
+policy, rounded to whole gangs by deficit).
 
 Remaining work comes from the users' runtime estimates (``runtime_estimate_s``, seconds on the fastest kind) less
 the normalised service so far; without an estimate the service so far stands in for what is left (heavy-tailed
@@ -18,24 +16,45 @@ import numpy as np
 from scipy.optimize import linprog
 from scipy.sparse import coo_matrix
 
-from aios.scheduler.policies.timeshare import TimeSharedHeteroLAS
-from aios.scheduler.state import PENDING, PLACED, PREEMPTING, RUNNING, JobState, SchedulerState, work_done
-
-ACTIVE = (PLACED, RUNNING, PREEMPTING, PENDING)
+from aios.scheduler.policies.planned import PlannedTimeShare
+from aios.scheduler.state import JobState, SchedulerState, work_done
 
 
-class ShortestMakespan(TimeSharedHeteroLAS):
+def fluid_lp(speed: np.ndarray, gpus: np.ndarray, capacity: np.ndarray, c_obj: np.ndarray,
+             job_rows: list[tuple[np.ndarray, float]], extra_col: float) -> np.ndarray | None:
+    """Solve over variables ``x[j, k]`` (row-major) and one scalar ``z`` (last): per kind ``sum_j gpus_j x[j, k] <=
+    capacity_k * extra_col * z + (1 - extra_col) * capacity_k``; per job ``sum_k x[j, k] <= extra_col * z + (1 -
+    extra_col)`` and the caller's rows ``(coefficients over j's k and z, bound)``. Returns the solution vector."""
+    n, m = speed.shape
+    nv = n * m + 1
+    rows, cols, vals, b = [], [], [], []
+    r = 0
+    for c in range(m):
+        rows += [r] * (n + 1)
+        cols += [j * m + c for j in range(n)] + [nv - 1]
+        vals += list(gpus) + [-capacity[c] * extra_col]
+        b.append((1 - extra_col) * capacity[c])
+        r += 1
+    for j in range(n):
+        rows += [r] * (m + 1)
+        cols += [j * m + c for c in range(m)] + [nv - 1]
+        vals += [1.0] * m + [-extra_col]
+        b.append(1 - extra_col)
+        r += 1
+        coef, bound = job_rows[j]
+        rows += [r] * (m + 1)
+        cols += [j * m + c for c in range(m)] + [nv - 1]
+        vals += list(coef)
+        b.append(bound)
+        r += 1
+    a = coo_matrix((vals, (rows, cols)), shape=(r, nv)).tocsr()
+    bounds = [(0.0, 0.0 if speed[j, c] <= 0 else None) for j in range(n) for c in range(m)] + [(None, None)]
+    res = linprog(c_obj, A_ub=a, b_ub=np.array(b), bounds=bounds, method="highs")
+    return res.x if res.status == 0 else None
+
+
+class ShortestMakespan(PlannedTimeShare):
     name = "makespan"
-    trade_singles = False
-
-    def __init__(self, **options: float) -> None:
-        super().__init__(**options)  # type: ignore[arg-type]
-        self._share: dict[str, float] = {}
-        self._kind_time: dict[str, dict[str, float]] = {}
-        self._planned: object = None
-        self._plan_start = 0.0
-        self._last_now: float | None = None
-        self._received: dict[str, dict[str, float]] = {}
 
     def remaining_s(self, state: SchedulerState, job: JobState, now: float) -> float:
         """Seconds left on its fastest kind; the service so far when nobody estimated the job."""
@@ -43,81 +62,18 @@ class ShortestMakespan(TimeSharedHeteroLAS):
         estimate = job.spec.runtime_estimate_s if job.spec else None
         return max(1.0, estimate - done) if estimate else max(1.0, done)
 
-    def prepare(self, state: SchedulerState, now: float, capacity: dict[str, int]) -> None:
-        jobs = [j for j in state.jobs.values() if j.status in ACTIVE and j.spec is not None and j.spec.devices > 0]
-        kinds = sorted(capacity)
-        if self._last_now is not None and now > self._last_now:
-            for j in jobs:  # time each job received on each kind since the last allocation, against the plan
-                if j.status in (PLACED, RUNNING) and j.placed_at is not None:
-                    for k in self._kinds_of(state, j):
-                        got = self._received.setdefault(j.job_id, {})
-                        got[k] = got.get(k, 0.0) + (now - max(self._last_now, j.placed_at))
-        self._last_now = now
-        key = (frozenset(j.job_id for j in jobs), tuple(sorted(capacity.items())))
-        if key == self._planned:
-            return  # nobody came or went: keep following the same plan
-        self._planned = key
-        self._plan_start = now
-        self._received = {}
-        self._share, self._kind_time = {}, {}
-        if not jobs or not kinds:
-            return
-        n, m = len(jobs), len(kinds)
-        speed = np.zeros((n, m))
-        for i, job in enumerate(jobs):
-            hints = job.spec.throughput if job.spec else {}
-            best = max(hints.values(), default=0.0)
-            for c, k in enumerate(self._accepts(job, capacity)):
-                speed[i, kinds.index(k)] = hints.get(k, 0.0) / best if best > 0 else 1.0
-        remaining = np.array([self.remaining_s(state, j, now) for j in jobs])
-        gpus = np.array([j.devices for j in jobs], dtype=float)
-        cap = np.array([capacity[k] for k in kinds], dtype=float)
-        # variables: y[i, c] (row-major), then T; minimise T
-        nv = n * m + 1
-        rows, cols, vals = [], [], []
-        b: list[float] = []
-        r = 0
-        for c in range(m):  # sum_i gpus_i y[i, c] - cap_c T <= 0
-            rows += [r] * (n + 1)
-            cols += [i * m + c for i in range(n)] + [nv - 1]
-            vals += list(gpus) + [-cap[c]]
-            b.append(0.0)
-            r += 1
-        for i in range(n):  # -sum_c speed y[i, c] <= -remaining_i ; sum_c y[i, c] - T <= 0
-            rows += [r] * m + [r + 1] * (m + 1)
-            cols += [i * m + c for c in range(m)] + [i * m + c for c in range(m)] + [nv - 1]
-            vals += list(-speed[i]) + [1.0] * m + [-1.0]
-            b += [-remaining[i], 0.0]
-            r += 2
-        a = coo_matrix((vals, (rows, cols)), shape=(r, nv)).tocsr()
-        bounds = [(0.0, 0.0 if speed[i, c] <= 0 else None) for i in range(n) for c in range(m)] + [(0.0, None)]
-        c_obj = np.zeros(nv)
-        c_obj[-1] = 1.0
-        res = linprog(c_obj, A_ub=a, b_ub=np.array(b), bounds=bounds, method="highs")
-        if res.status != 0:
-            return  # infeasible only when a job fits no kind; the keys fall back to the remaining work
-        y = res.x[:-1].reshape(n, m)
-        horizon = max(res.x[-1], 1e-9)
-        for i, job in enumerate(jobs):
-            self._share[job.job_id] = float(y[i].sum() / horizon)
-            self._kind_time[job.job_id] = {k: float(y[i, c] / horizon) for c, k in enumerate(kinds)}
+    def plan(self, state: SchedulerState, now: float, jobs: list[JobState], speed: np.ndarray, gpus: np.ndarray,
+             capacity: np.ndarray) -> np.ndarray | None:
+        n, m = speed.shape
+        remaining = [self.remaining_s(state, j, now) for j in jobs]
+        c_obj = np.zeros(n * m + 1)
+        c_obj[-1] = 1.0  # minimise the horizon T; y are times: -sum_k speed y[j, k] <= -remaining_j
+        sol = fluid_lp(speed, gpus, capacity, c_obj, [(np.append(-speed[j], 0.0), -remaining[j]) for j in range(n)],
+                       extra_col=1.0)
+        if sol is None:
+            return None
+        horizon = max(float(sol[-1]), 1e-9)
+        return sol[:-1].reshape(n, m) / horizon
 
-    def _deficit(self, job: JobState, kind: str, now: float) -> float:
-        """Time the plan gave the job on ``kind`` so far, less the time it got there."""
-        rate = self._kind_time.get(job.job_id, {}).get(kind, 0.0)
-        return rate * (now - self._plan_start + self.quantum_s) - self._received.get(job.job_id, {}).get(kind, 0.0)
-
-    def kind_order(self, job: JobState, kinds: list[str]) -> list[str]:
-        if job.job_id not in self._kind_time:
-            return kinds
-        planned = self._kind_time[job.job_id]
-        return sorted((k for k in kinds if planned.get(k, 0.0) > 1e-6),
-                      key=lambda k: -self._deficit(job, k, self._last_now or 0.0))
-
-    def rank_key(self, state: SchedulerState, job: JobState, now: float) -> float:
-        if job.job_id not in self._kind_time:
-            return -self.remaining_s(state, job, now)
-        return -max(self._deficit(job, k, now) for k in self._kind_time[job.job_id])
-
-    def pick_key(self, state: SchedulerState, job: JobState, now: float) -> float:
-        return self.rank_key(state, job, now)
+    def unplanned_key(self, state: SchedulerState, job: JobState, now: float) -> float:
+        return -self.remaining_s(state, job, now)

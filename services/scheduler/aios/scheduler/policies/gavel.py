@@ -1,0 +1,32 @@
+"""Max-min fairness over normalised throughput (``gavel``): Gavel's heterogeneity-aware fairness policy.
+
+The fluid plan (``planned.py``) maximises the smallest, over jobs, of the job's throughput under the plan divided by
+its throughput under an equal split of the cluster (the ``isolated`` reference of fairness.py) and by its priority
+weight; it is then rounded to whole gangs by deficit every quantum. It exists to compare our simulator and policies
+with Gavel's published figures (``max_min_fairness_perf``); ``hetero-ts`` is what we recommend.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from aios.scheduler.policies.makespan import fluid_lp
+from aios.scheduler.policies.planned import PlannedTimeShare
+from aios.scheduler.state import JobState, SchedulerState
+
+
+class MaxMinFairness(PlannedTimeShare):
+    name = "gavel"
+
+    def plan(self, state: SchedulerState, now: float, jobs: list[JobState], speed: np.ndarray, gpus: np.ndarray,
+             capacity: np.ndarray) -> np.ndarray | None:
+        n, m = speed.shape
+        equal = np.where(speed > 0, capacity[None, :] / (n * gpus[:, None]), 0.0)
+        equal /= np.maximum(1.0, equal.sum(axis=1, keepdims=True))
+        reference = np.maximum((equal * speed).sum(axis=1), 1e-12)
+        weight = np.array([max(1.0, float(j.spec.priority)) if j.spec else 1.0 for j in jobs])
+        c_obj = np.zeros(n * m + 1)
+        c_obj[-1] = -1.0  # maximise t: t - sum_k x[j, k] speed[j, k] / (reference_j weight_j) <= 0
+        rows = [(np.append(-speed[j] / (reference[j] * weight[j]), 1.0), 0.0) for j in range(n)]
+        sol = fluid_lp(speed, gpus, capacity, c_obj, rows, extra_col=0.0)
+        return None if sol is None else sol[:-1].reshape(n, m)

@@ -1,0 +1,88 @@
+"""Time sharing that follows a fluid plan (the rounding half of Gavel's policies, on ``hetero-ts``'s machinery).
+
+A subclass solves, with ``scipy.optimize.linprog``, a fluid allocation: for every active job ``j`` and device kind
+``k`` the share of time ``x[j, k]`` it should run there. The plan is solved again whenever a job comes or goes.
+Each quantum, jobs are ranked by their *deficit*, the time the plan has owed them on a kind so far less the time
+they got there, and each takes the kind it is owed most on; kinds the plan gives a job no time on are not used
+(following the plan beats keeping every device busy). Gangs stay whole; rounding is the base class's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from aios.scheduler.policies.timeshare import TimeSharedHeteroLAS
+from aios.scheduler.state import PENDING, PLACED, PREEMPTING, RUNNING, JobState, SchedulerState
+
+ACTIVE = (PLACED, RUNNING, PREEMPTING, PENDING)
+
+
+class PlannedTimeShare(TimeSharedHeteroLAS):
+    trade_singles = False
+
+    def __init__(self, **options: float) -> None:
+        super().__init__(**options)  # type: ignore[arg-type]
+        self._share: dict[str, dict[str, float]] = {}
+        self._planned: object = None
+        self._plan_start = 0.0
+        self._last_now: float | None = None
+        self._received: dict[str, dict[str, float]] = {}
+
+    def plan(self, state: SchedulerState, now: float, jobs: list[JobState], speed: np.ndarray, gpus: np.ndarray,
+             capacity: np.ndarray) -> np.ndarray | None:
+        """Time shares ``x[j, k]`` (each row sums to at most 1), or None when there is no plan.
+        ``speed[j, k]``: the job's speed on kind k relative to its fastest (0: cannot run there)."""
+        raise NotImplementedError
+
+    def prepare(self, state: SchedulerState, now: float, capacity: dict[str, int]) -> None:
+        jobs = [j for j in state.jobs.values() if j.status in ACTIVE and j.spec is not None and j.spec.devices > 0]
+        if self._last_now is not None and now > self._last_now:
+            for j in jobs:  # time each job received on each kind since the last allocation
+                if j.status in (PLACED, RUNNING) and j.placed_at is not None:
+                    for k in self._kinds_of(state, j):
+                        got = self._received.setdefault(j.job_id, {})
+                        got[k] = got.get(k, 0.0) + (now - max(self._last_now, j.placed_at))
+        self._last_now = now
+        key = (frozenset(j.job_id for j in jobs), tuple(sorted(capacity.items())))
+        if key == self._planned:
+            return  # nobody came or went: keep following the same plan
+        self._planned, self._plan_start, self._received, self._share = key, now, {}, {}
+        kinds = sorted(capacity)
+        if not jobs or not kinds:
+            return
+        speed = np.zeros((len(jobs), len(kinds)))
+        for i, job in enumerate(jobs):
+            hints = job.spec.throughput if job.spec else {}
+            best = max(hints.values(), default=0.0)
+            for k in self._accepts(job, capacity):
+                speed[i, kinds.index(k)] = hints.get(k, 0.0) / best if best > 0 else 1.0
+        x = self.plan(state, now, jobs, speed, np.array([j.devices for j in jobs], dtype=float),
+                      np.array([capacity[k] for k in kinds], dtype=float))
+        if x is None:
+            return  # no plan (infeasible): the keys fall back to the subclass's order
+        for i, job in enumerate(jobs):
+            self._share[job.job_id] = {k: float(x[i, c]) for c, k in enumerate(kinds)}
+
+    def _deficit(self, job: JobState, kind: str, now: float) -> float:
+        """Time the plan owed the job on ``kind`` up to the end of this quantum, less the time it got there."""
+        rate = self._share.get(job.job_id, {}).get(kind, 0.0)
+        return rate * (now - self._plan_start + self.quantum_s) - self._received.get(job.job_id, {}).get(kind, 0.0)
+
+    def kind_order(self, job: JobState, kinds: list[str]) -> list[str]:
+        planned = self._share.get(job.job_id)
+        if planned is None:
+            return kinds
+        return sorted((k for k in kinds if planned.get(k, 0.0) > 1e-6),
+                      key=lambda k: -self._deficit(job, k, self._last_now or 0.0))
+
+    def unplanned_key(self, state: SchedulerState, job: JobState, now: float) -> float:
+        """Order of jobs the plan does not cover (none solved yet)."""
+        return 0.0
+
+    def rank_key(self, state: SchedulerState, job: JobState, now: float) -> float:
+        if job.job_id not in self._share:
+            return self.unplanned_key(state, job, now)
+        return -max(self._deficit(job, k, now) for k in self._share[job.job_id])
+
+    def pick_key(self, state: SchedulerState, job: JobState, now: float) -> float:
+        return self.rank_key(state, job, now)
