@@ -48,6 +48,9 @@ class Inventory(msgspec.Struct):
     versions: dict[str, int] = {}
     """aggregate -> stream sequence of its last commit (the expected_version of the next append)."""
     seq: int = 0
+    shape: int = 0
+    """Bumped whenever the set of usable devices changes (a node registers or is lost, a device's health flips),
+    not on leases: what a cache of the cluster's capacity keys on."""
 
     # -- queries -----------------------------------------------------------------------------------------------------
     def free_devices(self, node_id: str) -> list[DeviceState]:
@@ -93,6 +96,8 @@ def fold_commit(inv: Inventory, commit: Commit) -> Inventory:
 
 def evolve(inv: Inventory, ev: Event) -> Inventory:
     kind = type(ev)
+    if kind is NodeRegistered or kind is DeviceUnhealthy or kind is DeviceHealthy or kind is NodeLost:
+        inv.shape += 1
     if kind is NodeRegistered:
         _registered(inv, ev)  # type: ignore[arg-type]
     elif kind is DevicesLeased:

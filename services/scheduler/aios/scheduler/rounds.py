@@ -75,8 +75,23 @@ def assignments_of(view: ClusterView, req: Request, plan: list[tuple[int, int]])
     return out
 
 
+_KIND_OF: dict[int, tuple[object, int, dict[str, str]]] = {}
+
+
+def kinds_by_device(state: SchedulerState) -> dict[str, str]:
+    """Device uuid -> kind, rebuilt only when the inventory's shape changes (not on every lease)."""
+    inv = state.inv
+    cached = _KIND_OF.get(id(inv))
+    if cached is None or cached[0] is not inv or cached[1] != inv.shape:
+        if len(_KIND_OF) > 16:
+            _KIND_OF.clear()
+        cached = _KIND_OF[id(inv)] = (inv, inv.shape, {u: d.info.kind for n in inv.nodes.values()
+                                                         for u, d in n.devices.items()})
+    return cached[2]
+
+
 def _usage(state: SchedulerState) -> tuple[dict[str, dict[str, int]], dict[str, float], dict[str, float]]:
-    kind_of = {u: d.info.kind for n in state.inv.nodes.values() for u, d in n.devices.items()}
+    kind_of = kinds_by_device(state)
     usage: dict[str, dict[str, int]] = {}
     cpu: dict[str, float] = {}
     mem: dict[str, float] = {}

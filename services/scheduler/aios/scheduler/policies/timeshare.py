@@ -18,17 +18,30 @@ most of which are short, run first and leave, while the long ones share what rem
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from aios.scheduler.policies.base import Estimator, Policy
-from aios.scheduler.state import PENDING, PLACED, RUNNING, JobState, SchedulerState, kinds_held, work_done
+from aios.scheduler.state import PENDING, PLACED, PREEMPTING, RUNNING, JobState, SchedulerState, kinds_held, work_done
 
 
 UNUSABLE = 1e12
 ANY_KIND = "*"
 """Allocation of a gang larger than any one kind: it runs across kinds, at the pace of the slowest."""
+
+
+class _Lazy(dict):  # type: ignore[type-arg]
+    """A dict that computes a missing entry on first use (most queued jobs are never reached in a round)."""
+
+    def __init__(self, make: Callable[[str], list[str]]) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, key: str) -> list[str]:
+        value = self[key] = self._make(key)
+        return value
 
 
 def _gain(job: JobState) -> float:
@@ -54,8 +67,32 @@ class TimeSharedHeteroLAS(Policy):
         self._rank: dict[str, int] = {}
         self._accepts_cache: dict[str, tuple[list[str], bool]] = {}
         self._slowdown_cache: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
+        self._capacity_at: tuple[int, object, dict[str, int]] | None = None
+        self._gain_cache: dict[str, float] = {}
+        self._allocated_at: float | None = None
+        self._allocated_for: object = None
 
     # -- the allocation -------------------------------------------------------------------------------------------
+    def gain(self, job: JobState) -> float:
+        g = self._gain_cache.get(job.job_id)
+        if g is None:
+            if len(self._gain_cache) > 100_000:
+                self._gain_cache.clear()
+            g = self._gain_cache[job.job_id] = _gain(job)
+        return g
+
+    def _capacity(self, state: SchedulerState) -> dict[str, int]:
+        """Healthy devices per kind on online nodes (cached until the inventory's shape changes)."""
+        if self._capacity_at is None or self._capacity_at[0] != state.inv.shape or self._capacity_at[1] is not state.inv:
+            capacity: dict[str, int] = {}
+            for node in state.inv.nodes.values():
+                if node.online:
+                    for dev in node.devices.values():
+                        if dev.healthy:
+                            capacity[dev.info.kind] = capacity.get(dev.info.kind, 0) + 1
+            self._capacity_at = (state.inv.shape, state.inv, capacity)
+        return dict(self._capacity_at[2])
+
     def _kinds_of(self, state: SchedulerState, job: JobState) -> set[str]:
         return set(job.run_kinds) if job.run_kinds or not job.assignments else set(kinds_held(state, job))
 
@@ -75,17 +112,12 @@ class TimeSharedHeteroLAS(Policy):
         return out + [k for k in sorted(capacity) if k not in kinds] if any_kind else out
 
     def allocate(self, state: SchedulerState, now: float) -> dict[str, str]:
-        capacity: dict[str, int] = {}
-        for node in state.inv.nodes.values():
-            if node.online:
-                for dev in node.devices.values():
-                    if dev.healthy:
-                        capacity[dev.info.kind] = capacity.get(dev.info.kind, 0) + 1
+        capacity = self._capacity(state)
         chosen: dict[str, str] = {}
         movable: list[JobState] = []
         self.prepare(state, now, dict(capacity))
         for job in state.jobs.values():
-            if job.status not in (PLACED, RUNNING, PENDING) or job.spec is None or job.spec.devices == 0:
+            if job.status not in (PLACED, RUNNING, PENDING, PREEMPTING) or job.spec is None or job.spec.devices == 0:
                 continue
             if job.status in (PLACED, RUNNING):
                 pinned = (not job.spec.preemptible or job.placed_at is None
@@ -98,19 +130,24 @@ class TimeSharedHeteroLAS(Policy):
                         chosen[job.job_id] = min(kinds)
                     continue
                 movable.append(job)
-            elif job.status == PENDING:
+            else:  # pending, or preempted and about to be requeued: both compete for this quantum
                 movable.append(job)
         movable.sort(key=lambda j: (self.rank_key(state, j, now), j.arrival))
+        accepts = _Lazy(lambda job_id: self._accepts(state.jobs[job_id], capacity))  # left keeps capacity's keys
         self._rank = {j.job_id: i for i, j in enumerate(movable)}
         admitted: list[JobState] = []
         left = dict(capacity)
         spanning: list[JobState] = []
+        room = sum(max(0, v) for v in left.values())
         for job in movable:
-            accepted = self._accepts(job, left)
+            if room <= 0:
+                break  # the cluster is spoken for: the rest wait
+            accepted = accepts[job.job_id]
             fits = [k for k in accepted if left[k] >= job.devices]
             if fits:
                 admitted.append(job)
                 left[min(fits, key=lambda k: left[k])] -= job.devices  # provisional: reserves room, kind comes next
+                room -= job.devices
             elif job.devices > max((capacity.get(k, 0) for k in accepted), default=0) and \
                     sum(max(0, left[k]) for k in accepted) >= job.devices:
                 spanning.append(job)  # larger than any one kind: it may only ever run across kinds
@@ -119,10 +156,11 @@ class TimeSharedHeteroLAS(Policy):
                     take = min(need, max(0, left[k]))
                     left[k] -= take
                     need -= take
+                    room -= take
         left = dict(capacity)
         for job in spanning:
             need = job.devices
-            for k in self._accepts(job, left):
+            for k in accepts[job.job_id]:
                 take = min(need, max(0, left[k]))
                 left[k] -= take
                 need -= take
@@ -132,17 +170,21 @@ class TimeSharedHeteroLAS(Policy):
         # they got among themselves, optimally (gangs keep theirs)
         greedy: dict[str, str] = {}
         for job in sorted(admitted, key=lambda j: (self.pick_key(state, j, now), self._rank[j.job_id])):
-            for k in self.kind_order(job, self._accepts(job, left)):
+            for k in self.kind_order(job, accepts[job.job_id]):
                 if left[k] >= job.devices:
                     left[k] -= job.devices
                     greedy[job.job_id] = k
                     break
+        room = sum(max(0, v) for v in left.values())
         for job in movable:  # work conserving: room that admission left over goes to the next jobs in rank order
+            if room <= 0:
+                break
             if job.job_id in greedy or job.job_id in chosen:
                 continue
-            for k in self.kind_order(job, self._accepts(job, left)):
+            for k in self.kind_order(job, accepts[job.job_id]):
                 if left[k] >= job.devices:
                     left[k] -= job.devices
+                    room -= job.devices
                     greedy[job.job_id] = k
                     admitted.append(job)
                     break
@@ -171,7 +213,7 @@ class TimeSharedHeteroLAS(Policy):
 
     def pick_key(self, state: SchedulerState, job: JobState, now: float) -> float:
         """Who picks its kind first: the job that gains most from a fast kind."""
-        return -_gain(job)
+        return -self.gain(job)
 
     def _assign_singles(self, state: SchedulerState, jobs: list[JobState], left: dict[str, int],
                         now: float) -> dict[str, str]:
@@ -183,7 +225,7 @@ class TimeSharedHeteroLAS(Policy):
             return {}
         if len(jobs) > self.assignment_max_jobs:  # large rounds: the greedy order of the gangs
             out: dict[str, str] = {}
-            for job in sorted(jobs, key=lambda j: (-_gain(j), self._rank[j.job_id])):
+            for job in sorted(jobs, key=lambda j: (-self.gain(j), self._rank[j.job_id])):
                 k = next((k for k in self._accepts(job, left) if left[k] >= 1), None)
                 if k is not None:
                     left[k] -= 1
@@ -222,7 +264,11 @@ class TimeSharedHeteroLAS(Policy):
 
     # -- the policy interface ---------------------------------------------------------------------------------------
     def order(self, state: SchedulerState, now: float, estimate: Estimator) -> list[JobState]:
-        self._kind = self.allocate(state, now)
+        if now != self._allocated_at or state is not self._allocated_for:
+            # one allocation per instant: the rounds that follow at once (on the releases and requeues of this one's
+            # preemptions) carry it out rather than decide again
+            self._kind = self.allocate(state, now)
+            self._allocated_at, self._allocated_for = now, state
         self._displaced = []
         for job in state.jobs.values():
             if job.status not in (PLACED, RUNNING) or job.spec is None or job.devices == 0:

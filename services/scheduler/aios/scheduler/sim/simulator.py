@@ -111,8 +111,7 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
         finished = []
         for js in running:
             sj = jobs[js.job_id]
-            kinds = {d.info.kind for a in js.assignments for d in (state.inv.nodes[a.node_id].devices[u]
-                                                                    for u in a.device_uuids)}
+            kinds = js.run_kinds
             rate = min(sj.rates.get(k, 0.0) for k in kinds) if kinds else 0.0
             if sj.start is None:
                 sj.start = now
