@@ -11,7 +11,7 @@ from tests.scheduler.helpers import Cluster
 
 def test_registry_has_one_module_per_policy() -> None:
     assert set(POLICIES) == {"fifo", "priority", "fairshare", "las", "hetero", "backfill", "hetero-las",
-                             "hetero-ts", "makespan", "fifo-anykind", "gavel"}
+                             "hetero-ts", "makespan", "fifo-anykind", "gavel", "maxmin"}
     for name, factory in POLICIES.items():
         assert factory().name == name
 

@@ -8,7 +8,7 @@ from aios.scheduler.policies.backfill import EasyBackfill
 from aios.scheduler.policies.base import Policy
 from aios.scheduler.policies.fairshare import FairShare
 from aios.scheduler.policies.fifo import Fifo, FifoAnyKind
-from aios.scheduler.policies.gavel import MaxMinFairness
+from aios.scheduler.policies.gavel import MaxMinFairness, MaxMinFairnessAgnostic
 from aios.scheduler.policies.hetero import HeteroAware
 from aios.scheduler.policies.hetero_las import HeteroLeastAttainedService
 from aios.scheduler.policies.las import LeastAttainedService
@@ -28,6 +28,7 @@ POLICIES: dict[str, Callable[[], Policy]] = {
     "hetero-ts": TimeSharedHeteroLAS,
     "makespan": ShortestMakespan,
     "gavel": MaxMinFairness,
+    "maxmin": MaxMinFairnessAgnostic,
 }
 
 

@@ -30,3 +30,14 @@ class MaxMinFairness(PlannedTimeShare):
         rows = [(np.append(-speed[j] / (reference[j] * weight[j]), 1.0), 0.0) for j in range(n)]
         sol = fluid_lp(speed, gpus, capacity, c_obj, rows, extra_col=0.0)
         return None if sol is None else sol[:-1].reshape(n, m)
+
+
+class MaxMinFairnessAgnostic(MaxMinFairness):
+    """Gavel's heterogeneity-agnostic ``max_min_fairness`` (its least-attained-service baseline): the same plan with
+    every kind counted as equally fast, so shares are equal time, not equal work."""
+
+    name = "maxmin"
+
+    def plan(self, state: SchedulerState, now: float, jobs: list[JobState], speed: np.ndarray, gpus: np.ndarray,
+             capacity: np.ndarray) -> np.ndarray | None:
+        return super().plan(state, now, jobs, (speed > 0).astype(float), gpus, capacity)
