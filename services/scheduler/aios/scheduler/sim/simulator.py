@@ -24,7 +24,7 @@ from aios.scheduler.policies.base import Policy
 from aios.scheduler.predict import RuntimePredictor
 from aios.scheduler.sim.fairness import finish_time_fairness, isolated_finish_times
 from aios.scheduler.sim.traces import Throughputs, TraceJob
-from aios.scheduler.state import PENDING, PLACED, PREEMPTING, SchedulerState
+from aios.scheduler.state import PENDING, PLACED, PREEMPTING, JobState, SchedulerState
 
 
 @dataclass
@@ -63,6 +63,16 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
     state = SchedulerState()
     apply(state, cluster_events(cluster, gpus_per_server), 0.0)
     predictor = RuntimePredictor()
+    finished_count = fitted_at = 0
+
+    def estimate(job: JobState) -> float:
+        """The learned predictor, refitted on the finished jobs when at least 20 more finished since its last fit;
+        only when a policy asks (fitting thousands of jobs every few rounds dominated large runs)."""
+        nonlocal fitted_at
+        if finished_count - fitted_at >= 20:
+            predictor.fit(state.finished)
+            fitted_at = finished_count
+        return predictor.estimate(job)
     jobs: dict[str, SimJob] = {}
     pending_arrivals = list(enumerate(trace))
     next_arrival = 0
@@ -93,7 +103,7 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
                   tj.arrival_s)
         t0 = time.perf_counter()
         for _ in range(8):  # a live scheduler decides again at once on its own releases; so does the simulation
-            plan = step(state, policy, now, estimate=predictor.estimate, cache=bins)
+            plan = step(state, policy, now, estimate=estimate, cache=bins)
             if plan.preemptions:  # workers checkpoint and stop at once in the simulation
                 preemptions += len(plan.preemptions)
                 apply(state, [(f"job.{p.job_id}", [WorkerExited(aggregate_id=p.job_id, node_id="-", worker="w",
@@ -132,8 +142,7 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
                 # a finished job leaves the state (its devices are released as those of an unknown job), so every
                 # round costs what the live jobs cost, not the whole history
                 del state.jobs[sj.job_id]
-            if len(state.finished) >= 20 and len(state.finished) % 20 == 0:
-                predictor.fit(state.finished)
+            finished_count += len(finished)
         stalled = stalled + 1 if not running and next_arrival >= len(pending_arrivals) else 0
         if stalled > 3:  # nothing runs, nothing can arrive: the jobs left can never be placed on this cluster
             break
