@@ -20,17 +20,19 @@ def isolated_finish_times(arrival_s: np.ndarray, work: np.ndarray, gpus: np.ndar
     order = np.argsort(arrival_s, kind="stable")
     finish = np.full(n, np.nan)
     left = work.astype(float).copy()
-    active: list[int] = []
+    active = np.zeros(0, dtype=int)  # kept as an array: 50,000-job workloads step through 100,000 events
     nxt = 0
     now = float(arrival_s[order[0]]) if n else 0.0
-    while nxt < n or active:
+    while nxt < n or active.size:
+        first = nxt
         while nxt < n and arrival_s[order[nxt]] <= now + 1e-9:
-            active.append(int(order[nxt]))
             nxt += 1
-        if not active:
+        if nxt > first:
+            active = np.concatenate([active, order[first:nxt]])
+        if not active.size:
             now = float(arrival_s[order[nxt]])
             continue
-        idx = np.array(active)
+        idx = active
         usable = rates[idx] > 0
         share = np.where(usable, capacity[None, :] / (len(idx) * gpus[idx, None]), 0.0)
         share /= np.maximum(1.0, share.sum(axis=1, keepdims=True))
@@ -41,16 +43,14 @@ def isolated_finish_times(arrival_s: np.ndarray, work: np.ndarray, gpus: np.ndar
         if nxt < n:
             step = min(step, float(arrival_s[order[nxt]]) - now)
         if not np.isfinite(step):
-            for j in idx:  # nothing can run these jobs
-                finish[j] = np.inf
-            active = []
+            finish[idx] = np.inf  # nothing can run these jobs
+            active = np.zeros(0, dtype=int)
             continue
         left[idx] -= speed * step
         now += step
         done = left[idx] <= 1e-9 * np.maximum(1.0, work[idx])
-        for j in idx[done]:
-            finish[j] = now
-        active = [int(j) for j in idx[~done]]
+        finish[idx[done]] = now
+        active = idx[~done]
     return finish
 
 
