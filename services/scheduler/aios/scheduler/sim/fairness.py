@@ -20,6 +20,13 @@ def isolated_finish_times(arrival_s: np.ndarray, work: np.ndarray, gpus: np.ndar
     order = np.argsort(arrival_s, kind="stable")
     finish = np.full(n, np.nan)
     left = work.astype(float).copy()
+    # With m jobs in the system, job j's share of kind k is C_k / (m s_j), all scaled down together when they add up
+    # to more than 1; so its speed is min(spread_j / m, full_j): spread_j = sum_k C_k r_jk / s_j, and full_j (its
+    # speed when it runs all the time, spread over the kinds in proportion to their size) = spread_j s_j / U_j with
+    # U_j the GPUs of the kinds it can use.
+    usable_gpus = ((rates > 0) * capacity[None, :]).sum(axis=1)
+    spread = (rates * capacity[None, :]).sum(axis=1) / gpus
+    full = np.where(usable_gpus > 0, spread * gpus / np.maximum(usable_gpus, 1e-12), 0.0)
     active = np.zeros(0, dtype=int)  # kept as an array: 50,000-job workloads step through 100,000 events
     nxt = 0
     now = float(arrival_s[order[0]]) if n else 0.0
@@ -33,10 +40,7 @@ def isolated_finish_times(arrival_s: np.ndarray, work: np.ndarray, gpus: np.ndar
             now = float(arrival_s[order[nxt]])
             continue
         idx = active
-        usable = rates[idx] > 0
-        share = np.where(usable, capacity[None, :] / (len(idx) * gpus[idx, None]), 0.0)
-        share /= np.maximum(1.0, share.sum(axis=1, keepdims=True))
-        speed = (share * rates[idx]).sum(axis=1)
+        speed = np.minimum(spread[idx] / len(idx), full[idx])
         with np.errstate(divide="ignore"):
             to_finish = np.where(speed > 0, left[idx] / speed, np.inf)
         step = float(to_finish.min())
