@@ -46,15 +46,24 @@ async def run_policy(policy: str, env: dict[str, str], tmp: Path, n: int = 200) 
         while True:
             commits = await _commits(store)
             done = {c.aggregate for c in commits if any(isinstance(e, JobSucceeded) for e in c.events)}
-            if len(done) == n:
-                break
-            assert time.monotonic() < deadline, f"{len(done)} of {n} jobs finished"
+            if len(done) == n and not _leased(commits):
+                break  # every job finished and the round after the last one gave its devices back
+            assert time.monotonic() < deadline, f"{len(done)} of {n} jobs finished; leases held: {_leased(commits)}"
             await asyncio.sleep(0.5)
         specs = {s["name"]: s for s in workload(n, seed=7)}
         await store.close()
         return commits, specs
     finally:
         cluster.stop()
+
+
+def _leased(commits: list[Commit]) -> dict[str, str]:
+    from aios.scheduler.state import SchedulerState, fold_commit
+
+    state = SchedulerState()
+    for c in commits:
+        fold_commit(state, c)
+    return dict(state.inv.leases.holder)
 
 
 async def _commits(store: Any) -> list[Commit]:
