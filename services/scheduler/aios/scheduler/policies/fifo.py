@@ -28,13 +28,7 @@ class FifoAnyKind(Fifo):
         self._free: dict[str, int] = {}
 
     def order(self, state: SchedulerState, now: float, estimate: Estimator) -> list[JobState]:
-        held = state.inv.leases.holder
-        self._free = {}
-        for node in state.inv.nodes.values():
-            if node.online:
-                for uuid, dev in node.devices.items():
-                    if dev.healthy and uuid not in held:
-                        self._free[dev.info.kind] = self._free.get(dev.info.kind, 0) + 1
+        self._free = {k: row["free"] for k, row in state.inv.capacity().items()}
         return super().order(state, now, estimate)
 
     def kinds_for(self, job: JobState) -> frozenset[str] | None:

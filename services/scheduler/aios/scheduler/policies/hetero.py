@@ -60,12 +60,7 @@ class HeteroAware(Policy):
         self._preferred: dict[str, frozenset[str]] = {}
 
     def order(self, state: SchedulerState, now: float, estimate: Estimator) -> list[JobState]:
-        capacity: dict[str, int] = {}
-        for node in state.inv.nodes.values():
-            if node.online:
-                for d in node.devices.values():
-                    if d.healthy:
-                        capacity[d.info.kind] = capacity.get(d.info.kind, 0) + 1
+        capacity = {k: row["healthy"] for k, row in state.inv.capacity().items() if row["healthy"]}
         pending = [j for j in state.pending() if j.devices > 0]
         kinds, X = allocate(pending, capacity)
         self._preferred = {}

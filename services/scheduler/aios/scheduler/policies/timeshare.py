@@ -84,12 +84,7 @@ class TimeSharedHeteroLAS(Policy):
     def _capacity(self, state: SchedulerState) -> dict[str, int]:
         """Healthy devices per kind on online nodes (cached until the inventory's shape changes)."""
         if self._capacity_at is None or self._capacity_at[0] != state.inv.shape or self._capacity_at[1] is not state.inv:
-            capacity: dict[str, int] = {}
-            for node in state.inv.nodes.values():
-                if node.online:
-                    for dev in node.devices.values():
-                        if dev.healthy:
-                            capacity[dev.info.kind] = capacity.get(dev.info.kind, 0) + 1
+            capacity = {k: row["healthy"] for k, row in state.inv.capacity().items() if row["healthy"]}
             self._capacity_at = (state.inv.shape, state.inv, capacity)
         return dict(self._capacity_at[2])
 
