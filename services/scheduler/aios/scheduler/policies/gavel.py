@@ -34,10 +34,21 @@ class MaxMinFairness(PlannedTimeShare):
 
 class MaxMinFairnessAgnostic(MaxMinFairness):
     """Gavel's heterogeneity-agnostic ``max_min_fairness`` (its least-attained-service baseline): the same plan with
-    every kind counted as equally fast, so shares are equal time, not equal work."""
+    every kind counted as equally fast, so shares are equal time, not equal work.
+
+    With kinds interchangeable the LP has a whole face of optimal plans; a simplex vertex puts each job on one
+    arbitrary kind. Gavel's interior-point solver lands inside that face, spreading each job over the kinds; we
+    pick that spread explicitly: each job's total share split over the kinds it accepts in proportion to their size
+    (which keeps every kind within its capacity when all jobs accept all kinds)."""
 
     name = "maxmin"
 
     def plan(self, state: SchedulerState, now: float, jobs: list[JobState], speed: np.ndarray, gpus: np.ndarray,
              capacity: np.ndarray) -> np.ndarray | None:
-        return super().plan(state, now, jobs, (speed > 0).astype(float), gpus, capacity)
+        usable = (speed > 0).astype(float)
+        x = super().plan(state, now, jobs, usable, gpus, capacity)
+        if x is None:
+            return None
+        weights = usable * capacity[None, :]
+        spread = weights / np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+        return x.sum(axis=1, keepdims=True) * spread
