@@ -11,7 +11,7 @@ from tests.scheduler.helpers import Cluster
 
 def test_registry_has_one_module_per_policy() -> None:
     assert set(POLICIES) == {"fifo", "priority", "fairshare", "las", "hetero", "backfill", "hetero-las",
-                             "hetero-ts", "makespan", "fifo-anykind", "gavel", "maxmin"}
+                             "hetero-ts", "hetero-gittins", "makespan", "fifo-anykind", "gavel", "maxmin"}
     for name, factory in POLICIES.items():
         assert factory().name == name
 
@@ -217,3 +217,44 @@ def test_gavel_plan_gives_each_job_the_kind_it_gains_most_on() -> None:
     # the fluid plan behind it: each job mostly on the kind where it does best against an equal split
     share = gavel._share  # type: ignore[attr-defined]
     assert share["loves-v100"]["v100"] > 0.5 and share["indifferent"]["k80"] > 0.5
+
+
+def test_maxmin_spreads_each_job_over_interchangeable_kinds() -> None:
+    c = Cluster(("a", "v100", 2), ("b", "k80", 2))
+    for name in ("one", "two"):
+        c.submit(name, 1, device_types=["v100", "k80"], throughput={"v100": 4.0, "k80": 1.0})
+    maxmin = make_policy("maxmin")  # kinds counted as equally fast: no job is pinned to the v100s
+    step(c.state, maxmin, 1.0)
+    share = maxmin._share  # type: ignore[attr-defined]
+    assert share["one"] == share["two"] == {"k80": 0.5, "v100": 0.5}
+
+
+def test_gittins_index_by_hand() -> None:
+    from aios.scheduler.policies.gittins import gittins_index
+    # sizes 1 and 10: a budget of 1 finishes half the jobs for 1 s of service each -> 0.5 per second
+    assert gittins_index([1.0, 10.0], 0.0) == 0.5
+    assert gittins_index([1.0, 10.0], 2.0) == 1 / 8  # only the 10 s job is left, 8 s from done
+    assert gittins_index([1.0, 10.0], 10.0) is None  # older than every job seen
+
+
+def test_gittins_runs_the_job_whose_kind_finishes_soon_not_the_youngest() -> None:
+    """LAS would run the younger image job; finished jobs say recommendation jobs end after ~100 s of service."""
+    from aios.scheduler.policies.gittins import GittinsTimeShare
+    c = Cluster(("n1", "v100", 1))
+    for i in range(6):  # history: short recommendation jobs, long image jobs, run one at a time
+        for kind, length in (("rec", 100.0), ("img", 10_000.0)):
+            name = f"{kind}-{i}"
+            t0 = 1.0 + i * 20_000 + (0 if kind == "rec" else 200)
+            c.submit(name, 1, now=t0)
+            step(c.state, make_policy("fifo"), t0)
+            c.finish(name, t0 + length)
+            step(c.state, make_policy("fifo"), t0 + length)
+    now = 200_000.0
+    c.submit("img-new", 1, now=now - 1)  # first in line: a tie would go its way
+    c.submit("rec-new", 1, now=now)
+    for name, seconds in {"rec-new": 60.0, "img-new": 10.0}.items():  # service they got before a requeue
+        c.state.jobs[name].work = seconds
+    chosen = [j.job_id for j in make_policy("hetero-ts").order(c.state, now, lambda j: 0.0)]
+    assert chosen == ["img-new"]  # least attained service gets the one device
+    chosen = [j.job_id for j in GittinsTimeShare().order(c.state, now, lambda j: 0.0)]
+    assert chosen == ["rec-new"]  # ~40 s from done, against at least 9,990 s

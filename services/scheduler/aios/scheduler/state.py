@@ -69,6 +69,8 @@ class Finished(msgspec.Struct, frozen=True):
     devices: int
     kinds: list[str]
     runtime_s: float
+    work: float = 0.0
+    """Normalised service it took (device-seconds on its fastest kind, ``JobState.work``)."""
 
 
 class SchedulerState(msgspec.Struct):
@@ -185,6 +187,6 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
             job.error = ev.reason  # type: ignore[attr-defined]
         if kind is JobSucceeded and job.spec is not None:
             state.finished.append(Finished(job.tenant, job.spec.name, job.spec.devices, list(job.spec.device_types),
-                                           job.run_seconds))
+                                           job.run_seconds, job.work))
             del state.finished[:-MAX_HISTORY]
     return state

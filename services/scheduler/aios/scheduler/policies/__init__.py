@@ -9,6 +9,7 @@ from aios.scheduler.policies.base import Policy
 from aios.scheduler.policies.fairshare import FairShare
 from aios.scheduler.policies.fifo import Fifo, FifoAnyKind
 from aios.scheduler.policies.gavel import MaxMinFairness, MaxMinFairnessAgnostic
+from aios.scheduler.policies.gittins import GittinsTimeShare
 from aios.scheduler.policies.hetero import HeteroAware
 from aios.scheduler.policies.hetero_las import HeteroLeastAttainedService
 from aios.scheduler.policies.las import LeastAttainedService
@@ -26,6 +27,7 @@ POLICIES: dict[str, Callable[[], Policy]] = {
     "backfill": EasyBackfill,
     "hetero-las": HeteroLeastAttainedService,
     "hetero-ts": TimeSharedHeteroLAS,
+    "hetero-gittins": GittinsTimeShare,
     "makespan": ShortestMakespan,
     "gavel": MaxMinFairness,
     "maxmin": MaxMinFairnessAgnostic,
