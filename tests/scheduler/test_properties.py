@@ -5,10 +5,11 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aios.common.snapshot import decode_snapshot, encode_snapshot
 from aios.resource_manager.quota import Quota, borrowed, lendable
 from aios.scheduler.local import step
 from aios.scheduler.policies import POLICIES, make_policy
-from aios.scheduler.state import HOLDING, PLACED, TERMINAL
+from aios.scheduler.state import HOLDING, PLACED, STATE_SCHEMA, TERMINAL, SchedulerState
 from tests.scheduler.helpers import Cluster
 
 actions = st.lists(st.one_of(
@@ -35,6 +36,8 @@ def check_invariants(c: Cluster) -> None:
                 assert len(assigned) == job.spec.devices  # gangs are whole
             for u in assigned:
                 assert holders.setdefault(u, job.job_id) == job.job_id  # no device in two placements
+    # the index of jobs not yet ended that rounds read instead of every job ever submitted
+    assert list(s.live) == [j.job_id for j in s.jobs.values() if j.status not in TERMINAL]
     for u, j in s.inv.leases.holder.items():
         assert j in s.jobs
         assert s.inv.nodes[s.inv.leases.node_of[u]].online  # nothing stays booked on a lost node
@@ -63,6 +66,9 @@ def test_round_invariants(policy_name: str, script: list[tuple]) -> None:  # typ
             c.lose(action[1], now)
         step(c.state, policy, now)
         check_invariants(c)
+    # a restart from a snapshot of this state finds the same jobs, index included
+    _, _, restored = decode_snapshot(encode_snapshot(c.state.seq, STATE_SCHEMA, c.state), SchedulerState)
+    assert restored == c.state and list(restored.live) == list(c.state.live)
 
 
 @settings(max_examples=40, deadline=None)

@@ -8,6 +8,7 @@ a reason for every job left pending (``aios why``).
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import msgspec
@@ -95,7 +96,7 @@ def _usage(state: SchedulerState) -> tuple[dict[str, dict[str, int]], dict[str, 
     usage: dict[str, dict[str, int]] = {}
     cpu: dict[str, float] = {}
     mem: dict[str, float] = {}
-    for job in state.jobs.values():
+    for job in state.active():
         if job.status not in HOLDING or job.spec is None:
             continue
         per = usage.setdefault(job.tenant, {})
@@ -108,14 +109,22 @@ def _usage(state: SchedulerState) -> tuple[dict[str, dict[str, int]], dict[str, 
     return usage, cpu, mem
 
 
-def _request_kinds(job: JobState, view: ClusterView, all_kinds: list[str]) -> dict[str, int]:
-    """The quota charge of a job: its devices, counted against the kind it would most likely get."""
+def _request_kinds(job: JobState, view: ClusterView, all_kinds: list[str],
+                   free_of: dict[str, int] | None = None) -> dict[str, int]:
+    """The quota charge of a job: its devices, counted against the kind it would most likely get (the one with
+    most free devices; ``free_of`` memoises the counts while the view does not change)."""
     spec = job.spec
     assert spec is not None
     kinds = spec.device_types or all_kinds
     if spec.devices == 0 or not kinds:
         return {}
-    best = max(kinds, key=lambda k: int(view.bin_free[view.kind_index[k]].sum()) if k in view.kind_index else -1)
+    free_of = {} if free_of is None else free_of
+
+    def free(k: str) -> int:
+        if k not in free_of:
+            free_of[k] = int(view.bin_free[view.kind_index[k]].sum()) if k in view.kind_index else -1
+        return free_of[k]
+    best = max(kinds, key=free)
     return {best: spec.devices}
 
 
@@ -130,7 +139,7 @@ def _housekeeping(state: SchedulerState, now: float, plan: RoundPlan) -> None:
         elif not any(uuid in a.device_uuids for a in job.assignments):
             stray.setdefault((node, job_id), []).append(uuid)  # booked by a placement that lost a race
     holder = state.inv.leases.holder
-    for job in state.jobs.values():
+    for job in state.active():
         if job.status == PREEMPTING and (job.workers_running == 0 or now - (job.preempted_at or now) > PREEMPT_GRACE_S):
             plan.requeues.append(job.job_id)
             whole.update((a.node_id, job.job_id) for a in job.assignments)
@@ -142,7 +151,7 @@ def _housekeeping(state: SchedulerState, now: float, plan: RoundPlan) -> None:
             whole.update((a.node_id, job.job_id) for a in job.assignments)
     plan.releases = [(n, j, ()) for n, j in sorted(whole)] + [
         (n, j, tuple(sorted(u))) for (n, j), u in sorted(stray.items()) if (n, j) not in whole]
-    for job in state.jobs.values():
+    for job in state.active():
         if job.cancel_requested and job.status not in TERMINAL and job.job_id not in plan.requeues:
             plan.cancels.append(job.job_id)
 
@@ -169,8 +178,9 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
 
     all_kinds = sorted({d.info.kind for n in state.inv.nodes.values() if n.online for d in n.devices.values()})
     admitted: list[tuple[JobState, dict[str, int]]] = []
+    free_of: dict[str, int] = {}
     for job in ordered:
-        charge = _request_kinds(job, view, all_kinds)
+        charge = _request_kinds(job, view, all_kinds, free_of)
         if job.tenant in tenants and charge:
             decision = quotas.admit(tenants, usage, job.tenant, charge)
             if not decision.admitted:
@@ -208,22 +218,33 @@ def _try_place(view: ClusterView, policy: Policy, job: JobState) -> Placement | 
     return None
 
 
-def _capacity_reason(view: ClusterView, job: JobState, state: SchedulerState | None = None) -> str:
+def _holders_by_kind(state: SchedulerState) -> dict[str, dict[str, int]]:
+    """Devices each job holds, per kind, on online nodes: the "held by" of a capacity reason."""
+    kind_of = kinds_by_device(state)
+    leases = state.inv.leases
+    out: dict[str, dict[str, int]] = {}
+    for uuid, job_id in leases.holder.items():
+        node = state.inv.nodes.get(leases.node_of.get(uuid, ""))
+        if node is not None and node.online:
+            per = out.setdefault(kind_of.get(uuid, "?"), {})
+            per[job_id] = per.get(job_id, 0) + 1
+    return out
+
+
+def _capacity_reason(view: ClusterView, job: JobState,
+                     holders: Callable[[], dict[str, dict[str, int]]] | None = None) -> str:
     spec = job.spec
     assert spec is not None
     req = request_for(job, frozenset(spec.device_types) or None)
     bins = view.candidates(req)
     kinds = "/".join(spec.device_types) or "any kind"
     if bins.size == 0:
-        holders: dict[str, int] = {}
-        if state is not None:
-            wanted = set(spec.device_types)
-            for node in state.inv.nodes.values():
-                for u, d in node.devices.items():
-                    j = state.inv.leases.holder.get(u)
-                    if j and node.online and (not wanted or d.info.kind in wanted):
-                        holders[j] = holders.get(j, 0) + 1
-        held = ", ".join(f"{j} ({n})" for j, n in sorted(holders.items(), key=lambda kv: -kv[1])[:3])
+        held_by: dict[str, int] = {}
+        for kind, per in (holders() if holders else {}).items():
+            if not spec.device_types or kind in spec.device_types:
+                for j, n in per.items():
+                    held_by[j] = held_by.get(j, 0) + n
+        held = ", ".join(f"{j} ({n})" for j, n in sorted(held_by.items(), key=lambda kv: (-kv[1], kv[0]))[:3])
         return (f"capacity: needs {spec.devices} devices ({kinds}), none free on any online node"
                 + (f"; held by {held}" if held else ""))
     cap = view.capacity_in(req, bins)
@@ -240,6 +261,7 @@ def _place_in_order(state: SchedulerState, policy: Policy, now: float, estimate:
                     view: ClusterView, admitted: list[tuple[JobState, dict[str, int]]], plan: RoundPlan) -> None:
     head: JobState | None = None
     shadow, extra = float("inf"), 0
+    holders = functools.cache(lambda: _holders_by_kind(state))  # once a round, and only if a reason needs it
     for job, borrowed in admitted:
         if head is not None and not policy.backfill:
             plan.reasons[job.job_id] = f"order: behind {head.job_id} ({policy.name}), which waits for capacity"
@@ -256,7 +278,7 @@ def _place_in_order(state: SchedulerState, policy: Policy, now: float, estimate:
             if head is not None and not (now + estimate(job) <= shadow):
                 extra -= job.devices
             continue
-        plan.reasons[job.job_id] = _capacity_reason(view, job, state)
+        plan.reasons[job.job_id] = _capacity_reason(view, job, holders)
         if head is None:
             head = job
             _maybe_preempt(state, policy, now, view, job, plan)
@@ -287,14 +309,22 @@ def _place_window(state: SchedulerState, policy: Policy, now: float, view: Clust
                                                      borrowed_of[job.job_id]))
                     placed.add(job.job_id)
     blocked_first: JobState | None = None
+    holders = functools.cache(lambda: _holders_by_kind(state))
+    failed: dict[tuple[object, ...], str] = {}  # free capacity only shrinks in this loop: a shape that failed fails
     for job, borrowed in admitted:
         if job.job_id in placed:
             continue
-        found = _try_place(view, policy, job)
+        spec = job.spec
+        assert spec is not None
+        shape = (spec.devices, policy.kinds_for(job), tuple(spec.device_types), spec.max_devices_per_node, spec.gang,
+                 spec.cpu_per_worker, spec.memory_gib_per_worker)
+        found = None if shape in failed else _try_place(view, policy, job)
         if found is not None:
             plan.placements.append(Placement(job.job_id, found.assignments, borrowed))
             continue
-        plan.reasons[job.job_id] = _capacity_reason(view, job, state)
+        if shape not in failed:
+            failed[shape] = _capacity_reason(view, job, holders)
+        plan.reasons[job.job_id] = failed[shape]
         if blocked_first is None:
             blocked_first = job
             _maybe_preempt(state, policy, now, view, job, plan)
@@ -324,7 +354,7 @@ def _maybe_reclaim(state: SchedulerState, plan: RoundPlan, tenants: dict[str, qu
     for kind, n in charge.items():
         reclaim = quotas.reclaim_plan(tenants, usage, job.tenant, kind, n)
         for tenant, count in reclaim.items():
-            borrowers = sorted((j for j in state.jobs.values() if j.tenant == tenant and j.status in HOLDING
+            borrowers = sorted((j for j in state.active() if j.tenant == tenant and j.status in HOLDING
                                 and j.spec and j.spec.preemptible and j.status != PREEMPTING),
                                key=lambda j: -(j.placed_at or 0.0))
             freed = 0

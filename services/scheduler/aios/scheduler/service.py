@@ -25,7 +25,7 @@ from aios.scheduler.placement import BinCache
 from aios.scheduler.policies import make_policy
 from aios.scheduler.predict import RuntimePredictor
 from aios.scheduler.rounds import explain, plan_round
-from aios.scheduler.state import PENDING, SchedulerState, fold_commit
+from aios.scheduler.state import STATE_SCHEMA, SchedulerState, fold_commit
 
 log = logging.getLogger("aios.scheduler")
 QUERY_PREFIX = "aios.sched"
@@ -57,7 +57,8 @@ class SchedulerService(Service):
     def __init__(self, config: SchedulerConfig | None = None) -> None:
         self.config = config or SchedulerConfig.from_env()
         self.policy = make_policy(self.config.policy)
-        self.projector = Projector("scheduler", SchedulerState, None, SchedulerState, fold_commit=fold_commit)
+        self.projector = Projector("scheduler", SchedulerState, None, SchedulerState, STATE_SCHEMA,
+                                   fold_commit=fold_commit)
         self.predictor = RuntimePredictor()
         self.identity = f"{os.uname().nodename}-{os.getpid()}-{new_token()[:6]}"
         self.rounds = 0
@@ -124,7 +125,7 @@ class SchedulerService(Service):
         self.m_latency = Histogram("aios_scheduler_submit_to_placed_seconds", "submit to placed", registry=ctx.metrics,
                                    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300))
         pending = Gauge("aios_scheduler_pending_jobs", "jobs waiting", registry=ctx.metrics)
-        pending.set_function(lambda: sum(1 for j in self.projector.state.jobs.values() if j.status == PENDING))
+        pending.set_function(lambda: len(self.projector.state.pending()))
 
     def _on_commit(self, commit: StoredCommit) -> None:
         if commit.aggregate.startswith(("job.", "node.", "tenant.")):

@@ -80,15 +80,25 @@ class SchedulerState(msgspec.Struct):
     seq: int = 0
     now: float = 0.0
     """Timestamp of the newest event folded (the simulated clock follows it)."""
+    live: dict[str, None] = {}
+    """Ids of the jobs not yet ended, in submission order: what every round looks at (``jobs`` keeps the ended ones
+    too, for the API, and outgrows them by far over weeks of history)."""
+
+    def active(self) -> list[JobState]:
+        """The jobs not yet ended (pending, placed, running, preempting)."""
+        jobs = self.jobs
+        return [jobs[i] for i in self.live]
 
     def pending(self) -> list[JobState]:
-        return [j for j in self.jobs.values() if j.status == PENDING and j.spec is not None]
+        return [j for j in self.active() if j.status == PENDING and j.spec is not None]
 
     def holding(self) -> list[JobState]:
-        return [j for j in self.jobs.values() if j.status in HOLDING]
+        return [j for j in self.active() if j.status in HOLDING]
 
 
 MAX_HISTORY = 5000
+STATE_SCHEMA = 2
+"""Version of the encoded state in snapshots: a snapshot of another version is ignored and the log replayed."""
 
 
 def fold_commit(state: SchedulerState, commit: Commit) -> SchedulerState:
@@ -146,6 +156,8 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         state.jobs[ev.aggregate_id] = JobState(
             ev.aggregate_id, spec, ev.tenant, seq, ev.ts, status=PENDING if spec else FAILED,  # type: ignore[attr-defined]
             error=error)
+        if spec is not None:
+            state.live[ev.aggregate_id] = None
         return state
     job = state.jobs.get(ev.aggregate_id)
     if job is None or job.status in TERMINAL and kind is not JobCancelRequested:
@@ -182,6 +194,7 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
     elif kind in (JobSucceeded, JobFailed, JobCancelled):
         _close_run(state, job, ev.ts)
         job.status = {JobSucceeded: SUCCEEDED, JobFailed: FAILED, JobCancelled: CANCELLED}[kind]
+        state.live.pop(job.job_id, None)
         job.finished_at = ev.ts
         if kind is JobFailed:
             job.error = ev.reason  # type: ignore[attr-defined]

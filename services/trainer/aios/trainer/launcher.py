@@ -19,7 +19,9 @@ from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import Projector
 from aios.common.store import Commit
 from aios.device_agent.protocol import run_subject, stop_subject
-from aios.scheduler.state import CANCELLED, PLACED, PREEMPTING, RUNNING, JobState, SchedulerState, fold_commit
+from aios.scheduler.state import (
+    CANCELLED, PLACED, PREEMPTING, RUNNING, STATE_SCHEMA, JobState, SchedulerState, fold_commit,
+)
 
 log = logging.getLogger("aios.trainer.launcher")
 
@@ -67,7 +69,8 @@ class LauncherService(Service):
     name = "trainer"
 
     def __init__(self) -> None:
-        self.projector = Projector("launcher", SchedulerState, None, SchedulerState, fold_commit=fold_commit)
+        self.projector = Projector("launcher", SchedulerState, None, SchedulerState, STATE_SCHEMA,
+                                   fold_commit=fold_commit)
         self.launched: set[tuple[str, int]] = set()
         self.stopped: set[tuple[str, int]] = set()
         self.decided: set[tuple[str, int]] = set()

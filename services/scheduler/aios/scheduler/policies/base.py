@@ -49,7 +49,7 @@ class Policy:
 
 
 def running(state: SchedulerState) -> list[JobState]:
-    return [j for j in state.jobs.values() if j.status in (PLACED, RUNNING)]
+    return [j for j in state.active() if j.status in (PLACED, RUNNING)]
 
 
 def compatible(job: JobState, other: JobState, state: SchedulerState) -> int:

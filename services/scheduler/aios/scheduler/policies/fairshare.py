@@ -19,7 +19,7 @@ def dominant_shares(state: SchedulerState) -> dict[str, float]:
                 capacity[d.info.kind] = capacity.get(d.info.kind, 0) + 1
     kind_of = {u: d.info.kind for n in state.inv.nodes.values() for u, d in n.devices.items()}
     used: dict[str, dict[str, int]] = {}
-    for job in state.jobs.values():
+    for job in state.active():
         if job.status in HOLDING:
             per = used.setdefault(job.tenant, {})
             for a in job.assignments:

@@ -27,6 +27,7 @@ class PlannedTimeShare(TimeSharedHeteroLAS):
         self._plan_start = 0.0
         self._last_now: float | None = None
         self._received: dict[str, dict[str, float]] = {}
+        self._deficits: dict[str, dict[str, float]] = {}
 
     def plan(self, state: SchedulerState, now: float, jobs: list[JobState], speed: np.ndarray, gpus: np.ndarray,
              capacity: np.ndarray) -> np.ndarray | None:
@@ -35,7 +36,7 @@ class PlannedTimeShare(TimeSharedHeteroLAS):
         raise NotImplementedError
 
     def prepare(self, state: SchedulerState, now: float, capacity: dict[str, int]) -> None:
-        jobs = [j for j in state.jobs.values() if j.status in ACTIVE and j.spec is not None and j.spec.devices > 0]
+        jobs = [j for j in state.active() if j.status in ACTIVE and j.spec is not None and j.spec.devices > 0]
         if self._last_now is not None and now > self._last_now:
             for j in jobs:  # time each job received on each kind since the last allocation
                 if j.status in (PLACED, RUNNING) and j.placed_at is not None:
@@ -43,6 +44,7 @@ class PlannedTimeShare(TimeSharedHeteroLAS):
                         got = self._received.setdefault(j.job_id, {})
                         got[k] = got.get(k, 0.0) + (now - max(self._last_now, j.placed_at))
         self._last_now = now
+        self._deficits = {}
         key = (frozenset(j.job_id for j in jobs), tuple(sorted(capacity.items())))
         if key == self._planned:
             return  # nobody came or went: keep following the same plan
@@ -63,17 +65,23 @@ class PlannedTimeShare(TimeSharedHeteroLAS):
         for i, job in enumerate(jobs):
             self._share[job.job_id] = {k: float(x[i, c]) for c, k in enumerate(kinds)}
 
-    def _deficit(self, job: JobState, kind: str, now: float) -> float:
-        """Time the plan owed the job on ``kind`` up to the end of this quantum, less the time it got there."""
-        rate = self._share.get(job.job_id, {}).get(kind, 0.0)
-        return rate * (now - self._plan_start + self.quantum_s) - self._received.get(job.job_id, {}).get(kind, 0.0)
+    def _deficit(self, job: JobState) -> dict[str, float]:
+        """Per planned kind: time the plan owed the job there up to the end of this quantum, less the time it got
+        there (computed once per allocation: every key of the allocation asks for it)."""
+        owed = self._deficits.get(job.job_id)
+        if owed is None:
+            span = (self._last_now or 0.0) - self._plan_start + self.quantum_s
+            got = self._received.get(job.job_id, {})
+            owed = self._deficits[job.job_id] = {k: rate * span - got.get(k, 0.0)
+                                                 for k, rate in self._share.get(job.job_id, {}).items()}
+        return owed
 
     def kind_order(self, job: JobState, kinds: list[str]) -> list[str]:
         planned = self._share.get(job.job_id)
         if planned is None:
             return kinds
-        return sorted((k for k in kinds if planned.get(k, 0.0) > 1e-6),
-                      key=lambda k: -self._deficit(job, k, self._last_now or 0.0))
+        owed = self._deficit(job)
+        return sorted((k for k in kinds if planned.get(k, 0.0) > 1e-6), key=lambda k: -owed.get(k, 0.0))
 
     def unplanned_key(self, state: SchedulerState, job: JobState, now: float) -> float:
         """Order of jobs the plan does not cover (none solved yet)."""
@@ -82,7 +90,7 @@ class PlannedTimeShare(TimeSharedHeteroLAS):
     def rank_key(self, state: SchedulerState, job: JobState, now: float) -> float:
         if job.job_id not in self._share:
             return self.unplanned_key(state, job, now)
-        return -max(self._deficit(job, k, now) for k in self._share[job.job_id])
+        return -max(self._deficit(job).values(), default=0.0)
 
     def pick_key(self, state: SchedulerState, job: JobState, now: float) -> float:
         return self.rank_key(state, job, now)

@@ -111,7 +111,7 @@ class TimeSharedHeteroLAS(Policy):
         chosen: dict[str, str] = {}
         movable: list[JobState] = []
         self.prepare(state, now, dict(capacity))
-        for job in state.jobs.values():
+        for job in state.active():
             if job.status not in (PLACED, RUNNING, PENDING, PREEMPTING) or job.spec is None or job.spec.devices == 0:
                 continue
             if job.status in (PLACED, RUNNING):
@@ -265,7 +265,7 @@ class TimeSharedHeteroLAS(Policy):
             self._kind = self.allocate(state, now)
             self._allocated_at, self._allocated_for = now, state
         self._displaced = []
-        for job in state.jobs.values():
+        for job in state.active():
             if job.status not in (PLACED, RUNNING) or job.spec is None or job.devices == 0:
                 continue
             want = self._kind.get(job.job_id)

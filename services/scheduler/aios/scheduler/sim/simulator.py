@@ -112,11 +112,11 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
                 break
         decide_s += time.perf_counter() - t0
         rounds += 1
-        running = [js for js in state.jobs.values() if js.status == PLACED]
+        running = [js for js in state.active() if js.status == PLACED]
         timeline["t_s"].append(now)
         timeline["busy_gpus"].append(sum(js.held_devices() for js in running))
         timeline["running"].append(len(running))
-        timeline["queued"].append(sum(1 for js in state.jobs.values() if js.status == PENDING))
+        timeline["queued"].append(sum(1 for js in state.active() if js.status == PENDING))
         end = now + round_s
         finished = []
         for js in running:
@@ -146,7 +146,7 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
         stalled = stalled + 1 if not running and next_arrival >= len(pending_arrivals) else 0
         if stalled > 3:  # nothing runs, nothing can arrive: the jobs left can never be placed on this cluster
             break
-        active = any(s.status in (PLACED, PREEMPTING, PENDING) for s in state.jobs.values())
+        active = any(s.status in (PLACED, PREEMPTING, PENDING) for s in state.active())
         if not active:
             if next_arrival >= len(pending_arrivals):
                 break
