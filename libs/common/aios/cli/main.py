@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from aios.common.config import load_settings
 from aios.common.errors import AiosError, ConfigError
@@ -128,6 +130,29 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return asyncio.run(jobs.cancel(args.job))
 
 
+@contextlib.contextmanager
+def native_stdout_to_stderr() -> Iterator[None]:
+    """Inside the block, what native code writes to file descriptor 1 goes to stderr, while Python's ``print``
+    still reaches the real stdout: HiGHS (behind scipy's milp) prints debug lines straight to fd 1, which would
+    otherwise break ``--json`` output."""
+    sys.stdout.flush()
+    try:
+        real = os.dup(1)
+    except OSError:  # no stdout at all: nothing to protect
+        yield
+        return
+    os.dup2(2, 1)
+    old = sys.stdout
+    sys.stdout = open(real, "w", buffering=1, encoding="utf-8", closefd=False)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stdout = old
+        os.dup2(real, 1)
+        os.close(real)
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from aios.cli import simulate
 
@@ -135,6 +160,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return simulate.list_policies(args.json)
     if not args.trace and not args.from_log:
         raise ConfigError("--trace FILE or --from-log is required (or --list-policies)")
+    with native_stdout_to_stderr():
+        return _simulate(args)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from aios.cli import simulate
+
     return simulate.run(args.trace, args.cluster, args.policy, args.compare, args.throughputs, args.round,
                         args.gpus_per_server, args.json, args.out, from_log=args.from_log, add=args.add,
                         export=args.export, oracle_estimates=args.oracle_estimates)
@@ -164,8 +196,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         if not Path(args.throughputs).is_file():
             raise ConfigError(f"--throughputs: no such file {args.throughputs!r}")
-        return simulator.main(gpus=args.gpus, jobs=args.jobs, policies=args.policy, load=args.load,
-                              throughputs=args.throughputs)
+        with native_stdout_to_stderr():
+            return simulator.main(gpus=args.gpus, jobs=args.jobs, policies=args.policy, load=args.load,
+                                  throughputs=args.throughputs)
     elif args.bench == "inventory":
         from aios.bench import inventory
 
