@@ -1,0 +1,107 @@
+"""The ``nats`` ring all-reduce against numpy's sum, through a real nats-server, for world sizes 1-8."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import nats
+import numpy as np
+import pytest
+
+from aios.common.natsserver import NatsServer
+from aios.trainer.collective import CollectiveError
+from aios.trainer.collective.ring import NatsRing, segment_bounds
+
+
+async def ranks(url: str, group: str, world: int, **options: object) -> tuple[list[object], list[NatsRing]]:
+    conns = [await nats.connect(url) for _ in range(world)]  # one connection per rank, as separate processes have
+    rings = await asyncio.gather(*(NatsRing.join(conns[r], group, r, world, **options) for r in range(world)))
+    return conns, list(rings)
+
+
+async def close(conns: list[object], rings: list[NatsRing]) -> None:
+    for ring in rings:
+        await ring.close()
+    for nc in conns:
+        await nc.close()  # type: ignore[attr-defined]
+
+
+def test_segments_cover_uneven_sizes() -> None:
+    assert segment_bounds(10, 3) == [0, 3, 6, 10]
+    assert segment_bounds(2, 4) == [0, 0, 1, 1, 2]  # fewer elements than ranks: empty segments
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 5, 8])
+async def test_allreduce_equals_numpy_sum(nats_server: NatsServer, world: int) -> None:
+    conns, rings = await ranks(nats_server.url, f"sum{world}", world, chunk_bytes=4096, timeout_s=20)
+    try:
+        rng = np.random.default_rng(world)
+        for size, dtype in ((1, np.float32), (world + 1, np.float64), (10_007, np.float32), (3, np.float32)):
+            inputs = [rng.standard_normal(size).astype(dtype) for _ in range(world)]
+            outs = await asyncio.gather(*(rings[r].allreduce(inputs[r]) for r in range(world)))
+            expected = np.sum(np.stack(inputs).astype(np.float64), axis=0)
+            for out in outs:
+                assert out.dtype == dtype and out.shape == (size,)
+                np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+        # broadcast from a non-zero root
+        root = world - 1
+        sent = await asyncio.gather(*(rings[r].broadcast(np.full(5, float(r)), root=root) for r in range(world)))
+        assert all((s == root).all() for s in sent)
+    finally:
+        await close(conns, rings)
+
+
+async def test_many_operations_in_flight_do_not_mix(nats_server: NatsServer) -> None:
+    """A fast rank runs ahead into the next operations; keys keep each operation's chunks apart."""
+    conns, rings = await ranks(nats_server.url, "ahead", 3, chunk_bytes=1024)
+    try:
+        async def rank_loop(r: int) -> list[np.ndarray]:
+            outs = []
+            for i in range(20):
+                if r == 0:
+                    await asyncio.sleep(0.001)  # rank 0 lags
+                outs.append(await rings[r].allreduce(np.full(777, float(r + i), dtype=np.float32)))
+            return outs
+        results = await asyncio.gather(*(rank_loop(r) for r in range(3)))
+        for outs in results:
+            for i, out in enumerate(outs):
+                assert (out == 3 * i + 3).all()  # (0+i) + (1+i) + (2+i)
+    finally:
+        await close(conns, rings)
+
+
+async def test_a_dead_rank_fails_the_others_within_the_timeout(nats_server: NatsServer) -> None:
+    conns, rings = await ranks(nats_server.url, "dead", 3, timeout_s=1.5)
+    try:
+        started = time.monotonic()
+        alive = [rings[0].allreduce(np.ones(100)), rings[1].allreduce(np.ones(100))]  # rank 2 never calls
+        results = await asyncio.gather(*alive, return_exceptions=True)
+        assert all(isinstance(e, CollectiveError) for e in results), results
+        assert "rank 2" in str(results[0]) or "rank 1" in str(results[0])
+        assert time.monotonic() - started < 5
+    finally:
+        await close(conns, rings)
+
+
+async def test_abort_fails_the_peers_at_once(nats_server: NatsServer) -> None:
+    conns, rings = await ranks(nats_server.url, "abort", 2, timeout_s=30)
+    try:
+        waiting = asyncio.ensure_future(rings[0].allreduce(np.ones(10)))
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        await rings[1].abort("out of memory")
+        with pytest.raises(CollectiveError, match="rank 1: out of memory"):
+            await waiting
+        assert time.monotonic() - started < 2
+    finally:
+        await close(conns, rings)
+
+
+async def test_joining_without_peers_times_out(nats_server: NatsServer) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        with pytest.raises(CollectiveError, match="never joined"):
+            await NatsRing.join(nc, "alone", 0, 2, timeout_s=0.5)
+    finally:
+        await nc.close()
