@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-all bench up clean
+.PHONY: demo test test-slow test-torch test-all bench up clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "AIOS needs Python >= 3.11"'
@@ -25,6 +25,11 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]  # 5: no slow tests collected
 
+# the torch collective backend: its tests skip without torch, so CI installs it here (CPU wheel, ~190 MB)
+test-torch: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,torch]'
+	$(BIN)/python -m pytest -q tests/trainer/test_collective_torch.py tests/trainer/test_bench_allreduce.py
+
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
@@ -33,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/aios bench inventory --nodes 1000 --gpus-per-node 8
 	$(BIN)/aios bench scheduler --nodes 1000 --gpus-per-node 8 --pending 10000
 	$(BIN)/aios bench simulator --gpus 10000 --jobs 50000
+	$(BIN)/aios bench allreduce --ranks 2 --mb 1,16,64
 
 clean:
 	rm -rf $(VENV) .aios build *.egg-info

@@ -199,6 +199,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         with native_stdout_to_stderr():
             return simulator.main(gpus=args.gpus, jobs=args.jobs, policies=args.policy, load=args.load,
                                   throughputs=args.throughputs)
+    elif args.bench == "allreduce":
+        from aios.bench import allreduce
+
+        result = allreduce.main(ranks=args.ranks, sizes_mb=args.mb, iters=args.iters)
     elif args.bench == "inventory":
         from aios.bench import inventory
 
@@ -224,6 +228,16 @@ def _positive(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text}: must be a positive integer")
     return value
+
+
+def _mib_list(text: str) -> list[int]:
+    try:
+        sizes = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes in MiB, comma-separated integers (e.g. 1,16,64)") from None
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes must be positive integers")
+    return sizes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -330,6 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
     simb.add_argument("--load", type=float, default=0.8, help="offered load, share of the GPUs (fastest-kind time)")
     simb.add_argument("--throughputs", default="../shared/traces/gavel-throughputs-isolated.csv")
     simb.set_defaults(handler=cmd_bench)
+    allr = bench_sub.add_parser("allreduce", help="all-reduce bandwidth (algbw/busbw) of the nats and gloo backends")
+    allr.add_argument("--ranks", type=_positive, default=2, help="processes in the group (default 2)")
+    allr.add_argument("--mb", type=_mib_list, default=[1, 16, 64], help="sizes in MiB, comma-separated (1,16,64)")
+    allr.add_argument("--iters", type=_positive, default=5, help="timed operations per size (median reported)")
+    allr.set_defaults(handler=cmd_bench)
 
     demo = sub.add_parser("demo", help="run a workload through a local cluster and show what happens")
     demo.add_argument("--keep", action="store_true", help="stay up after the demo until Ctrl-C")
