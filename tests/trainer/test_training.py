@@ -1,0 +1,77 @@
+"""The data-parallel loop over the real ``nats`` ring: 4 ranks train like 1, a stop vote checkpoints, and a resume on
+another world size continues the same trajectory."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+import numpy as np
+import pytest
+
+from aios.common.natsserver import NatsServer
+from aios.trainer.collective.ring import NatsRing
+from aios.trainer.mlp import TrainerConfig, parse_config
+from aios.trainer.training import Checkpoint, Outcome, Progress, train
+
+CFG = TrainerConfig(steps=120, checkpoint_every=40)
+
+
+async def run_ranks(url: str, group: str, world: int, cfg: TrainerConfig, start: Checkpoint | None = None,
+                    stop_at: int | None = None) -> tuple[list[Outcome], list[Progress], list[Checkpoint]]:
+    conns = [await nats.connect(url) for _ in range(world)]
+    rings = await asyncio.gather(*(NatsRing.join(conns[r], group, r, world, timeout_s=20) for r in range(world)))
+    progress: list[Progress] = []
+    checkpoints: list[Checkpoint] = []
+    steps_seen = [0] * world
+
+    async def report(p: Progress) -> None:
+        progress.append(p)
+
+    async def save(c: Checkpoint) -> None:
+        checkpoints.append(c)
+
+    def stopper(r: int):  # type: ignore[no-untyped-def]
+        def asked() -> bool:  # only rank 1 is told to stop (as if its SIGTERM came first)
+            steps_seen[r] += 1
+            return stop_at is not None and r == 1 and steps_seen[r] >= stop_at
+        return asked
+    try:
+        outcomes = await asyncio.gather(*(train(cfg, rings[r], start, report, save, stopper(r), progress_every_s=0)
+                                          for r in range(world)))
+    finally:
+        for ring, nc in zip(rings, conns):
+            await ring.close()
+            await nc.close()
+    return list(outcomes), progress, checkpoints
+
+
+async def test_four_ranks_train_like_one(nats_server: NatsServer) -> None:
+    (one,), _, one_ckpts = await run_ranks(nats_server.url, "like-one-1", 1, CFG)
+    four, progress, ckpts = await run_ranks(nats_server.url, "like-one-4", 4, CFG)
+    assert {o.step for o in four} == {120} and len({o.final_accuracy for o in four}) == 1
+    assert abs(four[0].final_accuracy - one.final_accuracy) <= 0.01 and one.final_accuracy > 0.9
+    np.testing.assert_allclose(ckpts[-1].arrays()[0], one_ckpts[-1].arrays()[0], atol=2e-3)
+    assert [c.step for c in ckpts] == [40, 80, 120]  # rank 0 alone writes them
+    assert [p.step for p in progress] == list(range(1, 121)) and progress[-1].loss < progress[0].loss
+
+
+async def test_stop_vote_checkpoints_and_a_resume_on_two_ranks_continues(nats_server: NatsServer) -> None:
+    (whole,), _, whole_ckpts = await run_ranks(nats_server.url, "whole", 1, CFG)
+    stopped, progress, ckpts = await run_ranks(nats_server.url, "stop", 3, CFG, stop_at=50)
+    assert all(o.stopped and o.step == 50 for o in stopped)  # every rank stopped at the same step
+    assert ckpts[-1].step == 50
+    resumed, later, final = await run_ranks(nats_server.url, "resume", 2, CFG, start=ckpts[-1])
+    assert all(not o.stopped and o.step == 120 for o in resumed)
+    assert later[0].step == 51  # no step counted twice: the resume starts after the checkpointed step
+    np.testing.assert_allclose(final[-1].arrays()[0], whole_ckpts[-1].arrays()[0], atol=2e-3)
+    assert abs(resumed[0].final_accuracy - whole.final_accuracy) <= 0.01
+
+
+def test_bad_trainer_config_names_the_field() -> None:
+    with pytest.raises(ValueError, match="trainer.optimizer: must be 'adam' or 'sgd'"):
+        parse_config({"optimizer": "lbfgs"})
+    with pytest.raises(ValueError, match="trainer: .*steps"):
+        parse_config({"steps": "many"})
+    with pytest.raises(ValueError, match="trainer: .*colour"):
+        parse_config({"colour": "red"})
