@@ -15,7 +15,7 @@ GOOD = {"name": "bert-ft", "tenant": "nlp", "devices": 8, "device_types": ["h100
 def test_a_full_spec_is_accepted() -> None:
     spec = validate_spec(GOOD)
     assert spec.devices == 8 and spec.throughput == {"h100": 2.0, "a100": 1.0} and spec.max_devices_per_node == 4
-    assert validate_spec({"name": "mlp", "tenant": "t", "trainer": {"kind": "mlp", "epochs": 3}}).trainer
+    assert validate_spec({"name": "mlp", "tenant": "t", "trainer": {"kind": "mlp", "steps": 3}}).trainer
 
 
 @pytest.mark.parametrize("change, field, reason", [
@@ -47,3 +47,7 @@ def test_missing_fields_and_wrong_shapes() -> None:
         validate_spec(["not", "a", "mapping"])
     with pytest.raises(SpecError, match="^trainer.kind: required"):
         validate_spec({"name": "x", "tenant": "t", "trainer": {"epochs": 1}})
+    with pytest.raises(SpecError, match="^trainer: .*unknown field `epochs`"):
+        validate_spec({"name": "x", "tenant": "t", "trainer": {"kind": "mlp", "epochs": 1}})
+    with pytest.raises(SpecError, match="^trainer.lr: must be positive"):
+        validate_spec({"name": "x", "tenant": "t", "trainer": {"kind": "mlp", "lr": -1}})

@@ -77,10 +77,13 @@ async def jobs(as_json: bool) -> int:
     if as_json:
         print(json.dumps(reply["jobs"], indent=2))
         return 0
-    table = Table("job", "tenant", "status", "devices", "prio", "nodes", "tries", title=f"policy {reply['policy']}")
+    table = Table("job", "tenant", "status", "devices", "prio", "nodes", "tries", "step", "loss",
+                  title=f"policy {reply['policy']}")
     for j in reply["jobs"]:
+        step = f"{j['step']}/{j['total_steps']}" if j.get("total_steps") else "-"
+        loss = f"{j['loss']:.4f}" if j.get("loss") is not None else "-"
         table.add_row(j["job"], j["tenant"], j["status"], str(j["devices"]), str(j["priority"]),
-                      ",".join(sorted(set(j["nodes"]))) or "-", str(j["attempts"]))
+                      ",".join(sorted(set(j["nodes"]))) or "-", str(j["attempts"]), step, loss)
     Console().print(table)
     return 0
 

@@ -54,6 +54,18 @@ def decode_snapshot(blob: bytes, state_type: type[S]) -> tuple[int, int, S]:
     return seq, schema, state
 
 
+async def object_bucket(store: EventStore, bucket: str, description: str) -> ObjectStore:
+    """The JetStream Object Store ``bucket``, created (file storage, the stream's replicas) if missing."""
+    try:
+        return await store.js.object_store(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        try:
+            return await store.js.create_object_store(bucket, config=ObjectStoreConfig(
+                storage=StorageType.FILE, replicas=store.replicas, description=description))
+        except nats.js.errors.BadRequestError:  # another process created it first
+            return await store.js.object_store(bucket)
+
+
 class SnapshotStore:
     """Named snapshots in an Object Store bucket."""
 
@@ -64,13 +76,8 @@ class SnapshotStore:
 
     async def _bucket(self) -> ObjectStore:
         if self._os is None:
-            js = self.store.js
-            try:
-                self._os = await js.object_store(self.bucket)
-            except nats.js.errors.BucketNotFoundError:
-                self._os = await js.create_object_store(self.bucket, config=ObjectStoreConfig(
-                    storage=StorageType.FILE, replicas=self.store.replicas,
-                    description="AIOS snapshots of folded state, tagged with the stream sequence they include"))
+            self._os = await object_bucket(self.store, self.bucket,
+                                           "AIOS snapshots of folded state, tagged with the stream sequence they include")
         return self._os
 
     async def save(self, name: str, seq: int, state: Any, schema: int = 1) -> SnapshotInfo:

@@ -225,7 +225,10 @@ class SchedulerService(Service):
             body = {"jobs": [{"job": j.job_id, "name": j.spec.name if j.spec else "", "tenant": j.tenant,
                               "status": j.status, "devices": j.devices, "priority": j.spec.priority if j.spec else 0,
                               "nodes": [a.node_id for a in j.assignments], "attempts": j.attempts,
-                              "submitted_at": j.submitted_at, "error": j.error}
+                              "submitted_at": j.submitted_at, "error": j.error, "step": j.step,
+                              "total_steps": j.total_steps, "loss": j.loss, "accuracy": j.accuracy,
+                              "samples_per_s": j.samples_per_s, "checkpoint_step": j.checkpoint_step,
+                              "steps_redone": j.steps_redone}
                              for j in sorted(state.jobs.values(), key=lambda j: j.arrival)], "seq": state.seq,
                     "policy": self.policy.name}
         else:

@@ -89,6 +89,16 @@ def validate_spec(raw: Any) -> JobSpec:
         raise SpecError("command", "must be a non-empty list of non-empty strings")
     if spec.trainer is not None and not isinstance(spec.trainer.get("kind"), str):
         raise SpecError("trainer.kind", "required: the built-in trainer to run (e.g. mlp)")
+    if spec.trainer is not None:
+        try:
+            from aios.trainer.mlp import parse_config
+        except ImportError:  # a scheduler deployed without the trainer package: the trainer checks at start
+            return spec
+        try:
+            parse_config(spec.trainer)
+        except ValueError as exc:
+            field, _, why = str(exc).partition(": ")
+            raise SpecError(field, why) from None
     return spec
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgspec
 
 from aios.common.events import (
-    Assignment, Event, JobAdmitted, JobCancelled, JobCancelRequested, JobFailed, JobPlaced, JobPreempted,
-    JobRequeued, JobStarted, JobSubmitted, JobSucceeded, WorkerExited, WorkerStarted,
+    Assignment, CheckpointSaved, Event, JobAdmitted, JobCancelled, JobCancelRequested, JobFailed, JobPlaced,
+    JobPreempted, JobProgress, JobRequeued, JobStarted, JobSubmitted, JobSucceeded, WorkerExited, WorkerStarted,
 )
 from aios.common.store import Commit
 from aios.resource_manager import inventory
@@ -52,6 +52,18 @@ class JobState(msgspec.Struct):
     exit_codes: dict[str, int | None] = {}
     """worker -> exit code (None: killed by a signal), for the current attempt."""
     error: str = ""
+    step: int = 0
+    """Training steps done (JobProgress): the highest reported, so a step re-run after a resume is not counted
+    twice."""
+    total_steps: int = 0
+    loss: float | None = None
+    accuracy: float | None = None
+    samples_per_s: float | None = None
+    checkpoint_step: int = 0
+    """Step of the newest checkpoint: where the next attempt resumes."""
+    progress_attempt: int = 0
+    steps_redone: int = 0
+    """Steps trained again after a resume (work lost between the last checkpoint and the interruption)."""
 
     @property
     def devices(self) -> int:
@@ -189,6 +201,15 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         job.status, job.assignments, job.admitted, job.preempted_at = PENDING, [], False, None
         job.requeues += 1
         job.workers_running = 0
+    elif kind is JobProgress:
+        if ev.attempt > job.progress_attempt and job.progress_attempt:  # type: ignore[attr-defined]
+            job.steps_redone += max(0, job.step - job.checkpoint_step)  # a new attempt resumed from the checkpoint
+        job.progress_attempt = max(job.progress_attempt, ev.attempt)  # type: ignore[attr-defined]
+        if ev.step >= job.step:  # type: ignore[attr-defined]
+            job.step, job.total_steps = ev.step, ev.total_steps  # type: ignore[attr-defined]
+            job.loss, job.accuracy, job.samples_per_s = ev.loss, ev.accuracy, ev.samples_per_s  # type: ignore[attr-defined]
+    elif kind is CheckpointSaved:
+        job.checkpoint_step = max(job.checkpoint_step, ev.step)  # type: ignore[attr-defined]
     elif kind is JobCancelRequested:
         job.cancel_requested = True
     elif kind in (JobSucceeded, JobFailed, JobCancelled):

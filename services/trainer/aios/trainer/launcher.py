@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import zlib
 from typing import Any
 
@@ -46,7 +47,13 @@ def worker_env(job: JobState, assignment: Assignment, rank: int, local_rank: int
             "RANK": str(rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(world),
             "LOCAL_WORLD_SIZE": str(max(1, len(assignment.device_uuids))), "GROUP_RANK": "0",
             "AIOS_JOB_ID": job.job_id, "AIOS_ATTEMPT": str(job.attempts), "AIOS_NATS_URL": nats_url,
-            "AIOS_CHECKPOINT_STORE": "AIOS_CHECKPOINTS", "AIOS_CHECKPOINT_NAME": job.job_id}
+            "AIOS_CHECKPOINT_STORE": "AIOS_CHECKPOINTS", "AIOS_CHECKPOINT_NAME": job.job_id,
+            **({"AIOS_TRAINER": json.dumps(spec.trainer)} if spec.trainer is not None else {})}
+
+
+def worker_command() -> list[str]:
+    """The built-in trainer's worker, with the Python that runs AIOS (the same install on every node)."""
+    return [sys.executable, "-m", "aios.trainer.worker"]
 
 
 def outcome(job: JobState) -> tuple[str, str] | None:
@@ -105,8 +112,8 @@ class LauncherService(Service):
         targets = [jobs[only]] if only and only in jobs else ([] if only else list(jobs.values()))
         for job in targets:
             key = (job.job_id, job.attempts)
-            if job.spec is None or job.spec.command is None:
-                continue  # the built-in trainer (issue 6) runs those
+            if job.spec is None:
+                continue
             if job.status == PLACED and key not in self.launched and self._booked(job):
                 self.launched.add(key)
                 await self._launch(job)
@@ -121,13 +128,14 @@ class LauncherService(Service):
 
     async def _launch(self, job: JobState) -> None:
         spec = job.spec
-        assert spec is not None and spec.command is not None
+        assert spec is not None
+        command = spec.command or worker_command()
         rank = 0
         url = ",".join(self.ctx.settings.servers)
         for a in job.assignments:
             devices = a.device_uuids or [None]  # type: ignore[list-item]
             for local, uuid in enumerate(devices):
-                request = {"job_id": job.job_id, "worker": worker_name(rank), "command": spec.command,
+                request = {"job_id": job.job_id, "worker": worker_name(rank), "command": command,
                            "device_uuids": [uuid] if uuid else [], "env": worker_env(job, a, rank, local, url)}
                 reply = await self._ask(run_subject(a.node_id), request)
                 if not reply.get("ok") and "already running" not in reply.get("error", ""):

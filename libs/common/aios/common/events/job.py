@@ -91,6 +91,32 @@ class JobStarted(JobEvent, frozen=True, kw_only=True):
     world_size: int = 0
 
 
+class JobProgress(JobEvent, frozen=True, kw_only=True):
+    """Training progress, at a bounded rate (about one a second per job). ``step`` counts optimiser steps since the
+    start of the job, across attempts: after a resume it continues from the checkpoint's step, so a step re-run after
+    a crash reports the same number again rather than a new one."""
+
+    step: int
+    total_steps: int = 0
+    loss: float | None = None
+    accuracy: float | None = None
+    samples_per_s: float | None = None
+    attempt: int = 0
+    final: bool = False
+
+
+class CheckpointSaved(JobEvent, frozen=True, kw_only=True):
+    """Model and optimiser state at ``step`` is in the Object Store ``bucket`` under ``name`` (the artefact itself is
+    never in the log)."""
+
+    step: int
+    bucket: str
+    name: str
+    digest: str = ""
+    size: int = 0
+    attempt: int = 0
+
+
 class JobSucceeded(JobEvent, frozen=True, kw_only=True):
     runtime_s: float | None = None
 

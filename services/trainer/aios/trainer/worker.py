@@ -1,0 +1,153 @@
+"""``python -m aios.trainer.worker``: one rank of a built-in trainer job, started by the launcher through a device
+agent with the torchrun-style environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT) and AIOS's own variables.
+
+The shell around training.py: it joins the collective, resumes from the job's checkpoint in the Object Store if
+there is one, turns SIGTERM (preemption, node drain) into a stop vote so every rank stops at the same step after a
+checkpoint, and records ``JobProgress`` and ``CheckpointSaved`` events (rank 0 only). Exit codes: 0 done or stopped
+after a checkpoint, 2 bad configuration, 3 a collective failed (a peer died: the launcher fails or requeues the job).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+
+import msgspec
+import nats.js.errors
+
+from aios.common.events import CheckpointSaved, JobProgress
+from aios.common.snapshot import object_bucket
+from aios.common.store import EventStore, connect
+from aios.trainer.collective import Collective, CollectiveError
+from aios.trainer.mlp import TrainerConfig, parse_config
+from aios.trainer.training import Checkpoint, Outcome, Progress, train
+
+log = logging.getLogger("aios.trainer.worker")
+
+EXIT_CONFIG = 2
+EXIT_COLLECTIVE = 3
+
+
+class WorkerEnv(msgspec.Struct, frozen=True):
+    job_id: str
+    attempt: int
+    rank: int
+    world: int
+    nats_url: str
+    master_addr: str
+    master_port: int
+    bucket: str
+    checkpoint: str
+    trainer: TrainerConfig
+
+
+def read_env(env: dict[str, str]) -> WorkerEnv:
+    """The worker's settings from its environment, or ValueError naming the variable."""
+    def need(name: str) -> str:
+        value = env.get(name)
+        if not value:
+            raise ValueError(f"{name}: not set (the launcher sets it; run workers through a job spec)")
+        return value
+
+    def number(name: str, default: str | None = None) -> int:
+        raw = env.get(name, default) if default is not None else need(name)
+        try:
+            return int(raw or "")
+        except ValueError:
+            raise ValueError(f"{name}: {raw!r} is not an integer") from None
+    try:
+        trainer = json.loads(need("AIOS_TRAINER"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"AIOS_TRAINER: not JSON ({exc})") from None
+    return WorkerEnv(job_id=need("AIOS_JOB_ID"), attempt=number("AIOS_ATTEMPT", "0"), rank=number("RANK"),
+                     world=number("WORLD_SIZE"), nats_url=need("AIOS_NATS_URL"),
+                     master_addr=env.get("MASTER_ADDR", "127.0.0.1"), master_port=number("MASTER_PORT", "29500"),
+                     bucket=env.get("AIOS_CHECKPOINT_STORE", "AIOS_CHECKPOINTS"),
+                     checkpoint=env.get("AIOS_CHECKPOINT_NAME") or need("AIOS_JOB_ID"),
+                     trainer=parse_config(trainer))
+
+
+async def make_collective(w: WorkerEnv, nc: object) -> Collective:
+    if w.trainer.backend == "torch":
+        from aios.trainer.collective.torchdist import TorchCollective
+
+        return await TorchCollective.create(w.rank, w.world, w.master_addr, w.master_port,
+                                            timeout_s=w.trainer.collective_timeout_s)
+    from aios.trainer.collective.ring import NatsRing
+
+    return await NatsRing.join(nc, f"{w.job_id}-{w.attempt}", w.rank, w.world,
+                               timeout_s=w.trainer.collective_timeout_s)
+
+
+async def load_checkpoint(store: EventStore, w: WorkerEnv) -> Checkpoint | None:
+    bucket = await object_bucket(store, w.bucket, "AIOS training checkpoints: model and optimiser state per job")
+    try:
+        found = await bucket.get(w.checkpoint)
+    except nats.js.errors.ObjectNotFoundError:
+        return None
+    return msgspec.msgpack.decode(found.data or b"", type=Checkpoint)
+
+
+async def run(w: WorkerEnv) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    store = await connect(w.nats_url.split(","), name=f"aios-worker-{w.job_id}-{w.rank}")
+    group: Collective | None = None
+    try:
+        start = await load_checkpoint(store, w)
+        group = await make_collective(w, store.nc)
+        if w.rank == 0:
+            log.info("training", extra={"job": w.job_id, "world": w.world, "attempt": w.attempt,
+                                        "resume_step": start.step if start else 0})
+        cfg = w.trainer
+
+        async def progress(p: Progress) -> None:
+            await store.append(f"job.{w.job_id}", JobProgress(
+                aggregate_id=w.job_id, step=p.step, total_steps=cfg.steps, loss=round(p.loss, 6),
+                accuracy=round(p.accuracy, 6), samples_per_s=round(p.samples_per_s, 1), attempt=w.attempt))
+
+        async def checkpoint(c: Checkpoint) -> None:
+            blob = msgspec.msgpack.encode(c)
+            bucket = await object_bucket(store, w.bucket, "AIOS training checkpoints")
+            await bucket.put(w.checkpoint, blob)
+            await store.append(f"job.{w.job_id}", CheckpointSaved(
+                aggregate_id=w.job_id, step=c.step, bucket=w.bucket, name=w.checkpoint,
+                digest="sha256:" + hashlib.sha256(blob).hexdigest(), size=len(blob), attempt=w.attempt))
+
+        outcome: Outcome = await train(cfg, group, start, progress, checkpoint, stop.is_set)
+        if w.rank == 0:
+            await store.append(f"job.{w.job_id}", JobProgress(
+                aggregate_id=w.job_id, step=outcome.step, total_steps=cfg.steps, accuracy=outcome.final_accuracy,
+                attempt=w.attempt, final=not outcome.stopped))
+            print(json.dumps({"step": outcome.step, "stopped": outcome.stopped,
+                              "final_accuracy": round(outcome.final_accuracy, 4)}), flush=True)
+        return 0
+    except CollectiveError as exc:
+        print(f"rank {w.rank}: {exc}", file=sys.stderr, flush=True)
+        if group is not None:
+            await group.abort(str(exc))
+        return EXIT_COLLECTIVE
+    finally:
+        if group is not None:
+            await group.close()
+        await store.close()
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    try:
+        w = read_env(dict(os.environ))
+    except ValueError as exc:
+        print(f"aios trainer: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return asyncio.run(run(w))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

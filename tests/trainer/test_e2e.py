@@ -1,0 +1,110 @@
+"""Built-in training jobs end to end: submit -> schedule -> launch through device agents -> ring all-reduce over NATS
+-> checkpoints -> success, on a local cluster of simulated nodes and a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aios.cli.cluster import LocalCluster
+from aios.common.config import load_settings
+from aios.common.events import CheckpointSaved, JobProgress
+from aios.common.store import connect
+from aios.trainer.collective import Collective
+from aios.trainer.mlp import TrainerConfig
+from aios.trainer.training import train
+
+TRAINER = {"kind": "mlp", "steps": 150, "checkpoint_every": 50}
+
+
+class Alone(Collective):
+    async def allreduce(self, array: np.ndarray) -> np.ndarray:
+        return array.copy()
+
+
+def one_rank_accuracy() -> float:
+    async def nothing(_: object) -> None:
+        return None
+    cfg = TrainerConfig(**TRAINER)  # type: ignore[arg-type]
+    return asyncio.run(train(cfg, Alone(0, 1), None, nothing, nothing, lambda: False)).final_accuracy
+
+
+def start(aios_env: dict[str, str]) -> tuple[LocalCluster, Any]:
+    env = {**aios_env, "AIOS_SCHEDULER_POLICY": "fifo", "AIOS_SCHEDULER_INTERVAL": "0.1"}
+    cluster = LocalCluster(load_settings({**env, "AIOS_NATS_PORT": "0"}), env=env,
+                           agents=[("sim-a", "2xA100-40GB"), ("sim-b", "2xA100-40GB")]).start()
+    env = {**env, "AIOS_NATS_URL": cluster.nats_url}
+
+    def aios(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "aios.cli.main", *args], env=env, capture_output=True,
+                              text=True, timeout=60)
+    return cluster, aios
+
+
+def wait_job(aios: Any, name: str, statuses: tuple[str, ...], timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    seen: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        out = aios("jobs", "--json")
+        if out.returncode == 0:
+            seen = {j["name"]: j for j in json.loads(out.stdout)}
+            if seen.get(name, {}).get("status") in statuses:
+                return seen[name]
+        time.sleep(0.5)
+    raise AssertionError(f"{name} never reached {statuses}: {seen.get(name)}")
+
+
+def test_four_rank_mlp_job_and_a_plain_command_job(aios_env: dict[str, str], tmp_path: Path) -> None:
+    cluster, aios = start(aios_env)
+    try:
+        spec = tmp_path / "mlp.json"
+        spec.write_text(json.dumps({"name": "mlp4", "tenant": "ml", "devices": 4, "trainer": TRAINER}))
+        out = aios("submit", str(spec), "--json")
+        assert out.returncode == 0, out.stderr
+        job_id = json.loads(out.stdout)["job"]
+        done = wait_job(aios, "mlp4", ("succeeded", "failed"))
+        assert done["status"] == "succeeded", done
+        assert sorted(done["nodes"]) == ["sim-a", "sim-b"]  # 4 ranks over two nodes
+        assert done["step"] == 150 and done["checkpoint_step"] == 150 and done["steps_redone"] == 0
+
+        async def events() -> list[Any]:
+            store = await connect([cluster.nats_url])
+            try:
+                return list((await store.read(f"job.{job_id}")).events)
+            finally:
+                await store.close()
+        history = asyncio.run(events())
+        final = [e for e in history if isinstance(e, JobProgress) and e.final]
+        assert len(final) == 1 and abs(final[0].accuracy - one_rank_accuracy()) <= 0.01
+        assert final[0].accuracy > 0.9
+        assert [e.step for e in history if isinstance(e, CheckpointSaved)] == [50, 100, 150]
+
+        # a plain command: the torchrun-style environment reaches the user's script
+        script = tmp_path / "show_env.py"
+        report = tmp_path / "env"
+        report.mkdir()
+        script.write_text("import os, json, pathlib\n"
+                          "keys = ['RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT',"
+                          " 'CUDA_VISIBLE_DEVICES', 'AIOS_JOB_ID']\n"
+                          f"pathlib.Path({str(report)!r}, os.environ['RANK']).write_text("
+                          "json.dumps({k: os.environ.get(k) for k in keys}))\n")
+        plain = tmp_path / "plain.json"
+        plain.write_text(json.dumps({"name": "plain", "tenant": "ml", "devices": 3,
+                                     "command": [sys.executable, str(script)]}))
+        assert aios("submit", str(plain)).returncode == 0
+        assert wait_job(aios, "plain", ("succeeded", "failed"))["status"] == "succeeded"
+        seen = {int(p.name): json.loads(p.read_text()) for p in report.iterdir()}
+        assert sorted(seen) == [0, 1, 2]
+        assert {s["WORLD_SIZE"] for s in seen.values()} == {"3"}
+        assert len({s["MASTER_PORT"] for s in seen.values()}) == 1
+        assert sorted(s["LOCAL_RANK"] for s in seen.values()) == ["0", "0", "1"]  # 2 devices on one node, 1 on the other
+        assert all(s["CUDA_VISIBLE_DEVICES"] for s in seen.values())
+    finally:
+        cluster.stop()
