@@ -108,3 +108,58 @@ def test_four_rank_mlp_job_and_a_plain_command_job(aios_env: dict[str, str], tmp
         assert all(s["CUDA_VISIBLE_DEVICES"] for s in seen.values())
     finally:
         cluster.stop()
+
+
+def test_node_loss_requeues_and_resumes_from_the_checkpoint(aios_env: dict[str, str], tmp_path: Path) -> None:
+    trainer = {"kind": "mlp", "steps": 200, "checkpoint_every": 50, "step_delay_s": 0.05}
+    env = {**aios_env, "AIOS_SCHEDULER_POLICY": "fifo", "AIOS_SCHEDULER_INTERVAL": "0.1", "AIOS_NODE_TIMEOUT": "3",
+           "AIOS_HEARTBEAT_INTERVAL": "0.5"}
+    cluster = LocalCluster(load_settings({**env, "AIOS_NATS_PORT": "0"}), env=env,
+                           agents=[("sim-a", "2xA100-40GB"), ("sim-b", "2xA100-40GB"),
+                                   ("sim-c", "2xA100-40GB")]).start()
+    env = {**env, "AIOS_NATS_URL": cluster.nats_url}
+
+    def aios(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "aios.cli.main", *args], env=env, capture_output=True,
+                              text=True, timeout=60)
+    try:
+        spec = tmp_path / "mlp.json"
+        spec.write_text(json.dumps({"name": "resilient", "tenant": "ml", "devices": 4, "trainer": trainer}))
+        out = aios("submit", str(spec), "--json")
+        assert out.returncode == 0, out.stderr
+        job_id = json.loads(out.stdout)["job"]
+        deadline = time.monotonic() + 60
+        while True:  # past the first checkpoint (step 50), before the end
+            job = wait_job(aios, "resilient", ("running",))
+            if job["step"] >= 70:
+                break
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+        victim = sorted(set(job["nodes"]))[0]
+        cluster.kill_agent(victim)  # its workers die with it
+        done = wait_job(aios, "resilient", ("succeeded", "failed"), timeout=150)
+        assert done["status"] == "succeeded", done
+        assert victim not in done["nodes"] and done["attempts"] == 2
+        assert done["step"] == 200  # not 200 + the steps trained twice
+
+        async def events() -> list[Any]:
+            store = await connect([cluster.nats_url])
+            try:
+                return list((await store.read(f"job.{job_id}")).events)
+            finally:
+                await store.close()
+        history = asyncio.run(events())
+        saved_first = [e.step for e in history if isinstance(e, CheckpointSaved) and e.attempt == 1]
+        resumed = [e.step for e in history if isinstance(e, JobProgress) and e.attempt == 2]
+        assert saved_first and min(resumed) > max(saved_first)  # resumed after the last checkpoint, not from 0
+        assert done["steps_redone"] == max(e.step for e in history if isinstance(e, JobProgress) and e.attempt == 1) \
+            - max(saved_first)
+        final = [e for e in history if isinstance(e, JobProgress) and e.final]
+        cfg_alone = {**trainer, "step_delay_s": 0.0}
+        async def nothing(_: object) -> None:
+            return None
+        alone = asyncio.run(train(TrainerConfig(**cfg_alone), Alone(0, 1), None, nothing, nothing,  # type: ignore[arg-type]
+                                  lambda: False)).final_accuracy
+        assert len(final) == 1 and abs(final[0].accuracy - alone) <= 0.01
+    finally:
+        cluster.stop()

@@ -17,6 +17,8 @@ class RunRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class StopRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     job_id: str
     grace_s: float = 10.0
+    attempt: int = 0
+    """Only the workers of this placement attempt (0: all of the job's)."""
 
 
 class Reply(msgspec.Struct, frozen=True, omit_defaults=True):

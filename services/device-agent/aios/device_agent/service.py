@@ -248,7 +248,8 @@ class DeviceAgentService(Service):
                 gpu = self.fake.by_uuid(uuid)
                 gpu.busy, gpu.processes[w.proc.pid] = 0.9, 4 * 1024**3
         await self.ctx.store.append(f"job.{req.job_id}", WorkerStarted(
-            aggregate_id=req.job_id, node_id=node, worker=req.worker, pid=w.proc.pid, device_uuids=req.device_uuids))
+            aggregate_id=req.job_id, node_id=node, worker=req.worker, pid=w.proc.pid, device_uuids=req.device_uuids,
+            attempt=w.attempt))
         return Reply(True, pid=w.proc.pid)
 
     def _not_leased(self, req: RunRequest) -> list[str]:
@@ -267,7 +268,7 @@ class DeviceAgentService(Service):
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             await msg.respond(_encoder.encode(Reply(False, error=f"invalid stop request: {exc}")))
             return
-        stopped = await self.runner.stop(req.job_id, req.grace_s)
+        stopped = await self.runner.stop(req.job_id, req.grace_s, req.attempt)
         await msg.respond(_encoder.encode(Reply(True, stopped=stopped)))
 
     def _on_output(self, w: Workload, stream: str, line: bytes) -> None:
@@ -282,7 +283,7 @@ class DeviceAgentService(Service):
         reason = "stopped on request" if w.stopping else ("exited" if code is not None else f"killed by signal {sig}")
         await self.ctx.store.append(f"job.{w.job_id}", WorkerExited(
             aggregate_id=w.job_id, node_id=self.config.node_id, worker=w.worker, exit_code=code, signal=sig,
-            reason=reason))
+            reason=reason, attempt=w.attempt))
 
 
 def from_env() -> DeviceAgentService:

@@ -24,6 +24,7 @@ class Workload:
     proc: asyncio.subprocess.Process
     started: float = field(default_factory=time.time)
     stopping: bool = False
+    attempt: int = 0
 
     @property
     def key(self) -> tuple[str, str]:
@@ -35,6 +36,19 @@ def device_environment(device_uuids: list[str]) -> dict[str, str]:
     visible = ",".join(device_uuids)
     return {"CUDA_VISIBLE_DEVICES": visible, "NVIDIA_VISIBLE_DEVICES": visible or "void",
             "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+
+
+def _own_session_dies_with_agent() -> None:
+    """``preexec_fn`` of a worker: its own process group (stopped as a whole), and SIGKILL if the agent dies. A
+    worker nobody manages any more must not go on using devices the cluster will give to others once it declares
+    the node lost; for the job it is as if the node died."""
+    os.setsid()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class WorkloadRunner:
@@ -51,8 +65,12 @@ class WorkloadRunner:
         full_env = {**os.environ, **env, **device_environment(device_uuids)}
         proc = await asyncio.create_subprocess_exec(
             *command, env=full_env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True)
-        workload = Workload(job_id, worker, list(device_uuids), proc)
+            stderr=asyncio.subprocess.PIPE, preexec_fn=_own_session_dies_with_agent)
+        try:
+            attempt = int(env.get("AIOS_ATTEMPT", "0"))
+        except ValueError:
+            attempt = 0
+        workload = Workload(job_id, worker, list(device_uuids), proc, attempt=attempt)
         self.running[workload.key] = workload
         task = asyncio.ensure_future(self._watch(workload))
         self._watchers.add(task)
@@ -79,9 +97,10 @@ class WorkloadRunner:
         except Exception:  # noqa: BLE001 - a reporting failure must not lose the watcher's bookkeeping
             log.exception("reporting a worker exit failed", extra={"job": workload.job_id})
 
-    async def stop(self, job_id: str, grace_s: float = 10.0) -> int:
-        """SIGTERM every worker of the job (its process group), SIGKILL what is left after ``grace_s``."""
-        targets = [w for w in self.running.values() if w.job_id == job_id]
+    async def stop(self, job_id: str, grace_s: float = 10.0, attempt: int = 0) -> int:
+        """SIGTERM every worker of the job (of one attempt when ``attempt``; its process group), SIGKILL what is
+        left after ``grace_s``."""
+        targets = [w for w in self.running.values() if w.job_id == job_id and (not attempt or w.attempt == attempt)]
         for w in targets:
             w.stopping = True
             _signal_group(w, signal.SIGTERM)

@@ -187,6 +187,8 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         if job.status == PLACED:
             job.status = RUNNING
         job.started_at = job.started_at or ev.ts
+    elif kind in (WorkerStarted, WorkerExited) and ev.attempt and ev.attempt != job.attempts:  # type: ignore[attr-defined]
+        pass  # a worker of an earlier placement (stopped after a requeue): not this attempt's
     elif kind is WorkerStarted:
         job.workers_running += 1
     elif kind is WorkerExited:

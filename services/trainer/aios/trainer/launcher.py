@@ -21,14 +21,16 @@ from aios.common.snapshot import Projector
 from aios.common.store import Commit
 from aios.device_agent.protocol import run_subject, stop_subject
 from aios.scheduler.state import (
-    CANCELLED, PLACED, PREEMPTING, RUNNING, STATE_SCHEMA, JobState, SchedulerState, fold_commit,
+    CANCELLED, PENDING, PLACED, PREEMPTING, RUNNING, STATE_SCHEMA, JobState, SchedulerState, fold_commit,
 )
 
 log = logging.getLogger("aios.trainer.launcher")
 
 
-def worker_name(rank: int) -> str:
-    return f"rank{rank}"
+def worker_name(rank: int, attempt: int) -> str:
+    """Unique per attempt: a new placement may start on a node where the previous attempt's worker is still
+    stopping."""
+    return f"rank{rank}-a{attempt}"
 
 
 def master_port(job_id: str, attempt: int) -> int:
@@ -80,6 +82,9 @@ class LauncherService(Service):
                                    fold_commit=fold_commit)
         self.launched: set[tuple[str, int]] = set()
         self.stopped: set[tuple[str, int]] = set()
+        self.nodes_of: dict[tuple[str, int], set[str]] = {}
+        """Nodes an attempt's workers were started on (a requeue clears the job's assignments)."""
+        self._background: set[asyncio.Task[None]] = set()
         self.decided: set[tuple[str, int]] = set()
 
     async def run(self, ctx: ServiceContext) -> None:
@@ -120,6 +125,13 @@ class LauncherService(Service):
             elif job.status in (PREEMPTING, CANCELLED) and key in self.launched and key not in self.stopped:
                 self.stopped.add(key)
                 await self._stop(job)
+            elif job.status == PENDING and key in self.launched and key not in self.stopped:
+                # requeued (a node of the placement was lost): stop the attempt's workers left on the other nodes,
+                # in the background so the next placement is launched without waiting for their grace period
+                self.stopped.add(key)
+                task = asyncio.ensure_future(self._stop_attempt(job.job_id, job.attempts, self.nodes_of.get(key, set())))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
             elif job.status in (PLACED, RUNNING) and key not in self.decided:
                 result = outcome(job)
                 if result is not None:
@@ -130,20 +142,25 @@ class LauncherService(Service):
         spec = job.spec
         assert spec is not None
         command = spec.command or worker_command()
+        self.nodes_of[(job.job_id, job.attempts)] = {a.node_id for a in job.assignments}
         rank = 0
         url = ",".join(self.ctx.settings.servers)
         for a in job.assignments:
             devices = a.device_uuids or [None]  # type: ignore[list-item]
             for local, uuid in enumerate(devices):
-                request = {"job_id": job.job_id, "worker": worker_name(rank), "command": command,
+                request = {"job_id": job.job_id, "worker": worker_name(rank, job.attempts), "command": command,
                            "device_uuids": [uuid] if uuid else [], "env": worker_env(job, a, rank, local, url)}
                 reply = await self._ask(run_subject(a.node_id), request)
                 if not reply.get("ok") and "already running" not in reply.get("error", ""):
-                    await self._finish(job, "failed", f"could not start {worker_name(rank)} on {a.node_id}: "
+                    await self._finish(job, "failed", f"could not start {worker_name(rank, job.attempts)} on {a.node_id}: "
                                                       f"{reply.get('error')}")
                     return
                 rank += 1
         await self._append(job, JobStarted(aggregate_id=job.job_id, world_size=rank), f"started-{job.attempts}")
+
+    async def _stop_attempt(self, job_id: str, attempt: int, nodes: set[str]) -> None:
+        for node in sorted(nodes):
+            await self._ask(stop_subject(node), {"job_id": job_id, "grace_s": 10, "attempt": attempt}, timeout=15)
 
     async def _stop(self, job: JobState) -> None:
         for node in {a.node_id for a in job.assignments}:
@@ -163,9 +180,9 @@ class LauncherService(Service):
         except AiosError as exc:
             log.error("could not record job outcome", extra={"job": job.job_id, "error": str(exc)})
 
-    async def _ask(self, subject: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _ask(self, subject: str, body: dict[str, Any], timeout: float = 10) -> dict[str, Any]:
         try:
-            msg = await self.ctx.nc.request(subject, json.dumps(body).encode(), timeout=10)
+            msg = await self.ctx.nc.request(subject, json.dumps(body).encode(), timeout=timeout)
             return json.loads(msg.data)
         except Exception as exc:  # noqa: BLE001 - an agent away is an answer too
             return {"ok": False, "error": f"no answer from {subject}: {exc or type(exc).__name__}"}

@@ -45,6 +45,8 @@ class WorkerStarted(JobEvent, frozen=True, kw_only=True):
     worker: str
     pid: int
     device_uuids: list[str] = []
+    attempt: int = 0
+    """Placement attempt the worker belongs to (0: unknown); the fold ignores workers of other attempts."""
 
 
 class WorkerExited(JobEvent, frozen=True, kw_only=True):
@@ -54,6 +56,9 @@ class WorkerExited(JobEvent, frozen=True, kw_only=True):
     """None when killed by a signal (see ``signal``)."""
     signal: int | None = None
     reason: str = ""
+    attempt: int = 0
+    """Placement attempt the worker belonged to (0: unknown): a late exit of a previous attempt's worker must not
+    count as one of the current attempt's."""
 
 
 class Assignment(msgspec.Struct, frozen=True):
