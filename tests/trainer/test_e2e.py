@@ -163,3 +163,26 @@ def test_node_loss_requeues_and_resumes_from_the_checkpoint(aios_env: dict[str, 
         assert len(final) == 1 and abs(final[0].accuracy - alone) <= 0.01
     finally:
         cluster.stop()
+
+
+def test_one_failing_worker_stops_the_others_and_names_the_rank(aios_env: dict[str, str], tmp_path: Path) -> None:
+    cluster, aios = start(aios_env)
+    try:
+        script = tmp_path / "flaky.py"
+        script.write_text("import os, sys, time\n"
+                          "if os.environ['RANK'] == '1':\n    time.sleep(1)\n    sys.exit(7)\n"
+                          "time.sleep(120)  # the others would wait for ever in a collective\n")
+        spec = tmp_path / "flaky.json"
+        spec.write_text(json.dumps({"name": "flaky", "tenant": "ml", "devices": 3,
+                                    "command": [sys.executable, str(script)]}))
+        assert aios("submit", str(spec)).returncode == 0
+        started = time.monotonic()
+        failed = wait_job(aios, "flaky", ("failed", "succeeded"), timeout=60)
+        assert failed["status"] == "failed" and time.monotonic() - started < 30
+        assert "rank1" in failed["error"] and "exited with 7" in failed["error"], failed["error"]
+        deadline = time.monotonic() + 15
+        while subprocess.run(["pgrep", "-f", str(script)], capture_output=True).returncode == 0:
+            assert time.monotonic() < deadline, "the other ranks were not stopped"
+            time.sleep(0.2)
+    finally:
+        cluster.stop()
