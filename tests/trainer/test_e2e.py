@@ -101,6 +101,15 @@ def test_four_rank_mlp_job_and_a_plain_command_job(aios_env: dict[str, str], tmp
         assert aios("submit", str(plain)).returncode == 0
         assert wait_job(aios, "plain", ("succeeded", "failed"))["status"] == "succeeded"
         seen = {int(p.name): json.loads(p.read_text()) for p in report.iterdir()}
+        # the built-in trainer's output, kept after its workers are gone
+        shown = aios("logs", job_id)
+        assert shown.returncode == 0, shown.stderr
+        for rank in range(4):
+            assert f'[rank{rank}-a1] {{"rank": {rank}, "world": 4, "step": 150, "stopped": false' in shown.stdout, \
+                shown.stdout[-2000:]
+        only = aios("logs", job_id, "--worker", "rank3-a1")
+        assert only.returncode == 0 and "[rank3-a1" in only.stdout and "[rank0-a1]" not in only.stdout
+        assert aios("logs", "nope-123").returncode == 1
         assert sorted(seen) == [0, 1, 2]
         assert {s["WORLD_SIZE"] for s in seen.values()} == {"3"}
         assert len({s["MASTER_PORT"] for s in seen.values()}) == 1

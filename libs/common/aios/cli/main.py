@@ -124,6 +124,12 @@ def cmd_why(args: argparse.Namespace) -> int:
     return asyncio.run(jobs.why(args.job, args.json))
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    from aios.cli import jobs
+
+    return asyncio.run(jobs.logs(args.job, args.follow, args.worker))
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     from aios.cli import jobs
 
@@ -279,6 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
     why.add_argument("job")
     why.add_argument("--json", action="store_true")
     why.set_defaults(handler=cmd_why)
+    logs = sub.add_parser("logs", help="a job's worker output (kept in JetStream after the workers are gone)")
+    logs.add_argument("job")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines (Ctrl-C stops)")
+    logs.add_argument("--worker", help="only this worker (e.g. rank0-a1)")
+    logs.set_defaults(handler=cmd_logs)
     cancel = sub.add_parser("cancel", help="cancel a job")
     cancel.add_argument("job")
     cancel.set_defaults(handler=cmd_cancel)

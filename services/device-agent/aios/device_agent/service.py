@@ -13,6 +13,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StorageType
 
+from aios.common import joblogs
 from aios.common.errors import AiosError, ConfigError
 from aios.common.events import (
     DeviceHealthy, DeviceUnhealthy, NodeLost, NodeRegistered, WorkerExited, WorkerStarted,
@@ -98,6 +99,7 @@ class DeviceAgentService(Service):
         self.links = await asyncio.to_thread(backend.links)
         self.driver = await asyncio.to_thread(backend.driver_version)
         self.runner = WorkloadRunner(self._on_output, self._on_exit)
+        await joblogs.ensure_stream(ctx.store.js, ctx.store.replicas)
         node_subject = ctx.store.subject(f"node.{cfg.node_id}")
         await self.node.rebuild(ctx.store, filter_subject=node_subject)
         await self._register()

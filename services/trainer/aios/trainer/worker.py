@@ -125,8 +125,8 @@ async def run(w: WorkerEnv) -> int:
             await store.append(f"job.{w.job_id}", JobProgress(
                 aggregate_id=w.job_id, step=outcome.step, total_steps=cfg.steps, accuracy=outcome.final_accuracy,
                 attempt=w.attempt, final=not outcome.stopped))
-            print(json.dumps({"step": outcome.step, "stopped": outcome.stopped,
-                              "final_accuracy": round(outcome.final_accuracy, 4)}), flush=True)
+        print(json.dumps({"rank": w.rank, "world": w.world, "step": outcome.step, "stopped": outcome.stopped,
+                          "final_accuracy": round(outcome.final_accuracy, 4)}), flush=True)
         return 0
     except CollectiveError as exc:
         print(f"rank {w.rank}: {exc}", file=sys.stderr, flush=True)

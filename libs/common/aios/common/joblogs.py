@@ -1,0 +1,37 @@
+"""Worker output kept in JetStream: the ``AIOS_LOGS`` stream captures what device agents publish on
+``aios.logs.<job>.<worker>.<stdout|stderr>`` (one message a line), so ``aios logs <job>`` works after the worker,
+or its node, is gone. Bounded by age and size (oldest dropped first): logs are for people, the event log is the
+record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import nats.js.errors
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+STREAM = "AIOS_LOGS"
+SUBJECTS = "aios.logs.>"
+MAX_AGE_S = 7 * 24 * 3600
+MAX_BYTES = 1 << 30
+
+
+def subject_of(job_id: str, worker: str = "*", stream: str = "*") -> str:
+    return f"aios.logs.{job_id}.{worker}.{stream}"
+
+
+def parse_subject(subject: str) -> tuple[str, str, str]:
+    """(job, worker, stream) of a log subject."""
+    _, _, job, worker, stream = subject.split(".", 4)
+    return job, worker, stream
+
+
+async def ensure_stream(js: Any, replicas: int = 1) -> None:
+    config = StreamConfig(name=STREAM, subjects=[SUBJECTS], retention=RetentionPolicy.LIMITS,
+                          storage=StorageType.FILE, max_age=MAX_AGE_S, max_bytes=MAX_BYTES,
+                          discard=DiscardPolicy.OLD, num_replicas=replicas,
+                          description="worker output lines of AIOS jobs, by job, worker and stream")
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError:  # exists (possibly with other limits an operator set): keep it
+        pass
