@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 
 from aios.common.natsserver import NatsServer
+from aios.common.wire import RawNatsConnection
 from aios.trainer.collective import CollectiveError
 from aios.trainer.collective.ring import NatsRing, segment_bounds
 
 
-async def ranks(url: str, group: str, world: int, **options: object) -> tuple[list[object], list[NatsRing]]:
-    conns = [await nats.connect(url) for _ in range(world)]  # one connection per rank, as separate processes have
+async def ranks(url: str, group: str, world: int, raw: bool = True,
+                **options: object) -> tuple[list[object], list[NatsRing]]:
+    # one connection per rank, as separate processes have: AIOS's own protocol connection, or a nats-py client
+    conns = [await (RawNatsConnection.connect([url]) if raw else nats.connect(url)) for _ in range(world)]
     rings = await asyncio.gather(*(NatsRing.join(conns[r], group, r, world, **options) for r in range(world)))
     return conns, list(rings)
 
@@ -24,7 +27,9 @@ async def close(conns: list[object], rings: list[NatsRing]) -> None:
     for ring in rings:
         await ring.close()
     for nc in conns:
-        await nc.close()  # type: ignore[attr-defined]
+        closing = nc.close()  # type: ignore[attr-defined]
+        if closing is not None:
+            await closing
 
 
 def test_segments_cover_uneven_sizes() -> None:
@@ -32,9 +37,10 @@ def test_segments_cover_uneven_sizes() -> None:
     assert segment_bounds(2, 4) == [0, 0, 1, 1, 2]  # fewer elements than ranks: empty segments
 
 
-@pytest.mark.parametrize("world", [1, 2, 3, 4, 5, 8])
-async def test_allreduce_equals_numpy_sum(nats_server: NatsServer, world: int) -> None:
-    conns, rings = await ranks(nats_server.url, f"sum{world}", world, chunk_bytes=4096, timeout_s=20)
+@pytest.mark.parametrize("world,raw", [(1, True), (2, True), (3, True), (4, True), (5, True), (8, True), (2, False),
+                                       (3, False)])
+async def test_allreduce_equals_numpy_sum(nats_server: NatsServer, world: int, raw: bool) -> None:
+    conns, rings = await ranks(nats_server.url, f"sum{world}{raw}", world, raw, chunk_bytes=4096, timeout_s=20)
     try:
         rng = np.random.default_rng(world)
         for size, dtype in ((1, np.float32), (world + 1, np.float64), (10_007, np.float32), (3, np.float32)):
@@ -99,9 +105,9 @@ async def test_abort_fails_the_peers_at_once(nats_server: NatsServer) -> None:
 
 
 async def test_joining_without_peers_times_out(nats_server: NatsServer) -> None:
-    nc = await nats.connect(nats_server.url)
+    nc = await RawNatsConnection.connect([nats_server.url])
     try:
         with pytest.raises(CollectiveError, match="never joined"):
             await NatsRing.join(nc, "alone", 0, 2, timeout_s=0.5)
     finally:
-        await nc.close()
+        nc.close()

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
-import nats
 import numpy as np
 import pytest
 
 from aios.common.natsserver import NatsServer
+from aios.common.wire import RawNatsConnection
 from aios.trainer.collective.ring import NatsRing
 from aios.trainer.mlp import TrainerConfig, parse_config
 from aios.trainer.training import Checkpoint, Outcome, Progress, train
@@ -19,7 +19,7 @@ CFG = TrainerConfig(steps=120, checkpoint_every=40)
 
 async def run_ranks(url: str, group: str, world: int, cfg: TrainerConfig, start: Checkpoint | None = None,
                     stop_at: int | None = None) -> tuple[list[Outcome], list[Progress], list[Checkpoint]]:
-    conns = [await nats.connect(url) for _ in range(world)]
+    conns = [await RawNatsConnection.connect([url]) for _ in range(world)]
     rings = await asyncio.gather(*(NatsRing.join(conns[r], group, r, world, timeout_s=20) for r in range(world)))
     progress: list[Progress] = []
     checkpoints: list[Checkpoint] = []
@@ -42,7 +42,7 @@ async def run_ranks(url: str, group: str, world: int, cfg: TrainerConfig, start:
     finally:
         for ring, nc in zip(rings, conns):
             await ring.close()
-            await nc.close()
+            nc.close()
     return list(outcomes), progress, checkpoints
 
 

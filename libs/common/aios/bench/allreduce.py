@@ -31,11 +31,10 @@ def _bandwidth(nbytes: int, seconds: float, ranks: int) -> dict[str, float]:
 
 async def _make(backend: str, rank: int, ranks: int, where: dict[str, Any]) -> tuple[Any, Any]:
     if backend == "nats":
-        import nats
-
+        from aios.common.wire import RawNatsConnection
         from aios.trainer.collective.ring import NatsRing
 
-        nc = await nats.connect(where["url"], max_reconnect_attempts=0)
+        nc = await RawNatsConnection.connect([where["url"]])
         return nc, await NatsRing.join(nc, "bench", rank, ranks, timeout_s=60)
     from aios.trainer.collective.torchdist import TorchCollective
 
@@ -67,7 +66,7 @@ def _rank_main(backend: str, rank: int, ranks: int, sizes_mb: list[int], iters: 
         finally:
             await group.close()
             if nc is not None:
-                await nc.close()
+                nc.close()
     asyncio.run(run())
 
 

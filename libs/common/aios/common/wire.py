@@ -95,7 +95,9 @@ class RawNatsConnection(asyncio.Protocol):
             self.closed.set_result(None)
 
     def close(self) -> None:
+        """Close after sending what was written (the transport drains its buffer before closing)."""
         if self.transport is not None:
+            self._flush()
             self.transport.close()
 
     @property
@@ -117,6 +119,11 @@ class RawNatsConnection(asyncio.Protocol):
         if self._out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(self._out))
         self._out.clear()
+
+    def write_buffer_size(self) -> int:
+        """Bytes written but not yet handed to the kernel (ours for this loop turn, and the transport's)."""
+        queued = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        return queued + sum(map(len, self._out))
 
     def subscribe(self, subject: str, handler: MessageHandler) -> bytes:
         self._next_sid += 1

@@ -72,16 +72,19 @@ def read_env(env: dict[str, str]) -> WorkerEnv:
                      trainer=parse_config(trainer))
 
 
-async def make_collective(w: WorkerEnv, nc: object) -> Collective:
+async def make_collective(w: WorkerEnv) -> tuple[Collective, object]:
+    """The job's collective, and the connection it owns (None for torch)."""
     if w.trainer.backend == "torch":
         from aios.trainer.collective.torchdist import TorchCollective
 
         return await TorchCollective.create(w.rank, w.world, w.master_addr, w.master_port,
-                                            timeout_s=w.trainer.collective_timeout_s)
+                                            timeout_s=w.trainer.collective_timeout_s), None
+    from aios.common.wire import RawNatsConnection
     from aios.trainer.collective.ring import NatsRing
 
-    return await NatsRing.join(nc, f"{w.job_id}-{w.attempt}", w.rank, w.world,
-                               timeout_s=w.trainer.collective_timeout_s)
+    conn = await RawNatsConnection.connect(w.nats_url.split(","), name=f"aios-ring-{w.job_id}-{w.rank}")
+    return await NatsRing.join(conn, f"{w.job_id}-{w.attempt}", w.rank, w.world,
+                               timeout_s=w.trainer.collective_timeout_s), conn
 
 
 async def load_checkpoint(store: EventStore, w: WorkerEnv) -> Checkpoint | None:
@@ -99,9 +102,10 @@ async def run(w: WorkerEnv) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     store = await connect(w.nats_url.split(","), name=f"aios-worker-{w.job_id}-{w.rank}")
     group: Collective | None = None
+    conn: object = None
     try:
         start = await load_checkpoint(store, w)
-        group = await make_collective(w, store.nc)
+        group, conn = await make_collective(w)
         if w.rank == 0:
             log.info("training", extra={"job": w.job_id, "world": w.world, "attempt": w.attempt,
                                         "resume_step": start.step if start else 0})
@@ -136,6 +140,8 @@ async def run(w: WorkerEnv) -> int:
     finally:
         if group is not None:
             await group.close()
+        if conn is not None:
+            conn.close()  # type: ignore[attr-defined]
         await store.close()
 
 

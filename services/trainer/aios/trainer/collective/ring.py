@@ -15,10 +15,11 @@ keys let a fast rank run ahead into the next operation without mixing data. A ra
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from aios.common.wire import RawNatsConnection
 from aios.trainer.collective import Collective, CollectiveError
 
 HEADROOM = 1024
@@ -34,16 +35,87 @@ def chunk_bounds(start: int, stop: int, chunk: int) -> list[tuple[int, int]]:
     return [(a, min(a + chunk, stop)) for a in range(start, stop, chunk)] or [(start, start)]
 
 
+class _Link:
+    """What the ring needs of a NATS connection: publish, subscribe with a plain callback, flush."""
+
+    max_payload = 1 << 20
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def subscribe(self, subject: str, on_message: Callable[[str, bytes], None]) -> Any:
+        raise NotImplementedError
+
+    async def unsubscribe(self, token: Any) -> None:
+        raise NotImplementedError
+
+    async def flush(self) -> None:
+        raise NotImplementedError
+
+
+class _PyLink(_Link):
+    """Over a nats-py client (what a user's script would have)."""
+
+    def __init__(self, nc: Any) -> None:
+        self.nc = nc
+        self.max_payload = int(getattr(nc, "max_payload", 0) or (1 << 20))
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        await self.nc.publish(subject, data)
+
+    async def subscribe(self, subject: str, on_message: Callable[[str, bytes], None]) -> Any:
+        async def deliver(msg: Any) -> None:
+            on_message(msg.subject, msg.data)
+        return await self.nc.subscribe(subject, cb=deliver, pending_bytes_limit=1 << 30, pending_msgs_limit=1 << 20)
+
+    async def unsubscribe(self, token: Any) -> None:
+        await token.unsubscribe()
+
+    async def flush(self) -> None:
+        await self.nc.flush(timeout=5)
+
+
+class _RawLink(_Link):
+    """Over AIOS's own protocol connection (aios.common.wire, decision 0003): messages are parsed in the
+    protocol callback and handed over as they are, without nats-py's per-message task and small reads; about
+    what makes the bulk data plane faster."""
+
+    def __init__(self, conn: RawNatsConnection) -> None:
+        self.conn = conn
+        self.max_payload = int(conn.server_info.get("max_payload", 1 << 20))  # type: ignore[call-overload]
+
+    high_water = 2 << 20
+    """Bytes of output after which a publisher waits for the socket: without it a 64 MiB segment would be queued
+    (and copied) whole before the first byte leaves, and nothing would overlap."""
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        self.conn.publish(subject, data)
+        while self.conn.write_buffer_size() > self.high_water and not self.conn.is_closed:
+            await asyncio.sleep(0.0002)  # the loop sends (and receives) meanwhile
+
+    async def subscribe(self, subject: str, on_message: Callable[[str, bytes], None]) -> Any:
+        def deliver(subj: bytes, _reply: bytes | None, _hdr: bytes | None, data: bytes) -> None:
+            on_message(subj.decode(), data)
+        return self.conn.subscribe(subject, deliver)
+
+    async def unsubscribe(self, token: Any) -> None:
+        self.conn.unsubscribe(token)
+
+    async def flush(self) -> None:
+        await self.conn.ping()
+
+
 class NatsRing(Collective):
     backend = "nats"
 
     def __init__(self, nc: Any, group: str, rank: int, world: int, timeout_s: float = 30.0,
                  chunk_bytes: int | None = None) -> None:
+        """``nc``: a :class:`RawNatsConnection` (fastest) or a nats-py client."""
         super().__init__(rank, world)
-        self.nc = nc
+        self.nc: _Link = _RawLink(nc) if isinstance(nc, RawNatsConnection) else _PyLink(nc)
         self.group = group
         self.timeout_s = timeout_s
-        limit = int(getattr(nc, "max_payload", 0) or (1 << 20)) - HEADROOM
+        limit = self.nc.max_payload - HEADROOM
         self.chunk_bytes = max(64, min(chunk_bytes or limit, limit))
         self._op = 0
         self._inbox: dict[tuple[int, int, int], bytes] = {}
@@ -57,10 +129,9 @@ class NatsRing(Collective):
         first ``barrier``'s data would otherwise be lost: core NATS does not keep messages for late subscribers),
         which :meth:`join` does by a handshake with both neighbours."""
         ring = cls(nc, group, rank, world, **options)
-        ring._subs.append(await nc.subscribe(f"aios.coll.{group}.{rank}.>", cb=ring._on_data,
-                                             pending_bytes_limit=1 << 30, pending_msgs_limit=1 << 20))
-        ring._subs.append(await nc.subscribe(f"aios.coll.{group}.abort", cb=ring._on_abort))
-        await nc.flush()
+        ring._subs.append(await ring.nc.subscribe(f"aios.coll.{group}.{rank}.>", ring._on_data))
+        ring._subs.append(await ring.nc.subscribe(f"aios.coll.{group}.abort", ring._on_abort))
+        await ring.nc.flush()
         await ring._handshake()
         return ring
 
@@ -88,17 +159,17 @@ class NatsRing(Collective):
         for _ in range(3):
             await hello()
 
-    async def _on_data(self, msg: Any) -> None:
-        parts = msg.subject.rsplit(".", 3)
+    def _on_data(self, subject: str, data: bytes) -> None:
+        parts = subject.rsplit(".", 3)
         key = (int(parts[1]), int(parts[2]), int(parts[3]))
         waiter = self._waiting.pop(key, None)
         if waiter is not None and not waiter.done():
-            waiter.set_result(msg.data)
+            waiter.set_result(data)
         elif key[0] >= 0 or key not in self._inbox:
-            self._inbox[key] = msg.data
+            self._inbox[key] = data
 
-    async def _on_abort(self, msg: Any) -> None:
-        reason = msg.data.decode(errors="replace")
+    def _on_abort(self, _subject: str, data: bytes) -> None:
+        reason = data.decode(errors="replace")
         self._aborted = reason
         for waiter in self._waiting.values():
             if not waiter.done():
@@ -120,7 +191,9 @@ class NatsRing(Collective):
                                   f"(operation {key[0]}, step {key[1]}); a peer died or stalled") from None
 
     async def _send(self, to: int, key: tuple[int, int, int], view: np.ndarray) -> None:
-        await self.nc.publish(f"aios.coll.{self.group}.{to}.{key[0]}.{key[1]}.{key[2]}", view.tobytes())
+        # a byte view of the chunk, not a copy: the connection copies it once into its output
+        await self.nc.publish(f"aios.coll.{self.group}.{to}.{key[0]}.{key[1]}.{key[2]}",
+                              memoryview(np.ascontiguousarray(view)).cast("B"))  # type: ignore[arg-type]
 
     async def allreduce(self, array: np.ndarray) -> np.ndarray:
         buf = np.array(array, copy=True).reshape(-1)
@@ -174,14 +247,18 @@ class NatsRing(Collective):
     async def abort(self, reason: str) -> None:
         try:
             await self.nc.publish(f"aios.coll.{self.group}.abort", f"rank {self.rank}: {reason}".encode())
-            await self.nc.flush(timeout=2)
+            await asyncio.wait_for(self.nc.flush(), 2)
         except Exception:  # noqa: BLE001 - the connection may be what failed; the timeout covers the peers
             pass
 
     async def close(self) -> None:
+        try:  # the last operation's final chunks may still be on their way to the next rank: see them out first
+            await asyncio.wait_for(self.nc.flush(), 5)
+        except Exception:  # noqa: BLE001 - a broken connection has nothing left to send
+            pass
         for sub in self._subs:
             try:
-                await sub.unsubscribe()
+                await self.nc.unsubscribe(sub)
             except Exception:  # noqa: BLE001 - closing a connection that is already gone
                 pass
         self._subs.clear()
