@@ -28,7 +28,8 @@ test-slow: $(STAMP)
 # the torch collective backend: its tests skip without torch, so CI installs it here (CPU wheel, ~190 MB)
 test-torch: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,torch]'
-	$(BIN)/python -m pytest -q tests/trainer/test_collective_torch.py tests/trainer/test_bench_allreduce.py
+	$(BIN)/python -m pytest -q tests/trainer/test_collective_torch.py tests/trainer/test_bench_allreduce.py \
+		tests/trainer/test_e2e.py::test_the_torch_backend_trains_the_same_job
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -195,3 +195,22 @@ def test_one_failing_worker_stops_the_others_and_names_the_rank(aios_env: dict[s
             time.sleep(0.2)
     finally:
         cluster.stop()
+
+
+def test_the_torch_backend_trains_the_same_job(aios_env: dict[str, str], tmp_path: Path) -> None:
+    """``backend: torch``: the ranks all-reduce with torch.distributed (gloo) over MASTER_ADDR/MASTER_PORT from the
+    launcher's environment. Runs where torch is installed (``make test-torch``, which CI runs)."""
+    import pytest
+
+    pytest.importorskip("torch")
+    cluster, aios = start(aios_env)
+    try:
+        trainer = {**TRAINER, "backend": "torch", "collective_timeout_s": 30}
+        spec = tmp_path / "torch.json"
+        spec.write_text(json.dumps({"name": "gloo", "tenant": "ml", "devices": 3, "trainer": trainer}))
+        assert aios("submit", str(spec)).returncode == 0
+        done = wait_job(aios, "gloo", ("succeeded", "failed"))
+        assert done["status"] == "succeeded", done
+        assert done["step"] == 150 and abs(done["accuracy"] - one_rank_accuracy()) <= 0.01
+    finally:
+        cluster.stop()

@@ -209,7 +209,10 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         job.progress_attempt = max(job.progress_attempt, ev.attempt)  # type: ignore[attr-defined]
         if ev.step >= job.step:  # type: ignore[attr-defined]
             job.step, job.total_steps = ev.step, ev.total_steps  # type: ignore[attr-defined]
-            job.loss, job.accuracy, job.samples_per_s = ev.loss, ev.accuracy, ev.samples_per_s  # type: ignore[attr-defined]
+            for field in ("loss", "accuracy", "samples_per_s"):  # the final report carries only the accuracy
+                value = getattr(ev, field)
+                if value is not None:
+                    setattr(job, field, value)
     elif kind is CheckpointSaved:
         job.checkpoint_step = max(job.checkpoint_step, ev.step)  # type: ignore[attr-defined]
     elif kind is JobCancelRequested:
