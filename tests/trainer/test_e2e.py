@@ -15,7 +15,7 @@ import numpy as np
 
 from aios.cli.cluster import LocalCluster
 from aios.common.config import load_settings
-from aios.common.events import CheckpointSaved, JobProgress
+from aios.common.events import CheckpointSaved, JobFailed, JobProgress
 from aios.common.store import connect
 from aios.trainer.collective import Collective
 from aios.trainer.mlp import TrainerConfig
@@ -189,6 +189,14 @@ def test_one_failing_worker_stops_the_others_and_names_the_rank(aios_env: dict[s
         failed = wait_job(aios, "flaky", ("failed", "succeeded"), timeout=60)
         assert failed["status"] == "failed" and time.monotonic() - started < 30
         assert "rank1" in failed["error"] and "exited with 7" in failed["error"], failed["error"]
+
+        async def failure() -> Any:
+            store = await connect([cluster.nats_url])
+            try:
+                return [e for e in (await store.read(f"job.{failed['job']}")).events if isinstance(e, JobFailed)]
+            finally:
+                await store.close()
+        assert [e.exit_code for e in asyncio.run(failure())] == [7]
         deadline = time.monotonic() + 15
         while subprocess.run(["pgrep", "-f", str(script)], capture_output=True).returncode == 0:
             assert time.monotonic() < deadline, "the other ranks were not stopped"

@@ -58,20 +58,17 @@ def worker_command() -> list[str]:
     return [sys.executable, "-m", "aios.trainer.worker"]
 
 
-def outcome(job: JobState) -> tuple[str, str] | None:
-    """('succeeded'|'failed', reason) once the current attempt's workers have all exited, else None."""
+def outcome(job: JobState) -> tuple[str, str, int | None] | None:
+    """``(succeeded|failed, reason, exit code)`` once it is decided, else None: the first worker (by name) to exit
+    non-zero fails the job at once (its peers are then stopped); all exiting 0 is success."""
     world = sum(max(1, len(a.device_uuids)) for a in job.assignments)
-    if not world or len(job.exit_codes) < world:
-        bad = {w: c for w, c in job.exit_codes.items() if c != 0}
-        if bad and job.status in (PLACED, RUNNING):
-            worker, code = sorted(bad.items())[0]
-            return "failed", f"worker {worker} exited with {code if code is not None else 'a signal'}"
-        return None
-    bad = {w: c for w, c in job.exit_codes.items() if c != 0}
-    if not bad:
-        return "succeeded", ""
-    worker, code = sorted(bad.items())[0]
-    return "failed", f"worker {worker} exited with {code if code is not None else 'a signal'}"
+    bad = sorted((w, c) for w, c in job.exit_codes.items() if c != 0)
+    if bad:
+        worker, code = bad[0]
+        return "failed", f"worker {worker} exited with {code if code is not None else 'a signal'}", code
+    if world and len(job.exit_codes) >= world:
+        return "succeeded", "", 0
+    return None
 
 
 class LauncherService(Service):
@@ -166,13 +163,13 @@ class LauncherService(Service):
         for node in {a.node_id for a in job.assignments}:
             await self._ask(stop_subject(node), {"job_id": job.job_id, "grace_s": 10})
 
-    async def _finish(self, job: JobState, result: str, reason: str) -> None:
+    async def _finish(self, job: JobState, result: str, reason: str, exit_code: int | None = None) -> None:
         key = f"{result}-{job.attempts}"
         if result == "succeeded":
             await self._append(job, JobSucceeded(aggregate_id=job.job_id, runtime_s=job.run_seconds), key)
         else:
             await self._stop(job)
-            await self._append(job, JobFailed(aggregate_id=job.job_id, reason=reason), key)
+            await self._append(job, JobFailed(aggregate_id=job.job_id, reason=reason, exit_code=exit_code), key)
 
     async def _append(self, job: JobState, event: Any, key: str) -> None:
         try:
