@@ -157,7 +157,8 @@ class LauncherService(Service):
 
     async def _stop_attempt(self, job_id: str, attempt: int, nodes: set[str]) -> None:
         for node in sorted(nodes):
-            await self._ask(stop_subject(node), {"job_id": job_id, "grace_s": 10, "attempt": attempt}, timeout=15)
+            # short grace: their peers on the lost node are gone, so no collective (or checkpoint) can finish
+            await self._ask(stop_subject(node), {"job_id": job_id, "grace_s": 3, "attempt": attempt}, timeout=8)
 
     async def _stop(self, job: JobState) -> None:
         for node in {a.node_id for a in job.assignments}:
