@@ -29,17 +29,28 @@ class Alone(Collective):
         return array.copy()
 
 
-def one_rank_accuracy() -> float:
+def one_rank_accuracy(trainer: dict[str, Any] = TRAINER) -> float:
+    """The same training on one rank, in process (the reference a data-parallel run must match)."""
     async def nothing(_: object) -> None:
         return None
-    cfg = TrainerConfig(**TRAINER)  # type: ignore[arg-type]
+    cfg = TrainerConfig(**{**trainer, "step_delay_s": 0.0})  # type: ignore[arg-type]
     return asyncio.run(train(cfg, Alone(0, 1), None, nothing, nothing, lambda: False)).final_accuracy
 
 
-def start(aios_env: dict[str, str]) -> tuple[LocalCluster, Any]:
-    env = {**aios_env, "AIOS_SCHEDULER_POLICY": "fifo", "AIOS_SCHEDULER_INTERVAL": "0.1"}
+def job_events(url: str, job_id: str) -> list[Any]:
+    async def read() -> list[Any]:
+        store = await connect([url])
+        try:
+            return list((await store.read(f"job.{job_id}")).events)
+        finally:
+            await store.close()
+    return asyncio.run(read())
+
+
+def start(aios_env: dict[str, str], nodes: int = 2, **extra_env: str) -> tuple[LocalCluster, Any]:
+    env = {**aios_env, "AIOS_SCHEDULER_POLICY": "fifo", "AIOS_SCHEDULER_INTERVAL": "0.1", **extra_env}
     cluster = LocalCluster(load_settings({**env, "AIOS_NATS_PORT": "0"}), env=env,
-                           agents=[("sim-a", "2xA100-40GB"), ("sim-b", "2xA100-40GB")]).start()
+                           agents=[(f"sim-{'abc'[i]}", "2xA100-40GB") for i in range(nodes)]).start()
     env = {**env, "AIOS_NATS_URL": cluster.nats_url}
 
     def aios(*args: str) -> subprocess.CompletedProcess[str]:
@@ -73,14 +84,7 @@ def test_four_rank_mlp_job_and_a_plain_command_job(aios_env: dict[str, str], tmp
         assert done["status"] == "succeeded", done
         assert sorted(done["nodes"]) == ["sim-a", "sim-b"]  # 4 ranks over two nodes
         assert done["step"] == 150 and done["checkpoint_step"] == 150 and done["steps_redone"] == 0
-
-        async def events() -> list[Any]:
-            store = await connect([cluster.nats_url])
-            try:
-                return list((await store.read(f"job.{job_id}")).events)
-            finally:
-                await store.close()
-        history = asyncio.run(events())
+        history = job_events(cluster.nats_url, job_id)
         final = [e for e in history if isinstance(e, JobProgress) and e.final]
         assert len(final) == 1 and abs(final[0].accuracy - one_rank_accuracy()) <= 0.01
         assert final[0].accuracy > 0.9
@@ -121,16 +125,7 @@ def test_four_rank_mlp_job_and_a_plain_command_job(aios_env: dict[str, str], tmp
 
 def test_node_loss_requeues_and_resumes_from_the_checkpoint(aios_env: dict[str, str], tmp_path: Path) -> None:
     trainer = {"kind": "mlp", "steps": 200, "checkpoint_every": 50, "step_delay_s": 0.05}
-    env = {**aios_env, "AIOS_SCHEDULER_POLICY": "fifo", "AIOS_SCHEDULER_INTERVAL": "0.1", "AIOS_NODE_TIMEOUT": "3",
-           "AIOS_HEARTBEAT_INTERVAL": "0.5"}
-    cluster = LocalCluster(load_settings({**env, "AIOS_NATS_PORT": "0"}), env=env,
-                           agents=[("sim-a", "2xA100-40GB"), ("sim-b", "2xA100-40GB"),
-                                   ("sim-c", "2xA100-40GB")]).start()
-    env = {**env, "AIOS_NATS_URL": cluster.nats_url}
-
-    def aios(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "aios.cli.main", *args], env=env, capture_output=True,
-                              text=True, timeout=60)
+    cluster, aios = start(aios_env, nodes=3, AIOS_NODE_TIMEOUT="3", AIOS_HEARTBEAT_INTERVAL="0.5")
     try:
         spec = tmp_path / "mlp.json"
         spec.write_text(json.dumps({"name": "resilient", "tenant": "ml", "devices": 4, "trainer": trainer}))
@@ -150,26 +145,14 @@ def test_node_loss_requeues_and_resumes_from_the_checkpoint(aios_env: dict[str, 
         assert done["status"] == "succeeded", done
         assert victim not in done["nodes"] and done["attempts"] == 2
         assert done["step"] == 200  # not 200 + the steps trained twice
-
-        async def events() -> list[Any]:
-            store = await connect([cluster.nats_url])
-            try:
-                return list((await store.read(f"job.{job_id}")).events)
-            finally:
-                await store.close()
-        history = asyncio.run(events())
+        history = job_events(cluster.nats_url, job_id)
         saved_first = [e.step for e in history if isinstance(e, CheckpointSaved) and e.attempt == 1]
         resumed = [e.step for e in history if isinstance(e, JobProgress) and e.attempt == 2]
         assert saved_first and min(resumed) > max(saved_first)  # resumed after the last checkpoint, not from 0
         assert done["steps_redone"] == max(e.step for e in history if isinstance(e, JobProgress) and e.attempt == 1) \
             - max(saved_first)
         final = [e for e in history if isinstance(e, JobProgress) and e.final]
-        cfg_alone = {**trainer, "step_delay_s": 0.0}
-        async def nothing(_: object) -> None:
-            return None
-        alone = asyncio.run(train(TrainerConfig(**cfg_alone), Alone(0, 1), None, nothing, nothing,  # type: ignore[arg-type]
-                                  lambda: False)).final_accuracy
-        assert len(final) == 1 and abs(final[0].accuracy - alone) <= 0.01
+        assert len(final) == 1 and abs(final[0].accuracy - one_rank_accuracy(trainer)) <= 0.01
     finally:
         cluster.stop()
 
@@ -189,14 +172,8 @@ def test_one_failing_worker_stops_the_others_and_names_the_rank(aios_env: dict[s
         failed = wait_job(aios, "flaky", ("failed", "succeeded"), timeout=60)
         assert failed["status"] == "failed" and time.monotonic() - started < 30
         assert "rank1" in failed["error"] and "exited with 7" in failed["error"], failed["error"]
-
-        async def failure() -> Any:
-            store = await connect([cluster.nats_url])
-            try:
-                return [e for e in (await store.read(f"job.{failed['job']}")).events if isinstance(e, JobFailed)]
-            finally:
-                await store.close()
-        assert [e.exit_code for e in asyncio.run(failure())] == [7]
+        failures = [e for e in job_events(cluster.nats_url, failed["job"]) if isinstance(e, JobFailed)]
+        assert [e.exit_code for e in failures] == [7]
         deadline = time.monotonic() + 15
         while subprocess.run(["pgrep", "-f", str(script)], capture_output=True).returncode == 0:
             assert time.monotonic() < deadline, "the other ranks were not stopped"
