@@ -14,7 +14,12 @@ def test_bench_allreduce_prints_bandwidths(aios_env: dict[str, str]) -> None:
     report = json.loads(out.stdout)
     nats16 = report["backends"]["nats"]["16"]
     assert nats16["algbw_gbs"] > 0 and nats16["busbw_gbs"] == nats16["algbw_gbs"]  # 2 ranks: 2(n-1)/n = 1
-    assert report["where_time_goes"]["numpy_add"]["algbw_gbs"] > 0
+    where = report["where_time_goes"]
+    assert where["numpy_add"]["algbw_gbs"] > 0
+    rank0 = where["nats_cpu_per_op"]["16"]["rank0"]
+    assert rank0["user_ms"] + rank0["system_ms"] > 0  # a 16 MiB all-reduce cannot be free
+    sender = where["nats_transport_one_way"]["cpu_per_transfer"]["sender"]
+    assert sender["user_ms"] + sender["system_ms"] > 0 and where["nats_transport_one_way"]["algbw_gbs"] > 0
     try:
         import torch  # noqa: F401
     except ImportError:

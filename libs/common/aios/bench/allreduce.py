@@ -4,15 +4,19 @@ For each backend and size, ``ranks`` processes all-reduce a float32 array ``iter
 of one operation is the median over the iterations, as rank 0 measures it between barriers. As in nccl-tests:
 ``algbw = bytes / time`` and ``busbw = algbw * 2 (n - 1) / n`` (what each rank's link carries in a ring), in GB/s
 (10^9 bytes). The ``nats`` backend runs through an embedded nats-server started for the run; ``gloo`` runs when torch
-is installed. To show where the time goes, the run also measures, for the largest size, one process sending the
-bytes to another through the same server (the transport alone) and a numpy add of the array (the arithmetic).
+is installed. To show where the time goes, rank 0 reports the CPU seconds (user, system) that it and, for nats,
+the server spend per operation, and the run measures for the largest size one process sending the bytes to another
+through the same server on the ring's connection (the transport alone, with each side's CPU) and a numpy add of the
+array (the arithmetic).
 """
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import os
 import queue
+import resource
 import statistics
 import tempfile
 import time
@@ -21,6 +25,27 @@ from typing import Any
 import numpy as np
 
 MIB = 1 << 20
+
+
+def _cpu_self() -> tuple[float, float]:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime, r.ru_stime
+
+
+def _cpu_of(pid: int | None) -> tuple[float, float]:
+    """(user, system) CPU seconds of another process, from /proc (zeros where there is no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def _per_op(before: tuple[float, float], after: tuple[float, float], ops: int) -> dict[str, float]:
+    return {"user_ms": round((after[0] - before[0]) * 1000 / ops, 2),
+            "system_ms": round((after[1] - before[1]) * 1000 / ops, 2)}
 
 
 def _bandwidth(nbytes: int, seconds: float, ranks: int) -> dict[str, float]:
@@ -46,21 +71,25 @@ def _rank_main(backend: str, rank: int, ranks: int, sizes_mb: list[int], iters: 
     async def run() -> None:
         nc, group = await _make(backend, rank, ranks, where)
         try:
-            result: dict[str, float] = {}
+            result: dict[str, Any] = {}
             for mb in sizes_mb:
                 array = np.full(mb * MIB // 4, float(rank + 1), dtype=np.float32)
                 for _ in range(2):  # warm-up: connections, buffers, first-touch of pages
                     await group.allreduce(array)
                 times = []
+                mine, server = _cpu_self(), _cpu_of(where.get("server_pid"))
                 for _ in range(iters):
                     await group.barrier()
                     t0 = time.perf_counter()
                     reduced = await group.allreduce(array)
                     times.append(time.perf_counter() - t0)
+                cpu = {"rank0": _per_op(mine, _cpu_self(), iters)}  # barriers included: they are tiny
+                if "server_pid" in where:
+                    cpu["server"] = _per_op(server, _cpu_of(where["server_pid"]), iters)
                 expected = ranks * (ranks + 1) / 2
                 if not np.allclose(reduced[:: max(1, reduced.size // 1000)], expected):
                     raise RuntimeError(f"{backend}: wrong sum at {mb} MiB")
-                result[str(mb)] = statistics.median(times)
+                result[str(mb)] = {"seconds": statistics.median(times), "cpu_per_op": cpu}
             if rank == 0:
                 out.put((backend, result))
         finally:
@@ -70,7 +99,8 @@ def _rank_main(backend: str, rank: int, ranks: int, sizes_mb: list[int], iters: 
     asyncio.run(run())
 
 
-def _run_backend(backend: str, ranks: int, sizes_mb: list[int], iters: int, where: dict[str, Any]) -> dict[str, float]:
+def _run_backend(backend: str, ranks: int, sizes_mb: list[int], iters: int,
+                 where: dict[str, Any]) -> dict[str, dict[str, Any]]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     procs = [ctx.Process(target=_rank_main, args=(backend, r, ranks, sizes_mb, iters, where, out), daemon=True)
@@ -97,37 +127,69 @@ def _run_backend(backend: str, ranks: int, sizes_mb: list[int], iters: int, wher
     return result
 
 
-def _transport(url: str, nbytes: int, iters: int) -> float:
-    """Seconds to move ``nbytes`` from one connection to another through the server, in 1 MiB messages."""
-    async def run() -> float:
-        import nats
+def _transport_side(role: str, url: str, nbytes: int, iters: int, out: Any) -> None:
+    """One end of the one-way transfer, on the ring's own connection and allocator settings."""
+    from aios.common.wire import RawNatsConnection
+    from aios.trainer.collective.ring import HEADROOM, NatsRing, reuse_large_buffers
 
-        tx, rx = await nats.connect(url), await nats.connect(url)
-        got = 0
-        done = asyncio.Event()
-        chunk = b"\0" * (tx.max_payload - 1024)
-        count = -(-nbytes // len(chunk))
+    async def run() -> None:
+        reuse_large_buffers()
+        conn = await RawNatsConnection.connect([url])
+        size = int(conn.server_info.get("max_payload", MIB)) - HEADROOM  # type: ignore[call-overload]
+        count = -(-nbytes // size)
+        if role == "rx":
+            got, done = 0, asyncio.Event()
 
-        async def on_msg(msg: Any) -> None:
-            nonlocal got
-            got += 1
-            if got == count:
-                done.set()
-        await rx.subscribe("bench.transport", cb=on_msg, pending_bytes_limit=1 << 30)
-        await rx.flush()
-        times = []
-        for _ in range(iters):
-            got = 0
-            done.clear()
-            t0 = time.perf_counter()
-            for _ in range(count):
-                await tx.publish("bench.transport", chunk)
-            await done.wait()
-            times.append(time.perf_counter() - t0)
-        await tx.close()
-        await rx.close()
-        return statistics.median(times)
-    return asyncio.run(run())
+            def on_message(_s: bytes, _r: bytes | None, _h: bytes | None, data: bytes) -> None:
+                nonlocal got
+                got += 1
+                if got == count * (iters + 1):
+                    done.set()
+            conn.subscribe("bench.transport", on_message)
+            await conn.ping()
+            cpu0 = _cpu_self()
+            out.put("ready")
+            await asyncio.wait_for(done.wait(), 300)
+            out.put(("rx", _per_op(cpu0, _cpu_self(), iters + 1)))  # the warm-up transfer included
+        else:
+            ring = NatsRing(conn, "transport", 0, 1)  # only for its publisher (high-water mark), no group
+            chunk = memoryview(np.zeros(size, dtype=np.uint8)).cast("B")
+            times = []
+            for i in range(iters + 1):  # the first is a warm-up
+                if i == 1:
+                    cpu0 = _cpu_self()
+                t0 = time.perf_counter()
+                for _ in range(count):
+                    await ring.nc.publish("bench.transport", chunk)  # type: ignore[arg-type]
+                await conn.ping(60)  # the server has taken it all
+                times.append(time.perf_counter() - t0)
+            out.put(("tx", statistics.median(times[1:]), _per_op(cpu0, _cpu_self(), iters)))
+        conn.close()
+    asyncio.run(run())
+
+
+def _transport(url: str, nbytes: int, iters: int, server_pid: int | None) -> dict[str, Any]:
+    """Move ``nbytes`` from one process to another through the server, in max-payload messages: the time (as the
+    sender sees the server take it) and each side's CPU per transfer."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    rx = ctx.Process(target=_transport_side, args=("rx", url, nbytes, iters, out), daemon=True)
+    rx.start()
+    if out.get(timeout=120) != "ready":
+        raise RuntimeError("transport receiver did not start")
+    tx = ctx.Process(target=_transport_side, args=("tx", url, nbytes, iters, out), daemon=True)
+    server0 = _cpu_of(server_pid)
+    tx.start()
+    results = {}
+    for _ in range(2):
+        item = out.get(timeout=300)
+        results[item[0]] = item[1:]
+    server = _per_op(server0, _cpu_of(server_pid), iters + 1)
+    tx.join(30)
+    rx.join(30)
+    seconds, tx_cpu = results["tx"]
+    return {**_bandwidth(nbytes, seconds, 2),
+            "cpu_per_transfer": {"sender": tx_cpu, "receiver": results["rx"][0], "server": server}}
 
 
 def _numpy_add(nbytes: int) -> float:
@@ -155,18 +217,20 @@ def main(ranks: int = 2, sizes_mb: list[int] | None = None, iters: int = 5) -> d
     sizes_mb = sizes_mb or [1, 16, 64]
     report: dict[str, Any] = {"ranks": ranks, "sizes_mib": sizes_mb, "iters": iters, "backends": {}}
     with tempfile.TemporaryDirectory(prefix="aios-bench-allreduce-") as tmp, NatsServer(tmp) as server:
-        nats_times = _run_backend("nats", ranks, sizes_mb, iters, {"url": server.url})
-        report["backends"]["nats"] = {mb: _bandwidth(int(mb) * MIB, t, ranks) for mb, t in nats_times.items()}
+        nats_times = _run_backend("nats", ranks, sizes_mb, iters, {"url": server.url, "server_pid": server.pid})
+        report["backends"]["nats"] = {mb: _bandwidth(int(mb) * MIB, t["seconds"], ranks) for mb, t in nats_times.items()}
         largest = max(sizes_mb) * MIB
         report["where_time_goes"] = {
             "bytes": largest,
-            "nats_transport_one_way": _bandwidth(largest, _transport(server.url, largest, iters), 2),
+            "nats_cpu_per_op": {mb: t["cpu_per_op"] for mb, t in nats_times.items()},
+            "nats_transport_one_way": _transport(server.url, largest, iters, server.pid),
             "numpy_add": _bandwidth(largest, _numpy_add(largest), 2),
             "ring_bytes_sent_per_rank": int(largest * 2 * (ranks - 1) / ranks),
         }
     if torch_available():
         gloo_times = _run_backend("torch", ranks, sizes_mb, iters, {"port": free_port()})
-        report["backends"]["gloo"] = {mb: _bandwidth(int(mb) * MIB, t, ranks) for mb, t in gloo_times.items()}
+        report["backends"]["gloo"] = {mb: _bandwidth(int(mb) * MIB, t["seconds"], ranks) for mb, t in gloo_times.items()}
+        report["where_time_goes"]["gloo_cpu_per_op"] = {mb: t["cpu_per_op"] for mb, t in gloo_times.items()}
         if "16" in nats_times and "16" in gloo_times:
             report["ratio_16mb_nats_over_gloo"] = round(
                 report["backends"]["nats"]["16"]["busbw_gbs"] / report["backends"]["gloo"]["16"]["busbw_gbs"], 3)

@@ -15,6 +15,8 @@ keys let a fast rank run ahead into the next operation without mixing data. A ra
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 from typing import Any, Callable
 
 import numpy as np
@@ -24,6 +26,28 @@ from aios.trainer.collective import Collective, CollectiveError
 
 HEADROOM = 1024
 """Bytes kept free under the server's max_payload for the protocol line."""
+
+
+HEAP_BYTES = 256 << 20
+"""How much freed memory a ring process may keep in its heap for the next messages (see :func:`reuse_large_buffers`)."""
+
+
+def reuse_large_buffers() -> bool:
+    """Serve the ring's megabyte buffers from the heap instead of a fresh ``mmap`` each.
+
+    Every chunk passes through a few short-lived 1 MiB ``bytes`` (the framed message, the socket reads, the
+    reassembled payload). glibc gives allocations that large their own mapping and unmaps it on free, so each one
+    costs page faults and zeroing in the kernel: measured, that was 85% of a sender's CPU (0.5 s of system time per
+    256 MiB, against 0.07 s with this). Raising the mmap and trim thresholds lets freed buffers be reused. It acts
+    on the whole process, which in a trainer worker is what we want; elsewhere (not glibc) it does nothing.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 64 << 20)) and bool(mallopt(m_trim_threshold, HEAP_BYTES))
 
 
 def segment_bounds(size: int, world: int) -> list[int]:
@@ -129,6 +153,8 @@ class NatsRing(Collective):
         first ``barrier``'s data would otherwise be lost: core NATS does not keep messages for late subscribers),
         which :meth:`join` does by a handshake with both neighbours."""
         ring = cls(nc, group, rank, world, **options)
+        if world > 1:
+            reuse_large_buffers()
         ring._subs.append(await ring.nc.subscribe(f"aios.coll.{group}.{rank}.>", ring._on_data))
         ring._subs.append(await ring.nc.subscribe(f"aios.coll.{group}.abort", ring._on_abort))
         await ring.nc.flush()
