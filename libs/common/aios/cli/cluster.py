@@ -13,6 +13,11 @@ from aios.common.config import Settings
 from aios.common.natsserver import NatsServer, die_with_parent, free_port
 
 
+NODE_SERVICES = frozenset({"trainer"})
+"""Services deployed once per node (next to its device agent) rather than once per cluster: with simulated nodes,
+each gets its own, with ``AIOS_NODE_ID`` set; without any, one instance serves every node."""
+
+
 class LocalCluster:
     """Start NATS (unless ``AIOS_NATS_URL`` points at one) and the services; stop them in reverse order."""
 
@@ -36,17 +41,21 @@ class LocalCluster:
             self.nats.start()
             self.nats_url = self.nats.url
         for name in self.names:
+            if name in NODE_SERVICES and self.agents:
+                continue  # started with each node below
             self._spawn(name, ["service", name])
         for node, spec in self.agents:
             self._spawn(f"agent-{node}", ["agent", "--node", node, "--sim", spec])
+            for name in NODE_SERVICES & set(self.names):
+                self._spawn(f"{name}-{node}", ["service", name], {"AIOS_NODE_ID": node})
         return self
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def _spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> None:
         logs = self.settings.data_dir / "logs"
         logs.mkdir(exist_ok=True)
         port = free_port()
         env = {**self.env, "AIOS_NATS_URL": self.nats_url, "AIOS_HTTP_PORT": str(port),
-               "AIOS_DATA_DIR": str(self.settings.data_dir)}
+               "AIOS_DATA_DIR": str(self.settings.data_dir), **(extra_env or {})}
         with open(logs / f"{name}.log", "ab") as out:
             self.procs[name] = subprocess.Popen([sys.executable, "-m", "aios.cli.main", *argv], env=env, stdout=out,
                                                 stderr=subprocess.STDOUT, preexec_fn=die_with_parent)

@@ -3,6 +3,12 @@ job's outcome. Pure parts (environment, outcome) are functions; :class:`Launcher
 
 One worker per device (one per CPU-only job), with a torchrun-compatible environment, so a user's
 ``torch.distributed`` script runs unchanged.
+
+Deployed as one trainer per node (``AIOS_NODE_ID`` set, as a Nomad system job): it starts and stops the workers of
+its own node only, and the trainer of the job's first node (rank 0's, the *lead*) records the job-level facts
+(``JobStarted``, ``JobSucceeded``/``JobFailed``). Every trainer folds the same log, so they agree on ranks and on
+the lead without talking to each other; a worker failure that the lead records makes every node's trainer stop its
+workers. Without ``AIOS_NODE_ID`` one trainer does all of it for every node (a laptop, tests).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import zlib
 from typing import Any
@@ -21,7 +28,7 @@ from aios.common.snapshot import Projector
 from aios.common.store import Commit
 from aios.device_agent.protocol import run_subject, stop_subject
 from aios.scheduler.state import (
-    CANCELLED, PENDING, PLACED, PREEMPTING, RUNNING, STATE_SCHEMA, JobState, SchedulerState, fold_commit,
+    CANCELLED, FAILED, PENDING, PLACED, PREEMPTING, RUNNING, STATE_SCHEMA, JobState, SchedulerState, fold_commit,
 )
 
 log = logging.getLogger("aios.trainer.launcher")
@@ -71,10 +78,17 @@ def outcome(job: JobState) -> tuple[str, str, int | None] | None:
     return None
 
 
+def lead_node(job: JobState) -> str | None:
+    """The node whose trainer records the job's start and outcome: rank 0's."""
+    return job.assignments[0].node_id if job.assignments else None
+
+
 class LauncherService(Service):
     name = "trainer"
 
-    def __init__(self) -> None:
+    def __init__(self, node_id: str | None = None) -> None:
+        self.node_id = node_id
+        """This trainer's node; None: every node's."""
         self.projector = Projector("launcher", SchedulerState, None, SchedulerState, STATE_SCHEMA,
                                    fold_commit=fold_commit)
         self.launched: set[tuple[str, int]] = set()
@@ -89,13 +103,21 @@ class LauncherService(Service):
         await self.projector.rebuild(ctx.store)
         for job in self.projector.state.jobs.values():  # after a restart: running jobs are already launched
             if job.workers_running or job.exit_codes or job.started_at:
-                self.launched.add((job.job_id, job.attempts))
+                key = (job.job_id, job.attempts)
+                self.launched.add(key)
+                self.nodes_of[key] = {a.node_id for a in job.assignments if self._mine(a.node_id)}
         stop = asyncio.Event()
         follower = asyncio.ensure_future(self.projector.follow(ctx.store, self._on_commit, stop))
         await self._reconcile()
         await ctx.stopping.wait()
         stop.set()
         await follower
+
+    def _mine(self, node: str) -> bool:
+        return self.node_id is None or node == self.node_id
+
+    def _leads(self, job: JobState) -> bool:
+        return self.node_id is None or lead_node(job) == self.node_id
 
     def _booked(self, job: JobState) -> bool:
         """Workers start only once every device of the placement is leased to the job (leases follow JobPlaced)."""
@@ -117,19 +139,26 @@ class LauncherService(Service):
             if job.spec is None:
                 continue
             if job.status == PLACED and key not in self.launched and self._booked(job):
-                self.launched.add(key)
-                await self._launch(job)
+                if any(self._mine(a.node_id) for a in job.assignments):
+                    self.launched.add(key)
+                    await self._launch(job)
             elif job.status in (PREEMPTING, CANCELLED) and key in self.launched and key not in self.stopped:
                 self.stopped.add(key)
-                await self._stop(job)
+                await self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=10)
+            elif job.status == FAILED and key in self.launched and key not in self.stopped:
+                # a worker failed (recorded by the lead, maybe on another node): its peers here must not hang
+                self.stopped.add(key)
+                await self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=10)
             elif job.status == PENDING and key in self.launched and key not in self.stopped:
                 # requeued (a node of the placement was lost): stop the attempt's workers left on the other nodes,
-                # in the background so the next placement is launched without waiting for their grace period
+                # in the background so the next placement is launched without waiting for their grace period;
+                # short grace: their peers on the lost node are gone, so no collective (or checkpoint) can finish
                 self.stopped.add(key)
-                task = asyncio.ensure_future(self._stop_attempt(job.job_id, job.attempts, self.nodes_of.get(key, set())))
+                task = asyncio.ensure_future(self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=3,
+                                                        attempt=job.attempts, timeout=8))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
-            elif job.status in (PLACED, RUNNING) and key not in self.decided:
+            elif job.status in (PLACED, RUNNING) and key not in self.decided and self._leads(job):
                 result = outcome(job)
                 if result is not None:
                     self.decided.add(key)
@@ -139,12 +168,15 @@ class LauncherService(Service):
         spec = job.spec
         assert spec is not None
         command = spec.command or worker_command()
-        self.nodes_of[(job.job_id, job.attempts)] = {a.node_id for a in job.assignments}
+        self.nodes_of[(job.job_id, job.attempts)] = {a.node_id for a in job.assignments if self._mine(a.node_id)}
         rank = 0
         url = ",".join(self.ctx.settings.servers)
         for a in job.assignments:
             devices = a.device_uuids or [None]  # type: ignore[list-item]
             for local, uuid in enumerate(devices):
+                if not self._mine(a.node_id):  # another node's trainer starts these
+                    rank += 1
+                    continue
                 request = {"job_id": job.job_id, "worker": worker_name(rank, job.attempts), "command": command,
                            "device_uuids": [uuid] if uuid else [], "env": worker_env(job, a, rank, local, url)}
                 reply = await self._ask(run_subject(a.node_id), request)
@@ -153,23 +185,27 @@ class LauncherService(Service):
                                                       f"{reply.get('error')}")
                     return
                 rank += 1
-        await self._append(job, JobStarted(aggregate_id=job.job_id, world_size=rank), f"started-{job.attempts}")
+        if self._leads(job):
+            await self._append(job, JobStarted(aggregate_id=job.job_id, world_size=rank), f"started-{job.attempts}")
 
-    async def _stop_attempt(self, job_id: str, attempt: int, nodes: set[str]) -> None:
+    async def _stop(self, job_id: str, nodes: set[str], grace_s: float, attempt: int | None = None,
+                    timeout: float = 10) -> None:
+        """Ask the agents of ``nodes`` (this trainer's share of the placement) to stop the job's workers; with
+        ``attempt``, only that attempt's."""
+        body: dict[str, Any] = {"job_id": job_id, "grace_s": grace_s}
+        if attempt is not None:
+            body["attempt"] = attempt
         for node in sorted(nodes):
-            # short grace: their peers on the lost node are gone, so no collective (or checkpoint) can finish
-            await self._ask(stop_subject(node), {"job_id": job_id, "grace_s": 3, "attempt": attempt}, timeout=8)
-
-    async def _stop(self, job: JobState) -> None:
-        for node in {a.node_id for a in job.assignments}:
-            await self._ask(stop_subject(node), {"job_id": job.job_id, "grace_s": 10})
+            await self._ask(stop_subject(node), body, timeout=timeout)
 
     async def _finish(self, job: JobState, result: str, reason: str, exit_code: int | None = None) -> None:
         key = f"{result}-{job.attempts}"
         if result == "succeeded":
             await self._append(job, JobSucceeded(aggregate_id=job.job_id, runtime_s=job.run_seconds), key)
         else:
-            await self._stop(job)
+            key_now = (job.job_id, job.attempts)
+            self.stopped.add(key_now)
+            await self._stop(job.job_id, self.nodes_of.get(key_now, set()), grace_s=10)
             await self._append(job, JobFailed(aggregate_id=job.job_id, reason=reason, exit_code=exit_code), key)
 
     async def _append(self, job: JobState, event: Any, key: str) -> None:
@@ -187,4 +223,4 @@ class LauncherService(Service):
 
 
 def from_env() -> LauncherService:
-    return LauncherService()
+    return LauncherService(node_id=os.environ.get("AIOS_NODE_ID") or None)

@@ -1,0 +1,98 @@
+"""One trainer per node: each starts and stops only its own node's workers; rank 0's node records start and outcome.
+
+Two in-process launchers (nodes n1 and n2) on a real nats-server and event log; the device agents are stand-ins that
+answer the run/stop requests and write down what they were asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from aios.common.config import load_settings
+from aios.common.events import (
+    Assignment, DeviceInfo, DevicesLeased, JobFailed, JobPlaced, JobStarted, JobSubmitted, NodeRegistered,
+    WorkerExited,
+)
+from aios.common.runner import ServiceContext
+from aios.common.store import EventStore
+from aios.device_agent.protocol import run_subject, stop_subject
+from aios.trainer.launcher import LauncherService
+
+NODES = ("n1", "n2")
+
+
+def uuids(node: str) -> list[str]:
+    return [f"{node}-g0", f"{node}-g1"]
+
+
+async def until(check: Any, timeout: float = 10.0) -> None:
+    """Wait for ``check()`` (a plain or async function) to be true."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (await check() if asyncio.iscoroutinefunction(check) else check()):
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_each_node_trainer_launches_its_own_workers_and_the_lead_records_the_job(store: EventStore) -> None:
+    asked: list[tuple[str, str, dict[str, Any]]] = []  # (node, run|stop, request)
+
+    async def agent(msg: Any) -> None:
+        _, _, node, verb = msg.subject.split(".")
+        asked.append((node, verb, json.loads(msg.data)))
+        await msg.respond(b'{"ok": true}')
+    for node in NODES:
+        await store.nc.subscribe(run_subject(node), cb=agent)
+        await store.nc.subscribe(stop_subject(node), cb=agent)
+    for node in NODES:
+        devices = [DeviceInfo(uuid=u, index=i, kind="a100", model="A100", memory_bytes=40 << 30)
+                   for i, u in enumerate(uuids(node))]
+        await store.append(f"node.{node}", NodeRegistered(aggregate_id=node, hostname=node, agent_id="a",
+                                                          cpu_cores=8, memory_bytes=64 << 30, devices=devices))
+    await store.append("job.j1", [
+        JobSubmitted(aggregate_id="j1", tenant="ml", name="j1", spec={"name": "j1", "tenant": "ml", "devices": 4,
+                                                                  "command": ["python", "t.py"]}),
+        JobPlaced(aggregate_id="j1", world_size=4,
+                  assignments=[Assignment(node_id=n, device_uuids=uuids(n), ranks=[]) for n in NODES])])
+    for node in NODES:
+        await store.append(f"node.{node}", DevicesLeased(aggregate_id=node, job_id="j1", device_uuids=uuids(node)))
+
+    settings = load_settings({"AIOS_NATS_URL": store.servers[0]})
+    launchers = {n: LauncherService(node_id=n) for n in NODES}
+    contexts = {n: ServiceContext("trainer", settings, store.nc, store, CollectorRegistry()) for n in NODES}
+    tasks = {"n2": asyncio.ensure_future(launchers["n2"].run(contexts["n2"]))}
+    try:
+        # the second node's trainer alone: its two workers, ranks 2 and 3, and nothing recorded for the job
+        await until(lambda: len(asked) == 2)
+        await asyncio.sleep(0.5)
+        assert [(n, v, r["env"]["RANK"], r["env"]["LOCAL_RANK"], r["env"]["WORLD_SIZE"]) for n, v, r in asked] == [
+            ("n2", "run", "2", "0", "4"), ("n2", "run", "3", "1", "4")]
+        assert not any(isinstance(e, JobStarted) for e in (await store.read("job.j1")).events)
+
+        # the lead (rank 0's node) starts its own two and records the start once
+        tasks["n1"] = asyncio.ensure_future(launchers["n1"].run(contexts["n1"]))
+        await until(lambda: len(asked) == 4)
+        assert sorted((n, r["env"]["RANK"]) for n, v, r in asked[2:]) == [("n1", "0"), ("n1", "1")]
+        async def started_events() -> list[JobStarted]:
+            return [e for e in (await store.read("job.j1")).events if isinstance(e, JobStarted)]
+        await until(started_events)
+        await asyncio.sleep(0.3)
+        started = await started_events()
+        assert len(started) == 1 and started[0].world_size == 4
+
+        # a worker on n2 fails: the lead records it with the exit code, and each trainer stops its own node
+        await store.append("job.j1", WorkerExited(aggregate_id="j1", node_id="n2", worker="rank2-a1", exit_code=5,
+                                                  attempt=1))
+        await until(lambda: {n for n, v, _ in asked if v == "stop"} == set(NODES))
+        failed = [e for e in (await store.read("job.j1")).events if isinstance(e, JobFailed)]
+        assert len(failed) == 1 and failed[0].exit_code == 5 and "rank2-a1" in failed[0].reason
+        await asyncio.sleep(0.5)
+        assert sorted(n for n, v, _ in asked if v == "stop") == ["n1", "n2"]  # once each, no node stopped twice
+    finally:
+        for n, task in tasks.items():
+            contexts[n].stopping.set()
+        await asyncio.gather(*tasks.values())
+
