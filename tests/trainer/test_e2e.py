@@ -157,6 +157,40 @@ def test_node_loss_requeues_and_resumes_from_the_checkpoint(aios_env: dict[str, 
         cluster.stop()
 
 
+def test_preempted_training_checkpoints_yields_and_resumes(aios_env: dict[str, str], tmp_path: Path) -> None:
+    """A higher-priority job takes the devices of a running training job: the trainer's workers get SIGTERM, vote
+    to stop at one step, checkpoint and exit; the urgent job runs; the training resumes from that very step."""
+    trainer = {"kind": "mlp", "steps": 200, "checkpoint_every": 1000, "step_delay_s": 0.05}  # only the SIGTERM one
+    cluster, aios = start(aios_env, nodes=1, AIOS_SCHEDULER_POLICY="priority")
+    try:
+        (tmp_path / "train.json").write_text(json.dumps({"name": "background", "tenant": "ml", "devices": 2,
+                                                         "priority": 0, "trainer": trainer}))
+        (tmp_path / "urgent.json").write_text(json.dumps({"name": "urgent", "tenant": "ml", "devices": 2,
+                                                          "priority": 10, "command": ["sleep", "1"]}))
+        out = aios("submit", str(tmp_path / "train.json"), "--json")
+        assert out.returncode == 0, out.stderr
+        job_id = json.loads(out.stdout)["job"]
+        deadline = time.monotonic() + 60
+        while (job := wait_job(aios, "background", ("running",)))["step"] < 40:
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+        assert aios("submit", str(tmp_path / "urgent.json")).returncode == 0
+        assert wait_job(aios, "urgent", ("succeeded", "failed"), timeout=60)["status"] == "succeeded"
+        done = wait_job(aios, "background", ("succeeded", "failed"), timeout=120)
+        assert done["status"] == "succeeded" and done["attempts"] == 2, done
+        history = job_events(cluster.nats_url, job_id)
+        saved = [e.step for e in history if isinstance(e, CheckpointSaved) and e.attempt == 1]
+        first = max(e.step for e in history if isinstance(e, JobProgress) and e.attempt == 1)
+        resumed = min(e.step for e in history if isinstance(e, JobProgress) and e.attempt == 2)
+        assert saved and 40 <= saved[-1] < 200  # written on SIGTERM, far from any periodic checkpoint
+        assert first <= saved[-1] < resumed  # no step after the checkpoint was lost or trained twice
+        assert done["step"] == 200 and done["steps_redone"] == 0
+        final = [e for e in history if isinstance(e, JobProgress) and e.final]
+        assert len(final) == 1 and abs(final[0].accuracy - one_rank_accuracy(trainer)) <= 0.01
+    finally:
+        cluster.stop()
+
+
 def test_one_failing_worker_stops_the_others_and_names_the_rank(aios_env: dict[str, str], tmp_path: Path) -> None:
     cluster, aios = start(aios_env)
     try:
