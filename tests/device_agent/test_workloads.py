@@ -44,3 +44,33 @@ async def test_stop_sends_sigterm_then_sigkill() -> None:
     assert asyncio.get_running_loop().time() - started < 5
     await asyncio.sleep(0.2)
     assert sorted(exits, key=str) == sorted([(0, None), (None, 9)], key=str)
+
+
+async def test_a_device_is_never_shared_with_a_worker_still_stopping() -> None:
+    """A requeued attempt's worker may outlive its lease by its grace period; the next worker placed on that
+    device waits for it to exit, and is refused, naming the holder, if it stays too long."""
+    exited: dict[str, float] = {}
+
+    async def on_exit(w: Workload, code: int | None, sig: int | None) -> None:
+        exited[w.worker] = asyncio.get_running_loop().time()
+
+    runner = WorkloadRunner(lambda *a: None, on_exit, device_wait_s=5.0)
+    slow = ("import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: (time.sleep(1.0), sys.exit(0)));"
+            "time.sleep(60)")
+    await runner.start("j1", "rank0-a1", [sys.executable, "-c", slow], {}, ["GPU-a"])
+    await runner.start("other", "w0", [sys.executable, "-c", "import time; time.sleep(60)"], {}, ["GPU-b"])
+    await asyncio.sleep(0.5)
+    stopping = asyncio.ensure_future(runner.stop("j1", grace_s=10))  # checkpointing for about a second
+    await asyncio.sleep(0.1)
+    await runner.start("j1", "rank0-a2", [sys.executable, "-c", "import time; time.sleep(60)"], {}, ["GPU-a"])
+    assert "rank0-a1" in exited  # started only once the old worker was gone
+    assert [w.worker for w in runner.holders(["GPU-a"])] == ["rank0-a2"]
+    await stopping
+
+    runner.device_wait_s = 0.5
+    try:
+        await runner.start("j2", "w0", [sys.executable, "-c", "pass"], {}, ["GPU-b"])
+        raise AssertionError("started on a device another job's worker is using")
+    except ValueError as exc:
+        assert "w0 of job other on GPU-b" in str(exc)
+    await runner.stop_all(grace_s=1)

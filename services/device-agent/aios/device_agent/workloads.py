@@ -52,16 +52,35 @@ def _own_session_dies_with_agent() -> None:
 
 
 class WorkloadRunner:
-    def __init__(self, on_output: OutputSink, on_exit: ExitSink) -> None:
+    def __init__(self, on_output: OutputSink, on_exit: ExitSink, device_wait_s: float = 8.0) -> None:
         self.on_output = on_output
         self.on_exit = on_exit
+        self.device_wait_s = device_wait_s
+        """How long a new worker waits for a device whose previous worker is still stopping."""
         self.running: dict[tuple[str, str], Workload] = {}
         self._watchers: set[asyncio.Task[None]] = set()
+
+    def holders(self, device_uuids: list[str]) -> list[Workload]:
+        """Running workers on any of these devices."""
+        wanted = set(device_uuids)
+        return [w for w in self.running.values() if wanted.intersection(w.device_uuids)]
+
+    async def _wait_for_devices(self, device_uuids: list[str]) -> None:
+        """A lease can end before its workers do: a requeued or preempted attempt's workers get a grace period to
+        checkpoint, and the devices may meanwhile be placed again. Never run two workers on one device: wait for the
+        old ones to go, and refuse (naming them) if they outstay ``device_wait_s``."""
+        deadline = time.monotonic() + self.device_wait_s
+        while busy := self.holders(device_uuids):
+            if time.monotonic() >= deadline:
+                raise ValueError("device(s) still in use by " + ", ".join(
+                    f"{w.worker} of job {w.job_id} on {','.join(w.device_uuids)}" for w in busy))
+            await asyncio.sleep(0.05)
 
     async def start(self, job_id: str, worker: str, command: list[str], env: dict[str, str],
                     device_uuids: list[str], cwd: str | None = None) -> Workload:
         if (job_id, worker) in self.running:
             raise ValueError(f"worker {worker!r} of job {job_id!r} is already running")
+        await self._wait_for_devices(device_uuids)
         full_env = {**os.environ, **env, **device_environment(device_uuids)}
         proc = await asyncio.create_subprocess_exec(
             *command, env=full_env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
