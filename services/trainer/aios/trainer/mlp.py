@@ -19,7 +19,8 @@ class TrainerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
     kind: str = "mlp"
     dataset: str = "spirals"
-    """``spirals`` (classes as interleaved spiral arms) or ``blobs`` (Gaussian clusters); generated from ``seed``."""
+    """``spirals`` (classes as interleaved spiral arms), ``blobs`` (Gaussian clusters) or ``digits`` (8x8 images of
+    the ten digits, drawn from glyphs with shifts, thickness and noise; 10 classes); generated from ``seed``."""
     samples: int = 3000
     classes: int = 3
     hidden: int = 64
@@ -45,7 +46,8 @@ def parse_config(raw: object) -> TrainerConfig:
         raise ValueError(f"trainer: {exc}") from None
     checks = [
         (cfg.kind == "mlp", "kind", "only 'mlp' is built in"),
-        (cfg.dataset in ("spirals", "blobs"), "dataset", "must be 'spirals' or 'blobs'"),
+        (cfg.dataset in DATASETS, "dataset", "must be one of " + ", ".join(DATASETS)),
+        (cfg.dataset != "digits" or cfg.classes == 10, "classes", "the digits dataset has 10 classes"),
         (cfg.optimizer in ("adam", "sgd"), "optimizer", "must be 'adam' or 'sgd'"),
         (cfg.backend in ("nats", "torch"), "backend", "must be 'nats' or 'torch'"),
         (cfg.samples >= cfg.classes >= 2, "samples/classes", "need at least 2 classes and a sample per class"),
@@ -59,11 +61,59 @@ def parse_config(raw: object) -> TrainerConfig:
     return cfg
 
 
-def make_dataset(cfg: TrainerConfig) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(cfg.seed)
+DATASETS = ("spirals", "blobs", "digits")
+DATASET_VERSION = 1
+"""Bumped whenever a generator changes, so a model's lineage names exactly the data it saw."""
+EVAL_SEED_OFFSET = 1_000_003
+"""The evaluation split: the same generator with a seed no training run uses."""
+
+_GLYPHS = (  # 5x7 strokes of the ten digits; "#" ink
+    (" ### ", "#   #", "#  ##", "# # #", "##  #", "#   #", " ### "),
+    ("  #  ", " ##  ", "  #  ", "  #  ", "  #  ", "  #  ", " ### "),
+    (" ### ", "#   #", "    #", "   # ", "  #  ", " #   ", "#####"),
+    ("#####", "   # ", "  #  ", "   # ", "    #", "#   #", " ### "),
+    ("   # ", "  ## ", " # # ", "#  # ", "#####", "   # ", "   # "),
+    ("#####", "#    ", "#### ", "    #", "    #", "#   #", " ### "),
+    ("  ## ", " #   ", "#    ", "#### ", "#   #", "#   #", " ### "),
+    ("#####", "    #", "   # ", "  #  ", " #   ", " #   ", " #   "),
+    (" ### ", "#   #", "#   #", " ### ", "#   #", "#   #", " ### "),
+    (" ### ", "#   #", "#   #", " ####", "    #", "   # ", " ##  "),
+)
+
+
+def features(cfg: TrainerConfig) -> int:
+    """Input width of the dataset."""
+    return 64 if cfg.dataset == "digits" else 2
+
+
+def dataset_identity(cfg: TrainerConfig, split: str = "train") -> str:
+    """What a model's lineage records as its data: generator, version, seed, size and split."""
+    return f"{cfg.dataset}/v{DATASET_VERSION}/seed={cfg.seed}/n={cfg.samples}/{split}"
+
+
+def _digits(rng: np.random.Generator, y: np.ndarray) -> np.ndarray:
+    glyphs = np.array([[[c == "#" for c in row] for row in g] for g in _GLYPHS], dtype=np.float32)  # (10, 7, 5)
+    images = np.zeros((len(y), 8, 8), dtype=np.float32)
+    dy, dx = rng.integers(0, 2, len(y)), rng.integers(0, 4, len(y))  # where the 7x5 glyph sits in 8x8
+    for i, (label, oy, ox) in enumerate(zip(y, dy, dx)):
+        images[i, oy:oy + 7, ox:ox + 5] = glyphs[label]
+    thick = rng.random(len(y)) < 0.3  # some strokes bleed one pixel to the right
+    images[thick, :, 1:] = np.maximum(images[thick, :, 1:], 0.6 * images[thick, :, :-1])
+    ink = rng.uniform(0.6, 1.0, (len(y), 1, 1))
+    images = images * ink + rng.normal(0, 0.2, images.shape)
+    dropout = rng.random(images.shape) < 0.05
+    images[dropout] = 0.0
+    return images.reshape(len(y), 64)
+
+
+def make_dataset(cfg: TrainerConfig, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """``split``: ``train`` (what the job trains on) or ``eval`` (same distribution, seed never used to train)."""
+    rng = np.random.default_rng(cfg.seed + (EVAL_SEED_OFFSET if split == "eval" else 0))
     y = np.arange(cfg.samples) % cfg.classes
-    if cfg.dataset == "blobs":
-        centres = rng.normal(0, 3, size=(cfg.classes, 2))
+    if cfg.dataset == "digits":
+        x = _digits(rng, y)
+    elif cfg.dataset == "blobs":
+        centres = np.random.default_rng(cfg.seed).normal(0, 3, size=(cfg.classes, 2))  # same clusters in both splits
         x = centres[y] + rng.normal(0, 1, size=(cfg.samples, 2))
     else:
         r = rng.uniform(0.1, 1.0, cfg.samples)
@@ -73,13 +123,14 @@ def make_dataset(cfg: TrainerConfig) -> tuple[np.ndarray, np.ndarray]:
 
 
 def shapes(cfg: TrainerConfig) -> list[tuple[int, ...]]:
-    return [(2, cfg.hidden), (cfg.hidden,), (cfg.hidden, cfg.classes), (cfg.classes,)]
+    return [(features(cfg), cfg.hidden), (cfg.hidden,), (cfg.hidden, cfg.classes), (cfg.classes,)]
 
 
 def init_params(cfg: TrainerConfig) -> np.ndarray:
     """All weights in one flat float32 vector (one all-reduce per step)."""
     rng = np.random.default_rng(cfg.seed + 1)
-    w1 = rng.normal(0, np.sqrt(2 / 2), size=(2, cfg.hidden))
+    d = features(cfg)
+    w1 = rng.normal(0, np.sqrt(2 / d), size=(d, cfg.hidden))
     w2 = rng.normal(0, np.sqrt(2 / cfg.hidden), size=(cfg.hidden, cfg.classes))
     return np.concatenate([w1.ravel(), np.zeros(cfg.hidden), w2.ravel(), np.zeros(cfg.classes)]).astype(np.float32)
 

@@ -10,6 +10,10 @@ from aios.common.events.node import (
     DeviceHealthy, DeviceInfo, DevicesLeased, DevicesReleased, DeviceUnhealthy, Link, MigInstance, NodeEvent,
     NodeLost, NodeRegistered,
 )
+from aios.common.events.model import (
+    Lineage, ModelAliasRemoved, ModelAliasSet, ModelEvent, ModelObjectCollected, ModelVersionDeleted,
+    ModelVersionDescribed, ModelVersionEvaluated, ModelVersionRegistered, ModelVersionTagged, Signature,
+)
 from aios.common.events.tenant import TenantEvent, TenantQuotaSet
 
 __all__ = [
@@ -19,4 +23,6 @@ __all__ = [
     "JobProgress", "CheckpointSaved",
     "NodeEvent", "NodeRegistered", "DeviceInfo", "Link", "MigInstance", "DeviceUnhealthy", "DeviceHealthy", "NodeLost",
     "DevicesLeased", "DevicesReleased", "TenantEvent", "TenantQuotaSet",
+    "ModelEvent", "ModelVersionRegistered", "ModelVersionEvaluated", "ModelAliasSet", "ModelAliasRemoved",
+    "ModelVersionTagged", "ModelVersionDescribed", "ModelVersionDeleted", "ModelObjectCollected", "Signature", "Lineage",
 ]
