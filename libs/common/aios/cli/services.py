@@ -16,6 +16,7 @@ SERVICES: dict[str, str] = {
     "resource-manager": "aios.resource_manager.service:from_env",
     "scheduler": "aios.scheduler.service:from_env",
     "trainer": "aios.trainer.launcher:from_env",
+    "model-registry": "aios.model_registry.service:from_env",
 }
 """Cluster services: one of each per cluster. Node services (the device agent) run once per node: `aios agent`."""
 

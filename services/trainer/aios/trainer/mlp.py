@@ -34,6 +34,8 @@ class TrainerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     backend: str = "nats"
     """Collective backend: ``nats`` (ring all-reduce over NATS) or ``torch`` (torch.distributed)."""
     collective_timeout_s: float = 60.0
+    model_name: str = ""
+    """The model registry's name for the trained model (default: the job's name)."""
     step_delay_s: float = 0.0
     """Sleep after each step: makes a tiny demo job last long enough to watch (and to preempt in tests)."""
 

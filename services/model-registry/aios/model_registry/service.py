@@ -1,0 +1,522 @@
+"""The model-registry service: the one writer of ``model.<name>`` events.
+
+It folds model events (and the job events it needs) and answers requests on ``aios.registry.<op>`` (JSON in, JSON
+out, errors as ``{"error": ...}`` naming the field). Every command reads the model's history fresh, decides with the
+pure functions of :mod:`state`, and appends against that version; a conflict (someone else changed the model in
+between) means read and decide again, so concurrent alias moves are serialised, never lost.
+
+A successful built-in training job registers a version by itself: weights from the job's last checkpoint, lineage
+from its spec, metrics from an evaluation on the held-out split of its data. Deleting a version collects the bytes
+no live version references any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import msgspec
+import numpy as np
+
+from aios.common.errors import AiosError, ConcurrencyConflict
+from aios.common.events import (
+    Event, JobProgress, JobSubmitted, JobSucceeded, Lineage, ModelObjectCollected, ModelVersionEvaluated, Signature,
+)
+from aios.common.runner import Service, ServiceContext
+from aios.common.snapshot import object_bucket
+from aios.common.store import Commit, EventStore
+from aios.model_registry import builtin, compress, metrics, nn
+from aios.model_registry.blobs import BlobError, BlobStore
+from aios.model_registry.state import (
+    ModelState, NotFound, RegistryError, check_name, decide_alias, decide_delete, decide_describe, decide_register,
+    decide_remove_alias, decide_tag, evolve, parse_uri, referenced_digests, resolve, version_view,
+)
+
+log = logging.getLogger("aios.model_registry")
+PREFIX = "aios.registry"
+CHECKPOINTS = "AIOS_CHECKPOINTS"
+
+
+@dataclass
+class RegistryView:
+    """The fold the service keeps: every model, and what it needs of training jobs."""
+
+    models: dict[str, ModelState] = field(default_factory=dict)
+    job_specs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    job_names: dict[str, str] = field(default_factory=dict)
+    final_progress: dict[str, dict[str, float]] = field(default_factory=dict)
+    succeeded: list[str] = field(default_factory=list)
+    """Built-in training jobs that succeeded, in log order."""
+
+
+def fold(view: RegistryView, commit: Commit) -> RegistryView:
+    kind, _, ident = commit.aggregate.partition(".")
+    if kind == "model":
+        state = view.models.setdefault(ident, ModelState(ident))
+        for ev in commit.events:
+            evolve(state, ev, commit.seq)
+    elif kind == "job":
+        for ev in commit.events:
+            if isinstance(ev, JobSubmitted) and isinstance(ev.spec, dict) and isinstance(ev.spec.get("trainer"), dict):
+                view.job_specs[ident] = ev.spec
+                view.job_names[ident] = ev.name or str(ev.spec.get("name", ident))
+            elif isinstance(ev, JobProgress) and ident in view.job_specs:
+                view.final_progress[ident] = {k: float(v) for k, v in (("train_loss", ev.loss),
+                                                                       ("train_accuracy", ev.accuracy)) if v is not None}
+            elif isinstance(ev, JobSucceeded) and ident in view.job_specs:
+                view.succeeded.append(ident)
+    return view
+
+
+def model_name_for(job_name: str, spec: dict[str, Any]) -> str:
+    trainer = spec.get("trainer") or {}
+    raw = str(trainer.get("model_name") or job_name)
+    cleaned = "".join(c if c.isalnum() or c in "_-" else "-" for c in raw).strip("-_")[:64]
+    return cleaned or "model"
+
+
+def signature_of(model: nn.Model) -> Signature:
+    return Signature(input_shape=[model.inputs], output_shape=[model.outputs], labels=list(model.labels))
+
+
+class Registry:
+    """The commands, over an event store and the blob store; the service and tests drive it."""
+
+    def __init__(self, store: EventStore, blobs: BlobStore | None = None) -> None:
+        self.store = store
+        self.blobs = blobs or BlobStore(store)
+        self.view = RegistryView()
+        self.seq = 0
+
+    def apply(self, commit: Commit) -> None:
+        if commit.seq > self.seq:
+            fold(self.view, commit)
+            self.seq = commit.seq
+
+    async def catch_up(self) -> None:
+        """Fold up to the end of the log now (after our own appends: reads see their writes)."""
+        await self.store.replay(self.apply, from_seq=self.seq + 1)
+
+    async def _fresh(self, name: str) -> ModelState:
+        history = await self.store.read(f"model.{check_name(name)}")
+        state = ModelState(name)
+        for ev in history.events:
+            evolve(state, ev, history.version)
+        state.version = history.version
+        return state
+
+    async def _decide_and_append(self, name: str, decide: Callable[[ModelState], list[Event]],
+                                 attempts: int = 20) -> tuple[ModelState, list[Event]]:
+        for _ in range(attempts):
+            state = await self._fresh(name)
+            events = decide(state)
+            if not events:
+                return state, events
+            try:
+                await self.store.append(f"model.{name}", events, expected_version=state.version)
+            except ConcurrencyConflict:
+                await asyncio.sleep(0.01)
+                continue
+            await self.catch_up()
+            return self.view.models[name], events
+        raise RegistryError(f"model {name!r} changed {attempts} times while deciding; try again")
+
+    # -- reads ------------------------------------------------------------------------------------------------------
+    def model(self, name: str) -> ModelState:
+        state = self.view.models.get(check_name(name))
+        if state is None or not state.versions:
+            raise NotFound(f"model {name!r} is not registered")
+        return state
+
+    def list(self, tag: str | None = None, metric: str | None = None, min_value: float | None = None,
+             name_contains: str | None = None) -> list[dict[str, Any]]:
+        """Models with their latest live version; filters: a tag key (or key=value) on any live version, a metric at
+        least ``min_value`` on the latest, a substring of the name."""
+        out = []
+        for name, state in sorted(self.view.models.items()):
+            latest = state.latest
+            if latest is None or (name_contains and name_contains not in name):
+                continue
+            if tag:
+                key, _, value = tag.partition("=")
+                if not any(key in v.tags and (not value or v.tags[key] == value) for v in state.live):
+                    continue
+            if metric and (metric not in latest.metrics or (min_value is not None and latest.metrics[metric] < min_value)):
+                continue
+            out.append({"name": name, "latest": latest.version, "versions": len(state.live),
+                        "aliases": dict(sorted(state.aliases.items())), "metrics": latest.metrics,
+                        "size_bytes": latest.size_bytes, "updated": max(v.registered_at for v in state.live)})
+        return out
+
+    def show(self, uri: str) -> dict[str, Any]:
+        name, version, alias = parse_uri(uri)
+        state = self.model(name)
+        if version is None and alias is None:
+            return {"name": name, "aliases": dict(sorted(state.aliases.items())),
+                    "versions": [version_view(state, v) for _, v in sorted(state.versions.items())]}
+        return version_view(state, resolve(state, uri))
+
+    async def load(self, uri: str) -> tuple[dict[str, Any], nn.Model]:
+        name, _, _ = parse_uri(uri)
+        state = self.model(name)
+        v = resolve(state, uri)
+        return version_view(state, v), nn.decode(await self.blobs.get(v.digest))
+
+    # -- writes -----------------------------------------------------------------------------------------------------
+    async def register(self, name: str, model: nn.Model, lineage: Lineage, metrics_: dict[str, float] | None = None,
+                       description: str = "", tags: dict[str, str] | None = None, by: str = "",
+                       evaluation: dict[str, Any] | None = None, dataset: str = "") -> dict[str, Any]:
+        check_name(name)
+        data = model.encode()
+        digest = await self.blobs.put(data)  # bytes first: an event never names a digest that is not stored
+
+        def decide(state: ModelState) -> list[Event]:
+            events = decide_register(state, digest=digest, size_bytes=len(data), format=nn.FORMAT,
+                                     signature=signature_of(model), lineage=lineage, metrics=metrics_,
+                                     description=description, tags=tags, registered_by=by)
+            if evaluation is not None:
+                events.append(ModelVersionEvaluated(
+                    aggregate_id=name, version=events[0].version, dataset=dataset,  # type: ignore[attr-defined]
+                    metrics=evaluation["metrics"], per_class=evaluation["per_class"],
+                    confusion=evaluation["confusion"]))
+            return events
+        state, events = await self._decide_and_append(name, decide)
+        return version_view(state, state.versions[events[0].version])  # type: ignore[attr-defined]
+
+    async def register_bytes(self, name: str, data: bytes, trainer: dict[str, Any] | None = None,
+                             description: str = "", tags: dict[str, str] | None = None, by: str = "") -> dict[str, Any]:
+        """A model file registered by hand. With ``trainer`` (the built-in trainer's config naming its data) the
+        version is evaluated on that data's held-out split."""
+        try:
+            model = nn.decode(data)
+        except nn.FormatError as exc:
+            raise RegistryError(f"file: {exc}") from None
+        evaluation, dataset = None, ""
+        if trainer is not None:
+            evaluation, dataset = await self._evaluate(model, trainer)
+        lineage = Lineage(source="file", spec={"trainer": trainer} if trainer else {}, dataset=dataset)
+        return await self.register(name, model, lineage, evaluation["metrics"] if evaluation else None, description,
+                                   tags, by, evaluation, dataset)
+
+    async def register_job(self, job_id: str) -> dict[str, Any] | None:
+        """The version of a succeeded built-in training job (once: a second call finds it registered)."""
+        spec = self.view.job_specs.get(job_id)
+        if spec is None:
+            return None
+        name = model_name_for(self.view.job_names.get(job_id, job_id), spec)
+        state = self.view.models.get(name)
+        if state is not None and any(v.lineage.job_id == job_id for v in state.versions.values()):
+            return None
+        bucket = await object_bucket(self.store, CHECKPOINTS, "AIOS training checkpoints")
+        found = await bucket.get(job_id)
+        cfg, model = builtin.model_from_checkpoint(spec["trainer"], bytes(found.data or b""))
+        evaluation, dataset = await self._evaluate(model, spec["trainer"])
+        lineage = Lineage(source="job", job_id=job_id, spec=spec, dataset=builtin.mlp.dataset_identity(cfg),
+                          command=["python", "-m", "aios.trainer.worker"] if not spec.get("command") else spec["command"])
+        found_metrics = {**self.view.final_progress.get(job_id, {}), **evaluation["metrics"]}
+        return await self.register(name, model, lineage, found_metrics, f"trained by job {job_id}",
+                                   {"job": job_id}, "trainer", evaluation, dataset)
+
+    async def _evaluate(self, model: nn.Model, trainer: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        try:
+            cfg = builtin.parse_config(trainer)
+        except ValueError as exc:
+            raise RegistryError(f"dataset: {exc}") from None
+        x, y = builtin.data(cfg, "eval")
+        if x.shape[1] != model.inputs or cfg.classes != model.outputs:
+            raise RegistryError(f"dataset: {cfg.dataset} has {x.shape[1]} inputs and {cfg.classes} classes, the model "
+                                f"takes {model.inputs} and gives {model.outputs}")
+        result = await asyncio.to_thread(metrics.evaluate, model, x, y)
+        return result, builtin.mlp.dataset_identity(cfg, "eval")
+
+    def _trainer_of(self, state: ModelState, version: int) -> dict[str, Any] | None:
+        """The built-in trainer config a version's data comes from, following parents."""
+        seen = set()
+        while version not in seen and version in state.versions:
+            seen.add(version)
+            lineage = state.versions[version].lineage
+            trainer = lineage.spec.get("trainer") if isinstance(lineage.spec, dict) else None
+            if isinstance(trainer, dict):
+                return trainer
+            if lineage.parent_version is None:
+                return None
+            version = lineage.parent_version
+        return None
+
+    async def evaluate(self, uri: str, trainer: dict[str, Any] | None = None) -> dict[str, Any]:
+        view, model = await self.load(uri)
+        state = self.model(view["name"])
+        trainer = trainer or self._trainer_of(state, view["version"])
+        if trainer is None:
+            raise RegistryError("dataset: this version has no training data in its lineage; pass a trainer config")
+        result, dataset = await self._evaluate(model, trainer)
+
+        def decide(s: ModelState) -> list[Event]:
+            resolve(s, f"{view['name']}/{view['version']}")
+            return [ModelVersionEvaluated(aggregate_id=view["name"], version=view["version"], dataset=dataset,
+                                          metrics=result["metrics"], per_class=result["per_class"],
+                                          confusion=result["confusion"])]
+        await self._decide_and_append(view["name"], decide)
+        return {"name": view["name"], "version": view["version"], "dataset": dataset, **result}
+
+    async def compress(self, uri: str, method: str, options: dict[str, Any], finetune_steps: int = 1000,
+                       by: str = "") -> dict[str, Any]:
+        """A new version from ``uri``, linked to it, with the measured size, latency and metric deltas."""
+        parent_view, parent = await self.load(uri)
+        name, version = parent_view["name"], parent_view["version"]
+        state = self.model(name)
+        trainer = self._trainer_of(state, version)
+        train = builtin.data(trainer, "train") if trainer else None
+        try:
+            small, info = await asyncio.to_thread(compress.compress, parent, method, options, train, finetune_steps)
+        except (compress.CompressionError, TypeError, ValueError) as exc:
+            raise RegistryError(str(exc)) from None
+        evaluation, dataset = None, ""
+        deltas: dict[str, float] = {"size_bytes": small.nbytes - parent.nbytes,
+                                    "size_ratio": round(small.nbytes / parent.nbytes, 4)}
+        if trainer is not None:
+            before, dataset = await self._evaluate(parent, trainer)
+            evaluation, _ = await self._evaluate(small, trainer)
+            for key in ("accuracy", "f1_macro", "latency_ms_per_1k"):
+                deltas[key] = round(evaluation["metrics"][key] - before["metrics"][key], 6)
+        lineage = Lineage(source="compression", parent_version=version, dataset=dataset,
+                          compression={**info, "deltas": deltas})
+        out = await self.register(name, small, lineage, evaluation["metrics"] if evaluation else None,
+                                  f"{method} of version {version}", {"compression": method, "parent": str(version)},
+                                  by, evaluation, dataset)
+        return {**out, "deltas": deltas}
+
+    async def alias(self, name: str, alias: str, version: int, expected: int | None | str = "any") -> dict[str, Any]:
+        _, events = await self._decide_and_append(name, lambda s: decide_alias(s, alias, version, expected))
+        previous = events[0].previous if events else version  # type: ignore[attr-defined]
+        return {"name": name, "alias": alias, "version": version, "previous": previous, "changed": bool(events)}
+
+    async def unalias(self, name: str, alias: str) -> dict[str, Any]:
+        _, events = await self._decide_and_append(name, lambda s: decide_remove_alias(s, alias))
+        return {"name": name, "alias": alias, "removed": events[0].previous}  # type: ignore[attr-defined]
+
+    async def tag(self, name: str, version: int, set_tags: dict[str, str], removed: list[str]) -> dict[str, Any]:
+        state, _ = await self._decide_and_append(name, lambda s: decide_tag(s, version, set_tags, removed))
+        return version_view(state, state.versions[version])
+
+    async def describe(self, name: str, version: int, description: str) -> dict[str, Any]:
+        state, _ = await self._decide_and_append(name, lambda s: decide_describe(s, version, description))
+        return version_view(state, state.versions[version])
+
+    async def delete(self, name: str, version: int, reason: str = "", by: str = "") -> dict[str, Any]:
+        await self._decide_and_append(name, lambda s: decide_delete(s, version, reason, by))
+        collected = await self.collect_garbage()
+        return {"name": name, "version": version, "deleted": True, "collected": collected}
+
+    async def collect_garbage(self, orphan_grace_s: float = 3600.0) -> dict[str, Any]:
+        """Delete the bytes of every digest no live version references: those of deleted versions at once, and
+        objects no version ever named (a register that died between storing and recording) after a grace period,
+        since a register may be between the two right now."""
+        await self.catch_up()
+        live = referenced_digests(self.view.models)
+        holders: dict[str, str] = {}
+        for name, state in self.view.models.items():
+            for v in state.versions.values():
+                holders[v.digest] = name
+        stored = await self.blobs.digests()
+        freed, removed = 0, []
+        bucket = await self.blobs.bucket()
+        for digest, size in stored.items():
+            if digest in live:
+                continue
+            if digest not in holders:
+                info = await bucket.get_info(digest.replace(":", "-"))
+                mtime = _parse_mtime(info.mtime)
+                if mtime is None or time.time() - mtime < orphan_grace_s:
+                    continue
+            if await self.blobs.delete(digest):
+                freed += size
+                removed.append(digest)
+                if digest in holders:
+                    await self.store.append(f"model.{holders[digest]}",
+                                            ModelObjectCollected(aggregate_id=holders[digest], digest=digest,
+                                                                 size_bytes=size))
+        await self.catch_up()
+        return {"objects": removed, "bytes": freed}
+
+
+def _parse_mtime(raw: str | None) -> float | None:
+    """NATS writes RFC 3339 with nanoseconds (``2026-11-25T17:30:00.123456789Z``); Python reads microseconds."""
+    if not raw:
+        return None
+    from datetime import datetime
+
+    text = re.sub(r"(\.\d{6})\d+", r"\1", raw.replace("Z", "+00:00"))
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+# -- the request surface --------------------------------------------------------------------------------------------
+def _int(args: dict[str, Any], key: str) -> int:
+    value = args.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RegistryError(f"{key}: a positive version number is required, got {value!r}")
+    return value
+
+
+def _str(args: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = args.get(key, default)
+    if not isinstance(value, str) or (default is None and not value):
+        raise RegistryError(f"{key}: a string is required, got {value!r}")
+    return value
+
+
+async def handle(reg: Registry, op: str, args: dict[str, Any]) -> dict[str, Any]:
+    """One request: ``op`` names the command, ``args`` its fields (JSON object)."""
+    if op == "list":
+        return {"models": reg.list(args.get("tag"), args.get("metric"), args.get("min"), args.get("name"))}
+    if op == "show":
+        return reg.show(_str(args, "model"))
+    if op == "register":  # the bytes are put in the bucket by the caller (content-addressed), only the digest travels
+        check_name(_str(args, "name"))
+        data = await reg.blobs.get(_str(args, "digest"))
+        trainer = args.get("trainer")
+        if trainer is not None and not isinstance(trainer, dict):
+            raise RegistryError("trainer: an object (the built-in trainer's config) is expected")
+        return await reg.register_bytes(_str(args, "name"), data, trainer, _str(args, "description", ""),
+                                        _tags(args.get("tags", {})), _str(args, "by", ""))
+    if op == "alias":
+        expected = args.get("expected", "any")
+        return await reg.alias(_str(args, "name"), _str(args, "alias"), _int(args, "version"), expected)
+    if op == "unalias":
+        return await reg.unalias(_str(args, "name"), _str(args, "alias"))
+    if op == "tag":
+        removed = args.get("remove", [])
+        if not isinstance(removed, list):
+            raise RegistryError("remove: a list of tag keys is expected")
+        return await reg.tag(_str(args, "name"), _int(args, "version"), _tags(args.get("set", {})), removed)
+    if op == "describe":
+        return await reg.describe(_str(args, "name"), _int(args, "version"), _str(args, "description", ""))
+    if op == "delete":
+        return await reg.delete(_str(args, "name"), _int(args, "version"), _str(args, "reason", ""),
+                                _str(args, "by", ""))
+    if op == "compress":
+        options = args.get("options", {})
+        if not isinstance(options, dict):
+            raise RegistryError("options: an object is expected")
+        steps = args.get("finetune_steps", 1000)
+        if not isinstance(steps, int) or steps < 0:
+            raise RegistryError(f"finetune_steps: a non-negative integer is expected, got {steps!r}")
+        return await reg.compress(_str(args, "model"), _str(args, "method"), options, steps, _str(args, "by", ""))
+    if op == "eval":
+        trainer = args.get("trainer")
+        return await reg.evaluate(_str(args, "model"), trainer if isinstance(trainer, dict) else None)
+    if op == "gc":
+        grace = args.get("orphan_grace_s", 3600.0)
+        return await reg.collect_garbage(float(grace))
+    if op == "register-job":
+        return await reg.register_job(_str(args, "job")) or {"registered": False}
+    raise RegistryError(f"op: unknown {op!r} (list, show, register, alias, unalias, tag, describe, delete, compress, "
+                        "eval, gc)")
+
+
+def _tags(raw: Any) -> dict[str, str]:
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+        raise RegistryError("tags: an object of string keys and string values is expected")
+    return raw
+
+
+class ModelRegistryService(Service):
+    name = "model-registry"
+
+    def __init__(self) -> None:
+        self.registered = 0
+        self.handled = 0
+        """How many of ``view.succeeded`` have been registered (or found registered)."""
+        self._lock = asyncio.Lock()
+
+    async def run(self, ctx: ServiceContext) -> None:
+        self.reg = Registry(ctx.store)
+        await self.reg.catch_up()
+        await self._register_new_jobs()  # jobs that succeeded while we were away
+        stop = asyncio.Event()
+        follower = asyncio.ensure_future(self._follow(ctx, stop))
+        sub = await ctx.nc.subscribe(f"{PREFIX}.>", cb=self._on_request)
+        log.info("model registry ready", extra={"models": len(self.reg.view.models)})
+        await ctx.stopping.wait()
+        await sub.unsubscribe()
+        stop.set()
+        await follower
+
+    async def _follow(self, ctx: ServiceContext, stop: asyncio.Event) -> None:
+        sub = ctx.store.subscribe(self.reg.seq + 1)
+        try:
+            while not stop.is_set():
+                try:
+                    commit = await sub.next(timeout=0.5)
+                except asyncio.TimeoutError:
+                    continue
+                self.reg.apply(commit)
+                await self._register_new_jobs()
+        finally:
+            await sub.close()
+
+    async def _register_new_jobs(self) -> None:
+        """Whichever fold saw a job succeed (the follower, or a request's catch-up), it is registered here."""
+        while self.handled < len(self.reg.view.succeeded):
+            job_id = self.reg.view.succeeded[self.handled]
+            self.handled += 1
+            await self._register_job(job_id)
+
+    async def _register_job(self, job_id: str) -> None:
+        try:
+            async with self._lock:
+                done = await self.reg.register_job(job_id)
+            if done:
+                self.registered += 1
+                log.info("registered a trained model", extra={"job": job_id, "model": done["name"],
+                                                              "version": done["version"]})
+        except (AiosError, ValueError, msgspec.DecodeError) as exc:
+            log.error("could not register the model of a training job", extra={"job": job_id, "error": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - a missing checkpoint bucket and the like must not stop the service
+            log.error("could not register the model of a training job", extra={"job": job_id, "error": repr(exc)})
+
+    async def _on_request(self, msg: Any) -> None:
+        op = msg.subject[len(PREFIX) + 1:]
+        try:
+            args = json.loads(msg.data or b"{}")
+            if not isinstance(args, dict):
+                raise RegistryError("request: a JSON object is expected")
+            async with self._lock:  # one command at a time in this process; other writers are caught by versions
+                await self.reg.catch_up()
+                reply: Any = await handle(self.reg, op, args)
+        except json.JSONDecodeError as exc:
+            reply = {"error": f"request: not JSON ({exc})"}
+        except NotFound as exc:
+            reply = {"error": str(exc), "not_found": True}
+        except (RegistryError, BlobError) as exc:
+            reply = {"error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - a request must get an answer, not a timeout
+            log.exception("registry request failed", extra={"op": op})
+            reply = {"error": f"internal error: {exc!r}"}
+        if msg.reply:
+            await msg.respond(json.dumps(reply, default=_json_default).encode())
+
+    def healthy(self) -> tuple[bool, str]:
+        reg = getattr(self, "reg", None)
+        return True, f"{len(reg.view.models) if reg else 0} models, {self.registered} registered from jobs"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, msgspec.Struct):
+        return msgspec.to_builtins(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def from_env() -> ModelRegistryService:
+    return ModelRegistryService()
+

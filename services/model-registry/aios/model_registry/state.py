@@ -1,0 +1,237 @@
+"""The registry's state, folded from ``model.<name>`` events, and its decisions, both without I/O.
+
+``evolve`` applies one event; ``decide_*`` turn a command and the current state of one model into the events to
+append (or a :class:`RegistryError` naming the field and the reason). The service appends them against the model's
+version, so two clients moving one alias at once cannot lose a move: the second is decided again on fresh state.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from aios.common.errors import AiosError
+from aios.common.events import (
+    Event, Lineage, ModelAliasRemoved, ModelAliasSet, ModelObjectCollected, ModelVersionDeleted, ModelVersionDescribed,
+    ModelVersionEvaluated, ModelVersionRegistered, ModelVersionTagged, Signature,
+)
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+URI = re.compile(r"^(?:models:/)?(?P<name>[^/@]+)(?:/(?P<version>[^/@]+)|@(?P<alias>[^/@]+))?$")
+
+
+class RegistryError(AiosError):
+    """A registry command that cannot be done; the message names the field and the reason."""
+
+
+class NotFound(RegistryError):
+    """No such model, version or alias."""
+
+
+@dataclass
+class VersionState:
+    version: int
+    digest: str
+    size_bytes: int
+    format: str
+    signature: Signature
+    lineage: Lineage
+    metrics: dict[str, float]
+    description: str
+    tags: dict[str, str]
+    registered_at: float
+    registered_by: str = ""
+    deleted: bool = False
+    deleted_reason: str = ""
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    """The last evaluation: dataset, metrics, per_class, confusion."""
+
+
+@dataclass
+class ModelState:
+    name: str
+    versions: dict[int, VersionState] = field(default_factory=dict)
+    aliases: dict[str, int] = field(default_factory=dict)
+    version: int = 0
+    """The aggregate's version (its last event's per-subject sequence): what appends are checked against."""
+    collected: set[str] = field(default_factory=set)
+
+    @property
+    def live(self) -> list[VersionState]:
+        return [v for v in self.versions.values() if not v.deleted]
+
+    @property
+    def latest(self) -> VersionState | None:
+        live = self.live
+        return max(live, key=lambda v: v.version) if live else None
+
+    def aliases_of(self, version: int) -> list[str]:
+        return sorted(a for a, v in self.aliases.items() if v == version)
+
+
+def evolve(state: ModelState, ev: Event, version: int) -> ModelState:
+    """Apply one event (mutates and returns ``state``; ``version`` is the aggregate version after it)."""
+    state.version = version
+    if isinstance(ev, ModelVersionRegistered):
+        state.versions[ev.version] = VersionState(
+            ev.version, ev.digest, ev.size_bytes, ev.format, ev.signature, ev.lineage, dict(ev.metrics),
+            ev.description, dict(ev.tags), ev.ts, ev.registered_by)
+        state.collected.discard(ev.digest)
+    elif isinstance(ev, ModelVersionEvaluated):
+        if ev.version in state.versions:
+            v = state.versions[ev.version]
+            v.evaluation = {"dataset": ev.dataset, "metrics": dict(ev.metrics), "per_class": ev.per_class,
+                            "confusion": ev.confusion, "at": ev.ts}
+            v.metrics.update(ev.metrics)
+    elif isinstance(ev, ModelAliasSet):
+        state.aliases[ev.alias] = ev.version
+    elif isinstance(ev, ModelAliasRemoved):
+        state.aliases.pop(ev.alias, None)
+    elif isinstance(ev, ModelVersionTagged):
+        if ev.version in state.versions:
+            tags = state.versions[ev.version].tags
+            tags.update(ev.set)
+            for key in ev.removed:
+                tags.pop(key, None)
+    elif isinstance(ev, ModelVersionDescribed):
+        if ev.version in state.versions:
+            state.versions[ev.version].description = ev.description
+    elif isinstance(ev, ModelVersionDeleted):
+        if ev.version in state.versions:
+            state.versions[ev.version].deleted = True
+            state.versions[ev.version].deleted_reason = ev.reason
+    elif isinstance(ev, ModelObjectCollected):
+        state.collected.add(ev.digest)
+    return state
+
+
+# -- names and URIs -------------------------------------------------------------------------------------------------
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME.match(name):
+        raise RegistryError(f"name: {name!r} must be 1-64 letters, digits, '_' or '-' (starting with a letter or digit)")
+    return name
+
+
+def parse_uri(uri: str) -> tuple[str, int | None, str | None]:
+    """``models:/name/3``, ``models:/name@production``, ``name``, ``name/3``, ``name@alias`` -> (name, version,
+    alias); neither: the latest live version."""
+    m = URI.match(uri.strip()) if isinstance(uri, str) else None
+    if m is None:
+        raise RegistryError(f"model: {uri!r} is not models:/<name>[/<version>|@<alias>]")
+    name = check_name(m["name"])
+    version = None
+    if m["version"] is not None:
+        if not m["version"].isdigit() or int(m["version"]) < 1:
+            raise RegistryError(f"model: version {m['version']!r} of {uri!r} is not a positive number")
+        version = int(m["version"])
+    return name, version, m["alias"]
+
+
+def resolve(state: ModelState | None, uri: str) -> VersionState:
+    name, version, alias = parse_uri(uri)
+    if state is None or not state.versions:
+        raise NotFound(f"model {name!r} is not registered")
+    if alias is not None:
+        if alias not in state.aliases:
+            known = ", ".join(sorted(state.aliases)) or "none"
+            raise NotFound(f"model {name!r} has no alias {alias!r} (aliases: {known})")
+        version = state.aliases[alias]
+    if version is None:
+        latest = state.latest
+        if latest is None:
+            raise NotFound(f"model {name!r} has no live version")
+        return latest
+    found = state.versions.get(version)
+    if found is None:
+        raise NotFound(f"model {name!r} has no version {version}")
+    if found.deleted:
+        raise NotFound(f"version {version} of model {name!r} was deleted ({found.deleted_reason or 'no reason given'})")
+    return found
+
+
+# -- decisions ------------------------------------------------------------------------------------------------------
+def _live(state: ModelState, version: int) -> VersionState:
+    found = state.versions.get(version)
+    if found is None:
+        raise NotFound(f"version: model {state.name!r} has no version {version}")
+    if found.deleted:
+        raise RegistryError(f"version: {version} of model {state.name!r} is deleted")
+    return found
+
+
+def decide_register(state: ModelState, *, digest: str, size_bytes: int, format: str, signature: Signature,
+                    lineage: Lineage, metrics: dict[str, float] | None = None, description: str = "",
+                    tags: dict[str, str] | None = None, registered_by: str = "") -> list[Event]:
+    if lineage.parent_version is not None:
+        _live(state, lineage.parent_version)
+    number = max(state.versions, default=0) + 1  # never reused, even after a deletion
+    return [ModelVersionRegistered(aggregate_id=state.name, version=number, digest=digest, size_bytes=size_bytes,
+                                   format=format, signature=signature, lineage=lineage, metrics=dict(metrics or {}),
+                                   description=description, tags=dict(tags or {}), registered_by=registered_by)]
+
+
+def decide_alias(state: ModelState, alias: str, version: int, expected: int | None | str = "any") -> list[Event]:
+    """Point ``alias`` at ``version``. ``expected``: the version the caller believes the alias points at now
+    (None: unset), checked like a compare-and-set; ``"any"``: move it whatever it points at."""
+    if not isinstance(alias, str) or not ALIAS.match(alias) or alias == "latest":
+        raise RegistryError(f"alias: {alias!r} must start with a letter, use letters, digits, '_' or '-', and not be "
+                            "'latest'")
+    _live(state, version)
+    current = state.aliases.get(alias)
+    if expected != "any" and expected != current:
+        raise RegistryError(f"alias: {alias!r} points at {current if current is not None else 'nothing'}, not "
+                            f"{expected if expected is not None else 'nothing'} as expected (moved meanwhile)")
+    if current == version:
+        return []
+    return [ModelAliasSet(aggregate_id=state.name, alias=alias, version=version, previous=current)]
+
+
+def decide_remove_alias(state: ModelState, alias: str) -> list[Event]:
+    if alias not in state.aliases:
+        raise NotFound(f"alias: model {state.name!r} has no alias {alias!r}")
+    return [ModelAliasRemoved(aggregate_id=state.name, alias=alias, previous=state.aliases[alias])]
+
+
+def decide_tag(state: ModelState, version: int, set_tags: dict[str, str], removed: list[str]) -> list[Event]:
+    _live(state, version)
+    bad = [k for k in list(set_tags) + removed if not isinstance(k, str) or not k or len(k) > 128]
+    if bad:
+        raise RegistryError(f"tags: keys must be 1-128 characters: {bad!r}")
+    return [ModelVersionTagged(aggregate_id=state.name, version=version, set=dict(set_tags), removed=list(removed))]
+
+
+def decide_describe(state: ModelState, version: int, description: str) -> list[Event]:
+    _live(state, version)
+    if len(description) > 10_000:
+        raise RegistryError("description: longer than 10,000 characters")
+    return [ModelVersionDescribed(aggregate_id=state.name, version=version, description=description)]
+
+
+def decide_delete(state: ModelState, version: int, reason: str = "", by: str = "") -> list[Event]:
+    _live(state, version)
+    aliases = state.aliases_of(version)
+    if aliases:
+        raise RegistryError(f"version: {version} of model {state.name!r} is aliased as {', '.join(aliases)}; move or "
+                            "remove the alias first")
+    return [ModelVersionDeleted(aggregate_id=state.name, version=version, reason=reason, deleted_by=by)]
+
+
+def referenced_digests(models: dict[str, ModelState]) -> set[str]:
+    """Digests some live version still needs: everything else may be collected."""
+    return {v.digest for m in models.values() for v in m.live}
+
+
+def version_view(state: ModelState, v: VersionState) -> dict[str, Any]:
+    """What ``aios models show`` and the API print for one version."""
+    return {"name": state.name, "version": v.version, "uri": f"models:/{state.name}/{v.version}",
+            "aliases": state.aliases_of(v.version), "digest": v.digest, "size_bytes": v.size_bytes,
+            "format": v.format, "metrics": v.metrics, "tags": v.tags, "description": v.description,
+            "signature": {"input": [v.signature.input_name, v.signature.input_datatype, v.signature.input_shape],
+                          "output": [v.signature.output_name, v.signature.output_datatype, v.signature.output_shape],
+                          "labels": v.signature.labels},
+            "lineage": {k: getattr(v.lineage, k) for k in v.lineage.__struct_fields__},
+            "registered_at": v.registered_at, "registered_by": v.registered_by, "deleted": v.deleted,
+            **({"deleted_reason": v.deleted_reason} if v.deleted else {}),
+            **({"evaluation": v.evaluation} if v.evaluation else {})}

@@ -1,0 +1,152 @@
+"""The registry's commands against a real nats-server: versions, content digests, aliases under concurrency,
+deletion with garbage collection, compression lineage, and errors that name the field."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+import pytest
+
+from aios.common.events import Lineage, ModelAliasSet
+from aios.common.natsserver import NatsServer
+from aios.common.store import EventStore
+from aios.model_registry import builtin, nn
+from aios.model_registry.blobs import BlobError, BlobStore, digest_of
+from aios.model_registry.service import Registry, handle
+from aios.model_registry.state import NotFound, RegistryError
+from aios.trainer.mlp import TrainerConfig
+from tests.conftest import open_store
+
+TRAINER = {"kind": "mlp", "dataset": "digits", "classes": 10, "hidden": 32, "steps": 150, "samples": 1000}
+
+
+@pytest.fixture(scope="module")
+def trained() -> nn.Model:
+    cfg = TrainerConfig(**TRAINER)  # type: ignore[arg-type]
+    return builtin.model_from_params(cfg, builtin.train_locally(cfg))
+
+
+async def registry(store: EventStore) -> Registry:
+    bucket = f"T_MODELS_{store.stream}"  # a bucket of this test alone
+    return Registry(store, BlobStore(store, bucket))
+
+
+async def test_versions_are_numbered_and_bytes_are_stored_once_by_digest(store: EventStore, trained: nn.Model) -> None:
+    reg = await registry(store)
+    v1 = await reg.register_bytes("digits", trained.encode(), TRAINER, tags={"team": "vision"})
+    assert v1["version"] == 1 and v1["uri"] == "models:/digits/1" and v1["digest"] == digest_of(trained.encode())
+    assert v1["signature"]["input"] == ["input", "FP32", [64]] and v1["signature"]["output"][2] == [10]
+    assert v1["metrics"]["accuracy"] > 0.8 and len(v1["evaluation"]["confusion"]) == 10
+    v2 = await reg.register_bytes("digits-copy", trained.encode())
+    assert v2["digest"] == v1["digest"] and list((await reg.blobs.digests())) == [v1["digest"]]  # stored once
+    again = await reg.register_bytes("digits", trained.encode(), TRAINER)
+    assert again["version"] == 2
+    _, loaded = await reg.load("models:/digits/2")
+    x, _ = builtin.data(TRAINER, "eval")
+    assert (loaded.predict(x) == trained.predict(x)).all()
+    assert [m["name"] for m in reg.list(tag="team=vision")] == ["digits"]
+    assert [m["name"] for m in reg.list(metric="accuracy", min_value=0.5)] == ["digits"]  # the copy has no metrics
+
+
+async def test_a_corrupted_object_is_detected(store: EventStore, trained: nn.Model) -> None:
+    reg = await registry(store)
+    v1 = await reg.register_bytes("fragile", trained.encode())
+    bucket = await reg.blobs.bucket()
+    info = await bucket.get_info(v1["digest"].replace(":", "-"))
+    chunks = f"$O.{reg.blobs.bucket_name}.C.{info.nuid}"
+    # flip one byte of the stored chunk underneath the object's metadata, as a bad disk would
+    await store.js.purge_stream(f"OBJ_{reg.blobs.bucket_name}", subject=chunks)
+    data = bytearray(trained.encode())
+    data[len(data) // 2] ^= 0xFF
+    await store.js.publish(chunks, bytes(data))
+    with pytest.raises(BlobError, match="corrupted"):
+        await reg.load("models:/fragile/1")
+    # and bytes substituted under the digest's name (valid for NATS, wrong for us)
+    await bucket.put(v1["digest"].replace(":", "-"), b"something else")
+    with pytest.raises(BlobError, match="corrupted: its bytes hash to sha256:"):
+        await reg.load("models:/fragile/1")
+
+
+async def test_aliases_move_atomically_and_concurrent_moves_lose_nothing(nats_server: NatsServer, store: EventStore,
+                                                                        trained: nn.Model) -> None:
+    reg = await registry(store)
+    for _ in range(3):
+        await reg.register_bytes("ranker", trained.encode())
+    await reg.alias("ranker", "production", 1)
+    assert reg.show("models:/ranker@production")["version"] == 1
+
+    # two writers (separate connections, as two registry processes would be) move the alias 40 times at once
+    other_store = EventStore(store.nc, store.servers, stream=store.stream, prefix=store.prefix)
+    other = Registry(other_store, reg.blobs)
+    moves = [(reg if i % 2 else other).alias("ranker", "production", 1 + i % 3) for i in range(40)]
+    await asyncio.gather(*moves)
+    history = [e for e in (await store.read("model.ranker")).events if isinstance(e, ModelAliasSet)]
+    for before, after in zip(history, history[1:]):
+        assert after.previous == before.version  # every move was decided on the state the one before left
+    await reg.catch_up()
+    assert reg.show("models:/ranker@production")["version"] == history[-1].version
+
+    # compare-and-set: two clients that both saw the alias at v so-and-so; one wins, the other is told
+    current = history[-1].version
+    targets = [v for v in (1, 2, 3) if v != current]
+    results = await asyncio.gather(*(r.alias("ranker", "production", t, expected=current)
+                                     for r, t in zip((reg, other), targets)), return_exceptions=True)
+    assert sum(isinstance(r, dict) for r in results) == 1
+    lost = [r for r in results if isinstance(r, Exception)]
+    assert len(lost) == 1 and "moved meanwhile" in str(lost[0])
+
+
+async def test_delete_keeps_the_trail_and_frees_the_bytes(store: EventStore, trained: nn.Model) -> None:
+    reg = await registry(store)
+    v1 = await reg.register_bytes("old", trained.encode())
+    small, _ = __import__("aios.model_registry.compress", fromlist=["int8"]).int8(trained)
+    v2 = await reg.register("old", small, Lineage(source="file"))
+    await reg.alias("old", "production", 1)
+    with pytest.raises(RegistryError, match="aliased as production"):
+        await reg.delete("old", 1)
+    await reg.unalias("old", "production")
+    before = await reg.blobs.stored_bytes()
+    result = await reg.delete("old", 1, reason="superseded", by="alice")
+    assert result["collected"]["objects"] == [v1["digest"]]
+    assert await reg.blobs.stored_bytes() < before - 0.9 * v1["size_bytes"]
+    assert set(await reg.blobs.digests()) == {v2["digest"]}
+    shown = reg.show("models:/old")
+    assert [(v["version"], v["deleted"]) for v in shown["versions"]] == [(1, True), (2, False)]
+    assert shown["versions"][0]["deleted_reason"] == "superseded"
+    with pytest.raises(NotFound, match="deleted"):
+        await reg.load("models:/old/1")
+    assert reg.show("models:/old")["versions"][1]["version"] == 2  # version numbers are never reused
+    v3 = await reg.register("old", small, Lineage(source="file"))
+    assert v3["version"] == 3 and v3["digest"] == v2["digest"]
+
+
+async def test_compression_makes_a_linked_version_with_measured_deltas(store: EventStore, trained: nn.Model) -> None:
+    reg = await registry(store)
+    await reg.register_bytes("digits", trained.encode(), TRAINER)
+    out = await reg.compress("models:/digits/1", "int8", {})
+    assert out["version"] == 2 and out["lineage"]["parent_version"] == 1 and out["lineage"]["source"] == "compression"
+    deltas = out["deltas"]
+    assert deltas["size_ratio"] < 0.3 and abs(deltas["accuracy"]) <= 0.01 and "latency_ms_per_1k" in deltas
+    assert out["tags"] == {"compression": "int8", "parent": "1"}
+    assert out["size_bytes"] < 0.3 * reg.show("models:/digits/1")["size_bytes"]
+
+
+@pytest.mark.parametrize("op, args, message", [
+    ("alias", {"name": "digits", "alias": "production", "version": "two"}, "version: a positive version number"),
+    ("alias", {"name": "digits", "alias": "3x", "version": 1}, "alias: '3x' must start with a letter"),
+    ("show", {"model": "models:/digits/zero"}, "version 'zero'"),
+    ("show", {"model": "no such/thing/here"}, "is not models:/"),
+    ("compress", {"model": "digits", "method": "zip"}, "method: 'zip' is not one of svd, int8, prune"),
+    ("compress", {"model": "digits", "method": "svd", "options": {"target_ratio": 2}}, "target_ratio: 2"),
+    ("register", {"name": "bad name!", "digest": "sha256:" + "0" * 64}, "name: 'bad name!' must be"),
+    ("register", {"name": "fine", "digest": "sha256:" + "0" * 64}, "is missing from"),
+    ("frobnicate", {}, "op: unknown 'frobnicate'"),
+])
+async def test_bad_requests_name_the_field(store: EventStore, trained: nn.Model, op: str, args: dict[str, Any],
+                                           message: str) -> None:
+    reg = await registry(store)
+    await reg.register_bytes("digits", trained.encode(), TRAINER)
+    with pytest.raises((RegistryError, BlobError), match=message):
+        await handle(reg, op, args)
