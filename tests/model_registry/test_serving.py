@@ -1,0 +1,129 @@
+"""The Open Inference Protocol v2 endpoint: predictions equal offline inference, batching merges concurrent
+requests, bad input gets a 4xx naming the field, and swapping the version drops no request."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+import aiohttp
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from aios.model_registry import builtin, compress, nn
+from aios.model_registry.serving import MAX_ROWS, ModelServer, start_server
+from aios.trainer.mlp import TrainerConfig
+
+CFG = TrainerConfig(dataset="digits", classes=10, hidden=32, steps=150, samples=1000)
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Model:
+    return builtin.model_from_params(CFG, builtin.train_locally(CFG))
+
+
+@pytest_asyncio.fixture
+async def served(model: nn.Model) -> AsyncIterator[tuple[ModelServer, str, aiohttp.ClientSession]]:
+    server = ModelServer("digits", 1, model, max_batch=64, max_delay_ms=5)
+    runner, port = await start_server(server)
+    async with aiohttp.ClientSession() as http:
+        yield server, f"http://127.0.0.1:{port}", http
+    await runner.cleanup()
+
+
+def infer_body(x: np.ndarray, **extra: Any) -> dict[str, Any]:
+    return {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}],
+            **extra}
+
+
+async def test_predictions_match_offline_inference(served: Any, model: nn.Model) -> None:
+    server, url, http = served
+    async with http.get(f"{url}/v2/models/digits") as r:
+        meta = await r.json()
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+    x, _ = builtin.data(CFG, "eval")
+    async with http.post(f"{url}/v2/models/digits/infer", json=infer_body(x[:7], id="r1")) as r:
+        assert r.status == 200
+        reply = await r.json()
+    assert reply["id"] == "r1" and reply["model_version"] == "1"
+    out = {o["name"]: o for o in reply["outputs"]}
+    assert out["output"]["shape"] == [7, 10]
+    assert np.allclose(np.array(out["output"]["data"]).reshape(7, 10), model.logits(x[:7]), atol=1e-5)
+    assert out["label"]["data"] == [str(i) for i in model.predict(x[:7])]
+
+
+async def test_concurrent_requests_are_batched(served: Any, model: nn.Model) -> None:
+    server, url, http = served
+    x, _ = builtin.data(CFG, "eval")
+
+    async def one(i: int) -> list[str]:
+        async with http.post(f"{url}/v2/models/digits/infer", json=infer_body(x[i:i + 2])) as r:
+            return (await r.json())["outputs"][1]["data"]
+    results = await asyncio.gather(*(one(i) for i in range(60)))
+    assert results == [[str(p) for p in model.predict(x[i:i + 2])] for i in range(60)]
+    stats = server.stats()
+    assert stats["requests"] == 60 and stats["batches"] < 60 and stats["p99_ms"] >= stats["p50_ms"] > 0
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 63], "data": [0.0] * 126}]}, 400,
+     "inputs[0].shape: 63 features per row, the model takes 64"),
+    ({"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 64], "data": [0.0] * 100}]}, 400,
+     "inputs[0].data: 100 values for shape [2, 64]"),
+    ({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": ["a"] * 64}]}, 400,
+     "inputs[0].data: not all numbers"),
+    ({"inputs": [{"name": "input", "datatype": "BYTES", "shape": [1, 64], "data": [0] * 64}]}, 400,
+     "inputs[0].datatype: 'BYTES' is not a numeric type"),
+    ({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [0] * 64}]}, 400,
+     "inputs[0].name: 'pixels'"),
+    ({"inputs": [{"name": "input", "datatype": "FP32", "shape": [MAX_ROWS + 1, 64], "data": []}]}, 413,
+     "rows is more than"),
+    ({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [float("nan")] * 64}]}, 400,
+     "NaN"),
+    ({"input": []}, 400, "inputs: exactly one input tensor"),
+])
+async def test_bad_input_gets_a_4xx_that_names_the_field(served: Any, body: dict[str, Any], status: int,
+                                                         message: str) -> None:
+    _, url, http = served
+    import json
+
+    raw = json.dumps(body, allow_nan=True)
+    async with http.post(f"{url}/v2/models/digits/infer", data=raw,
+                         headers={"Content-Type": "application/json"}) as r:
+        assert r.status == status
+        assert message in (await r.json())["error"]
+
+
+async def test_not_json_too_large_and_unknown_model(served: Any) -> None:
+    _, url, http = served
+    async with http.post(f"{url}/v2/models/digits/infer", data=b"{nope") as r:
+        assert r.status == 400 and "body: not JSON" in (await r.json())["error"]
+    async with http.post(f"{url}/v2/models/digits/infer", data=b" " * (17 << 20)) as r:
+        assert r.status == 413
+    async with http.post(f"{url}/v2/models/other/infer", json={}) as r:
+        assert r.status == 404 and "'other' is not served here" in (await r.json())["error"]
+
+
+async def test_swapping_the_version_drops_no_request(served: Any, model: nn.Model) -> None:
+    server, url, http = served
+    small, _ = compress.int8(model)
+    x, _ = builtin.data(CFG, "eval")
+    seen: list[tuple[int, str]] = []
+    stop = asyncio.Event()
+
+    async def client(k: int) -> None:
+        while not stop.is_set():
+            async with http.post(f"{url}/v2/models/digits/infer", json=infer_body(x[k:k + 3])) as r:
+                seen.append((r.status, (await r.json()).get("model_version", "")))
+    clients = [asyncio.ensure_future(client(k)) for k in range(8)]
+    await asyncio.sleep(0.3)
+    server.swap(2, small)
+    await asyncio.sleep(0.3)
+    stop.set()
+    await asyncio.gather(*clients)
+    assert all(status == 200 for status, _ in seen)
+    versions = [v for _, v in seen]
+    assert "1" in versions and versions[-1] == "2" and len(seen) > 50
+    with pytest.raises(ValueError, match="takes 2"):
+        server.swap(3, nn.from_mlp(np.zeros((2, 4)), np.zeros(4), np.zeros((4, 10)), np.zeros(10), []))
