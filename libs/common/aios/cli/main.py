@@ -315,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--json", action="store_true")
     sim.set_defaults(handler=cmd_simulate)
 
+    from aios.cli import models as models_cli
+
+    models_cli.add_parsers(sub)
+
     tenants = sub.add_parser("tenants", help="tenants: quotas, cohorts and devices in use")
     tenants.add_argument("--json", action="store_true", help="machine-readable output")
     tenants.set_defaults(handler=cmd_tenants)

@@ -102,7 +102,8 @@ class Registry:
         """Fold up to the end of the log now (after our own appends: reads see their writes)."""
         await self.store.replay(self.apply, from_seq=self.seq + 1)
 
-    async def _fresh(self, name: str) -> ModelState:
+    async def read_model(self, name: str) -> ModelState:
+        """The model as its events say now (read fresh, not from the fold)."""
         history = await self.store.read(f"model.{check_name(name)}")
         state = ModelState(name)
         for ev in history.events:
@@ -113,7 +114,7 @@ class Registry:
     async def _decide_and_append(self, name: str, decide: Callable[[ModelState], list[Event]],
                                  attempts: int = 20) -> tuple[ModelState, list[Event]]:
         for _ in range(attempts):
-            state = await self._fresh(name)
+            state = await self.read_model(name)
             events = decide(state)
             if not events:
                 return state, events
@@ -444,11 +445,40 @@ class ModelRegistryService(Service):
         stop = asyncio.Event()
         follower = asyncio.ensure_future(self._follow(ctx, stop))
         sub = await ctx.nc.subscribe(f"{PREFIX}.>", cb=self._on_request)
+        router = asyncio.ensure_future(self._route(ctx, stop))
         log.info("model registry ready", extra={"models": len(self.reg.view.models)})
         await ctx.stopping.wait()
         await sub.unsubscribe()
         stop.set()
-        await follower
+        await asyncio.gather(follower, router)
+
+    async def _route(self, ctx: ServiceContext, stop: asyncio.Event) -> None:
+        """The inference router on ``AIOS_ROUTER_PORT`` (default 8600; taken: any free port), announced in the
+        endpoints bucket so ``aios serve`` can print it."""
+        import os
+
+        from aios.model_registry.router import Router, announce_router
+        from aios.model_registry.serving import start_server_app
+
+        want = int(os.environ.get("AIOS_ROUTER_PORT", "8600"))
+        host = os.environ.get("AIOS_ROUTER_HOST", "127.0.0.1")
+        try:
+            runner, port = await start_server_app(Router(ctx.store).app(), host, want)
+        except OSError:
+            runner, port = await start_server_app(Router(ctx.store).app(), host, 0)
+        self.router_url = f"http://{host}:{port}"
+        try:
+            while not stop.is_set():
+                try:
+                    await announce_router(ctx.store, self.router_url)
+                except Exception as exc:  # noqa: BLE001 - NATS away: try again next round
+                    log.warning("could not announce the router", extra={"error": str(exc)})
+                try:
+                    await asyncio.wait_for(stop.wait(), 5.0)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            await runner.cleanup()
 
     async def _follow(self, ctx: ServiceContext, stop: asyncio.Event) -> None:
         sub = ctx.store.subscribe(self.reg.seq + 1)

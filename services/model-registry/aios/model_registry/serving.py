@@ -285,9 +285,17 @@ class ModelServer:
 
 async def start_server(server: ModelServer, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
     """Listen on ``port`` (0: any free one); returns the runner (for cleanup) and the port."""
-    runner = web.AppRunner(server.app(), access_log=None)
+    return await start_server_app(server.app(), host, port)
+
+
+async def start_server_app(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
     sockets = getattr(site, "_server").sockets  # the bound port when 0 was asked
     return runner, int(sockets[0].getsockname()[1])

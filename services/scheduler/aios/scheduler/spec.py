@@ -42,8 +42,30 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     preemptible: bool = True
     command: list[str] | None = None
     trainer: dict[str, Any] | None = None
+    serve: dict[str, Any] | None = None
+    """A model-serving job: ``{model: "models:/name@alias", max_batch: 256, max_delay_ms: 2}``; one replica per
+    device (one on a CPU-only job), each an Open Inference Protocol endpoint; runs until cancelled."""
     env: dict[str, str] = {}
     checkpoint_interval_s: float | None = None
+
+
+SERVE_FIELDS = {"model": str, "max_batch": int, "max_delay_ms": (int, float)}
+
+
+def check_serve(serve: dict[str, Any]) -> None:
+    unknown = sorted(set(serve) - set(SERVE_FIELDS))
+    if unknown:
+        raise SpecError(f"serve.{unknown[0]}", f"unknown field (known: {', '.join(SERVE_FIELDS)})")
+    model = serve.get("model")
+    if not isinstance(model, str) or not re.match(r"^(models:/)?[A-Za-z0-9][A-Za-z0-9_-]{0,63}([/@][A-Za-z0-9_-]+)?$",
+                                                  model):
+        raise SpecError("serve.model", "required: models:/<name>[/<version>|@<alias>]")
+    for field, kind in SERVE_FIELDS.items():
+        value = serve.get(field)
+        if field != "model" and value is not None and (isinstance(value, bool) or not isinstance(value, kind)
+                                                       or value < (1 if field == "max_batch" else 0)):
+            raise SpecError(f"serve.{field}", "must be a positive number" if field == "max_batch" else
+                            "must be a number of milliseconds >= 0")
 
 
 def validate_spec(raw: Any) -> JobSpec:
@@ -83,8 +105,10 @@ def validate_spec(raw: Any) -> JobSpec:
         value = getattr(spec, field)
         if value is not None and value <= 0:
             raise SpecError(field, "must be a positive number of seconds")
-    if (spec.command is None) == (spec.trainer is None):
-        raise SpecError("command", "give exactly one of `command` (a list of arguments) or `trainer`")
+    if sum(x is not None for x in (spec.command, spec.trainer, spec.serve)) != 1:
+        raise SpecError("command", "give exactly one of `command` (a list of arguments), `trainer` or `serve`")
+    if spec.serve is not None:
+        check_serve(spec.serve)
     if spec.command is not None and (not spec.command or not all(spec.command)):
         raise SpecError("command", "must be a non-empty list of non-empty strings")
     if spec.trainer is not None and not isinstance(spec.trainer.get("kind"), str):

@@ -57,12 +57,15 @@ def worker_env(job: JobState, assignment: Assignment, rank: int, local_rank: int
             "LOCAL_WORLD_SIZE": str(max(1, len(assignment.device_uuids))), "GROUP_RANK": "0",
             "AIOS_JOB_ID": job.job_id, "AIOS_ATTEMPT": str(job.attempts), "AIOS_NATS_URL": nats_url,
             "AIOS_CHECKPOINT_STORE": "AIOS_CHECKPOINTS", "AIOS_CHECKPOINT_NAME": job.job_id,
-            **({"AIOS_TRAINER": json.dumps(spec.trainer)} if spec.trainer is not None else {})}
+            **({"AIOS_TRAINER": json.dumps(spec.trainer)} if spec.trainer is not None else {}),
+            **({"AIOS_SERVE": json.dumps(spec.serve)} if spec.serve is not None else {})}
 
 
-def worker_command() -> list[str]:
-    """The built-in trainer's worker, with the Python that runs AIOS (the same install on every node)."""
-    return [sys.executable, "-m", "aios.trainer.worker"]
+def worker_command(job: JobState | None = None) -> list[str]:
+    """The built-in worker of the job's kind (a trainer rank, or a model-serving replica), with the Python that runs
+    AIOS (the same install on every node)."""
+    serving = job is not None and job.spec is not None and job.spec.serve is not None
+    return [sys.executable, "-m", "aios.model_registry.replica" if serving else "aios.trainer.worker"]
 
 
 def outcome(job: JobState) -> tuple[str, str, int | None] | None:
@@ -167,7 +170,7 @@ class LauncherService(Service):
     async def _launch(self, job: JobState) -> None:
         spec = job.spec
         assert spec is not None
-        command = spec.command or worker_command()
+        command = spec.command or worker_command(job)
         self.nodes_of[(job.job_id, job.attempts)] = {a.node_id for a in job.assignments if self._mine(a.node_id)}
         rank = 0
         url = ",".join(self.ctx.settings.servers)

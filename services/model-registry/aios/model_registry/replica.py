@@ -1,0 +1,173 @@
+"""``python -m aios.model_registry.replica``: one serving replica, started by the launcher for a ``serve:`` job.
+
+It resolves the job's model URI in the registry, loads and verifies the bytes, serves them over the Open Inference
+Protocol (:mod:`serving`), and announces its address in the ``AIOS_ENDPOINTS`` KV bucket (a key per replica,
+refreshed, with a TTL, so a dead replica disappears). Serving an alias, it follows the model's events: when the
+alias moves, it loads the new version and swaps it in between two batches, so no request is dropped.
+Environment: ``AIOS_SERVE`` (the job's ``serve:`` JSON), ``AIOS_NATS_URL``, ``AIOS_JOB_ID``, ``RANK``;
+``AIOS_SERVE_HOST`` (default 127.0.0.1) and ``AIOS_SERVE_PORT`` (default 0: any free port).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+import nats.js.errors
+from nats.js.api import KeyValueConfig, StorageType
+
+from aios.common.events import ModelAliasSet
+from aios.common.store import EventStore, connect
+from aios.model_registry import nn
+from aios.model_registry.service import Registry
+from aios.model_registry.serving import ModelServer, start_server
+from aios.model_registry.state import parse_uri, resolve
+
+log = logging.getLogger("aios.model_registry.replica")
+ENDPOINTS = "AIOS_ENDPOINTS"
+TTL_S = 15.0
+EXIT_CONFIG = 2
+
+
+async def endpoints_bucket(store: EventStore) -> Any:
+    js = store.js
+    try:
+        return await js.key_value(ENDPOINTS)
+    except nats.js.errors.BucketNotFoundError:
+        try:
+            return await js.create_key_value(KeyValueConfig(
+                bucket=ENDPOINTS, history=1, ttl=TTL_S, storage=StorageType.MEMORY, replicas=store.replicas,
+                description="serving replicas' addresses, one key per replica, expiring unless refreshed"))
+        except nats.js.errors.BadRequestError:
+            return await js.key_value(ENDPOINTS)
+
+
+async def endpoints(store: EventStore, model: str | None = None) -> list[dict[str, Any]]:
+    """The live replicas (of ``model``), as they announced themselves."""
+    kv = await endpoints_bucket(store)
+    try:
+        keys = await kv.keys()
+    except nats.js.errors.NoKeysError:
+        return []
+    out = []
+    for key in keys:
+        if model is None or key.startswith(f"{model}."):
+            try:
+                entry = await kv.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                continue
+            if entry.value:
+                out.append(json.loads(entry.value))
+    return sorted(out, key=lambda e: e["key"])
+
+
+class Replica:
+    def __init__(self, store: EventStore, uri: str, job_id: str, rank: int, host: str, port: int,
+                 max_batch: int, max_delay_ms: float) -> None:
+        self.store = store
+        self.reg = Registry(store)
+        self.uri = uri
+        self.name, _, self.alias = parse_uri(uri)
+        self.job = job_id or "manual"
+        self.key = f"{self.name}.{self.job}.{rank}"
+        self.host, self.port = host, port
+        self.max_batch, self.max_delay_ms = max_batch, max_delay_ms
+        self.server: ModelServer | None = None
+
+    async def load(self) -> tuple[int, nn.Model, int]:
+        state = await self.reg.read_model(self.name)
+        version = resolve(state, self.uri)
+        return version.version, nn.decode(await self.reg.blobs.get(version.digest)), state.version
+
+    async def announce(self, kv: Any) -> None:
+        assert self.server is not None
+        await kv.put(self.key, json.dumps({
+            "key": self.key, "url": f"http://{self.advertised}:{self.port}", "model": self.name, "job": self.job,
+            "version": self.server.loaded.version, "uri": self.uri, "pid": os.getpid()}).encode())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        version, model, seen = await self.load()
+        self.server = ModelServer(self.name, version, model, self.max_batch, self.max_delay_ms)
+        runner, self.port = await start_server(self.server, self.host, self.port)
+        self.advertised = self.host if self.host not in ("0.0.0.0", "::") else socket.gethostname()
+        kv = await endpoints_bucket(self.store)
+        await self.announce(kv)
+        print(json.dumps({"serving": f"models:/{self.name}/{version}", "uri": self.uri,
+                          "url": f"http://{self.advertised}:{self.port}/v2/models/{self.name}"}), flush=True)
+        follow = asyncio.ensure_future(self._follow_alias(seen, kv, stop)) if self.alias else None
+        try:
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(stop.wait(), TTL_S / 3)
+                except asyncio.TimeoutError:
+                    await self.announce(kv)
+        finally:
+            if follow is not None:
+                follow.cancel()
+                await asyncio.gather(follow, return_exceptions=True)
+            try:
+                await kv.delete(self.key)
+            except Exception:  # noqa: BLE001 - the TTL removes it anyway
+                pass
+            await runner.cleanup()
+
+    async def _follow_alias(self, after: int, kv: Any, stop: asyncio.Event) -> None:
+        sub = self.store.subscribe(after + 1, filter_subject=self.store.subject(f"model.{self.name}"))
+        try:
+            async for commit in sub:
+                if any(isinstance(e, ModelAliasSet) and e.alias == self.alias for e in commit.events):
+                    try:
+                        version, model, _ = await self.load()
+                        assert self.server is not None
+                        if version != self.server.loaded.version:
+                            self.server.swap(version, model)
+                            await self.announce(kv)
+                            print(json.dumps({"swapped_to": f"models:/{self.name}/{version}"}), flush=True)
+                    except Exception as exc:  # noqa: BLE001 - keep serving the version we have
+                        print(f"alias {self.alias} moved but version could not be loaded: {exc}", file=sys.stderr,
+                              flush=True)
+        finally:
+            await sub.close()
+
+
+async def run(env: dict[str, str]) -> int:
+    try:
+        serve = json.loads(env.get("AIOS_SERVE") or "{}")
+        uri = serve["model"]
+        parse_uri(uri)
+        max_batch = int(serve.get("max_batch", 256))
+        max_delay = float(serve.get("max_delay_ms", 2.0))
+        port = int(env.get("AIOS_SERVE_PORT", "0"))
+        nats_url = env["AIOS_NATS_URL"]
+    except (KeyError, ValueError, json.JSONDecodeError) as exc:
+        print(f"aios serve: bad configuration: {exc!r} (AIOS_SERVE, AIOS_NATS_URL, AIOS_SERVE_PORT)", file=sys.stderr)
+        return EXIT_CONFIG
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    store = await connect(nats_url.split(","), name=f"aios-replica-{env.get('AIOS_JOB_ID', '')}")
+    try:
+        replica = Replica(store, uri, env.get("AIOS_JOB_ID", ""), int(env.get("RANK", "0")),
+                          env.get("AIOS_SERVE_HOST", "127.0.0.1"), port, max_batch, max_delay)
+        await replica.run(stop)
+        return 0
+    finally:
+        await store.close()
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    try:
+        return asyncio.run(run(dict(os.environ)))
+    except Exception as exc:  # noqa: BLE001 - the job's log says why, the exit code says that it failed
+        print(f"aios serve: {exc}", file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""One HTTP endpoint in front of every serving replica, round robin over the live replicas announced in
+``AIOS_ENDPOINTS``, and on to the next one if a replica does not answer (a replica restarting or moving to another
+node costs a retry, not a failed request):
+
+- ``/serve/<job>/v2/models/<name>/...``: the replicas of one serving job (a deployment: what ``aios serve`` prints);
+- ``/v2/models/<name>/versions/<v>/...``: replicas serving version ``v`` now, whichever job;
+- ``/v2/models/<name>/...``: any replica of the model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from typing import Any
+
+
+import aiohttp
+from aiohttp import web
+
+from aios.common.store import EventStore
+from aios.model_registry.replica import endpoints
+
+ROUTER_KEY = "_router"
+
+
+class Router:
+    def __init__(self, store: EventStore, refresh_s: float = 1.0) -> None:
+        self.store = store
+        self.refresh_s = refresh_s
+        self._cache: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self._turn = itertools.count()
+        self.session: aiohttp.ClientSession | None = None
+
+    async def replicas(self, model: str, job: str | None = None, version: str | None = None,
+                       fresh: bool = False) -> list[str]:
+        at, found = self._cache.get(model, (0.0, []))
+        if fresh or time.monotonic() - at > self.refresh_s:
+            found = await endpoints(self.store, model)
+            self._cache[model] = (time.monotonic(), found)
+        return [e["url"] for e in found if (job is None or e.get("job") == job)
+                and (version is None or str(e.get("version")) == version)]
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=16 << 20)
+        app.router.add_get("/v2/health/live", self._ok)
+        app.router.add_get("/v2/health/ready", self._ok)
+        app.router.add_route("*", "/serve/{job}/v2/models/{name}{rest:.*}", self._forward)
+        app.router.add_route("*", "/v2/models/{name}{rest:.*}", self._forward)
+        app.on_cleanup.append(self._close)
+        return app
+
+    async def _ok(self, _request: web.Request) -> web.Response:
+        return web.json_response({"live": True})
+
+    async def _close(self, _app: web.Application) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def _forward(self, request: web.Request) -> web.Response:
+        name, job = request.match_info["name"], request.match_info.get("job")
+        pinned = re.match(r"^/versions/([^/]+)", request.match_info.get("rest", ""))
+        version = pinned.group(1) if pinned else None
+        path = request.path_qs[len(f"/serve/{job}"):] if job else request.path_qs
+        body = await request.read()
+        if self.session is None:
+            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        tried: list[str] = []
+        for attempt in range(3):
+            urls = await self.replicas(name, job, version, fresh=attempt > 0)
+            candidates = [u for u in urls if u not in tried] or urls
+            if not candidates:
+                what = f"{name!r}" + (f" in job {job}" if job else "") + (f" at version {version}" if version else "")
+                return web.json_response({"error": f"model: no replica serves {what} (aios models endpoints)"},
+                                         status=503)
+            url = candidates[next(self._turn) % len(candidates)]
+            tried.append(url)
+            try:
+                async with self.session.request(request.method, url + path, data=body,
+                                                headers={"Content-Type": request.content_type}) as r:
+                    payload = await r.read()
+                    return web.Response(body=payload, status=r.status, content_type=r.content_type,
+                                        headers={"X-AIOS-Replica": url})
+            except (aiohttp.ClientConnectionError, TimeoutError):
+                continue
+        return web.json_response({"error": f"model: no replica of {name!r} answered (tried {', '.join(tried)})"},
+                                 status=503)
+
+
+async def announce_router(store: EventStore, url: str) -> None:
+    from aios.model_registry.replica import endpoints_bucket
+
+    kv = await endpoints_bucket(store)
+    await kv.put(ROUTER_KEY, url.encode())
+
+
+async def router_url(store: EventStore) -> str | None:
+    import nats.js.errors
+
+    from aios.model_registry.replica import endpoints_bucket
+
+    kv = await endpoints_bucket(store)
+    try:
+        entry = await kv.get(ROUTER_KEY)
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    return entry.value.decode() if entry.value else None
+
+
