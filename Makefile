@@ -40,6 +40,8 @@ bench: $(STAMP)
 	$(BIN)/aios bench scheduler --nodes 1000 --gpus-per-node 8 --pending 10000
 	$(BIN)/aios bench simulator --gpus 10000 --jobs 50000
 	$(BIN)/aios bench allreduce --ranks 2 --mb 1,16,64
+	$(BIN)/aios bench compress --seeds 3
+	$(BIN)/aios bench serve --seconds 10
 
 clean:
 	rm -rf $(VENV) .aios build *.egg-info

@@ -205,6 +205,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         with native_stdout_to_stderr():
             return simulator.main(gpus=args.gpus, jobs=args.jobs, policies=args.policy, load=args.load,
                                   throughputs=args.throughputs)
+    elif args.bench == "compress":
+        from aios.bench import compress
+
+        result = compress.main(seeds=args.seeds)
+    elif args.bench == "serve":
+        from aios.bench import serve
+
+        result = serve.main(seconds=args.seconds, concurrency=args.concurrency, rows=args.rows, hidden=args.hidden)
     elif args.bench == "allreduce":
         from aios.bench import allreduce
 
@@ -364,6 +372,17 @@ def build_parser() -> argparse.ArgumentParser:
     allr.add_argument("--mb", type=_mib_list, default=[1, 16, 64], help="sizes in MiB, comma-separated (1,16,64)")
     allr.add_argument("--iters", type=_positive, default=5, help="timed operations per size (median reported)")
     allr.set_defaults(handler=cmd_bench)
+
+    serve_b = bench_sub.add_parser("serve", help="requests/s and p50/p99 latency of one serving replica, batched and not")
+    serve_b.add_argument("--seconds", type=float, default=10.0, help="timed load per mode (default 10)")
+    serve_b.add_argument("--concurrency", type=_positive, default=32, help="requests in flight (default 32)")
+    serve_b.add_argument("--rows", type=_positive, default=1, help="examples per request (default 1)")
+    serve_b.add_argument("--hidden", type=_positive, default=128, help="hidden units of the served MLP (default 128)")
+    serve_b.set_defaults(handler=cmd_bench)
+
+    comp = bench_sub.add_parser("compress", help="accuracy, size and latency of int8, SVD and pruning on digits")
+    comp.add_argument("--seeds", type=_positive, default=3, help="models trained and compressed (default 3)")
+    comp.set_defaults(handler=cmd_bench)
 
     demo = sub.add_parser("demo", help="run a workload through a local cluster and show what happens")
     demo.add_argument("--keep", action="store_true", help="stay up after the demo until Ctrl-C")
