@@ -123,5 +123,18 @@ def test_train_register_compress_serve_and_roll_an_alias(aios_env: dict[str, str
         # the registry's list view: the production alias, the latest version
         listed = ok("models", "list")["models"]
         assert listed[0]["aliases"] == {"production": 3} and listed[0]["latest"] == 3
+
+        # a file registered by hand, evaluated on the data its trainer config names, described
+        path = tmp_path / "v3.aiosmlp"
+        path.write_bytes(offline.encode())
+        manual = ok("models", "register", "digits-manual", str(path), "--trainer", json.dumps(TRAINER),
+                    "--tag", "origin=laptop")
+        assert manual["version"] == 1 and manual["digest"] == v3["digest"] and manual["lineage"]["source"] == "file"
+        assert manual["metrics"]["accuracy"] == v3["metrics"]["accuracy"] and manual["tags"] == {"origin": "laptop"}
+        described = ok("models", "describe", "digits-manual", "1", "the SVD model, by hand")
+        assert described["description"] == "the SVD model, by hand"
+        assert [m["name"] for m in ok("models", "list", "--tag", "origin=laptop")["models"]] == ["digits-manual"]
+        out = aios("models", "alias", "digits", "production", "9")
+        assert out.returncode != 0 and "no version 9" in out.stderr
     finally:
         cluster.stop()

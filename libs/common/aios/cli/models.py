@@ -1,4 +1,4 @@
-"""``aios models list|show|register|alias|unalias|tag|delete|compress|eval|gc|serve|endpoints`` and ``aios serve``:
+"""``aios models list|show|register|alias|unalias|tag|describe|delete|compress|eval|gc|serve|endpoints`` and ``aios serve``:
 requests to the model-registry service (``aios.registry.<op>``), tables for people, ``--json`` for scripts."""
 
 from __future__ import annotations
@@ -138,6 +138,11 @@ async def tag(args: Any) -> int:
     reply = await request("tag", {"name": args.name, "version": args.version, "set": set_tags,
                                   "remove": args.remove or []})
     return _print(reply, args.json, lambda r: console.print(f"{r['uri']} tags: {r['tags']}"))
+
+
+async def describe(args: Any) -> int:
+    reply = await request("describe", {"name": args.name, "version": args.version, "description": args.text})
+    return _print(reply, args.json, lambda r: console.print(f"{r['uri']}: {r['description']}"))
 
 
 async def delete(args: Any) -> int:
@@ -286,6 +291,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("version", type=int)
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.add_argument("--remove", action="append", metavar="KEY")
+    p = cmd("describe", describe, "set a version's description")
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+    p.add_argument("text")
     p = cmd("delete", delete, "delete a version (kept in the audit trail; its bytes are freed)")
     p.add_argument("name")
     p.add_argument("version", type=int)
