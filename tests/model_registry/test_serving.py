@@ -4,6 +4,7 @@ requests, bad input gets a 4xx naming the field, and swapping the version drops 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any, AsyncIterator
 
 import aiohttp
@@ -127,3 +128,41 @@ async def test_swapping_the_version_drops_no_request(served: Any, model: nn.Mode
     assert "1" in versions and versions[-1] == "2" and len(seen) > 50
     with pytest.raises(ValueError, match="takes 2"):
         server.swap(3, nn.from_mlp(np.zeros((2, 4)), np.zeros(4), np.zeros((4, 10)), np.zeros(10), []))
+
+
+async def test_the_router_finds_replicas_started_after_it_looked(store: Any, model: nn.Model) -> None:
+    """A deployment's replicas appear after the router cached the model's list: the first request still reaches
+    them; a version no replica serves is a 503 that says so; a dead replica is skipped."""
+    from aios.model_registry.replica import endpoints_bucket
+    from aios.model_registry.router import Router
+    from aios.model_registry.serving import start_server_app
+
+    router = Router(store, refresh_s=60.0)
+    runner, port = await start_server_app(router.app())
+    server = ModelServer("digits", 4, model)
+    replica, replica_port = await start_server(server)
+    kv = await endpoints_bucket(store)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/serve/job-a/v2/models/digits") as r:
+                assert r.status == 503  # nothing announced yet, and now cached for a minute
+            for key, url in (("digits.job-a.0", f"http://127.0.0.1:{replica_port}"),
+                             ("digits.job-a.1", "http://127.0.0.1:9")):  # the second one is dead
+                await kv.put(key, json.dumps({"key": key, "url": url, "model": "digits", "job": "job-a",
+                                              "version": 4}).encode())
+            x, _ = builtin.data(CFG, "eval")
+            for _ in range(4):
+                async with http.post(f"http://127.0.0.1:{port}/serve/job-a/v2/models/digits/infer",
+                                     json=infer_body(x[:2])) as r:
+                    assert r.status == 200 and (await r.json())["model_version"] == "4"
+            async with http.post(f"http://127.0.0.1:{port}/v2/models/digits/versions/4/infer",
+                                 json=infer_body(x[:2])) as r:
+                assert r.status == 200
+            async with http.post(f"http://127.0.0.1:{port}/v2/models/digits/versions/5/infer",
+                                 json=infer_body(x[:2])) as r:
+                assert r.status == 503 and "at version 5" in (await r.json())["error"]
+    finally:
+        for key in ("digits.job-a.0", "digits.job-a.1"):
+            await kv.delete(key)
+        await replica.cleanup()
+        await runner.cleanup()

@@ -69,6 +69,8 @@ class Router:
         for attempt in range(3):
             urls = await self.replicas(name, job, version, fresh=attempt > 0)
             candidates = [u for u in urls if u not in tried] or urls
+            if not candidates and attempt == 0:
+                continue  # the cached list may predate the replicas: look again before saying no
             if not candidates:
                 what = f"{name!r}" + (f" in job {job}" if job else "") + (f" at version {version}" if version else "")
                 return web.json_response({"error": f"model: no replica serves {what} (aios models endpoints)"},
