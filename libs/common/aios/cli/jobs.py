@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import nats.errors
 import yaml
 from rich.console import Console
 from rich.table import Table
@@ -98,8 +97,6 @@ async def why(job_id: str, as_json: bool) -> int:
 async def logs(job_id: str, follow: bool, worker: str | None) -> int:
     """Print a job's worker output from the AIOS_LOGS stream, oldest first, each line tagged with its worker;
     with ``follow``, keep printing new lines until interrupted."""
-    from nats.js.api import DeliverPolicy
-
     from aios.common import joblogs
 
     store = await _store()
@@ -107,21 +104,8 @@ async def logs(job_id: str, follow: bool, worker: str | None) -> int:
         if (await store.read(f"job.{job_id}")).version == 0:
             raise AiosError(f"no job {job_id!r}")
         await joblogs.ensure_stream(store.js, store.replicas)
-        sub = await store.js.subscribe(joblogs.subject_of(job_id, worker or "*"), stream=joblogs.STREAM,
-                                       ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=3600 if follow else 2)
-            except nats.errors.TimeoutError:
-                if follow:
-                    continue
-                break  # nothing (more) stored
-            _, name, stream = joblogs.parse_subject(msg.subject)
-            line = msg.data.decode(errors="replace").rstrip("\n")
+        async for name, stream, line in joblogs.lines(store.js, job_id, worker, follow):
             print(f"[{name}{' stderr' if stream == 'stderr' else ''}] {line}", flush=True)
-            if not follow and msg.metadata.num_pending == 0:
-                break
-        await sub.unsubscribe()
     finally:
         await store.close()
     return 0

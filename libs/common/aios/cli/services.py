@@ -17,6 +17,7 @@ SERVICES: dict[str, str] = {
     "scheduler": "aios.scheduler.service:from_env",
     "trainer": "aios.trainer.launcher:from_env",
     "model-registry": "aios.model_registry.service:from_env",
+    "gateway": "aios.gateway.service:from_env",
 }
 """Cluster services: one of each per cluster. Node services (the device agent) run once per node: `aios agent`."""
 

@@ -5,7 +5,7 @@ record."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, AsyncIterator
 
 import nats.js.errors
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
@@ -35,3 +35,28 @@ async def ensure_stream(js: Any, replicas: int = 1) -> None:
         await js.add_stream(config)
     except nats.js.errors.BadRequestError:  # exists (possibly with other limits an operator set): keep it
         pass
+
+
+async def lines(js: Any, job_id: str, worker: str | None = None, follow: bool = False,
+                idle_s: float = 2.0) -> AsyncIterator[tuple[str, str, str]]:
+    """(worker, stdout|stderr, line) of a job's stored output, oldest first; with ``follow``, then each new line as
+    it comes, until the consumer stops iterating."""
+    import nats.errors
+    from nats.js.api import DeliverPolicy
+
+    sub = await js.subscribe(subject_of(job_id, worker or "*"), stream=STREAM, ordered_consumer=True,
+                             deliver_policy=DeliverPolicy.ALL)
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=3600 if follow else idle_s)
+            except nats.errors.TimeoutError:
+                if follow:
+                    continue
+                return  # nothing (more) stored
+            _, name, stream = parse_subject(msg.subject)
+            yield name, stream, msg.data.decode(errors="replace").rstrip("\n")
+            if not follow and msg.metadata.num_pending == 0:
+                return
+    finally:
+        await sub.unsubscribe()

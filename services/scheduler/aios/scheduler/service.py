@@ -25,7 +25,7 @@ from aios.scheduler.placement import BinCache
 from aios.scheduler.policies import make_policy
 from aios.scheduler.predict import RuntimePredictor
 from aios.scheduler.rounds import explain, plan_round
-from aios.scheduler.state import STATE_SCHEMA, SchedulerState, fold_commit
+from aios.scheduler.state import STATE_SCHEMA, SchedulerState, fold_commit, job_summary
 
 log = logging.getLogger("aios.scheduler")
 QUERY_PREFIX = "aios.sched"
@@ -222,13 +222,7 @@ class SchedulerService(Service):
             body: Any = ({"error": "field 'job': a job id is required"} if not isinstance(job, str) else
                          {"job": job, "why": explain(state, self.policy, job, time.time())})
         elif what == "jobs":
-            body = {"jobs": [{"job": j.job_id, "name": j.spec.name if j.spec else "", "tenant": j.tenant,
-                              "status": j.status, "devices": j.devices, "priority": j.spec.priority if j.spec else 0,
-                              "nodes": [a.node_id for a in j.assignments], "attempts": j.attempts,
-                              "submitted_at": j.submitted_at, "error": j.error, "step": j.step,
-                              "total_steps": j.total_steps, "loss": j.loss, "accuracy": j.accuracy,
-                              "samples_per_s": j.samples_per_s, "checkpoint_step": j.checkpoint_step,
-                              "steps_redone": j.steps_redone}
+            body = {"jobs": [job_summary(j)
                              for j in sorted(state.jobs.values(), key=lambda j: j.arrival)], "seq": state.seq,
                     "policy": self.policy.name}
         else:

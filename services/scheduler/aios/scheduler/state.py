@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from aios.common.events import (
@@ -119,6 +121,17 @@ def fold_commit(state: SchedulerState, commit: Commit) -> SchedulerState:
         evolve(state, ev, commit.seq)
     state.seq = commit.seq
     return state
+
+
+def job_summary(j: JobState) -> dict[str, Any]:
+    """What ``aios jobs``, the HTTP API and the dashboard show of a job (JSON-ready)."""
+    return {"job": j.job_id, "name": j.spec.name if j.spec else "", "tenant": j.tenant, "status": j.status,
+            "devices": j.devices, "priority": j.spec.priority if j.spec else 0,
+            "kind": "serve" if j.spec and j.spec.serve else "train" if j.spec and j.spec.trainer else "command",
+            "nodes": [a.node_id for a in j.assignments], "attempts": j.attempts, "preemptions": j.preemptions,
+            "submitted_at": j.submitted_at, "started_at": j.started_at, "finished_at": j.finished_at,
+            "error": j.error, "step": j.step, "total_steps": j.total_steps, "loss": j.loss, "accuracy": j.accuracy,
+            "samples_per_s": j.samples_per_s, "checkpoint_step": j.checkpoint_step, "steps_redone": j.steps_redone}
 
 
 def kinds_held(state: SchedulerState, job: JobState) -> list[str]:

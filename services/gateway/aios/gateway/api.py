@@ -1,0 +1,300 @@
+"""The HTTP API: one route table that both builds the aiohttp routes and the OpenAPI document, so they cannot drift.
+
+JSON in and out; errors are ``{"error": "<field>: <reason>"}`` with a 4xx status. Every ``/api/v1`` route needs a
+bearer token (auth.py); a tenant sees and acts on its own jobs only, an administrator on all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from aios.common.errors import AiosError
+from aios.common.events import JobCancelRequested, JobSubmitted, TenantQuotaSet
+from aios.common.wire import new_token
+from aios.gateway.auth import Caller, Forbidden, Unauthorized, authenticate
+from aios.scheduler.spec import SpecError, spec_to_dict, validate_spec
+from aios.scheduler.state import JobState, job_summary
+
+Handler = Callable[["Api", web.Request, Caller], Awaitable[web.StreamResponse]]
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    body: dict[str, Any] | None = None
+    """JSON schema of the request body, if any."""
+    query: tuple[tuple[str, str, str], ...] = ()
+    """(name, type, description) of query parameters."""
+    responses: tuple[int, ...] = (200,)
+    admin: bool = False
+
+
+JOB_SPEC_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["name"],
+    "properties": {
+        "name": {"type": "string"}, "tenant": {"type": "string", "description": "defaults to the caller's tenant"},
+        "priority": {"type": "integer"}, "devices": {"type": "integer", "minimum": 0},
+        "device_types": {"type": "array", "items": {"type": "string"}},
+        "command": {"type": "array", "items": {"type": "string"}},
+        "trainer": {"type": "object", "description": "the built-in trainer (kind: mlp, steps, ...)"},
+        "serve": {"type": "object", "description": "a model-serving job (model: models:/name@alias)"},
+        "env": {"type": "object", "additionalProperties": {"type": "string"}},
+    }}
+QUOTA_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["nominal"],
+    "properties": {"nominal": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+                   "cohort": {"type": "string"},
+                   "borrowing_limit": {"type": ["object", "null"], "additionalProperties": {"type": "integer"}},
+                   "lending_limit": {"type": ["object", "null"], "additionalProperties": {"type": "integer"}}}}
+
+
+class Api:
+    """The handlers; ``backend`` gives the folded jobs, the event store and request/reply to the other services."""
+
+    def __init__(self, backend: Any, tokens: dict[str, str]) -> None:
+        self.backend = backend
+        self.tokens = tokens
+
+    # -- helpers ------------------------------------------------------------------------------------------------------
+    def _job(self, caller: Caller, job_id: str) -> JobState:
+        job = self.backend.jobs().get(job_id)
+        if job is None:
+            raise HttpError(404, f"job: no job {job_id!r}")
+        if not caller.may_see(job.tenant):
+            raise HttpError(403, f"job: {job_id!r} belongs to another tenant")
+        return job
+
+    @staticmethod
+    async def _json(request: web.Request) -> Any:
+        try:
+            return await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise HttpError(400, f"body: not JSON ({exc})") from None
+
+    async def _ask(self, subject: str, body: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        try:
+            reply: dict[str, Any] = await self.backend.ask(subject, body, timeout)
+        except AiosError as exc:
+            raise HttpError(503, f"service: {exc}") from None
+        if "error" in reply:
+            missing = reply.get("not_found") or "no node" in reply["error"] or "no job" in reply["error"]
+            raise HttpError(404 if missing else 400, reply["error"])
+        return reply
+
+    # -- jobs ---------------------------------------------------------------------------------------------------------
+    async def submit(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        raw = await self._json(request)
+        if not isinstance(raw, dict):
+            raise HttpError(400, "body: a JSON object (a job spec) is expected")
+        if caller.admin and "tenant" not in raw:
+            raise HttpError(400, "tenant: an administrator must name the tenant of the job")
+        raw.setdefault("tenant", caller.tenant)
+        if not caller.may_see(raw["tenant"]):
+            raise HttpError(403, f"tenant: {raw['tenant']!r} is not yours ({caller.tenant})")
+        try:
+            spec = validate_spec(raw)
+        except SpecError as exc:
+            raise HttpError(422, str(exc)) from None
+        job_id = f"{spec.name}-{new_token()[:6]}"
+        key = request.headers.get("Idempotency-Key")
+        result = await self.backend.store.append(
+            f"job.{job_id}", JobSubmitted(aggregate_id=job_id, tenant=spec.tenant, name=spec.name,
+                                          spec=spec_to_dict(spec)),
+            expected_version=0, idempotency_key=f"http-{spec.tenant}-{key}" if key else f"submit-{job_id}")
+        await self.backend.caught_up(result.seq)
+        return web.json_response({"job": job_id, "duplicate": result.duplicate, "seq": result.seq}, status=201)
+
+    async def list_jobs(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        status = request.query.get("status")
+        jobs = [job_summary(j) for j in sorted(self.backend.jobs().values(), key=lambda j: j.arrival)
+                if caller.may_see(j.tenant) and (status is None or j.status == status)]
+        return web.json_response({"jobs": jobs})
+
+    async def describe(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        job = self._job(caller, request.match_info["job"])
+        history = await self.backend.store.read(f"job.{job.job_id}")
+        timeline = [{"type": type(e).__name__, "ts": e.ts,
+                     **{k: v for k, v in json.loads(_encode(e)).items() if k not in ("type", "ts", "aggregate_id",
+                                                                                     "v", "causation_id")}}
+                    for e in history.events]
+        return web.json_response({**job_summary(job), "spec": spec_to_dict(job.spec) if job.spec else None,
+                                  "events": timeline})
+
+    async def cancel(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        job = self._job(caller, request.match_info["job"])
+        await self.backend.store.append(f"job.{job.job_id}", JobCancelRequested(
+            aggregate_id=job.job_id, requested_by=f"http:{caller.tenant}"),
+            idempotency_key=f"http-cancel-request-{job.job_id}")
+        return web.json_response({"job": job.job_id, "cancel_requested": True}, status=202)
+
+    async def why(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        job = self._job(caller, request.match_info["job"])
+        return web.json_response(await self._ask("aios.sched.why", {"job": job.job_id}))
+
+    async def logs(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        """Plain text, one line per output line (``[worker] line``); ``follow=1`` streams until the client goes."""
+        from aios.common import joblogs
+
+        job = self._job(caller, request.match_info["job"])
+        follow = request.query.get("follow", "0") in ("1", "true", "yes")
+        response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8",
+                                               "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        await joblogs.ensure_stream(self.backend.store.js, self.backend.store.replicas)
+        async for worker, stream, line in joblogs.lines(self.backend.store.js, job.job_id,
+                                                        request.query.get("worker"), follow):
+            tag = f"[{worker}{' stderr' if stream == 'stderr' else ''}] "
+            await response.write((tag + line + "\n").encode())
+        await response.write_eof()
+        return response
+
+    # -- cluster ------------------------------------------------------------------------------------------------------
+    async def nodes(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        return web.json_response(await self._ask("aios.rm.nodes", {}))
+
+    async def node(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        return web.json_response(await self._ask("aios.rm.node", {"node": request.match_info["node"]}))
+
+    async def tenants(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        reply = await self._ask("aios.rm.tenants", {})
+        return web.json_response({"tenants": {t: v for t, v in reply["tenants"].items() if caller.may_see(t)}})
+
+    async def set_quota(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        tenant = request.match_info["tenant"]
+        body = await self._json(request)
+        if not isinstance(body, dict):
+            raise HttpError(400, "body: a JSON object is expected")
+
+        def counts(field: str, required: bool = False) -> dict[str, int] | None:
+            value = body.get(field)
+            if value is None and not required:
+                return None
+            if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, int) and
+                                                      not isinstance(v, bool) and v >= 0 for k, v in value.items()):
+                raise HttpError(400, f"{field}: an object of device kind -> count (integers >= 0) is expected")
+            return value
+        cohort = body.get("cohort", "")
+        if not isinstance(cohort, str):
+            raise HttpError(400, "cohort: a string is expected")
+        event = TenantQuotaSet(aggregate_id=tenant, cohort=cohort, nominal=counts("nominal", True) or {},
+                               borrowing_limit=counts("borrowing_limit"), lending_limit=counts("lending_limit"))
+        result = await self.backend.store.append(f"tenant.{tenant}", event)
+        return web.json_response({"tenant": tenant, "seq": result.seq})
+
+    # -- models -------------------------------------------------------------------------------------------------------
+    async def models(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        query = {k: request.query[k] for k in ("tag", "metric", "name") if k in request.query}
+        return web.json_response(await self._ask("aios.registry.list", query))
+
+    async def model(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        return web.json_response(await self._ask("aios.registry.show", {"model": request.match_info["model"]}))
+
+    # -- plumbing -----------------------------------------------------------------------------------------------------
+    def wrap(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            try:
+                caller = authenticate(self.tokens, request.headers.get("Authorization"))
+                if route.admin and not caller.admin:
+                    raise Forbidden(f"{route.summary}: administrators only")
+                return await route.handler(self, request, caller)
+            except Unauthorized as exc:
+                return web.json_response({"error": f"authorization: {exc}"}, status=401,
+                                         headers={"WWW-Authenticate": 'Bearer realm="aios"'})
+            except Forbidden as exc:
+                return web.json_response({"error": str(exc)}, status=403)
+            except HttpError as exc:
+                return web.json_response({"error": str(exc)}, status=exc.status)
+        return handle
+
+
+def _encode(event: Any) -> bytes:
+    import msgspec
+
+    return msgspec.json.encode(event)
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/api/v1/jobs", Api.submit, "Submit a job", body=JOB_SPEC_SCHEMA, responses=(201, 400, 401, 403, 422)),
+    Route("GET", "/api/v1/jobs", Api.list_jobs, "List jobs", query=(("status", "string", "only jobs in this state"),)),
+    Route("GET", "/api/v1/jobs/{job}", Api.describe, "Describe a job, with its event timeline",
+          responses=(200, 401, 403, 404)),
+    Route("POST", "/api/v1/jobs/{job}/cancel", Api.cancel, "Cancel a job", responses=(202, 401, 403, 404)),
+    Route("GET", "/api/v1/jobs/{job}/why", Api.why, "Why a job is pending", responses=(200, 401, 403, 404, 503)),
+    Route("GET", "/api/v1/jobs/{job}/logs", Api.logs, "A job's output (text; follow=1 streams)",
+          query=(("follow", "boolean", "keep streaming new lines"), ("worker", "string", "one worker, e.g. rank0-a1")),
+          responses=(200, 401, 403, 404)),
+    Route("GET", "/api/v1/nodes", Api.nodes, "Nodes and their devices", responses=(200, 401, 503)),
+    Route("GET", "/api/v1/nodes/{node}", Api.node, "One node: devices, leases, topology", responses=(200, 401, 404)),
+    Route("GET", "/api/v1/tenants", Api.tenants, "Tenants: quotas and usage", responses=(200, 401, 503)),
+    Route("PUT", "/api/v1/tenants/{tenant}/quota", Api.set_quota, "Set a tenant's quota", body=QUOTA_SCHEMA,
+          responses=(200, 400, 401, 403), admin=True),
+    Route("GET", "/api/v1/models", Api.models, "Registered models",
+          query=(("tag", "string", "KEY or KEY=VALUE"), ("metric", "string", "has this metric"),
+                 ("name", "string", "name contains"))),
+    Route("GET", "/api/v1/models/{model}", Api.model, "A model's versions, or one (models:/name/3, name@alias)",
+          responses=(200, 401, 404)),
+)
+
+
+def openapi(routes: tuple[Route, ...] = ROUTES) -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for r in routes:
+        op: dict[str, Any] = {"summary": r.summary, "operationId": r.handler.__name__,
+                              "security": [{"bearer": []}],
+                              "responses": {str(code): {"description": _STATUS.get(code, "")} for code in r.responses}}
+        params = [{"name": p.strip("{}"), "in": "path", "required": True, "schema": {"type": "string"}}
+                  for p in r.path.split("/") if p.startswith("{")]
+        params += [{"name": n, "in": "query", "required": False, "schema": {"type": t}, "description": d}
+                   for n, t, d in r.query]
+        if params:
+            op["parameters"] = params
+        if r.body is not None:
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": r.body}}}
+        paths.setdefault(r.path, {})[r.method.lower()] = op
+    return {"openapi": "3.1.0", "info": {"title": "AIOS API", "version": "1"},
+            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+            "paths": paths}
+
+
+_STATUS = {200: "OK", 201: "Created", 202: "Accepted", 400: "Bad request (the error names the field)",
+           401: "Missing or unknown token", 403: "Another tenant's, or administrators only", 404: "Not found",
+           422: "Invalid job spec (the error names the field)", 503: "A service behind the gateway does not answer"}
+
+
+def build_app(api: Api, extra: Callable[[web.Application], None] | None = None) -> web.Application:
+    app = web.Application(client_max_size=4 << 20)
+    doc = openapi()
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, api.wrap(route))
+
+    async def openapi_json(_request: web.Request) -> web.Response:
+        return web.json_response(doc)
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "ts": time.time()})
+    app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/healthz", healthz)
+    if extra is not None:
+        extra(app)
+    return app
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)

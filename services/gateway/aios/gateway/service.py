@@ -1,0 +1,117 @@
+"""The gateway service: the HTTP API (api.py) over the event log, on ``AIOS_GATEWAY_PORT`` (default 8080; taken:
+any free port). It folds the jobs itself (the scheduler's fold, so a read after a submit sees it) and asks the
+resource manager, scheduler and model registry by request/reply for the rest. Its address is announced in the
+``AIOS_ENDPOINTS`` bucket under ``_gateway``.
+
+Tokens: ``AIOS_GATEWAY_TOKENS`` (``token=tenant,...``; tenant ``*`` is an administrator). Unset, the gateway makes
+one administrator token and keeps it in ``$AIOS_DATA_DIR/gateway-token`` (mode 0600) for a laptop cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import nats.errors
+
+from aios.common.errors import AiosError
+from aios.common.runner import Service, ServiceContext
+from aios.common.snapshot import Projector
+from aios.gateway.api import Api, build_app
+from aios.gateway.auth import ADMIN, parse_tokens
+from aios.scheduler.state import STATE_SCHEMA, JobState, SchedulerState, fold_commit
+
+log = logging.getLogger("aios.gateway")
+GATEWAY_KEY = "_gateway"
+
+
+def load_tokens(env: dict[str, str], data_dir: Path) -> dict[str, str]:
+    raw = env.get("AIOS_GATEWAY_TOKENS", "").strip()
+    if raw:
+        return parse_tokens(raw)
+    path = data_dir / "gateway-token"
+    if path.is_file():
+        token = path.read_text().strip()
+    else:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(24)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+    return {token: ADMIN}
+
+
+class GatewayService(Service):
+    name = "gateway"
+
+    def __init__(self) -> None:
+        self.projector = Projector("gateway", SchedulerState, None, SchedulerState, STATE_SCHEMA,
+                                   fold_commit=fold_commit)
+        self.url = ""
+
+    # -- what api.py needs ------------------------------------------------------------------------------------------
+    def jobs(self) -> dict[str, JobState]:
+        return self.projector.state.jobs
+
+    async def caught_up(self, seq: int, timeout: float = 3.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.projector.seq < seq and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+
+    async def ask(self, subject: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        try:
+            msg = await self.ctx.nc.request(subject, json.dumps(body).encode(), timeout=timeout)
+        except nats.errors.NoRespondersError:
+            raise AiosError(f"nobody answers {subject}") from None
+        except nats.errors.TimeoutError:
+            raise AiosError(f"no answer on {subject} within {timeout:g}s") from None
+        reply: dict[str, Any] = json.loads(msg.data)
+        return reply
+
+    # -- the shell ----------------------------------------------------------------------------------------------------
+    async def run(self, ctx: ServiceContext) -> None:
+        from aios.model_registry.replica import endpoints_bucket
+        from aios.model_registry.serving import start_server_app
+
+        self.ctx = ctx
+        self.store = ctx.store
+        tokens = load_tokens(dict(os.environ), ctx.settings.data_dir)
+        await self.projector.rebuild(ctx.store)
+        stop = asyncio.Event()
+        follower = asyncio.ensure_future(self.projector.follow(ctx.store, stop=stop))
+        app = build_app(Api(self, tokens))
+        host = os.environ.get("AIOS_GATEWAY_HOST", "127.0.0.1")
+        want = int(os.environ.get("AIOS_GATEWAY_PORT", "8080"))
+        try:
+            runner, port = await start_server_app(app, host, want)
+        except OSError:
+            runner, port = await start_server_app(app, host, 0)
+        self.url = f"http://{host}:{port}"
+        log.info("gateway ready", extra={"url": self.url, "tenants": sorted(set(tokens.values()))})
+        try:
+            kv = await endpoints_bucket(ctx.store)
+            while not ctx.stopping.is_set():
+                try:
+                    await kv.put(GATEWAY_KEY, self.url.encode())
+                except Exception as exc:  # noqa: BLE001 - NATS away: announce again next round
+                    log.warning("could not announce the gateway", extra={"error": str(exc)})
+                try:
+                    await asyncio.wait_for(ctx.stopping.wait(), 5.0)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            stop.set()
+            await follower
+            await runner.cleanup()
+
+    def healthy(self) -> tuple[bool, str]:
+        return True, f"{self.url or 'starting'}; {len(self.projector.state.jobs)} jobs folded"
+
+
+def from_env() -> GatewayService:
+    return GatewayService()

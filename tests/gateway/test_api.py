@@ -1,0 +1,150 @@
+"""The HTTP API against a running cluster: tokens per tenant, validation that names the field, the job life cycle
+through HTTP, streamed logs, and an OpenAPI document that matches the real routes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Iterator
+
+import pytest
+
+from aios.cli.cluster import LocalCluster
+from aios.common.config import load_settings
+from aios.common.store import connect
+from aios.gateway.api import ROUTES, Api, build_app, openapi
+
+ALICE, BOB, ADMIN = "alice-token-0123456789", "bob-token-0123456789ab", "admin-token-0123456789"
+
+
+def call(base: str, method: str, path: str, token: str | None = None, body: Any = None,
+         raw: bytes | None = None) -> tuple[int, Any]:
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(base + path, data=data, method=method,
+                                 headers={"Content-Type": "application/json",
+                                          **({"Authorization": f"Bearer {token}"} if token else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            text = r.read()
+            return r.status, json.loads(text) if r.headers.get_content_type() == "application/json" else text.decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, LocalCluster]]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIOS_", "OTEL_"))}
+    env.update({"AIOS_DATA_DIR": str(tmp_path_factory.mktemp("gw")), "AIOS_GATEWAY_PORT": "0",
+                "AIOS_ROUTER_PORT": "0", "AIOS_SCHEDULER_POLICY": "fifo", "AIOS_SCHEDULER_INTERVAL": "0.1",
+                "AIOS_GATEWAY_TOKENS": f"{ALICE}=alice,{BOB}=bob,{ADMIN}=*"})
+    cluster = LocalCluster(load_settings({**env, "AIOS_NATS_PORT": "0"}), env=env,
+                           agents=[("sim-a", "2xA100-40GB")]).start()
+
+    async def find() -> str | None:
+        from aios.gateway.service import GATEWAY_KEY
+        from aios.model_registry.replica import endpoints_bucket
+
+        store = await connect([cluster.nats_url])
+        try:
+            kv = await endpoints_bucket(store)
+            try:
+                return (await kv.get(GATEWAY_KEY)).value.decode()
+            except Exception:  # noqa: BLE001 - not announced yet
+                return None
+        finally:
+            await store.close()
+    deadline = time.monotonic() + 60
+    while (url := asyncio.run(find())) is None:
+        assert time.monotonic() < deadline, "the gateway never announced itself"
+        time.sleep(0.5)
+    try:
+        yield url, cluster
+    finally:
+        cluster.stop()
+
+
+def test_openapi_describes_exactly_the_routes_served() -> None:
+    app = build_app(Api(backend=None, tokens={}))
+    served = {(r.method, r.resource.canonical) for r in app.router.routes()  # type: ignore[union-attr]
+              if r.resource is not None and r.resource.canonical.startswith("/api/") and r.method != "HEAD"}
+    documented = {(method.upper(), path) for path, ops in openapi()["paths"].items() for method in ops}
+    assert served == documented and len(served) == len(ROUTES)
+    for path, ops in openapi()["paths"].items():  # every path parameter is declared
+        for op in ops.values():
+            declared = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+            assert declared == {seg.strip("{}") for seg in path.split("/") if seg.startswith("{")}
+
+
+def test_tokens_and_tenants(gateway: tuple[str, LocalCluster]) -> None:
+    url, _ = gateway
+    assert call(url, "GET", "/api/v1/jobs")[0] == 401
+    assert call(url, "GET", "/api/v1/jobs", token="not-a-token")[0] == 401
+    spec = {"name": "private", "devices": 1, "command": [sys.executable, "-c", "import time; time.sleep(30)"]}
+    status, made = call(url, "POST", "/api/v1/jobs", ALICE, spec)
+    assert status == 201, made
+    job = made["job"]
+    assert call(url, "GET", f"/api/v1/jobs/{job}", ALICE)[0] == 200
+    status, denied = call(url, "GET", f"/api/v1/jobs/{job}", BOB)
+    assert status == 403 and "another tenant" in denied["error"]
+    assert call(url, "POST", f"/api/v1/jobs/{job}/cancel", BOB)[0] == 403
+    assert call(url, "GET", f"/api/v1/jobs/{job}/logs", BOB)[0] == 403
+    assert job not in [j["job"] for j in call(url, "GET", "/api/v1/jobs", BOB)[1]["jobs"]]
+    assert job in [j["job"] for j in call(url, "GET", "/api/v1/jobs", ADMIN)[1]["jobs"]]
+    status, err = call(url, "POST", "/api/v1/jobs", BOB, {**spec, "tenant": "alice"})
+    assert status == 403 and "tenant: 'alice' is not yours" in err["error"]
+    status, err = call(url, "PUT", "/api/v1/tenants/bob/quota", BOB, {"nominal": {"a100": 8}})
+    assert status == 403 and "administrators only" in err["error"]
+    assert call(url, "PUT", "/api/v1/tenants/bob/quota", ADMIN, {"nominal": {"a100": 1}})[0] == 200
+    assert call(url, "POST", f"/api/v1/jobs/{job}/cancel", ALICE)[0] == 202
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"name": "x", "devices": -1, "command": ["true"]}, 422, "devices"),
+    ({"name": "x", "devices": "two", "command": ["true"]}, 422, "devices"),
+    ({"name": "x", "command": ["true"], "trainer": {"kind": "mlp"}}, 422, "exactly one of"),
+    ({"name": "x", "trainer": {"kind": "mlp", "steps": 0}}, 422, "trainer.hidden/steps/batch_size"),
+    ({"name": "Bad Name", "command": ["true"]}, 422, "name"),
+    ({"name": "x", "command": ["true"], "colour": "blue"}, 422, "colour"),
+    ([1, 2], 400, "body: a JSON object"),
+])
+def test_bad_submissions_name_the_field(gateway: tuple[str, LocalCluster], body: Any, status: int,
+                                        message: str) -> None:
+    url, _ = gateway
+    got, reply = call(url, "POST", "/api/v1/jobs", ALICE, body)
+    assert got == status and message in reply["error"], reply
+    got, reply = call(url, "POST", "/api/v1/jobs", ALICE, raw=b"{not json")
+    assert got == 400 and reply["error"].startswith("body: not JSON")
+
+
+def test_a_job_through_http_with_its_timeline_logs_and_the_cluster(gateway: tuple[str, LocalCluster]) -> None:
+    url, _ = gateway
+    script = "import os; print('hello from rank', os.environ['RANK']); print('bye', flush=True)"
+    status, made = call(url, "POST", "/api/v1/jobs", ALICE, {"name": "hello", "devices": 1,
+                                                              "command": [sys.executable, "-c", script]})
+    assert status == 201
+    job = made["job"]
+    deadline = time.monotonic() + 60
+    while (described := call(url, "GET", f"/api/v1/jobs/{job}", ALICE)[1])["status"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, described
+        time.sleep(0.3)
+    assert described["status"] == "succeeded" and described["tenant"] == "alice"
+    kinds = [e["type"] for e in described["events"]]
+    assert kinds[0] == "JobSubmitted" and "JobPlaced" in kinds and kinds[-1] == "JobSucceeded"
+    status, text = call(url, "GET", f"/api/v1/jobs/{job}/logs", ALICE)
+    assert status == 200 and "[rank0-a1] hello from rank 0" in text and "[rank0-a1] bye" in text
+    status, nodes = call(url, "GET", "/api/v1/nodes", BOB)
+    assert status == 200 and [n["node"] for n in nodes["nodes"]] == ["sim-a"]
+    assert call(url, "GET", "/api/v1/nodes/sim-x", BOB)[0] == 404
+    status, tenants = call(url, "GET", "/api/v1/tenants", ALICE)
+    assert status == 200 and set(tenants["tenants"]) <= {"alice"}
+    status, models = call(url, "GET", "/api/v1/models", ALICE)
+    assert status == 200 and models["models"] == []
+    assert call(url, "GET", "/api/v1/models/nothing", ALICE)[0] == 404
+    status, doc = call(url, "GET", "/openapi.json")
+    assert status == 200 and "/api/v1/jobs/{job}/logs" in doc["paths"]
