@@ -19,4 +19,5 @@ for root in ROOTS:
         packages.append(package)
         package_dir[package] = f"{root}/{package.replace('.', '/')}"
 
-setup(packages=packages, package_dir=package_dir)
+setup(packages=packages, package_dir=package_dir,
+      package_data={"aios.gateway": ["static/*"]})  # the dashboard page, served as is

@@ -22,7 +22,7 @@ def test_demo_trains_registers_serves_and_predicts(aios_env: dict[str, str]) -> 
     predicted = text.split("prediction for 8 held-out digits: ")[1].split("]")[0]
     true = text.split("(true: ")[1].split("]")[0]
     assert sum(a == b for a, b in zip(predicted.split(","), true.split(","))) >= 6
-    assert "/api/v1/jobs" in text and "demo done in" in text
+    assert "/api/v1/jobs" in text and "dashboard http://127.0.0.1:" in text and "demo done in" in text
 
 
 def test_bench_eventlog_prints_the_figures_as_json(aios_env: dict[str, str]) -> None:

@@ -187,9 +187,11 @@ async def run(keep: bool = False) -> int:
         console.print(f"prediction for 8 held-out digits: {labels}  (true: {[str(v) for v in y]})")
 
         token = (base / "gateway-token").read_text().strip() if (base / "gateway-token").is_file() else "?"
-        console.print(f"[bold]HTTP API[/] {gateway}/api/v1/jobs (OpenAPI: {gateway}/openapi.json); admin token "
-                      f"(this cluster's, gone with it unless --keep):")
+        console.print(f"[bold]dashboard[/] {gateway}/?token={token}")
+        console.print(f"[bold]HTTP API[/] {gateway}/api/v1/jobs (OpenAPI: {gateway}/openapi.json), e.g.")
         console.print(f"  curl -H 'Authorization: Bearer {token}' {gateway}/api/v1/jobs")
+        if not keep:
+            console.print("(this cluster, its dashboard and token go away now: `aios demo --keep` stays up)")
         console.print(f"[green]demo done in {time.monotonic() - started:.0f} s[/]")
         if keep:
             console.print(f"staying up: export AIOS_NATS_URL={url}  (Ctrl-C to stop)")

@@ -42,6 +42,8 @@ class Route:
     """(name, type, description) of query parameters."""
     responses: tuple[int, ...] = (200,)
     admin: bool = False
+    token_in_query: bool = False
+    """Also accept ``?token=`` (for EventSource, which cannot send headers)."""
 
 
 JOB_SPEC_SCHEMA: dict[str, Any] = {
@@ -204,11 +206,44 @@ class Api:
     async def model(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         return web.json_response(await self._ask("aios.registry.show", {"model": request.match_info["model"]}))
 
+    # -- live -------------------------------------------------------------------------------------------------------
+    async def telemetry(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        return web.json_response({"devices": self.backend.telemetry()})
+
+    async def events(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        """Server-sent events: ``change`` with the aggregate that changed (a job of the caller's, a node, a tenant,
+        a model), ``telemetry`` every few seconds; the dashboard refetches what it shows."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                               "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        queue = self.backend.listen()
+        try:
+            await response.write(b"retry: 2000\n\nevent: hello\ndata: {}\n\n")
+            while True:
+                try:
+                    kind, data = await asyncio.wait_for(queue.get(), 15.0)
+                except asyncio.TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                if kind == "bye":
+                    break
+                if kind == "change" and data.get("tenant") is not None and not caller.may_see(data["tenant"]):
+                    continue
+                await response.write(f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.backend.unlisten(queue)
+        return response
+
     # -- plumbing -----------------------------------------------------------------------------------------------------
     def wrap(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
             try:
-                caller = authenticate(self.tokens, request.headers.get("Authorization"))
+                header = request.headers.get("Authorization")
+                if header is None and route.token_in_query and request.query.get("token"):
+                    header = f"Bearer {request.query['token']}"
+                caller = authenticate(self.tokens, header)
                 if route.admin and not caller.admin:
                     raise Forbidden(f"{route.summary}: administrators only")
                 return await route.handler(self, request, caller)
@@ -248,6 +283,10 @@ ROUTES: tuple[Route, ...] = (
                  ("name", "string", "name contains"))),
     Route("GET", "/api/v1/models/{model}", Api.model, "A model's versions, or one (models:/name/3, name@alias)",
           responses=(200, 401, 404)),
+    Route("GET", "/api/v1/telemetry", Api.telemetry, "Latest utilisation, memory and temperature of every device"),
+    Route("GET", "/api/v1/events", Api.events, "Server-sent events: what changed (text/event-stream)",
+          query=(("token", "string", "the bearer token, for clients that cannot send headers"),),
+          token_in_query=True),
 )
 
 
@@ -289,6 +328,9 @@ def build_app(api: Api, extra: Callable[[web.Application], None] | None = None) 
         return web.json_response({"ok": True, "ts": time.time()})
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/healthz", healthz)
+    from aios.gateway import dashboard
+
+    dashboard.add_routes(app)
     if extra is not None:
         extra(app)
     return app

@@ -53,6 +53,9 @@ class GatewayService(Service):
         self.projector = Projector("gateway", SchedulerState, None, SchedulerState, STATE_SCHEMA,
                                    fold_commit=fold_commit)
         self.url = ""
+        self.listeners: set[asyncio.Queue[tuple[str, dict[str, Any]]]] = set()
+        self.devices: dict[str, dict[str, Any]] = {}
+        """Latest telemetry per device UUID (from the agents' core NATS subjects)."""
 
     # -- what api.py needs ------------------------------------------------------------------------------------------
     def jobs(self) -> dict[str, JobState]:
@@ -73,6 +76,52 @@ class GatewayService(Service):
         reply: dict[str, Any] = json.loads(msg.data)
         return reply
 
+    def telemetry(self) -> dict[str, dict[str, Any]]:
+        return self.devices
+
+    def listen(self) -> asyncio.Queue[tuple[str, dict[str, Any]]]:
+        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize=1000)
+        self.listeners.add(queue)
+        return queue
+
+    def unlisten(self, queue: asyncio.Queue[tuple[str, dict[str, Any]]]) -> None:
+        self.listeners.discard(queue)
+
+    def _broadcast(self, kind: str, data: dict[str, Any]) -> None:
+        for queue in list(self.listeners):
+            if queue.full():  # a stalled client: drop its oldest notification, never block the fold
+                queue.get_nowait()
+            queue.put_nowait((kind, data))
+
+    def _on_commit(self, commit: Any) -> None:
+        kind, _, ident = commit.aggregate.partition(".")
+        data: dict[str, Any] = {"aggregate": commit.aggregate, "seq": commit.seq}
+        if kind == "job":
+            job = self.projector.state.jobs.get(ident)
+            data["tenant"] = job.tenant if job else None
+            data["status"] = job.status if job else None
+        self._broadcast("change", data)
+
+    async def _on_telemetry(self, msg: Any) -> None:
+        try:
+            body = json.loads(msg.data)
+            for d in body.get("devices", []):
+                self.devices[d["uuid"]] = {"node": body.get("node"), "ts": body.get("ts"),
+                                           "utilization_gpu": d.get("utilization_gpu"),
+                                           "memory_used_bytes": d.get("memory_used_bytes"),
+                                           "memory_total_bytes": d.get("memory_total_bytes"),
+                                           "temperature_c": d.get("temperature_c"), "power_w": d.get("power_w")}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return
+
+    async def _telemetry_ticks(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), 3.0)
+            except asyncio.TimeoutError:
+                if self.listeners:
+                    self._broadcast("telemetry", {"devices": len(self.devices)})
+
     # -- the shell ----------------------------------------------------------------------------------------------------
     async def run(self, ctx: ServiceContext) -> None:
         from aios.model_registry.replica import endpoints_bucket
@@ -83,7 +132,9 @@ class GatewayService(Service):
         tokens = load_tokens(dict(os.environ), ctx.settings.data_dir)
         await self.projector.rebuild(ctx.store)
         stop = asyncio.Event()
-        follower = asyncio.ensure_future(self.projector.follow(ctx.store, stop=stop))
+        follower = asyncio.ensure_future(self.projector.follow(ctx.store, self._on_commit, stop=stop))
+        telemetry_sub = await ctx.nc.subscribe("aios.telemetry.*", cb=self._on_telemetry)
+        ticks = asyncio.ensure_future(self._telemetry_ticks(stop))
         app = build_app(Api(self, tokens))
         host = os.environ.get("AIOS_GATEWAY_HOST", "127.0.0.1")
         want = int(os.environ.get("AIOS_GATEWAY_PORT", "8080"))
@@ -106,7 +157,9 @@ class GatewayService(Service):
                     pass
         finally:
             stop.set()
-            await follower
+            self._broadcast("bye", {})  # open event streams end, so the server can stop at once
+            await telemetry_sub.unsubscribe()
+            await asyncio.gather(follower, ticks)
             await runner.cleanup()
 
     def healthy(self) -> tuple[bool, str]:
