@@ -1,4 +1,4 @@
-"""`aios submit / jobs / why / cancel` against a running local cluster."""
+"""`aios submit / jobs / job / why / cancel / top` against a running local cluster, and their exit codes."""
 
 from __future__ import annotations
 
@@ -62,5 +62,29 @@ def test_submit_why_cancel(aios_env: dict[str, str], tmp_path: Path) -> None:
         assert refused.returncode == 2 and "devices: must be between 0 and 4096" in refused.stderr
         missing = aios("why", "no-such-job")
         assert missing.returncode == 0 and "no job 'no-such-job'" in missing.stdout
+
+        # one job's page, waiting for its end; exit codes a script can branch on
+        described = aios("job", job_id, "--json")
+        assert described.returncode == 0
+        detail = json.loads(described.stdout)
+        assert detail["status"] == "cancelled" and [e["type"] for e in detail["events"]][0] == "JobSubmitted"
+        assert "JobCancelled" in aios("job", job_id).stdout
+        assert aios("job", job_id, "--wait").returncode == 4  # it ended, and not well
+        assert aios("job", "no-such-job").returncode == 3
+        assert aios("cancel", "no-such-job").returncode == 3
+        quick = tmp_path / "quick.json"
+        quick.write_text(json.dumps({"name": "quick", "tenant": "nlp", "devices": 0, "command": ["true"]}))
+        quick_id = aios("submit", str(quick), "--json")
+        ok = aios("job", json.loads(quick_id.stdout)["job"], "--wait", "--json")
+        assert ok.returncode == 0 and json.loads(ok.stdout)["status"] == "succeeded"
+
+        top = aios("top", "--json")
+        assert top.returncode == 0, top.stderr
+        snap = json.loads(top.stdout)
+        assert [n["node"] for n in snap["nodes"]] == ["sim-1"] and len(snap["nodes"][0]["devices"]) == 2
+        assert snap["jobs"]["cancelled"] == 1 and snap["jobs"]["succeeded"] == 1
+        assert any(d["utilization_gpu"] is not None for d in snap["nodes"][0]["devices"])  # agents' telemetry
+        frame = aios("top", "--once")
+        assert frame.returncode == 0 and "sim-1" in frame.stdout and "nlp" in frame.stdout
     finally:
         cluster.stop()

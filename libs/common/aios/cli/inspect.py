@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aios.common.config import load_settings
-from aios.common.errors import AiosError, ConfigError
+from aios.common.errors import AiosError, ConfigError, NotFound
 
 
 async def ask(subject: str, body: dict[str, Any] | None = None, timeout: float = 5.0,
@@ -33,7 +33,8 @@ async def ask(subject: str, body: dict[str, Any] | None = None, timeout: float =
         await nc.close()
     reply: dict[str, Any] = json.loads(msg.data)
     if "error" in reply:
-        raise AiosError(reply["error"])
+        missing = reply.get("not_found") or "no node" in reply["error"] or "no job" in reply["error"]
+        raise (NotFound if missing else AiosError)(reply["error"])
     return reply
 
 

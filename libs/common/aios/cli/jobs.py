@@ -12,7 +12,7 @@ from rich.table import Table
 
 from aios.cli.inspect import ask
 from aios.common.config import load_settings
-from aios.common.errors import AiosError, ConfigError
+from aios.common.errors import AiosError, ConfigError, NotFound
 from aios.common.events import JobCancelRequested, JobSubmitted
 from aios.common.store import connect
 from aios.common.wire import new_token
@@ -63,7 +63,7 @@ async def cancel(job_id: str) -> int:
     store = await _store()
     try:
         if (await store.read(f"job.{job_id}")).version == 0:
-            raise AiosError(f"no job {job_id!r}")
+            raise NotFound(f"no job {job_id!r}")
         await store.append(f"job.{job_id}", JobCancelRequested(aggregate_id=job_id, requested_by="cli"),
                            idempotency_key=f"cli-cancel-request-{job_id}")
     finally:
@@ -102,10 +102,56 @@ async def logs(job_id: str, follow: bool, worker: str | None) -> int:
     store = await _store()
     try:
         if (await store.read(f"job.{job_id}")).version == 0:
-            raise AiosError(f"no job {job_id!r}")
+            raise NotFound(f"no job {job_id!r}")
         await joblogs.ensure_stream(store.js, store.replicas)
         async for name, stream, line in joblogs.lines(store.js, job_id, worker, follow):
             print(f"[{name}{' stderr' if stream == 'stderr' else ''}] {line}", flush=True)
     finally:
         await store.close()
     return 0
+
+
+async def job(job_id: str, as_json: bool, wait: bool) -> int:
+    """One job: its summary (from the scheduler) and its event timeline (from the log); with ``wait``, block until
+    it ends and exit 0 if it succeeded, 4 if not."""
+    import time
+
+    store = await _store()
+    try:
+        while True:
+            history = await store.read(f"job.{job_id}")
+            if history.version == 0:
+                raise NotFound(f"no job {job_id!r}")
+            summary = next((j for j in (await ask("aios.sched.jobs"))["jobs"] if j["job"] == job_id), None)
+            done = summary is not None and summary["status"] in ("succeeded", "failed", "cancelled")
+            if not wait or done:
+                break
+            time.sleep(0.5)
+    finally:
+        await store.close()
+    events = [{"type": type(e).__name__, "ts": e.ts} for e in history.events]
+    if as_json:
+        print(json.dumps({**(summary or {"job": job_id}), "events": events}, indent=2))
+    else:
+        console = Console()
+        if summary:
+            steps = f", step {summary['step']}/{summary['total_steps']}" if summary["total_steps"] else ""
+            console.print(f"[bold]{job_id}[/] ({summary['tenant']}): {summary['status']}, {summary['devices']} device(s)"
+                          f" on {', '.join(sorted(set(summary['nodes']))) or '-'}, attempt {summary['attempts']}{steps}"
+                          + (f"\n  {summary['error']}" if summary["error"] else ""))
+        t0 = history.events[0].ts
+        table = Table("+s", "event", "detail")
+        for e in history.events:
+            detail = {k: v for k, v in msgspec_fields(e).items() if k not in ("aggregate_id", "ts", "v", "causation_id",
+                                                                              "trace_id", "spec")}
+            table.add_row(f"{e.ts - t0:.1f}", type(e).__name__, json.dumps(detail, default=str)[:100])
+        console.print(table)
+    if wait and summary is not None and summary["status"] != "succeeded":
+        return 4
+    return 0
+
+
+def msgspec_fields(event: Any) -> dict[str, Any]:
+    import msgspec
+
+    return msgspec.to_builtins(event)  # type: ignore[no-any-return]

@@ -130,6 +130,18 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return asyncio.run(jobs.logs(args.job, args.follow, args.worker))
 
 
+def cmd_job(args: argparse.Namespace) -> int:
+    from aios.cli import jobs
+
+    return asyncio.run(jobs.job(args.job, args.json, args.wait))
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from aios.cli import top
+
+    return asyncio.run(top.run(args.once, args.json))
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     from aios.cli import jobs
 
@@ -255,7 +267,9 @@ def _mib_list(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aios", description="AIOS: an operating system for AI workloads")
+    parser = argparse.ArgumentParser(
+        prog="aios", description="AIOS: an operating system for AI workloads",
+        epilog="exit codes: " + ", ".join(f"{code} {what}" for what, code in EXIT_CODES.items()))
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     up = sub.add_parser("up", help="start a local cluster: embedded NATS (unless AIOS_NATS_URL is set) + services")
@@ -289,6 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
     jobs_p = sub.add_parser("jobs", help="jobs and their state, from the scheduler")
     jobs_p.add_argument("--json", action="store_true")
     jobs_p.set_defaults(handler=cmd_jobs)
+    job_p = sub.add_parser("job", help="one job: state, progress and its event timeline")
+    job_p.add_argument("job")
+    job_p.add_argument("--wait", action="store_true", help="until it ends; exit 0 if it succeeded, 4 if not")
+    job_p.add_argument("--json", action="store_true")
+    job_p.set_defaults(handler=cmd_job)
+    top = sub.add_parser("top", help="live cluster view: devices, jobs, tenants' usage (Ctrl-C to leave)")
+    top.add_argument("--once", action="store_true", help="print one frame and exit")
+    top.add_argument("--json", action="store_true", help="print one snapshot as JSON and exit")
+    top.set_defaults(handler=cmd_top)
     why = sub.add_parser("why", help="why a job is pending (quota, capacity, gang size, order)")
     why.add_argument("job")
     why.add_argument("--json", action="store_true")
@@ -390,6 +413,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_CODES = {"ok": 0, "error": 1, "bad input": 2, "not found": 3, "job did not succeed": 4, "interrupted": 130}
+"""What ``aios`` exits with (``aios --help`` prints it): scripts can tell a typo from a missing job from a failure."""
+
+
+def exit_code(exc: AiosError) -> int:
+    from aios.common.errors import NotFound
+
+    if isinstance(exc, ConfigError):
+        return 2
+    if isinstance(exc, NotFound):
+        return 3
+    return 1
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
@@ -400,7 +437,7 @@ def main(argv: list[str] | None = None) -> None:
         code = handler(args)
     except AiosError as exc:
         print(f"aios {args.command}: {exc}", file=sys.stderr)
-        code = 2 if exc.__class__.__name__ == "ConfigError" else 1
+        code = exit_code(exc)
     except KeyboardInterrupt:
         code = 130
     raise SystemExit(code)

@@ -11,6 +11,10 @@ class ConfigError(AiosError):
     """A setting (environment variable or option) has a bad value; the message names it."""
 
 
+class NotFound(AiosError):
+    """The job, node, model or version asked for does not exist (``aios`` exits with 3)."""
+
+
 class EventError(AiosError):
     """An event could not be encoded or decoded."""
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aios.common.errors import AiosError
+from aios.common.errors import NotFound as CommonNotFound
 from aios.common.events import (
     Event, Lineage, ModelAliasRemoved, ModelAliasSet, ModelObjectCollected, ModelVersionDeleted, ModelVersionDescribed,
     ModelVersionEvaluated, ModelVersionRegistered, ModelVersionTagged, Signature,
@@ -26,7 +27,7 @@ class RegistryError(AiosError):
     """A registry command that cannot be done; the message names the field and the reason."""
 
 
-class NotFound(RegistryError):
+class NotFound(RegistryError, CommonNotFound):
     """No such model, version or alias."""
 
 

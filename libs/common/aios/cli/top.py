@@ -1,0 +1,84 @@
+"""``aios top``: a live view of the cluster in the terminal: devices per node (busy, free, unhealthy, utilisation),
+jobs by state, and each tenant's devices in use against its quota; refreshed every second from the services and the
+agents' telemetry. ``--once`` prints one frame; ``--json`` one snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from typing import Any
+
+import nats
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from aios.cli.inspect import ask
+from aios.common.config import load_settings
+from aios.common.errors import ConfigError
+
+
+async def snapshot(servers: list[str], telemetry: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    nodes = (await ask("aios.rm.nodes", servers=servers))["nodes"]
+    details = [await ask("aios.rm.node", {"node": n["node"]}, servers=servers) for n in nodes]
+    jobs = (await ask("aios.sched.jobs", servers=servers))["jobs"]
+    tenants = (await ask("aios.rm.tenants", servers=servers))["tenants"]
+    for node in details:
+        for d in node["devices"]:
+            d["utilization_gpu"] = telemetry.get(d["uuid"], {}).get("utilization_gpu")
+    return {"nodes": details, "jobs": dict(Counter(j["status"] for j in jobs)),
+            "running": [j for j in jobs if j["status"] in ("placed", "running", "preempting")],
+            "tenants": tenants}
+
+
+def frame(snap: dict[str, Any]) -> Group:
+    nodes = Table("node", "state", "devices", title="devices: ■ busy  □ free  ✗ unhealthy")
+    for n in snap["nodes"]:
+        cells = []
+        for d in n["devices"]:
+            mark = "[red]✗[/]" if not d["healthy"] else "[blue]■[/]" if d["job"] else "□"
+            util = f"{d['utilization_gpu']}%" if d.get("utilization_gpu") is not None else ""
+            cells.append(f"{mark}{util}")
+        nodes.add_row(n["node"], "online" if n["online"] else "[red]offline[/]", " ".join(cells))
+    jobs = Table("job", "tenant", "status", "devices", "progress")
+    for j in snap["running"]:
+        progress = f"{j['step']}/{j['total_steps']}" if j["total_steps"] else ""
+        jobs.add_row(j["job"], j["tenant"], j["status"], str(j["devices"]), progress)
+    states = ", ".join(f"{k} {v}" for k, v in sorted(snap["jobs"].items())) or "no jobs"
+    tenants = Table("tenant", "in use", "quota")
+    for name, t in snap["tenants"].items():
+        fmt = lambda d: ", ".join(f"{k}={v}" for k, v in sorted(d.items())) or "-"  # noqa: E731
+        tenants.add_row(name or "(none)", fmt(t["usage"]), fmt(t["nominal"]))
+    return Group(nodes, f"jobs: {states}", jobs, tenants)
+
+
+async def run(once: bool, as_json: bool, interval: float = 1.0) -> int:
+    servers = load_settings().servers
+    if not servers:
+        raise ConfigError("AIOS_NATS_URL is not set: point it at the cluster (`aios up` prints the export line)")
+    telemetry: dict[str, dict[str, Any]] = {}
+    nc = await nats.connect(servers, connect_timeout=3, max_reconnect_attempts=0, allow_reconnect=False)
+
+    async def on_telemetry(msg: Any) -> None:
+        try:
+            for d in json.loads(msg.data).get("devices", []):
+                telemetry[d["uuid"]] = d
+        except (ValueError, KeyError, TypeError):
+            pass
+    await nc.subscribe("aios.telemetry.*", cb=on_telemetry)
+    try:
+        if once or as_json:
+            await asyncio.sleep(min(interval, 1.5))  # one round of telemetry
+            snap = await snapshot(servers, telemetry)
+            if as_json:
+                print(json.dumps(snap, indent=2))
+            else:
+                Console().print(frame(snap))
+            return 0
+        with Live(frame(await snapshot(servers, telemetry)), refresh_per_second=2) as live:
+            while True:
+                await asyncio.sleep(interval)
+                live.update(frame(await snapshot(servers, telemetry)))
+    finally:
+        await nc.close()
