@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aios.cli.inspect import ask
+from aios.common import tracing
 from aios.common.config import load_settings
 from aios.common.errors import AiosError, ConfigError, NotFound
 from aios.common.events import JobCancelRequested, JobSubmitted
@@ -47,9 +48,10 @@ async def submit(path: str, idempotency_key: str | None, as_json: bool) -> int:
     job_id = f"{spec.name}-{new_token()[:6]}"
     store = await _store()
     try:
-        result = await store.append(f"job.{job_id}", JobSubmitted(aggregate_id=job_id, tenant=spec.tenant,
-                                                                  name=spec.name, spec=spec_to_dict(spec)),
-                                    expected_version=0, idempotency_key=idempotency_key or f"submit-{job_id}")
+        with tracing.job_span(f"submit {spec.name}", job_id, None, **{"aios.tenant": spec.tenant}):  # the job's root
+            result = await store.append(f"job.{job_id}", JobSubmitted(aggregate_id=job_id, tenant=spec.tenant,
+                                                                      name=spec.name, spec=spec_to_dict(spec)),
+                                        expected_version=0, idempotency_key=idempotency_key or f"submit-{job_id}")
     finally:
         await store.close()
     if as_json:

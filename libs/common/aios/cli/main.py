@@ -433,6 +433,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "bench" and args.bench == "eventlog" and args.restart_events <= args.tail + args.events:
         print("aios bench eventlog: --restart-events must exceed --events + --tail", file=sys.stderr)
         raise SystemExit(2)
+    traced = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    if traced and args.command in ("submit", "cancel", "serve"):  # the start of a job's trace
+        from aios.common import tracing
+
+        tracing.setup_tracing("aios-cli")
     try:
         code = handler(args)
     except AiosError as exc:
@@ -440,6 +445,10 @@ def main(argv: list[str] | None = None) -> None:
         code = exit_code(exc)
     except KeyboardInterrupt:
         code = 130
+    if traced:
+        from aios.common import tracing
+
+        tracing.flush()
     raise SystemExit(code)
 
 

@@ -109,3 +109,27 @@ def process_span(subject: str, headers: Mapping[str, str] | None) -> Iterator[tr
                     "messaging.operation.type": "process"},
     ) as span:
         yield span
+
+
+@contextmanager
+def job_span(name: str, job_id: str, parent: Mapping[str, str] | None, **attributes: object) -> Iterator[trace.Span]:
+    """A span about one job, continuing the job's trace from ``parent`` (the trace context stored with one of its
+    commits, or handed to a worker in ``TRACEPARENT``); events appended inside carry it on."""
+    with tracer().start_as_current_span(
+        name, context=extract(parent) if parent else None,
+        attributes={"aios.job": job_id, **{k: v for k, v in attributes.items() if v is not None}},  # type: ignore[dict-item]
+    ) as span:
+        yield span
+
+
+def carrier() -> dict[str, str]:
+    """The current span's context as headers (``traceparent``), e.g. for a child process's environment."""
+    return dict(inject({}))
+
+
+def flush(timeout_ms: int = 5000) -> None:
+    """Send what the batch processor still holds (a short-lived process must call this before it exits)."""
+    provider = trace.get_tracer_provider()
+    force = getattr(provider, "force_flush", None)
+    if force is not None:
+        force(timeout_ms)

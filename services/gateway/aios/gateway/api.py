@@ -14,6 +14,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from aios.common import tracing
 from aios.common.errors import AiosError
 from aios.common.events import JobCancelRequested, JobSubmitted, TenantQuotaSet
 from aios.common.wire import new_token
@@ -114,10 +115,12 @@ class Api:
             raise HttpError(422, str(exc)) from None
         job_id = f"{spec.name}-{new_token()[:6]}"
         key = request.headers.get("Idempotency-Key")
-        result = await self.backend.store.append(
-            f"job.{job_id}", JobSubmitted(aggregate_id=job_id, tenant=spec.tenant, name=spec.name,
-                                          spec=spec_to_dict(spec)),
-            expected_version=0, idempotency_key=f"http-{spec.tenant}-{key}" if key else f"submit-{job_id}")
+        with tracing.job_span(f"submit {spec.name}", job_id, None, **{"aios.tenant": spec.tenant,
+                                                                       "aios.via": "http"}):  # the job's trace root
+            result = await self.backend.store.append(
+                f"job.{job_id}", JobSubmitted(aggregate_id=job_id, tenant=spec.tenant, name=spec.name,
+                                              spec=spec_to_dict(spec)),
+                expected_version=0, idempotency_key=f"http-{spec.tenant}-{key}" if key else f"submit-{job_id}")
         await self.backend.caught_up(result.seq)
         return web.json_response({"job": job_id, "duplicate": result.duplicate, "seq": result.seq}, status=201)
 

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import msgspec
 import numpy as np
 
+from aios.common import tracing
 from aios.common.errors import AiosError, ConcurrencyConflict
 from aios.common.events import (
     Event, JobProgress, JobSubmitted, JobSucceeded, Lineage, ModelObjectCollected, ModelVersionEvaluated, Signature,
@@ -52,6 +53,8 @@ class RegistryView:
     final_progress: dict[str, dict[str, float]] = field(default_factory=dict)
     succeeded: list[str] = field(default_factory=list)
     """Built-in training jobs that succeeded, in log order."""
+    succeeded_trace: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Trace context of each one's JobSucceeded commit: registering its model continues the job's trace."""
 
 
 def fold(view: RegistryView, commit: Commit) -> RegistryView:
@@ -70,6 +73,7 @@ def fold(view: RegistryView, commit: Commit) -> RegistryView:
                                                                        ("train_accuracy", ev.accuracy)) if v is not None}
             elif isinstance(ev, JobSucceeded) and ident in view.job_specs:
                 view.succeeded.append(ident)
+                view.succeeded_trace[ident] = {k: v for k, v in commit.trace_headers.items() if k == "traceparent"}
     return view
 
 
@@ -503,7 +507,8 @@ class ModelRegistryService(Service):
     async def _register_job(self, job_id: str) -> None:
         try:
             async with self._lock:
-                done = await self.reg.register_job(job_id)
+                with tracing.job_span("register model", job_id, self.reg.view.succeeded_trace.get(job_id)):
+                    done = await self.reg.register_job(job_id)
             if done:
                 self.registered += 1
                 log.info("registered a trained model", extra={"job": job_id, "model": done["name"],

@@ -14,6 +14,7 @@ import msgspec
 from nats.aio.msg import Msg
 from prometheus_client import Counter, Gauge, Histogram
 
+from aios.common import tracing
 from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError
 from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import Projector, SnapshotStore
@@ -186,8 +187,17 @@ class SchedulerService(Service):
         if not commits:
             return []
         pipe = self.ctx.store.pipeline()
+        jobs = self.projector.state.jobs
         for c in commits:
-            await pipe.add(c.aggregate, c.events, c.expected_version, idempotency_key=c.idempotency_key)
+            kind, _, ident = c.aggregate.partition(".")
+            job = jobs.get(ident) if kind == "job" else None
+            if job is None:
+                await pipe.add(c.aggregate, c.events, c.expected_version, idempotency_key=c.idempotency_key)
+                continue
+            # a decision about a job is part of the job's trace, from its submit on
+            with tracing.job_span("schedule " + "+".join(type(e).__name__ for e in c.events), ident, job.trace,
+                                  **{"aios.policy": self.policy.name, "aios.tenant": job.tenant}):
+                await pipe.add(c.aggregate, c.events, c.expected_version, idempotency_key=c.idempotency_key)
         out: list[int | None] = []
         for result in await pipe.results():
             if isinstance(result, ConcurrencyConflict):

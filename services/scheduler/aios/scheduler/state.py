@@ -64,6 +64,10 @@ class JobState(msgspec.Struct):
     checkpoint_step: int = 0
     """Step of the newest checkpoint: where the next attempt resumes."""
     progress_attempt: int = 0
+    trace: dict[str, str] = {}
+    """W3C trace context of the submit (the job's trace root): services' spans about the job continue it."""
+    placement_trace: dict[str, str] = {}
+    """Trace context of the current placement's JobPlaced commit (the launcher's spans are its children)."""
     steps_redone: int = 0
     """Steps trained again after a resume (work lost between the last checkpoint and the interruption)."""
 
@@ -119,6 +123,14 @@ def fold_commit(state: SchedulerState, commit: Commit) -> SchedulerState:
     inventory.fold_commit(state.inv, commit)
     for ev in commit.events:
         evolve(state, ev, commit.seq)
+        if commit.headers and isinstance(ev, (JobSubmitted, JobPlaced)):
+            job = state.jobs.get(ev.aggregate_id)
+            if job is not None:
+                carrier = {k: v for k, v in commit.trace_headers.items() if k in ("traceparent", "tracestate")}
+                if isinstance(ev, JobSubmitted):
+                    job.trace = carrier
+                else:
+                    job.placement_trace = carrier
     state.seq = commit.seq
     return state
 

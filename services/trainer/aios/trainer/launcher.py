@@ -21,6 +21,7 @@ import sys
 import zlib
 from typing import Any
 
+from aios.common import tracing
 from aios.common.events import Assignment, JobFailed, JobStarted, JobSucceeded
 from aios.common.errors import AiosError
 from aios.common.runner import Service, ServiceContext
@@ -144,7 +145,9 @@ class LauncherService(Service):
             if job.status == PLACED and key not in self.launched and self._booked(job):
                 if any(self._mine(a.node_id) for a in job.assignments):
                     self.launched.add(key)
-                    await self._launch(job)
+                    with tracing.job_span("launch", job.job_id, job.placement_trace, **{
+                            "aios.attempt": job.attempts, "aios.node": self.node_id or "all"}):
+                        await self._launch(job)
             elif job.status in (PREEMPTING, CANCELLED) and key in self.launched and key not in self.stopped:
                 self.stopped.add(key)
                 await self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=10)
@@ -165,7 +168,9 @@ class LauncherService(Service):
                 result = outcome(job)
                 if result is not None:
                     self.decided.add(key)
-                    await self._finish(job, *result)
+                    with tracing.job_span(f"finish {result[0]}", job.job_id, job.placement_trace,
+                                          **{"aios.exit_code": result[2]}):
+                        await self._finish(job, *result)
 
     async def _launch(self, job: JobState) -> None:
         spec = job.spec
@@ -180,8 +185,9 @@ class LauncherService(Service):
                 if not self._mine(a.node_id):  # another node's trainer starts these
                     rank += 1
                     continue
+                env = {**worker_env(job, a, rank, local, url), **{k.upper(): v for k, v in tracing.carrier().items()}}
                 request = {"job_id": job.job_id, "worker": worker_name(rank, job.attempts), "command": command,
-                           "device_uuids": [uuid] if uuid else [], "env": worker_env(job, a, rank, local, url)}
+                           "device_uuids": [uuid] if uuid else [], "env": env}
                 reply = await self._ask(run_subject(a.node_id), request)
                 if not reply.get("ok") and "already running" not in reply.get("error", ""):
                     await self._finish(job, "failed", f"could not start {worker_name(rank, job.attempts)} on {a.node_id}: "

@@ -20,6 +20,7 @@ import sys
 import msgspec
 import nats.js.errors
 
+from aios.common import tracing
 from aios.common.events import CheckpointSaved, JobProgress
 from aios.common.snapshot import object_bucket
 from aios.common.store import EventStore, connect
@@ -111,18 +112,20 @@ async def run(w: WorkerEnv) -> int:
                                         "resume_step": start.step if start else 0})
         cfg = w.trainer
 
-        async def progress(p: Progress) -> None:
-            await store.append(f"job.{w.job_id}", JobProgress(
-                aggregate_id=w.job_id, step=p.step, total_steps=cfg.steps, loss=round(p.loss, 6),
-                accuracy=round(p.accuracy, 6), samples_per_s=round(p.samples_per_s, 1), attempt=w.attempt))
+        async def progress(p: Progress) -> None:  # reported at most once a second: the sampled steps of the trace
+            with tracing.job_span(f"step {p.step}", w.job_id, None, **{"aios.step": p.step, "aios.loss": p.loss}):
+                await store.append(f"job.{w.job_id}", JobProgress(
+                    aggregate_id=w.job_id, step=p.step, total_steps=cfg.steps, loss=round(p.loss, 6),
+                    accuracy=round(p.accuracy, 6), samples_per_s=round(p.samples_per_s, 1), attempt=w.attempt))
 
         async def checkpoint(c: Checkpoint) -> None:
-            blob = msgspec.msgpack.encode(c)
-            bucket = await object_bucket(store, w.bucket, "AIOS training checkpoints")
-            await bucket.put(w.checkpoint, blob)
-            await store.append(f"job.{w.job_id}", CheckpointSaved(
-                aggregate_id=w.job_id, step=c.step, bucket=w.bucket, name=w.checkpoint,
-                digest="sha256:" + hashlib.sha256(blob).hexdigest(), size=len(blob), attempt=w.attempt))
+            with tracing.job_span(f"checkpoint {c.step}", w.job_id, None, **{"aios.step": c.step}):
+                blob = msgspec.msgpack.encode(c)
+                bucket = await object_bucket(store, w.bucket, "AIOS training checkpoints")
+                await bucket.put(w.checkpoint, blob)
+                await store.append(f"job.{w.job_id}", CheckpointSaved(
+                    aggregate_id=w.job_id, step=c.step, bucket=w.bucket, name=w.checkpoint,
+                    digest="sha256:" + hashlib.sha256(blob).hexdigest(), size=len(blob), attempt=w.attempt))
 
         outcome: Outcome = await train(cfg, group, start, progress, checkpoint, stop.is_set)
         if w.rank == 0:
@@ -152,7 +155,14 @@ def main() -> int:
     except ValueError as exc:
         print(f"aios trainer: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    return asyncio.run(run(w))
+    tracing.setup_tracing("aios-trainer-worker")
+    parent = {"traceparent": os.environ["TRACEPARENT"]} if os.environ.get("TRACEPARENT") else None
+    try:
+        with tracing.job_span("train", w.job_id, parent, **{"aios.rank": w.rank, "aios.world": w.world,
+                                                            "aios.attempt": w.attempt}):
+            return asyncio.run(run(w))
+    finally:
+        tracing.flush()
 
 
 if __name__ == "__main__":

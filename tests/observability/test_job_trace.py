@@ -1,0 +1,107 @@
+"""One OpenTelemetry trace per job, across every process that touches it: the CLI's submit is the root; the
+scheduler's decisions, each node trainer's launch, every worker's training (with sampled steps and checkpoints),
+the outcome and the registry's registration of the model hang below it. An OTLP/HTTP receiver in the test collects
+what all the processes export."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from tests.trainer.test_e2e import start, wait_job
+
+
+class Receiver:
+    """OTLP over HTTP (protobuf), as ``OTEL_EXPORTER_OTLP_ENDPOINT`` exporters send it."""
+
+    def __init__(self) -> None:
+        self.spans: list[dict[str, Any]] = []
+        spans = self.spans
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request = ExportTraceServiceRequest.FromString(body)
+                for rs in request.resource_spans:
+                    service = next((a.value.string_value for a in rs.resource.attributes if a.key == "service.name"), "")
+                    for ss in rs.scope_spans:
+                        for s in ss.spans:
+                            attrs = {a.key: a.value.string_value or a.value.int_value for a in s.attributes}
+                            spans.append({"service": service, "name": s.name, "trace": s.trace_id.hex(),
+                                          "span": s.span_id.hex(), "parent": s.parent_span_id.hex(), "attrs": attrs})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_a_training_job_is_one_trace_across_all_services(aios_env: dict[str, str], tmp_path: Path) -> None:
+    receiver = Receiver()
+    otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "200",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
+    cluster, aios = start({**aios_env, **otel}, nodes=2)
+    try:
+        trainer = {"kind": "mlp", "steps": 120, "checkpoint_every": 60, "step_delay_s": 0.02}
+        spec = tmp_path / "traced.json"
+        spec.write_text(json.dumps({"name": "traced", "tenant": "ml", "devices": 4, "max_devices_per_node": 2,
+                                    "trainer": trainer}))
+        out = aios("submit", str(spec), "--json")
+        assert out.returncode == 0, out.stderr
+        job_id = json.loads(out.stdout)["job"]
+        assert wait_job(aios, "traced", ("succeeded", "failed"))["status"] == "succeeded"
+
+        def of_job() -> list[dict[str, Any]]:
+            return [s for s in receiver.spans if s["attrs"].get("aios.job") == job_id]
+        deadline = time.monotonic() + 30
+        while not any(s["name"] == "register model" for s in of_job()):
+            assert time.monotonic() < deadline, sorted({(s["service"], s["name"]) for s in of_job()})
+            time.sleep(0.3)
+        time.sleep(1.0)  # the publish spans below them come in the same or the next batch
+    finally:
+        cluster.stop()
+        receiver.server.shutdown()
+
+    mine = of_job()
+    trace_id = {s["trace"] for s in mine}
+    assert len(trace_id) == 1, "every span about the job is in one trace"
+    everything = [s for s in receiver.spans if s["trace"] in trace_id]
+    by_id = {s["span"]: s for s in everything}
+    roots = [s for s in everything if not s["parent"]]
+    assert [(r["service"], r["name"]) for r in roots] == [("aios-cli", "submit traced")]
+    orphans = [(s["service"], s["name"]) for s in everything if s["parent"] and s["parent"] not in by_id]
+    assert orphans == [], "every parent was exported: the tree is connected"
+
+    names = defaultdict(set)
+    for s in mine:
+        names[s["service"]].add(s["name"].split(" ")[0] if s["name"].startswith(("step", "checkpoint")) else s["name"])
+    assert any("JobPlaced" in n for n in names["aios-scheduler"]), names["aios-scheduler"]
+    assert names["aios-trainer"] >= {"launch", "finish succeeded"}
+    assert names["aios-trainer-worker"] >= {"train", "step", "checkpoint"}
+    assert "register model" in names["aios-model-registry"]
+    launches = [s for s in mine if s["name"] == "launch"]
+    assert len(launches) == 2  # one per node's trainer (2 devices on each of 2 nodes)
+    trains = [s for s in mine if s["name"] == "train"]
+    assert len(trains) == 4 and all(by_id[t["parent"]]["name"] == "launch" for t in trains)
+
+    def ancestry(span: dict[str, Any]) -> list[str]:
+        chain = []
+        while span["parent"]:
+            span = by_id[span["parent"]]
+            chain.append(span["name"])
+        return chain
+    step = next(s for s in mine if s["name"].startswith("step"))
+    assert ancestry(step)[-1] == "submit traced" and "train" in ancestry(step) and "launch" in ancestry(step)
+    register = next(s for s in mine if s["name"] == "register model")
+    assert "finish succeeded" in ancestry(register)
