@@ -113,7 +113,7 @@ def test_four_rank_mlp_job_and_a_plain_command_job(aios_env: dict[str, str], tmp
                 shown.stdout[-2000:]
         only = aios("logs", job_id, "--worker", "rank3-a1")
         assert only.returncode == 0 and "[rank3-a1" in only.stdout and "[rank0-a1]" not in only.stdout
-        assert aios("logs", "nope-123").returncode == 1
+        assert aios("logs", "nope-123").returncode == 3  # not found
         assert sorted(seen) == [0, 1, 2]
         assert {s["WORLD_SIZE"] for s in seen.values()} == {"3"}
         assert len({s["MASTER_PORT"] for s in seen.values()}) == 1
