@@ -53,6 +53,14 @@ def test_up_starts_embedded_nats_and_services_and_stops_on_ctrl_c(aios_env: dict
         assert health, out
         service_pid, health_url = int(health.group(1)), health.group(2)
         assert "embedded, data in" in out
+        dashboard = re.search(r"dashboard: (http://\S+)/\?token=(\S+)", out)
+        assert dashboard, out
+        with urllib.request.urlopen(dashboard.group(1) + "/", timeout=5) as resp:
+            assert b"dashboard.js" in resp.read()
+        request = urllib.request.Request(dashboard.group(1) + "/api/v1/jobs",
+                                         headers={"Authorization": f"Bearer {dashboard.group(2)}"})
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            assert json.loads(resp.read()) == {"jobs": []}
         assert (tmp_path / "data" / "jetstream").is_dir()
         deadline = time.monotonic() + 20
         while True:

@@ -61,6 +61,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         if not cluster.names:
             print("  (no services are registered yet: NATS only)")
         print(f"export AIOS_NATS_URL={cluster.nats_url}   # to use this cluster from another shell")
+        if "gateway" in cluster.names:
+            gateway = asyncio.run(_announced(cluster.nats_url, "_gateway"))
+            token_file = settings.data_dir / "gateway-token"
+            if gateway:
+                token = token_file.read_text().strip() if token_file.is_file() else "<token>"
+                print(f"dashboard: {gateway}/?token={token}   (API: {gateway}/api/v1, token in {token_file})")
         print("Ctrl-C stops everything.", flush=True)
         while not stop:
             died = cluster.exited()
@@ -73,6 +79,28 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("stopping AIOS ...", flush=True)
         cluster.stop()
         print("stopped.", flush=True)
+
+
+async def _announced(url: str, key: str, wait_s: float = 15.0) -> str | None:
+    """An address a service announced in the endpoints bucket (the gateway's, the router's), once it has."""
+    from aios.common.store import connect
+    from aios.model_registry.replica import endpoints_bucket
+
+    deadline = time.monotonic() + wait_s
+    store = await connect([url], name="aios-up")
+    try:
+        kv = await endpoints_bucket(store)
+        while time.monotonic() < deadline:
+            try:
+                entry = await kv.get(key)
+                if entry.value:
+                    return str(entry.value.decode())
+            except Exception:  # noqa: BLE001 - not announced yet
+                pass
+            await asyncio.sleep(0.3)
+        return None
+    finally:
+        await store.close()
 
 
 def cmd_service(args: argparse.Namespace) -> int:

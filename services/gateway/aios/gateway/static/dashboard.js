@@ -30,8 +30,9 @@ async function renderCluster() {
         const state = !d.healthy ? "unhealthy" : d.job ? "busy" : "free";
         const t = tele.devices[d.uuid] || {};
         const util = t.utilization_gpu != null ? t.utilization_gpu + "%" : "";
+        const level = t.utilization_gpu != null ? t.utilization_gpu : 0;
         return `<div class="device" data-state="${state}" data-uuid="${esc(d.uuid)}" title="${esc(d.model)} ${esc(d.uuid)}${d.job ? " — " + esc(d.job) : ""}${d.reason ? " — " + esc(d.reason) : ""}">
-          <b>${esc(d.kind)} #${d.index}</b><span>${esc(util)}</span></div>`; }).join("")}</div></div>`).join("");
+          <i class="util" style="height:${level}%"></i><b>${esc(d.kind)} #${d.index}</b><span>${esc(util)}</span></div>`; }).join("")}</div></div>`).join("");
   const usageRows = Object.entries(tenants.tenants).map(([name, t]) => {
     const kinds = [...new Set([...Object.keys(t.nominal), ...Object.keys(t.usage)])].sort();
     return kinds.map(k => { const used = t.usage[k] || 0, quota = t.nominal[k] || 0;
