@@ -1,0 +1,67 @@
+# What runs on every GPU client node: its device agent (NVML, runs the workers) and its trainer (launches the
+# node's share of each placed job). A system job: one allocation per eligible node, new nodes get theirs at join.
+job "aios-node" {
+  type        = "system"
+  datacenters = ["dc1"]
+
+  constraint {
+    attribute = "${attr.driver.docker}"
+    value     = "true"
+  }
+
+  update {
+    max_parallel = 1
+    stagger      = "30s"
+  }
+
+  group "node" {
+    restart {
+      attempts = 10
+      interval = "5m"
+      delay    = "5s"
+      mode     = "delay"
+    }
+
+    task "device-agent" {
+      driver = "docker"
+      config {
+        image   = "aios:latest"
+        args    = ["agent", "--node", "${node.unique.name}"]
+        runtime = "nvidia"
+      }
+      # the NVIDIA device plugin hands the GPUs to the agent, which pins each worker to its own by UUID
+      resources {
+        cpu    = 2000
+        memory = 2048
+        device "nvidia/gpu" {
+          count = 8
+        }
+      }
+      env {
+        AIOS_NATS_URL        = "nats://nats.service.consul:4222"
+        AIOS_STREAM_REPLICAS = "3"
+        AIOS_NODE_ID         = "${node.unique.name}"
+        AIOS_HTTP_PORT       = "9100"
+        AIOS_SERVE_HOST      = "0.0.0.0"
+      }
+    }
+
+    task "trainer" {
+      driver = "docker"
+      config {
+        image = "aios:latest"
+        args  = ["service", "trainer"]
+      }
+      resources {
+        cpu    = 500
+        memory = 512
+      }
+      env {
+        AIOS_NATS_URL        = "nats://nats.service.consul:4222"
+        AIOS_STREAM_REPLICAS = "3"
+        AIOS_NODE_ID         = "${node.unique.name}"
+        AIOS_HTTP_PORT       = "9101"
+      }
+    }
+  }
+}

@@ -1,0 +1,57 @@
+# The resource-manager service of AIOS. Rolling upgrades: one allocation at a time, only once the new one is healthy
+# (/healthz on AIOS_HTTP_PORT), rolled back by itself if it never is.
+job "aios-resource-manager" {
+  type        = "service"
+  datacenters = ["dc1"]
+
+  update {
+    max_parallel     = 1
+    min_healthy_time = "15s"
+    healthy_deadline = "3m"
+    auto_revert      = true
+  }
+
+  group "resource-manager" {
+    count = 1
+
+    constraint {
+      operator = "distinct_hosts"
+      value    = "true"
+    }
+
+    network {
+      port "health" { to = 9100 }
+
+    }
+
+    service {
+      name = "aios-resource-manager"
+      port = "health"
+      check {
+        type     = "http"
+        path     = "/healthz"
+        interval = "10s"
+        timeout  = "2s"
+      }
+    }
+
+    task "resource-manager" {
+      driver = "docker"
+      config {
+        image = "aios:latest"
+        args  = ["service", "resource-manager"]
+        ports = ["health"]
+      }
+      env {
+        AIOS_NATS_URL        = "nats://nats.service.consul:4222"
+        AIOS_STREAM_REPLICAS = "3"
+        AIOS_HTTP_PORT       = "9100"
+        AIOS_NODE_TIMEOUT = "10"
+      }
+      resources {
+        cpu    = 500
+        memory = 512
+      }
+    }
+  }
+}

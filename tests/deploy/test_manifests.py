@@ -1,0 +1,145 @@
+"""The deployment files cannot drift from the code: no Docker engine or Nomad runs here, so the compose file and
+the Nomad jobs are parsed and checked against the CLI's commands, the service registry and the environment variables
+the code reads; the NATS configs are checked by nats-server itself (``-t``)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import pytest
+import yaml
+
+from aios.cli.main import build_parser
+from aios.cli.services import SERVICES
+from aios.common.natsserver import find_nats_server
+
+REPO = Path(__file__).parent.parent.parent
+DEPLOY = REPO / "deploy"
+NOMAD = sorted((DEPLOY / "nomad").glob("*.nomad.hcl"))
+
+
+def code_env_names() -> set[str]:
+    """Every AIOS_* name the code mentions."""
+    names: set[str] = set()
+    for root in ("libs", "services"):
+        for path in (REPO / root).rglob("*.py"):
+            names |= set(re.findall(r"AIOS_[A-Z0-9_]+", path.read_text()))
+    return names
+
+
+def cli_accepts(argv: list[str]) -> None:
+    """The CLI parses these arguments (a renamed command or option fails here, not in production)."""
+    args = build_parser().parse_args(argv)
+    if argv[0] == "service":
+        assert args.name in SERVICES, f"no service {args.name!r} in aios.cli.services"
+
+
+def unquote(value: Any) -> Any:
+    """python-hcl2 keeps HCL's quotes and marks blocks; plain values are easier to check."""
+    if isinstance(value, dict):
+        return {unquote(k): unquote(v) for k, v in value.items() if k != "__is_block__"}
+    if isinstance(value, list):
+        return [unquote(v) for v in value]
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+
+
+def test_compose_runs_every_service_with_commands_and_settings_the_code_knows(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    known_env = code_env_names()
+    aios = {name: s for name, s in services.items() if s.get("image") == "aios:latest"}
+    for name, svc in aios.items():
+        cli_accepts(svc["command"])
+        unknown = [k for k in svc["environment"] if k.startswith("AIOS_") and k not in known_env]
+        assert unknown == [], f"{name}: the code reads no {unknown}"
+        assert svc["restart"] == "unless-stopped"
+        hosts = re.findall(r"nats://([^:,]+):", svc["environment"]["AIOS_NATS_URL"])
+        assert hosts and all(h in services for h in hosts), f"{name}: AIOS_NATS_URL names {hosts}"
+        assert svc["environment"]["AIOS_STREAM_REPLICAS"] == "3"
+    started = {s["command"][1] for s in aios.values() if s["command"][0] == "service"}
+    assert started == set(SERVICES), "every registered service is deployed"
+    agents = [s for s in aios.values() if s["command"][0] == "agent"]
+    trainers = [s for s in aios.values() if s["command"] == ["service", "trainer"]]
+    assert len(agents) == 2 and {t["environment"]["AIOS_NODE_ID"] for t in trainers} == \
+        {a["command"][a["command"].index("--node") + 1] for a in agents}  # a trainer per node, named alike
+    assert services["scheduler"]["deploy"]["replicas"] == 2
+    assert services["gateway"]["ports"] == [f"{services['gateway']['environment']['AIOS_GATEWAY_PORT']}:8080"]
+
+
+def test_compose_nats_is_a_three_node_cluster_with_volumes_and_health(compose: dict[str, Any]) -> None:
+    nats = {n: s for n, s in compose["services"].items() if n.startswith("nats-")}
+    assert sorted(nats) == ["nats-1", "nats-2", "nats-3"]
+    routes = re.findall(r"nats://(nats-\d):6222", (DEPLOY / "nats" / "cluster.conf").read_text())
+    assert sorted(routes) == sorted(nats)
+    for name, svc in nats.items():
+        assert svc["environment"]["NATS_SERVER_NAME"] == name and "healthcheck" in svc
+        volume = next(v for v in svc["volumes"] if v.endswith(":/data"))
+        assert volume.split(":")[0] in compose["volumes"]
+        assert (DEPLOY / svc["volumes"][0].split(":")[0]).resolve().is_file()
+
+
+@pytest.mark.parametrize("config", ["single.conf", "cluster.conf"])
+def test_nats_configs_are_valid_for_nats_server(config: str) -> None:
+    out = subprocess.run([find_nats_server(), "-c", str(DEPLOY / "nats" / config), "-t"], capture_output=True,
+                         text=True, timeout=30, env={**os.environ, "NATS_SERVER_NAME": "nats-1"})
+    assert out.returncode == 0 and "is valid" in (out.stdout + out.stderr), out.stderr
+
+
+def nomad_jobs() -> dict[str, dict[str, Any]]:
+    jobs = {}
+    for path in NOMAD:
+        for block in unquote(hcl2.load(path.open()))["job"]:
+            jobs.update(block)
+    return jobs
+
+
+def tasks(job: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(name, task) for group in job["group"] for g in group.values() for t in g["task"] for name, task in t.items()]
+
+
+def test_nomad_jobs_use_real_commands_and_settings() -> None:
+    jobs = nomad_jobs()
+    known_env = code_env_names()
+    deployed = set()
+    for job_name, job in jobs.items():
+        for task_name, task in tasks(job):
+            config = task["config"][0]
+            if config["image"] != "aios:latest":
+                continue
+            argv = [a.replace("${node.unique.name}", "node-1") for a in config["args"]]
+            cli_accepts(argv)
+            if argv[0] == "service":
+                deployed.add(argv[1])
+            env = task["env"][0]
+            unknown = [k for k in env if k.startswith("AIOS_") and k not in known_env]
+            assert unknown == [], f"{job_name}/{task_name}: the code reads no {unknown}"
+    assert deployed == set(SERVICES)
+
+
+def test_nomad_node_job_is_a_system_job_with_the_gpu_device_and_services_roll_safely() -> None:
+    jobs = nomad_jobs()
+    node = jobs["aios-node"]
+    assert node["type"] == "system"
+    agent = dict(tasks(node))["device-agent"]
+    assert "nvidia/gpu" in agent["resources"][0]["device"][0]
+    assert dict(tasks(node))["trainer"]["env"][0]["AIOS_NODE_ID"] == "${node.unique.name}"
+    scheduler = jobs["aios-scheduler"]
+    assert scheduler["group"][0]["scheduler"]["count"] == 2
+    for name, job in jobs.items():
+        if job["type"] == "service":
+            update = job["update"][0]
+            assert update["max_parallel"] == 1 and update["auto_revert"] is True, name
+            for group in job["group"]:
+                for g in group.values():
+                    assert g["constraint"][0]["operator"] == "distinct_hosts", name
