@@ -258,11 +258,21 @@ class EventStore:
             if (seq >= until_seq or pending == 0) and not done.done():
                 done.set_result(None)
 
-        conn = await self._reader_conn()
-        consumer = OrderedConsumer(conn, self.stream, filter_subject, after_seq, deliver)
         stalled_since = loop.time()
+        while True:
+            conn = await self._reader_conn()
+            consumer = OrderedConsumer(conn, self.stream, filter_subject, after_seq, deliver)
+            try:
+                await consumer.start()
+                break
+            except StoreUnavailable:
+                # seen right after a cluster member came back: the first JetStream call times out, the next works
+                consumer._drop_sub()
+                if loop.time() - stalled_since > self.append_deadline:
+                    raise
+                log.warning("reader not created yet; retrying", extra={"stream": self.stream})
+                await asyncio.sleep(0.5)
         try:
-            await consumer.start()
             if consumer.initial_pending == 0:
                 return after_seq  # nothing matches the filter after after_seq
             while not done.done():
