@@ -137,3 +137,19 @@ def test_liveness_rule() -> None:
     assert lost_nodes(inv, {"n1": 100.0, "n2": 104.0}, now=109.0, timeout_s=10, watching_since=0.0) == []
     evolve(inv, NodeLost(aggregate_id="n2", reason="x", last_seen=0.0))
     assert lost_nodes(inv, {"n1": 100.0}, now=200.0, timeout_s=10, watching_since=0.0) == [("n1", 100.0)]
+
+
+def test_an_agent_restart_orphans_the_leases_of_its_previous_incarnation() -> None:
+    leases = [DevicesLeased(aggregate_id="n1", job_id="j1", device_uuids=["n1-g0"]),
+              DevicesLeased(aggregate_id="n1", job_id="j2", device_uuids=["n1-g1"])]
+    again = fold([registered("n1"), *leases, registered("n1")])  # the same agent registering again: nothing lost
+    assert again.orphaned == {}
+    restarted = fold([registered("n1"), *leases, registered("n1", agent="a2")])
+    assert restarted.orphaned == {"n1": ["j1", "j2"]}  # its workers died with the old agent
+    assert restarted.leases.jobs_on("n1") == ["j1", "j2"]  # still booked until the resource manager releases them
+    released = fold([registered("n1"), *leases, registered("n1", agent="a2"),
+                     DevicesReleased(aggregate_id="n1", job_id="j1", reason="agent restarted")])
+    assert released.orphaned == {"n1": ["j2"]}
+    lost_first = fold([registered("n1"), *leases, NodeLost(aggregate_id="n1", reason="silent", last_seen=0.0),
+                       registered("n1", agent="a2")])
+    assert lost_first.orphaned == {} and lost_first.leases.jobs_on("n1") == []  # NodeLost already ended them

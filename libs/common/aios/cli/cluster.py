@@ -31,6 +31,7 @@ class LocalCluster:
         self.nats: NatsServer | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.http_ports: dict[str, int] = {}
+        self._argv: dict[str, tuple[list[str], dict[str, str] | None]] = {}
         self.nats_url = settings.nats_url or ""
 
     def start(self) -> "LocalCluster":
@@ -51,6 +52,7 @@ class LocalCluster:
         return self
 
     def _spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> None:
+        self._argv[name] = (argv, extra_env)
         logs = self.settings.data_dir / "logs"
         logs.mkdir(exist_ok=True)
         port = free_port()
@@ -83,6 +85,17 @@ class LocalCluster:
         self._terminate(others, grace)
         if self.nats is not None:
             self.nats.stop()
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one process by its name (``scheduler``, ``trainer-sim-1``, ``agent-sim-2`` ...): chaos tests."""
+        proc = self.procs[name]
+        proc.kill()
+        proc.wait()
+
+    def restart(self, name: str) -> None:
+        """Start a killed process again with the arguments and environment it had."""
+        argv, extra = self._argv[name]
+        self._spawn(name, argv, extra)
 
     def kill_agent(self, node: str) -> None:
         """SIGKILL one node's agent (chaos and node-loss tests, the demo)."""

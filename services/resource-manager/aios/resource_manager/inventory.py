@@ -48,6 +48,10 @@ class Inventory(msgspec.Struct):
     versions: dict[str, int] = {}
     """aggregate -> stream sequence of its last commit (the expected_version of the next append)."""
     seq: int = 0
+    orphaned: dict[str, list[str]] = {}
+    """node -> jobs whose leases there belong to the node's previous agent: the agent restarted (a new agent id)
+    without the node being declared lost, and its workers died with it. The resource manager releases and requeues
+    them; until then they are listed here."""
     shape: int = 0
     """Bumped whenever the set of usable devices changes (a node registers or is lost, a device's health flips),
     not on leases: what a cache of the cluster's capacity keys on."""
@@ -112,6 +116,7 @@ def evolve(inv: Inventory, ev: Event) -> Inventory:
                 inv.tenant_of[ev.job_id] = ev.tenant  # type: ignore[attr-defined]
     elif kind is DevicesReleased:
         release(inv.leases, ev.aggregate_id, ev.job_id, ev.device_uuids)  # type: ignore[attr-defined]
+        _forget_orphan(inv, ev.aggregate_id, ev.job_id)  # type: ignore[attr-defined]
     elif kind is DeviceUnhealthy or kind is DeviceHealthy:
         node = inv.nodes.get(ev.aggregate_id)
         dev = node.devices.get(ev.device_uuid) if node else None  # type: ignore[attr-defined]
@@ -125,13 +130,27 @@ def evolve(inv: Inventory, ev: Event) -> Inventory:
             node.lost_at = ev.ts
             node.lost_reason = ev.reason  # type: ignore[attr-defined]
         release_node(inv.leases, ev.aggregate_id)
+        inv.orphaned.pop(ev.aggregate_id, None)
     elif kind is TenantQuotaSet:
         inv.tenants[ev.aggregate_id] = ev  # type: ignore[assignment]
     return inv
 
 
+def _forget_orphan(inv: Inventory, node_id: str, job_id: str) -> None:
+    jobs = inv.orphaned.get(node_id)
+    if jobs and job_id in jobs and job_id not in inv.leases.jobs_on(node_id):
+        jobs.remove(job_id)
+        if not jobs:
+            del inv.orphaned[node_id]
+
+
 def _registered(inv: Inventory, ev: NodeRegistered) -> None:
     old = inv.nodes.get(ev.aggregate_id)
+    if old is not None and old.online and old.agent_id != ev.agent_id:
+        # a restart the liveness check did not see (quicker than the timeout): the old agent's workers are gone
+        held = inv.leases.jobs_on(ev.aggregate_id)
+        if held:
+            inv.orphaned[ev.aggregate_id] = sorted(set(inv.orphaned.get(ev.aggregate_id, [])) | set(held))
     devices = {d.uuid: DeviceState(d) for d in ev.devices}
     if old is not None:
         for uuid, state in devices.items():  # health known before a restart stays until the agent says otherwise

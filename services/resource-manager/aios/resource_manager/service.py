@@ -14,7 +14,7 @@ from nats.aio.msg import Msg
 from prometheus_client import Counter, Gauge
 
 from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError
-from aios.common.events import JobRequeued, NodeLost, NodeRegistered
+from aios.common.events import DevicesReleased, JobRequeued, NodeLost, NodeRegistered
 from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import Projector
 from aios.common.store import Commit
@@ -69,6 +69,7 @@ class ResourceManagerService(Service):
         try:
             while not ctx.stopping.is_set():
                 await self.check_liveness(time.monotonic(), started)
+                await self.release_orphans()
                 try:
                     await asyncio.wait_for(ctx.stopping.wait(), self.check_interval_s)
                 except asyncio.TimeoutError:
@@ -126,6 +127,38 @@ class ResourceManagerService(Service):
                         idempotency_key=f"rm-requeue-{job}-{result.seq}")
                 except AiosError as exc:
                     log.error("could not requeue job", extra={"job": job, "error": str(exc)})
+
+    async def release_orphans(self) -> None:
+        """Jobs that held devices under a node's previous agent (restarted before the liveness timeout): their
+        workers died with that agent, so give the devices back and requeue the jobs, as for a lost node."""
+        inv = self.inventory.state
+        for node_id, listed in list(inv.orphaned.items()):
+            jobs = list(listed)  # a copy: folding our own release below empties the fold's list while we loop
+            aggregate = f"node.{node_id}"
+            reason = f"the agent of node {node_id} restarted; its workers died with it"
+            try:
+                result = await self.ctx.store.append(aggregate, [
+                    DevicesReleased(aggregate_id=node_id, job_id=job, reason=reason) for job in jobs],
+                    expected_version=inv.versions.get(aggregate, 0))
+            except ConcurrencyConflict:
+                continue  # the node moved on meanwhile: decide again on the next round
+            except AiosError as exc:
+                log.error("could not release an old agent's leases", extra={"node": node_id, "error": str(exc)})
+                continue
+            log.warning("agent restarted under running jobs: requeueing", extra={"node": node_id, "jobs": jobs})
+            for job in jobs:
+                try:
+                    await self.ctx.store.append(f"job.{job}", JobRequeued(
+                        aggregate_id=job, reason=reason, node_id=node_id),
+                        idempotency_key=f"rm-requeue-{job}-{result.seq}")
+                except AiosError as exc:
+                    log.error("could not requeue job", extra={"job": job, "error": str(exc)})
+            await self._caught_up(result.seq)
+
+    async def _caught_up(self, seq: int, timeout: float = 2.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.inventory.seq < seq and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     async def _handle_query(self, msg: Msg) -> None:
         what = msg.subject[len(QUERY_PREFIX) + 1:]

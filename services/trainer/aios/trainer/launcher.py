@@ -23,16 +23,22 @@ from typing import Any
 
 from aios.common import tracing
 from aios.common.events import Assignment, JobFailed, JobStarted, JobSucceeded
-from aios.common.errors import AiosError
+from aios.common.errors import AiosError, ConcurrencyConflict
 from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import Projector
 from aios.common.store import Commit
 from aios.device_agent.protocol import run_subject, stop_subject
 from aios.scheduler.state import (
-    CANCELLED, FAILED, PENDING, PLACED, PREEMPTING, RUNNING, STATE_SCHEMA, JobState, SchedulerState, fold_commit,
+    CANCELLED, FAILED, PENDING, PLACED, PREEMPTING, RUNNING, STATE_SCHEMA, JobState, SchedulerState, evolve,
+    fold_commit,
 )
 
 log = logging.getLogger("aios.trainer.launcher")
+
+
+AGENT_WAIT_S = 30.0
+"""How long a launch waits for a node's agent that does not answer (restarting) before failing the job; a node that
+stays silent is declared lost meanwhile, which requeues the job instead."""
 
 
 def worker_name(rank: int, attempt: int) -> str:
@@ -85,6 +91,10 @@ def outcome(job: JobState) -> tuple[str, str, int | None] | None:
 def lead_node(job: JobState) -> str | None:
     """The node whose trainer records the job's start and outcome: rank 0's."""
     return job.assignments[0].node_id if job.assignments else None
+
+
+def _is_current(job: JobState | None, attempt: int) -> bool:
+    return job is not None and job.attempts == attempt and job.status in (PLACED, RUNNING)
 
 
 class LauncherService(Service):
@@ -176,7 +186,8 @@ class LauncherService(Service):
         spec = job.spec
         assert spec is not None
         command = spec.command or worker_command(job)
-        self.nodes_of[(job.job_id, job.attempts)] = {a.node_id for a in job.assignments if self._mine(a.node_id)}
+        attempt = job.attempts
+        self.nodes_of[(job.job_id, attempt)] = {a.node_id for a in job.assignments if self._mine(a.node_id)}
         rank = 0
         url = ",".join(self.ctx.settings.servers)
         for a in job.assignments:
@@ -185,17 +196,29 @@ class LauncherService(Service):
                 if not self._mine(a.node_id):  # another node's trainer starts these
                     rank += 1
                     continue
+                if not self._current(job.job_id, attempt):
+                    return  # requeued or ended while we were starting its workers: the rest is not wanted
                 env = {**worker_env(job, a, rank, local, url), **{k.upper(): v for k, v in tracing.carrier().items()}}
-                request = {"job_id": job.job_id, "worker": worker_name(rank, job.attempts), "command": command,
+                request = {"job_id": job.job_id, "worker": worker_name(rank, attempt), "command": command,
                            "device_uuids": [uuid] if uuid else [], "env": env}
                 reply = await self._ask(run_subject(a.node_id), request)
+                waited = 0.0
+                while reply.get("unreachable") and waited < AGENT_WAIT_S and self._current(job.job_id, attempt):
+                    # the node's agent is restarting (or gone: then the node is declared lost and the job requeued)
+                    await asyncio.sleep(1.0)
+                    waited += 1.0
+                    reply = await self._ask(run_subject(a.node_id), request)
+                if not self._current(job.job_id, attempt):
+                    return
                 if not reply.get("ok") and "already running" not in reply.get("error", ""):
-                    await self._finish(job, "failed", f"could not start {worker_name(rank, job.attempts)} on {a.node_id}: "
-                                                      f"{reply.get('error')}")
+                    # the job state may have moved on during the request (a dead node's timeout): judge the attempt
+                    # this launch was for
+                    await self._finish(job, "failed", f"could not start {worker_name(rank, attempt)} on {a.node_id}: "
+                                                      f"{reply.get('error')}", attempt=attempt)
                     return
                 rank += 1
-        if self._leads(job):
-            await self._append(job, JobStarted(aggregate_id=job.job_id, world_size=rank), f"started-{job.attempts}")
+        if self._leads(job) and self._current(job.job_id, attempt):
+            await self._append(job, JobStarted(aggregate_id=job.job_id, world_size=rank), f"started-{attempt}")
 
     async def _stop(self, job_id: str, nodes: set[str], grace_s: float, attempt: int | None = None,
                     timeout: float = 10) -> None:
@@ -207,15 +230,48 @@ class LauncherService(Service):
         for node in sorted(nodes):
             await self._ask(stop_subject(node), body, timeout=timeout)
 
-    async def _finish(self, job: JobState, result: str, reason: str, exit_code: int | None = None) -> None:
-        key = f"{result}-{job.attempts}"
+    async def _finish(self, job: JobState, result: str, reason: str, exit_code: int | None = None,
+                      attempt: int | None = None) -> None:
+        """``attempt``: the one this outcome is about (default: the job's current one)."""
+        attempt = job.attempts if attempt is None else attempt
+        key = f"{result}-{attempt}"
         if result == "succeeded":
-            await self._append(job, JobSucceeded(aggregate_id=job.job_id, runtime_s=job.run_seconds), key)
+            await self._append_outcome(job.job_id, attempt, JobSucceeded(aggregate_id=job.job_id,
+                                                                         runtime_s=job.run_seconds), key)
         else:
-            key_now = (job.job_id, job.attempts)
+            key_now = (job.job_id, attempt)
             self.stopped.add(key_now)
             await self._stop(job.job_id, self.nodes_of.get(key_now, set()), grace_s=10)
-            await self._append(job, JobFailed(aggregate_id=job.job_id, reason=reason, exit_code=exit_code), key)
+            await self._append_outcome(job.job_id, attempt, JobFailed(aggregate_id=job.job_id, reason=reason,
+                                                                      exit_code=exit_code), key)
+
+    def _current(self, job_id: str, attempt: int) -> bool:
+        return _is_current(self.projector.state.jobs.get(job_id), attempt)
+
+    async def _append_outcome(self, job_id: str, attempt: int, event: Any, key: str) -> None:
+        """Record how an attempt ended, only while it is still the job's current attempt: a launch that timed out
+        on a dead node must not fail a job that was requeued and has meanwhile succeeded elsewhere (one end per
+        job). Appended against the job's version; on a conflict the job's own events are read again (our fold
+        may be waiting for us) and the question is asked again."""
+        aggregate = f"job.{job_id}"
+        current, version = self._current(job_id, attempt), self.projector.state.inv.versions.get(aggregate, 0)
+        for _ in range(50):
+            if not current:
+                log.info("outcome of an old attempt dropped", extra={"job": job_id, "attempt": attempt})
+                return
+            try:
+                await self.ctx.store.append(aggregate, event, version, idempotency_key=f"launcher-{job_id}-{key}")
+                return
+            except ConcurrencyConflict:
+                history = await self.ctx.store.read(aggregate)
+                fresh = SchedulerState()
+                for ev in history.events:
+                    evolve(fresh, ev)
+                current, version = _is_current(fresh.jobs.get(job_id), attempt), history.version
+            except AiosError as exc:
+                log.error("could not record job outcome", extra={"job": job_id, "error": str(exc)})
+                return
+        log.error("could not record job outcome: the job kept changing", extra={"job": job_id})
 
     async def _append(self, job: JobState, event: Any, key: str) -> None:
         try:
@@ -228,7 +284,8 @@ class LauncherService(Service):
             msg = await self.ctx.nc.request(subject, json.dumps(body).encode(), timeout=timeout)
             return json.loads(msg.data)
         except Exception as exc:  # noqa: BLE001 - an agent away is an answer too
-            return {"ok": False, "error": f"no answer from {subject}: {exc or type(exc).__name__}"}
+            return {"ok": False, "unreachable": True,
+                    "error": f"no answer from {subject}: {exc or type(exc).__name__}"}
 
 
 def from_env() -> LauncherService:
