@@ -64,6 +64,8 @@ class JobState(msgspec.Struct):
     checkpoint_step: int = 0
     """Step of the newest checkpoint: where the next attempt resumes."""
     progress_attempt: int = 0
+    started_workers: list[str] = []
+    """Workers of the current attempt reported started (a restarted launcher starts only the others)."""
     trace: dict[str, str] = {}
     """W3C trace context of the submit (the job's trace root): services' spans about the job continue it."""
     placement_trace: dict[str, str] = {}
@@ -208,6 +210,7 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         job.attempts += 1
         job.exit_codes = {}
         job.workers_running = 0
+        job.started_workers = []
     elif kind is JobStarted:
         if job.status == PLACED:
             job.status = RUNNING
@@ -216,6 +219,7 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         pass  # a worker of an earlier placement (stopped after a requeue): not this attempt's
     elif kind is WorkerStarted:
         job.workers_running += 1
+        job.started_workers = [*job.started_workers, ev.worker]  # type: ignore[attr-defined]
     elif kind is WorkerExited:
         job.workers_running = max(0, job.workers_running - 1)
         job.exit_codes[ev.worker] = ev.exit_code  # type: ignore[attr-defined]

@@ -115,8 +115,10 @@ class LauncherService(Service):
     async def run(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         await self.projector.rebuild(ctx.store)
-        for job in self.projector.state.jobs.values():  # after a restart: running jobs are already launched
-            if job.workers_running or job.exit_codes or job.started_at:
+        for job in self.projector.state.jobs.values():
+            # after a restart: a job whose start was recorded is launched; one still PLACED may have been cut off
+            # half-way (we died between two workers), so it is launched again, skipping the workers that started
+            if job.status != PLACED and (job.workers_running or job.exit_codes or job.started_at):
                 key = (job.job_id, job.attempts)
                 self.launched.add(key)
                 self.nodes_of[key] = {a.node_id for a in job.assignments if self._mine(a.node_id)}
@@ -198,6 +200,9 @@ class LauncherService(Service):
                     continue
                 if not self._current(job.job_id, attempt):
                     return  # requeued or ended while we were starting its workers: the rest is not wanted
+                if worker_name(rank, attempt) in job.started_workers:  # started before we restarted
+                    rank += 1
+                    continue
                 env = {**worker_env(job, a, rank, local, url), **{k.upper(): v for k, v in tracing.carrier().items()}}
                 request = {"job_id": job.job_id, "worker": worker_name(rank, attempt), "command": command,
                            "device_uuids": [uuid] if uuid else [], "env": env}
