@@ -23,11 +23,11 @@ class FormatError(ValueError):
     """The bytes are not a model of this format (names what is wrong)."""
 
 
-@dataclass
-class Dense:
+class _FullMatrix:
+    """What a layer stored as a full float32 ``w`` (dense, or dense with pruned zeros) and a bias ``b`` computes."""
+
     w: np.ndarray
     b: np.ndarray
-    kind = "dense"
 
     def weight(self) -> np.ndarray:
         return self.w
@@ -40,6 +40,13 @@ class Dense:
 
     def backward(self, x: np.ndarray, d_out: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         return d_out @ self.w.T, {"w": x.T @ d_out, "b": d_out.sum(axis=0)}
+
+
+@dataclass
+class Dense(_FullMatrix):
+    w: np.ndarray
+    b: np.ndarray
+    kind = "dense"
 
 
 @dataclass
@@ -90,7 +97,7 @@ class Int8Dense:
 
 
 @dataclass
-class SparseDense:
+class SparseDense(_FullMatrix):
     w: np.ndarray
     """float32 (inputs, outputs), zero where pruned"""
     mask: np.ndarray
@@ -98,17 +105,10 @@ class SparseDense:
     b: np.ndarray
     kind = "sparse"
 
-    def weight(self) -> np.ndarray:
-        return self.w
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        return x @ self.w + self.b
-
-    def params(self) -> dict[str, np.ndarray]:
-        return {"w": self.w, "b": self.b}
-
     def backward(self, x: np.ndarray, d_out: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        return d_out @ self.w.T, {"w": (x.T @ d_out) * self.mask, "b": d_out.sum(axis=0)}
+        d_in, grads = super().backward(x, d_out)
+        grads["w"] *= self.mask  # pruned weights stay pruned
+        return d_in, grads
 
     @property
     def sparsity(self) -> float:
