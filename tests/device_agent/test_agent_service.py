@@ -135,7 +135,7 @@ async def _holds(service: DeviceAgentService, uuid: str) -> bool:
 
 
 async def _job_events(store: EventStore, job: str, n: int) -> list[Any] | None:
-    events = (await store.read(f"job.{job}")).events
+    events = await store.read_job(job)
     return events if len(events) >= n else None
 
 

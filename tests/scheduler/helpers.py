@@ -31,7 +31,7 @@ class Cluster:
         apply(self.state, [(f"job.{job}", [JobCancelRequested(aggregate_id=job)])], now)
 
     def workers_exited(self, job: str, now: float) -> None:
-        apply(self.state, [(f"job.{job}", [WorkerExited(aggregate_id=job, node_id="-", worker="w", exit_code=0)])],
+        apply(self.state, [(f"run.{job}", [WorkerExited(aggregate_id=job, node_id="-", worker="w", exit_code=0)])],
               now)
 
     def lose(self, node_name: str, now: float) -> None:

@@ -41,7 +41,7 @@ def job_events(url: str, job_id: str) -> list[Any]:
     async def read() -> list[Any]:
         store = await connect([url])
         try:
-            return list((await store.read(f"job.{job_id}")).events)
+            return await store.read_job(job_id)
         finally:
             await store.close()
     return asyncio.run(read())

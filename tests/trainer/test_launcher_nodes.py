@@ -84,7 +84,7 @@ async def test_each_node_trainer_launches_its_own_workers_and_the_lead_records_t
         assert len(started) == 1 and started[0].world_size == 4
 
         # a worker on n2 fails: the lead records it with the exit code, and each trainer stops its own node
-        await store.append("job.j1", WorkerExited(aggregate_id="j1", node_id="n2", worker="rank2-a1", exit_code=5,
+        await store.append("run.j1", WorkerExited(aggregate_id="j1", node_id="n2", worker="rank2-a1", exit_code=5,
                                                   attempt=1))
         await until(lambda: {n for n, v, _ in asked if v == "stop"} == set(NODES))
         failed = [e for e in (await store.read("job.j1")).events if isinstance(e, JobFailed)]

@@ -121,8 +121,8 @@ async def job(job_id: str, as_json: bool, wait: bool) -> int:
     store = await _store()
     try:
         while True:
-            history = await store.read(f"job.{job_id}")
-            if history.version == 0:
+            history = await store.read_job(job_id)
+            if not history:
                 raise NotFound(f"no job {job_id!r}")
             summary = next((j for j in (await ask("aios.sched.jobs"))["jobs"] if j["job"] == job_id), None)
             done = summary is not None and summary["status"] in ("succeeded", "failed", "cancelled")
@@ -131,7 +131,7 @@ async def job(job_id: str, as_json: bool, wait: bool) -> int:
             time.sleep(0.5)
     finally:
         await store.close()
-    events = [{"type": type(e).__name__, "ts": e.ts} for e in history.events]
+    events = [{"type": type(e).__name__, "ts": e.ts} for e in history]
     if as_json:
         print(json.dumps({**(summary or {"job": job_id}), "events": events}, indent=2))
     else:
@@ -141,9 +141,9 @@ async def job(job_id: str, as_json: bool, wait: bool) -> int:
             console.print(f"[bold]{job_id}[/] ({summary['tenant']}): {summary['status']}, {summary['devices']} device(s)"
                           f" on {', '.join(sorted(set(summary['nodes']))) or '-'}, attempt {summary['attempts']}{steps}"
                           + (f"\n  {summary['error']}" if summary["error"] else ""))
-        t0 = history.events[0].ts
+        t0 = history[0].ts
         table = Table("+s", "event", "detail")
-        for e in history.events:
+        for e in history:
             detail = {k: v for k, v in msgspec_fields(e).items() if k not in ("aggregate_id", "ts", "v", "causation_id",
                                                                               "trace_id", "spec")}
             table.add_row(f"{e.ts - t0:.1f}", type(e).__name__, json.dumps(detail, default=str)[:100])

@@ -124,19 +124,28 @@ class Projector(Generic[S]):
         self.schema = schema
         self.state: S = initial()
         self.seq = 0
+        self.skipped = 0
+        """Commits passed over: undecodable, on a subject they do not belong to, or refused by the fold."""
 
     def apply(self, commit: Commit) -> None:
+        """Fold one commit. A commit the fold cannot take (a value no writer of ours produces) is logged and passed
+        over, never raised: one poisoned message in the log must not crash every service that replays it."""
         if commit.seq <= self.seq:
             return
-        if self.fold_commit is not None:
-            self.state = self.fold_commit(self.state, commit)
-            self.seq = commit.seq
-            return
-        state, evolve = self.state, self.evolve
-        assert evolve is not None
-        for ev in commit.events:
-            state = evolve(state, ev)
-        self.state = state
+        try:
+            if self.fold_commit is not None:
+                self.state = self.fold_commit(self.state, commit)
+            else:
+                state, evolve = self.state, self.evolve
+                assert evolve is not None
+                for ev in commit.events:
+                    state = evolve(state, ev)
+                self.state = state
+        except Exception as exc:  # noqa: BLE001 - the log is input too; see the docstring
+            self.skipped += 1
+            log.error("skipped a commit the fold could not apply",
+                      extra={"projector": self.name, "seq": commit.seq, "aggregate": commit.aggregate,
+                             "error": f"{type(exc).__name__}: {exc}"})
         self.seq = commit.seq
 
     async def rebuild(self, store: EventStore, snapshots: SnapshotStore | None = None, *,
@@ -156,7 +165,7 @@ class Projector(Generic[S]):
             count += 1
             self.apply(commit)
 
-        await store.replay(apply, from_seq=self.seq + 1, filter_subject=filter_subject)
+        await store.replay(apply, from_seq=self.seq + 1, filter_subject=filter_subject, on_bad_event="skip")
         return RebuildReport(snapshot_seq, count, self.seq, time.perf_counter() - started)
 
     async def save(self, snapshots: SnapshotStore) -> SnapshotInfo:
@@ -166,7 +175,7 @@ class Projector(Generic[S]):
                      stop: asyncio.Event | None = None, *, filter_subject: str | None = None) -> None:
         """Apply live commits after ``self.seq`` until ``stop`` is set; ``on_commit`` sees each after it is applied
         (it may be a coroutine function)."""
-        sub = store.subscribe(self.seq + 1, filter_subject=filter_subject)
+        sub = store.subscribe(self.seq + 1, filter_subject=filter_subject, on_bad_event="skip")
         stop = stop or asyncio.Event()
         stopper = asyncio.ensure_future(stop.wait())
         try:

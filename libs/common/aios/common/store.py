@@ -304,7 +304,7 @@ class EventStore:
             await consumer.stop()
         return consumer.last_seq
 
-    async def read(self, aggregate: str) -> AggregateHistory:
+    async def read(self, aggregate: str, *, on_bad_event: Literal["raise", "skip"] = "raise") -> AggregateHistory:
         """All events of one aggregate, oldest first, with its version."""
         subject = self.subject(aggregate)
         version = await self.version(aggregate)
@@ -312,10 +312,21 @@ class EventStore:
         decode = decoder()
 
         def collect(seq: int, _subject: bytes, _hdr: bytes | None, payload: bytes, _pending: int) -> None:
-            events.extend(_decode_at(decode, payload, seq, subject))
+            try:
+                events.extend(_decode_at(decode, payload, seq, subject))
+            except EventError as exc:
+                if on_bad_event == "raise":
+                    raise
+                log.error("skipped a bad event while reading", extra={"problem": str(exc)})
 
         await self._consume(subject, 0, version, collect)
         return AggregateHistory(aggregate, events, version)
+
+    async def read_job(self, job_id: str) -> list[Event]:
+        """A job's whole story: its decisions (``job.<id>``) and its nodes' reports (``run.<id>``), by time; events
+        that do not belong where they are stored are left out (and logged)."""
+        histories = [await self.read(f"{kind}.{job_id}", on_bad_event="skip") for kind in ("job", "run")]
+        return sorted((ev for h in histories for ev in h.events), key=lambda ev: ev.ts)
 
     async def replay(self, handler: Callable[[Commit], Any], from_seq: int = 1, to_seq: int | None = None, *,
                      filter_subject: str | None = None, on_bad_event: Literal["raise", "skip"] = "raise") -> int:
@@ -363,11 +374,23 @@ class EventStore:
 
 
 def _decode_at(decode: Callable[[bytes], list[Event]], payload: bytes, seq: int, subject: bytes | str) -> list[Event]:
+    """The commit's events, each checked to belong to the subject it was stored on: subject permissions decide who
+    may write an aggregate, so a writer allowed on ``run.j-1`` must not slip a ``JobPlaced`` in there."""
+    where = subject.decode() if isinstance(subject, bytes) else subject
     try:
-        return decode(payload)
+        events = decode(payload)
     except EventError as exc:
-        where = subject.decode() if isinstance(subject, bytes) else subject
         raise type(exc)(f"at sequence {seq} on {where}: {exc}") if isinstance(exc, MalformedEvent) else exc
+    for ev in events:
+        if ev.AGGREGATE and not where.endswith("." + ev.aggregate) and not _legacy_run_event(ev, where):
+            raise MalformedEvent(f"at sequence {seq} on {where}: {type(ev).__name__} belongs to {ev.aggregate!r}, "
+                                 f"not to this subject")
+    return events
+
+
+def _legacy_run_event(ev: Event, subject: str) -> bool:
+    """Worker and progress reports were stored on the job's own subject before they got ``run.<job>`` (0011)."""
+    return ev.AGGREGATE == "run" and subject.endswith(f".job.{ev.aggregate_id}")
 
 
 def _result_of(ack: PubAck, aggregate: str, expected_version: int | None) -> AppendResult | None:

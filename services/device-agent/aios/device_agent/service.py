@@ -242,14 +242,16 @@ class DeviceAgentService(Service):
         if unhealthy:
             return Reply(False, error=f"devices unhealthy: {', '.join(unhealthy)}")
         try:
-            w = await self.runner.start(req.job_id, req.worker, req.command, req.env, req.device_uuids, req.cwd)
+            # Workers run user code: they talk to NATS as this node, never with the launcher's credentials.
+            env = {**req.env, "AIOS_NATS_URL": ",".join(self.ctx.settings.servers)}
+            w = await self.runner.start(req.job_id, req.worker, req.command, env, req.device_uuids, req.cwd)
         except (OSError, ValueError) as exc:
             return Reply(False, error=f"cannot start {req.command[0]!r}: {exc}")
         if self.fake is not None:
             for uuid in req.device_uuids:
                 gpu = self.fake.by_uuid(uuid)
                 gpu.busy, gpu.processes[w.proc.pid] = 0.9, 4 * 1024**3
-        await self.ctx.store.append(f"job.{req.job_id}", WorkerStarted(
+        await self.ctx.store.append(f"run.{req.job_id}", WorkerStarted(
             aggregate_id=req.job_id, node_id=node, worker=req.worker, pid=w.proc.pid, device_uuids=req.device_uuids,
             attempt=w.attempt))
         return Reply(True, pid=w.proc.pid)
@@ -283,7 +285,7 @@ class DeviceAgentService(Service):
                 gpu.processes.pop(w.proc.pid, None)
                 gpu.busy = 0.0 if not gpu.processes else gpu.busy
         reason = "stopped on request" if w.stopping else ("exited" if code is not None else f"killed by signal {sig}")
-        await self.ctx.store.append(f"job.{w.job_id}", WorkerExited(
+        await self.ctx.store.append(f"run.{w.job_id}", WorkerExited(
             aggregate_id=w.job_id, node_id=self.config.node_id, worker=w.worker, exit_code=code, signal=sig,
             reason=reason, attempt=w.attempt))
 

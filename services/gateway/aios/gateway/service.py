@@ -22,6 +22,7 @@ import nats.errors
 from aios.common.errors import AiosError
 from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import Projector
+from aios.gateway import tenant_api
 from aios.gateway.api import Api, build_app
 from aios.gateway.auth import ADMIN, parse_tokens
 from aios.scheduler.state import STATE_SCHEMA, JobState, SchedulerState, fold_commit
@@ -96,7 +97,7 @@ class GatewayService(Service):
     def _on_commit(self, commit: Any) -> None:
         kind, _, ident = commit.aggregate.partition(".")
         data: dict[str, Any] = {"aggregate": commit.aggregate, "seq": commit.seq}
-        if kind == "job":
+        if kind in ("job", "run"):
             job = self.projector.state.jobs.get(ident)
             data["tenant"] = job.tenant if job else None
             data["status"] = job.status if job else None
@@ -135,7 +136,10 @@ class GatewayService(Service):
         follower = asyncio.ensure_future(self.projector.follow(ctx.store, self._on_commit, stop=stop))
         telemetry_sub = await ctx.nc.subscribe("aios.telemetry.*", cb=self._on_telemetry)
         ticks = asyncio.ensure_future(self._telemetry_ticks(stop))
-        app = build_app(Api(self, tokens))
+        api = Api(self, tokens)
+        tenant_sub = await ctx.nc.subscribe(tenant_api.SUBJECTS, queue="aios-gateway",
+                                            cb=tenant_api.TenantApi(api).on_request)
+        app = build_app(api)
         host = os.environ.get("AIOS_GATEWAY_HOST", "127.0.0.1")
         want = int(os.environ.get("AIOS_GATEWAY_PORT", "8080"))
         try:
@@ -159,6 +163,7 @@ class GatewayService(Service):
             stop.set()
             self._broadcast("bye", {})  # open event streams end, so the server can stop at once
             await telemetry_sub.unsubscribe()
+            await tenant_sub.unsubscribe()
             await asyncio.gather(follower, ticks)
             await runner.cleanup()
 

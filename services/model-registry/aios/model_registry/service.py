@@ -63,7 +63,7 @@ def fold(view: RegistryView, commit: Commit) -> RegistryView:
         state = view.models.setdefault(ident, ModelState(ident))
         for ev in commit.events:
             evolve(state, ev, commit.seq)
-    elif kind == "job":
+    elif kind in ("job", "run"):
         for ev in commit.events:
             if isinstance(ev, JobSubmitted) and isinstance(ev.spec, dict) and isinstance(ev.spec.get("trainer"), dict):
                 view.job_specs[ident] = ev.spec

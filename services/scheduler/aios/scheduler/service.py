@@ -129,7 +129,7 @@ class SchedulerService(Service):
         pending.set_function(lambda: len(self.projector.state.pending()))
 
     def _on_commit(self, commit: StoredCommit) -> None:
-        if commit.aggregate.startswith(("job.", "node.", "tenant.")):
+        if commit.aggregate.startswith(("job.", "run.", "node.", "tenant.")):
             self._wake.set()
 
     async def round(self) -> None:

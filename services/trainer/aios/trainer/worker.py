@@ -114,7 +114,7 @@ async def run(w: WorkerEnv) -> int:
 
         async def progress(p: Progress) -> None:  # reported at most once a second: the sampled steps of the trace
             with tracing.job_span(f"step {p.step}", w.job_id, None, **{"aios.step": p.step, "aios.loss": p.loss}):
-                await store.append(f"job.{w.job_id}", JobProgress(
+                await store.append(f"run.{w.job_id}", JobProgress(
                     aggregate_id=w.job_id, step=p.step, total_steps=cfg.steps, loss=round(p.loss, 6),
                     accuracy=round(p.accuracy, 6), samples_per_s=round(p.samples_per_s, 1), attempt=w.attempt))
 
@@ -123,13 +123,13 @@ async def run(w: WorkerEnv) -> int:
                 blob = msgspec.msgpack.encode(c)
                 bucket = await object_bucket(store, w.bucket, "AIOS training checkpoints")
                 await bucket.put(w.checkpoint, blob)
-                await store.append(f"job.{w.job_id}", CheckpointSaved(
+                await store.append(f"run.{w.job_id}", CheckpointSaved(
                     aggregate_id=w.job_id, step=c.step, bucket=w.bucket, name=w.checkpoint,
                     digest="sha256:" + hashlib.sha256(blob).hexdigest(), size=len(blob), attempt=w.attempt))
 
         outcome: Outcome = await train(cfg, group, start, progress, checkpoint, stop.is_set)
         if w.rank == 0:
-            await store.append(f"job.{w.job_id}", JobProgress(
+            await store.append(f"run.{w.job_id}", JobProgress(
                 aggregate_id=w.job_id, step=outcome.step, total_steps=cfg.steps, accuracy=outcome.final_accuracy,
                 attempt=w.attempt, final=not outcome.stopped))
         print(json.dumps({"rank": w.rank, "world": w.world, "step": outcome.step, "stopped": outcome.stopped,

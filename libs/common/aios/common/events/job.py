@@ -10,7 +10,19 @@ from aios.common.events.base import Event
 
 
 class JobEvent(Event, frozen=True, kw_only=True):
+    """A control-plane decision about a job, on ``aios.evt.job.<id>``: written by the gateway/CLI, the scheduler,
+    the resource manager and the trainer's launcher, never by a node."""
+
     AGGREGATE: ClassVar[str] = "job"
+    ABSTRACT: ClassVar[bool] = True
+
+
+class RunEvent(JobEvent, frozen=True, kw_only=True):
+    """A report from the nodes running a job (its device agents and workers), on ``aios.evt.run.<id>``: a subject of
+    its own, so the server's subject permissions can let a node report on runs without letting it write decisions
+    (decision 0011). Folded into the same job state (``aggregate_id`` is the job id)."""
+
+    AGGREGATE: ClassVar[str] = "run"
     ABSTRACT: ClassVar[bool] = True
 
 
@@ -38,7 +50,7 @@ class JobRequeued(JobEvent, frozen=True, kw_only=True):
     node_id: str = ""
 
 
-class WorkerStarted(JobEvent, frozen=True, kw_only=True):
+class WorkerStarted(RunEvent, frozen=True, kw_only=True):
     """The device agent of ``node_id`` started a worker process of the job on ``device_uuids``."""
 
     node_id: str
@@ -49,7 +61,7 @@ class WorkerStarted(JobEvent, frozen=True, kw_only=True):
     """Placement attempt the worker belongs to (0: unknown); the fold ignores workers of other attempts."""
 
 
-class WorkerExited(JobEvent, frozen=True, kw_only=True):
+class WorkerExited(RunEvent, frozen=True, kw_only=True):
     node_id: str
     worker: str
     exit_code: int | None
@@ -96,7 +108,7 @@ class JobStarted(JobEvent, frozen=True, kw_only=True):
     world_size: int = 0
 
 
-class JobProgress(JobEvent, frozen=True, kw_only=True):
+class JobProgress(RunEvent, frozen=True, kw_only=True):
     """Training progress, at a bounded rate (about one a second per job). ``step`` counts optimiser steps since the
     start of the job, across attempts: after a resume it continues from the checkpoint's step, so a step re-run after
     a crash reports the same number again rather than a new one."""
@@ -110,7 +122,7 @@ class JobProgress(JobEvent, frozen=True, kw_only=True):
     final: bool = False
 
 
-class CheckpointSaved(JobEvent, frozen=True, kw_only=True):
+class CheckpointSaved(RunEvent, frozen=True, kw_only=True):
     """Model and optimiser state at ``step`` is in the Object Store ``bucket`` under ``name`` (the artefact itself is
     never in the log)."""
 

@@ -241,7 +241,7 @@ def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
             nodes[ev.aggregate_id] = [d.kind for d in ev.devices]  # type: ignore[attr-defined]
             kind_of.update((d.uuid, d.kind) for d in ev.devices)  # type: ignore[attr-defined]
             continue
-        if ev.AGGREGATE != "job":
+        if ev.AGGREGATE not in ("job", "run"):
             continue
         if kind is JobSubmitted:
             if ev.aggregate_id not in jobs:  # a duplicate submit changes nothing, as in the scheduler's fold

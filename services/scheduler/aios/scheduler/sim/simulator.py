@@ -106,7 +106,7 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
             plan = step(state, policy, now, estimate=estimate, cache=bins)
             if plan.preemptions:  # workers checkpoint and stop at once in the simulation
                 preemptions += len(plan.preemptions)
-                apply(state, [(f"job.{p.job_id}", [WorkerExited(aggregate_id=p.job_id, node_id="-", worker="w",
+                apply(state, [(f"run.{p.job_id}", [WorkerExited(aggregate_id=p.job_id, node_id="-", worker="w",
                                                                 exit_code=0)]) for p in plan.preemptions], now)
             if not (plan.preemptions or plan.releases or plan.requeues):
                 break
