@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from aios.cli.services import registry
+from aios.common import natsauth
 from aios.common.config import Settings
 from aios.common.natsserver import NatsServer, die_with_parent, free_port
 
@@ -22,8 +25,13 @@ class LocalCluster:
     """Start NATS (unless ``AIOS_NATS_URL`` points at one) and the services; stop them in reverse order."""
 
     def __init__(self, settings: Settings, services: list[str] | None = None, env: dict[str, str] | None = None,
-                 agents: list[tuple[str, str]] | None = None) -> None:
+                 agents: list[tuple[str, str]] | None = None, secure: bool = False,
+                 tenants: list[str] | None = None) -> None:
         self.settings = settings
+        self.secure = secure
+        """Run the embedded NATS with the shipped permissions (aios.common.natsauth), each process as its role."""
+        self.tenants = list(tenants or [])
+        self.passwords: dict[str, str] = {}
         self.agents = list(agents or [])
         """(node id, sim spec) of the simulated nodes to run, each its own device-agent process."""
         self.env = dict(os.environ if env is None else env)
@@ -39,8 +47,10 @@ class LocalCluster:
         data.mkdir(parents=True, exist_ok=True)
         if not self.settings.nats_url:
             self.nats = NatsServer(data / "jetstream", port=self.settings.nats_port, log_file=data / "nats-server.log")
+            if self.secure:
+                self.nats.extra_args = ["-c", str(self._write_auth_config(data, self.nats.url))]
             self.nats.start()
-            self.nats_url = self.nats.url
+            self.nats_url = self.url_as("admin") if self.secure else self.nats.url
         for name in self.names:
             if name in NODE_SERVICES and self.agents:
                 continue  # started with each node below
@@ -51,12 +61,28 @@ class LocalCluster:
                 self._spawn(f"{name}-{node}", ["service", name], {"AIOS_NODE_ID": node})
         return self
 
+    def _write_auth_config(self, data: Path, url: str) -> Path:
+        """A private server config with fresh passwords, and the credentials file the operator reads them from."""
+        self.passwords = natsauth.new_passwords(self.tenants)
+        conf = data / "nats-auth.conf"
+        _write_private(conf, "jetstream {}\n" + natsauth.render(self.tenants, self.passwords))
+        creds = data / "nats-credentials.json"
+        _write_private(creds, json.dumps({user: natsauth.url_with(url, user, pw)
+                                          for user, pw in self.passwords.items()}, indent=1))
+        return conf
+
+    def url_as(self, user: str) -> str:
+        """The NATS URL with ``user``'s credentials (secure mode), or the plain one."""
+        assert self.nats is not None or not self.secure
+        return natsauth.url_with(self.nats.url, user, self.passwords[user]) if self.secure and self.nats else self.nats_url
+
     def _spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> None:
         self._argv[name] = (argv, extra_env)
         logs = self.settings.data_dir / "logs"
         logs.mkdir(exist_ok=True)
         port = free_port()
-        env = {**self.env, "AIOS_NATS_URL": self.nats_url, "AIOS_HTTP_PORT": str(port),
+        role = natsauth.SERVICE_ROLE.get(argv[1] if argv[0] == "service" else argv[0], "admin")
+        env = {**self.env, "AIOS_NATS_URL": self.url_as(role), "AIOS_HTTP_PORT": str(port),
                "AIOS_DATA_DIR": str(self.settings.data_dir), **(extra_env or {})}
         with open(logs / f"{name}.log", "ab") as out:
             self.procs[name] = subprocess.Popen([sys.executable, "-m", "aios.cli.main", *argv], env=env, stdout=out,
@@ -126,3 +152,10 @@ class LocalCluster:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+
+def _write_private(path: Path, text: str) -> None:
+    """Secrets: readable by this user only, from the first byte on."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)

@@ -44,7 +44,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     agents = [] if args.no_sim else _sim_nodes(args.sim or DEFAULT_SIM_NODES)
-    cluster = LocalCluster(settings, agents=agents)
+    cluster = LocalCluster(settings, agents=agents, secure=args.secure, tenants=args.tenant or [])
     stop = False
 
     def on_signal(_sig: int, _frame: object) -> None:
@@ -60,6 +60,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"  {name:<18} {where}")
         if not cluster.names:
             print("  (no services are registered yet: NATS only)")
+        if cluster.secure:
+            print(f"every process connects as its own NATS user; credentials in "
+                  f"{settings.data_dir / 'nats-credentials.json'} (the CLI below uses 'admin')")
         print(f"export AIOS_NATS_URL={cluster.nats_url}   # to use this cluster from another shell")
         if "gateway" in cluster.names:
             gateway = asyncio.run(_announced(cluster.nats_url, "_gateway"))
@@ -294,6 +297,19 @@ def _mib_list(text: str) -> list[int]:
     return sizes
 
 
+def cmd_nats_config(args: argparse.Namespace) -> int:
+    from aios.common import natsauth
+    from aios.scheduler.spec import SpecError, validate_spec
+
+    for tenant in args.tenant:
+        try:
+            validate_spec({"name": "x", "tenant": tenant, "command": ["true"]})
+        except SpecError as exc:
+            raise ConfigError(f"--tenant {tenant!r}: {exc}") from None
+    sys.stdout.write(natsauth.render(args.tenant))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aios", description="AIOS: an operating system for AI workloads",
@@ -305,7 +321,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a simulated node, e.g. sim-1=2xH100-80GB,2xA100-40GB (repeatable; default: "
                          + " and ".join(DEFAULT_SIM_NODES) + ")")
     up.add_argument("--no-sim", action="store_true", help="no simulated nodes (real agents join on their own)")
+    up.add_argument("--secure", action="store_true",
+                    help="embedded NATS with a user per service and the shipped subject permissions (docs/security.md)")
+    up.add_argument("--tenant", action="append", metavar="NAME",
+                    help="with --secure: also create the NATS identity of this tenant's clients (repeatable)")
     up.set_defaults(handler=cmd_up)
+
+    natsconf = sub.add_parser("nats-config", help="print the NATS authorization block: a user per service, subject "
+                                                  "permissions, one user per tenant (docs/security.md)")
+    natsconf.add_argument("--tenant", action="append", metavar="NAME", default=[],
+                          help="a tenant whose clients get their own identity (repeatable)")
+    natsconf.set_defaults(handler=cmd_nats_config)
 
     agent = sub.add_parser("agent", help="run the device agent of this node (NVML, or --sim)")
     agent.add_argument("--node", help="node id (default: AIOS_NODE_ID or the host name)")

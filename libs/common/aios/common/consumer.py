@@ -76,7 +76,7 @@ class OrderedConsumer:
         self._trouble.clear()
         self._dseq = 0
         self.name = f"aios_rd_{new_token()}"
-        deliver = f"_AIOS.rd.{self.name}"
+        deliver = f"_AIOS.rd.{self.name}"  # natsauth.READER_INBOX: every reading identity may subscribe there
         self._sid = self.conn.subscribe(deliver, self._on_raw)
         start = self.last_seq + 1
         config: dict[str, object] = {

@@ -55,3 +55,8 @@ class StoreUnavailable(StoreError):
 
 class InvalidAggregate(StoreError):
     """An aggregate name that cannot be a subject token sequence (``<kind>.<id>``)."""
+
+
+class PermissionDenied(StoreError):
+    """The NATS server refused a publish or subscribe for this connection's user (subject permissions); retrying
+    cannot help."""

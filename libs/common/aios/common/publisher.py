@@ -13,7 +13,7 @@ from typing import Mapping
 
 import msgspec
 
-from aios.common.errors import StoreUnavailable
+from aios.common.errors import PermissionDenied, StoreUnavailable
 from aios.common.wire import RawNatsConnection, new_token
 
 
@@ -47,12 +47,15 @@ class AckedPublisher:
         self._prefix_b = self._prefix.encode()
         self._cut = len(self._prefix_b)
         self._futures: dict[bytes, asyncio.Future[PubAck]] = {}
+        self._subjects: dict[bytes, bytes] = {}
+        """Subject of each message awaiting its ack: a permission violation names the subject, not the message."""
         self.max_pending = max_pending
         self._room = asyncio.Event()
         self._room.set()
         self._counter = 0
         conn.subscribe(self._prefix + "*", self._on_ack)
         conn.closed.add_done_callback(self._fail_all)
+        conn.on_permission_violation.append(self._on_violation)
 
     async def publish(self, subject: bytes, headers: bytes, payload: bytes) -> asyncio.Future[PubAck]:
         """Send one message; the returned future resolves to its PubAck (which may carry ``error``)."""
@@ -65,6 +68,7 @@ class AckedPublisher:
         token = b"%x" % self._counter
         fut: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
         self._futures[token] = fut
+        self._subjects[token] = subject
         try:
             self.conn.publish_with_headers(subject, headers, payload, self._prefix_b + token)
         except StoreUnavailable:
@@ -78,10 +82,23 @@ class AckedPublisher:
         for token, pending in list(self._futures.items()):
             if pending is fut:
                 del self._futures[token]
+                self._subjects.pop(token, None)
         fut.cancel()
         self._room.set()
 
+    def _on_violation(self, message: str) -> None:
+        """``Permissions Violation for Publish to "<subject>"``: the server dropped those messages; no ack will come."""
+        refused = message.rpartition(" to ")[2].strip('"').encode()
+        for token, subj in list(self._subjects.items()):
+            if subj == refused:
+                self._subjects.pop(token, None)
+                fut = self._futures.pop(token, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(PermissionDenied(f"NATS refused to let this user publish to {subj.decode()!r}"))
+        self._room.set()
+
     def _on_ack(self, subject: bytes, _reply: bytes | None, hdr: bytes | None, payload: bytes) -> None:
+        self._subjects.pop(subject[self._cut:], None)
         fut = self._futures.pop(subject[self._cut:], None)
         if len(self._futures) < self.max_pending:
             self._room.set()
@@ -97,6 +114,7 @@ class AckedPublisher:
 
     def _fail_all(self, _closed: object) -> None:
         futures, self._futures = self._futures, {}
+        self._subjects = {}
         self._room.set()
         for fut in futures.values():
             if not fut.done():

@@ -21,7 +21,7 @@ import nats.errors
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
-from aios.common import tracing
+from aios.common import natsauth, tracing
 from aios.common.config import Settings, load_settings
 from aios.common.errors import AiosError
 from aios.common.logs import setup_logging
@@ -122,7 +122,7 @@ async def run_service(service: Service, settings: Settings | None = None, *,
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, ctx.stopping.set)
     up.labels(service.name).set(1)
-    log.info("service started", extra={"http": ctx.http_url, "nats": settings.servers})
+    log.info("service started", extra={"http": ctx.http_url, "nats": [natsauth.redact(s) for s in settings.servers]})
     if ready is not None:
         ready.set()
     code = 0

@@ -45,6 +45,8 @@ class RawNatsConnection(asyncio.Protocol):
         self._pongs: deque[asyncio.Future[None]] = deque()
         self._info: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
         self._error: str | None = None
+        self.on_permission_violation: list[Callable[[str], None]] = []
+        """Called with the server's message (``Permissions Violation for Publish to "<subject>"``)."""
         self._out: list[bytes] = []
         self._flush_scheduled = False
 
@@ -232,7 +234,13 @@ class RawNatsConnection(asyncio.Protocol):
                 if not self._info.done():
                     self._info.set_result(self.server_info)
             elif op == b"-ERR":
-                self._error = buf[pos + 5:eol].decode(errors="replace").strip(" '")
+                message = buf[pos + 5:eol].decode(errors="replace").strip(" '")
+                if message.lower().startswith("permissions violation"):
+                    for callback in self.on_permission_violation:  # the connection stays up
+                        callback(message)
+                    pos = eol + 2
+                    continue
+                self._error = message
                 err = StoreUnavailable(f"NATS error: {self._error}")
                 while self._pongs:
                     fut = self._pongs.popleft()

@@ -99,53 +99,62 @@ class Api:
             raise HttpError(404 if missing else 400, reply["error"])
         return reply
 
-    # -- jobs ---------------------------------------------------------------------------------------------------------
-    async def submit(self, request: web.Request, caller: Caller) -> web.StreamResponse:
-        raw = await self._json(request)
+    # -- jobs: transport-neutral (the HTTP routes below and the NATS tenant API in tenant_api.py) -------------------
+    async def submit_job(self, raw: Any, caller: Caller, key: str | None, via: str) -> dict[str, Any]:
         if not isinstance(raw, dict):
             raise HttpError(400, "body: a JSON object (a job spec) is expected")
         if caller.admin and "tenant" not in raw:
             raise HttpError(400, "tenant: an administrator must name the tenant of the job")
         raw.setdefault("tenant", caller.tenant)
-        if not caller.may_see(raw["tenant"]):
+        if not isinstance(raw["tenant"], str) or not caller.may_see(raw["tenant"]):
             raise HttpError(403, f"tenant: {raw['tenant']!r} is not yours ({caller.tenant})")
         try:
             spec = validate_spec(raw)
         except SpecError as exc:
             raise HttpError(422, str(exc)) from None
         job_id = f"{spec.name}-{new_token()[:6]}"
-        key = request.headers.get("Idempotency-Key")
         with tracing.job_span(f"submit {spec.name}", job_id, None, **{"aios.tenant": spec.tenant,
-                                                                       "aios.via": "http"}):  # the job's trace root
+                                                                       "aios.via": via}):  # the job's trace root
             result = await self.backend.store.append(
                 f"job.{job_id}", JobSubmitted(aggregate_id=job_id, tenant=spec.tenant, name=spec.name,
                                               spec=spec_to_dict(spec)),
-                expected_version=0, idempotency_key=f"http-{spec.tenant}-{key}" if key else f"submit-{job_id}")
+                expected_version=0, idempotency_key=f"{via}-{spec.tenant}-{key}" if key else f"submit-{job_id}")
         await self.backend.caught_up(result.seq)
-        return web.json_response({"job": job_id, "duplicate": result.duplicate, "seq": result.seq}, status=201)
+        return {"job": job_id, "duplicate": result.duplicate, "seq": result.seq}
 
-    async def list_jobs(self, request: web.Request, caller: Caller) -> web.StreamResponse:
-        status = request.query.get("status")
-        jobs = [job_summary(j) for j in sorted(self.backend.jobs().values(), key=lambda j: j.arrival)
+    def jobs_of(self, caller: Caller, status: str | None) -> list[dict[str, Any]]:
+        return [job_summary(j) for j in sorted(self.backend.jobs().values(), key=lambda j: j.arrival)
                 if caller.may_see(j.tenant) and (status is None or j.status == status)]
-        return web.json_response({"jobs": jobs})
 
-    async def describe(self, request: web.Request, caller: Caller) -> web.StreamResponse:
-        job = self._job(caller, request.match_info["job"])
-        history = await self.backend.store.read(f"job.{job.job_id}")
+    async def job_detail(self, caller: Caller, job_id: str) -> dict[str, Any]:
+        job = self._job(caller, job_id)
+        history = await self.backend.store.read_job(job.job_id)
         timeline = [{"type": type(e).__name__, "ts": e.ts,
                      **{k: v for k, v in json.loads(_encode(e)).items() if k not in ("type", "ts", "aggregate_id",
                                                                                      "v", "causation_id")}}
-                    for e in history.events]
-        return web.json_response({**job_summary(job), "spec": spec_to_dict(job.spec) if job.spec else None,
-                                  "events": timeline})
+                    for e in history]
+        return {**job_summary(job), "spec": spec_to_dict(job.spec) if job.spec else None, "events": timeline}
+
+    async def cancel_job(self, caller: Caller, job_id: str, via: str) -> dict[str, Any]:
+        job = self._job(caller, job_id)
+        await self.backend.store.append(f"job.{job.job_id}", JobCancelRequested(
+            aggregate_id=job.job_id, requested_by=f"{via}:{caller.tenant}"),
+            idempotency_key=f"{via}-cancel-request-{job.job_id}")
+        return {"job": job.job_id, "cancel_requested": True}
+
+    # -- jobs over HTTP -----------------------------------------------------------------------------------------------
+    async def submit(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        reply = await self.submit_job(await self._json(request), caller, request.headers.get("Idempotency-Key"), "http")
+        return web.json_response(reply, status=201)
+
+    async def list_jobs(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        return web.json_response({"jobs": self.jobs_of(caller, request.query.get("status"))})
+
+    async def describe(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        return web.json_response(await self.job_detail(caller, request.match_info["job"]))
 
     async def cancel(self, request: web.Request, caller: Caller) -> web.StreamResponse:
-        job = self._job(caller, request.match_info["job"])
-        await self.backend.store.append(f"job.{job.job_id}", JobCancelRequested(
-            aggregate_id=job.job_id, requested_by=f"http:{caller.tenant}"),
-            idempotency_key=f"http-cancel-request-{job.job_id}")
-        return web.json_response({"job": job.job_id, "cancel_requested": True}, status=202)
+        return web.json_response(await self.cancel_job(caller, request.match_info["job"], "http"), status=202)
 
     async def why(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         job = self._job(caller, request.match_info["job"])

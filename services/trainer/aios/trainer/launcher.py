@@ -21,7 +21,7 @@ import sys
 import zlib
 from typing import Any
 
-from aios.common import tracing
+from aios.common import natsauth, tracing
 from aios.common.events import Assignment, JobFailed, JobStarted, JobSucceeded
 from aios.common.errors import AiosError, ConcurrencyConflict
 from aios.common.runner import Service, ServiceContext
@@ -141,9 +141,10 @@ class LauncherService(Service):
         return all(holder.get(u) == job.job_id for a in job.assignments for u in a.device_uuids)
 
     async def _on_commit(self, commit: Commit) -> None:
-        if commit.aggregate.startswith("job."):
-            await self._reconcile(commit.aggregate[4:])
-        elif commit.aggregate.startswith("node."):
+        kind, _, ident = commit.aggregate.partition(".")
+        if kind in ("job", "run"):
+            await self._reconcile(ident)
+        elif kind == "node":
             for job_id in {getattr(e, "job_id", None) for e in commit.events} - {None}:
                 await self._reconcile(job_id)
 
@@ -191,7 +192,7 @@ class LauncherService(Service):
         attempt = job.attempts
         self.nodes_of[(job.job_id, attempt)] = {a.node_id for a in job.assignments if self._mine(a.node_id)}
         rank = 0
-        url = ",".join(self.ctx.settings.servers)
+        url = ",".join(natsauth.without_credentials(s) for s in self.ctx.settings.servers)  # the agent adds its own
         for a in job.assignments:
             devices = a.device_uuids or [None]  # type: ignore[list-item]
             for local, uuid in enumerate(devices):
