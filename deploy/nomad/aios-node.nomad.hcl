@@ -30,6 +30,11 @@ job "aios-node" {
         runtime = "nvidia"
       }
       # the NVIDIA device plugin hands the GPUs to the agent, which pins each worker to its own by UUID
+      template {  # this task's NATS identity (docs/security.md); the password is a Nomad Variable
+        data        = "AIOS_NATS_URL=nats://node:{{ with nomadVar \"nomad/jobs/aios-node\" }}{{ .nats_password_node }}{{ end }}@nats.service.consul:4222"
+        destination = "secrets/nats.env"
+        env         = true
+      }
       resources {
         cpu    = 2000
         memory = 2048
@@ -38,7 +43,6 @@ job "aios-node" {
         }
       }
       env {
-        AIOS_NATS_URL        = "nats://nats.service.consul:4222"
         AIOS_STREAM_REPLICAS = "3"
         AIOS_NODE_ID         = "${node.unique.name}"
         AIOS_HTTP_PORT       = "9100"
@@ -52,12 +56,16 @@ job "aios-node" {
         image = "aios:latest"
         args  = ["service", "trainer"]
       }
+      template {  # this task's NATS identity (docs/security.md); the password is a Nomad Variable
+        data        = "AIOS_NATS_URL=nats://trainer:{{ with nomadVar \"nomad/jobs/aios-node\" }}{{ .nats_password_trainer }}{{ end }}@nats.service.consul:4222"
+        destination = "secrets/nats.env"
+        env         = true
+      }
       resources {
         cpu    = 500
         memory = 512
       }
       env {
-        AIOS_NATS_URL        = "nats://nats.service.consul:4222"
         AIOS_STREAM_REPLICAS = "3"
         AIOS_NODE_ID         = "${node.unique.name}"
         AIOS_HTTP_PORT       = "9101"

@@ -43,11 +43,15 @@ job "aios-gateway" {
         ports = ["health", "http"]
       }
       env {
-        AIOS_NATS_URL        = "nats://nats.service.consul:4222"
         AIOS_STREAM_REPLICAS = "3"
         AIOS_HTTP_PORT       = "9100"
         AIOS_GATEWAY_HOST = "0.0.0.0"
         AIOS_GATEWAY_PORT = "8080"
+      }
+      template {  # this task's NATS identity (docs/security.md); the password is a Nomad Variable
+        data        = "AIOS_NATS_URL=nats://gateway:{{ with nomadVar \"nomad/jobs/aios-gateway\" }}{{ .nats_password_gateway }}{{ end }}@nats.service.consul:4222"
+        destination = "secrets/nats.env"
+        env         = true
       }
       resources {
         cpu    = 500

@@ -43,11 +43,15 @@ job "aios-model-registry" {
         ports = ["health", "router"]
       }
       env {
-        AIOS_NATS_URL        = "nats://nats.service.consul:4222"
         AIOS_STREAM_REPLICAS = "3"
         AIOS_HTTP_PORT       = "9100"
         AIOS_ROUTER_HOST = "0.0.0.0"
         AIOS_ROUTER_PORT = "8600"
+      }
+      template {  # this task's NATS identity (docs/security.md); the password is a Nomad Variable
+        data        = "AIOS_NATS_URL=nats://model-registry:{{ with nomadVar \"nomad/jobs/aios-model-registry\" }}{{ .nats_password_model_registry }}{{ end }}@nats.service.consul:4222"
+        destination = "secrets/nats.env"
+        env         = true
       }
       resources {
         cpu    = 500

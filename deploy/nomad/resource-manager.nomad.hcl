@@ -43,10 +43,14 @@ job "aios-resource-manager" {
         ports = ["health"]
       }
       env {
-        AIOS_NATS_URL        = "nats://nats.service.consul:4222"
         AIOS_STREAM_REPLICAS = "3"
         AIOS_HTTP_PORT       = "9100"
         AIOS_NODE_TIMEOUT = "10"
+      }
+      template {  # this task's NATS identity (docs/security.md); the password is a Nomad Variable
+        data        = "AIOS_NATS_URL=nats://resource-manager:{{ with nomadVar \"nomad/jobs/aios-resource-manager\" }}{{ .nats_password_resource_manager }}{{ end }}@nats.service.consul:4222"
+        destination = "secrets/nats.env"
+        env         = true
       }
       resources {
         cpu    = 500

@@ -43,11 +43,15 @@ job "aios-scheduler" {
         ports = ["health"]
       }
       env {
-        AIOS_NATS_URL        = "nats://nats.service.consul:4222"
         AIOS_STREAM_REPLICAS = "3"
         AIOS_HTTP_PORT       = "9100"
         AIOS_SCHEDULER_POLICY = "fairshare"
         AIOS_SCHEDULER_LEADER = "on"
+      }
+      template {  # this task's NATS identity (docs/security.md); the password is a Nomad Variable
+        data        = "AIOS_NATS_URL=nats://scheduler:{{ with nomadVar \"nomad/jobs/aios-scheduler\" }}{{ .nats_password_scheduler }}{{ end }}@nats.service.consul:4222"
+        destination = "secrets/nats.env"
+        env         = true
       }
       resources {
         cpu    = 500

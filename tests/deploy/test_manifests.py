@@ -16,6 +16,7 @@ import yaml
 
 from aios.cli.main import build_parser
 from aios.cli.services import SERVICES
+from aios.common import natsauth
 from aios.common.natsserver import find_nats_server
 
 REPO = Path(__file__).parent.parent.parent
@@ -64,8 +65,16 @@ def test_compose_runs_every_service_with_commands_and_settings_the_code_knows(co
         unknown = [k for k in svc["environment"] if k.startswith("AIOS_") and k not in known_env]
         assert unknown == [], f"{name}: the code reads no {unknown}"
         assert svc["restart"] == "unless-stopped"
-        hosts = re.findall(r"nats://([^:,]+):", svc["environment"]["AIOS_NATS_URL"])
-        assert hosts and all(h in services for h in hosts), f"{name}: AIOS_NATS_URL names {hosts}"
+        # compose fills in ${...} before the URL is parsed; here it is parsed as written
+        urls = [re.fullmatch(r"nats://([^:]+):(\$\{[^}]+\})@([^:]+):4222", u)
+                for u in svc["environment"]["AIOS_NATS_URL"].split(",")]
+        assert all(urls), f"{name}: AIOS_NATS_URL is not user:password@host:4222 thrice"
+        hosts = [u.group(3) for u in urls if u]
+        assert len(hosts) == 3 and all(h in services for h in hosts), f"{name}: AIOS_NATS_URL names {hosts}"
+        role = natsauth.ROLES[natsauth.SERVICE_ROLE[svc["command"][1] if svc["command"][0] == "service"
+                                                    else svc["command"][0]]]
+        assert {(u.group(1), u.group(2)) for u in urls if u} == \
+            {(role.user, f"${{{role.password_env}:?unset}}")}, f"{name} connects as {role.user}"
         assert svc["environment"]["AIOS_STREAM_REPLICAS"] == "3"
     started = {s["command"][1] for s in aios.values() if s["command"][0] == "service"}
     assert started == set(SERVICES), "every registered service is deployed"
@@ -82,17 +91,23 @@ def test_compose_nats_is_a_three_node_cluster_with_volumes_and_health(compose: d
     assert sorted(nats) == ["nats-1", "nats-2", "nats-3"]
     routes = re.findall(r"nats://(nats-\d):6222", (DEPLOY / "nats" / "cluster.conf").read_text())
     assert sorted(routes) == sorted(nats)
+    users = re.findall(r'user: "([^"]+)", password: \$(\w+)', (DEPLOY / "nats" / "auth.conf").read_text())
     for name, svc in nats.items():
         assert svc["environment"]["NATS_SERVER_NAME"] == name and "healthcheck" in svc
+        assert {var for _, var in users} <= set(svc["environment"]), f"{name}: a password of auth.conf is unset"
+        assert "./nats/auth.conf:/etc/nats/auth.conf:ro" in svc["volumes"]
         volume = next(v for v in svc["volumes"] if v.endswith(":/data"))
         assert volume.split(":")[0] in compose["volumes"]
         assert (DEPLOY / svc["volumes"][0].split(":")[0]).resolve().is_file()
 
 
+PASSWORDS = {role.password_env: "secret" for role in natsauth.roles_for(["team-a", "team-b"])}
+
+
 @pytest.mark.parametrize("config", ["single.conf", "cluster.conf"])
 def test_nats_configs_are_valid_for_nats_server(config: str) -> None:
     out = subprocess.run([find_nats_server(), "-c", str(DEPLOY / "nats" / config), "-t"], capture_output=True,
-                         text=True, timeout=30, env={**os.environ, "NATS_SERVER_NAME": "nats-1"})
+                         text=True, timeout=30, env={**os.environ, "NATS_SERVER_NAME": "nats-1", **PASSWORDS})
     assert out.returncode == 0 and "is valid" in (out.stdout + out.stderr), out.stderr
 
 
@@ -143,3 +158,23 @@ def test_nomad_node_job_is_a_system_job_with_the_gpu_device_and_services_roll_sa
             for group in job["group"]:
                 for g in group.values():
                     assert g["constraint"][0]["operator"] == "distinct_hosts", name
+
+
+def test_nomad_tasks_connect_as_their_own_nats_identity() -> None:
+    jobs = nomad_jobs()
+    for job_name, job in jobs.items():
+        for task_name, task in tasks(job):
+            config = task["config"][0]
+            if config["image"] == "aios:latest":
+                argv = config["args"]
+                role = natsauth.SERVICE_ROLE[argv[1] if argv[0] == "service" else argv[0]]
+                assert "AIOS_NATS_URL" not in task["env"][0], f"{task_name}: the URL carries a secret: template it"
+                urls = [t["data"] for t in task["template"] if t.get("env") and "AIOS_NATS_URL=" in t["data"]]
+                assert len(urls) == 1 and urls[0].startswith(f"AIOS_NATS_URL=nats://{role}:"), task_name
+                assert f'nomad/jobs/{job_name}\\"' in urls[0], f"{task_name} reads its own job's variable"
+            elif task_name == "nats":
+                sources = {t.get("source") for t in task["template"]}
+                assert "deploy/nats/auth.conf" in sources
+                rendered = " ".join(t.get("data", "") for t in task["template"] if t.get("env"))
+                missing = [v for v in PASSWORDS if f"{v}=" not in rendered]
+                assert missing == [], f"the NATS server would not know {missing}"
