@@ -63,8 +63,8 @@ job "nats" {
         source      = "deploy/nats/auth.conf"
         destination = "local/auth.conf"
       }
-      template {  # every identity's password, from the Nomad Variable nomad/jobs/aios-nats
-        data        = "{{ with nomadVar \"nomad/jobs/aios-nats\" }}AIOS_NATS_PASS_ADMIN={{ .admin }}\nAIOS_NATS_PASS_SCHEDULER={{ .scheduler }}\nAIOS_NATS_PASS_RESOURCE_MANAGER={{ .resource_manager }}\nAIOS_NATS_PASS_TRAINER={{ .trainer }}\nAIOS_NATS_PASS_MODEL_REGISTRY={{ .model_registry }}\nAIOS_NATS_PASS_GATEWAY={{ .gateway }}\nAIOS_NATS_PASS_NODE={{ .node }}\nAIOS_NATS_PASS_TENANT_TEAM_A={{ .tenant_team_a }}\nAIOS_NATS_PASS_TENANT_TEAM_B={{ .tenant_team_b }}{{ end }}"
+      template {  # every identity's password, from the Nomad Variable nomad/jobs/nats
+        data        = "{{ with nomadVar \"nomad/jobs/nats\" }}AIOS_NATS_PASS_ADMIN={{ .admin }}\nAIOS_NATS_PASS_SCHEDULER={{ .scheduler }}\nAIOS_NATS_PASS_RESOURCE_MANAGER={{ .resource_manager }}\nAIOS_NATS_PASS_TRAINER={{ .trainer }}\nAIOS_NATS_PASS_MODEL_REGISTRY={{ .model_registry }}\nAIOS_NATS_PASS_GATEWAY={{ .gateway }}\nAIOS_NATS_PASS_NODE={{ .node }}\nAIOS_NATS_PASS_TENANT_TEAM_A={{ .tenant_team_a }}\nAIOS_NATS_PASS_TENANT_TEAM_B={{ .tenant_team_b }}{{ end }}"
         destination = "secrets/passwords.env"
         env         = true
       }

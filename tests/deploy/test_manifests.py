@@ -176,5 +176,6 @@ def test_nomad_tasks_connect_as_their_own_nats_identity() -> None:
                 sources = {t.get("source") for t in task["template"]}
                 assert "deploy/nats/auth.conf" in sources
                 rendered = " ".join(t.get("data", "") for t in task["template"] if t.get("env"))
+                assert f'nomad/jobs/{job_name}\\"' in rendered, "a job may read only its own variables"
                 missing = [v for v in PASSWORDS if f"{v}=" not in rendered]
                 assert missing == [], f"the NATS server would not know {missing}"

@@ -168,7 +168,10 @@ class ResourceManagerService(Service):
                 raise ValueError("expected a JSON object")
             body = answer(self.inventory.state, what, args)
         except ValueError as exc:
-            body = {"error": f"query body: {exc}"}
+            body = {"error": f"body: {exc}"}
+        except Exception as exc:  # noqa: BLE001 - a query must get an answer, never a timeout
+            log.exception("query failed", extra={"query": what})
+            body = {"error": f"body: cannot answer {what!r} for it ({type(exc).__name__})"}
         if msg.reply:
             await msg.respond(msgspec.json.encode(body))
 

@@ -224,8 +224,12 @@ class SchedulerService(Service):
         what = msg.subject[len(QUERY_PREFIX) + 1:]
         try:
             args: dict[str, Any] = json.loads(msg.data) if msg.data else {}
-        except ValueError:
-            args = {}
+            if not isinstance(args, dict):
+                raise ValueError("a JSON object is expected")
+        except ValueError as exc:
+            if msg.reply:
+                await msg.respond(json.dumps({"error": f"body: {exc}"}).encode())
+            return
         state = self.projector.state
         if what == "why":
             job = args.get("job")

@@ -76,6 +76,12 @@ def validate_spec(raw: Any) -> JobSpec:
         spec = msgspec.convert(raw, JobSpec)
     except msgspec.ValidationError as exc:
         text = str(exc)
+        unknown = re.fullmatch(r"Object contains unknown field `(.*)`", text, re.S)
+        if unknown:
+            key = unknown.group(1)
+            name = key if re.fullmatch(r"[A-Za-z_][\w-]{0,63}", key) else repr(key[:64])
+            known = ", ".join(f.name for f in msgspec.structs.fields(JobSpec))
+            raise SpecError(name, f"unknown field (known: {known})") from None
         m = re.search(r"at `\$\.([^`]+)`", text)
         field = m.group(1) if m else (re.search(r"field `([^`]+)`", text) or [None, "spec"])[1]
         raise SpecError(field, text.split(" - at ")[0]) from None
