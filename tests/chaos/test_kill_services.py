@@ -10,6 +10,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from aios.cli.cluster import LocalCluster
 from aios.common.events import JobCancelled, JobFailed, JobSubmitted, JobSucceeded
 from aios.common.store import connect
 from tests.scheduler.test_integration import _commits, check_no_double_booking
@@ -20,11 +23,11 @@ VICTIMS = ["scheduler", "resource-manager", "trainer-sim-1", "agent-sim-2", "mod
 TERMINAL = (JobSucceeded, JobFailed, JobCancelled)
 
 
-async def submit(store: Any) -> dict[str, int]:
+async def submit(store: Any, jobs: int) -> dict[str, int]:
     acked = {}
     pipe = store.pipeline()
     names = []
-    for i in range(JOBS):
+    for i in range(jobs):
         job = f"job-{i:03d}"
         tenant = ("vision", "nlp", "speech")[i % 3]
         spec = {"name": job, "tenant": tenant, "devices": 1 + i % 3, "command": ["sleep", str(0.2 + (i % 4) * 0.1)]}
@@ -41,39 +44,64 @@ def ended(commits: list[Any]) -> Counter[str]:
     return Counter(c.aggregate[4:] for c in commits for e in c.events if isinstance(e, TERMINAL))
 
 
+async def soak(cluster: LocalCluster, jobs: int, victims: list[str]) -> str:
+    """Submit ``jobs``, kill -9 and restart each victim in turn (``nats`` = the NATS server itself) as the jobs
+    end, then check: every job ended exactly once, every acknowledged submit is in the log, no double booking."""
+    store = await connect([cluster.nats_url], append_deadline=60.0)
+    await wait_registered(store)
+    started = time.monotonic()
+    acked = await submit(store, jobs)
+    for i, victim in enumerate(victims):
+        deadline = time.monotonic() + 120
+        while sum(ended(await _commits(store)).values()) < (i + 1) * jobs // (len(victims) + 1):
+            assert time.monotonic() < deadline, f"stuck before killing {victim}"
+            await asyncio.sleep(0.3)
+        if victim == "nats":
+            assert cluster.nats is not None
+            cluster.nats.kill()
+            await asyncio.sleep(1.0)
+            cluster.nats.restart()
+        else:
+            cluster.kill(victim)
+            await asyncio.sleep(1.0)
+            cluster.restart(victim)
+    deadline = time.monotonic() + 240
+    while True:
+        commits = await _commits(store)
+        done = ended(commits)
+        if len(done) == jobs:
+            break
+        assert time.monotonic() < deadline, f"{len(done)} of {jobs} ended; stuck: " \
+            f"{sorted(set(acked) - set(done))[:10]}"
+        await asyncio.sleep(0.5)
+    assert [job for job, n in done.items() if n != 1] == [], "a job ended twice"
+    submitted = {c.aggregate[4:]: c.seq for c in commits for e in c.events if isinstance(e, JobSubmitted)}
+    assert submitted == acked, "every acknowledged submit is in the log, at its sequence"
+    check_no_double_booking(commits)
+    assert cluster.exited() == {}, "every restarted process is still running"
+    outcomes = Counter(type(e).__name__ for c in commits for e in c.events if isinstance(e, TERMINAL))
+    await store.close()
+    return (f"soak: {jobs} jobs, {len(victims)} processes killed ({', '.join(victims)}), outcomes {dict(outcomes)}, "
+            f"lost 0, double bookings 0, {time.monotonic() - started:.0f} s")
+
+
 async def test_every_process_killed_in_turn_loses_and_doubles_nothing(aios_env: dict[str, str],
                                                                       tmp_path: Path) -> None:
     cluster = start(aios_env, tmp_path, "fairshare", AIOS_NODE_TIMEOUT="4", AIOS_HEARTBEAT_INTERVAL="0.5",
                     AIOS_GATEWAY_PORT="0", AIOS_ROUTER_PORT="0")
     try:
-        store = await connect([cluster.nats_url], append_deadline=60.0)
-        await wait_registered(store)
-        acked = await submit(store)
-        faults = 0
-        for i, victim in enumerate(VICTIMS):
-            deadline = time.monotonic() + 120
-            while sum(ended(await _commits(store)).values()) < (i + 1) * JOBS // (len(VICTIMS) + 1):
-                assert time.monotonic() < deadline, f"stuck before killing {victim}"
-                await asyncio.sleep(0.3)
-            cluster.kill(victim)
-            faults += 1
-            await asyncio.sleep(1.0)
-            cluster.restart(victim)
-        deadline = time.monotonic() + 240
-        while True:
-            commits = await _commits(store)
-            done = ended(commits)
-            if len(done) == JOBS:
-                break
-            assert time.monotonic() < deadline, f"{len(done)} of {JOBS} ended; stuck: " \
-                f"{sorted(set(acked) - set(done))[:10]}"
-            await asyncio.sleep(0.5)
-        assert [job for job, n in done.items() if n != 1] == [], "a job ended twice"  # noqa: E501
-        submitted = {c.aggregate[4:]: c.seq for c in commits for e in c.events if isinstance(e, JobSubmitted)}
-        assert submitted == acked, "every acknowledged submit is in the log, at its sequence"
-        check_no_double_booking(commits)
-        outcomes = Counter(type(e).__name__ for c in commits for e in c.events if isinstance(e, TERMINAL))
-        print(f"soak: {JOBS} jobs, {faults} processes killed, outcomes {dict(outcomes)}, lost 0, double bookings 0")
-        await store.close()
+        print(await soak(cluster, JOBS, VICTIMS))
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.slow
+async def test_longer_soak_under_least_privilege(aios_env: dict[str, str], tmp_path: Path) -> None:
+    """make test-all / CI's test-slow: more jobs, every process killed twice, the NATS server once, and every
+    process running as its own NATS user with the shipped permissions."""
+    cluster = start(aios_env, tmp_path, "fairshare", secure=True, AIOS_NODE_TIMEOUT="4",
+                    AIOS_HEARTBEAT_INTERVAL="0.5", AIOS_GATEWAY_PORT="0", AIOS_ROUTER_PORT="0")
+    try:
+        print(await soak(cluster, 360, [*VICTIMS, "nats", *VICTIMS]))
     finally:
         cluster.stop()

@@ -24,10 +24,10 @@ from aios.scheduler.state import SchedulerState, fold_commit
 from tests.scheduler.test_integration import _commits, check_no_double_booking
 
 
-def start(env: dict[str, str], tmp: Path, policy: str, **extra: str) -> LocalCluster:
+def start(env: dict[str, str], tmp: Path, policy: str, secure: bool = False, **extra: str) -> LocalCluster:
     env = {**env, "AIOS_SCHEDULER_POLICY": policy, "AIOS_SCHEDULER_INTERVAL": "0.1", "AIOS_DATA_DIR": str(tmp),
            **extra}
-    return LocalCluster(load_settings({**env, "AIOS_NATS_PORT": "0"}), env=env,
+    return LocalCluster(load_settings({**env, "AIOS_NATS_PORT": "0"}), env=env, secure=secure,
                         agents=[("sim-1", "4xH100-80GB"), ("sim-2", "4xA100-40GB")]).start()
 
 
