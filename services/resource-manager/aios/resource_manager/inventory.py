@@ -90,9 +90,13 @@ class Inventory(msgspec.Struct):
         return usage
 
 
+_NOT_INVENTORY = ("job.", "run.", "model.")
+
+
 def fold_commit(inv: Inventory, commit: Commit) -> Inventory:
-    for ev in commit.events:
-        evolve(inv, ev)
+    if not commit.aggregate.startswith(_NOT_INVENTORY):  # most of a busy log: nothing here reads job events
+        for ev in commit.events:
+            evolve(inv, ev)
     inv.versions[commit.aggregate] = commit.seq
     inv.seq = commit.seq
     return inv

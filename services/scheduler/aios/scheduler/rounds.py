@@ -161,10 +161,6 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
                milp_time_limit: float = 0.5, cache: BinCache | None = None) -> RoundPlan:
     plan = RoundPlan()
     _housekeeping(state, now, plan)
-    usage, cpu_used, mem_used = _usage(state)
-    view = ClusterView.from_inventory(state.inv, cpu_used, mem_used, cache)
-    tenants = {t: quotas.Quota(t, q.cohort, q.nominal, q.borrowing_limit, q.lending_limit)
-               for t, q in state.inv.tenants.items()}
     cancelled = set(plan.cancels)
     ordered = [j for j in policy.order(state, now, estimate) if j.job_id not in cancelled]
     plan.order = [j.job_id for j in ordered]
@@ -175,7 +171,16 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
     for job in state.pending():
         if job.job_id not in listed and job.job_id not in cancelled:
             plan.reasons[job.job_id] = policy.waiting_reason(job) or "order: not chosen by the policy this round"
+    if policy.place_after_churn and (plan.preemptions or plan.releases or plan.requeues):
+        for job in ordered:
+            plan.reasons.setdefault(job.job_id, "time share: placed in the round that follows this one's "
+                                                "preemptions and releases, at once")
+        return plan
 
+    usage, cpu_used, mem_used = _usage(state)
+    view = ClusterView.from_inventory(state.inv, cpu_used, mem_used, cache)
+    tenants = {t: quotas.Quota(t, q.cohort, q.nominal, q.borrowing_limit, q.lending_limit)
+               for t, q in state.inv.tenants.items()}
     all_kinds = sorted({d.info.kind for n in state.inv.nodes.values() if n.online for d in n.devices.values()})
     admitted: list[tuple[JobState, dict[str, int]]] = []
     free_of: dict[str, int] = {}

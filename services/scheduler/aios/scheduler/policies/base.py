@@ -24,6 +24,9 @@ class Policy:
       them out or moves them (time-sharing policies), with the reason; ``waiting_reason(job)`` says why a pending
       job the policy did not order waits.
     * ``milp``: place the round's window with the MILP (False: greedy, for policies that decide kinds themselves).
+    * ``place_after_churn``: a round that preempts, releases or requeues places nothing; the round that follows at
+      once places on the state those leave (time-sharing policies, which reshuffle many jobs every quantum: placing
+      around devices about to be freed would be decided again a moment later).
     """
 
     name = "base"
@@ -31,6 +34,7 @@ class Policy:
     backfill = False
     strict_kinds = False
     milp = True
+    place_after_churn = False
 
     def order(self, state: SchedulerState, now: float, estimate: Estimator) -> list[JobState]:
         raise NotImplementedError

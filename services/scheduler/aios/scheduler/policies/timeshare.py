@@ -55,6 +55,7 @@ class TimeSharedHeteroLAS(Policy):
     milp = False
     strict_kinds = True
     trade_singles = True
+    place_after_churn = True
 
     def __init__(self, quantum_s: float = 360.0, youth: float = 0.25, young_s: float = 3600.0,
                  assignment_max_jobs: int = 400) -> None:
