@@ -299,13 +299,13 @@ def _mib_list(text: str) -> list[int]:
 
 def cmd_nats_config(args: argparse.Namespace) -> int:
     from aios.common import natsauth
-    from aios.scheduler.spec import SpecError, validate_spec
+    from aios.scheduler.spec import SpecError, check_tenant
 
     for tenant in args.tenant:
         try:
-            validate_spec({"name": "x", "tenant": tenant, "command": ["true"]})
+            check_tenant(tenant, f"--tenant {tenant!r}")
         except SpecError as exc:
-            raise ConfigError(f"--tenant {tenant!r}: {exc}") from None
+            raise ConfigError(str(exc)) from None
     sys.stdout.write(natsauth.render(args.tenant))
     return 0
 

@@ -53,15 +53,15 @@ class Role:
         return "AIOS_NATS_PASS_" + re.sub(r"[^A-Z0-9]", "_", self.user.upper())
 
 
-def _service(user: str, why: str, events: list[str], publish: list[str] = [], subscribe: list[str] = [],  # noqa: B006
-             snapshots: bool = True) -> Role:
+def _service(user: str, why: str, events: list[str], publish: list[str] = [],  # noqa: B006
+             subscribe: list[str] = []) -> Role:  # noqa: B006
     """A trusted control-plane service: the JetStream API (minus destroying the log), KV and object stores, the
     request subjects of the other services, and its own event subjects."""
     return Role(user, why,
                 publish=[*(f"{EVT}.{e}.>" for e in events), "$JS.API.>", "$KV.>", "$O.>", *_JS_CLIENT,
                          "aios.sched.>", "aios.rm.>", "aios.registry.>", *publish],
                 subscribe=["_INBOX.>", READER_INBOX, *subscribe],
-                deny_publish=[*_GUARD_EVENTS, *([] if snapshots else _GUARD_SNAPSHOTS)])
+                deny_publish=list(_GUARD_EVENTS))
 
 
 ROLES: dict[str, Role] = {r.user: r for r in [

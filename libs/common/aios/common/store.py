@@ -28,7 +28,7 @@ from aios.common.consumer import OrderedConsumer
 from aios.common.errors import (
     ConcurrencyConflict, EventError, InvalidAggregate, MalformedEvent, StoreError, StoreUnavailable,
 )
-from aios.common.events import Event, decoder, encode
+from aios.common.events import JOB_AGGREGATES, Event, decoder, encode
 from aios.common.publisher import AckedPublisher, PubAck, header_block
 from aios.common.wire import RawNatsConnection, new_token
 
@@ -313,7 +313,7 @@ class EventStore:
 
         def collect(seq: int, _subject: bytes, _hdr: bytes | None, payload: bytes, _pending: int) -> None:
             try:
-                events.extend(_decode_at(decode, payload, seq, subject))
+                events.extend(_decode_at(decode, payload, seq, subject, aggregate))
             except EventError as exc:
                 if on_bad_event == "raise":
                     raise
@@ -325,7 +325,7 @@ class EventStore:
     async def read_job(self, job_id: str) -> list[Event]:
         """A job's whole story: its decisions (``job.<id>``) and its nodes' reports (``run.<id>``), by time; events
         that do not belong where they are stored are left out (and logged)."""
-        histories = [await self.read(f"{kind}.{job_id}", on_bad_event="skip") for kind in ("job", "run")]
+        histories = [await self.read(f"{kind}.{job_id}", on_bad_event="skip") for kind in JOB_AGGREGATES]
         return sorted((ev for h in histories for ev in h.events), key=lambda ev: ev.ts)
 
     async def replay(self, handler: Callable[[Commit], Any], from_seq: int = 1, to_seq: int | None = None, *,
@@ -342,14 +342,15 @@ class EventStore:
         bad: list[str] = []
 
         def on_message(seq: int, subject: bytes, hdr: bytes | None, payload: bytes, _pending: int) -> None:
+            aggregate = subject[cut:].decode()
             try:
-                events = _decode_at(decode, payload, seq, subject)
+                events = _decode_at(decode, payload, seq, subject, aggregate)
             except EventError as exc:
                 if on_bad_event == "raise":
                     raise
                 bad.append(str(exc))
                 return
-            handler(Commit(seq, subject[cut:].decode(), events, hdr))
+            handler(Commit(seq, aggregate, events, hdr))
 
         last = await self._consume(subject_filter, from_seq - 1, until, on_message)
         for problem in bad:
@@ -373,24 +374,32 @@ class EventStore:
             await self.nc.close()
 
 
-def _decode_at(decode: Callable[[bytes], list[Event]], payload: bytes, seq: int, subject: bytes | str) -> list[Event]:
-    """The commit's events, each checked to belong to the subject it was stored on: subject permissions decide who
-    may write an aggregate, so a writer allowed on ``run.j-1`` must not slip a ``JobPlaced`` in there."""
-    where = subject.decode() if isinstance(subject, bytes) else subject
+def _decode_at(decode: Callable[[bytes], list[Event]], payload: bytes, seq: int, subject: bytes | str,
+               aggregate: str) -> list[Event]:
+    """The commit's events, each checked to belong to the aggregate it was stored on: subject permissions decide who
+    may write an aggregate, so a writer allowed on ``run.j-1`` must not slip a ``JobPlaced`` in there. (The check
+    compares attributes, no strings built: it runs for every event of every replay.)"""
     try:
         events = decode(payload)
     except EventError as exc:
-        raise type(exc)(f"at sequence {seq} on {where}: {exc}") if isinstance(exc, MalformedEvent) else exc
+        if not isinstance(exc, MalformedEvent):
+            raise
+        raise type(exc)(f"at sequence {seq} on {_text(subject)}: {exc}") from None
+    kind, _, ident = aggregate.partition(".")
     for ev in events:
-        if ev.AGGREGATE and not where.endswith("." + ev.aggregate) and not _legacy_run_event(ev, where):
-            raise MalformedEvent(f"at sequence {seq} on {where}: {type(ev).__name__} belongs to {ev.aggregate!r}, "
-                                 f"not to this subject")
+        if ev.AGGREGATE and not (ev.aggregate_id == ident and (ev.AGGREGATE == kind or _legacy_run_event(ev, kind))):
+            raise MalformedEvent(f"at sequence {seq} on {_text(subject)}: {type(ev).__name__} belongs to "
+                                 f"{ev.aggregate!r}, not to this subject")
     return events
 
 
-def _legacy_run_event(ev: Event, subject: str) -> bool:
+def _text(subject: bytes | str) -> str:
+    return subject.decode() if isinstance(subject, bytes) else subject
+
+
+def _legacy_run_event(ev: Event, kind: str) -> bool:
     """Worker and progress reports were stored on the job's own subject before they got ``run.<job>`` (0011)."""
-    return ev.AGGREGATE == "run" and subject.endswith(f".job.{ev.aggregate_id}")
+    return kind == "job" and ev.AGGREGATE == "run"
 
 
 def _result_of(ack: PubAck, aggregate: str, expected_version: int | None) -> AppendResult | None:
@@ -505,15 +514,16 @@ class Subscription:
         return await asyncio.wait_for(self.__anext__(), timeout)
 
     def _on_message(self, seq: int, subject: bytes, hdr: bytes | None, payload: bytes, _pending: int) -> None:
+        aggregate = subject[self._cut:].decode()
         try:
-            events = _decode_at(self._decode, payload, seq, subject)
+            events = _decode_at(self._decode, payload, seq, subject, aggregate)
         except EventError as exc:
             if self.on_bad_event == "raise":
                 raise
             self.skipped += 1
             log.error("skipped a bad event", extra={"problem": str(exc)})
             return
-        self._queue.put_nowait(Commit(seq, subject[self._cut:].decode(), events, hdr))
+        self._queue.put_nowait(Commit(seq, aggregate, events, hdr))
         if not self._paused and self._queue.qsize() >= self.high_water and self._conn and self._conn.transport:
             self._conn.transport.pause_reading()
             self._paused = True

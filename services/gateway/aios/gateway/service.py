@@ -20,6 +20,7 @@ from typing import Any
 import nats.errors
 
 from aios.common.errors import AiosError
+from aios.common.events import JOB_AGGREGATES
 from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import Projector
 from aios.gateway import tenant_api
@@ -97,7 +98,7 @@ class GatewayService(Service):
     def _on_commit(self, commit: Any) -> None:
         kind, _, ident = commit.aggregate.partition(".")
         data: dict[str, Any] = {"aggregate": commit.aggregate, "seq": commit.seq}
-        if kind in ("job", "run"):
+        if kind in JOB_AGGREGATES:
             job = self.projector.state.jobs.get(ident)
             data["tenant"] = job.tenant if job else None
             data["status"] = job.status if job else None

@@ -25,10 +25,6 @@ SUBJECTS = f"{PREFIX}.>"
 OPS = ("submit", "jobs", "job", "cancel")
 
 
-def subject(tenant: str, op: str) -> str:
-    return f"{PREFIX}.{tenant}.{op}"
-
-
 def parse_subject(subj: str) -> tuple[str, str]:
     """(tenant, op) of ``aios.tenant.<tenant>.<op>``; tenant names may hold dots."""
     head, _, op = subj.rpartition(".")

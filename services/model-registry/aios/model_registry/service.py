@@ -26,7 +26,8 @@ import numpy as np
 from aios.common import tracing
 from aios.common.errors import AiosError, ConcurrencyConflict
 from aios.common.events import (
-    Event, JobProgress, JobSubmitted, JobSucceeded, Lineage, ModelObjectCollected, ModelVersionEvaluated, Signature,
+    JOB_AGGREGATES, Event, JobProgress, JobSubmitted, JobSucceeded, Lineage, ModelObjectCollected, ModelVersionEvaluated,
+    Signature,
 )
 from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import object_bucket
@@ -63,7 +64,7 @@ def fold(view: RegistryView, commit: Commit) -> RegistryView:
         state = view.models.setdefault(ident, ModelState(ident))
         for ev in commit.events:
             evolve(state, ev, commit.seq)
-    elif kind in ("job", "run"):
+    elif kind in JOB_AGGREGATES:
         for ev in commit.events:
             if isinstance(ev, JobSubmitted) and isinstance(ev.spec, dict) and isinstance(ev.spec.get("trainer"), dict):
                 view.job_specs[ident] = ev.spec

@@ -16,6 +16,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from aios.common import tracing
 from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError
+from aios.common.events import JOB_AGGREGATES
 from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import Projector, SnapshotStore
 from aios.common.store import Commit as StoredCommit
@@ -30,6 +31,8 @@ from aios.scheduler.state import STATE_SCHEMA, SchedulerState, fold_commit, job_
 
 log = logging.getLogger("aios.scheduler")
 QUERY_PREFIX = "aios.sched"
+FOLDED = tuple(f"{kind}." for kind in (*JOB_AGGREGATES, "node", "tenant"))
+"""Aggregates whose commits change the scheduler's state (and so wake a round)."""
 
 
 class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -129,7 +132,7 @@ class SchedulerService(Service):
         pending.set_function(lambda: len(self.projector.state.pending()))
 
     def _on_commit(self, commit: StoredCommit) -> None:
-        if commit.aggregate.startswith(("job.", "run.", "node.", "tenant.")):
+        if commit.aggregate.startswith(FOLDED):
             self._wake.set()
 
     async def round(self) -> None:

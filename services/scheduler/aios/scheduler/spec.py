@@ -68,6 +68,12 @@ def check_serve(serve: dict[str, Any]) -> None:
                             "must be a number of milliseconds >= 0")
 
 
+def check_tenant(tenant: str, field: str = "tenant") -> None:
+    """A tenant name is a NATS subject token sequence too (its NATS identity and tenant API subjects)."""
+    if not _NAME.match(tenant):
+        raise SpecError(field, "lowercase letters, digits, '.', '_' or '-', 1 to 64 characters")
+
+
 def validate_spec(raw: Any) -> JobSpec:
     """A :class:`JobSpec` from decoded JSON/YAML, or :class:`SpecError` naming the first bad field."""
     if not isinstance(raw, dict):
@@ -87,8 +93,7 @@ def validate_spec(raw: Any) -> JobSpec:
         raise SpecError(field, text.split(" - at ")[0]) from None
     if not _NAME.match(spec.name):
         raise SpecError("name", "lowercase letters, digits, '.', '_' or '-', 1 to 64 characters, alphanumeric ends")
-    if not _NAME.match(spec.tenant):
-        raise SpecError("tenant", "lowercase letters, digits, '.', '_' or '-', 1 to 64 characters")
+    check_tenant(spec.tenant)
     if not -1000 <= spec.priority <= 1000:
         raise SpecError("priority", "must be between -1000 and 1000")
     if not 0 <= spec.devices <= 4096:

@@ -22,7 +22,7 @@ import zlib
 from typing import Any
 
 from aios.common import natsauth, tracing
-from aios.common.events import Assignment, JobFailed, JobStarted, JobSucceeded
+from aios.common.events import JOB_AGGREGATES, Assignment, JobFailed, JobStarted, JobSucceeded
 from aios.common.errors import AiosError, ConcurrencyConflict
 from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import Projector
@@ -142,7 +142,7 @@ class LauncherService(Service):
 
     async def _on_commit(self, commit: Commit) -> None:
         kind, _, ident = commit.aggregate.partition(".")
-        if kind in ("job", "run"):
+        if kind in JOB_AGGREGATES:
             await self._reconcile(ident)
         elif kind == "node":
             for job_id in {getattr(e, "job_id", None) for e in commit.events} - {None}:

@@ -3,8 +3,9 @@
 from aios.common.events.base import Event, event_types, schema_version, to_dict
 from aios.common.events.codec import decode, decode_one, decoder, encode, upcaster
 from aios.common.events.job import (
-    Assignment, CheckpointSaved, JobAdmitted, JobCancelled, JobCancelRequested, JobEvent, JobFailed, JobPlaced,
-    JobPreempted, JobProgress, JobRequeued, JobStarted, JobSubmitted, JobSucceeded, RunEvent, WorkerExited, WorkerStarted,
+    JOB_AGGREGATES, Assignment, CheckpointSaved, JobAdmitted, JobCancelled, JobCancelRequested, JobEvent, JobFailed,
+    JobPlaced, JobPreempted, JobProgress, JobRequeued, JobStarted, JobSubmitted, JobSucceeded, RunEvent, WorkerExited,
+    WorkerStarted,
 )
 from aios.common.events.node import (
     DeviceHealthy, DeviceInfo, DevicesLeased, DevicesReleased, DeviceUnhealthy, Link, MigInstance, NodeEvent,
@@ -18,7 +19,7 @@ from aios.common.events.tenant import TenantEvent, TenantQuotaSet
 
 __all__ = [
     "Event", "event_types", "schema_version", "to_dict", "decode", "decode_one", "decoder", "encode", "upcaster",
-    "Assignment", "JobAdmitted", "JobPlaced", "JobPreempted", "JobStarted", "JobSucceeded", "JobFailed",
+    "JOB_AGGREGATES", "Assignment", "JobAdmitted", "JobPlaced", "JobPreempted", "JobStarted", "JobSucceeded", "JobFailed",
     "JobEvent", "JobSubmitted", "JobCancelRequested", "JobCancelled", "JobRequeued", "WorkerStarted", "WorkerExited",
     "JobProgress", "CheckpointSaved", "RunEvent",
     "NodeEvent", "NodeRegistered", "DeviceInfo", "Link", "MigInstance", "DeviceUnhealthy", "DeviceHealthy", "NodeLost",

@@ -26,6 +26,10 @@ class RunEvent(JobEvent, frozen=True, kw_only=True):
     ABSTRACT: ClassVar[bool] = True
 
 
+JOB_AGGREGATES = ("job", "run")
+"""The aggregate kinds a job's events live on (decisions, then its nodes' reports): every fold of a job reads both."""
+
+
 class JobSubmitted(JobEvent, frozen=True, kw_only=True):
     """A user asked for a job to run. ``spec`` is the validated job spec as submitted."""
 

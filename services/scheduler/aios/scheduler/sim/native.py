@@ -31,8 +31,8 @@ import msgspec
 
 from aios.common.errors import ConfigError
 from aios.common.events import (
-    Event, JobCancelled, JobFailed, JobPlaced, JobPreempted, JobRequeued, JobStarted, JobSubmitted, JobSucceeded,
-    NodeRegistered,
+    Event, JobCancelled, JobEvent, JobFailed, JobPlaced, JobPreempted, JobRequeued, JobStarted, JobSubmitted,
+    JobSucceeded, NodeRegistered,
 )
 from aios.scheduler.sim.traces import TraceJob
 
@@ -241,7 +241,7 @@ def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
             nodes[ev.aggregate_id] = [d.kind for d in ev.devices]  # type: ignore[attr-defined]
             kind_of.update((d.uuid, d.kind) for d in ev.devices)  # type: ignore[attr-defined]
             continue
-        if ev.AGGREGATE not in ("job", "run"):
+        if not isinstance(ev, JobEvent):
             continue
         if kind is JobSubmitted:
             if ev.aggregate_id not in jobs:  # a duplicate submit changes nothing, as in the scheduler's fold
