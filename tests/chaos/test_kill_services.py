@@ -15,7 +15,7 @@ import pytest
 from aios.cli.cluster import LocalCluster
 from aios.common.events import JobCancelled, JobFailed, JobSubmitted, JobSucceeded
 from aios.common.store import connect
-from tests.scheduler.test_integration import _commits, check_no_double_booking
+from tests.scheduler.test_integration import _commits, _leased, check_no_double_booking
 from tests.scheduler.test_resilience import start, wait_registered
 
 JOBS = 200
@@ -69,10 +69,11 @@ async def soak(cluster: LocalCluster, jobs: int, victims: list[str]) -> str:
     while True:
         commits = await _commits(store)
         done = ended(commits)
-        if len(done) == jobs:
+        # The scheduler gives a job's devices back in the round after it ended: wait for that too.
+        if len(done) == jobs and not _leased(commits):
             break
         assert time.monotonic() < deadline, f"{len(done)} of {jobs} ended; stuck: " \
-            f"{sorted(set(acked) - set(done))[:10]}"
+            f"{sorted(set(acked) - set(done))[:10]}; leases held: {_leased(commits)}"
         await asyncio.sleep(0.5)
     assert [job for job, n in done.items() if n != 1] == [], "a job ended twice"
     submitted = {c.aggregate[4:]: c.seq for c in commits for e in c.events if isinstance(e, JobSubmitted)}
