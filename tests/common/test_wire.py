@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -65,6 +66,73 @@ def test_large_message_across_many_chunks() -> None:
         assert got == [body, b"ok"]
 
     asyncio.run(run())
+
+
+def _read(conn: RawNatsConnection, data: bytes, chunk: int) -> None:
+    """What asyncio does with a buffered protocol: ask for a buffer, receive into it, say how much."""
+    pos = 0
+    while pos < len(data):
+        buf = conn.get_buffer(-1)
+        n = min(len(buf), chunk, len(data) - pos)
+        buf[:n] = data[pos:pos + n]
+        conn.buffer_updated(n)
+        pos += n
+
+
+@pytest.mark.parametrize("chunk", [3, 4096, 1 << 20])
+async def test_large_messages_land_in_their_own_buffer_for_subscribers_that_take_buffers(chunk: int) -> None:
+    conn = RawNatsConnection()
+    conn.connection_made(_Transport())
+    got: list[tuple] = []
+    conn.subscribe("bulk.>", lambda s, r, h, p: got.append((s, r, h, type(p), bytes(p))), takes_buffers=True)
+    conn.subscribe("events.>", lambda s, r, h, p: got.append((s, r, h, type(p), bytes(p))))
+    big = bytes(range(256)) * 1000  # 256,000 bytes: above LARGE
+    hdr = b"NATS/1.0\r\nK: v\r\n\r\n"
+    data = (b"MSG bulk.0 1 %d\r\n%s\r\nPING\r\n" % (len(big), big)
+            + b"HMSG bulk.1 1 r.1 %d %d\r\n%s%s\r\n" % (len(hdr), len(hdr) + len(big), hdr, big)
+            + b"MSG events.x 2 %d\r\n%s\r\nMSG bulk.2 1 2\r\nok\r\n" % (len(big), big))
+    _read(conn, data, chunk)
+    # a message that did not arrive in one read goes to its own buffer (a memoryview), one that did is bytes
+    split = memoryview if chunk < len(big) else bytes
+    assert got == [
+        (b"bulk.0", None, None, split, big),
+        (b"bulk.1", b"r.1", hdr, memoryview, big),
+        (b"events.x", None, None, bytes, big),  # a subscriber that did not ask for buffers still gets bytes
+        (b"bulk.2", None, None, bytes, b"ok"),  # small messages are bytes for everyone
+    ]
+    conn._flush()
+    assert b"PONG\r\n" in conn.transport.sent  # type: ignore[union-attr]
+
+
+async def test_a_large_publish_is_sent_as_it_was_when_published(nats_server: Any) -> None:
+    """The payload goes to the socket without a copy where it can: changing the buffer right after publishing
+    must not change what the subscriber receives, and order with small messages is kept."""
+    pub = await RawNatsConnection.connect([nats_server.url])
+    sub = await RawNatsConnection.connect([nats_server.url])
+    got: list[bytes] = []
+    done = asyncio.Event()
+
+    def on_message(_s: bytes, _r: bytes | None, _h: bytes | None, p: bytes) -> None:
+        got.append(bytes(p))
+        if len(got) == 40:
+            done.set()
+    sub.subscribe("wt.>", on_message, takes_buffers=True)
+    await sub.ping()
+    buf = bytearray(900_000)
+    sent = []
+    for i in range(20):
+        buf[:] = bytes([i]) * len(buf)
+        pub.publish("wt.big", memoryview(buf))
+        sent.append(bytes(buf))
+        buf[:] = b"x" * len(buf)  # changed at once: the message must not see it
+        pub.publish("wt.small", str(i).encode())
+        sent.append(str(i).encode())
+        if i % 5 == 0:
+            await pub.ping()  # interleave server PINGs/PONGs with the traffic
+    await asyncio.wait_for(done.wait(), 30)
+    assert got == sent
+    pub.close()
+    sub.close()
 
 
 def test_ack_reply_layouts() -> None:

@@ -2,8 +2,10 @@
 
 nats-py turns every delivered message into a task-scheduled coroutine, a ``Msg`` object and a parsed header dict.
 Replaying a million-event log that way costs most of the time in the client. This connection parses the protocol
-synchronously in ``data_received`` and hands each message to a plain callback as bytes: no task, no header parsing
-unless the caller wants it. It speaks only what reading needs: CONNECT (user/password or token), SUB/UNSUB, PUB,
+synchronously as it arrives and hands each message to a plain callback as bytes: no task, no header parsing
+unless the caller wants it. Bulk data (the ``nats`` all-reduce) may opt into buffers instead of bytes: a message of
+``LARGE`` bytes or more is then read by the kernel straight into its own buffer, and a large publish goes to the
+socket without being joined into a new ``bytes`` first, which saves two or three copies of every byte. It speaks only what reading needs: CONNECT (user/password or token), SUB/UNSUB, PUB,
 request/reply, PING/PONG. Publishing and stream management stay with nats-py.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import ssl
 from collections import deque
 from typing import Callable
@@ -24,12 +27,39 @@ MessageHandler = Callable[[bytes, "bytes | None", "bytes | None", bytes], None]
 
 _CRLF = b"\r\n"
 
+LARGE = 64 << 10
+"""Messages at least this big are received into, or sent from, their own buffer instead of being copied around."""
+
+_SCRATCH = 256 << 10
+"""Bytes read per receive while parsing protocol lines and small messages (asyncio's own read size)."""
+
+
+class _LargeMessage:
+    """A message whose header line has been parsed and whose payload the kernel is writing into ``view``."""
+
+    __slots__ = ("subject", "reply", "hdr_len", "handler", "view", "got")
+
+    def __init__(self, subject: bytes, reply: bytes | None, hdr_len: int, total: int, handler: MessageHandler | None,
+                 first: bytes) -> None:
+        import numpy as np  # not zero-filled: every byte is written by the socket before the handler sees it
+
+        self.subject, self.reply, self.hdr_len, self.handler = subject, reply, hdr_len, handler
+        self.view = memoryview(np.empty(total + 2, dtype=np.uint8)).cast("B")  # payload and its CRLF
+        self.view[:len(first)] = first
+        self.got = len(first)
+
+    def deliver(self) -> None:
+        if self.handler is None:  # unsubscribed while it arrived
+            return
+        headers = bytes(self.view[:self.hdr_len]) if self.hdr_len >= 0 else None
+        self.handler(self.subject, self.reply, headers, self.view[max(0, self.hdr_len):len(self.view) - 2])
+
 
 def new_token() -> str:
     return os.urandom(9).hex()
 
 
-class RawNatsConnection(asyncio.Protocol):
+class RawNatsConnection(asyncio.BufferedProtocol):
     """One client connection. Create with :meth:`connect`; every message is dispatched by subscription id."""
 
     def __init__(self) -> None:
@@ -49,6 +79,13 @@ class RawNatsConnection(asyncio.Protocol):
         """Called with the server's message (``Permissions Violation for Publish to "<subject>"``)."""
         self._out: list[bytes] = []
         self._flush_scheduled = False
+        self._scratch = memoryview(bytearray(_SCRATCH))  # a view: asyncio's TLS reader fills slices of it
+        self._large: _LargeMessage | None = None
+        self._takes_buffers: set[bytes] = set()
+        """Subscriptions whose handler accepts any buffer (a memoryview) for a large payload, not only bytes."""
+        self._write_through = False
+        """Large payloads go to the socket as they are: only on a plain socket, whose transport copies what it cannot
+        send at once (a TLS transport keeps a reference, and the caller may change the buffer after publishing)."""
 
     # -- life cycle ------------------------------------------------------------------------------------------------
     @classmethod
@@ -74,6 +111,8 @@ class RawNatsConnection(asyncio.Protocol):
             ctx = tls or ssl.create_default_context()
             transport = await loop.start_tls(transport, conn, ctx, server_hostname=host)  # type: ignore[assignment]
             conn.transport = transport  # type: ignore[assignment]
+        else:
+            conn._write_through = isinstance(transport.get_extra_info("socket"), socket.socket)
         opts: dict[str, object] = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True,
                                    "protocol": 1, "lang": "python-aios", "version": "1", "name": name}
         if parts.username and parts.password is not None:
@@ -127,21 +166,34 @@ class RawNatsConnection(asyncio.Protocol):
         queued = self.transport.get_write_buffer_size() if self.transport is not None else 0
         return queued + sum(map(len, self._out))
 
-    def subscribe(self, subject: str, handler: MessageHandler) -> bytes:
+    def subscribe(self, subject: str, handler: MessageHandler, takes_buffers: bool = False) -> bytes:
+        """``takes_buffers``: the handler may be given a payload of ``LARGE`` bytes or more as a memoryview of a
+        buffer of its own (saves a copy), instead of bytes."""
         self._next_sid += 1
         sid = str(self._next_sid).encode()
         self._subs[sid] = handler
+        if takes_buffers:
+            self._takes_buffers.add(sid)
         self._write(b"SUB " + subject.encode() + b" " + sid + _CRLF)
         return sid
 
     def unsubscribe(self, sid: bytes) -> None:
+        self._takes_buffers.discard(sid)
         if self._subs.pop(sid, None) is not None and not self.is_closed:
             self._write(b"UNSUB " + sid + _CRLF)
 
-    def publish(self, subject: bytes | str, payload: bytes = b"", reply: str | None = None) -> None:
+    def publish(self, subject: bytes | str, payload: bytes | memoryview = b"", reply: str | None = None) -> None:
+        """The payload may be any contiguous byte buffer; it is copied or sent before this returns, so the caller
+        may change it afterwards."""
         subj = subject.encode() if isinstance(subject, str) else subject
         head = b"PUB " + subj + (b" " + reply.encode() if reply else b"") + b" " + str(len(payload)).encode()
-        self._write(head + _CRLF + payload + _CRLF)
+        if len(payload) < LARGE or not self._write_through:
+            self._write(head + _CRLF + payload + _CRLF)
+            return
+        self._write(head + _CRLF)
+        self._flush()  # in order: what was queued, then the payload straight from the caller's buffer
+        self.transport.write(payload)  # type: ignore[union-attr]  # sends what it can, copies only the rest
+        self.transport.write(_CRLF)  # type: ignore[union-attr]  # now: a PONG must not come between
 
     def publish_with_headers(self, subject: bytes, headers: bytes, payload: bytes, reply: bytes) -> None:
         """HPUB; ``headers`` is a complete block (``NATS/1.0\r\n...\r\n\r\n``)."""
@@ -181,6 +233,22 @@ class RawNatsConnection(asyncio.Protocol):
             self.unsubscribe(sid)
 
     # -- protocol parsing --------------------------------------------------------------------------------------------
+    def get_buffer(self, sizehint: int) -> memoryview:
+        large = self._large
+        if large is not None:
+            return large.view[large.got:]
+        return self._scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
+        large = self._large
+        if large is None:
+            self.data_received(bytes(self._scratch[:nbytes]))
+            return
+        large.got += nbytes
+        if large.got == len(large.view):
+            self._large = None
+            large.deliver()
+
     def data_received(self, data: bytes) -> None:
         if self._need:
             # A large message is still arriving: collect chunks without re-copying the buffer each time.
@@ -208,6 +276,12 @@ class RawNatsConnection(asyncio.Protocol):
                 start = eol + 2
                 end = start + total
                 if end + 2 > n:
+                    if total >= LARGE and head[1] in self._takes_buffers:
+                        reply = head[2] if len(head) == (5 if op == b"HMSG" else 4) else None
+                        self._large = _LargeMessage(head[0], reply, int(head[-2]) if op == b"HMSG" else -1, total,
+                                                    subs.get(head[1]), buf[start:])
+                        pos = n
+                        break
                     self._need = end + 2 - pos
                     break
                 handler = subs.get(head[1])

@@ -120,7 +120,7 @@ class _RawLink(_Link):
     async def subscribe(self, subject: str, on_message: Callable[[str, bytes], None]) -> Any:
         def deliver(subj: bytes, _reply: bytes | None, _hdr: bytes | None, data: bytes) -> None:
             on_message(subj.decode(), data)
-        return self.conn.subscribe(subject, deliver)
+        return self.conn.subscribe(subject, deliver, takes_buffers=True)  # np.frombuffer reads any buffer
 
     async def unsubscribe(self, token: Any) -> None:
         self.conn.unsubscribe(token)
