@@ -14,13 +14,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import ssl
 from collections import deque
 from typing import Callable
 from urllib.parse import unquote, urlsplit
 
 from aios.common.errors import StoreUnavailable
+
+try:  # the transport of a plain TCP connection, which copies on write whatever it cannot send at once
+    from asyncio.selector_events import _SelectorSocketTransport as _SOCKET_TRANSPORT
+except ImportError:  # pragma: no cover - another event loop: every payload is copied into the message
+    _SOCKET_TRANSPORT = ()  # type: ignore[assignment,misc]
 
 MessageHandler = Callable[[bytes, "bytes | None", "bytes | None", bytes], None]
 """handler(subject, reply, headers or None, payload); called synchronously, must not block or raise."""
@@ -112,7 +116,7 @@ class RawNatsConnection(asyncio.BufferedProtocol):
             transport = await loop.start_tls(transport, conn, ctx, server_hostname=host)  # type: ignore[assignment]
             conn.transport = transport  # type: ignore[assignment]
         else:
-            conn._write_through = isinstance(transport.get_extra_info("socket"), socket.socket)
+            conn._write_through = isinstance(transport, _SOCKET_TRANSPORT)
         opts: dict[str, object] = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True,
                                    "protocol": 1, "lang": "python-aios", "version": "1", "name": name}
         if parts.username and parts.password is not None:
