@@ -9,11 +9,12 @@ import sys
 
 def test_bench_allreduce_prints_bandwidths(aios_env: dict[str, str]) -> None:
     out = subprocess.run([sys.executable, "-m", "aios.cli.main", "bench", "allreduce", "--ranks", "2", "--mb", "1,16",
-                          "--iters", "1"], env=aios_env, capture_output=True, text=True, timeout=240)
+                          "--iters", "1", "--rounds", "2"], env=aios_env, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
     nats16 = report["backends"]["nats"]["16"]
     assert nats16["algbw_gbs"] > 0 and nats16["busbw_gbs"] == nats16["algbw_gbs"]  # 2 ranks: 2(n-1)/n = 1
+    assert report["rounds"] == 2 and report["iters"] == 1
     where = report["where_time_goes"]
     assert where["numpy_add"]["algbw_gbs"] > 0
     rank0 = where["nats_cpu_per_op"]["16"]["rank0"]

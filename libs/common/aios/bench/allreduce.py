@@ -1,7 +1,9 @@
 """``aios bench allreduce``: bandwidth of the all-reduce backends between local processes, nccl-tests style.
 
 For each backend and size, ``ranks`` processes all-reduce a float32 array ``iters`` times after a warm-up; the time
-of one operation is the median over the iterations, as rank 0 measures it between barriers. As in nccl-tests:
+of one operation is the median over the iterations, as rank 0 measures it between barriers. The backends take turns
+for ``rounds`` rounds (nats, gloo, nats, gloo, ...) and each one's median is over all its rounds: on a shared
+machine the load drifts, and a ratio of two figures taken minutes apart would measure the drift. As in nccl-tests:
 ``algbw = bytes / time`` and ``busbw = algbw * 2 (n - 1) / n`` (what each rank's link carries in a ring), in GB/s
 (10^9 bytes). The ``nats`` backend runs through an embedded nats-server started for the run; ``gloo`` runs when torch
 is installed. To show where the time goes, rank 0 reports the CPU seconds (user, system) that it and, for nats,
@@ -89,7 +91,7 @@ def _rank_main(backend: str, rank: int, ranks: int, sizes_mb: list[int], iters: 
                 expected = ranks * (ranks + 1) / 2
                 if not np.allclose(reduced[:: max(1, reduced.size // 1000)], expected):
                     raise RuntimeError(f"{backend}: wrong sum at {mb} MiB")
-                result[str(mb)] = {"seconds": statistics.median(times), "cpu_per_op": cpu}
+                result[str(mb)] = {"times": times, "cpu_per_op": cpu}
             if rank == 0:
                 out.put((backend, result))
         finally:
@@ -125,6 +127,26 @@ def _run_backend(backend: str, ranks: int, sizes_mb: list[int], iters: int,
     if bad:
         raise RuntimeError(f"{backend}: a rank exited with {bad}")
     return result
+
+
+def _rounds(backend: str, ranks: int, sizes_mb: list[int], iters: int, where: dict[str, Any],
+            results: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """One more round of ``backend``, merged into ``results``: all times kept, CPU per operation averaged."""
+    new = _run_backend(backend, ranks, sizes_mb, iters, where)
+    if results is None:
+        return {mb: {"times": r["times"], "cpu_per_op": r["cpu_per_op"], "rounds": 1} for mb, r in new.items()}
+    for mb, r in new.items():
+        old = results[mb]
+        n = old["rounds"]
+        old["cpu_per_op"] = {who: {k: round((v * n + r["cpu_per_op"][who][k]) / (n + 1), 2) for k, v in cpu.items()}
+                             for who, cpu in old["cpu_per_op"].items()}
+        old["times"] = old["times"] + r["times"]
+        old["rounds"] = n + 1
+    return results
+
+
+def _report(ranks: int, results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    return {mb: _bandwidth(int(mb) * MIB, statistics.median(r["times"]), ranks) for mb, r in results.items()}
 
 
 def _transport_side(role: str, url: str, nbytes: int, iters: int, out: Any) -> None:
@@ -211,14 +233,21 @@ def torch_available() -> bool:
     return True
 
 
-def main(ranks: int = 2, sizes_mb: list[int] | None = None, iters: int = 5) -> dict[str, Any]:
+def main(ranks: int = 2, sizes_mb: list[int] | None = None, iters: int = 20, rounds: int = 3) -> dict[str, Any]:
     from aios.common.natsserver import NatsServer, free_port
 
     sizes_mb = sizes_mb or [1, 16, 64]
-    report: dict[str, Any] = {"ranks": ranks, "sizes_mib": sizes_mb, "iters": iters, "backends": {}}
+    gloo = torch_available()
+    report: dict[str, Any] = {"ranks": ranks, "sizes_mib": sizes_mb, "iters": iters, "rounds": rounds, "backends": {}}
+    nats_times = gloo_times = None
     with tempfile.TemporaryDirectory(prefix="aios-bench-allreduce-") as tmp, NatsServer(tmp) as server:
-        nats_times = _run_backend("nats", ranks, sizes_mb, iters, {"url": server.url, "server_pid": server.pid})
-        report["backends"]["nats"] = {mb: _bandwidth(int(mb) * MIB, t["seconds"], ranks) for mb, t in nats_times.items()}
+        for _ in range(rounds):
+            nats_times = _rounds("nats", ranks, sizes_mb, iters, {"url": server.url, "server_pid": server.pid},
+                                 nats_times)
+            if gloo:
+                gloo_times = _rounds("torch", ranks, sizes_mb, iters, {"port": free_port()}, gloo_times)
+        assert nats_times is not None
+        report["backends"]["nats"] = _report(ranks, nats_times)
         largest = max(sizes_mb) * MIB
         report["where_time_goes"] = {
             "bytes": largest,
@@ -227,9 +256,8 @@ def main(ranks: int = 2, sizes_mb: list[int] | None = None, iters: int = 5) -> d
             "numpy_add": _bandwidth(largest, _numpy_add(largest), 2),
             "ring_bytes_sent_per_rank": int(largest * 2 * (ranks - 1) / ranks),
         }
-    if torch_available():
-        gloo_times = _run_backend("torch", ranks, sizes_mb, iters, {"port": free_port()})
-        report["backends"]["gloo"] = {mb: _bandwidth(int(mb) * MIB, t["seconds"], ranks) for mb, t in gloo_times.items()}
+    if gloo_times is not None:
+        report["backends"]["gloo"] = _report(ranks, gloo_times)
         report["where_time_goes"]["gloo_cpu_per_op"] = {mb: t["cpu_per_op"] for mb, t in gloo_times.items()}
         if "16" in nats_times and "16" in gloo_times:
             report["ratio_16mb_nats_over_gloo"] = round(

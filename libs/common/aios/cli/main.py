@@ -259,7 +259,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.bench == "allreduce":
         from aios.bench import allreduce
 
-        result = allreduce.main(ranks=args.ranks, sizes_mb=args.mb, iters=args.iters)
+        result = allreduce.main(ranks=args.ranks, sizes_mb=args.mb, iters=args.iters, rounds=args.rounds)
     elif args.bench == "inventory":
         from aios.bench import inventory
 
@@ -447,7 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
     allr = bench_sub.add_parser("allreduce", help="all-reduce bandwidth (algbw/busbw) of the nats and gloo backends")
     allr.add_argument("--ranks", type=_positive, default=2, help="processes in the group (default 2)")
     allr.add_argument("--mb", type=_mib_list, default=[1, 16, 64], help="sizes in MiB, comma-separated (1,16,64)")
-    allr.add_argument("--iters", type=_positive, default=5, help="timed operations per size (median reported)")
+    allr.add_argument("--iters", type=_positive, default=20,
+                      help="timed operations per size and round (nccl-tests' default; median reported)")
+    allr.add_argument("--rounds", type=_positive, default=3,
+                      help="rounds in which the backends take turns (the median is over all of them)")
     allr.set_defaults(handler=cmd_bench)
 
     serve_b = bench_sub.add_parser("serve", help="requests/s and p50/p99 latency of one serving replica, batched and not")
