@@ -222,12 +222,15 @@ class NatsRing(Collective):
                               memoryview(np.ascontiguousarray(view)).cast("B"))  # type: ignore[arg-type]
 
     async def allreduce(self, array: np.ndarray) -> np.ndarray:
-        buf = np.array(array, copy=True).reshape(-1)
+        mine = np.ascontiguousarray(array).reshape(-1)  # our contribution, read but never written
         op = self._op
         self._op += 1
         w, r = self.world, self.rank
         if w == 1:
-            return buf
+            return mine.copy()
+        # Not a copy of ``mine``: every element of the result is written once, by the reduce-scatter step that adds
+        # our contribution to a neighbour's partial sum, or by the all-gather that brings a finished segment.
+        buf = np.empty_like(mine)
         nxt, prev = (r + 1) % w, (r - 1) % w
         seg = segment_bounds(buf.size, w)
         per = max(1, self.chunk_bytes // buf.itemsize)
@@ -235,11 +238,11 @@ class NatsRing(Collective):
         last_rs = w - 2  # the reduce-scatter steps are 0 .. w-2, the all-gather steps w-1 .. 2w-3
 
         for c, (a, b) in enumerate(chunks[r]):  # reduce-scatter step 0: our own segment goes out as it is
-            await self._send(nxt, (op, 0, c), buf[a:b])
+            await self._send(nxt, (op, 0, c), mine[a:b])
         for s in range(w - 1):
             for c, (a, b) in enumerate(chunks[(r - s - 1) % w]):
                 data = await self._recv((op, s, c), prev)
-                buf[a:b] += np.frombuffer(data, dtype=buf.dtype)
+                np.add(np.frombuffer(data, dtype=buf.dtype), mine[a:b], out=buf[a:b])
                 # forward at once: to the next reduce-scatter step, or (fully reduced) into the all-gather
                 await self._send(nxt, (op, s + 1, c), buf[a:b])
         for s in range(w - 1):
