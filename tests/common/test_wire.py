@@ -104,6 +104,23 @@ async def test_large_messages_land_in_their_own_buffer_for_subscribers_that_take
     assert b"PONG\r\n" in conn.transport.sent  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("chunk", [5, 70_000, 1 << 20])
+async def test_a_landing_zone_receives_the_payload_in_place(chunk: int) -> None:
+    conn = RawNatsConnection()
+    conn.connection_made(_Transport())
+    target = bytearray(300_000)
+    zones = {b"bulk.a": memoryview(target)[100_000:200_000]}
+    got: list[tuple] = []
+    conn.subscribe("bulk.>", lambda s, r, h, p: got.append((s, p)), land=lambda s, size: zones.get(s))
+    a, b = bytes([7]) * 100_000, bytes([9]) * 100_000
+    _read(conn, b"MSG bulk.a 1 100000\r\n%s\r\nMSG bulk.b 1 100000\r\n%s\r\n" % (a, b), chunk)
+    assert [s for s, _ in got] == [b"bulk.a", b"bulk.b"]
+    if chunk < 100_000:  # split across reads: written where the caller said, and handed over as that very view
+        assert got[0][1] is zones[b"bulk.a"] and target[100_000:200_000] == a
+    assert bytes(got[0][1]) == a and bytes(got[1][1]) == b
+    assert target[:100_000] == bytes(100_000) and target[200_000:] == bytes(100_000)  # nothing around it touched
+
+
 async def test_a_large_publish_is_sent_as_it_was_when_published(nats_server: Any) -> None:
     """The payload goes to the socket without a copy where it can: changing the buffer right after publishing
     must not change what the subscriber receives, and order with small messages is kept."""

@@ -77,6 +77,30 @@ async def test_many_operations_in_flight_do_not_mix(nats_server: NatsServer) -> 
         await close(conns, rings)
 
 
+@pytest.mark.parametrize("world", [2, 3, 5])
+async def test_large_chunks_land_in_the_result_and_equal_numpy_sum(nats_server: NatsServer, world: int) -> None:
+    """Chunks of the server's largest message: the all-gather writes them straight into the result on arrival, and
+    a rank running ahead into the next operation must not get the previous one's data."""
+    conns, rings = await ranks(nats_server.url, f"large{world}", world, timeout_s=30)
+    try:
+        rng = np.random.default_rng(world)
+        for size in (3 * (1 << 18) + 7, 700_001):  # segments of several 1 MiB chunks; uneven
+            inputs = [[rng.standard_normal(size).astype(np.float32) for _ in range(3)] for _ in range(world)]
+            kept = [[a.copy() for a in per_rank] for per_rank in inputs]
+
+            async def three(r: int) -> list[np.ndarray]:
+                return [await rings[r].allreduce(a) for a in inputs[r]]
+            outs = await asyncio.gather(*(three(r) for r in range(world)))
+            for i in range(3):
+                expected = np.sum(np.stack([inputs[r][i] for r in range(world)]).astype(np.float64), axis=0)
+                for r in range(world):
+                    np.testing.assert_allclose(outs[r][i], expected, rtol=1e-4, atol=1e-4)
+            assert all((a == b).all() for per_a, per_b in zip(inputs, kept) for a, b in zip(per_a, per_b)), \
+                "the inputs are left as they were"
+    finally:
+        await close(conns, rings)
+
+
 async def test_a_dead_rank_fails_the_others_within_the_timeout(nats_server: NatsServer) -> None:
     conns, rings = await ranks(nats_server.url, "dead", 3, timeout_s=1.5)
     try:

@@ -38,25 +38,53 @@ _SCRATCH = 256 << 10
 """Bytes read per receive while parsing protocol lines and small messages (asyncio's own read size)."""
 
 
-class _LargeMessage:
-    """A message whose header line has been parsed and whose payload the kernel is writing into ``view``."""
+LandingZone = Callable[[bytes, int], "memoryview | None"]
+"""land(subject, size): where the payload of a large message should be written (a writable byte view of exactly
+``size`` bytes), or None for a buffer of its own."""
 
-    __slots__ = ("subject", "reply", "hdr_len", "handler", "view", "got")
+
+class _LargeMessage:
+    """A message whose header line has been parsed and whose payload the kernel is writing into ``view`` (then its
+    CRLF into ``tail``)."""
+
+    __slots__ = ("subject", "reply", "hdr_len", "handler", "view", "tail", "got")
 
     def __init__(self, subject: bytes, reply: bytes | None, hdr_len: int, total: int, handler: MessageHandler | None,
-                 first: bytes) -> None:
-        import numpy as np  # not zero-filled: every byte is written by the socket before the handler sees it
-
+                 first: bytes, land: LandingZone | None) -> None:
         self.subject, self.reply, self.hdr_len, self.handler = subject, reply, hdr_len, handler
-        self.view = memoryview(np.empty(total + 2, dtype=np.uint8)).cast("B")  # payload and its CRLF
-        self.view[:len(first)] = first
-        self.got = len(first)
+        view = land(subject, total) if land is not None and hdr_len < 0 else None
+        if view is None or len(view) != total:
+            import numpy as np  # not zero-filled: every byte is written by the socket before the handler sees it
+
+            view = memoryview(np.empty(total, dtype=np.uint8)).cast("B")
+        self.view, self.tail = view, memoryview(bytearray(2))
+        self.got = 0
+        self.take(first)
+
+    def take(self, data: bytes) -> None:
+        """Bytes of the message that arrived with its header line."""
+        total = len(self.view)
+        payload = min(len(data), max(0, total - self.got))
+        if payload:
+            self.view[self.got:self.got + payload] = data[:payload]
+        if len(data) > payload:
+            at = self.got + payload - total
+            self.tail[at:at + len(data) - payload] = data[payload:]
+        self.got += len(data)
+
+    def buffer(self) -> memoryview:
+        total = len(self.view)
+        return self.view[self.got:] if self.got < total else self.tail[self.got - total:]
+
+    @property
+    def complete(self) -> bool:
+        return self.got == len(self.view) + 2
 
     def deliver(self) -> None:
         if self.handler is None:  # unsubscribed while it arrived
             return
         headers = bytes(self.view[:self.hdr_len]) if self.hdr_len >= 0 else None
-        self.handler(self.subject, self.reply, headers, self.view[max(0, self.hdr_len):len(self.view) - 2])
+        self.handler(self.subject, self.reply, headers, self.view if headers is None else self.view[self.hdr_len:])
 
 
 def new_token() -> str:
@@ -85,7 +113,7 @@ class RawNatsConnection(asyncio.BufferedProtocol):
         self._flush_scheduled = False
         self._scratch = memoryview(bytearray(_SCRATCH))  # a view: asyncio's TLS reader fills slices of it
         self._large: _LargeMessage | None = None
-        self._takes_buffers: set[bytes] = set()
+        self._takes_buffers: dict[bytes, LandingZone | None] = {}
         """Subscriptions whose handler accepts any buffer (a memoryview) for a large payload, not only bytes."""
         self._write_through = False
         """Large payloads go to the socket as they are: only on a plain socket, whose transport copies what it cannot
@@ -170,19 +198,21 @@ class RawNatsConnection(asyncio.BufferedProtocol):
         queued = self.transport.get_write_buffer_size() if self.transport is not None else 0
         return queued + sum(map(len, self._out))
 
-    def subscribe(self, subject: str, handler: MessageHandler, takes_buffers: bool = False) -> bytes:
+    def subscribe(self, subject: str, handler: MessageHandler, takes_buffers: bool = False,
+                  land: LandingZone | None = None) -> bytes:
         """``takes_buffers``: the handler may be given a payload of ``LARGE`` bytes or more as a memoryview of a
-        buffer of its own (saves a copy), instead of bytes."""
+        buffer of its own (saves a copy), instead of bytes. ``land`` (implies it) names that buffer per message, so
+        the kernel writes the payload where the caller wants it (the handler then gets that very view)."""
         self._next_sid += 1
         sid = str(self._next_sid).encode()
         self._subs[sid] = handler
-        if takes_buffers:
-            self._takes_buffers.add(sid)
+        if takes_buffers or land is not None:
+            self._takes_buffers[sid] = land
         self._write(b"SUB " + subject.encode() + b" " + sid + _CRLF)
         return sid
 
     def unsubscribe(self, sid: bytes) -> None:
-        self._takes_buffers.discard(sid)
+        self._takes_buffers.pop(sid, None)
         if self._subs.pop(sid, None) is not None and not self.is_closed:
             self._write(b"UNSUB " + sid + _CRLF)
 
@@ -239,9 +269,7 @@ class RawNatsConnection(asyncio.BufferedProtocol):
     # -- protocol parsing --------------------------------------------------------------------------------------------
     def get_buffer(self, sizehint: int) -> memoryview:
         large = self._large
-        if large is not None:
-            return large.view[large.got:]
-        return self._scratch
+        return self._scratch if large is None else large.buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
         large = self._large
@@ -249,7 +277,7 @@ class RawNatsConnection(asyncio.BufferedProtocol):
             self.data_received(bytes(self._scratch[:nbytes]))
             return
         large.got += nbytes
-        if large.got == len(large.view):
+        if large.complete:
             self._large = None
             large.deliver()
 
@@ -283,7 +311,7 @@ class RawNatsConnection(asyncio.BufferedProtocol):
                     if total >= LARGE and head[1] in self._takes_buffers:
                         reply = head[2] if len(head) == (5 if op == b"HMSG" else 4) else None
                         self._large = _LargeMessage(head[0], reply, int(head[-2]) if op == b"HMSG" else -1, total,
-                                                    subs.get(head[1]), buf[start:])
+                                                    subs.get(head[1]), buf[start:], self._takes_buffers[head[1]])
                         pos = n
                         break
                     self._need = end + 2 - pos

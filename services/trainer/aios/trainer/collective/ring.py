@@ -67,7 +67,9 @@ class _Link:
     async def publish(self, subject: str, data: bytes) -> None:
         raise NotImplementedError
 
-    async def subscribe(self, subject: str, on_message: Callable[[str, bytes], None]) -> Any:
+    async def subscribe(self, subject: str, on_message: Callable[[str, bytes], None],
+                        land: Callable[[bytes, int], memoryview | None] | None = None) -> Any:
+        """``land(subject, size)``: where a large payload may be written directly (ignored where unsupported)."""
         raise NotImplementedError
 
     async def unsubscribe(self, token: Any) -> None:
@@ -87,7 +89,8 @@ class _PyLink(_Link):
     async def publish(self, subject: str, data: bytes) -> None:
         await self.nc.publish(subject, data)
 
-    async def subscribe(self, subject: str, on_message: Callable[[str, bytes], None]) -> Any:
+    async def subscribe(self, subject: str, on_message: Callable[[str, bytes], None],
+                        land: Callable[[bytes, int], memoryview | None] | None = None) -> Any:
         async def deliver(msg: Any) -> None:
             on_message(msg.subject, msg.data)
         return await self.nc.subscribe(subject, cb=deliver, pending_bytes_limit=1 << 30, pending_msgs_limit=1 << 20)
@@ -117,10 +120,11 @@ class _RawLink(_Link):
         while self.conn.write_buffer_size() > self.high_water and not self.conn.is_closed:
             await asyncio.sleep(0.0002)  # the loop sends (and receives) meanwhile
 
-    async def subscribe(self, subject: str, on_message: Callable[[str, bytes], None]) -> Any:
+    async def subscribe(self, subject: str, on_message: Callable[[str, bytes], None],
+                        land: Callable[[bytes, int], memoryview | None] | None = None) -> Any:
         def deliver(subj: bytes, _reply: bytes | None, _hdr: bytes | None, data: bytes) -> None:
             on_message(subj.decode(), data)
-        return self.conn.subscribe(subject, deliver, takes_buffers=True)  # np.frombuffer reads any buffer
+        return self.conn.subscribe(subject, deliver, takes_buffers=True, land=land)  # np.frombuffer reads any buffer
 
     async def unsubscribe(self, token: Any) -> None:
         self.conn.unsubscribe(token)
@@ -146,6 +150,8 @@ class NatsRing(Collective):
         self._waiting: dict[tuple[int, int, int], asyncio.Future[bytes]] = {}
         self._aborted: str | None = None
         self._subs: list[Any] = []
+        self._landing: dict[tuple[int, int, int], memoryview] = {}
+        """Where all-gather chunks we expect may be written on arrival: straight into the result."""
 
     @classmethod
     async def join(cls, nc: Any, group: str, rank: int, world: int, **options: Any) -> "NatsRing":
@@ -155,7 +161,7 @@ class NatsRing(Collective):
         ring = cls(nc, group, rank, world, **options)
         if world > 1:
             reuse_large_buffers()
-        ring._subs.append(await ring.nc.subscribe(f"aios.coll.{group}.{rank}.>", ring._on_data))
+        ring._subs.append(await ring.nc.subscribe(f"aios.coll.{group}.{rank}.>", ring._on_data, ring._land))
         ring._subs.append(await ring.nc.subscribe(f"aios.coll.{group}.abort", ring._on_abort))
         await ring.nc.flush()
         await ring._handshake()
@@ -184,6 +190,10 @@ class NatsRing(Collective):
             await asyncio.sleep(0.02)
         for _ in range(3):
             await hello()
+
+    def _land(self, subject: bytes, size: int) -> memoryview | None:
+        parts = subject.rsplit(b".", 3)
+        return self._landing.get((int(parts[1]), int(parts[2]), int(parts[3])))
 
     def _on_data(self, subject: str, data: bytes) -> None:
         parts = subject.rsplit(".", 3)
@@ -236,6 +246,12 @@ class NatsRing(Collective):
         per = max(1, self.chunk_bytes // buf.itemsize)
         chunks = [chunk_bounds(seg[i], seg[i + 1], per) for i in range(w)]
         last_rs = w - 2  # the reduce-scatter steps are 0 .. w-2, the all-gather steps w-1 .. 2w-3
+        # no all-gather chunk of this operation can come before our reduce-scatter data has gone out: say now
+        # where each should land
+        for s in range(w - 1):
+            for c, (a, b) in enumerate(chunks[(r - s) % w]):
+                if b > a:
+                    self._landing[(op, last_rs + 1 + s, c)] = memoryview(buf[a:b]).cast("B")
 
         for c, (a, b) in enumerate(chunks[r]):  # reduce-scatter step 0: our own segment goes out as it is
             await self._send(nxt, (op, 0, c), mine[a:b])
@@ -249,7 +265,8 @@ class NatsRing(Collective):
             step = last_rs + 1 + s
             for c, (a, b) in enumerate(chunks[(r - s) % w]):
                 data = await self._recv((op, step, c), prev)
-                buf[a:b] = np.frombuffer(data, dtype=buf.dtype)
+                if data is not self._landing.pop((op, step, c), None):  # not written in place on arrival
+                    buf[a:b] = np.frombuffer(data, dtype=buf.dtype)
                 if s < w - 2:
                     await self._send(nxt, (op, step + 1, c), buf[a:b])
         return buf.reshape(np.shape(array))
