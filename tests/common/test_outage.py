@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,10 @@ async def test_append_during_outage_fails_loudly(killable_nats: NatsServer) -> N
     assert [type(e).__name__ for e in history.events] == ["JobSubmitted", "JobCancelRequested"]
     assert history.version == result.seq
     await store.close()
+
+
+def test_an_embedded_server_can_be_held_to_fewer_cores(tmp_path: Path) -> None:
+    """The all-reduce bench gives the relay only the cores its ranks leave: the Go runtime must see the limit."""
+    with NatsServer(tmp_path, gomaxprocs=1) as server:
+        environ = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
+        assert b"GOMAXPROCS=1" in environ

@@ -240,7 +240,13 @@ def main(ranks: int = 2, sizes_mb: list[int] | None = None, iters: int = 20, rou
     gloo = torch_available()
     report: dict[str, Any] = {"ranks": ranks, "sizes_mib": sizes_mb, "iters": iters, "rounds": rounds, "backends": {}}
     nats_times = gloo_times = None
-    with tempfile.TemporaryDirectory(prefix="aios-bench-allreduce-") as tmp, NatsServer(tmp) as server:
+    # The relay gets the cores the ranks leave it, as an MPI launcher binds ranks to cores: with Go's default of one
+    # thread per core, the server's threads wake and spin on the ranks' cores (on 2 cores, 2 ranks: its system time
+    # per 16 MiB op 20-21 ms -> 12.5-14 ms). A server on its own host would keep all its cores.
+    cores = os.cpu_count() or 1
+    report["server_gomaxprocs"] = gomaxprocs = max(1, cores - ranks)
+    with tempfile.TemporaryDirectory(prefix="aios-bench-allreduce-") as tmp, \
+            NatsServer(tmp, gomaxprocs=gomaxprocs) as server:
         for _ in range(rounds):
             nats_times = _rounds("nats", ranks, sizes_mb, iters, {"url": server.url, "server_pid": server.pid},
                                  nats_times)

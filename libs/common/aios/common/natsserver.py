@@ -65,13 +65,17 @@ class NatsServer:
         server_name: str = "aios-embedded",
         log_file: str | os.PathLike[str] | None = None,
         extra_args: list[str] | None = None,
+        gomaxprocs: int | None = None,
     ) -> None:
+        """``gomaxprocs``: cores the server's Go runtime may run on at once (default: all). Where the server shares a
+        small machine with busy processes, Go's threads waking on every core take CPU those processes need."""
         self.store_dir = Path(store_dir)
         self.host = host
         self.port = port or free_port(host)
         self.server_name = server_name
         self.log_file = Path(log_file) if log_file else self.store_dir / "nats-server.log"
         self.extra_args = list(extra_args or [])
+        self.gomaxprocs = gomaxprocs
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -95,8 +99,9 @@ class NatsServer:
             "--addr", self.host, "--port", str(self.port), "--server_name", self.server_name,
             "--log", str(self.log_file), *self.extra_args,
         ]
+        env = None if self.gomaxprocs is None else {**os.environ, "GOMAXPROCS": str(self.gomaxprocs)}
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     preexec_fn=die_with_parent)
+                                     preexec_fn=die_with_parent, env=env)
         self._wait_ready(timeout)
         return self
 
