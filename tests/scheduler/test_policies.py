@@ -229,6 +229,26 @@ def test_maxmin_spreads_each_job_over_interchangeable_kinds() -> None:
     assert share["one"] == share["two"] == {"k80": 0.5, "v100": 0.5}
 
 
+def test_maxmin_keeps_a_job_on_its_kind_until_the_plan_owes_it_more_than_a_quantum_elsewhere() -> None:
+    """Each job is owed half its time on each kind; it changes kind every second quantum, not every quantum."""
+    c = Cluster(("a", "v100", 1), ("b", "k80", 1))
+    for name in ("one", "two"):
+        c.submit(name, 1, device_types=["v100", "k80"], throughput={"v100": 4.0, "k80": 1.0})
+    maxmin = make_policy("maxmin")
+    step(c.state, maxmin, 1.0)
+    first = {job: c.where(job) for job in ("one", "two")}
+    plan = step(c.state, maxmin, 361.0)  # owed 360 s more on the other kind: one quantum, it stays
+    assert not plan.preemptions and {job: c.where(job) for job in ("one", "two")} == first
+    plan = step(c.state, maxmin, 721.0)  # owed 720 s more there now: both swap kinds
+    assert sorted(p.job_id for p in plan.preemptions) == ["one", "two"]
+    assert all("migrating to" in p.reason for p in plan.preemptions)
+    for job in ("one", "two"):
+        c.workers_exited(job, 722.0)
+    step(c.state, maxmin, 722.0)
+    step(c.state, maxmin, 722.0)
+    assert {job: c.where(job) for job in ("one", "two")} == {"one": first["two"], "two": first["one"]}
+
+
 def test_gittins_index_by_hand() -> None:
     from aios.scheduler.policies.gittins import gittins_index
     # sizes 1 and 10: a budget of 1 finishes half the jobs for 1 s of service each -> 0.5 per second

@@ -19,6 +19,9 @@ ACTIVE = (PLACED, RUNNING, PREEMPTING, PENDING)
 
 class PlannedTimeShare(TimeSharedHeteroLAS):
     trade_singles = False
+    stay_quanta = 0.0
+    """A running job keeps its kind while the plan owes it at most this many quanta more elsewhere: the plan's shares
+    are still met over time, in longer stretches, with fewer migrations (each a checkpoint and a restart)."""
 
     def __init__(self, **options: float) -> None:
         super().__init__(**options)  # type: ignore[arg-type]
@@ -81,7 +84,13 @@ class PlannedTimeShare(TimeSharedHeteroLAS):
         if planned is None:
             return kinds
         owed = self._deficit(job)
-        return sorted((k for k in kinds if planned.get(k, 0.0) > 1e-6), key=lambda k: -owed.get(k, 0.0))
+        order = sorted((k for k in kinds if planned.get(k, 0.0) > 1e-6), key=lambda k: -owed.get(k, 0.0))
+        if self.stay_quanta and job.status in (PLACED, RUNNING) and len(job.run_kinds) == 1 and order:
+            here = job.run_kinds[0]
+            if here in order and owed[order[0]] - owed[here] <= self.stay_quanta * self.quantum_s:
+                order.remove(here)
+                order.insert(0, here)
+        return order
 
     def unplanned_key(self, state: SchedulerState, job: JobState, now: float) -> float:
         """Order of jobs the plan does not cover (none solved yet)."""
