@@ -3,8 +3,9 @@
 A subclass solves, with ``scipy.optimize.linprog``, a fluid allocation: for every active job ``j`` and device kind
 ``k`` the share of time ``x[j, k]`` it should run there. The plan is solved again whenever a job comes or goes.
 Each quantum, jobs are ranked by their *deficit*, the time the plan has owed them on a kind so far less the time
-they got there, and each takes the kind it is owed most on; kinds the plan gives a job no time on are not used
-(following the plan beats keeping every device busy). Gangs stay whole; rounding is the base class's.
+they got there, and each takes the kind it is owed most on (or, with ``stay_quanta``, keeps the kind it runs on
+while it is owed little more elsewhere); kinds the plan gives a job no time on are not used (following the plan
+beats keeping every device busy). Gangs stay whole; rounding is the base class's.
 """
 
 from __future__ import annotations
