@@ -253,22 +253,27 @@ class NatsRing(Collective):
                 if b > a:
                     self._landing[(op, last_rs + 1 + s, c)] = memoryview(buf[a:b]).cast("B")
 
-        for c, (a, b) in enumerate(chunks[r]):  # reduce-scatter step 0: our own segment goes out as it is
-            await self._send(nxt, (op, 0, c), mine[a:b])
-        for s in range(w - 1):
-            for c, (a, b) in enumerate(chunks[(r - s - 1) % w]):
-                data = await self._recv((op, s, c), prev)
-                np.add(np.frombuffer(data, dtype=buf.dtype), mine[a:b], out=buf[a:b])
-                # forward at once: to the next reduce-scatter step, or (fully reduced) into the all-gather
-                await self._send(nxt, (op, s + 1, c), buf[a:b])
-        for s in range(w - 1):
-            step = last_rs + 1 + s
-            for c, (a, b) in enumerate(chunks[(r - s) % w]):
-                data = await self._recv((op, step, c), prev)
-                if data is not self._landing.pop((op, step, c), None):  # not written in place on arrival
-                    buf[a:b] = np.frombuffer(data, dtype=buf.dtype)
-                if s < w - 2:
-                    await self._send(nxt, (op, step + 1, c), buf[a:b])
+        try:
+            for c, (a, b) in enumerate(chunks[r]):  # reduce-scatter step 0: our own segment goes out as it is
+                await self._send(nxt, (op, 0, c), mine[a:b])
+            for s in range(w - 1):
+                for c, (a, b) in enumerate(chunks[(r - s - 1) % w]):
+                    data = await self._recv((op, s, c), prev)
+                    np.add(np.frombuffer(data, dtype=buf.dtype), mine[a:b], out=buf[a:b])
+                    # forward at once: to the next reduce-scatter step, or (fully reduced) into the all-gather
+                    await self._send(nxt, (op, s + 1, c), buf[a:b])
+            for s in range(w - 1):
+                step = last_rs + 1 + s
+                for c, (a, b) in enumerate(chunks[(r - s) % w]):
+                    data = await self._recv((op, step, c), prev)
+                    if data is not self._landing.pop((op, step, c), None):  # not written in place on arrival
+                        buf[a:b] = np.frombuffer(data, dtype=buf.dtype)
+                    if s < w - 2:
+                        await self._send(nxt, (op, step + 1, c), buf[a:b])
+        finally:
+            if self._landing:  # a failed operation leaves no view of its result behind
+                for key in [k for k in self._landing if k[0] == op]:
+                    del self._landing[key]
         return buf.reshape(np.shape(array))
 
     async def broadcast(self, array: np.ndarray, root: int = 0) -> np.ndarray:
