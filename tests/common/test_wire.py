@@ -149,6 +149,14 @@ async def test_a_large_publish_is_sent_as_it_was_when_published(nats_server: Any
             await pub.ping()  # interleave server PINGs/PONGs with the traffic
     await asyncio.wait_for(done.wait(), 30)
     assert got == sent
+    floats = memoryview(bytearray(8 * 20_000)).cast("d")  # items of 8 bytes: the header must count bytes
+    done.clear()
+    got.clear()
+    sub.subscribe("wt2", lambda _s, _r, _h, p: (got.append(bytes(p)), done.set()))
+    await sub.ping()
+    pub.publish("wt2", floats)
+    await asyncio.wait_for(done.wait(), 10)
+    assert got == [bytes(floats)]
     pub.close()
     sub.close()
 

@@ -4,9 +4,10 @@ nats-py turns every delivered message into a task-scheduled coroutine, a ``Msg``
 Replaying a million-event log that way costs most of the time in the client. This connection parses the protocol
 synchronously as it arrives and hands each message to a plain callback as bytes: no task, no header parsing
 unless the caller wants it. Bulk data (the ``nats`` all-reduce) may opt into buffers instead of bytes: a message of
-``LARGE`` bytes or more is then read by the kernel straight into its own buffer, and a large publish goes to the
-socket without being joined into a new ``bytes`` first, which saves two or three copies of every byte. It speaks only what reading needs: CONNECT (user/password or token), SUB/UNSUB, PUB,
-request/reply, PING/PONG. Publishing and stream management stay with nats-py.
+``LARGE`` bytes or more is then read by the kernel straight into its own buffer (or one the subscriber names), and a
+large publish goes to the socket without being joined into a new ``bytes`` first, which saves two or three copies
+of every byte. It speaks only what reading needs: CONNECT (user/password or token), SUB/UNSUB, PUB, request/reply,
+PING/PONG. Publishing and stream management stay with nats-py.
 """
 
 from __future__ import annotations
@@ -219,6 +220,8 @@ class RawNatsConnection(asyncio.BufferedProtocol):
     def publish(self, subject: bytes | str, payload: bytes | memoryview = b"", reply: str | None = None) -> None:
         """The payload may be any contiguous byte buffer; it is copied or sent before this returns, so the caller
         may change it afterwards."""
+        if isinstance(payload, memoryview) and payload.format != "B":
+            payload = payload.cast("B")  # the protocol counts bytes, not items
         subj = subject.encode() if isinstance(subject, str) else subject
         head = b"PUB " + subj + (b" " + reply.encode() if reply else b"") + b" " + str(len(payload)).encode()
         if len(payload) < LARGE or not self._write_through:
