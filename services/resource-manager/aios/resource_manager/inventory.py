@@ -9,7 +9,7 @@ from __future__ import annotations
 import msgspec
 
 from aios.common.events import (
-    DeviceHealthy, DeviceInfo, DevicesLeased, DevicesReleased, DeviceUnhealthy, Event, Link, NodeLost,
+    JOB_AGGREGATES, DeviceHealthy, DeviceInfo, DevicesLeased, DevicesReleased, DeviceUnhealthy, Event, Link, NodeLost,
     NodeRegistered, TenantQuotaSet,
 )
 from aios.common.store import Commit
@@ -90,7 +90,8 @@ class Inventory(msgspec.Struct):
         return usage
 
 
-_NOT_INVENTORY = ("job.", "run.", "model.")
+_NOT_INVENTORY = tuple(f"{kind}." for kind in (*JOB_AGGREGATES, "model"))
+"""Aggregates no inventory event is stored on (the shared JOB_AGGREGATES keeps it in step with where jobs live)."""
 
 
 def fold_commit(inv: Inventory, commit: Commit) -> Inventory:
