@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aios.scheduler.local import step
 from aios.scheduler.policies import POLICIES, make_policy
+from aios.scheduler.policies.timeshare import TimeSharedHeteroLAS
 from aios.scheduler.rounds import explain
 from aios.scheduler.state import PENDING, PLACED, PREEMPTING
 from tests.scheduler.helpers import Cluster
@@ -205,6 +206,42 @@ def test_hetero_ts_migrates_a_job_to_a_faster_kind_that_came_free() -> None:
     step(c.state, ts, 401.0)
     assert c.where(on_k80) == {"fast": 1}
     assert c.state.jobs[on_k80].work == 400.0 * 0.25  # 400 s on a kind four times slower
+
+
+def _kinds(c: Cluster, job: str) -> set[str]:
+    return {node.rstrip("0123456789") for node in c.where(job)}
+
+
+def test_hetero_ts_makes_room_for_a_gang_that_cannot_use_the_free_kind() -> None:
+    """The two jobs that gain most pick v100 and p100 first; the gang that cannot run on k80 must still run, with
+    one of them moved to k80 (found in the static trace: a 2-hour gang waited 100 hours beside idle k80s)."""
+    for ts in (TimeSharedHeteroLAS(), TimeSharedHeteroLAS(assignment_max_jobs=0)):  # with and without the MILP
+        c = Cluster(("v", "v100", 4), ("p", "p100", 4), ("k", "k80", 4))
+        c.submit("picky", 4, now=0.0, device_types=["v100", "p100"], throughput={"v100": 4.0, "p100": 3.0})
+        every = ["v100", "p100", "k80"]
+        c.submit("big", 4, now=0.0, device_types=every, throughput={"v100": 10.0, "p100": 5.0, "k80": 1.0})
+        c.submit("mid", 4, now=0.0, device_types=every, throughput={"v100": 10.0, "p100": 8.0, "k80": 2.0})
+        step(c.state, ts, 1.0)
+        assert {j: c.status(j) for j in ("picky", "big", "mid")} == dict.fromkeys(("picky", "big", "mid"), PLACED)
+        assert _kinds(c, "picky") <= {"v", "p"}
+
+
+def test_hetero_ts_trades_kinds_between_gangs_and_single_jobs() -> None:
+    """The tail of a batch: a gang of 8 and two of 4 that gain most from fast kinds would take all the v100s and
+    p100s and leave three one-device jobs on k80s at a third of their speed; trading kinds over all of them puts a
+    gang of 4 on k80 and the three single jobs on p100s, where they lose little."""
+    c = Cluster(("v1", "v100", 4), ("v2", "v100", 4), ("p1", "p100", 4), ("p2", "p100", 4), ("k1", "k80", 4),
+                ("k2", "k80", 4))
+    every = ["v100", "p100", "k80"]
+    speeds = {"a": (8, 1.0, 0.42, 0.13), "b": (4, 1.0, 0.74, 0.22), "c": (4, 1.0, 0.79, 0.24),
+              "d": (1, 1.0, 0.74, 0.33), "e": (1, 1.0, 0.94, 0.29), "f": (1, 0.95, 1.0, 0.27)}
+    for job, (n, v, p, k) in speeds.items():
+        c.submit(job, n, now=0.0, device_types=every, throughput={"v100": v, "p100": p, "k80": k})
+    step(c.state, make_policy("hetero-ts"), 1.0)
+    assert all(c.status(j) == PLACED for j in speeds)
+    assert _kinds(c, "a") == {"v"}
+    assert [_kinds(c, j) for j in ("d", "e", "f")] == [{"p"}] * 3
+    assert sorted(_kinds(c, j).pop() for j in ("b", "c")) == ["k", "p"]
 
 
 def test_gavel_plan_gives_each_job_the_kind_it_gains_most_on() -> None:

@@ -99,4 +99,3 @@ class GittinsTimeShare(TimeSharedHeteroLAS):
     def rank_key(self, state: SchedulerState, job: JobState, now: float) -> float:
         devices = max(1, job.devices)
         return -self.index(job, work_done(state, job, now) / devices) / devices ** self.size_power
-

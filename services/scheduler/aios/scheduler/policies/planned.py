@@ -20,6 +20,7 @@ ACTIVE = (PLACED, RUNNING, PREEMPTING, PENDING)
 
 class PlannedTimeShare(TimeSharedHeteroLAS):
     trade_singles = False
+    trade_gangs = False
     stay_quanta = 0.0
     """A running job keeps its kind while the plan owes it at most this many quanta more elsewhere: the plan's shares
     are still met over time, in longer stretches, with fewer migrations (each a checkpoint and a restart)."""

@@ -8,7 +8,9 @@ every round, instead of letting a placement stick until the job ends:
    ``state.work_done``). In that order each is admitted while enough devices of a kind it accepts remain. Running
    jobs inside their quantum keep their devices and are counted first, so nothing thrashes within a quantum.
 2. **Which kind**: among the admitted, a job that gains most from a fast kind over a slow one (ratio of its fastest to
-   its slowest throughput hint) picks first and takes its fastest kind with room left.
+   its slowest throughput hint) picks first and takes its fastest kind with room left; a job this leaves without a
+   kind it accepts gets one by moving others aside. Then the kinds are traded to lose the least speed over all jobs:
+   with gangs among them as a small integer program (``milp``), one-device jobs alone with the Hungarian method.
 
 Running jobs left out, or admitted on another kind, are preempted (to be resumed from their checkpoint): that is the
 time sharing and the migration to faster kinds. Under heavy-tailed job sizes (the Philly traces) the young jobs,
@@ -21,7 +23,8 @@ import math
 from typing import Callable
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
+from scipy.optimize import Bounds, LinearConstraint, linear_sum_assignment, milp
+from scipy.sparse import coo_matrix
 
 from aios.scheduler.policies.base import Estimator, Policy
 from aios.scheduler.state import PENDING, PLACED, PREEMPTING, RUNNING, JobState, SchedulerState, kinds_held, work_done
@@ -55,10 +58,12 @@ class TimeSharedHeteroLAS(Policy):
     milp = False
     strict_kinds = True
     trade_singles = True
+    trade_gangs = True
     place_after_churn = True
 
     def __init__(self, quantum_s: float = 360.0, youth: float = 0.25, young_s: float = 3600.0,
-                 assignment_max_jobs: int = 400) -> None:
+                 assignment_max_jobs: int = 400, gang_power: float = 0.5) -> None:
+        self.gang_power = gang_power
         self.quantum_s = quantum_s
         self.youth = youth
         self.young_s = young_s
@@ -72,6 +77,7 @@ class TimeSharedHeteroLAS(Policy):
         self._gain_cache: dict[str, float] = {}
         self._allocated_at: float | None = None
         self._allocated_for: object = None
+        self._traded: tuple[object, dict[str, str]] | None = None
 
     # -- the allocation -------------------------------------------------------------------------------------------
     def gain(self, job: JobState) -> float:
@@ -171,6 +177,15 @@ class TimeSharedHeteroLAS(Policy):
                     left[k] -= job.devices
                     greedy[job.job_id] = k
                     break
+        stranded = [j for j in admitted if j.job_id not in greedy]
+        if stranded:
+            by_rank = sorted(admitted, key=lambda j: -self._rank[j.job_id])  # the last in rank give way first
+            for job in stranded:
+                self._make_room(job, by_rank, greedy, left, accepts)
+        if self.trade_gangs and len(admitted) <= self.assignment_max_jobs and any(j.devices > 1 for j in admitted):
+            traded = self._assign_all(state, admitted, greedy, left, accepts, now)
+            if traded is not None:
+                greedy = traded
         room = sum(max(0, v) for v in left.values())
         for job in movable:  # work conserving: room that admission left over goes to the next jobs in rank order
             if room <= 0:
@@ -195,6 +210,101 @@ class TimeSharedHeteroLAS(Policy):
             del chosen[job.job_id]
         chosen.update(self._assign_singles(state, singles, pool, now))
         return chosen
+
+    def speed_cost(self, speed: float) -> float:
+        """What running at ``speed`` (of its fastest kind) costs a job in the kind trades: -log, so halving any
+        job's speed costs the same (proportional fairness over jobs)."""
+        return -math.log(speed)
+
+    def _assign_all(self, state: SchedulerState, admitted: list[JobState], greedy: dict[str, str],
+                    left: dict[str, int], accepts: dict[str, list[str]], now: float) -> dict[str, str] | None:
+        """Kinds for all admitted jobs, gangs too, as one small integer program (``scipy.optimize.milp``): each job
+        gets one kind it accepts, no kind gives more devices than it has, and the sum over jobs of ``weight *
+        -log(speed on the kind / speed on its fastest)`` is least. The weight is the young-job weight of the
+        one-device trade times ``devices ** gang_power``: a gang on a slow kind holds all its devices longer.
+        The greedy picks (fastest kind by gain) can strand a gang on a slow kind while singles that lose little
+        there hold the fast one. Weights are rounded to 1/8 octave so that a round like the last reuses its answer."""
+        jobs = [j for j in admitted if j.job_id in greedy]
+        if not jobs:
+            return None
+        kinds = sorted(left)
+        pool = dict(left)
+        for j in jobs:
+            pool[greedy[j.job_id]] += j.devices
+        done = np.array([work_done(state, j, now) / max(1, j.devices) for j in jobs])
+        weight = ((done + self.young_s) / 3600.0) ** -self.youth * np.array([j.devices for j in jobs]) ** self.gang_power
+        octave = np.round(np.log2(weight) * 8).astype(int)
+        rows = []
+        for job, w in zip(jobs, octave):
+            here = min(self._kinds_of(state, job)) if job.status in (PLACED, RUNNING) and job.run_kinds else ""
+            rows.append((job.job_id, job.devices, tuple(accepts[job.job_id]), int(w), here))
+        key = (tuple(rows), tuple(pool[k] for k in kinds))
+        if self._traded is not None and self._traded[0] == key:
+            out = self._traded[1]
+        else:
+            out = self._solve_kinds(jobs, rows, kinds, pool)
+            if out is None:
+                return None
+            self._traded = (key, out)
+        for k in kinds:
+            left[k] = pool[k] - sum(j.devices for j in jobs if out[j.job_id] == k)
+        return dict(out)
+
+    def _solve_kinds(self, jobs: list[JobState], rows: list[tuple[str, int, tuple[str, ...], int, str]],
+                     kinds: list[str], pool: dict[str, int]) -> dict[str, str] | None:
+        n, m = len(jobs), len(kinds)
+        cost = np.zeros((n, m))
+        upper = np.zeros((n, m))
+        for i, (job, (_, _, accepted, w, here)) in enumerate(zip(jobs, rows)):
+            hints = job.spec.throughput if job.spec else {}
+            best = max(hints.values(), default=0.0)
+            for k in accepted:
+                speed = hints.get(k, 0.0) / best if best > 0 else 1.0
+                if speed > 0:
+                    c = kinds.index(k)
+                    upper[i, c] = 1.0
+                    # staying where it runs breaks ties: no migration for nothing
+                    cost[i, c] = 2.0 ** (w / 8) * self.speed_cost(speed) - (1e-3 if k == here else 0.0)
+        one_kind = coo_matrix((np.ones(n * m), (np.repeat(np.arange(n), m), np.arange(n * m))), shape=(n, n * m))
+        per_kind = coo_matrix((np.repeat([float(j.devices) for j in jobs], m), (np.tile(np.arange(m), n),
+                                                                                 np.arange(n * m))), shape=(m, n * m))
+        res = milp(cost.ravel(), integrality=np.ones(n * m), bounds=Bounds(np.zeros(n * m), upper.ravel()),
+                   constraints=[LinearConstraint(one_kind.tocsr(), 1.0, 1.0),
+                                LinearConstraint(per_kind.tocsr(), 0.0, np.array([pool[k] for k in kinds], float))],
+                   options={"time_limit": 1.0, "disp": False})
+        if res.x is None:
+            return None  # the greedy picks stand
+        x = np.round(res.x).reshape(n, m)
+        return {job.job_id: kinds[int(np.argmax(x[i]))] for i, job in enumerate(jobs)}
+
+    def _make_room(self, job: JobState, by_rank: list[JobState], greedy: dict[str, str], left: dict[str, int],
+                   accepts: dict[str, list[str]]) -> None:
+        """Give an admitted job that the kind picking left without a kind one it accepts, by moving jobs that
+        picked that kind to another kind with room (they accept more kinds than it does). Without this, a gang that
+        cannot run on some kind waits, behind its own lower-ranked neighbours, while devices of that kind idle."""
+        for k in accepts[job.job_id]:
+            need = job.devices - left[k]
+            moves: list[tuple[JobState, str]] = []
+            spare = dict(left)
+            for other in by_rank:
+                if need <= 0:
+                    break
+                if greedy.get(other.job_id) != k:
+                    continue
+                to = next((k2 for k2 in self.kind_order(other, accepts[other.job_id])
+                           if k2 != k and spare[k2] >= other.devices), None)
+                if to is not None:
+                    spare[to] -= other.devices
+                    moves.append((other, to))
+                    need -= other.devices
+            if need <= 0:
+                for other, to in moves:
+                    left[k] += other.devices
+                    left[to] -= other.devices
+                    greedy[other.job_id] = to
+                left[k] -= job.devices
+                greedy[job.job_id] = k
+                return
 
     def prepare(self, state: SchedulerState, now: float, capacity: dict[str, int]) -> None:
         """Work done once per allocation before the keys are asked (subclasses: a plan for the whole round)."""
@@ -239,7 +349,7 @@ class TimeSharedHeteroLAS(Policy):
                 for c, k in enumerate(kinds):
                     if k in accepted:
                         speed = hints.get(k, 0.0) / best if best > 0 else 1.0
-                        row[c] = -math.log(speed) if speed > 0 else UNUSABLE
+                        row[c] = self.speed_cost(speed) if speed > 0 else UNUSABLE
                 if len(self._slowdown_cache) > 200_000:
                     self._slowdown_cache.clear()
                 self._slowdown_cache[(job.job_id, key)] = row
