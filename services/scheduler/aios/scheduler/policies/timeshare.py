@@ -279,9 +279,9 @@ class TimeSharedHeteroLAS(Policy):
 
     def _make_room(self, job: JobState, by_rank: list[JobState], greedy: dict[str, str], left: dict[str, int],
                    accepts: dict[str, list[str]]) -> None:
-        """Give an admitted job that the kind picking left without a kind one it accepts, by moving jobs that
-        picked that kind to another kind with room (they accept more kinds than it does). Without this, a gang that
-        cannot run on some kind waits, behind its own lower-ranked neighbours, while devices of that kind idle."""
+        """Find a kind for an admitted job the picking left without one: jobs on a kind it accepts move to another
+        kind with room, the lowest ranked first. Without this, a gang that cannot run on some kind (a ResNet-50 too
+        big for a K80) waits behind jobs ranked below it while devices of that kind idle."""
         for k in accepts[job.job_id]:
             need = job.devices - left[k]
             moves: list[tuple[JobState, str]] = []
