@@ -211,6 +211,11 @@ class TimeSharedHeteroLAS(Policy):
         chosen.update(self._assign_singles(state, singles, pool, now))
         return chosen
 
+    def trade_weight(self, state: SchedulerState, job: JobState, now: float) -> float:
+        """How much a job's lost speed counts in the kind trades: more for young jobs (service per device under an
+        hour or so), which are the likeliest to finish soon, so a fast device shortens most completion times."""
+        return ((work_done(state, job, now) / max(1, job.devices) + self.young_s) / 3600.0) ** -self.youth
+
     def speed_cost(self, speed: float) -> float:
         """What running at ``speed`` (of its fastest kind) costs a job in the kind trades: -log, so halving any
         job's speed costs the same (proportional fairness over jobs)."""
@@ -220,8 +225,8 @@ class TimeSharedHeteroLAS(Policy):
                     left: dict[str, int], accepts: dict[str, list[str]], now: float) -> dict[str, str] | None:
         """Kinds for all admitted jobs, gangs too, as one small integer program (``scipy.optimize.milp``): each job
         gets one kind it accepts, no kind gives more devices than it has, and the sum over jobs of ``weight *
-        -log(speed on the kind / speed on its fastest)`` is least. The weight is the young-job weight of the
-        one-device trade times ``devices ** gang_power``: a gang on a slow kind holds all its devices longer.
+        -log(speed on the kind / speed on its fastest)`` is least. The weight is ``trade_weight`` times
+        ``devices ** gang_power``: a gang on a slow kind holds all its devices longer.
         The greedy picks (fastest kind by gain) can strand a gang on a slow kind while singles that lose little
         there hold the fast one. Weights are rounded to 1/8 octave so that a round like the last reuses its answer."""
         jobs = [j for j in admitted if j.job_id in greedy]
@@ -231,8 +236,7 @@ class TimeSharedHeteroLAS(Policy):
         pool = dict(left)
         for j in jobs:
             pool[greedy[j.job_id]] += j.devices
-        done = np.array([work_done(state, j, now) / max(1, j.devices) for j in jobs])
-        weight = ((done + self.young_s) / 3600.0) ** -self.youth * np.array([j.devices for j in jobs]) ** self.gang_power
+        weight = np.array([self.trade_weight(state, j, now) * j.devices ** self.gang_power for j in jobs])
         octave = np.round(np.log2(weight) * 8).astype(int)
         rows = []
         for job, w in zip(jobs, octave):
@@ -324,8 +328,7 @@ class TimeSharedHeteroLAS(Policy):
     def _assign_singles(self, state: SchedulerState, jobs: list[JobState], left: dict[str, int],
                         now: float) -> dict[str, str]:
         """One-device jobs onto kinds as an assignment problem (Hungarian method): maximise the sum over jobs of
-        ``weight * log(speed on the kind / speed on its fastest kind)``, the weight favouring young jobs (they are
-        the likeliest to finish soon, so a fast device shortens most completion times)."""
+        ``trade_weight * log(speed on the kind / speed on its fastest kind)``."""
         kinds = [k for k in sorted(left) if left[k] > 0]
         if not jobs or not kinds:
             return {}
@@ -354,8 +357,7 @@ class TimeSharedHeteroLAS(Policy):
                     self._slowdown_cache.clear()
                 self._slowdown_cache[(job.job_id, key)] = row
             rows.append(row)
-        done = np.array([work_done(state, j, now) for j in jobs])
-        weight = ((done + self.young_s) / 3600.0) ** -self.youth
+        weight = np.array([self.trade_weight(state, j, now) for j in jobs])
         per_kind = np.minimum(weight[:, None] * np.array(rows), UNUSABLE)
         repeat = [min(left[k], len(jobs)) for k in kinds]
         slot_kind = [k for k, n in zip(kinds, repeat) for _ in range(n)]
