@@ -226,6 +226,26 @@ def test_hetero_ts_makes_room_for_a_gang_that_cannot_use_the_free_kind() -> None
         assert _kinds(c, "picky") <= {"v", "p"}
 
 
+def test_hetero_ts_makes_room_for_a_job_turned_away_at_admission() -> None:
+    """g ranks first and takes the v100s though it could use the k80s; h can only use v100s. Rather than leave h
+    waiting beside idle k80s, g moves there."""
+    c = Cluster(("v", "v100", 4), ("k", "k80", 4))
+    c.submit("g", 4, now=0.0, device_types=["v100", "k80"], throughput={"v100": 2.0, "k80": 1.0})
+    c.submit("h", 4, now=1.0, device_types=["v100"], throughput={"v100": 1.0})
+    step(c.state, make_policy("hetero-ts"), 2.0)
+    assert c.where("h") == {"v": 4} and c.where("g") == {"k": 4}
+
+
+def test_hetero_ts_uses_a_kind_the_job_accepts_without_a_throughput_hint() -> None:
+    """s1 accepts k80 but gave no throughput for it; s2 needs the one v100. Both run: an unhinted kind is a poor
+    choice, not a forbidden one."""
+    c = Cluster(("v", "v100", 1), ("k", "k80", 1))
+    c.submit("s1", 1, now=0.0, device_types=["v100", "k80"], throughput={"v100": 1.0})
+    c.submit("s2", 1, now=1.0, device_types=["v100"], throughput={"v100": 1.0})
+    step(c.state, make_policy("hetero-ts"), 2.0)
+    assert c.where("s2") == {"v": 1} and c.where("s1") == {"k": 1}
+
+
 def test_hetero_ts_trades_kinds_between_gangs_and_single_jobs() -> None:
     """The tail of a batch: a gang of 8 and two of 4 that gain most from fast kinds would take all the v100s and
     p100s and leave three one-device jobs on k80s at a third of their speed; trading kinds over all of them puts a

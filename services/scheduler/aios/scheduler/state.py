@@ -148,9 +148,22 @@ def job_summary(j: JobState) -> dict[str, Any]:
             "samples_per_s": j.samples_per_s, "checkpoint_step": j.checkpoint_step, "steps_redone": j.steps_redone}
 
 
+def devices_by_kind(state: SchedulerState, job: JobState) -> dict[str, int]:
+    """How many of the job's devices are of each kind (devices the inventory no longer knows are not counted)."""
+    out: dict[str, int] = {}
+    for a in job.assignments:
+        node = state.inv.nodes.get(a.node_id)
+        if node is None:
+            continue
+        for u in a.device_uuids:
+            dev = node.devices.get(u)
+            if dev is not None:
+                out[dev.info.kind] = out.get(dev.info.kind, 0) + 1
+    return out
+
+
 def kinds_held(state: SchedulerState, job: JobState) -> list[str]:
-    return sorted({dev.info.kind for a in job.assignments if (node := state.inv.nodes.get(a.node_id)) is not None
-                   for u in a.device_uuids if (dev := node.devices.get(u)) is not None})
+    return sorted(devices_by_kind(state, job))
 
 
 def speed_share(state: SchedulerState, job: JobState, kinds: list[str] | None = None) -> float:

@@ -27,10 +27,13 @@ from scipy.optimize import Bounds, LinearConstraint, linear_sum_assignment, milp
 from scipy.sparse import coo_matrix
 
 from aios.scheduler.policies.base import Estimator, Policy
-from aios.scheduler.state import PENDING, PLACED, PREEMPTING, RUNNING, JobState, SchedulerState, kinds_held, work_done
+from aios.scheduler.state import (PENDING, PLACED, PREEMPTING, RUNNING, JobState, SchedulerState, devices_by_kind,
+                                  kinds_held, work_done)
 
 
 UNUSABLE = 1e12
+UNKNOWN_SPEED = 0.05
+"""Relative speed assumed on a kind the job accepts but has no throughput hint for: usable, but the last choice."""
 ANY_KIND = "*"
 """Allocation of a gang larger than any one kind: it runs across kinds, at the pace of the slowest."""
 
@@ -126,8 +129,9 @@ class TimeSharedHeteroLAS(Policy):
                           or now - job.placed_at < self.quantum_s)
                 if pinned:
                     kinds = self._kinds_of(state, job)
-                    for k in kinds:
-                        capacity[k] = capacity.get(k, 0) - job.held_devices() // max(1, len(kinds))
+                    held = devices_by_kind(state, job) or {k: job.held_devices() // max(1, len(kinds)) for k in kinds}
+                    for k, n in held.items():
+                        capacity[k] = capacity.get(k, 0) - n
                     if kinds:
                         chosen[job.job_id] = min(kinds)
                     continue
@@ -168,8 +172,8 @@ class TimeSharedHeteroLAS(Policy):
                 need -= take
             chosen[job.job_id] = ANY_KIND
 
-        # greedy: the job that gains most from a fast kind picks first; then the one-device jobs trade the devices
-        # they got among themselves, optimally (gangs keep theirs)
+        # greedy: the job that gains most from a fast kind picks first; a job left without a kind gets room; then
+        # the kinds are traded (all admitted jobs in one MILP when gangs are among them, else the one-device jobs)
         greedy: dict[str, str] = {}
         for job in sorted(admitted, key=lambda j: (self.pick_key(state, j, now), self._rank[j.job_id])):
             for k in self.kind_order(job, accepts[job.job_id]):
@@ -182,11 +186,13 @@ class TimeSharedHeteroLAS(Policy):
             by_rank = sorted(admitted, key=lambda j: -self._rank[j.job_id])  # the last in rank give way first
             for job in stranded:
                 self._make_room(job, by_rank, greedy, left, accepts)
+        traded: dict[str, str] | None = None
         if self.trade_gangs and len(admitted) <= self.assignment_max_jobs and any(j.devices > 1 for j in admitted):
             traded = self._assign_all(state, admitted, greedy, left, accepts, now)
             if traded is not None:
-                greedy = traded
+                greedy = dict(traded)
         room = sum(max(0, v) for v in left.values())
+        by_rank = None
         for job in movable:  # work conserving: room that admission left over goes to the next jobs in rank order
             if room <= 0:
                 break
@@ -195,11 +201,17 @@ class TimeSharedHeteroLAS(Policy):
             for k in self.kind_order(job, accepts[job.job_id]):
                 if left[k] >= job.devices:
                     left[k] -= job.devices
-                    room -= job.devices
                     greedy[job.job_id] = k
-                    admitted.append(job)
                     break
-        singles = [j for j in admitted if j.devices == 1 and j.job_id in greedy]
+            else:  # the room is on kinds it cannot use: others may move there
+                if by_rank is None:
+                    by_rank = sorted(admitted, key=lambda j: -self._rank[j.job_id])
+                self._make_room(job, by_rank, greedy, left, accepts)
+            if job.job_id in greedy:
+                room -= job.devices
+                admitted.append(job)
+        # one-device jobs the MILP placed are where they should be; the rest trade among themselves
+        singles = [j for j in admitted if j.devices == 1 and j.job_id in greedy and not (traded and j.job_id in traded)]
         pool: dict[str, int] = {}
         for job in singles:
             pool[greedy[job.job_id]] = pool.get(greedy[job.job_id], 0) + 1
@@ -214,7 +226,17 @@ class TimeSharedHeteroLAS(Policy):
     def trade_weight(self, state: SchedulerState, job: JobState, now: float) -> float:
         """How much a job's lost speed counts in the kind trades: more for young jobs (service per device under an
         hour or so), which are the likeliest to finish soon, so a fast device shortens most completion times."""
-        return ((work_done(state, job, now) / max(1, job.devices) + self.young_s) / 3600.0) ** -self.youth
+        hours = (work_done(state, job, now) / max(1, job.devices) + self.young_s) / 3600.0
+        return max(hours, 1 / 3600.0) ** -self.youth
+
+    def relative_speed(self, job: JobState, kind: str) -> float:
+        """Its speed on a kind it accepts, relative to its fastest (1.0 without hints; ``UNKNOWN_SPEED`` for a
+        kind it has no hint for)."""
+        hints = job.spec.throughput if job.spec else {}
+        best = max(hints.values(), default=0.0)
+        if best <= 0:
+            return 1.0
+        return hints.get(kind, 0.0) / best or UNKNOWN_SPEED
 
     def speed_cost(self, speed: float) -> float:
         """What running at ``speed`` (of its fastest kind) costs a job in the kind trades: -log, so halving any
@@ -225,10 +247,10 @@ class TimeSharedHeteroLAS(Policy):
                     left: dict[str, int], accepts: dict[str, list[str]], now: float) -> dict[str, str] | None:
         """Kinds for all admitted jobs, gangs too, as one small integer program (``scipy.optimize.milp``): each job
         gets one kind it accepts, no kind gives more devices than it has, and the sum over jobs of ``weight *
-        -log(speed on the kind / speed on its fastest)`` is least. The weight is ``trade_weight`` times
-        ``devices ** gang_power``: a gang on a slow kind holds all its devices longer.
-        The greedy picks (fastest kind by gain) can strand a gang on a slow kind while singles that lose little
-        there hold the fast one. Weights are rounded to 1/8 octave so that a round like the last reuses its answer."""
+        -log(relative_speed)`` is least. The weight is ``trade_weight`` times ``devices ** gang_power``: a gang on a
+        slow kind holds all its devices longer. The greedy picks (fastest kind by gain) can strand a gang on a slow
+        kind while singles that lose little there hold the fast one. Weights are rounded to 1/8 octave so that a
+        round like the last reuses its answer."""
         jobs = [j for j in admitted if j.job_id in greedy]
         if not jobs:
             return None
@@ -242,7 +264,7 @@ class TimeSharedHeteroLAS(Policy):
         for job, w in zip(jobs, octave):
             here = min(self._kinds_of(state, job)) if job.status in (PLACED, RUNNING) and job.run_kinds else ""
             rows.append((job.job_id, job.devices, tuple(accepts[job.job_id]), int(w), here))
-        key = (tuple(rows), tuple(pool[k] for k in kinds))
+        key = (tuple(rows), tuple(pool.items()))
         if self._traded is not None and self._traded[0] == key:
             out = self._traded[1]
         else:
@@ -260,21 +282,18 @@ class TimeSharedHeteroLAS(Policy):
         cost = np.zeros((n, m))
         upper = np.zeros((n, m))
         for i, (job, (_, _, accepted, w, here)) in enumerate(zip(jobs, rows)):
-            hints = job.spec.throughput if job.spec else {}
-            best = max(hints.values(), default=0.0)
             for k in accepted:
-                speed = hints.get(k, 0.0) / best if best > 0 else 1.0
-                if speed > 0:
-                    c = kinds.index(k)
-                    upper[i, c] = 1.0
-                    # staying where it runs breaks ties: no migration for nothing
-                    cost[i, c] = 2.0 ** (w / 8) * self.speed_cost(speed) - (1e-3 if k == here else 0.0)
+                c = kinds.index(k)
+                upper[i, c] = 1.0
+                # staying where it runs breaks ties: no migration for nothing
+                cost[i, c] = 2.0 ** (w / 8) * self.speed_cost(self.relative_speed(job, k)) - (1e-3 if k == here else 0)
         one_kind = coo_matrix((np.ones(n * m), (np.repeat(np.arange(n), m), np.arange(n * m))), shape=(n, n * m))
         per_kind = coo_matrix((np.repeat([float(j.devices) for j in jobs], m), (np.tile(np.arange(m), n),
                                                                                  np.arange(n * m))), shape=(m, n * m))
+        room = np.array([max(0, pool[k]) for k in kinds], dtype=float)
         res = milp(cost.ravel(), integrality=np.ones(n * m), bounds=Bounds(np.zeros(n * m), upper.ravel()),
                    constraints=[LinearConstraint(one_kind.tocsr(), 1.0, 1.0),
-                                LinearConstraint(per_kind.tocsr(), 0.0, np.array([pool[k] for k in kinds], float))],
+                                LinearConstraint(per_kind.tocsr(), 0.0, room)],
                    options={"time_limit": 1.0, "disp": False})
         if res.x is None:
             return None  # the greedy picks stand
@@ -286,7 +305,7 @@ class TimeSharedHeteroLAS(Policy):
         """Find a kind for an admitted job the picking left without one: jobs on a kind it accepts move to another
         kind with room, the lowest ranked first. Without this, a gang that cannot run on some kind (a ResNet-50 too
         big for a K80) waits behind jobs ranked below it while devices of that kind idle."""
-        for k in accepts[job.job_id]:
+        for k in self.kind_order(job, accepts[job.job_id]):
             need = job.devices - left[k]
             moves: list[tuple[JobState, str]] = []
             spare = dict(left)
@@ -346,13 +365,10 @@ class TimeSharedHeteroLAS(Policy):
             row = self._slowdown_cache.get((job.job_id, key))
             if row is None:
                 accepted = set(self._accepts(job, left))
-                hints = job.spec.throughput if job.spec else {}
-                best = max(hints.values(), default=0.0)
                 row = np.full(len(kinds), UNUSABLE)
                 for c, k in enumerate(kinds):
                     if k in accepted:
-                        speed = hints.get(k, 0.0) / best if best > 0 else 1.0
-                        row[c] = self.speed_cost(speed) if speed > 0 else UNUSABLE
+                        row[c] = self.speed_cost(self.relative_speed(job, k))
                 if len(self._slowdown_cache) > 200_000:
                     self._slowdown_cache.clear()
                 self._slowdown_cache[(job.job_id, key)] = row
