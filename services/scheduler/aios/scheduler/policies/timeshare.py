@@ -183,16 +183,16 @@ class TimeSharedHeteroLAS(Policy):
                     break
         stranded = [j for j in admitted if j.job_id not in greedy]
         if stranded:
-            by_rank = sorted(admitted, key=lambda j: -self._rank[j.job_id])  # the last in rank give way first
+            giving_way = [j for j in reversed(movable) if j.job_id in greedy]  # the last in rank move first
             for job in stranded:
-                self._make_room(job, by_rank, greedy, left, accepts)
+                self._make_room(job, giving_way, greedy, left, accepts)
         traded: dict[str, str] | None = None
         if self.trade_gangs and len(admitted) <= self.assignment_max_jobs and any(j.devices > 1 for j in admitted):
             traded = self._assign_all(state, admitted, greedy, left, accepts, now)
             if traded is not None:
                 greedy = dict(traded)
         room = sum(max(0, v) for v in left.values())
-        by_rank = None
+        attempts = 8  # moving others aside costs a pass over the admitted jobs: a few tries per allocation
         for job in movable:  # work conserving: room that admission left over goes to the next jobs in rank order
             if room <= 0:
                 break
@@ -203,10 +203,11 @@ class TimeSharedHeteroLAS(Policy):
                     left[k] -= job.devices
                     greedy[job.job_id] = k
                     break
-            else:  # the room is on kinds it cannot use: others may move there
-                if by_rank is None:
-                    by_rank = sorted(admitted, key=lambda j: -self._rank[j.job_id])
-                self._make_room(job, by_rank, greedy, left, accepts)
+            else:
+                if room >= job.devices and attempts > 0:  # the room is on kinds it cannot use: others may move
+                    attempts -= 1
+                    giving_way = [j for j in reversed(movable) if j.job_id in greedy]
+                    self._make_room(job, giving_way, greedy, left, accepts)
             if job.job_id in greedy:
                 room -= job.devices
                 admitted.append(job)
@@ -300,7 +301,7 @@ class TimeSharedHeteroLAS(Policy):
         x = np.round(res.x).reshape(n, m)
         return {job.job_id: kinds[int(np.argmax(x[i]))] for i, job in enumerate(jobs)}
 
-    def _make_room(self, job: JobState, by_rank: list[JobState], greedy: dict[str, str], left: dict[str, int],
+    def _make_room(self, job: JobState, giving_way: list[JobState], greedy: dict[str, str], left: dict[str, int],
                    accepts: dict[str, list[str]]) -> None:
         """Find a kind for an admitted job the picking left without one: jobs on a kind it accepts move to another
         kind with room, the lowest ranked first. Without this, a gang that cannot run on some kind (a ResNet-50 too
@@ -309,7 +310,7 @@ class TimeSharedHeteroLAS(Policy):
             need = job.devices - left[k]
             moves: list[tuple[JobState, str]] = []
             spare = dict(left)
-            for other in by_rank:
+            for other in giving_way:
                 if need <= 0:
                     break
                 if greedy.get(other.job_id) != k:
