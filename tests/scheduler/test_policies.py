@@ -335,3 +335,32 @@ def test_gittins_runs_the_job_whose_kind_finishes_soon_not_the_youngest() -> Non
     assert chosen == ["img-new"]  # least attained service gets the one device
     chosen = [j.job_id for j in GittinsTimeShare().order(c.state, now, lambda j: 0.0)]
     assert chosen == ["rec-new"]  # ~40 s from done, against at least 9,990 s
+
+
+
+def test_gittins_gives_the_fast_kind_to_the_job_its_class_says_is_nearly_done() -> None:
+    """Finished jobs of the class all needed 1,000 s: the one with 900 s behind it gets the V100, not the younger
+    one (which ``hetero-ts``, taking attained service for the work left, favours)."""
+    from aios.scheduler.policies.gittins import GittinsTimeShare, expected_weight
+    assert expected_weight([1000.0, 4600.0], 1000.0, 1.0, 3600.0) == 0.5  # only the 4,600 s job is left: 1 h + 1 h
+    assert expected_weight([1000.0], 1000.0, 1.0, 3600.0) is None  # older than every job seen
+
+    def placed_on_v100(policy: TimeSharedHeteroLAS) -> str:
+        c = Cluster(("fast", "v100", 1), ("slow", "k80", 1))
+        for i in range(6):  # history: six jobs of the class that needed 1,000 s each, run one at a time
+            t0 = 1.0 + i * 2000
+            c.submit(f"rec-{i}", 1, now=t0)
+            step(c.state, make_policy("fifo"), t0)
+            c.finish(f"rec-{i}", t0 + 1000)
+            step(c.state, make_policy("fifo"), t0 + 1000)
+        now = 20_000.0
+        hints = {"device_types": ["v100", "k80"], "throughput": {"v100": 4.0, "k80": 1.0}}
+        for name, seconds in {"rec-near": 900.0, "rec-fresh": 100.0}.items():
+            c.submit(name, 1, now=now, **hints)
+            c.state.jobs[name].work = seconds  # service they got before a requeue
+        step(c.state, policy, now)
+        assert {job for job in ("rec-near", "rec-fresh") if c.where(job)} == {"rec-near", "rec-fresh"}
+        return next(job for job in ("rec-near", "rec-fresh") if c.where(job) == {"fast": 1})
+
+    assert placed_on_v100(TimeSharedHeteroLAS()) == "rec-fresh"
+    assert placed_on_v100(GittinsTimeShare()) == "rec-near"

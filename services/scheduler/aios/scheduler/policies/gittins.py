@@ -12,6 +12,11 @@ completion time on one machine when sizes are random with known laws; with gangs
 for. A class is the job name without its trailing run number, and the size asked for (``bert-ft-12`` on 4 devices:
 ``bert-ft`` x 4); with fewer than ``min_samples`` finished jobs the index falls back to all finished jobs of that
 size, then to all of them, then to a heavy-tail guess. Only finished jobs are read: never a job's own future.
+
+The same sizes weigh the jobs in the kind trades. ``hetero-ts`` weighs a job's lost speed by
+``((attained + young_s) / 1 h) ** -youth``, attained service standing in for the work left (heavy tails); here the
+weight is the mean of ``((left + young_s) / 1 h) ** -youth`` over the sizes of finished jobs longer than the job's
+attained service: the weight the job would get if its work left were known, averaged over what it may be.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import bisect
 import math
 import re
+from typing import Callable
 
 import numpy as np
 
@@ -45,6 +51,16 @@ def gittins_index(sizes: list[float], attained: float) -> float | None:
     return float(np.max(k / np.maximum(spent, 1e-9)))
 
 
+def expected_weight(sizes: list[float], attained: float, power: float, offset_s: float) -> float | None:
+    """Mean over the sizes (sorted) above ``attained`` of ``((size - attained + offset_s) / 1 h) ** -power``: the
+    trade weight of a job whose work left is drawn like theirs. None past them all."""
+    start = bisect.bisect_right(sizes, attained)
+    if start == len(sizes):
+        return None
+    left = np.asarray(sizes[start:]) - attained
+    return float(np.mean(((left + offset_s) / 3600.0) ** -power))
+
+
 class GittinsTimeShare(TimeSharedHeteroLAS):
     name = "hetero-gittins"
 
@@ -54,7 +70,7 @@ class GittinsTimeShare(TimeSharedHeteroLAS):
         self.size_power = size_power
         self._sizes: dict[str, list[float]] = {}
         self._seen: Finished | None = None
-        self._cache: dict[tuple[str, int, int], float] = {}
+        self._cache: dict[tuple[str, str, int, int], float] = {}
 
     def _learn(self, state: SchedulerState) -> None:
         """Fold in the jobs finished since the last call (newest last in ``state.finished``)."""
@@ -74,24 +90,38 @@ class GittinsTimeShare(TimeSharedHeteroLAS):
             for key in (job_class(done.name, done.devices), f"*x{done.devices}", "*"):
                 bisect.insort(self._sizes.setdefault(key, []), size)
 
-    def index(self, job: JobState, attained: float) -> float:
+    def _learned(self, job: JobState, attained: float, what: str,
+                 compute: Callable[[list[float]], float | None]) -> float | None:
+        """``compute`` over the sizes of the narrowest group of finished jobs (class, then size, then all) that has
+        enough of them and one longer than ``attained``; cached per group, count and 1/16 octave of attained
+        service. None without such a group."""
         devices = max(1, job.devices)
         keys = (job_class(job.spec.name if job.spec else job.job_id, devices), f"*x{devices}", "*")
-        bucket = int(math.log2(1.0 + attained) * 16)  # 1/16 of an octave of attained service
+        bucket = int(math.log2(1.0 + attained) * 16)
         for key in keys:
-            sizes = self._sizes.get(key, ())
+            sizes = self._sizes.get(key, [])
             if len(sizes) < self.min_samples:
                 continue
-            cached = self._cache.get((key, len(sizes), bucket))
+            cached = self._cache.get((what, key, len(sizes), bucket))
             if cached is None:
-                found = gittins_index(sizes, attained)  # type: ignore[arg-type]
+                found = compute(sizes)
                 if found is None:
-                    continue  # older than every job of the class: ask the wider one
+                    continue  # older than every job of the group: ask the wider one
                 if len(self._cache) > 200_000:
                     self._cache.clear()
-                cached = self._cache[(key, len(sizes), bucket)] = found
+                cached = self._cache[(what, key, len(sizes), bucket)] = found
             return cached
-        return (TAIL_SHAPE - 1.0) / max(attained, self.young_s)
+        return None
+
+    def index(self, job: JobState, attained: float) -> float:
+        found = self._learned(job, attained, "index", lambda sizes: gittins_index(sizes, attained))
+        return (TAIL_SHAPE - 1.0) / max(attained, self.young_s) if found is None else found
+
+    def trade_weight(self, state: SchedulerState, job: JobState, now: float) -> float:
+        attained = work_done(state, job, now) / max(1, job.devices)
+        found = self._learned(job, attained, "weight",
+                              lambda sizes: expected_weight(sizes, attained, self.youth, self.young_s))
+        return super().trade_weight(state, job, now) if found is None else found
 
     def prepare(self, state: SchedulerState, now: float, capacity: dict[str, int]) -> None:
         self._learn(state)
