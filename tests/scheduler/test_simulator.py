@@ -174,3 +174,23 @@ def test_makespan_policy_follows_the_plan_with_true_estimates() -> None:
     assert r["policy"] == "makespan (oracle estimates)" and r["makespan_h"] == 1.0
     a = next(rec for rec in r["records"] if rec["job"].startswith("a-"))
     assert a["kind_time_s"] == {"v100": 3600.0}
+
+
+@pytest.mark.skipif(not TRACES.is_dir(), reason="../shared/traces not present")
+def test_a_simulation_replays_the_same_in_every_process(aios_env: dict[str, str]) -> None:
+    """Python salts string hashes per process; nothing a decision depends on may iterate a set of names. (LAS
+    placed gangs in the bins of a frozenset of kinds in hash order: the same command gave 34-47 h.)"""
+    script = ("import json, sys; from aios.scheduler.policies import make_policy; "
+              "from aios.scheduler.sim.simulator import simulate; "
+              "from aios.scheduler.sim.traces import read_gavel_trace, read_gavel_throughputs; "
+              f"trace = read_gavel_trace({str(TRACES / 'gavel-synthetic-continuous-300.trace')!r})[:40]; "
+              f"rates = read_gavel_throughputs({str(TRACES / 'gavel-throughputs-isolated.csv')!r}); "
+              "r = simulate(trace, rates, {'v100': 8, 'p100': 8, 'k80': 8}, make_policy('las')); "
+              "print(json.dumps([(x['job'], x['finish_s'], x['preemptions']) for x in r['records']]))")
+    runs = set()
+    for seed in ("1", "2", "3"):
+        out = subprocess.run([sys.executable, "-c", script], env={**aios_env, "PYTHONHASHSEED": seed},
+                             capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert out.returncode == 0, out.stderr
+        runs.add(out.stdout)
+    assert len(runs) == 1

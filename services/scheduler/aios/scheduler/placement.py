@@ -78,7 +78,9 @@ class ClusterView:
         if req.kinds is None:
             idx = np.arange(len(self.bin_kind))
         else:
-            parts = [self.kind_index[k] for k in req.kinds if k in self.kind_index]
+            # kinds in name order, not the frozenset's (string hashes differ between processes): the bins' order
+            # breaks ties in the MILP and the greedy, and a simulation must replay the same on every run
+            parts = [self.kind_index[k] for k in sorted(req.kinds) if k in self.kind_index]
             idx = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         return idx[self.bin_free[idx] > 0]
 
