@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from aios.scheduler.local import step
 from aios.scheduler.policies import POLICIES, make_policy
 from aios.scheduler.policies.timeshare import TimeSharedHeteroLAS
@@ -339,8 +341,8 @@ def test_gittins_runs_the_job_whose_kind_finishes_soon_not_the_youngest() -> Non
 
 
 def test_gittins_gives_the_fast_kind_to_the_job_its_class_says_is_nearly_done() -> None:
-    """Finished jobs of the class all needed 1,000 s: the one with 900 s behind it gets the V100, not the younger
-    one (which ``hetero-ts``, taking attained service for the work left, favours)."""
+    """Finished jobs of the class (``rec``) all needed 1,000 s: the one with 900 s behind it gets the V100, not the
+    younger one (which ``hetero-ts``, taking attained service for the work left, favours)."""
     from aios.scheduler.policies.gittins import GittinsTimeShare, expected_weight
     assert expected_weight([1000.0, 4600.0], 1000.0, 1.0, 3600.0) == 0.5  # only the 4,600 s job is left: 1 h + 1 h
     assert expected_weight([1000.0], 1000.0, 1.0, 3600.0) is None  # older than every job seen
@@ -355,12 +357,37 @@ def test_gittins_gives_the_fast_kind_to_the_job_its_class_says_is_nearly_done() 
             step(c.state, make_policy("fifo"), t0 + 1000)
         now = 20_000.0
         hints = {"device_types": ["v100", "k80"], "throughput": {"v100": 4.0, "k80": 1.0}}
-        for name, seconds in {"rec-near": 900.0, "rec-fresh": 100.0}.items():
+        for name, seconds in {"rec-7": 900.0, "rec-8": 100.0}.items():  # rec-7 is nearly done, rec-8 young
             c.submit(name, 1, now=now, **hints)
             c.state.jobs[name].work = seconds  # service they got before a requeue
         step(c.state, policy, now)
-        assert {job for job in ("rec-near", "rec-fresh") if c.where(job)} == {"rec-near", "rec-fresh"}
-        return next(job for job in ("rec-near", "rec-fresh") if c.where(job) == {"fast": 1})
+        assert {job for job in ("rec-7", "rec-8") if c.where(job)} == {"rec-7", "rec-8"}
+        return next(job for job in ("rec-7", "rec-8") if c.where(job) == {"fast": 1})
 
-    assert placed_on_v100(TimeSharedHeteroLAS()) == "rec-fresh"
-    assert placed_on_v100(GittinsTimeShare()) == "rec-near"
+    assert placed_on_v100(TimeSharedHeteroLAS()) == "rec-8"
+    assert placed_on_v100(GittinsTimeShare()) == "rec-7"
+
+
+def test_gittins_trusts_a_class_only_with_enough_finished_jobs_longer_than_the_job() -> None:
+    """One finished job longer than a running one is no law of its size: past the class's bulk, the weight is
+    ``hetero-ts``'s (attained service for the work left), not a "nearly done" guess resting on that one job."""
+    from aios.scheduler.policies.gittins import GittinsTimeShare
+    c = Cluster(("n1", "v100", 1))
+    for i, length in enumerate([1000.0] * 5 + [100_000.0]):
+        t0 = 1.0 + i * 200_000
+        c.submit(f"rec-{i}", 1, now=t0)
+        step(c.state, make_policy("fifo"), t0)
+        c.finish(f"rec-{i}", t0 + length)
+        step(c.state, make_policy("fifo"), t0 + length)
+    now = 2_000_000.0
+    for name, seconds in {"rec-7": 500.0, "rec-8": 90_000.0}.items():
+        c.submit(name, 1, now=now)
+        c.state.jobs[name].work = seconds
+    gittins, ts = GittinsTimeShare(), TimeSharedHeteroLAS()
+    gittins.prepare(c.state, now, {})
+    young, old = c.state.jobs["rec-7"], c.state.jobs["rec-8"]
+    # 90,000 s behind it, one finished job longer (by 10,000 s): hetero-ts's ((90,000 s + 1 h) / 1 h) ** -0.25
+    assert gittins.trade_weight(c.state, old, now) == ts.trade_weight(c.state, old, now) == pytest.approx(0.443, 1e-3)
+    # 500 s behind it: five of the six would end in ~500 s, one in ~99,500 s; the weight is their mean
+    mean = (5 * ((500 + 3600) / 3600) ** -0.25 + ((99_500 + 3600) / 3600) ** -0.25) / 6
+    assert gittins.trade_weight(c.state, young, now) == pytest.approx(mean, abs=2e-3)
