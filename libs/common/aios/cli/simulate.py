@@ -23,9 +23,9 @@ from aios.scheduler.sim.simulator import simulate, summary
 from aios.scheduler.sim.traces import TraceJob, parse_cluster, read_gavel_throughputs, read_gavel_trace
 
 RECOMMENDED = "hetero-ts"
-"""Lowest mean ρ on the three Gavel traces and lowest average JCT on the static batch; ``hetero-gittins`` is 1.2% /
-0.3% lower in average JCT on ed69ec / the continuous trace, where finished jobs teach it sizes, but 10% higher on a
-batch that starts with no history (bench/RESULTS.md). Needing no history makes ``hetero-ts`` the safer default."""
+"""Lowest average JCT on the continuous Gavel trace and the static batch, 1.3% behind ``hetero-gittins`` on ed69ec,
+where finished jobs teach that policy sizes; a batch starts with no history (bench/RESULTS.md). Needing none makes
+``hetero-ts`` the safer default."""
 DEFAULT_THROUGHPUTS = "../shared/traces/gavel-throughputs-isolated.csv"
 DEFAULT_REPORT = "simulate-report"
 
