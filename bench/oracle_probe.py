@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from aios.scheduler.policies.timeshare import TimeSharedHeteroLAS
+from aios.scheduler.policies.timeshare import TimeSharedHeteroLAS, left_weight
 from aios.scheduler.sim.simulator import simulate, summary
 from aios.scheduler.sim.traces import parse_cluster, read_gavel_throughputs, read_gavel_trace
 from aios.scheduler.state import JobState, SchedulerState, work_done
@@ -35,7 +35,7 @@ class OracleTimeShare(TimeSharedHeteroLAS):
         return self.remaining_s(state, job, now) * job.devices
 
     def trade_weight(self, state: SchedulerState, job: JobState, now: float) -> float:
-        return (self.remaining_s(state, job, now) / 3600.0 + 1.0) ** -self.power
+        return float(left_weight(self.remaining_s(state, job, now), self.power, 3600.0))
 
 
 def main() -> None:

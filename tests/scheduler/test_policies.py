@@ -339,7 +339,6 @@ def test_gittins_runs_the_job_whose_kind_finishes_soon_not_the_youngest() -> Non
     assert chosen == ["rec-new"]  # ~40 s from done, against at least 9,990 s
 
 
-
 def test_gittins_gives_the_fast_kind_to_the_job_its_class_says_is_nearly_done() -> None:
     """Finished jobs of the class (``rec``) all needed 1,000 s: the one with 900 s behind it gets the V100, not the
     younger one (which ``hetero-ts``, taking attained service for the work left, favours)."""

@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from aios.scheduler.policies.timeshare import TimeSharedHeteroLAS
+from aios.scheduler.policies.timeshare import TimeSharedHeteroLAS, left_weight
 from aios.scheduler.state import Finished, JobState, SchedulerState, work_done
 
 TAIL_SHAPE = 1.5
@@ -58,8 +58,7 @@ def expected_weight(sizes: list[float], attained: float, power: float, offset_s:
     start = bisect.bisect_right(sizes, attained)
     if start == len(sizes):
         return None
-    left = np.asarray(sizes[start:]) - attained
-    return float(np.mean(((left + offset_s) / 3600.0) ** -power))
+    return float(np.mean(left_weight(np.asarray(sizes[start:]) - attained, power, offset_s)))
 
 
 class GittinsTimeShare(TimeSharedHeteroLAS):
@@ -127,7 +126,7 @@ class GittinsTimeShare(TimeSharedHeteroLAS):
                               lambda sizes, at: expected_weight(sizes, at, self.youth, self.young_s))
         # too few finished jobs longer than this one: attained service stands in for the work left, as in hetero-ts
         # (a Pareto tail's mean work left, 2 x attained, was tried in its place: 0.05-0.1 h worse on all traces)
-        return super().trade_weight(state, job, now) if found is None else found
+        return float(left_weight(attained, self.youth, self.young_s)) if found is None else found
 
     def prepare(self, state: SchedulerState, now: float, capacity: dict[str, int]) -> None:
         self._learn(state)

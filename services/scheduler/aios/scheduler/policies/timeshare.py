@@ -38,6 +38,13 @@ ANY_KIND = "*"
 """Allocation of a gang larger than any one kind: it runs across kinds, at the pace of the slowest."""
 
 
+def left_weight(left_s: float | np.ndarray, power: float, offset_s: float) -> float | np.ndarray:
+    """The weight in the kind trades of a job with ``left_s`` seconds of work left (per device, on its fastest kind):
+    ``((left + offset) / 1 h) ** -power``, more for jobs near their end, where a fast device shortens a completion
+    soonest. Policies differ in what they take for the work left; arrays give one weight each."""
+    return np.maximum((left_s + offset_s) / 3600.0, 1 / 3600.0) ** -power
+
+
 class _Lazy(dict):  # type: ignore[type-arg]
     """A dict that computes a missing entry on first use (most queued jobs are never reached in a round)."""
 
@@ -225,10 +232,9 @@ class TimeSharedHeteroLAS(Policy):
         return chosen
 
     def trade_weight(self, state: SchedulerState, job: JobState, now: float) -> float:
-        """How much a job's lost speed counts in the kind trades: more for young jobs (service per device under an
-        hour or so), which are the likeliest to finish soon, so a fast device shortens most completion times."""
-        hours = (work_done(state, job, now) / max(1, job.devices) + self.young_s) / 3600.0
-        return max(hours, 1 / 3600.0) ** -self.youth
+        """How much a job's lost speed counts in the kind trades: its service so far stands in for the work left
+        (heavy tails), so young jobs, the likeliest to finish soon, count most."""
+        return float(left_weight(work_done(state, job, now) / max(1, job.devices), self.youth, self.young_s))
 
     def relative_speed(self, job: JobState, kind: str) -> float:
         """Its speed on a kind it accepts, relative to its fastest (1.0 without hints; ``UNKNOWN_SPEED`` for a
