@@ -21,6 +21,7 @@ from aios.common.events import (
 from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import Projector
 from aios.common.store import Commit
+from aios.common.tasks import cancel_and_wait
 from aios.common.wire import new_token
 from aios.device_agent import fakenvml
 from aios.device_agent.health import HealthTracker, Transition
@@ -121,9 +122,8 @@ class DeviceAgentService(Service):
             await sub.unsubscribe()
         await self.runner.stop_all(cfg.stop_grace_s)  # workers get SIGTERM (checkpoint) before the node goes
         stop_follow.set()
-        for t in tasks[1:]:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(tasks[0], return_exceptions=True)
+        await cancel_and_wait(tasks[1:])
         await asyncio.to_thread(backend.stop)
 
     # -- registration and heartbeats --------------------------------------------------------------------------------

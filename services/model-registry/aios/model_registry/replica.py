@@ -24,6 +24,7 @@ from nats.js.api import KeyValueConfig, StorageType
 
 from aios.common.events import ModelAliasSet
 from aios.common.store import EventStore, connect
+from aios.common.tasks import cancel_and_wait
 from aios.model_registry import nn
 from aios.model_registry.service import Registry
 from aios.model_registry.serving import ModelServer, start_server
@@ -108,9 +109,7 @@ class Replica:
                 except asyncio.TimeoutError:
                     await self.announce(kv)
         finally:
-            if follow is not None:
-                follow.cancel()
-                await asyncio.gather(follow, return_exceptions=True)
+            await cancel_and_wait([follow])
             try:
                 await kv.delete(self.key)
             except Exception:  # noqa: BLE001 - the TTL removes it anyway

@@ -18,6 +18,7 @@ from aios.common.events import DevicesReleased, JobRequeued, NodeLost, NodeRegis
 from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import Projector
 from aios.common.store import Commit
+from aios.common.tasks import cancel_and_wait
 from aios.resource_manager.inventory import Inventory, fold_commit
 from aios.resource_manager.liveness import lost_nodes
 from aios.resource_manager.queries import QUERY_PREFIX, answer
@@ -77,8 +78,8 @@ class ResourceManagerService(Service):
         finally:
             await sub.unsubscribe()
             stop.set()
-            watch.cancel()
-            await asyncio.gather(follow, watch, return_exceptions=True)
+            await cancel_and_wait([watch])
+            await asyncio.gather(follow, return_exceptions=True)
 
     def _on_commit(self, commit: Commit) -> None:
         for ev in commit.events:
