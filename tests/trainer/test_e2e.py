@@ -69,7 +69,10 @@ def wait_job(aios: Any, name: str, statuses: tuple[str, ...], timeout: float = 1
             if seen.get(name, {}).get("status") in statuses:
                 return seen[name]
         time.sleep(0.5)
-    raise AssertionError(f"{name} never reached {statuses}: {seen.get(name)}")
+    job = seen.get(name) or {}
+    why = aios("why", job["job"]).stdout if job.get("job") else ""
+    raise AssertionError(f"{name} never reached {statuses}: {job}\n"
+                         f"aios why: {why}\naios nodes: {aios('nodes', '--json').stdout}")
 
 
 def test_four_rank_mlp_job_and_a_plain_command_job(aios_env: dict[str, str], tmp_path: Path) -> None:
