@@ -152,8 +152,9 @@ def test_node_loss_requeues_and_resumes_from_the_checkpoint(aios_env: dict[str, 
         saved_first = [e.step for e in history if isinstance(e, CheckpointSaved) and e.attempt == 1]
         resumed = [e.step for e in history if isinstance(e, JobProgress) and e.attempt == 2]
         assert saved_first and min(resumed) > max(saved_first)  # resumed after the last checkpoint, not from 0
-        assert done["steps_redone"] == max(e.step for e in history if isinstance(e, JobProgress) and e.attempt == 1) \
-            - max(saved_first)
+        # steps reported past the last checkpoint were trained again; a report may lag the checkpoint (91 < 100)
+        reported_first = max(e.step for e in history if isinstance(e, JobProgress) and e.attempt == 1)
+        assert done["steps_redone"] == max(0, reported_first - max(saved_first))
         final = [e for e in history if isinstance(e, JobProgress) and e.final]
         assert len(final) == 1 and abs(final[0].accuracy - one_rank_accuracy(trainer)) <= 0.01
     finally:
