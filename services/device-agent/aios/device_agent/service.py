@@ -121,8 +121,7 @@ class DeviceAgentService(Service):
         for sub in subs:
             await sub.unsubscribe()
         await self.runner.stop_all(cfg.stop_grace_s)  # workers get SIGTERM (checkpoint) before the node goes
-        stop_follow.set()  # the follower ends on its own after the commit in hand; the loops are cancelled
-        await asyncio.wait(tasks[:1], timeout=5.0)
+        stop_follow.set()
         await cancel_and_wait(tasks)
         await asyncio.to_thread(backend.stop)
 

@@ -78,7 +78,6 @@ class ResourceManagerService(Service):
         finally:
             await sub.unsubscribe()
             stop.set()
-            await asyncio.wait([follow], timeout=5.0)  # it ends on `stop` after the commit in hand
             await cancel_and_wait([follow, watch])
 
     def _on_commit(self, commit: Commit) -> None:
