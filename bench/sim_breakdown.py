@@ -18,8 +18,8 @@ import json
 from collections import Counter
 from typing import Any
 
-import aios.scheduler.sim.simulator as sim
 from aios.scheduler.policies import make_policy
+from aios.scheduler.sim.simulator import simulate, summary
 from aios.scheduler.sim.traces import parse_cluster, read_gavel_throughputs, read_gavel_trace
 from aios.scheduler.state import PLACED, SchedulerState
 
@@ -49,19 +49,9 @@ def breakdown(trace_path: str, cluster_spec: str, policy: str, throughputs_path:
     cluster = parse_cluster(cluster_spec)
     throughputs = read_gavel_throughputs(throughputs_path)
     trace = read_gavel_trace(trace_path)
-    last_of_round: dict[float, int] = {}
-    real_step = sim.step
-
-    def observed_step(state: SchedulerState, pol: Any, now: float, **kw: Any) -> Any:
-        plan = real_step(state, pol, now, **kw)
-        last_of_round[now] = misplaced_devices(state, cluster)  # the round's last decision overwrites
-        return plan
-
-    sim.step = observed_step
-    try:
-        result = sim.simulate(trace, throughputs, cluster, make_policy(policy), round_s=round_s)
-    finally:
-        sim.step = real_step
+    misplaced: list[int] = []
+    result = simulate(trace, throughputs, cluster, make_policy(policy), round_s=round_s,
+                      on_round=lambda state, _now: misplaced.append(misplaced_devices(state, cluster)))
     n = len(trace)
     jobs = []
     for tj, rec in zip(trace, result["records"]):
@@ -83,9 +73,8 @@ def breakdown(trace_path: str, cluster_spec: str, policy: str, throughputs_path:
         members = [j for j in jobs if lo <= j["best_h"] < hi]
         if members:
             groups.append(group(f"{lo}-{hi} h on the fastest kind", members))
-    return {"summary": sim.summary(result), "bound_avg_jct_h": round(sum(j["best_h"] for j in jobs) / n, 2),
-            "groups": groups, "rounds": len(last_of_round),
-            "misplaced_device_rounds": sum(last_of_round.values())}
+    return {"summary": summary(result), "bound_avg_jct_h": round(sum(j["best_h"] for j in jobs) / n, 2),
+            "groups": groups, "rounds": len(misplaced), "misplaced_device_rounds": sum(misplaced)}
 
 
 def main() -> None:

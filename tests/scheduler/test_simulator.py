@@ -50,6 +50,17 @@ def test_a_gang_waits_for_two_gpus() -> None:
     assert finish(r, 1) == 720 + 360  # both GPUs free only after job 0; 720 steps at 2 steps/s
 
 
+def test_a_probe_sees_each_round_after_its_decisions() -> None:
+    """``on_round`` (bench probes use it) is called once a round with the jobs the round placed already placed."""
+    seen: list[tuple[float, list[str]]] = []
+    trace = [TraceJob("A", 720, 1, 1, 0), TraceJob("A", 360, 1, 1, 0)]
+    simulate(trace, RATES, {"v100": 1}, make_policy("fifo"), round_s=360,
+             on_round=lambda state, now: seen.append((now, sorted(j.job_id for j in state.active()
+                                                                     if j.status == "placed"))))
+    assert [t for t, _ in seen] == [0, 360, 720]
+    assert [len(placed) for _, placed in seen] == [1, 1, 1] and seen[0][1] == seen[1][1] != seen[2][1]
+
+
 def test_slow_kind_is_slow() -> None:
     r = simulate([TraceJob("A", 900, 1, 1, 0)], RATES, {"k80": 1}, make_policy("fifo"), round_s=360)
     assert finish(r, 0) == 3600  # 0.25 steps/s

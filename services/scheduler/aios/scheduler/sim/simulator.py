@@ -13,7 +13,7 @@ import re
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -54,11 +54,13 @@ def cluster_events(cluster: dict[str, int], gpus_per_server: int) -> list[tuple[
 
 def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str, int], policy: Policy,
              round_s: float = 360.0, gpus_per_server: int = 4, max_rounds: int = 2_000_000,
-             oracle_estimates: bool = False) -> dict[str, Any]:
+             oracle_estimates: bool = False,
+             on_round: Callable[[SchedulerState, float], None] | None = None) -> dict[str, Any]:
     """Run ``trace`` under ``policy``; the summary keys, per-job ``records`` and a per-round ``timeline``.
 
     ``oracle_estimates`` gives every job a perfect runtime estimate (its true duration on its fastest kind), as a
-    user's estimate would be at best; results that use it are labelled and kept apart from the headline."""
+    user's estimate would be at best; results that use it are labelled and kept apart from the headline.
+    ``on_round(state, now)`` sees the state after each round's decisions, before the round runs (probes read it)."""
     started = time.perf_counter()
     state = SchedulerState()
     apply(state, cluster_events(cluster, gpus_per_server), 0.0)
@@ -111,6 +113,8 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
             if not (plan.preemptions or plan.releases or plan.requeues):
                 break
         decide_s += time.perf_counter() - t0
+        if on_round is not None:
+            on_round(state, now)
         rounds += 1
         running = [js for js in state.active() if js.status == PLACED]
         timeline["t_s"].append(now)
