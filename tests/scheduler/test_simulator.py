@@ -20,6 +20,7 @@ from aios.scheduler.sim.fairness import isolated_finish_times
 from aios.scheduler.sim.native import write_native_trace
 from aios.scheduler.sim.simulator import simulate
 from aios.scheduler.sim.traces import TraceJob, parse_cluster, read_gavel_trace
+from aios.scheduler.state import PLACED
 
 RATES = {("A", 1): {"v100": 1.0, "k80": 0.25}, ("A", 2): {"v100": 2.0}}
 REPO = Path(__file__).resolve().parents[2]
@@ -56,7 +57,7 @@ def test_a_probe_sees_each_round_after_its_decisions() -> None:
     trace = [TraceJob("A", 720, 1, 1, 0), TraceJob("A", 360, 1, 1, 0)]
     simulate(trace, RATES, {"v100": 1}, make_policy("fifo"), round_s=360,
              on_round=lambda state, now: seen.append((now, sorted(j.job_id for j in state.active()
-                                                                     if j.status == "placed"))))
+                                                                     if j.status == PLACED))))
     assert [t for t, _ in seen] == [0, 360, 720]
     assert [len(placed) for _, placed in seen] == [1, 1, 1] and seen[0][1] == seen[1][1] != seen[2][1]
 
