@@ -215,3 +215,14 @@ print(json.dumps([(x["job"], x["finish_s"], x["preemptions"]) for x in r["record
         assert out.returncode == 0, out.stderr
         runs.add(out.stdout)
     assert len(runs) == 1
+
+
+@pytest.mark.parametrize("policy", ["gavel", "maxmin", "makespan"])
+def test_a_plan_gives_a_gang_no_time_on_kinds_too_small_for_it(policy: str) -> None:
+    """A 4-GPU job on 2 V100 + 2 P100 + 4 K80 can only run on the K80s. The fluid plan once gave it half the time of
+    each 2-GPU kind (4 GPUs x 1/2 <= 2), which no round can place: it waited for ever and the run ended without it."""
+    rates = {("G", 4): {"v100": 4.0, "p100": 3.0, "k80": 1.0}}
+    r = simulate([TraceJob("G", 3600, 4, 1, 0)], rates, {"v100": 2, "p100": 2, "k80": 4}, make_policy(policy),
+                 round_s=360)
+    assert r["finished"] == 1
+    assert r["records"][0]["kind_time_s"] == {"k80": 3600.0}

@@ -61,7 +61,11 @@ class PlannedTimeShare(TimeSharedHeteroLAS):
         for i, job in enumerate(jobs):
             hints = job.spec.throughput if job.spec else {}
             best = max(hints.values(), default=0.0)
-            for k in self._accepts(job, capacity):
+            accepts = self._accepts(job, capacity)
+            # a gang gets no time on a kind with fewer devices than it needs: the fluid plan would give a 4-GPU job
+            # half the time of a 2-GPU kind, which no round can place (unless no kind holds it: then it spans kinds)
+            fits = [k for k in accepts if capacity[k] >= job.devices] or accepts
+            for k in fits:
                 speed[i, kinds.index(k)] = hints.get(k, 0.0) / best if best > 0 else 1.0
         x = self.plan(state, now, jobs, speed, np.array([j.devices for j in jobs], dtype=float),
                       np.array([capacity[k] for k in kinds], dtype=float))
