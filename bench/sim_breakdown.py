@@ -20,7 +20,7 @@ from typing import Any
 
 from aios.scheduler.policies import make_policy
 from aios.scheduler.sim.simulator import simulate, summary
-from aios.scheduler.sim.traces import parse_cluster, read_gavel_throughputs, read_gavel_trace
+from aios.scheduler.sim.traces import kind_rates, parse_cluster, read_gavel_throughputs, read_gavel_trace
 from aios.scheduler.state import PLACED, SchedulerState
 
 LENGTH_EDGES_H = (0, 1, 4, 16, 50, 200, float("inf"))
@@ -55,8 +55,7 @@ def breakdown(trace_path: str, cluster_spec: str, policy: str, throughputs_path:
     n = len(trace)
     jobs = []
     for tj, rec in zip(trace, result["records"]):
-        rates = {k: v for k, v in (tj.rates or throughputs.get((tj.job_type, tj.gpus), {})).items()
-                 if k in cluster and v > 0}
+        rates = kind_rates(tj, throughputs, cluster)
         best_h = tj.total_steps / max(rates.values()) / 3600
         jct_h = (rec["finish_s"] - rec["arrival_s"]) / 3600
         run_h = sum(rec["kind_time_s"].values()) / 3600

@@ -23,7 +23,7 @@ from aios.scheduler.placement import BinCache
 from aios.scheduler.policies.base import Policy
 from aios.scheduler.predict import RuntimePredictor
 from aios.scheduler.sim.fairness import finish_time_fairness, isolated_finish_times
-from aios.scheduler.sim.traces import Throughputs, TraceJob
+from aios.scheduler.sim.traces import Throughputs, TraceJob, kind_rates
 from aios.scheduler.state import PENDING, PLACED, PREEMPTING, JobState, SchedulerState
 
 
@@ -93,9 +93,7 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
             i, tj = pending_arrivals[next_arrival]
             next_arrival += 1
             job_id = tj.name or f"{slug(tj.job_type)}-{i}"
-            table = tj.rates or throughputs.get((tj.job_type, tj.gpus), {})
-            rates = ({k: v for k, v in table.items() if k in cluster and v > 0} if table
-                     else {k: 1.0 for k in cluster})  # nothing known of its speed: one step a second anywhere
+            rates = kind_rates(tj, throughputs, cluster)
             jobs[job_id] = SimJob(job_id, tj, rates)
             spec = {"name": job_id, "tenant": tj.tenant, "devices": tj.gpus, "device_types": sorted(rates),
                     "throughput": rates, "command": ["train"], "priority": int(tj.priority_weight)}

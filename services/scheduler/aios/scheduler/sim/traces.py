@@ -56,6 +56,15 @@ def read_gavel_throughputs(path: str | Path) -> Throughputs:
     return table
 
 
+def kind_rates(job: TraceJob, throughputs: Throughputs, cluster: dict[str, int]) -> dict[str, float]:
+    """Steps/s of the job on each kind of the cluster it can run on (the job's own rates, else the table's); a job
+    of which nothing is known runs a step a second anywhere."""
+    table = job.rates or throughputs.get((job.job_type, job.gpus), {})
+    if not table:
+        return {k: 1.0 for k in cluster}
+    return {k: v for k, v in table.items() if k in cluster and v > 0}
+
+
 def parse_cluster(spec: str, gpus_per_server: int = 4) -> dict[str, int]:
     """``v100=12,p100=12,k80=12`` -> {"v100": 12, ...} (GPUs of each kind)."""
     out: dict[str, int] = {}
