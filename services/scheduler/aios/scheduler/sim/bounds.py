@@ -108,6 +108,8 @@ def jct_lower_bound(trace: list[TraceJob], throughputs: Throughputs, cluster: di
     if tangents:
         np.add.at(busy, pair_job, res.x[nv:] / work[pair_job])
     finish = busy + work / 2
+    gpu_hours = np.zeros(len(kinds))
+    np.add.at(gpu_hours, kind, x * gpus[job] * slot_h)
     return {
         "jobs": n,
         "slot_h": slot_h,
@@ -117,4 +119,5 @@ def jct_lower_bound(trace: list[TraceJob], throughputs: Throughputs, cluster: di
         "variables": int(n_cols),
         "avg_jct_lower_bound_h": round(float(np.mean(finish - arrival)), 3),
         "no_queueing_bound_h": round(float(np.mean(work)), 3),
+        "gpu_hours_per_kind": {k: round(float(h), 1) for k, h in zip(kinds, gpu_hours)},
     }
