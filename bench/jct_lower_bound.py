@@ -12,6 +12,7 @@ import argparse
 import json
 import time
 
+from aios.common.errors import ConfigError
 from aios.scheduler.sim.bounds import jct_lower_bound
 from aios.scheduler.sim.traces import parse_cluster, read_gavel_throughputs, read_gavel_trace
 
@@ -26,8 +27,11 @@ def main() -> None:
     p.add_argument("--horizon-h", type=float, default=None)
     args = p.parse_args()
     t0 = time.perf_counter()
-    result = jct_lower_bound(read_gavel_trace(args.trace), read_gavel_throughputs(args.throughputs),
-                             parse_cluster(args.cluster), args.slot_h, args.tangents, args.horizon_h)
+    try:
+        result = jct_lower_bound(read_gavel_trace(args.trace), read_gavel_throughputs(args.throughputs),
+                                 parse_cluster(args.cluster), args.slot_h, args.tangents, args.horizon_h)
+    except (ConfigError, OSError, ValueError, RuntimeError) as exc:
+        raise SystemExit(f"jct_lower_bound: {exc}") from None
     print(json.dumps({**result, "wall_s": round(time.perf_counter() - t0, 1)}))
 
 

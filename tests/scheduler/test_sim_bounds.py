@@ -64,3 +64,9 @@ def test_the_bound_is_below_every_simulated_schedule() -> None:
         result = simulate(trace, rates, cluster, make_policy(policy), round_s=360)
         assert result["finished"] == len(trace)
         assert bound["avg_jct_lower_bound_h"] <= result["avg_jct_h"], policy
+
+
+def test_a_job_no_schedule_can_finish_is_named() -> None:
+    trace = [TraceJob("A", 3600, 1, 1, 0), TraceJob("A", 7200, 2, 1, 0)]
+    with pytest.raises(ValueError, match=r"job 1 \(A, 2 GPUs\).*hold only 1 GPUs"):
+        jct_lower_bound(trace, RATES, {"v100": 1})

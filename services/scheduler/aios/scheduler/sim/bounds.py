@@ -48,9 +48,12 @@ def jct_lower_bound(trace: list[TraceJob], throughputs: Throughputs, cluster: di
     work = np.zeros(n)
     for j, tj in enumerate(trace):
         rates = kind_rates(tj, throughputs, cluster)
+        if sum(cluster[k] for k in rates) < tj.gpus:
+            raise ValueError(f"job {j} ({tj.job_type}, {tj.gpus} GPUs): the kinds it runs on hold only "
+                             f"{sum(cluster[k] for k in rates)} GPUs of this cluster, so no schedule finishes it")
         best = max(rates.values())
         speed[j] = [rates.get(k, 0.0) / best for k in kinds]
-        work[j] = tj.total_steps / best / 3600
+        work[j] = max(tj.total_steps / best / 3600, 1e-9)
     gpus = np.array([tj.gpus for tj in trace], dtype=float)
     if horizon_h is None:
         horizon_h = float(arrival.max() + (work * gpus).sum() / sum(cluster.values()) + work.max())
