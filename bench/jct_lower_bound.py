@@ -24,7 +24,7 @@ def main() -> None:
     p.add_argument("--throughputs", default="../shared/traces/gavel-throughputs-isolated.csv")
     p.add_argument("--slot-h", type=float, default=1.0, help="slot length, hours (finer: tighter, slower)")
     p.add_argument("--tangents", type=int, default=3, help="0: each slot's work taken at the slot's start only")
-    p.add_argument("--horizon-h", type=float, default=None)
+    p.add_argument("--horizon-h", type=float, default=None, help="first guess; doubled while it binds")
     args = p.parse_args()
     t0 = time.perf_counter()
     try:

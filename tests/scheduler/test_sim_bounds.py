@@ -63,7 +63,37 @@ def test_the_bound_is_below_every_simulated_schedule() -> None:
     for policy in ("fifo", "las", "hetero-ts", "gavel"):
         result = simulate(trace, rates, cluster, make_policy(policy), round_s=360)
         assert result["finished"] == len(trace)
-        assert bound["avg_jct_lower_bound_h"] <= result["avg_jct_h"], policy
+        assert bound["avg_jct_lower_bound_h"] <= exact_avg_jct_h(result), policy
+
+
+def exact_avg_jct_h(result: dict) -> float:
+    return sum(r["finish_s"] - r["arrival_s"] for r in result["records"]) / 3600 / len(result["records"])
+
+
+def test_the_horizon_grows_until_it_no_longer_binds() -> None:
+    """The first guess at the horizon divides the work by every GPU, here 200 K80s the long job cannot use, and so
+    ends before the best schedule does (the short job, then the long one, on the V100: JCTs 1 h and 11 h less 1 s).
+    A bound computed within it was 7.36 h, above that schedule's 6 h."""
+    trace = [TraceJob("A", 3600, 1, 1, 0, rates={"v100": 1.0, "k80": 0.1}),
+             TraceJob("A", 36000, 1, 1, 1, rates={"v100": 1.0})]
+    cluster = {"v100": 1, "k80": 200}
+    bound = jct_lower_bound(trace, {}, cluster, slot_h=0.05)
+    assert bound["last_slot_used_h"] < bound["horizon_h"] - 0.05
+    fifo = simulate(trace, {}, cluster, make_policy("fifo"), round_s=60)
+    assert 5.9 < bound["avg_jct_lower_bound_h"] <= exact_avg_jct_h(fifo) < 6.01
+    assert jct_lower_bound(trace, {}, cluster, slot_h=0.05, horizon_h=2.0) == bound  # a short first guess too
+
+
+def test_arrivals_on_slot_edges_of_inexact_slot_lengths() -> None:
+    """1.0 // 0.1 is 9 in floating point: an arrival at 1 h fell into the slot before, with no room in it."""
+    trace = [TraceJob("A", 3600, 1, 1, 3600), TraceJob("A", 3600, 1, 1, 10800)]
+    assert jct_lower_bound(trace, RATES, {"v100": 1}, slot_h=0.1)["avg_jct_lower_bound_h"] == pytest.approx(1.0, abs=2e-3)
+
+
+def test_the_bound_is_rounded_down() -> None:
+    """A lone job of 3,602 s has a JCT of 1.00056 h; the bound may not print 1.001."""
+    bound = jct_lower_bound([TraceJob("A", 3602, 1, 1, 0)], RATES, {"v100": 1}, slot_h=0.25)
+    assert bound["avg_jct_lower_bound_h"] <= 3602 / 3600
 
 
 def test_a_job_no_schedule_can_finish_is_named() -> None:

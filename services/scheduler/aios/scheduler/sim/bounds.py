@@ -8,18 +8,21 @@ slots and a linear program chooses, per job, kind and slot, the fraction ``x`` o
 - per job and slot, at most the whole gang runs (less in the slot the job arrives in, and nothing before);
 - every job gets its work ``p`` done (hours on its fastest kind; a slot on kind k does ``speed_k x`` of it an hour).
 
-Any schedule the simulator (or a cluster) can run is a point of this program, even with gangs split over kinds and
-free preemption. A job whose work progresses at a rate of at most 1 finishes no earlier than its mean busy time (the
+Every schedule the simulator can run, with free preemption and gangs spread over kinds (which the simulator runs
+at the slowest kind's speed, the program at the mix's), does at least as much work by every moment as a point of
+this program. A job whose work progresses at a rate of at most 1 finishes no earlier than its mean busy time (the
 work-weighted mean of the times its work is done) plus ``p / 2``; the program minimises the sum of mean busy times
 and so bounds the sum of finish times from below. It takes each slot's work ``w`` as done from the slot's start at
 full rate (mean time ``start + w / 2``, the ``w^2 / 2`` part kept under tangents of the convex curve), which can only
-under-estimate. The bound is loose where the best schedule time-shares (a job at half rate finishes later than its
-mean busy time plus ``p / 2``) and where it splits gangs, so a target between it and a policy's result is neither
-shown reachable nor out of reach.
+under-estimate, and the result is rounded down. The bound is loose where the best schedule time-shares (a job at
+half rate finishes later than its mean busy time plus ``p / 2``), where it runs part of a gang, and for jobs
+shorter than a slot (each is taken to start at the slot's start), so a target between it and a policy's result is
+neither shown reachable nor out of reach.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -35,12 +38,27 @@ def no_queueing_bound_h(trace: list[TraceJob], throughputs: Throughputs, cluster
                           for tj in trace]))
 
 
+def _max_rate(speed: np.ndarray, gpus: float, capacity: np.ndarray) -> float:
+    """The most work an hour a job alone can get when its gang may be spread over kinds (fastest kinds first)."""
+    rate, left = 0.0, 1.0
+    for c in np.argsort(-speed):
+        if speed[c] <= 0 or left <= 0:
+            break
+        share = min(left, capacity[c] / gpus)
+        rate, left = rate + share * speed[c], left - share
+    return rate
+
+
 def jct_lower_bound(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str, int], slot_h: float = 1.0,
                     tangents: int = 3, horizon_h: float | None = None) -> dict[str, Any]:
-    """The capacity-aware bound (module docstring). ``tangents`` = 0 takes each slot's work at the slot's start only;
-    more tangents bound the within-slot part more tightly. The horizon defaults to the last arrival plus the time to
-    do all the work on the whole cluster at full speed plus the longest job: generous, and the result reports the
-    last slot the program used so that a binding horizon would show."""
+    """The capacity-aware bound (module docstring), rounded down to 3 decimals. ``tangents`` = 0 takes each slot's
+    work at the slot's start only; more tangents bound the within-slot part more tightly.
+
+    The program needs a horizon; ``horizon_h`` (default: the last arrival plus the time to do all the work on the
+    whole cluster at full speed plus the longest job) is only a first guess. The bound holds for every longer
+    horizon once the last slot is left empty (the work of a slot past it would cost more than in the last slot,
+    whose rows are slack), so the horizon is doubled while the last slot holds work or the program is infeasible,
+    up to one that a schedule running the jobs one at a time after the last arrival would fit in (an error past it)."""
     kinds = sorted(cluster)
     n = len(trace)
     arrival = np.array([tj.arrival_s / 3600 for tj in trace])
@@ -55,17 +73,45 @@ def jct_lower_bound(trace: list[TraceJob], throughputs: Throughputs, cluster: di
         speed[j] = [rates.get(k, 0.0) / best for k in kinds]
         work[j] = max(tj.total_steps / best / 3600, 1e-9)
     gpus = np.array([tj.gpus for tj in trace], dtype=float)
-    if horizon_h is None:
-        horizon_h = float(arrival.max() + (work * gpus).sum() / sum(cluster.values()) + work.max())
+    capacity = np.array([float(cluster[k]) for k in kinds])
+    serial = float(arrival.max() + sum(work[j] / _max_rate(speed[j], gpus[j], capacity) for j in range(n)) + slot_h)
+    horizon = max(horizon_h or float(arrival.max() + (work * gpus).sum() / capacity.sum() + work.max()),
+                  float(arrival.max()) + slot_h)
+    while True:
+        solved = _solve(arrival, work, speed, gpus, capacity, slot_h, tangents, horizon)
+        if solved is not None and not solved["last_slot_work"]:
+            break
+        if horizon >= serial:
+            raise RuntimeError(f"the lower-bound program still needs its last slot at a {horizon:.0f} h horizon")
+        horizon = min(2 * horizon, serial)
+    finish = solved["busy"] + work / 2
+    return {
+        "jobs": n,
+        "slot_h": slot_h,
+        "tangents": tangents,
+        "horizon_h": round(solved["slots"] * slot_h, 1),
+        "last_slot_used_h": solved["last_used_h"],
+        "variables": solved["variables"],
+        "avg_jct_lower_bound_h": math.floor(float(np.mean(finish - arrival)) * 1000) / 1000,
+        "no_queueing_bound_h": round(float(np.mean(work)), 3),
+        "gpu_hours_per_kind": {k: round(float(h), 1) for k, h in zip(kinds, solved["gpu_hours"])},
+    }
+
+
+def _solve(arrival: np.ndarray, work: np.ndarray, speed: np.ndarray, gpus: np.ndarray, capacity: np.ndarray,
+           slot_h: float, tangents: int, horizon_h: float) -> dict[str, Any] | None:
+    """The program over ``ceil(horizon_h / slot_h)`` slots; None when infeasible within them."""
+    n, m = speed.shape
     slots = int(np.ceil(horizon_h / slot_h))
     starts = np.arange(slots) * slot_h
-
     # one variable per (job, kind it can run on, slot from its arrival on)
     parts: list[tuple[np.ndarray, ...]] = []
     for j in range(n):
-        t = np.arange(int(arrival[j] // slot_h), slots)
+        t = np.arange(max(0, int(arrival[j] // slot_h) - 1), slots)
         begin = np.maximum(starts[t], arrival[j])
-        frac = (starts[t] + slot_h - begin) / slot_h  # the part of the slot after the arrival
+        frac = np.minimum(1.0, (starts[t] + slot_h - begin) / slot_h)  # the part of the slot after the arrival
+        keep = frac > 1e-9  # (a float division may put the arrival's slot one early)
+        t, begin, frac = t[keep], begin[keep], frac[keep]
         for c in np.flatnonzero(speed[j] > 0):
             parts.append((np.full(len(t), j), np.full(len(t), c), t, begin, frac))
     job, kind, slot, begin, frac = (np.concatenate(p) for p in zip(*parts))
@@ -74,11 +120,11 @@ def jct_lower_bound(trace: list[TraceJob], throughputs: Throughputs, cluster: di
     rate = speed[job, kind] * slot_h  # hours of the job's work a whole gang does in the slot
     cost = begin * rate / work[job]  # the variable's share of the job's mean busy time (work at the slot's start)
 
-    n_cap, n_gang = len(kinds) * slots, n * slots
+    n_cap, n_gang = m * slots, n * slots
     rows = [kind * slots + slot, n_cap + job * slots + slot, n_cap + n_gang + job]
     cols = [v, v, v]
     vals = [gpus[job], 1.0 / frac, -rate]
-    bounds = [np.repeat([float(cluster[k]) for k in kinds], slots), np.ones(n_gang), -work]
+    bounds = [np.repeat(capacity, slots), np.ones(n_gang), -work]
     costs = [cost]
     n_rows, n_cols = n_cap + n_gang + n, nv
     pair, pair_of = np.unique(job * slots + slot, return_inverse=True)
@@ -103,24 +149,23 @@ def jct_lower_bound(trace: list[TraceJob], throughputs: Throughputs, cluster: di
     used = np.unique(all_rows)  # (job, slot) rows before a job's arrival hold no variable
     res = linprog(np.concatenate(costs), A_ub=a[used], b_ub=np.concatenate(bounds)[used], bounds=(0, None),
                   method="highs")
+    if res.status == 2:
+        return None
     if res.status != 0:
-        raise RuntimeError(f"the lower-bound program found no solution: {res.message}")
+        raise RuntimeError(f"the lower-bound program failed: {res.message}")
     x = res.x[:nv]
     busy = np.zeros(n)
     np.add.at(busy, job, cost * x)
     if tangents:
         np.add.at(busy, pair_job, res.x[nv:] / work[pair_job])
-    finish = busy + work / 2
-    gpu_hours = np.zeros(len(kinds))
+    gpu_hours = np.zeros(m)
     np.add.at(gpu_hours, kind, x * gpus[job] * slot_h)
+    working = x * rate > 1e-9
     return {
-        "jobs": n,
-        "slot_h": slot_h,
-        "tangents": tangents,
-        "horizon_h": round(slots * slot_h, 1),
-        "last_slot_used_h": round(float(begin[x > 1e-9].max()), 1),
+        "busy": busy,
+        "slots": slots,
         "variables": int(n_cols),
-        "avg_jct_lower_bound_h": round(float(np.mean(finish - arrival)), 3),
-        "no_queueing_bound_h": round(float(np.mean(work)), 3),
-        "gpu_hours_per_kind": {k: round(float(h), 1) for k, h in zip(kinds, gpu_hours)},
+        "last_slot_work": bool(np.any(working & (slot == slots - 1))),
+        "last_used_h": round(float(begin[working].max()), 1) if working.any() else 0.0,
+        "gpu_hours": gpu_hours,
     }
