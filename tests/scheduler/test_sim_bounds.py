@@ -100,3 +100,5 @@ def test_a_job_no_schedule_can_finish_is_named() -> None:
     trace = [TraceJob("A", 3600, 1, 1, 0), TraceJob("A", 7200, 2, 1, 0)]
     with pytest.raises(ValueError, match=r"job 1 \(A, 2 GPUs\).*hold only 1 GPUs"):
         jct_lower_bound(trace, RATES, {"v100": 1})
+    with pytest.raises(ValueError, match="no jobs"):
+        jct_lower_bound([], RATES, {"v100": 1})

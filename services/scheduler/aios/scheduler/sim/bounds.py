@@ -59,6 +59,8 @@ def jct_lower_bound(trace: list[TraceJob], throughputs: Throughputs, cluster: di
     horizon once the last slot is left empty (the work of a slot past it would cost more than in the last slot,
     whose rows are slack), so the horizon is doubled while the last slot holds work or the program is infeasible,
     up to one that a schedule running the jobs one at a time after the last arrival would fit in (an error past it)."""
+    if not trace:
+        raise ValueError("the trace holds no jobs")
     kinds = sorted(cluster)
     n = len(trace)
     arrival = np.array([tj.arrival_s / 3600 for tj in trace])
