@@ -195,7 +195,7 @@ def test_a_simulation_replays_the_same_in_every_process(aios_env: dict[str, str]
     Gavel trace, and 11.16 / 11.22 / 11.24 h on this workload under hash seeds 1 / 2 / 3.)"""
     script = """
 import json, random
-from aios.scheduler.policies import POLICIES, make_policy
+from aios.scheduler.policies import make_policy
 from aios.scheduler.sim.simulator import simulate
 from aios.scheduler.sim.traces import TraceJob
 rng = random.Random(7)
