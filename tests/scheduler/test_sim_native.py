@@ -14,7 +14,7 @@ from aios.common.events import (
 from aios.common.store import EventStore
 from aios.scheduler.local import node_registration
 from aios.scheduler.sim.native import jobs_from_events, load_log_workload, read_native_trace, write_native_trace
-from aios.scheduler.sim.traces import TraceJob
+from aios.scheduler.sim.traces import TraceJob, kind_rates
 
 GOOD = '{"name": "a-1", "arrival_s": 0, "tenant": "t", "devices": 1, "job_type": "a", "priority": 0, "work": 10}'
 
@@ -22,7 +22,8 @@ GOOD = '{"name": "a-1", "arrival_s": 0, "tenant": "t", "devices": 1, "job_type":
 def test_write_then_read_round_trips(tmp_path: Path) -> None:
     jobs = [TraceJob("resnet", 130.0, 4, 0.0, 0.0, {"h100": 2.0, "a100": 1.0}, "vision", "resnet-ab12"),
             TraceJob("bert", 1e9 / 3, 1, 2.5, 12.345678901234567, {}, "nlp", "bert-7"),
-            TraceJob("A", 3600.0, 2, 1.0, 99.0)]
+            TraceJob("A", 3600.0, 2, 1.0, 99.0),
+            TraceJob("llm", 50.0, 8, 0.0, 120.0, {"a100": 1.0}, "nlp", "llm-3", any_kind=True)]
     path = tmp_path / "jobs.jsonl"
     write_native_trace(path, jobs)
     assert read_native_trace(path) == jobs
@@ -43,6 +44,7 @@ def test_comments_blank_lines_and_defaults(tmp_path: Path) -> None:
     ('{"name": "b", "arrival_s": 1, "devices": -1, "work": 3}', "field 'devices': expected a positive integer, got -1"),
     ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "rates": {"h100": "fast"}}', "field 'rates.h100'"),
     ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "wrok": 3}', "field 'wrok': unknown field"),
+    ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "any_kind": "yes"}', "field 'any_kind': expected true"),
     ('[1, 2]', "expected a JSON object"),
 ])
 def test_bad_input_names_file_line_and_field(tmp_path: Path, line: str, field: str) -> None:
@@ -97,10 +99,13 @@ def test_the_fold_measures_work_on_the_kinds_each_run_used() -> None:
     train = by_name["train-1"]
     assert train.total_steps == 50 * 2.0 + 30 * 1.0 and train.arrival_s == 0.0
     assert (train.job_type, train.gpus, train.tenant, train.priority_weight) == ("train", 1, "vision", 5.0)
-    assert train.rates == {"h100": 2.0, "a100": 1.0}
+    assert train.rates == {"h100": 2.0, "a100": 1.0} and train.any_kind  # named no device_types
     assert by_name["crash-3"].total_steps == 10.0 and by_name["crash-3"].arrival_s == 60.0  # failed: work done
     wait = by_name["wait-4"]
-    assert wait.total_steps == 60 * 3.0 and wait.rates == {"a100": 1.0, "h100": 3.0}  # estimate at its fastest
+    assert wait.total_steps == 60 * 3.0 and wait.rates == {"h100": 3.0}  # estimate at its fastest
+    # no device_types: it may run anywhere, unhinted kinds at 1 step/s, kinds a what-if adds too
+    assert kind_rates(wait, {}, w.cluster) == {"a100": 1.0, "h100": 3.0}
+    assert kind_rates(wait, {}, {**w.cluster, "b200": 4}) == {"a100": 1.0, "h100": 3.0, "b200": 1.0}
     assert sorted(w.skipped) == ["idle-2", "run-5"] and w.start_ts == 100.0
     assert "runtime_estimate_s" in w.reasons["run-5"]
 

@@ -86,6 +86,18 @@ def test_trace_reader_and_cluster_errors(tmp_path: Path) -> None:
         parse_cluster("v100:12")
 
 
+def test_adding_a_kind_no_job_can_run_on_is_an_error(tmp_path: Path) -> None:
+    """A what-if with GPUs nobody can use would print the same figures as without them, as if the GPUs did not help."""
+    from aios.cli import simulate as cli
+    from aios.common.errors import ConfigError
+
+    native = tmp_path / "jobs.jsonl"
+    write_native_trace(native, [TraceJob("A", 3600, 1, 1, 0, {"v100": 1.0}), TraceJob("A", 3600, 1, 1, 0, {"v100": 1.0})])
+    with pytest.raises(ConfigError, match="--add: no job of the workload can run on 'h100'"):
+        cli.run(str(native), "v100=1", "fifo", None, None, 360, 4, True, None, add="h100=1")
+    assert cli.run(str(native), "v100=1", "fifo", None, None, 360, 4, True, None, add="v100=1") == 0
+
+
 @pytest.mark.skipif(not TRACES.is_dir(), reason="../shared/traces not present")
 def test_simulate_command(aios_env: dict[str, str]) -> None:
     run = lambda *a: subprocess.run([sys.executable, "-m", "aios.cli.main", "simulate", *a], env=aios_env,  # noqa
@@ -160,7 +172,8 @@ async def test_counterfactual_replay_of_a_live_log(killable_nats: NatsServer, ca
         await store.append(*node_registration("n1", "a100", 1))
         for i, (t0, run_s) in enumerate([(1000.0, 3600.0), (1000.0, 3600.0)]):
             job = f"train-{i}"
-            spec = {"name": "train", "tenant": "t", "devices": 1, "command": ["python", "train.py"]}
+            spec = {"name": "train", "tenant": "t", "devices": 1, "command": ["python", "train.py"],
+                    "throughput": {"a100": 1.0}}  # a hint, but no device_types: it may run on any kind
             await store.append(f"job.{job}", [JobSubmitted(aggregate_id=job, tenant="t", spec=spec, ts=t0)])
             start = t0 + i * run_s  # one GPU: the second job waited for the first
             await store.append(f"job.{job}", [
@@ -173,9 +186,9 @@ async def test_counterfactual_replay_of_a_live_log(killable_nats: NatsServer, ca
     assert await asyncio.to_thread(cli.run, None, None, "fifo", None, None, 360, 4, True, None, **args) == 0
     as_logged = json.loads(capsys.readouterr().out)
     assert as_logged["finished"] == 2 and as_logged["avg_jct_h"] == 1.5  # 1 h and 2 h, as in the log
-    assert await asyncio.to_thread(cli.run, None, None, "fifo", None, None, 360, 4, True, None, add="a100=1",
+    assert await asyncio.to_thread(cli.run, None, None, "fifo", None, None, 360, 4, True, None, add="h100=1",
                                    **args) == 0
-    assert json.loads(capsys.readouterr().out)["avg_jct_h"] == 1.0  # with one more A100 nobody waits
+    assert json.loads(capsys.readouterr().out)["avg_jct_h"] == 1.0  # with an H100 added nobody waits
 
 
 def test_makespan_policy_follows_the_plan_with_true_estimates() -> None:

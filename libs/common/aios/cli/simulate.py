@@ -20,7 +20,8 @@ from aios.common.errors import ConfigError
 from aios.scheduler.policies import POLICIES, make_policy
 from aios.scheduler.sim.native import LogWorkload, load_log_workload, read_native_trace, write_native_trace
 from aios.scheduler.sim.simulator import simulate, summary
-from aios.scheduler.sim.traces import TraceJob, parse_cluster, read_gavel_throughputs, read_gavel_trace
+from aios.scheduler.sim.traces import (TraceJob, kind_rates, parse_cluster, read_gavel_throughputs,
+                                      read_gavel_trace)
 
 RECOMMENDED = "hetero-ts"
 """Lowest average JCT on the continuous Gavel trace and the static batch, 1.3% behind ``hetero-gittins`` on ed69ec,
@@ -109,6 +110,10 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
         table = read_gavel_throughputs(throughputs)
     elif throughputs and throughputs != DEFAULT_THROUGHPUTS:
         raise ConfigError(f"--throughputs: no such file {throughputs!r}")
+    for kind in parse_cluster(add) if add else {}:
+        if not any(kind in kind_rates(job, table, gpus) for job in jobs):
+            raise ConfigError(f"--add: no job of the workload can run on {kind!r} (it has no rate there, in the "
+                              "workload or the throughput table): the added GPUs would only stand idle")
     names = [p.strip() for p in compare.split(",") if p.strip()] if compare else [policy or RECOMMENDED]
     policies = [make_policy(name) for name in names]  # unknown names fail before any simulation runs
     results = [simulate(jobs, table, gpus, p, round_s=round_s, gpus_per_server=gpus_per_server,

@@ -11,6 +11,9 @@ Format: JSON Lines, one job per line; blank lines and lines starting with ``#`` 
 * ``work`` (required, number > 0): the job's total work in steps.
 * ``rates`` (optional, may be omitted or ``{}``): steps per second per GPU kind; the job runs only on these kinds.
   Empty: the simulator looks the job up in its throughput table by ``(job_type, devices)``, else 1 step/s anywhere.
+* ``any_kind`` (optional, default false): ``rates`` are only the speeds known; the job may also run on every other
+  kind of the cluster, at 1 step/s. The export of a live log sets it for jobs that named no ``device_types``, so a
+  what-if that adds a kind (``--add h100=8``) gives them the new GPUs.
 * ``name`` (default ``""``: the simulator names it), ``tenant`` (default ``"trace"``), ``job_type`` (default: the
   name without a trailing ``-<number>``), ``priority`` (number, default 0: the job spec's priority).
 
@@ -36,7 +39,7 @@ from aios.common.events import (
 )
 from aios.scheduler.sim.traces import TraceJob
 
-FIELDS = ("name", "arrival_s", "tenant", "devices", "job_type", "priority", "work", "rates")
+FIELDS = ("name", "arrival_s", "tenant", "devices", "job_type", "priority", "work", "rates", "any_kind")
 HEADER = "# AIOS native workload: one JSON job per line (see aios.scheduler.sim.native)"
 _SUFFIX = re.compile(r"(?:[-_.]\d+)+$")
 
@@ -92,10 +95,13 @@ def _job_from_obj(obj: dict[str, Any]) -> TraceJob:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             raise _Bad(f"rates.{kind}", f"expected a positive number, got {value!r}")
         rates[kind] = float(value)
+    any_kind = obj.get("any_kind", False)
+    if not isinstance(any_kind, bool):
+        raise _Bad("any_kind", f"expected true or false, got {any_kind!r}")
     name = _text(obj, "name", "")
     return TraceJob(job_type=_text(obj, "job_type", job_type_of(name) or "job"), total_steps=work, gpus=devices,
                     priority_weight=_number(obj, "priority", 0.0), arrival_s=arrival, rates=rates,
-                    tenant=_text(obj, "tenant", "trace"), name=name)
+                    tenant=_text(obj, "tenant", "trace"), name=name, any_kind=any_kind)
 
 
 def read_native_trace(path: str | Path) -> list[TraceJob]:
@@ -124,8 +130,11 @@ def read_native_trace(path: str | Path) -> list[TraceJob]:
 def _job_to_obj(job: TraceJob) -> dict[str, Any]:
     weight = float(job.priority_weight)
     priority: float | int = int(weight) if weight.is_integer() else weight
-    return {"name": job.name, "arrival_s": job.arrival_s, "tenant": job.tenant, "devices": job.gpus,
-            "job_type": job.job_type, "priority": priority, "work": job.total_steps, "rates": dict(job.rates)}
+    obj = {"name": job.name, "arrival_s": job.arrival_s, "tenant": job.tenant, "devices": job.gpus,
+           "job_type": job.job_type, "priority": priority, "work": job.total_steps, "rates": dict(job.rates)}
+    if job.any_kind:
+        obj["any_kind"] = True
+    return obj
 
 
 def write_native_trace(path: str | Path, jobs: list[TraceJob]) -> None:
@@ -209,17 +218,16 @@ def _speeds(spec: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
     return speeds, kinds
 
 
-def _rates(spec: dict[str, Any], cluster_kinds: Iterable[str]) -> dict[str, float]:
-    """Where the job may run and how fast, as the live scheduler saw it: kinds missing from ``throughput`` at 1.0.
+def _rates(spec: dict[str, Any]) -> tuple[dict[str, float], bool]:
+    """Where the job may run and how fast, as the live scheduler saw it, and whether it may run on any kind: kinds
+    missing from ``throughput`` at 1.0.
 
-    A job with no hint at all gets ``{}`` (1 step/s anywhere in the simulator, including kinds added for the
-    counterfactual)."""
+    A job that names no ``device_types`` runs anywhere (``any_kind``: its hints, and 1 step/s on every other kind
+    of the simulated cluster, including kinds added for the counterfactual); with no hint at all it gets ``{}``."""
     speeds, kinds = _speeds(spec)
     if kinds:
-        return {k: speeds.get(k, 1.0) for k in kinds}
-    if speeds:
-        return {**{k: 1.0 for k in sorted(cluster_kinds)}, **speeds}
-    return {}
+        return {k: speeds.get(k, 1.0) for k in kinds}, False
+    return speeds, bool(speeds)
 
 
 def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
@@ -293,7 +301,7 @@ def _export(job: _Job, kind_of: dict[str, str], cluster: dict[str, int]) -> tupl
     if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
         return None, f"devices {devices!r}: only GPU jobs are simulated"
     speeds, _ = _speeds(spec)
-    rates = _rates(spec, cluster)
+    rates, any_kind = _rates(spec)
     done = 0.0
     for seconds, uuids in job.runs:
         kinds = {kind_of[u] for u in uuids if u in kind_of}
@@ -306,7 +314,8 @@ def _export(job: _Job, kind_of: dict[str, str], cluster: dict[str, int]) -> tupl
         estimate = _spec_number(spec, "runtime_estimate_s")
         if estimate is None or estimate <= 0:
             return None, "still pending or running, and no runtime_estimate_s"
-        work = max(done, estimate * max(rates.values(), default=1.0))
+        on_logged = {**{k: 1.0 for k in cluster}, **rates} if any_kind else rates  # its speeds on the logged nodes
+        work = max(done, estimate * max(on_logged.values(), default=1.0))
     if work <= 0:
         return None, f"{job.end or 'unfinished'} with no recorded run time"
     job_type = spec.get("job_type")
@@ -314,7 +323,7 @@ def _export(job: _Job, kind_of: dict[str, str], cluster: dict[str, int]) -> tupl
         job_type = job_type_of(job.name or job.job_id)
     return TraceJob(job_type=job_type, total_steps=work, gpus=devices,
                     priority_weight=_spec_number(spec, "priority") or 0.0, arrival_s=0.0, rates=rates,
-                    tenant=job.tenant, name=job.job_id), ""
+                    tenant=job.tenant, name=job.job_id, any_kind=any_kind), ""
 
 
 async def load_log_workload(store: Any) -> LogWorkload:

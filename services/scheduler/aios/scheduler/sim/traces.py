@@ -13,7 +13,9 @@ from aios.common.errors import ConfigError
 
 class TraceJob(msgspec.Struct, frozen=True):
     """One job of a workload: ``total_steps`` of work, done at ``rates[kind]`` steps/s on a GPU kind (when ``rates``
-    is empty the simulator looks the job up in the throughput table by ``(job_type, gpus)``)."""
+    is empty the simulator looks the job up in the throughput table by ``(job_type, gpus)``). With ``any_kind`` the
+    rates are only what is known: the job also runs on the cluster's other kinds, at 1 step/s (a live job that names
+    no ``device_types`` may run anywhere, including on kinds a what-if adds)."""
 
     job_type: str
     total_steps: float
@@ -23,6 +25,7 @@ class TraceJob(msgspec.Struct, frozen=True):
     rates: dict[str, float] = {}
     tenant: str = "trace"
     name: str = ""
+    any_kind: bool = False
 
 
 def read_gavel_trace(path: str | Path) -> list[TraceJob]:
@@ -62,6 +65,8 @@ def kind_rates(job: TraceJob, throughputs: Throughputs, cluster: dict[str, int])
     table = job.rates or throughputs.get((job.job_type, job.gpus), {})
     if not table:
         return {k: 1.0 for k in cluster}
+    if job.any_kind and job.rates:
+        return {k: job.rates.get(k, 1.0) for k in cluster if job.rates.get(k, 1.0) > 0}
     return {k: v for k, v in table.items() if k in cluster and v > 0}
 
 
