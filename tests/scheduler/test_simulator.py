@@ -86,6 +86,22 @@ def test_trace_reader_and_cluster_errors(tmp_path: Path) -> None:
         parse_cluster("v100:12")
 
 
+def test_deciding_on_events_starts_jobs_at_arrivals_and_finishes() -> None:
+    """One GPU; A (1000 s) at 0, B (500 s) at 100, C (100 s) at 2000, rounds of 360 s. In rounds (Gavel's rule) a
+    job starts at the first round after its arrival and after the devices it needs came back; deciding on events,
+    at once."""
+    trace = [TraceJob("A", 1000, 1, 1, 0), TraceJob("A", 500, 1, 1, 100), TraceJob("A", 100, 1, 1, 2000)]
+    rates = {("A", 1): {"v100": 1.0}}
+
+    def finishes(on_events: bool) -> list[float]:
+        r = simulate(trace, rates, {"v100": 1}, make_policy("fifo"), round_s=360, on_events=on_events)
+        assert r["on_events"] is on_events and r["finished"] == 3
+        return [rec["finish_s"] for rec in sorted(r["records"], key=lambda rec: rec["arrival_s"])]
+
+    assert finishes(False) == [1000, 1080 + 500, 2160 + 100]
+    assert finishes(True) == [1000, 1000 + 500, 2000 + 100]
+
+
 def test_adding_a_kind_no_job_can_run_on_is_an_error(tmp_path: Path) -> None:
     """A what-if with GPUs nobody can use would print the same figures as without them, as if the GPUs did not help."""
     from aios.cli import simulate as cli
@@ -170,7 +186,7 @@ async def test_counterfactual_replay_of_a_live_log(killable_nats: NatsServer, ca
     store = await connect([killable_nats.url])  # the default stream, as a live cluster writes it
     try:
         await store.append(*node_registration("n1", "a100", 1))
-        for i, (t0, run_s) in enumerate([(1000.0, 3600.0), (1000.0, 3600.0)]):
+        for i, (t0, run_s) in enumerate([(1000.0, 3000.0), (1000.0, 3000.0)]):
             job = f"train-{i}"
             spec = {"name": "train", "tenant": "t", "devices": 1, "command": ["python", "train.py"],
                     "throughput": {"a100": 1.0}}  # a hint, but no device_types: it may run on any kind
@@ -185,10 +201,12 @@ async def test_counterfactual_replay_of_a_live_log(killable_nats: NatsServer, ca
     args = dict(from_log=True, servers=[killable_nats.url])
     assert await asyncio.to_thread(cli.run, None, None, "fifo", None, None, 360, 4, True, None, **args) == 0
     as_logged = json.loads(capsys.readouterr().out)
-    assert as_logged["finished"] == 2 and as_logged["avg_jct_h"] == 1.5  # 1 h and 2 h, as in the log
+    # 3000 s and 6000 s, as in the log: the replay decides at each finish, as the live scheduler did (rounds alone
+    # would have started the second job at the round after the first finished, 3240 s)
+    assert as_logged["finished"] == 2 and as_logged["avg_jct_h"] == 1.25 and as_logged["on_events"]
     assert await asyncio.to_thread(cli.run, None, None, "fifo", None, None, 360, 4, True, None, add="h100=1",
                                    **args) == 0
-    assert json.loads(capsys.readouterr().out)["avg_jct_h"] == 1.0  # with an H100 added nobody waits
+    assert json.loads(capsys.readouterr().out)["avg_jct_h"] == 0.83  # with an H100 added nobody waits
 
 
 def test_makespan_policy_follows_the_plan_with_true_estimates() -> None:
@@ -265,6 +283,7 @@ def test_every_policy_finishes_every_job_the_cluster_can_hold(policy: str) -> No
     once planned gangs onto kinds too small for them and left them waiting for ever: seeds 2, 32, 33, 39)."""
     for seed in range(40):
         trace, rates, cluster = small_mixed_workload(seed)
-        result = simulate(trace, rates, cluster, make_policy(policy), round_s=360)
+        on_events = seed % 4 == 3  # a quarter of them deciding at every arrival and finish too
+        result = simulate(trace, rates, cluster, make_policy(policy), round_s=360, on_events=on_events)
         stuck = [r["job"] for r in result["records"] if r["finish_s"] is None]
-        assert not stuck, (seed, cluster, stuck)
+        assert not stuck, (seed, on_events, cluster, stuck)

@@ -218,7 +218,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
     return simulate.run(args.trace, args.cluster, args.policy, args.compare, args.throughputs, args.round,
                         args.gpus_per_server, args.json, args.out, from_log=args.from_log, add=args.add,
-                        export=args.export, oracle_estimates=args.oracle_estimates)
+                        export=args.export, oracle_estimates=args.oracle_estimates, on_events=args.on_events)
 
 
 def cmd_tenants(args: argparse.Namespace) -> int:
@@ -393,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--compare", help="comma-separated policies to run side by side")
     sim.add_argument("--throughputs", default="../shared/traces/gavel-throughputs-isolated.csv")
     sim.add_argument("--round", type=float, default=360.0, help="round length in seconds")
+    sim.add_argument("--on-events", action=argparse.BooleanOptionalAction, default=None,
+                     help="also decide at every arrival and finish, at once, as the live scheduler does (default: "
+                          "on with --from-log, so a replay keeps the log's timing; off for traces, as in Gavel)")
     sim.add_argument("--gpus-per-server", type=_positive, default=4)
     sim.add_argument("--out", help="folder for per-job records (CSV), summaries (JSON) and report.md with plots "
                                    "(default with --compare: ./simulate-report)")

@@ -82,7 +82,7 @@ def add_gpus(cluster: dict[str, int], extra: str | None) -> dict[str, int]:
 def run(trace: str | None, cluster: str | None, policy: str | None, compare: str | None, throughputs: str | None,
         round_s: float, gpus_per_server: int, as_json: bool, out: str | None, *, from_log: bool = False,
         add: str | None = None, export: str | None = None, servers: list[str] | None = None,
-        oracle_estimates: bool = False) -> int:
+        oracle_estimates: bool = False, on_events: bool | None = None) -> int:
     if round_s <= 0:
         raise ConfigError("--round: must be a positive number of seconds")
     if bool(trace) == from_log:
@@ -117,7 +117,8 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
     names = [p.strip() for p in compare.split(",") if p.strip()] if compare else [policy or RECOMMENDED]
     policies = [make_policy(name) for name in names]  # unknown names fail before any simulation runs
     results = [simulate(jobs, table, gpus, p, round_s=round_s, gpus_per_server=gpus_per_server,
-                        oracle_estimates=oracle_estimates) for p in policies]
+                        oracle_estimates=oracle_estimates, on_events=from_log if on_events is None else on_events)
+               for p in policies]
     cluster_text = ",".join(f"{k}={v}" for k, v in sorted(gpus.items()))
     folder = out or (DEFAULT_REPORT if compare else None)
     report = _write_outputs(Path(folder), results, f"{source} on {cluster_text}") if folder else None
@@ -126,7 +127,8 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
         print(json.dumps(body, indent=2))
         return 0
     t = Table("policy", "avg JCT h", "p50 h", "p99 h", "makespan h", "util", "mean ρ", "max ρ", "preemptions",
-              "wall s", title=f"{source} on {cluster_text}, rounds of {round_s:g} s")
+              "wall s", title=f"{source} on {cluster_text}, rounds of {round_s:g} s"
+                            + (", and a decision at every arrival and finish" if results[0]["on_events"] else ""))
     for r in results:
         t.add_row(r["policy"], str(r["avg_jct_h"]), str(r["p50_jct_h"]), str(r["p99_jct_h"]), str(r["makespan_h"]),
                   str(r["utilization"]), str(r["mean_rho"]), str(r["max_rho"]), str(r["preemptions"]),

@@ -2,13 +2,16 @@
 admission and placement) with a simulated clock and a simulated cluster, in rounds of ``round_s`` seconds.
 
 Between rounds every placed job advances at its measured throughput on the GPU kind it holds; a job finishes at the
-exact moment its steps are done, and its devices come back at the next round, as in Gavel. A policy sees what a live
-scheduler sees: the job type (its name), its size, throughput hints per GPU kind, and what it has run so far; never
+exact moment its steps are done, and its devices come back at the next round, as in Gavel. With ``on_events`` the
+scheduler also decides at each arrival and each finish, at once, as the live service does (it wakes on every
+commit): a replay of a live log then keeps its timing, and the rounds only bound how long a time share lasts
+between events. A policy sees what a live scheduler sees: the job type (its name), its size, throughput hints per GPU kind, and what it has run so far; never
 the job's total steps.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 import time
@@ -54,13 +57,15 @@ def cluster_events(cluster: dict[str, int], gpus_per_server: int) -> list[tuple[
 
 def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str, int], policy: Policy,
              round_s: float = 360.0, gpus_per_server: int = 4, max_rounds: int = 2_000_000,
-             oracle_estimates: bool = False,
+             oracle_estimates: bool = False, on_events: bool = False,
              on_round: Callable[[SchedulerState, float], None] | None = None) -> dict[str, Any]:
     """Run ``trace`` under ``policy``; the summary keys, per-job ``records`` and a per-round ``timeline``.
 
     ``oracle_estimates`` gives every job a perfect runtime estimate (its true duration on its fastest kind), as a
     user's estimate would be at best; results that use it are labelled and kept apart from the headline.
-    ``on_round(state, now)`` sees the state after each round's decisions, before the round runs (probes read it)."""
+    ``on_events``: decide at every arrival and finish too, not only every ``round_s`` (the per-round timeline
+    keeps one point per round). ``on_round(state, now)`` sees the state after each decision, before time runs on
+    (probes read it)."""
     started = time.perf_counter()
     state = SchedulerState()
     apply(state, cluster_events(cluster, gpus_per_server), 0.0)
@@ -86,6 +91,7 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
     total_gpus = sum(cluster.values())
     stalled = 0
     bins = BinCache()
+    next_round = 0.0  # the next round's start: a decision there adds a point to the timeline
     timeline: dict[str, list[float]] = {"t_s": [], "busy_gpus": [], "queued": [], "running": []}
     while rounds < max_rounds:
         # arrivals up to now, in arrival order
@@ -115,21 +121,33 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
             on_round(state, now)
         rounds += 1
         running = [js for js in state.active() if js.status == PLACED]
-        timeline["t_s"].append(now)
-        timeline["busy_gpus"].append(sum(js.held_devices() for js in running))
-        timeline["running"].append(len(running))
-        timeline["queued"].append(sum(1 for js in state.active() if js.status == PENDING))
-        end = now + round_s
-        finished = []
+        if now >= next_round:
+            timeline["t_s"].append(now)
+            timeline["busy_gpus"].append(sum(js.held_devices() for js in running))
+            timeline["running"].append(len(running))
+            timeline["queued"].append(sum(1 for js in state.active() if js.status == PENDING))
+            next_round = now + round_s
+        runs = []
         for js in running:
             sj = jobs[js.job_id]
             kinds = js.run_kinds
-            rate = min(sj.rates.get(k, 0.0) for k in kinds) if kinds else 0.0
+            runs.append((sj, kinds, min(sj.rates.get(k, 0.0) for k in kinds) if kinds else 0.0))
+        span = round_s
+        if on_events:  # time runs on to the next round, arrival or finish, whichever comes first
+            span = next_round - now
+            if next_arrival < len(pending_arrivals):
+                span = min(span, pending_arrivals[next_arrival][1].arrival_s - now)
+            for sj, _, rate in runs:
+                if rate > 0:
+                    span = min(span, (sj.trace.total_steps - sj.progress) / rate)
+        end = now + span
+        finished = []
+        for sj, kinds, rate in runs:
             if sj.start is None:
                 sj.start = now
-            left = sj.trace.total_steps - sj.progress
-            dt = round_s if rate <= 0 else min(round_s, left / rate)
-            sj.progress += rate * dt
+            need = (sj.trace.total_steps - sj.progress) / rate if rate > 0 else math.inf
+            dt = min(span, need)
+            sj.progress = sj.trace.total_steps if need <= span else sj.progress + rate * dt
             busy_gpu_s += dt * sj.trace.gpus
             for k in kinds:
                 sj.kind_time[k] = sj.kind_time.get(k, 0.0) + dt
@@ -153,7 +171,9 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
             if next_arrival >= len(pending_arrivals):
                 break
             gap = pending_arrivals[next_arrival][1].arrival_s - now
-            if gap > round_s:  # idle cluster: jump to the round of the next arrival
+            if on_events:  # idle cluster: jump to the next arrival, and let it start a round
+                now, next_round = now + max(0.0, gap), now + max(0.0, gap)
+            elif gap > round_s:  # idle cluster: jump to the round of the next arrival
                 now += (gap // round_s) * round_s
     for sj in jobs.values():
         if sj.job_id in state.jobs:  # still in the system when the simulation stopped
@@ -173,7 +193,7 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
         "utilization": round(busy_gpu_s / (total_gpus * max(1.0, makespan - first)), 3),
         "mean_rho": round(float(np.nanmean(rho)), 3) if np.isfinite(rho).any() else None,
         "max_rho": round(float(np.nanmax(rho)), 2) if np.isfinite(rho).any() else None,
-        "preemptions": preemptions, "rounds": rounds, "round_s": round_s,
+        "preemptions": preemptions, "rounds": rounds, "round_s": round_s, "on_events": on_events,
         "scheduler_ms_per_round": round(1000 * decide_s / max(1, rounds), 3),
         "wall_s": round(time.perf_counter() - started, 1),
         "total_gpus": total_gpus,
