@@ -21,7 +21,7 @@ GOOD = '{"name": "a-1", "arrival_s": 0, "tenant": "t", "devices": 1, "job_type":
 
 def test_write_then_read_round_trips(tmp_path: Path) -> None:
     jobs = [TraceJob("resnet", 130.0, 4, 0.0, 0.0, {"h100": 2.0, "a100": 1.0}, "vision", "resnet-ab12"),
-            TraceJob("bert", 1e9 / 3, 1, 2.5, 12.345678901234567, {}, "nlp", "bert-7"),
+            TraceJob("bert", 1e9 / 3, 1, -2.0, 12.345678901234567, {}, "nlp", "bert-7"),
             TraceJob("A", 3600.0, 2, 1.0, 99.0),
             TraceJob("llm", 50.0, 8, 0.0, 120.0, {"a100": 1.0}, "nlp", "llm-3", any_kind=True)]
     path = tmp_path / "jobs.jsonl"
@@ -41,7 +41,11 @@ def test_comments_blank_lines_and_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize("line, field", [
     ('{"name": "b", "arrival_s": 1,', "not valid JSON"),
     ('{"name": "b", "arrival_s": 1, "devices": 1}', "field 'work': required"),
-    ('{"name": "b", "arrival_s": 1, "devices": -1, "work": 3}', "field 'devices': expected a positive integer, got -1"),
+    ('{"name": "b", "arrival_s": 1, "devices": -1, "work": 3}', "field 'devices': expected a positive integer up to 1,000,000, got -1"),
+    ('{"name": "b", "arrival_s": 1, "devices": 1000000000000000000000000000000, "work": 3}', "field 'devices'"),
+    ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "priority": 1.7}', "field 'priority': expected a whole"),
+    ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "rates": false}', "field 'rates': expected an object"),
+    ('{"name": "a-1", "arrival_s": 1, "devices": 1, "work": 3}', "field 'name': 'a-1' is already the name of line 1"),
     ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "rates": {"h100": "fast"}}', "field 'rates.h100'"),
     ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "wrok": 3}', "field 'wrok': unknown field"),
     ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "any_kind": "yes"}', "field 'any_kind': expected true"),
@@ -56,8 +60,15 @@ def test_bad_input_names_file_line_and_field(tmp_path: Path, line: str, field: s
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="no such workload file"):
         read_native_trace(tmp_path / "nope.jsonl")
+    with pytest.raises(ConfigError, match="is a folder"):
+        read_native_trace(tmp_path)
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"name": "caf\xe9"}\n')
+    with pytest.raises(ConfigError, match="cannot read the workload"):
+        read_native_trace(tmp_path / "latin1.jsonl")
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + GOOD.encode() + b"\n")  # an editor's byte-order mark
+    assert read_native_trace(tmp_path / "bom.jsonl")[0].name == "a-1"
 
 
 def submitted(job: str, ts: float, **spec: object) -> JobSubmitted:

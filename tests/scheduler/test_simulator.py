@@ -102,6 +102,94 @@ def test_deciding_on_events_starts_jobs_at_arrivals_and_finishes() -> None:
     assert finishes(True) == [1000, 1000 + 500, 2000 + 100]
 
 
+def gavel_line(job_type: str = "A", steps: str = "3600", gpus: str = "1", weight: str = "1", arrival: str = "0") -> str:
+    return "\t".join([job_type, "cmd", "dir", "-n", "1", steps, gpus, weight, "-1", arrival])
+
+
+@pytest.mark.parametrize("lines, options, message", [
+    ([gavel_line(steps="nan")], {}, ":1: total_steps: expected a finite number, got 'nan'"),
+    ([gavel_line(steps="-100")], {}, ":1: total_steps: expected a positive number of steps"),
+    ([gavel_line(), gavel_line(gpus="0")], {}, ":2: scale_factor: expected 1 to 1,000,000 GPUs, got 0"),
+    ([gavel_line(arrival="-500")], {}, ":1: arrival_time: expected seconds >= 0"),
+    ([gavel_line(weight="1e400")], {}, ":1: priority_weight: expected a finite number"),
+    ([gavel_line(weight="1.5")], {}, "priority: expected a whole number"),
+    ([gavel_line(job_type="B")], {}, "--throughputs: 1 job type(s) of the trace have no speed in"),
+    ([], {}, "holds no job"),
+    ([gavel_line()], {"round_s": float("nan")}, "--round: must be a positive number of seconds, got nan"),
+    ([gavel_line()], {"round_s": float("inf")}, "--round: must be a positive number of seconds, got inf"),
+    ([gavel_line()], {"cluster": "v100=0"}, "--cluster: 'v100=0': expected 1 to 1,000,000 GPUs of a kind"),
+    ([gavel_line()], {"cluster": "v100=1,v100=2"}, "--cluster: 'v100' is given twice"),
+    ([gavel_line()], {"cluster": ""}, "--cluster: no GPUs given"),
+    ([gavel_line()], {"add": "v100=x"}, "--add: 'v100=x' is not KIND=COUNT"),
+    ([gavel_line()], {"add": ""}, "--add: no GPUs given"),
+    ([gavel_line()], {"compare": ","}, "--compare: no policy named"),
+    ([gavel_line()], {"compare": "fifo,las,fifo"}, "--compare: 'fifo' is named twice"),
+    ([gavel_line()], {"policy": ""}, "unknown policy ''"),
+    ([gavel_line()], {"out": "a-file"}, "--out: cannot use"),
+    ([gavel_line()], {"export": "no-such-folder/jobs.jsonl"}, "--export: cannot write"),
+    (['{"name": "b", "tenant": "", "arrival_s": 0, "devices": 1, "work": 3}'], {}, "job 'b': tenant: lowercase"),
+    (['{"name": "B", "arrival_s": 0, "devices": 1, "work": 3}'], {}, "job 'B': name: lowercase"),
+])
+def test_bad_simulate_input_is_one_clear_error(tmp_path: Path, lines: list[str], options: dict, message: str) -> None:
+    """Every bad input of `aios simulate` fails before any simulation runs, with the option, line or job named
+    (before: a traceback, a run to the round cap, or figures computed from a silently changed input)."""
+    from aios.cli import simulate as cli
+    from aios.common.errors import ConfigError
+
+    trace = tmp_path / "w.trace"
+    trace.write_text("".join(line + "\n" for line in lines))
+    table = tmp_path / "tp.csv"
+    table.write_text("job_type,num_gpus,gpu_type,consolidated,steps_per_s\nA,1,v100,1,1.0\nA,1,v100,0,1.0\n")
+    (tmp_path / "a-file").write_text("not a folder")
+    args = {"cluster": "v100=2", "policy": "fifo", "compare": None, "round_s": 360.0, "out": None, "add": None,
+            "export": None, **options}
+    for key in ("out", "export"):
+        if args[key]:
+            args[key] = str(tmp_path / args[key])
+    with pytest.raises(ConfigError) as err:
+        cli.run(str(trace), args["cluster"], args["policy"], args["compare"], str(table), args["round_s"], 4, True,
+                args["out"], add=args["add"], export=args["export"])
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("header, row, message", [
+    ("job_type,num_gpus,gpu_type,steps_per_s", "A,1,v100,1.0", "missing column(s) consolidated"),
+    ("job_type,num_gpus,gpu_type,consolidated,steps_per_s", "A,1,v100,1,fast", ":2: steps_per_s: expected a number"),
+    ("job_type,num_gpus,gpu_type,consolidated,steps_per_s", "A,x,v100,1,1.0", ":2: num_gpus: expected a whole number"),
+    ("job_type,num_gpus,gpu_type,consolidated,steps_per_s", "A,1,v100,1,nan", ":2: steps_per_s: expected a finite"),
+    ("job_type,num_gpus,gpu_type,consolidated,steps_per_s", "A,1,v100,0,1.0", "no consolidated=1 row"),
+])
+def test_a_bad_throughput_table_is_one_clear_error(tmp_path: Path, header: str, row: str, message: str) -> None:
+    from aios.common.errors import ConfigError
+    from aios.scheduler.sim.traces import read_gavel_throughputs
+
+    table = tmp_path / "tp.csv"
+    table.write_text(f"{header}\n{row}\n")
+    with pytest.raises(ConfigError) as err:
+        read_gavel_throughputs(table)
+    assert message in str(err.value)
+    table.write_bytes(b"job_type,num_gpus\n\xff\xfe\n")
+    with pytest.raises(ConfigError, match="cannot read the throughput table"):
+        read_gavel_throughputs(table)
+
+
+def test_jobs_that_cannot_finish_are_named_with_the_reason() -> None:
+    """A job with no rate on the cluster's kinds used to be placed anyway and run at 0 steps/s until the round cap
+    (two million rounds, a utilisation of 360,000,000); a gang larger than the cluster, or the cap, left jobs
+    unfinished without a word."""
+    rates = {("A", 1): {"v100": 1.0}, ("A", 100): {"v100": 1.0}, ("K", 1): {"k80": 1.0}}
+    trace = [TraceJob("A", 3600, 100, 1, 0), TraceJob("A", 3600, 1, 1, 10), TraceJob("K", 3600, 1, 1, 20)]
+    r = simulate(trace, rates, {"v100": 4}, make_policy("fifo"), round_s=360)
+    assert (r["jobs"], r["finished"], r["cut_short"]) == (3, 0, False) and r["rounds"] < 10
+    assert r["unfinished"] == {"a-0": "needs 100 GPUs; the kinds it runs on have 4",
+                               "a-1": "waited behind jobs that can never be placed on this cluster",
+                               "k-2": "no rate on any GPU kind of this cluster"}
+    r = simulate(trace[1:], rates, {"v100": 4}, make_policy("hetero-ts"), round_s=360)
+    assert r["finished"] == 1 and r["utilization"] <= 1.0 and list(r["unfinished"]) == ["k-1"]
+    r = simulate(trace[1:2], rates, {"v100": 4}, make_policy("fifo"), round_s=60, max_rounds=3)
+    assert r["cut_short"] and r["finished"] == 0 and "cap of 3 rounds" in r["unfinished"]["a-0"]
+
+
 def test_adding_a_kind_no_job_can_run_on_is_an_error(tmp_path: Path) -> None:
     """A what-if with GPUs nobody can use would print the same figures as without them, as if the GPUs did not help."""
     from aios.cli import simulate as cli

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ from aios.common.errors import ConfigError
 from aios.scheduler.policies import POLICIES, make_policy
 from aios.scheduler.sim.native import LogWorkload, load_log_workload, read_native_trace, write_native_trace
 from aios.scheduler.sim.simulator import simulate, summary
-from aios.scheduler.sim.traces import (TraceJob, kind_rates, parse_cluster, read_gavel_throughputs,
-                                      read_gavel_trace)
+from aios.scheduler.sim.traces import (Throughputs, TraceJob, kind_rates, parse_cluster, read_gavel_throughputs,
+                                      read_gavel_trace, read_text)
 
 RECOMMENDED = "hetero-ts"
 """Lowest average JCT on the continuous Gavel trace and the static batch, 1.3% behind ``hetero-gittins`` on ed69ec,
@@ -43,14 +44,42 @@ def list_policies(as_json: bool) -> int:
 
 def read_trace(path: str) -> list[TraceJob]:
     """A Gavel trace, or a native JSONL workload (recognised by a first line that is JSON or a ``#`` comment)."""
-    p = Path(path)
-    if not p.is_file():
+    if not Path(path).exists():
         raise ConfigError(f"--trace: no such file {path!r}")
-    with open(p) as fh:
-        head = next((line.strip() for line in fh if line.strip()), "")
-    if head.startswith(("{", "#")):
-        return read_native_trace(p)
-    return read_gavel_trace(p)
+    if Path(path).is_dir():
+        raise ConfigError(f"--trace: {path!r} is a folder, not a file")
+    head = next((line.strip() for line in read_text(path, "trace").splitlines() if line.strip()), "")
+    if not head:
+        raise ConfigError(f"--trace: {path} holds no job")
+    if head.startswith(("{", "#", "[")):
+        return read_native_trace(path)
+    return read_gavel_trace(path)
+
+
+def throughput_table(throughputs: str | None, trace: str | None, jobs: list[TraceJob]) -> Throughputs:
+    """The throughput table the jobs without their own rates are looked up in. The default path is relative to the
+    repository; when it is not there, the table is looked for next to the trace (where the Gavel traces keep it).
+    Jobs that have no rates of their own and are not in the table would run at a made-up 1 step/s: for a Gavel
+    trace, whose lines carry no speed, that is an error."""
+    path = Path(throughputs) if throughputs else None
+    if path is not None and throughputs == DEFAULT_THROUGHPUTS and not path.is_file() and trace:
+        path = Path(trace).parent / Path(DEFAULT_THROUGHPUTS).name
+    if path is not None and not path.exists() and throughputs != DEFAULT_THROUGHPUTS:
+        raise ConfigError(f"--throughputs: no such file {throughputs!r}")
+    table = read_gavel_throughputs(path) if path is not None and path.exists() else {}
+    missing = sorted({(j.job_type, j.gpus) for j in jobs if not j.rates and (j.job_type, j.gpus) not in table})
+    if missing and trace and not _is_native(trace):
+        if not table:
+            raise ConfigError(f"--throughputs: no throughput table at {str(path)!r}, and a Gavel trace carries no "
+                              "speeds: give --throughputs FILE")
+        raise ConfigError(f"--throughputs: {len(missing)} job type(s) of the trace have no speed in {str(path)!r}, "
+                          f"e.g. {missing[0][0]!r} on {missing[0][1]} GPU(s)")
+    return table
+
+
+def _is_native(trace: str) -> bool:
+    head = next((line.strip() for line in read_text(trace, "trace").splitlines() if line.strip()), "")
+    return head.startswith(("{", "#", "["))
 
 
 async def _log_workload(servers: list[str] | None) -> LogWorkload:
@@ -74,7 +103,7 @@ async def _log_workload(servers: list[str] | None) -> LogWorkload:
 def add_gpus(cluster: dict[str, int], extra: str | None) -> dict[str, int]:
     """``--add h100=8``: the cluster with more GPUs (what-if)."""
     out = dict(cluster)
-    for kind, n in (parse_cluster(extra) if extra else {}).items():
+    for kind, n in (parse_cluster(extra, "--add") if extra is not None else {}).items():
         out[kind] = out.get(kind, 0) + n
     return out
 
@@ -83,15 +112,15 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
         round_s: float, gpus_per_server: int, as_json: bool, out: str | None, *, from_log: bool = False,
         add: str | None = None, export: str | None = None, servers: list[str] | None = None,
         oracle_estimates: bool = False, on_events: bool | None = None) -> int:
-    if round_s <= 0:
-        raise ConfigError("--round: must be a positive number of seconds")
+    if not (math.isfinite(round_s) and round_s > 0):
+        raise ConfigError(f"--round: must be a positive number of seconds, got {round_s:g}")
     if bool(trace) == from_log:
         raise ConfigError("give exactly one workload: --trace FILE or --from-log")
     skipped: list[str] = []
     if from_log:
         workload = asyncio.run(_log_workload(servers))
         jobs, skipped = workload.jobs, list(workload.skipped)
-        base = parse_cluster(cluster) if cluster else dict(workload.cluster)
+        base = parse_cluster(cluster) if cluster is not None else dict(workload.cluster)
         if not jobs:
             raise ConfigError("--from-log: the log holds no job that ran or has a runtime estimate")
         if not base:
@@ -100,41 +129,64 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
     else:
         assert trace is not None
         jobs = read_trace(trace)
-        base = parse_cluster(cluster or "v100=12,p100=12,k80=12")
+        if not jobs:
+            raise ConfigError(f"--trace: {trace} holds no job")
+        base = parse_cluster(cluster if cluster is not None else "v100=12,p100=12,k80=12")
         source = Path(trace).name
     gpus = add_gpus(base, add)
+    names = [p.strip() for p in compare.split(",") if p.strip()] if compare is not None else \
+        [policy if policy is not None else RECOMMENDED]
+    if not names:
+        raise ConfigError("--compare: no policy named (e.g. --compare fifo,hetero-ts)")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"--compare: {twice[0]!r} is named twice")
+    policies = [make_policy(name) for name in names]  # unknown names fail before any simulation runs
+    folder = Path(out) if out else (Path(DEFAULT_REPORT) if compare else None)
+    if folder is not None:  # before the runs, so that a long one's results are not lost on a bad folder
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--out: cannot use {str(folder)!r} as the report folder: {exc.strerror or exc}") \
+                from None
     if export:
-        write_native_trace(export, jobs)
-    table = {}
-    if throughputs and Path(throughputs).is_file():
-        table = read_gavel_throughputs(throughputs)
-    elif throughputs and throughputs != DEFAULT_THROUGHPUTS:
-        raise ConfigError(f"--throughputs: no such file {throughputs!r}")
-    for kind in parse_cluster(add) if add else {}:
+        try:
+            write_native_trace(export, jobs)
+        except OSError as exc:
+            raise ConfigError(f"--export: cannot write {export!r}: {exc.strerror or exc}") from None
+    table = throughput_table(throughputs, trace, jobs)
+    for kind in parse_cluster(add, "--add") if add is not None else {}:
         if not any(kind in kind_rates(job, table, gpus) for job in jobs):
             raise ConfigError(f"--add: no job of the workload can run on {kind!r} (it has no rate there, in the "
                               "workload or the throughput table): the added GPUs would only stand idle")
-    names = [p.strip() for p in compare.split(",") if p.strip()] if compare else [policy or RECOMMENDED]
-    policies = [make_policy(name) for name in names]  # unknown names fail before any simulation runs
     results = [simulate(jobs, table, gpus, p, round_s=round_s, gpus_per_server=gpus_per_server,
                         oracle_estimates=oracle_estimates, on_events=from_log if on_events is None else on_events)
                for p in policies]
     cluster_text = ",".join(f"{k}={v}" for k, v in sorted(gpus.items()))
-    folder = out or (DEFAULT_REPORT if compare else None)
-    report = _write_outputs(Path(folder), results, f"{source} on {cluster_text}") if folder else None
+    report = _write_outputs(folder, results, f"{source} on {cluster_text}") if folder else None
     if as_json:
         body: Any = summary(results[0]) if len(results) == 1 else [summary(r) for r in results]
         print(json.dumps(body, indent=2))
         return 0
-    t = Table("policy", "avg JCT h", "p50 h", "p99 h", "makespan h", "util", "mean ρ", "max ρ", "preemptions",
-              "wall s", title=f"{source} on {cluster_text}, rounds of {round_s:g} s"
-                            + (", and a decision at every arrival and finish" if results[0]["on_events"] else ""))
+    columns = ("avg_jct_h", "p50_jct_h", "p99_jct_h", "makespan_h", "utilization", "mean_rho", "max_rho",
+               "preemptions", "wall_s")
+    t = Table("policy", "finished", "avg JCT h", "p50 h", "p99 h", "makespan h", "util", "mean ρ", "max ρ",
+              "preemptions", "wall s", title=f"{source} on {cluster_text}, rounds of {round_s:g} s"
+              + (", and a decision at every arrival and finish" if results[0]["on_events"] else ""))
     for r in results:
-        t.add_row(r["policy"], str(r["avg_jct_h"]), str(r["p50_jct_h"]), str(r["p99_jct_h"]), str(r["makespan_h"]),
-                  str(r["utilization"]), str(r["mean_rho"]), str(r["max_rho"]), str(r["preemptions"]),
-                  str(r["wall_s"]))
+        cells = ("-" if r[c] is None else str(r[c]) for c in columns)
+        t.add_row(r["policy"], f"{r['finished']} of {r['jobs']}", *cells)
     console = Console()
     console.print(t)
+    for r in results:
+        if r["cut_short"]:
+            console.print(f"{r['policy']}: the run stopped at its cap of {r['rounds']:,} rounds; figures cover the "
+                          "jobs that finished by then (a longer --round reaches further)")
+        left = r["jobs"] - r["finished"]
+        if left:
+            shown = "; ".join(f"{job}: {why}" for job, why in r["unfinished"].items())
+            more = f" (and {left - len(r['unfinished'])} more)" if left > len(r["unfinished"]) else ""
+            console.print(f"{r['policy']}: {left} job(s) did not finish — {shown}{more}")
     if skipped:
         console.print(f"{len(skipped)} job(s) of the log left out (never ran, no runtime estimate)")
     if report:

@@ -14,8 +14,9 @@ Format: JSON Lines, one job per line; blank lines and lines starting with ``#`` 
 * ``any_kind`` (optional, default false): ``rates`` are only the speeds known; the job may also run on every other
   kind of the cluster, at 1 step/s. The export of a live log sets it for jobs that named no ``device_types``, so a
   what-if that adds a kind (``--add h100=8``) gives them the new GPUs.
-* ``name`` (default ``""``: the simulator names it), ``tenant`` (default ``"trace"``), ``job_type`` (default: the
-  name without a trailing ``-<number>``), ``priority`` (number, default 0: the job spec's priority).
+* ``name`` (default ``""``: the simulator names it; unique in the file), ``tenant`` (default ``"trace"``),
+  ``job_type`` (default: the name without a trailing ``-<number>``), ``priority`` (whole number from -1000 to 1000,
+  default 0: the job spec's priority). Names and tenants follow the job spec's rules (lowercase, digits, ``.-_``).
 
 Unknown fields are rejected so that a misspelt field is an error, not a silently ignored setting.
 """
@@ -37,7 +38,7 @@ from aios.common.events import (
     Event, JobCancelled, JobEvent, JobFailed, JobPlaced, JobPreempted, JobRequeued, JobStarted, JobSubmitted,
     JobSucceeded, NodeRegistered,
 )
-from aios.scheduler.sim.traces import TraceJob
+from aios.scheduler.sim.traces import MAX_GPUS, TraceJob, read_text
 
 FIELDS = ("name", "arrival_s", "tenant", "devices", "job_type", "priority", "work", "rates", "any_kind")
 HEADER = "# AIOS native workload: one JSON job per line (see aios.scheduler.sim.native)"
@@ -82,12 +83,14 @@ def _job_from_obj(obj: dict[str, Any]) -> TraceJob:
     devices = obj.get("devices")
     if devices is None:
         raise _Bad("devices", "required")
-    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-        raise _Bad("devices", f"expected a positive integer, got {devices!r}")
+    if isinstance(devices, bool) or not isinstance(devices, int) or not 1 <= devices <= MAX_GPUS:
+        raise _Bad("devices", f"expected a positive integer up to {MAX_GPUS:,}, got {devices!r}")
     work = _number(obj, "work")
     if work <= 0:
         raise _Bad("work", f"expected a positive number of steps, got {obj['work']!r}")
-    raw_rates = obj.get("rates") or {}
+    raw_rates = obj.get("rates", {})
+    if raw_rates is None:
+        raw_rates = {}
     if not isinstance(raw_rates, dict):
         raise _Bad("rates", f"expected an object of GPU kind -> steps per second, got {raw_rates!r}")
     rates: dict[str, float] = {}
@@ -99,18 +102,19 @@ def _job_from_obj(obj: dict[str, Any]) -> TraceJob:
     if not isinstance(any_kind, bool):
         raise _Bad("any_kind", f"expected true or false, got {any_kind!r}")
     name = _text(obj, "name", "")
+    priority = _number(obj, "priority", 0.0)
+    if not priority.is_integer() or abs(priority) > 1000:
+        raise _Bad("priority", f"expected a whole number from -1000 to 1000 (the job spec's), got {obj['priority']!r}")
     return TraceJob(job_type=_text(obj, "job_type", job_type_of(name) or "job"), total_steps=work, gpus=devices,
-                    priority_weight=_number(obj, "priority", 0.0), arrival_s=arrival, rates=rates,
+                    priority_weight=priority, arrival_s=arrival, rates=rates,
                     tenant=_text(obj, "tenant", "trace"), name=name, any_kind=any_kind)
 
 
 def read_native_trace(path: str | Path) -> list[TraceJob]:
     """The jobs of a native workload file, by arrival (ties keep file order); ConfigError names line and field."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the workload: {exc}") from None
+    text = read_text(path, "workload")
     jobs = []
+    lines: dict[str, int] = {}
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -121,9 +125,13 @@ def read_native_trace(path: str | Path) -> list[TraceJob]:
         if not isinstance(obj, dict):
             raise ConfigError(f"{path}:{n}: expected a JSON object (one job), got {type(obj).__name__}")
         try:
-            jobs.append(_job_from_obj(obj))
+            job = _job_from_obj(obj)
         except _Bad as exc:
             raise ConfigError(f"{path}:{n}: {exc}") from None
+        if job.name and job.name in lines:
+            raise ConfigError(f"{path}:{n}: field 'name': {job.name!r} is already the name of line {lines[job.name]}")
+        lines[job.name] = n
+        jobs.append(job)
     return sorted(jobs, key=lambda j: j.arrival_s)
 
 

@@ -5,8 +5,8 @@ Between rounds every placed job advances at its measured throughput on the GPU k
 exact moment its steps are done, and its devices come back at the next round, as in Gavel. With ``on_events`` the
 scheduler also decides at each arrival and each finish, at once, as the live service does (it wakes on every
 commit): a replay of a live log then keeps its timing, and the rounds only bound how long a time share lasts
-between events. A policy sees what a live scheduler sees: the job type (its name), its size, throughput hints per GPU kind, and what it has run so far; never
-the job's total steps.
+between events. A policy sees what a live scheduler sees: the job type (its name), its size, throughput hints per
+GPU kind, and what it has run so far; never the job's total steps.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from aios.common.errors import ConfigError
 from aios.common.events import JobSubmitted, JobSucceeded, WorkerExited
 from aios.scheduler.local import apply, node_registration, step
 from aios.scheduler.placement import BinCache
@@ -27,6 +28,7 @@ from aios.scheduler.policies.base import Policy
 from aios.scheduler.predict import RuntimePredictor
 from aios.scheduler.sim.fairness import finish_time_fairness, isolated_finish_times
 from aios.scheduler.sim.traces import Throughputs, TraceJob, kind_rates
+from aios.scheduler.spec import SpecError, validate_spec
 from aios.scheduler.state import PENDING, PLACED, PREEMPTING, JobState, SchedulerState
 
 
@@ -52,6 +54,37 @@ def cluster_events(cluster: dict[str, int], gpus_per_server: int) -> list[tuple[
         for s in range((count + gpus_per_server - 1) // gpus_per_server):
             n = min(gpus_per_server, count - s * gpus_per_server)
             out.append(node_registration(f"{kind}-{s:03d}", kind, n, device_memory_bytes=16 << 30))
+    return out
+
+
+UNFINISHED_SHOWN = 10
+"""Jobs that did not finish, named with the reason in the summary (the first ones, in arrival order)."""
+
+
+def submissions(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str, int],
+                oracle_estimates: bool = False) -> list[tuple[str, TraceJob, dict[str, float], dict[str, Any]]]:
+    """Each job's id, its rates on this cluster and the job spec it is submitted with, in arrival order; checked up
+    front as the live API would check them, so a bad workload fails before the run with the job and field named."""
+    out = []
+    seen: set[str] = set()
+    for i, tj in sorted(enumerate(trace), key=lambda pair: pair[1].arrival_s):
+        job_id = tj.name or f"{slug(tj.job_type)}-{i}"
+        if job_id in seen:
+            raise ConfigError(f"job {job_id!r}: the name is used twice (each job of a workload needs its own)")
+        seen.add(job_id)
+        rates = kind_rates(tj, throughputs, cluster)
+        if not float(tj.priority_weight).is_integer():
+            raise ConfigError(f"job {job_id!r}: priority: expected a whole number (the job spec's priority), "
+                              f"got {tj.priority_weight!r}")
+        spec = {"name": job_id, "tenant": tj.tenant, "devices": tj.gpus, "device_types": sorted(rates),
+                "throughput": rates, "command": ["train"], "priority": int(tj.priority_weight)}
+        if oracle_estimates and rates:
+            spec["runtime_estimate_s"] = tj.total_steps / max(rates.values())
+        try:
+            validate_spec(spec)
+        except SpecError as exc:
+            raise ConfigError(f"job {job_id!r}: {exc}") from None
+        out.append((job_id, tj, rates, spec))
     return out
 
 
@@ -81,7 +114,9 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
             fitted_at = finished_count
         return predictor.estimate(job)
     jobs: dict[str, SimJob] = {}
-    pending_arrivals = list(enumerate(trace))
+    pending_arrivals = submissions(trace, throughputs, cluster, oracle_estimates)
+    unrunnable = {job_id: "no rate on any GPU kind of this cluster" for job_id, _, rates, _ in pending_arrivals
+                  if not rates}
     next_arrival = 0
     now = 0.0
     rounds = 0
@@ -96,15 +131,11 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
     while rounds < max_rounds:
         # arrivals up to now, in arrival order
         while next_arrival < len(pending_arrivals) and pending_arrivals[next_arrival][1].arrival_s <= now:
-            i, tj = pending_arrivals[next_arrival]
+            job_id, tj, rates, spec = pending_arrivals[next_arrival]
             next_arrival += 1
-            job_id = tj.name or f"{slug(tj.job_type)}-{i}"
-            rates = kind_rates(tj, throughputs, cluster)
             jobs[job_id] = SimJob(job_id, tj, rates)
-            spec = {"name": job_id, "tenant": tj.tenant, "devices": tj.gpus, "device_types": sorted(rates),
-                    "throughput": rates, "command": ["train"], "priority": int(tj.priority_weight)}
-            if oracle_estimates and rates:
-                spec["runtime_estimate_s"] = tj.total_steps / max(rates.values())
+            if job_id in unrunnable:
+                continue  # never submitted: an empty device_types would mean "any kind" to the scheduler
             apply(state, [(f"job.{job_id}", [JobSubmitted(aggregate_id=job_id, tenant=tj.tenant, spec=spec)])],
                   tj.arrival_s)
         t0 = time.perf_counter()
@@ -178,6 +209,18 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
     for sj in jobs.values():
         if sj.job_id in state.jobs:  # still in the system when the simulation stopped
             sj.preemptions = state.jobs[sj.job_id].preemptions
+    hit_cap = rounds >= max_rounds
+    unfinished: dict[str, str] = {}
+    for job_id, tj, rates, _ in pending_arrivals:
+        if job_id in jobs and jobs[job_id].finish is not None:
+            continue
+        room = sum(cluster.get(k, 0) for k in rates)
+        unfinished[job_id] = (unrunnable.get(job_id)
+                              or (f"still in the system when the run stopped at its cap of {max_rounds:,} rounds"
+                                  if hit_cap else None)
+                              or (f"needs {tj.gpus} GPUs; the kinds it runs on have {room}" if tj.gpus > room
+                                  else "waited behind jobs that can never be placed on this cluster"))
+    cut_short = hit_cap and any(job_id not in unrunnable for job_id in unfinished)
     rho = _rho(list(jobs.values()), cluster)
     done = [j for j in jobs.values() if j.finish is not None]
     jct = np.array([(j.finish - j.trace.arrival_s) / 3600 for j in done])  # type: ignore[operator]
@@ -185,7 +228,7 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
     first = min((j.trace.arrival_s for j in jobs.values()), default=0.0)
     return {
         "policy": policy.name + (" (oracle estimates)" if oracle_estimates else ""),
-        "jobs": len(jobs), "finished": len(done),
+        "jobs": len(pending_arrivals), "finished": len(done),
         "avg_jct_h": round(float(jct.mean()), 2) if jct.size else None,
         "p50_jct_h": round(float(np.percentile(jct, 50)), 2) if jct.size else None,
         "p99_jct_h": round(float(np.percentile(jct, 99)), 2) if jct.size else None,
@@ -196,6 +239,8 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
         "preemptions": preemptions, "rounds": rounds, "round_s": round_s, "on_events": on_events,
         "scheduler_ms_per_round": round(1000 * decide_s / max(1, rounds), 3),
         "wall_s": round(time.perf_counter() - started, 1),
+        "cut_short": cut_short,
+        "unfinished": dict(list(unfinished.items())[:UNFINISHED_SHOWN]),
         "total_gpus": total_gpus,
         "records": [{"job": j.job_id, "arrival_s": j.trace.arrival_s, "start_s": j.start, "finish_s": j.finish,
                      "gpus": j.trace.gpus, "kind_time_s": j.kind_time, "preemptions": j.preemptions,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import re
 from pathlib import Path
 
@@ -28,18 +29,64 @@ class TraceJob(msgspec.Struct, frozen=True):
     any_kind: bool = False
 
 
+MAX_GPUS = 1_000_000
+"""Largest gang a workload may ask for (a bound that keeps device counts inside machine integers)."""
+
+
+def read_text(path: str | Path, what: str) -> str:
+    """A workload or table file's text; ConfigError when it is missing, a folder, or not UTF-8 text."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a {what} file")
+    try:
+        return p.read_text(encoding="utf-8-sig")  # a byte-order mark, as some editors write, is not content
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such {what} file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the {what}: {exc}") from None
+
+
+def _finite(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{name}: expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {text!r}")
+    return value
+
+
+def _gpus(text: str, name: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name}: expected a whole number of GPUs, got {text!r}") from None
+    if not 1 <= value <= MAX_GPUS:
+        raise ValueError(f"{name}: expected 1 to {MAX_GPUS:,} GPUs, got {value}")
+    return value
+
+
 def read_gavel_trace(path: str | Path) -> list[TraceJob]:
     """Tab-separated: job_type, command, working_directory, num_steps_arg, needs_data_dir, total_steps,
-    scale_factor, priority_weight, SLO, arrival_time."""
+    scale_factor, priority_weight, SLO, arrival_time. ConfigError names the line and the column."""
     jobs = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for n, line in enumerate(read_text(path, "trace").splitlines(), 1):
         if not line.strip():
             continue
         cols = line.split("\t")
         if len(cols) != 10:
             raise ConfigError(f"{path}:{n}: expected 10 tab-separated columns, found {len(cols)}")
         try:
-            jobs.append(TraceJob(cols[0], float(cols[5]), int(cols[6]), float(cols[7]), float(cols[9])))
+            steps = _finite(cols[5], "total_steps")
+            if steps <= 0:
+                raise ValueError(f"total_steps: expected a positive number of steps, got {cols[5]!r}")
+            arrival = _finite(cols[9], "arrival_time")
+            if arrival < 0:
+                raise ValueError(f"arrival_time: expected seconds >= 0, got {cols[9]!r}")
+            weight = _finite(cols[7], "priority_weight")
+            if abs(weight) > 1000:
+                raise ValueError(f"priority_weight: expected -1000 to 1000 (the job spec's priority), got {cols[7]!r}")
+            jobs.append(TraceJob(cols[0], steps, _gpus(cols[6], "scale_factor"), weight, arrival))
         except ValueError as exc:
             raise ConfigError(f"{path}:{n}: {exc}") from None
     return sorted(jobs, key=lambda j: j.arrival_s)
@@ -49,13 +96,28 @@ Throughputs = dict[tuple[str, int], dict[str, float]]
 """(job_type, gpus) -> gpu kind -> steps per second (all GPUs in one server)."""
 
 
+THROUGHPUT_COLUMNS = ("job_type", "num_gpus", "gpu_type", "consolidated", "steps_per_s")
+
+
 def read_gavel_throughputs(path: str | Path) -> Throughputs:
+    """The consolidated rows of a throughput CSV; ConfigError names the line and the column of a bad value."""
+    rows = csv.DictReader(read_text(path, "throughput table").splitlines())
+    missing = [c for c in THROUGHPUT_COLUMNS if c not in (rows.fieldnames or [])]
+    if missing:
+        raise ConfigError(f"{path}: missing column(s) {', '.join(missing)} (expected {', '.join(THROUGHPUT_COLUMNS)})")
     table: Throughputs = {}
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["consolidated"] != "1":
-                continue
-            table.setdefault((row["job_type"], int(row["num_gpus"])), {})[row["gpu_type"]] = float(row["steps_per_s"])
+    for row in rows:
+        if row["consolidated"] != "1":
+            continue
+        try:
+            rate = _finite(row["steps_per_s"] or "", "steps_per_s")
+            if rate < 0:
+                raise ValueError(f"steps_per_s: expected a number >= 0, got {row['steps_per_s']!r}")
+            table.setdefault((row["job_type"], _gpus(row["num_gpus"] or "", "num_gpus")), {})[row["gpu_type"]] = rate
+        except ValueError as exc:
+            raise ConfigError(f"{path}:{rows.line_num}: {exc}") from None
+    if not table:
+        raise ConfigError(f"{path}: no consolidated=1 row: the table gives no throughput")
     return table
 
 
@@ -70,14 +132,19 @@ def kind_rates(job: TraceJob, throughputs: Throughputs, cluster: dict[str, int])
     return {k: v for k, v in table.items() if k in cluster and v > 0}
 
 
-def parse_cluster(spec: str, gpus_per_server: int = 4) -> dict[str, int]:
-    """``v100=12,p100=12,k80=12`` -> {"v100": 12, ...} (GPUs of each kind)."""
+def parse_cluster(spec: str, option: str = "--cluster") -> dict[str, int]:
+    """``v100=12,p100=12,k80=12`` -> {"v100": 12, ...} (GPUs of each kind); errors name ``option``."""
     out: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         m = re.fullmatch(r"([a-z0-9-]+)=(\d+)", part)
         if not m:
-            raise ConfigError(f"--cluster: {part!r} is not KIND=COUNT (e.g. v100=12)")
-        out[m.group(1)] = int(m.group(2))
+            raise ConfigError(f"{option}: {part!r} is not KIND=COUNT (e.g. v100=12)")
+        kind, count = m.group(1), int(m.group(2))
+        if kind in out:
+            raise ConfigError(f"{option}: {kind!r} is given twice")
+        if not 1 <= count <= MAX_GPUS:
+            raise ConfigError(f"{option}: {part!r}: expected 1 to {MAX_GPUS:,} GPUs of a kind")
+        out[kind] = count
     if not out:
-        raise ConfigError("--cluster: no GPUs given (e.g. v100=12,p100=12,k80=12)")
+        raise ConfigError(f"{option}: no GPUs given (e.g. v100=12,p100=12,k80=12)")
     return out
