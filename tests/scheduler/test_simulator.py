@@ -102,6 +102,54 @@ def test_deciding_on_events_starts_jobs_at_arrivals_and_finishes() -> None:
     assert finishes(True) == [1000, 1000 + 500, 2000 + 100]
 
 
+def first_runs(trace: list[TraceJob], policy: str = "hetero-ts") -> dict[str, float]:
+    """When each job first held devices, deciding on events, on one V100."""
+    seen: dict[str, float] = {}
+
+    def probe(state, now: float) -> None:  # type: ignore[no-untyped-def]
+        for job in state.active():
+            if job.status == PLACED:
+                seen.setdefault(job.job_id, now)
+    simulate(trace, {}, {"v100": 1}, make_policy(policy), round_s=360, on_events=True, on_round=probe)
+    return seen
+
+
+def test_deciding_on_events_ends_each_quantum_on_time() -> None:
+    """The live service decides every half second, so a quantum of 360 s ends 360 s after the job was placed, not at
+    the next round (it ran 620 s); and placed_at + 360 - placed_at can come out a hair under 360 in floats, which
+    made every slice 720 s after an idle cluster restarted its rounds at an arrival."""
+    jobs = [TraceJob("A", 100, 1, 1, 0, {"v100": 1.0}, name="a"), TraceJob("A", 3000, 1, 1, 0, {"v100": 1.0}, name="b"),
+            TraceJob("A", 3000, 1, 1, 0, {"v100": 1.0}, name="c")]
+    assert first_runs(jobs) == {"a": 0.0, "b": 100.0, "c": 460.0}
+    t = 510.9925844356524
+    late = [TraceJob("A", 3000, 1, 1, t, {"v100": 1.0}, name=n) for n in "bc"]
+    assert first_runs(late) == {"b": t, "c": pytest.approx(t + 360)}
+
+
+def test_deciding_on_events_keeps_one_timeline_point_per_round() -> None:
+    trace = [TraceJob("A", 7200, 1, 1, 0)] + [TraceJob("A", 200, 1, 1, 50 + 360 * k) for k in range(19)]
+    r = simulate(trace, {("A", 1): {"v100": 1.0}}, {"v100": 2}, make_policy("fifo"), round_s=360, on_events=True)
+    assert r["rounds"] == len(r["timeline"]["t_s"]) == len(r["timeline"]["busy_gpus"]) == 20
+    assert r["decisions"] > r["rounds"]
+    mean_busy = sum(r["timeline"]["busy_gpus"]) / len(r["timeline"]["busy_gpus"]) / 2  # each point a round's mean
+    assert mean_busy == pytest.approx(r["utilization"], abs=0.01)
+
+
+def test_a_job_that_may_run_anywhere_is_submitted_as_it_was_live() -> None:
+    """Its policy sees the hints the live job gave and no kind list: the assumed 1 step/s on other kinds drives the
+    simulated progress only (told to the policy, it made `gavel` plan time on an added kind it would not use live)."""
+    from aios.scheduler.sim.simulator import submissions
+    from aios.scheduler.sim.traces import kind_rates
+
+    job = TraceJob("A", 3600, 1, 0, 0, {"a100": 2.0}, name="j", any_kind=True)
+    [(_, _, rates, spec)] = submissions([job], {}, {"a100": 1, "h100": 1})
+    assert rates == {"a100": 2.0, "h100": 1.0}
+    assert spec["device_types"] == [] and spec["throughput"] == {"a100": 2.0}
+    # without rates of its own, what is known comes from the throughput table; other kinds at 1 step/s too
+    bare = TraceJob("A", 1, 1, 0, 0, {}, any_kind=True)
+    assert kind_rates(bare, {("A", 1): {"v100": 2.0}}, {"v100": 1, "h100": 1}) == {"v100": 2.0, "h100": 1.0}
+
+
 def gavel_line(job_type: str = "A", steps: str = "3600", gpus: str = "1", weight: str = "1", arrival: str = "0") -> str:
     return "\t".join([job_type, "cmd", "dir", "-n", "1", steps, gpus, weight, "-1", arrival])
 
@@ -187,7 +235,7 @@ def test_jobs_that_cannot_finish_are_named_with_the_reason() -> None:
     r = simulate(trace[1:], rates, {"v100": 4}, make_policy("hetero-ts"), round_s=360)
     assert r["finished"] == 1 and r["utilization"] <= 1.0 and list(r["unfinished"]) == ["k-1"]
     r = simulate(trace[1:2], rates, {"v100": 4}, make_policy("fifo"), round_s=60, max_rounds=3)
-    assert r["cut_short"] and r["finished"] == 0 and "cap of 3 rounds" in r["unfinished"]["a-0"]
+    assert r["cut_short"] and r["finished"] == 0 and "cap of 3 decisions" in r["unfinished"]["a-0"]
 
 
 def test_adding_a_kind_no_job_can_run_on_is_an_error(tmp_path: Path) -> None:
@@ -196,7 +244,7 @@ def test_adding_a_kind_no_job_can_run_on_is_an_error(tmp_path: Path) -> None:
     from aios.common.errors import ConfigError
 
     native = tmp_path / "jobs.jsonl"
-    write_native_trace(native, [TraceJob("A", 3600, 1, 1, 0, {"v100": 1.0}), TraceJob("A", 3600, 1, 1, 0, {"v100": 1.0})])
+    write_native_trace(native, [TraceJob("A", 3600, 1, 1, 0, {"v100": 1.0})] * 2)
     with pytest.raises(ConfigError, match="--add: no job of the workload can run on 'h100'"):
         cli.run(str(native), "v100=1", "fifo", None, None, 360, 4, True, None, add="h100=1")
     assert cli.run(str(native), "v100=1", "fifo", None, None, 360, 4, True, None, add="v100=1") == 0

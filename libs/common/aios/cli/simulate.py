@@ -180,8 +180,8 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
     console.print(t)
     for r in results:
         if r["cut_short"]:
-            console.print(f"{r['policy']}: the run stopped at its cap of {r['rounds']:,} rounds; figures cover the "
-                          "jobs that finished by then (a longer --round reaches further)")
+            console.print(f"{r['policy']}: the run stopped at its cap of {r['decisions']:,} decisions; figures "
+                          "cover the jobs that finished by then (a longer --round reaches further)")
         left = r["jobs"] - r["finished"]
         if left:
             shown = "; ".join(f"{job}: {why}" for job, why in r["unfinished"].items())

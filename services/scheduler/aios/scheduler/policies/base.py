@@ -27,6 +27,9 @@ class Policy:
     * ``place_after_churn``: a round that preempts, releases or requeues places nothing; the round that follows at
       once places on the state those leave (time-sharing policies, which reshuffle many jobs every quantum: placing
       around devices about to be freed would be decided again a moment later).
+    * ``wake_at(state, now)``: the next moment after ``now`` at which the policy would decide differently though
+      nothing happened (a quantum ends, service crosses a threshold); a clock that only moves on events stops
+      there. None: only events matter.
     """
 
     name = "base"
@@ -50,6 +53,14 @@ class Policy:
 
     def kinds_for(self, job: JobState) -> frozenset[str] | None:
         return frozenset(job.spec.device_types) if job.spec and job.spec.device_types else None
+
+    def wake_at(self, state: SchedulerState, now: float) -> float | None:
+        return None
+
+
+ELAPSED_SLACK_S = 1e-6
+"""Float slack when a policy asks whether a span of time has passed: ``placed_at + 360 - placed_at`` can come out
+a hair under 360, which would keep a job for a whole extra round."""
 
 
 def running(state: SchedulerState) -> list[JobState]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
-from aios.scheduler.policies.base import Estimator, Policy, pick_victims, running
+from aios.scheduler.policies.base import ELAPSED_SLACK_S, Estimator, Policy, pick_victims, running
 from aios.scheduler.state import JobState, SchedulerState
 
 
@@ -30,6 +30,20 @@ class LeastAttainedService(Policy):
     def victims(self, state: SchedulerState, now: float, job: JobState, need: int) -> list[JobState]:
         mine = self.queue(job, now)
         higher = [r for r in running(state) if r.spec and r.spec.preemptible and self.queue(r, now) > mine
-                  and r.placed_at is not None and now - r.placed_at >= self.min_run_s]
+                  and r.placed_at is not None and now - r.placed_at >= self.min_run_s - ELAPSED_SLACK_S]
         higher.sort(key=lambda r: -self.attained(r, now))
         return pick_victims(higher, job, need, state)
+
+    def wake_at(self, state: SchedulerState, now: float) -> float | None:
+        """With jobs waiting: when a running job's minimum run ends or it moves to a higher queue."""
+        if not state.pending():
+            return None
+        times = []
+        for r in running(state):
+            if r.placed_at is None or not r.held_devices():
+                continue
+            times.append(r.placed_at + self.min_run_s)
+            over = [t for t in self.thresholds if t > self.attained(r, now)]
+            if over:
+                times.append(now + (over[0] - self.attained(r, now)) / r.held_devices())
+        return min((t for t in times if t > now + ELAPSED_SLACK_S), default=None)

@@ -26,7 +26,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, linear_sum_assignment, milp
 from scipy.sparse import coo_matrix
 
-from aios.scheduler.policies.base import Estimator, Policy
+from aios.scheduler.policies.base import ELAPSED_SLACK_S, Estimator, Policy
 from aios.scheduler.state import (PENDING, PLACED, PREEMPTING, RUNNING, JobState, SchedulerState, devices_by_kind,
                                   kinds_held, work_done)
 
@@ -133,7 +133,7 @@ class TimeSharedHeteroLAS(Policy):
                 continue
             if job.status in (PLACED, RUNNING):
                 pinned = (not job.spec.preemptible or job.placed_at is None
-                          or now - job.placed_at < self.quantum_s)
+                          or now - job.placed_at < self.quantum_s - ELAPSED_SLACK_S)
                 if pinned:
                     kinds = self._kinds_of(state, job)
                     held = devices_by_kind(state, job) or {k: job.held_devices() // max(1, len(kinds)) for k in kinds}
@@ -423,6 +423,15 @@ class TimeSharedHeteroLAS(Policy):
             return None
         return (f"time share: {rank} jobs with less attained service come first; it runs when one of them "
                 "finishes or its quantum ends")
+
+    def wake_at(self, state: SchedulerState, now: float) -> float | None:
+        """With jobs waiting: when the next running job's quantum ends (its devices may then go to another)."""
+        if not state.pending():
+            return None
+        ends = (job.placed_at + self.quantum_s for job in state.active()
+                if job.status in (PLACED, RUNNING) and job.placed_at is not None and job.spec is not None
+                and job.spec.preemptible)
+        return min((t for t in ends if t > now + ELAPSED_SLACK_S), default=None)
 
     def kinds_for(self, job: JobState) -> frozenset[str] | None:
         want = self._kind.get(job.job_id)

@@ -11,9 +11,10 @@ Format: JSON Lines, one job per line; blank lines and lines starting with ``#`` 
 * ``work`` (required, number > 0): the job's total work in steps.
 * ``rates`` (optional, may be omitted or ``{}``): steps per second per GPU kind; the job runs only on these kinds.
   Empty: the simulator looks the job up in its throughput table by ``(job_type, devices)``, else 1 step/s anywhere.
-* ``any_kind`` (optional, default false): ``rates`` are only the speeds known; the job may also run on every other
-  kind of the cluster, at 1 step/s. The export of a live log sets it for jobs that named no ``device_types``, so a
-  what-if that adds a kind (``--add h100=8``) gives them the new GPUs.
+* ``any_kind`` (optional, default false): ``rates`` (or, when empty, the throughput table's row) are only the
+  speeds known; the job may also run on every other kind of the cluster, at 1 step/s. The policy is told only the
+  known speeds, as the live job told the scheduler. The export of a live log sets it for jobs that named no
+  ``device_types``, so a what-if that adds a kind (``--add h100=8``) offers them the new GPUs.
 * ``name`` (default ``""``: the simulator names it; unique in the file), ``tenant`` (default ``"trace"``),
   ``job_type`` (default: the name without a trailing ``-<number>``), ``priority`` (whole number from -1000 to 1000,
   default 0: the job spec's priority). Names and tenants follow the job spec's rules (lowercase, digits, ``.-_``).

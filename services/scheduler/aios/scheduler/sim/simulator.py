@@ -24,10 +24,10 @@ from aios.common.errors import ConfigError
 from aios.common.events import JobSubmitted, JobSucceeded, WorkerExited
 from aios.scheduler.local import apply, node_registration, step
 from aios.scheduler.placement import BinCache
-from aios.scheduler.policies.base import Policy
+from aios.scheduler.policies.base import ELAPSED_SLACK_S, Policy
 from aios.scheduler.predict import RuntimePredictor
 from aios.scheduler.sim.fairness import finish_time_fairness, isolated_finish_times
-from aios.scheduler.sim.traces import Throughputs, TraceJob, kind_rates
+from aios.scheduler.sim.traces import Throughputs, TraceJob, kind_rates, known_rates
 from aios.scheduler.spec import SpecError, validate_spec
 from aios.scheduler.state import PENDING, PLACED, PREEMPTING, JobState, SchedulerState
 
@@ -78,6 +78,10 @@ def submissions(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[s
                               f"got {tj.priority_weight!r}")
         spec = {"name": job_id, "tenant": tj.tenant, "devices": tj.gpus, "device_types": sorted(rates),
                 "throughput": rates, "command": ["train"], "priority": int(tj.priority_weight)}
+        if tj.any_kind and rates:  # as the live job was: any kind, and only the hints it gave (kinds without one
+            # run at the assumed 1 step/s in the simulation, but the policy is not told so)
+            spec["device_types"] = []
+            spec["throughput"] = dict(known_rates(tj, throughputs))
         if oracle_estimates and rates:
             spec["runtime_estimate_s"] = tj.total_steps / max(rates.values())
         try:
@@ -96,9 +100,10 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
 
     ``oracle_estimates`` gives every job a perfect runtime estimate (its true duration on its fastest kind), as a
     user's estimate would be at best; results that use it are labelled and kept apart from the headline.
-    ``on_events``: decide at every arrival and finish too, not only every ``round_s`` (the per-round timeline
-    keeps one point per round). ``on_round(state, now)`` sees the state after each decision, before time runs on
-    (probes read it)."""
+    ``on_events``: decide at every arrival and finish too, and when the policy asks to be woken (``wake_at``: a
+    quantum ends), not only every ``round_s``; the timeline keeps one point per round, its time-weighted mean.
+    ``max_rounds`` caps the decisions (rounds, and events with ``on_events``). ``on_round(state, now)`` sees the
+    state after each decision, before time runs on (probes read it)."""
     started = time.perf_counter()
     state = SchedulerState()
     apply(state, cluster_events(cluster, gpus_per_server), 0.0)
@@ -119,16 +124,25 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
                   if not rates}
     next_arrival = 0
     now = 0.0
-    rounds = 0
+    rounds = decisions = 0
     decide_s = 0.0
     preemptions = 0
     busy_gpu_s = 0.0
     total_gpus = sum(cluster.values())
     stalled = 0
     bins = BinCache()
-    next_round = 0.0  # the next round's start: a decision there adds a point to the timeline
+    next_round = 0.0  # the next round's start
     timeline: dict[str, list[float]] = {"t_s": [], "busy_gpus": [], "queued": [], "running": []}
-    while rounds < max_rounds:
+    in_round = [0.0, 0.0, 0.0, 0.0]  # this round so far: seconds, and busy GPUs, queued, running jobs x seconds
+
+    def close_round() -> None:
+        """The finished round's point of the timeline: the time-weighted mean of its decisions' states."""
+        if len(timeline["busy_gpus"]) < len(timeline["t_s"]):
+            for key, total in zip(("busy_gpus", "queued", "running"), in_round[1:]):
+                timeline[key].append(total / in_round[0] if in_round[0] > 0 else 0.0)
+        in_round[:] = [0.0, 0.0, 0.0, 0.0]
+
+    while decisions < max_rounds:
         # arrivals up to now, in arrival order
         while next_arrival < len(pending_arrivals) and pending_arrivals[next_arrival][1].arrival_s <= now:
             job_id, tj, rates, spec = pending_arrivals[next_arrival]
@@ -150,13 +164,12 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
         decide_s += time.perf_counter() - t0
         if on_round is not None:
             on_round(state, now)
-        rounds += 1
+        decisions += 1
         running = [js for js in state.active() if js.status == PLACED]
-        if now >= next_round:
+        if now >= next_round - ELAPSED_SLACK_S:  # a round starts
+            close_round()
+            rounds += 1
             timeline["t_s"].append(now)
-            timeline["busy_gpus"].append(sum(js.held_devices() for js in running))
-            timeline["running"].append(len(running))
-            timeline["queued"].append(sum(1 for js in state.active() if js.status == PENDING))
             next_round = now + round_s
         runs = []
         for js in running:
@@ -168,10 +181,17 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
             span = next_round - now
             if next_arrival < len(pending_arrivals):
                 span = min(span, pending_arrivals[next_arrival][1].arrival_s - now)
+            wake = policy.wake_at(state, now)
+            if wake is not None and wake > now:
+                span = min(span, wake - now)
             for sj, _, rate in runs:
                 if rate > 0:
                     span = min(span, (sj.trace.total_steps - sj.progress) / rate)
         end = now + span
+        in_round[0] += span
+        in_round[1] += span * sum(js.held_devices() for js in running)
+        in_round[2] += span * sum(1 for js in state.active() if js.status == PENDING)
+        in_round[3] += span * len(running)
         finished = []
         for sj, kinds, rate in runs:
             if sj.start is None:
@@ -209,14 +229,15 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
     for sj in jobs.values():
         if sj.job_id in state.jobs:  # still in the system when the simulation stopped
             sj.preemptions = state.jobs[sj.job_id].preemptions
-    hit_cap = rounds >= max_rounds
+    close_round()
+    hit_cap = decisions >= max_rounds
     unfinished: dict[str, str] = {}
     for job_id, tj, rates, _ in pending_arrivals:
         if job_id in jobs and jobs[job_id].finish is not None:
             continue
         room = sum(cluster.get(k, 0) for k in rates)
         unfinished[job_id] = (unrunnable.get(job_id)
-                              or (f"still in the system when the run stopped at its cap of {max_rounds:,} rounds"
+                              or (f"still in the system when the run stopped at its cap of {max_rounds:,} decisions"
                                   if hit_cap else None)
                               or (f"needs {tj.gpus} GPUs; the kinds it runs on have {room}" if tj.gpus > room
                                   else "waited behind jobs that can never be placed on this cluster"))
@@ -236,7 +257,8 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
         "utilization": round(busy_gpu_s / (total_gpus * max(1.0, makespan - first)), 3),
         "mean_rho": round(float(np.nanmean(rho)), 3) if np.isfinite(rho).any() else None,
         "max_rho": round(float(np.nanmax(rho)), 2) if np.isfinite(rho).any() else None,
-        "preemptions": preemptions, "rounds": rounds, "round_s": round_s, "on_events": on_events,
+        "preemptions": preemptions, "rounds": rounds, "decisions": decisions, "round_s": round_s,
+        "on_events": on_events,
         "scheduler_ms_per_round": round(1000 * decide_s / max(1, rounds), 3),
         "wall_s": round(time.perf_counter() - started, 1),
         "cut_short": cut_short,

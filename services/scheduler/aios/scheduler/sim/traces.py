@@ -124,12 +124,15 @@ def read_gavel_throughputs(path: str | Path) -> Throughputs:
 def kind_rates(job: TraceJob, throughputs: Throughputs, cluster: dict[str, int]) -> dict[str, float]:
     """Steps/s of the job on each kind of the cluster it can run on (the job's own rates, else the table's); a job
     of which nothing is known runs a step a second anywhere."""
-    table = job.rates or throughputs.get((job.job_type, job.gpus), {})
-    if not table:
-        return {k: 1.0 for k in cluster}
-    if job.any_kind and job.rates:
-        return {k: job.rates.get(k, 1.0) for k in cluster if job.rates.get(k, 1.0) > 0}
+    table = known_rates(job, throughputs)
+    if not table or job.any_kind:
+        return {k: table.get(k, 1.0) for k in cluster if table.get(k, 1.0) > 0}
     return {k: v for k, v in table.items() if k in cluster and v > 0}
+
+
+def known_rates(job: TraceJob, throughputs: Throughputs) -> dict[str, float]:
+    """What is known of the job's speeds: its own rates, else the table's row for its type and size."""
+    return job.rates or throughputs.get((job.job_type, job.gpus), {})
 
 
 def parse_cluster(spec: str, option: str = "--cluster") -> dict[str, int]:
