@@ -238,6 +238,18 @@ def test_jobs_that_cannot_finish_are_named_with_the_reason() -> None:
     assert r["cut_short"] and r["finished"] == 0 and "cap of 3 decisions" in r["unfinished"]["a-0"]
 
 
+def test_json_is_one_summary_for_a_policy_and_a_list_for_a_comparison(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    from aios.cli import simulate as cli
+
+    native = tmp_path / "jobs.jsonl"
+    write_native_trace(native, [TraceJob("A", 3600, 1, 1, 0, {"v100": 1.0})])
+    assert cli.run(str(native), "v100=1", "fifo", None, None, 360, 4, True, None) == 0
+    assert json.loads(capsys.readouterr().out)["finished"] == 1
+    assert cli.run(str(native), "v100=1", None, "fifo", None, 360, 4, True, str(tmp_path / "out")) == 0
+    assert [r["policy"] for r in json.loads(capsys.readouterr().out)] == ["fifo"]
+
+
 def test_adding_a_kind_no_job_can_run_on_is_an_error(tmp_path: Path) -> None:
     """A what-if with GPUs nobody can use would print the same figures as without them, as if the GPUs did not help."""
     from aios.cli import simulate as cli

@@ -165,7 +165,8 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
     cluster_text = ",".join(f"{k}={v}" for k, v in sorted(gpus.items()))
     report = _write_outputs(folder, results, f"{source} on {cluster_text}") if folder else None
     if as_json:
-        body: Any = summary(results[0]) if len(results) == 1 else [summary(r) for r in results]
+        # --policy: one summary; --compare: a list, whatever its length, so scripts need not guess the shape
+        body: Any = summary(results[0]) if compare is None else [summary(r) for r in results]
         print(json.dumps(body, indent=2))
         return 0
     columns = ("avg_jct_h", "p50_jct_h", "p99_jct_h", "makespan_h", "utilization", "mean_rho", "max_rho",
