@@ -61,6 +61,12 @@ UNFINISHED_SHOWN = 10
 """Jobs that did not finish, named with the reason in the summary (the first ones, in arrival order)."""
 
 
+def spec_name(job_id: str) -> str:
+    """A job spec name for the job (the spec's rules: lowercase, 64 characters): a live job's id is its name plus a
+    token, up to 71 characters, and a workload file may name jobs freely; the id itself stays the job's identity."""
+    return re.sub(r"[^a-z0-9._-]+", "-", job_id.lower())[:64].strip("-._") or "job"
+
+
 def submissions(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str, int],
                 oracle_estimates: bool = False) -> list[tuple[str, TraceJob, dict[str, float], dict[str, Any]]]:
     """Each job's id, its rates on this cluster and the job spec it is submitted with, in arrival order; checked up
@@ -76,7 +82,7 @@ def submissions(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[s
         if not float(tj.priority_weight).is_integer():
             raise ConfigError(f"job {job_id!r}: priority: expected a whole number (the job spec's priority), "
                               f"got {tj.priority_weight!r}")
-        spec = {"name": job_id, "tenant": tj.tenant, "devices": tj.gpus, "device_types": sorted(rates),
+        spec = {"name": spec_name(job_id), "tenant": tj.tenant, "devices": tj.gpus, "device_types": sorted(rates),
                 "throughput": rates, "command": ["train"], "priority": int(tj.priority_weight)}
         if tj.any_kind and rates:  # as the live job was: any kind, and only the hints it gave (kinds without one
             # run at the assumed 1 step/s in the simulation, but the policy is not told so)
