@@ -33,7 +33,7 @@ def result_b() -> dict:
     """No job finished and no fairness reference: every per-job number is missing."""
     recs = [{"job": "j-0", "arrival_s": 0.0, "start_s": None, "finish_s": None, "gpus": 4, "kind_time_s": {},
              "preemptions": 0, "rho": None}]
-    return {"policy": "b", "avg_jct_h": None, "p50_jct_h": None, "p99_jct_h": None, "makespan_h": 0.0,
+    return {"policy": "b", "avg_jct_h": None, "p50_jct_h": None, "p99_jct_h": None, "makespan_h": None,
             "utilization": 0.0, "preemptions": 0, "wall_s": 0.1, "mean_rho": None, "max_rho": None,
             "finished": 0, "jobs": 1, "records": recs, "timeline": timeline(25_000, 2), "total_gpus": 2}
 
@@ -79,6 +79,11 @@ def test_lowest_average_jct_is_named(tmp_path: Path) -> None:
     sentence = next(ln for ln in md.splitlines() if "lowest average jct" in ln.lower())
     assert "fast" in sentence and "slow" not in sentence
     assert row(md, "slow")[1] == "9.50" and row(md, "fast")[1] == "1.25"
+    # an average over fewer finished jobs left out the ones that never ran: it does not win
+    partial = result_a() | {"policy": "partial", "avg_jct_h": 0.5, "finished": 2}
+    md = write_report(tmp_path, [slow, partial], "t").read_text(encoding="utf-8")
+    sentence = next(ln for ln in md.splitlines() if "lowest average jct" in ln.lower())
+    assert "slow" in sentence and "partial" not in sentence
 
 
 def test_no_rho_means_no_rho_plot(tmp_path: Path) -> None:

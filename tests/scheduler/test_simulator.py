@@ -115,15 +115,16 @@ def first_runs(trace: list[TraceJob], policy: str = "hetero-ts") -> dict[str, fl
 
 
 def test_deciding_on_events_ends_each_quantum_on_time() -> None:
-    """The live service decides every half second, so a quantum of 360 s ends 360 s after the job was placed, not at
-    the next round (it ran 620 s); and placed_at + 360 - placed_at can come out a hair under 360 in floats, which
-    made every slice 720 s after an idle cluster restarted its rounds at an arrival."""
+    """The live service decides every half second, so a quantum of 360 s ends 360 s after the job was placed (here
+    at the next 30-s mark, WAKE_GRAIN_S), not at the next round (it ran 620 s); and placed_at + 360 - placed_at can
+    come out a hair under 360 in floats, which made every slice 720 s after an idle cluster restarted its rounds at
+    an arrival."""
     jobs = [TraceJob("A", 100, 1, 1, 0, {"v100": 1.0}, name="a"), TraceJob("A", 3000, 1, 1, 0, {"v100": 1.0}, name="b"),
             TraceJob("A", 3000, 1, 1, 0, {"v100": 1.0}, name="c")]
-    assert first_runs(jobs) == {"a": 0.0, "b": 100.0, "c": 460.0}
+    assert first_runs(jobs) == {"a": 0.0, "b": 100.0, "c": 480.0}  # b's quantum ends at 460
     t = 510.9925844356524
     late = [TraceJob("A", 3000, 1, 1, t, {"v100": 1.0}, name=n) for n in "bc"]
-    assert first_runs(late) == {"b": t, "c": pytest.approx(t + 360)}
+    assert first_runs(late) == {"b": t, "c": pytest.approx(t + 360)}  # a round starts there, not at t + 720
 
 
 def test_deciding_on_events_keeps_one_timeline_point_per_round() -> None:
@@ -133,6 +134,10 @@ def test_deciding_on_events_keeps_one_timeline_point_per_round() -> None:
     assert r["decisions"] > r["rounds"]
     mean_busy = sum(r["timeline"]["busy_gpus"]) / len(r["timeline"]["busy_gpus"]) / 2  # each point a round's mean
     assert mean_busy == pytest.approx(r["utilization"], abs=0.01)
+    # a busy cluster: quanta end at many moments, taken together on a 30-s grid (one wake per job made 20x the rounds)
+    busy = [TraceJob("A", 3000 + 37 * k, 1, 1, 7 * k) for k in range(120)]  # 1,869 decisions in 75 rounds before
+    r = simulate(busy, {("A", 1): {"v100": 1.0}}, {"v100": 24}, make_policy("hetero-ts"), round_s=360, on_events=True)
+    assert r["finished"] == 120 and r["decisions"] <= r["rounds"] * 360 / 30 + 2 * 120
 
 
 def test_a_job_that_may_run_anywhere_is_submitted_as_it_was_live() -> None:
@@ -148,6 +153,11 @@ def test_a_job_that_may_run_anywhere_is_submitted_as_it_was_live() -> None:
     # without rates of its own, what is known comes from the throughput table; other kinds at 1 step/s too
     bare = TraceJob("A", 1, 1, 0, 0, {}, any_kind=True)
     assert kind_rates(bare, {("A", 1): {"v100": 2.0}}, {"v100": 1, "h100": 1}) == {"v100": 2.0, "h100": 1.0}
+    [(_, _, _, spec)] = submissions([bare], {("A", 1): {"v100": 2.0, "k80": 0.0}}, {"v100": 1, "k80": 1})
+    assert spec["throughput"] == {"v100": 2.0}  # a 0 in the table is no speed, not a hint of 0
+    # nothing known at all: any kind, no hints (the policy was told 1.0 everywhere)
+    [(_, _, rates, spec)] = submissions([TraceJob("B", 1, 1, 0, 0)], {}, {"v100": 1, "k80": 1})
+    assert rates == {"v100": 1.0, "k80": 1.0} and spec["device_types"] == [] and spec["throughput"] == {}
 
 
 def gavel_line(job_type: str = "A", steps: str = "3600", gpus: str = "1", weight: str = "1", arrival: str = "0") -> str:
@@ -157,10 +167,10 @@ def gavel_line(job_type: str = "A", steps: str = "3600", gpus: str = "1", weight
 @pytest.mark.parametrize("lines, options, message", [
     ([gavel_line(steps="nan")], {}, ":1: total_steps: expected a finite number, got 'nan'"),
     ([gavel_line(steps="-100")], {}, ":1: total_steps: expected a positive number of steps"),
-    ([gavel_line(), gavel_line(gpus="0")], {}, ":2: scale_factor: expected 1 to 1,000,000 GPUs, got 0"),
+    ([gavel_line(), gavel_line(gpus="0")], {}, ":2: scale_factor: expected 1 to 4,096 GPUs, got 0"),
     ([gavel_line(arrival="-500")], {}, ":1: arrival_time: expected seconds >= 0"),
     ([gavel_line(weight="1e400")], {}, ":1: priority_weight: expected a finite number"),
-    ([gavel_line(weight="1.5")], {}, "priority: expected a whole number"),
+    ([gavel_line(weight="1.5")], {}, "priority_weight: expected a whole number from -1000 to 1000"),
     ([gavel_line(job_type="B")], {}, "--throughputs: 1 job type(s) of the trace have no speed in"),
     ([], {}, "holds no job"),
     ([gavel_line()], {"round_s": float("nan")}, "--round: must be a positive number of seconds, got nan"),
@@ -175,7 +185,7 @@ def gavel_line(job_type: str = "A", steps: str = "3600", gpus: str = "1", weight
     ([gavel_line()], {"policy": ""}, "unknown policy ''"),
     ([gavel_line()], {"out": "a-file"}, "--out: cannot use"),
     ([gavel_line()], {"export": "no-such-folder/jobs.jsonl"}, "--export: cannot write"),
-    (['{"name": "b", "tenant": "", "arrival_s": 0, "devices": 1, "work": 3}'], {}, "job 'b': tenant: lowercase"),
+    (['{"name": "b", "tenant": "", "arrival_s": 0, "devices": 1, "work": 3}'], {}, "job 'b': tenant '': lowercase"),
 ])
 def test_bad_simulate_input_is_one_clear_error(tmp_path: Path, lines: list[str], options: dict, message: str) -> None:
     """Every bad input of `aios simulate` fails before any simulation runs, with the option, line or job named
@@ -233,8 +243,10 @@ def test_jobs_that_cannot_finish_are_named_with_the_reason() -> None:
                                "k-2": "no rate on any GPU kind of this cluster"}
     r = simulate(trace[1:], rates, {"v100": 4}, make_policy("hetero-ts"), round_s=360)
     assert r["finished"] == 1 and r["utilization"] <= 1.0 and list(r["unfinished"]) == ["k-1"]
-    r = simulate(trace[1:2], rates, {"v100": 4}, make_policy("fifo"), round_s=60, max_rounds=3)
+    late = [trace[1], TraceJob("A", 3600, 1, 1, 5e5)]
+    r = simulate(late, rates, {"v100": 4}, make_policy("fifo"), round_s=60, max_rounds=3)
     assert r["cut_short"] and r["finished"] == 0 and "cap of 3 decisions" in r["unfinished"]["a-0"]
+    assert r["unfinished"]["a-1"] == "had not arrived (at 500000 s) when the run stopped at its decision cap"
 
 
 def test_jobs_keep_the_names_a_live_log_or_a_user_gave_them() -> None:
@@ -245,6 +257,25 @@ def test_jobs_keep_the_names_a_live_log_or_a_user_gave_them() -> None:
                                                                                  name="Train_Run")]
     r = simulate(trace, {}, {"v100": 2}, make_policy("fifo"), round_s=360)
     assert r["finished"] == 2 and {rec["job"] for rec in r["records"]} == {long_id, "Train_Run"}
+
+
+def test_an_exported_trace_carries_the_table_speeds(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A Gavel trace's lines carry no speeds; its export used to write empty rates, which read back elsewhere (no
+    table) ran every job at 1 step/s."""
+    from aios.cli import simulate as cli
+
+    trace = tmp_path / "w.trace"
+    trace.write_text(gavel_line(steps="3600") + "\n" + gavel_line(steps="7200", arrival="100") + "\n")
+    table = tmp_path / "tp.csv"
+    table.write_text("job_type,num_gpus,gpu_type,consolidated,steps_per_s\nA,1,v100,1,2.0\nA,1,k80,1,0.0\n")
+    out = tmp_path / "w.jsonl"
+    assert cli.run(str(trace), "v100=1", "fifo", None, str(table), 360, 4, True, None, export=str(out)) == 0
+    from_trace = json.loads(capsys.readouterr().out)
+    assert '"rates": {"v100": 2.0}' in out.read_text()
+    assert cli.run(str(out), "v100=1", "fifo", None, None, 360, 4, True, None) == 0
+    assert json.loads(capsys.readouterr().out)["avg_jct_h"] == from_trace["avg_jct_h"] == 0.99  # 0.5 h, 1.47 h
+    with pytest.raises(Exception, match="--throughputs: no throughput table given"):
+        cli.run(str(trace), "v100=1", "fifo", None, "", 360, 4, True, None)
 
 
 def test_json_is_one_summary_for_a_policy_and_a_list_for_a_comparison(tmp_path: Path,

@@ -236,7 +236,7 @@ def _rates(spec: dict[str, Any]) -> tuple[dict[str, float], bool]:
     speeds, kinds = _speeds(spec)
     if kinds:
         return {k: speeds.get(k, 1.0) for k in kinds}, False
-    return speeds, bool(speeds)
+    return speeds, True
 
 
 def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:

@@ -96,8 +96,11 @@ def _table(results: list[dict]) -> list[str]:
 
 
 def _best_sentence(results: list[dict]) -> str:
-    """Name the policy (or the tied policies) with the lowest average JCT, the first thing a reader looks for."""
-    scored = [(float(r["avg_jct_h"]), str(r.get("policy", "?"))) for r in results if r.get("avg_jct_h") is not None]
+    """Name the policy (or the tied policies) with the lowest average JCT, the first thing a reader looks for; only
+    among those that finished the most jobs (an average over fewer jobs left out the ones that never ran)."""
+    most = max((int(r.get("finished", 0)) for r in results), default=0)
+    scored = [(float(r["avg_jct_h"]), str(r.get("policy", "?"))) for r in results
+              if r.get("avg_jct_h") is not None and int(r.get("finished", 0)) == most]
     if not scored:
         return "No policy finished any job, so none has an average JCT."
     best = min(s for s, _ in scored)

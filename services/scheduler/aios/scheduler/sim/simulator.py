@@ -57,6 +57,8 @@ def cluster_events(cluster: dict[str, int], gpus_per_server: int) -> list[tuple[
     return out
 
 
+WAKE_GRAIN_S = 30.0
+"""With ``on_events``, a policy's wake-up (a quantum's end) is taken at the next multiple of this many seconds."""
 UNFINISHED_SHOWN = 10
 """Jobs that did not finish, named with the reason in the summary (the first ones, in arrival order)."""
 
@@ -84,16 +86,18 @@ def submissions(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[s
                               f"got {tj.priority_weight!r}")
         spec = {"name": spec_name(job_id), "tenant": tj.tenant, "devices": tj.gpus, "device_types": sorted(rates),
                 "throughput": rates, "command": ["train"], "priority": int(tj.priority_weight)}
-        if tj.any_kind and rates:  # as the live job was: any kind, and only the hints it gave (kinds without one
-            # run at the assumed 1 step/s in the simulation, but the policy is not told so)
+        known = {k: v for k, v in known_rates(tj, throughputs).items() if v > 0}
+        if rates and (tj.any_kind or not known):  # as a live job that named no kinds: any kind, only the hints it
+            # gave (other kinds run at the assumed 1 step/s in the simulation, but the policy is not told so)
             spec["device_types"] = []
-            spec["throughput"] = dict(known_rates(tj, throughputs))
+            spec["throughput"] = known
         if oracle_estimates and rates:
             spec["runtime_estimate_s"] = tj.total_steps / max(rates.values())
         try:
             validate_spec(spec)
         except SpecError as exc:
-            raise ConfigError(f"job {job_id!r}: {exc}") from None
+            given = f" {spec[exc.field]!r}" if exc.field in spec else ""
+            raise ConfigError(f"job {job_id!r}: {exc.field}{given}: {exc.reason}") from None
         out.append((job_id, tj, rates, spec))
     return out
 
@@ -188,8 +192,9 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
             if next_arrival < len(pending_arrivals):
                 span = min(span, pending_arrivals[next_arrival][1].arrival_s - now)
             wake = policy.wake_at(state, now)
-            if wake is not None and wake > now:
-                span = min(span, wake - now)
+            if wake is not None and wake > now:  # on the next mark of a WAKE_GRAIN_S grid: quanta that end
+                # close together are decided together (one wake per running job made thousands of decisions a run)
+                span = min(span, math.ceil(wake / WAKE_GRAIN_S) * WAKE_GRAIN_S - now)
             for sj, _, rate in runs:
                 if rate > 0:
                     span = min(span, (sj.trace.total_steps - sj.progress) / rate)
@@ -242,11 +247,16 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
         if job_id in jobs and jobs[job_id].finish is not None:
             continue
         room = sum(cluster.get(k, 0) for k in rates)
-        unfinished[job_id] = (unrunnable.get(job_id)
-                              or (f"still in the system when the run stopped at its cap of {max_rounds:,} decisions"
-                                  if hit_cap else None)
-                              or (f"needs {tj.gpus} GPUs; the kinds it runs on have {room}" if tj.gpus > room
-                                  else "waited behind jobs that can never be placed on this cluster"))
+        if job_id in unrunnable:
+            unfinished[job_id] = unrunnable[job_id]
+        elif tj.gpus > room:
+            unfinished[job_id] = f"needs {tj.gpus} GPUs; the kinds it runs on have {room}"
+        elif job_id not in jobs:
+            unfinished[job_id] = f"had not arrived (at {tj.arrival_s:g} s) when the run stopped at its decision cap"
+        elif hit_cap:
+            unfinished[job_id] = f"still in the system when the run stopped at its cap of {max_rounds:,} decisions"
+        else:
+            unfinished[job_id] = "waited behind jobs that can never be placed on this cluster"
     cut_short = hit_cap and any(job_id not in unrunnable for job_id in unfinished)
     rho = _rho(list(jobs.values()), cluster)
     done = [j for j in jobs.values() if j.finish is not None]
@@ -259,7 +269,7 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
         "avg_jct_h": round(float(jct.mean()), 2) if jct.size else None,
         "p50_jct_h": round(float(np.percentile(jct, 50)), 2) if jct.size else None,
         "p99_jct_h": round(float(np.percentile(jct, 99)), 2) if jct.size else None,
-        "makespan_h": round((makespan - first) / 3600, 1),
+        "makespan_h": round((makespan - first) / 3600, 1) if done else None,
         "utilization": round(busy_gpu_s / (total_gpus * max(1.0, makespan - first)), 3),
         "mean_rho": round(float(np.nanmean(rho)), 3) if np.isfinite(rho).any() else None,
         "max_rho": round(float(np.nanmax(rho)), 2) if np.isfinite(rho).any() else None,

@@ -29,8 +29,10 @@ class TraceJob(msgspec.Struct, frozen=True):
     any_kind: bool = False
 
 
-MAX_GPUS = 1_000_000
-"""Largest gang a workload may ask for (a bound that keeps device counts inside machine integers)."""
+MAX_GPUS = 4096
+"""Largest gang a workload may ask for: the job spec's limit (devices between 0 and 4096)."""
+MAX_CLUSTER_GPUS = 1_000_000
+"""Most GPUs of one kind a simulated cluster may have (a bound that keeps counts inside machine integers)."""
 
 
 def read_text(path: str | Path, what: str) -> str:
@@ -84,8 +86,9 @@ def read_gavel_trace(path: str | Path) -> list[TraceJob]:
             if arrival < 0:
                 raise ValueError(f"arrival_time: expected seconds >= 0, got {cols[9]!r}")
             weight = _finite(cols[7], "priority_weight")
-            if abs(weight) > 1000:
-                raise ValueError(f"priority_weight: expected -1000 to 1000 (the job spec's priority), got {cols[7]!r}")
+            if abs(weight) > 1000 or not weight.is_integer():
+                raise ValueError(f"priority_weight: expected a whole number from -1000 to 1000 (AIOS job priorities "
+                                 f"are integers), got {cols[7]!r}")
             jobs.append(TraceJob(cols[0], steps, _gpus(cols[6], "scale_factor"), weight, arrival))
         except ValueError as exc:
             raise ConfigError(f"{path}:{n}: {exc}") from None
@@ -145,8 +148,8 @@ def parse_cluster(spec: str, option: str = "--cluster") -> dict[str, int]:
         kind, count = m.group(1), int(m.group(2))
         if kind in out:
             raise ConfigError(f"{option}: {kind!r} is given twice")
-        if not 1 <= count <= MAX_GPUS:
-            raise ConfigError(f"{option}: {part!r}: expected 1 to {MAX_GPUS:,} GPUs of a kind")
+        if not 1 <= count <= MAX_CLUSTER_GPUS:
+            raise ConfigError(f"{option}: {part!r}: expected 1 to {MAX_CLUSTER_GPUS:,} GPUs of a kind")
         out[kind] = count
     if not out:
         raise ConfigError(f"{option}: no GPUs given (e.g. v100=12,p100=12,k80=12)")
