@@ -49,12 +49,9 @@ def read_trace(path: str) -> list[TraceJob]:
         raise ConfigError(f"--trace: no such file {path!r}")
     if Path(path).is_dir():
         raise ConfigError(f"--trace: {path!r} is a folder, not a file")
-    head = next((line.strip() for line in read_text(path, "trace").splitlines() if line.strip()), "")
-    if not head:
+    if not read_text(path, "trace").strip():
         raise ConfigError(f"--trace: {path} holds no job")
-    if head.startswith(("{", "#", "[")):
-        return read_native_trace(path)
-    return read_gavel_trace(path)
+    return read_native_trace(path) if _is_native(path) else read_gavel_trace(path)
 
 
 def throughput_table(throughputs: str | None, trace: str | None, jobs: list[TraceJob]) -> Throughputs:
@@ -81,6 +78,7 @@ def throughput_table(throughputs: str | None, trace: str | None, jobs: list[Trac
 
 
 def _is_native(trace: str) -> bool:
+    """A native JSONL workload starts with a JSON line or a ``#`` comment; a Gavel trace with a job type."""
     head = next((line.strip() for line in read_text(trace, "trace").splitlines() if line.strip()), "")
     return head.startswith(("{", "#", "["))
 
