@@ -22,7 +22,7 @@ from aios.common.errors import ConfigError
 from aios.scheduler.policies import POLICIES, make_policy
 from aios.scheduler.sim.native import LogWorkload, load_log_workload, read_native_trace, write_native_trace
 from aios.scheduler.sim.simulator import simulate, summary
-from aios.scheduler.sim.traces import (Throughputs, TraceJob, kind_rates, known_rates, parse_cluster,
+from aios.scheduler.sim.traces import (Throughputs, TraceJob, hinted_rates, kind_rates, parse_cluster,
                                       read_gavel_throughputs, read_gavel_trace, read_text)
 
 RECOMMENDED = "hetero-ts"
@@ -152,8 +152,8 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
                 from None
     table = throughput_table(throughputs, trace, jobs)
     if export:  # with the table's speeds written into each job, the file runs the same anywhere, table or not
-        resolved = [job if job.rates else msgspec.structs.replace(job, rates={
-            k: v for k, v in known_rates(job, table).items() if v > 0}) for job in jobs]
+        resolved = [job if job.rates else msgspec.structs.replace(job, rates=hinted_rates(job, table))
+                    for job in jobs]
         try:
             write_native_trace(export, resolved)
         except OSError as exc:

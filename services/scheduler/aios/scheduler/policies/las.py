@@ -43,7 +43,8 @@ class LeastAttainedService(Policy):
             if r.placed_at is None or not r.held_devices():
                 continue
             times.append(r.placed_at + self.min_run_s)
-            over = [t for t in self.thresholds if t > self.attained(r, now)]
+            got = self.attained(r, now)
+            over = [t for t in self.thresholds if t > got]
             if over:
-                times.append(now + (over[0] - self.attained(r, now)) / r.held_devices())
+                times.append(now + (over[0] - got) / r.held_devices())
         return min((t for t in times if t > now + ELAPSED_SLACK_S), default=None)

@@ -27,7 +27,7 @@ from aios.scheduler.placement import BinCache
 from aios.scheduler.policies.base import ELAPSED_SLACK_S, Policy
 from aios.scheduler.predict import RuntimePredictor
 from aios.scheduler.sim.fairness import finish_time_fairness, isolated_finish_times
-from aios.scheduler.sim.traces import Throughputs, TraceJob, kind_rates, known_rates
+from aios.scheduler.sim.traces import Throughputs, TraceJob, hinted_rates, kind_rates
 from aios.scheduler.spec import SpecError, validate_spec
 from aios.scheduler.state import PENDING, PLACED, PREEMPTING, JobState, SchedulerState
 
@@ -86,7 +86,7 @@ def submissions(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[s
                               f"got {tj.priority_weight!r}")
         spec = {"name": spec_name(job_id), "tenant": tj.tenant, "devices": tj.gpus, "device_types": sorted(rates),
                 "throughput": rates, "command": ["train"], "priority": int(tj.priority_weight)}
-        known = {k: v for k, v in known_rates(tj, throughputs).items() if v > 0}
+        known = hinted_rates(tj, throughputs)
         if rates and (tj.any_kind or not known):  # as a live job that named no kinds: any kind, only the hints it
             # gave (other kinds run at the assumed 1 step/s in the simulation, but the policy is not told so)
             spec["device_types"] = []

@@ -134,8 +134,14 @@ def kind_rates(job: TraceJob, throughputs: Throughputs, cluster: dict[str, int])
 
 
 def known_rates(job: TraceJob, throughputs: Throughputs) -> dict[str, float]:
-    """What is known of the job's speeds: its own rates, else the table's row for its type and size."""
+    """What is known of the job's speeds: its own rates, else the table's row for its type and size (a 0 there
+    says the job cannot run on that kind)."""
     return job.rates or throughputs.get((job.job_type, job.gpus), {})
+
+
+def hinted_rates(job: TraceJob, throughputs: Throughputs) -> dict[str, float]:
+    """The speeds a job can state as its own: the known ones above 0 (a table's 0 is no speed, not a hint of 0)."""
+    return {k: v for k, v in known_rates(job, throughputs).items() if v > 0}
 
 
 def parse_cluster(spec: str, option: str = "--cluster") -> dict[str, int]:
