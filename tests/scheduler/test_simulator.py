@@ -155,6 +155,11 @@ def test_a_job_that_may_run_anywhere_is_submitted_as_it_was_live() -> None:
     assert kind_rates(bare, {("A", 1): {"v100": 2.0}}, {"v100": 1, "h100": 1}) == {"v100": 2.0, "h100": 1.0}
     [(_, _, _, spec)] = submissions([bare], {("A", 1): {"v100": 2.0, "k80": 0.0}}, {"v100": 1, "k80": 1})
     assert spec["throughput"] == {"v100": 2.0}  # a 0 in the table is no speed, not a hint of 0
+    assert spec["device_types"] == ["v100"]  # the K80 stays out of its kinds: placed there it sat at 0 steps/s
+    # ... which it did, until the decision cap, with a utilisation of 3,600
+    r = simulate([TraceJob("A", 100_000, 1, 0, 0, {"v100": 1.0}, name="long"), bare],
+                 {("A", 1): {"v100": 2.0, "k80": 0.0}}, {"v100": 1, "k80": 1}, make_policy("fifo"), max_rounds=5000)
+    assert r["finished"] == 2 and not r["cut_short"] and r["utilization"] <= 1.0
     # nothing known at all: any kind, no hints (the policy was told 1.0 everywhere)
     [(_, _, rates, spec)] = submissions([TraceJob("B", 1, 1, 0, 0)], {}, {"v100": 1, "k80": 1})
     assert rates == {"v100": 1.0, "k80": 1.0} and spec["device_types"] == [] and spec["throughput"] == {}

@@ -88,8 +88,9 @@ def submissions(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[s
                 "throughput": rates, "command": ["train"], "priority": int(tj.priority_weight)}
         known = hinted_rates(tj, throughputs)
         if rates and (tj.any_kind or not known):  # as a live job that named no kinds: any kind, only the hints it
-            # gave (other kinds run at the assumed 1 step/s in the simulation, but the policy is not told so)
-            spec["device_types"] = []
+            # gave (other kinds run at the assumed 1 step/s in the simulation, but the policy is not told so); a
+            # kind the table gives 0 steps/s stays out of its list, or the job would be placed there and never move
+            spec["device_types"] = [] if len(rates) == len(cluster) else sorted(rates)
             spec["throughput"] = known
         if oracle_estimates and rates:
             spec["runtime_estimate_s"] = tj.total_steps / max(rates.values())
