@@ -6,9 +6,10 @@ import re
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
 
-from aios.scheduler.sim.report import write_report
+from aios.scheduler.sim.report import _durations, _moving_average, _reduce, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOTS = ["jct_cdf.png", "utilization.png", "queue.png", "rho.png"]
@@ -113,3 +114,16 @@ def test_single_point_or_empty_timeline_next_to_a_full_one(tmp_path: Path, n: in
     for name in linked_images(md):
         assert_png(tmp_path / name)
     assert {"utilization.png", "queue.png"} <= linked_images(md)
+
+
+def test_timeline_means_weigh_each_point_by_how_long_it_lasts() -> None:
+    """A point stands for a round or for a whole idle stretch the simulation jumped over: the smoothed and reduced
+    series weigh it by its length, so ten idle hours are not one round's worth of zero."""
+    t = [0.0, 360.0, 720.0, 1080.0, 37080.0, 37440.0]  # busy, busy, busy, idle for 10 h, busy, busy
+    y = [1.0, 1.0, 1.0, 0.0, 1.0, 1.0]
+    t_, y_ = np.array(t), np.array(y)
+    assert _durations(t_).tolist() == [360.0, 360.0, 360.0, 36000.0, 360.0, 360.0]
+    smooth = _moving_average(y_, 6, _durations(t_))
+    assert smooth[-1] == pytest.approx(5 * 360 / (5 * 360 + 36000))
+    _, reduced = _reduce(t_, y_, max_points=2)  # buckets of three points each
+    assert reduced.tolist() == pytest.approx([1.0, 720 / 36720])

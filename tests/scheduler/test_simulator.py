@@ -140,6 +140,22 @@ def test_deciding_on_events_keeps_one_timeline_point_per_round() -> None:
     assert r["finished"] == 120 and r["decisions"] <= r["rounds"] * 360 / 30 + 2 * 120
 
 
+@pytest.mark.parametrize("on_events", [False, True])
+def test_the_timeline_counts_gpus_at_work_and_shows_idle_stretches(on_events: bool) -> None:
+    """Its points agree with the summary's utilisation: a job that finishes mid-round leaves its GPU idle for the
+    rest of the round, and the stretch the clock jumps over while the cluster is idle gets a zero point (the plot
+    drew a line at 100 % across ten idle hours)."""
+    trace = [TraceJob("A", 3000, 1, 1, 0, name="a"), TraceJob("A", 3000, 1, 1, 36000, name="b")]
+    r = simulate(trace, {("A", 1): {"v100": 1.0}}, {"v100": 1}, make_policy("fifo"), on_events=on_events)
+    points = dict(zip(r["timeline"]["t_s"], r["timeline"]["busy_gpus"]))
+    if on_events:  # the last decision before the finish covers 2,880-3,000 s, all of it at work
+        assert points[2880.0] == 1.0 and points[3000.0] == 0.0
+    else:  # a ran 120 s of the round from 2,880 s; the round from 3,240 s starts ten idle hours
+        assert points[2880.0] == pytest.approx(1 / 3) and points[3240.0] == 0.0
+    assert [t for t in points if 3240 < t < 36000] == [] and points[36000.0] == 1.0
+    assert r["utilization"] == round(6000 / 39000, 3)
+
+
 def test_a_job_that_may_run_anywhere_is_submitted_as_it_was_live() -> None:
     """Its policy sees the hints the live job gave and no kind list: the assumed 1 step/s on other kinds drives the
     simulated progress only (told to the policy, it made `gavel` plan time on an added kind it would not use live)."""
@@ -334,6 +350,23 @@ def test_equal_split_reference_by_hand() -> None:
     alone = isolated_finish_times(np.array([10.0]), np.array([100.0]), np.array([2]), np.array([[2.0]]),
                                   np.array([4.0]))
     assert alone.tolist() == pytest.approx([60.0])
+
+
+def test_the_equal_split_is_of_what_jobs_can_use() -> None:
+    """Jobs that can never run here take no share; a gang gets none of a kind too small for it, and one larger than
+    every kind spans them at its slowest speed: alone on an empty cluster, no job does worse than its fair share."""
+    never = [TraceJob("B", 1000, 1, 1, 0, {"h100": 1.0}, name=f"x{i}") for i in range(3)]  # no H100 here
+    r = simulate([TraceJob("A", 1000, 1, 1, 0, {"v100": 1.0}, name="ok"), *never], {}, {"v100": 1},
+                 make_policy("fifo"))
+    assert {rec["job"]: rec["rho"] for rec in r["records"]} == {"ok": 1.0, "x0": None, "x1": None, "x2": None}
+    assert r["mean_rho"] == r["max_rho"] == 1.0  # was 0.25: the three took 3/4 of the V100 in the reference
+    span = simulate([TraceJob("A", 1000, 2, 1, 0, {"v100": 2.0, "p100": 1.0}, name="g")], {},
+                    {"v100": 1, "p100": 1}, make_policy("fifo"))
+    assert span["records"][0]["finish_s"] == 1000 and span["max_rho"] == 1.0  # 1 step/s across kinds; was 1.5
+    # a 4-GPU gang in a cluster of 2 fast and 8 slow GPUs runs on the slow ones only, in the reference too
+    small = simulate([TraceJob("A", 1000, 4, 1, 0, {"v100": 10.0, "p100": 1.0}, name="g")], {},
+                     {"v100": 2, "p100": 8}, make_policy("fifo"))
+    assert small["records"][0]["finish_s"] == 1000 and small["max_rho"] == 1.0
 
 
 def test_finish_time_fairness_in_the_records() -> None:

@@ -5,6 +5,11 @@ in the system, each is entitled to ``C_k / m`` GPUs of every kind ``k``; a job o
 ``k`` for a fraction ``C_k / (m s)`` of the time, the fractions scaled down together when they add up to more than 1
 (a job cannot run more than all the time). Its speed is the sum of fraction times its throughput on each kind. The
 rates change only when a job arrives or finishes, so the model steps from event to event.
+
+The split is of what a job could use in the simulation: a gang gets no share of a kind with fewer GPUs than it
+asks for, a gang larger than every kind it runs on spans them at the pace of its slowest, and a job that can never
+run here (no speed on any kind, or more GPUs than its kinds have) takes no share and gets no reference: it would
+otherwise slow everyone's reference for ever, and a gang would be credited a speed no placement gives it.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ import numpy as np
 def isolated_finish_times(arrival_s: np.ndarray, work: np.ndarray, gpus: np.ndarray, rates: np.ndarray,
                           capacity: np.ndarray) -> np.ndarray:
     """Finish time of every job under the equal split. ``rates[j, k]``: steps/s of job j on kind k (0: cannot run);
-    ``capacity[k]``: GPUs of kind k; ``work[j]``: steps."""
-    n = len(arrival_s)
+    ``capacity[k]``: GPUs of kind k; ``work[j]``: steps. Infinite for a job that can never run here."""
+    rates, runnable = _usable_rates(gpus, rates, capacity)
     order = np.argsort(arrival_s, kind="stable")
-    finish = np.full(n, np.nan)
+    order = order[runnable[order]]
+    n = order.size
+    finish = np.full(len(arrival_s), np.inf)
     left = work.astype(float).copy()
     # With m jobs in the system, job j's share of kind k is C_k / (m s_j), all scaled down together when they add up
     # to more than 1; so its speed is min(spread_j / m, full_j): spread_j = sum_k C_k r_jk / s_j, and full_j (its
@@ -56,6 +63,19 @@ def isolated_finish_times(arrival_s: np.ndarray, work: np.ndarray, gpus: np.ndar
         finish[idx[done]] = now
         active = idx[~done]
     return finish
+
+
+def _usable_rates(gpus: np.ndarray, rates: np.ndarray, capacity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each job's speed on each kind as the simulation can use it, and whether the job can run at all: 0 on a kind
+    too small for its gang; a gang too large for every kind it runs on spans them, at its slowest speed there."""
+    usable = rates > 0
+    fits = capacity[None, :] >= gpus[:, None]
+    holds = (usable & fits).any(axis=1)
+    spans = ~holds & ((usable * capacity[None, :]).sum(axis=1) >= gpus)
+    slowest = np.where(usable, rates, np.inf).min(axis=1)
+    out = np.where(usable & fits, rates, 0.0)
+    out[spans] = np.where(usable[spans], slowest[spans, None], 0.0)
+    return out, holds | spans
 
 
 def finish_time_fairness(jct_s: np.ndarray, isolated_jct_s: np.ndarray) -> np.ndarray:

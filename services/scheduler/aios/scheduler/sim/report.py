@@ -195,23 +195,36 @@ def _timeline(r: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
     return t[:n] / 3600, y[:n]
 
 
-def _moving_average(y: np.ndarray, window: int) -> np.ndarray:
-    """A trailing mean over window points (shorter at the start), so a round-by-round sawtooth reads as a level."""
+def _durations(t: np.ndarray) -> np.ndarray:
+    """How long each point of a timeline lasts (until the next; the last as long as the typical one): a point
+    stands for a round, or for a whole idle stretch the simulation jumped over, so means must weigh by time."""
+    if t.size < 2:
+        return np.ones(t.size)
+    gaps = np.diff(t)
+    return np.maximum(np.append(gaps, np.median(gaps)), 1e-12)
+
+
+def _moving_average(y: np.ndarray, window: int, weight: np.ndarray | None = None) -> np.ndarray:
+    """A trailing time-weighted mean over window points (shorter at the start), so a round-by-round sawtooth reads
+    as a level."""
     if window <= 1 or y.size == 0:
         return y
-    c = np.cumsum(np.insert(y, 0, 0.0))
+    w = np.ones(y.size) if weight is None else weight
+    c = np.cumsum(np.insert(y * w, 0, 0.0))
+    cw = np.cumsum(np.insert(w, 0, 0.0))
     idx = np.arange(1, y.size + 1)
     lo = np.maximum(idx - window, 0)
-    return (c[idx] - c[lo]) / (idx - lo)
+    return (c[idx] - c[lo]) / (cw[idx] - cw[lo])
 
 
 def _reduce(t: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
-    """Bucket means over at most max_points buckets: keeps plotting fast without the aliasing of plain striding."""
+    """Time-weighted bucket means over at most max_points buckets: keeps plotting fast without the aliasing of plain
+    striding."""
     if t.size <= max_points:
         return t, y
     starts = np.linspace(0, t.size, max_points, endpoint=False).astype(int)
-    counts = np.diff(np.append(starts, t.size))
-    return t[starts], np.add.reduceat(y, starts) / counts
+    w = _durations(t)
+    return t[starts], np.add.reduceat(y * w, starts) / np.add.reduceat(w, starts)
 
 
 def _plot_series(ax: Axes, results: list[dict], key: str, transform: Callable[[dict, np.ndarray], np.ndarray | None],
@@ -225,7 +238,8 @@ def _plot_series(ax: Axes, results: list[dict], key: str, transform: Callable[[d
         if y2 is None:
             continue
         t, y2 = _reduce(t, y2)
-        ax.plot(t, y2, label=str(r.get("policy", "?")), **_style(i))
+        # each point holds until the next (a round's mean, or an idle stretch): steps, not lines across gaps
+        ax.step(t, y2, where="post", label=str(r.get("policy", "?")), **_style(i))
         drawn = True
     if drawn:
         ax.set_xlabel("time since the start of the simulation (h)")
@@ -240,7 +254,8 @@ def _utilization_series(r: dict, busy: np.ndarray) -> np.ndarray | None:
     total = r.get("total_gpus")
     if not total:
         return None
-    return _moving_average(busy / float(total), max(1, busy.size // 100))
+    t, _ = _timeline(r, "busy_gpus")  # the times of the same points
+    return _moving_average(busy / float(total), max(1, busy.size // 100), _durations(t))
 
 
 def _plot_utilization(ax: Axes, results: list[dict]) -> bool:

@@ -112,7 +112,8 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
     ``oracle_estimates`` gives every job a perfect runtime estimate (its true duration on its fastest kind), as a
     user's estimate would be at best; results that use it are labelled and kept apart from the headline.
     ``on_events``: decide at every arrival and finish too, and when the policy asks to be woken (``wake_at``: a
-    quantum ends), not only every ``round_s``; the timeline keeps one point per round, its time-weighted mean.
+    quantum ends), not only every ``round_s``. The timeline has one point per round, the time-weighted mean of its
+    GPUs at work, queued and running jobs, and a zero point where the clock jumps over an idle cluster.
     ``max_rounds`` caps the decisions (rounds, and events with ``on_events``). ``on_round(state, now)`` sees the
     state after each decision, before time runs on (probes read it)."""
     started = time.perf_counter()
@@ -152,6 +153,13 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
             for key, total in zip(("busy_gpus", "queued", "running"), in_round[1:]):
                 timeline[key].append(total / in_round[0] if in_round[0] > 0 else 0.0)
         in_round[:] = [0.0, 0.0, 0.0, 0.0]
+
+    def idle_point() -> None:
+        """A point for the idle stretch the clock jumps over (no round is run there), so the timeline shows it."""
+        close_round()
+        timeline["t_s"].append(now)
+        for key in ("busy_gpus", "queued", "running"):
+            timeline[key].append(0.0)
 
     while decisions < max_rounds:
         # arrivals up to now, in arrival order
@@ -201,7 +209,6 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
                     span = min(span, (sj.trace.total_steps - sj.progress) / rate)
         end = now + span
         in_round[0] += span
-        in_round[1] += span * sum(js.held_devices() for js in running)
         in_round[2] += span * sum(1 for js in state.active() if js.status == PENDING)
         in_round[3] += span * len(running)
         finished = []
@@ -212,6 +219,8 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
             dt = min(span, need)
             sj.progress = sj.trace.total_steps if need <= span else sj.progress + rate * dt
             busy_gpu_s += dt * sj.trace.gpus
+            in_round[1] += dt * sj.trace.gpus  # GPUs at work, as the summary counts them: a job that finished
+            # mid-round holds its devices to the round's end, idle
             for k in kinds:
                 sj.kind_time[k] = sj.kind_time.get(k, 0.0) + dt
             if rate > 0 and sj.progress >= sj.trace.total_steps - 1e-9:
@@ -235,8 +244,10 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
                 break
             gap = pending_arrivals[next_arrival][1].arrival_s - now
             if on_events:  # idle cluster: jump to the next arrival, and let it start a round
+                idle_point()
                 now, next_round = now + max(0.0, gap), now + max(0.0, gap)
             elif gap > round_s:  # idle cluster: jump to the round of the next arrival
+                idle_point()
                 now += (gap // round_s) * round_s
     for sj in jobs.values():
         if sj.job_id in state.jobs:  # still in the system when the simulation stopped
