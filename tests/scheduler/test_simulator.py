@@ -311,6 +311,17 @@ def test_json_is_one_summary_for_a_policy_and_a_list_for_a_comparison(tmp_path: 
     assert [r["policy"] for r in json.loads(capsys.readouterr().out)] == ["fifo"]
 
 
+def test_the_table_is_not_cut_when_piped(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Printed into a pipe or a file, the table keeps every cell whole (rich assumed 80 columns: '121…')."""
+    from aios.cli import simulate as cli
+
+    native = tmp_path / "jobs.jsonl"
+    write_native_trace(native, [TraceJob("A", 3600 + 7 * i, 1, 1, 97 * i, {"v100": 1.0}) for i in range(5)])
+    assert cli.run(str(native), "v100=2", None, "hetero-gittins,hetero-ts", None, 360, 4, False, None) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out and "preemptions" in out and "hetero-gittins" in out and "5 of 5" in out
+
+
 def test_adding_a_kind_no_job_can_run_on_is_an_error(tmp_path: Path) -> None:
     """A what-if with GPUs nobody can use would print the same figures as without them, as if the GPUs did not help."""
     from aios.cli import simulate as cli

@@ -7,9 +7,9 @@ from typing import Any
 
 import nats
 import nats.errors
-from rich.console import Console
 from rich.table import Table
 
+from aios.cli.output import table_console
 from aios.common.config import load_settings
 from aios.common.errors import AiosError, ConfigError, NotFound
 
@@ -39,7 +39,7 @@ async def ask(subject: str, body: dict[str, Any] | None = None, timeout: float =
 
 
 async def nodes(node: str | None, as_json: bool = False, servers: list[str] | None = None) -> int:
-    console = Console()
+    console = table_console()
     if node:
         detail = await ask("aios.rm.node", {"node": node}, servers=servers)
         if as_json:
@@ -78,7 +78,7 @@ async def tenants(as_json: bool = False, servers: list[str] | None = None) -> in
         table.add_row(name or "(unknown)", t["cohort"] or "-", fmt(t["nominal"]), fmt(t["usage"]),
                       fmt(t["borrowing_limit"]) if t["borrowing_limit"] is not None else "none",
                       fmt(t["lending_limit"]) if t["lending_limit"] is not None else "all unused")
-    Console().print(table)
+    table_console().print(table)
     return 0
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from rich.console import Console
 from rich.table import Table
 
 from aios.cli.inspect import ask
+from aios.cli.output import table_console
 from aios.common import tracing
 from aios.common.config import load_settings
 from aios.common.errors import AiosError, ConfigError, NotFound
@@ -86,7 +86,7 @@ async def jobs(as_json: bool) -> int:
         loss = f"{j['loss']:.4f}" if j.get("loss") is not None else "-"
         table.add_row(j["job"], j["tenant"], j["status"], str(j["devices"]), str(j["priority"]),
                       ",".join(sorted(set(j["nodes"]))) or "-", str(j["attempts"]), step, loss)
-    Console().print(table)
+    table_console().print(table)
     return 0
 
 
@@ -135,7 +135,7 @@ async def job(job_id: str, as_json: bool, wait: bool) -> int:
     if as_json:
         print(json.dumps({**(summary or {"job": job_id}), "events": events}, indent=2))
     else:
-        console = Console()
+        console = table_console()
         if summary:
             steps = f", step {summary['step']}/{summary['total_steps']}" if summary["total_steps"] else ""
             console.print(f"[bold]{job_id}[/] ({summary['tenant']}): {summary['status']}, {summary['devices']} device(s)"

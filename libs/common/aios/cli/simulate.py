@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from rich.console import Console
 from rich.table import Table
 
+from aios.cli.output import table_console
 from aios.common.errors import ConfigError
 from aios.scheduler.policies import POLICIES, make_policy
 from aios.scheduler.sim.native import LogWorkload, load_log_workload, read_native_trace, write_native_trace
@@ -180,7 +180,7 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
     for r in results:
         cells = ("-" if r[c] is None else str(r[c]) for c in columns)
         t.add_row(r["policy"], f"{r['finished']} of {r['jobs']}", *cells)
-    console = Console()
+    console = table_console()
     console.print(t)
     for r in results:
         if r["cut_short"]:

@@ -26,6 +26,11 @@ MAX_POINTS = 2000  # a timeline of 20,000+ rounds is reduced to this many points
 FIGSIZE = (8.0, 4.5)
 DPI = 110
 
+FIELDS = ("JCT: finish − arrival; p50/p99 interpolate linearly between jobs. ρ: a job's JCT ÷ its JCT under an "
+          "equal split of what it can use of the cluster. Per job, in `<policy>.csv`: arrival, start and finish (s), "
+          "GPUs, preemptions, ρ, and `kind_time_s`, the seconds it ran holding GPUs of each kind (a gang spread over "
+          "two kinds counts its whole run on each).")
+
 Plotter = Callable[[Axes, list[dict[str, Any]]], bool]
 
 
@@ -45,7 +50,7 @@ def write_report(folder: Path, results: list[dict], title: str) -> Path:
          "the cluster): lines left of the dashed ρ = 1 line mean jobs did at least as well as under a fair share; "
          "lower is better.", _plot_rho, "no policy was run with a fairness reference, so no job has a ρ"),
     ]
-    lines = [f"# {title}", "", *_table(results), ""]
+    lines = [f"# {title}", "", *_table(results), "", FIELDS, ""]
     lines += [_best_sentence(results), ""]
     lines += _unfinished_notes(results)
     for name, label, caption, plotter, missing in plots:
@@ -86,7 +91,7 @@ def _table(results: list[dict]) -> list[str]:
         cells = [
             _cell(str(r.get("policy", "?"))),
             _fmt(r.get("avg_jct_h"), ".2f"), _fmt(r.get("p50_jct_h"), ".2f"), _fmt(r.get("p99_jct_h"), ".2f"),
-            _fmt(r.get("makespan_h"), ".1f"),
+            _fmt(r.get("makespan_h"), ".2f"),
             DASH if util is None else _fmt(100.0 * util, ".1f") + " %",
             _fmt(r.get("mean_rho"), ".2f"), _fmt(r.get("max_rho"), ".2f"),
             _fmt(r.get("preemptions"), "d"), _fmt(r.get("wall_s"), ".1f"),

@@ -115,7 +115,11 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
     quantum ends), not only every ``round_s``. The timeline has one point per round, the time-weighted mean of its
     GPUs at work, queued and running jobs, and a zero point where the clock jumps over an idle cluster.
     ``max_rounds`` caps the decisions (rounds, and events with ``on_events``). ``on_round(state, now)`` sees the
-    state after each decision, before time runs on (probes read it)."""
+    state after each decision, before time runs on (probes read it).
+
+    JCT percentiles interpolate linearly between jobs (numpy's default). A record's ``kind_time_s`` gives, per GPU
+    kind, the seconds the job ran holding GPUs of that kind: a gang spread over two kinds counts its whole run on
+    each."""
     started = time.perf_counter()
     state = SchedulerState()
     apply(state, cluster_events(cluster, gpus_per_server), 0.0)
@@ -281,7 +285,7 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
         "avg_jct_h": round(float(jct.mean()), 2) if jct.size else None,
         "p50_jct_h": round(float(np.percentile(jct, 50)), 2) if jct.size else None,
         "p99_jct_h": round(float(np.percentile(jct, 99)), 2) if jct.size else None,
-        "makespan_h": round((makespan - first) / 3600, 1) if done else None,
+        "makespan_h": round((makespan - first) / 3600, 2) if done else None,  # as precise as the JCTs beside it
         "utilization": round(busy_gpu_s / (total_gpus * max(1.0, makespan - first)), 3),
         "mean_rho": round(float(np.nanmean(rho)), 3) if np.isfinite(rho).any() else None,
         "max_rho": round(float(np.nanmax(rho)), 2) if np.isfinite(rho).any() else None,
