@@ -12,6 +12,8 @@ from typing import Any
 from aios.cli.cluster import LocalCluster
 from aios.common.config import load_settings
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def test_submit_why_cancel(aios_env: dict[str, str], tmp_path: Path) -> None:
     env = {**aios_env, "AIOS_SCHEDULER_POLICY": "fifo", "AIOS_SCHEDULER_INTERVAL": "0.1"}
@@ -88,3 +90,18 @@ def test_submit_why_cancel(aios_env: dict[str, str], tmp_path: Path) -> None:
         assert frame.returncode == 0 and "sim-1" in frame.stdout and "nlp" in frame.stdout
     finally:
         cluster.stop()
+
+
+def test_commands_pointed_at_a_dead_server_fail_at_once(aios_env: dict[str, str]) -> None:
+    """nats-py takes ``max_reconnect_attempts=0`` as no limit: `aios nodes` and `aios top` retried a dead port for
+    ever, printing a traceback per try, and `aios submit` and `aios quota` retried for ever too. Now: one line with
+    the server and the reason, and a non-zero exit."""
+    from aios.common.natsserver import free_port
+
+    url = f"nats://127.0.0.1:{free_port()}"
+    for args in (["nodes"], ["top", "--once"], ["jobs"], ["submit", str(REPO / "examples" / "digits-train.yaml")],
+                 ["quota", "t", "--nominal", "h100=1"]):
+        out = subprocess.run([sys.executable, "-m", "aios.cli.main", *args], env={**aios_env, "AIOS_NATS_URL": url},
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode != 0 and f"cannot reach NATS at {url}: " in out.stderr, (args, out.stderr[-300:])
+        assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) == 1, (args, out.stderr[-300:])

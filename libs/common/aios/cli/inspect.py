@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import nats
 import nats.errors
 from rich.table import Table
 
 from aios.cli.output import table_console
 from aios.common.config import load_settings
 from aios.common.errors import AiosError, ConfigError, NotFound
+from aios.common.store import connect_once
 
 
 async def ask(subject: str, body: dict[str, Any] | None = None, timeout: float = 5.0,
@@ -19,10 +19,7 @@ async def ask(subject: str, body: dict[str, Any] | None = None, timeout: float =
     servers = servers or load_settings().servers
     if not servers:
         raise ConfigError("AIOS_NATS_URL is not set: point it at the cluster (`aios up` prints the export line)")
-    try:
-        nc = await nats.connect(servers, connect_timeout=3, max_reconnect_attempts=0, allow_reconnect=False)
-    except (OSError, nats.errors.Error) as exc:
-        raise AiosError(f"cannot reach NATS at {','.join(servers)}: {exc or type(exc).__name__}") from None
+    nc = await connect_once(servers, name="aios-cli")
     try:
         msg = await nc.request(subject, json.dumps(body or {}).encode(), timeout=timeout)
     except nats.errors.NoRespondersError:
@@ -97,7 +94,7 @@ def parse_counts(option: str, text: str | None) -> dict[str, int] | None:
 
 async def set_quota(tenant: str, cohort: str, nominal: str, borrowing: str | None, lending: str | None) -> int:
     from aios.common.events import TenantQuotaSet
-    from aios.common.store import connect
+    from aios.common.store import open_log
 
     servers = load_settings().servers
     if not servers:
@@ -105,7 +102,7 @@ async def set_quota(tenant: str, cohort: str, nominal: str, borrowing: str | Non
     event = TenantQuotaSet(aggregate_id=tenant, cohort=cohort, nominal=parse_counts("--nominal", nominal) or {},
                            borrowing_limit=parse_counts("--borrowing-limit", borrowing),
                            lending_limit=parse_counts("--lending-limit", lending))
-    store = await connect(servers, name="aios-cli", append_deadline=5.0)
+    store = await open_log(servers, name="aios-cli", append_deadline=5.0)
     try:
         result = await store.append(f"tenant.{tenant}", event)
     finally:

@@ -9,7 +9,6 @@ import json
 from collections import Counter
 from typing import Any
 
-import nats
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -17,6 +16,7 @@ from rich.table import Table
 from aios.cli.inspect import ask
 from aios.common.config import load_settings
 from aios.common.errors import ConfigError
+from aios.common.store import connect_once
 
 
 async def snapshot(servers: list[str], telemetry: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -58,7 +58,7 @@ async def run(once: bool, as_json: bool, interval: float = 1.0) -> int:
     if not servers:
         raise ConfigError("AIOS_NATS_URL is not set: point it at the cluster (`aios up` prints the export line)")
     telemetry: dict[str, dict[str, Any]] = {}
-    nc = await nats.connect(servers, connect_timeout=3, max_reconnect_attempts=0, allow_reconnect=False)
+    nc = await connect_once(servers, name="aios-top")
 
     async def on_telemetry(msg: Any) -> None:
         try:

@@ -593,6 +593,47 @@ async def connect(servers: list[str], *, name: str = "aios", **store_options: An
     return store
 
 
+async def open_log(servers: list[str], *, name: str = "aios", timeout_s: float = 3.0,
+                   **store_options: Any) -> EventStore:
+    """An :class:`EventStore` over an event log that must already exist, for a command that reads it once: one try
+    to connect, no reconnect loop and no stream created or changed (a wrong URL must not grow an empty AIOS log on
+    somebody's server). Errors name the server and the reason."""
+    where = ",".join(servers)
+    nc = await connect_once(servers, name=name, timeout_s=timeout_s)
+    store = EventStore(nc, servers, **store_options)
+    try:
+        await store.js.stream_info(store.stream)
+    except nats.js.errors.NotFoundError:
+        await store.close()
+        raise StoreError(f"NATS at {where} holds no AIOS event log (no stream {store.stream}): is it the cluster's "
+                         "server?") from None
+    except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
+        await store.close()
+        raise StoreError(f"NATS at {where} runs without JetStream, where AIOS keeps its event log") from None
+    except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        await store.close()
+        raise StoreError(f"NATS at {where}: cannot read the event log: {str(exc) or type(exc).__name__}") from None
+    return store
+
+
+async def connect_once(servers: list[str], *, name: str = "aios", timeout_s: float = 3.0) -> nats.NATS:
+    """A nats-py connection for a one-shot command: each server tried twice, then :class:`StoreError` naming the
+    servers and the last reason. (nats-py's ``max_reconnect_attempts=0`` means *no limit* on the first connect:
+    a command pointed at a dead port retried for ever, logging a traceback each time.)"""
+    seen: list[BaseException] = []
+
+    async def remember(exc: Exception) -> None:  # raised below, once, with the server named
+        seen.append(exc)
+
+    try:
+        return await nats.connect(servers, name=f"{name}-{os.getpid()}", connect_timeout=timeout_s,
+                                  max_reconnect_attempts=1, reconnect_time_wait=0.2, allow_reconnect=False,
+                                  error_cb=remember)
+    except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
+        last = seen[-1] if seen else exc
+        raise StoreError(f"cannot reach NATS at {','.join(servers)}: {str(last) or type(last).__name__}") from None
+
+
 async def connect_nats(servers: list[str], *, name: str = "aios", **options: Any) -> nats.NATS:
     """nats-py connection that retries forever with jittered backoff; connection events are logged."""
 
