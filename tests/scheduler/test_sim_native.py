@@ -8,8 +8,8 @@ import pytest
 
 from aios.common.errors import ConfigError
 from aios.common.events import (
-    Assignment, Event, JobCancelled, JobFailed, JobPlaced, JobPreempted, JobRequeued, JobStarted, JobSubmitted,
-    JobSucceeded,
+    Assignment, CheckpointSaved, Event, JobCancelled, JobFailed, JobPlaced, JobPreempted, JobRequeued, JobStarted,
+    JobSubmitted, JobSucceeded,
 )
 from aios.common.store import EventStore
 from aios.scheduler.local import node_registration
@@ -89,6 +89,7 @@ def log_events() -> list[tuple[str, list[Event]]]:
         *h100[1], *a100[1],
         submitted("train-1", 100.0, throughput=thr, priority=5),
         placed("train-1", 110.0, "n1", "n1-g0"), JobStarted(aggregate_id="train-1", ts=120.0),
+        CheckpointSaved(aggregate_id="train-1", step=80, bucket="b", name="train-1", ts=160.0),
         JobPreempted(aggregate_id="train-1", reason="fair share", ts=170.0),
         JobRequeued(aggregate_id="train-1", reason="preempted", ts=175.0),
         *h100[1],  # the agent restarted: still 8 H100s, not 16
@@ -98,6 +99,9 @@ def log_events() -> list[tuple[str, list[Event]]]:
         placed("train-1", 200.0, "n2", "n2-g0"), JobSucceeded(aggregate_id="train-1", ts=230.0),
         submitted("wait-4", 300.0, runtime_estimate_s=60.0, throughput={"h100": 3.0}),
         submitted("run-5", 310.0), placed("run-5", 320.0, "n1", "n1-g1"),
+        submitted("est-6", 400.0, runtime_estimate_s=5.0), placed("est-6", 410.0, "n1", "n1-g2"),
+        placed("crash-3", 420.0, "n2", "n2-g1"),  # a decision after the end changes nothing
+        submitted("late-7", 470.0),
     ]
     return [(ev.aggregate, [ev]) for ev in events]
 
@@ -106,9 +110,11 @@ def test_the_fold_measures_work_on_the_kinds_each_run_used() -> None:
     w = jobs_from_events(log_events())
     assert w.cluster == {"a100": 4, "h100": 8}
     by_name = {j.name: j for j in w.jobs}
-    assert list(by_name) == ["train-1", "crash-3", "wait-4"]
+    assert list(by_name) == ["train-1", "crash-3", "wait-4", "est-6"]
     train = by_name["train-1"]
-    assert train.total_steps == 50 * 2.0 + 30 * 1.0 and train.arrival_s == 0.0
+    # preempted 10 s after its checkpoint: those 10 s were done again by its next run, so they count once
+    assert train.total_steps == 40 * 2.0 + 30 * 1.0 and train.arrival_s == 0.0
+    assert w.lost_s == {"train-1": 10.0} and w.ended == {"crash-3": "failed"}
     assert (train.job_type, train.gpus, train.tenant, train.priority_weight) == ("train", 1, "vision", 5.0)
     assert train.rates == {"h100": 2.0, "a100": 1.0} and train.any_kind  # named no device_types
     assert by_name["crash-3"].total_steps == 10.0 and by_name["crash-3"].arrival_s == 60.0  # failed: work done
@@ -117,8 +123,12 @@ def test_the_fold_measures_work_on_the_kinds_each_run_used() -> None:
     # no device_types: it may run anywhere, unhinted kinds at 1 step/s, kinds a what-if adds too
     assert kind_rates(wait, {}, w.cluster) == {"a100": 1.0, "h100": 3.0}
     assert kind_rates(wait, {}, {**w.cluster, "b200": 4}) == {"a100": 1.0, "h100": 3.0, "b200": 1.0}
-    assert sorted(w.skipped) == ["idle-2", "run-5"] and w.start_ts == 100.0
-    assert "runtime_estimate_s" in w.reasons["run-5"]
+    # running past its estimate: at least what it did up to the log's last job event (470 s)
+    assert by_name["est-6"].total_steps == 60.0
+    assert sorted(w.skipped) == ["idle-2", "late-7", "run-5"] and w.start_ts == 100.0
+    assert w.reasons["run-5"] == "still running, with no runtime_estimate_s"
+    assert w.reasons["late-7"] == "still pending, with no runtime_estimate_s"
+    assert w.reasons["idle-2"] == "cancelled without running"
 
 
 def test_the_fold_accepts_bare_events_too() -> None:
@@ -133,7 +143,14 @@ async def test_load_log_workload_reads_the_store(store: EventStore) -> None:
                                      placed("big-1", 1010.0, "gpu-a", "gpu-a-g0", "gpu-a-g1")])
     await store.append("job.gone-2", [submitted("gone-2", 1005.0), JobCancelled(aggregate_id="gone-2", ts=1006.0)])
     await store.append("job.big-1", JobSucceeded(aggregate_id="big-1", ts=1100.0))
+    # preempted 10 s after a checkpoint its worker reported (on run.<id>, read for jobs cut short), then finished
+    await store.append("job.cut-3", [submitted("cut-3", 1020.0), placed("cut-3", 1030.0, "gpu-a", "gpu-a-g2")])
+    await store.append("run.cut-3", CheckpointSaved(aggregate_id="cut-3", step=9, bucket="b", name="c", ts=1050.0))
+    await store.append("job.cut-3", [JobPreempted(aggregate_id="cut-3", reason="p", ts=1060.0),
+                                     placed("cut-3", 1070.0, "gpu-a", "gpu-a-g2"),
+                                     JobSucceeded(aggregate_id="cut-3", ts=1080.0)])
 
     w = await load_log_workload(store)
     assert w.cluster == {"h100": 4} and w.skipped == ["gone-2"]
-    assert w.jobs == [TraceJob("big", 90.0, 2, 0.0, 0.0, {}, "vision", "big-1", any_kind=True)]  # no device_types
+    assert w.jobs[0] == TraceJob("big", 90.0, 2, 0.0, 0.0, {}, "vision", "big-1", any_kind=True)  # no device_types
+    assert (w.jobs[1].name, w.jobs[1].total_steps) == ("cut-3", 20.0 + 10.0) and w.lost_s == {"cut-3": 10.0}

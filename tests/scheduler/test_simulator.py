@@ -334,6 +334,19 @@ def test_adding_a_kind_no_job_can_run_on_is_an_error(tmp_path: Path) -> None:
     assert cli.run(str(native), "v100=1", "fifo", None, None, 360, 4, True, None, add="v100=1") == 0
 
 
+def test_adding_a_kind_only_jobs_of_any_kind_may_use_is_pointed_out(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """`--add h10=8` (a typo of h100) was accepted without a word when some job named no kinds."""
+    from aios.cli import simulate as cli
+
+    native = tmp_path / "jobs.jsonl"
+    write_native_trace(native, [TraceJob("A", 3600, 1, 1, 0, {"h100": 1.0}, name="a", any_kind=True)])
+    assert cli.run(str(native), "h100=1", "fifo", None, None, 360, 4, False, None, add="h10=8") == 0
+    assert "--add h10: no job names this kind" in capsys.readouterr().out
+    assert cli.run(str(native), "h100=1", "fifo", None, None, 360, 4, False, None, add="h100=8") == 0
+    assert "no job names" not in capsys.readouterr().out
+
+
 @pytest.mark.skipif(not TRACES.is_dir(), reason="../shared/traces not present")
 def test_simulate_command(aios_env: dict[str, str]) -> None:
     run = lambda *a: subprocess.run([sys.executable, "-m", "aios.cli.main", "simulate", *a], env=aios_env,  # noqa
@@ -444,6 +457,102 @@ async def test_counterfactual_replay_of_a_live_log(killable_nats: NatsServer, ca
     assert await asyncio.to_thread(cli.run, None, None, "fifo", None, None, 360, 4, True, None, add="h100=1",
                                    **args) == 0
     assert json.loads(capsys.readouterr().out)["avg_jct_h"] == 0.83  # with an H100 added nobody waits
+
+
+async def test_a_replay_says_what_it_assumed(killable_nats: NatsServer, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    """Left-out jobs are named with their reason, failed and cancelled ones and work re-done after a preemption
+    are stated, the cluster is in the JSON, and an export carries the command that replays it the same way."""
+    from aios.cli import simulate as cli
+    from aios.common.events import CheckpointSaved, JobFailed, JobPreempted
+
+    store = await connect([killable_nats.url])
+    spec = {"name": "train", "tenant": "t", "devices": 1, "command": ["train"], "device_types": ["a100"]}
+    place = lambda job, ts: JobPlaced(aggregate_id=job, assignments=[Assignment("n1", ["n1-g0"], [0])],  # noqa
+                                      world_size=1, ts=ts)
+    try:
+        await store.append(*node_registration("n1", "a100", 1))
+        await store.append("job.ok-1", [JobSubmitted(aggregate_id="ok-1", tenant="t", spec=spec, ts=0.0),
+                                        place("ok-1", 0.0), JobSucceeded(aggregate_id="ok-1", ts=100.0)])
+        await store.append("job.bad-2", [JobSubmitted(aggregate_id="bad-2", tenant="t", spec=spec, ts=100.0),
+                                         place("bad-2", 100.0), JobFailed(aggregate_id="bad-2", reason="x", ts=130.0)])
+        await store.append("job.cut-3", [JobSubmitted(aggregate_id="cut-3", tenant="t", spec=spec, ts=130.0),
+                                         place("cut-3", 130.0)])
+        await store.append("run.cut-3", CheckpointSaved(aggregate_id="cut-3", step=1, bucket="b", name="c", ts=150.0))
+        await store.append("job.cut-3", [JobPreempted(aggregate_id="cut-3", reason="p", ts=170.0),
+                                         place("cut-3", 180.0), JobSucceeded(aggregate_id="cut-3", ts=200.0)])
+        await store.append("job.wait-4", [JobSubmitted(aggregate_id="wait-4", tenant="t", spec=spec, ts=200.0)])
+    finally:
+        await store.close()
+    capsys.readouterr()
+    exported = tmp_path / "week.jsonl"
+    args = dict(from_log=True, servers=[killable_nats.url], export=str(exported))
+    assert await asyncio.to_thread(cli.run, None, None, "fifo", None, None, 360, 4, False, None, **args) == 0
+    text = capsys.readouterr().out
+    assert "left out 1 job(s) of the log: wait-4: still pending, with no runtime_estimate_s" in text
+    assert "bad-2 (failed)" in text and "cut-3 20 s" in text and "quotas" in text
+    assert await asyncio.to_thread(cli.run, None, None, "fifo", None, None, 360, 4, True, None, **args) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["cluster"] == {"a100": 1} and body["finished"] == 3
+    assert body["log"] == {"left_out": {"wait-4": "still pending, with no runtime_estimate_s"},
+                           "ended_live": {"bad-2": "failed"}, "lost_s": {"cut-3": 20.0}}
+    replay = next(line for line in exported.read_text().splitlines() if line.startswith("# replay: "))
+    assert replay == f"# replay: aios simulate --trace {exported} --cluster a100=1 --on-events"
+    again = cli.run(str(exported), "a100=1", "fifo", None, None, 360, 4, True, None, on_events=True)
+    timing = ("wall_s", "scheduler_ms_per_round")
+    assert again == 0 and {k: v for k, v in json.loads(capsys.readouterr().out).items() if k not in timing} == \
+        {k: v for k, v in body.items() if k not in (*timing, "log")}
+
+
+async def test_replay_from_a_server_without_the_log_is_one_clear_error(killable_nats: NatsServer) -> None:
+    """Reading is all --from-log does: a wrong URL fails at once with the reason, and never creates an AIOS stream
+    on the server it reached (it did, then said 'the log holds no job'); a server without JetStream gave a
+    traceback, nobody listening 11 s of retries and an empty reason."""
+    import socket
+    import time
+
+    import nats as nats_py
+
+    from aios.cli import simulate as cli
+    from aios.common.errors import StoreError
+    from aios.common.natsserver import find_nats_server, free_port
+
+    run = lambda url: asyncio.to_thread(cli.run, None, None, "fifo", None, None, 360, 4, True, None,  # noqa: E731
+                                        from_log=True, servers=[url])
+    with pytest.raises(StoreError, match="--from-log: NATS at .* holds no AIOS event log"):
+        await run(killable_nats.url)
+    nc = await nats_py.connect(killable_nats.url)
+    try:
+        assert await nc.jetstream().streams_info() == []  # nothing created
+    finally:
+        await nc.close()
+    port = free_port("127.0.0.1")
+    started = time.monotonic()
+    with pytest.raises(StoreError, match=rf"--from-log: cannot reach NATS at nats://127.0.0.1:{port}: \S"):
+        await run(f"nats://127.0.0.1:{port}")
+    assert time.monotonic() - started < 8
+    from aios.common.errors import ConfigError
+
+    for bad in ({"add": "h100"}, {"cluster": "a100=0"}, {"policy": "nope"}):  # the options first, then the server
+        options = {"cluster": None, "policy": "fifo", **bad}
+        with pytest.raises(ConfigError, match="--add|--cluster|unknown policy"):
+            await asyncio.to_thread(cli.run, None, options["cluster"], options["policy"], None, None, 360, 4, True,
+                                    None, from_log=True, servers=[f"nats://127.0.0.1:{port}"], add=bad.get("add"))
+    plain = subprocess.Popen([find_nats_server(), "--addr", "127.0.0.1", "--port", str(port)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):  # until it greets on its port
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                    if sock.recv(5) == b"INFO ":
+                        break
+            except OSError:
+                await asyncio.sleep(0.05)
+        with pytest.raises(StoreError, match="runs without JetStream"):
+            await run(f"nats://127.0.0.1:{port}")
+    finally:
+        plain.kill()
+        plain.wait()
 
 
 def test_makespan_policy_follows_the_plan_with_true_estimates() -> None:

@@ -22,8 +22,8 @@ from aios.common.errors import ConfigError
 from aios.scheduler.policies import POLICIES, make_policy
 from aios.scheduler.sim.native import LogWorkload, load_log_workload, read_native_trace, write_native_trace
 from aios.scheduler.sim.simulator import simulate, summary
-from aios.scheduler.sim.traces import (Throughputs, TraceJob, hinted_rates, kind_rates, parse_cluster,
-                                      read_gavel_throughputs, read_gavel_trace, read_text)
+from aios.scheduler.sim.traces import (Throughputs, TraceJob, hinted_rates, kind_rates, known_rates,
+                                      parse_cluster, read_gavel_throughputs, read_gavel_trace, read_text)
 
 RECOMMENDED = "hetero-ts"
 """Lowest average JCT on the continuous Gavel trace and the static batch, 1.3% behind ``hetero-gittins`` on ed69ec,
@@ -85,16 +85,16 @@ def _is_native(trace: str) -> bool:
 
 async def _log_workload(servers: list[str] | None) -> LogWorkload:
     from aios.common.config import load_settings
-    from aios.common.errors import AiosError
-    from aios.common.store import connect
+    from aios.common.errors import StoreError
+    from aios.common.store import open_log
 
     servers = servers or load_settings().servers
     if not servers:
         raise ConfigError("--from-log: AIOS_NATS_URL is not set (`aios up` prints the export line)")
     try:
-        store = await asyncio.wait_for(connect(servers, name="aios-simulate"), 10)
-    except (OSError, asyncio.TimeoutError) as exc:
-        raise AiosError(f"--from-log: cannot reach NATS at {','.join(servers)}: {exc or type(exc).__name__}") from None
+        store = await open_log(servers, name="aios-simulate")
+    except StoreError as exc:
+        raise StoreError(f"--from-log: {exc}") from None
     try:
         return await load_log_workload(store)
     finally:
@@ -113,28 +113,13 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
         round_s: float, gpus_per_server: int, as_json: bool, out: str | None, *, from_log: bool = False,
         add: str | None = None, export: str | None = None, servers: list[str] | None = None,
         oracle_estimates: bool = False, on_events: bool | None = None) -> int:
+    # every option is checked before the workload is read (a log may be slow to read, or not there)
     if not (math.isfinite(round_s) and round_s > 0):
         raise ConfigError(f"--round: must be a positive number of seconds, got {round_s:g}")
     if bool(trace) == from_log:
         raise ConfigError("give exactly one workload: --trace FILE or --from-log")
-    skipped: list[str] = []
-    if from_log:
-        workload = asyncio.run(_log_workload(servers))
-        jobs, skipped = workload.jobs, list(workload.skipped)
-        base = parse_cluster(cluster) if cluster is not None else dict(workload.cluster)
-        if not jobs:
-            raise ConfigError("--from-log: the log holds no job that ran or has a runtime estimate")
-        if not base:
-            raise ConfigError("--from-log: the log registers no GPU node; give --cluster")
-        source = "the live event log"
-    else:
-        assert trace is not None
-        jobs = read_trace(trace)
-        if not jobs:
-            raise ConfigError(f"--trace: {trace} holds no job")
-        base = parse_cluster(cluster if cluster is not None else "v100=12,p100=12,k80=12")
-        source = Path(trace).name
-    gpus = add_gpus(base, add)
+    given_cluster = parse_cluster(cluster) if cluster is not None else None
+    added = parse_cluster(add, "--add") if add is not None else {}
     names = [p.strip() for p in compare.split(",") if p.strip()] if compare is not None else \
         [policy if policy is not None else RECOMMENDED]
     if not names:
@@ -150,23 +135,55 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
         except OSError as exc:
             raise ConfigError(f"--out: cannot use {str(folder)!r} as the report folder: {exc.strerror or exc}") \
                 from None
+    log: LogWorkload | None = None
+    if from_log:
+        log = asyncio.run(_log_workload(servers))
+        jobs = log.jobs
+        base = given_cluster if given_cluster is not None else dict(log.cluster)
+        if not jobs:
+            raise ConfigError("--from-log: the log holds no job that ran or has a runtime estimate"
+                              + (f" ({len(log.skipped)} left out: {_left_out(log)})" if log.skipped else ""))
+        if not base:
+            raise ConfigError("--from-log: the log registers no GPU node; give --cluster")
+        source = "the live event log"
+    else:
+        assert trace is not None
+        jobs = read_trace(trace)
+        if not jobs:
+            raise ConfigError(f"--trace: {trace} holds no job")
+        base = given_cluster if given_cluster is not None else parse_cluster("v100=12,p100=12,k80=12")
+        source = Path(trace).name
+    gpus = add_gpus(base, add)
+    cluster_text = ",".join(f"{k}={v}" for k, v in sorted(gpus.items()))
+    decide_on_events = from_log if on_events is None else on_events
     table = throughput_table(throughputs, trace, jobs)
-    if export:  # with the table's speeds written into each job, the file runs the same anywhere, table or not
-        resolved = [job if job.rates else msgspec.structs.replace(job, rates=hinted_rates(job, table))
-                    for job in jobs]
-        try:
-            write_native_trace(export, resolved)
-        except OSError as exc:
-            raise ConfigError(f"--export: cannot write {export!r}: {exc.strerror or exc}") from None
-    for kind in parse_cluster(add, "--add") if add is not None else {}:
+    notes: list[str] = _log_notes(log, given_cluster is not None) if log is not None else []
+    for kind in added:
         if not any(kind in kind_rates(job, table, gpus) for job in jobs):
             raise ConfigError(f"--add: no job of the workload can run on {kind!r} (it has no rate there, in the "
                               "workload or the throughput table): the added GPUs would only stand idle")
+        if kind not in base and not any(kind in known_rates(job, table) for job in jobs):
+            notes.append(f"--add {kind}: no job names this kind; only jobs that named no device_types run there, "
+                         "at the assumed 1 step/s (a typo of a kind would look the same)")
+    if export:  # with the table's speeds written into each job, the file runs the same anywhere, table or not
+        resolved = [job if job.rates else msgspec.structs.replace(job, rates=hinted_rates(job, table))
+                    for job in jobs]
+        replay = (f"aios simulate --trace {export} --cluster {cluster_text}"
+                  + (" --on-events" if decide_on_events else "") + (f" --round {round_s:g}" if round_s != 360 else ""))
+        try:
+            write_native_trace(export, resolved, comments=[f"from {source}, on {cluster_text}", f"replay: {replay}"])
+        except OSError as exc:
+            raise ConfigError(f"--export: cannot write {export!r}: {exc.strerror or exc}") from None
+        notes.append(f"exported {len(resolved)} job(s) to {export}; the same run from the file: {replay}")
     results = [simulate(jobs, table, gpus, p, round_s=round_s, gpus_per_server=gpus_per_server,
-                        oracle_estimates=oracle_estimates, on_events=from_log if on_events is None else on_events)
+                        oracle_estimates=oracle_estimates, on_events=decide_on_events)
                for p in policies]
-    cluster_text = ",".join(f"{k}={v}" for k, v in sorted(gpus.items()))
-    report = _write_outputs(folder, results, f"{source} on {cluster_text}") if folder else None
+    for r in results:  # what the figures rest on, in every output
+        r["cluster"] = dict(sorted(gpus.items()))
+        if log is not None:
+            r["log"] = {"left_out": dict(log.reasons), "ended_live": dict(log.ended),
+                        "lost_s": {k: round(v, 3) for k, v in log.lost_s.items()}}
+    report = _write_outputs(folder, results, f"{source} on {cluster_text}", notes) if folder else None
     if as_json:
         # --policy: one summary; --compare: a list, whatever its length, so scripts need not guess the shape
         body: Any = summary(results[0]) if compare is None else [summary(r) for r in results]
@@ -191,14 +208,48 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
             shown = "; ".join(f"{job}: {why}" for job, why in r["unfinished"].items())
             more = f" (and {left - len(r['unfinished'])} more)" if left > len(r["unfinished"]) else ""
             console.print(f"{r['policy']}: {left} job(s) did not finish — {shown}{more}")
-    if skipped:
-        console.print(f"{len(skipped)} job(s) of the log left out (never ran, no runtime estimate)")
+    for note in notes:
+        console.print(note, markup=False, highlight=False)
     if report:
         console.print(f"report: {report}")
     return 0
 
 
-def _write_outputs(folder: Path, results: list[dict[str, Any]], title: str) -> Path:
+LISTED = 10
+"""Jobs named per line of a note (the JSON has them all)."""
+
+
+def _names(jobs: list[str]) -> str:
+    more = f" and {len(jobs) - LISTED} more" if len(jobs) > LISTED else ""
+    return ", ".join(jobs[:LISTED]) + more
+
+
+def _left_out(log: LogWorkload) -> str:
+    by_reason: dict[str, list[str]] = {}
+    for job, why in log.reasons.items():
+        by_reason.setdefault(why, []).append(job)
+    return "; ".join(f"{_names(jobs)}: {why}" for why, jobs in by_reason.items())
+
+
+def _log_notes(log: LogWorkload, cluster_given: bool) -> list[str]:
+    """What a replay of the log assumed, said next to its figures."""
+    notes = [f"cluster: {'as given by --cluster' if cluster_given else 'the GPU nodes the log registered'}; "
+             "tenant quotas and cohorts of the log are not replayed (every tenant may use the whole cluster)"]
+    if log.skipped:
+        notes.append(f"left out {len(log.skipped)} job(s) of the log: {_left_out(log)}")
+    if log.ended:
+        ended = [f"{job} ({how})" for job, how in log.ended.items()]
+        notes.append(f"{len(ended)} job(s) failed or were cancelled live; replayed as finishing once they have done "
+                     f"the work they did live: {_names(ended)}")
+    if log.lost_s:
+        lost = [f"{job} {s:.0f} s" for job, s in log.lost_s.items()]
+        notes.append(f"{len(lost)} job(s) re-did work live after a preemption or requeue (since their last "
+                     f"checkpoint); the replay resumes jobs where they stopped, so that work is not in it: "
+                     f"{_names(lost)}")
+    return notes
+
+
+def _write_outputs(folder: Path, results: list[dict[str, Any]], title: str, notes: list[str]) -> Path:
     """Per-job CSV and summary JSON per policy, and the Markdown report with its plots."""
     from aios.scheduler.sim.report import write_report
 
@@ -212,4 +263,4 @@ def _write_outputs(folder: Path, results: list[dict[str, Any]], title: str) -> P
                 w.writerow([rec["job"], rec["arrival_s"], rec["start_s"], rec["finish_s"], rec["gpus"],
                             rec["preemptions"], rec["rho"], json.dumps(rec["kind_time_s"])])
         (folder / f"{name}.json").write_text(json.dumps(summary(r), indent=2))
-    return write_report(folder, results, title)
+    return write_report(folder, results, title, notes)

@@ -36,13 +36,15 @@ import msgspec
 
 from aios.common.errors import ConfigError
 from aios.common.events import (
-    Event, JobCancelled, JobEvent, JobFailed, JobPlaced, JobPreempted, JobRequeued, JobStarted, JobSubmitted,
-    JobSucceeded, NodeRegistered,
+    CheckpointSaved, Event, JobCancelled, JobEvent, JobFailed, JobPlaced, JobPreempted, JobRequeued, JobStarted,
+    JobSubmitted, JobSucceeded, NodeRegistered,
 )
 from aios.scheduler.sim.traces import MAX_GPUS, TraceJob, read_text
 
 FIELDS = ("name", "arrival_s", "tenant", "devices", "job_type", "priority", "work", "rates", "any_kind")
 HEADER = "# AIOS native workload: one JSON job per line (see aios.scheduler.sim.native)"
+RUN_READS_MAX = 50
+"""Jobs cut short beyond which the export reads all run reports at once instead of one job's at a time."""
 _SUFFIX = re.compile(r"(?:[-_.]\d+)+$")
 
 
@@ -146,9 +148,10 @@ def _job_to_obj(job: TraceJob) -> dict[str, Any]:
     return obj
 
 
-def write_native_trace(path: str | Path, jobs: list[TraceJob]) -> None:
-    """Write ``jobs`` in order; each is checked first, so a file this writes always reads back to the same jobs."""
-    lines = [HEADER]
+def write_native_trace(path: str | Path, jobs: list[TraceJob], comments: Iterable[str] = ()) -> None:
+    """Write ``jobs`` in order; each is checked first, so a file this writes always reads back to the same jobs.
+    ``comments`` go below the header, one ``#`` line each (where the jobs came from, how to replay them)."""
+    lines = [HEADER, *(f"# {line}" for text in comments for line in text.splitlines())]
     for i, job in enumerate(jobs):
         obj = _job_to_obj(job)
         try:
@@ -172,6 +175,12 @@ class LogWorkload(msgspec.Struct, frozen=True):
     reasons: dict[str, str] = {}
     start_ts: float = 0.0
     """Epoch seconds of arrival 0 (the first exported job's submission)."""
+    ended: dict[str, str] = {}
+    """Exported jobs that failed or were cancelled live (id -> "failed" / "cancelled"): replayed with the work they
+    did, as if they had then finished."""
+    lost_s: dict[str, float] = {}
+    """Exported jobs that lost run time to a preemption or requeue (id -> seconds since their last checkpoint,
+    or the whole run without one): left out of their work, as the replay resumes jobs where they stopped."""
 
 
 @dataclass
@@ -179,6 +188,8 @@ class _Run:
     start: float
     uuids: list[str]
     started: bool = False
+    checkpoint: float | None = None
+    """When the run last saved a checkpoint: a run cut short resumes from there, and re-does what came after."""
 
 
 @dataclass
@@ -189,13 +200,21 @@ class _Job:
     spec: dict[str, Any]
     submitted: float
     runs: list[tuple[float, list[str]]] = field(default_factory=list)
-    """(seconds, device uuids) of each finished run."""
+    """(useful seconds, device uuids) of each finished run."""
     open: _Run | None = None
     end: str = ""
+    lost_s: float = 0.0
 
-    def close(self, ts: float) -> None:
+    def close(self, ts: float, cut_short: bool = False) -> None:
+        """End the open run at ``ts``; ``cut_short`` (preempted, requeued): only the time up to its last checkpoint
+        counts, the rest is done again by the next run."""
         if self.open is not None:
-            self.runs.append((max(0.0, ts - self.open.start), self.open.uuids))
+            seconds = max(0.0, ts - self.open.start)
+            if cut_short:
+                kept = 0.0 if self.open.checkpoint is None else max(0.0, self.open.checkpoint - self.open.start)
+                self.lost_s += seconds - min(kept, seconds)
+                seconds = min(kept, seconds)
+            self.runs.append((seconds, self.open.uuids))
             self.open = None
 
 
@@ -244,14 +263,18 @@ def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
 
     Work of a job = the sum over its runs (JobPlaced, or JobStarted when present, until JobPreempted, JobRequeued,
     JobSucceeded, JobFailed or JobCancelled) of run seconds x its ``throughput`` on the kind it ran on (1.0 when not
-    given; the slowest kind when a gang spanned kinds). Failed and cancelled jobs keep the work they did; jobs
-    still pending or running use ``runtime_estimate_s`` x their fastest rate (at least the work done so far), else
-    they are skipped. Device kinds are resolved after the fold, so commit order across aggregates does not matter.
+    given; the slowest kind when a gang spanned kinds). A run cut short by a preemption or a requeue counts up to
+    its last CheckpointSaved (none: nothing), since the next run starts again from there; the replay resumes jobs
+    where they stopped, so work done twice live is done once. Failed and cancelled jobs keep the work they did (and
+    are listed in ``ended``); jobs still pending or running use ``runtime_estimate_s`` x their fastest rate (at
+    least the work done so far, up to the log's last job event), else they are skipped. Device kinds are resolved
+    after the fold, so commit order across aggregates does not matter.
     """
     jobs: dict[str, _Job] = {}
     nodes: dict[str, list[str]] = {}
     kind_of: dict[str, str] = {}
     orphans: dict[str, str] = {}
+    last_ts = 0.0
     for ev in _events(commits_or_events):
         kind = type(ev)
         if kind is NodeRegistered:
@@ -260,6 +283,7 @@ def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
             continue
         if not isinstance(ev, JobEvent):
             continue
+        last_ts = max(last_ts, ev.ts)
         if kind is JobSubmitted:
             if ev.aggregate_id not in jobs:  # a duplicate submit changes nothing, as in the scheduler's fold
                 sub: JobSubmitted = ev  # type: ignore[assignment]
@@ -280,8 +304,11 @@ def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
         elif kind is JobStarted:
             if job.open is not None and not job.open.started:
                 job.open.start, job.open.started = max(job.open.start, ev.ts), True
+        elif kind is CheckpointSaved:
+            if job.open is not None:
+                job.open.checkpoint = ev.ts
         elif kind in (JobPreempted, JobRequeued):
-            job.close(ev.ts)
+            job.close(ev.ts, cut_short=True)
         elif kind in (JobSucceeded, JobFailed, JobCancelled):
             job.close(ev.ts)
             job.end = {JobSucceeded: "succeeded", JobFailed: "failed", JobCancelled: "cancelled"}[kind]
@@ -289,30 +316,40 @@ def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
     cluster = dict(sorted(Counter(k for kinds in nodes.values() for k in kinds).items()))
     out: list[tuple[float, TraceJob]] = []
     reasons: dict[str, str] = {}
+    ended: dict[str, str] = {}
+    lost: dict[str, float] = {}
     for job in jobs.values():
-        tj, why = _export(job, kind_of, cluster)
+        tj, why = _export(job, kind_of, cluster, last_ts)
         if tj is None:
             reasons[job.job_id] = why
-        else:
-            out.append((job.submitted, tj))
+            continue
+        out.append((job.submitted, tj))
+        if job.end in ("failed", "cancelled"):
+            ended[job.job_id] = job.end
+        if job.lost_s > 0:
+            lost[job.job_id] = job.lost_s
     for job_id, why in orphans.items():
         reasons.setdefault(job_id, why)
     start = min((ts for ts, _ in out), default=0.0)
     exported = sorted((msgspec.structs.replace(tj, arrival_s=ts - start) for ts, tj in out),
                       key=lambda j: j.arrival_s)
-    return LogWorkload(exported, cluster, list(reasons), reasons, start)
+    return LogWorkload(exported, cluster, list(reasons), reasons, start, ended, lost)
 
 
-def _export(job: _Job, kind_of: dict[str, str], cluster: dict[str, int]) -> tuple[TraceJob | None, str]:
+def _export(job: _Job, kind_of: dict[str, str], cluster: dict[str, int],
+            last_ts: float) -> tuple[TraceJob | None, str]:
     """The job as native workload, or None and why it cannot be replayed."""
     spec = job.spec
     devices = spec.get("devices", 1)
     if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-        return None, f"devices {devices!r}: only GPU jobs are simulated"
+        return None, f"a CPU job (devices {devices!r}): only GPU jobs are simulated"
     speeds, _ = _speeds(spec)
     rates, any_kind = _rates(spec)
     done = 0.0
-    for seconds, uuids in job.runs:
+    runs = list(job.runs)
+    if job.open is not None:  # running when the log ends: what it did so far
+        runs.append((max(0.0, last_ts - job.open.start), job.open.uuids))
+    for seconds, uuids in runs:
         kinds = {kind_of[u] for u in uuids if u in kind_of}
         done += seconds * (min(speeds.get(k, 1.0) for k in kinds) if kinds else 1.0)
     if job.end == "succeeded" or (job.end and done > 0):
@@ -322,7 +359,7 @@ def _export(job: _Job, kind_of: dict[str, str], cluster: dict[str, int]) -> tupl
     else:
         estimate = _spec_number(spec, "runtime_estimate_s")
         if estimate is None or estimate <= 0:
-            return None, "still pending or running, and no runtime_estimate_s"
+            return None, f"still {'running' if job.open is not None else 'pending'}, with no runtime_estimate_s"
         on_logged = {**{k: 1.0 for k in cluster}, **rates} if any_kind else rates  # its speeds on the logged nodes
         work = max(done, estimate * max(on_logged.values(), default=1.0))
     if work <= 0:
@@ -338,10 +375,18 @@ def _export(job: _Job, kind_of: dict[str, str], cluster: dict[str, int]) -> tupl
 async def load_log_workload(store: Any) -> LogWorkload:
     """Read every job.* and node.* commit of ``store`` (an EventStore) and fold them with :func:`jobs_from_events`.
 
-    The two subject filters are replayed one after the other and merged by stream sequence, so the fold sees log
-    order without decoding the other aggregates (tenants, quotas)."""
+    The subject filters are replayed one after the other and merged by stream sequence, so the fold sees log order
+    without decoding the other aggregates (tenants, quotas). The nodes' reports on a job's runs (``run.<id>``: its
+    progress, about one a second, and its checkpoints) are read only for jobs whose runs were cut short, the only
+    ones whose checkpoints change the work."""
     commits: list[Any] = []
     for aggregate in ("job", "node"):
         await store.replay(commits.append, filter_subject=f"{store.prefix}.{aggregate}.>")
+    cut_short = sorted({ev.aggregate_id for c in commits for ev in c.events if type(ev) in (JobPreempted, JobRequeued)})
+    if len(cut_short) > RUN_READS_MAX:  # one pass over all reports costs less than that many reads
+        await store.replay(commits.append, filter_subject=f"{store.prefix}.run.>")
+    else:
+        for job_id in cut_short:
+            await store.replay(commits.append, filter_subject=f"{store.prefix}.run.{job_id}")
     commits.sort(key=lambda c: c.seq)
     return jobs_from_events(commits)

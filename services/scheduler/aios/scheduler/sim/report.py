@@ -34,8 +34,9 @@ FIELDS = ("JCT: finish − arrival; p50/p99 interpolate linearly between jobs. �
 Plotter = Callable[[Axes, list[dict[str, Any]]], bool]
 
 
-def write_report(folder: Path, results: list[dict], title: str) -> Path:
-    """Write PNG plots and report.md into folder (created if missing); return the path of report.md."""
+def write_report(folder: Path, results: list[dict], title: str, notes: Sequence[str] = ()) -> Path:
+    """Write PNG plots and report.md into folder (created if missing); return the path of report.md. ``notes``:
+    what the workload assumed (a replayed log's left-out jobs, say), listed under the table."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     plots: list[tuple[str, str, str, Plotter, str]] = [
@@ -51,6 +52,7 @@ def write_report(folder: Path, results: list[dict], title: str) -> Path:
          "lower is better.", _plot_rho, "no policy was run with a fairness reference, so no job has a ρ"),
     ]
     lines = [f"# {title}", "", *_table(results), "", FIELDS, ""]
+    lines += [*(f"- {note}" for note in notes), ""] if notes else []
     lines += [_best_sentence(results), ""]
     lines += _unfinished_notes(results)
     for name, label, caption, plotter, missing in plots:
