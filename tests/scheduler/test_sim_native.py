@@ -9,11 +9,14 @@ import pytest
 from aios.common.errors import ConfigError
 from aios.common.events import (
     Assignment, CheckpointSaved, Event, JobCancelled, JobFailed, JobPlaced, JobPreempted, JobRequeued, JobStarted,
-    JobSubmitted, JobSucceeded,
+    JobSubmitted, JobSucceeded, TenantQuotaSet,
 )
 from aios.common.store import EventStore
 from aios.scheduler.local import node_registration
-from aios.scheduler.sim.native import jobs_from_events, load_log_workload, read_native_trace, write_native_trace
+from aios.scheduler.policies import make_policy
+from aios.scheduler.sim.native import (jobs_from_events, load_log_workload, read_native_trace, read_native_workload,
+                                      write_native_trace)
+from aios.scheduler.sim.simulator import simulate
 from aios.scheduler.sim.traces import TraceJob, kind_rates
 
 GOOD = '{"name": "a-1", "arrival_s": 0, "tenant": "t", "devices": 1, "job_type": "a", "priority": 0, "work": 10}'
@@ -29,6 +32,19 @@ def test_write_then_read_round_trips(tmp_path: Path) -> None:
     assert read_native_trace(path) == jobs
     write_native_trace(path, list(reversed(jobs)))
     assert read_native_trace(path) == jobs  # read back by arrival
+
+
+def test_tenant_quotas_round_trip_and_hold_in_the_simulation(tmp_path: Path) -> None:
+    """A workload may set quotas as `aios quota` does; the simulation admits jobs against them as the live core."""
+    quota = TenantQuotaSet(aggregate_id="a", cohort="", nominal={"v100": 1}, borrowing_limit={"v100": 0}, ts=0.0)
+    jobs = [TraceJob("A", 3600.0, 1, 0.0, 0.0, {"v100": 1.0}, "a", f"a-{i}") for i in range(2)]
+    path = tmp_path / "jobs.jsonl"
+    write_native_trace(path, jobs, quotas=[quota])
+    assert read_native_workload(path) == (jobs, [quota])
+    free = simulate(jobs, {}, {"v100": 2}, make_policy("fifo"))
+    held = simulate(jobs, {}, {"v100": 2}, make_policy("fifo"), quotas=[quota])
+    assert [r["finish_s"] for r in free["records"]] == [3600.0, 3600.0]
+    assert [r["finish_s"] for r in held["records"]] == [3600.0, 7200.0]  # one V100 at a time for tenant a
 
 
 def test_comments_blank_lines_and_defaults(tmp_path: Path) -> None:
@@ -50,10 +66,17 @@ def test_comments_blank_lines_and_defaults(tmp_path: Path) -> None:
     ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "wrok": 3}', "field 'wrok': unknown field"),
     ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "any_kind": "yes"}', "field 'any_kind': expected true"),
     ('[1, 2]', "expected a JSON object"),
+    ('{"quota": {"tenant": "nlp", "nominal": {"h100": -1}}}', "field 'quota.nominal': expected an object of GPU"),
+    ('{"quota": {"tenant": "nlp", "lending_limit": [1]}}', "field 'quota.lending_limit': expected an object"),
+    ('{"quota": {"nominal": {"h100": 1}}}', "field 'quota.tenant': required"),
+    ('{"quota": {"tenant": "nlp", "nomnial": {}}}', "field 'quota.nomnial': unknown field"),
+    ('{"quota": {"tenant": "nlp"}, "work": 3}', "field 'work': a quota line holds only the field 'quota'"),
+    ('{"quota": {"tenant": "vision"}}', "field 'quota.tenant': 'vision' has its quota on line 1 already"),
 ])
 def test_bad_input_names_file_line_and_field(tmp_path: Path, line: str, field: str) -> None:
     path = tmp_path / "jobs.jsonl"
-    path.write_text(f"{GOOD}\n# comment\n{line}\n")
+    good = GOOD if "vision" not in line else '{"quota": {"tenant": "vision"}}'
+    path.write_text(f"{good}\n# comment\n{line}\n")
     with pytest.raises(ConfigError) as err:
         read_native_trace(path)
     assert str(err.value).startswith(f"{path}:3: ") and field in str(err.value)
@@ -150,7 +173,11 @@ async def test_load_log_workload_reads_the_store(store: EventStore) -> None:
                                      placed("cut-3", 1070.0, "gpu-a", "gpu-a-g2"),
                                      JobSucceeded(aggregate_id="cut-3", ts=1080.0)])
 
+    await store.append("tenant.vision", TenantQuotaSet(aggregate_id="vision", nominal={"h100": 1}, ts=900.0))
+    await store.append("tenant.vision", TenantQuotaSet(aggregate_id="vision", nominal={"h100": 2}, ts=950.0))
+
     w = await load_log_workload(store)
+    assert w.quotas == [TenantQuotaSet(aggregate_id="vision", nominal={"h100": 2}, ts=0.0)]  # as last set
     assert w.cluster == {"h100": 4} and w.skipped == ["gone-2"]
     assert w.jobs[0] == TraceJob("big", 90.0, 2, 0.0, 0.0, {}, "vision", "big-1", any_kind=True)  # no device_types
     assert (w.jobs[1].name, w.jobs[1].total_steps) == ("cut-3", 20.0 + 10.0) and w.lost_s == {"cut-3": 10.0}

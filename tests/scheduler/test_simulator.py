@@ -504,6 +504,34 @@ async def test_a_replay_says_what_it_assumed(killable_nats: NatsServer, tmp_path
         {k: v for k, v in body.items() if k not in (*timing, "log")}
 
 
+async def test_a_replay_keeps_the_tenant_quotas_of_the_log(killable_nats: NatsServer,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """Live, a quota of one GPU made the tenant's second job wait; a replay without it ran both at once."""
+    from aios.cli import simulate as cli
+    from aios.common.events import TenantQuotaSet
+
+    store = await connect([killable_nats.url])
+    spec = {"name": "train", "tenant": "t", "devices": 1, "command": ["train"], "device_types": ["a100"]}
+    try:
+        await store.append(*node_registration("n1", "a100", 2))
+        await store.append("tenant.t", TenantQuotaSet(aggregate_id="t", nominal={"a100": 1}, ts=0.0))
+        for i in range(2):
+            job = f"j-{i}"
+            await store.append(f"job.{job}", [
+                JobSubmitted(aggregate_id=job, tenant="t", spec=spec, ts=10.0),
+                JobPlaced(aggregate_id=job, assignments=[Assignment("n1", [f"n1-g{i}"], [0])], world_size=1,
+                          ts=10.0 + 600 * i),
+                JobSucceeded(aggregate_id=job, ts=610.0 + 600 * i)])
+    finally:
+        await store.close()
+    capsys.readouterr()
+    args = dict(from_log=True, servers=[killable_nats.url])
+    assert await asyncio.to_thread(cli.run, None, None, "fifo", None, None, 360, 4, False, None, **args) == 0
+    assert "tenant quotas: the quotas of t as the log last set them" in capsys.readouterr().out
+    assert await asyncio.to_thread(cli.run, None, None, "fifo", None, None, 360, 4, True, None, **args) == 0
+    assert json.loads(capsys.readouterr().out)["makespan_h"] == round(1200 / 3600, 2)  # one after the other
+
+
 async def test_replay_from_a_server_without_the_log_is_one_clear_error(killable_nats: NatsServer) -> None:
     """Reading is all --from-log does: a wrong URL fails at once with the reason, and never creates an AIOS stream
     on the server it reached (it did, then said 'the log holds no job'); a server without JetStream gave a

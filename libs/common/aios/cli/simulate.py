@@ -20,7 +20,8 @@ from rich.table import Table
 from aios.cli.output import table_console
 from aios.common.errors import ConfigError
 from aios.scheduler.policies import POLICIES, make_policy
-from aios.scheduler.sim.native import LogWorkload, load_log_workload, read_native_trace, write_native_trace
+from aios.common.events import TenantQuotaSet
+from aios.scheduler.sim.native import LogWorkload, load_log_workload, read_native_workload, write_native_trace
 from aios.scheduler.sim.simulator import simulate, summary
 from aios.scheduler.sim.traces import (Throughputs, TraceJob, hinted_rates, kind_rates, known_rates,
                                       parse_cluster, read_gavel_throughputs, read_gavel_trace, read_text)
@@ -43,15 +44,16 @@ def list_policies(as_json: bool) -> int:
     return 0
 
 
-def read_trace(path: str) -> list[TraceJob]:
-    """A Gavel trace, or a native JSONL workload (recognised by a first line that is JSON or a ``#`` comment)."""
+def read_trace(path: str) -> tuple[list[TraceJob], list[TenantQuotaSet]]:
+    """A Gavel trace, or a native JSONL workload (recognised by a first line that is JSON or a ``#`` comment), and
+    the tenant quotas the native format may set."""
     if not Path(path).exists():
         raise ConfigError(f"--trace: no such file {path!r}")
     if Path(path).is_dir():
         raise ConfigError(f"--trace: {path!r} is a folder, not a file")
     if not read_text(path, "trace").strip():
         raise ConfigError(f"--trace: {path} holds no job")
-    return read_native_trace(path) if _is_native(path) else read_gavel_trace(path)
+    return read_native_workload(path) if _is_native(path) else (read_gavel_trace(path), [])
 
 
 def throughput_table(throughputs: str | None, trace: str | None, jobs: list[TraceJob]) -> Throughputs:
@@ -138,7 +140,7 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
     log: LogWorkload | None = None
     if from_log:
         log = asyncio.run(_log_workload(servers))
-        jobs = log.jobs
+        jobs, quotas = log.jobs, log.quotas
         base = given_cluster if given_cluster is not None else dict(log.cluster)
         if not jobs:
             raise ConfigError("--from-log: the log holds no job that ran or has a runtime estimate"
@@ -148,7 +150,7 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
         source = "the live event log"
     else:
         assert trace is not None
-        jobs = read_trace(trace)
+        jobs, quotas = read_trace(trace)
         if not jobs:
             raise ConfigError(f"--trace: {trace} holds no job")
         base = given_cluster if given_cluster is not None else parse_cluster("v100=12,p100=12,k80=12")
@@ -171,12 +173,13 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
         replay = (f"aios simulate --trace {export} --cluster {cluster_text}"
                   + (" --on-events" if decide_on_events else "") + (f" --round {round_s:g}" if round_s != 360 else ""))
         try:
-            write_native_trace(export, resolved, comments=[f"from {source}, on {cluster_text}", f"replay: {replay}"])
+            write_native_trace(export, resolved, comments=[f"from {source}, on {cluster_text}", f"replay: {replay}"],
+                               quotas=quotas)
         except OSError as exc:
             raise ConfigError(f"--export: cannot write {export!r}: {exc.strerror or exc}") from None
         notes.append(f"exported {len(resolved)} job(s) to {export}; the same run from the file: {replay}")
     results = [simulate(jobs, table, gpus, p, round_s=round_s, gpus_per_server=gpus_per_server,
-                        oracle_estimates=oracle_estimates, on_events=decide_on_events)
+                        oracle_estimates=oracle_estimates, on_events=decide_on_events, quotas=quotas)
                for p in policies]
     for r in results:  # what the figures rest on, in every output
         r["cluster"] = dict(sorted(gpus.items()))
@@ -233,8 +236,10 @@ def _left_out(log: LogWorkload) -> str:
 
 def _log_notes(log: LogWorkload, cluster_given: bool) -> list[str]:
     """What a replay of the log assumed, said next to its figures."""
+    quotas = f"the quotas of {', '.join(q.aggregate_id for q in log.quotas)} as the log last set them, from the " \
+        "start" if log.quotas else "none set in the log"
     notes = [f"cluster: {'as given by --cluster' if cluster_given else 'the GPU nodes the log registered'}; "
-             "tenant quotas and cohorts of the log are not replayed (every tenant may use the whole cluster)"]
+             f"tenant quotas: {quotas}"]
     if log.skipped:
         notes.append(f"left out {len(log.skipped)} job(s) of the log: {_left_out(log)}")
     if log.ended:

@@ -19,6 +19,15 @@ Format: JSON Lines, one job per line; blank lines and lines starting with ``#`` 
   ``job_type`` (default: the name without a trailing ``-<number>``), ``priority`` (whole number from -1000 to 1000,
   default 0: the job spec's priority). Names and tenants follow the job spec's rules (lowercase, digits, ``.-_``).
 
+A line may instead set a tenant's quota, as ``aios quota`` does, in force from the start of the run (the export of a
+live log writes the quotas the log last set)::
+
+    {"quota": {"tenant": "nlp", "cohort": "research", "nominal": {"h100": 4}, "borrowing_limit": {"h100": 2},
+               "lending_limit": null}}
+
+* ``tenant`` (required), ``cohort`` (default ``""``: none), ``nominal`` (GPU kind -> whole number >= 0, default
+  ``{}``), ``borrowing_limit`` / ``lending_limit`` (the same, or ``null``: no limit). One line per tenant.
+
 Unknown fields are rejected so that a misspelt field is an error, not a silently ignored setting.
 """
 
@@ -37,11 +46,12 @@ import msgspec
 from aios.common.errors import ConfigError
 from aios.common.events import (
     CheckpointSaved, Event, JobCancelled, JobEvent, JobFailed, JobPlaced, JobPreempted, JobRequeued, JobStarted,
-    JobSubmitted, JobSucceeded, NodeRegistered,
+    JobSubmitted, JobSucceeded, NodeRegistered, TenantQuotaSet,
 )
 from aios.scheduler.sim.traces import MAX_GPUS, TraceJob, read_text
 
 FIELDS = ("name", "arrival_s", "tenant", "devices", "job_type", "priority", "work", "rates", "any_kind")
+QUOTA_FIELDS = ("tenant", "cohort", "nominal", "borrowing_limit", "lending_limit")
 HEADER = "# AIOS native workload: one JSON job per line (see aios.scheduler.sim.native)"
 RUN_READS_MAX = 50
 """Jobs cut short beyond which the export reads all run reports at once instead of one job's at a time."""
@@ -113,10 +123,49 @@ def _job_from_obj(obj: dict[str, Any]) -> TraceJob:
                     tenant=_text(obj, "tenant", "trace"), name=name, any_kind=any_kind)
 
 
+def _counts(obj: dict[str, Any], name: str, limit: bool) -> dict[str, int] | None:
+    value = obj.get(name)
+    if value is None:
+        return None if limit else {}
+    ok = isinstance(value, dict) and all(isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool)
+                                         and v >= 0 for k, v in value.items())
+    if not ok:
+        raise _Bad(f"quota.{name}", "expected an object of GPU kind -> whole number >= 0"
+                   + (" (or null: no limit)" if limit else "") + f", got {value!r}")
+    return dict(value)
+
+
+def _quota_from_obj(obj: Any) -> TenantQuotaSet:
+    if not isinstance(obj, dict):
+        raise _Bad("quota", f"expected an object with {', '.join(QUOTA_FIELDS)}, got {obj!r}")
+    for key in obj:
+        if key not in QUOTA_FIELDS:
+            raise _Bad(f"quota.{key}", f"unknown field (expected one of {', '.join(QUOTA_FIELDS)})")
+    tenant = obj.get("tenant")
+    if not isinstance(tenant, str) or not tenant:
+        raise _Bad("quota.tenant", f"required: the tenant's name, got {tenant!r}")
+    return TenantQuotaSet(aggregate_id=tenant, cohort=_text(obj, "cohort", ""), ts=0.0,
+                          nominal=_counts(obj, "nominal", False) or {},
+                          borrowing_limit=_counts(obj, "borrowing_limit", True),
+                          lending_limit=_counts(obj, "lending_limit", True))
+
+
+def _quota_to_obj(quota: TenantQuotaSet) -> dict[str, Any]:
+    return {"quota": {"tenant": quota.aggregate_id, "cohort": quota.cohort, "nominal": dict(quota.nominal),
+                      "borrowing_limit": quota.borrowing_limit, "lending_limit": quota.lending_limit}}
+
+
 def read_native_trace(path: str | Path) -> list[TraceJob]:
     """The jobs of a native workload file, by arrival (ties keep file order); ConfigError names line and field."""
+    return read_native_workload(path)[0]
+
+
+def read_native_workload(path: str | Path) -> tuple[list[TraceJob], list[TenantQuotaSet]]:
+    """The jobs of a native workload file, by arrival (ties keep file order), and the tenant quotas it sets (file
+    order); ConfigError names line and field."""
     text = read_text(path, "workload")
     jobs = []
+    quotas: dict[str, tuple[int, TenantQuotaSet]] = {}
     lines: dict[str, int] = {}
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -128,6 +177,15 @@ def read_native_trace(path: str | Path) -> list[TraceJob]:
         if not isinstance(obj, dict):
             raise ConfigError(f"{path}:{n}: expected a JSON object (one job), got {type(obj).__name__}")
         try:
+            if "quota" in obj:
+                if len(obj) > 1:
+                    raise _Bad(sorted(set(obj) - {"quota"})[0], "a quota line holds only the field 'quota'")
+                quota = _quota_from_obj(obj["quota"])
+                if quota.aggregate_id in quotas:
+                    raise _Bad("quota.tenant", f"{quota.aggregate_id!r} has its quota on line "
+                                               f"{quotas[quota.aggregate_id][0]} already")
+                quotas[quota.aggregate_id] = (n, quota)
+                continue
             job = _job_from_obj(obj)
         except _Bad as exc:
             raise ConfigError(f"{path}:{n}: {exc}") from None
@@ -135,7 +193,7 @@ def read_native_trace(path: str | Path) -> list[TraceJob]:
             raise ConfigError(f"{path}:{n}: field 'name': {job.name!r} is already the name of line {lines[job.name]}")
         lines[job.name] = n
         jobs.append(job)
-    return sorted(jobs, key=lambda j: j.arrival_s)
+    return sorted(jobs, key=lambda j: j.arrival_s), [q for _, q in quotas.values()]
 
 
 def _job_to_obj(job: TraceJob) -> dict[str, Any]:
@@ -148,10 +206,13 @@ def _job_to_obj(job: TraceJob) -> dict[str, Any]:
     return obj
 
 
-def write_native_trace(path: str | Path, jobs: list[TraceJob], comments: Iterable[str] = ()) -> None:
+def write_native_trace(path: str | Path, jobs: list[TraceJob], comments: Iterable[str] = (),
+                       quotas: Iterable[TenantQuotaSet] = ()) -> None:
     """Write ``jobs`` in order; each is checked first, so a file this writes always reads back to the same jobs.
-    ``comments`` go below the header, one ``#`` line each (where the jobs came from, how to replay them)."""
+    ``comments`` go below the header, one ``#`` line each (where the jobs came from, how to replay them); the
+    tenants' ``quotas`` come before the jobs."""
     lines = [HEADER, *(f"# {line}" for text in comments for line in text.splitlines())]
+    lines += [json.dumps(_quota_to_obj(q)) for q in quotas]
     for i, job in enumerate(jobs):
         obj = _job_to_obj(job)
         try:
@@ -178,6 +239,8 @@ class LogWorkload(msgspec.Struct, frozen=True):
     ended: dict[str, str] = {}
     """Exported jobs that failed or were cancelled live (id -> "failed" / "cancelled"): replayed with the work they
     did, as if they had then finished."""
+    quotas: list[TenantQuotaSet] = []
+    """The tenant quotas as the log last set them (one per tenant)."""
     lost_s: dict[str, float] = {}
     """Exported jobs that lost run time to a preemption or requeue (id -> seconds since their last checkpoint,
     or the whole run without one): left out of their work, as the replay resumes jobs where they stopped."""
@@ -259,7 +322,8 @@ def _rates(spec: dict[str, Any]) -> tuple[dict[str, float], bool]:
 
 
 def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
-    """Fold the job and node events of a live log (in log order) into a native workload and its cluster.
+    """Fold the job, node and tenant events of a live log (in log order) into a native workload, its cluster and
+    its tenants' quotas (as last set: a replay applies them from its start).
 
     Work of a job = the sum over its runs (JobPlaced, or JobStarted when present, until JobPreempted, JobRequeued,
     JobSucceeded, JobFailed or JobCancelled) of run seconds x its ``throughput`` on the kind it ran on (1.0 when not
@@ -274,9 +338,13 @@ def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
     nodes: dict[str, list[str]] = {}
     kind_of: dict[str, str] = {}
     orphans: dict[str, str] = {}
+    quotas: dict[str, TenantQuotaSet] = {}
     last_ts = 0.0
     for ev in _events(commits_or_events):
         kind = type(ev)
+        if kind is TenantQuotaSet:
+            quotas[ev.aggregate_id] = ev  # type: ignore[assignment]
+            continue
         if kind is NodeRegistered:
             nodes[ev.aggregate_id] = [d.kind for d in ev.devices]  # type: ignore[attr-defined]
             kind_of.update((d.uuid, d.kind) for d in ev.devices)  # type: ignore[attr-defined]
@@ -333,7 +401,8 @@ def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
     start = min((ts for ts, _ in out), default=0.0)
     exported = sorted((msgspec.structs.replace(tj, arrival_s=ts - start) for ts, tj in out),
                       key=lambda j: j.arrival_s)
-    return LogWorkload(exported, cluster, list(reasons), reasons, start, ended, lost)
+    return LogWorkload(exported, cluster, list(reasons), reasons, start, ended,
+                       [msgspec.structs.replace(q, ts=0.0) for q in quotas.values()], lost)
 
 
 def _export(job: _Job, kind_of: dict[str, str], cluster: dict[str, int],
@@ -376,11 +445,11 @@ async def load_log_workload(store: Any) -> LogWorkload:
     """Read every job.* and node.* commit of ``store`` (an EventStore) and fold them with :func:`jobs_from_events`.
 
     The subject filters are replayed one after the other and merged by stream sequence, so the fold sees log order
-    without decoding the other aggregates (tenants, quotas). The nodes' reports on a job's runs (``run.<id>``: its
+    without decoding the other aggregates (models, say). The nodes' reports on a job's runs (``run.<id>``: its
     progress, about one a second, and its checkpoints) are read only for jobs whose runs were cut short, the only
     ones whose checkpoints change the work."""
     commits: list[Any] = []
-    for aggregate in ("job", "node"):
+    for aggregate in ("job", "node", "tenant"):
         await store.replay(commits.append, filter_subject=f"{store.prefix}.{aggregate}.>")
     cut_short = sorted({ev.aggregate_id for c in commits for ev in c.events if type(ev) in (JobPreempted, JobRequeued)})
     if len(cut_short) > RUN_READS_MAX:  # one pass over all reports costs less than that many reads

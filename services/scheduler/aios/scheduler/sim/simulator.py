@@ -16,12 +16,12 @@ import re
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from aios.common.errors import ConfigError
-from aios.common.events import JobSubmitted, JobSucceeded, WorkerExited
+from aios.common.events import JobSubmitted, JobSucceeded, TenantQuotaSet, WorkerExited
 from aios.scheduler.local import apply, node_registration, step
 from aios.scheduler.placement import BinCache
 from aios.scheduler.policies.base import ELAPSED_SLACK_S, Policy
@@ -106,7 +106,8 @@ def submissions(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[s
 def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str, int], policy: Policy,
              round_s: float = 360.0, gpus_per_server: int = 4, max_rounds: int = 2_000_000,
              oracle_estimates: bool = False, on_events: bool = False,
-             on_round: Callable[[SchedulerState, float], None] | None = None) -> dict[str, Any]:
+             on_round: Callable[[SchedulerState, float], None] | None = None,
+             quotas: Iterable[TenantQuotaSet] = ()) -> dict[str, Any]:
     """Run ``trace`` under ``policy``; the summary keys, per-job ``records`` and a per-round ``timeline``.
 
     ``oracle_estimates`` gives every job a perfect runtime estimate (its true duration on its fastest kind), as a
@@ -115,7 +116,8 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
     quantum ends), not only every ``round_s``. The timeline has one point per round, the time-weighted mean of its
     GPUs at work, queued and running jobs, and a zero point where the clock jumps over an idle cluster.
     ``max_rounds`` caps the decisions (rounds, and events with ``on_events``). ``on_round(state, now)`` sees the
-    state after each decision, before time runs on (probes read it).
+    state after each decision, before time runs on (probes read it). ``quotas``: tenant quotas in force from the
+    start, admitted by the live core's quota check as they would be live.
 
     JCT percentiles interpolate linearly between jobs (numpy's default). A record's ``kind_time_s`` gives, per GPU
     kind, the seconds the job ran holding GPUs of that kind: a gang spread over two kinds counts its whole run on
@@ -123,6 +125,7 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
     started = time.perf_counter()
     state = SchedulerState()
     apply(state, cluster_events(cluster, gpus_per_server), 0.0)
+    apply(state, [(f"tenant.{q.aggregate_id}", [q]) for q in quotas], 0.0)
     predictor = RuntimePredictor()
     finished_count = fitted_at = 0
 
