@@ -105,3 +105,7 @@ def test_commands_pointed_at_a_dead_server_fail_at_once(aios_env: dict[str, str]
                              capture_output=True, text=True, timeout=30)
         assert out.returncode != 0 and f"cannot reach NATS at {url}: " in out.stderr, (args, out.stderr[-300:])
         assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) == 1, (args, out.stderr[-300:])
+    # a quota for a tenant no job can belong to is refused before any connection
+    out = subprocess.run([sys.executable, "-m", "aios.cli.main", "quota", "NLP", "--nominal", "h100=1"],
+                         env={**aios_env, "AIOS_NATS_URL": url}, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "tenant 'NLP': lowercase letters" in out.stderr, out.stderr[-300:]

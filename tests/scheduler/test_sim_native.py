@@ -72,6 +72,8 @@ def test_comments_blank_lines_and_defaults(tmp_path: Path) -> None:
     ('{"quota": {"tenant": "nlp", "nomnial": {}}}', "field 'quota.nomnial': unknown field"),
     ('{"quota": {"tenant": "nlp"}, "work": 3}', "field 'work': a quota line holds only the field 'quota'"),
     ('{"quota": {"tenant": "vision"}}', "field 'quota.tenant': 'vision' has its quota on line 1 already"),
+    ('{"quota": {"tenant": "NLP"}}', "field 'quota.tenant': 'NLP': lowercase letters"),
+    ('{"quota": {"tenant": "nlp", "nominal": {"H100": 1}}}', "field 'quota.nominal': expected an object of GPU kind"),
 ])
 def test_bad_input_names_file_line_and_field(tmp_path: Path, line: str, field: str) -> None:
     path = tmp_path / "jobs.jsonl"
@@ -152,6 +154,34 @@ def test_the_fold_measures_work_on_the_kinds_each_run_used() -> None:
     assert w.reasons["run-5"] == "still running, with no runtime_estimate_s"
     assert w.reasons["late-7"] == "still pending, with no runtime_estimate_s"
     assert w.reasons["idle-2"] == "cancelled without running"
+
+
+def test_a_graceful_preemption_keeps_the_work_up_to_its_checkpoint() -> None:
+    """Live, JobPreempted comes first; the workers then checkpoint and exit, and JobRequeued follows. The work up to
+    the preemption is saved (it was all counted as lost); a late checkpoint of an earlier attempt is not the new
+    run's; a job cut short and then cancelled still did its work."""
+    node = node_registration("n1", "h100", 1)
+    sub = submitted("j", 0.0, device_types=["h100"])
+    place = lambda ts, attempt: JobPlaced(aggregate_id="j", assignments=[Assignment("n1", ["n1-g0"], [0])],  # noqa
+                                          world_size=1, ts=ts, attempt=attempt)
+    saved = lambda ts, attempt: CheckpointSaved(aggregate_id="j", step=1, bucket="b", name="j", ts=ts,  # noqa
+                                                attempt=attempt)
+    preempt = lambda ts: [JobPreempted(aggregate_id="j", reason="p", ts=ts),  # noqa
+                          JobRequeued(aggregate_id="j", reason="p", ts=ts + 0.5)]
+    graceful = jobs_from_events([node, sub, place(0.0, 1), JobPreempted(aggregate_id="j", reason="p", ts=100.0),
+                                 saved(101.0, 1), JobRequeued(aggregate_id="j", reason="p", ts=102.0),
+                                 place(200.0, 2), JobSucceeded(aggregate_id="j", ts=300.0)])
+    assert graceful.jobs[0].total_steps == 200.0 and graceful.lost_s == {}
+    late = jobs_from_events([node, sub, place(0.0, 1), *preempt(100.0), place(101.0, 2), saved(101.5, 1),
+                             *preempt(200.0), place(300.0, 3), JobSucceeded(aggregate_id="j", ts=400.0)])
+    assert late.jobs[0].total_steps == 100.0 and late.lost_s == {"j": 100.0 + 99.0}
+    cancelled = jobs_from_events([node, sub, place(0.0, 1), JobPreempted(aggregate_id="j", reason="p", ts=100.0),
+                                  saved(101.0, 1), JobRequeued(aggregate_id="j", reason="p", ts=102.0),
+                                  JobCancelled(aggregate_id="j", ts=150.0)])
+    assert cancelled.jobs[0].total_steps == 100.0 and cancelled.ended == {"j": "cancelled"}
+    nothing_kept = jobs_from_events([node, sub, place(0.0, 1), *preempt(100.0),
+                                     JobCancelled(aggregate_id="j", ts=150.0)])
+    assert nothing_kept.reasons == {"j": "cancelled after runs cut short before any checkpoint"}
 
 
 def test_the_fold_accepts_bare_events_too() -> None:

@@ -118,12 +118,15 @@ def test_single_point_or_empty_timeline_next_to_a_full_one(tmp_path: Path, n: in
 
 def test_timeline_means_weigh_each_point_by_how_long_it_lasts() -> None:
     """A point stands for a round or for a whole idle stretch the simulation jumped over: the smoothed and reduced
-    series weigh it by its length, so ten idle hours are not one round's worth of zero."""
-    t = [0.0, 360.0, 720.0, 1080.0, 37080.0, 37440.0]  # busy, busy, busy, idle for 10 h, busy, busy
-    y = [1.0, 1.0, 1.0, 0.0, 1.0, 1.0]
-    t_, y_ = np.array(t), np.array(y)
-    assert _durations(t_).tolist() == [360.0, 360.0, 360.0, 36000.0, 360.0, 360.0]
-    smooth = _moving_average(y_, 6, _durations(t_))
-    assert smooth[-1] == pytest.approx(5 * 360 / (5 * 360 + 36000))
-    _, reduced = _reduce(t_, y_, max_points=2)  # buckets of three points each
-    assert reduced.tolist() == pytest.approx([1.0, 720 / 36720])
+    series weigh it by its length, so ten idle hours are not one round's worth of zero, and the smoothing forgets
+    them once they are further back than its span (a window of points let them weigh on the next rounds)."""
+    rounds = [360.0 * i for i in range(10)]
+    t = np.array(rounds + [3600.0] + [39600.0 + r for r in rounds])  # busy 1 h, idle 10 h, busy 1 h
+    y = np.array([1.0] * 10 + [0.0] + [1.0] * 10)
+    assert _durations(t)[9:12].tolist() == [360.0, 36000.0, 360.0]
+    smooth = _moving_average(t, y, 3600.0)  # a span of one hour
+    assert smooth[:10].tolist() == pytest.approx([1.0] * 10) and smooth[10] == 0.0
+    assert smooth[11] == pytest.approx(360 / 3600)  # its own round, and the last 3,240 s of the idle stretch
+    assert smooth[-1] == pytest.approx(1.0)  # an hour later the idle stretch is out of the span
+    _, reduced = _reduce(t[:12], y[:12], max_points=2)  # buckets of six points each
+    assert reduced.tolist() == pytest.approx([1.0, (4 * 360 + 360) / (4 * 360 + 36000 + 360)])

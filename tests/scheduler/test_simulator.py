@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -260,7 +261,8 @@ def test_jobs_that_cannot_finish_are_named_with_the_reason() -> None:
     r = simulate(trace, rates, {"v100": 4}, make_policy("fifo"), round_s=360)
     assert (r["jobs"], r["finished"], r["cut_short"]) == (3, 0, False) and r["rounds"] < 10
     assert r["unfinished"] == {"a-0": "needs 100 GPUs; the kinds it runs on have 4",
-                               "a-1": "waited behind jobs that can never be placed on this cluster",
+                               "a-1": "still waiting when nothing more could run: order: behind a-0 (fifo), "
+                                      "which waits for capacity",  # the scheduler's own word, as `aios why`
                                "k-2": "no rate on any GPU kind of this cluster"}
     r = simulate(trace[1:], rates, {"v100": 4}, make_policy("hetero-ts"), round_s=360)
     assert r["finished"] == 1 and r["utilization"] <= 1.0 and list(r["unfinished"]) == ["k-1"]
@@ -268,6 +270,14 @@ def test_jobs_that_cannot_finish_are_named_with_the_reason() -> None:
     r = simulate(late, rates, {"v100": 4}, make_policy("fifo"), round_s=60, max_rounds=3)
     assert r["cut_short"] and r["finished"] == 0 and "cap of 3 decisions" in r["unfinished"]["a-0"]
     assert r["unfinished"]["a-1"] == "had not arrived (at 500000 s) when the run stopped at its decision cap"
+    # a quota that gives the tenant nothing of the kinds it runs on: said so, not "waited behind" others
+    from aios.common.events import TenantQuotaSet
+
+    held = [TraceJob("A", 3600, 1, 1, 0, tenant="a", name="a"), TraceJob("A", 3600, 1, 1, 0, tenant="b", name="b")]
+    r = simulate(held, rates, {"v100": 4}, make_policy("hetero-ts"),
+                 quotas=[TenantQuotaSet(aggregate_id="a", nominal={"h100": 1}, ts=0.0)])
+    assert r["finished"] == 1 and r["unfinished"]["a"].startswith(
+        "still waiting when nothing more could run: quota: tenant a: v100 would be 1 against nominal 0")
 
 
 def test_jobs_keep_the_names_a_live_log_or_a_user_gave_them() -> None:
@@ -497,8 +507,10 @@ async def test_a_replay_says_what_it_assumed(killable_nats: NatsServer, tmp_path
     assert body["log"] == {"left_out": {"wait-4": "still pending, with no runtime_estimate_s"},
                            "ended_live": {"bad-2": "failed"}, "lost_s": {"cut-3": 20.0}}
     replay = next(line for line in exported.read_text().splitlines() if line.startswith("# replay: "))
-    assert replay == f"# replay: aios simulate --trace {exported} --cluster a100=1 --on-events"
-    again = cli.run(str(exported), "a100=1", "fifo", None, None, 360, 4, True, None, on_events=True)
+    assert replay.startswith(f"# replay: aios simulate --trace {exported} --cluster a100=1 --policy fifo --on-events")
+    from aios.cli.main import _simulate, build_parser
+
+    again = _simulate(build_parser().parse_args([*shlex.split(replay.removeprefix("# replay: "))[1:], "--json"]))
     timing = ("wall_s", "scheduler_ms_per_round")
     assert again == 0 and {k: v for k, v in json.loads(capsys.readouterr().out).items() if k not in timing} == \
         {k: v for k, v in body.items() if k not in (*timing, "log")}
@@ -561,11 +573,12 @@ async def test_replay_from_a_server_without_the_log_is_one_clear_error(killable_
     assert time.monotonic() - started < 8
     from aios.common.errors import ConfigError
 
-    for bad in ({"add": "h100"}, {"cluster": "a100=0"}, {"policy": "nope"}):  # the options first, then the server
-        options = {"cluster": None, "policy": "fifo", **bad}
-        with pytest.raises(ConfigError, match="--add|--cluster|unknown policy"):
-            await asyncio.to_thread(cli.run, None, options["cluster"], options["policy"], None, None, 360, 4, True,
-                                    None, from_log=True, servers=[f"nats://127.0.0.1:{port}"], add=bad.get("add"))
+    for bad in ({"add": "h100"}, {"cluster": "a100=0"}, {"policy": "nope"}, {"throughputs": "nope.csv"}):
+        options = {"cluster": None, "policy": "fifo", "throughputs": None, **bad}  # the options first, the server next
+        with pytest.raises(ConfigError, match="--add|--cluster|unknown policy|--throughputs: no such file"):
+            await asyncio.to_thread(cli.run, None, options["cluster"], options["policy"], None,
+                                    options["throughputs"], 360, 4, True, None, from_log=True,
+                                    servers=[f"nats://127.0.0.1:{port}"], add=bad.get("add"))
     plain = subprocess.Popen([find_nats_server(), "--addr", "127.0.0.1", "--port", str(port)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -94,15 +94,21 @@ def parse_counts(option: str, text: str | None) -> dict[str, int] | None:
 
 async def set_quota(tenant: str, cohort: str, nominal: str, borrowing: str | None, lending: str | None) -> int:
     from aios.common.events import TenantQuotaSet
-    from aios.common.store import open_log
+    from aios.common.store import connect
 
+    from aios.scheduler.spec import SpecError, check_tenant
+
+    try:
+        check_tenant(tenant)  # the name its jobs carry: a quota for "NLP" would hold no job of "nlp"
+    except SpecError as exc:
+        raise ConfigError(f"tenant {tenant!r}: {exc.reason}") from None
     servers = load_settings().servers
     if not servers:
         raise ConfigError("AIOS_NATS_URL is not set: point it at the cluster (`aios up` prints the export line)")
     event = TenantQuotaSet(aggregate_id=tenant, cohort=cohort, nominal=parse_counts("--nominal", nominal) or {},
                            borrowing_limit=parse_counts("--borrowing-limit", borrowing),
                            lending_limit=parse_counts("--lending-limit", lending))
-    store = await open_log(servers, name="aios-cli", append_deadline=5.0)
+    store = await connect(servers, name="aios-cli", append_deadline=5.0, fail_fast=True)
     try:
         result = await store.append(f"tenant.{tenant}", event)
     finally:

@@ -15,7 +15,7 @@ from aios.common import tracing
 from aios.common.config import load_settings
 from aios.common.errors import AiosError, ConfigError, NotFound
 from aios.common.events import JobCancelRequested, JobSubmitted
-from aios.common.store import open_log
+from aios.common.store import connect
 from aios.common.wire import new_token
 from aios.scheduler.spec import SpecError, spec_to_dict, validate_spec
 
@@ -36,7 +36,7 @@ async def _store():  # type: ignore[no-untyped-def]
     servers = load_settings().servers
     if not servers:
         raise ConfigError("AIOS_NATS_URL is not set: point it at the cluster (`aios up` prints the export line)")
-    return await open_log(servers, name="aios-cli", append_deadline=10.0)  # fails at once on a wrong server
+    return await connect(servers, name="aios-cli", append_deadline=10.0, fail_fast=True)
 
 
 async def submit(path: str, idempotency_key: str | None, as_json: bool) -> int:

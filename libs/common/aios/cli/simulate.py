@@ -11,6 +11,7 @@ import asyncio
 import csv
 import json
 import math
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,10 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
     if twice:
         raise ConfigError(f"--compare: {twice[0]!r} is named twice")
     policies = [make_policy(name) for name in names]  # unknown names fail before any simulation runs
+    if throughputs and throughputs != DEFAULT_THROUGHPUTS:  # a table given but bad fails before the workload is read
+        if not Path(throughputs).exists():
+            raise ConfigError(f"--throughputs: no such file {throughputs!r}")
+        read_gavel_throughputs(throughputs)
     folder = Path(out) if out else (Path(DEFAULT_REPORT) if compare else None)
     if folder is not None:  # before the runs, so that a long one's results are not lost on a bad folder
         try:
@@ -170,8 +175,11 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
     if export:  # with the table's speeds written into each job, the file runs the same anywhere, table or not
         resolved = [job if job.rates else msgspec.structs.replace(job, rates=hinted_rates(job, table))
                     for job in jobs]
-        replay = (f"aios simulate --trace {export} --cluster {cluster_text}"
-                  + (" --on-events" if decide_on_events else "") + (f" --round {round_s:g}" if round_s != 360 else ""))
+        replay = shlex.join(["aios", "simulate", "--trace", export, "--cluster", cluster_text,
+                             *(["--compare", ",".join(names)] if compare is not None else ["--policy", names[0]]),
+                             "--on-events" if decide_on_events else "--no-on-events", "--round", f"{round_s:g}",
+                             "--gpus-per-server", str(gpus_per_server),
+                             *(["--oracle-estimates"] if oracle_estimates else [])])
         try:
             write_native_trace(export, resolved, comments=[f"from {source}, on {cluster_text}", f"replay: {replay}"],
                                quotas=quotas)

@@ -585,8 +585,13 @@ class Subscription:
         self._queue.put_nowait(StopAsyncIteration())
 
 
-async def connect(servers: list[str], *, name: str = "aios", **store_options: Any) -> EventStore:
-    """Connect nats-py with unbounded reconnects and return an :class:`EventStore` over it (stream ensured)."""
+async def connect(servers: list[str], *, name: str = "aios", fail_fast: bool = False,
+                  **store_options: Any) -> EventStore:
+    """Connect nats-py with unbounded reconnects and return an :class:`EventStore` over it (stream ensured).
+    ``fail_fast`` (commands a person waits on): a server nobody answers on is a :class:`StoreError` at once, not a
+    wait for ever; once connected, the connection rides out restarts as a service's does."""
+    if fail_fast:
+        await (await connect_once(servers, name=name)).close()
     nc = await connect_nats(servers, name=name)
     store = EventStore(nc, servers, **store_options)
     await store.ensure_stream()

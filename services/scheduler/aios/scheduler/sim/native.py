@@ -49,12 +49,14 @@ from aios.common.events import (
     JobSubmitted, JobSucceeded, NodeRegistered, TenantQuotaSet,
 )
 from aios.scheduler.sim.traces import MAX_GPUS, TraceJob, read_text
+from aios.scheduler.spec import SpecError, check_tenant
 
 FIELDS = ("name", "arrival_s", "tenant", "devices", "job_type", "priority", "work", "rates", "any_kind")
 QUOTA_FIELDS = ("tenant", "cohort", "nominal", "borrowing_limit", "lending_limit")
 HEADER = "# AIOS native workload: one JSON job per line (see aios.scheduler.sim.native)"
 RUN_READS_MAX = 50
 """Jobs cut short beyond which the export reads all run reports at once instead of one job's at a time."""
+_KIND = re.compile(r"[a-z0-9-]+")
 _SUFFIX = re.compile(r"(?:[-_.]\d+)+$")
 
 
@@ -127,11 +129,11 @@ def _counts(obj: dict[str, Any], name: str, limit: bool) -> dict[str, int] | Non
     value = obj.get(name)
     if value is None:
         return None if limit else {}
-    ok = isinstance(value, dict) and all(isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool)
-                                         and v >= 0 for k, v in value.items())
+    ok = isinstance(value, dict) and all(isinstance(k, str) and _KIND.fullmatch(k) and isinstance(v, int)
+                                         and not isinstance(v, bool) and v >= 0 for k, v in value.items())
     if not ok:
-        raise _Bad(f"quota.{name}", "expected an object of GPU kind -> whole number >= 0"
-                   + (" (or null: no limit)" if limit else "") + f", got {value!r}")
+        raise _Bad(f"quota.{name}", "expected an object of GPU kind (lowercase, as in --cluster) -> whole number "
+                   ">= 0" + (" (or null: no limit)" if limit else "") + f", got {value!r}")
     return dict(value)
 
 
@@ -144,6 +146,10 @@ def _quota_from_obj(obj: Any) -> TenantQuotaSet:
     tenant = obj.get("tenant")
     if not isinstance(tenant, str) or not tenant:
         raise _Bad("quota.tenant", f"required: the tenant's name, got {tenant!r}")
+    try:
+        check_tenant(tenant)  # as a job's tenant is checked: a quota for "NLP" would hold no job of "nlp"
+    except SpecError as exc:
+        raise _Bad("quota.tenant", f"{tenant!r}: {exc.reason}") from None
     return TenantQuotaSet(aggregate_id=tenant, cohort=_text(obj, "cohort", ""), ts=0.0,
                           nominal=_counts(obj, "nominal", False) or {},
                           borrowing_limit=_counts(obj, "borrowing_limit", True),
@@ -250,9 +256,13 @@ class LogWorkload(msgspec.Struct, frozen=True):
 class _Run:
     start: float
     uuids: list[str]
+    attempt: int = 0
     started: bool = False
     checkpoint: float | None = None
     """When the run last saved a checkpoint: a run cut short resumes from there, and re-does what came after."""
+    stop: float | None = None
+    """When it was told to stop (JobPreempted): its work ends there, while its workers still checkpoint and exit
+    before the requeue (the checkpoint of a graceful preemption comes after the preemption)."""
 
 
 @dataclass
@@ -267,17 +277,20 @@ class _Job:
     open: _Run | None = None
     end: str = ""
     lost_s: float = 0.0
+    ran: bool = False
 
     def close(self, ts: float, cut_short: bool = False) -> None:
-        """End the open run at ``ts``; ``cut_short`` (preempted, requeued): only the time up to its last checkpoint
-        counts, the rest is done again by the next run."""
-        if self.open is not None:
-            seconds = max(0.0, ts - self.open.start)
+        """End the open run at ``ts`` (or where it was told to stop); ``cut_short`` (requeued): only the time up to
+        its last checkpoint counts, the rest is done again by the next run."""
+        run = self.open
+        if run is not None:
+            seconds = max(0.0, min(ts, ts if run.stop is None else run.stop) - run.start)
             if cut_short:
-                kept = 0.0 if self.open.checkpoint is None else max(0.0, self.open.checkpoint - self.open.start)
+                kept = 0.0 if run.checkpoint is None else max(0.0, run.checkpoint - run.start)
                 self.lost_s += seconds - min(kept, seconds)
                 seconds = min(kept, seconds)
-            self.runs.append((seconds, self.open.uuids))
+            self.runs.append((seconds, run.uuids))
+            self.ran = True
             self.open = None
 
 
@@ -327,8 +340,10 @@ def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
 
     Work of a job = the sum over its runs (JobPlaced, or JobStarted when present, until JobPreempted, JobRequeued,
     JobSucceeded, JobFailed or JobCancelled) of run seconds x its ``throughput`` on the kind it ran on (1.0 when not
-    given; the slowest kind when a gang spanned kinds). A run cut short by a preemption or a requeue counts up to
-    its last CheckpointSaved (none: nothing), since the next run starts again from there; the replay resumes jobs
+    given; the slowest kind when a gang spanned kinds). A run cut short (requeued, after a JobPreempted or a lost
+    node) counts from its start to its preemption, and of that only up to its last CheckpointSaved of the same
+    attempt (none: nothing; a graceful preemption checkpoints after JobPreempted), since the next run starts again
+    from there; the replay resumes jobs
     where they stopped, so work done twice live is done once. Failed and cancelled jobs keep the work they did (and
     are listed in ``ended``); jobs still pending or running use ``runtime_estimate_s`` x their fastest rate (at
     least the work done so far, up to the log's last job event), else they are skipped. Device kinds are resolved
@@ -367,15 +382,20 @@ def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
         if job.end:
             continue
         if kind is JobPlaced:
-            job.close(ev.ts)
-            job.open = _Run(ev.ts, [u for a in ev.assignments for u in a.device_uuids])  # type: ignore[attr-defined]
+            job.close(ev.ts, cut_short=job.open is not None and job.open.stop is not None)
+            job.open = _Run(ev.ts, [u for a in ev.assignments for u in a.device_uuids],  # type: ignore[attr-defined]
+                            ev.attempt)  # type: ignore[attr-defined]
         elif kind is JobStarted:
             if job.open is not None and not job.open.started:
                 job.open.start, job.open.started = max(job.open.start, ev.ts), True
         elif kind is CheckpointSaved:
-            if job.open is not None:
-                job.open.checkpoint = ev.ts
-        elif kind in (JobPreempted, JobRequeued):
+            run = job.open  # a checkpoint of another attempt (a late report) is not this run's
+            if run is not None and ev.attempt in (0, run.attempt):  # type: ignore[attr-defined]
+                run.checkpoint = ev.ts
+        elif kind is JobPreempted:
+            if job.open is not None and job.open.stop is None:
+                job.open.stop = ev.ts
+        elif kind is JobRequeued:
             job.close(ev.ts, cut_short=True)
         elif kind in (JobSucceeded, JobFailed, JobCancelled):
             job.close(ev.ts)
@@ -424,7 +444,8 @@ def _export(job: _Job, kind_of: dict[str, str], cluster: dict[str, int],
     if job.end == "succeeded" or (job.end and done > 0):
         work = done
     elif job.end:
-        return None, f"{job.end} without running"
+        return None, (f"{job.end} after runs cut short before any checkpoint" if job.ran
+                      else f"{job.end} without running")
     else:
         estimate = _spec_number(spec, "runtime_estimate_s")
         if estimate is None or estimate <= 0:
@@ -442,7 +463,8 @@ def _export(job: _Job, kind_of: dict[str, str], cluster: dict[str, int],
 
 
 async def load_log_workload(store: Any) -> LogWorkload:
-    """Read every job.* and node.* commit of ``store`` (an EventStore) and fold them with :func:`jobs_from_events`.
+    """Read every job.*, node.* and tenant.* commit of ``store`` (an EventStore), and the run.* reports of jobs cut
+    short, and fold them with :func:`jobs_from_events`.
 
     The subject filters are replayed one after the other and merged by stream sequence, so the fold sees log order
     without decoding the other aggregates (models, say). The nodes' reports on a job's runs (``run.<id>``: its

@@ -211,17 +211,22 @@ def _durations(t: np.ndarray) -> np.ndarray:
     return np.maximum(np.append(gaps, np.median(gaps)), 1e-12)
 
 
-def _moving_average(y: np.ndarray, window: int, weight: np.ndarray | None = None) -> np.ndarray:
-    """A trailing time-weighted mean over window points (shorter at the start), so a round-by-round sawtooth reads
-    as a level."""
-    if window <= 1 or y.size == 0:
+def _moving_average(t: np.ndarray, y: np.ndarray, span: float) -> np.ndarray:
+    """The time-weighted mean of the step function ``y`` (each point holds until the next) over the ``span`` before
+    each point's end, so a round-by-round sawtooth reads as a level, and a long idle stretch weighs by its length
+    for as long as it lies within the span, and no longer."""
+    if span <= 0 or y.size < 2:
         return y
-    w = np.ones(y.size) if weight is None else weight
-    c = np.cumsum(np.insert(y * w, 0, 0.0))
-    cw = np.cumsum(np.insert(w, 0, 0.0))
-    idx = np.arange(1, y.size + 1)
-    lo = np.maximum(idx - window, 0)
-    return (c[idx] - c[lo]) / (cw[idx] - cw[lo])
+    d = _durations(t)
+    ends = t + d
+    area = np.concatenate([[0.0], np.cumsum(y * d)])  # integral of y from t[0] to t[k] is area[k]
+
+    def integral(x: np.ndarray) -> np.ndarray:
+        k = np.clip(np.searchsorted(t, x, side="right") - 1, 0, t.size - 1)
+        return area[k] + y[k] * np.clip(x - t[k], 0.0, d[k])
+
+    lo = np.maximum(ends - span, t[0])
+    return (integral(ends) - integral(lo)) / np.maximum(ends - lo, 1e-12)
 
 
 def _reduce(t: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
@@ -257,12 +262,13 @@ def _plot_series(ax: Axes, results: list[dict], key: str, transform: Callable[[d
 
 
 def _utilization_series(r: dict, busy: np.ndarray) -> np.ndarray | None:
-    """busy / total GPUs, smoothed over about 1 % of the rounds; None when the cluster size is unknown."""
+    """busy / total GPUs, smoothed over 1 % of the run's time; None when the cluster size is unknown."""
     total = r.get("total_gpus")
     if not total:
         return None
     t, _ = _timeline(r, "busy_gpus")  # the times of the same points
-    return _moving_average(busy / float(total), max(1, busy.size // 100), _durations(t))
+    span = (t[-1] - t[0] + _durations(t)[-1]) / 100 if t.size else 0.0
+    return _moving_average(t, busy / float(total), span)
 
 
 def _plot_utilization(ax: Axes, results: list[dict]) -> bool:

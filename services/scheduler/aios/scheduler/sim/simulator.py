@@ -149,6 +149,7 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
     busy_gpu_s = 0.0
     total_gpus = sum(cluster.values())
     stalled = 0
+    waiting_reason: dict[str, str] = {}  # the scheduler's last word on why a job waits (as `aios why` shows it)
     bins = BinCache()
     next_round = 0.0  # the next round's start
     timeline: dict[str, list[float]] = {"t_s": [], "busy_gpus": [], "queued": [], "running": []}
@@ -181,6 +182,7 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
         t0 = time.perf_counter()
         for _ in range(8):  # a live scheduler decides again at once on its own releases; so does the simulation
             plan = step(state, policy, now, estimate=estimate, cache=bins)
+            waiting_reason.update(plan.reasons)
             if plan.preemptions:  # workers checkpoint and stop at once in the simulation
                 preemptions += len(plan.preemptions)
                 apply(state, [(f"run.{p.job_id}", [WorkerExited(aggregate_id=p.job_id, node_id="-", worker="w",
@@ -274,6 +276,8 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
             unfinished[job_id] = f"had not arrived (at {tj.arrival_s:g} s) when the run stopped at its decision cap"
         elif hit_cap:
             unfinished[job_id] = f"still in the system when the run stopped at its cap of {max_rounds:,} decisions"
+        elif job_id in waiting_reason:  # the scheduler says why (a quota that holds it back, say)
+            unfinished[job_id] = f"still waiting when nothing more could run: {waiting_reason[job_id]}"
         else:
             unfinished[job_id] = "waited behind jobs that can never be placed on this cluster"
     cut_short = hit_cap and any(job_id not in unrunnable for job_id in unfinished)
