@@ -109,3 +109,27 @@ def test_commands_pointed_at_a_dead_server_fail_at_once(aios_env: dict[str, str]
     out = subprocess.run([sys.executable, "-m", "aios.cli.main", "quota", "NLP", "--nominal", "h100=1"],
                          env={**aios_env, "AIOS_NATS_URL": url}, capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "tenant 'NLP': lowercase letters" in out.stderr, out.stderr[-300:]
+
+
+def test_a_command_waits_for_a_starting_cluster_to_create_its_log(aios_env: dict[str, str],
+                                                                  killable_nats: Any) -> None:
+    """A command never creates or reconfigures the event log (its defaults reset a replicated log to one replica,
+    and a wrong URL grew an empty AIOS log), but it gives the services of a cluster that is starting a moment to
+    create it; and a successful command prints no 'nats disconnected' when it closes its own connection."""
+    import asyncio
+
+    from aios.common.store import connect
+
+    env = {**aios_env, "AIOS_NATS_URL": killable_nats.url}
+    quota = subprocess.Popen([sys.executable, "-m", "aios.cli.main", "quota", "t", "--nominal", "h100=1"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # the command is waiting for the log
+
+    async def services_start() -> None:
+        store = await connect([killable_nats.url], replicas=1)
+        await store.close()
+
+    asyncio.run(services_start())
+    out, err = quota.communicate(timeout=30)
+    assert quota.returncode == 0 and "quota of t set" in out, err[-300:]
+    assert "disconnected" not in err and "Traceback" not in err, err[-300:]

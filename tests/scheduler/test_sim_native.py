@@ -182,6 +182,27 @@ def test_a_graceful_preemption_keeps_the_work_up_to_its_checkpoint() -> None:
     nothing_kept = jobs_from_events([node, sub, place(0.0, 1), *preempt(100.0),
                                      JobCancelled(aggregate_id="j", ts=150.0)])
     assert nothing_kept.reasons == {"j": "cancelled after runs cut short before any checkpoint"}
+    never = jobs_from_events([node, sub, place(0.0, 1), JobCancelled(aggregate_id="j", ts=0.0)])
+    assert never.reasons == {"j": "cancelled without running"}  # placed and cancelled at once: it never ran
+    # being preempted when the log ends (no requeue yet, no checkpoint): it keeps nothing, not the time to the end
+    estimate = submitted("j", 0.0, device_types=["h100"], runtime_estimate_s=50.0)
+    stopping = jobs_from_events([node, estimate, place(0.0, 1), JobPreempted(aggregate_id="j", reason="p", ts=100.0),
+                                 submitted("later", 10_000.0)])
+    assert stopping.jobs[0].total_steps == 50.0  # its estimate, not 10,000 s of work
+
+
+def test_an_export_keeps_what_a_live_quota_holds_back(tmp_path: Path) -> None:
+    """Live, a quota may name a tenant no job can have or a kind no device has; those hold nothing, and the export
+    leaves them out rather than writing a file its own reader refuses."""
+    log = [TenantQuotaSet(aggregate_id="NLP", nominal={"h100": 1}, ts=1.0),
+           TenantQuotaSet(aggregate_id="nlp", nominal={"H100": 2, "h100": 1}, borrowing_limit={"a100_80gb": 1},
+                          ts=2.0),
+           submitted("j", 0.0), placed("j", 0.0, "n1", "n1-g0"), JobSucceeded(aggregate_id="j", ts=10.0)]
+    w = jobs_from_events([node_registration("n1", "h100", 1), *log])
+    assert w.quotas == [TenantQuotaSet(aggregate_id="nlp", nominal={"h100": 1}, borrowing_limit={}, ts=0.0)]
+    path = tmp_path / "export.jsonl"
+    write_native_trace(path, w.jobs, quotas=w.quotas)
+    assert read_native_workload(path) == (w.jobs, w.quotas)
 
 
 def test_the_fold_accepts_bare_events_too() -> None:

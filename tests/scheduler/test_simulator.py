@@ -353,6 +353,10 @@ def test_adding_a_kind_only_jobs_of_any_kind_may_use_is_pointed_out(tmp_path: Pa
     write_native_trace(native, [TraceJob("A", 3600, 1, 1, 0, {"h100": 1.0}, name="a", any_kind=True)])
     assert cli.run(str(native), "h100=1", "fifo", None, None, 360, 4, False, None, add="h10=8") == 0
     assert "--add h10: no job names this kind" in capsys.readouterr().out
+    quota = tmp_path / "quota.jsonl"
+    quota.write_text(native.read_text() + '{"quota": {"tenant": "trace", "nominal": {"h10": 1}}}\n')
+    assert cli.run(str(quota), "h100=1", "fifo", None, None, 360, 4, False, None) == 0
+    assert "quota of trace: this cluster has no h10" in capsys.readouterr().out
     assert cli.run(str(native), "h100=1", "fifo", None, None, 360, 4, False, None, add="h100=8") == 0
     assert "no job names" not in capsys.readouterr().out
 

@@ -94,7 +94,7 @@ def parse_counts(option: str, text: str | None) -> dict[str, int] | None:
 
 async def set_quota(tenant: str, cohort: str, nominal: str, borrowing: str | None, lending: str | None) -> int:
     from aios.common.events import TenantQuotaSet
-    from aios.common.store import connect
+    from aios.common.store import open_log
 
     from aios.scheduler.spec import SpecError, check_tenant
 
@@ -108,7 +108,7 @@ async def set_quota(tenant: str, cohort: str, nominal: str, borrowing: str | Non
     event = TenantQuotaSet(aggregate_id=tenant, cohort=cohort, nominal=parse_counts("--nominal", nominal) or {},
                            borrowing_limit=parse_counts("--borrowing-limit", borrowing),
                            lending_limit=parse_counts("--lending-limit", lending))
-    store = await connect(servers, name="aios-cli", append_deadline=5.0, fail_fast=True)
+    store = await open_log(servers, name="aios-cli", append_deadline=5.0, wait_for_log_s=10.0)
     try:
         result = await store.append(f"tenant.{tenant}", event)
     finally:

@@ -15,7 +15,7 @@ from aios.common import tracing
 from aios.common.config import load_settings
 from aios.common.errors import AiosError, ConfigError, NotFound
 from aios.common.events import JobCancelRequested, JobSubmitted
-from aios.common.store import connect
+from aios.common.store import open_log
 from aios.common.wire import new_token
 from aios.scheduler.spec import SpecError, spec_to_dict, validate_spec
 
@@ -36,7 +36,8 @@ async def _store():  # type: ignore[no-untyped-def]
     servers = load_settings().servers
     if not servers:
         raise ConfigError("AIOS_NATS_URL is not set: point it at the cluster (`aios up` prints the export line)")
-    return await connect(servers, name="aios-cli", append_deadline=10.0, fail_fast=True)
+    # followers (logs -f, job --wait) ride out NATS restarts; a cluster that is starting gets a moment to create the log
+    return await open_log(servers, name="aios-cli", append_deadline=10.0, follow=True, wait_for_log_s=10.0)
 
 
 async def submit(path: str, idempotency_key: str | None, as_json: bool) -> int:

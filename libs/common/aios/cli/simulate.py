@@ -165,6 +165,10 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
     decide_on_events = from_log if on_events is None else on_events
     table = throughput_table(throughputs, trace, jobs)
     notes: list[str] = _log_notes(log, given_cluster is not None) if log is not None else []
+    for quota in quotas:  # a quota of a kind the cluster lacks holds nothing: a typo would look the same
+        named = {*quota.nominal, *(quota.borrowing_limit or {}), *(quota.lending_limit or {})}
+        if named - set(gpus):
+            notes.append(f"quota of {quota.aggregate_id}: this cluster has no {', '.join(sorted(named - set(gpus)))}")
     for kind in added:
         if not any(kind in kind_rates(job, table, gpus) for job in jobs):
             raise ConfigError(f"--add: no job of the workload can run on {kind!r} (it has no rate there, in the "
@@ -177,7 +181,7 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
                     for job in jobs]
         replay = shlex.join(["aios", "simulate", "--trace", export, "--cluster", cluster_text,
                              *(["--compare", ",".join(names)] if compare is not None else ["--policy", names[0]]),
-                             "--on-events" if decide_on_events else "--no-on-events", "--round", f"{round_s:g}",
+                             "--on-events" if decide_on_events else "--no-on-events", "--round", repr(round_s),
                              "--gpus-per-server", str(gpus_per_server),
                              *(["--oracle-estimates"] if oracle_estimates else [])])
         try:

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import re
+import time
 from typing import Any, AsyncIterator, Callable, Iterable, Literal
 
 import msgspec
@@ -585,40 +586,47 @@ class Subscription:
         self._queue.put_nowait(StopAsyncIteration())
 
 
-async def connect(servers: list[str], *, name: str = "aios", fail_fast: bool = False,
-                  **store_options: Any) -> EventStore:
-    """Connect nats-py with unbounded reconnects and return an :class:`EventStore` over it (stream ensured).
-    ``fail_fast`` (commands a person waits on): a server nobody answers on is a :class:`StoreError` at once, not a
-    wait for ever; once connected, the connection rides out restarts as a service's does."""
-    if fail_fast:
-        await (await connect_once(servers, name=name)).close()
+async def connect(servers: list[str], *, name: str = "aios", **store_options: Any) -> EventStore:
+    """Connect nats-py with unbounded reconnects and return an :class:`EventStore` over it (stream ensured): for the
+    services, which own the stream's configuration."""
     nc = await connect_nats(servers, name=name)
     store = EventStore(nc, servers, **store_options)
     await store.ensure_stream()
     return store
 
 
-async def open_log(servers: list[str], *, name: str = "aios", timeout_s: float = 3.0,
-                   **store_options: Any) -> EventStore:
-    """An :class:`EventStore` over an event log that must already exist, for a command that reads it once: one try
-    to connect, no reconnect loop and no stream created or changed (a wrong URL must not grow an empty AIOS log on
-    somebody's server). Errors name the server and the reason."""
+async def open_log(servers: list[str], *, name: str = "aios", timeout_s: float = 3.0, follow: bool = False,
+                   wait_for_log_s: float = 0.0, **store_options: Any) -> EventStore:
+    """An :class:`EventStore` for a command a person runs: a server nobody answers on is a :class:`StoreError` at
+    once, and the stream is neither created nor changed (a wrong URL must not grow an empty AIOS log on somebody's
+    server, and a command's defaults must not reset the replication the services set). ``follow``: reconnect
+    through server restarts, as a command that waits on a job must. ``wait_for_log_s``: how long to wait for the
+    services of a cluster that is starting to create the log. Errors name the server and the reason."""
     where = ",".join(servers)
     nc = await connect_once(servers, name=name, timeout_s=timeout_s)
+    if follow:  # the probe answered: now the connection that rides out restarts
+        await nc.close()
+        nc = await connect_nats(servers, name=name)
     store = EventStore(nc, servers, **store_options)
-    try:
-        await store.js.stream_info(store.stream)
-    except nats.js.errors.NotFoundError:
-        await store.close()
-        raise StoreError(f"NATS at {where} holds no AIOS event log (no stream {store.stream}): is it the cluster's "
-                         "server?") from None
-    except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
-        await store.close()
-        raise StoreError(f"NATS at {where} runs without JetStream, where AIOS keeps its event log") from None
-    except (nats.errors.Error, asyncio.TimeoutError) as exc:
-        await store.close()
-        raise StoreError(f"NATS at {where}: cannot read the event log: {str(exc) or type(exc).__name__}") from None
-    return store
+    deadline = time.monotonic() + wait_for_log_s
+    while True:
+        try:
+            await store.js.stream_info(store.stream)
+            return store
+        except nats.js.errors.NotFoundError:
+            if time.monotonic() < deadline:
+                await asyncio.sleep(0.25)
+                continue
+            await store.close()
+            raise StoreError(f"NATS at {where} holds no AIOS event log (no stream {store.stream}): is it the "
+                             "cluster's server, and are its services up?") from None
+        except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
+            await store.close()
+            raise StoreError(f"NATS at {where} runs without JetStream, where AIOS keeps its event log") from None
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            await store.close()
+            raise StoreError(f"NATS at {where}: cannot read the event log: {str(exc) or type(exc).__name__}") \
+                from None
 
 
 async def connect_once(servers: list[str], *, name: str = "aios", timeout_s: float = 3.0) -> nats.NATS:
@@ -645,7 +653,11 @@ async def connect_nats(servers: list[str], *, name: str = "aios", **options: Any
     async def on_error(exc: Exception) -> None:
         log.warning("nats error", extra={"error": str(exc) or type(exc).__name__})
 
+    client: list[nats.NATS] = []
+
     async def on_disconnect() -> None:
+        if client and client[0].is_closed:
+            return  # our own close at the end of a command, not an outage
         log.warning("nats disconnected")
 
     async def on_reconnect() -> None:
@@ -657,4 +669,5 @@ async def connect_nats(servers: list[str], *, name: str = "aios", **options: Any
         reconnected_cb=on_reconnect,
     )
     params.update(options)
-    return await nats.connect(**params)
+    client.append(await nats.connect(**params))
+    return client[0]

@@ -280,18 +280,24 @@ class _Job:
     ran: bool = False
 
     def close(self, ts: float, cut_short: bool = False) -> None:
-        """End the open run at ``ts`` (or where it was told to stop); ``cut_short`` (requeued): only the time up to
-        its last checkpoint counts, the rest is done again by the next run."""
+        """End the open run at ``ts``: see :func:`_run_time`."""
         run = self.open
         if run is not None:
-            seconds = max(0.0, min(ts, ts if run.stop is None else run.stop) - run.start)
-            if cut_short:
-                kept = 0.0 if run.checkpoint is None else max(0.0, run.checkpoint - run.start)
-                self.lost_s += seconds - min(kept, seconds)
-                seconds = min(kept, seconds)
-            self.runs.append((seconds, run.uuids))
-            self.ran = True
+            kept, lost = _run_time(run, ts, cut_short)
+            self.runs.append((kept, run.uuids))
+            self.lost_s += lost
+            self.ran = self.ran or kept + lost > 0
             self.open = None
+
+
+def _run_time(run: _Run, ts: float, cut_short: bool) -> tuple[float, float]:
+    """(seconds of work the run kept, seconds it lost) if it ends at ``ts``, or where it was told to stop. Cut short
+    (requeued): only the time up to its last checkpoint is kept, the rest is done again by the next run."""
+    seconds = max(0.0, min(ts, ts if run.stop is None else run.stop) - run.start)
+    if not cut_short:
+        return seconds, 0.0
+    kept = min(seconds, 0.0 if run.checkpoint is None else max(0.0, run.checkpoint - run.start))
+    return kept, seconds - kept
 
 
 def _events(items: Iterable[Any]) -> Iterable[Event]:
@@ -421,8 +427,26 @@ def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
     start = min((ts for ts, _ in out), default=0.0)
     exported = sorted((msgspec.structs.replace(tj, arrival_s=ts - start) for ts, tj in out),
                       key=lambda j: j.arrival_s)
-    return LogWorkload(exported, cluster, list(reasons), reasons, start, ended,
-                       [msgspec.structs.replace(q, ts=0.0) for q in quotas.values()], lost)
+    replayable = [q for q in map(_replayable_quota, quotas.values()) if q is not None]
+    return LogWorkload(exported, cluster, list(reasons), reasons, start, ended, replayable, lost)
+
+
+def _replayable_quota(quota: TenantQuotaSet) -> TenantQuotaSet | None:
+    """The quota as the native format can hold it, holding back the same jobs: live, a quota may name a tenant no
+    job can have (``NLP``: job tenants are lowercase) or a kind no device has (``H100``: kinds are lowercase slugs);
+    those hold nothing there, and here they are left out."""
+    try:
+        check_tenant(quota.aggregate_id)
+    except SpecError:
+        return None
+
+    def kinds(counts: dict[str, int] | None) -> dict[str, int] | None:
+        return None if counts is None else {k: v for k, v in counts.items() if isinstance(k, str)
+                                            and _KIND.fullmatch(k) and isinstance(v, int) and v >= 0}
+
+    return msgspec.structs.replace(quota, ts=0.0, nominal=kinds(quota.nominal) or {},
+                                   borrowing_limit=kinds(quota.borrowing_limit),
+                                   lending_limit=kinds(quota.lending_limit))
 
 
 def _export(job: _Job, kind_of: dict[str, str], cluster: dict[str, int],
@@ -436,8 +460,8 @@ def _export(job: _Job, kind_of: dict[str, str], cluster: dict[str, int],
     rates, any_kind = _rates(spec)
     done = 0.0
     runs = list(job.runs)
-    if job.open is not None:  # running when the log ends: what it did so far
-        runs.append((max(0.0, last_ts - job.open.start), job.open.uuids))
+    if job.open is not None:  # running when the log ends: what it did so far (being preempted: what it keeps)
+        runs.append((_run_time(job.open, last_ts, cut_short=job.open.stop is not None)[0], job.open.uuids))
     for seconds, uuids in runs:
         kinds = {kind_of[u] for u in uuids if u in kind_of}
         done += seconds * (min(speeds.get(k, 1.0) for k in kinds) if kinds else 1.0)

@@ -208,7 +208,7 @@ def _durations(t: np.ndarray) -> np.ndarray:
     if t.size < 2:
         return np.ones(t.size)
     gaps = np.diff(t)
-    return np.maximum(np.append(gaps, np.median(gaps)), 1e-12)
+    return np.append(gaps, np.median(gaps))
 
 
 def _moving_average(t: np.ndarray, y: np.ndarray, span: float) -> np.ndarray:
@@ -226,7 +226,8 @@ def _moving_average(t: np.ndarray, y: np.ndarray, span: float) -> np.ndarray:
         return area[k] + y[k] * np.clip(x - t[k], 0.0, d[k])
 
     lo = np.maximum(ends - span, t[0])
-    return (integral(ends) - integral(lo)) / np.maximum(ends - lo, 1e-12)
+    width = ends - lo
+    return np.where(width > 0, (integral(ends) - integral(lo)) / np.where(width > 0, width, 1.0), y)
 
 
 def _reduce(t: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
@@ -236,7 +237,9 @@ def _reduce(t: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS) -> tuple
         return t, y
     starts = np.linspace(0, t.size, max_points, endpoint=False).astype(int)
     w = _durations(t)
-    return t[starts], np.add.reduceat(y * w, starts) / np.add.reduceat(w, starts)
+    total = np.add.reduceat(w, starts)
+    plain = np.add.reduceat(y, starts) / np.diff(np.append(starts, t.size))  # buckets of no time: their mean
+    return t[starts], np.where(total > 0, np.add.reduceat(y * w, starts) / np.where(total > 0, total, 1.0), plain)
 
 
 def _plot_series(ax: Axes, results: list[dict], key: str, transform: Callable[[dict, np.ndarray], np.ndarray | None],
