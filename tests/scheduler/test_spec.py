@@ -33,6 +33,17 @@ def test_a_full_spec_is_accepted() -> None:
     ({"command": []}, "command", "non-empty"),
     ({"trainer": {"kind": "mlp"}}, "command", "exactly one of"),
     ({"gpus": 8}, "gpus", "unknown field"),
+    # JSON's NaN/Infinity and YAML's .nan were accepted, then stored as null: the job had no spec and failed
+    ({"cpu_per_worker": float("nan")}, "cpu_per_worker", "must be a finite number, got nan"),
+    ({"max_runtime_s": float("nan")}, "max_runtime_s", "must be a finite number"),  # was: no limit at all
+    ({"throughput": {"h100": float("inf")}}, "throughput.h100", "must be a finite number, got inf"),
+    ({"command": None, "trainer": {"kind": "mlp", "lr": float("nan")}}, "trainer.lr", "finite"),
+    ({"cpu_per_worker": 1e308}, "cpu_per_worker", "at most 4096 cores"),  # was: pending for ever
+    ({"memory_gib_per_worker": 1e300}, "memory_gib_per_worker", "at most"),
+    # accepted, then the job failed at start: no process takes these
+    ({"command": ["echo", "a\x00b"]}, "command[1]", "NUL character"),
+    ({"env": {"A=B": "1"}}, "env.A=B", "not an environment variable name"),
+    ({"env": {"A": "x\x00y"}}, "env.A", "NUL character"),
 ])
 def test_bad_fields_are_named(change: dict, field: str, reason: str) -> None:
     with pytest.raises(SpecError) as info:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -74,10 +75,33 @@ def check_tenant(tenant: str, field: str = "tenant") -> None:
         raise SpecError(field, "lowercase letters, digits, '.', '_' or '-', 1 to 64 characters")
 
 
+_ENV_NAME = re.compile(r"^[^=\x00]{1,256}$")
+MAX_CPU_PER_WORKER = 4096.0
+MAX_MEMORY_GIB_PER_WORKER = 1 << 20
+
+
+def _check_values(value: Any, path: str) -> None:
+    """Values JSON or YAML can carry but a job cannot use: NaN and infinities (stored as null, they turned the spec
+    into nothing; as a limit, NaN meant none) and NUL characters (no process can be started with them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SpecError(path or "spec", f"must be a finite number, got {value!r}")
+    if isinstance(value, str) and "\x00" in value:
+        raise SpecError(path or "spec", "must not contain a NUL character")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                raise SpecError(path or "spec", "a key must not contain a NUL character")
+            _check_values(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_values(item, f"{path}[{i}]")
+
+
 def validate_spec(raw: Any) -> JobSpec:
     """A :class:`JobSpec` from decoded JSON/YAML, or :class:`SpecError` naming the first bad field."""
     if not isinstance(raw, dict):
         raise SpecError("spec", f"expected a mapping, got {type(raw).__name__}")
+    _check_values(raw, "")
     try:
         spec = msgspec.convert(raw, JobSpec)
     except msgspec.ValidationError as exc:
@@ -108,10 +132,13 @@ def validate_spec(raw: Any) -> JobSpec:
             raise SpecError(f"throughput.{kind}", "names a device kind not in device_types")
     if spec.max_devices_per_node is not None and spec.max_devices_per_node < 1:
         raise SpecError("max_devices_per_node", "must be at least 1")
-    if spec.cpu_per_worker <= 0:
-        raise SpecError("cpu_per_worker", "must be positive")
-    if spec.memory_gib_per_worker <= 0:
-        raise SpecError("memory_gib_per_worker", "must be positive")
+    if not 0 < spec.cpu_per_worker <= MAX_CPU_PER_WORKER:
+        raise SpecError("cpu_per_worker", f"must be positive, at most {MAX_CPU_PER_WORKER:g} cores")
+    if not 0 < spec.memory_gib_per_worker <= MAX_MEMORY_GIB_PER_WORKER:
+        raise SpecError("memory_gib_per_worker", f"must be positive, at most {MAX_MEMORY_GIB_PER_WORKER:,} GiB")
+    for key in spec.env:
+        if not _ENV_NAME.match(key):
+            raise SpecError(f"env.{key[:64]}", "not an environment variable name (1 to 256 characters, no '=')")
     for field in ("max_runtime_s", "runtime_estimate_s", "checkpoint_interval_s"):
         value = getattr(spec, field)
         if value is not None and value <= 0:
