@@ -80,11 +80,24 @@ def test_submit_why_cancel(aios_env: dict[str, str], tmp_path: Path) -> None:
         ok = aios("job", json.loads(quick_id.stdout)["job"], "--wait", "--json")
         assert ok.returncode == 0 and json.loads(ok.stdout)["status"] == "succeeded"
 
+        # an idempotency key is the tenant's own, and a retry gets the first job (beta's job was dropped as a
+        # duplicate of alpha's; a retry with another spec was dropped too)
+        mine, theirs = tmp_path / "mine.json", tmp_path / "theirs.json"
+        mine.write_text(json.dumps({"name": "keyed", "tenant": "alpha", "devices": 0, "command": ["true"]}))
+        theirs.write_text(json.dumps({"name": "keyed", "tenant": "beta", "devices": 0, "command": ["true"]}))
+        made = [json.loads(aios("submit", str(f), "--idempotency-key", "k1", "--json").stdout)
+                for f in (mine, theirs, mine)]
+        assert [m["duplicate"] for m in made] == [False, False, True] and made[2]["job"] == made[0]["job"]
+        assert made[1]["job"] != made[0]["job"]
+        mine.write_text(json.dumps({"name": "keyed", "tenant": "alpha", "devices": 0, "command": ["false"]}))
+        reused = aios("submit", str(mine), "--idempotency-key", "k1")
+        assert reused.returncode == 2 and "already used for job " + made[0]["job"] in reused.stderr, reused.stderr
+
         top = aios("top", "--json")
         assert top.returncode == 0, top.stderr
         snap = json.loads(top.stdout)
         assert [n["node"] for n in snap["nodes"]] == ["sim-1"] and len(snap["nodes"][0]["devices"]) == 2
-        assert snap["jobs"]["cancelled"] == 1 and snap["jobs"]["succeeded"] == 1
+        assert snap["jobs"]["cancelled"] == 1 and snap["jobs"]["succeeded"] >= 1
         assert any(d["utilization_gpu"] is not None for d in snap["nodes"][0]["devices"])  # agents' telemetry
         frame = aios("top", "--once")
         assert frame.returncode == 0 and "sim-1" in frame.stdout and "nlp" in frame.stdout

@@ -22,10 +22,10 @@ ALICE, BOB, ADMIN = "alice-token-0123456789", "bob-token-0123456789ab", "admin-t
 
 
 def call(base: str, method: str, path: str, token: str | None = None, body: Any = None,
-         raw: bytes | None = None) -> tuple[int, Any]:
+         raw: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     req = urllib.request.Request(base + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json",
+                                 headers={"Content-Type": "application/json", **(headers or {}),
                                           **({"Authorization": f"Bearer {token}"} if token else {})})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
@@ -104,6 +104,23 @@ def test_tokens_and_tenants(gateway: tuple[str, LocalCluster]) -> None:
     assert call(url, "POST", f"/api/v1/jobs/{job}/cancel", ALICE)[0] == 202
 
 
+def test_a_retry_with_an_idempotency_key_gets_the_first_job(gateway: tuple[str, LocalCluster]) -> None:
+    """A retry got a new job id that did not exist (404), and the same key with another spec dropped that job
+    silently; keys are each tenant's own."""
+    url, _ = gateway
+    spec = {"name": "once", "devices": 1, "command": [sys.executable, "-c", "pass"]}
+    key = {"Idempotency-Key": "retry-1"}
+    status, first = call(url, "POST", "/api/v1/jobs", ALICE, spec, headers=key)
+    assert status == 201 and not first["duplicate"], first
+    status, again = call(url, "POST", "/api/v1/jobs", ALICE, spec, headers=key)
+    assert status == 201 and again["duplicate"] and again["job"] == first["job"], again
+    assert call(url, "GET", f"/api/v1/jobs/{again['job']}", ALICE)[0] == 200
+    status, err = call(url, "POST", "/api/v1/jobs", ALICE, {**spec, "devices": 2}, headers=key)
+    assert status == 409 and "Idempotency-Key" in err["error"] and first["job"] in err["error"], err
+    status, bobs = call(url, "POST", "/api/v1/jobs", BOB, spec, headers=key)
+    assert status == 201 and not bobs["duplicate"] and bobs["job"] != first["job"], bobs
+
+
 @pytest.mark.parametrize("body, status, message", [
     ({"name": "x", "devices": -1, "command": ["true"]}, 422, "devices"),
     ({"name": "x", "devices": "two", "command": ["true"]}, 422, "devices"),
@@ -112,6 +129,7 @@ def test_tokens_and_tenants(gateway: tuple[str, LocalCluster]) -> None:
     ({"name": "Bad Name", "command": ["true"]}, 422, "name"),
     ({"name": "x", "command": ["true"], "colour": "blue"}, 422, "colour"),
     ([1, 2], 400, "body: a JSON object"),
+    ({"name": "x", "command": ["true"], "cpu_per_worker": float("nan")}, 422, "cpu_per_worker: must be a finite"),
 ])
 def test_bad_submissions_name_the_field(gateway: tuple[str, LocalCluster], body: Any, status: int,
                                         message: str) -> None:

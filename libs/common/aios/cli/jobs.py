@@ -14,10 +14,10 @@ from aios.cli.output import table_console
 from aios.common import tracing
 from aios.common.config import load_settings
 from aios.common.errors import AiosError, ConfigError, NotFound
-from aios.common.events import JobCancelRequested, JobSubmitted
+from aios.common.events import JobCancelRequested
 from aios.common.store import open_log
-from aios.common.wire import new_token
-from aios.scheduler.spec import SpecError, spec_to_dict, validate_spec
+from aios.scheduler import submission
+from aios.scheduler.spec import SpecError, validate_spec
 
 
 def load_spec_file(path: str) -> dict[str, Any]:
@@ -46,19 +46,17 @@ async def submit(path: str, idempotency_key: str | None, as_json: bool) -> int:
         spec = validate_spec(raw)
     except SpecError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    job_id = f"{spec.name}-{new_token()[:6]}"
+    job_id = submission.new_job_id(spec)
     store = await _store()
     try:
         with tracing.job_span(f"submit {spec.name}", job_id, None, **{"aios.tenant": spec.tenant}):  # the job's root
-            result = await store.append(f"job.{job_id}", JobSubmitted(aggregate_id=job_id, tenant=spec.tenant,
-                                                                      name=spec.name, spec=spec_to_dict(spec)),
-                                        expected_version=0, idempotency_key=idempotency_key or f"submit-{job_id}")
+            result = await submission.submit(store, spec, idempotency_key, job_id)
     finally:
         await store.close()
     if as_json:
-        print(json.dumps({"job": job_id, "seq": result.seq, "duplicate": result.duplicate}))
+        print(json.dumps({"job": result.job, "seq": result.seq, "duplicate": result.duplicate}))
     else:
-        print(f"submitted {job_id}" + (" (already submitted)" if result.duplicate else ""))
+        print(f"submitted {result.job}" + (" (already submitted)" if result.duplicate else ""))
     return 0
 
 

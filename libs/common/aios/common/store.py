@@ -323,6 +323,19 @@ class EventStore:
         await self._consume(subject, 0, version, collect)
         return AggregateHistory(aggregate, events, version)
 
+    async def commit_at(self, seq: int) -> Commit | None:
+        """The commit stored at ``seq`` (None if there is none, or it is not an aggregate's): what a duplicate
+        append's acknowledgement points at, the original of a retried command."""
+        try:
+            msg = await self.js.get_msg(self.stream, seq)
+        except nats.js.errors.NotFoundError:
+            return None
+        subject = msg.subject or ""
+        if not subject.startswith(f"{self.prefix}."):
+            return None
+        aggregate = subject[len(self.prefix) + 1:]
+        return Commit(seq, aggregate, _decode_at(decoder(), msg.data or b"", seq, subject, aggregate))
+
     async def read_job(self, job_id: str) -> list[Event]:
         """A job's whole story: its decisions (``job.<id>``) and its nodes' reports (``run.<id>``), by time; events
         that do not belong where they are stored are left out (and logged)."""

@@ -16,9 +16,9 @@ from aiohttp import web
 
 from aios.common import tracing
 from aios.common.errors import AiosError
-from aios.common.events import JobCancelRequested, JobSubmitted, TenantQuotaSet
-from aios.common.wire import new_token
+from aios.common.events import JobCancelRequested, TenantQuotaSet
 from aios.gateway.auth import Caller, Forbidden, Unauthorized, authenticate
+from aios.scheduler import submission
 from aios.scheduler.spec import SpecError, spec_to_dict, validate_spec
 from aios.scheduler.state import JobState, job_summary
 
@@ -112,15 +112,15 @@ class Api:
             spec = validate_spec(raw)
         except SpecError as exc:
             raise HttpError(422, str(exc)) from None
-        job_id = f"{spec.name}-{new_token()[:6]}"
+        job_id = submission.new_job_id(spec)
         with tracing.job_span(f"submit {spec.name}", job_id, None, **{"aios.tenant": spec.tenant,
                                                                        "aios.via": via}):  # the job's trace root
-            result = await self.backend.store.append(
-                f"job.{job_id}", JobSubmitted(aggregate_id=job_id, tenant=spec.tenant, name=spec.name,
-                                              spec=spec_to_dict(spec)),
-                expected_version=0, idempotency_key=f"{via}-{spec.tenant}-{key}" if key else f"submit-{job_id}")
+            try:
+                result = await submission.submit(self.backend.store, spec, key, job_id)
+            except submission.KeyReused as exc:
+                raise HttpError(409, f"Idempotency-Key: {exc}") from None
         await self.backend.caught_up(result.seq)
-        return {"job": job_id, "duplicate": result.duplicate, "seq": result.seq}
+        return {"job": result.job, "duplicate": result.duplicate, "seq": result.seq}
 
     def jobs_of(self, caller: Caller, status: str | None) -> list[dict[str, Any]]:
         return [job_summary(j) for j in sorted(self.backend.jobs().values(), key=lambda j: j.arrival)

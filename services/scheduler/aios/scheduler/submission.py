@@ -1,0 +1,55 @@
+"""Appending a job submission to the log: one path for the HTTP API, the NATS tenant API and the CLI.
+
+A submission may carry an idempotency key, so that a client that lost the reply can send it again. The key is the
+tenant's (two tenants may pick the same one) and the same whichever way the job comes in. A retry gets the job the
+first submission created, not a new id; the same key with a different spec is refused, not silently dropped.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from aios.common.errors import ConfigError
+from aios.common.events import JobSubmitted
+from aios.common.wire import new_token
+from aios.scheduler.spec import JobSpec, spec_to_dict
+
+
+class KeyReused(ConfigError):
+    """The idempotency key was used before for a different job spec (a mistake of the caller: HTTP 409, exit 2)."""
+
+
+class Submission(msgspec.Struct, frozen=True):
+    job: str
+    seq: int
+    duplicate: bool = False
+
+
+def dedup_key(tenant: str, key: str) -> str:
+    return f"submit-{tenant}-{key}"
+
+
+def new_job_id(spec: JobSpec) -> str:
+    return f"{spec.name}-{new_token()[:6]}"
+
+
+async def submit(store, spec: JobSpec, key: str | None = None,  # type: ignore[no-untyped-def]
+                 job_id: str | None = None) -> Submission:
+    """Append ``JobSubmitted`` for a new job (``job_id``, default :func:`new_job_id`); with ``key``, a retry returns
+    the job the first submission created."""
+    job_id = job_id or new_job_id(spec)
+    body = spec_to_dict(spec)
+    result = await store.append(f"job.{job_id}", JobSubmitted(aggregate_id=job_id, tenant=spec.tenant,
+                                                              name=spec.name, spec=body),
+                                expected_version=0,
+                                idempotency_key=dedup_key(spec.tenant, key) if key else f"submit-{job_id}")
+    if not result.duplicate:
+        return Submission(job_id, result.seq)
+    original = await store.commit_at(result.seq)
+    first = next((ev for ev in (original.events if original else []) if isinstance(ev, JobSubmitted)), None)
+    if first is None:  # the key's commit is gone (retention): nothing to compare with, nothing stored now
+        raise KeyReused(f"idempotency key {key!r}: used before, and its job is no longer in the log; use a new key")
+    if first.spec != body:
+        raise KeyReused(f"idempotency key {key!r}: already used for job {first.aggregate_id} with another spec; "
+                        "a retry must send the same spec (or use a new key for a new job)")
+    return Submission(first.aggregate_id, result.seq, duplicate=True)
