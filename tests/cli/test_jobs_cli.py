@@ -119,9 +119,13 @@ def test_commands_pointed_at_a_dead_server_fail_at_once(aios_env: dict[str, str]
         assert out.returncode != 0 and f"cannot reach NATS at {url}: " in out.stderr, (args, out.stderr[-300:])
         assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) == 1, (args, out.stderr[-300:])
     # a quota for a tenant no job can belong to is refused before any connection
-    out = subprocess.run([sys.executable, "-m", "aios.cli.main", "quota", "NLP", "--nominal", "h100=1"],
-                         env={**aios_env, "AIOS_NATS_URL": url}, capture_output=True, text=True, timeout=30)
-    assert out.returncode == 2 and "tenant 'NLP': lowercase letters" in out.stderr, out.stderr[-300:]
+    for args, message in ((["NLP", "--nominal", "h100=1"], "tenant 'NLP': lowercase letters"),
+                          (["t", "--nominal", "h100=²"], "--nominal: 'h100=²' is not KIND=N"),  # was a traceback
+                          (["t", "--nominal", "h1 00=1"], "--nominal h1 00: not a device kind"),
+                          (["t", "--nominal", "h100=1", "--cohort", "../x y*"], "--cohort: lowercase letters")):
+        out = subprocess.run([sys.executable, "-m", "aios.cli.main", "quota", *args],
+                             env={**aios_env, "AIOS_NATS_URL": url}, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 2 and message in out.stderr, (args, out.stderr[-300:])
 
 
 def test_a_command_waits_for_a_starting_cluster_to_create_its_log(aios_env: dict[str, str],

@@ -104,6 +104,22 @@ def test_tokens_and_tenants(gateway: tuple[str, LocalCluster]) -> None:
     assert call(url, "POST", f"/api/v1/jobs/{job}/cancel", ALICE)[0] == 202
 
 
+@pytest.mark.parametrize("tenant, body, status, message", [
+    ("a%20b", {"nominal": {"a100": 1}}, 400, "tenant: lowercase letters"),  # was a 500 (no subject token)
+    ("%2A", {"nominal": {"a100": 1}}, 400, "tenant: lowercase letters"),
+    ("NLP", {"nominal": {"a100": 1}}, 400, "tenant: lowercase letters"),  # would hold no job: job tenants are lower
+    ("nlp", {"nominal": {"A100": 1}}, 422, "nominal.A100: not a device kind"),
+    ("nlp", {"nominal": {"a100": 1}, "nominall": {}}, 422, "nominall: unknown field"),
+    ("nlp", {"nominal": {"a100": 10 ** 23}}, 422, "nominal.a100: expected a whole number from 0 to 1,000,000"),
+    ("nlp", {"cohort": "../x y*"}, 422, "cohort: lowercase letters"),
+])
+def test_bad_quotas_name_the_field(gateway: tuple[str, LocalCluster], tenant: str, body: Any, status: int,
+                                   message: str) -> None:
+    url, _ = gateway
+    got, reply = call(url, "PUT", f"/api/v1/tenants/{tenant}/quota", ADMIN, body)
+    assert got == status and message in reply["error"], reply
+
+
 def test_a_retry_with_an_idempotency_key_gets_the_first_job(gateway: tuple[str, LocalCluster]) -> None:
     """A retry got a new job id that did not exist (404), and the same key with another spec dropped that job
     silently; keys are each tenant's own."""

@@ -66,14 +66,15 @@ def test_comments_blank_lines_and_defaults(tmp_path: Path) -> None:
     ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "wrok": 3}', "field 'wrok': unknown field"),
     ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "any_kind": "yes"}', "field 'any_kind': expected true"),
     ('[1, 2]', "expected a JSON object"),
-    ('{"quota": {"tenant": "nlp", "nominal": {"h100": -1}}}', "field 'quota.nominal': expected an object of GPU"),
+    ('{"quota": {"tenant": "nlp", "nominal": {"h100": -1}}}', "field 'quota.nominal.h100': expected a whole number"),
     ('{"quota": {"tenant": "nlp", "lending_limit": [1]}}', "field 'quota.lending_limit': expected an object"),
     ('{"quota": {"nominal": {"h100": 1}}}', "field 'quota.tenant': required"),
     ('{"quota": {"tenant": "nlp", "nomnial": {}}}', "field 'quota.nomnial': unknown field"),
     ('{"quota": {"tenant": "nlp"}, "work": 3}', "field 'work': a quota line holds only the field 'quota'"),
     ('{"quota": {"tenant": "vision"}}', "field 'quota.tenant': 'vision' has its quota on line 1 already"),
-    ('{"quota": {"tenant": "NLP"}}', "field 'quota.tenant': 'NLP': lowercase letters"),
-    ('{"quota": {"tenant": "nlp", "nominal": {"H100": 1}}}', "field 'quota.nominal': expected an object of GPU kind"),
+    ('{"quota": {"tenant": "NLP"}}', "field 'quota.tenant': lowercase letters"),
+    ('{"quota": {"tenant": "nlp", "nominal": {"H100": 1}}}', "field 'quota.nominal.H100': not a device kind"),
+    ('{"quota": {"tenant": "nlp", "cohort": "../x y*"}}', "field 'quota.cohort': lowercase letters"),
 ])
 def test_bad_input_names_file_line_and_field(tmp_path: Path, line: str, field: str) -> None:
     path = tmp_path / "jobs.jsonl"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import nats.errors
@@ -86,28 +87,29 @@ def parse_counts(option: str, text: str | None) -> dict[str, int] | None:
     out: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         kind, sep, count = part.partition("=")
-        if not sep or not kind or not count.isdigit():
+        if not sep or not kind or not re.fullmatch(r"[0-9]{1,9}", count.strip()):  # ASCII digits ('²' passed isdigit)
             raise ConfigError(f"{option}: {part!r} is not KIND=N with N a whole number (e.g. h100=8)")
         out[kind.strip().lower()] = int(count)
     return out
 
 
 async def set_quota(tenant: str, cohort: str, nominal: str, borrowing: str | None, lending: str | None) -> int:
-    from aios.common.events import TenantQuotaSet
     from aios.common.store import open_log
+    from aios.scheduler.spec import SpecError, validate_quota
 
-    from aios.scheduler.spec import SpecError, check_tenant
-
-    try:
-        check_tenant(tenant)  # the name its jobs carry: a quota for "NLP" would hold no job of "nlp"
+    options = {"cohort": "--cohort", "nominal": "--nominal", "borrowing_limit": "--borrowing-limit",
+               "lending_limit": "--lending-limit"}
+    try:  # the rules of the HTTP API: a quota for "NLP" or of kind "h1 00" would hold no job
+        event = validate_quota(tenant, {"cohort": cohort, "nominal": parse_counts("--nominal", nominal) or {},
+                                        "borrowing_limit": parse_counts("--borrowing-limit", borrowing),
+                                        "lending_limit": parse_counts("--lending-limit", lending)})
     except SpecError as exc:
-        raise ConfigError(f"tenant {tenant!r}: {exc.reason}") from None
+        field, _, rest = exc.field.partition(".")
+        where = f"tenant {tenant!r}" if field == "tenant" else options.get(field, field) + (f" {rest}" if rest else "")
+        raise ConfigError(f"{where}: {exc.reason}") from None
     servers = load_settings().servers
     if not servers:
         raise ConfigError("AIOS_NATS_URL is not set: point it at the cluster (`aios up` prints the export line)")
-    event = TenantQuotaSet(aggregate_id=tenant, cohort=cohort, nominal=parse_counts("--nominal", nominal) or {},
-                           borrowing_limit=parse_counts("--borrowing-limit", borrowing),
-                           lending_limit=parse_counts("--lending-limit", lending))
     store = await open_log(servers, name="aios-cli", append_deadline=5.0, wait_for_log_s=10.0)
     try:
         result = await store.append(f"tenant.{tenant}", event)

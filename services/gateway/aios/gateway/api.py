@@ -16,10 +16,10 @@ from aiohttp import web
 
 from aios.common import tracing
 from aios.common.errors import AiosError
-from aios.common.events import JobCancelRequested, TenantQuotaSet
+from aios.common.events import JobCancelRequested
 from aios.gateway.auth import Caller, Forbidden, Unauthorized, authenticate
 from aios.scheduler import submission
-from aios.scheduler.spec import SpecError, spec_to_dict, validate_spec
+from aios.scheduler.spec import SpecError, spec_to_dict, validate_quota, validate_spec
 from aios.scheduler.state import JobState, job_summary
 
 Handler = Callable[["Api", web.Request, Caller], Awaitable[web.StreamResponse]]
@@ -193,20 +193,10 @@ class Api:
         body = await self._json(request)
         if not isinstance(body, dict):
             raise HttpError(400, "body: a JSON object is expected")
-
-        def counts(field: str, required: bool = False) -> dict[str, int] | None:
-            value = body.get(field)
-            if value is None and not required:
-                return None
-            if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, int) and
-                                                      not isinstance(v, bool) and v >= 0 for k, v in value.items()):
-                raise HttpError(400, f"{field}: an object of device kind -> count (integers >= 0) is expected")
-            return value
-        cohort = body.get("cohort", "")
-        if not isinstance(cohort, str):
-            raise HttpError(400, "cohort: a string is expected")
-        event = TenantQuotaSet(aggregate_id=tenant, cohort=cohort, nominal=counts("nominal", True) or {},
-                               borrowing_limit=counts("borrowing_limit"), lending_limit=counts("lending_limit"))
+        try:
+            event = validate_quota(tenant, body)
+        except SpecError as exc:  # a tenant name that is no subject token was a 500
+            raise HttpError(422 if exc.field != "tenant" else 400, str(exc)) from None
         result = await self.backend.store.append(f"tenant.{tenant}", event)
         return web.json_response({"tenant": tenant, "seq": result.seq})
 

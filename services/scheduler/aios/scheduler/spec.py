@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 
 from aios.common.errors import AiosError
+from aios.common.events import TenantQuotaSet
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")
 _KIND = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
@@ -162,6 +163,54 @@ def validate_spec(raw: Any) -> JobSpec:
             field, _, why = str(exc).partition(": ")
             raise SpecError(field, why) from None
     return spec
+
+
+def is_name(text: Any) -> bool:
+    """A job, tenant or cohort name: lowercase letters, digits, '.', '_' or '-', 1 to 64, alphanumeric ends."""
+    return isinstance(text, str) and bool(_NAME.match(text))
+
+
+def is_device_kind(text: Any) -> bool:
+    """A device kind as the device agents name them (``h100``, ``rtx-4090``)."""
+    return isinstance(text, str) and bool(_KIND.match(text))
+
+
+QUOTA_FIELDS = ("cohort", "nominal", "borrowing_limit", "lending_limit")
+MAX_QUOTA = 1_000_000
+
+
+def validate_quota(tenant: Any, raw: Any) -> TenantQuotaSet:
+    """A tenant's quota from decoded JSON (the HTTP API, the CLI, a simulator workload), or :class:`SpecError` naming
+    the field: the same rules everywhere, so that no path stores a quota another refuses, or one that can hold no
+    job (a tenant in capitals, a kind no device has)."""
+    if not isinstance(tenant, str):
+        raise SpecError("tenant", f"expected a string, got {tenant!r}")
+    check_tenant(tenant)
+    if not isinstance(raw, dict):
+        raise SpecError("quota", f"expected an object with {', '.join(QUOTA_FIELDS)}")
+    for key in raw:
+        if key not in QUOTA_FIELDS:
+            raise SpecError(str(key)[:64], f"unknown field (known: {', '.join(QUOTA_FIELDS)})")
+    cohort = raw.get("cohort") or ""
+    if not isinstance(cohort, str) or (cohort and not is_name(cohort)):
+        raise SpecError("cohort", "lowercase letters, digits, '.', '_' or '-', 1 to 64 characters (or empty: none)")
+
+    def counts(field: str, limit: bool) -> dict[str, int] | None:
+        value = raw.get(field)
+        if value is None:
+            return None if limit else {}
+        if not isinstance(value, dict):
+            raise SpecError(field, "expected an object of device kind -> count" + (" (or null: no limit)" if limit
+                                                                                  else ""))
+        for kind, n in value.items():
+            if not is_device_kind(kind):
+                raise SpecError(f"{field}.{str(kind)[:32]}", "not a device kind (lowercase, e.g. h100, a100)")
+            if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_QUOTA:
+                raise SpecError(f"{field}.{kind}", f"expected a whole number from 0 to {MAX_QUOTA:,}, got {n!r}")
+        return dict(value)
+
+    return TenantQuotaSet(aggregate_id=tenant, cohort=cohort, nominal=counts("nominal", False) or {},
+                          borrowing_limit=counts("borrowing_limit", True), lending_limit=counts("lending_limit", True))
 
 
 def spec_to_dict(spec: JobSpec) -> dict[str, Any]:

@@ -33,6 +33,7 @@ Unknown fields are rejected so that a misspelt field is an error, not a silently
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -49,14 +50,12 @@ from aios.common.events import (
     JobSubmitted, JobSucceeded, NodeRegistered, TenantQuotaSet,
 )
 from aios.scheduler.sim.traces import MAX_GPUS, TraceJob, read_text
-from aios.scheduler.spec import SpecError, check_tenant
+from aios.scheduler.spec import MAX_QUOTA, QUOTA_FIELDS, SpecError, is_device_kind, is_name, validate_quota
 
 FIELDS = ("name", "arrival_s", "tenant", "devices", "job_type", "priority", "work", "rates", "any_kind")
-QUOTA_FIELDS = ("tenant", "cohort", "nominal", "borrowing_limit", "lending_limit")
 HEADER = "# AIOS native workload: one JSON job per line (see aios.scheduler.sim.native)"
 RUN_READS_MAX = 50
 """Jobs cut short beyond which the export reads all run reports at once instead of one job's at a time."""
-_KIND = re.compile(r"[a-z0-9-]+")
 _SUFFIX = re.compile(r"(?:[-_.]\d+)+$")
 
 
@@ -125,35 +124,16 @@ def _job_from_obj(obj: dict[str, Any]) -> TraceJob:
                     tenant=_text(obj, "tenant", "trace"), name=name, any_kind=any_kind)
 
 
-def _counts(obj: dict[str, Any], name: str, limit: bool) -> dict[str, int] | None:
-    value = obj.get(name)
-    if value is None:
-        return None if limit else {}
-    ok = isinstance(value, dict) and all(isinstance(k, str) and _KIND.fullmatch(k) and isinstance(v, int)
-                                         and not isinstance(v, bool) and v >= 0 for k, v in value.items())
-    if not ok:
-        raise _Bad(f"quota.{name}", "expected an object of GPU kind (lowercase, as in --cluster) -> whole number "
-                   ">= 0" + (" (or null: no limit)" if limit else "") + f", got {value!r}")
-    return dict(value)
-
-
 def _quota_from_obj(obj: Any) -> TenantQuotaSet:
     if not isinstance(obj, dict):
-        raise _Bad("quota", f"expected an object with {', '.join(QUOTA_FIELDS)}, got {obj!r}")
-    for key in obj:
-        if key not in QUOTA_FIELDS:
-            raise _Bad(f"quota.{key}", f"unknown field (expected one of {', '.join(QUOTA_FIELDS)})")
-    tenant = obj.get("tenant")
-    if not isinstance(tenant, str) or not tenant:
-        raise _Bad("quota.tenant", f"required: the tenant's name, got {tenant!r}")
-    try:
-        check_tenant(tenant)  # as a job's tenant is checked: a quota for "NLP" would hold no job of "nlp"
+        raise _Bad("quota", f"expected an object with tenant, {', '.join(QUOTA_FIELDS)}, got {obj!r}")
+    rest = {k: v for k, v in obj.items() if k != "tenant"}
+    if "tenant" not in obj:
+        raise _Bad("quota.tenant", "required: the tenant's name")
+    try:  # the rules of `aios quota` and the HTTP API
+        return msgspec.structs.replace(validate_quota(obj["tenant"], rest), ts=0.0)
     except SpecError as exc:
-        raise _Bad("quota.tenant", f"{tenant!r}: {exc.reason}") from None
-    return TenantQuotaSet(aggregate_id=tenant, cohort=_text(obj, "cohort", ""), ts=0.0,
-                          nominal=_counts(obj, "nominal", False) or {},
-                          borrowing_limit=_counts(obj, "borrowing_limit", True),
-                          lending_limit=_counts(obj, "lending_limit", True))
+        raise _Bad(f"quota.{exc.field}", exc.reason) from None
 
 
 def _quota_to_obj(quota: TenantQuotaSet) -> dict[str, Any]:
@@ -432,19 +412,20 @@ def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
 
 
 def _replayable_quota(quota: TenantQuotaSet) -> TenantQuotaSet | None:
-    """The quota as the native format can hold it, holding back the same jobs: live, a quota may name a tenant no
-    job can have (``NLP``: job tenants are lowercase) or a kind no device has (``H100``: kinds are lowercase slugs);
-    those hold nothing there, and here they are left out."""
-    try:
-        check_tenant(quota.aggregate_id)
-    except SpecError:
+    """The quota as the native format can hold it, holding back the same jobs: logs written before quotas were
+    checked may name a tenant no job can have (``NLP``: job tenants are lowercase) or a kind no device has
+    (``H100``): those hold nothing live, and are left out here; a cohort name the checks refuse still groups the
+    same tenants under a name they accept."""
+    if not is_name(quota.aggregate_id):
         return None
 
     def kinds(counts: dict[str, int] | None) -> dict[str, int] | None:
-        return None if counts is None else {k: v for k, v in counts.items() if isinstance(k, str)
-                                            and _KIND.fullmatch(k) and isinstance(v, int) and v >= 0}
+        return None if counts is None else {k: min(v, MAX_QUOTA) for k, v in counts.items() if is_device_kind(k)
+                                            and isinstance(v, int) and not isinstance(v, bool) and v >= 0}
 
-    return msgspec.structs.replace(quota, ts=0.0, nominal=kinds(quota.nominal) or {},
+    cohort = quota.cohort if not quota.cohort or is_name(quota.cohort) else \
+        f"cohort-{hashlib.sha256(quota.cohort.encode()).hexdigest()[:12]}"
+    return msgspec.structs.replace(quota, ts=0.0, cohort=cohort, nominal=kinds(quota.nominal) or {},
                                    borrowing_limit=kinds(quota.borrowing_limit),
                                    lending_limit=kinds(quota.lending_limit))
 
