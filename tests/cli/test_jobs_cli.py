@@ -126,6 +126,16 @@ def test_commands_pointed_at_a_dead_server_fail_at_once(aios_env: dict[str, str]
         out = subprocess.run([sys.executable, "-m", "aios.cli.main", "quota", *args],
                              env={**aios_env, "AIOS_NATS_URL": url}, capture_output=True, text=True, timeout=30)
         assert out.returncode == 2 and message in out.stderr, (args, out.stderr[-300:])
+    # these were tracebacks
+    latin = Path(aios_env["AIOS_DATA_DIR"]) / "latin1.yaml"
+    latin.parent.mkdir(parents=True, exist_ok=True)
+    latin.write_bytes(b"name: caf\xe9\n")
+    for args, message in ((["submit", str(latin)], "not UTF-8 text"),
+                          (["models", "alias", "digits", "prod", "1", "--expect", "abc"], "--expect: a version number"),
+                          (["models", "eval", "m", "--trainer", "{bad"], "--trainer: not JSON")):
+        out = subprocess.run([sys.executable, "-m", "aios.cli.main", *args], env={**aios_env, "AIOS_NATS_URL": url},
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr[-300:]
 
 
 def test_a_command_waits_for_a_starting_cluster_to_create_its_log(aios_env: dict[str, str],

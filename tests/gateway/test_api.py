@@ -120,6 +120,17 @@ def test_bad_quotas_name_the_field(gateway: tuple[str, LocalCluster], tenant: st
     assert got == status and message in reply["error"], reply
 
 
+def test_a_bad_worker_name_is_refused_before_the_log_stream_begins(gateway: tuple[str, LocalCluster]) -> None:
+    """`?worker=a%20b` began a 200 reply and broke it half-way (an invalid subject), with a traceback in the log."""
+    url, _ = gateway
+    spec = {"name": "quiet", "devices": 0, "command": [sys.executable, "-c", "pass"]}
+    job = call(url, "POST", "/api/v1/jobs", ALICE, spec)[1]["job"]
+    for worker in ("a%20b", "%3E", "a.b"):
+        got, reply = call(url, "GET", f"/api/v1/jobs/{job}/logs?worker={worker}", ALICE)
+        assert got == 400 and reply["error"].startswith("worker "), (worker, reply)
+    assert call(url, "GET", f"/api/v1/jobs/{job}/logs?worker=rank0-a1", ALICE)[0] == 200
+
+
 def test_a_retry_with_an_idempotency_key_gets_the_first_job(gateway: tuple[str, LocalCluster]) -> None:
     """A retry got a new job id that did not exist (404), and the same key with another spec dropped that job
     silently; keys are each tenant's own."""
@@ -146,6 +157,7 @@ def test_a_retry_with_an_idempotency_key_gets_the_first_job(gateway: tuple[str, 
     ({"name": "x", "command": ["true"], "colour": "blue"}, 422, "colour"),
     ([1, 2], 400, "body: a JSON object"),
     ({"name": "x", "command": ["true"], "cpu_per_worker": float("nan")}, 422, "cpu_per_worker: must be a finite"),
+    ({"name": "x", "command": ["true"], "env": {"BIG": "x" * (1536 << 10)}}, 422, "more than the 262,144"),  # 500
 ])
 def test_bad_submissions_name_the_field(gateway: tuple[str, LocalCluster], body: Any, status: int,
                                         message: str) -> None:
@@ -154,6 +166,8 @@ def test_bad_submissions_name_the_field(gateway: tuple[str, LocalCluster], body:
     assert got == status and message in reply["error"], reply
     got, reply = call(url, "POST", "/api/v1/jobs", ALICE, raw=b"{not json")
     assert got == 400 and reply["error"].startswith("body: not JSON")
+    got, reply = call(url, "POST", "/api/v1/jobs", ALICE, raw=b"[" * 100_000)  # was a 500 (RecursionError)
+    assert got == 400 and reply["error"] == "body: nested too deeply"
 
 
 def test_a_job_through_http_with_its_timeline_logs_and_the_cluster(gateway: tuple[str, LocalCluster]) -> None:

@@ -22,9 +22,11 @@ from aios.scheduler.spec import SpecError, validate_spec
 
 def load_spec_file(path: str) -> dict[str, Any]:
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:  # was a traceback
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): a job spec is YAML or JSON") from None
     try:
         data = yaml.safe_load(text)  # JSON is YAML too
     except yaml.YAMLError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,8 @@ from rich.table import Table
 from aios.cli.inspect import ask
 from aios.cli.jobs import _store
 from aios.common.errors import AiosError, ConfigError
-from aios.common.events import JobSubmitted
-from aios.common.wire import new_token
-from aios.scheduler.spec import SpecError, spec_to_dict, validate_spec
+from aios.scheduler import submission
+from aios.scheduler.spec import SpecError, validate_spec
 
 console = Console()
 
@@ -99,12 +99,7 @@ async def register(args: Any) -> int:
         data = Path(args.file).read_bytes()
     except OSError as exc:
         raise ConfigError(f"{args.file}: {exc.strerror}") from None
-    trainer = None
-    if args.trainer:
-        try:
-            trainer = json.loads(args.trainer)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--trainer: not JSON ({exc})") from None
+    trainer = _trainer_option(args.trainer)
     from aios.model_registry.blobs import BlobStore
 
     store = await _store()
@@ -122,6 +117,8 @@ async def register(args: Any) -> int:
 async def alias(args: Any) -> int:
     body: dict[str, Any] = {"name": args.name, "alias": args.alias, "version": args.version}
     if args.expect is not None:
+        if args.expect != "none" and not re.fullmatch(r"[0-9]{1,9}", args.expect):
+            raise ConfigError(f"--expect: a version number or 'none', got {args.expect!r}")
         body["expected"] = None if args.expect == "none" else int(args.expect)
     reply = await request("alias", body)
     return _print(reply, args.json, lambda r: console.print(
@@ -170,8 +167,18 @@ async def compress(args: Any) -> int:
     return _print(reply, args.json, human)
 
 
+def _trainer_option(text: str | None) -> Any:
+    """``--trainer``'s JSON, or a ConfigError naming the option (register and eval take the same)."""
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--trainer: not JSON ({exc})") from None
+
+
 async def evaluate(args: Any) -> int:
-    trainer = json.loads(args.trainer) if args.trainer else None
+    trainer = _trainer_option(args.trainer)
     reply = await request("eval", {"model": args.model, "trainer": trainer}, timeout=300)
     return _print(reply, args.json, lambda r: console.print(
         f"{r['name']}/{r['version']} on {r['dataset']}: accuracy {_pct(r['metrics']['accuracy'])}, "
@@ -218,12 +225,9 @@ async def serve(args: Any) -> int:
         spec = validate_spec(raw)
     except SpecError as exc:
         raise ConfigError(str(exc)) from None
-    job_id = f"{spec.name}-{new_token()[:6]}"
     store = await _store()
     try:
-        await store.append(f"job.{job_id}", JobSubmitted(aggregate_id=job_id, tenant=spec.tenant, name=spec.name,
-                                                         spec=spec_to_dict(spec)),
-                           expected_version=0, idempotency_key=f"submit-{job_id}")
+        job_id = (await submission.submit(store, spec)).job
         deadline = time.monotonic() + args.wait
         found: list[dict[str, Any]] = []
         while time.monotonic() < deadline:

@@ -5,15 +5,28 @@ record."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, AsyncIterator
 
 import nats.js.errors
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
+from aios.common.errors import ConfigError
+
 STREAM = "AIOS_LOGS"
 SUBJECTS = "aios.logs.>"
 MAX_AGE_S = 7 * 24 * 3600
 MAX_BYTES = 1 << 30
+
+
+_WORKER = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_worker(worker: str | None) -> None:
+    """A worker's name as the agents give it (``rank0-a1``): one subject token, so no '.', '*', '>' or space (a
+    name like ``a b`` broke the log stream half-way, after the reply had begun)."""
+    if worker is not None and not _WORKER.fullmatch(worker):
+        raise ConfigError(f"worker {worker[:64]!r}: letters, digits, '_' or '-', 1 to 64 characters (e.g. rank0-a1)")
 
 
 def subject_of(job_id: str, worker: str = "*", stream: str = "*") -> str:
@@ -44,6 +57,7 @@ async def lines(js: Any, job_id: str, worker: str | None = None, follow: bool = 
     import nats.errors
     from nats.js.api import DeliverPolicy
 
+    check_worker(worker)
     sub = await js.subscribe(subject_of(job_id, worker or "*"), stream=STREAM, ordered_consumer=True,
                              deliver_policy=DeliverPolicy.ALL)
     try:

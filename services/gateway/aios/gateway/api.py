@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from aios.common import tracing
-from aios.common.errors import AiosError
+from aios.common.errors import AiosError, ConfigError
 from aios.common.events import JobCancelRequested
 from aios.gateway.auth import Caller, Forbidden, Unauthorized, authenticate
 from aios.scheduler import submission
@@ -88,6 +88,8 @@ class Api:
             return await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise HttpError(400, f"body: not JSON ({exc})") from None
+        except RecursionError:  # 100,000 nested brackets were a 500
+            raise HttpError(400, "body: nested too deeply") from None
 
     async def _ask(self, subject: str, body: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
         try:
@@ -166,6 +168,10 @@ class Api:
 
         job = self._job(caller, request.match_info["job"])
         follow = request.query.get("follow", "0") in ("1", "true", "yes")
+        try:
+            joblogs.check_worker(request.query.get("worker"))  # before the reply begins: a 400, not a cut stream
+        except ConfigError as exc:
+            raise HttpError(400, str(exc)) from None
         response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8",
                                                "Cache-Control": "no-cache"})
         await response.prepare(request)

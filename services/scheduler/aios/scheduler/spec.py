@@ -78,6 +78,7 @@ def check_tenant(tenant: str, field: str = "tenant") -> None:
 
 _ENV_NAME = re.compile(r"^[^=\x00]{1,256}$")
 MAX_CPU_PER_WORKER = 4096.0
+MAX_SPEC_BYTES = 256 << 10
 MAX_MEMORY_GIB_PER_WORKER = 1 << 20
 
 
@@ -144,6 +145,10 @@ def validate_spec(raw: Any) -> JobSpec:
         value = getattr(spec, field)
         if value is not None and value <= 0:
             raise SpecError(field, "must be a positive number of seconds")
+    size = len(msgspec.json.encode(spec))
+    if size > MAX_SPEC_BYTES:  # it travels in one NATS message (1 MiB at most): a bigger one hung, then failed
+        raise SpecError("spec", f"{size:,} bytes as JSON, more than the {MAX_SPEC_BYTES:,} a job spec may have "
+                        "(large inputs belong in files or the model registry, not in env or arguments)")
     if sum(x is not None for x in (spec.command, spec.trainer, spec.serve)) != 1:
         raise SpecError("command", "give exactly one of `command` (a list of arguments), `trainer` or `serve`")
     if spec.serve is not None:
