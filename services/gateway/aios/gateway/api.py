@@ -58,12 +58,13 @@ JOB_SPEC_SCHEMA: dict[str, Any] = {
         "serve": {"type": "object", "description": "a model-serving job (model: models:/name@alias)"},
         "env": {"type": "object", "additionalProperties": {"type": "string"}},
     }}
+_COUNTS = {"type": "object", "propertyNames": {"pattern": "^[a-z0-9][a-z0-9-]{0,31}$"},
+           "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 1_000_000}}
 QUOTA_SCHEMA: dict[str, Any] = {
-    "type": "object", "required": ["nominal"],
-    "properties": {"nominal": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
-                   "cohort": {"type": "string"},
-                   "borrowing_limit": {"type": ["object", "null"], "additionalProperties": {"type": "integer"}},
-                   "lending_limit": {"type": ["object", "null"], "additionalProperties": {"type": "integer"}}}}
+    "type": "object", "additionalProperties": False,
+    "properties": {"nominal": _COUNTS, "cohort": {"type": "string"},
+                   "borrowing_limit": {"oneOf": [_COUNTS, {"type": "null"}]},
+                   "lending_limit": {"oneOf": [_COUNTS, {"type": "null"}]}}}
 
 
 class Api:
@@ -272,7 +273,8 @@ def _encode(event: Any) -> bytes:
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("POST", "/api/v1/jobs", Api.submit, "Submit a job", body=JOB_SPEC_SCHEMA, responses=(201, 400, 401, 403, 422)),
+    Route("POST", "/api/v1/jobs", Api.submit, "Submit a job", body=JOB_SPEC_SCHEMA,
+          responses=(201, 400, 401, 403, 409, 422)),
     Route("GET", "/api/v1/jobs", Api.list_jobs, "List jobs", query=(("status", "string", "only jobs in this state"),)),
     Route("GET", "/api/v1/jobs/{job}", Api.describe, "Describe a job, with its event timeline",
           responses=(200, 401, 403, 404)),
@@ -280,12 +282,12 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/jobs/{job}/why", Api.why, "Why a job is pending", responses=(200, 401, 403, 404, 503)),
     Route("GET", "/api/v1/jobs/{job}/logs", Api.logs, "A job's output (text; follow=1 streams)",
           query=(("follow", "boolean", "keep streaming new lines"), ("worker", "string", "one worker, e.g. rank0-a1")),
-          responses=(200, 401, 403, 404)),
+          responses=(200, 400, 401, 403, 404)),
     Route("GET", "/api/v1/nodes", Api.nodes, "Nodes and their devices", responses=(200, 401, 503)),
     Route("GET", "/api/v1/nodes/{node}", Api.node, "One node: devices, leases, topology", responses=(200, 401, 404)),
     Route("GET", "/api/v1/tenants", Api.tenants, "Tenants: quotas and usage", responses=(200, 401, 503)),
     Route("PUT", "/api/v1/tenants/{tenant}/quota", Api.set_quota, "Set a tenant's quota", body=QUOTA_SCHEMA,
-          responses=(200, 400, 401, 403), admin=True),
+          responses=(200, 400, 401, 403, 422), admin=True),
     Route("GET", "/api/v1/models", Api.models, "Registered models",
           query=(("tag", "string", "KEY or KEY=VALUE"), ("metric", "string", "has this metric"),
                  ("name", "string", "name contains"))),
