@@ -63,7 +63,7 @@ def test_submit_why_cancel(aios_env: dict[str, str], tmp_path: Path) -> None:
         refused = aios("submit", str(bad))
         assert refused.returncode == 2 and "devices: must be between 0 and 4096" in refused.stderr
         missing = aios("why", "no-such-job")
-        assert missing.returncode == 0 and "no job 'no-such-job'" in missing.stdout
+        assert missing.returncode == 3 and "no job 'no-such-job'" in missing.stderr  # as `aios job`: 3
 
         # one job's page, waiting for its end; exit codes a script can branch on
         described = aios("job", job_id, "--json")
@@ -74,6 +74,11 @@ def test_submit_why_cancel(aios_env: dict[str, str], tmp_path: Path) -> None:
         assert aios("job", job_id, "--wait").returncode == 4  # it ended, and not well
         assert aios("job", "no-such-job").returncode == 3
         assert aios("cancel", "no-such-job").returncode == 3
+        assert aios("cancel", "*").returncode == 3 and aios("job", "a b").returncode == 3  # were internal errors (1)
+        as_json = tmp_path / "exp.json"  # JSON read as JSON: YAML 1.1 took 1e1 for a string
+        as_json.write_text('{"name": "exp", "tenant": "nlp", "devices": 0, "memory_gib_per_worker": 1e1, '
+                           '"command": ["true"]}')
+        assert aios("submit", str(as_json)).returncode == 0
         quick = tmp_path / "quick.json"
         quick.write_text(json.dumps({"name": "quick", "tenant": "nlp", "devices": 0, "command": ["true"]}))
         quick_id = aios("submit", str(quick), "--json")
@@ -132,7 +137,8 @@ def test_commands_pointed_at_a_dead_server_fail_at_once(aios_env: dict[str, str]
     latin.write_bytes(b"name: caf\xe9\n")
     for args, message in ((["submit", str(latin)], "not UTF-8 text"),
                           (["models", "alias", "digits", "prod", "1", "--expect", "abc"], "--expect: a version number"),
-                          (["models", "eval", "m", "--trainer", "{bad"], "--trainer: not JSON")):
+                          (["models", "eval", "m", "--trainer", "{bad"], "--trainer: not JSON"),
+                          (["models", "register", "../x", str(latin)], "name '../x': letters")):  # before the upload
         out = subprocess.run([sys.executable, "-m", "aios.cli.main", *args], env={**aios_env, "AIOS_NATS_URL": url},
                              capture_output=True, text=True, timeout=30)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr[-300:]

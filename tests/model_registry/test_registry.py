@@ -143,6 +143,9 @@ async def test_compression_makes_a_linked_version_with_measured_deltas(store: Ev
     ("register", {"name": "bad name!", "digest": "sha256:" + "0" * 64}, "name: 'bad name!' must be"),
     ("register", {"name": "fine", "digest": "sha256:" + "0" * 64}, "is missing from"),
     ("frobnicate", {}, "op: unknown 'frobnicate'"),
+    # a negative grace freed at once the blob a concurrent register had just uploaded
+    ("gc", {"orphan_grace_s": -1}, "orphan_grace_s: at least 60 s"),
+    ("gc", {"orphan_grace_s": float("nan")}, "orphan_grace_s: at least 60 s"),
 ])
 async def test_bad_requests_name_the_field(store: EventStore, trained: nn.Model, op: str, args: dict[str, Any],
                                            message: str) -> None:

@@ -27,11 +27,28 @@ def load_spec_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:  # was a traceback
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): a job spec is YAML or JSON") from None
+    if text.lstrip().startswith("{"):  # JSON as JSON: YAML 1.1 reads 1e1 as a string, the HTTP API as 10.0
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise ConfigError(f"{path}: not valid JSON: {exc}") from None
     try:
-        data = yaml.safe_load(text)  # JSON is YAML too
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML or JSON: {exc}") from None
     return data
+
+
+def _known_form(job_id: str) -> str:
+    """A job id as the log can hold one; anything else (``*``, ``a b``) is no job (exit 3), not an internal error."""
+    from aios.common.errors import InvalidAggregate
+    from aios.common.store import validate_aggregate
+
+    try:
+        validate_aggregate(f"job.{job_id}")
+    except InvalidAggregate:
+        raise NotFound(f"no job {job_id!r}") from None
+    return job_id
 
 
 async def _store():  # type: ignore[no-untyped-def]
@@ -65,7 +82,7 @@ async def submit(path: str, idempotency_key: str | None, as_json: bool) -> int:
 async def cancel(job_id: str) -> int:
     store = await _store()
     try:
-        if (await store.read(f"job.{job_id}")).version == 0:
+        if (await store.read(f"job.{_known_form(job_id)}")).version == 0:
             raise NotFound(f"no job {job_id!r}")
         await store.append(f"job.{job_id}", JobCancelRequested(aggregate_id=job_id, requested_by="cli"),
                            idempotency_key=f"cli-cancel-request-{job_id}")
@@ -93,6 +110,8 @@ async def jobs(as_json: bool) -> int:
 
 async def why(job_id: str, as_json: bool) -> int:
     reply = await ask("aios.sched.why", {"job": job_id})
+    if reply.get("why") == f"no job {job_id!r}":  # as `aios job` and HTTP's 404: exit 3, not 0
+        raise NotFound(reply["why"])
     print(json.dumps(reply) if as_json else reply["why"])
     return 0
 
@@ -104,7 +123,7 @@ async def logs(job_id: str, follow: bool, worker: str | None) -> int:
 
     store = await _store()
     try:
-        if (await store.read(f"job.{job_id}")).version == 0:
+        if (await store.read(f"job.{_known_form(job_id)}")).version == 0:
             raise NotFound(f"no job {job_id!r}")
         await joblogs.ensure_stream(store.js, store.replicas)
         async for name, stream, line in joblogs.lines(store.js, job_id, worker, follow):
@@ -122,7 +141,7 @@ async def job(job_id: str, as_json: bool, wait: bool) -> int:
     store = await _store()
     try:
         while True:
-            history = await store.read_job(job_id)
+            history = await store.read_job(_known_form(job_id))
             if not history:
                 raise NotFound(f"no job {job_id!r}")
             summary = next((j for j in (await ask("aios.sched.jobs"))["jobs"] if j["job"] == job_id), None)

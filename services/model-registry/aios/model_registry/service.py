@@ -42,6 +42,8 @@ from aios.model_registry.state import (
 log = logging.getLogger("aios.model_registry")
 PREFIX = "aios.registry"
 CHECKPOINTS = "AIOS_CHECKPOINTS"
+MIN_ORPHAN_GRACE_S = 60.0
+"""The shortest age at which ``gc`` takes an unreferenced blob: an upload is referenced well within it."""
 
 
 @dataclass
@@ -421,6 +423,10 @@ async def handle(reg: Registry, op: str, args: dict[str, Any]) -> dict[str, Any]
         return await reg.evaluate(_str(args, "model"), trainer if isinstance(trainer, dict) else None)
     if op == "gc":
         grace = args.get("orphan_grace_s", 3600.0)
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not MIN_ORPHAN_GRACE_S <= grace < 1e9:
+            # a negative grace freed at once a blob a concurrent `register` had just uploaded
+            raise RegistryError(f"orphan_grace_s: at least {MIN_ORPHAN_GRACE_S:g} s (an upload is referenced by its "
+                                f"register request within that time), got {grace!r}")
         return await reg.collect_garbage(float(grace))
     if op == "register-job":
         return await reg.register_job(_str(args, "job")) or {"registered": False}
