@@ -131,6 +131,27 @@ def test_a_bad_worker_name_is_refused_before_the_log_stream_begins(gateway: tupl
     assert call(url, "GET", f"/api/v1/jobs/{job}/logs?worker=rank0-a1", ALICE)[0] == 200
 
 
+def test_errors_of_the_web_server_itself_are_json_too(gateway: tuple[str, LocalCluster]) -> None:
+    """No such route, a wrong method, a body over the limit: plain text before, so a client's JSON parse failed."""
+    url, _ = gateway
+    assert call(url, "GET", "/api/v1/nope", ALICE) == (404, {"error": "no such resource: /api/v1/nope"})
+    status, reply = call(url, "DELETE", "/api/v1/jobs", ALICE)
+    assert status == 405 and reply["error"] == "DELETE is not allowed on /api/v1/jobs"
+    status, reply = call(url, "POST", "/api/v1/jobs", ALICE, raw=b"{" + b" " * (5 << 20) + b"}")
+    assert status == 413 and reply["error"].startswith("body: larger than the 4 MiB")
+
+
+def test_cancelling_a_job_that_ended_is_a_conflict(gateway: tuple[str, LocalCluster]) -> None:
+    url, _ = gateway
+    job = call(url, "POST", "/api/v1/jobs", ALICE, {"name": "brief", "devices": 0, "command": ["true"]})[1]["job"]
+    deadline = time.monotonic() + 60
+    while call(url, "GET", f"/api/v1/jobs/{job}", ALICE)[1]["status"] != "succeeded":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    status, reply = call(url, "POST", f"/api/v1/jobs/{job}/cancel", ALICE)
+    assert status == 409 and "has already ended (succeeded)" in reply["error"]  # was 202 "cancel requested"
+
+
 def test_a_retry_with_an_idempotency_key_gets_the_first_job(gateway: tuple[str, LocalCluster]) -> None:
     """A retry got a new job id that did not exist (404), and the same key with another spec dropped that job
     silently; keys are each tenant's own."""

@@ -20,7 +20,7 @@ from aios.common.events import JobCancelRequested
 from aios.gateway.auth import Caller, Forbidden, Unauthorized, authenticate
 from aios.scheduler import submission
 from aios.scheduler.spec import SpecError, spec_to_dict, validate_quota, validate_spec
-from aios.scheduler.state import JobState, job_summary
+from aios.scheduler.state import TERMINAL, JobState, job_summary
 
 Handler = Callable[["Api", web.Request, Caller], Awaitable[web.StreamResponse]]
 
@@ -140,6 +140,8 @@ class Api:
 
     async def cancel_job(self, caller: Caller, job_id: str, via: str) -> dict[str, Any]:
         job = self._job(caller, job_id)
+        if job.status in TERMINAL:  # it answered 202 "cancel requested" for a job that had already succeeded
+            raise HttpError(409, f"job {job.job_id} has already ended ({job.status}): nothing to cancel")
         await self.backend.store.append(f"job.{job.job_id}", JobCancelRequested(
             aggregate_id=job.job_id, requested_by=f"{via}:{caller.tenant}"),
             idempotency_key=f"{via}-cancel-request-{job.job_id}")
@@ -278,7 +280,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/jobs", Api.list_jobs, "List jobs", query=(("status", "string", "only jobs in this state"),)),
     Route("GET", "/api/v1/jobs/{job}", Api.describe, "Describe a job, with its event timeline",
           responses=(200, 401, 403, 404)),
-    Route("POST", "/api/v1/jobs/{job}/cancel", Api.cancel, "Cancel a job", responses=(202, 401, 403, 404)),
+    Route("POST", "/api/v1/jobs/{job}/cancel", Api.cancel, "Cancel a job", responses=(202, 401, 403, 404, 409)),
     Route("GET", "/api/v1/jobs/{job}/why", Api.why, "Why a job is pending", responses=(200, 401, 403, 404, 503)),
     Route("GET", "/api/v1/jobs/{job}/logs", Api.logs, "A job's output (text; follow=1 streams)",
           query=(("follow", "boolean", "keep streaming new lines"), ("worker", "string", "one worker, e.g. rank0-a1")),
@@ -325,8 +327,27 @@ _STATUS = {200: "OK", 201: "Created", 202: "Accepted", 400: "Bad request (the er
            422: "Invalid job spec (the error names the field)", 503: "A service behind the gateway does not answer"}
 
 
+@web.middleware
+async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                      ) -> web.StreamResponse:
+    """Errors aiohttp raises itself (no such route 404, wrong method 405, body too large 413) in the API's JSON
+    shape, ``{"error": ...}``, as every other refusal: a client parses one kind of error body."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or not request.path.startswith("/api/"):
+            raise
+        detail = {404: f"no such resource: {request.path}", 405: f"{request.method} is not allowed on {request.path}",
+                  413: f"body: larger than the {MAX_BODY_BYTES >> 20} MiB the API accepts"}.get(exc.status, exc.reason)
+        return web.json_response({"error": detail}, status=exc.status, headers={
+            k: v for k, v in exc.headers.items() if k.lower() == "allow"})
+
+
+MAX_BODY_BYTES = 4 << 20
+
+
 def build_app(api: Api, extra: Callable[[web.Application], None] | None = None) -> web.Application:
-    app = web.Application(client_max_size=4 << 20)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
     doc = openapi()
     for route in ROUTES:
         app.router.add_route(route.method, route.path, api.wrap(route))
