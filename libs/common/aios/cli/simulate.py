@@ -104,12 +104,9 @@ async def _log_workload(servers: list[str] | None) -> LogWorkload:
         await store.close()
 
 
-def add_gpus(cluster: dict[str, int], extra: str | None) -> dict[str, int]:
-    """``--add h100=8``: the cluster with more GPUs (what-if)."""
-    out = dict(cluster)
-    for kind, n in (parse_cluster(extra, "--add") if extra is not None else {}).items():
-        out[kind] = out.get(kind, 0) + n
-    return out
+def add_gpus(cluster: dict[str, int], added: dict[str, int]) -> dict[str, int]:
+    """``--add h100=8`` (parsed): the cluster with more GPUs (what-if)."""
+    return {**cluster, **{kind: cluster.get(kind, 0) + n for kind, n in added.items()}}
 
 
 def run(trace: str | None, cluster: str | None, policy: str | None, compare: str | None, throughputs: str | None,
@@ -160,7 +157,7 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
             raise ConfigError(f"--trace: {trace} holds no job")
         base = given_cluster if given_cluster is not None else parse_cluster("v100=12,p100=12,k80=12")
         source = Path(trace).name
-    gpus = add_gpus(base, add)
+    gpus = add_gpus(base, added)
     cluster_text = ",".join(f"{k}={v}" for k, v in sorted(gpus.items()))
     decide_on_events = from_log if on_events is None else on_events
     table = throughput_table(throughputs, trace, jobs)

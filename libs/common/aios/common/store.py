@@ -621,23 +621,29 @@ async def open_log(servers: list[str], *, name: str = "aios", timeout_s: float =
         await nc.close()
         nc = await connect_nats(servers, name=name)
     store = EventStore(nc, servers, **store_options)
-    deadline = time.monotonic() + wait_for_log_s
+    try:
+        await _log_exists(store, where, time.monotonic() + wait_for_log_s)
+    except BaseException:
+        await store.close()
+        raise
+    return store
+
+
+async def _log_exists(store: EventStore, where: str, deadline: float) -> None:
+    """Return once the store's stream exists (waiting until ``deadline`` for it), or raise StoreError saying why."""
     while True:
         try:
             await store.js.stream_info(store.stream)
-            return store
+            return
         except nats.js.errors.NotFoundError:
             if time.monotonic() < deadline:
                 await asyncio.sleep(0.25)
                 continue
-            await store.close()
             raise StoreError(f"NATS at {where} holds no AIOS event log (no stream {store.stream}): is it the "
                              "cluster's server, and are its services up?") from None
         except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
-            await store.close()
             raise StoreError(f"NATS at {where} runs without JetStream, where AIOS keeps its event log") from None
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
-            await store.close()
             raise StoreError(f"NATS at {where}: cannot read the event log: {str(exc) or type(exc).__name__}") \
                 from None
 

@@ -19,7 +19,7 @@ from aios.common.errors import AiosError, ConfigError
 from aios.common.events import JobCancelRequested
 from aios.gateway.auth import Caller, Forbidden, Unauthorized, authenticate
 from aios.scheduler import submission
-from aios.scheduler.spec import SpecError, spec_to_dict, validate_quota, validate_spec
+from aios.scheduler.spec import KIND_PATTERN, MAX_QUOTA, SpecError, spec_to_dict, validate_quota, validate_spec
 from aios.scheduler.state import TERMINAL, JobState, job_summary
 
 Handler = Callable[["Api", web.Request, Caller], Awaitable[web.StreamResponse]]
@@ -58,8 +58,8 @@ JOB_SPEC_SCHEMA: dict[str, Any] = {
         "serve": {"type": "object", "description": "a model-serving job (model: models:/name@alias)"},
         "env": {"type": "object", "additionalProperties": {"type": "string"}},
     }}
-_COUNTS = {"type": "object", "propertyNames": {"pattern": "^[a-z0-9][a-z0-9-]{0,31}$"},
-           "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 1_000_000}}
+_COUNTS = {"type": "object", "propertyNames": {"pattern": KIND_PATTERN},
+           "additionalProperties": {"type": "integer", "minimum": 0, "maximum": MAX_QUOTA}}
 QUOTA_SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
     "properties": {"nominal": _COUNTS, "cohort": {"type": "string"},

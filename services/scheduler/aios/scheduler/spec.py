@@ -12,7 +12,9 @@ from aios.common.errors import AiosError
 from aios.common.events import TenantQuotaSet
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")
-_KIND = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+KIND_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
+"""A device kind as the device agents name them; the HTTP API's schemas state the same pattern."""
+_KIND = re.compile(KIND_PATTERN)
 
 
 class SpecError(AiosError):
