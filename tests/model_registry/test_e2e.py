@@ -135,6 +135,11 @@ def test_train_register_compress_serve_and_roll_an_alias(aios_env: dict[str, str
         assert described["description"] == "the SVD model, by hand"
         assert [m["name"] for m in ok("models", "list", "--tag", "origin=laptop")["models"]] == ["digits-manual"]
         out = aios("models", "alias", "digits", "production", "9")
-        assert out.returncode != 0 and "no version 9" in out.stderr
+        assert out.returncode == 3 and "no version 9" in out.stderr
+        # exit codes a script can act on: a wrong request (2) apart from a refusal the registry's state decides (1)
+        out = aios("models", "alias", "digits", "3x", "1")
+        assert out.returncode == 2 and "alias: '3x'" in out.stderr, out.stderr
+        out = aios("models", "alias", "digits", "production", "1", "--expect", "2")
+        assert out.returncode == 1 and "moved meanwhile" in out.stderr, out.stderr
     finally:
         cluster.stop()

@@ -15,7 +15,7 @@ from aios.common.store import EventStore
 from aios.model_registry import builtin, nn
 from aios.model_registry.blobs import BlobError, BlobStore, digest_of
 from aios.model_registry.service import Registry, handle
-from aios.model_registry.state import NotFound, RegistryError
+from aios.model_registry.state import BadInput, NotFound, RegistryError
 from aios.trainer.mlp import TrainerConfig
 from tests.conftest import open_store
 
@@ -141,15 +141,28 @@ async def test_compression_makes_a_linked_version_with_measured_deltas(store: Ev
     ("compress", {"model": "digits", "method": "zip"}, "method: 'zip' is not one of svd, int8, prune"),
     ("compress", {"model": "digits", "method": "svd", "options": {"target_ratio": 2}}, "target_ratio: 2"),
     ("register", {"name": "bad name!", "digest": "sha256:" + "0" * 64}, "name: 'bad name!' must be"),
-    ("register", {"name": "fine", "digest": "sha256:" + "0" * 64}, "is missing from"),
     ("frobnicate", {}, "op: unknown 'frobnicate'"),
     # a negative grace freed at once the blob a concurrent register had just uploaded
     ("gc", {"orphan_grace_s": -1}, "orphan_grace_s: at least 60 s"),
     ("gc", {"orphan_grace_s": float("nan")}, "orphan_grace_s: at least 60 s"),
+    # a trainer that is not an object was taken as "none given" and the lineage's data used instead
+    ("eval", {"model": "digits", "trainer": "digits"}, "trainer: an object"),
 ])
 async def test_bad_requests_name_the_field(store: EventStore, trained: nn.Model, op: str, args: dict[str, Any],
                                            message: str) -> None:
+    """A wrong request is BadInput (the CLI exits 2 and scripts can tell it from a refusal the state decides)."""
     reg = await registry(store)
     await reg.register_bytes("digits", trained.encode(), TRAINER)
-    with pytest.raises((RegistryError, BlobError), match=message):
+    with pytest.raises(BadInput, match=message):
         await handle(reg, op, args)
+
+
+async def test_refusals_that_depend_on_the_state_are_not_bad_input(store: EventStore, trained: nn.Model) -> None:
+    reg = await registry(store)
+    await reg.register_bytes("digits", trained.encode(), TRAINER)
+    await handle(reg, "alias", {"name": "digits", "alias": "production", "version": 1})
+    with pytest.raises(RegistryError, match="points at 1, not nothing") as moved:
+        await handle(reg, "alias", {"name": "digits", "alias": "production", "version": 1, "expected": None})
+    with pytest.raises(BlobError, match="is missing from") as missing:
+        await handle(reg, "register", {"name": "fine", "digest": "sha256:" + "0" * 64})
+    assert not isinstance(moved.value, BadInput) and not isinstance(missing.value, BadInput)

@@ -32,7 +32,7 @@ async def ask(subject: str, body: dict[str, Any] | None = None, timeout: float =
     reply: dict[str, Any] = json.loads(msg.data)
     if "error" in reply:
         missing = reply.get("not_found") or "no node" in reply["error"] or "no job" in reply["error"]
-        raise (NotFound if missing else AiosError)(reply["error"])
+        raise (NotFound if missing else ConfigError if reply.get("bad_input") else AiosError)(reply["error"])
     return reply
 
 

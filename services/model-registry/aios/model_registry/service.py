@@ -35,8 +35,8 @@ from aios.common.store import Commit, EventStore
 from aios.model_registry import builtin, compress, metrics, nn
 from aios.model_registry.blobs import BlobError, BlobStore
 from aios.model_registry.state import (
-    ModelState, NotFound, RegistryError, check_name, decide_alias, decide_delete, decide_describe, decide_register,
-    decide_remove_alias, decide_tag, evolve, parse_uri, referenced_digests, resolve, version_view,
+    BadInput, ModelState, NotFound, RegistryError, check_name, decide_alias, decide_delete, decide_describe,
+    decide_register, decide_remove_alias, decide_tag, evolve, parse_uri, referenced_digests, resolve, version_view,
 )
 
 log = logging.getLogger("aios.model_registry")
@@ -203,7 +203,7 @@ class Registry:
         try:
             model = nn.decode(data)
         except nn.FormatError as exc:
-            raise RegistryError(f"file: {exc}") from None
+            raise BadInput(f"file: {exc}") from None
         evaluation, dataset = None, ""
         if trainer is not None:
             evaluation, dataset = await self._evaluate(model, trainer)
@@ -234,10 +234,10 @@ class Registry:
         try:
             cfg = builtin.parse_config(trainer)
         except ValueError as exc:
-            raise RegistryError(f"dataset: {exc}") from None
+            raise BadInput(f"dataset: {exc}") from None
         x, y = builtin.data(cfg, "eval")
         if x.shape[1] != model.inputs or cfg.classes != model.outputs:
-            raise RegistryError(f"dataset: {cfg.dataset} has {x.shape[1]} inputs and {cfg.classes} classes, the model "
+            raise BadInput(f"dataset: {cfg.dataset} has {x.shape[1]} inputs and {cfg.classes} classes, the model "
                                 f"takes {model.inputs} and gives {model.outputs}")
         result = await asyncio.to_thread(metrics.evaluate, model, x, y)
         return result, builtin.mlp.dataset_identity(cfg, "eval")
@@ -261,7 +261,7 @@ class Registry:
         state = self.model(view["name"])
         trainer = trainer or self._trainer_of(state, view["version"])
         if trainer is None:
-            raise RegistryError("dataset: this version has no training data in its lineage; pass a trainer config")
+            raise BadInput("dataset: this version has no training data in its lineage; pass a trainer config")
         result, dataset = await self._evaluate(model, trainer)
 
         def decide(s: ModelState) -> list[Event]:
@@ -283,7 +283,7 @@ class Registry:
         try:
             small, info = await asyncio.to_thread(compress.compress, parent, method, options, train, finetune_steps)
         except (compress.CompressionError, TypeError, ValueError) as exc:
-            raise RegistryError(str(exc)) from None
+            raise BadInput(str(exc)) from None
         evaluation, dataset = None, ""
         deltas: dict[str, float] = {"size_bytes": small.nbytes - parent.nbytes,
                                     "size_ratio": round(small.nbytes / parent.nbytes, 4)}
@@ -370,14 +370,14 @@ def _parse_mtime(raw: str | None) -> float | None:
 def _int(args: dict[str, Any], key: str) -> int:
     value = args.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise RegistryError(f"{key}: a positive version number is required, got {value!r}")
+        raise BadInput(f"{key}: a positive version number is required, got {value!r}")
     return value
 
 
 def _str(args: dict[str, Any], key: str, default: str | None = None) -> str:
     value = args.get(key, default)
     if not isinstance(value, str) or (default is None and not value):
-        raise RegistryError(f"{key}: a string is required, got {value!r}")
+        raise BadInput(f"{key}: a string is required, got {value!r}")
     return value
 
 
@@ -392,7 +392,7 @@ async def handle(reg: Registry, op: str, args: dict[str, Any]) -> dict[str, Any]
         data = await reg.blobs.get(_str(args, "digest"))
         trainer = args.get("trainer")
         if trainer is not None and not isinstance(trainer, dict):
-            raise RegistryError("trainer: an object (the built-in trainer's config) is expected")
+            raise BadInput("trainer: an object (the built-in trainer's config) is expected")
         return await reg.register_bytes(_str(args, "name"), data, trainer, _str(args, "description", ""),
                                         _tags(args.get("tags", {})), _str(args, "by", ""))
     if op == "alias":
@@ -403,7 +403,7 @@ async def handle(reg: Registry, op: str, args: dict[str, Any]) -> dict[str, Any]
     if op == "tag":
         removed = args.get("remove", [])
         if not isinstance(removed, list):
-            raise RegistryError("remove: a list of tag keys is expected")
+            raise BadInput("remove: a list of tag keys is expected")
         return await reg.tag(_str(args, "name"), _int(args, "version"), _tags(args.get("set", {})), removed)
     if op == "describe":
         return await reg.describe(_str(args, "name"), _int(args, "version"), _str(args, "description", ""))
@@ -413,30 +413,32 @@ async def handle(reg: Registry, op: str, args: dict[str, Any]) -> dict[str, Any]
     if op == "compress":
         options = args.get("options", {})
         if not isinstance(options, dict):
-            raise RegistryError("options: an object is expected")
+            raise BadInput("options: an object is expected")
         steps = args.get("finetune_steps", 1000)
         if not isinstance(steps, int) or steps < 0:
-            raise RegistryError(f"finetune_steps: a non-negative integer is expected, got {steps!r}")
+            raise BadInput(f"finetune_steps: a non-negative integer is expected, got {steps!r}")
         return await reg.compress(_str(args, "model"), _str(args, "method"), options, steps, _str(args, "by", ""))
     if op == "eval":
         trainer = args.get("trainer")
-        return await reg.evaluate(_str(args, "model"), trainer if isinstance(trainer, dict) else None)
+        if trainer is not None and not isinstance(trainer, dict):  # was silently taken as "none given"
+            raise BadInput("trainer: an object (the built-in trainer's config) is expected")
+        return await reg.evaluate(_str(args, "model"), trainer)
     if op == "gc":
         grace = args.get("orphan_grace_s", 3600.0)
         if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not MIN_ORPHAN_GRACE_S <= grace < 1e9:
             # a negative grace freed at once a blob a concurrent `register` had just uploaded
-            raise RegistryError(f"orphan_grace_s: at least {MIN_ORPHAN_GRACE_S:g} s (an upload is referenced by its "
+            raise BadInput(f"orphan_grace_s: at least {MIN_ORPHAN_GRACE_S:g} s (an upload is referenced by its "
                                 f"register request within that time), got {grace!r}")
         return await reg.collect_garbage(float(grace))
     if op == "register-job":
         return await reg.register_job(_str(args, "job")) or {"registered": False}
-    raise RegistryError(f"op: unknown {op!r} (list, show, register, alias, unalias, tag, describe, delete, compress, "
+    raise BadInput(f"op: unknown {op!r} (list, show, register, alias, unalias, tag, describe, delete, compress, "
                         "eval, gc)")
 
 
 def _tags(raw: Any) -> dict[str, str]:
     if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
-        raise RegistryError("tags: an object of string keys and string values is expected")
+        raise BadInput("tags: an object of string keys and string values is expected")
     return raw
 
 
@@ -530,14 +532,16 @@ class ModelRegistryService(Service):
         try:
             args = json.loads(msg.data or b"{}")
             if not isinstance(args, dict):
-                raise RegistryError("request: a JSON object is expected")
+                raise BadInput("request: a JSON object is expected")
             async with self._lock:  # one command at a time in this process; other writers are caught by versions
                 await self.reg.catch_up()
                 reply: Any = await handle(self.reg, op, args)
         except json.JSONDecodeError as exc:
-            reply = {"error": f"request: not JSON ({exc})"}
+            reply = {"error": f"request: not JSON ({exc})", "bad_input": True}
         except NotFound as exc:
             reply = {"error": str(exc), "not_found": True}
+        except BadInput as exc:
+            reply = {"error": str(exc), "bad_input": True}
         except (RegistryError, BlobError) as exc:
             reply = {"error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - a request must get an answer, not a timeout

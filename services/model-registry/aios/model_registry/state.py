@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from aios.common.errors import AiosError
+from aios.common.errors import AiosError, ConfigError
 from aios.common.errors import NotFound as CommonNotFound
 from aios.common.events import (
     Event, Lineage, ModelAliasRemoved, ModelAliasSet, ModelObjectCollected, ModelVersionDeleted, ModelVersionDescribed,
@@ -29,6 +29,11 @@ class RegistryError(AiosError):
 
 class NotFound(RegistryError, CommonNotFound):
     """No such model, version or alias."""
+
+
+class BadInput(RegistryError, ConfigError):
+    """The request itself is wrong: a field's value or a file's format (``aios`` exits with 2, not 1). Kept apart
+    from refusals that depend on the registry's state, such as an alias that moved meanwhile."""
 
 
 @dataclass
@@ -111,7 +116,7 @@ def evolve(state: ModelState, ev: Event, version: int) -> ModelState:
 # -- names and URIs -------------------------------------------------------------------------------------------------
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME.match(name):
-        raise RegistryError(f"name: {name!r} must be 1-64 letters, digits, '_' or '-' (starting with a letter or digit)")
+        raise BadInput(f"name: {name!r} must be 1-64 letters, digits, '_' or '-' (starting with a letter or digit)")
     return name
 
 
@@ -120,12 +125,12 @@ def parse_uri(uri: str) -> tuple[str, int | None, str | None]:
     alias); neither: the latest live version."""
     m = URI.match(uri.strip()) if isinstance(uri, str) else None
     if m is None:
-        raise RegistryError(f"model: {uri!r} is not models:/<name>[/<version>|@<alias>]")
+        raise BadInput(f"model: {uri!r} is not models:/<name>[/<version>|@<alias>]")
     name = check_name(m["name"])
     version = None
     if m["version"] is not None:
         if not m["version"].isdigit() or int(m["version"]) < 1:
-            raise RegistryError(f"model: version {m['version']!r} of {uri!r} is not a positive number")
+            raise BadInput(f"model: version {m['version']!r} of {uri!r} is not a positive number")
         version = int(m["version"])
     return name, version, m["alias"]
 
@@ -177,7 +182,7 @@ def decide_alias(state: ModelState, alias: str, version: int, expected: int | No
     """Point ``alias`` at ``version``. ``expected``: the version the caller believes the alias points at now
     (None: unset), checked like a compare-and-set; ``"any"``: move it whatever it points at."""
     if not isinstance(alias, str) or not ALIAS.match(alias) or alias == "latest":
-        raise RegistryError(f"alias: {alias!r} must start with a letter, use letters, digits, '_' or '-', and not be "
+        raise BadInput(f"alias: {alias!r} must start with a letter, use letters, digits, '_' or '-', and not be "
                             "'latest'")
     _live(state, version)
     current = state.aliases.get(alias)
@@ -199,14 +204,14 @@ def decide_tag(state: ModelState, version: int, set_tags: dict[str, str], remove
     _live(state, version)
     bad = [k for k in list(set_tags) + removed if not isinstance(k, str) or not k or len(k) > 128]
     if bad:
-        raise RegistryError(f"tags: keys must be 1-128 characters: {bad!r}")
+        raise BadInput(f"tags: keys must be 1-128 characters: {bad!r}")
     return [ModelVersionTagged(aggregate_id=state.name, version=version, set=dict(set_tags), removed=list(removed))]
 
 
 def decide_describe(state: ModelState, version: int, description: str) -> list[Event]:
     _live(state, version)
     if len(description) > 10_000:
-        raise RegistryError("description: longer than 10,000 characters")
+        raise BadInput("description: longer than 10,000 characters")
     return [ModelVersionDescribed(aggregate_id=state.name, version=version, description=description)]
 
 
