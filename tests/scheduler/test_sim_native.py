@@ -192,6 +192,23 @@ def test_a_graceful_preemption_keeps_the_work_up_to_its_checkpoint() -> None:
     assert stopping.jobs[0].total_steps == 50.0  # its estimate, not 10,000 s of work
 
 
+def test_a_run_preempted_before_its_workers_started_lost_no_work() -> None:
+    """Devices held between a placement and a preemption that came before JobStarted were not work done and then
+    lost; in a log whose workers report starts, only started runs lose work (a log with no starts at all keeps
+    counting from the placement, as the test above does)."""
+    node = node_registration("n1", "h100", 1)
+    place = lambda ts, attempt: JobPlaced(aggregate_id="j", assignments=[Assignment("n1", ["n1-g0"], [0])],  # noqa
+                                          world_size=1, ts=ts, attempt=attempt)
+    log = [node, submitted("j", 0.0, device_types=["h100"]), place(0.0, 1),
+           JobPreempted(aggregate_id="j", reason="p", ts=30.0), JobRequeued(aggregate_id="j", reason="p", ts=31.0),
+           place(40.0, 2), JobStarted(aggregate_id="j", ts=45.0), JobPreempted(aggregate_id="j", reason="p", ts=60.0),
+           JobRequeued(aggregate_id="j", reason="p", ts=61.0), place(70.0, 3), JobStarted(aggregate_id="j", ts=75.0),
+           JobSucceeded(aggregate_id="j", ts=100.0)]
+    w = jobs_from_events(log)
+    assert w.lost_s == {"j": 15.0}  # the second run's 15 s; the first never started (it was 30 + 15 s)
+    assert w.jobs[0].total_steps == 25.0
+
+
 def test_an_export_keeps_what_a_live_quota_holds_back(tmp_path: Path) -> None:
     """Live, a quota may name a tenant no job can have or a kind no device has; those hold nothing, and the export
     leaves them out rather than writing a file its own reader refuses."""

@@ -229,7 +229,8 @@ class LogWorkload(msgspec.Struct, frozen=True):
     """The tenant quotas as the log last set them (one per tenant)."""
     lost_s: dict[str, float] = {}
     """Exported jobs that lost run time to a preemption or requeue (id -> seconds since their last checkpoint,
-    or the whole run without one): left out of their work, as the replay resumes jobs where they stopped."""
+    or the whole run without one; a run stopped before its JobStarted lost nothing when the log has starts): left
+    out of their work, as the replay resumes jobs where they stopped."""
 
 
 @dataclass
@@ -257,6 +258,9 @@ class _Job:
     open: _Run | None = None
     end: str = ""
     lost_s: float = 0.0
+    held_s: float = 0.0
+    """Device time of runs cut short before any JobStarted: lost work only if the log records no starts at all
+    (a log whose workers never report one), else the workers never ran and the time is only devices held."""
     ran: bool = False
 
     def close(self, ts: float, cut_short: bool = False) -> None:
@@ -265,7 +269,10 @@ class _Job:
         if run is not None:
             kept, lost = _run_time(run, ts, cut_short)
             self.runs.append((kept, run.uuids))
-            self.lost_s += lost
+            if run.started:
+                self.lost_s += lost
+            else:
+                self.held_s += lost
             self.ran = self.ran or kept + lost > 0
             self.open = None
 
@@ -341,6 +348,7 @@ def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
     orphans: dict[str, str] = {}
     quotas: dict[str, TenantQuotaSet] = {}
     last_ts = 0.0
+    starts_seen = False
     for ev in _events(commits_or_events):
         kind = type(ev)
         if kind is TenantQuotaSet:
@@ -372,6 +380,7 @@ def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
             job.open = _Run(ev.ts, [u for a in ev.assignments for u in a.device_uuids],  # type: ignore[attr-defined]
                             ev.attempt)  # type: ignore[attr-defined]
         elif kind is JobStarted:
+            starts_seen = True
             if job.open is not None and not job.open.started:
                 job.open.start, job.open.started = max(job.open.start, ev.ts), True
         elif kind is CheckpointSaved:
@@ -400,8 +409,9 @@ def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
         out.append((job.submitted, tj))
         if job.end in ("failed", "cancelled"):
             ended[job.job_id] = job.end
-        if job.lost_s > 0:
-            lost[job.job_id] = job.lost_s
+        lost_s = job.lost_s + (0.0 if starts_seen else job.held_s)
+        if lost_s > 0:
+            lost[job.job_id] = lost_s
     for job_id, why in orphans.items():
         reasons.setdefault(job_id, why)
     start = min((ts for ts, _ in out), default=0.0)
