@@ -38,6 +38,25 @@ def test_fifo_blocks_behind_the_head_and_explains() -> None:
     assert c.where("big") == {"n1": 4, "n2": 4} and c.status("small") == PENDING
 
 
+def test_a_job_that_cannot_start_on_the_nodes_there_says_so() -> None:
+    """A kind no node has, a gang larger than the cluster, a worker larger than any node: the reason said "none free"
+    or "short by 4", as if waiting for other jobs would help; it names the cause and what is online."""
+    c = Cluster(("n1", "h100", 4), ("n2", "a100", 2))
+    c.submit("busy", 4, device_types=["h100"])
+    c.submit("b200", 1, device_types=["b200"])
+    c.submit("huge", 8, device_types=["h100", "a100"])
+    c.submit("fat", 1, cpu_per_worker=128)
+    c.submit("later", 4, device_types=["h100"])
+    fifo = make_policy("backfill")
+    step(c.state, fifo, 2.0)
+    assert c.status("busy") == PLACED
+    why = {j: explain(c.state, fifo, j, 3.0) for j in ("b200", "huge", "fat", "later")}
+    assert "no online node has a b200 device (online: a100 x2, h100 x4)" in why["b200"], why["b200"]
+    assert "at most 6 of its 8 a100/h100 devices even if every other job left" in why["huge"], why["huge"]
+    assert "no online node can hold one worker (128 CPU" in why["fat"], why["fat"]
+    assert "none free on any online node; held by busy (4)" in why["later"], why["later"]  # waiting helps here
+
+
 def test_gang_prefers_one_node_and_best_fit() -> None:
     c = Cluster(("n1", "h100", 8), ("n2", "h100", 2))
     c.submit("two", 2)

@@ -223,29 +223,87 @@ def _try_place(view: ClusterView, policy: Policy, job: JobState) -> Placement | 
     return None
 
 
-def _holders_by_kind(state: SchedulerState) -> dict[str, dict[str, int]]:
-    """Devices each job holds, per kind, on online nodes: the "held by" of a capacity reason."""
-    kind_of = kinds_by_device(state)
-    leases = state.inv.leases
-    out: dict[str, dict[str, int]] = {}
-    for uuid, job_id in leases.holder.items():
-        node = state.inv.nodes.get(leases.node_of.get(uuid, ""))
-        if node is not None and node.online:
-            per = out.setdefault(kind_of.get(uuid, "?"), {})
-            per[job_id] = per.get(job_id, 0) + 1
-    return out
+class _Facts:
+    """What capacity reasons look up beyond the free devices, once a round and only if a reason needs it."""
+
+    def __init__(self, state: SchedulerState) -> None:
+        self.state = state
+        self._never: dict[tuple[object, ...], str] = {}
+
+    @functools.cached_property
+    def holders(self) -> dict[str, dict[str, int]]:
+        """Devices each job holds, per kind, on online nodes: the "held by" of a capacity reason."""
+        kind_of = kinds_by_device(self.state)
+        leases = self.state.inv.leases
+        out: dict[str, dict[str, int]] = {}
+        for uuid, job_id in leases.holder.items():
+            node = self.state.inv.nodes.get(leases.node_of.get(uuid, ""))
+            if node is not None and node.online:
+                per = out.setdefault(kind_of.get(uuid, "?"), {})
+                per[job_id] = per.get(job_id, 0) + 1
+        return out
+
+    @functools.cached_property
+    def installed(self) -> list[tuple[str, float, float, dict[str, int]]]:
+        """(node, CPU cores, memory GiB, healthy devices per kind) of each online node, busy or not."""
+        out = []
+        for node_id, node in sorted(self.state.inv.nodes.items()):
+            if node.online:
+                kinds: dict[str, int] = {}
+                for dev in node.devices.values():
+                    if dev.healthy:
+                        kinds[dev.info.kind] = kinds.get(dev.info.kind, 0) + 1
+                out.append((node_id, float(node.cpu_cores), node.memory_bytes / 1024**3, kinds))
+        return out
+
+    def never_fits(self, req: Request) -> str:
+        """Why ``req`` could not start even on an empty cluster of the nodes online now ("" if it could): a kind
+        no node has, a gang larger than all such devices, or workers larger than any node. Slurm refuses such a
+        job at submission; here it waits, since nodes may join (Kueue, Ray), but its reason says so."""
+        shape = (req.devices, req.kinds, req.max_per_node, req.gang, req.cpu, req.memory_gib)
+        if shape not in self._never:
+            self._never[shape] = self._never_fits(req)
+        return self._never[shape]
+
+    def _never_fits(self, req: Request) -> str:
+        kinds_here: dict[str, int] = {}
+        usable = 0
+        for _, cpu, mem, kinds in self.installed:
+            for kind, n in kinds.items():
+                kinds_here[kind] = kinds_here.get(kind, 0) + n
+            n = sum(c for k, c in kinds.items() if req.kinds is None or k in req.kinds)
+            if req.max_per_node is not None:
+                n = min(n, req.max_per_node)
+            if req.cpu > 0:
+                n = min(n, int(cpu / req.cpu + 1e-9))
+            if req.memory_gib > 0:
+                n = min(n, int(mem / req.memory_gib + 1e-9))
+            usable += max(n, 0)
+        wanted = "/".join(sorted(req.kinds)) if req.kinds else "any kind"
+        has = ", ".join(f"{k} x{n}" for k, n in sorted(kinds_here.items())) or "no devices"
+        if not any(req.kinds is None or k in req.kinds for k in kinds_here):
+            return f"no online node has a {wanted} device (online: {has}); it waits until one joins"
+        if usable == 0:
+            return (f"no online node can hold one worker ({req.cpu:g} CPU, {req.memory_gib:g} GiB with a {wanted} "
+                    "device); it waits until one joins")
+        if req.gang and usable < req.devices:
+            return (f"the cluster could give it at most {usable} of its {req.devices} {wanted} devices even if "
+                    f"every other job left (online: {has}); it waits until nodes join")
+        return ""
 
 
-def _capacity_reason(view: ClusterView, job: JobState,
-                     holders: Callable[[], dict[str, dict[str, int]]] | None = None) -> str:
+def _capacity_reason(view: ClusterView, job: JobState, facts: _Facts | None = None) -> str:
     spec = job.spec
     assert spec is not None
     req = request_for(job, frozenset(spec.device_types) or None)
+    never = facts.never_fits(req) if facts is not None else ""
+    if never:
+        return f"capacity: {never}"
     bins = view.candidates(req)
     kinds = "/".join(spec.device_types) or "any kind"
     if bins.size == 0:
         held_by: dict[str, int] = {}
-        for kind, per in (holders() if holders else {}).items():
+        for kind, per in (facts.holders if facts is not None else {}).items():
             if not spec.device_types or kind in spec.device_types:
                 for j, n in per.items():
                     held_by[j] = held_by.get(j, 0) + n
@@ -266,7 +324,7 @@ def _place_in_order(state: SchedulerState, policy: Policy, now: float, estimate:
                     view: ClusterView, admitted: list[tuple[JobState, dict[str, int]]], plan: RoundPlan) -> None:
     head: JobState | None = None
     shadow, extra = float("inf"), 0
-    holders = functools.cache(lambda: _holders_by_kind(state))  # once a round, and only if a reason needs it
+    facts = _Facts(state)  # looked up once a round, and only if a reason needs it
     for job, borrowed in admitted:
         if head is not None and not policy.backfill:
             plan.reasons[job.job_id] = f"order: behind {head.job_id} ({policy.name}), which waits for capacity"
@@ -283,7 +341,7 @@ def _place_in_order(state: SchedulerState, policy: Policy, now: float, estimate:
             if head is not None and not (now + estimate(job) <= shadow):
                 extra -= job.devices
             continue
-        plan.reasons[job.job_id] = _capacity_reason(view, job, holders)
+        plan.reasons[job.job_id] = _capacity_reason(view, job, facts)
         if head is None:
             head = job
             _maybe_preempt(state, policy, now, view, job, plan)
@@ -314,7 +372,7 @@ def _place_window(state: SchedulerState, policy: Policy, now: float, view: Clust
                                                      borrowed_of[job.job_id]))
                     placed.add(job.job_id)
     blocked_first: JobState | None = None
-    holders = functools.cache(lambda: _holders_by_kind(state))
+    facts = _Facts(state)
     failed: dict[tuple[object, ...], str] = {}  # free capacity only shrinks in this loop: a shape that failed fails
     for job, borrowed in admitted:
         if job.job_id in placed:
@@ -328,7 +386,7 @@ def _place_window(state: SchedulerState, policy: Policy, now: float, view: Clust
             plan.placements.append(Placement(job.job_id, found.assignments, borrowed))
             continue
         if shape not in failed:
-            failed[shape] = _capacity_reason(view, job, holders)
+            failed[shape] = _capacity_reason(view, job, facts)
         plan.reasons[job.job_id] = failed[shape]
         if blocked_first is None:
             blocked_first = job
