@@ -47,14 +47,16 @@ def test_a_job_that_cannot_start_on_the_nodes_there_says_so() -> None:
     c.submit("huge", 8, device_types=["h100", "a100"])
     c.submit("fat", 1, cpu_per_worker=128)
     c.submit("later", 4, device_types=["h100"])
+    c.submit("cpu-job", 0, cpu_per_worker=96)
     fifo = make_policy("backfill")
     step(c.state, fifo, 2.0)
     assert c.status("busy") == PLACED
-    why = {j: explain(c.state, fifo, j, 3.0) for j in ("b200", "huge", "fat", "later")}
-    assert "no online node has a b200 device (online: a100 x2, h100 x4)" in why["b200"], why["b200"]
+    why = {j: explain(c.state, fifo, j, 3.0) for j in ("b200", "huge", "fat", "later", "cpu-job")}
+    assert "no online node has a b200 device (devices online: a100 x2, h100 x4)" in why["b200"], why["b200"]
     assert "at most 6 of its 8 a100/h100 devices even if every other job left" in why["huge"], why["huge"]
     assert "no online node can hold one worker (128 CPU" in why["fat"], why["fat"]
     assert "none free on any online node; held by busy (4)" in why["later"], why["later"]  # waiting helps here
+    assert "no online node has 96 CPU and" in why["cpu-job"], why["cpu-job"]
 
 
 def test_gang_prefers_one_node_and_best_fit() -> None:

@@ -266,6 +266,11 @@ class _Facts:
         return self._never[shape]
 
     def _never_fits(self, req: Request) -> str:
+        if req.devices == 0:  # a CPU-only job: one worker on a node with the CPU and memory
+            if any(cpu + 1e-9 >= req.cpu and mem + 1e-9 >= req.memory_gib for _, cpu, mem, _ in self.installed):
+                return ""
+            return (f"no online node has {req.cpu:g} CPU and {req.memory_gib:g} GiB for its worker; it waits until "
+                    "one joins")
         kinds_here: dict[str, int] = {}
         usable = 0
         for _, cpu, mem, kinds in self.installed:
@@ -279,16 +284,17 @@ class _Facts:
             if req.memory_gib > 0:
                 n = min(n, int(mem / req.memory_gib + 1e-9))
             usable += max(n, 0)
-        wanted = "/".join(sorted(req.kinds)) if req.kinds else "any kind"
-        has = ", ".join(f"{k} x{n}" for k, n in sorted(kinds_here.items())) or "no devices"
+        wanted = "/".join(sorted(req.kinds)) if req.kinds else ""
+        has = ", ".join(f"{k} x{n}" for k, n in sorted(kinds_here.items())) or "none"
         if not any(req.kinds is None or k in req.kinds for k in kinds_here):
-            return f"no online node has a {wanted} device (online: {has}); it waits until one joins"
+            what = f"a {wanted} device" if wanted else "any healthy device"
+            return f"no online node has {what} (devices online: {has}); it waits until one joins"
         if usable == 0:
-            return (f"no online node can hold one worker ({req.cpu:g} CPU, {req.memory_gib:g} GiB with a {wanted} "
-                    "device); it waits until one joins")
+            return (f"no online node can hold one worker ({req.cpu:g} CPU, {req.memory_gib:g} GiB with a "
+                    f"{wanted or 'device'}); it waits until one joins")
         if req.gang and usable < req.devices:
-            return (f"the cluster could give it at most {usable} of its {req.devices} {wanted} devices even if "
-                    f"every other job left (online: {has}); it waits until nodes join")
+            return (f"the cluster could give it at most {usable} of its {req.devices} {wanted + ' ' if wanted else ''}"
+                    f"devices even if every other job left (devices online: {has}); it waits until nodes join")
         return ""
 
 
