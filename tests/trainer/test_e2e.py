@@ -15,7 +15,7 @@ import numpy as np
 
 from aios.cli.cluster import LocalCluster
 from aios.common.config import load_settings
-from aios.common.events import CheckpointSaved, JobFailed, JobProgress
+from aios.common.events import CheckpointSaved, JobFailed, JobProgress, JobRequeued
 from aios.common.store import connect
 from aios.trainer.collective import Collective
 from aios.trainer.mlp import TrainerConfig
@@ -157,6 +157,37 @@ def test_node_loss_requeues_and_resumes_from_the_checkpoint(aios_env: dict[str, 
         assert done["steps_redone"] == max(0, reported_first - max(saved_first))
         final = [e for e in history if isinstance(e, JobProgress) and e.final]
         assert len(final) == 1 and abs(final[0].accuracy - one_rank_accuracy(trainer)) <= 0.01
+    finally:
+        cluster.stop()
+
+
+def test_a_node_shut_down_under_a_job_requeues_it_and_it_resumes(aios_env: dict[str, str], tmp_path: Path) -> None:
+    """Stopping a node's agent (SIGTERM, as `aios up` does on Ctrl-C) stops its workers, which checkpoint and exit
+    0: that was recorded as the job's success, at the step it had reached. The job is requeued and resumes from
+    that checkpoint on the other nodes instead."""
+    trainer = {"kind": "mlp", "steps": 200, "checkpoint_every": 1000, "step_delay_s": 0.05}
+    cluster, aios = start(aios_env, nodes=3, AIOS_NODE_TIMEOUT="3", AIOS_HEARTBEAT_INTERVAL="0.5")
+    try:
+        spec = tmp_path / "mlp.json"
+        spec.write_text(json.dumps({"name": "interrupted", "tenant": "ml", "devices": 2, "trainer": trainer}))
+        out = aios("submit", str(spec), "--json")
+        assert out.returncode == 0, out.stderr
+        job_id = json.loads(out.stdout)["job"]
+        deadline = time.monotonic() + 60
+        while (job := wait_job(aios, "interrupted", ("running",)))["step"] < 40:
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+        victim = sorted(set(job["nodes"]))[0]
+        cluster.stop_agent(victim)
+        done = wait_job(aios, "interrupted", ("succeeded", "failed"), timeout=150)
+        assert done["status"] == "succeeded" and done["step"] == 200 and done["attempts"] == 2, done
+        assert victim not in done["nodes"]
+        history = job_events(cluster.nats_url, job_id)
+        saved_first = [e.step for e in history if isinstance(e, CheckpointSaved) and e.attempt == 1]
+        resumed = [e.step for e in history if isinstance(e, JobProgress) and e.attempt == 2]
+        assert saved_first and 40 <= saved_first[-1] < 200 and min(resumed) > saved_first[-1]  # the stop's checkpoint
+        requeued = [e.reason for e in history if isinstance(e, JobRequeued)]
+        assert requeued and requeued[0].endswith("was stopped by its node's agent; resumes from its checkpoint")
     finally:
         cluster.stop()
 

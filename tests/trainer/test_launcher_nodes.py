@@ -96,3 +96,22 @@ async def test_each_node_trainer_launches_its_own_workers_and_the_lead_records_t
             contexts[n].stopping.set()
         await asyncio.gather(*tasks.values())
 
+
+
+def test_an_exit_after_a_stop_nobody_asked_for_requeues_the_job() -> None:
+    """A node's agent shutting down stops its workers: a built-in worker checkpoints and exits 0, which was taken
+    for success (the job "succeeded" half-trained and its model was registered); a plain command dies by the
+    signal, which was taken for failure. Either is an interruption: the job is requeued to resume. A worker that
+    exits non-zero on its own still fails the job, and exits 0 on their own are success."""
+    from aios.scheduler.state import JobState
+    from aios.trainer.launcher import outcome
+
+    def job(exits: dict[str, int | None], stopped: list[str]) -> JobState:
+        return JobState("j", None, "t", 1, 0.0, status="running", exit_codes=exits, stopped_workers=stopped,
+                        assignments=[Assignment(node_id="n1", device_uuids=uuids("n1"), ranks=[0, 1])])
+    assert outcome(job({"rank0-a1": 0}, ["rank0-a1"]))[0] == "requeued"  # type: ignore[index]
+    assert outcome(job({"rank0-a1": 0, "rank1-a1": None}, ["rank1-a1"])) == (
+        "requeued", "worker rank1-a1 was stopped by its node's agent; resumes from its checkpoint", None)
+    assert outcome(job({"rank0-a1": 3, "rank1-a1": 0}, ["rank1-a1"]))[0] == "failed"  # type: ignore[index]
+    assert outcome(job({"rank0-a1": 0, "rank1-a1": 0}, [])) == ("succeeded", "", 0)
+    assert outcome(job({"rank0-a1": 0}, [])) is None  # rank 1 still runs

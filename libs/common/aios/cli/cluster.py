@@ -129,6 +129,10 @@ class LocalCluster:
         proc.kill()
         proc.wait()
 
+    def stop_agent(self, node: str, grace: float = 15.0) -> None:
+        """SIGTERM one node's agent, as a shutdown of the node does: its workers are stopped (and checkpoint)."""
+        self._terminate([self.procs[f"agent-{node}"]], grace)
+
     def restart_agent(self, node: str) -> None:
         spec = dict(self.agents)[node]
         self._spawn(f"agent-{node}", ["agent", "--node", node, "--sim", spec])

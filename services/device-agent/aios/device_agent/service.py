@@ -286,7 +286,7 @@ class DeviceAgentService(Service):
         reason = "stopped on request" if w.stopping else ("exited" if code is not None else f"killed by signal {sig}")
         await self.ctx.store.append(f"run.{w.job_id}", WorkerExited(
             aggregate_id=w.job_id, node_id=self.config.node_id, worker=w.worker, exit_code=code, signal=sig,
-            reason=reason, attempt=w.attempt))
+            reason=reason, attempt=w.attempt, stopped=w.stopping))
 
 
 def from_env() -> DeviceAgentService:

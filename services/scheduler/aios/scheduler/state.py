@@ -53,6 +53,8 @@ class JobState(msgspec.Struct):
     workers_running: int = 0
     exit_codes: dict[str, int | None] = {}
     """worker -> exit code (None: killed by a signal), for the current attempt."""
+    stopped_workers: list[str] = []
+    """Workers of the current attempt that their agent stopped (WorkerExited.stopped): interrupted, not ended."""
     error: str = ""
     step: int = 0
     """Training steps done (JobProgress): the highest reported, so a step re-run after a resume is not counted
@@ -117,7 +119,7 @@ class SchedulerState(msgspec.Struct):
 
 
 MAX_HISTORY = 5000
-STATE_SCHEMA = 2
+STATE_SCHEMA = 3
 """Version of the encoded state in snapshots: a snapshot of another version is ignored and the log replayed."""
 
 
@@ -222,6 +224,7 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         job.run_speed = speed_share(state, job, job.run_kinds)
         job.attempts += 1
         job.exit_codes = {}
+        job.stopped_workers = []
         job.workers_running = 0
         job.started_workers = []
     elif kind is JobStarted:
@@ -236,6 +239,8 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
     elif kind is WorkerExited:
         job.workers_running = max(0, job.workers_running - 1)
         job.exit_codes[ev.worker] = ev.exit_code  # type: ignore[attr-defined]
+        if ev.stopped:  # type: ignore[attr-defined]
+            job.stopped_workers = [*job.stopped_workers, ev.worker]  # type: ignore[attr-defined]
     elif kind is JobPreempted:
         job.status, job.preempted_at = PREEMPTING, ev.ts
         job.preemptions += 1

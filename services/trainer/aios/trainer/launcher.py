@@ -18,11 +18,12 @@ import json
 import logging
 import os
 import sys
+import time
 import zlib
 from typing import Any
 
 from aios.common import natsauth, tracing
-from aios.common.events import JOB_AGGREGATES, Assignment, JobFailed, JobStarted, JobSucceeded
+from aios.common.events import JOB_AGGREGATES, Assignment, JobFailed, JobRequeued, JobStarted, JobSucceeded
 from aios.common.errors import AiosError, ConcurrencyConflict
 from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import Projector
@@ -76,13 +77,19 @@ def worker_command(job: JobState | None = None) -> list[str]:
 
 
 def outcome(job: JobState) -> tuple[str, str, int | None] | None:
-    """``(succeeded|failed, reason, exit code)`` once it is decided, else None: the first worker (by name) to exit
-    non-zero fails the job at once (its peers are then stopped); all exiting 0 is success."""
+    """``(succeeded|failed|requeued, reason, exit code)`` once it is decided, else None: the first worker (by name)
+    to exit non-zero on its own fails the job at once (its peers are then stopped); a worker its agent stopped while
+    nobody asked the job to stop (the agent or its node shutting down) requeues it, to resume from its checkpoint:
+    such a worker exits 0 after checkpointing, and that was counted as success (a half-trained model registered);
+    all exiting 0 on their own is success."""
     world = sum(max(1, len(a.device_uuids)) for a in job.assignments)
-    bad = sorted((w, c) for w, c in job.exit_codes.items() if c != 0)
+    stopped = set(job.stopped_workers)
+    bad = sorted((w, c) for w, c in job.exit_codes.items() if c != 0 and w not in stopped)
     if bad:
         worker, code = bad[0]
         return "failed", f"worker {worker} exited with {code if code is not None else 'a signal'}", code
+    if stopped:
+        return "requeued", f"worker {min(stopped)} was stopped by its node's agent; resumes from its checkpoint", None
     if world and len(job.exit_codes) >= world:
         return "succeeded", "", 0
     return None
@@ -242,8 +249,12 @@ class LauncherService(Service):
         attempt = job.attempts if attempt is None else attempt
         key = f"{result}-{attempt}"
         if result == "succeeded":
+            # the open run is counted by the fold only when this event closes it (it read 0.0 for every job)
+            runtime = job.run_seconds + (max(0.0, time.time() - job.placed_at) if job.placed_at else 0.0)
             await self._append_outcome(job.job_id, attempt, JobSucceeded(aggregate_id=job.job_id,
-                                                                         runtime_s=job.run_seconds), key)
+                                                                         runtime_s=round(runtime, 3)), key)
+        elif result == "requeued":  # the scheduler releases its devices and places it again; its workers left
+            await self._append_outcome(job.job_id, attempt, JobRequeued(aggregate_id=job.job_id, reason=reason), key)
         else:
             key_now = (job.job_id, attempt)
             self.stopped.add(key_now)

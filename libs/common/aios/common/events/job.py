@@ -75,6 +75,9 @@ class WorkerExited(RunEvent, frozen=True, kw_only=True):
     attempt: int = 0
     """Placement attempt the worker belonged to (0: unknown): a late exit of a previous attempt's worker must not
     count as one of the current attempt's."""
+    stopped: bool = False
+    """Its agent stopped it (a stop request, or the agent shutting down): the exit says the worker was
+    interrupted, not how the job ended (a built-in worker checkpoints and exits 0 when stopped)."""
 
 
 class Assignment(msgspec.Struct, frozen=True):
