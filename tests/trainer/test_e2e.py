@@ -15,7 +15,7 @@ import numpy as np
 
 from aios.cli.cluster import LocalCluster
 from aios.common.config import load_settings
-from aios.common.events import CheckpointSaved, JobFailed, JobProgress, JobRequeued
+from aios.common.events import CheckpointSaved, JobFailed, JobProgress, JobRequeued, JobSucceeded
 from aios.common.store import connect
 from aios.trainer.collective import Collective
 from aios.trainer.mlp import TrainerConfig
@@ -186,6 +186,8 @@ def test_a_node_shut_down_under_a_job_requeues_it_and_it_resumes(aios_env: dict[
         saved_first = [e.step for e in history if isinstance(e, CheckpointSaved) and e.attempt == 1]
         resumed = [e.step for e in history if isinstance(e, JobProgress) and e.attempt == 2]
         assert saved_first and 40 <= saved_first[-1] < 200 and min(resumed) > saved_first[-1]  # the stop's checkpoint
+        succeeded = [e for e in history if isinstance(e, JobSucceeded)]
+        assert len(succeeded) == 1 and succeeded[0].runtime_s >= 1.0  # both runs' time (it was always 0.0)
         requeued = [e.reason for e in history if isinstance(e, JobRequeued)]
         assert requeued and requeued[0].endswith("was stopped by its node's agent; resumes from its checkpoint")
     finally:
