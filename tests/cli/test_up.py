@@ -110,3 +110,21 @@ def test_cli_usage_errors(aios_env: dict[str, str], argv: list[str], code: int, 
     out = subprocess.run([sys.executable, "-m", "aios.cli.main", *argv], env=aios_env, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == code and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_up_refuses_a_port_another_server_holds_and_an_external_server_that_is_not_there(
+        aios_env: dict[str, str], nats_server: NatsServer, tmp_path: Path) -> None:
+    """A second `aios up` on a taken port printed "embedded, data in ..." and its services joined the other
+    cluster; with AIOS_NATS_URL pointing nowhere it printed "AIOS is up" and its services retried for ever."""
+    taken = {**aios_env, "AIOS_DATA_DIR": str(tmp_path / "second"), "AIOS_NATS_PORT": str(nats_server.port)}
+    taken.pop("AIOS_NATS_URL", None)
+    out = subprocess.run([sys.executable, "-m", "aios.cli.main", "up", "--no-sim"], env=taken, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1 and f"port {nats_server.port} on 127.0.0.1 is taken" in out.stderr, out
+    assert "AIOS is up" not in out.stdout and "Traceback" not in out.stderr
+    nowhere = {**aios_env, "AIOS_DATA_DIR": str(tmp_path / "third"), "AIOS_NATS_URL": "nats://127.0.0.1:1"}
+    out = subprocess.run([sys.executable, "-m", "aios.cli.main", "up", "--no-sim"], env=nowhere, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1 and "cannot reach NATS at nats://127.0.0.1:1" in out.stderr, out
+    assert "AIOS is up" not in out.stdout and "Traceback" not in out.stderr
+    assert nats_server.running()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -19,6 +20,13 @@ from aios.common.natsserver import NatsServer, die_with_parent, free_port
 NODE_SERVICES = frozenset({"trainer"})
 """Services deployed once per node (next to its device agent) rather than once per cluster: with simulated nodes,
 each gets its own, with ``AIOS_NODE_ID`` set; without any, one instance serves every node."""
+
+
+async def _reachable(servers: list[str]) -> None:
+    from aios.common.store import connect_once
+
+    nc = await connect_once(servers, name="aios-up")
+    await nc.close()
 
 
 class LocalCluster:
@@ -45,7 +53,10 @@ class LocalCluster:
     def start(self) -> "LocalCluster":
         data = self.settings.data_dir
         data.mkdir(parents=True, exist_ok=True)
-        if not self.settings.nats_url:
+        if self.settings.nats_url:  # an external server: refuse at once if it is not there, before the services
+            # start and each retries it for ever under "AIOS is up"
+            asyncio.run(_reachable(self.settings.servers))
+        else:
             self.nats = NatsServer(data / "jetstream", port=self.settings.nats_port, log_file=data / "nats-server.log")
             if self.secure:
                 self.nats.extra_args = ["-c", str(self._write_auth_config(data, self.nats.url))]

@@ -47,6 +47,18 @@ def die_with_parent() -> None:
         pass
 
 
+def _port_taken(host: str, port: int) -> bool:
+    """Whether something listens on the port: bound as the server will bind it (address reuse, so a port our own
+    stopped server left in TIME_WAIT is free)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -92,6 +104,11 @@ class NatsServer:
     def start(self, timeout: float = 20.0) -> "NatsServer":
         if self.running():
             return self
+        if _port_taken(self.host, self.port):
+            # else the other server's INFO looked like ours starting, and a second `aios up` joined that cluster
+            raise NatsServerError(f"port {self.port} on {self.host} is taken (another AIOS cluster or nats-server?): "
+                                  "stop it, or choose another port (AIOS_NATS_PORT), or use that server as an external "
+                                  "one (AIOS_NATS_URL)")
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         cmd = [
