@@ -59,6 +59,29 @@ def test_a_job_that_cannot_start_on_the_nodes_there_says_so() -> None:
     assert "no online node has 96 CPU and" in why["cpu-job"], why["cpu-job"]
 
 
+def test_a_job_of_any_kind_is_charged_and_placed_on_a_kind_its_quota_admits() -> None:
+    """Kueue's flavor assignment: a job naming no kind was charged against the kind with most free devices (ties
+    by name: a100) and placed anywhere; a tenant with quota h100=4 waited for ever on "a100 would be 2 against
+    nominal 0" beside four free H100s. It is charged for, and placed on, a kind its quota admits."""
+    c = Cluster(("n1", "a100", 4), ("n2", "h100", 4))
+    c.quota("solo", "", h100=4)
+    c.quota("both", "", a100=2, h100=2)
+    c.submit("solo-1", 2, tenant="solo")
+    c.submit("both-1", 2, tenant="both")
+    c.submit("both-2", 2, tenant="both")
+    c.submit("solo-big", 16, tenant="solo")
+    policy = make_policy("fairshare")
+    step(c.state, policy, 2.0)
+    assert c.where("solo-1") == {"n2": 2} and c.state.jobs["solo-1"].borrowed == {}
+    assert sorted(next(iter(c.where(j))) for j in ("both-1", "both-2")) == ["n1", "n2"]  # one on each kind
+    why = explain(c.state, policy, "solo-big", 3.0)  # no quota wait would let it start: that comes first
+    assert "capacity: the cluster could give it at most 8 of its 16 devices" in why, why
+    c.submit("solo-2", 4, tenant="solo")
+    step(c.state, policy, 4.0)
+    assert c.status("solo-2") == PENDING  # 2 of its 4 h100 are used; a100 is not its to use
+    assert "quota: " in explain(c.state, policy, "solo-2", 5.0)
+
+
 def test_gang_prefers_one_node_and_best_fit() -> None:
     c = Cluster(("n1", "h100", 8), ("n2", "h100", 2))
     c.submit("two", 2)

@@ -109,23 +109,36 @@ def _usage(state: SchedulerState) -> tuple[dict[str, dict[str, int]], dict[str, 
     return usage, cpu, mem
 
 
-def _request_kinds(job: JobState, view: ClusterView, all_kinds: list[str],
-                   free_of: dict[str, int] | None = None) -> dict[str, int]:
-    """The quota charge of a job: its devices, counted against the kind it would most likely get (the one with
-    most free devices; ``free_of`` memoises the counts while the view does not change)."""
+def _request_kinds(job: JobState, kinds: list[str], free: Callable[[str], int]) -> dict[str, int]:
+    """The quota charge of a job of a tenant without quota: its devices, counted against the kind it would most
+    likely get (the one with most free devices)."""
     spec = job.spec
     assert spec is not None
-    kinds = spec.device_types or all_kinds
     if spec.devices == 0 or not kinds:
         return {}
-    free_of = {} if free_of is None else free_of
+    return {max(kinds, key=free): spec.devices}
 
-    def free(k: str) -> int:
-        if k not in free_of:
-            free_of[k] = int(view.bin_free[view.kind_index[k]].sum()) if k in view.kind_index else -1
-        return free_of[k]
-    best = max(kinds, key=free)
-    return {best: spec.devices}
+
+def _choose_kind(tenants: dict[str, quotas.Quota], usage: dict[str, dict[str, int]], job: JobState,
+                 kinds: list[str], free: Callable[[str], int]) -> tuple[dict[str, int], quotas.Admission]:
+    """Kueue's flavor assignment: the kind a job of a tenant with quota is charged against, and placed on, among
+    those it accepts: one its quota admits without borrowing and with room now, else by borrowing with room, else
+    admitted without room (it waits there), preferring more free devices; if none admits it, the refusal of the
+    kind its quota gives most of. (It was charged against the kind with most free devices, placed anywhere: a
+    tenant with h100=4 waited for ever on "a100 would be 2 against nominal 0" beside four free H100s.)"""
+    spec = job.spec
+    assert spec is not None
+    n = spec.devices
+    ranked = sorted(kinds, key=lambda k: -free(k))  # kinds come sorted by name: ties go by name
+    decisions = [(k, quotas.admit(tenants, usage, job.tenant, {k: n})) for k in ranked]
+    for ok in (lambda k, d: not d.borrowed and free(k) >= n, lambda k, d: free(k) >= n, lambda k, d: not d.borrowed,
+               lambda k, d: True):
+        for k, d in decisions:
+            if d.admitted and ok(k, d):
+                return {k: n}, d
+    nominal = tenants[job.tenant].nominal
+    k, d = max(decisions, key=lambda kd: nominal.get(kd[0], 0))
+    return {k: n}, d
 
 
 def _housekeeping(state: SchedulerState, now: float, plan: RoundPlan) -> None:
@@ -183,38 +196,60 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
                for t, q in state.inv.tenants.items()}
     all_kinds = sorted({d.info.kind for n in state.inv.nodes.values() if n.online for d in n.devices.values()})
     admitted: list[tuple[JobState, dict[str, int]]] = []
-    free_of: dict[str, int] = {}
+    free_of: dict[str, int] = {}  # free devices per kind, while the view does not change
+
+    def free(k: str) -> int:
+        if k not in free_of:
+            free_of[k] = int(view.bin_free[view.kind_index[k]].sum()) if k in view.kind_index else -1
+        return free_of[k]
+    facts = _Facts(state)  # looked up once a round, and only if a reason needs it
+    pinned: dict[str, frozenset[str]] = {}
+    """Jobs of tenants with quota that accept several kinds: placed on the kind their quota was charged for."""
     for job in ordered:
-        charge = _request_kinds(job, view, all_kinds, free_of)
-        if job.tenant in tenants and charge:
-            decision = quotas.admit(tenants, usage, job.tenant, charge)
+        assert job.spec is not None
+        chosen = policy.kinds_for(job)
+        kinds = sorted(chosen) if chosen else (list(job.spec.device_types) or all_kinds)
+        if job.tenant in tenants and job.spec.devices > 0 and kinds:
+            charge, decision = _choose_kind(tenants, usage, job, sorted(kinds), free)
             if not decision.admitted:
-                plan.reasons[job.job_id] = f"quota: {decision.reason}"
+                # a job that no wait for quota would let start says why first (a 16-device gang on 8 devices
+                # read "a100 would be 16 against nominal 2")
+                never = facts.never_fits(request_for(job, frozenset(job.spec.device_types) or None))
+                plan.reasons[job.job_id] = f"capacity: {never}" if never else f"quota: {decision.reason}"
                 _maybe_reclaim(state, plan, tenants, usage, job, charge, now)
                 continue
+            if len(kinds) > 1:
+                pinned[job.job_id] = frozenset(charge)
             borrowed = decision.borrowed
         else:
-            borrowed = {}
+            charge, borrowed = _request_kinds(job, kinds, free), {}
         admitted.append((job, borrowed))
         for k, n in charge.items():  # charge the tentative usage, so later jobs see it
             usage.setdefault(job.tenant, {})[k] = usage.get(job.tenant, {}).get(k, 0) + n
 
+    def kinds_of(job: JobState) -> frozenset[str] | None:
+        return pinned.get(job.job_id) or policy.kinds_for(job)
     if policy.sequential:
-        _place_in_order(state, policy, now, estimate, view, admitted, plan)
+        _place_in_order(state, policy, now, estimate, view, admitted, plan, kinds_of, facts)
     else:
-        _place_window(state, policy, now, view, admitted, plan, milp_max_jobs, milp_time_limit)
+        _place_window(state, policy, now, view, admitted, plan, milp_max_jobs, milp_time_limit, kinds_of, facts)
     return plan
 
 
-def _try_place(view: ClusterView, policy: Policy, job: JobState) -> Placement | None:
+KindsOf = Callable[[JobState], "frozenset[str] | None"]
+"""The kinds a job may be placed on this round: the policy's choice, or the kind its quota was charged for."""
+
+
+def _try_place(view: ClusterView, policy: Policy, job: JobState, kinds_of: KindsOf) -> Placement | None:
     spec = job.spec
     assert spec is not None
     if spec.devices == 0:
         req = request_for(job, None)
         node = view.place_cpu_only(req)
         return Placement(job.job_id, [Assignment(node, [], [0])]) if node else None
-    choices = [policy.kinds_for(job)] if policy.strict_kinds else [policy.kinds_for(job),
-                                                                    frozenset(spec.device_types) or None]
+    first = kinds_of(job)
+    choices = [first] if policy.strict_kinds or first != policy.kinds_for(job) else [
+        first, frozenset(spec.device_types) or None]
     for kinds in dict.fromkeys(choices):
         req = request_for(job, kinds)
         found = greedy(view, req)
@@ -327,10 +362,10 @@ def _capacity_reason(view: ClusterView, job: JobState, facts: _Facts | None = No
 
 
 def _place_in_order(state: SchedulerState, policy: Policy, now: float, estimate: Callable[[JobState], float],
-                    view: ClusterView, admitted: list[tuple[JobState, dict[str, int]]], plan: RoundPlan) -> None:
+                    view: ClusterView, admitted: list[tuple[JobState, dict[str, int]]], plan: RoundPlan,
+                    kinds_of: KindsOf, facts: "_Facts") -> None:
     head: JobState | None = None
     shadow, extra = float("inf"), 0
-    facts = _Facts(state)  # looked up once a round, and only if a reason needs it
     for job, borrowed in admitted:
         if head is not None and not policy.backfill:
             plan.reasons[job.job_id] = f"order: behind {head.job_id} ({policy.name}), which waits for capacity"
@@ -341,7 +376,7 @@ def _place_in_order(state: SchedulerState, policy: Policy, now: float, estimate:
                 plan.reasons[job.job_id] = (f"order: backfill would delay {head.job_id}, reserved at "
                                             f"t+{shadow - now:.0f}s (needs {job.devices}, {extra} spare)")
                 continue
-        placed = _try_place(view, policy, job)
+        placed = _try_place(view, policy, job, kinds_of)
         if placed is not None:
             plan.placements.append(Placement(job.job_id, placed.assignments, borrowed))
             if head is not None and not (now + estimate(job) <= shadow):
@@ -352,19 +387,19 @@ def _place_in_order(state: SchedulerState, policy: Policy, now: float, estimate:
             head = job
             _maybe_preempt(state, policy, now, view, job, plan)
             if policy.backfill:
-                free = int(view.capacity_in(request_for(job, policy.kinds_for(job)),
-                                            view.candidates(request_for(job, policy.kinds_for(job)))).sum())
+                req = request_for(job, kinds_of(job))
+                free = int(view.capacity_in(req, view.candidates(req)).sum())
                 shadow, extra = EasyBackfill.reservation(state, now, job, free, estimate)
 
 
 def _place_window(state: SchedulerState, policy: Policy, now: float, view: ClusterView,
                   admitted: list[tuple[JobState, dict[str, int]]], plan: RoundPlan, milp_max_jobs: int,
-                  milp_time_limit: float) -> None:
+                  milp_time_limit: float, kinds_of: KindsOf, facts: "_Facts") -> None:
     window = [(j, b) for j, b in admitted if j.devices > 0 and j.spec and j.spec.gang][:milp_max_jobs]
     placed: set[str] = set()
     if len(window) > 1 and policy.milp:
         n = len(window)
-        reqs = [request_for(j, policy.kinds_for(j), weight=100.0 + 100.0 * (n - i) / n) for i, (j, _) in
+        reqs = [request_for(j, kinds_of(j), weight=100.0 + 100.0 * (n - i) / n) for i, (j, _) in
                 enumerate(window)]
         result = milp_window(view, reqs, time_limit=milp_time_limit)
         if result.status in ("optimal", "time-limit") and result.plans:
@@ -378,16 +413,15 @@ def _place_window(state: SchedulerState, policy: Policy, now: float, view: Clust
                                                      borrowed_of[job.job_id]))
                     placed.add(job.job_id)
     blocked_first: JobState | None = None
-    facts = _Facts(state)
     failed: dict[tuple[object, ...], str] = {}  # free capacity only shrinks in this loop: a shape that failed fails
     for job, borrowed in admitted:
         if job.job_id in placed:
             continue
         spec = job.spec
         assert spec is not None
-        shape = (spec.devices, policy.kinds_for(job), tuple(spec.device_types), spec.max_devices_per_node, spec.gang,
+        shape = (spec.devices, kinds_of(job), tuple(spec.device_types), spec.max_devices_per_node, spec.gang,
                  spec.cpu_per_worker, spec.memory_gib_per_worker)
-        found = None if shape in failed else _try_place(view, policy, job)
+        found = None if shape in failed else _try_place(view, policy, job, kinds_of)
         if found is not None:
             plan.placements.append(Placement(job.job_id, found.assignments, borrowed))
             continue
