@@ -166,3 +166,19 @@ async def test_refusals_that_depend_on_the_state_are_not_bad_input(store: EventS
     with pytest.raises(BlobError, match="is missing from") as missing:
         await handle(reg, "register", {"name": "fine", "digest": "sha256:" + "0" * 64})
     assert not isinstance(moved.value, BadInput) and not isinstance(missing.value, BadInput)
+
+
+async def test_the_endpoint_listing_holds_replicas_only(store: EventStore) -> None:
+    """The router and the gateway announce their plain-text addresses in the same bucket: listing every model's
+    replicas (`aios models endpoints` with no name) parsed them as JSON and crashed."""
+    import json
+
+    from aios.model_registry.replica import endpoints, endpoints_bucket
+
+    kv = await endpoints_bucket(store)
+    await kv.put("_router", b"http://127.0.0.1:8600")
+    await kv.put("_gateway", b"http://127.0.0.1:8080")
+    replica = {"key": "digits.j1.0", "uri": "models:/digits@production", "version": 2, "url": "http://h:1"}
+    await kv.put("digits.j1.0", json.dumps(replica).encode())
+    assert await endpoints(store) == [replica]
+    assert await endpoints(store, "digits") == [replica] and await endpoints(store, "other") == []

@@ -58,13 +58,19 @@ async def endpoints(store: EventStore, model: str | None = None) -> list[dict[st
         return []
     out = []
     for key in keys:
+        if key.startswith("_"):  # services' own addresses (_gateway, _router) share the bucket: not replicas
+            continue
         if model is None or key.startswith(f"{model}."):
             try:
                 entry = await kv.get(key)
             except nats.js.errors.KeyNotFoundError:
                 continue
-            if entry.value:
-                out.append(json.loads(entry.value))
+            try:
+                found = json.loads(entry.value) if entry.value else None
+            except ValueError:
+                found = None
+            if isinstance(found, dict) and isinstance(found.get("key"), str):
+                out.append(found)
     return sorted(out, key=lambda e: e["key"])
 
 
