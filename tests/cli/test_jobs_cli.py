@@ -84,6 +84,11 @@ def test_submit_why_cancel(aios_env: dict[str, str], tmp_path: Path) -> None:
         quick_id = aios("submit", str(quick), "--json")
         ok = aios("job", json.loads(quick_id.stdout)["job"], "--wait", "--json")
         assert ok.returncode == 0 and json.loads(ok.stdout)["status"] == "succeeded"
+        late = aios("cancel", json.loads(quick_id.stdout)["job"])  # it said "cancel requested", exit 0
+        assert late.returncode == 1 and "has already ended (succeeded): nothing to cancel" in late.stderr, late
+        # the events as the HTTP API gives them, with their fields (it gave only type and time)
+        exited = [e for e in json.loads(ok.stdout)["events"] if e["type"] == "WorkerExited"]
+        assert exited and exited[0]["exit_code"] == 0 and exited[0]["worker"], exited
 
         # an idempotency key is the tenant's own, and a retry gets the first job (beta's job was dropped as a
         # duplicate of alpha's; a retry with another spec was dropped too)

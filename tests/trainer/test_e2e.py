@@ -117,6 +117,8 @@ def test_four_rank_mlp_job_and_a_plain_command_job(aios_env: dict[str, str], tmp
         only = aios("logs", job_id, "--worker", "rank3-a1")
         assert only.returncode == 0 and "[rank3-a1" in only.stdout and "[rank0-a1]" not in only.stdout
         assert aios("logs", "nope-123").returncode == 3  # not found
+        wrong = aios("logs", job_id, "--worker", "rank3")  # printed nothing, exit 0
+        assert wrong.returncode == 3 and "no worker 'rank3'; its workers: rank0-a1, rank1-a1" in wrong.stderr, wrong
         assert sorted(seen) == [0, 1, 2]
         assert {s["WORLD_SIZE"] for s in seen.values()} == {"3"}
         assert len({s["MASTER_PORT"] for s in seen.values()}) == 1

@@ -13,8 +13,10 @@ from aios.cli.inspect import ask
 from aios.cli.output import table_console
 from aios.common import tracing
 from aios.common.config import load_settings
-from aios.common.errors import AiosError, ConfigError, NotFound
-from aios.common.events import JobCancelRequested
+from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError, NotFound
+from aios.common.events import (
+    JobCancelled, JobCancelRequested, JobFailed, JobSucceeded, WorkerStarted, timeline_entry,
+)
 from aios.common.store import open_log
 from aios.scheduler import submission
 from aios.scheduler.spec import SpecError, validate_spec
@@ -79,13 +81,27 @@ async def submit(path: str, idempotency_key: str | None, as_json: bool) -> int:
     return 0
 
 
+ENDED = {JobSucceeded: "succeeded", JobFailed: "failed", JobCancelled: "cancelled"}
+
+
 async def cancel(job_id: str) -> int:
     store = await _store()
     try:
-        if (await store.read(f"job.{_known_form(job_id)}")).version == 0:
-            raise NotFound(f"no job {job_id!r}")
-        await store.append(f"job.{job_id}", JobCancelRequested(aggregate_id=job_id, requested_by="cli"),
-                           idempotency_key=f"cli-cancel-request-{job_id}")
+        for _ in range(5):  # against the job's version: an end recorded meanwhile is seen, not cancelled
+            history = await store.read(f"job.{_known_form(job_id)}")
+            if history.version == 0:
+                raise NotFound(f"no job {job_id!r}")
+            ended = [ENDED[type(e)] for e in history.events if type(e) in ENDED]
+            if ended:  # it printed "cancel requested" and exited 0 for a job that had succeeded (the API: 409)
+                raise AiosError(f"job {job_id} has already ended ({ended[0]}): nothing to cancel")
+            try:
+                await store.append(f"job.{job_id}", JobCancelRequested(aggregate_id=job_id, requested_by="cli"),
+                                   history.version, idempotency_key=f"cli-cancel-request-{job_id}")
+                break
+            except ConcurrencyConflict:
+                continue
+        else:
+            raise AiosError(f"job {job_id} kept changing; try again")
     finally:
         await store.close()
     print(f"cancel requested for {job_id}")
@@ -123,8 +139,14 @@ async def logs(job_id: str, follow: bool, worker: str | None) -> int:
 
     store = await _store()
     try:
-        if (await store.read(f"job.{_known_form(job_id)}")).version == 0:
+        history = await store.read_job(_known_form(job_id))
+        if not history:
             raise NotFound(f"no job {job_id!r}")
+        started = sorted({e.worker for e in history if isinstance(e, WorkerStarted)})
+        ended = any(isinstance(e, (JobSucceeded, JobFailed, JobCancelled)) for e in history)
+        if worker is not None and worker not in started and (ended or not follow):
+            # it printed nothing and exited 0 for `--worker rank0` (the workers are rank0-a1, rank0-a2, ...)
+            raise NotFound(f"job {job_id} has no worker {worker!r}; its workers: {', '.join(started) or 'none yet'}")
         await joblogs.ensure_stream(store.js, store.replicas)
         async for name, stream, line in joblogs.lines(store.js, job_id, worker, follow):
             print(f"[{name}{' stderr' if stream == 'stderr' else ''}] {line}", flush=True)
@@ -151,7 +173,7 @@ async def job(job_id: str, as_json: bool, wait: bool) -> int:
             time.sleep(0.5)
     finally:
         await store.close()
-    events = [{"type": type(e).__name__, "ts": e.ts} for e in history]
+    events = [timeline_entry(e) for e in history]
     if as_json:
         print(json.dumps({**(summary or {"job": job_id}), "events": events}, indent=2))
     else:
@@ -163,17 +185,10 @@ async def job(job_id: str, as_json: bool, wait: bool) -> int:
                           + (f"\n  {summary['error']}" if summary["error"] else ""))
         t0 = history[0].ts
         table = Table("+s", "event", "detail")
-        for e in history:
-            detail = {k: v for k, v in msgspec_fields(e).items() if k not in ("aggregate_id", "ts", "v", "causation_id",
-                                                                              "trace_id", "spec")}
+        for e, entry in zip(history, events):
+            detail = {k: v for k, v in entry.items() if k not in ("type", "ts", "trace_id", "spec")}
             table.add_row(f"{e.ts - t0:.1f}", type(e).__name__, json.dumps(detail, default=str)[:100])
         console.print(table)
     if wait and summary is not None and summary["status"] != "succeeded":
         return 4
     return 0
-
-
-def msgspec_fields(event: Any) -> dict[str, Any]:
-    import msgspec
-
-    return msgspec.to_builtins(event)  # type: ignore[no-any-return]

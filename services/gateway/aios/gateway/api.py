@@ -16,7 +16,7 @@ from aiohttp import web
 
 from aios.common import tracing
 from aios.common.errors import AiosError, ConfigError
-from aios.common.events import JobCancelRequested
+from aios.common.events import JobCancelRequested, timeline_entry
 from aios.gateway.auth import Caller, Forbidden, Unauthorized, authenticate
 from aios.scheduler import submission
 from aios.scheduler.spec import KIND_PATTERN, MAX_QUOTA, SpecError, spec_to_dict, validate_quota, validate_spec
@@ -132,11 +132,8 @@ class Api:
     async def job_detail(self, caller: Caller, job_id: str) -> dict[str, Any]:
         job = self._job(caller, job_id)
         history = await self.backend.store.read_job(job.job_id)
-        timeline = [{"type": type(e).__name__, "ts": e.ts,
-                     **{k: v for k, v in json.loads(_encode(e)).items() if k not in ("type", "ts", "aggregate_id",
-                                                                                     "v", "causation_id")}}
-                    for e in history]
-        return {**job_summary(job), "spec": spec_to_dict(job.spec) if job.spec else None, "events": timeline}
+        return {**job_summary(job), "spec": spec_to_dict(job.spec) if job.spec else None,
+                "events": [timeline_entry(e) for e in history]}
 
     async def cancel_job(self, caller: Caller, job_id: str, via: str) -> dict[str, Any]:
         job = self._job(caller, job_id)
@@ -266,12 +263,6 @@ class Api:
             except HttpError as exc:
                 return web.json_response({"error": str(exc)}, status=exc.status)
         return handle
-
-
-def _encode(event: Any) -> bytes:
-    import msgspec
-
-    return msgspec.json.encode(event)
 
 
 ROUTES: tuple[Route, ...] = (

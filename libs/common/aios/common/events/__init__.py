@@ -1,6 +1,6 @@
 """Event types and their codec. Importing this package registers every event type of AIOS."""
 
-from aios.common.events.base import Event, event_types, schema_version, to_dict
+from aios.common.events.base import Event, event_types, schema_version, timeline_entry, to_dict
 from aios.common.events.codec import decode, decode_one, decoder, encode, upcaster
 from aios.common.events.job import (
     JOB_AGGREGATES, Assignment, CheckpointSaved, JobAdmitted, JobCancelled, JobCancelRequested, JobEvent, JobFailed,
@@ -18,7 +18,7 @@ from aios.common.events.model import (
 from aios.common.events.tenant import TenantEvent, TenantQuotaSet
 
 __all__ = [
-    "Event", "event_types", "schema_version", "to_dict", "decode", "decode_one", "decoder", "encode", "upcaster",
+    "Event", "event_types", "schema_version", "timeline_entry", "to_dict", "decode", "decode_one", "decoder", "encode", "upcaster",
     "JOB_AGGREGATES", "Assignment", "JobAdmitted", "JobPlaced", "JobPreempted", "JobStarted", "JobSucceeded", "JobFailed",
     "JobEvent", "JobSubmitted", "JobCancelRequested", "JobCancelled", "JobRequeued", "WorkerStarted", "WorkerExited",
     "JobProgress", "CheckpointSaved", "RunEvent",

@@ -68,3 +68,10 @@ def schema_version(cls: type[Event]) -> int:
 def to_dict(ev: Event) -> dict[str, Any]:
     """A plain JSON-ready dict of an event, tag included (for logs, the CLI and the HTTP API)."""
     return msgspec.to_builtins(ev)
+
+
+def timeline_entry(ev: Event) -> dict[str, Any]:
+    """One line of a job's timeline, as ``aios job --json`` and the HTTP API give it: the event's class name, its
+    time and its own fields (not the envelope's aggregate, version and causation)."""
+    fields = {k: v for k, v in to_dict(ev).items() if k not in ("type", "ts", "aggregate_id", "v", "causation_id")}
+    return {"type": type(ev).__name__, "ts": ev.ts, **fields}
