@@ -189,6 +189,9 @@ def test_bad_submissions_name_the_field(gateway: tuple[str, LocalCluster], body:
     assert got == 400 and reply["error"].startswith("body: not JSON")
     got, reply = call(url, "POST", "/api/v1/jobs", ALICE, raw=b"[" * 100_000)  # was a 500 (RecursionError)
     assert got == 400 and reply["error"] == "body: nested too deeply"
+    # a field missing is a bad field like any other (a 400 there, a 422 for every other field)
+    got, reply = call(url, "POST", "/api/v1/jobs", ADMIN, {"name": "x", "command": ["true"]})
+    assert got == 422 and reply["error"].startswith("tenant: an administrator must name"), reply
 
 
 def test_a_job_through_http_with_its_timeline_logs_and_the_cluster(gateway: tuple[str, LocalCluster]) -> None:

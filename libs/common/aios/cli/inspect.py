@@ -72,10 +72,14 @@ async def tenants(as_json: bool = False, servers: list[str] | None = None) -> in
         return 0
     table = Table("tenant", "cohort", "nominal", "in use", "borrowing limit", "lending limit")
     fmt = lambda d: ", ".join(f"{k}={v}" for k, v in sorted(d.items())) if d else "-"  # noqa: E731
+
+    def limit(d: dict[str, int] | None, unset: str) -> str:
+        """A limit per kind; kinds it does not name are limited to 0."""
+        return unset if d is None else (fmt(d) + ", 0 of other kinds") if d else "none"
     for name, t in reply["tenants"].items():
         table.add_row(name or "(unknown)", t["cohort"] or "-", fmt(t["nominal"]), fmt(t["usage"]),
-                      fmt(t["borrowing_limit"]) if t["borrowing_limit"] is not None else "none",
-                      fmt(t["lending_limit"]) if t["lending_limit"] is not None else "all unused")
+                      # unset is no limit (it read "none", which is what an empty limit means: no borrowing)
+                      limit(t["borrowing_limit"], "no limit"), limit(t["lending_limit"], "all unused"))
     table_console().print(table)
     return 0
 

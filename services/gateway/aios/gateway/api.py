@@ -107,7 +107,7 @@ class Api:
         if not isinstance(raw, dict):
             raise HttpError(400, "body: a JSON object (a job spec) is expected")
         if caller.admin and "tenant" not in raw:
-            raise HttpError(400, "tenant: an administrator must name the tenant of the job")
+            raise HttpError(422, "tenant: an administrator must name the tenant of the job")  # a field, like a spec's
         raw.setdefault("tenant", caller.tenant)
         if not isinstance(raw["tenant"], str) or not caller.may_see(raw["tenant"]):
             raise HttpError(403, f"tenant: {raw['tenant']!r} is not yours ({caller.tenant})")
