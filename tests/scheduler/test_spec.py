@@ -44,6 +44,7 @@ def test_a_full_spec_is_accepted() -> None:
     ({"command": ["echo", "a\x00b"]}, "command[1]", "NUL character"),
     ({"env": {"A=B": "1"}}, "env.A=B", "not an environment variable name"),
     ({"env": {"A": "x\x00y"}}, "env.A", "NUL character"),
+    ({"": [{"\x00": None}]}, "''[0]", "NUL character"),  # the empty key was not named: "[0]: ..." (hypothesis)
 ])
 def test_bad_fields_are_named(change: dict, field: str, reason: str) -> None:
     with pytest.raises(SpecError) as info:

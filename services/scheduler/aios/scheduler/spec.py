@@ -95,7 +95,7 @@ def _check_values(value: Any, path: str) -> None:
         for key, item in value.items():
             if isinstance(key, str) and "\x00" in key:
                 raise SpecError(path or "spec", "a key must not contain a NUL character")
-            _check_values(item, f"{path}.{key}" if path else str(key))
+            _check_values(item, f"{path}.{key}" if path else str(key) or repr(key))  # '' named: it read "[0]: ..."
     elif isinstance(value, list):
         for i, item in enumerate(value):
             _check_values(item, f"{path}[{i}]")
