@@ -44,7 +44,9 @@ def test_a_full_spec_is_accepted() -> None:
     ({"command": ["echo", "a\x00b"]}, "command[1]", "NUL character"),
     ({"env": {"A=B": "1"}}, "env.A=B", "not an environment variable name"),
     ({"env": {"A": "x\x00y"}}, "env.A", "NUL character"),
-    ({"": [{"\x00": None}]}, "''[0]", "NUL character"),  # the empty key was not named: "[0]: ..." (hypothesis)
+    # an unknown field is named as unknown, whatever it holds (it read "[0]: a key must not contain a NUL")
+    ({"": [{"\x00": None}]}, "''", "unknown field"),
+    ({"colour": float("nan")}, "colour", "unknown field"),
 ])
 def test_bad_fields_are_named(change: dict, field: str, reason: str) -> None:
     with pytest.raises(SpecError) as info:

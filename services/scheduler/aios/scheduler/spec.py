@@ -95,17 +95,21 @@ def _check_values(value: Any, path: str) -> None:
         for key, item in value.items():
             if isinstance(key, str) and "\x00" in key:
                 raise SpecError(path or "spec", "a key must not contain a NUL character")
-            _check_values(item, f"{path}.{key}" if path else str(key) or repr(key))  # '' named: it read "[0]: ..."
+            _check_values(item, f"{path}.{key}" if path else str(key))
     elif isinstance(value, list):
         for i, item in enumerate(value):
             _check_values(item, f"{path}[{i}]")
+
+
+_FIELD_NAMES: frozenset[str] = frozenset()
 
 
 def validate_spec(raw: Any) -> JobSpec:
     """A :class:`JobSpec` from decoded JSON/YAML, or :class:`SpecError` naming the first bad field."""
     if not isinstance(raw, dict):
         raise SpecError("spec", f"expected a mapping, got {type(raw).__name__}")
-    _check_values(raw, "")
+    # values first (msgspec stores NaN as null), of known fields only: an unknown one is named as unknown below
+    _check_values({k: v for k, v in raw.items() if k in _FIELD_NAMES}, "")
     try:
         spec = msgspec.convert(raw, JobSpec)
     except msgspec.ValidationError as exc:
@@ -222,3 +226,6 @@ def validate_quota(tenant: Any, raw: Any) -> TenantQuotaSet:
 
 def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
     return msgspec.to_builtins(spec)
+
+
+_FIELD_NAMES = frozenset(f.encode_name for f in msgspec.structs.fields(JobSpec))
