@@ -132,3 +132,22 @@ def test_quota_and_tenants_commands(aios_env: dict[str, str], tmp_path: Path) ->
         assert "h100=2, 0 of other kinds" in rows["nlp"], table
     finally:
         c.stop()
+
+
+def test_cordon_drain_and_uncordon_commands(cluster: LocalCluster, aios_env: dict[str, str]) -> None:
+    env = {**aios_env, "AIOS_NATS_URL": cluster.nats_url}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "aios.cli.main", *a], env=env,  # noqa: E731
+                                    capture_output=True, text=True, timeout=30)
+    wait_nodes(cluster, aios_env, lambda n: set(n) == {"sim-a", "sim-b"})
+    ok = run("cordon", "sim-a", "--reason", "fan replacement")
+    assert ok.returncode == 0 and "sim-a: cordoned" in ok.stdout, ok
+    assert run("drain", "sim-b").returncode == 0
+    nodes = wait_nodes(cluster, aios_env, lambda n: n["sim-a"]["cordon"] and n["sim-b"]["cordon"])
+    assert nodes["sim-a"]["cordon"] == "fan replacement" and not nodes["sim-a"]["draining"]
+    assert nodes["sim-b"]["draining"] and nodes["sim-b"]["online"]
+    table = run("nodes").stdout
+    assert "cordoned: fan replacement" in table and "draining: cordoned" in table, table
+    assert run("uncordon", "sim-a").returncode == 0
+    wait_nodes(cluster, aios_env, lambda n: n["sim-a"]["cordon"] == "")
+    missing = run("cordon", "sim-z")
+    assert missing.returncode == 3 and "no node 'sim-z'" in missing.stderr, missing

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aios.common.events import (
-    DeviceHealthy, DeviceInfo, DevicesLeased, DevicesReleased, DeviceUnhealthy, Event, Link, NodeLost,
+    DeviceHealthy, DeviceInfo, DevicesLeased, DevicesReleased, DeviceUnhealthy, Event, Link, NodeCordoned, NodeLost,
     NodeRegistered, TenantQuotaSet,
 )
 from aios.common.store import Commit
@@ -62,6 +62,21 @@ def test_health_survives_an_agent_restart_until_the_agent_says_otherwise() -> No
     inv = fold([registered("n1"), DeviceUnhealthy(aggregate_id="n1", device_uuid="n1-g1", reason="double-bit ECC"),
                 registered("n1", agent="a2")])
     assert not inv.nodes["n1"].devices["n1-g1"].healthy
+
+
+def test_a_cordon_lasts_until_lifted_and_the_agents_own_until_it_registers_again() -> None:
+    inv = fold([registered("n1"), registered("n2"),
+                NodeCordoned(aggregate_id="n1", reason="bad fan", by="cli"),
+                NodeCordoned(aggregate_id="n2", drain=True, reason="its agent is shutting down", by="agent")])
+    assert (inv.nodes["n1"].cordon, inv.nodes["n1"].draining, inv.nodes["n1"].schedulable) == ("bad fan", False, False)
+    assert inv.nodes["n2"].draining and not inv.nodes["n2"].schedulable
+    assert len(inv.free_devices("n1")) == 4  # free, but no job is placed there (the scheduler's view skips it)
+    evolve(inv, registered("n1", agent="a2"))
+    evolve(inv, registered("n2", agent="a2"))
+    assert inv.nodes["n1"].cordon == "bad fan"  # an operator's cordon outlives an agent restart
+    assert inv.nodes["n2"].schedulable and not inv.nodes["n2"].draining  # the agent's own ended with it
+    evolve(inv, NodeCordoned(aggregate_id="n1", cordoned=False, by="cli"))
+    assert inv.nodes["n1"].schedulable and inv.nodes["n1"].cordon == ""
 
 
 def test_tenants_are_folded() -> None:

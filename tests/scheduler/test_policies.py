@@ -82,6 +82,34 @@ def test_a_job_of_any_kind_is_charged_and_placed_on_a_kind_its_quota_admits() ->
     assert "quota: " in explain(c.state, policy, "solo-2", 5.0)
 
 
+def test_a_cordoned_node_gets_no_new_jobs_and_a_drained_one_gives_its_preemptible_jobs_back() -> None:
+    from aios.common.events import NodeCordoned
+    from aios.scheduler.local import apply
+
+    c = Cluster(("n1", "h100", 2), ("n2", "h100", 2))
+    c.submit("keep", 2, preemptible=False)
+    c.submit("move", 2)
+    fifo = make_policy("fifo")
+    step(c.state, fifo, 2.0)
+    on = {j: next(iter(c.where(j))) for j in ("keep", "move")}
+    apply(c.state, [(f"node.{n}", [NodeCordoned(aggregate_id=n, drain=True, reason="maintenance")])
+                    for n in ("n1", "n2")], 3.0)
+    plan = step(c.state, fifo, 4.0)
+    assert [(p.job_id, p.reason) for p in plan.preemptions] == [("move", f"node {on['move']} drained: maintenance")]
+    assert c.status("keep") == PLACED  # not preemptible: it runs to its end, as under Slurm's drain
+    c.workers_exited("move", 5.0)
+    step(c.state, fifo, 5.0)  # requeued; nowhere to go
+    step(c.state, fifo, 6.0)
+    assert c.status("move") == PENDING
+    why = explain(c.state, fifo, "move", 7.0)
+    assert "no online node has any healthy device" in why and "n1, n2 is uncordoned" in why, why
+    free = on["move"]  # the other node still runs "keep"
+    apply(c.state, [(f"node.{free}", [NodeCordoned(aggregate_id=free, cordoned=False)])], 8.0)
+    step(c.state, fifo, 9.0)
+    step(c.state, fifo, 9.5)
+    assert c.where("move") == {free: 2}
+
+
 def test_gang_prefers_one_node_and_best_fit() -> None:
     c = Cluster(("n1", "h100", 8), ("n2", "h100", 2))
     c.submit("two", 2)

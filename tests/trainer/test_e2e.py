@@ -15,7 +15,7 @@ import numpy as np
 
 from aios.cli.cluster import LocalCluster
 from aios.common.config import load_settings
-from aios.common.events import CheckpointSaved, JobFailed, JobProgress, JobRequeued, JobSucceeded
+from aios.common.events import CheckpointSaved, JobFailed, JobPreempted, JobProgress, JobSucceeded
 from aios.common.store import connect
 from aios.trainer.collective import Collective
 from aios.trainer.mlp import TrainerConfig
@@ -163,10 +163,10 @@ def test_node_loss_requeues_and_resumes_from_the_checkpoint(aios_env: dict[str, 
         cluster.stop()
 
 
-def test_a_node_shut_down_under_a_job_requeues_it_and_it_resumes(aios_env: dict[str, str], tmp_path: Path) -> None:
-    """Stopping a node's agent (SIGTERM, as `aios up` does on Ctrl-C) stops its workers, which checkpoint and exit
-    0: that was recorded as the job's success, at the step it had reached. The job is requeued and resumes from
-    that checkpoint on the other nodes instead."""
+def test_a_node_shut_down_under_a_job_drains_it_and_it_resumes(aios_env: dict[str, str], tmp_path: Path) -> None:
+    """Stopping a node's agent (SIGTERM, as `aios up` does on Ctrl-C) stopped its workers, which checkpoint and
+    exit 0: that was recorded as the job's success, at the step it had reached. The agent drains its node first:
+    the job is preempted, checkpoints and resumes on another node; the agent's next start opens the node again."""
     trainer = {"kind": "mlp", "steps": 200, "checkpoint_every": 1000, "step_delay_s": 0.05}
     cluster, aios = start(aios_env, nodes=3, AIOS_NODE_TIMEOUT="3", AIOS_HEARTBEAT_INTERVAL="0.5")
     try:
@@ -190,8 +190,16 @@ def test_a_node_shut_down_under_a_job_requeues_it_and_it_resumes(aios_env: dict[
         assert saved_first and 40 <= saved_first[-1] < 200 and min(resumed) > saved_first[-1]  # the stop's checkpoint
         succeeded = [e for e in history if isinstance(e, JobSucceeded)]
         assert len(succeeded) == 1 and succeeded[0].runtime_s >= 1.0  # both runs' time (it was always 0.0)
-        requeued = [e.reason for e in history if isinstance(e, JobRequeued)]
-        assert requeued and requeued[0].endswith("was stopped by its node's agent; resumes from its checkpoint")
+        preempted = [e.reason for e in history if isinstance(e, JobPreempted)]
+        assert preempted == [f"node {victim} drained: its agent is shutting down"], history
+        nodes = {n["node"]: n for n in json.loads(aios("nodes", "--json").stdout)}
+        assert nodes[victim]["cordon"] == "its agent is shutting down" and nodes[victim]["draining"]
+        cluster.restart_agent(victim)
+        deadline = time.monotonic() + 30
+        while (node := {n["node"]: n for n in json.loads(aios("nodes", "--json").stdout)}[victim])["cordon"]:
+            assert time.monotonic() < deadline, node
+            time.sleep(0.3)
+        assert node["online"] and not node["draining"]
     finally:
         cluster.stop()
 

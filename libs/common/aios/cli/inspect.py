@@ -44,7 +44,8 @@ async def nodes(node: str | None, as_json: bool = False, servers: list[str] | No
             print(json.dumps(detail, indent=2))
             return 0
         console.print(f"[bold]{detail['node']}[/] ({detail['hostname']}, {detail['backend']}) "
-                      f"{'online' if detail['online'] else '[red]lost[/]: ' + detail['lost_reason']}, "
+                      f"{'online' if detail['online'] else '[red]lost[/]: ' + detail['lost_reason']}"
+                      f"{_cordon_text(detail)}, "
                       f"{detail['cpu_cores']} cores, {detail['memory_gib']} GiB")
         table = Table("idx", "uuid", "kind", "model", "GiB", "health", "job")
         for d in detail["devices"]:
@@ -58,7 +59,7 @@ async def nodes(node: str | None, as_json: bool = False, servers: list[str] | No
         return 0
     table = Table("node", "state", "backend", "devices", "free", "unhealthy", "kinds", "cpu", "mem GiB")
     for n in reply["nodes"]:
-        state = "online" if n["online"] else "[red]lost[/]"
+        state = ("online" if n["online"] else "[red]lost[/]") + _cordon_text(n)
         table.add_row(n["node"], state, n["backend"], str(n["devices"]), str(n["free"]), str(n["unhealthy"]),
                       ",".join(n["kinds"]), str(n["cpu_cores"]), str(n["memory_gib"]))
     console.print(table)
@@ -95,6 +96,35 @@ def parse_counts(option: str, text: str | None) -> dict[str, int] | None:
             raise ConfigError(f"{option}: {part!r} is not KIND=N with N a whole number (e.g. h100=8)")
         out[kind.strip().lower()] = int(count)
     return out
+
+
+def _cordon_text(node: dict[str, Any]) -> str:
+    if not node.get("cordon"):
+        return ""
+    return f", [yellow]{'draining' if node.get('draining') else 'cordoned'}[/]: {node['cordon']}"
+
+
+async def cordon(node: str, on: bool, drain: bool, reason: str) -> int:
+    """``aios cordon|drain|uncordon NODE``: appends NodeCordoned to the node's history."""
+    from aios.common.events import NodeCordoned
+    from aios.common.store import open_log
+
+    if len(reason) > 500:
+        raise ConfigError("--reason: at most 500 characters")
+    servers = load_settings().servers
+    if not servers:
+        raise ConfigError("AIOS_NATS_URL is not set: point it at the cluster (`aios up` prints the export line)")
+    store = await open_log(servers, name="aios-cli", append_deadline=5.0, wait_for_log_s=10.0)
+    try:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", node) or (await store.read(f"node.{node}")).version == 0:
+            raise NotFound(f"no node {node!r}")
+        await store.append(f"node.{node}", NodeCordoned(aggregate_id=node, cordoned=on, drain=drain,
+                                                         reason=reason, by="cli"))
+    finally:
+        await store.close()
+    print(f"{node}: " + ("open to jobs again" if not on else "draining: its preemptible jobs move elsewhere, no new "
+                         "ones start there" if drain else "cordoned: no new jobs start there"))
+    return 0
 
 
 async def set_quota(tenant: str, cohort: str, nominal: str, borrowing: str | None, lending: str | None) -> int:

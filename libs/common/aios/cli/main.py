@@ -137,6 +137,13 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     return asyncio.run(inspect.nodes(args.node, as_json=args.json))
 
 
+def cmd_cordon(args: argparse.Namespace) -> int:
+    from aios.cli import inspect
+
+    on = args.command != "uncordon"
+    return asyncio.run(inspect.cordon(args.node, on, args.command == "drain", getattr(args, "reason", "") or ""))
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from aios.cli import jobs
 
@@ -344,6 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
     nodes.add_argument("node", nargs="?", help="show one node in detail")
     nodes.add_argument("--json", action="store_true", help="machine-readable output")
     nodes.set_defaults(handler=cmd_nodes)
+    for verb, what in (("cordon", "no new jobs start on the node (running ones stay); lifted by uncordon"),
+                       ("drain", "cordon, and move the node's preemptible jobs elsewhere (they checkpoint first); "
+                                 "others run to their end"),
+                       ("uncordon", "open a cordoned or drained node to jobs again")):
+        p = sub.add_parser(verb, help=what)
+        p.add_argument("node")
+        if verb != "uncordon":
+            p.add_argument("--reason", default="", help="shown by aios nodes and aios why")
+        p.set_defaults(handler=cmd_cordon)
 
     service = sub.add_parser("service", help="run one service in this process (what `aios up` starts)")
     service.add_argument("name")

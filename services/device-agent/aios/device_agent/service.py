@@ -16,7 +16,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from aios.common import joblogs
 from aios.common.errors import AiosError, ConfigError
 from aios.common.events import (
-    DeviceHealthy, DeviceUnhealthy, NodeLost, NodeRegistered, WorkerExited, WorkerStarted,
+    DeviceHealthy, DeviceUnhealthy, NodeCordoned, NodeLost, NodeRegistered, WorkerExited, WorkerStarted,
 )
 from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import Projector
@@ -45,6 +45,9 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_interval_s: float = 2.0
     heartbeat_ttl_s: float = 60.0
     stop_grace_s: float = 10.0
+    drain_s: float = 5.0
+    """On shutdown, how long the scheduler may take to move the node's preemptible jobs off (they checkpoint)
+    before the agent stops what is left itself."""
     labels: dict[str, str] = {}
 
     @classmethod
@@ -118,12 +121,27 @@ class DeviceAgentService(Service):
         log.info("agent ready", extra={"node": cfg.node_id, "devices": len(self.devices), "sim": cfg.sim,
                                        "driver": self.driver})
         await ctx.stopping.wait()
+        await self._drain(cfg.drain_s)
         for sub in subs:
             await sub.unsubscribe()
         await self.runner.stop_all(cfg.stop_grace_s)  # workers get SIGTERM (checkpoint) before the node goes
         stop_follow.set()
         await cancel_and_wait(tasks)
         await asyncio.to_thread(backend.stop)
+
+    async def _drain(self, wait_s: float) -> None:
+        """Before stopping: no new jobs here, and the scheduler preempts the preemptible ones (the normal path: they
+        checkpoint and are placed elsewhere; stop requests are still served). Without it a shutdown left its jobs
+        on the node until the heartbeat timeout, and they were placed back on it meanwhile."""
+        try:
+            await self.ctx.store.append(f"node.{self.config.node_id}", NodeCordoned(
+                aggregate_id=self.config.node_id, drain=True, reason="its agent is shutting down", by="agent"))
+        except AiosError as exc:  # NATS away: the workers are stopped below all the same
+            log.warning("could not drain the node before stopping", extra={"error": str(exc)})
+            return
+        deadline = time.monotonic() + wait_s
+        while self.runner.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
 
     # -- registration and heartbeats --------------------------------------------------------------------------------
     async def _register(self) -> None:

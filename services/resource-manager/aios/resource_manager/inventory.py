@@ -9,8 +9,8 @@ from __future__ import annotations
 import msgspec
 
 from aios.common.events import (
-    JOB_AGGREGATES, DeviceHealthy, DeviceInfo, DevicesLeased, DevicesReleased, DeviceUnhealthy, Event, Link, NodeLost,
-    NodeRegistered, TenantQuotaSet,
+    JOB_AGGREGATES, DeviceHealthy, DeviceInfo, DevicesLeased, DevicesReleased, DeviceUnhealthy, Event, Link,
+    NodeCordoned, NodeLost, NodeRegistered, TenantQuotaSet,
 )
 from aios.common.store import Commit
 from aios.resource_manager.leases import LeaseBook, grant, release, release_node
@@ -37,6 +37,15 @@ class NodeState(msgspec.Struct):
     lost_at: float | None = None
     lost_reason: str = ""
     registrations: int = 0
+    cordon: str = ""
+    """Why no job may be placed here ("" = open to jobs): NodeCordoned."""
+    draining: bool = False
+    """Cordoned, and its preemptible jobs are moved off."""
+    cordoned_by: str = ""
+
+    @property
+    def schedulable(self) -> bool:
+        return self.online and not self.cordon
 
 
 class Inventory(msgspec.Struct):
@@ -136,6 +145,13 @@ def evolve(inv: Inventory, ev: Event) -> Inventory:
             node.lost_reason = ev.reason  # type: ignore[attr-defined]
         release_node(inv.leases, ev.aggregate_id)
         inv.orphaned.pop(ev.aggregate_id, None)
+    elif kind is NodeCordoned:
+        node = inv.nodes.get(ev.aggregate_id)
+        if node is not None:
+            on = ev.cordoned  # type: ignore[attr-defined]
+            node.cordon = (ev.reason or "cordoned") if on else ""  # type: ignore[attr-defined]
+            node.draining = on and ev.drain  # type: ignore[attr-defined]
+            node.cordoned_by = ev.by if on else ""  # type: ignore[attr-defined]
     elif kind is TenantQuotaSet:
         inv.tenants[ev.aggregate_id] = ev  # type: ignore[assignment]
     return inv
@@ -170,3 +186,6 @@ def _registered(inv: Inventory, ev: NodeRegistered) -> None:
         node_id=ev.aggregate_id, hostname=ev.hostname, agent_id=ev.agent_id, online=True, cpu_cores=ev.cpu_cores,
         memory_bytes=ev.memory_bytes, devices=devices, links=list(ev.links), labels=dict(ev.labels),
         backend=ev.backend, registered_at=ev.ts, registrations=(old.registrations if old else 0) + 1)
+    if old is not None and old.cordon and old.cordoned_by != "agent":  # an operator's cordon outlives restarts;
+        new = inv.nodes[ev.aggregate_id]                               # the agent's own (it shut down) ends here
+        new.cordon, new.draining, new.cordoned_by = old.cordon, old.draining, old.cordoned_by

@@ -56,7 +56,7 @@ class ClusterView:
         bin_node, bin_kind, bin_free, bin_devices = [], [], [], []
         cpu, mem = [], []
         for node_id, node in sorted(inv.nodes.items()):
-            if not node.online:
+            if not node.schedulable:  # offline, or cordoned
                 continue
             n = len(node_ids)
             node_ids.append(node_id)

@@ -18,7 +18,9 @@ from aios.resource_manager import quota as quotas
 from aios.scheduler.placement import BinCache, ClusterView, Request, greedy, milp_window
 from aios.scheduler.policies.backfill import EasyBackfill
 from aios.scheduler.policies.base import Policy
-from aios.scheduler.state import HOLDING, PENDING, PLACED, PREEMPTING, TERMINAL, JobState, SchedulerState
+from aios.scheduler.state import (
+    HOLDING, PENDING, PLACED, PREEMPTING, RUNNING, TERMINAL, JobState, SchedulerState,
+)
 
 PREEMPT_GRACE_S = 30.0
 """How long a preempted job may take to checkpoint and stop before its devices are taken back anyway."""
@@ -169,11 +171,25 @@ def _housekeeping(state: SchedulerState, now: float, plan: RoundPlan) -> None:
             plan.cancels.append(job.job_id)
 
 
+def _drain(state: SchedulerState, plan: RoundPlan) -> None:
+    """Preempt the preemptible jobs of draining nodes (they checkpoint and are placed elsewhere, not there); the
+    others run to their end, as under Slurm's drain."""
+    for node_id, node in sorted(state.inv.nodes.items()):
+        if not (node.online and node.draining):
+            continue
+        for job_id in sorted(state.inv.leases.jobs_on(node_id)):
+            job = state.jobs.get(job_id)
+            if (job is not None and job.status in (PLACED, RUNNING) and job.spec is not None
+                    and job.spec.preemptible and all(p.job_id != job_id for p in plan.preemptions)):
+                plan.preemptions.append(Preemption(job_id, "", f"node {node_id} drained: {node.cordon}"))
+
+
 def plan_round(state: SchedulerState, policy: Policy, now: float, *,
                estimate: Callable[[JobState], float] = default_estimate, milp_max_jobs: int = 200,
                milp_time_limit: float = 0.5, cache: BinCache | None = None) -> RoundPlan:
     plan = RoundPlan()
     _housekeeping(state, now, plan)
+    _drain(state, plan)
     cancelled = set(plan.cancels)
     ordered = [j for j in policy.order(state, now, estimate) if j.job_id not in cancelled]
     plan.order = [j.job_id for j in ordered]
@@ -194,7 +210,7 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
     view = ClusterView.from_inventory(state.inv, cpu_used, mem_used, cache)
     tenants = {t: quotas.Quota(t, q.cohort, q.nominal, q.borrowing_limit, q.lending_limit)
                for t, q in state.inv.tenants.items()}
-    all_kinds = sorted({d.info.kind for n in state.inv.nodes.values() if n.online for d in n.devices.values()})
+    all_kinds = sorted({d.info.kind for n in state.inv.nodes.values() if n.schedulable for d in n.devices.values()})
     admitted: list[tuple[JobState, dict[str, int]]] = []
     free_of: dict[str, int] = {}  # free devices per kind, while the view does not change
 
@@ -280,10 +296,11 @@ class _Facts:
 
     @functools.cached_property
     def installed(self) -> list[tuple[str, float, float, dict[str, int]]]:
-        """(node, CPU cores, memory GiB, healthy devices per kind) of each online node, busy or not."""
+        """(node, CPU cores, memory GiB, healthy devices per kind) of each node open to jobs (online, not
+        cordoned), busy or not."""
         out = []
         for node_id, node in sorted(self.state.inv.nodes.items()):
-            if node.online:
+            if node.schedulable:
                 kinds: dict[str, int] = {}
                 for dev in node.devices.values():
                     if dev.healthy:
@@ -297,7 +314,9 @@ class _Facts:
         job at submission; here it waits, since nodes may join (Kueue, Ray), but its reason says so."""
         shape = (req.devices, req.kinds, req.max_per_node, req.gang, req.cpu, req.memory_gib)
         if shape not in self._never:
-            self._never[shape] = self._never_fits(req)
+            why = self._never_fits(req)
+            cordoned = sorted(n for n, node in self.state.inv.nodes.items() if node.online and node.cordon)
+            self._never[shape] = why + (f" or {', '.join(cordoned[:5])} is uncordoned" if why and cordoned else "")
         return self._never[shape]
 
     def _never_fits(self, req: Request) -> str:

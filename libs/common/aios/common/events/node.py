@@ -82,6 +82,18 @@ class NodeLost(NodeEvent, frozen=True, kw_only=True):
     jobs: list[str] = []
 
 
+class NodeCordoned(NodeEvent, frozen=True, kw_only=True):
+    """No new placements on the node (``aios cordon``, Kubernetes' and Slurm's drain); ``drain`` also moves its
+    preemptible jobs off (preempted: they checkpoint and are placed elsewhere; the others run to their end).
+    ``cordoned=False`` lifts it. The node's agent drains its node when it shuts down (``by="agent"``): its next
+    registration lifts that; an operator's cordon stays until lifted."""
+
+    cordoned: bool = True
+    drain: bool = False
+    reason: str = ""
+    by: str = ""
+
+
 class DevicesLeased(NodeEvent, frozen=True, kw_only=True):
     """Devices of this node booked for a job (appended against the node's version)."""
 
