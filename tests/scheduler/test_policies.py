@@ -82,6 +82,51 @@ def test_a_job_of_any_kind_is_charged_and_placed_on_a_kind_its_quota_admits() ->
     assert "quota: " in explain(c.state, policy, "solo-2", 5.0)
 
 
+def test_choosing_a_kind_under_quota_keeps_what_placed_before() -> None:
+    """From review of the kind choice: a gang larger than any one kind still spans kinds; a policy's preferred kind
+    is not the only one the quota is asked about; a kind whose quota is lent out is reclaimed; two jobs charged in
+    one round see each other's devices; a policy's random kind is drawn once per job and round."""
+    c = Cluster(("n1", "a100", 4), ("n2", "h100", 4))
+    c.quota("q", "", a100=8, h100=8)
+    c.submit("gang8", 8, tenant="q")
+    step(c.state, make_policy("fairshare"), 2.0)
+    assert c.where("gang8") == {"n1": 4, "n2": 4}  # it waited for ever, pinned to one kind of 4
+
+    c = Cluster(("n1", "a100", 4), ("n2", "h100", 4))
+    c.quota("q", "", a100=4)
+    c.submit("j", 4, tenant="q", device_types=["a100", "h100"], throughput={"a100": 1.0, "h100": 3.0})
+    step(c.state, make_policy("hetero-las"), 2.0)
+    assert c.where("j") == {"n1": 4}  # "h100 would be 4 against nominal 0", for ever
+
+    c = Cluster(("n1", "a100", 4), ("n2", "h100", 4))
+    c.quota("q", "", a100=8, h100=8)
+    c.submit("j1", 4, tenant="q")
+    c.submit("j2", 4, tenant="q", now=1.1)
+    plan = step(c.state, make_policy("fifo"), 2.0)
+    assert sorted(p.job_id for p in plan.placements) == ["j1", "j2"]  # both pinned to the same kind, one waited
+
+    c = Cluster(("n1", "a100", 4), ("n2", "h100", 8))
+    c.quota("ta", "c", a100=4, h100=8)
+    c.quota("tb", "c")
+    c.submit("b-borrow", 4, tenant="tb", device_types=["a100"])
+    c.submit("a-h100", 8, tenant="ta", device_types=["h100"], now=1.5)
+    fairshare = make_policy("fairshare")
+    step(c.state, fairshare, 2.0)
+    c.submit("a-any", 4, tenant="ta", now=3.0)
+    plan = step(c.state, fairshare, 4.0)
+    assert [(p.job_id, p.reason) for p in plan.preemptions] == [("b-borrow", "quota reclaimed by ta (lent to tb)")]
+
+    c = Cluster(("n1", "a100", 4), ("n2", "h100", 4), ("n3", "v100", 4))
+    for i in range(3):
+        c.submit(f"j{i}", 4)
+    anykind = make_policy("fifo-anykind")
+    asked: list[str] = []
+    draw = anykind.kinds_for
+    anykind.kinds_for = lambda job: asked.append(job.job_id) or draw(job)  # type: ignore[method-assign]
+    step(c.state, anykind, 2.0)
+    assert sorted(asked) == ["j0", "j1", "j2"] and all(c.status(f"j{i}") == PLACED for i in range(3))
+
+
 def test_a_cordoned_node_gets_no_new_jobs_and_a_drained_one_gives_its_preemptible_jobs_back() -> None:
     from aios.common.events import NodeCordoned
     from aios.scheduler.local import apply

@@ -122,22 +122,28 @@ def _request_kinds(job: JobState, kinds: list[str], free: Callable[[str], int]) 
 
 
 def _choose_kind(tenants: dict[str, quotas.Quota], usage: dict[str, dict[str, int]], job: JobState,
-                 kinds: list[str], free: Callable[[str], int]) -> tuple[dict[str, int], quotas.Admission]:
+                 kinds: list[str], free: Callable[[str], int],
+                 preferred: frozenset[str] | None) -> tuple[dict[str, int], quotas.Admission]:
     """Kueue's flavor assignment: the kind a job of a tenant with quota is charged against, and placed on, among
     those it accepts: one its quota admits without borrowing and with room now, else by borrowing with room, else
-    admitted without room (it waits there), preferring more free devices; if none admits it, the refusal of the
-    kind its quota gives most of. (It was charged against the kind with most free devices, placed anywhere: a
+    admitted without room (it waits there), the policy's preferred kinds first, then more free devices; if none
+    admits it, the refusal of a kind whose nominal quota can be reclaimed from borrowers (so it is), else of the
+    kind its quota gives most of. (It was charged against the kind with most free devices and placed anywhere: a
     tenant with h100=4 waited for ever on "a100 would be 2 against nominal 0" beside four free H100s.)"""
     spec = job.spec
     assert spec is not None
     n = spec.devices
-    ranked = sorted(kinds, key=lambda k: -free(k))  # kinds come sorted by name: ties go by name
+    # kinds come sorted by name: ties go by name
+    ranked = sorted(kinds, key=lambda k: (preferred is not None and k not in preferred, -free(k)))
     decisions = [(k, quotas.admit(tenants, usage, job.tenant, {k: n})) for k in ranked]
     for ok in (lambda k, d: not d.borrowed and free(k) >= n, lambda k, d: free(k) >= n, lambda k, d: not d.borrowed,
                lambda k, d: True):
         for k, d in decisions:
             if d.admitted and ok(k, d):
                 return {k: n}, d
+    for k, d in decisions:
+        if quotas.reclaim_plan(tenants, usage, job.tenant, k, n):
+            return {k: n}, d
     nominal = tenants[job.tenant].nominal
     k, d = max(decisions, key=lambda kd: nominal.get(kd[0], 0))
     return {k: n}, d
@@ -219,55 +225,79 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
             free_of[k] = int(view.bin_free[view.kind_index[k]].sum()) if k in view.kind_index else -1
         return free_of[k]
     facts = _Facts(state)  # looked up once a round, and only if a reason needs it
-    pinned: dict[str, frozenset[str]] = {}
-    """Jobs of tenants with quota that accept several kinds: placed on the kind their quota was charged for."""
+    kinds = _KindChoice(policy)
     for job in ordered:
-        assert job.spec is not None
-        chosen = policy.kinds_for(job)
-        kinds = sorted(chosen) if chosen else (list(job.spec.device_types) or all_kinds)
-        if job.tenant in tenants and job.spec.devices > 0 and kinds:
-            charge, decision = _choose_kind(tenants, usage, job, sorted(kinds), free)
+        spec = job.spec
+        assert spec is not None
+        accepted = list(spec.device_types) or all_kinds
+        if job.tenant in tenants and spec.devices > 0 and accepted:
+            # asked here for quota tenants only: a policy's choice may be a random draw, taken in placement order
+            preferred = kinds.policy_kinds(job)
+            if preferred and policy.strict_kinds:
+                accepted = sorted(preferred)
+            # pinned only to a kind that can hold the job alone: a gang larger than any one kind is placed across
+            # kinds, charged as before (pinning it made it wait for ever)
+            whole = [k for k in accepted if not facts.never_fits(request_for(job, frozenset({k})))]
+            charge, decision = _choose_kind(tenants, usage, job, sorted(whole or accepted), free, preferred)
             if not decision.admitted:
                 # a job that no wait for quota would let start says why first (a 16-device gang on 8 devices
                 # read "a100 would be 16 against nominal 2")
-                never = facts.never_fits(request_for(job, frozenset(job.spec.device_types) or None))
+                never = facts.never_fits(request_for(job, frozenset(spec.device_types) or None))
                 plan.reasons[job.job_id] = f"capacity: {never}" if never else f"quota: {decision.reason}"
                 _maybe_reclaim(state, plan, tenants, usage, job, charge, now)
                 continue
-            if len(kinds) > 1:
-                pinned[job.job_id] = frozenset(charge)
+            if whole and len(accepted) > 1:
+                kinds.pinned[job.job_id] = frozenset(charge)
             borrowed = decision.borrowed
         else:
-            charge, borrowed = _request_kinds(job, kinds, free), {}
+            charge, borrowed = _request_kinds(job, accepted, free), {}
         admitted.append((job, borrowed))
-        for k, n in charge.items():  # charge the tentative usage, so later jobs see it
+        for k, n in charge.items():  # charge the tentative usage, so later jobs see it, and their free devices
             usage.setdefault(job.tenant, {})[k] = usage.get(job.tenant, {}).get(k, 0) + n
+            free_of[k] = free(k) - n
 
-    def kinds_of(job: JobState) -> frozenset[str] | None:
-        return pinned.get(job.job_id) or policy.kinds_for(job)
     if policy.sequential:
-        _place_in_order(state, policy, now, estimate, view, admitted, plan, kinds_of, facts)
+        _place_in_order(state, policy, now, estimate, view, admitted, plan, kinds, facts)
     else:
-        _place_window(state, policy, now, view, admitted, plan, milp_max_jobs, milp_time_limit, kinds_of, facts)
+        _place_window(state, policy, now, view, admitted, plan, milp_max_jobs, milp_time_limit, kinds, facts)
     return plan
 
 
-KindsOf = Callable[[JobState], "frozenset[str] | None"]
-"""The kinds a job may be placed on this round: the policy's choice, or the kind its quota was charged for."""
+class _KindChoice:
+    """The kinds each job may be placed on this round: the kind its quota was charged for (pinned), else the
+    policy's choice, asked once a round (a policy may draw it at random: asked again, it drew again and placed the
+    job on none), then, for policies that allow it, any kind the job accepts."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.pinned: dict[str, frozenset[str]] = {}
+        self._chosen: dict[str, frozenset[str] | None] = {}
+
+    def policy_kinds(self, job: JobState) -> frozenset[str] | None:
+        if job.job_id not in self._chosen:
+            self._chosen[job.job_id] = self.policy.kinds_for(job)
+        return self._chosen[job.job_id]
+
+    def first(self, job: JobState) -> frozenset[str] | None:
+        return self.pinned.get(job.job_id) or self.policy_kinds(job)
+
+    def choices(self, job: JobState) -> list[frozenset[str] | None]:
+        first = self.first(job)
+        if job.job_id in self.pinned or self.policy.strict_kinds:
+            return [first]
+        assert job.spec is not None
+        return list(dict.fromkeys([first, frozenset(job.spec.device_types) or None]))
 
 
-def _try_place(view: ClusterView, policy: Policy, job: JobState, kinds_of: KindsOf) -> Placement | None:
+def _try_place(view: ClusterView, policy: Policy, job: JobState, kinds: _KindChoice) -> Placement | None:
     spec = job.spec
     assert spec is not None
     if spec.devices == 0:
         req = request_for(job, None)
         node = view.place_cpu_only(req)
         return Placement(job.job_id, [Assignment(node, [], [0])]) if node else None
-    first = kinds_of(job)
-    choices = [first] if policy.strict_kinds or first != policy.kinds_for(job) else [
-        first, frozenset(spec.device_types) or None]
-    for kinds in dict.fromkeys(choices):
-        req = request_for(job, kinds)
+    for choice in kinds.choices(job):
+        req = request_for(job, choice)
         found = greedy(view, req)
         if found:
             return Placement(job.job_id, assignments_of(view, req, found))
@@ -382,7 +412,7 @@ def _capacity_reason(view: ClusterView, job: JobState, facts: _Facts | None = No
 
 def _place_in_order(state: SchedulerState, policy: Policy, now: float, estimate: Callable[[JobState], float],
                     view: ClusterView, admitted: list[tuple[JobState, dict[str, int]]], plan: RoundPlan,
-                    kinds_of: KindsOf, facts: "_Facts") -> None:
+                    kinds: _KindChoice, facts: "_Facts") -> None:
     head: JobState | None = None
     shadow, extra = float("inf"), 0
     for job, borrowed in admitted:
@@ -395,7 +425,7 @@ def _place_in_order(state: SchedulerState, policy: Policy, now: float, estimate:
                 plan.reasons[job.job_id] = (f"order: backfill would delay {head.job_id}, reserved at "
                                             f"t+{shadow - now:.0f}s (needs {job.devices}, {extra} spare)")
                 continue
-        placed = _try_place(view, policy, job, kinds_of)
+        placed = _try_place(view, policy, job, kinds)
         if placed is not None:
             plan.placements.append(Placement(job.job_id, placed.assignments, borrowed))
             if head is not None and not (now + estimate(job) <= shadow):
@@ -406,19 +436,19 @@ def _place_in_order(state: SchedulerState, policy: Policy, now: float, estimate:
             head = job
             _maybe_preempt(state, policy, now, view, job, plan)
             if policy.backfill:
-                req = request_for(job, kinds_of(job))
+                req = request_for(job, kinds.first(job))
                 free = int(view.capacity_in(req, view.candidates(req)).sum())
                 shadow, extra = EasyBackfill.reservation(state, now, job, free, estimate)
 
 
 def _place_window(state: SchedulerState, policy: Policy, now: float, view: ClusterView,
                   admitted: list[tuple[JobState, dict[str, int]]], plan: RoundPlan, milp_max_jobs: int,
-                  milp_time_limit: float, kinds_of: KindsOf, facts: "_Facts") -> None:
+                  milp_time_limit: float, kinds: _KindChoice, facts: "_Facts") -> None:
     window = [(j, b) for j, b in admitted if j.devices > 0 and j.spec and j.spec.gang][:milp_max_jobs]
     placed: set[str] = set()
     if len(window) > 1 and policy.milp:
         n = len(window)
-        reqs = [request_for(j, kinds_of(j), weight=100.0 + 100.0 * (n - i) / n) for i, (j, _) in
+        reqs = [request_for(j, kinds.first(j), weight=100.0 + 100.0 * (n - i) / n) for i, (j, _) in
                 enumerate(window)]
         result = milp_window(view, reqs, time_limit=milp_time_limit)
         if result.status in ("optimal", "time-limit") and result.plans:
@@ -438,9 +468,9 @@ def _place_window(state: SchedulerState, policy: Policy, now: float, view: Clust
             continue
         spec = job.spec
         assert spec is not None
-        shape = (spec.devices, kinds_of(job), tuple(spec.device_types), spec.max_devices_per_node, spec.gang,
+        shape = (spec.devices, kinds.first(job), tuple(spec.device_types), spec.max_devices_per_node, spec.gang,
                  spec.cpu_per_worker, spec.memory_gib_per_worker)
-        found = None if shape in failed else _try_place(view, policy, job, kinds_of)
+        found = None if shape in failed else _try_place(view, policy, job, kinds)
         if found is not None:
             plan.placements.append(Placement(job.job_id, found.assignments, borrowed))
             continue
