@@ -74,3 +74,26 @@ async def test_a_device_is_never_shared_with_a_worker_still_stopping() -> None:
     except ValueError as exc:
         assert "w0 of job other on GPU-b" in str(exc)
     await runner.stop_all(grace_s=1)
+
+
+async def test_a_worker_that_exited_on_its_own_is_not_marked_stopped() -> None:
+    """Its output still draining (a child holds the pipe) when a stop comes: it ended on its own, and its exit is the
+    job's outcome, not an interruption to requeue (the agent marked every entry it signalled)."""
+    seen: list[tuple[int | None, bool]] = []
+    done = asyncio.Event()
+
+    async def on_exit(w: Workload, code: int | None, sig: int | None) -> None:
+        seen.append((code, w.stopping))
+        done.set()
+
+    runner = WorkloadRunner(lambda *a: None, on_exit)
+    await runner.start("j3", "rank0-a1", ["sh", "-c", "sleep 30 & exit 0"], {}, [])
+    w = runner.running[("j3", "rank0-a1")]
+    for _ in range(100):
+        if w.proc.returncode is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert w.proc.returncode == 0 and ("j3", "rank0-a1") in runner.running  # exited; its pipe still open
+    await runner.stop("j3", grace_s=2.0)
+    await asyncio.wait_for(done.wait(), 10)
+    assert seen == [(0, False)]

@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry
 
 from aios.common.config import load_settings
 from aios.common.events import (
-    Assignment, DeviceInfo, DevicesLeased, JobFailed, JobPlaced, JobStarted, JobSubmitted, NodeRegistered,
-    WorkerExited,
+    Assignment, DeviceInfo, DevicesLeased, JobFailed, JobPlaced, JobRequeued, JobStarted, JobSubmitted,
+    NodeRegistered, WorkerExited, WorkerStarted,
 )
 from aios.common.runner import ServiceContext
 from aios.common.store import EventStore
@@ -106,12 +106,71 @@ def test_an_exit_after_a_stop_nobody_asked_for_requeues_the_job() -> None:
     from aios.scheduler.state import JobState
     from aios.trainer.launcher import outcome
 
-    def job(exits: dict[str, int | None], stopped: list[str]) -> JobState:
+    def job(exits: dict[str, int | None], stopped: list[str], running: int = 0) -> JobState:
         return JobState("j", None, "t", 1, 0.0, status="running", exit_codes=exits, stopped_workers=stopped,
+                        workers_running=running,
                         assignments=[Assignment(node_id="n1", device_uuids=uuids("n1"), ranks=[0, 1])])
-    assert outcome(job({"rank0-a1": 0}, ["rank0-a1"]))[0] == "requeued"  # type: ignore[index]
+    # requeued once every started worker has exited: rank 0 may write the checkpoint after its peers have gone
+    assert outcome(job({"rank1-a1": 0}, ["rank1-a1"], running=1)) is None
     assert outcome(job({"rank0-a1": 0, "rank1-a1": None}, ["rank1-a1"])) == (
         "requeued", "worker rank1-a1 was stopped by its node's agent; resumes from its checkpoint", None)
-    assert outcome(job({"rank0-a1": 3, "rank1-a1": 0}, ["rank1-a1"]))[0] == "failed"  # type: ignore[index]
+    # a peer that crashes because its partner was stopped is part of the interruption, not a failure
+    assert outcome(job({"rank0-a1": 3, "rank1-a1": 0}, ["rank1-a1"]))[0] == "requeued"  # type: ignore[index]
+    assert outcome(job({"rank0-a1": 3}, [], running=1), frozenset({"n2"})) is None  # n2 going away: wait
+    assert outcome(job({"rank0-a1": 3, "rank1-a1": 1}, []), frozenset({"n2"}))[0] == "requeued"  # type: ignore[index]
+    assert outcome(job({"rank0-a1": 3}, [], running=1))[0] == "failed"  # type: ignore[index]  # on its own: at once
     assert outcome(job({"rank0-a1": 0, "rank1-a1": 0}, [])) == ("succeeded", "", 0)
-    assert outcome(job({"rank0-a1": 0}, [])) is None  # rank 1 still runs
+    assert outcome(job({"rank0-a1": 0}, [], running=1)) is None  # rank 1 still runs
+
+
+async def test_a_stopped_worker_stops_its_peers_gently_and_the_job_is_requeued_when_all_have_exited(
+        store: EventStore) -> None:
+    """One node's agent shuts down and stops rank 2: the other trainers stop their workers with the usual grace
+    (rank 0 writes the checkpoint as it stops; a 3-s grace cut it off), and the requeue waits for every worker."""
+    asked: list[tuple[str, str, dict[str, Any]]] = []
+
+    async def agent(msg: Any) -> None:
+        _, _, node, verb = msg.subject.split(".")
+        asked.append((node, verb, json.loads(msg.data)))
+        await msg.respond(b'{"ok": true}')
+    for node in NODES:
+        await store.nc.subscribe(run_subject(node), cb=agent)
+        await store.nc.subscribe(stop_subject(node), cb=agent)
+        devices = [DeviceInfo(uuid=u, index=i, kind="a100", model="A100", memory_bytes=40 << 30)
+                   for i, u in enumerate(uuids(node))]
+        await store.append(f"node.{node}", NodeRegistered(aggregate_id=node, hostname=node, agent_id="a",
+                                                          cpu_cores=8, memory_bytes=64 << 30, devices=devices))
+    await store.append("job.j1", [
+        JobSubmitted(aggregate_id="j1", tenant="ml", name="j1", spec={"name": "j1", "tenant": "ml", "devices": 4,
+                                                                  "command": ["python", "t.py"]}),
+        JobPlaced(aggregate_id="j1", world_size=4,
+                  assignments=[Assignment(node_id=n, device_uuids=uuids(n), ranks=[]) for n in NODES])])
+    for node in NODES:
+        await store.append(f"node.{node}", DevicesLeased(aggregate_id=node, job_id="j1", device_uuids=uuids(node)))
+    settings = load_settings({"AIOS_NATS_URL": store.servers[0]})
+    contexts = {n: ServiceContext("trainer", settings, store.nc, store, CollectorRegistry()) for n in NODES}
+    tasks = [asyncio.ensure_future(LauncherService(node_id=n).run(contexts[n])) for n in NODES]
+    try:
+        await until(lambda: len([a for a in asked if a[1] == "run"]) == 4)
+        await store.append("run.j1", [WorkerStarted(aggregate_id="j1", node_id=n, worker=f"rank{r}-a1", pid=1,
+                                                    attempt=1) for n, r in (("n1", 0), ("n1", 1), ("n2", 2), ("n2", 3))])
+
+        async def requeued() -> list[JobRequeued]:
+            return [e for e in (await store.read("job.j1")).events if isinstance(e, JobRequeued)]
+        await store.append("run.j1", WorkerExited(aggregate_id="j1", node_id="n2", worker="rank2-a1", exit_code=0,
+                                                  attempt=1, stopped=True))
+        await until(lambda: {n for n, v, _ in asked if v == "stop"} == set(NODES))
+        assert {r["grace_s"] for _, v, r in asked if v == "stop"} == {10}
+        await asyncio.sleep(0.5)
+        assert not await requeued()  # ranks 0, 1 and 3 are still stopping
+        await store.append("run.j1", [WorkerExited(aggregate_id="j1", node_id=n, worker=f"rank{r}-a1", exit_code=c,
+                                                   attempt=1, stopped=n == "n2")
+                                      for n, r, c in (("n2", 3, 0), ("n1", 1, 3), ("n1", 0, 0))])
+        await until(requeued)
+        await asyncio.sleep(0.3)
+        events = (await store.read("job.j1")).events
+        assert len(await requeued()) == 1 and not any(isinstance(e, JobFailed) for e in events)
+    finally:
+        for n in NODES:
+            contexts[n].stopping.set()
+        await asyncio.gather(*tasks)

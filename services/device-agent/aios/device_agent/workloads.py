@@ -121,7 +121,9 @@ class WorkloadRunner:
         left after ``grace_s``."""
         targets = [w for w in self.running.values() if w.job_id == job_id and (not attempt or w.attempt == attempt)]
         for w in targets:
-            w.stopping = True
+            # only a process still running is stopped by us: one that has exited on its own (its pipes still
+            # draining) reports its own outcome, not an interruption
+            w.stopping = w.stopping or w.proc.returncode is None
             _signal_group(w, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         for w in targets:

@@ -76,19 +76,26 @@ def worker_command(job: JobState | None = None) -> list[str]:
     return [sys.executable, "-m", "aios.model_registry.replica" if serving else "aios.trainer.worker"]
 
 
-def outcome(job: JobState) -> tuple[str, str, int | None] | None:
+def outcome(job: JobState, nodes_going: frozenset[str] = frozenset()) -> tuple[str, str, int | None] | None:
     """``(succeeded|failed|requeued, reason, exit code)`` once it is decided, else None: the first worker (by name)
     to exit non-zero on its own fails the job at once (its peers are then stopped); a worker its agent stopped while
-    nobody asked the job to stop (the agent or its node shutting down) requeues it, to resume from its checkpoint:
-    such a worker exits 0 after checkpointing, and that was counted as success (a half-trained model registered);
-    all exiting 0 on their own is success."""
+    nobody asked the job to stop (the agent or its node shutting down) requeues it, to resume from its checkpoint,
+    once every started worker of the attempt has exited (rank 0 may write the checkpoint last). Such a worker exits
+    0 after checkpointing, which was counted as success (a half-trained model registered). While one of the job's
+    nodes is going away (``nodes_going``: lost, or its agent shutting down), a peer's crash is part of the same
+    interruption. All exiting 0 on their own is success."""
     world = sum(max(1, len(a.device_uuids)) for a in job.assignments)
     stopped = set(job.stopped_workers)
     bad = sorted((w, c) for w, c in job.exit_codes.items() if c != 0 and w not in stopped)
+    if bad and (stopped or nodes_going):
+        stopped |= {w for w, _ in bad}
+        bad = []
     if bad:
         worker, code = bad[0]
         return "failed", f"worker {worker} exited with {code if code is not None else 'a signal'}", code
     if stopped:
+        if job.workers_running > 0:
+            return None  # the others are stopping too
         return "requeued", f"worker {min(stopped)} was stopped by its node's agent; resumes from its checkpoint", None
     if world and len(job.exit_codes) >= world:
         return "succeeded", "", 0
@@ -184,13 +191,31 @@ class LauncherService(Service):
                                                         attempt=job.attempts, timeout=8))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
+            elif job.status in (PLACED, RUNNING) and job.stopped_workers and key in self.launched \
+                    and key not in self.stopped:
+                # a node's agent stopped some of the attempt's workers (it is shutting down): ours stop too, with
+                # the usual grace (rank 0 writes the checkpoint), and the lead requeues once all have exited
+                self.stopped.add(key)
+                task = asyncio.ensure_future(self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=10,
+                                                        attempt=job.attempts, timeout=15))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+                if self._leads(job) and key not in self.decided:
+                    await self._decide(job, key)
             elif job.status in (PLACED, RUNNING) and key not in self.decided and self._leads(job):
-                result = outcome(job)
-                if result is not None:
-                    self.decided.add(key)
-                    with tracing.job_span(f"finish {result[0]}", job.job_id, job.placement_trace,
-                                          **{"aios.exit_code": result[2]}):
-                        await self._finish(job, *result)
+                await self._decide(job, key)
+
+    async def _decide(self, job: JobState, key: tuple[str, int]) -> None:
+        """The lead records the attempt's outcome once it is decided."""
+        nodes = self.projector.state.inv.nodes
+        going = frozenset(a.node_id for a in job.assignments
+                          if (n := nodes.get(a.node_id)) is None or not n.online or n.cordoned_by == "agent")
+        result = outcome(job, going)
+        if result is not None:
+            self.decided.add(key)
+            with tracing.job_span(f"finish {result[0]}", job.job_id, job.placement_trace,
+                                  **{"aios.exit_code": result[2]}):
+                await self._finish(job, *result)
 
     async def _launch(self, job: JobState) -> None:
         spec = job.spec
