@@ -24,6 +24,8 @@ job "aios-node" {
 
     task "device-agent" {
       driver = "docker"
+      # on stop it drains its node (up to 5 s: preempted jobs checkpoint), then gives each worker 10 s to stop
+      kill_timeout = "30s"
       config {
         image   = "aios:latest"
         args    = ["agent", "--node", "${node.unique.name}"]

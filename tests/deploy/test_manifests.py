@@ -18,6 +18,7 @@ from aios.cli.main import build_parser
 from aios.cli.services import SERVICES
 from aios.common import natsauth
 from aios.common.natsserver import find_nats_server
+from aios.device_agent.service import AgentConfig
 
 REPO = Path(__file__).parent.parent.parent
 DEPLOY = REPO / "deploy"
@@ -142,12 +143,26 @@ def test_nomad_jobs_use_real_commands_and_settings() -> None:
     assert deployed == set(SERVICES)
 
 
+def seconds(text: str) -> float:
+    return float(text.rstrip("s"))
+
+
+AGENT_STOP_S = AgentConfig(node_id="x").drain_s + AgentConfig(node_id="x").stop_grace_s + 2.0
+"""The longest a device agent takes to stop: drain its node, stop its workers, plus the drain's append."""
+
+
+def test_compose_gives_agents_time_to_drain(compose: dict[str, Any]) -> None:
+    agents = {n: s for n, s in compose["services"].items() if s.get("command", [None])[0] == "agent"}
+    assert agents and all(seconds(s["stop_grace_period"]) >= AGENT_STOP_S for s in agents.values()), agents
+
+
 def test_nomad_node_job_is_a_system_job_with_the_gpu_device_and_services_roll_safely() -> None:
     jobs = nomad_jobs()
     node = jobs["aios-node"]
     assert node["type"] == "system"
     agent = dict(tasks(node))["device-agent"]
     assert "nvidia/gpu" in agent["resources"][0]["device"][0]
+    assert seconds(agent["kill_timeout"]) >= AGENT_STOP_S  # else its workers are killed before they checkpoint
     assert dict(tasks(node))["trainer"]["env"][0]["AIOS_NODE_ID"] == "${node.unique.name}"
     scheduler = jobs["aios-scheduler"]
     assert scheduler["group"][0]["scheduler"]["count"] == 2

@@ -66,17 +66,34 @@ def test_health_survives_an_agent_restart_until_the_agent_says_otherwise() -> No
 
 def test_a_cordon_lasts_until_lifted_and_the_agents_own_until_it_registers_again() -> None:
     inv = fold([registered("n1"), registered("n2"),
-                NodeCordoned(aggregate_id="n1", reason="bad fan", by="cli"),
+                NodeCordoned(aggregate_id="n1", drain=True, reason="replace PSU", by="cli"),
                 NodeCordoned(aggregate_id="n2", drain=True, reason="its agent is shutting down", by="agent")])
-    assert (inv.nodes["n1"].cordon, inv.nodes["n1"].draining, inv.nodes["n1"].schedulable) == ("bad fan", False, False)
-    assert inv.nodes["n2"].draining and not inv.nodes["n2"].schedulable
+    assert (inv.nodes["n1"].cordon, inv.nodes["n1"].moving_jobs_off, inv.nodes["n1"].schedulable) == (
+        "replace PSU", True, False)
+    assert inv.nodes["n2"].moving_jobs_off and inv.nodes["n2"].cordon_reason == "its agent is shutting down"
     assert len(inv.free_devices("n1")) == 4  # free, but no job is placed there (the scheduler's view skips it)
+    assert inv.capacity() == {}  # what jobs can use: nothing while both are closed
+    # the operator's node restarts its agent gracefully: the agent's own drain must not replace the operator's
+    # (it did, and the restart then opened a node under maintenance)
+    evolve(inv, NodeCordoned(aggregate_id="n1", drain=True, reason="its agent is shutting down", by="agent"))
     evolve(inv, registered("n1", agent="a2"))
     evolve(inv, registered("n2", agent="a2"))
-    assert inv.nodes["n1"].cordon == "bad fan"  # an operator's cordon outlives an agent restart
-    assert inv.nodes["n2"].schedulable and not inv.nodes["n2"].draining  # the agent's own ended with it
+    assert inv.nodes["n1"].cordon == "replace PSU" and inv.nodes["n1"].draining and not inv.nodes["n1"].schedulable
+    assert inv.nodes["n2"].schedulable and not inv.nodes["n2"].moving_jobs_off  # the agent's own ended with it
     evolve(inv, NodeCordoned(aggregate_id="n1", cordoned=False, by="cli"))
     assert inv.nodes["n1"].schedulable and inv.nodes["n1"].cordon == ""
+
+
+def test_jobs_on_a_node_whose_agent_drained_it_are_not_orphaned_by_its_restart() -> None:
+    """That agent stopped its workers and reported their exits; its jobs leave by preemption (still checkpointing
+    on their other nodes). Orphaning requeued them at once, cutting that checkpoint off."""
+    inv = fold([registered("n1"), DevicesLeased(aggregate_id="n1", job_id="j1", device_uuids=["n1-g0"]),
+                NodeCordoned(aggregate_id="n1", drain=True, reason="its agent is shutting down", by="agent"),
+                registered("n1", agent="a2")])
+    assert inv.orphaned == {} and inv.leases.jobs_on("n1") == ["j1"]
+    crashed = fold([registered("n1"), DevicesLeased(aggregate_id="n1", job_id="j1", device_uuids=["n1-g0"]),
+                    registered("n1", agent="a2")])
+    assert crashed.orphaned == {"n1": ["j1"]}  # a restart without a drain: its workers died with it
 
 
 def test_tenants_are_folded() -> None:

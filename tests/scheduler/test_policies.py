@@ -82,6 +82,46 @@ def test_a_job_of_any_kind_is_charged_and_placed_on_a_kind_its_quota_admits() ->
     assert "quota: " in explain(c.state, policy, "solo-2", 5.0)
 
 
+@pytest.mark.parametrize("name", ["hetero-ts", "hetero-gittins", "gavel", "makespan", "hetero", "fifo-anykind"])
+def test_policies_that_plan_over_kinds_leave_a_cordoned_node_out(name: str) -> None:
+    """They read the cluster's capacity per kind, which counted a cordoned node: a job best on the cordoned kind
+    was allotted it and waited for ever beside free devices of another kind."""
+    from aios.common.events import NodeCordoned
+    from aios.scheduler.local import apply
+
+    c = Cluster(("n1", "a100", 4), ("n2", "h100", 4))
+    policy = make_policy(name)
+    step(c.state, policy, 0.5)
+    apply(c.state, [("node.n1", [NodeCordoned(aggregate_id="n1", reason="maintenance")])], 0.7)
+    c.submit("j", 4, throughput={"a100": 3.0, "h100": 1.0})
+    for t in (2.0, 3.0, 4.0):
+        step(c.state, policy, t)
+    assert c.where("j") == {"n2": 4}
+
+
+def test_a_blocked_job_preempts_nobody_on_a_cordoned_node() -> None:
+    """Its devices are closed to the blocked job: preempting there evicted a job for nothing, then another."""
+    from aios.common.events import NodeCordoned
+    from aios.scheduler.local import apply
+
+    c = Cluster(("n1", "h100", 4), ("n2", "h100", 4))
+    prio = make_policy("priority")
+    c.submit("low-old", 4, now=0.5)
+    step(c.state, prio, 1.0)
+    c.submit("low-new", 4, now=1.5)
+    step(c.state, prio, 2.0)
+    closed, other = c.where("low-new"), c.where("low-old")
+    node = next(iter(closed))
+    apply(c.state, [(f"node.{node}", [NodeCordoned(aggregate_id=node, reason="fan")])], 3.0)
+    c.submit("high", 4, priority=10, now=3.5)
+    plan = step(c.state, prio, 4.0)
+    assert [p.job_id for p in plan.preemptions] == ["low-old"]  # on the open node, not low-new on the closed one
+    c.workers_exited("low-old", 5.0)
+    for t in (6.0, 7.0, 8.0):
+        step(c.state, prio, t)
+    assert c.where("high") == other and c.where("low-new") == closed
+
+
 def test_choosing_a_kind_under_quota_keeps_what_placed_before() -> None:
     """From review of the kind choice: a gang larger than any one kind still spans kinds; a policy's preferred kind
     is not the only one the quota is asked about; a kind whose quota is lent out is reclaimed; two jobs charged in

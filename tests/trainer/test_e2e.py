@@ -193,7 +193,7 @@ def test_a_node_shut_down_under_a_job_drains_it_and_it_resumes(aios_env: dict[st
         preempted = [e.reason for e in history if isinstance(e, JobPreempted)]
         assert preempted == [f"node {victim} drained: its agent is shutting down"], history
         nodes = {n["node"]: n for n in json.loads(aios("nodes", "--json").stdout)}
-        assert nodes[victim]["cordon"] == "its agent is shutting down" and nodes[victim]["draining"]
+        assert nodes[victim]["cordon"] == "its agent is shutting down"  # (and lost by now: the agent is gone)
         cluster.restart_agent(victim)
         deadline = time.monotonic() + 30
         while (node := {n["node"]: n for n in json.loads(aios("nodes", "--json").stdout)}[victim])["cordon"]:

@@ -119,6 +119,9 @@ def test_an_exit_after_a_stop_nobody_asked_for_requeues_the_job() -> None:
     assert outcome(job({"rank0-a1": 3}, [], running=1), frozenset({"n2"})) is None  # n2 going away: wait
     assert outcome(job({"rank0-a1": 3, "rank1-a1": 1}, []), frozenset({"n2"}))[0] == "requeued"  # type: ignore[index]
     assert outcome(job({"rank0-a1": 3}, [], running=1))[0] == "failed"  # type: ignore[index]  # on its own: at once
+    # a lost node's workers never report their exit: nobody waits for them (the job stayed running for ever)
+    assert outcome(job({"rank0-a1": 1}, [], running=1), frozenset(), frozenset({"n2"})) == (
+        "requeued", "node n2 was lost; resumes from its checkpoint", None)
     assert outcome(job({"rank0-a1": 0, "rank1-a1": 0}, [])) == ("succeeded", "", 0)
     assert outcome(job({"rank0-a1": 0}, [], running=1)) is None  # rank 1 still runs
 

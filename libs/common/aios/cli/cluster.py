@@ -118,7 +118,7 @@ class LocalCluster:
         """Agents first (their workers checkpoint on SIGTERM), then cluster services, then NATS."""
         agents = [p for n, p in self.procs.items() if n.startswith("agent-")]
         others = [p for n, p in self.procs.items() if not n.startswith("agent-")]
-        self._terminate(agents, grace)
+        self._terminate(agents, grace + 5)  # an agent drains its node (up to 5 s), then stops what is left
         self._terminate(others, grace)
         if self.nats is not None:
             self.nats.stop()
@@ -140,7 +140,7 @@ class LocalCluster:
         proc.kill()
         proc.wait()
 
-    def stop_agent(self, node: str, grace: float = 15.0) -> None:
+    def stop_agent(self, node: str, grace: float = 20.0) -> None:
         """SIGTERM one node's agent, as a shutdown of the node does: its workers are stopped (and checkpoint)."""
         self._terminate([self.procs[f"agent-{node}"]], grace)
 

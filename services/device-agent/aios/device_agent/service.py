@@ -133,11 +133,11 @@ class DeviceAgentService(Service):
         """Before stopping: no new jobs here, and the scheduler preempts the preemptible ones (the normal path: they
         checkpoint and are placed elsewhere; stop requests are still served). Without it a shutdown left its jobs
         on the node until the heartbeat timeout, and they were placed back on it meanwhile."""
-        try:
-            await self.ctx.store.append(f"node.{self.config.node_id}", NodeCordoned(
-                aggregate_id=self.config.node_id, drain=True, reason="its agent is shutting down", by="agent"))
-        except AiosError as exc:  # NATS away: the workers are stopped below all the same
-            log.warning("could not drain the node before stopping", extra={"error": str(exc)})
+        try:  # briefly: with NATS away, the workers must still get their SIGTERM before a supervisor's SIGKILL
+            await asyncio.wait_for(self.ctx.store.append(f"node.{self.config.node_id}", NodeCordoned(
+                aggregate_id=self.config.node_id, drain=True, reason="its agent is shutting down", by="agent")), 2.0)
+        except (AiosError, asyncio.TimeoutError) as exc:  # the workers are stopped below all the same
+            log.warning("could not drain the node before stopping", extra={"error": str(exc) or type(exc).__name__})
             return
         deadline = time.monotonic() + wait_s
         while self.runner.running and time.monotonic() < deadline:

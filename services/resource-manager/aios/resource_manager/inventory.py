@@ -38,14 +38,25 @@ class NodeState(msgspec.Struct):
     lost_reason: str = ""
     registrations: int = 0
     cordon: str = ""
-    """Why no job may be placed here ("" = open to jobs): NodeCordoned."""
+    """An operator's reason for placing no job here ("" = none): NodeCordoned. Outlives agent restarts."""
     draining: bool = False
-    """Cordoned, and its preemptible jobs are moved off."""
-    cordoned_by: str = ""
+    """The operator's cordon also moves its preemptible jobs off."""
+    shutting_down: bool = False
+    """Its agent is shutting down (NodeCordoned by "agent"): cordoned and drained until it registers again. Kept
+    apart from the operator's cordon, which the agent's own drain overwrote and its restart then lifted."""
 
     @property
     def schedulable(self) -> bool:
-        return self.online and not self.cordon
+        """Open to new jobs: online, not cordoned, its agent not shutting down."""
+        return self.online and not self.cordon and not self.shutting_down
+
+    @property
+    def moving_jobs_off(self) -> bool:
+        return self.online and (self.draining or self.shutting_down)
+
+    @property
+    def cordon_reason(self) -> str:
+        return self.cordon or ("its agent is shutting down" if self.shutting_down else "")
 
 
 class Inventory(msgspec.Struct):
@@ -73,10 +84,11 @@ class Inventory(msgspec.Struct):
         return [d for u, d in node.devices.items() if d.healthy and self.leases.is_free(u)]
 
     def capacity(self) -> dict[str, dict[str, int]]:
-        """Per device kind: total, healthy, free (online nodes only)."""
+        """Per device kind: total, healthy, free, on the nodes open to jobs (online and not cordoned: the policies
+        that plan over kinds read it, and planned onto a cordoned node's devices a job that could never go there)."""
         out: dict[str, dict[str, int]] = {}
         for node in self.nodes.values():
-            if not node.online:
+            if not node.schedulable:
                 continue
             for uuid, dev in node.devices.items():
                 row = out.setdefault(dev.info.kind, {"total": 0, "healthy": 0, "free": 0})
@@ -114,7 +126,8 @@ def fold_commit(inv: Inventory, commit: Commit) -> Inventory:
 
 def evolve(inv: Inventory, ev: Event) -> Inventory:
     kind = type(ev)
-    if kind is NodeRegistered or kind is DeviceUnhealthy or kind is DeviceHealthy or kind is NodeLost:
+    if (kind is NodeRegistered or kind is DeviceUnhealthy or kind is DeviceHealthy or kind is NodeLost
+            or kind is NodeCordoned):
         inv.shape += 1
     if kind is NodeRegistered:
         _registered(inv, ev)  # type: ignore[arg-type]
@@ -147,11 +160,12 @@ def evolve(inv: Inventory, ev: Event) -> Inventory:
         inv.orphaned.pop(ev.aggregate_id, None)
     elif kind is NodeCordoned:
         node = inv.nodes.get(ev.aggregate_id)
-        if node is not None:
+        if node is not None and ev.by == "agent":  # type: ignore[attr-defined]
+            node.shutting_down = ev.cordoned  # type: ignore[attr-defined]
+        elif node is not None:
             on = ev.cordoned  # type: ignore[attr-defined]
             node.cordon = (ev.reason or "cordoned") if on else ""  # type: ignore[attr-defined]
             node.draining = on and ev.drain  # type: ignore[attr-defined]
-            node.cordoned_by = ev.by if on else ""  # type: ignore[attr-defined]
     elif kind is TenantQuotaSet:
         inv.tenants[ev.aggregate_id] = ev  # type: ignore[assignment]
     return inv
@@ -167,8 +181,11 @@ def _forget_orphan(inv: Inventory, node_id: str, job_id: str) -> None:
 
 def _registered(inv: Inventory, ev: NodeRegistered) -> None:
     old = inv.nodes.get(ev.aggregate_id)
-    if old is not None and old.online and old.agent_id != ev.agent_id:
-        # a restart the liveness check did not see (quicker than the timeout): the old agent's workers are gone
+    if old is not None and old.online and old.agent_id != ev.agent_id and not old.shutting_down:
+        # a restart the liveness check did not see (quicker than the timeout): the old agent's workers are gone.
+        # (Not after a shutdown that drained the node: that agent stopped its workers and reported their exits, and
+        # its jobs leave by preemption or the trainer's requeue; requeueing them here cut off a checkpoint in flight
+        # on their other nodes.)
         held = inv.leases.jobs_on(ev.aggregate_id)
         if held:
             inv.orphaned[ev.aggregate_id] = sorted(set(inv.orphaned.get(ev.aggregate_id, [])) | set(held))
@@ -186,6 +203,6 @@ def _registered(inv: Inventory, ev: NodeRegistered) -> None:
         node_id=ev.aggregate_id, hostname=ev.hostname, agent_id=ev.agent_id, online=True, cpu_cores=ev.cpu_cores,
         memory_bytes=ev.memory_bytes, devices=devices, links=list(ev.links), labels=dict(ev.labels),
         backend=ev.backend, registered_at=ev.ts, registrations=(old.registrations if old else 0) + 1)
-    if old is not None and old.cordon and old.cordoned_by != "agent":  # an operator's cordon outlives restarts;
-        new = inv.nodes[ev.aggregate_id]                               # the agent's own (it shut down) ends here
-        new.cordon, new.draining, new.cordoned_by = old.cordon, old.draining, old.cordoned_by
+    if old is not None and old.cordon:  # an operator's cordon outlives restarts; the agent's own drain ends here
+        new = inv.nodes[ev.aggregate_id]
+        new.cordon, new.draining = old.cordon, old.draining

@@ -18,7 +18,7 @@ def node_summary(inv: Inventory, node: NodeState) -> dict[str, Any]:
         "unhealthy": sum(1 for d in node.devices.values() if not d.healthy),
         "kinds": sorted({d.info.kind for d in node.devices.values()}),
         "lost_reason": node.lost_reason, "registrations": node.registrations,
-        "cordon": node.cordon, "draining": node.draining,
+        "cordon": node.cordon_reason, "draining": node.moving_jobs_off,
     }
 
 

@@ -181,13 +181,13 @@ def _drain(state: SchedulerState, plan: RoundPlan) -> None:
     """Preempt the preemptible jobs of draining nodes (they checkpoint and are placed elsewhere, not there); the
     others run to their end, as under Slurm's drain."""
     for node_id, node in sorted(state.inv.nodes.items()):
-        if not (node.online and node.draining):
+        if not node.moving_jobs_off:
             continue
         for job_id in sorted(state.inv.leases.jobs_on(node_id)):
             job = state.jobs.get(job_id)
             if (job is not None and job.status in (PLACED, RUNNING) and job.spec is not None
                     and job.spec.preemptible and all(p.job_id != job_id for p in plan.preemptions)):
-                plan.preemptions.append(Preemption(job_id, "", f"node {node_id} drained: {node.cordon}"))
+                plan.preemptions.append(Preemption(job_id, "", f"node {node_id} drained: {node.cordon_reason}"))
 
 
 def plan_round(state: SchedulerState, policy: Policy, now: float, *,
@@ -200,7 +200,7 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
     ordered = [j for j in policy.order(state, now, estimate) if j.job_id not in cancelled]
     plan.order = [j.job_id for j in ordered]
     for job, why in policy.displaced(state, now):
-        if job.job_id not in cancelled:
+        if job.job_id not in cancelled and all(p.job_id != job.job_id for p in plan.preemptions):  # drained too
             plan.preemptions.append(Preemption(job.job_id, "", why))
     listed = set(plan.order)
     for job in state.pending():
@@ -345,7 +345,7 @@ class _Facts:
         shape = (req.devices, req.kinds, req.max_per_node, req.gang, req.cpu, req.memory_gib)
         if shape not in self._never:
             why = self._never_fits(req)
-            cordoned = sorted(n for n, node in self.state.inv.nodes.items() if node.online and node.cordon)
+            cordoned = sorted(n for n, node in self.state.inv.nodes.items() if node.online and not node.schedulable)
             self._never[shape] = why + (f" or {', '.join(cordoned[:5])} is uncordoned" if why and cordoned else "")
         return self._never[shape]
 

@@ -76,27 +76,35 @@ def worker_command(job: JobState | None = None) -> list[str]:
     return [sys.executable, "-m", "aios.model_registry.replica" if serving else "aios.trainer.worker"]
 
 
-def outcome(job: JobState, nodes_going: frozenset[str] = frozenset()) -> tuple[str, str, int | None] | None:
+def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
+            nodes_lost: frozenset[str] = frozenset()) -> tuple[str, str, int | None] | None:
     """``(succeeded|failed|requeued, reason, exit code)`` once it is decided, else None: the first worker (by name)
     to exit non-zero on its own fails the job at once (its peers are then stopped); a worker its agent stopped while
     nobody asked the job to stop (the agent or its node shutting down) requeues it, to resume from its checkpoint,
     once every started worker of the attempt has exited (rank 0 may write the checkpoint last). Such a worker exits
     0 after checkpointing, which was counted as success (a half-trained model registered). While one of the job's
-    nodes is going away (``nodes_going``: lost, or its agent shutting down), a peer's crash is part of the same
-    interruption. All exiting 0 on their own is success."""
+    nodes goes away (``nodes_going``: its agent shutting down, or ``nodes_lost``), a peer's crash is part of the same
+    interruption; a lost node's workers never report their exit, so nobody waits for them. All exiting 0 on their
+    own is success."""
     world = sum(max(1, len(a.device_uuids)) for a in job.assignments)
     stopped = set(job.stopped_workers)
     bad = sorted((w, c) for w, c in job.exit_codes.items() if c != 0 and w not in stopped)
-    if bad and (stopped or nodes_going):
+    if bad and (stopped or nodes_going or nodes_lost):
         stopped |= {w for w, _ in bad}
         bad = []
     if bad:
         worker, code = bad[0]
         return "failed", f"worker {worker} exited with {code if code is not None else 'a signal'}", code
     if stopped:
-        if job.workers_running > 0:
+        if job.workers_running > 0 and not nodes_lost:
             return None  # the others are stopping too
-        return "requeued", f"worker {min(stopped)} was stopped by its node's agent; resumes from its checkpoint", None
+        if nodes_lost:
+            why = f"node {min(nodes_lost)} was lost"
+        elif job.stopped_workers:
+            why = f"worker {min(job.stopped_workers)} was stopped by its node's agent"
+        else:
+            why = f"worker {min(stopped)} exited while node {min(nodes_going)} shut down"
+        return "requeued", f"{why}; resumes from its checkpoint", None
     if world and len(job.exit_codes) >= world:
         return "succeeded", "", 0
     return None
@@ -208,9 +216,9 @@ class LauncherService(Service):
     async def _decide(self, job: JobState, key: tuple[str, int]) -> None:
         """The lead records the attempt's outcome once it is decided."""
         nodes = self.projector.state.inv.nodes
-        going = frozenset(a.node_id for a in job.assignments
-                          if (n := nodes.get(a.node_id)) is None or not n.online or n.cordoned_by == "agent")
-        result = outcome(job, going)
+        lost = frozenset(a.node_id for a in job.assignments if (n := nodes.get(a.node_id)) is None or not n.online)
+        going = frozenset(a.node_id for a in job.assignments if (n := nodes.get(a.node_id)) and n.shutting_down)
+        result = outcome(job, going, lost)
         if result is not None:
             self.decided.add(key)
             with tracing.job_span(f"finish {result[0]}", job.job_id, job.placement_trace,

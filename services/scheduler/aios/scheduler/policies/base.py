@@ -68,11 +68,14 @@ def running(state: SchedulerState) -> list[JobState]:
 
 
 def compatible(job: JobState, other: JobState, state: SchedulerState) -> int:
-    """Devices of ``other`` that ``job`` could use (kinds match)."""
+    """Devices of ``other`` that ``job`` could use (kinds match, on a node open to jobs: preempting a job on a
+    cordoned node frees nothing the blocked job may take)."""
     kinds = set(job.spec.device_types) if job.spec and job.spec.device_types else None
     count = 0
     for a in other.assignments:
         node = state.inv.nodes.get(a.node_id)
+        if node is None or not node.schedulable:
+            continue
         for u in a.device_uuids:
             dev = node.devices.get(u) if node else None
             if dev is not None and (kinds is None or dev.info.kind in kinds):
