@@ -151,3 +151,14 @@ def test_cordon_drain_and_uncordon_commands(cluster: LocalCluster, aios_env: dic
     wait_nodes(cluster, aios_env, lambda n: n["sim-a"]["cordon"] == "")
     missing = run("cordon", "sim-z")
     assert missing.returncode == 3 and "no node 'sim-z'" in missing.stderr, missing
+    assert run("cordon", "a *").returncode == 3
+
+    async def register_dotted() -> None:  # node ids are host names, dots and all
+        store = await connect([cluster.nats_url])
+        await store.append("node.gpu-1.example.com", NodeRegistered(
+            aggregate_id="gpu-1.example.com", hostname="gpu-1.example.com", agent_id="x", cpu_cores=1,
+            memory_bytes=1 << 30))
+        await store.close()
+    asyncio.run(register_dotted())
+    dotted = run("cordon", "gpu-1.example.com")
+    assert dotted.returncode == 0, dotted  # it was "no node" for any id with a dot

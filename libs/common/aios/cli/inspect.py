@@ -106,8 +106,9 @@ def _cordon_text(node: dict[str, Any]) -> str:
 
 async def cordon(node: str, on: bool, drain: bool, reason: str) -> int:
     """``aios cordon|drain|uncordon NODE``: appends NodeCordoned to the node's history."""
+    from aios.common.errors import InvalidAggregate
     from aios.common.events import NodeCordoned
-    from aios.common.store import open_log
+    from aios.common.store import open_log, validate_aggregate
 
     if len(reason) > 500:
         raise ConfigError("--reason: at most 500 characters")
@@ -116,7 +117,11 @@ async def cordon(node: str, on: bool, drain: bool, reason: str) -> int:
         raise ConfigError("AIOS_NATS_URL is not set: point it at the cluster (`aios up` prints the export line)")
     store = await open_log(servers, name="aios-cli", append_deadline=5.0, wait_for_log_s=10.0)
     try:
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", node) or (await store.read(f"node.{node}")).version == 0:
+        try:  # node ids are host names: dots are subject tokens of the aggregate, spaces and wildcards are not
+            known = (await store.read(validate_aggregate(f"node.{node}"))).version > 0
+        except InvalidAggregate:
+            known = False
+        if not known:
             raise NotFound(f"no node {node!r}")
         await store.append(f"node.{node}", NodeCordoned(aggregate_id=node, cordoned=on, drain=drain,
                                                          reason=reason, by="cli"))
