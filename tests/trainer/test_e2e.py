@@ -128,22 +128,30 @@ def test_four_rank_mlp_job_and_a_plain_command_job(aios_env: dict[str, str], tmp
         cluster.stop()
 
 
+def submit(aios: Any, tmp_path: Path, spec: dict[str, Any]) -> str:
+    """Submit a spec through `aios submit`; the job id."""
+    path = tmp_path / f"{spec['name']}.json"
+    path.write_text(json.dumps(spec))
+    out = aios("submit", str(path), "--json")
+    assert out.returncode == 0, out.stderr
+    return str(json.loads(out.stdout)["job"])
+
+
+def running_past(aios: Any, name: str, step: int, timeout: float = 60) -> dict[str, Any]:
+    """The job's summary once it runs at ``step`` or later."""
+    deadline = time.monotonic() + timeout
+    while (job := wait_job(aios, name, ("running",)))["step"] < step:
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    return job
+
+
 def test_node_loss_requeues_and_resumes_from_the_checkpoint(aios_env: dict[str, str], tmp_path: Path) -> None:
     trainer = {"kind": "mlp", "steps": 200, "checkpoint_every": 50, "step_delay_s": 0.05}
     cluster, aios = start(aios_env, nodes=3, AIOS_NODE_TIMEOUT="3", AIOS_HEARTBEAT_INTERVAL="0.5")
     try:
-        spec = tmp_path / "mlp.json"
-        spec.write_text(json.dumps({"name": "resilient", "tenant": "ml", "devices": 4, "trainer": trainer}))
-        out = aios("submit", str(spec), "--json")
-        assert out.returncode == 0, out.stderr
-        job_id = json.loads(out.stdout)["job"]
-        deadline = time.monotonic() + 60
-        while True:  # past the first checkpoint (step 50), before the end
-            job = wait_job(aios, "resilient", ("running",))
-            if job["step"] >= 70:
-                break
-            assert time.monotonic() < deadline, job
-            time.sleep(0.2)
+        job_id = submit(aios, tmp_path, {"name": "resilient", "tenant": "ml", "devices": 4, "trainer": trainer})
+        job = running_past(aios, "resilient", 70)  # past the first checkpoint (step 50), before the end
         victim = sorted(set(job["nodes"]))[0]
         cluster.kill_agent(victim)  # its workers die with it
         done = wait_job(aios, "resilient", ("succeeded", "failed"), timeout=150)
@@ -170,15 +178,8 @@ def test_a_node_shut_down_under_a_job_drains_it_and_it_resumes(aios_env: dict[st
     trainer = {"kind": "mlp", "steps": 200, "checkpoint_every": 1000, "step_delay_s": 0.05}
     cluster, aios = start(aios_env, nodes=3, AIOS_NODE_TIMEOUT="3", AIOS_HEARTBEAT_INTERVAL="0.5")
     try:
-        spec = tmp_path / "mlp.json"
-        spec.write_text(json.dumps({"name": "interrupted", "tenant": "ml", "devices": 2, "trainer": trainer}))
-        out = aios("submit", str(spec), "--json")
-        assert out.returncode == 0, out.stderr
-        job_id = json.loads(out.stdout)["job"]
-        deadline = time.monotonic() + 60
-        while (job := wait_job(aios, "interrupted", ("running",)))["step"] < 40:
-            assert time.monotonic() < deadline, job
-            time.sleep(0.2)
+        job_id = submit(aios, tmp_path, {"name": "interrupted", "tenant": "ml", "devices": 2, "trainer": trainer})
+        job = running_past(aios, "interrupted", 40)
         victim = sorted(set(job["nodes"]))[0]
         cluster.stop_agent(victim)
         done = wait_job(aios, "interrupted", ("succeeded", "failed"), timeout=150)

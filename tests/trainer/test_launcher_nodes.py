@@ -37,8 +37,10 @@ async def until(check: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_each_node_trainer_launches_its_own_workers_and_the_lead_records_the_job(store: EventStore) -> None:
-    asked: list[tuple[str, str, dict[str, Any]]] = []  # (node, run|stop, request)
+async def placed_on_both_nodes(store: EventStore) -> list[tuple[str, str, dict[str, Any]]]:
+    """Two registered nodes with stand-in agents (which answer and write down each run/stop request, returned as
+    (node, run|stop, request)) and job j1 placed on, and booked on, both."""
+    asked: list[tuple[str, str, dict[str, Any]]] = []
 
     async def agent(msg: Any) -> None:
         _, _, node, verb = msg.subject.split(".")
@@ -59,6 +61,11 @@ async def test_each_node_trainer_launches_its_own_workers_and_the_lead_records_t
                   assignments=[Assignment(node_id=n, device_uuids=uuids(n), ranks=[]) for n in NODES])])
     for node in NODES:
         await store.append(f"node.{node}", DevicesLeased(aggregate_id=node, job_id="j1", device_uuids=uuids(node)))
+    return asked
+
+
+async def test_each_node_trainer_launches_its_own_workers_and_the_lead_records_the_job(store: EventStore) -> None:
+    asked = await placed_on_both_nodes(store)
 
     settings = load_settings({"AIOS_NATS_URL": store.servers[0]})
     launchers = {n: LauncherService(node_id=n) for n in NODES}
@@ -130,26 +137,7 @@ async def test_a_stopped_worker_stops_its_peers_gently_and_the_job_is_requeued_w
         store: EventStore) -> None:
     """One node's agent shuts down and stops rank 2: the other trainers stop their workers with the usual grace
     (rank 0 writes the checkpoint as it stops; a 3-s grace cut it off), and the requeue waits for every worker."""
-    asked: list[tuple[str, str, dict[str, Any]]] = []
-
-    async def agent(msg: Any) -> None:
-        _, _, node, verb = msg.subject.split(".")
-        asked.append((node, verb, json.loads(msg.data)))
-        await msg.respond(b'{"ok": true}')
-    for node in NODES:
-        await store.nc.subscribe(run_subject(node), cb=agent)
-        await store.nc.subscribe(stop_subject(node), cb=agent)
-        devices = [DeviceInfo(uuid=u, index=i, kind="a100", model="A100", memory_bytes=40 << 30)
-                   for i, u in enumerate(uuids(node))]
-        await store.append(f"node.{node}", NodeRegistered(aggregate_id=node, hostname=node, agent_id="a",
-                                                          cpu_cores=8, memory_bytes=64 << 30, devices=devices))
-    await store.append("job.j1", [
-        JobSubmitted(aggregate_id="j1", tenant="ml", name="j1", spec={"name": "j1", "tenant": "ml", "devices": 4,
-                                                                  "command": ["python", "t.py"]}),
-        JobPlaced(aggregate_id="j1", world_size=4,
-                  assignments=[Assignment(node_id=n, device_uuids=uuids(n), ranks=[]) for n in NODES])])
-    for node in NODES:
-        await store.append(f"node.{node}", DevicesLeased(aggregate_id=node, job_id="j1", device_uuids=uuids(node)))
+    asked = await placed_on_both_nodes(store)
     settings = load_settings({"AIOS_NATS_URL": store.servers[0]})
     contexts = {n: ServiceContext("trainer", settings, store.nc, store, CollectorRegistry()) for n in NODES}
     tasks = [asyncio.ensure_future(LauncherService(node_id=n).run(contexts[n])) for n in NODES]

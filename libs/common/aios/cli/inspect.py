@@ -15,12 +15,24 @@ from aios.common.errors import AiosError, ConfigError, NotFound
 from aios.common.store import connect_once
 
 
-async def ask(subject: str, body: dict[str, Any] | None = None, timeout: float = 5.0,
-              servers: list[str] | None = None) -> dict[str, Any]:
-    servers = servers or load_settings().servers
+def cluster_servers() -> list[str]:
+    """The NATS servers the CLI talks to, or a ConfigError saying how to set them."""
+    servers = load_settings().servers
     if not servers:
         raise ConfigError("AIOS_NATS_URL is not set: point it at the cluster (`aios up` prints the export line)")
-    nc = await connect_once(servers, name="aios-cli")
+    return servers
+
+
+async def log_writer() -> Any:
+    """The event log for one append (a quota, a cordon): it waits a moment for a cluster that is starting."""
+    from aios.common.store import open_log
+
+    return await open_log(cluster_servers(), name="aios-cli", append_deadline=5.0, wait_for_log_s=10.0)
+
+
+async def ask(subject: str, body: dict[str, Any] | None = None, timeout: float = 5.0,
+              servers: list[str] | None = None) -> dict[str, Any]:
+    nc = await connect_once(servers or cluster_servers(), name="aios-cli")
     try:
         msg = await nc.request(subject, json.dumps(body or {}).encode(), timeout=timeout)
     except nats.errors.NoRespondersError:
@@ -108,14 +120,11 @@ async def cordon(node: str, on: bool, drain: bool, reason: str) -> int:
     """``aios cordon|drain|uncordon NODE``: appends NodeCordoned to the node's history."""
     from aios.common.errors import InvalidAggregate
     from aios.common.events import NodeCordoned
-    from aios.common.store import open_log, validate_aggregate
+    from aios.common.store import validate_aggregate
 
     if len(reason) > 500:
         raise ConfigError("--reason: at most 500 characters")
-    servers = load_settings().servers
-    if not servers:
-        raise ConfigError("AIOS_NATS_URL is not set: point it at the cluster (`aios up` prints the export line)")
-    store = await open_log(servers, name="aios-cli", append_deadline=5.0, wait_for_log_s=10.0)
+    store = await log_writer()
     try:
         try:  # node ids are host names: dots are subject tokens of the aggregate, spaces and wildcards are not
             known = (await store.read(validate_aggregate(f"node.{node}"))).version > 0
@@ -133,7 +142,6 @@ async def cordon(node: str, on: bool, drain: bool, reason: str) -> int:
 
 
 async def set_quota(tenant: str, cohort: str, nominal: str, borrowing: str | None, lending: str | None) -> int:
-    from aios.common.store import open_log
     from aios.scheduler.spec import SpecError, validate_quota
 
     options = {"cohort": "--cohort", "nominal": "--nominal", "borrowing_limit": "--borrowing-limit",
@@ -146,10 +154,7 @@ async def set_quota(tenant: str, cohort: str, nominal: str, borrowing: str | Non
         field, _, rest = exc.field.partition(".")
         where = f"tenant {tenant!r}" if field == "tenant" else options.get(field, field) + (f" {rest}" if rest else "")
         raise ConfigError(f"{where}: {exc.reason}") from None
-    servers = load_settings().servers
-    if not servers:
-        raise ConfigError("AIOS_NATS_URL is not set: point it at the cluster (`aios up` prints the export line)")
-    store = await open_log(servers, name="aios-cli", append_deadline=5.0, wait_for_log_s=10.0)
+    store = await log_writer()
     try:
         result = await store.append(f"tenant.{tenant}", event)
     finally:

@@ -9,10 +9,9 @@ from typing import Any
 import yaml
 from rich.table import Table
 
-from aios.cli.inspect import ask
+from aios.cli.inspect import ask, cluster_servers
 from aios.cli.output import table_console
 from aios.common import tracing
-from aios.common.config import load_settings
 from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError, NotFound
 from aios.common.events import (
     JobCancelled, JobCancelRequested, JobFailed, JobSucceeded, WorkerStarted, timeline_entry,
@@ -54,9 +53,7 @@ def _known_form(job_id: str) -> str:
 
 
 async def _store():  # type: ignore[no-untyped-def]
-    servers = load_settings().servers
-    if not servers:
-        raise ConfigError("AIOS_NATS_URL is not set: point it at the cluster (`aios up` prints the export line)")
+    servers = cluster_servers()
     # followers (logs -f, job --wait) ride out NATS restarts; a cluster that is starting gets a moment to create the log
     return await open_log(servers, name="aios-cli", append_deadline=10.0, follow=True, wait_for_log_s=10.0)
 

@@ -13,9 +13,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from aios.cli.inspect import ask
-from aios.common.config import load_settings
-from aios.common.errors import ConfigError
+from aios.cli.inspect import ask, cluster_servers
 from aios.common.store import connect_once
 
 
@@ -55,9 +53,7 @@ def frame(snap: dict[str, Any]) -> Group:
 
 
 async def run(once: bool, as_json: bool, interval: float = 1.0) -> int:
-    servers = load_settings().servers
-    if not servers:
-        raise ConfigError("AIOS_NATS_URL is not set: point it at the cluster (`aios up` prints the export line)")
+    servers = cluster_servers()
     telemetry: dict[str, dict[str, Any]] = {}
     nc = await connect_once(servers, name="aios-top")
 
