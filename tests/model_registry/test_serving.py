@@ -137,11 +137,12 @@ async def test_the_router_finds_replicas_started_after_it_looked(store: Any, mod
     from aios.model_registry.router import Router
     from aios.model_registry.serving import start_server_app
 
-    router = Router(store, refresh_s=60.0)
+    router = Router(store)
     runner, port = await start_server_app(router.app())
     server = ModelServer("digits", 4, model)
     replica, replica_port = await start_server(server)
     kv = await endpoints_bucket(store)
+    before = (await store.js.stream_info("KV_AIOS_ENDPOINTS")).state.consumer_count
     try:
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://127.0.0.1:{port}/serve/job-a/v2/models/digits") as r:
@@ -161,6 +162,11 @@ async def test_the_router_finds_replicas_started_after_it_looked(store: Any, mod
             async with http.post(f"http://127.0.0.1:{port}/v2/models/digits/versions/5/infer",
                                  json=infer_body(x[:2])) as r:
                 assert r.status == 503 and "at version 5" in (await r.json())["error"]
+            for i in range(5):  # unknown models: each lookup used to leave two consumers on the server for 5 min
+                async with http.post(f"http://127.0.0.1:{port}/v2/models/none{i}/infer", json={}) as r:
+                    assert r.status == 503
+            info = await store.js.stream_info("KV_AIOS_ENDPOINTS")
+            assert info.state.consumer_count <= before + 1, (before, info.state.consumer_count)  # its one watch
     finally:
         for key in ("digits.job-a.0", "digits.job-a.1"):
             await kv.delete(key)

@@ -11,12 +11,14 @@ Environment: ``AIOS_SERVE`` (the job's ``serve:`` JSON), ``AIOS_NATS_URL``, ``AI
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 import nats.js.errors
@@ -72,6 +74,68 @@ async def endpoints(store: EventStore, model: str | None = None) -> list[dict[st
             if isinstance(found, dict) and isinstance(found.get("key"), str):
                 out.append(found)
     return sorted(out, key=lambda e: e["key"])
+
+
+class EndpointBook:
+    """The live replicas, kept by one watch of the endpoints bucket (the router's). Looking them up per request
+    made a consumer each time (nats-py's ``keys()`` is a watch the server keeps for 5 minutes after it is left): a
+    busy router reached the server's consumer limit, and from then on every lookup failed, and every request."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self._entries: dict[str, tuple[float, dict[str, Any]]] = {}  # key -> (expires, announcement)
+        self._task: asyncio.Task[None] | None = None
+        self.changed = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._follow())
+
+    async def stop(self) -> None:
+        await cancel_and_wait([self._task])
+
+    def endpoints(self, model: str | None = None) -> list[dict[str, Any]]:
+        """Replicas (of ``model``) whose last announcement is younger than the bucket's TTL."""
+        now = time.monotonic()
+        return sorted((e for key, (expires, e) in self._entries.items()
+                       if expires > now and (model is None or key.startswith(f"{model}."))), key=lambda e: e["key"])
+
+    async def _follow(self) -> None:
+        while True:
+            watcher = None
+            try:
+                kv = await endpoints_bucket(self.store)
+                watcher = await kv.watchall()
+                async for entry in watcher:
+                    if entry is not None:
+                        self._apply(entry)
+                    self.changed.set()
+                    self.changed.clear()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - NATS away: watch again in a moment, keep what we know
+                log.warning("endpoint watch failed; watching again", extra={"error": str(exc)})
+            finally:
+                if watcher is not None:
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()
+            await asyncio.sleep(1.0)
+
+    def _apply(self, entry: Any) -> None:
+        key = entry.key
+        if key.startswith("_"):  # services' own addresses (_gateway, _router) share the bucket: not replicas
+            return
+        found = None
+        if entry.operation not in ("DEL", "PURGE") and entry.value:
+            try:
+                found = json.loads(entry.value)
+            except ValueError:
+                found = None
+        if not (isinstance(found, dict) and isinstance(found.get("key"), str) and isinstance(found.get("url"), str)):
+            self._entries.pop(key, None)
+            return
+        created = getattr(entry, "created", None)
+        age = time.time() - created.timestamp() if hasattr(created, "timestamp") else 0.0
+        self._entries[key] = (time.monotonic() + TTL_S - min(max(age, 0.0), TTL_S), found)
 
 
 class Replica:

@@ -9,9 +9,10 @@ node costs a retry, not a failed request):
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import re
-import time
 from typing import Any
 
 
@@ -19,26 +20,24 @@ import aiohttp
 from aiohttp import web
 
 from aios.common.store import EventStore
-from aios.model_registry.replica import endpoints
+from aios.model_registry.replica import EndpointBook
 
 ROUTER_KEY = "_router"
 
 
 class Router:
-    def __init__(self, store: EventStore, refresh_s: float = 1.0) -> None:
+    def __init__(self, store: EventStore) -> None:
         self.store = store
-        self.refresh_s = refresh_s
-        self._cache: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self.book = EndpointBook(store)
         self._turn = itertools.count()
         self.session: aiohttp.ClientSession | None = None
 
     async def replicas(self, model: str, job: str | None = None, version: str | None = None,
                        fresh: bool = False) -> list[str]:
-        at, found = self._cache.get(model, (0.0, []))
-        if fresh or time.monotonic() - at > self.refresh_s:
-            found = await endpoints(self.store, model)
-            self._cache[model] = (time.monotonic(), found)
-        return [e["url"] for e in found if (job is None or e.get("job") == job)
+        if fresh:  # the watch brings announcements as they are made: give a just-started replica a moment
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.book.changed.wait(), 0.5)
+        return [e["url"] for e in self.book.endpoints(model) if (job is None or e.get("job") == job)
                 and (version is None or str(e.get("version")) == version)]
 
     def app(self) -> web.Application:
@@ -47,13 +46,18 @@ class Router:
         app.router.add_get("/v2/health/ready", self._ok)
         app.router.add_route("*", "/serve/{job}/v2/models/{name}{rest:.*}", self._forward)
         app.router.add_route("*", "/v2/models/{name}{rest:.*}", self._forward)
+        app.on_startup.append(self._open)
         app.on_cleanup.append(self._close)
         return app
 
     async def _ok(self, _request: web.Request) -> web.Response:
         return web.json_response({"live": True})
 
+    async def _open(self, _app: web.Application) -> None:
+        self.book.start()
+
     async def _close(self, _app: web.Application) -> None:
+        await self.book.stop()
         if self.session is not None:
             await self.session.close()
 
