@@ -220,3 +220,38 @@ def test_a_job_through_http_with_its_timeline_logs_and_the_cluster(gateway: tupl
     assert call(url, "GET", "/api/v1/models/nothing", ALICE)[0] == 404
     status, doc = call(url, "GET", "/openapi.json")
     assert status == 200 and "/api/v1/jobs/{job}/logs" in doc["paths"]
+
+
+def test_a_model_shows_its_training_job_to_that_jobs_tenant_only(gateway: tuple[str, LocalCluster]) -> None:
+    """A tenant sees its own jobs only; the model its job trained showed the job's spec, environment values
+    included, to every tenant. Now other tenants see the model without the spec, and nobody sees the values."""
+    url, _cluster = gateway
+    spec = {"name": "secret-train", "devices": 1, "env": {"WANDB_API_KEY": "alice-secret-value"},
+            "trainer": {"kind": "mlp", "dataset": "digits", "classes": 10, "hidden": 16, "steps": 20,
+                        "samples": 600, "model_name": "alice-digits"}}
+    status, made = call(url, "POST", "/api/v1/jobs", ALICE, spec)
+    assert status == 201
+    deadline = time.monotonic() + 120
+    while (status := call(url, "GET", "/api/v1/models/alice-digits", ALICE))[0] != 200:
+        assert time.monotonic() < deadline, call(url, "GET", f"/api/v1/jobs/{made['job']}", ALICE)[1]
+        time.sleep(0.5)
+    own = status[1]["versions"][0]["lineage"]
+    assert own["spec"]["env"] == {"WANDB_API_KEY": "<redacted>"} and own["spec"]["trainer"]["steps"] == 20
+    for path in ("/api/v1/models/alice-digits", "/api/v1/models/models:%2Falice-digits%2F1"):
+        status, seen = call(url, "GET", path, BOB)
+        assert status == 200 and "alice-secret-value" not in json.dumps(seen)
+        lineage = seen["versions"][0]["lineage"] if "versions" in seen else seen["lineage"]
+        assert lineage["spec"] == {} and lineage["spec_hidden"] == "trained by a job of tenant alice"
+    assert call(url, "GET", "/api/v1/models/alice-digits", ADMIN)[1]["versions"][0]["lineage"]["spec"]["env"]
+
+
+def test_tokens_are_refused_at_start_unless_each_names_a_tenant_that_can_submit() -> None:
+    """A token for tenant 'teamA' was accepted, and then every submission with it was a 422 on the tenant name."""
+    from aios.common.errors import ConfigError
+    from aios.gateway.auth import parse_tokens
+
+    assert parse_tokens(f"{ALICE}=alice,{ADMIN}=*") == {ALICE: "alice", ADMIN: "*"}
+    with pytest.raises(ConfigError, match="item 2: tenant 'teamA' is not a tenant name"):
+        parse_tokens(f"{ALICE}=alice,{BOB}=teamA")
+    with pytest.raises(ConfigError, match="shorter than 16"):
+        parse_tokens("short=alice")

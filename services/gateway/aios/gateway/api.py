@@ -212,7 +212,18 @@ class Api:
         return web.json_response(await self._ask("aios.registry.list", query))
 
     async def model(self, request: web.Request, caller: Caller) -> web.StreamResponse:
-        return web.json_response(await self._ask("aios.registry.show", {"model": request.match_info["model"]}))
+        reply = await self._ask("aios.registry.show", {"model": request.match_info["model"]})
+        for version in reply.get("versions", [reply]) if isinstance(reply, dict) else ():
+            lineage = version.get("lineage") if isinstance(version, dict) else None
+            spec = lineage.get("spec") if isinstance(lineage, dict) else None
+            owner = spec.get("tenant") if isinstance(spec, dict) else None
+            if isinstance(owner, str) and not caller.may_see(owner):
+                # a tenant sees its own jobs only: the spec of another's training job (its command, its
+                # environment) is not shown through the model either
+                lineage["spec"] = {}
+                lineage["command"] = []
+                lineage["spec_hidden"] = f"trained by a job of tenant {owner}"
+        return web.json_response(reply)
 
     # -- live -------------------------------------------------------------------------------------------------------
     async def telemetry(self, request: web.Request, caller: Caller) -> web.StreamResponse:

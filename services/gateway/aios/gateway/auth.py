@@ -11,6 +11,7 @@ import hmac
 from dataclasses import dataclass
 
 from aios.common.errors import ConfigError
+from aios.scheduler.spec import is_name
 
 ADMIN = "*"
 
@@ -44,6 +45,9 @@ def parse_tokens(raw: str) -> dict[str, str]:
         if len(token.strip()) < 16:
             raise ConfigError(f"AIOS_GATEWAY_TOKENS: the token of tenant {tenant.strip()!r} is shorter than 16 "
                               "characters")
+        if tenant.strip() != ADMIN and not is_name(tenant.strip()):  # it could never submit: every job was a 422
+            raise ConfigError(f"AIOS_GATEWAY_TOKENS: item {i + 1}: tenant {tenant.strip()!r} is not a tenant name "
+                              "(lowercase letters, digits, '.', '_' or '-', 1 to 64 characters)")
         tokens[token.strip()] = tenant.strip()
     return tokens
 

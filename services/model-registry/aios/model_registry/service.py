@@ -224,7 +224,9 @@ class Registry:
         found = await bucket.get(job_id)
         cfg, model = builtin.model_from_checkpoint(spec["trainer"], bytes(found.data or b""))
         evaluation, dataset = await self._evaluate(model, spec["trainer"])
-        lineage = Lineage(source="job", job_id=job_id, spec=spec, dataset=builtin.mlp.dataset_identity(cfg),
+        # the lineage is shown to whoever reads the registry: environment values (API keys, passwords) stay out
+        kept = {**spec, "env": {k: "<redacted>" for k in spec["env"]}} if isinstance(spec.get("env"), dict) else spec
+        lineage = Lineage(source="job", job_id=job_id, spec=kept, dataset=builtin.mlp.dataset_identity(cfg),
                           command=["python", "-m", "aios.trainer.worker"] if not spec.get("command") else spec["command"])
         found_metrics = {**self.view.final_progress.get(job_id, {}), **evaluation["metrics"]}
         return await self.register(name, model, lineage, found_metrics, f"trained by job {job_id}",
