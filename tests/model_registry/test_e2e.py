@@ -141,5 +141,18 @@ def test_train_register_compress_serve_and_roll_an_alias(aios_env: dict[str, str
         assert out.returncode == 2 and "alias: '3x'" in out.stderr, out.stderr
         out = aios("models", "alias", "digits", "production", "1", "--expect", "2")
         assert out.returncode == 1 and "moved meanwhile" in out.stderr, out.stderr
+        # options a method ignores, and a 0 that was taken for "unset" (svd made a x0.49 version for ratio 0)
+        out = aios("models", "compress", "models:/digits/1", "svd", "--target-ratio", "0")
+        assert out.returncode == 2 and "target_ratio: 0.0 is not in (0, 1)" in out.stderr, out.stderr
+        out = aios("models", "compress", "models:/digits/1", "int8", "--sparsity", "0.9")
+        assert out.returncode == 2 and "--sparsity: does not apply to int8" in out.stderr, out.stderr
+        out = aios("models", "compress", "models:/digits/1", "svd", "--energy", "0.9", "--target-ratio", "0.2")
+        assert out.returncode == 2 and "give one of them" in out.stderr, out.stderr
+        # serving what is not there is refused at once, not after the replicas fail to load it
+        started = time.monotonic()
+        out = aios("serve", "models:/nope/1", "--wait", "30")
+        assert out.returncode == 3 and "nope" in out.stderr and time.monotonic() - started < 20, out.stderr
+        out = aios("serve", "models:/digits/3", "--replicas", "0")
+        assert out.returncode == 2 and "--replicas: must be at least 1" in out.stderr, out.stderr
     finally:
         cluster.stop()

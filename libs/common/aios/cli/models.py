@@ -15,7 +15,7 @@ from rich.table import Table
 
 from aios.cli.inspect import ask
 from aios.cli.jobs import _store
-from aios.common.errors import AiosError, ConfigError
+from aios.common.errors import AiosError, ConfigError, NotFound
 from aios.scheduler import submission
 from aios.scheduler.spec import SpecError, validate_spec
 
@@ -154,9 +154,19 @@ async def delete(args: Any) -> int:
 
 
 async def compress(args: Any) -> int:
+    given = {flag: value for flag, value in (("--target-ratio", args.target_ratio), ("--energy", args.energy),
+                                              ("--sparsity", args.sparsity)) if value is not None}
+    applies = {"svd": ("--target-ratio", "--energy"), "prune": ("--sparsity",), "int8": ()}[args.method]
+    for flag in given:  # an option the method ignores was silently dropped (svd --energy 0.9 --target-ratio 0.2)
+        if flag not in applies:
+            raise ConfigError(f"{flag}: does not apply to {args.method}"
+                              + (f" (it takes {' or '.join(applies)})" if applies else " (it takes no option)"))
+    if len(given) > 1:
+        raise ConfigError("--target-ratio, --energy: give one of them, not both")
     options: dict[str, Any] = {}
-    if args.method == "svd":
-        options = {"energy": args.energy} if args.energy is not None else {"target_ratio": args.target_ratio or 0.5}
+    if args.method == "svd":  # 0 is a value, not "unset": it was taken for the default 0.5
+        options = {"energy": args.energy} if args.energy is not None else {
+            "target_ratio": args.target_ratio if args.target_ratio is not None else 0.5}
     elif args.method == "prune":
         options = {"sparsity": args.sparsity if args.sparsity is not None else 0.5}
     reply = await request("compress", {"model": args.model, "method": args.method, "options": options,
@@ -222,6 +232,12 @@ async def serve(args: Any) -> int:
     from aios.model_registry.state import parse_uri
 
     name, _, _ = parse_uri(args.model)
+    if args.replicas < 1:  # 0 started one CPU-only replica; -1 was refused as "devices: ..."
+        raise ConfigError(f"--replicas: must be at least 1, got {args.replicas}")
+    # a model, version or alias that is not there is refused now (exit 3), not after the replicas fail to load it
+    shown = await request("show", {"model": args.model})
+    if shown.get("deleted"):
+        raise NotFound(f"model: version {shown['version']} of {name!r} was deleted")
     raw = {"name": args.job_name or f"serve-{name.lower()}"[:64], "tenant": args.tenant, "devices": args.replicas,
            "priority": args.priority, "serve": {"model": args.model, "max_batch": args.max_batch,
                                                 "max_delay_ms": args.max_delay_ms}}
