@@ -89,6 +89,8 @@ def test_train_register_compress_serve_and_roll_an_alias(aios_env: dict[str, str
         status, bad = post(served["infer_url"], {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3],
                                                              "data": [1, 2, 3]}]})
         assert status == 400 and "features per row" in bad["error"]
+        out = aios("models", "delete", "digits", "3")  # its bytes are what serve-v3's replicas load on a restart
+        assert out.returncode == 1 and "served by serve-v3" in out.stderr, out.stderr
 
         # an alias served by two replicas behind the router, moved while a client keeps asking
         ok("models", "alias", "digits", "production", "2")

@@ -26,8 +26,8 @@ import numpy as np
 from aios.common import tracing
 from aios.common.errors import AiosError, ConcurrencyConflict
 from aios.common.events import (
-    JOB_AGGREGATES, Event, JobProgress, JobSubmitted, JobSucceeded, Lineage, ModelObjectCollected, ModelVersionEvaluated,
-    Signature,
+    JOB_AGGREGATES, Event, JobCancelled, JobFailed, JobProgress, JobSubmitted, JobSucceeded, Lineage,
+    ModelObjectCollected, ModelVersionEvaluated, Signature,
 )
 from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import object_bucket
@@ -58,6 +58,21 @@ class RegistryView:
     """Built-in training jobs that succeeded, in log order."""
     succeeded_trace: dict[str, dict[str, str]] = field(default_factory=dict)
     """Trace context of each one's JobSucceeded commit: registering its model continues the job's trace."""
+    serving: dict[str, str] = field(default_factory=dict)
+    """Serving jobs not ended, and the model URI each serves."""
+
+    def served_by(self, name: str, version: int) -> list[str]:
+        """Serving jobs pinned to this version (``models:/name/3``): deleting it would leave them nothing to load
+        when a replica restarts or moves."""
+        out = []
+        for job, uri in sorted(self.serving.items()):
+            try:
+                served, pinned, _ = parse_uri(uri)
+            except RegistryError:
+                continue
+            if served == name and pinned == version:
+                out.append(job)
+        return out
 
 
 def fold(view: RegistryView, commit: Commit) -> RegistryView:
@@ -74,7 +89,11 @@ def fold(view: RegistryView, commit: Commit) -> RegistryView:
             elif isinstance(ev, JobProgress) and ident in view.job_specs:
                 view.final_progress[ident] = {k: float(v) for k, v in (("train_loss", ev.loss),
                                                                        ("train_accuracy", ev.accuracy)) if v is not None}
-            elif isinstance(ev, JobSucceeded) and ident in view.job_specs:
+            if isinstance(ev, JobSubmitted) and isinstance(ev.spec, dict) and isinstance(ev.spec.get("serve"), dict):
+                view.serving[ident] = str(ev.spec["serve"].get("model", ""))
+            elif isinstance(ev, (JobSucceeded, JobFailed, JobCancelled)):
+                view.serving.pop(ident, None)
+            if isinstance(ev, JobSucceeded) and ident in view.job_specs:
                 view.succeeded.append(ident)
                 view.succeeded_trace[ident] = {k: v for k, v in commit.trace_headers.items() if k == "traceparent"}
     return view
@@ -319,6 +338,11 @@ class Registry:
         return version_view(state, state.versions[version])
 
     async def delete(self, name: str, version: int, reason: str = "", by: str = "") -> dict[str, Any]:
+        await self.catch_up()
+        serving = self.view.served_by(name, version)
+        if serving:  # as an aliased version is refused: its bytes are what those replicas load on a restart
+            raise RegistryError(f"version: {version} of model {name!r} is served by {', '.join(serving[:3])}; "
+                                "cancel the serving job first")
         await self._decide_and_append(name, lambda s: decide_delete(s, version, reason, by))
         collected = await self.collect_garbage()
         return {"name": name, "version": version, "deleted": True, "collected": collected}
