@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aios.scheduler.placement import BIN_PENALTY, FIT_PENALTY, ClusterView, Request, greedy, milp_window
+from aios.scheduler.placement import BIN_PENALTY, FIT_PENALTY, ClusterView, Request, fit_in_order, greedy, milp_window
 
 
 def make_view(free: list[int], kinds: list[str], nodes: list[int] | None = None, cpu: float = 64.0) -> ClusterView:
@@ -22,14 +22,14 @@ def make_view(free: list[int], kinds: list[str], nodes: list[int] | None = None,
     return view
 
 
-def brute_force(view: ClusterView, reqs: list[Request]) -> float:
-    """Optimal objective of the shared MILP objective by enumeration."""
+def brute_force(view: ClusterView, reqs: list[Request], required: frozenset[str] = frozenset()) -> float:
+    """Optimal objective of the shared MILP objective by enumeration (the jobs of ``required`` placed)."""
     top = max(1, int(view.bin_free.max()))
     options: list[list[tuple[float, np.ndarray]]] = []
     for req in reqs:
         bins = view.candidates(req)
         caps = view.capacity_in(req, bins)
-        opts = [(0.0, np.zeros(len(view.bin_free), dtype=int))]
+        opts = [] if req.job_id in required else [(0.0, np.zeros(len(view.bin_free), dtype=int))]
         for xs in itertools.product(*[range(int(c) + 1) for c in caps]):
             if sum(xs) != req.devices:
                 continue
@@ -41,7 +41,7 @@ def brute_force(view: ClusterView, reqs: list[Request]) -> float:
                     cost += BIN_PENALTY + FIT_PENALTY * x * view.bin_free[b] / top
             opts.append((cost, use))
         options.append(opts)
-    best = 0.0
+    best = float("inf")
     for combo in itertools.product(*options):
         total = sum(u for _, u in combo)
         if np.all(total <= view.bin_free):
@@ -68,6 +68,13 @@ def test_milp_is_optimal_and_greedy_feasible(instance: tuple) -> None:  # type: 
     result = milp_window(make_view(free, kinds), reqs, time_limit=5.0, gap=0.0)
     assert result.status in ("optimal", "empty")
     assert abs(result.objective - optimum) < 1e-6, (result.objective, optimum)
+    # what placing in order would place, the window must place too, and is otherwise as good as it can be
+    required = fit_in_order(make_view(free, kinds), reqs)
+    kept = milp_window(make_view(free, kinds), reqs, time_limit=5.0, gap=0.0, required=required)
+    if required:
+        assert kept.status == "optimal" and required <= set(kept.plans), (required, kept.plans)
+        best = brute_force(make_view(free, kinds), reqs, required)
+        assert abs(kept.objective - best) < 1e-6, (kept.objective, best)
     view = make_view(free, kinds)
     for req in reqs:
         plan = greedy(view, req)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from aios.scheduler.local import step
 from aios.scheduler.policies import POLICIES, make_policy
 from aios.scheduler.policies.timeshare import TimeSharedHeteroLAS
-from aios.scheduler.rounds import explain
+from aios.scheduler.rounds import explain, plan_round
 from aios.scheduler.state import PENDING, PLACED, PREEMPTING
 from tests.scheduler.helpers import Cluster
 
@@ -547,3 +549,89 @@ def test_gittins_trusts_a_class_only_with_enough_finished_jobs_longer_than_the_j
     # 500 s behind it: five of the six would end in ~500 s, one in ~99,500 s; the weight is their mean
     mean = (5 * ((500 + 3600) / 3600) ** -0.25 + ((99_500 + 3600) / 3600) ** -0.25) / 6
     assert gittins.trade_weight(c.state, young, now) == pytest.approx(mean, abs=2e-3)
+
+
+def test_a_preempting_job_takes_the_room_it_made_and_evicts_no_more_than_it_needs() -> None:
+    """A 4-device job with least service (LAS) or higher priority preempts two of four 2-device jobs. Before, the
+    next round, with the victims still checkpointing, counted their devices as not coming free and preempted the
+    other two as well; and the placement window gave the freed devices to two requeued 2-device jobs (their
+    weights added up to more than the head's), so under LAS the job that preempted never started and preempted
+    again every few minutes."""
+    for name in ("las", "priority"):
+        c = Cluster(("n1", "h100", 8))
+        for i in range(4):
+            c.submit(f"low-{i}", 2, now=0.0)
+        policy = make_policy(name)
+        step(c.state, policy, 1.0)
+        c.submit("head", 4, priority=10, now=2.0)
+        preempted = []
+        for t in (5000.0, 5001.0, 5002.0, 5003.0):
+            preempted += [p.job_id for p in step(c.state, policy, t).preemptions]
+        assert len(preempted) == 2, (name, preempted)
+        assert c.status("head") == PLACED, name
+
+
+def test_a_quota_reclaim_takes_back_what_it_needs_once() -> None:
+    """Vision reclaims the 4 H100s it lent to nlp: two of nlp's jobs are preempted, not all four."""
+    c = Cluster(("n1", "h100", 8))
+    c.quota("nlp", "lab", h100=4)
+    c.quota("vision", "lab", h100=4)
+    for i in range(4):
+        c.submit(f"nlp-{i}", 2, tenant="nlp")
+    fair = make_policy("fairshare")
+    step(c.state, fair, 2.0)
+    c.submit("vis-0", 4, tenant="vision", now=3.0)
+    preempted = []
+    for t in (4.0, 5.0, 6.0, 7.0):
+        preempted += [p.job_id for p in step(c.state, fair, t).preemptions]
+    assert len(preempted) == 2, preempted
+    assert c.status("vis-0") == PLACED
+    assert sorted(j for j in ("nlp-0", "nlp-1", "nlp-2", "nlp-3") if c.status(j) == PLACED) == sorted(
+        j for j in ("nlp-0", "nlp-1", "nlp-2", "nlp-3") if j not in preempted)
+
+
+def test_the_placement_window_never_passes_over_a_job_that_fits_for_later_ones() -> None:
+    """Three gangs, ranked head (4), a (2), b (2), and four free devices: the head is placed, not a and b."""
+    c = Cluster(("n1", "h100", 4))
+    c.submit("head", 4, now=1.0)
+    c.submit("a", 2, now=2.0)
+    c.submit("b", 2, now=3.0)
+    for name in ("las", "fairshare", "hetero-las", "makespan"):  # the policies that rank head first
+        state = copy.deepcopy(c.state)
+        plan = plan_round(state, make_policy(name), 10.0)
+        assert [p.job_id for p in plan.placements] == ["head"], (name, plan.placements)
+
+
+def test_preemption_frees_devices_the_job_can_start_on_not_just_enough_of_them() -> None:
+    """A job of at most 2 devices per node needs 2 on each node. Counting devices, the newest low-priority job (2 on
+    n2, beside 2 free there) looked enough and was preempted for nothing: only room on n1 lets the job start."""
+    c = Cluster(("n1", "h100", 4), ("n2", "h100", 4))
+    c.submit("low-a", 4, priority=0, now=0.0)
+    policy = make_policy("priority")
+    step(c.state, policy, 1.0)
+    c.submit("low-b", 2, priority=0, now=2.0)
+    step(c.state, policy, 3.0)
+    assert c.where("low-a") == {"n1": 4} and c.where("low-b") == {"n2": 2}
+    c.submit("high", 4, priority=10, max_devices_per_node=2, now=4.0)
+    preempted = []
+    for t in (5.0, 6.0, 7.0):
+        preempted += [p.job_id for p in step(c.state, policy, t).preemptions]
+    assert preempted == ["low-a"]
+    assert c.where("high") == {"n1": 2, "n2": 2}
+
+
+def test_several_blocked_jobs_make_room_in_one_round() -> None:
+    """Two newcomers of LAS's first queue each preempt a long-served job in the same round; one a round made the
+    second wait two rounds more."""
+    c = Cluster(("n1", "h100", 8))
+    for i in range(4):
+        c.submit(f"old-{i}", 2, now=0.0)
+    las = make_policy("las")
+    step(c.state, las, 1.0)
+    c.submit("new-0", 2, now=2.0)
+    c.submit("new-1", 2, now=3.0)
+    plan = step(c.state, las, 5000.0)
+    assert sorted(p.for_job for p in plan.preemptions) == ["new-0", "new-1"]
+    step(c.state, las, 5001.0)
+    step(c.state, las, 5002.0)
+    assert c.status("new-0") == PLACED and c.status("new-1") == PLACED

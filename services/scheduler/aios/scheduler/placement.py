@@ -96,6 +96,43 @@ class ClusterView:
             cap = np.minimum(cap, np.floor(self.node_mem[nodes] / req.memory_gib + 1e-9))
         return np.maximum(cap, 0).astype(np.int64)
 
+    def copy(self) -> "ClusterView":
+        """A view to try placements on without touching this one."""
+        return ClusterView(self.bin_node, self.bin_kind, self.bin_free.copy(), list(self.bin_devices), self.node_ids,
+                           self.node_cpu.copy(), self.node_mem.copy(), self.kind_index)
+
+    def give_back(self, node_id: str, kind: str, uuids: list[str], cpu: float, memory_gib: float) -> None:
+        """Free devices again (and the CPU and memory their workers held) on a trial copy: would preempting the jobs
+        that hold them let another job start? Devices on nodes this view leaves out (cordoned, offline) stay out."""
+        if node_id not in self.node_ids:
+            return
+        n = self.node_ids.index(node_id)
+        self.node_cpu[n] += cpu
+        self.node_mem[n] += memory_gib
+        here = [b for b in self.kind_index.get(kind, ()) if self.bin_node[b] == n]
+        if here:
+            self.bin_free[here[0]] += len(uuids)
+            self.bin_devices[here[0]] = self.bin_devices[here[0]] + list(uuids)
+            return
+        self.bin_node = np.append(self.bin_node, n)
+        self.bin_kind = self.bin_kind + [kind]
+        self.bin_free = np.append(self.bin_free, len(uuids))
+        self.bin_devices = self.bin_devices + [list(uuids)]
+        self.kind_index = {**self.kind_index, kind: np.append(self.kind_index.get(kind, np.zeros(0, np.int64)),
+                                                               len(self.bin_kind) - 1)}
+
+    def withhold(self, req: Request, uuids: set[str]) -> None:
+        """Take these devices, where free, out of the round for a job that will start on them once others leave."""
+        for b, devices in enumerate(self.bin_devices):
+            kept = [u for u in devices if u not in uuids]
+            if len(kept) < len(devices):
+                gone = len(devices) - len(kept)
+                self.bin_devices[b] = kept
+                self.bin_free[b] -= gone
+                n = int(self.bin_node[b])
+                self.node_cpu[n] -= req.cpu * gone
+                self.node_mem[n] -= req.memory_gib * gone
+
     def take(self, req: Request, plan: list[tuple[int, int]]) -> dict[str, list[str]]:
         """Commit a plan [(bin, count)] to the view; returns node id -> device uuids."""
         out: dict[str, list[str]] = {}
@@ -207,6 +244,21 @@ def greedy(view: ClusterView, req: Request) -> list[tuple[int, int]] | None:
     return plan
 
 
+def fit_in_order(view: ClusterView, reqs: list[Request]) -> frozenset[str]:
+    """The jobs that placing ``reqs`` one by one in their order (greedy) would place: a window's MILP must place
+    them too (``required``), and may only find better spots and room for more. By its weights alone, two later
+    jobs outweighed an earlier one that fit (under LAS the job that had preempted for room saw the room go to two
+    requeued jobs, and preempted again)."""
+    trial = view.copy()
+    fitted = []
+    for req in reqs:
+        found = greedy(trial, req)
+        if found is not None:
+            trial.take(req, found)
+            fitted.append(req.job_id)
+    return frozenset(fitted)
+
+
 def plan_cost(view: ClusterView, plan: list[tuple[int, int]]) -> float:
     """The shared objective's cost part of one job's plan (lower is better)."""
     top = max(1, int(view.bin_free.max())) if view.bin_free.size else 1
@@ -223,13 +275,14 @@ class MilpResult:
 
 
 def milp_window(view: ClusterView, reqs: list[Request], time_limit: float = 1.0,
-                candidates_per_job: int = 24, gap: float = 1e-4) -> MilpResult:
+                candidates_per_job: int = 24, gap: float = 1e-4, required: frozenset[str] = frozenset()) -> MilpResult:
     """Place a window of gang jobs at once with ``scipy.optimize.milp`` (HiGHS).
 
     Variables per (job, candidate bin): x = devices there (integer), y = bin used (binary); per job z = placed
     (binary), sum_b x = devices * z. Capacity per bin, CPU and memory per node. Each job considers its
     ``candidates_per_job`` best-fitting bins only (plus ties), which keeps a 200 x 1,000 window small. ``gap``:
-    HiGHS's relative optimality gap (tests pass 0 to compare with brute force exactly).
+    HiGHS's relative optimality gap (tests pass 0 to compare with brute force exactly). ``required``: job ids that
+    must be placed (z = 1); the status is not "optimal" or "time-limit" when the window cannot hold them.
     """
     started = time.perf_counter()
     top = max(1, int(view.bin_free.max())) if view.bin_free.size else 1
@@ -305,8 +358,10 @@ def milp_window(view: ClusterView, reqs: list[Request], time_limit: float = 1.0,
                 r += 1
     A = coo_matrix((vals, (rows, cols)), shape=(r, nvar)).tocsr()
     upper = np.concatenate([caps_a, np.ones(nx), np.ones(nj)])
+    lower = np.zeros(nvar)
+    lower[2 * nx:] = [1.0 if r.job_id in required else 0.0 for r in reqs]
     res = milp(c, constraints=LinearConstraint(A, lo, hi), integrality=np.ones(nvar),
-               bounds=Bounds(np.zeros(nvar), upper), options={"time_limit": time_limit, "disp": False, "mip_rel_gap": gap})
+               bounds=Bounds(lower, upper), options={"time_limit": time_limit, "disp": False, "mip_rel_gap": gap})
     plans: dict[str, list[tuple[int, int]]] = {}
     if res.x is not None:
         x = np.round(res.x).astype(np.int64)

@@ -15,9 +15,9 @@ import msgspec
 
 from aios.common.events import Assignment
 from aios.resource_manager import quota as quotas
-from aios.scheduler.placement import BinCache, ClusterView, Request, greedy, milp_window
+from aios.scheduler.placement import BinCache, ClusterView, Request, fit_in_order, greedy, milp_window
 from aios.scheduler.policies.backfill import EasyBackfill
-from aios.scheduler.policies.base import Policy
+from aios.scheduler.policies.base import Policy, compatible
 from aios.scheduler.state import (
     HOLDING, PENDING, PLACED, PREEMPTING, RUNNING, TERMINAL, JobState, SchedulerState,
 )
@@ -434,7 +434,7 @@ def _place_in_order(state: SchedulerState, policy: Policy, now: float, estimate:
         plan.reasons[job.job_id] = _capacity_reason(view, job, facts)
         if head is None:
             head = job
-            _maybe_preempt(state, policy, now, view, job, plan)
+            _Preemption(state, policy, now, plan).make_room(view, job)
             if policy.backfill:
                 req = request_for(job, kinds.first(job))
                 free = int(view.capacity_in(req, view.candidates(req)).sum())
@@ -450,7 +450,7 @@ def _place_window(state: SchedulerState, policy: Policy, now: float, view: Clust
         n = len(window)
         reqs = [request_for(j, kinds.first(j), weight=100.0 + 100.0 * (n - i) / n) for i, (j, _) in
                 enumerate(window)]
-        result = milp_window(view, reqs, time_limit=milp_time_limit)
+        result = milp_window(view, reqs, time_limit=milp_time_limit, required=fit_in_order(view, reqs))
         if result.status in ("optimal", "time-limit") and result.plans:
             plan.solver = f"milp ({result.status}, {result.seconds * 1000:.0f} ms)"
             by_id = {r.job_id: r for r in reqs}
@@ -461,7 +461,7 @@ def _place_window(state: SchedulerState, policy: Policy, now: float, view: Clust
                     plan.placements.append(Placement(job.job_id, assignments_of(view, req, result.plans[job.job_id]),
                                                      borrowed_of[job.job_id]))
                     placed.add(job.job_id)
-    blocked_first: JobState | None = None
+    preemption = _Preemption(state, policy, now, plan)
     failed: dict[tuple[object, ...], str] = {}  # free capacity only shrinks in this loop: a shape that failed fails
     for job, borrowed in admitted:
         if job.job_id in placed:
@@ -477,39 +477,118 @@ def _place_window(state: SchedulerState, policy: Policy, now: float, view: Clust
         if shape not in failed:
             failed[shape] = _capacity_reason(view, job, facts)
         plan.reasons[job.job_id] = failed[shape]
-        if blocked_first is None:
-            blocked_first = job
-            _maybe_preempt(state, policy, now, view, job, plan)
+        preemption.make_room(view, job)
 
 
-def _maybe_preempt(state: SchedulerState, policy: Policy, now: float, view: ClusterView, job: JobState,
-                   plan: RoundPlan) -> None:
-    spec = job.spec
-    assert spec is not None
-    req = request_for(job, frozenset(spec.device_types) or None)
-    free = int(view.capacity_in(req, view.candidates(req)).sum())
-    need = spec.devices - free
-    if need <= 0:
-        return
-    victims = policy.victims(state, now, job, need)
-    taken = {p.job_id for p in plan.preemptions}
-    for v in victims:
-        if v.job_id not in taken:
-            plan.preemptions.append(Preemption(v.job_id, job.job_id, f"preempted by {policy.name} for {job.job_id}"))
-    if victims:
-        plan.reasons[job.job_id] += f"; preempting {', '.join(v.job_id for v in victims)} to make room"
+class _Preemption:
+    """Room made by preemption in one round, for the blocked jobs in the policy's order (one for sequential
+    policies, whose head blocks the rest; up to ``MAX_PREEMPTORS`` otherwise, as each pending pod of Kubernetes may
+    preempt in its turn). A job is given the fewest of the policy's victims, in its order, that let it start,
+    checked by placing it on a trial view; devices of jobs already preempted and still checkpointing count as
+    coming free, and room found for an earlier job of the round is kept for it. Counting free devices instead
+    preempted again every round while the victims checkpointed (a reclaim or a higher priority job evicted every
+    job it could), and for one job a round a queue of newcomers waited for preemptions one at a time."""
+
+    MAX_PREEMPTORS = 8
+    MAX_TRIES = 16
+    """Blocked jobs a round looks for room for: each try places on trial views, a queue of hundreds would cost
+    seconds."""
+
+    def __init__(self, state: SchedulerState, policy: Policy, now: float, plan: RoundPlan) -> None:
+        self.state, self.policy, self.now, self.plan = state, policy, now, plan
+        self.served: list[Request] = []  # jobs of this round that room was found for, in order
+        self.victims: list[JobState] = []
+        self._kind_of: dict[str, str] | None = None
+        self._leaving: list[JobState] | None = None
+        self.tries = 0
+
+    def make_room(self, view: ClusterView, job: JobState) -> None:
+        if len(self.served) >= self.MAX_PREEMPTORS or self.tries >= self.MAX_TRIES:
+            return
+        spec = job.spec
+        assert spec is not None
+        req = request_for(job, frozenset(spec.device_types) or None)
+        candidates = [v for v in self.policy.victims(self.state, self.now, job)
+                      if v.status != PREEMPTING and v not in self.victims and compatible(job, v, self.state)]
+        if self._leaving is None:
+            self._leaving = [j for j in self.state.active() if j.status == PREEMPTING and j.assignments]
+        if not candidates and not self._leaving:
+            return
+        # a count first: the trial placements are only worth it once enough devices of its kinds would be free
+        free = int(view.capacity_in(req, view.candidates(req)).sum())
+        coming = free + sum(compatible(job, j, self.state) for j in self._leaving + self.victims)
+        if coming + sum(compatible(job, v, self.state) for v in candidates) < req.devices:
+            return
+        self.tries += 1
+        devices = self._fits(view, req, []) if coming >= req.devices else None
+        if devices is not None:
+            self._serve(view, req, devices)
+            mine = [j.job_id for j in self._leaving if compatible(job, j, self.state)][:5]
+            if mine:
+                self.plan.reasons[job.job_id] += f"; waiting for {', '.join(mine)} to checkpoint and leave"
+            return
+        chosen: list[JobState] = []
+        for victim in candidates:
+            chosen.append(victim)
+            coming += compatible(job, victim, self.state)
+            devices = self._fits(view, req, chosen) if coming >= req.devices else None
+            if devices is not None:
+                for v in reversed(chosen[:-1]):  # reprieve those it fits without (Kubernetes does the same)
+                    without = self._fits(view, req, [c for c in chosen if c is not v])
+                    if without is not None:
+                        chosen.remove(v)
+                        devices = without
+                self._serve(view, req, devices)
+                self.victims += chosen
+                for v in chosen:
+                    self.plan.preemptions.append(Preemption(v.job_id, job.job_id,
+                                                            f"preempted by {self.policy.name} for {job.job_id}"))
+                self.plan.reasons[job.job_id] += f"; preempting {', '.join(v.job_id for v in chosen)} to make room"
+                return
+
+    def _fits(self, view: ClusterView, req: Request, chosen: list[JobState]) -> list[str] | None:
+        """The devices ``req`` would start on once the leaving jobs, this round's victims and ``chosen`` are gone,
+        after the jobs served before it take their room (None: it would not start)."""
+        if self._kind_of is None:
+            self._kind_of = kinds_by_device(self.state)
+        trial = view.copy()
+        for other in (self._leaving or []) + self.victims + chosen:
+            for a in other.assignments:
+                by_kind: dict[str, list[str]] = {}
+                for u in a.device_uuids:
+                    by_kind.setdefault(self._kind_of.get(u, "?"), []).append(u)
+                for kind, uuids in by_kind.items():
+                    spec = other.spec
+                    trial.give_back(a.node_id, kind, uuids, spec.cpu_per_worker * len(uuids) if spec else 0.0,
+                                    spec.memory_gib_per_worker * len(uuids) if spec else 0.0)
+        for earlier in self.served:
+            found = greedy(trial, earlier)
+            if found is not None:
+                trial.take(earlier, found)
+        found = greedy(trial, req)
+        return None if found is None else [u for us in trial.take(req, found).values() for u in us]
+
+    def _serve(self, view: ClusterView, req: Request, devices: list[str]) -> None:
+        """Keep the free devices the job will start on from the jobs after it this round (Kubernetes' nominated
+        node): else they took them, and it preempted again next round."""
+        self.served.append(req)
+        view.withhold(req, set(devices))
 
 
 def _maybe_reclaim(state: SchedulerState, plan: RoundPlan, tenants: dict[str, quotas.Quota],
                    usage: dict[str, dict[str, int]], job: JobState, charge: dict[str, int], now: float) -> None:
     """A tenant within its nominal quota whose share is lent out takes it back from the borrowers' newest jobs."""
+    kind_of: dict[str, str] | None = None
     for kind, n in charge.items():
         reclaim = quotas.reclaim_plan(tenants, usage, job.tenant, kind, n)
         for tenant, count in reclaim.items():
             borrowers = sorted((j for j in state.active() if j.tenant == tenant and j.status in HOLDING
                                 and j.spec and j.spec.preemptible and j.status != PREEMPTING),
                                key=lambda j: -(j.placed_at or 0.0))
-            freed = 0
+            # what the tenant's jobs already preempted and still checkpointing hold comes back in a moment
+            kind_of = kind_of if kind_of is not None else kinds_by_device(state)
+            freed = sum(1 for j in state.active() if j.tenant == tenant and j.status == PREEMPTING
+                        for a in j.assignments for u in a.device_uuids if kind_of.get(u) == kind)
             for victim in borrowers:
                 if freed >= count:
                     break

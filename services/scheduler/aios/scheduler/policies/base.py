@@ -16,8 +16,8 @@ class Policy:
 
     * ``order(state, now, estimate)`` returns the pending jobs to try, best first. No I/O, no mutation.
     * ``sequential``: a job that does not fit blocks the ones after it (FIFO, priority) unless ``backfill``.
-    * ``victims(state, now, job, need)`` names running jobs whose preemption would let ``job`` start (``need``
-      devices of its kinds are missing). Default: none. The round checks that the victims really make room.
+    * ``victims(state, now, job)`` names the running jobs the policy lets ``job`` preempt, the first to go first.
+      Default: none. The round preempts the fewest of them, in this order, that make room for ``job``.
     * ``kinds_for(job)`` narrows the device kinds a job may use this round (heterogeneity-aware policies); with
       ``strict_kinds`` the job waits rather than take another kind.
     * ``displaced(state, now)`` names running jobs to preempt because the policy's allocation for this round leaves
@@ -42,7 +42,7 @@ class Policy:
     def order(self, state: SchedulerState, now: float, estimate: Estimator) -> list[JobState]:
         raise NotImplementedError
 
-    def victims(self, state: SchedulerState, now: float, job: JobState, need: int) -> list[JobState]:
+    def victims(self, state: SchedulerState, now: float, job: JobState) -> list[JobState]:
         return []
 
     def displaced(self, state: SchedulerState, now: float) -> list[tuple[JobState, str]]:
@@ -81,17 +81,3 @@ def compatible(job: JobState, other: JobState, state: SchedulerState) -> int:
             if dev is not None and (kinds is None or dev.info.kind in kinds):
                 count += 1
     return count
-
-
-def pick_victims(candidates: list[JobState], job: JobState, need: int, state: SchedulerState) -> list[JobState]:
-    """Take candidates in the given order until they free ``need`` usable devices; none if they cannot."""
-    chosen, freed = [], 0
-    for c in candidates:
-        n = compatible(job, c, state)
-        if n == 0 or c.status == PREEMPTING:
-            continue
-        chosen.append(c)
-        freed += n
-        if freed >= need:
-            return chosen
-    return []

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
-from aios.scheduler.policies.base import ELAPSED_SLACK_S, Estimator, Policy, pick_victims, running
+from aios.scheduler.policies.base import ELAPSED_SLACK_S, Estimator, Policy, running
 from aios.scheduler.state import JobState, SchedulerState
 
 
@@ -27,12 +27,12 @@ class LeastAttainedService(Policy):
     def order(self, state: SchedulerState, now: float, estimate: Estimator) -> list[JobState]:
         return sorted(state.pending(), key=lambda j: (self.queue(j, now), j.arrival))
 
-    def victims(self, state: SchedulerState, now: float, job: JobState, need: int) -> list[JobState]:
+    def victims(self, state: SchedulerState, now: float, job: JobState) -> list[JobState]:
         mine = self.queue(job, now)
         higher = [r for r in running(state) if r.spec and r.spec.preemptible and self.queue(r, now) > mine
                   and r.placed_at is not None and now - r.placed_at >= self.min_run_s - ELAPSED_SLACK_S]
         higher.sort(key=lambda r: -self.attained(r, now))
-        return pick_victims(higher, job, need, state)
+        return higher
 
     def wake_at(self, state: SchedulerState, now: float) -> float | None:
         """With jobs waiting: when a running job's minimum run ends or it moves to a higher queue."""

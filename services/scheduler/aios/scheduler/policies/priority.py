@@ -3,7 +3,7 @@ preemptible jobs, lowest priority and most recently placed first. Preempted jobs
 
 from __future__ import annotations
 
-from aios.scheduler.policies.base import Estimator, Policy, pick_victims, running
+from aios.scheduler.policies.base import Estimator, Policy, running
 from aios.scheduler.state import JobState, SchedulerState
 
 
@@ -18,7 +18,7 @@ class StrictPriority(Policy):
     def order(self, state: SchedulerState, now: float, estimate: Estimator) -> list[JobState]:
         return sorted(state.pending(), key=lambda j: (-_prio(j), j.arrival))
 
-    def victims(self, state: SchedulerState, now: float, job: JobState, need: int) -> list[JobState]:
+    def victims(self, state: SchedulerState, now: float, job: JobState) -> list[JobState]:
         lower = [r for r in running(state) if r.spec and r.spec.preemptible and _prio(r) < _prio(job)]
         lower.sort(key=lambda r: (_prio(r), -(r.placed_at or 0.0)))
-        return pick_victims(lower, job, need, state)
+        return lower
