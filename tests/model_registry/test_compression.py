@@ -84,6 +84,17 @@ def test_every_layer_kind_round_trips_through_bytes_and_shrinks_them() -> None:
         nn.decode(b"not a model")
 
 
+def test_a_model_file_with_nan_weights_or_labels_for_other_outputs_is_refused() -> None:
+    """Both registered: evaluating the second was an IndexError (exit 1), and int8 of the first stored garbage."""
+    w1, b1, w2, b2 = np.ones((4, 3)), np.zeros(3), np.ones((3, 10)), np.zeros(10)
+    assert nn.decode(nn.from_mlp(w1, b1, w2, b2, [str(i) for i in range(10)]).encode()).outputs == 10
+    with pytest.raises(nn.FormatError, match=r"labels: 2 names for 10 outputs"):
+        nn.decode(nn.from_mlp(w1, b1, w2, b2, ["a", "b"]).encode())
+    w1[0, 0] = np.nan
+    with pytest.raises(nn.FormatError, match=r"layers\[0\].weights: not finite"):
+        nn.decode(nn.from_mlp(w1, b1, w2, b2, []).encode())
+
+
 def test_metrics_match_a_hand_computed_confusion_matrix() -> None:
     y_true = np.array([0, 0, 0, 1, 1, 2])
     y_pred = np.array([0, 0, 1, 1, 2, 1])

@@ -246,6 +246,13 @@ def decode(data: bytes) -> Model:
     for i, (a, b) in enumerate(zip(model.layers, model.layers[1:])):
         if a.b.shape[0] != b.weight().shape[0]:
             raise FormatError(f"layers[{i + 1}]: takes {b.weight().shape[0]} inputs, layer {i} gives {a.b.shape[0]}")
+    for i, layer in enumerate(model.layers):  # NaN or inf weights answer garbage, and int8 of them is undefined
+        for name, values in (("weights", layer.weight()), ("b", layer.b)):
+            if not np.all(np.isfinite(values)):
+                raise FormatError(f"layers[{i}].{name}: not finite (NaN or infinity)")
+    if model.labels and layers and len(model.labels) != model.outputs:
+        # evaluating it indexed past the labels (an IndexError), and predictions named no label
+        raise FormatError(f"labels: {len(model.labels)} names for {model.outputs} outputs")
     return model
 
 
