@@ -136,7 +136,7 @@ def test_the_fold_measures_work_on_the_kinds_each_run_used() -> None:
     w = jobs_from_events(log_events())
     assert w.cluster == {"a100": 4, "h100": 8}
     by_name = {j.name: j for j in w.jobs}
-    assert list(by_name) == ["train-1", "crash-3", "wait-4", "est-6"]
+    assert list(by_name) == ["train-1", "crash-3", "wait-4", "run-5", "est-6"]
     train = by_name["train-1"]
     # preempted 10 s after its checkpoint: those 10 s were done again by its next run, so they count once
     assert train.total_steps == 40 * 2.0 + 30 * 1.0 and train.arrival_s == 0.0
@@ -151,8 +151,10 @@ def test_the_fold_measures_work_on_the_kinds_each_run_used() -> None:
     assert kind_rates(wait, {}, {**w.cluster, "b200": 4}) == {"a100": 1.0, "h100": 3.0, "b200": 1.0}
     # running past its estimate: at least what it did up to the log's last job event (470 s)
     assert by_name["est-6"].total_steps == 60.0
-    assert sorted(w.skipped) == ["idle-2", "late-7", "run-5"] and w.start_ts == 100.0
-    assert w.reasons["run-5"] == "still running, with no runtime_estimate_s"
+    assert sorted(w.skipped) == ["idle-2", "late-7"] and w.start_ts == 100.0
+    # running at the end with no estimate: what it did up to the log's end, so it holds its device as long as it
+    # did live (left out, the replay had a device the live cluster did not)
+    assert by_name["run-5"].total_steps == 470.0 - 320.0 and w.unfinished == ["run-5"]
     assert w.reasons["late-7"] == "still pending, with no runtime_estimate_s"
     assert w.reasons["idle-2"] == "cancelled without running"
 

@@ -509,7 +509,7 @@ async def test_a_replay_says_what_it_assumed(killable_nats: NatsServer, tmp_path
     body = json.loads(capsys.readouterr().out)
     assert body["cluster"] == {"a100": 1} and body["finished"] == 3
     assert body["log"] == {"left_out": {"wait-4": "still pending, with no runtime_estimate_s"},
-                           "ended_live": {"bad-2": "failed"}, "lost_s": {"cut-3": 20.0}}
+                           "ended_live": {"bad-2": "failed"}, "lost_s": {"cut-3": 20.0}, "running_at_end": []}
     replay = next(line for line in exported.read_text().splitlines() if line.startswith("# replay: "))
     assert replay.startswith(f"# replay: aios simulate --trace {exported} --cluster a100=1 --policy fifo --on-events")
     from aios.cli.main import _simulate, build_parser

@@ -194,7 +194,8 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
         r["cluster"] = dict(sorted(gpus.items()))
         if log is not None:
             r["log"] = {"left_out": dict(log.reasons), "ended_live": dict(log.ended),
-                        "lost_s": {k: round(v, 3) for k, v in log.lost_s.items()}}
+                        "lost_s": {k: round(v, 3) for k, v in log.lost_s.items()},
+                        "running_at_end": list(log.unfinished)}
     report = _write_outputs(folder, results, f"{source} on {cluster_text}", notes) if folder else None
     if as_json:
         # --policy: one summary; --compare: a list, whatever its length, so scripts need not guess the shape
@@ -251,6 +252,10 @@ def _log_notes(log: LogWorkload, cluster_given: bool) -> list[str]:
              f"tenant quotas: {quotas}"]
     if log.skipped:
         notes.append(f"left out {len(log.skipped)} job(s) of the log: {_left_out(log)}")
+    if log.unfinished:
+        notes.append(f"{len(log.unfinished)} job(s) still ran when the log ended, with no runtime_estimate_s; "
+                     f"replayed with the work they had done, so they hold devices at least as long as they did "
+                     f"live: {_names(log.unfinished)}")
     if log.ended:
         ended = [f"{job} ({how})" for job, how in log.ended.items()]
         notes.append(f"{len(ended)} job(s) failed or were cancelled live; replayed as finishing once they have done "

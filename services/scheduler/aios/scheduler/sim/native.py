@@ -227,6 +227,9 @@ class LogWorkload(msgspec.Struct, frozen=True):
     did, as if they had then finished."""
     quotas: list[TenantQuotaSet] = []
     """The tenant quotas as the log last set them (one per tenant)."""
+    unfinished: list[str] = []
+    """Jobs still running when the log ends, with no ``runtime_estimate_s``: replayed with the work they had done,
+    so that they hold devices at least as long as they did live (left out, they freed them for the others)."""
     lost_s: dict[str, float] = {}
     """Exported jobs that lost run time to a preemption or requeue (id -> seconds since their last checkpoint,
     or the whole run without one; a run stopped before its JobStarted lost nothing when the log has starts): left
@@ -339,7 +342,8 @@ def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
     from there; the replay resumes jobs
     where they stopped, so work done twice live is done once. Failed and cancelled jobs keep the work they did (and
     are listed in ``ended``); jobs still pending or running use ``runtime_estimate_s`` x their fastest rate (at
-    least the work done so far, up to the log's last job event), else they are skipped. Device kinds are resolved
+    least the work done so far, up to the log's last job event); without one, running jobs keep the work done so far
+    (listed in ``unfinished``) and pending ones are skipped. Device kinds are resolved
     after the fold, so commit order across aggregates does not matter.
     """
     jobs: dict[str, _Job] = {}
@@ -401,11 +405,14 @@ def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
     reasons: dict[str, str] = {}
     ended: dict[str, str] = {}
     lost: dict[str, float] = {}
+    unfinished: list[str] = []
     for job in jobs.values():
         tj, why = _export(job, kind_of, cluster, last_ts)
         if tj is None:
             reasons[job.job_id] = why
             continue
+        if why == "unfinished":
+            unfinished.append(job.job_id)
         out.append((job.submitted, tj))
         if job.end in ("failed", "cancelled"):
             ended[job.job_id] = job.end
@@ -418,7 +425,7 @@ def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
     exported = sorted((msgspec.structs.replace(tj, arrival_s=ts - start) for ts, tj in out),
                       key=lambda j: j.arrival_s)
     replayable = [q for q in map(_replayable_quota, quotas.values()) if q is not None]
-    return LogWorkload(exported, cluster, list(reasons), reasons, start, ended, replayable, lost)
+    return LogWorkload(exported, cluster, list(reasons), reasons, start, ended, replayable, unfinished, lost)
 
 
 def _replayable_quota(quota: TenantQuotaSet) -> TenantQuotaSet | None:
@@ -463,18 +470,25 @@ def _export(job: _Job, kind_of: dict[str, str], cluster: dict[str, int],
                       else f"{job.end} without running")
     else:
         estimate = _spec_number(spec, "runtime_estimate_s")
+        if (estimate is None or estimate <= 0) and job.open is not None and done > 0:
+            return _trace_job(job, spec, devices, done, rates, any_kind), "unfinished"
         if estimate is None or estimate <= 0:
             return None, f"still {'running' if job.open is not None else 'pending'}, with no runtime_estimate_s"
         on_logged = {**{k: 1.0 for k in cluster}, **rates} if any_kind else rates  # its speeds on the logged nodes
         work = max(done, estimate * max(on_logged.values(), default=1.0))
     if work <= 0:
         return None, f"{job.end or 'unfinished'} with no recorded run time"
+    return _trace_job(job, spec, devices, work, rates, any_kind), ""
+
+
+def _trace_job(job: _Job, spec: dict[str, Any], devices: int, work: float, rates: dict[str, float],
+               any_kind: bool) -> TraceJob:
     job_type = spec.get("job_type")
     if not isinstance(job_type, str) or not job_type:
         job_type = job_type_of(job.name or job.job_id)
     return TraceJob(job_type=job_type, total_steps=work, gpus=devices,
                     priority_weight=_spec_number(spec, "priority") or 0.0, arrival_s=0.0, rates=rates,
-                    tenant=job.tenant, name=job.job_id, any_kind=any_kind), ""
+                    tenant=job.tenant, name=job.job_id, any_kind=any_kind)
 
 
 async def load_log_workload(store: Any) -> LogWorkload:
