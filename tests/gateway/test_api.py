@@ -210,6 +210,7 @@ def test_a_job_through_http_with_its_timeline_logs_and_the_cluster(gateway: tupl
     assert kinds[0] == "JobSubmitted" and "JobPlaced" in kinds and kinds[-1] == "JobSucceeded"
     status, text = call(url, "GET", f"/api/v1/jobs/{job}/logs", ALICE)
     assert status == 200 and "[rank0-a1] hello from rank 0" in text and "[rank0-a1] bye" in text
+    assert call(url, "GET", f"/api/v1/jobs/{job}/logs?follow=1", ALICE) == (200, text)  # ends with the job
     status, nodes = call(url, "GET", "/api/v1/nodes", BOB)
     assert status == 200 and [n["node"] for n in nodes["nodes"]] == ["sim-a"]
     assert call(url, "GET", "/api/v1/nodes/sim-x", BOB)[0] == 404

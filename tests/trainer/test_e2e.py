@@ -114,6 +114,8 @@ def test_four_rank_mlp_job_and_a_plain_command_job(aios_env: dict[str, str], tmp
         for rank in range(4):
             assert f'[rank{rank}-a1] {{"rank": {rank}, "world": 4, "step": 150, "stopped": false' in shown.stdout, \
                 shown.stdout[-2000:]
+        followed = aios("logs", job_id, "--follow")  # the job has ended: it prints and ends (it waited for ever)
+        assert followed.returncode == 0 and followed.stdout == shown.stdout, followed.stderr
         only = aios("logs", job_id, "--worker", "rank3-a1")
         assert only.returncode == 0 and "[rank3-a1" in only.stdout and "[rank0-a1]" not in only.stdout
         assert aios("logs", "nope-123").returncode == 3  # not found

@@ -131,7 +131,7 @@ async def why(job_id: str, as_json: bool) -> int:
 
 async def logs(job_id: str, follow: bool, worker: str | None) -> int:
     """Print a job's worker output from the AIOS_LOGS stream, oldest first, each line tagged with its worker;
-    with ``follow``, keep printing new lines until interrupted."""
+    with ``follow``, keep printing new lines until the job has ended (or until interrupted)."""
     from aios.common import joblogs
 
     store = await _store()
@@ -145,7 +145,11 @@ async def logs(job_id: str, follow: bool, worker: str | None) -> int:
             # it printed nothing and exited 0 for `--worker rank0` (the workers are rank0-a1, rank0-a2, ...)
             raise NotFound(f"job {job_id} has no worker {worker!r}; its workers: {', '.join(started) or 'none yet'}")
         await joblogs.ensure_stream(store.js, store.replicas)
-        async for name, stream, line in joblogs.lines(store.js, job_id, worker, follow):
+
+        async def job_ended() -> bool:
+            return any(isinstance(e, (JobSucceeded, JobFailed, JobCancelled))
+                       for e in await store.read_job(_known_form(job_id)))
+        async for name, stream, line in joblogs.lines(store.js, job_id, worker, follow, ended=job_ended):
             print(f"[{name}{' stderr' if stream == 'stderr' else ''}] {line}", flush=True)
     finally:
         await store.close()

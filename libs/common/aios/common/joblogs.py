@@ -6,7 +6,8 @@ record."""
 from __future__ import annotations
 
 import re
-from typing import Any, AsyncIterator
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import nats.js.errors
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
@@ -50,24 +51,32 @@ async def ensure_stream(js: Any, replicas: int = 1) -> None:
         pass
 
 
-async def lines(js: Any, job_id: str, worker: str | None = None, follow: bool = False,
-                idle_s: float = 2.0) -> AsyncIterator[tuple[str, str, str]]:
+async def lines(js: Any, job_id: str, worker: str | None = None, follow: bool = False, idle_s: float = 2.0,
+                ended: Callable[[], Awaitable[bool]] | None = None) -> AsyncIterator[tuple[str, str, str]]:
     """(worker, stdout|stderr, line) of a job's stored output, oldest first; with ``follow``, then each new line as
-    it comes, until the consumer stops iterating."""
+    it comes, until the consumer stops iterating, or, given ``ended``, until the job has ended and ``idle_s`` pass
+    without a line (its workers' last lines land after the job's end; ``kubectl logs -f`` ends with its pod too)."""
     import nats.errors
     from nats.js.api import DeliverPolicy
 
     check_worker(worker)
     sub = await js.subscribe(subject_of(job_id, worker or "*"), stream=STREAM, ordered_consumer=True,
                              deliver_policy=DeliverPolicy.ALL)
+    quiet_since: float | None = None
     try:
         while True:
             try:
-                msg = await sub.next_msg(timeout=3600 if follow else idle_s)
+                msg = await sub.next_msg(timeout=(1.0 if ended else 3600.0) if follow else idle_s)
             except nats.errors.TimeoutError:
-                if follow:
-                    continue
-                return  # nothing (more) stored
+                if not follow:
+                    return  # nothing (more) stored
+                if ended is not None and await ended():
+                    now = time.monotonic()
+                    quiet_since = quiet_since if quiet_since is not None else now
+                    if now - quiet_since >= idle_s:
+                        return
+                continue
+            quiet_since = None
             _, name, stream = parse_subject(msg.subject)
             yield name, stream, msg.data.decode(errors="replace").rstrip("\n")
             if not follow and msg.metadata.num_pending == 0:

@@ -163,7 +163,8 @@ class Api:
         return web.json_response(await self._ask("aios.sched.why", {"job": job.job_id}))
 
     async def logs(self, request: web.Request, caller: Caller) -> web.StreamResponse:
-        """Plain text, one line per output line (``[worker] line``); ``follow=1`` streams until the client goes."""
+        """Plain text, one line per output line (``[worker] line``); ``follow=1`` streams until the job has ended
+        (or the client goes)."""
         from aios.common import joblogs
 
         job = self._job(caller, request.match_info["job"])
@@ -176,8 +177,11 @@ class Api:
                                                "Cache-Control": "no-cache"})
         await response.prepare(request)
         await joblogs.ensure_stream(self.backend.store.js, self.backend.store.replicas)
+        async def job_ended() -> bool:
+            now = self.backend.jobs().get(job.job_id)
+            return now is None or now.status in TERMINAL
         async for worker, stream, line in joblogs.lines(self.backend.store.js, job.job_id,
-                                                        request.query.get("worker"), follow):
+                                                        request.query.get("worker"), follow, ended=job_ended):
             tag = f"[{worker}{' stderr' if stream == 'stderr' else ''}] "
             await response.write((tag + line + "\n").encode())
         await response.write_eof()
