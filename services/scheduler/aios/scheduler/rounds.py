@@ -19,7 +19,7 @@ from aios.scheduler.placement import BinCache, ClusterView, Request, fit_in_orde
 from aios.scheduler.policies.backfill import EasyBackfill
 from aios.scheduler.policies.base import Policy, compatible
 from aios.scheduler.state import (
-    HOLDING, PENDING, PLACED, PREEMPTING, RUNNING, TERMINAL, JobState, SchedulerState,
+    HOLDING, PENDING, PLACED, PREEMPTING, RUNNING, TERMINAL, JobState, SchedulerState, inventory_shape,
 )
 
 PREEMPT_GRACE_S = 30.0
@@ -78,19 +78,9 @@ def assignments_of(view: ClusterView, req: Request, plan: list[tuple[int, int]])
     return out
 
 
-_KIND_OF: dict[int, tuple[object, int, dict[str, str]]] = {}
-
-
 def kinds_by_device(state: SchedulerState) -> dict[str, str]:
-    """Device uuid -> kind, rebuilt only when the inventory's shape changes (not on every lease)."""
-    inv = state.inv
-    cached = _KIND_OF.get(id(inv))
-    if cached is None or cached[0] is not inv or cached[1] != inv.shape:
-        if len(_KIND_OF) > 16:
-            _KIND_OF.clear()
-        cached = _KIND_OF[id(inv)] = (inv, inv.shape, {u: d.info.kind for n in inv.nodes.values()
-                                                         for u, d in n.devices.items()})
-    return cached[2]
+    """Device uuid -> kind (cached until the inventory's shape changes)."""
+    return inventory_shape(state).kind_of
 
 
 def _usage(state: SchedulerState) -> tuple[dict[str, dict[str, int]], dict[str, float], dict[str, float]]:
@@ -216,7 +206,7 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
     view = ClusterView.from_inventory(state.inv, cpu_used, mem_used, cache)
     tenants = {t: quotas.Quota(t, q.cohort, q.nominal, q.borrowing_limit, q.lending_limit)
                for t, q in state.inv.tenants.items()}
-    all_kinds = sorted({d.info.kind for n in state.inv.nodes.values() if n.schedulable for d in n.devices.values()})
+    all_kinds = inventory_shape(state).schedulable_kinds
     admitted: list[tuple[JobState, dict[str, int]]] = []
     free_of: dict[str, int] = {}  # free devices per kind, while the view does not change
 

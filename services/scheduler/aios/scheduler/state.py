@@ -150,6 +150,41 @@ def job_summary(j: JobState) -> dict[str, Any]:
             "samples_per_s": j.samples_per_s, "checkpoint_step": j.checkpoint_step, "steps_redone": j.steps_redone}
 
 
+class InventoryShape(msgspec.Struct, frozen=True):
+    """What the rounds read of the inventory beyond free devices, rebuilt only when its shape changes (a node
+    registers, is lost or cordoned, a device's health changes), not on every lease: at 1,000 nodes walking every
+    device each round cost more than the placement."""
+
+    kind_of: dict[str, str]
+    """Device uuid -> kind, of every node."""
+    online: dict[str, int]
+    """Devices per kind on online nodes."""
+    schedulable_kinds: list[str]
+    """Kinds of the devices of nodes open to jobs (online, not cordoned), sorted."""
+
+
+_SHAPES: dict[int, tuple[object, int, InventoryShape]] = {}
+
+
+def inventory_shape(state: SchedulerState) -> InventoryShape:
+    inv = state.inv
+    cached = _SHAPES.get(id(inv))
+    if cached is None or cached[0] is not inv or cached[1] != inv.shape:
+        if len(_SHAPES) > 16:
+            _SHAPES.clear()
+        online: dict[str, int] = {}
+        open_kinds: set[str] = set()
+        for node in inv.nodes.values():
+            for d in node.devices.values():
+                if node.online:
+                    online[d.info.kind] = online.get(d.info.kind, 0) + 1
+                if node.schedulable:
+                    open_kinds.add(d.info.kind)
+        kind_of = {u: d.info.kind for n in inv.nodes.values() for u, d in n.devices.items()}
+        cached = _SHAPES[id(inv)] = (inv, inv.shape, InventoryShape(kind_of, online, sorted(open_kinds)))
+    return cached[2]
+
+
 def devices_by_kind(state: SchedulerState, job: JobState) -> dict[str, int]:
     """How many of the job's devices are of each kind (devices the inventory no longer knows are not counted)."""
     out: dict[str, int] = {}

@@ -8,16 +8,12 @@ tenant whose nominal quota is lent out gets it back by preempting the borrowers'
 from __future__ import annotations
 
 from aios.scheduler.policies.base import Estimator, Policy
-from aios.scheduler.state import HOLDING, JobState, SchedulerState
+from aios.scheduler.state import HOLDING, JobState, SchedulerState, inventory_shape
 
 
 def dominant_shares(state: SchedulerState) -> dict[str, float]:
-    capacity: dict[str, int] = {}
-    for node in state.inv.nodes.values():
-        if node.online:
-            for d in node.devices.values():
-                capacity[d.info.kind] = capacity.get(d.info.kind, 0) + 1
-    kind_of = {u: d.info.kind for n in state.inv.nodes.values() for u, d in n.devices.items()}
+    shape = inventory_shape(state)
+    capacity, kind_of = shape.online, shape.kind_of
     used: dict[str, dict[str, int]] = {}
     for job in state.active():
         if job.status in HOLDING:
@@ -38,7 +34,7 @@ class FairShare(Policy):
         pending = state.pending()
         # Interleave tenants: each job is charged the share its tenant would have after the jobs before it.
         demand: dict[str, float] = {}
-        capacity = max(1, sum(len(n.devices) for n in state.inv.nodes.values() if n.online))
+        capacity = max(1, sum(inventory_shape(state).online.values()))
         keyed = []
         for job in sorted(pending, key=lambda j: (-(j.spec.priority if j.spec else 0), j.arrival)):
             share = shares.get(job.tenant, 0.0) + demand.get(job.tenant, 0.0)
