@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,7 +17,9 @@ import numpy as np
 
 from aios.cli.cluster import LocalCluster
 from aios.common.config import load_settings
-from aios.common.events import CheckpointSaved, JobFailed, JobPreempted, JobProgress, JobSucceeded
+from aios.common.events import (
+    CheckpointSaved, JobFailed, JobPreempted, JobProgress, JobRequeued, JobSucceeded, NodeLost,
+)
 from aios.common.store import connect
 from aios.trainer.collective import Collective
 from aios.trainer.mlp import TrainerConfig
@@ -203,6 +207,76 @@ def test_a_node_shut_down_under_a_job_drains_it_and_it_resumes(aios_env: dict[st
             assert time.monotonic() < deadline, node
             time.sleep(0.3)
         assert node["online"] and not node["draining"]
+    finally:
+        cluster.stop()
+
+
+def worker_pids(job_id: str) -> dict[int, int]:
+    """RANK -> pid of the job's live worker processes (from their environment)."""
+    out = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            env = dict(item.split("=", 1) for item in (proc / "environ").read_text().split("\0") if "=" in item)
+        except OSError:
+            continue
+        if env.get("AIOS_JOB_ID") == job_id and "RANK" in env:
+            out[int(env["RANK"])] = int(proc.name)
+    return out
+
+
+def test_a_worker_stopped_by_someone_else_resumes_and_does_not_succeed_half_trained(
+        aios_env: dict[str, str], tmp_path: Path) -> None:
+    """SIGTERM to one rank (an operator, an OOM killer's warning, a node script): the built-in worker checkpoints and
+    stopped with exit 0, and the job was recorded as succeeded at the step it had reached, its model registered."""
+    trainer = {"kind": "mlp", "steps": 200, "checkpoint_every": 1000, "step_delay_s": 0.05}
+    cluster, aios = start(aios_env, nodes=1)
+    try:
+        job_id = submit(aios, tmp_path, {"name": "poked", "tenant": "ml", "devices": 2, "trainer": trainer})
+        running_past(aios, "poked", 40)
+        os.kill(worker_pids(job_id)[1], signal.SIGTERM)
+        done = wait_job(aios, "poked", ("succeeded", "failed"), timeout=150)
+        assert done["status"] == "succeeded" and done["step"] == 200 and done["attempts"] == 2, done
+        history = job_events(cluster.nats_url, job_id)
+        requeued = [e.reason for e in history if isinstance(e, JobRequeued)]
+        assert len(requeued) == 1 and "stopped before its last step (exit 75" in requeued[0], requeued
+        resumed = [e.step for e in history if isinstance(e, JobProgress) and e.attempt == 2]
+        assert resumed and min(resumed) > 40  # from the stop's checkpoint, not from step 0
+    finally:
+        cluster.stop()
+
+
+def test_a_nats_restart_interrupts_training_but_fails_nothing_and_loses_no_node(
+        aios_env: dict[str, str], tmp_path: Path) -> None:
+    """nats-server killed and started again under a 2-rank job: the ranks' collective broke and the job failed with a
+    traceback, and the heartbeat bucket (server memory) was gone, so every node was declared lost every few seconds
+    for ever. Now the job resumes from its checkpoint and succeeds, and the node stays online."""
+    trainer = {"kind": "mlp", "steps": 300, "checkpoint_every": 50, "step_delay_s": 0.05}
+    cluster, aios = start(aios_env, nodes=1, AIOS_NODE_TIMEOUT="3", AIOS_HEARTBEAT_INTERVAL="0.5")
+    try:
+        job_id = submit(aios, tmp_path, {"name": "outage", "tenant": "ml", "devices": 2, "trainer": trainer})
+        running_past(aios, "outage", 60)
+        assert cluster.nats is not None
+        cluster.nats.kill()
+        time.sleep(1.0)
+        cluster.nats.start()
+        done = wait_job(aios, "outage", ("succeeded", "failed"), timeout=180)
+        assert done["status"] == "succeeded" and done["step"] == 300, done
+        history = job_events(cluster.nats_url, job_id)
+        resumed = [e.step for e in history if isinstance(e, JobProgress) and e.attempt == done["attempts"]]
+        assert done["attempts"] == 1 or min(resumed) >= 50  # if interrupted, from a checkpoint
+        time.sleep(8.0)  # more than two node timeouts: a node found silent by a stale watch would be lost by now
+
+        async def losses() -> int:
+            store = await connect([cluster.nats_url])
+            try:
+                found: list[Any] = []
+                await store.replay(found.append, filter_subject=f"{store.prefix}.node.>")
+                return sum(isinstance(e, NodeLost) for c in found for e in c.events)
+            finally:
+                await store.close()
+        assert asyncio.run(losses()) <= 1  # at most the outage itself
+        node = json.loads(aios("nodes", "--json").stdout)[0]
+        assert node["online"], node
     finally:
         cluster.stop()
 

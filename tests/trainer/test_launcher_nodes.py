@@ -131,6 +131,13 @@ def test_an_exit_after_a_stop_nobody_asked_for_requeues_the_job() -> None:
         "requeued", "node n2 was lost; resumes from its checkpoint", None)
     assert outcome(job({"rank0-a1": 0, "rank1-a1": 0}, [])) == ("succeeded", "", 0)
     assert outcome(job({"rank0-a1": 0}, [], running=1)) is None  # rank 1 still runs
+    # a built-in worker stopped by a SIGTERM AIOS did not send, or cut off from NATS, exits 75 (it exited 0 after
+    # its checkpoint: the job "succeeded" at step 485 of 1,000 and its model was registered; a NATS restart failed it)
+    assert outcome(job({"rank0-a1": 75, "rank1-a1": 75}, [])) == (
+        "requeued", "worker rank0-a1 stopped before its last step (exit 75: a signal AIOS did not send, or NATS went "
+        "away); resumes from its checkpoint", None)
+    assert outcome(job({"rank1-a1": 75}, [], running=1)) is None  # rank 0 may still write the checkpoint
+    assert outcome(job({"rank0-a1": 3, "rank1-a1": 75}, []))[0] == "requeued"  # type: ignore[index]
 
 
 async def test_a_stopped_worker_stops_its_peers_gently_and_the_job_is_requeued_when_all_have_exited(

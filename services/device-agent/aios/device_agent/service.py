@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -186,6 +187,10 @@ class DeviceAgentService(Service):
                 await kv.put(cfg.node_id, _encoder.encode(beat))
             except Exception as exc:  # noqa: BLE001 - NATS away: keep beating, the loss shows on the other side
                 log.warning("heartbeat not stored", extra={"error": str(exc) or type(exc).__name__})
+                # the bucket lives in the server's memory: a restarted nats-server has none, and every beat failed
+                # for ever ("no response from stream") while the node was declared lost every few seconds
+                with contextlib.suppress(Exception):
+                    kv = await self._heartbeat_bucket()
             await asyncio.sleep(cfg.heartbeat_interval_s)
 
     # -- telemetry and health -----------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -42,6 +43,9 @@ class ResourceManagerService(Service):
         self.inventory = Projector("resource-manager", Inventory, None, Inventory, fold_commit=fold_commit)
         self.last_seen: dict[str, float] = {}
         self.heartbeats = 0
+        self.suspects: dict[str, tuple[int | None, float]] = {}
+        """Nodes past the timeout: their heartbeat's revision when first found silent, and when."""
+        self._watcher: Any = None
         self.declared_lost = 0
 
     def healthy(self) -> tuple[bool, str]:
@@ -90,7 +94,7 @@ class ResourceManagerService(Service):
         while True:
             try:
                 kv = await js.key_value(HEARTBEAT_BUCKET)
-                watcher = await kv.watchall()
+                self._watcher = watcher = await kv.watchall()
                 async for entry in watcher:
                     if entry is not None and entry.value:
                         self.last_seen[entry.key] = time.monotonic()
@@ -100,11 +104,45 @@ class ResourceManagerService(Service):
                 raise
             except Exception as exc:  # noqa: BLE001 - bucket not there yet, or NATS away: look again
                 log.debug("heartbeat watch restarting", extra={"error": str(exc) or type(exc).__name__})
-                await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # stopped (a stale watch) or failed: watch again
+
+    async def _revision(self, node_id: str) -> int | None:
+        """The revision of the node's heartbeat in the bucket, read directly (None: none, or unreadable)."""
+        try:
+            kv = await self.ctx.store.js.key_value(HEARTBEAT_BUCKET)
+            return int((await kv.get(node_id)).revision or 0)
+        except Exception:  # noqa: BLE001 - no bucket (a restarted server), no key, NATS away: no evidence
+            return None
 
     async def check_liveness(self, now: float, started: float) -> None:
+        """Declare lost the nodes silent past the timeout, once a direct read of the bucket confirms it: the watch
+        alone declared healthy nodes lost after a nats-server restart (its memory bucket gone, the watch silent for
+        ever, every node lost every 10 s) and after this process was paused (the heartbeats piled up unread). A
+        silent node is read twice, ``confirm_s`` apart; a heartbeat written meanwhile clears it and restarts the
+        watch."""
         inv = self.inventory.state
-        for node_id, seen in lost_nodes(inv, self.last_seen, now, self.node_timeout_s, started):
+        confirm_s = min(3.0, self.node_timeout_s / 2)
+        silent_now = dict(lost_nodes(inv, self.last_seen, now, self.node_timeout_s, started))
+        for node_id in [n for n in self.suspects if n not in silent_now]:
+            del self.suspects[node_id]
+        for node_id, seen in silent_now.items():
+            revision = await self._revision(node_id)
+            first = self.suspects.get(node_id)
+            if first is None:
+                self.suspects[node_id] = (revision, now)
+                continue
+            if revision is not None and revision != first[0]:
+                del self.suspects[node_id]
+                self.last_seen[node_id] = now
+                log.warning("heartbeats reached the bucket but not the watch: watching again", extra={"node": node_id})
+                watcher, self._watcher = self._watcher, None
+                if watcher is not None:
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()
+                continue
+            if now - first[1] < confirm_s:
+                continue
+            del self.suspects[node_id]
             jobs = inv.leases.jobs_on(node_id)
             aggregate = f"node.{node_id}"
             silent = now - seen

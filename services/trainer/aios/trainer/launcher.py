@@ -29,6 +29,7 @@ from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import Projector
 from aios.common.store import Commit
 from aios.device_agent.protocol import run_subject, stop_subject
+from aios.trainer import EXIT_INTERRUPTED
 from aios.scheduler.state import (
     CANCELLED, FAILED, PENDING, PLACED, PREEMPTING, RUNNING, STATE_SCHEMA, JobState, SchedulerState, evolve,
     fold_commit,
@@ -85,9 +86,12 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
     0 after checkpointing, which was counted as success (a half-trained model registered). While one of the job's
     nodes goes away (``nodes_going``: its agent shutting down, or ``nodes_lost``), a peer's crash is part of the same
     interruption; a lost node's workers never report their exit, so nobody waits for them. All exiting 0 on their
-    own is success."""
+    own is success. A worker that exits ``EXIT_INTERRUPTED`` (stopped before its last step by a signal AIOS did not
+    send, or cut off from NATS) was interrupted too: the job resumes, it neither succeeded nor failed."""
     world = sum(max(1, len(a.device_uuids)) for a in job.assignments)
-    stopped = set(job.stopped_workers)
+    # exit 75 of its own accord (not stopped by an agent, which then marks it): the first cause of the interruption
+    interrupted = sorted(w for w, c in job.exit_codes.items() if c == EXIT_INTERRUPTED and w not in job.stopped_workers)
+    stopped = set(job.stopped_workers) | set(interrupted)
     bad = sorted((w, c) for w, c in job.exit_codes.items() if c != 0 and w not in stopped)
     if bad and (stopped or nodes_going or nodes_lost):
         stopped |= {w for w, _ in bad}
@@ -100,6 +104,9 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
             return None  # the others are stopping too
         if nodes_lost:
             why = f"node {min(nodes_lost)} was lost"
+        elif interrupted:  # its peers were then stopped by their agents, at the launcher's request
+            why = (f"worker {interrupted[0]} stopped before its last step (exit {EXIT_INTERRUPTED}: a signal AIOS did "
+                   "not send, or NATS went away)")
         elif job.stopped_workers:
             why = f"worker {min(job.stopped_workers)} was stopped by its node's agent"
         else:
@@ -199,8 +206,8 @@ class LauncherService(Service):
                                                         attempt=job.attempts, timeout=8))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
-            elif job.status in (PLACED, RUNNING) and job.stopped_workers and key in self.launched \
-                    and key not in self.stopped:
+            elif job.status in (PLACED, RUNNING) and key in self.launched and key not in self.stopped and (
+                    job.stopped_workers or EXIT_INTERRUPTED in job.exit_codes.values()):
                 # a node's agent stopped some of the attempt's workers (it is shutting down): ours stop too, with
                 # the usual grace (rank 0 writes the checkpoint), and the lead requeues once all have exited
                 self.stopped.add(key)

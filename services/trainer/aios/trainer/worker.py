@@ -3,8 +3,9 @@ agent with the torchrun-style environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT) a
 
 The shell around training.py: it joins the collective, resumes from the job's checkpoint in the Object Store if
 there is one, turns SIGTERM (preemption, node drain) into a stop vote so every rank stops at the same step after a
-checkpoint, and records ``JobProgress`` and ``CheckpointSaved`` events (rank 0 only). Exit codes: 0 done or stopped
-after a checkpoint, 2 bad configuration, 3 a collective failed (a peer died: the launcher fails or requeues the job).
+checkpoint, and records ``JobProgress`` and ``CheckpointSaved`` events (rank 0 only). Exit codes: 0 done, 75 stopped
+before its last step (a SIGTERM, after a checkpoint) or cut off from NATS: resume me from the last checkpoint, 2 bad
+configuration, 3 a collective failed (a peer died: the launcher fails or requeues the job).
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import signal
 import sys
 
 import msgspec
+import nats.errors
 import nats.js.errors
 
 from aios.common import tracing
+from aios.common.errors import StoreUnavailable
 from aios.common.events import CheckpointSaved, JobProgress
 from aios.common.snapshot import object_bucket
 from aios.common.store import EventStore, connect
+from aios.trainer import EXIT_INTERRUPTED
 from aios.trainer.collective import Collective, CollectiveError
 from aios.trainer.mlp import TrainerConfig, parse_config
 from aios.trainer.training import Checkpoint, Outcome, Progress, train
@@ -134,7 +138,12 @@ async def run(w: WorkerEnv) -> int:
                 attempt=w.attempt, final=not outcome.stopped))
         print(json.dumps({"rank": w.rank, "world": w.world, "step": outcome.step, "stopped": outcome.stopped,
                           "final_accuracy": round(outcome.final_accuracy, 4)}), flush=True)
-        return 0
+        return EXIT_INTERRUPTED if outcome.stopped else 0
+    except (StoreUnavailable, nats.errors.ConnectionClosedError, nats.errors.NoServersError,
+            nats.errors.StaleConnectionError, nats.errors.UnexpectedEOF) as exc:
+        print(f"rank {w.rank}: cut off from NATS ({exc or type(exc).__name__}); the job resumes from its last "
+              "checkpoint", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     except CollectiveError as exc:
         print(f"rank {w.rank}: {exc}", file=sys.stderr, flush=True)
         if group is not None:
