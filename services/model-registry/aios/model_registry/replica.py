@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Any
 
+import nats.errors
 import nats.js.errors
 from nats.js.api import KeyValueConfig, StorageType
 
@@ -104,8 +105,14 @@ class EndpointBook:
             watcher = None
             try:
                 kv = await endpoints_bucket(self.store)
-                watcher = await kv.watchall()
-                async for entry in watcher:
+                # a stopped watch's consumer goes in 10 s, not nats-py's default 5 minutes
+                watcher = await kv.watchall(inactive_threshold=10.0)
+                while True:
+                    try:  # replicas announce every TTL_S / 3: silence this long means a stale watch (a restarted
+                        # server, whose memory bucket is new) or no replica at all; watching again costs little
+                        entry = await watcher.updates(timeout=TTL_S)
+                    except nats.errors.TimeoutError:
+                        break
                     if entry is not None:
                         self._apply(entry)
                     self.changed.set()
@@ -177,7 +184,13 @@ class Replica:
                 try:
                     await asyncio.wait_for(stop.wait(), TTL_S / 3)
                 except asyncio.TimeoutError:
-                    await self.announce(kv)
+                    try:
+                        await self.announce(kv)
+                    except Exception as exc:  # noqa: BLE001 - NATS away: serve on, announce again next time
+                        log.warning("replica not announced", extra={"error": str(exc) or type(exc).__name__})
+                        # the bucket lives in the server's memory: a restarted nats-server has none
+                        with contextlib.suppress(Exception):
+                            kv = await endpoints_bucket(self.store)
         finally:
             await cancel_and_wait([follow])
             try:
