@@ -171,3 +171,18 @@ def test_a_command_waits_for_a_starting_cluster_to_create_its_log(aios_env: dict
     out, err = quota.communicate(timeout=30)
     assert quota.returncode == 0 and "quota of t set" in out, err[-300:]
     assert "disconnected" not in err and "Traceback" not in err, err[-300:]
+
+
+def test_a_closed_pipe_and_a_missing_service_get_one_line(aios_env: dict[str, str], nats_server: Any) -> None:
+    """`aios nodes --json | head` printed a BrokenPipeError traceback; with the scheduler down, `aios jobs` asked
+    whether the resource manager was running."""
+    env = {**aios_env, "AIOS_NATS_URL": nats_server.url}
+    reader_gone = subprocess.Popen([sys.executable, "-m", "aios.cli.main", "simulate", "--list-policies"], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert reader_gone.stdout is not None and reader_gone.stderr is not None
+    reader_gone.stdout.close()  # the reader left before the first line
+    assert reader_gone.wait(timeout=60) == 0
+    assert reader_gone.stderr.read() == b""
+    out = subprocess.run([sys.executable, "-m", "aios.cli.main", "jobs"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 1 and "is the scheduler running?" in out.stderr, out.stderr

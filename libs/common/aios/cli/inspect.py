@@ -30,13 +30,22 @@ async def log_writer() -> Any:
     return await open_log(cluster_servers(), name="aios-cli", append_deadline=5.0, wait_for_log_s=10.0)
 
 
+def _answering_service(subject: str) -> str:
+    """The service that answers a query subject (every error named the resource manager)."""
+    for prefix, service in (("aios.sched.", "scheduler"), ("aios.rm.", "resource manager"),
+                            ("aios.registry.", "model registry"), ("aios.tenant.", "gateway")):
+        if subject.startswith(prefix):
+            return service
+    return "service answering it"
+
+
 async def ask(subject: str, body: dict[str, Any] | None = None, timeout: float = 5.0,
               servers: list[str] | None = None) -> dict[str, Any]:
     nc = await connect_once(servers or cluster_servers(), name="aios-cli")
     try:
         msg = await nc.request(subject, json.dumps(body or {}).encode(), timeout=timeout)
     except nats.errors.NoRespondersError:
-        raise AiosError(f"nobody answers {subject}: is the resource manager running?") from None
+        raise AiosError(f"nobody answers {subject}: is the {_answering_service(subject)} running?") from None
     except nats.errors.TimeoutError:
         raise AiosError(f"no answer on {subject} within {timeout:g}s") from None
     finally:

@@ -521,6 +521,9 @@ def main(argv: list[str] | None = None) -> None:
         code = exit_code(exc)
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:  # `aios nodes --json | head`: the reader has what it wanted; no traceback, no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's last flush fails too
+        code = 0
     if traced:
         from aios.common import tracing
 
