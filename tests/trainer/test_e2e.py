@@ -281,6 +281,37 @@ def test_a_nats_restart_interrupts_training_but_fails_nothing_and_loses_no_node(
         cluster.stop()
 
 
+def test_a_hung_agent_stops_its_stale_workers_when_it_wakes(aios_env: dict[str, str], tmp_path: Path) -> None:
+    """An agent paused past the node timeout: its node is lost and the job moves on while its workers train on,
+    writing the job's checkpoint. Once the agent wakes they stop (the trainer's stop request waits for it; and the
+    agent stops its lost node's workers itself as it registers again, should that request be gone), and the job
+    succeeds. One run in four failed before rank 0's start was broadcast: the new ranks had read different
+    checkpoints of the stale writers, and the one that finished first left the other hanging in a collective."""
+    trainer = {"kind": "mlp", "steps": 800, "checkpoint_every": 50, "step_delay_s": 0.05}
+    cluster, aios = start(aios_env, nodes=2, AIOS_NODE_TIMEOUT="3", AIOS_HEARTBEAT_INTERVAL="0.5")
+    try:
+        job_id = submit(aios, tmp_path, {"name": "hung", "tenant": "ml", "devices": 2, "trainer": trainer})
+        job = running_past(aios, "hung", 60)
+        first = worker_pids(job_id)
+        agent = cluster.procs[f"agent-{sorted(set(job['nodes']))[0]}"]
+        os.kill(agent.pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 60
+            while wait_job(aios, "hung", ("running", "placed", "succeeded", "failed"))["attempts"] < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.3)
+        finally:
+            os.kill(agent.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 20
+        while any(pid in first.values() for pid in worker_pids(job_id).values()):
+            assert time.monotonic() < deadline, "the first attempt's workers still run beside the second's"
+            time.sleep(0.3)
+        done = wait_job(aios, "hung", ("succeeded", "failed"), timeout=150)
+        assert done["status"] == "succeeded" and done["step"] == 800, aios("job", job_id).stdout[-3000:]
+    finally:
+        cluster.stop()
+
+
 def test_preempted_training_checkpoints_yields_and_resumes(aios_env: dict[str, str], tmp_path: Path) -> None:
     """A higher-priority job takes the devices of a running training job: the trainer's workers get SIGTERM, vote
     to stop at one step, checkpoint and exit; the urgent job runs; the training resumes from that very step."""

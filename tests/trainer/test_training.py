@@ -18,7 +18,8 @@ CFG = TrainerConfig(steps=120, checkpoint_every=40)
 
 
 async def run_ranks(url: str, group: str, world: int, cfg: TrainerConfig, start: Checkpoint | None = None,
-                    stop_at: int | None = None) -> tuple[list[Outcome], list[Progress], list[Checkpoint]]:
+                    stop_at: int | None = None, starts: list[Checkpoint | None] | None = None,
+                    ) -> tuple[list[Outcome], list[Progress], list[Checkpoint]]:
     conns = [await RawNatsConnection.connect([url]) for _ in range(world)]
     rings = await asyncio.gather(*(NatsRing.join(conns[r], group, r, world, timeout_s=20) for r in range(world)))
     progress: list[Progress] = []
@@ -37,8 +38,8 @@ async def run_ranks(url: str, group: str, world: int, cfg: TrainerConfig, start:
             return stop_at is not None and r == 1 and steps_seen[r] >= stop_at
         return asked
     try:
-        outcomes = await asyncio.gather(*(train(cfg, rings[r], start, report, save, stopper(r), progress_every_s=0)
-                                          for r in range(world)))
+        outcomes = await asyncio.gather(*(train(cfg, rings[r], starts[r] if starts else start, report, save, stopper(r),
+                                                progress_every_s=0) for r in range(world)))
     finally:
         for ring, nc in zip(rings, conns):
             await ring.close()
@@ -75,3 +76,16 @@ def test_bad_trainer_config_names_the_field() -> None:
         parse_config({"steps": "many"})
     with pytest.raises(ValueError, match="trainer: .*colour"):
         parse_config({"colour": "red"})
+
+
+async def test_every_rank_starts_from_rank_0s_checkpoint(nats_server: NatsServer) -> None:
+    """Ranks that read the job's checkpoint at different moments (an earlier attempt's workers still writing it)
+    started from different steps: the first to reach the end left, and the others waited in a collective until it
+    timed out and failed the job. Rank 0's start is broadcast, as DDP broadcasts rank 0's parameters."""
+    _, _, ckpts = await run_ranks(nats_server.url, "for-starts", 1, CFG)
+    at_40, at_80 = ckpts[0], ckpts[1]
+    assert (at_40.step, at_80.step) == (40, 80)
+    outcomes, progress, final = await run_ranks(nats_server.url, "mixed-starts", 2, CFG, starts=[at_40, at_80])
+    assert [o.step for o in outcomes] == [120, 120] and progress[0].step == 41
+    assert outcomes[0].final_accuracy == outcomes[1].final_accuracy
+    np.testing.assert_allclose(final[-1].arrays()[0], ckpts[-1].arrays()[0], atol=2e-3)  # rank 0's trajectory

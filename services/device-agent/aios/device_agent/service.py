@@ -87,6 +87,7 @@ class DeviceAgentService(Service):
         self.node = Projector("agent-node", Inventory, None, Inventory, fold_commit=fold_commit)
         self.samples = 0
         self.registered = 0
+        self._background: set[asyncio.Future[Any]] = set()
 
     def healthy(self) -> tuple[bool, str]:
         return True, f"node {self.config.node_id}: {self.samples} samples, {len(self.health.unhealthy)} unhealthy"
@@ -164,6 +165,15 @@ class DeviceAgentService(Service):
         for ev in commit.events:
             if isinstance(ev, NodeLost):
                 log.warning("the cluster declared this node lost; registering again", extra={"reason": ev.reason})
+                # its jobs were requeued and may run elsewhere already: workers left here (this agent was hung,
+                # or cut off) are stale, and trained on beside the new attempt, writing the same checkpoint
+                stale = sorted({w.job_id for w in self.runner.running.values()})
+                if stale:
+                    log.warning("stopping the workers of jobs requeued away from this node", extra={"jobs": stale})
+                    for job_id in stale:
+                        task = asyncio.ensure_future(self.runner.stop(job_id, grace_s=3.0))
+                        self._background.add(task)
+                        task.add_done_callback(self._background.discard)
                 await self._register()
 
     async def _heartbeat_bucket(self) -> Any:

@@ -71,6 +71,16 @@ async def train(cfg: TrainerConfig, group: Collective, start: Checkpoint | None,
         params = mlp.init_params(cfg)
         opt = {"m": np.zeros_like(params), "v": np.zeros_like(params)}
         step = 0
+    if group.world > 1:
+        # every rank starts where rank 0 does, as DDP broadcasts rank 0's parameters: ranks that read the checkpoint
+        # at different moments (a previous attempt's workers still writing it) started from different steps, and
+        # the ones that reached the end first left the others waiting in a collective until it timed out
+        step = int((await group.broadcast(np.array([step], np.float64)))[0])
+        sizes = [params.size, opt["m"].size, opt["v"].size]
+        state = await group.broadcast(np.concatenate([params.ravel(), opt["m"].ravel(), opt["v"].ravel()]))
+        params = state[:sizes[0]].reshape(params.shape)
+        opt = {"m": state[sizes[0]:sizes[0] + sizes[1]].reshape(opt["m"].shape),
+               "v": state[sizes[0] + sizes[1]:].reshape(opt["v"].shape)}
     leader = group.rank == 0
     last_report = 0.0
     window_samples, window_start = 0, time.monotonic()
