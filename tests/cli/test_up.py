@@ -74,6 +74,14 @@ def test_up_starts_embedded_nats_and_services_and_stops_on_ctrl_c(aios_env: dict
         nats_pids = subprocess.run(["pgrep", "-f", f"nats-server.*{url.rsplit(':', 1)[1]}"], capture_output=True,
                                    text=True).stdout.split()
         assert nats_pids, "embedded nats-server not found"
+        # one process dying is restarted, as a supervisor does (it stopped the whole cluster, NATS and nodes too)
+        os.kill(service_pid, signal.SIGKILL)
+        read_until(proc, r"tail exited with -9; starting it again")
+        assert proc.poll() is None and all(pid_alive(int(p)) for p in nats_pids)
+        restarted = [int(p) for p in subprocess.run(["pgrep", "-f", "aios.cli.main service tail"], capture_output=True,
+                                                    text=True).stdout.split()]
+        assert restarted and service_pid not in restarted and proc.poll() is None
+        service_pid = restarted[0]
 
         proc.send_signal(signal.SIGINT)
         rest = proc.communicate(timeout=30)[0]

@@ -39,6 +39,11 @@ def _sim_nodes(items: list[str]) -> list[tuple[str, str]]:
     return nodes
 
 
+RESTARTS_MAX = 5
+RESTART_WINDOW_S = 60.0
+"""``aios up`` restarts a process that dies, unless it died ``RESTARTS_MAX`` times in this window."""
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from aios.cli.cluster import LocalCluster
 
@@ -71,11 +76,21 @@ def cmd_up(args: argparse.Namespace) -> int:
                 token = token_file.read_text().strip() if token_file.is_file() else "<token>"
                 print(f"dashboard: {gateway}/?token={token}   (API: {gateway}/api/v1, token in {token_file})")
         print("Ctrl-C stops everything.", flush=True)
+        restarts: dict[str, list[float]] = {}
         while not stop:
-            died = cluster.exited()
-            if died:
-                print(f"service exited: {died}; stopping", file=sys.stderr)
-                return 1
+            now = time.monotonic()
+            for name, code in cluster.exited().items():
+                # a supervisor's restart on failure (systemd's Restart=, Nomad's restart stanza): one process dying
+                # stopped the whole cluster, NATS and every node with it. A configuration error (exit 2) or a
+                # crash loop still stops it: starting again would not help
+                recent = [t for t in restarts.get(name, []) if now - t < RESTART_WINDOW_S]
+                if code == 2 or len(recent) >= RESTARTS_MAX:
+                    why = "a configuration error" if code == 2 else f"{len(recent)} restarts in a minute"
+                    print(f"{name} exited with {code} ({why}; see its log); stopping", file=sys.stderr)
+                    return 1
+                print(f"{name} exited with {code}; starting it again", file=sys.stderr, flush=True)
+                cluster.restart(name)
+                restarts[name] = [*recent, now]
             time.sleep(0.2)
         return 0
     finally:
