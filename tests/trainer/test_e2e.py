@@ -312,6 +312,22 @@ def test_a_hung_agent_stops_its_stale_workers_when_it_wakes(aios_env: dict[str, 
         cluster.stop()
 
 
+def test_a_job_past_its_max_runtime_is_stopped_and_failed(aios_env: dict[str, str], tmp_path: Path) -> None:
+    """``max_runtime_s`` said "the job is stopped after this long" and was never enforced (Slurm's --time is)."""
+    cluster, aios = start(aios_env, nodes=1)
+    try:
+        started = time.monotonic()
+        job_id = submit(aios, tmp_path, {"name": "overtime", "tenant": "ml", "devices": 1, "max_runtime_s": 2,
+                                         "command": [sys.executable, "-c", "import time; time.sleep(60)"]})
+        done = wait_job(aios, "overtime", ("succeeded", "failed"), timeout=40)
+        assert done["status"] == "failed" and time.monotonic() - started < 30, done
+        failed = [e for e in job_events(cluster.nats_url, job_id) if isinstance(e, JobFailed)]
+        assert len(failed) == 1 and failed[0].reason.startswith("max_runtime_s: ran "), failed
+        assert not worker_pids(job_id)
+    finally:
+        cluster.stop()
+
+
 def test_preempted_training_checkpoints_yields_and_resumes(aios_env: dict[str, str], tmp_path: Path) -> None:
     """A higher-priority job takes the devices of a running training job: the trainer's workers get SIGTERM, vote
     to stop at one step, checkpoint and exit; the urgent job runs; the training resumes from that very step."""

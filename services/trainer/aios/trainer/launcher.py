@@ -154,9 +154,27 @@ class LauncherService(Service):
         stop = asyncio.Event()
         follower = asyncio.ensure_future(self.projector.follow(ctx.store, self._on_commit, stop))
         await self._reconcile()
-        await ctx.stopping.wait()
+        while not ctx.stopping.is_set():
+            try:
+                await asyncio.wait_for(ctx.stopping.wait(), 1.0)
+            except asyncio.TimeoutError:
+                await self._enforce_time_limits(time.time())
         stop.set()
         await follower
+
+    async def _enforce_time_limits(self, now: float) -> None:
+        """A job that has run ``max_runtime_s`` (over all its attempts, as Slurm's --time) is stopped and failed,
+        by its lead trainer. The limit was documented and used as an estimate, but never enforced."""
+        for job in list(self.projector.state.jobs.values()):
+            limit = job.spec.max_runtime_s if job.spec else None
+            key = (job.job_id, job.attempts)
+            if (not limit or job.status not in (PLACED, RUNNING) or job.placed_at is None or key in self.decided
+                    or key not in self.launched or not self._leads(job)):
+                continue
+            ran = job.run_seconds + max(0.0, now - job.placed_at)
+            if ran > limit:
+                self.decided.add(key)
+                await self._finish(job, "failed", f"max_runtime_s: ran {ran:.0f} s, the limit is {limit:g} s")
 
     def _mine(self, node: str) -> bool:
         return self.node_id is None or node == self.node_id
