@@ -60,7 +60,8 @@ def test_a_training_job_is_one_trace_across_all_services(aios_env: dict[str, str
         out = aios("submit", str(spec), "--json")
         assert out.returncode == 0, out.stderr
         job_id = json.loads(out.stdout)["job"]
-        assert wait_job(aios, "traced", ("succeeded", "failed"))["status"] == "succeeded"
+        done = wait_job(aios, "traced", ("succeeded", "failed"))
+        assert done["status"] == "succeeded", aios("job", job_id).stdout[-3000:]
 
         def of_job() -> list[dict[str, Any]]:
             return [s for s in receiver.spans if s["attrs"].get("aios.job") == job_id]

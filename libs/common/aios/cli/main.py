@@ -88,8 +88,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                     why = "a configuration error" if code == 2 else f"{len(recent)} restarts in a minute"
                     print(f"{name} exited with {code} ({why}; see its log); stopping", file=sys.stderr)
                     return 1
-                print(f"{name} exited with {code}; starting it again", file=sys.stderr, flush=True)
                 cluster.restart(name)
+                print(f"{name} exited with {code}; started it again (pid {cluster.procs[name].pid})", file=sys.stderr,
+                      flush=True)
                 restarts[name] = [*recent, now]
             time.sleep(0.2)
         return 0
