@@ -498,8 +498,9 @@ class _Preemption:
         spec = job.spec
         assert spec is not None
         req = request_for(job, frozenset(spec.device_types) or None)
-        candidates = [v for v in self.policy.victims(self.state, self.now, job)
-                      if v.status != PREEMPTING and v not in self.victims and compatible(job, v, self.state)]
+        taken = {p.job_id for p in self.plan.preemptions}  # this round's other preemptions (drain, reclaim)
+        candidates = [v for v in self.policy.victims(self.state, self.now, job) if v.status != PREEMPTING
+                      and v.job_id not in taken and compatible(job, v, self.state)]
         if self._leaving is None:
             self._leaving = [j for j in self.state.active() if j.status == PREEMPTING and j.assignments]
         if not candidates and not self._leaving:
