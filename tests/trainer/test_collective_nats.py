@@ -58,6 +58,28 @@ async def test_allreduce_equals_numpy_sum(nats_server: NatsServer, world: int, r
         await close(conns, rings)
 
 
+async def test_a_broadcast_reaches_a_rank_that_joined_late(nats_server: NatsServer) -> None:
+    """Joining proves only that a rank's neighbours have subscribed. The root sent to every rank directly, so a
+    rank two hops away that joined late missed the data and timed out (a 4-rank job hung at its start)."""
+    world = 4
+    conns = [await RawNatsConnection.connect([nats_server.url]) for _ in range(world)]
+
+    async def rank(r: int) -> np.ndarray:
+        if r == 2:
+            await asyncio.sleep(0.5)  # starts last, as a worker on a busy node does
+        ring = await NatsRing.join(conns[r], "late", r, world, timeout_s=5)
+        try:
+            return await ring.broadcast(np.full(3, float(r)), root=0)
+        finally:
+            await ring.close()
+    try:
+        got = await asyncio.gather(*(rank(r) for r in range(world)))
+        assert all((g == 0.0).all() for g in got)
+    finally:
+        for nc in conns:
+            nc.close()
+
+
 async def test_many_operations_in_flight_do_not_mix(nats_server: NatsServer) -> None:
     """A fast rank runs ahead into the next operations; keys keep each operation's chunks apart."""
     conns, rings = await ranks(nats_server.url, "ahead", 3, chunk_bytes=1024)

@@ -284,15 +284,16 @@ class NatsRing(Collective):
             return buf
         per = max(1, self.chunk_bytes // buf.itemsize)
         parts = chunk_bounds(0, buf.size, per)
-        if self.rank == root:
-            for to in range(self.world):
-                if to != root:
-                    for c, (a, b) in enumerate(parts):
-                        await self._send(to, (op, 0, c), buf[a:b])
-            await self.nc.flush()
-            return buf.reshape(np.shape(array))
+        # along the ring, chunk by chunk, each rank passing on what it got: only neighbours talk, as in the
+        # all-reduce. The root sent to every rank, but join proves only that the neighbours have subscribed: a
+        # rank two hops away that subscribed late lost the data (core NATS keeps nothing) and waited for ever
+        left, right = (self.rank - 1) % self.world, (self.rank + 1) % self.world
         for c, (a, b) in enumerate(parts):
-            buf[a:b] = np.frombuffer(await self._recv((op, 0, c), root), dtype=buf.dtype)
+            if self.rank != root:
+                buf[a:b] = np.frombuffer(await self._recv((op, 0, c), left), dtype=buf.dtype)
+            if right != root:
+                await self._send(right, (op, 0, c), buf[a:b])
+        await self.nc.flush()
         return buf.reshape(np.shape(array))
 
     async def abort(self, reason: str) -> None:
