@@ -20,10 +20,10 @@ up: $(STAMP)
 	$(BIN)/aios up
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]  # 5: no slow tests collected
+	$(BIN)/python -m pytest -q -m slow --durations=5 || [ $$? -eq 5 ]  # 5: no slow tests collected
 
 # the torch collective backend: its tests skip without torch, so CI installs it here (CPU wheel, ~190 MB)
 test-torch: $(STAMP)
