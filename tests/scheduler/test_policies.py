@@ -8,6 +8,7 @@ import pytest
 
 from aios.scheduler.local import step
 from aios.scheduler.policies import POLICIES, make_policy
+from aios.scheduler.policies.base import Policy
 from aios.scheduler.policies.timeshare import TimeSharedHeteroLAS
 from aios.scheduler.rounds import explain, plan_round
 from aios.scheduler.state import PENDING, PLACED, PREEMPTING
@@ -246,7 +247,8 @@ def test_fair_share_interleaves_tenants_and_enforces_quota() -> None:
     assert placed == {"nlp-0", "nlp-1", "vis-0", "vis-1"}  # vision is not starved by nlp's earlier arrivals
 
 
-def test_fair_share_borrowing_and_reclaim() -> None:
+def nlp_borrowing_from_vision() -> tuple[Cluster, Policy]:
+    """Two tenants of a cohort with 4 H100s each; nlp's four 2-device jobs run, borrowing vision's idle quota."""
     c = Cluster(("n1", "h100", 8))
     c.quota("nlp", "lab", h100=4)
     c.quota("vision", "lab", h100=4)
@@ -254,6 +256,11 @@ def test_fair_share_borrowing_and_reclaim() -> None:
         c.submit(f"nlp-{i}", 2, tenant="nlp")
     fair = make_policy("fairshare")
     step(c.state, fair, 2.0)
+    return c, fair
+
+
+def test_fair_share_borrowing_and_reclaim() -> None:
+    c, fair = nlp_borrowing_from_vision()
     assert sum(c.state.jobs[f"nlp-{i}"].status == PLACED for i in range(4)) == 4  # borrows vision's idle quota
     assert any(c.state.jobs[f"nlp-{i}"].borrowed for i in range(4))
     c.submit("vis-0", 4, tenant="vision", now=3.0)
@@ -573,13 +580,7 @@ def test_a_preempting_job_takes_the_room_it_made_and_evicts_no_more_than_it_need
 
 def test_a_quota_reclaim_takes_back_what_it_needs_once() -> None:
     """Vision reclaims the 4 H100s it lent to nlp: two of nlp's jobs are preempted, not all four."""
-    c = Cluster(("n1", "h100", 8))
-    c.quota("nlp", "lab", h100=4)
-    c.quota("vision", "lab", h100=4)
-    for i in range(4):
-        c.submit(f"nlp-{i}", 2, tenant="nlp")
-    fair = make_policy("fairshare")
-    step(c.state, fair, 2.0)
+    c, fair = nlp_borrowing_from_vision()
     c.submit("vis-0", 4, tenant="vision", now=3.0)
     preempted = []
     for t in (4.0, 5.0, 6.0, 7.0):

@@ -68,13 +68,20 @@ async def endpoints(store: EventStore, model: str | None = None) -> list[dict[st
                 entry = await kv.get(key)
             except nats.js.errors.KeyNotFoundError:
                 continue
-            try:
-                found = json.loads(entry.value) if entry.value else None
-            except ValueError:
-                found = None
-            if isinstance(found, dict) and isinstance(found.get("key"), str):
+            found = announcement(entry.value)
+            if found is not None:
                 out.append(found)
     return sorted(out, key=lambda e: e["key"])
+
+
+def announcement(value: bytes | None) -> dict[str, Any] | None:
+    """A replica's announcement as stored in the bucket, or None for anything else (a deletion, garbage)."""
+    try:
+        found = json.loads(value) if value else None
+    except ValueError:
+        return None
+    ok = isinstance(found, dict) and isinstance(found.get("key"), str) and isinstance(found.get("url"), str)
+    return found if ok else None
 
 
 class EndpointBook:
@@ -131,13 +138,8 @@ class EndpointBook:
         key = entry.key
         if key.startswith("_"):  # services' own addresses (_gateway, _router) share the bucket: not replicas
             return
-        found = None
-        if entry.operation not in ("DEL", "PURGE") and entry.value:
-            try:
-                found = json.loads(entry.value)
-            except ValueError:
-                found = None
-        if not (isinstance(found, dict) and isinstance(found.get("key"), str) and isinstance(found.get("url"), str)):
+        found = announcement(entry.value) if entry.operation not in ("DEL", "PURGE") else None
+        if found is None:
             self._entries.pop(key, None)
             return
         created = getattr(entry, "created", None)
