@@ -19,6 +19,7 @@ CFG = TrainerConfig(steps=120, checkpoint_every=40)
 
 async def run_ranks(url: str, group: str, world: int, cfg: TrainerConfig, start: Checkpoint | None = None,
                     stop_at: int | None = None, starts: list[Checkpoint | None] | None = None,
+                    checkpoint_every_s: float | None = None,
                     ) -> tuple[list[Outcome], list[Progress], list[Checkpoint]]:
     conns = [await RawNatsConnection.connect([url]) for _ in range(world)]
     rings = await asyncio.gather(*(NatsRing.join(conns[r], group, r, world, timeout_s=20) for r in range(world)))
@@ -39,7 +40,8 @@ async def run_ranks(url: str, group: str, world: int, cfg: TrainerConfig, start:
         return asked
     try:
         outcomes = await asyncio.gather(*(train(cfg, rings[r], starts[r] if starts else start, report, save, stopper(r),
-                                                progress_every_s=0) for r in range(world)))
+                                                progress_every_s=0, checkpoint_every_s=checkpoint_every_s)
+                                          for r in range(world)))
     finally:
         for ring, nc in zip(rings, conns):
             await ring.close()
@@ -89,3 +91,33 @@ async def test_every_rank_starts_from_rank_0s_checkpoint(nats_server: NatsServer
     assert [o.step for o in outcomes] == [120, 120] and progress[0].step == 41
     assert outcomes[0].final_accuracy == outcomes[1].final_accuracy
     np.testing.assert_allclose(final[-1].arrays()[0], ckpts[-1].arrays()[0], atol=2e-3)  # rank 0's trajectory
+
+
+async def test_checkpoint_interval_s_bounds_the_time_between_checkpoints(nats_server: NatsServer) -> None:
+    """The spec's ``checkpoint_interval_s`` was accepted and documented, then ignored: a job checkpointing every
+    1,000 steps lost up to 1,000 steps to a node loss whatever it asked. Now the built-in trainer checkpoints at least
+    that often, and on its step count too."""
+    cfg = TrainerConfig(steps=30, checkpoint_every=1000, step_delay_s=0.02)
+    _, _, untimed = await run_ranks(nats_server.url, "untimed", 2, cfg)
+    assert [c.step for c in untimed] == [30]
+    _, _, timed = await run_ranks(nats_server.url, "timed", 2, cfg, checkpoint_every_s=0.1)
+    steps = [c.step for c in timed]
+    assert steps[-1] == 30 and 3 <= len(steps) <= 15, steps  # about every 5 steps of 20 ms
+
+
+def test_the_launcher_hands_checkpoint_interval_s_to_the_worker() -> None:
+    from aios.common.events import Assignment
+    from aios.scheduler.spec import validate_spec
+    from aios.scheduler.state import JobState
+    from aios.trainer.launcher import worker_env
+    from aios.trainer.worker import read_env
+
+    spec = validate_spec({"name": "t", "tenant": "ml", "trainer": {"kind": "mlp"}, "checkpoint_interval_s": 1234567.5})
+    job = JobState(job_id="j1", spec=spec, tenant="ml", arrival=1, submitted_at=0.0,
+                   assignments=[Assignment(node_id="n1", device_uuids=["g0"], ranks=[0])])
+    env = worker_env(job, job.assignments[0], 0, 0, "nats://127.0.0.1:4222")
+    assert read_env(env).checkpoint_every_s == 1234567.5
+    assert read_env({k: v for k, v in env.items() if k != "AIOS_CHECKPOINT_INTERVAL_S"}).checkpoint_every_s is None
+    for bad in ("soon", "0", "-5", "nan", "inf"):
+        with pytest.raises(ValueError, match="AIOS_CHECKPOINT_INTERVAL_S: .* is not a positive number of seconds"):
+            read_env({**env, "AIOS_CHECKPOINT_INTERVAL_S": bad})

@@ -67,6 +67,8 @@ def worker_env(job: JobState, assignment: Assignment, rank: int, local_rank: int
             "AIOS_JOB_ID": job.job_id, "AIOS_ATTEMPT": str(job.attempts), "AIOS_NATS_URL": nats_url,
             "AIOS_CHECKPOINT_STORE": "AIOS_CHECKPOINTS", "AIOS_CHECKPOINT_NAME": job.job_id,
             **({"AIOS_TRAINER": json.dumps(spec.trainer)} if spec.trainer is not None else {}),
+            **({"AIOS_CHECKPOINT_INTERVAL_S": repr(spec.checkpoint_interval_s)}
+               if spec.checkpoint_interval_s is not None else {}),
             **({"AIOS_SERVE": json.dumps(spec.serve)} if spec.serve is not None else {})}
 
 

@@ -60,9 +60,12 @@ class Outcome(msgspec.Struct, frozen=True):
 async def train(cfg: TrainerConfig, group: Collective, start: Checkpoint | None,
                 on_progress: Callable[[Progress], Awaitable[None]],
                 on_checkpoint: Callable[[Checkpoint], Awaitable[None]],
-                stop_requested: Callable[[], bool], progress_every_s: float = 1.0) -> Outcome:
+                stop_requested: Callable[[], bool], progress_every_s: float = 1.0,
+                checkpoint_every_s: float | None = None) -> Outcome:
     """Train from ``start`` (or from scratch) to ``cfg.steps``. Rank 0 reports progress (at most every
-    ``progress_every_s``) and writes checkpoints; every rank returns the same outcome."""
+    ``progress_every_s``) and writes checkpoints (every ``cfg.checkpoint_every`` steps, and at least every
+    ``checkpoint_every_s`` seconds: the job spec's bound on the work a node loss costs); every rank returns the same
+    outcome."""
     x, y = mlp.make_dataset(cfg)
     if start is not None:
         params, opt = start.arrays()
@@ -83,6 +86,7 @@ async def train(cfg: TrainerConfig, group: Collective, start: Checkpoint | None,
                "v": state[sizes[0] + sizes[1]:].reshape(opt["v"].shape)}
     leader = group.rank == 0
     last_report = 0.0
+    last_checkpoint = time.monotonic()
     window_samples, window_start = 0, time.monotonic()
     while step < cfg.steps:
         mine = mlp.shard(mlp.batch_of_step(cfg, step), group.rank, group.world)
@@ -99,8 +103,10 @@ async def train(cfg: TrainerConfig, group: Collective, start: Checkpoint | None,
             rate = window_samples / max(1e-9, now - window_start)
             await on_progress(Progress(step, float(total[-4]) / count, float(total[-3]) / count, rate))
             last_report, window_samples, window_start = now, 0, now
-        if leader and (step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping):
+        overdue = checkpoint_every_s is not None and now - last_checkpoint >= checkpoint_every_s
+        if leader and (step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping or overdue):
             await on_checkpoint(Checkpoint.of(step, params, opt))
+            last_checkpoint = time.monotonic()
         if stopping and step < cfg.steps:
             return Outcome(step, True, mlp.accuracy(cfg, params, x, y))
         if cfg.step_delay_s:

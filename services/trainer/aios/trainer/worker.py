@@ -49,6 +49,8 @@ class WorkerEnv(msgspec.Struct, frozen=True):
     bucket: str
     checkpoint: str
     trainer: TrainerConfig
+    checkpoint_every_s: float | None = None
+    """The spec's ``checkpoint_interval_s``: checkpoint at least this often, whatever ``checkpoint_every`` says."""
 
 
 def read_env(env: dict[str, str]) -> WorkerEnv:
@@ -65,6 +67,17 @@ def read_env(env: dict[str, str]) -> WorkerEnv:
             return int(raw or "")
         except ValueError:
             raise ValueError(f"{name}: {raw!r} is not an integer") from None
+    def seconds(name: str) -> float | None:
+        raw = env.get(name)
+        if not raw:
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not 0 < value < float("inf"):
+            raise ValueError(f"{name}: {raw!r} is not a positive number of seconds")
+        return value
     try:
         trainer = json.loads(need("AIOS_TRAINER"))
     except json.JSONDecodeError as exc:
@@ -74,7 +87,7 @@ def read_env(env: dict[str, str]) -> WorkerEnv:
                      master_addr=env.get("MASTER_ADDR", "127.0.0.1"), master_port=number("MASTER_PORT", "29500"),
                      bucket=env.get("AIOS_CHECKPOINT_STORE", "AIOS_CHECKPOINTS"),
                      checkpoint=env.get("AIOS_CHECKPOINT_NAME") or need("AIOS_JOB_ID"),
-                     trainer=parse_config(trainer))
+                     trainer=parse_config(trainer), checkpoint_every_s=seconds("AIOS_CHECKPOINT_INTERVAL_S"))
 
 
 async def make_collective(w: WorkerEnv) -> tuple[Collective, object]:
@@ -131,7 +144,8 @@ async def run(w: WorkerEnv) -> int:
                     aggregate_id=w.job_id, step=c.step, bucket=w.bucket, name=w.checkpoint,
                     digest="sha256:" + hashlib.sha256(blob).hexdigest(), size=len(blob), attempt=w.attempt))
 
-        outcome: Outcome = await train(cfg, group, start, progress, checkpoint, stop.is_set)
+        outcome: Outcome = await train(cfg, group, start, progress, checkpoint, stop.is_set,
+                                       checkpoint_every_s=w.checkpoint_every_s)
         if w.rank == 0:
             await store.append(f"run.{w.job_id}", JobProgress(
                 aggregate_id=w.job_id, step=outcome.step, total_steps=cfg.steps, accuracy=outcome.final_accuracy,
