@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+import msgspec
 from aiohttp import web
 
 from aios.common import tracing
@@ -19,8 +20,10 @@ from aios.common.errors import AiosError, ConfigError
 from aios.common.events import JobCancelRequested, timeline_entry
 from aios.gateway.auth import Caller, Forbidden, Unauthorized, authenticate
 from aios.scheduler import submission
-from aios.scheduler.spec import KIND_PATTERN, MAX_QUOTA, SpecError, spec_to_dict, validate_quota, validate_spec
-from aios.scheduler.state import TERMINAL, JobState, job_summary
+from aios.scheduler.spec import (KIND_PATTERN, MAX_CPU_PER_WORKER, MAX_DEVICES, MAX_MEMORY_GIB_PER_WORKER, MAX_PRIORITY,
+                                 MAX_QUOTA, NAME_PATTERN, JobSpec, SpecError, spec_to_dict, validate_quota,
+                                 validate_spec)
+from aios.scheduler.state import STATUSES, TERMINAL, JobState, job_summary
 
 Handler = Callable[["Api", web.Request, Caller], Awaitable[web.StreamResponse]]
 
@@ -47,17 +50,45 @@ class Route:
     """Also accept ``?token=`` (for EventSource, which cannot send headers)."""
 
 
-JOB_SPEC_SCHEMA: dict[str, Any] = {
-    "type": "object", "required": ["name"],
-    "properties": {
-        "name": {"type": "string"}, "tenant": {"type": "string", "description": "defaults to the caller's tenant"},
-        "priority": {"type": "integer"}, "devices": {"type": "integer", "minimum": 0},
-        "device_types": {"type": "array", "items": {"type": "string"}},
-        "command": {"type": "array", "items": {"type": "string"}},
-        "trainer": {"type": "object", "description": "the built-in trainer (kind: mlp, steps, ...)"},
-        "serve": {"type": "object", "description": "a model-serving job (model: models:/name@alias)"},
-        "env": {"type": "object", "additionalProperties": {"type": "string"}},
-    }}
+_SPEC_NOTES: dict[str, dict[str, Any]] = {
+    "name": {"pattern": NAME_PATTERN},
+    "tenant": {"pattern": NAME_PATTERN, "description": "defaults to the caller's tenant"},
+    "priority": {"minimum": -MAX_PRIORITY, "maximum": MAX_PRIORITY, "description": "higher runs first"},
+    "devices": {"minimum": 0, "maximum": MAX_DEVICES, "description": "accelerators in all (0: a CPU-only job)"},
+    "device_types": {"items": {"type": "string", "pattern": KIND_PATTERN},
+                     "description": "acceptable device kinds (h100, a100 ...); empty: any"},
+    "throughput": {"description": "relative speed per device kind, for heterogeneity-aware policies"},
+    "max_devices_per_node": {"minimum": 1, "description": "at most this many of the job's devices on one node"},
+    "gang": {"description": "all devices at once or none"},
+    "cpu_per_worker": {"exclusiveMinimum": 0, "maximum": MAX_CPU_PER_WORKER},
+    "memory_gib_per_worker": {"exclusiveMinimum": 0, "maximum": MAX_MEMORY_GIB_PER_WORKER},
+    "max_runtime_s": {"description": "the job fails once it has run this long, over all its attempts"},
+    "runtime_estimate_s": {"description": "your estimate; backfill uses a learned prediction without it"},
+    "preemptible": {"description": "false: never preempted for another job"},
+    "command": {"description": "exactly one of command, trainer and serve: the program to run on every worker"},
+    "trainer": {"description": "exactly one of command, trainer and serve: the built-in trainer (kind: mlp, steps, "
+                               "...)"},
+    "serve": {"description": "exactly one of command, trainer and serve: a model-serving job "
+                             "(model: models:/name@alias, max_batch, max_delay_ms)"},
+    "env": {"description": "environment of every worker"},
+    "checkpoint_interval_s": {"description": "checkpoint at least this often (the built-in trainer does; a command "
+                                             "reads it from AIOS_CHECKPOINT_INTERVAL_S)"},
+}
+
+
+def job_spec_schema() -> dict[str, Any]:
+    """The body of a submission: JobSpec's own JSON schema (msgspec), so every field the scheduler accepts is
+    documented with its type and default, plus the bounds ``validate_spec`` checks that a type cannot say. (It was
+    written by hand and listed half the fields.)"""
+    schema: dict[str, Any] = dict(msgspec.json.schema(JobSpec)["$defs"]["JobSpec"])
+    schema.pop("title", None)
+    schema["required"] = ["name"]  # the tenant defaults to the caller's
+    schema["properties"] = {field: {**prop, **_SPEC_NOTES.get(field, {})}
+                            for field, prop in schema["properties"].items()}
+    return schema
+
+
+JOB_SPEC_SCHEMA = job_spec_schema()
 _COUNTS = {"type": "object", "propertyNames": {"pattern": KIND_PATTERN},
            "additionalProperties": {"type": "integer", "minimum": 0, "maximum": MAX_QUOTA}}
 QUOTA_SCHEMA: dict[str, Any] = {
@@ -126,6 +157,8 @@ class Api:
         return {"job": result.job, "duplicate": result.duplicate, "seq": result.seq}
 
     def jobs_of(self, caller: Caller, status: str | None) -> list[dict[str, Any]]:
+        if status is not None and status not in STATUSES:  # a typo listed no jobs, as if there were none
+            raise HttpError(422, f"status: {status!r} is no job state (one of {', '.join(STATUSES)})")
         return [job_summary(j) for j in sorted(self.backend.jobs().values(), key=lambda j: j.arrival)
                 if caller.may_see(j.tenant) and (status is None or j.status == status)]
 
@@ -283,7 +316,8 @@ class Api:
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/jobs", Api.submit, "Submit a job", body=JOB_SPEC_SCHEMA,
           responses=(201, 400, 401, 403, 409, 422)),
-    Route("GET", "/api/v1/jobs", Api.list_jobs, "List jobs", query=(("status", "string", "only jobs in this state"),)),
+    Route("GET", "/api/v1/jobs", Api.list_jobs, "List jobs",
+          query=(("status", "string", f"only jobs in this state ({', '.join(STATUSES)})"),), responses=(200, 422)),
     Route("GET", "/api/v1/jobs/{job}", Api.describe, "Describe a job, with its event timeline",
           responses=(200, 401, 403, 404)),
     Route("POST", "/api/v1/jobs/{job}/cancel", Api.cancel, "Cancel a job", responses=(202, 401, 403, 404, 409)),
@@ -292,15 +326,15 @@ ROUTES: tuple[Route, ...] = (
           query=(("follow", "boolean", "keep streaming new lines"), ("worker", "string", "one worker, e.g. rank0-a1")),
           responses=(200, 400, 401, 403, 404)),
     Route("GET", "/api/v1/nodes", Api.nodes, "Nodes and their devices", responses=(200, 401, 503)),
-    Route("GET", "/api/v1/nodes/{node}", Api.node, "One node: devices, leases, topology", responses=(200, 401, 404)),
+    Route("GET", "/api/v1/nodes/{node}", Api.node, "One node: devices, leases, topology", responses=(200, 404, 503)),
     Route("GET", "/api/v1/tenants", Api.tenants, "Tenants: quotas and usage", responses=(200, 401, 503)),
     Route("PUT", "/api/v1/tenants/{tenant}/quota", Api.set_quota, "Set a tenant's quota", body=QUOTA_SCHEMA,
           responses=(200, 400, 401, 403, 422), admin=True),
     Route("GET", "/api/v1/models", Api.models, "Registered models",
           query=(("tag", "string", "KEY or KEY=VALUE"), ("metric", "string", "has this metric"),
-                 ("name", "string", "name contains"))),
+                 ("name", "string", "name contains")), responses=(200, 503)),
     Route("GET", "/api/v1/models/{model}", Api.model, "A model's versions, or one (models:/name/3, name@alias)",
-          responses=(200, 401, 404)),
+          responses=(200, 404, 503)),
     Route("GET", "/api/v1/telemetry", Api.telemetry, "Latest utilisation, memory and temperature of every device"),
     Route("GET", "/api/v1/events", Api.events, "Server-sent events: what changed (text/event-stream)",
           query=(("token", "string", "the bearer token, for clients that cannot send headers"),),
@@ -311,9 +345,10 @@ ROUTES: tuple[Route, ...] = (
 def openapi(routes: tuple[Route, ...] = ROUTES) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for r in routes:
+        codes = set(r.responses) | {401} | ({403} if r.admin else set())  # every route needs a token
         op: dict[str, Any] = {"summary": r.summary, "operationId": r.handler.__name__,
                               "security": [{"bearer": []}],
-                              "responses": {str(code): {"description": _STATUS.get(code, "")} for code in r.responses}}
+                              "responses": {str(code): {"description": _STATUS.get(code, "")} for code in sorted(codes)}}
         params = [{"name": p.strip("{}"), "in": "path", "required": True, "schema": {"type": "string"}}
                   for p in r.path.split("/") if p.startswith("{")]
         params += [{"name": n, "in": "query", "required": False, "schema": {"type": t}, "description": d}
@@ -330,7 +365,8 @@ def openapi(routes: tuple[Route, ...] = ROUTES) -> dict[str, Any]:
 
 _STATUS = {200: "OK", 201: "Created", 202: "Accepted", 400: "Bad request (the error names the field)",
            401: "Missing or unknown token", 403: "Another tenant's, or administrators only", 404: "Not found",
-           422: "Invalid job spec (the error names the field)", 503: "A service behind the gateway does not answer"}
+           409: "Conflicts with the job's state, or an Idempotency-Key reused for another body",
+           422: "Invalid value (the error names the field)", 503: "A service behind the gateway does not answer"}
 
 
 @web.middleware

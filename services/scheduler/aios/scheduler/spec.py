@@ -11,7 +11,8 @@ import msgspec
 from aios.common.errors import AiosError
 from aios.common.events import TenantQuotaSet
 
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$"
+_NAME = re.compile(NAME_PATTERN)
 KIND_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
 """A device kind as the device agents name them; the HTTP API's schemas state the same pattern."""
 _KIND = re.compile(KIND_PATTERN)
@@ -79,6 +80,8 @@ def check_tenant(tenant: str, field: str = "tenant") -> None:
 
 
 _ENV_NAME = re.compile(r"^[^=\x00]{1,256}$")
+MAX_PRIORITY = 1000
+MAX_DEVICES = 4096
 MAX_CPU_PER_WORKER = 4096.0
 MAX_SPEC_BYTES = 256 << 10
 MAX_MEMORY_GIB_PER_WORKER = 1 << 20
@@ -126,10 +129,10 @@ def validate_spec(raw: Any) -> JobSpec:
     if not _NAME.match(spec.name):
         raise SpecError("name", "lowercase letters, digits, '.', '_' or '-', 1 to 64 characters, alphanumeric ends")
     check_tenant(spec.tenant)
-    if not -1000 <= spec.priority <= 1000:
-        raise SpecError("priority", "must be between -1000 and 1000")
-    if not 0 <= spec.devices <= 4096:
-        raise SpecError("devices", "must be between 0 and 4096")
+    if not -MAX_PRIORITY <= spec.priority <= MAX_PRIORITY:
+        raise SpecError("priority", f"must be between {-MAX_PRIORITY} and {MAX_PRIORITY}")
+    if not 0 <= spec.devices <= MAX_DEVICES:
+        raise SpecError("devices", f"must be between 0 and {MAX_DEVICES}")
     for i, kind in enumerate(spec.device_types):
         if not _KIND.match(kind):
             raise SpecError(f"device_types[{i}]", f"{kind!r} is not a device kind (e.g. h100, a100)")

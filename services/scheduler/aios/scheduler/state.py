@@ -17,6 +17,8 @@ from aios.scheduler.spec import JobSpec, SpecError, validate_spec
 PENDING, PLACED, RUNNING, PREEMPTING, SUCCEEDED, FAILED, CANCELLED = (
     "pending", "placed", "running", "preempting", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+STATUSES = (PENDING, PLACED, RUNNING, PREEMPTING, SUCCEEDED, FAILED, CANCELLED)
+"""Every state a job can be in, in the order of its life."""
 HOLDING = frozenset({PLACED, RUNNING, PREEMPTING})
 """States in which a job may hold devices."""
 
