@@ -89,6 +89,8 @@ def test_train_register_compress_serve_and_roll_an_alias(aios_env: dict[str, str
         status, bad = post(served["infer_url"], {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3],
                                                              "data": [1, 2, 3]}]})
         assert status == 400 and "features per row" in bad["error"]
+        status, unknown = post(served["infer_url"].split("/serve/")[0] + "/v2/models/digitz/infer", infer_body(x[:1]))
+        assert status == 404 and "no model 'digitz'" in unknown["error"]  # a typo is not "try again later"
         out = aios("models", "delete", "digits", "3")  # its bytes are what serve-v3's replicas load on a restart
         assert out.returncode == 1 and "served by serve-v3" in out.stderr, out.stderr
 

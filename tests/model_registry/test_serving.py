@@ -132,12 +132,13 @@ async def test_swapping_the_version_drops_no_request(served: Any, model: nn.Mode
 
 async def test_the_router_finds_replicas_started_after_it_looked(store: Any, model: nn.Model) -> None:
     """A deployment's replicas appear after the router cached the model's list: the first request still reaches
-    them; a version no replica serves is a 503 that says so; a dead replica is skipped."""
+    them; a version no replica serves is a 503 that says so; a dead replica is skipped. A model the registry does not
+    hold is a 404 (it was a 503, which tells a client to try again); the server's metadata is at ``GET /v2``."""
     from aios.model_registry.replica import endpoints_bucket
     from aios.model_registry.router import Router
     from aios.model_registry.serving import start_server_app
 
-    router = Router(store)
+    router = Router(store, registered=lambda name: name == "digits")
     runner, port = await start_server_app(router.app())
     server = ModelServer("digits", 4, model)
     replica, replica_port = await start_server(server)
@@ -164,7 +165,9 @@ async def test_the_router_finds_replicas_started_after_it_looked(store: Any, mod
                 assert r.status == 503 and "at version 5" in (await r.json())["error"]
             for i in range(5):  # unknown models: each lookup used to leave two consumers on the server for 5 min
                 async with http.post(f"http://127.0.0.1:{port}/v2/models/none{i}/infer", json={}) as r:
-                    assert r.status == 503
+                    assert r.status == 404 and "the registry holds no model 'none" in (await r.json())["error"]
+            async with http.get(f"http://127.0.0.1:{port}/v2") as r:
+                assert r.status == 200 and (await r.json())["name"] == "aios-router"
             info = await store.js.stream_info("KV_AIOS_ENDPOINTS")
             assert info.state.consumer_count <= before + 1, (before, info.state.consumer_count)  # its one watch
     finally:

@@ -5,6 +5,9 @@ node costs a retry, not a failed request):
 - ``/serve/<job>/v2/models/<name>/...``: the replicas of one serving job (a deployment: what ``aios serve`` prints);
 - ``/v2/models/<name>/versions/<v>/...``: replicas serving version ``v`` now, whichever job;
 - ``/v2/models/<name>/...``: any replica of the model.
+
+Without a replica, a model the registry does not hold is a 404 (the request will never succeed); one it holds is a
+503 (a deployment starting or moving: try again).
 """
 
 from __future__ import annotations
@@ -13,8 +16,7 @@ import asyncio
 import contextlib
 import itertools
 import re
-from typing import Any
-
+from typing import Any, Callable
 
 import aiohttp
 from aiohttp import web
@@ -26,8 +28,10 @@ ROUTER_KEY = "_router"
 
 
 class Router:
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: EventStore, registered: Callable[[str], bool] | None = None) -> None:
         self.store = store
+        self.registered = registered
+        """Whether the registry holds a model of this name (None: assume it does)."""
         self.book = EndpointBook(store)
         self._turn = itertools.count()
         self.session: aiohttp.ClientSession | None = None
@@ -42,6 +46,7 @@ class Router:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=16 << 20)
+        app.router.add_get("/v2", self._metadata)
         app.router.add_get("/v2/health/live", self._ok)
         app.router.add_get("/v2/health/ready", self._ok)
         app.router.add_route("*", "/serve/{job}/v2/models/{name}{rest:.*}", self._forward)
@@ -52,6 +57,16 @@ class Router:
 
     async def _ok(self, _request: web.Request) -> web.Response:
         return web.json_response({"live": True})
+
+    async def _metadata(self, _request: web.Request) -> web.Response:
+        """The Open Inference Protocol's server metadata."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            ours = version("aios")
+        except PackageNotFoundError:
+            ours = "unknown"
+        return web.json_response({"name": "aios-router", "version": ours, "extensions": []})
 
     async def _open(self, _app: web.Application) -> None:
         self.book.start()
@@ -75,6 +90,9 @@ class Router:
             candidates = [u for u in urls if u not in tried] or urls
             if not candidates and attempt == 0:
                 continue  # the cached list may predate the replicas: look again before saying no
+            if not candidates and self.registered is not None and not self.registered(name):
+                return web.json_response({"error": f"model: the registry holds no model {name!r} (aios models)"},
+                                         status=404)
             if not candidates:
                 what = f"{name!r}" + (f" in job {job}" if job else "") + (f" at version {version}" if version else "")
                 return web.json_response({"error": f"model: no replica serves {what} (aios models endpoints)"},

@@ -501,10 +501,12 @@ class ModelRegistryService(Service):
 
         want = int(os.environ.get("AIOS_ROUTER_PORT", "8600"))
         host = os.environ.get("AIOS_ROUTER_HOST", "127.0.0.1")
+        def registered(name: str) -> bool:
+            return name in self.reg.view.models
         try:
-            runner, port = await start_server_app(Router(ctx.store).app(), host, want)
+            runner, port = await start_server_app(Router(ctx.store, registered).app(), host, want)
         except OSError:
-            runner, port = await start_server_app(Router(ctx.store).app(), host, 0)
+            runner, port = await start_server_app(Router(ctx.store, registered).app(), host, 0)
         self.router_url = f"http://{host}:{port}"
         try:
             while not stop.is_set():
