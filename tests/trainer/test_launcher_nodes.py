@@ -140,6 +140,30 @@ def test_an_exit_after_a_stop_nobody_asked_for_requeues_the_job() -> None:
     assert outcome(job({"rank0-a1": 3, "rank1-a1": 75}, []))[0] == "requeued"  # type: ignore[index]
 
 
+def test_a_worker_killed_by_a_signal_fails_the_job_naming_the_signal() -> None:
+    """The error said "exited with a signal", whichever: a SIGKILL (most often the out-of-memory killer) looked the
+    same as a SIGSEGV. The signal the agent reports is folded and named."""
+    from aios.scheduler.state import SchedulerState, evolve
+    from aios.trainer.launcher import outcome
+
+    state = SchedulerState()
+    placed = [Assignment(node_id="n1", device_uuids=uuids("n1"), ranks=[0, 1])]
+    for seq, ev in enumerate([
+            JobSubmitted(aggregate_id="j", tenant="ml", name="j", spec={"name": "j", "tenant": "ml", "devices": 2,
+                                                                        "command": ["python", "t.py"]}),
+            JobPlaced(aggregate_id="j", world_size=2, assignments=placed),
+            WorkerExited(aggregate_id="j", node_id="n1", worker="rank1-a1", exit_code=None, signal=9, attempt=1),
+            WorkerExited(aggregate_id="j", node_id="n1", worker="rank0-a1", exit_code=None, signal=11, attempt=1)],
+            start=1):
+        evolve(state, ev, seq)
+    job = state.jobs["j"]
+    assert outcome(job) == ("failed", "worker rank0-a1 was killed by SIGSEGV (signal 11)", None)
+    job.exit_codes.pop("rank0-a1")
+    assert outcome(job) == ("failed", "worker rank1-a1 was killed by SIGKILL (signal 9: out of memory?)", None)
+    evolve(state, JobPlaced(aggregate_id="j", world_size=2, assignments=placed), 9)  # a new attempt forgets them
+    assert state.jobs["j"].exit_signals == {}
+
+
 async def test_a_stopped_worker_stops_its_peers_gently_and_the_job_is_requeued_when_all_have_exited(
         store: EventStore) -> None:
     """One node's agent shuts down and stops rank 2: the other trainers stop their workers with the usual grace

@@ -55,6 +55,8 @@ class JobState(msgspec.Struct):
     workers_running: int = 0
     exit_codes: dict[str, int | None] = {}
     """worker -> exit code (None: killed by a signal), for the current attempt."""
+    exit_signals: dict[str, int] = {}
+    """worker -> the signal that killed it, for the current attempt."""
     stopped_workers: list[str] = []
     """Workers of the current attempt that their agent stopped (WorkerExited.stopped): interrupted, not ended."""
     error: str = ""
@@ -261,6 +263,7 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         job.run_speed = speed_share(state, job, job.run_kinds)
         job.attempts += 1
         job.exit_codes = {}
+        job.exit_signals = {}
         job.stopped_workers = []
         job.workers_running = 0
         job.started_workers = []
@@ -276,6 +279,8 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
     elif kind is WorkerExited:
         job.workers_running = max(0, job.workers_running - 1)
         job.exit_codes[ev.worker] = ev.exit_code  # type: ignore[attr-defined]
+        if ev.signal is not None:  # type: ignore[attr-defined]
+            job.exit_signals = {**job.exit_signals, ev.worker: ev.signal}  # type: ignore[attr-defined]
         if ev.stopped:  # type: ignore[attr-defined]
             job.stopped_workers = [*job.stopped_workers, ev.worker]  # type: ignore[attr-defined]
     elif kind is JobPreempted:

@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import zlib
@@ -100,7 +101,7 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
         bad = []
     if bad:
         worker, code = bad[0]
-        return "failed", f"worker {worker} exited with {code if code is not None else 'a signal'}", code
+        return "failed", f"worker {worker} {exit_text(code, job.exit_signals.get(worker))}", code
     if stopped:
         if job.workers_running > 0 and not nodes_lost:
             return None  # the others are stopping too
@@ -117,6 +118,21 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
     if world and len(job.exit_codes) >= world:
         return "succeeded", "", 0
     return None
+
+
+def exit_text(code: int | None, sig: int | None) -> str:
+    """How a worker ended, for the job's error: its code, or the signal that killed it by name (a SIGKILL nobody
+    sent is most often the kernel's out-of-memory killer, as Kubernetes' OOMKilled)."""
+    if code is not None:
+        return f"exited with {code}"
+    if sig is None:
+        return "was killed by a signal"
+    try:
+        name = signal.Signals(sig).name
+    except ValueError:
+        return f"was killed by signal {sig}"
+    hint = ": out of memory?" if sig == signal.SIGKILL else ""
+    return f"was killed by {name} (signal {sig}{hint})"
 
 
 def lead_node(job: JobState) -> str | None:
