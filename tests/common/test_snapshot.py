@@ -3,6 +3,9 @@ never trusted blindly."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
 import random
 
 import msgspec
@@ -88,3 +91,28 @@ def test_corrupt_snapshot_is_an_error_not_a_wrong_state() -> None:
         decode_snapshot(b"junk", Counts)
     with pytest.raises(StoreError, match="does not decode as Counts"):
         decode_snapshot(blob[:-3], Counts)
+
+
+async def test_a_cancelled_follow_leaves_no_failed_read_behind(store: EventStore) -> None:
+    """A service stopping cancels its projection's follow: its pending read then got the subscription's end marker
+    and the event loop logged "Task exception was never retrieved" (a StopAsyncIteration traceback) on every
+    graceful stop of an agent or the resource manager."""
+    loop = asyncio.get_running_loop()
+    seen: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: seen.append(context))
+    try:
+        projector = make()
+        follower = asyncio.ensure_future(projector.follow(store))
+        await write_random(store, random.Random(1), range(3))
+        while projector.seq < 3:
+            await asyncio.sleep(0.01)
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        await asyncio.sleep(0.05)
+        del follower
+        gc.collect()
+        await asyncio.sleep(0)
+        assert [c.get("message") for c in seen] == []
+    finally:
+        loop.set_exception_handler(None)

@@ -178,6 +178,7 @@ class Projector(Generic[S]):
         sub = store.subscribe(self.seq + 1, filter_subject=filter_subject, on_bad_event="skip")
         stop = stop or asyncio.Event()
         stopper = asyncio.ensure_future(stop.wait())
+        nxt: asyncio.Future[Commit] | None = None
         try:
             while not stop.is_set():
                 nxt = asyncio.ensure_future(sub.__anext__())
@@ -193,4 +194,6 @@ class Projector(Generic[S]):
                         await result
         finally:
             stopper.cancel()
+            if nxt is not None:  # cancelled while waiting: the read would get the close's end marker, and the
+                nxt.cancel()  # event loop logged "Task exception was never retrieved" on every graceful stop
             await sub.close()
