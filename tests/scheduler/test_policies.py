@@ -11,7 +11,7 @@ from aios.scheduler.policies import POLICIES, make_policy
 from aios.scheduler.policies.base import Policy
 from aios.scheduler.policies.timeshare import TimeSharedHeteroLAS
 from aios.scheduler.rounds import explain, plan_round
-from aios.scheduler.state import PENDING, PLACED, PREEMPTING
+from aios.scheduler.state import PENDING, PLACED, PREEMPTING, evolve
 from tests.scheduler.helpers import Cluster
 
 
@@ -39,6 +39,26 @@ def test_fifo_blocks_behind_the_head_and_explains() -> None:
     step(c.state, fifo, 10.0)  # releases a's devices
     step(c.state, fifo, 10.0)
     assert c.where("big") == {"n1": 4, "n2": 4} and c.status("small") == PENDING
+
+
+def test_why_names_the_nodes_whose_workers_have_not_started() -> None:
+    """Each node's trainer service starts that node's workers. With one of them down, the job stayed placed for ever
+    and `aios why` said only "placed on n1:4, n2:4". After a grace it names the nodes whose workers are missing."""
+    from aios.common.events import WorkerStarted
+
+    c = Cluster(("n1", "h100", 4), ("n2", "h100", 4))
+    c.submit("wide", 8)
+    fifo = make_policy("fifo")
+    step(c.state, fifo, 2.0)
+    job = c.state.jobs["wide"]
+    assert job.status == PLACED and explain(c.state, fifo, "wide", 10.0).endswith("n2:4")  # soon after: no hint
+    first = job.assignments[0].node_id
+    for rank in range(4):  # the first node's trainer started its four
+        evolve(c.state, WorkerStarted(aggregate_id="wide", node_id=first, worker=f"rank{rank}-a1", pid=rank,
+                                      attempt=1, ts=3.0))
+    other = "n2" if first == "n1" else "n1"
+    why = explain(c.state, fifo, "wide", 40.0)
+    assert f"the workers of {other} have not started" in why and f"is it running on {other}?" in why, why
 
 
 def test_a_job_that_cannot_start_on_the_nodes_there_says_so() -> None:

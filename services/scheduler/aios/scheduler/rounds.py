@@ -14,6 +14,7 @@ from typing import Callable
 import msgspec
 
 from aios.common.events import Assignment
+from aios.common.events.job import placement_workers, worker_name
 from aios.resource_manager import quota as quotas
 from aios.scheduler.placement import BinCache, ClusterView, Request, fit_in_order, greedy, milp_window
 from aios.scheduler.policies.backfill import EasyBackfill
@@ -592,6 +593,26 @@ def _maybe_reclaim(state: SchedulerState, plan: RoundPlan, tenants: dict[str, qu
                 plan.reasons[job.job_id] += f"; reclaiming {freed} {kind} from {tenant}"
 
 
+WORKERS_LATE_S = 30.0
+"""A placed job whose workers have not all started this long after placement gets a hint in ``aios why``."""
+
+
+def _slow_start(job: JobState, now: float) -> str:
+    """For a job placed a while ago whose workers have not all started: the nodes whose workers are missing. Each
+    node's trainer service starts that node's workers (rank 0's node records the start): one that is down leaves
+    the job placed for ever, and nothing else says so."""
+    if job.status != PLACED or job.placed_at is None or now - job.placed_at < WORKERS_LATE_S:
+        return ""
+    started = set(job.started_workers)
+    late = sorted({node for node, rank in placement_workers(job.assignments)
+                   if worker_name(rank, job.attempts) not in started})
+    if not late:
+        return ""
+    nodes = ", ".join(late)
+    return (f"; placed {now - job.placed_at:.0f} s ago, and the workers of {nodes} have not started: each node's "
+            f"trainer service starts its workers (is it running on {nodes}? `aios nodes` shows the agents)")
+
+
 def explain(state: SchedulerState, policy: Policy, job_id: str, now: float) -> str:
     """Why a job is where it is (``aios why``)."""
     job = state.jobs.get(job_id)
@@ -600,7 +621,7 @@ def explain(state: SchedulerState, policy: Policy, job_id: str, now: float) -> s
     if job.status != PENDING:
         detail = f" ({job.error})" if job.error else ""
         where = ", ".join(f"{a.node_id}:{len(a.device_uuids)}" for a in job.assignments)
-        return f"{job_id} is {job.status}{detail}" + (f" on {where}" if where else "")
+        return f"{job_id} is {job.status}{detail}" + (f" on {where}" if where else "") + _slow_start(job, now)
     plan = plan_round(state, policy, now)
     position = plan.order.index(job_id) + 1 if job_id in plan.order else 0
     ahead = plan.order[:position - 1][-5:] if position else []

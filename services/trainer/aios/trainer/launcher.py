@@ -25,6 +25,7 @@ from typing import Any
 
 from aios.common import natsauth, tracing
 from aios.common.events import JOB_AGGREGATES, Assignment, JobFailed, JobRequeued, JobStarted, JobSucceeded
+from aios.common.events.job import worker_name
 from aios.common.errors import AiosError, ConcurrencyConflict
 from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import Projector
@@ -42,12 +43,6 @@ log = logging.getLogger("aios.trainer.launcher")
 AGENT_WAIT_S = 30.0
 """How long a launch waits for a node's agent that does not answer (restarting) before failing the job; a node that
 stays silent is declared lost meanwhile, which requeues the job instead."""
-
-
-def worker_name(rank: int, attempt: int) -> str:
-    """Unique per attempt: a new placement may start on a node where the previous attempt's worker is still
-    stopping."""
-    return f"rank{rank}-a{attempt}"
 
 
 def master_port(job_id: str, attempt: int) -> int:

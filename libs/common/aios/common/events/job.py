@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, ClassVar
 
 import msgspec
@@ -86,6 +87,19 @@ class Assignment(msgspec.Struct, frozen=True):
     node_id: str
     device_uuids: list[str]
     ranks: list[int]
+
+
+def worker_name(rank: int, attempt: int) -> str:
+    """A worker's name in WorkerStarted/WorkerExited: unique per attempt, since a new placement may start on a node
+    where the previous attempt's worker is still stopping."""
+    return f"rank{rank}-a{attempt}"
+
+
+def placement_workers(assignments: list[Assignment]) -> list[tuple[str, int]]:
+    """(node, global rank) of each worker of a placement, in rank order: one per device, one on a node given no
+    devices (a CPU-only job)."""
+    return [(a.node_id, rank) for a, rank in zip(
+        (a for a in assignments for _ in range(max(1, len(a.device_uuids)))), itertools.count())]
 
 
 class JobAdmitted(JobEvent, frozen=True, kw_only=True):
