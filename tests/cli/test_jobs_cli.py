@@ -143,7 +143,11 @@ def test_commands_pointed_at_a_dead_server_fail_at_once(aios_env: dict[str, str]
     for args, message in ((["submit", str(latin)], "not UTF-8 text"),
                           (["models", "alias", "digits", "prod", "1", "--expect", "abc"], "--expect: a version number"),
                           (["models", "eval", "m", "--trainer", "{bad"], "--trainer: not JSON"),
-                          (["models", "register", "../x", str(latin)], "name '../x': letters")):  # before the upload
+                          (["models", "register", "../x", str(latin)], "name '../x': letters"),  # before the upload
+                          # a tag without '=' was dropped without a word
+                          (["models", "register", "x", str(latin), "--tag", "production"],
+                           "--tag: KEY=VALUE expected, got 'production'"),
+                          (["models", "tag", "x", "1", "--set", "=v"], "--set: KEY=VALUE expected, got '=v'")):
         out = subprocess.run([sys.executable, "-m", "aios.cli.main", *args], env={**aios_env, "AIOS_NATS_URL": url},
                              capture_output=True, text=True, timeout=30)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr[-300:]

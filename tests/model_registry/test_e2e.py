@@ -95,7 +95,8 @@ def test_train_register_compress_serve_and_roll_an_alias(aios_env: dict[str, str
         assert out.returncode == 1 and "served by serve-v3" in out.stderr, out.stderr
 
         # an alias served by two replicas behind the router, moved while a client keeps asking
-        ok("models", "alias", "digits", "production", "2")
+        out = aios("models", "alias", "digits", "production", "2")
+        assert out.returncode == 0 and out.stdout.strip() == "digits@production → 2 (new alias)", out.stdout  # (was None)
         rolled = ok("serve", "models:/digits@production", "--replicas", "2", "--job-name", "serve-prod")
         assert len(rolled["replicas"]) == 2
         seen: list[tuple[int, str]] = []

@@ -147,6 +147,10 @@ async def test_compression_makes_a_linked_version_with_measured_deltas(store: Ev
     ("gc", {"orphan_grace_s": float("nan")}, "orphan_grace_s: at least 60 s"),
     # a trainer that is not an object was taken as "none given" and the lineage's data used instead
     ("eval", {"model": "digits", "trainer": "digits"}, "trainer: an object"),
+    # a key with '=' could never be named by a KEY=VALUE filter; a blank one shows as nothing
+    ("tag", {"name": "digits", "version": 1, "set": {"a=b": "c"}}, "tags: key 'a=b' must be 1 to 250"),
+    ("tag", {"name": "digits", "version": 1, "set": {" ": "c"}}, "tags: key ' ' must be"),
+    ("tag", {"name": "digits", "version": 1, "set": {"k": "v" * 5001}}, "tags.k: at most 5000 characters"),
 ])
 async def test_bad_requests_name_the_field(store: EventStore, trained: nn.Model, op: str, args: dict[str, Any],
                                            message: str) -> None:

@@ -99,6 +99,7 @@ async def register(args: Any) -> int:
 
     if not NAME.match(args.name):  # before the upload: a refused name left its bytes behind as an orphan
         raise ConfigError(f"name {args.name!r}: letters, digits, '_' or '-', 1 to 64 characters")
+    tags = _key_values(args.tag, "--tag")
     try:
         data = Path(args.file).read_bytes()
     except OSError as exc:
@@ -111,11 +112,21 @@ async def register(args: Any) -> int:
         digest = await BlobStore(store).put(data)
     finally:
         await store.close()
-    tags = dict(t.split("=", 1) for t in args.tag or [] if "=" in t)
     reply = await request("register", {"name": args.name, "digest": digest, "trainer": trainer,
                                        "description": args.description or "", "tags": tags})
     return _print(reply, args.json, lambda r: console.print(f"registered {r['uri']} ({r['size_bytes']} bytes, "
                                                             f"{r['digest'][:19]}...)"))
+
+
+def _key_values(items: list[str] | None, option: str) -> dict[str, str]:
+    """``KEY=VALUE`` options as a dict (one without ``=`` was dropped without a word)."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{option}: KEY=VALUE expected, got {item!r}")
+        out[key] = value
+    return out
 
 
 async def alias(args: Any) -> int:
@@ -126,7 +137,8 @@ async def alias(args: Any) -> int:
         body["expected"] = None if args.expect == "none" else int(args.expect)
     reply = await request("alias", body)
     return _print(reply, args.json, lambda r: console.print(
-        f"{r['name']}@{r['alias']} → {r['version']}" + (f" (was {r['previous']})" if r["changed"] else " (unchanged)")))
+        f"{r['name']}@{r['alias']} → {r['version']}" + (" (unchanged)" if not r["changed"] else " (new alias)" if r["previous"] is None
+                                           else f" (was {r['previous']})")))
 
 
 async def unalias(args: Any) -> int:
@@ -135,7 +147,7 @@ async def unalias(args: Any) -> int:
 
 
 async def tag(args: Any) -> int:
-    set_tags = dict(t.split("=", 1) for t in args.set or [] if "=" in t)
+    set_tags = _key_values(args.set, "--set")
     reply = await request("tag", {"name": args.name, "version": args.version, "set": set_tags,
                                   "remove": args.remove or []})
     return _print(reply, args.json, lambda r: console.print(f"{r['uri']} tags: {r['tags']}"))

@@ -462,9 +462,21 @@ async def handle(reg: Registry, op: str, args: dict[str, Any]) -> dict[str, Any]
                         "eval, gc)")
 
 
+MAX_TAG_KEY = 250
+MAX_TAG_VALUE = 5000
+
+
 def _tags(raw: Any) -> dict[str, str]:
+    """Tags as MLflow takes them (keys of up to 250 characters, spaces allowed); a key may not hold ``=`` (a filter
+    ``KEY=VALUE`` could not name it) nor control characters, and is not empty."""
     if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
         raise BadInput("tags: an object of string keys and string values is expected")
+    for key, value in raw.items():
+        if not key.strip() or len(key) > MAX_TAG_KEY or "=" in key or not key.isprintable():
+            raise BadInput(f"tags: key {key[:64]!r} must be 1 to {MAX_TAG_KEY} printable characters, not blank, "
+                           "without '='")
+        if len(value) > MAX_TAG_VALUE or "\x00" in value:
+            raise BadInput(f"tags.{key}: at most {MAX_TAG_VALUE} characters, no NUL")
     return raw
 
 
