@@ -133,3 +133,15 @@ def test_up_refuses_a_port_another_server_holds_and_an_external_server_that_is_n
     assert out.returncode == 1 and "cannot reach NATS at nats://127.0.0.1:1" in out.stderr, out
     assert "AIOS is up" not in out.stdout and "Traceback" not in out.stderr
     assert nats_server.running()
+
+
+def test_the_dashboard_line_names_a_token_file_only_when_there_is_one(tmp_path: Path) -> None:
+    """With AIOS_GATEWAY_TOKENS set the gateway writes no token file, and `aios up` named one that did not exist."""
+    from aios.cli.main import dashboard_line
+
+    token_file = tmp_path / "gateway-token"
+    token_file.write_text("s3cret\n")
+    assert dashboard_line("http://h:1", token_file, {}) == (
+        f"dashboard: http://h:1/?token=s3cret   (API: http://h:1/api/v1, token in {token_file})")
+    line = dashboard_line("http://h:1", token_file, {"AIOS_GATEWAY_TOKENS": "abc=alice,def=*"})
+    assert "tokens from AIOS_GATEWAY_TOKENS" in line and "s3cret" not in line and str(token_file) not in line

@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 from aios.common.config import load_settings
 from aios.common.errors import AiosError, ConfigError
@@ -22,6 +22,14 @@ from aios.common.errors import AiosError, ConfigError
 
 DEFAULT_SIM_NODES = ["sim-1=4xH100-80GB", "sim-2=4xA100-40GB"]
 
+
+def dashboard_line(gateway: str, token_file: Path, env: Mapping[str, str]) -> str:
+    """Where the dashboard is and which token opens it. With ``AIOS_GATEWAY_TOKENS`` set the gateway makes no token
+    file: the line named one that did not exist."""
+    if env.get("AIOS_GATEWAY_TOKENS", "").strip():
+        return f"dashboard: {gateway}/?token=<token>   (API: {gateway}/api/v1, tokens from AIOS_GATEWAY_TOKENS)"
+    token = token_file.read_text().strip() if token_file.is_file() else "<token>"
+    return f"dashboard: {gateway}/?token={token}   (API: {gateway}/api/v1, token in {token_file})"
 
 def _sim_nodes(items: list[str]) -> list[tuple[str, str]]:
     from aios.device_agent.fakenvml import parse_sim_spec
@@ -71,10 +79,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"export AIOS_NATS_URL={cluster.nats_url}   # to use this cluster from another shell")
         if "gateway" in cluster.names:
             gateway = asyncio.run(_announced(cluster.nats_url, "_gateway"))
-            token_file = settings.data_dir / "gateway-token"
             if gateway:
-                token = token_file.read_text().strip() if token_file.is_file() else "<token>"
-                print(f"dashboard: {gateway}/?token={token}   (API: {gateway}/api/v1, token in {token_file})")
+                print(dashboard_line(gateway, settings.data_dir / "gateway-token", os.environ))
         print("Ctrl-C stops everything.", flush=True)
         restarts: dict[str, list[float]] = {}
         while not stop:
