@@ -14,8 +14,10 @@ from typing import Any, Awaitable, Callable
 
 import msgspec
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from aios.common import tracing
+from aios.common.httpmetrics import request_metrics
 from aios.common.errors import AiosError, ConfigError
 from aios.common.events import JobCancelRequested, timeline_entry
 from aios.gateway.auth import Caller, Forbidden, Unauthorized, authenticate
@@ -388,8 +390,11 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
 MAX_BODY_BYTES = 4 << 20
 
 
-def build_app(api: Api, extra: Callable[[web.Application], None] | None = None) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
+def build_app(api: Api, extra: Callable[[web.Application], None] | None = None,
+              metrics: CollectorRegistry | None = None) -> web.Application:
+    """The API, OpenAPI document, health check and dashboard; with ``metrics``, every request counted and timed."""
+    counted = [request_metrics(metrics, "aios_gateway")] if metrics is not None else []
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[*counted, json_errors])
     doc = openapi()
     for route in ROUTES:
         app.router.add_route(route.method, route.path, api.wrap(route))

@@ -140,7 +140,7 @@ class GatewayService(Service):
         api = Api(self, tokens)
         tenant_sub = await ctx.nc.subscribe(tenant_api.SUBJECTS, queue="aios-gateway",
                                             cb=tenant_api.TenantApi(api).on_request)
-        app = build_app(api)
+        app = build_app(api, metrics=ctx.metrics)
         host = os.environ.get("AIOS_GATEWAY_HOST", "127.0.0.1")
         want = int(os.environ.get("AIOS_GATEWAY_PORT", "8080"))
         try:

@@ -20,7 +20,9 @@ from typing import Any, Callable
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
+from aios.common.httpmetrics import request_metrics
 from aios.common.store import EventStore
 from aios.model_registry.replica import EndpointBook
 
@@ -28,8 +30,10 @@ ROUTER_KEY = "_router"
 
 
 class Router:
-    def __init__(self, store: EventStore, registered: Callable[[str], bool] | None = None) -> None:
+    def __init__(self, store: EventStore, registered: Callable[[str], bool] | None = None,
+                 metrics: CollectorRegistry | None = None) -> None:
         self.store = store
+        self.metrics = metrics
         self.registered = registered
         """Whether the registry holds a model of this name (None: assume it does)."""
         self.book = EndpointBook(store)
@@ -45,7 +49,8 @@ class Router:
                 and (version is None or str(e.get("version")) == version)]
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=16 << 20)
+        counted = [request_metrics(self.metrics, "aios_router")] if self.metrics is not None else []
+        app = web.Application(client_max_size=16 << 20, middlewares=counted)
         app.router.add_get("/v2", self._metadata)
         app.router.add_get("/v2/health/live", self._ok)
         app.router.add_get("/v2/health/ready", self._ok)

@@ -516,9 +516,9 @@ class ModelRegistryService(Service):
         def registered(name: str) -> bool:
             return name in self.reg.view.models
         try:
-            runner, port = await start_server_app(Router(ctx.store, registered).app(), host, want)
+            runner, port = await start_server_app(Router(ctx.store, registered, ctx.metrics).app(), host, want)
         except OSError:
-            runner, port = await start_server_app(Router(ctx.store, registered).app(), host, 0)
+            runner, port = await start_server_app(Router(ctx.store, registered, ctx.metrics).app(), host, 0)
         self.router_url = f"http://{host}:{port}"
         try:
             while not stop.is_set():

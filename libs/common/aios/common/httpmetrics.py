@@ -1,0 +1,57 @@
+"""Prometheus metrics of an aiohttp server's requests, by route template (``/api/v1/jobs/{job}``, never the job id:
+one series per route, not per job) and status: what a platform team alerts on (error ratio, latency) for the
+gateway and the inference router."""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_made: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, tuple[Counter, Histogram]]] = \
+    weakref.WeakKeyDictionary()
+
+UNMATCHED = "(no route)"
+"""The route label of requests no route matched (404s of any path share one series)."""
+
+
+def route_of(request: web.Request) -> str:
+    info = request.match_info.route.resource if request.match_info.route is not None else None
+    return info.canonical if info is not None else UNMATCHED
+
+
+def request_metrics(registry: CollectorRegistry, prefix: str) -> web.middleware:  # type: ignore[valid-type]
+    """A middleware counting requests (``<prefix>_http_requests_total``) and timing them
+    (``<prefix>_http_request_seconds``) by method, route and status; a streamed response (logs, events) is timed
+    until it ends."""
+    made = _made.setdefault(registry, {})
+    if prefix not in made:  # a server built again (its port taken, say) counts on in the same series
+        made[prefix] = (
+            Counter(f"{prefix}_http_requests", "HTTP requests answered, by method, route and status",
+                    ["method", "route", "status"], registry=registry),
+            Histogram(f"{prefix}_http_request_seconds", "HTTP request latency, by method and route",
+                      ["method", "route"], registry=registry,
+                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)))
+    requests, seconds = made[prefix]
+
+    @web.middleware
+    async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            route = route_of(request)
+            requests.labels(request.method, route, str(status)).inc()
+            seconds.labels(request.method, route).observe(time.perf_counter() - start)
+    return count

@@ -1,0 +1,57 @@
+"""Request metrics of the gateway's API and the inference router: counted by route template and status, timed by
+route, so a platform team can alert on error ratios and latency (they exported none)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+from prometheus_client import CollectorRegistry
+
+from aios.gateway.api import Api, build_app
+from aios.model_registry.router import Router
+from aios.model_registry.serving import start_server_app
+
+
+def count(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_the_gateway_counts_requests_by_route_template_and_status() -> None:
+    registry = CollectorRegistry()
+    runner, port = await start_server_app(build_app(Api(backend=None, tokens={"t0k3n-0123456789": "alice"}),
+                                                    metrics=registry))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            for job in ("j-1", "j-2", "j-3"):  # three jobs, one series: the route's template, not the id
+                async with http.get(f"{base}/api/v1/jobs/{job}") as r:
+                    assert r.status == 401
+            async with http.get(f"{base}/api/v1/no-such-thing") as r:
+                assert r.status == 404
+            async with http.get(f"{base}/openapi.json") as r:
+                assert r.status == 200
+    finally:
+        await runner.cleanup()
+    total = "aios_gateway_http_requests_total"
+    assert count(registry, total, method="GET", route="/api/v1/jobs/{job}", status="401") == 3
+    assert count(registry, total, method="GET", route="(no route)", status="404") == 1
+    assert count(registry, total, method="GET", route="/openapi.json", status="200") == 1
+    assert count(registry, "aios_gateway_http_request_seconds_count", method="GET", route="/api/v1/jobs/{job}") == 3
+    assert not [s for m in registry.collect() for s in m.samples if "j-1" in str(s.labels)]
+
+
+async def test_the_router_counts_its_refusals(store: Any) -> None:
+    registry = CollectorRegistry()
+    runner, port = await start_server_app(Router(store, registered=lambda name: False, metrics=registry).app())
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"http://127.0.0.1:{port}/v2/models/nothing/infer", json={}) as r:
+                assert r.status == 404
+            async with http.get(f"http://127.0.0.1:{port}/v2/health/live") as r:
+                assert r.status == 200
+    finally:
+        await runner.cleanup()
+    total = "aios_router_http_requests_total"
+    assert count(registry, total, method="POST", route="/v2/models/{name}{rest}", status="404") == 1
+    assert count(registry, total, method="GET", route="/v2/health/live", status="200") == 1
