@@ -135,7 +135,7 @@ def test_an_exit_after_a_stop_nobody_asked_for_requeues_the_job() -> None:
     # its checkpoint: the job "succeeded" at step 485 of 1,000 and its model was registered; a NATS restart failed it)
     assert outcome(job({"rank0-a1": 75, "rank1-a1": 75}, [])) == (
         "requeued", "worker rank0-a1 stopped before its last step (exit 75: a signal AIOS did not send, or NATS went "
-        "away); resumes from its checkpoint", None)
+        "away); resumes from its checkpoint", 75)
     assert outcome(job({"rank1-a1": 75}, [], running=1)) is None  # rank 0 may still write the checkpoint
     assert outcome(job({"rank0-a1": 3, "rank1-a1": 75}, []))[0] == "requeued"  # type: ignore[index]
 
@@ -162,6 +162,45 @@ def test_a_worker_killed_by_a_signal_fails_the_job_naming_the_signal() -> None:
     assert outcome(job) == ("failed", "worker rank1-a1 was killed by SIGKILL (signal 9: out of memory?)", None)
     evolve(state, JobPlaced(aggregate_id="j", world_size=2, assignments=placed), 9)  # a new attempt forgets them
     assert state.jobs["j"].exit_signals == {}
+
+
+def test_exit_75_again_and_again_without_a_checkpoint_fails_the_job_as_a_crash_loop() -> None:
+    """Exit 75 requeues a job to resume; a program that exits 75 at once requeued itself for ever. After 5 such
+    requeues in a row with no new checkpoint the next exit 75 fails the job; a new checkpoint starts the count
+    again, and requeues AIOS makes (a node lost, a preemption) do not count."""
+    from aios.common.events import CheckpointSaved, JobRequeued, WorkerExited
+    from aios.scheduler.state import SchedulerState, evolve
+    from aios.trainer.launcher import outcome
+
+    state = SchedulerState()
+    placed = [Assignment(node_id="n1", device_uuids=uuids("n1")[:1], ranks=[0])]
+    seq = iter(range(1, 1000))
+    evolve(state, JobSubmitted(aggregate_id="j", tenant="ml", name="j", spec={
+        "name": "j", "tenant": "ml", "devices": 1, "command": ["python", "t.py"]}), next(seq))
+    job = state.jobs["j"]
+
+    def attempt(exit_code: int, checkpoint: int | None = None) -> tuple[str, str, int | None] | None:
+        evolve(state, JobPlaced(aggregate_id="j", world_size=1, assignments=placed), next(seq))
+        if checkpoint is not None:
+            evolve(state, CheckpointSaved(aggregate_id="j", step=checkpoint, bucket="b", name="j", digest="d",
+                                          size=1, attempt=job.attempts), next(seq))
+        evolve(state, WorkerExited(aggregate_id="j", node_id="n1", worker=f"rank0-a{job.attempts}",
+                                   exit_code=exit_code, attempt=job.attempts), next(seq))
+        decided = outcome(job)
+        if decided is not None and decided[0] == "requeued":
+            evolve(state, JobRequeued(aggregate_id="j", reason=decided[1], interrupted=decided[2] == 75), next(seq))
+        return decided
+    assert attempt(75, checkpoint=10)[0] == "requeued"  # type: ignore[index]
+    for _ in range(4):
+        assert attempt(75)[0] == "requeued"  # type: ignore[index]
+    evolve(state, JobPlaced(aggregate_id="j", world_size=1, assignments=placed), next(seq))
+    evolve(state, JobRequeued(aggregate_id="j", reason="node n1 was lost"), next(seq))  # not its own doing
+    assert job.interrupted_in_a_row == 5
+    result, reason, code = attempt(75)  # type: ignore[misc]
+    assert (result, code) == ("failed", 75) and "after 5 requeues in a row without a new checkpoint" in reason
+    # the same job with progress between its interruptions goes on
+    job.interrupted_in_a_row, job.checkpoint_at_requeue, job.status = 5, 10, "placed"
+    assert attempt(75, checkpoint=20)[0] == "requeued" and job.interrupted_in_a_row == 1  # type: ignore[index]
 
 
 async def test_a_stopped_worker_stops_its_peers_gently_and_the_job_is_requeued_when_all_have_exited(

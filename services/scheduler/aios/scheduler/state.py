@@ -69,6 +69,10 @@ class JobState(msgspec.Struct):
     samples_per_s: float | None = None
     checkpoint_step: int = 0
     """Step of the newest checkpoint: where the next attempt resumes."""
+    interrupted_in_a_row: int = 0
+    """Requeues on its own workers' exit 75 since its last new checkpoint (a crash loop if it grows)."""
+    checkpoint_at_requeue: int = 0
+    """``checkpoint_step`` at its last such requeue."""
     progress_attempt: int = 0
     started_workers: list[str] = []
     """Workers of the current attempt reported started (a restarted launcher starts only the others)."""
@@ -292,6 +296,10 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         job.status, job.assignments, job.admitted, job.preempted_at = PENDING, [], False, None
         job.requeues += 1
         job.workers_running = 0
+        if ev.interrupted:  # type: ignore[attr-defined]
+            progressed = job.checkpoint_step > job.checkpoint_at_requeue
+            job.interrupted_in_a_row = 1 if progressed else job.interrupted_in_a_row + 1
+            job.checkpoint_at_requeue = job.checkpoint_step
     elif kind is JobProgress:
         if ev.attempt > job.progress_attempt and job.progress_attempt:  # type: ignore[attr-defined]
             job.steps_redone += max(0, job.step - job.checkpoint_step)  # a new attempt resumed from the checkpoint

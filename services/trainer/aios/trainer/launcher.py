@@ -31,7 +31,7 @@ from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import Projector
 from aios.common.store import Commit
 from aios.device_agent.protocol import run_subject, stop_subject
-from aios.trainer import EXIT_INTERRUPTED
+from aios.trainer import EXIT_INTERRUPTED, MAX_INTERRUPTIONS_WITHOUT_PROGRESS
 from aios.scheduler.state import (
     CANCELLED, FAILED, PENDING, PLACED, PREEMPTING, RUNNING, STATE_SCHEMA, JobState, SchedulerState, evolve,
     fold_commit,
@@ -103,8 +103,14 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
         if nodes_lost:
             why = f"node {min(nodes_lost)} was lost"
         elif interrupted:  # its peers were then stopped by their agents, at the launcher's request
+            if (job.interrupted_in_a_row >= MAX_INTERRUPTIONS_WITHOUT_PROGRESS
+                    and job.checkpoint_step <= job.checkpoint_at_requeue):
+                return "failed", (f"worker {interrupted[0]} exited {EXIT_INTERRUPTED} (interrupted) again, after "
+                                  f"{job.interrupted_in_a_row} requeues in a row without a new checkpoint: a crash "
+                                  "loop, not an interruption"), EXIT_INTERRUPTED
             why = (f"worker {interrupted[0]} stopped before its last step (exit {EXIT_INTERRUPTED}: a signal AIOS did "
                    "not send, or NATS went away)")
+            return "requeued", f"{why}; resumes from its checkpoint", EXIT_INTERRUPTED
         elif job.stopped_workers:
             why = f"worker {min(job.stopped_workers)} was stopped by its node's agent"
         else:
@@ -325,7 +331,8 @@ class LauncherService(Service):
             await self._append_outcome(job.job_id, attempt, JobSucceeded(aggregate_id=job.job_id,
                                                                          runtime_s=round(runtime, 3)), key)
         elif result == "requeued":  # the scheduler releases its devices and places it again; its workers left
-            await self._append_outcome(job.job_id, attempt, JobRequeued(aggregate_id=job.job_id, reason=reason), key)
+            await self._append_outcome(job.job_id, attempt, JobRequeued(
+                aggregate_id=job.job_id, reason=reason, interrupted=exit_code == EXIT_INTERRUPTED), key)
         else:
             key_now = (job.job_id, attempt)
             self.stopped.add(key_now)

@@ -53,6 +53,8 @@ class JobRequeued(JobEvent, frozen=True, kw_only=True):
 
     reason: str
     node_id: str = ""
+    interrupted: bool = False
+    """A worker of its own exited 75 ("interrupted: resume me"), rather than AIOS moving the job."""
 
 
 class WorkerStarted(RunEvent, frozen=True, kw_only=True):
