@@ -127,7 +127,7 @@ class SchedulerState(msgspec.Struct):
 
 
 MAX_HISTORY = 5000
-STATE_SCHEMA = 3
+STATE_SCHEMA = 4
 """Version of the encoded state in snapshots: a snapshot of another version is ignored and the log replayed."""
 
 
