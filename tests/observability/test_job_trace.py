@@ -69,6 +69,14 @@ def test_a_training_job_is_one_trace_across_all_services(aios_env: dict[str, str
         while not any(s["name"] == "register model" for s in of_job()):
             assert time.monotonic() < deadline, sorted({(s["service"], s["name"]) for s in of_job()})
             time.sleep(0.3)
+        # a serve job's trace began at a bare publish span: `aios serve` now roots it as `aios submit` does
+        out = aios("serve", "models:/traced/1", "--replicas", "1", "--json")
+        assert out.returncode == 0, out.stderr[-2000:]
+        serve_job = json.loads(out.stdout)["job"]
+        while not any(s["attrs"].get("aios.job") == serve_job and s["name"] == "launch" for s in receiver.spans):
+            assert time.monotonic() < deadline + 30, sorted({s["name"] for s in receiver.spans
+                                                             if s["attrs"].get("aios.job") == serve_job})
+            time.sleep(0.3)
         time.sleep(1.0)  # the publish spans below them come in the same or the next batch
     finally:
         cluster.stop()
@@ -106,3 +114,9 @@ def test_a_training_job_is_one_trace_across_all_services(aios_env: dict[str, str
     assert ancestry(step)[-1] == "submit traced" and "train" in ancestry(step) and "launch" in ancestry(step)
     register = next(s for s in mine if s["name"] == "register model")
     assert "finish succeeded" in ancestry(register)
+
+    served = [s for s in receiver.spans if s["attrs"].get("aios.job") == serve_job]
+    serve_trace = {s["trace"] for s in served}
+    assert len(serve_trace) == 1, "the serve job is one trace too"
+    serve_roots = [(s["service"], s["name"]) for s in receiver.spans if s["trace"] in serve_trace and not s["parent"]]
+    assert serve_roots == [("aios-cli", "submit serve-traced")], serve_roots

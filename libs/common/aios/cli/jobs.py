@@ -11,7 +11,6 @@ from rich.table import Table
 
 from aios.cli.inspect import ask, cluster_servers
 from aios.cli.output import table_console
-from aios.common import tracing
 from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError, NotFound
 from aios.common.events import (
     JobCancelled, JobCancelRequested, JobFailed, JobSucceeded, WorkerStarted, timeline_entry,
@@ -64,11 +63,9 @@ async def submit(path: str, idempotency_key: str | None, as_json: bool) -> int:
         spec = validate_spec(raw)
     except SpecError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    job_id = submission.new_job_id(spec)
     store = await _store()
     try:
-        with tracing.job_span(f"submit {spec.name}", job_id, None, **{"aios.tenant": spec.tenant}):  # the job's root
-            result = await submission.submit(store, spec, idempotency_key, job_id)
+        result = await submission.submit(store, spec, idempotency_key)
     finally:
         await store.close()
     if as_json:

@@ -16,7 +16,6 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from aios.common import tracing
 from aios.common.httpmetrics import request_metrics
 from aios.common.errors import AiosError, ConfigError
 from aios.common.events import JobCancelRequested, timeline_entry
@@ -148,13 +147,10 @@ class Api:
             spec = validate_spec(raw)
         except SpecError as exc:
             raise HttpError(422, str(exc)) from None
-        job_id = submission.new_job_id(spec)
-        with tracing.job_span(f"submit {spec.name}", job_id, None, **{"aios.tenant": spec.tenant,
-                                                                       "aios.via": via}):  # the job's trace root
-            try:
-                result = await submission.submit(self.backend.store, spec, key, job_id)
-            except submission.KeyReused as exc:
-                raise HttpError(409, f"Idempotency-Key: {exc}") from None
+        try:
+            result = await submission.submit(self.backend.store, spec, key, via=via)
+        except submission.KeyReused as exc:
+            raise HttpError(409, f"Idempotency-Key: {exc}") from None
         await self.backend.caught_up(result.seq)
         return {"job": result.job, "duplicate": result.duplicate, "seq": result.seq}
 

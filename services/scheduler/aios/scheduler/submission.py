@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
+from aios.common import tracing
 from aios.common.errors import ConfigError
 from aios.common.events import JobSubmitted
 from aios.common.wire import new_token
@@ -34,15 +35,17 @@ def new_job_id(spec: JobSpec) -> str:
 
 
 async def submit(store, spec: JobSpec, key: str | None = None,  # type: ignore[no-untyped-def]
-                 job_id: str | None = None) -> Submission:
+                 job_id: str | None = None, via: str = "cli") -> Submission:
     """Append ``JobSubmitted`` for a new job (``job_id``, default :func:`new_job_id`); with ``key``, a retry returns
-    the job the first submission created."""
+    the job the first submission created. The append happens in the span that roots the job's trace, whichever
+    way the job came (``via``: cli, http, nats): a serve job's trace began at a bare publish span."""
     job_id = job_id or new_job_id(spec)
     body = spec_to_dict(spec)
-    result = await store.append(f"job.{job_id}", JobSubmitted(aggregate_id=job_id, tenant=spec.tenant,
-                                                              name=spec.name, spec=body),
-                                expected_version=0,
-                                idempotency_key=dedup_key(spec.tenant, key) if key else f"submit-{job_id}")
+    with tracing.job_span(f"submit {spec.name}", job_id, None, **{"aios.tenant": spec.tenant, "aios.via": via}):
+        result = await store.append(f"job.{job_id}", JobSubmitted(aggregate_id=job_id, tenant=spec.tenant,
+                                                                  name=spec.name, spec=body),
+                                    expected_version=0,
+                                    idempotency_key=dedup_key(spec.tenant, key) if key else f"submit-{job_id}")
     if not result.duplicate:
         return Submission(job_id, result.seq)
     original = await store.commit_at(result.seq)
