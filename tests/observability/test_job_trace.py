@@ -98,6 +98,9 @@ def test_a_training_job_is_one_trace_across_all_services(aios_env: dict[str, str
     assert any("JobPlaced" in n for n in names["aios-scheduler"]), names["aios-scheduler"]
     assert names["aios-trainer"] >= {"launch", "finish succeeded"}
     assert names["aios-trainer-worker"] >= {"train", "step", "checkpoint"}
+    # the agents' spans about the workers they start and see exit were traces of their own
+    assert names["aios-device-agent"] == {f"worker {what} rank{r}-a1" for what in ("started", "exited")
+                                          for r in range(4)}, names["aios-device-agent"]
     assert "register model" in names["aios-model-registry"]
     launches = [s for s in mine if s["name"] == "launch"]
     assert len(launches) == 2  # one per node's trainer (2 devices on each of 2 nodes)

@@ -127,6 +127,14 @@ def carrier() -> dict[str, str]:
     return dict(inject({}))
 
 
+def carrier_from_env(env: Mapping[str, str]) -> dict[str, str] | None:
+    """The trace context a launcher hands a worker in its environment (``TRACEPARENT``, ``TRACESTATE``), as
+    headers for :func:`job_span`; None without one."""
+    if not env.get("TRACEPARENT"):
+        return None
+    return {k.lower(): env[k] for k in ("TRACEPARENT", "TRACESTATE") if env.get(k)}
+
+
 def flush(timeout_ms: int = 5000) -> None:
     """Send what the batch processor still holds (a short-lived process must call this before it exits)."""
     provider = trace.get_tracer_provider()

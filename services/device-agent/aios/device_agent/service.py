@@ -14,7 +14,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StorageType
 
-from aios.common import joblogs
+from aios.common import joblogs, tracing
 from aios.common.errors import AiosError, ConfigError
 from aios.common.events import (
     DeviceHealthy, DeviceUnhealthy, NodeCordoned, NodeLost, NodeRegistered, WorkerExited, WorkerStarted,
@@ -283,9 +283,12 @@ class DeviceAgentService(Service):
             for uuid in req.device_uuids:
                 gpu = self.fake.by_uuid(uuid)
                 gpu.busy, gpu.processes[w.proc.pid] = 0.9, 4 * 1024**3
-        await self.ctx.store.append(f"run.{req.job_id}", WorkerStarted(
-            aggregate_id=req.job_id, node_id=node, worker=req.worker, pid=w.proc.pid, device_uuids=req.device_uuids,
-            attempt=w.attempt))
+        w.trace = tracing.carrier_from_env(req.env)  # its start and exit were traces of their own
+        with tracing.job_span(f"worker started {req.worker}", req.job_id, w.trace,
+                              **{"aios.node": node, "aios.pid": w.proc.pid}):
+            await self.ctx.store.append(f"run.{req.job_id}", WorkerStarted(
+                aggregate_id=req.job_id, node_id=node, worker=req.worker, pid=w.proc.pid,
+                device_uuids=req.device_uuids, attempt=w.attempt))
         return Reply(True, pid=w.proc.pid)
 
     def _not_leased(self, req: RunRequest) -> list[str]:
@@ -317,9 +320,11 @@ class DeviceAgentService(Service):
                 gpu.processes.pop(w.proc.pid, None)
                 gpu.busy = 0.0 if not gpu.processes else gpu.busy
         reason = "stopped on request" if w.stopping else ("exited" if code is not None else f"killed by signal {sig}")
-        await self.ctx.store.append(f"run.{w.job_id}", WorkerExited(
-            aggregate_id=w.job_id, node_id=self.config.node_id, worker=w.worker, exit_code=code, signal=sig,
-            reason=reason, attempt=w.attempt, stopped=w.stopping))
+        with tracing.job_span(f"worker exited {w.worker}", w.job_id, w.trace,
+                              **{"aios.node": self.config.node_id, "aios.exit_code": code, "aios.signal": sig}):
+            await self.ctx.store.append(f"run.{w.job_id}", WorkerExited(
+                aggregate_id=w.job_id, node_id=self.config.node_id, worker=w.worker, exit_code=code, signal=sig,
+                reason=reason, attempt=w.attempt, stopped=w.stopping))
 
 
 def from_env() -> DeviceAgentService:

@@ -25,6 +25,8 @@ class Workload:
     started: float = field(default_factory=time.time)
     stopping: bool = False
     attempt: int = 0
+    trace: dict[str, str] | None = None
+    """The job's trace context from the launcher (its ``TRACEPARENT``): the agent's spans about the worker join it."""
 
     @property
     def key(self) -> tuple[str, str]:

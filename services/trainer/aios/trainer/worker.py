@@ -179,7 +179,7 @@ def main() -> int:
         print(f"aios trainer: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     tracing.setup_tracing("aios-trainer-worker")
-    parent = {"traceparent": os.environ["TRACEPARENT"]} if os.environ.get("TRACEPARENT") else None
+    parent = tracing.carrier_from_env(os.environ)
     try:
         with tracing.job_span("train", w.job_id, parent, **{"aios.rank": w.rank, "aios.world": w.world,
                                                             "aios.attempt": w.attempt}):
