@@ -77,6 +77,11 @@ def test_a_training_job_is_one_trace_across_all_services(aios_env: dict[str, str
             assert time.monotonic() < deadline + 30, sorted({s["name"] for s in receiver.spans
                                                              if s["attrs"].get("aios.job") == serve_job})
             time.sleep(0.3)
+        # a registry command from the CLI and what the registry does for it were separate traces
+        assert aios("models", "alias", "traced", "production", "1").returncode == 0
+        while not any(s["name"] == "process aios.registry.alias" for s in receiver.spans):
+            assert time.monotonic() < deadline + 40
+            time.sleep(0.3)
         time.sleep(1.0)  # the publish spans below them come in the same or the next batch
     finally:
         cluster.stop()
@@ -123,3 +128,10 @@ def test_a_training_job_is_one_trace_across_all_services(aios_env: dict[str, str
     assert len(serve_trace) == 1, "the serve job is one trace too"
     serve_roots = [(s["service"], s["name"]) for s in receiver.spans if s["trace"] in serve_trace and not s["parent"]]
     assert serve_roots == [("aios-cli", "submit serve-traced")], serve_roots
+
+    handled = next(s for s in receiver.spans if s["name"] == "process aios.registry.alias")
+    in_trace = [s for s in receiver.spans if s["trace"] == handled["trace"]]
+    assert [(s["service"], s["name"]) for s in in_trace if not s["parent"]] == [
+        ("aios-cli", "publish aios.registry.alias")]
+    assert any(s["service"] == "aios-model-registry" and s["name"].startswith("publish ") and s["name"] != handled["name"]
+               for s in in_trace), sorted((s["service"], s["name"]) for s in in_trace)  # the alias event it appended

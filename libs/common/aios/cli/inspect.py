@@ -10,6 +10,7 @@ import nats.errors
 from rich.table import Table
 
 from aios.cli.output import table_console
+from aios.common import tracing
 from aios.common.config import load_settings
 from aios.common.errors import AiosError, ConfigError, NotFound
 from aios.common.store import connect_once
@@ -42,8 +43,10 @@ def _answering_service(subject: str) -> str:
 async def ask(subject: str, body: dict[str, Any] | None = None, timeout: float = 5.0,
               servers: list[str] | None = None) -> dict[str, Any]:
     nc = await connect_once(servers or cluster_servers(), name="aios-cli")
+    headers: dict[str, str] = {}
     try:
-        msg = await nc.request(subject, json.dumps(body or {}).encode(), timeout=timeout)
+        with tracing.publish_span(subject, headers):  # the service's handling (and what it appends) joins this trace
+            msg = await nc.request(subject, json.dumps(body or {}).encode(), timeout=timeout, headers=headers or None)
     except nats.errors.NoRespondersError:
         raise AiosError(f"nobody answers {subject}: is the {_answering_service(subject)} running?") from None
     except nats.errors.TimeoutError:

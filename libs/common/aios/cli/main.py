@@ -532,7 +532,7 @@ def main(argv: list[str] | None = None) -> None:
         print("aios bench eventlog: --restart-events must exceed --events + --tail", file=sys.stderr)
         raise SystemExit(2)
     traced = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
-    if traced and args.command in ("submit", "cancel", "serve"):  # the start of a job's trace
+    if traced and args.command in ("submit", "cancel", "serve", "models"):  # a job's trace, or a registry operation's
         from aios.common import tracing
 
         tracing.setup_tracing("aios-cli")

@@ -568,6 +568,10 @@ class ModelRegistryService(Service):
             log.error("could not register the model of a training job", extra={"job": job_id, "error": repr(exc)})
 
     async def _on_request(self, msg: Any) -> None:
+        with tracing.process_span(msg.subject, msg.headers):  # one trace with the CLI's request, and what it appends
+            await self._answer(msg)
+
+    async def _answer(self, msg: Any) -> None:
         op = msg.subject[len(PREFIX) + 1:]
         try:
             args = json.loads(msg.data or b"{}")
