@@ -164,43 +164,53 @@ def test_a_worker_killed_by_a_signal_fails_the_job_naming_the_signal() -> None:
     assert state.jobs["j"].exit_signals == {}
 
 
-def test_exit_75_again_and_again_without_a_checkpoint_fails_the_job_as_a_crash_loop() -> None:
+def test_exit_75_again_and_again_without_progress_fails_the_job_as_a_crash_loop() -> None:
     """Exit 75 requeues a job to resume; a program that exits 75 at once requeued itself for ever. After 5 such
-    requeues in a row with no new checkpoint the next exit 75 fails the job; a new checkpoint starts the count
-    again, and requeues AIOS makes (a node lost, a preemption) do not count."""
-    from aios.common.events import CheckpointSaved, JobRequeued, WorkerExited
+    requeues in a row without progress (no new step reported, each run under 10 minutes) the next exit 75 fails the
+    job. Progress starts the count again; requeues AIOS makes (a node lost, an agent stopping a peer) do not count."""
+    import time
+
+    from aios.common.events import JobProgress, JobRequeued, WorkerExited
     from aios.scheduler.state import SchedulerState, evolve
     from aios.trainer.launcher import outcome
 
     state = SchedulerState()
-    placed = [Assignment(node_id="n1", device_uuids=uuids("n1")[:1], ranks=[0])]
+    placed = [Assignment(node_id="n1", device_uuids=uuids("n1"), ranks=[0, 1])]
     seq = iter(range(1, 1000))
     evolve(state, JobSubmitted(aggregate_id="j", tenant="ml", name="j", spec={
-        "name": "j", "tenant": "ml", "devices": 1, "command": ["python", "t.py"]}), next(seq))
+        "name": "j", "tenant": "ml", "devices": 2, "command": ["python", "t.py"]}), next(seq))
     job = state.jobs["j"]
 
-    def attempt(exit_code: int, checkpoint: int | None = None) -> tuple[str, str, int | None] | None:
-        evolve(state, JobPlaced(aggregate_id="j", world_size=1, assignments=placed), next(seq))
-        if checkpoint is not None:
-            evolve(state, CheckpointSaved(aggregate_id="j", step=checkpoint, bucket="b", name="j", digest="d",
-                                          size=1, attempt=job.attempts), next(seq))
-        evolve(state, WorkerExited(aggregate_id="j", node_id="n1", worker=f"rank0-a{job.attempts}",
-                                   exit_code=exit_code, attempt=job.attempts), next(seq))
-        decided = outcome(job)
+    def attempt(step: int | None = None, ran_s: float = 5.0, peer_stopped: bool = False
+                ) -> tuple[str, str, int | None] | None:
+        now = time.time()
+        evolve(state, JobPlaced(aggregate_id="j", world_size=2, assignments=placed, ts=now - ran_s), next(seq))
+        if step is not None:
+            evolve(state, JobProgress(aggregate_id="j", step=step, total_steps=1000, attempt=job.attempts, ts=now),
+                   next(seq))
+        for rank, stopped in ((1, peer_stopped), (0, False)):  # rank 0 exits 75 on its own
+            evolve(state, WorkerExited(aggregate_id="j", node_id="n1", worker=f"rank{rank}-a{job.attempts}",
+                                       exit_code=75, attempt=job.attempts, stopped=stopped, ts=now), next(seq))
+        decided = outcome(job, now=now)
         if decided is not None and decided[0] == "requeued":
-            evolve(state, JobRequeued(aggregate_id="j", reason=decided[1], interrupted=decided[2] == 75), next(seq))
+            evolve(state, JobRequeued(aggregate_id="j", reason=decided[1], interrupted=decided[2] == 75, ts=now),
+                   next(seq))
         return decided
-    assert attempt(75, checkpoint=10)[0] == "requeued"  # type: ignore[index]
+    assert attempt(step=10)[0] == "requeued"  # type: ignore[index]
     for _ in range(4):
-        assert attempt(75)[0] == "requeued"  # type: ignore[index]
-    evolve(state, JobPlaced(aggregate_id="j", world_size=1, assignments=placed), next(seq))
-    evolve(state, JobRequeued(aggregate_id="j", reason="node n1 was lost"), next(seq))  # not its own doing
+        assert attempt()[2] == 75  # type: ignore[index]
     assert job.interrupted_in_a_row == 5
-    result, reason, code = attempt(75)  # type: ignore[misc]
-    assert (result, code) == ("failed", 75) and "after 5 requeues in a row without a new checkpoint" in reason
-    # the same job with progress between its interruptions goes on
-    job.interrupted_in_a_row, job.checkpoint_at_requeue, job.status = 5, 10, "placed"
-    assert attempt(75, checkpoint=20)[0] == "requeued" and job.interrupted_in_a_row == 1  # type: ignore[index]
+    evolve(state, JobPlaced(aggregate_id="j", world_size=2, assignments=placed), next(seq))
+    evolve(state, JobRequeued(aggregate_id="j", reason="node n1 was lost"), next(seq))  # not its own doing
+    assert attempt(peer_stopped=True)[2] is None  # an agent stopped its peer: AIOS's doing, not counted
+    assert job.interrupted_in_a_row == 5
+    result, reason, code = attempt()  # type: ignore[misc]
+    assert (result, code) == ("failed", 75) and "after 5 requeues in a row without progress" in reason
+    # the same streak with progress: a new step, or (a command reports none) a run of ten minutes
+    job.status = "placed"
+    assert attempt(step=20)[0] == "requeued" and job.interrupted_in_a_row == 1  # type: ignore[index]
+    job.interrupted_in_a_row = 5
+    assert attempt(ran_s=601)[0] == "requeued" and job.interrupted_in_a_row == 1  # type: ignore[index]
 
 
 async def test_a_stopped_worker_stops_its_peers_gently_and_the_job_is_requeued_when_all_have_exited(

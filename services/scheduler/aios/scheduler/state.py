@@ -70,9 +70,10 @@ class JobState(msgspec.Struct):
     checkpoint_step: int = 0
     """Step of the newest checkpoint: where the next attempt resumes."""
     interrupted_in_a_row: int = 0
-    """Requeues on its own workers' exit 75 since its last new checkpoint (a crash loop if it grows)."""
-    checkpoint_at_requeue: int = 0
-    """``checkpoint_step`` at its last such requeue."""
+    """Requeues on its own workers' exit 75 in a row without progress (``made_progress``): a crash loop if it
+    grows."""
+    step_at_requeue: int = 0
+    """``step`` at its last such requeue."""
     progress_attempt: int = 0
     started_workers: list[str] = []
     """Workers of the current attempt reported started (a restarted launcher starts only the others)."""
@@ -239,6 +240,18 @@ def _close_run(state: SchedulerState, job: JobState, ts: float) -> None:
         job.placed_at = None
 
 
+PROGRESS_RUN_S = 600.0
+"""An attempt that ran this long made progress, whatever it reported (Kubernetes resets a crash loop's back-off after
+ten minutes of running): a command reports no steps or checkpoints."""
+
+
+def made_progress(job: JobState, now: float) -> bool:
+    """Whether the current attempt got anywhere: new steps reported (the built-in trainer's, which it checkpoints) or
+    ``PROGRESS_RUN_S`` of running. Exits 75 in a row without it are a crash loop, not interruptions."""
+    ran = now - job.placed_at if job.placed_at is not None else 0.0
+    return job.step > job.step_at_requeue or ran >= PROGRESS_RUN_S
+
+
 def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
     state.now = max(state.now, ev.ts)
     kind = type(ev)
@@ -292,14 +305,13 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         job.preemptions += 1
         _close_run(state, job, ev.ts)
     elif kind is JobRequeued:
+        if ev.interrupted:  # type: ignore[attr-defined]  (before the run closes: its length counts)
+            job.interrupted_in_a_row = 1 if made_progress(job, ev.ts) else job.interrupted_in_a_row + 1
+            job.step_at_requeue = job.step
         _close_run(state, job, ev.ts)
         job.status, job.assignments, job.admitted, job.preempted_at = PENDING, [], False, None
         job.requeues += 1
         job.workers_running = 0
-        if ev.interrupted:  # type: ignore[attr-defined]
-            progressed = job.checkpoint_step > job.checkpoint_at_requeue
-            job.interrupted_in_a_row = 1 if progressed else job.interrupted_in_a_row + 1
-            job.checkpoint_at_requeue = job.checkpoint_step
     elif kind is JobProgress:
         if ev.attempt > job.progress_attempt and job.progress_attempt:  # type: ignore[attr-defined]
             job.steps_redone += max(0, job.step - job.checkpoint_step)  # a new attempt resumed from the checkpoint

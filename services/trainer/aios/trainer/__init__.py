@@ -9,5 +9,6 @@ stopped, which the launcher took for success whenever AIOS had not asked for the
 job "succeeded" half-trained and its model was registered), and a NATS restart crashed and failed multi-rank jobs."""
 
 MAX_INTERRUPTIONS_WITHOUT_PROGRESS = 5
-"""Requeues on exit 75 in a row with no new checkpoint after which the next exit 75 fails the job: a program that
-exits 75 at once requeued itself for ever (Slurm stops automatic requeues at MaxBatchRequeue, 5 by default)."""
+"""Requeues on exit 75 in a row without progress (``state.made_progress``) after which the next exit 75 fails the job:
+a program that exits 75 at once requeued itself for ever (Slurm stops automatic requeues at MaxBatchRequeue, 5 by
+default)."""

@@ -33,8 +33,8 @@ from aios.common.store import Commit
 from aios.device_agent.protocol import run_subject, stop_subject
 from aios.trainer import EXIT_INTERRUPTED, MAX_INTERRUPTIONS_WITHOUT_PROGRESS
 from aios.scheduler.state import (
-    CANCELLED, FAILED, PENDING, PLACED, PREEMPTING, RUNNING, STATE_SCHEMA, JobState, SchedulerState, evolve,
-    fold_commit,
+    CANCELLED, FAILED, PENDING, PLACED, PREEMPTING, PROGRESS_RUN_S, RUNNING, STATE_SCHEMA, JobState, SchedulerState,
+    evolve, fold_commit, made_progress,
 )
 
 log = logging.getLogger("aios.trainer.launcher")
@@ -76,7 +76,7 @@ def worker_command(job: JobState | None = None) -> list[str]:
 
 
 def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
-            nodes_lost: frozenset[str] = frozenset()) -> tuple[str, str, int | None] | None:
+            nodes_lost: frozenset[str] = frozenset(), now: float | None = None) -> tuple[str, str, int | None] | None:
     """``(succeeded|failed|requeued, reason, exit code)`` once it is decided, else None: the first worker (by name)
     to exit non-zero on its own fails the job at once (its peers are then stopped); a worker its agent stopped while
     nobody asked the job to stop (the agent or its node shutting down) requeues it, to resume from its checkpoint,
@@ -85,7 +85,8 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
     nodes goes away (``nodes_going``: its agent shutting down, or ``nodes_lost``), a peer's crash is part of the same
     interruption; a lost node's workers never report their exit, so nobody waits for them. All exiting 0 on their
     own is success. A worker that exits ``EXIT_INTERRUPTED`` (stopped before its last step by a signal AIOS did not
-    send, or cut off from NATS) was interrupted too: the job resumes, it neither succeeded nor failed."""
+    send, or cut off from NATS) was interrupted too: the job resumes, it neither succeeded nor failed, unless it has
+    done so ``MAX_INTERRUPTIONS_WITHOUT_PROGRESS`` times in a row without progress (at ``now``, default the clock)."""
     world = sum(max(1, len(a.device_uuids)) for a in job.assignments)
     # exit 75 of its own accord (not stopped by an agent, which then marks it): the first cause of the interruption
     interrupted = sorted(w for w, c in job.exit_codes.items() if c == EXIT_INTERRUPTED and w not in job.stopped_workers)
@@ -102,12 +103,15 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
             return None  # the others are stopping too
         if nodes_lost:
             why = f"node {min(nodes_lost)} was lost"
-        elif interrupted:  # its peers were then stopped by their agents, at the launcher's request
+        elif interrupted and not job.stopped_workers and not nodes_going:
+            # its own doing (its peers were then stopped at the launcher's request); a worker that exits 75 because
+            # AIOS stopped a peer or its node is going is not
             if (job.interrupted_in_a_row >= MAX_INTERRUPTIONS_WITHOUT_PROGRESS
-                    and job.checkpoint_step <= job.checkpoint_at_requeue):
+                    and not made_progress(job, now if now is not None else time.time())):
                 return "failed", (f"worker {interrupted[0]} exited {EXIT_INTERRUPTED} (interrupted) again, after "
-                                  f"{job.interrupted_in_a_row} requeues in a row without a new checkpoint: a crash "
-                                  "loop, not an interruption"), EXIT_INTERRUPTED
+                                  f"{job.interrupted_in_a_row} requeues in a row without progress (no new step, "
+                                  f"each run shorter than {PROGRESS_RUN_S:g} s): a crash loop, not an "
+                                  "interruption"), EXIT_INTERRUPTED
             why = (f"worker {interrupted[0]} stopped before its last step (exit {EXIT_INTERRUPTED}: a signal AIOS did "
                    "not send, or NATS went away)")
             return "requeued", f"{why}; resumes from its checkpoint", EXIT_INTERRUPTED
