@@ -55,3 +55,47 @@ async def test_the_router_counts_its_refusals(store: Any) -> None:
     total = "aios_router_http_requests_total"
     assert count(registry, total, method="POST", route="/v2/models/{name}{rest}", status="404") == 1
     assert count(registry, total, method="GET", route="/v2/health/live", status="200") == 1
+
+
+async def test_a_stream_is_counted_not_timed_and_a_client_that_leaves_is_no_server_error() -> None:
+    """A followed log closed by its reader was counted as a 500 (the write after it left raised), and streams'
+    lifetimes went into the latency histogram."""
+    import asyncio
+
+    from aiohttp import web
+
+    from aios.common.httpmetrics import request_metrics
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        while True:
+            await response.write(b"line\n")
+            await asyncio.sleep(0.01)
+
+    async def done(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"all\n")
+        await response.write_eof()
+        return response
+    registry = CollectorRegistry()
+    app = web.Application(middlewares=[request_metrics(registry, "t")])
+    app.router.add_get("/endless", endless)
+    app.router.add_get("/done", done)
+    runner, port = await start_server_app(app)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/endless") as r:
+                await r.content.readline()  # then leave
+            async with http.get(f"http://127.0.0.1:{port}/done") as r:
+                assert await r.text() == "all\n"
+        deadline = asyncio.get_running_loop().time() + 5
+        while not count(registry, "t_http_requests_total", method="GET", route="/endless", status="499"):
+            assert asyncio.get_running_loop().time() < deadline, list(registry.collect())
+            await asyncio.sleep(0.05)
+    finally:
+        await runner.cleanup()
+    assert count(registry, "t_http_requests_total", method="GET", route="/endless", status="500") == 0
+    assert count(registry, "t_http_requests_total", method="GET", route="/done", status="200") == 1
+    assert count(registry, "t_http_request_seconds_count", method="GET", route="/done") == 0

@@ -4,6 +4,7 @@ gateway and the inference router."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
 from typing import Awaitable, Callable
@@ -17,6 +18,10 @@ _made: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, tuple[Counter, His
     weakref.WeakKeyDictionary()
 
 UNMATCHED = "(no route)"
+CLIENT_GONE = "499"
+"""The status label of a request whose client went away before the answer was done (nginx's 499)."""
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Methods counted by name; any other is ``other`` (a label per made-up method would grow without bound)."""
 """The route label of requests no route matched (404s of any path share one series)."""
 
 
@@ -26,9 +31,9 @@ def route_of(request: web.Request) -> str:
 
 
 def request_metrics(registry: CollectorRegistry, prefix: str) -> web.middleware:  # type: ignore[valid-type]
-    """A middleware counting requests (``<prefix>_http_requests_total``) and timing them
-    (``<prefix>_http_request_seconds``) by method, route and status; a streamed response (logs, events) is timed
-    until it ends."""
+    """A middleware counting requests (``<prefix>_http_requests_total``) by method, route and status, and timing the
+    plain ones (``<prefix>_http_request_seconds``): a streamed response (followed logs, events) lasts as long as its
+    client wants, which is no latency."""
     made = _made.setdefault(registry, {})
     if prefix not in made:  # a server built again (its port taken, say) counts on in the same series
         made[prefix] = (
@@ -42,16 +47,21 @@ def request_metrics(registry: CollectorRegistry, prefix: str) -> web.middleware:
     @web.middleware
     async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
         start = time.perf_counter()
-        status = 500
+        status, timed = "500", True
         try:
             response = await handler(request)
-            status = response.status
+            status = str(response.status)
+            timed = isinstance(response, web.Response)  # a stream's length is the client's to choose, not latency
             return response
         except web.HTTPException as exc:
-            status = exc.status
+            status = str(exc.status)
+            raise
+        except (ConnectionResetError, asyncio.CancelledError):
+            status, timed = CLIENT_GONE, False  # the client left (a followed log closed): not a server error
             raise
         finally:
-            route = route_of(request)
-            requests.labels(request.method, route, str(status)).inc()
-            seconds.labels(request.method, route).observe(time.perf_counter() - start)
+            route, method = route_of(request), request.method if request.method in METHODS else "other"
+            requests.labels(method, route, status).inc()
+            if timed:
+                seconds.labels(method, route).observe(time.perf_counter() - start)
     return count

@@ -211,11 +211,14 @@ class Api:
         async def job_ended() -> bool:
             now = self.backend.jobs().get(job.job_id)
             return now is None or now.status in TERMINAL
-        async for worker, stream, line in joblogs.lines(self.backend.store.js, job.job_id,
-                                                        request.query.get("worker"), follow, ended=job_ended):
-            tag = f"[{worker}{' stderr' if stream == 'stderr' else ''}] "
-            await response.write((tag + line + "\n").encode())
-        await response.write_eof()
+        try:
+            async for worker, stream, line in joblogs.lines(self.backend.store.js, job.job_id,
+                                                            request.query.get("worker"), follow, ended=job_ended):
+                tag = f"[{worker}{' stderr' if stream == 'stderr' else ''}] "
+                await response.write((tag + line + "\n").encode())
+            await response.write_eof()
+        except ConnectionResetError:  # the reader went away (a follow ended with Ctrl-C): nothing went wrong here
+            pass
         return response
 
     # -- cluster ------------------------------------------------------------------------------------------------------
