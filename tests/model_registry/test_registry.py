@@ -136,6 +136,8 @@ async def test_compression_makes_a_linked_version_with_measured_deltas(store: Ev
 @pytest.mark.parametrize("op, args, message", [
     ("alias", {"name": "digits", "alias": "production", "version": "two"}, "version: a positive version number"),
     ("alias", {"name": "digits", "alias": "3x", "version": 1}, "alias: '3x' must start with a letter"),
+    ("alias", {"name": "digits", "alias": "prod\n", "version": 1}, "alias: 'prod.n' must start with a letter"),
+    ("register", {"name": "digits\n", "digest": "sha256:" + "0" * 64}, "name: 'digits.n' must be"),
     ("show", {"model": "models:/digits/zero"}, "version 'zero'"),
     ("show", {"model": "no such/thing/here"}, "is not models:/"),
     ("compress", {"model": "digits", "method": "zip"}, "method: 'zip' is not one of svd, int8, prune"),

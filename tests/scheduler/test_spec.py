@@ -47,6 +47,11 @@ def test_a_full_spec_is_accepted() -> None:
     # an unknown field is named as unknown, whatever it holds (it read "[0]: a key must not contain a NUL")
     ({"": [{"\x00": None}]}, "''", "unknown field"),
     ({"colour": float("nan")}, "colour", "unknown field"),
+    # `$` matches before a trailing newline: "bert\n" was a job name, and its id a NATS subject with a line break
+    ({"name": "bert\n"}, "name", "lowercase letters"),
+    ({"tenant": "nlp\n"}, "tenant", "lowercase letters"),
+    ({"device_types": ["h100\n"]}, "device_types[0]", "is not a device kind"),
+    ({"command": None, "serve": {"model": "models:/m@prod\n"}}, "serve.model", "required: models:/"),
 ])
 def test_bad_fields_are_named(change: dict, field: str, reason: str) -> None:
     with pytest.raises(SpecError) as info:

@@ -97,7 +97,7 @@ async def show(args: Any) -> int:
 async def register(args: Any) -> int:
     from aios.model_registry.state import NAME
 
-    if not NAME.match(args.name):  # before the upload: a refused name left its bytes behind as an orphan
+    if not NAME.fullmatch(args.name):  # before the upload: a refused name left its bytes behind as an orphan
         raise ConfigError(f"name {args.name!r}: letters, digits, '_' or '-', 1 to 64 characters")
     tags = _key_values(args.tag, "--tag")
     try:

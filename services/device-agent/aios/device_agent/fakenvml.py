@@ -461,7 +461,7 @@ def parse_sim_spec(spec: str) -> list[tuple[int, str, int]]:
     """``2xH100-80GB,4xA100-40GB`` -> [(2, 'H100', 80), (4, 'A100', 40)]; errors name the bad part."""
     groups = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
-        m = _SPEC.match(part)
+        m = _SPEC.fullmatch(part)
         if not m:
             raise ValueError(f"--sim: {part!r} is not '<count>x<MODEL>[-<GB>GB]' (e.g. 4xA100-40GB)")
         count, model, mem = int(m.group(1)), m.group(2).upper(), m.group(3)

@@ -115,7 +115,7 @@ def evolve(state: ModelState, ev: Event, version: int) -> ModelState:
 
 # -- names and URIs -------------------------------------------------------------------------------------------------
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise BadInput(f"name: {name!r} must be 1-64 letters, digits, '_' or '-' (starting with a letter or digit)")
     return name
 
@@ -123,7 +123,7 @@ def check_name(name: str) -> str:
 def parse_uri(uri: str) -> tuple[str, int | None, str | None]:
     """``models:/name/3``, ``models:/name@production``, ``name``, ``name/3``, ``name@alias`` -> (name, version,
     alias); neither: the latest live version."""
-    m = URI.match(uri.strip()) if isinstance(uri, str) else None
+    m = URI.fullmatch(uri.strip()) if isinstance(uri, str) else None
     if m is None:
         raise BadInput(f"model: {uri!r} is not models:/<name>[/<version>|@<alias>]")
     name = check_name(m["name"])
@@ -181,7 +181,7 @@ def decide_register(state: ModelState, *, digest: str, size_bytes: int, format: 
 def decide_alias(state: ModelState, alias: str, version: int, expected: int | None | str = "any") -> list[Event]:
     """Point ``alias`` at ``version``. ``expected``: the version the caller believes the alias points at now
     (None: unset), checked like a compare-and-set; ``"any"``: move it whatever it points at."""
-    if not isinstance(alias, str) or not ALIAS.match(alias) or alias == "latest":
+    if not isinstance(alias, str) or not ALIAS.fullmatch(alias) or alias == "latest":
         raise BadInput(f"alias: {alias!r} must start with a letter, use letters, digits, '_' or '-', and not be "
                             "'latest'")
     _live(state, version)

@@ -62,7 +62,7 @@ def check_serve(serve: dict[str, Any]) -> None:
     if unknown:
         raise SpecError(f"serve.{unknown[0]}", f"unknown field (known: {', '.join(SERVE_FIELDS)})")
     model = serve.get("model")
-    if not isinstance(model, str) or not re.match(r"^(models:/)?[A-Za-z0-9][A-Za-z0-9_-]{0,63}([/@][A-Za-z0-9_-]+)?$",
+    if not isinstance(model, str) or not re.fullmatch(r"^(models:/)?[A-Za-z0-9][A-Za-z0-9_-]{0,63}([/@][A-Za-z0-9_-]+)?$",
                                                   model):
         raise SpecError("serve.model", "required: models:/<name>[/<version>|@<alias>]")
     for field, kind in SERVE_FIELDS.items():
@@ -75,7 +75,7 @@ def check_serve(serve: dict[str, Any]) -> None:
 
 def check_tenant(tenant: str, field: str = "tenant") -> None:
     """A tenant name is a NATS subject token sequence too (its NATS identity and tenant API subjects)."""
-    if not _NAME.match(tenant):
+    if not _NAME.fullmatch(tenant):
         raise SpecError(field, "lowercase letters, digits, '.', '_' or '-', 1 to 64 characters")
 
 
@@ -126,7 +126,7 @@ def validate_spec(raw: Any) -> JobSpec:
         m = re.search(r"at `\$\.([^`]+)`", text)
         field = m.group(1) if m else (re.search(r"field `([^`]+)`", text) or [None, "spec"])[1]
         raise SpecError(field, text.split(" - at ")[0]) from None
-    if not _NAME.match(spec.name):
+    if not _NAME.fullmatch(spec.name):
         raise SpecError("name", "lowercase letters, digits, '.', '_' or '-', 1 to 64 characters, alphanumeric ends")
     check_tenant(spec.tenant)
     if not -MAX_PRIORITY <= spec.priority <= MAX_PRIORITY:
@@ -134,7 +134,7 @@ def validate_spec(raw: Any) -> JobSpec:
     if not 0 <= spec.devices <= MAX_DEVICES:
         raise SpecError("devices", f"must be between 0 and {MAX_DEVICES}")
     for i, kind in enumerate(spec.device_types):
-        if not _KIND.match(kind):
+        if not _KIND.fullmatch(kind):
             raise SpecError(f"device_types[{i}]", f"{kind!r} is not a device kind (e.g. h100, a100)")
     for kind, value in spec.throughput.items():
         if not value > 0:
@@ -148,7 +148,7 @@ def validate_spec(raw: Any) -> JobSpec:
     if not 0 < spec.memory_gib_per_worker <= MAX_MEMORY_GIB_PER_WORKER:
         raise SpecError("memory_gib_per_worker", f"must be positive, at most {MAX_MEMORY_GIB_PER_WORKER:,} GiB")
     for key in spec.env:
-        if not _ENV_NAME.match(key):
+        if not _ENV_NAME.fullmatch(key):
             raise SpecError(f"env.{key[:64]}", "not an environment variable name (1 to 256 characters, no '=')")
     for field in ("max_runtime_s", "runtime_estimate_s", "checkpoint_interval_s"):
         value = getattr(spec, field)
@@ -181,12 +181,12 @@ def validate_spec(raw: Any) -> JobSpec:
 
 def is_name(text: Any) -> bool:
     """A job, tenant or cohort name: lowercase letters, digits, '.', '_' or '-', 1 to 64, alphanumeric ends."""
-    return isinstance(text, str) and bool(_NAME.match(text))
+    return isinstance(text, str) and bool(_NAME.fullmatch(text))
 
 
 def is_device_kind(text: Any) -> bool:
     """A device kind as the device agents name them (``h100``, ``rtx-4090``)."""
-    return isinstance(text, str) and bool(_KIND.match(text))
+    return isinstance(text, str) and bool(_KIND.fullmatch(text))
 
 
 QUOTA_FIELDS = ("cohort", "nominal", "borrowing_limit", "lending_limit")
