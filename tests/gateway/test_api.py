@@ -93,6 +93,8 @@ def test_openapi_documents_every_spec_field_and_status() -> None:
     assert set(body["properties"]) == {f.name for f in msgspec.structs.fields(JobSpec)}
     assert body["required"] == ["name"] and body["additionalProperties"] is False
     assert body["properties"]["devices"]["maximum"] == 4096 and body["properties"]["gang"]["default"] is True
+    # an optional value's bound sits on its non-null branch, where generators read it
+    assert body["properties"]["max_devices_per_node"]["anyOf"] == [{"type": "integer", "minimum": 1}, {"type": "null"}]
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
             assert "401" in op["responses"], (method, path)

@@ -102,7 +102,7 @@ async def test_checkpoint_interval_s_bounds_the_time_between_checkpoints(nats_se
     assert [c.step for c in untimed] == [30]
     _, _, timed = await run_ranks(nats_server.url, "timed", 2, cfg, checkpoint_every_s=0.1)
     steps = [c.step for c in timed]
-    assert steps[-1] == 30 and 3 <= len(steps) <= 15, steps  # about every 5 steps of 20 ms
+    assert steps[-1] == 30 and len(steps) >= 3, steps  # about every 5 steps of 20 ms (more on a slow machine)
 
 
 def test_the_launcher_hands_checkpoint_interval_s_to_the_worker() -> None:
@@ -118,6 +118,10 @@ def test_the_launcher_hands_checkpoint_interval_s_to_the_worker() -> None:
     env = worker_env(job, job.assignments[0], 0, 0, "nats://127.0.0.1:4222")
     assert read_env(env).checkpoint_every_s == 1234567.5
     assert read_env({k: v for k, v in env.items() if k != "AIOS_CHECKPOINT_INTERVAL_S"}).checkpoint_every_s is None
+    unset = validate_spec({"name": "t", "tenant": "ml", "trainer": {"kind": "mlp"},
+                           "env": {"AIOS_CHECKPOINT_INTERVAL_S": "soon"}})  # the field says it, not the env
+    job = JobState(job_id="j2", spec=unset, tenant="ml", arrival=2, submitted_at=0.0, assignments=job.assignments)
+    assert "AIOS_CHECKPOINT_INTERVAL_S" not in worker_env(job, job.assignments[0], 0, 0, "nats://127.0.0.1:4222")
     for bad in ("soon", "0", "-5", "nan", "inf"):
         with pytest.raises(ValueError, match="AIOS_CHECKPOINT_INTERVAL_S: .* is not a positive number of seconds"):
             read_env({**env, "AIOS_CHECKPOINT_INTERVAL_S": bad})

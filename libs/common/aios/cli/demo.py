@@ -28,9 +28,9 @@ from aios.cli.cluster import LocalCluster
 from aios.cli.inspect import ask
 from aios.common.config import load_settings
 from aios.common.errors import AiosError
-from aios.common.events import JobSubmitted, TenantQuotaSet
+from aios.common.events import TenantQuotaSet
 from aios.common.store import EventStore, connect
-from aios.scheduler.spec import spec_to_dict, validate_spec
+from aios.scheduler.spec import validate_spec
 
 console = Console()
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -53,12 +53,11 @@ def workload() -> list[dict[str, Any]]:
 
 
 async def submit(store: EventStore, raw: dict[str, Any]) -> str:
+    """The demo's jobs go the way every submission does (one path, one trace root), under fixed ids."""
+    from aios.scheduler import submission
+
     spec = validate_spec(raw)
-    job_id = f"{spec.name}-demo"
-    await store.append(f"job.{job_id}", JobSubmitted(aggregate_id=job_id, tenant=spec.tenant, name=spec.name,
-                                                     spec=spec_to_dict(spec)),
-                       expected_version=0, idempotency_key=f"submit-{job_id}")
-    return job_id
+    return (await submission.submit(store, spec, job_id=f"{spec.name}-demo", via="demo")).job
 
 
 def progress_table(jobs: list[dict[str, Any]]) -> Table:

@@ -58,21 +58,25 @@ _SPEC_NOTES: dict[str, dict[str, Any]] = {
     "devices": {"minimum": 0, "maximum": MAX_DEVICES, "description": "accelerators in all (0: a CPU-only job)"},
     "device_types": {"items": {"type": "string", "pattern": KIND_PATTERN},
                      "description": "acceptable device kinds (h100, a100 ...); empty: any"},
-    "throughput": {"description": "relative speed per device kind, for heterogeneity-aware policies"},
+    "throughput": {"propertyNames": {"pattern": KIND_PATTERN}, "additionalProperties": {"type": "number",
+                                                                                     "exclusiveMinimum": 0},
+                   "description": "relative speed per device kind, for heterogeneity-aware policies"},
     "max_devices_per_node": {"minimum": 1, "description": "at most this many of the job's devices on one node"},
     "gang": {"description": "all devices at once or none"},
     "cpu_per_worker": {"exclusiveMinimum": 0, "maximum": MAX_CPU_PER_WORKER},
     "memory_gib_per_worker": {"exclusiveMinimum": 0, "maximum": MAX_MEMORY_GIB_PER_WORKER},
-    "max_runtime_s": {"description": "the job fails once it has run this long, over all its attempts"},
-    "runtime_estimate_s": {"description": "your estimate; backfill uses a learned prediction without it"},
+    "max_runtime_s": {"exclusiveMinimum": 0,
+                      "description": "the job fails once it has run this long, over all its attempts"},
+    "runtime_estimate_s": {"exclusiveMinimum": 0,
+                           "description": "your estimate; backfill uses a learned prediction without it"},
     "preemptible": {"description": "false: never preempted for another job"},
-    "command": {"description": "exactly one of command, trainer and serve: the program to run on every worker"},
+    "command": {"items": {"type": "string", "minLength": 1}, "minItems": 1, "description": "exactly one of command, trainer and serve: the program to run on every worker"},
     "trainer": {"description": "exactly one of command, trainer and serve: the built-in trainer (kind: mlp, steps, "
                                "...)"},
     "serve": {"description": "exactly one of command, trainer and serve: a model-serving job "
                              "(model: models:/name@alias, max_batch, max_delay_ms)"},
     "env": {"description": "environment of every worker"},
-    "checkpoint_interval_s": {"description": "checkpoint at least this often (the built-in trainer does; a command "
+    "checkpoint_interval_s": {"exclusiveMinimum": 0, "description": "checkpoint at least this often (the built-in trainer does; a command "
                                              "reads it from AIOS_CHECKPOINT_INTERVAL_S)"},
 }
 
@@ -84,8 +88,15 @@ def job_spec_schema() -> dict[str, Any]:
     schema: dict[str, Any] = dict(msgspec.json.schema(JobSpec)["$defs"]["JobSpec"])
     schema.pop("title", None)
     schema["required"] = ["name"]  # the tenant defaults to the caller's
-    schema["properties"] = {field: {**prop, **_SPEC_NOTES.get(field, {})}
-                            for field, prop in schema["properties"].items()}
+    properties = {}
+    for field, prop in schema["properties"].items():
+        notes = dict(_SPEC_NOTES.get(field, {}))
+        branches = prop.get("anyOf")
+        if branches:  # an optional value: its bounds go to the branch they bound, beside the null
+            bounds = {k: notes.pop(k) for k in list(notes) if k != "description"}
+            prop = {**prop, "anyOf": [{**b, **bounds} if b.get("type") != "null" else b for b in branches]}
+        properties[field] = {**prop, **notes}
+    schema["properties"] = properties
     return schema
 
 

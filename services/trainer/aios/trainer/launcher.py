@@ -55,7 +55,8 @@ def worker_env(job: JobState, assignment: Assignment, rank: int, local_rank: int
     assert spec is not None
     world = sum(max(1, len(a.device_uuids)) for a in job.assignments)
     master = job.assignments[0].node_id
-    return {**spec.env,
+    env = {k: v for k, v in spec.env.items() if k != "AIOS_CHECKPOINT_INTERVAL_S"}  # the spec's field says it
+    return {**env,
             "MASTER_ADDR": "127.0.0.1" if master.startswith("sim") else master,
             "MASTER_PORT": str(master_port(job.job_id, job.attempts)),
             "RANK": str(rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(world),
