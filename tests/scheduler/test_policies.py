@@ -59,6 +59,8 @@ def test_why_names_the_nodes_whose_workers_have_not_started() -> None:
     other = "n2" if first == "n1" else "n1"
     why = explain(c.state, fifo, "wide", 40.0)
     assert f"the workers of {other} have not started" in why and f"is it running on {other}?" in why, why
+    c.state.inv.leases.holder.pop(job.assignments[1].device_uuids[0])  # a booking missing: not the trainer's fault
+    assert "its devices are not all leased to it yet" in explain(c.state, fifo, "wide", 40.0)
 
 
 def test_a_job_that_cannot_start_on_the_nodes_there_says_so() -> None:

@@ -597,12 +597,16 @@ WORKERS_LATE_S = 30.0
 """A placed job whose workers have not all started this long after placement gets a hint in ``aios why``."""
 
 
-def _slow_start(job: JobState, now: float) -> str:
+def _slow_start(state: SchedulerState, job: JobState, now: float) -> str:
     """For a job placed a while ago whose workers have not all started: the nodes whose workers are missing. Each
     node's trainer service starts that node's workers (rank 0's node records the start): one that is down leaves
     the job placed for ever, and nothing else says so."""
     if job.status != PLACED or job.placed_at is None or now - job.placed_at < WORKERS_LATE_S:
         return ""
+    holder = state.inv.leases.holder
+    if any(holder.get(u) != job.job_id for a in job.assignments for u in a.device_uuids):
+        return ("; its devices are not all leased to it yet (the resource manager books them; is it running?), "
+                "and its workers start once they are")
     started = set(job.started_workers)
     late = sorted({node for node, rank in placement_workers(job.assignments)
                    if worker_name(rank, job.attempts) not in started})
@@ -621,7 +625,7 @@ def explain(state: SchedulerState, policy: Policy, job_id: str, now: float) -> s
     if job.status != PENDING:
         detail = f" ({job.error})" if job.error else ""
         where = ", ".join(f"{a.node_id}:{len(a.device_uuids)}" for a in job.assignments)
-        return f"{job_id} is {job.status}{detail}" + (f" on {where}" if where else "") + _slow_start(job, now)
+        return f"{job_id} is {job.status}{detail}" + (f" on {where}" if where else "") + _slow_start(state, job, now)
     plan = plan_round(state, policy, now)
     position = plan.order.index(job_id) + 1 if job_id in plan.order else 0
     ahead = plan.order[:position - 1][-5:] if position else []
