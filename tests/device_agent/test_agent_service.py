@@ -168,3 +168,54 @@ async def test_without_a_gpu_the_agent_explains_and_exits(killable_nats: NatsSer
     code = await run_service(service, Settings(nats_url=killable_nats.url), install_signal_handlers=False)
     assert code == 2
     assert "libnvidia-ml.so.1" in capsys.readouterr().err
+
+
+async def test_a_fenced_agent_cut_off_from_nats_stops_its_workers_and_records_their_exit_later(
+        killable_nats: NatsServer) -> None:
+    """With AIOS_AGENT_FENCE_AFTER, an agent that stores no heartbeat for that long stops its node's workers: the
+    cluster has declared the node lost and placed the jobs elsewhere meanwhile (Nomad's stop_on_client_after). The
+    exit is recorded once NATS is back: a worker exit lost in an outage left its job running for ever."""
+    config = AgentConfig(node_id=NODE, sim="1xH100-80GB", telemetry_interval_s=0.2, heartbeat_interval_s=0.2,
+                         stop_grace_s=1.0, fence_after_s=1.0)
+    service = DeviceAgentService(config)
+    ready = asyncio.Event()
+    task = asyncio.ensure_future(run_service(service, Settings(nats_url=killable_nats.url), ready=ready,
+                                             install_signal_handlers=False))
+    await asyncio.wait_for(ready.wait(), 20)
+    store = await connect([killable_nats.url])
+    try:
+        await until(lambda: _registered(store), what="NodeRegistered")
+        history = await store.read(f"node.{NODE}")
+        uuid = history.events[0].devices[0].uuid  # type: ignore[attr-defined]
+        await store.append(f"node.{NODE}", DevicesLeased(aggregate_id=NODE, job_id="j1", device_uuids=[uuid]),
+                           expected_version=history.version)
+        await until(lambda: _holds(service, uuid), what="agent to see the lease")
+        sleeper = {"job_id": "j1", "worker": "w0", "command": [sys.executable, "-c", "import time; time.sleep(120)"],
+                   "device_uuids": [uuid], "env": {}}
+        assert (await request(store, run_subject(NODE), sleeper))["ok"]
+        await asyncio.sleep(1.5)  # connected: no fence, whatever the time
+        assert service.runner.running
+        service.ctx.store.append_deadline = 0.5  # the store gives up on an append soon: the agent must not
+        killable_nats.kill()
+
+        async def stopped() -> bool:
+            return not service.runner.running
+        await until(stopped, timeout=15, what="the fence to stop the worker")
+        await asyncio.sleep(2.0)  # the exit's append has given up at least once
+        killable_nats.start()
+        events = await until(lambda: _job_events(store, "j1", 2), timeout=60, what="the exit recorded after the outage")
+        assert isinstance(events[1], WorkerExited) and events[1].stopped and events[1].worker == "w0"
+    finally:
+        service.ctx.stopping.set()
+        await asyncio.wait_for(task, 60)
+        await store.close()
+
+
+def test_the_fence_setting_is_checked() -> None:
+    from aios.common.errors import ConfigError
+
+    assert AgentConfig.from_env({"AIOS_NODE_ID": "n"}).fence_after_s is None
+    assert AgentConfig.from_env({"AIOS_NODE_ID": "n", "AIOS_AGENT_FENCE_AFTER": "30"}).fence_after_s == 30.0
+    for bad in ("soon", "0", "-1", "inf"):
+        with pytest.raises(ConfigError, match="AIOS_AGENT_FENCE_AFTER="):
+            AgentConfig.from_env({"AIOS_NODE_ID": "n", "AIOS_AGENT_FENCE_AFTER": bad})

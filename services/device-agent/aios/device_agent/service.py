@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StorageType
 
 from aios.common import joblogs, tracing
-from aios.common.errors import AiosError, ConfigError
+from aios.common.errors import AiosError, ConfigError, StoreError
 from aios.common.events import (
     DeviceHealthy, DeviceUnhealthy, NodeCordoned, NodeLost, NodeRegistered, WorkerExited, WorkerStarted,
 )
@@ -50,17 +50,29 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     """On shutdown, how long the scheduler may take to move the node's preemptible jobs off (they checkpoint)
     before the agent stops what is left itself."""
     labels: dict[str, str] = {}
+    fence_after_s: float | None = None
+    """Cut off from NATS this long (no heartbeat stored), stop the node's workers: by then the cluster has declared the
+    node lost and placed its jobs elsewhere, and a worker running on would train beside its own next attempt
+    (Nomad's ``stop_on_client_after``). None: never, as Nomad's and Kubernetes' default, since a NATS outage then
+    stops every job. Set it above the resource manager's ``AIOS_NODE_TIMEOUT``."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "AgentConfig":
         env = dict(os.environ if env is None else env)
         node = env.get("AIOS_NODE_ID") or os.uname().nodename
         try:
-            return cls(node_id=node, sim=env.get("AIOS_SIM") or None,
-                       telemetry_interval_s=float(env.get("AIOS_TELEMETRY_INTERVAL", "1")),
-                       heartbeat_interval_s=float(env.get("AIOS_HEARTBEAT_INTERVAL", "2")))
+            intervals = dict(telemetry_interval_s=float(env.get("AIOS_TELEMETRY_INTERVAL", "1")),
+                             heartbeat_interval_s=float(env.get("AIOS_HEARTBEAT_INTERVAL", "2")))
         except ValueError as exc:
             raise ConfigError(f"AIOS_TELEMETRY_INTERVAL / AIOS_HEARTBEAT_INTERVAL: {exc}") from None
+        fence = env.get("AIOS_AGENT_FENCE_AFTER", "").strip()
+        try:
+            fence_after = float(fence) if fence else None
+        except ValueError:
+            fence_after = -1.0
+        if fence_after is not None and not 0 < fence_after < float("inf"):
+            raise ConfigError(f"AIOS_AGENT_FENCE_AFTER={fence!r}: a positive number of seconds (unset: never)")
+        return cls(node_id=node, sim=env.get("AIOS_SIM") or None, fence_after_s=fence_after, **intervals)
 
 
 def make_backend(config: AgentConfig) -> tuple[NvmlBackend, fakenvml.FakeNvml | None]:
@@ -88,6 +100,10 @@ class DeviceAgentService(Service):
         self.samples = 0
         self.registered = 0
         self._background: set[asyncio.Future[Any]] = set()
+        self.last_beat = time.monotonic()
+        """When a heartbeat was last stored (monotonic clock)."""
+        self.fenced = False
+        """Workers stopped for want of a stored heartbeat, and none stored since."""
 
     def healthy(self) -> tuple[bool, str]:
         return True, f"node {self.config.node_id}: {self.samples} samples, {len(self.health.unhealthy)} unhealthy"
@@ -115,6 +131,7 @@ class DeviceAgentService(Service):
             asyncio.ensure_future(self.node.follow(ctx.store, self._on_node_commit, stop_follow,
                                                    filter_subject=node_subject)),
             asyncio.ensure_future(self._heartbeats(kv)),
+            asyncio.ensure_future(self._fence()),
             asyncio.ensure_future(self._telemetry()),
             asyncio.ensure_future(self._nvml_events()),
         ]
@@ -195,6 +212,8 @@ class DeviceAgentService(Service):
                              len(self.health.unhealthy), len(self.runner.running))
             try:
                 await kv.put(cfg.node_id, _encoder.encode(beat))
+                self.last_beat = time.monotonic()
+                self.fenced = False
             except Exception as exc:  # noqa: BLE001 - NATS away: keep beating, the loss shows on the other side
                 log.warning("heartbeat not stored", extra={"error": str(exc) or type(exc).__name__})
                 # the bucket lives in the server's memory: a restarted nats-server has none, and every beat failed
@@ -202,6 +221,24 @@ class DeviceAgentService(Service):
                 with contextlib.suppress(Exception):
                     kv = await self._heartbeat_bucket()
             await asyncio.sleep(cfg.heartbeat_interval_s)
+
+    async def _fence(self) -> None:
+        """With ``fence_after_s``: stop every worker once no heartbeat has been stored for that long."""
+        limit = self.config.fence_after_s
+        if limit is None:
+            return
+        while True:
+            await asyncio.sleep(min(1.0, limit / 4))
+            silent = time.monotonic() - self.last_beat
+            if silent > limit and not self.fenced and self.runner.running:
+                self.fenced = True
+                jobs = sorted({w.job_id for w in self.runner.running.values()})
+                log.warning("cut off from the cluster: stopping this node's workers (AIOS_AGENT_FENCE_AFTER)",
+                            extra={"silent_s": round(silent, 1), "jobs": jobs})
+                for job_id in jobs:
+                    task = asyncio.ensure_future(self.runner.stop(job_id, self.config.stop_grace_s))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
 
     # -- telemetry and health -----------------------------------------------------------------------------------------
     async def _telemetry(self) -> None:
@@ -320,11 +357,21 @@ class DeviceAgentService(Service):
                 gpu.processes.pop(w.proc.pid, None)
                 gpu.busy = 0.0 if not gpu.processes else gpu.busy
         reason = "stopped on request" if w.stopping else ("exited" if code is not None else f"killed by signal {sig}")
+        event = WorkerExited(aggregate_id=w.job_id, node_id=self.config.node_id, worker=w.worker, exit_code=code,
+                             signal=sig, reason=reason, attempt=w.attempt, stopped=w.stopping)
         with tracing.job_span(f"worker exited {w.worker}", w.job_id, w.trace,
                               **{"aios.node": self.config.node_id, "aios.exit_code": code, "aios.signal": sig}):
-            await self.ctx.store.append(f"run.{w.job_id}", WorkerExited(
-                aggregate_id=w.job_id, node_id=self.config.node_id, worker=w.worker, exit_code=code, signal=sig,
-                reason=reason, attempt=w.attempt, stopped=w.stopping))
+            while True:  # an exit lost in a NATS outage left its job running for ever: record it when NATS is back
+                try:
+                    await self.ctx.store.append(f"run.{w.job_id}", event,
+                                                idempotency_key=f"exit-{w.job_id}-{w.worker}")
+                    return
+                except StoreError as exc:  # not acknowledged within the store's deadline
+                    if self.ctx.stopping.is_set():
+                        raise
+                    log.warning("worker exit not recorded yet; trying again",
+                                extra={"job": w.job_id, "worker": w.worker, "error": str(exc)})
+                    await asyncio.sleep(1.0)
 
 
 def from_env() -> DeviceAgentService:
