@@ -658,3 +658,38 @@ def test_several_blocked_jobs_make_room_in_one_round() -> None:
     step(c.state, las, 5001.0)
     step(c.state, las, 5002.0)
     assert c.status("new-0") == PLACED and c.status("new-1") == PLACED
+
+
+def test_a_reclaimed_borrower_waits_instead_of_borrowing_the_same_devices_again() -> None:
+    """Vision borrows nlp's idle H100s; nlp submits within its own quota and reclaims them. The preempted job was
+    admitted again in the next round, ahead of nlp's (same share, earlier arrival), borrowing the same devices,
+    and preempted again, several times a second for ever. Jobs that fit their quota without borrowing are now
+    admitted first, as in Kueue. Only a borrower on the reclaimed kind is preempted: a newer vision job on its own
+    A100s was taken instead."""
+    c = Cluster(("n1", "h100", 4), ("n2", "a100", 4))
+    c.quota("nlp", "lab", h100=4)
+    c.quota("vision", "lab", a100=4)
+    fair = make_policy("fairshare")
+    c.submit("v-h100", 2, tenant="vision", device_types=["h100"], now=1.0)
+    step(c.state, fair, 2.0)
+    c.submit("v-a100", 2, tenant="vision", device_types=["a100"], now=3.0)
+    step(c.state, fair, 4.0)  # the newest vision job, on vision's own kind
+    assert c.where("v-h100") == {"n1": 2} and c.where("v-a100") == {"n2": 2}
+    c.submit("n4", 4, tenant="nlp", device_types=["h100"], now=5.0)
+    preempted = []
+    for t in range(6, 30):
+        preempted += [p.job_id for p in step(c.state, fair, float(t)).preemptions]
+    assert preempted == ["v-h100"]
+    assert c.where("n4") == {"n1": 4} and c.status("v-h100") == PENDING and c.where("v-a100") == {"n2": 2}
+
+    # and alone, vision's share equals nlp's once preempted: its earlier job came first and took the H100s again
+    c = Cluster(("n1", "h100", 4), ("n2", "a100", 4))
+    c.quota("nlp", "lab", h100=4)
+    c.quota("vision", "lab", a100=4)
+    c.submit("v-h100", 2, tenant="vision", device_types=["h100"], now=1.0)
+    step(c.state, fair, 2.0)
+    c.submit("n4", 4, tenant="nlp", device_types=["h100"], now=5.0)
+    preempted = []
+    for t in range(6, 30):
+        preempted += [p.job_id for p in step(c.state, fair, float(t)).preemptions]
+    assert preempted == ["v-h100"] and c.where("n4") == {"n1": 4} and c.status("v-h100") == PENDING

@@ -217,7 +217,12 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
         return free_of[k]
     facts = _Facts(state)  # looked up once a round, and only if a reason needs it
     kinds = _KindChoice(policy)
-    for job in ordered:
+    # Kueue admits the jobs its quotas admit without borrowing before those that must borrow: the other way, a
+    # borrower preempted so that a tenant could take its quota back was admitted again ahead of that tenant, on the
+    # same devices, and preempted again, several times a second for ever
+    borrowing: list[JobState] = []
+
+    def consider(job: JobState, first_pass: bool) -> None:
         spec = job.spec
         assert spec is not None
         accepted = list(spec.device_types) or all_kinds
@@ -230,13 +235,16 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
             # kinds, charged as before (pinning it made it wait for ever)
             whole = [k for k in accepted if not facts.never_fits(request_for(job, frozenset({k})))]
             charge, decision = _choose_kind(tenants, usage, job, sorted(whole or accepted), free, preferred)
+            if decision.admitted and decision.borrowed and first_pass:
+                borrowing.append(job)
+                return
             if not decision.admitted:
                 # a job that no wait for quota would let start says why first (a 16-device gang on 8 devices
                 # read "a100 would be 16 against nominal 2")
                 never = facts.never_fits(request_for(job, frozenset(spec.device_types) or None))
                 plan.reasons[job.job_id] = f"capacity: {never}" if never else f"quota: {decision.reason}"
                 _maybe_reclaim(state, plan, tenants, usage, job, charge, now)
-                continue
+                return
             if whole and len(accepted) > 1:
                 kinds.pinned[job.job_id] = frozenset(charge)
             borrowed = decision.borrowed
@@ -246,6 +254,10 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
         for k, n in charge.items():  # charge the tentative usage, so later jobs see it, and their free devices
             usage.setdefault(job.tenant, {})[k] = usage.get(job.tenant, {}).get(k, 0) + n
             free_of[k] = free(k) - n
+    for job in ordered:
+        consider(job, first_pass=True)
+    for job in borrowing:
+        consider(job, first_pass=False)
 
     if policy.sequential:
         _place_in_order(state, policy, now, estimate, view, admitted, plan, kinds, facts)
@@ -574,13 +586,15 @@ def _maybe_reclaim(state: SchedulerState, plan: RoundPlan, tenants: dict[str, qu
     for kind, n in charge.items():
         reclaim = quotas.reclaim_plan(tenants, usage, job.tenant, kind, n)
         for tenant, count in reclaim.items():
+            kind_of = kind_of if kind_of is not None else kinds_by_device(state)
+
+            def held(j: JobState) -> int:  # devices of the reclaimed kind (an a100 job was preempted for h100s)
+                return sum(1 for a in j.assignments for u in a.device_uuids if kind_of.get(u) == kind)
             borrowers = sorted((j for j in state.active() if j.tenant == tenant and j.status in HOLDING
-                                and j.spec and j.spec.preemptible and j.status != PREEMPTING),
+                                and j.spec and j.spec.preemptible and j.status != PREEMPTING and held(j)),
                                key=lambda j: -(j.placed_at or 0.0))
             # what the tenant's jobs already preempted and still checkpointing hold comes back in a moment
-            kind_of = kind_of if kind_of is not None else kinds_by_device(state)
-            freed = sum(1 for j in state.active() if j.tenant == tenant and j.status == PREEMPTING
-                        for a in j.assignments for u in a.device_uuids if kind_of.get(u) == kind)
+            freed = sum(held(j) for j in state.active() if j.tenant == tenant and j.status == PREEMPTING)
             for victim in borrowers:
                 if freed >= count:
                     break
@@ -588,7 +602,7 @@ def _maybe_reclaim(state: SchedulerState, plan: RoundPlan, tenants: dict[str, qu
                     continue
                 plan.preemptions.append(Preemption(victim.job_id, job.job_id,
                                                    f"quota reclaimed by {job.tenant} (lent to {tenant})"))
-                freed += victim.held_devices()
+                freed += held(victim)
             if freed:
                 plan.reasons[job.job_id] += f"; reclaiming {freed} {kind} from {tenant}"
 
