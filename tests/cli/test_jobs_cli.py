@@ -190,3 +190,34 @@ def test_a_closed_pipe_and_a_missing_service_get_one_line(aios_env: dict[str, st
     out = subprocess.run([sys.executable, "-m", "aios.cli.main", "jobs"], env=env, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 1 and "is the scheduler running?" in out.stderr, out.stderr
+
+
+async def test_cancel_gets_through_to_a_job_that_never_stops_changing(store: Any, monkeypatch: Any) -> None:
+    """`aios cancel` appends against the job's version, so that an end recorded meanwhile is seen. A job requeued
+    several times a second conflicted five times in a row and the cancel gave up ("kept changing; try again"),
+    while it was the job most in need of one. The last try now appends whatever the version, as the API does."""
+    import asyncio
+
+    from aios.cli import jobs as cli_jobs
+    from aios.common.events import JobAdmitted, JobSubmitted
+    from aios.scheduler.state import SchedulerState, evolve
+
+    await store.append("job.busy", JobSubmitted(aggregate_id="busy", tenant="t", spec={
+        "name": "busy", "tenant": "t", "command": ["run"]}), expected_version=0)
+    append = store.append
+
+    async def churning(aggregate: str, events: Any, expected_version: Any = None, **kw: Any) -> Any:
+        if expected_version is not None:  # the job changes between every read and append
+            await append(aggregate, JobAdmitted(aggregate_id="busy", tenant="t"))
+        return await append(aggregate, events, expected_version, **kw)
+    monkeypatch.setattr(store, "append", churning)
+    monkeypatch.setattr(store, "close", lambda: asyncio.sleep(0))
+
+    async def same_store() -> Any:
+        return store
+    monkeypatch.setattr(cli_jobs, "_store", same_store)
+    assert await cli_jobs.cancel("busy") == 0
+    state = SchedulerState()
+    for seq, ev in enumerate((await store.read("job.busy")).events, start=1):
+        evolve(state, ev, seq)
+    assert state.jobs["busy"].cancel_requested

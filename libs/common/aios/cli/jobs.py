@@ -81,7 +81,7 @@ ENDED = {JobSucceeded: "succeeded", JobFailed: "failed", JobCancelled: "cancelle
 async def cancel(job_id: str) -> int:
     store = await _store()
     try:
-        for _ in range(5):  # against the job's version: an end recorded meanwhile is seen, not cancelled
+        for attempt in range(5):  # against the job's version: an end recorded meanwhile is seen, not cancelled
             history = await store.read(f"job.{_known_form(job_id)}")
             if history.version == 0:
                 raise NotFound(f"no job {job_id!r}")
@@ -89,13 +89,14 @@ async def cancel(job_id: str) -> int:
             if ended:  # it printed "cancel requested" and exited 0 for a job that had succeeded (the API: 409)
                 raise AiosError(f"job {job_id} has already ended ({ended[0]}): nothing to cancel")
             try:
+                # a job that never stops changing (requeued again and again) is the one most in need of a cancel:
+                # the last try appends whatever the version, as the API does (a request on an ended job is ignored)
                 await store.append(f"job.{job_id}", JobCancelRequested(aggregate_id=job_id, requested_by="cli"),
-                                   history.version, idempotency_key=f"cli-cancel-request-{job_id}")
+                                   history.version if attempt < 4 else None,
+                                   idempotency_key=f"cli-cancel-request-{job_id}")
                 break
             except ConcurrencyConflict:
                 continue
-        else:
-            raise AiosError(f"job {job_id} kept changing; try again")
     finally:
         await store.close()
     print(f"cancel requested for {job_id}")
