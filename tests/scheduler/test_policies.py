@@ -693,3 +693,25 @@ def test_a_reclaimed_borrower_waits_instead_of_borrowing_the_same_devices_again(
     for t in range(6, 30):
         preempted += [p.job_id for p in step(c.state, fair, float(t)).preemptions]
     assert preempted == ["v-h100"] and c.where("n4") == {"n1": 4} and c.status("v-h100") == PENDING
+
+
+def test_a_tenant_without_quota_gives_way_to_one_within_its_quota() -> None:
+    """Nlp and vision have quotas; a job of a tenant with none took all eight devices, and nlp's job, within its
+    nominal quota, waited behind it with nothing reclaimed. Tenants without quota now run on what the quotas leave
+    idle: a quota job within its nominal share preempts them, and they are admitted after it."""
+    for name in ("fairshare", "fifo"):
+        c = Cluster(("n1", "h100", 4), ("n2", "a100", 4))
+        c.quota("nlp", "lab", h100=4)
+        c.quota("vision", "lab", a100=4)
+        policy = make_policy(name)
+        c.submit("free-for-all", 8, tenant="noq", now=1.0)
+        step(c.state, policy, 2.0)
+        assert c.status("free-for-all") == PLACED  # idle devices are there to be used
+        c.submit("nlp-2", 2, tenant="nlp", device_types=["h100"], now=3.0)
+        preempted = []
+        for t in range(4, 20):
+            plan = step(c.state, policy, float(t))
+            preempted += [(p.job_id, p.reason) for p in plan.preemptions]
+        assert [j for j, _ in preempted] == ["free-for-all"], (name, preempted)
+        assert "tenant noq has no quota" in preempted[0][1]
+        assert c.where("nlp-2") == {"n1": 2} and c.status("free-for-all") == PENDING, name

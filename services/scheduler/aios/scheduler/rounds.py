@@ -219,7 +219,8 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
     kinds = _KindChoice(policy)
     # Kueue admits the jobs its quotas admit without borrowing before those that must borrow: the other way, a
     # borrower preempted so that a tenant could take its quota back was admitted again ahead of that tenant, on the
-    # same devices, and preempted again, several times a second for ever
+    # same devices, and preempted again, several times a second for ever. Tenants without quota, where others have
+    # one, come after them too: they run on what the quotas leave idle
     borrowing: list[JobState] = []
 
     def consider(job: JobState, first_pass: bool) -> None:
@@ -249,6 +250,9 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
                 kinds.pinned[job.job_id] = frozenset(charge)
             borrowed = decision.borrowed
         else:
+            if first_pass and tenants and spec.devices > 0:  # no quota among quotas: after them, as a borrower is
+                borrowing.append(job)
+                return
             charge, borrowed = _request_kinds(job, accepted, free), {}
         admitted.append((job, borrowed))
         for k, n in charge.items():  # charge the tentative usage, so later jobs see it, and their free devices
@@ -437,7 +441,7 @@ def _place_in_order(state: SchedulerState, policy: Policy, now: float, estimate:
         plan.reasons[job.job_id] = _capacity_reason(view, job, facts)
         if head is None:
             head = job
-            _Preemption(state, policy, now, plan).make_room(view, job)
+            _Preemption(state, policy, now, plan).make_room(view, job, borrowed)
             if policy.backfill:
                 req = request_for(job, kinds.first(job))
                 free = int(view.capacity_in(req, view.candidates(req)).sum())
@@ -480,7 +484,7 @@ def _place_window(state: SchedulerState, policy: Policy, now: float, view: Clust
         if shape not in failed:
             failed[shape] = _capacity_reason(view, job, facts)
         plan.reasons[job.job_id] = failed[shape]
-        preemption.make_room(view, job)
+        preemption.make_room(view, job, borrowed)
 
 
 class _Preemption:
@@ -503,17 +507,28 @@ class _Preemption:
         self.victims: list[JobState] = []
         self._kind_of: dict[str, str] | None = None
         self._leaving: list[JobState] | None = None
+        self._scavengers: set[str] = set()
         self.tries = 0
 
-    def make_room(self, view: ClusterView, job: JobState) -> None:
+    def make_room(self, view: ClusterView, job: JobState, borrowed: dict[str, int] | None = None) -> None:
+        """``borrowed``: what the job's admission borrows (None: unknown). A job its tenant's quota admits without
+        borrowing may also preempt the jobs of tenants that have no quota: they run on what quotas leave idle
+        (Slurm's scavenger QOS); one took a quota tenant's guaranteed devices and kept them."""
         if len(self.served) >= self.MAX_PREEMPTORS or self.tries >= self.MAX_TRIES:
             return
         spec = job.spec
         assert spec is not None
         req = request_for(job, frozenset(spec.device_types) or None)
         taken = {p.job_id for p in self.plan.preemptions}  # this round's other preemptions (drain, reclaim)
-        candidates = [v for v in self.policy.victims(self.state, self.now, job) if v.status != PREEMPTING
-                      and v.job_id not in taken and compatible(job, v, self.state)]
+        tenants = self.state.inv.tenants
+        scavengers = sorted((j for j in self.state.active() if j.tenant not in tenants and j.status in (PLACED, RUNNING)
+                             and j.spec and j.spec.preemptible and j.devices > 0),
+                            key=lambda j: -(j.placed_at or 0.0)) if job.tenant in tenants and borrowed == {} else []
+        self._scavengers = {j.job_id for j in scavengers}
+        victims = [*scavengers, *(v for v in self.policy.victims(self.state, self.now, job)
+                                  if v.job_id not in self._scavengers)]
+        candidates = [v for v in victims if v.status != PREEMPTING and v.job_id not in taken
+                      and compatible(job, v, self.state)]
         if self._leaving is None:
             self._leaving = [j for j in self.state.active() if j.status == PREEMPTING and j.assignments]
         if not candidates and not self._leaving:
@@ -545,8 +560,9 @@ class _Preemption:
                 self._serve(view, req, devices)
                 self.victims += chosen
                 for v in chosen:
-                    self.plan.preemptions.append(Preemption(v.job_id, job.job_id,
-                                                            f"preempted by {self.policy.name} for {job.job_id}"))
+                    why = (f"tenant {v.tenant} has no quota: preempted for {job.job_id}, within {job.tenant}'s"
+                           if v.job_id in self._scavengers else f"preempted by {self.policy.name} for {job.job_id}")
+                    self.plan.preemptions.append(Preemption(v.job_id, job.job_id, why))
                 self.plan.reasons[job.job_id] += f"; preempting {', '.join(v.job_id for v in chosen)} to make room"
                 return
 
