@@ -194,3 +194,14 @@ def test_nomad_tasks_connect_as_their_own_nats_identity() -> None:
                 assert f'nomad/jobs/{job_name}\\"' in rendered, "a job may read only its own variables"
                 missing = [v for v in PASSWORDS if f"{v}=" not in rendered]
                 assert missing == [], f"the NATS server would not know {missing}"
+
+
+def test_tenants_that_would_share_credentials_or_an_inbox_are_refused() -> None:
+    """'nlp_x' and 'nlp.x' got the same password variable and reply inbox: one tenant could read the other's
+    replies. Such a pair is refused, naming both; a name given twice is one tenant."""
+    from aios.common.errors import ConfigError
+
+    for pair in (["nlp_x", "nlp.x"], ["nlp-x", "nlp_x"], ["a.b", "a_b"]):
+        with pytest.raises(ConfigError, match=f"tenants: '{pair[0]}' and '{pair[1]}' would share the NATS"):
+            natsauth.render(pair)
+    assert natsauth.render(["team-a", "team-a"]).count('user: "tenant-team-a"') == 1

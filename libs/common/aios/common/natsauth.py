@@ -101,7 +101,24 @@ def tenant_role(tenant: str) -> Role:
 
 
 def roles_for(tenants: list[str]) -> list[Role]:
-    return [*ROLES.values(), *(tenant_role(t) for t in tenants)]
+    """Every identity: the services', then one per tenant. Two tenants whose names differ only in '.', '_' or '-'
+    would share a password variable or a reply inbox (one could read the other's replies): refused, naming them."""
+    from aios.common.errors import ConfigError
+
+    roles = [*ROLES.values(), *(tenant_role(t) for t in dict.fromkeys(tenants))]
+    for what in ("password_env", "inbox"):
+        seen: dict[str, str] = {}
+        for role in roles:
+            key = getattr(role, what)
+            if what == "inbox" and role.inbox == "_INBOX":
+                continue  # the services share the plain inbox prefix, as trusted peers
+            if key in seen:
+                raise ConfigError(f"tenants: {seen[key].removeprefix('tenant-')!r} and "
+                                  f"{role.user.removeprefix('tenant-')!r} would share the NATS "
+                                  f"{'password variable' if what == 'password_env' else 'reply inbox'} {key}: "
+                                  "rename one (names that differ only in '.', '_' or '-' collide)")
+            seen[key] = role.user
+    return roles
 
 
 def _list(items: list[str]) -> str:
