@@ -715,3 +715,30 @@ def test_a_tenant_without_quota_gives_way_to_one_within_its_quota() -> None:
         assert [j for j, _ in preempted] == ["free-for-all"], (name, preempted)
         assert "tenant noq has no quota" in preempted[0][1]
         assert c.where("nlp-2") == {"n1": 2} and c.status("free-for-all") == PENDING, name
+
+
+def test_why_says_a_job_larger_than_its_quota_could_ever_be_will_not_start() -> None:
+    """A gang is charged to one kind. Nlp's 8-device job, with 4 H100s of quota and 4 A100s its cohort could lend,
+    can never be admitted; `why` read "h100 would be 8 against nominal 4; cohort lab lends 0", as if a wait would
+    do."""
+    c = Cluster(("n1", "h100", 4), ("n2", "a100", 4))
+    c.quota("nlp", "lab", h100=4)
+    c.quota("vision", "lab", a100=4)
+    c.submit("wide", 8, tenant="nlp", now=1.0)
+    c.submit("fits", 4, tenant="nlp", now=1.0)
+    fair = make_policy("fairshare")
+    step(c.state, fair, 2.0)
+    why = explain(c.state, fair, "wide", 3.0)
+    assert "tenant nlp can never hold 8 devices of one kind" in why and "at most 4 a100, 4 h100" in why, why
+    assert c.status("fits") == PLACED
+
+
+
+def test_why_of_an_ended_job_names_no_devices() -> None:
+    c = Cluster(("n1", "h100", 4))
+    c.submit("done", 2, now=1.0)
+    fifo = make_policy("fifo")
+    step(c.state, fifo, 2.0)
+    assert explain(c.state, fifo, "done", 3.0) == "done is placed on n1:2"
+    c.finish("done", 4.0)
+    assert explain(c.state, fifo, "done", 5.0) == "done is succeeded"  # it read "succeeded on n1:2"

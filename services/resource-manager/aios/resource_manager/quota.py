@@ -73,10 +73,23 @@ def fits(quotas: Mapping[str, Quota], usage: Usage, tenant: str, kind: str, extr
         if after <= q.nominal.get(kind, 0):
             return False, (f"tenant {tenant}: {kind} {after} is within its nominal {q.nominal.get(kind, 0)}, but "
                            f"cohort {q.cohort} has lent it out: {demand - pool} must be reclaimed from borrowers")
-        where = f"cohort {q.cohort}" if q.cohort else "no cohort to borrow from"
+        if not q.cohort:
+            return False, (f"tenant {tenant}: {kind} would be {after} against nominal {q.nominal.get(kind, 0)}, "
+                           "and it has no cohort to borrow from")
         return False, (f"tenant {tenant}: {kind} would be {after} against nominal {q.nominal.get(kind, 0)}; "
-                       f"{where} lends {pool}, borrowers would need {demand}")
+                       f"cohort {q.cohort} lends {pool}, borrowers would need {demand}")
     return True, ""
+
+
+def ceiling(quotas: Mapping[str, Quota], tenant: str, kind: str) -> int:
+    """The most ``kind`` devices ``tenant`` could ever hold: its nominal quota and all that its cohort could lend it
+    with nothing else running, within its borrowing limit. A job asking for more can never be admitted (Kueue calls
+    it inadmissible)."""
+    q = quotas[tenant]
+    lend = sum(lendable(m, 0, kind) for m in _members(quotas, tenant) if m.tenant != tenant)
+    if q.borrowing_limit is not None:
+        lend = min(lend, q.borrowing_limit.get(kind, 0))
+    return q.nominal.get(kind, 0) + lend
 
 
 def admit(quotas: Mapping[str, Quota], usage: Usage, tenant: str, request: Mapping[str, int]) -> Admission:

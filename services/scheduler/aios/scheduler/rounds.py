@@ -243,7 +243,17 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
                 # a job that no wait for quota would let start says why first (a 16-device gang on 8 devices
                 # read "a100 would be 16 against nominal 2")
                 never = facts.never_fits(request_for(job, frozenset(spec.device_types) or None))
-                plan.reasons[job.job_id] = f"capacity: {never}" if never else f"quota: {decision.reason}"
+                kinds_of_job = sorted(whole or accepted)
+                most = {k: quotas.ceiling(tenants, job.tenant, k) for k in kinds_of_job}
+                if never:
+                    plan.reasons[job.job_id] = f"capacity: {never}"
+                elif all(spec.devices > m for m in most.values()):  # it read as if a wait would do
+                    plan.reasons[job.job_id] = (
+                        f"quota: tenant {job.tenant} can never hold {spec.devices} devices of one kind (a job is "
+                        f"charged to one): at most " + ", ".join(f"{m} {k}" for k, m in most.items())
+                        + " with all its cohort could lend; a larger quota, or a smaller job, would let it start")
+                else:
+                    plan.reasons[job.job_id] = f"quota: {decision.reason}"
                 _maybe_reclaim(state, plan, tenants, usage, job, charge, now)
                 return
             if whole and len(accepted) > 1:
@@ -654,7 +664,8 @@ def explain(state: SchedulerState, policy: Policy, job_id: str, now: float) -> s
         return f"no job {job_id!r}"
     if job.status != PENDING:
         detail = f" ({job.error})" if job.error else ""
-        where = ", ".join(f"{a.node_id}:{len(a.device_uuids)}" for a in job.assignments)
+        where = ", ".join(f"{a.node_id}:{len(a.device_uuids)}" for a in job.assignments
+                          if job.status in HOLDING)  # an ended job holds nothing ("cancelled on sim-2:4")
         return f"{job_id} is {job.status}{detail}" + (f" on {where}" if where else "") + _slow_start(state, job, now)
     plan = plan_round(state, policy, now)
     position = plan.order.index(job_id) + 1 if job_id in plan.order else 0
