@@ -70,3 +70,28 @@ def test_missing_fields_and_wrong_shapes() -> None:
         validate_spec({"name": "x", "tenant": "t", "trainer": {"kind": "mlp", "epochs": 1}})
     with pytest.raises(SpecError, match="^trainer.lr: must be positive"):
         validate_spec({"name": "x", "tenant": "t", "trainer": {"kind": "mlp", "lr": -1}})
+
+
+@pytest.mark.parametrize("raw, field, reason", [
+    # as Kueue: limits mean nothing outside a cohort, and a tenant lends at most what it has (both were stored)
+    ({"nominal": {"a100": 2}, "borrowing_limit": {"a100": 2}}, "borrowing_limit", "needs a cohort"),
+    ({"nominal": {"h100": 2}, "lending_limit": {"h100": 1}}, "lending_limit", "needs a cohort"),
+    ({"cohort": "lab", "nominal": {"h100": 2}, "lending_limit": {"h100": 5}}, "lending_limit.h100",
+     "5 is more than the nominal quota of h100 (2)"),
+])
+def test_quota_limits_that_cannot_mean_anything_are_refused(raw: dict, field: str, reason: str) -> None:
+    from aios.scheduler.spec import validate_quota
+
+    with pytest.raises(SpecError) as info:
+        validate_quota("nlp", raw)
+    assert info.value.field == field and reason in str(info.value)
+    assert validate_quota("nlp", {"cohort": "lab", "nominal": {"h100": 2}, "lending_limit": {"h100": 2},
+                                  "borrowing_limit": {"a100": 4}}).lending_limit == {"h100": 2}
+
+
+def test_a_kind_given_twice_on_the_command_line_is_refused() -> None:
+    from aios.cli.inspect import parse_counts
+    from aios.common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--nominal: h100 is given twice"):  # it kept the last, silently
+        parse_counts("--nominal", "h100=2,H100=3")

@@ -118,7 +118,10 @@ def parse_counts(option: str, text: str | None) -> dict[str, int] | None:
         kind, sep, count = part.partition("=")
         if not sep or not kind or not re.fullmatch(r"[0-9]{1,9}", count.strip()):  # ASCII digits ('²' passed isdigit)
             raise ConfigError(f"{option}: {part!r} is not KIND=N with N a whole number (e.g. h100=8)")
-        out[kind.strip().lower()] = int(count)
+        kind = kind.strip().lower()
+        if kind in out:  # h100=2,h100=3 kept the last, silently
+            raise ConfigError(f"{option}: {kind} is given twice")
+        out[kind] = int(count)
     return out
 
 

@@ -223,8 +223,18 @@ def validate_quota(tenant: Any, raw: Any) -> TenantQuotaSet:
                 raise SpecError(f"{field}.{kind}", f"expected a whole number from 0 to {MAX_QUOTA:,}, got {n!r}")
         return dict(value)
 
-    return TenantQuotaSet(aggregate_id=tenant, cohort=cohort, nominal=counts("nominal", False) or {},
-                          borrowing_limit=counts("borrowing_limit", True), lending_limit=counts("lending_limit", True))
+    nominal = counts("nominal", False) or {}
+    borrowing, lending = counts("borrowing_limit", True), counts("lending_limit", True)
+    for field, value in (("borrowing_limit", borrowing), ("lending_limit", lending)):
+        if value and any(value.values()) and not cohort:  # as Kueue: limits mean nothing outside a cohort (zero
+            # limits, harmless, are kept as older workloads hold them)
+            raise SpecError(field, "needs a cohort to borrow from or lend to (--cohort)")
+    for kind, n in (lending or {}).items():
+        if n > nominal.get(kind, 0):  # as Kueue: a tenant lends at most what it has
+            raise SpecError(f"lending_limit.{kind}", f"{n} is more than the nominal quota of {kind} "
+                                                     f"({nominal.get(kind, 0)})")
+    return TenantQuotaSet(aggregate_id=tenant, cohort=cohort, nominal=nominal, borrowing_limit=borrowing,
+                          lending_limit=lending)
 
 
 def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
