@@ -742,3 +742,21 @@ def test_why_of_an_ended_job_names_no_devices() -> None:
     assert explain(c.state, fifo, "done", 3.0) == "done is placed on n1:2"
     c.finish("done", 4.0)
     assert explain(c.state, fifo, "done", 5.0) == "done is succeeded"  # it read "succeeded on n1:2"
+
+
+def test_a_head_that_cannot_start_on_the_nodes_there_does_not_hold_the_queue() -> None:
+    """Strict order (priority, fifo): the head blocks the jobs behind it while it waits for devices to come free.
+    A head that cannot start on the nodes there now, whoever leaves (8 devices with one of two 4-device nodes
+    drained), kept every other job waiting beside 4 idle devices."""
+    from aios.common.events import NodeCordoned
+    from aios.scheduler.local import apply
+
+    for name in ("priority", "fifo"):
+        c = Cluster(("n1", "h100", 4), ("n2", "h100", 4))
+        apply(c.state, [("node.n1", [NodeCordoned(aggregate_id="n1", drain=True, reason="maintenance")])], 0.5)
+        policy = make_policy(name)
+        c.submit("wide", 8, priority=20, now=1.0)
+        c.submit("small", 4, priority=10, now=2.0)
+        step(c.state, policy, 3.0)
+        assert c.status("wide") == PENDING and c.where("small") == {"n2": 4}, name
+        assert "uncordoned" in explain(c.state, policy, "wide", 4.0)

@@ -449,6 +449,9 @@ def _place_in_order(state: SchedulerState, policy: Policy, now: float, estimate:
                 extra -= job.devices
             continue
         plan.reasons[job.job_id] = _capacity_reason(view, job, facts)
+        if head is None and facts.never_fits(request_for(job, frozenset(job.spec.device_types) or None)):
+            continue  # it cannot start on the nodes there now, whoever leaves: holding the queue for it left the
+            # cluster idle (an 8-device head on a drained half of the cluster kept every other job waiting)
         if head is None:
             head = job
             _Preemption(state, policy, now, plan).make_room(view, job, borrowed)
