@@ -80,8 +80,13 @@ def test_a_cordon_lasts_until_lifted_and_the_agents_own_until_it_registers_again
     evolve(inv, registered("n2", agent="a2"))
     assert inv.nodes["n1"].cordon == "replace PSU" and inv.nodes["n1"].draining and not inv.nodes["n1"].schedulable
     assert inv.nodes["n2"].schedulable and not inv.nodes["n2"].moving_jobs_off  # the agent's own ended with it
+    # cordoned again without a reason (a drain turned into a plain cordon): the reason stays, as Slurm keeps it
+    evolve(inv, NodeCordoned(aggregate_id="n1", drain=False, by="cli"))
+    assert inv.nodes["n1"].cordon == "replace PSU" and not inv.nodes["n1"].draining
     evolve(inv, NodeCordoned(aggregate_id="n1", cordoned=False, by="cli"))
     assert inv.nodes["n1"].schedulable and inv.nodes["n1"].cordon == ""
+    evolve(inv, NodeCordoned(aggregate_id="n1", by="cli"))  # a fresh cordon without a reason
+    assert inv.nodes["n1"].cordon == "cordoned"
 
 
 def test_jobs_on_a_node_whose_agent_drained_it_are_not_orphaned_by_its_restart() -> None:

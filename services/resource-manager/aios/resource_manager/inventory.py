@@ -164,7 +164,8 @@ def evolve(inv: Inventory, ev: Event) -> Inventory:
             node.shutting_down = ev.cordoned  # type: ignore[attr-defined]
         elif node is not None:
             on = ev.cordoned  # type: ignore[attr-defined]
-            node.cordon = (ev.reason or "cordoned") if on else ""  # type: ignore[attr-defined]
+            # a cordon without a reason keeps the one given before (Slurm's does): it read "cordoned" after
+            node.cordon = (ev.reason or node.cordon or "cordoned") if on else ""  # type: ignore[attr-defined]
             node.draining = on and ev.drain  # type: ignore[attr-defined]
     elif kind is TenantQuotaSet:
         inv.tenants[ev.aggregate_id] = ev  # type: ignore[assignment]
