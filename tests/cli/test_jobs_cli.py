@@ -140,7 +140,11 @@ def test_commands_pointed_at_a_dead_server_fail_at_once(aios_env: dict[str, str]
     latin = Path(aios_env["AIOS_DATA_DIR"]) / "latin1.yaml"
     latin.parent.mkdir(parents=True, exist_ok=True)
     latin.write_bytes(b"name: caf\xe9\n")
+    broken = latin.parent / "broken.yaml"
+    broken.write_text(": : :\n")
     for args, message in ((["submit", str(latin)], "not UTF-8 text"),
+                          # PyYAML's five lines, as one with the place
+                          (["submit", str(broken)], "broken.yaml:1:1: not valid YAML or JSON: expected <block end>"),
                           (["models", "alias", "digits", "prod", "1", "--expect", "abc"], "--expect: a version number"),
                           (["models", "eval", "m", "--trainer", "{bad"], "--trainer: not JSON"),
                           (["models", "register", "../x", str(latin)], "name '../x': letters"),  # before the upload

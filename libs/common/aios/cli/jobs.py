@@ -34,8 +34,11 @@ def load_spec_file(path: str) -> dict[str, Any]:
             raise ConfigError(f"{path}: not valid JSON: {exc}") from None
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML or JSON: {exc}") from None
+    except yaml.YAMLError as exc:  # one line with where it went wrong, not PyYAML's five
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML or JSON: {problem}") from None
     return data
 
 
