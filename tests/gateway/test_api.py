@@ -122,6 +122,10 @@ def test_tokens_and_tenants(gateway: tuple[str, LocalCluster]) -> None:
                    + call(url, "GET", "/api/v1/jobs?status=placed", ALICE)[1]["jobs"]]
     status, err = call(url, "GET", "/api/v1/jobs?status=runing", ALICE)  # a typo listed nothing, as if none ran
     assert status == 422 and err["error"].startswith("status: 'runing' is no job state (one of pending, placed")
+    listed = call(url, "GET", "/api/v1/jobs?tenant=alice", ADMIN)[1]["jobs"]
+    assert job in [j["job"] for j in listed] and {j["tenant"] for j in listed} == {"alice"}
+    status, err = call(url, "GET", "/api/v1/jobs?limit=5", ADMIN)  # answered every job, as if it had been applied
+    assert status == 400 and err["error"] == "limit: not a filter of this list (known: status, tenant)"
     status, err = call(url, "POST", "/api/v1/jobs", BOB, {**spec, "tenant": "alice"})
     assert status == 403 and "tenant: 'alice' is not yours" in err["error"]
     status, err = call(url, "PUT", "/api/v1/tenants/bob/quota", BOB, {"nominal": {"a100": 8}})

@@ -192,7 +192,12 @@ class Api:
         return web.json_response(reply, status=201)
 
     async def list_jobs(self, request: web.Request, caller: Caller) -> web.StreamResponse:
-        return web.json_response({"jobs": self.jobs_of(caller, request.query.get("status"))})
+        unknown = sorted(set(request.query) - {"status", "tenant"})
+        if unknown:  # ?tenant=x&limit=5 answered every job, as if filtered
+            raise HttpError(400, f"{unknown[0]}: not a filter of this list (known: status, tenant)")
+        jobs = self.jobs_of(caller, request.query.get("status"))
+        tenant = request.query.get("tenant")
+        return web.json_response({"jobs": jobs if tenant is None else [j for j in jobs if j["tenant"] == tenant]})
 
     async def describe(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         return web.json_response(await self.job_detail(caller, request.match_info["job"]))
@@ -329,7 +334,8 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/jobs", Api.submit, "Submit a job", body=JOB_SPEC_SCHEMA,
           responses=(201, 400, 401, 403, 409, 422)),
     Route("GET", "/api/v1/jobs", Api.list_jobs, "List jobs",
-          query=(("status", "string", f"only jobs in this state ({', '.join(STATUSES)})"),), responses=(200, 422)),
+          query=(("status", "string", f"only jobs in this state ({', '.join(STATUSES)})"),
+                 ("tenant", "string", "only this tenant's jobs (of those the caller may see)")), responses=(200, 400, 422)),
     Route("GET", "/api/v1/jobs/{job}", Api.describe, "Describe a job, with its event timeline",
           responses=(200, 401, 403, 404)),
     Route("POST", "/api/v1/jobs/{job}/cancel", Api.cancel, "Cancel a job", responses=(202, 401, 403, 404, 409)),
