@@ -204,6 +204,9 @@ def gavel_line(job_type: str = "A", steps: str = "3600", gpus: str = "1", weight
     ([gavel_line()], {"add": ""}, "--add: no GPUs given"),
     ([gavel_line()], {"compare": ","}, "--compare: no policy named"),
     ([gavel_line()], {"compare": "fifo,las,fifo"}, "--compare: 'fifo' is named twice"),
+    # --policy beside --compare was dropped without a word, and an empty name in the list passed
+    ([gavel_line()], {"compare": "las", "policy": "fifo"}, "give --policy (one run) or --compare (several), not both"),
+    ([gavel_line()], {"compare": "fifo,,las"}, "--compare: 'fifo,,las' has an empty name"),
     ([gavel_line()], {"policy": ""}, "unknown policy ''"),
     ([gavel_line()], {"out": "a-file"}, "--out: cannot use"),
     ([gavel_line()], {"export": "no-such-folder/jobs.jsonl"}, "--export: cannot write"),
@@ -220,8 +223,8 @@ def test_bad_simulate_input_is_one_clear_error(tmp_path: Path, lines: list[str],
     table = tmp_path / "tp.csv"
     table.write_text("job_type,num_gpus,gpu_type,consolidated,steps_per_s\nA,1,v100,1,1.0\nA,1,v100,0,1.0\n")
     (tmp_path / "a-file").write_text("not a folder")
-    args = {"cluster": "v100=2", "policy": "fifo", "compare": None, "round_s": 360.0, "out": None, "add": None,
-            "export": None, **options}
+    args = {"cluster": "v100=2", "policy": None if "compare" in options else "fifo", "compare": None, "round_s": 360.0,
+            "out": None, "add": None, "export": None, **options}
     for key in ("out", "export"):
         if args[key]:
             args[key] = str(tmp_path / args[key])

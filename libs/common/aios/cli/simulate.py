@@ -120,10 +120,14 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
         raise ConfigError("give exactly one workload: --trace FILE or --from-log")
     given_cluster = parse_cluster(cluster) if cluster is not None else None
     added = parse_cluster(add, "--add") if add is not None else {}
-    names = [p.strip() for p in compare.split(",") if p.strip()] if compare is not None else \
+    if policy is not None and compare is not None:  # --policy was dropped without a word
+        raise ConfigError("give --policy (one run) or --compare (several), not both; add it to --compare's list")
+    names = [p.strip() for p in compare.split(",")] if compare is not None else \
         [policy if policy is not None else RECOMMENDED]
-    if not names:
+    if compare is not None and not any(names):
         raise ConfigError("--compare: no policy named (e.g. --compare fifo,hetero-ts)")
+    if compare is not None and "" in names:
+        raise ConfigError(f"--compare: {compare!r} has an empty name (two commas, or one at an end)")
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ConfigError(f"--compare: {twice[0]!r} is named twice")
