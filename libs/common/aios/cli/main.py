@@ -429,12 +429,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="give every job its true duration as its runtime estimate (labelled; not the headline)")
     sim.add_argument("--policy", help="policy to run (default: the recommended one)")
     sim.add_argument("--compare", help="comma-separated policies to run side by side")
-    sim.add_argument("--throughputs", default="../shared/traces/gavel-throughputs-isolated.csv")
+    sim.add_argument("--throughputs", default="../shared/traces/gavel-throughputs-isolated.csv",
+                     help="steps/s of each job type per GPU count and kind (Gavel's CSV or JSON; default: %(default)s)")
     sim.add_argument("--round", type=float, default=360.0, help="round length in seconds")
     sim.add_argument("--on-events", action=argparse.BooleanOptionalAction, default=None,
                      help="also decide at every arrival and finish, at once, as the live scheduler does (default: "
                           "on with --from-log, so a replay keeps the log's timing; off for traces, as in Gavel)")
-    sim.add_argument("--gpus-per-server", type=_positive, default=4)
+    sim.add_argument("--gpus-per-server", type=_positive, default=4,
+                     help="GPUs in each simulated server (default: 4)")
     sim.add_argument("--out", help="folder for per-job records (CSV), summaries (JSON) and report.md with plots "
                                    "(default with --compare: ./simulate-report)")
     sim.add_argument("--list-policies", action="store_true")
