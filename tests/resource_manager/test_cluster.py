@@ -122,14 +122,17 @@ def test_quota_and_tenants_commands(aios_env: dict[str, str], tmp_path: Path) ->
         assert tenants["nlp"] == {"cohort": "research", "nominal": {"h100": 4, "a100": 2},
                                   "borrowing_limit": {"h100": 2}, "lending_limit": None, "usage": {}}
         assert run("quota", "cv", "--cohort", "research", "--nominal", "a100=1").returncode == 0
+        assert run("quota", "solo", "--nominal", "a100=1").returncode == 0
         deadline = time.monotonic() + 20
-        while "cv" not in (table := run("tenants").stdout):
+        while "cv" not in (table := run("tenants").stdout) or "solo" not in table:
             assert time.monotonic() < deadline, table
             time.sleep(0.3)
         rows = {line.split("│")[1].strip(): line for line in table.splitlines() if line.count("│") > 3}
         # an unset borrowing limit is no limit (it read "none", what an empty one means)
         assert "no limit" in rows["cv"] and "all unused" in rows["cv"], table
         assert "h100=2, 0 of other kinds" in rows["nlp"], table
+        # without a cohort there is nothing to borrow or lend: it read "no limit" and "all unused"
+        assert "no limit" not in rows["solo"] and "all unused" not in rows["solo"], table
     finally:
         c.stop()
 

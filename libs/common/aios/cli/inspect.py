@@ -102,9 +102,12 @@ async def tenants(as_json: bool = False, servers: list[str] | None = None) -> in
         """A limit per kind; kinds it does not name are limited to 0."""
         return unset if d is None else (fmt(d) + ", 0 of other kinds") if d else "none"
     for name, t in reply["tenants"].items():
+        # unset is no limit (it read "none", which is what an empty limit means: no borrowing); without a cohort
+        # (or a quota: a tenant only seen using devices) there is nothing to borrow from or lend to
+        cohort = bool(t["cohort"])
         table.add_row(name or "(unknown)", t["cohort"] or "-", fmt(t["nominal"]), fmt(t["usage"]),
-                      # unset is no limit (it read "none", which is what an empty limit means: no borrowing)
-                      limit(t["borrowing_limit"], "no limit"), limit(t["lending_limit"], "all unused"))
+                      limit(t["borrowing_limit"], "no limit") if cohort else "-",
+                      limit(t["lending_limit"], "all unused") if cohort else "-")
     table_console().print(table)
     return 0
 
