@@ -249,8 +249,9 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
                     plan.reasons[job.job_id] = f"capacity: {never}"
                 elif all(spec.devices > m for m in most.values()):  # it read as if a wait would do
                     plan.reasons[job.job_id] = (
-                        f"quota: tenant {job.tenant} can never hold {spec.devices} devices of one kind (a job is "
-                        f"charged to one): at most " + ", ".join(f"{m} {k}" for k, m in most.items())
+                        f"quota: tenant {job.tenant} can never hold {spec.devices} "
+                        f"{'device' if spec.devices == 1 else 'devices'} of one kind (a job is charged to one): "
+                        "at most " + ", ".join(f"{m} {k}" for k, m in most.items())
                         + " with all its cohort could lend; a larger quota, or a smaller job, would let it start")
                 else:
                     plan.reasons[job.job_id] = f"quota: {decision.reason}"
