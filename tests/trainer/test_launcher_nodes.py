@@ -137,6 +137,10 @@ def test_an_exit_after_a_stop_nobody_asked_for_requeues_the_job() -> None:
         "requeued", "worker rank0-a1 stopped before its last step (exit 75: a signal AIOS did not send, or NATS went "
         "away); resumes from its checkpoint", 75)
     assert outcome(job({"rank1-a1": 75}, [], running=1)) is None  # rank 0 may still write the checkpoint
+    # the launcher then stops its peer: the exit 75 that came first is the cause (it read "stopped by its agent")
+    assert outcome(job({"rank1-a1": 75, "rank0-a1": 0}, ["rank0-a1"])) == (
+        "requeued", "worker rank1-a1 stopped before its last step (exit 75: a signal AIOS did not send, or NATS went "
+        "away); resumes from its checkpoint", 75)
     assert outcome(job({"rank0-a1": 3, "rank1-a1": 75}, []))[0] == "requeued"  # type: ignore[index]
 
 

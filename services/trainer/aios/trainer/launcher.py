@@ -104,9 +104,9 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
             return None  # the others are stopping too
         if nodes_lost:
             why = f"node {min(nodes_lost)} was lost"
-        elif interrupted and not job.stopped_workers and not nodes_going:
-            # its own doing (its peers were then stopped at the launcher's request); a worker that exits 75 because
-            # AIOS stopped a peer or its node is going is not
+        elif interrupted and not nodes_going and next(iter(job.exit_codes)) in interrupted:
+            # its own doing: a worker's exit 75 came first (its peers were then stopped at the launcher's request);
+            # one that exits 75 after AIOS stopped a peer, or while its node goes, is not
             if (job.interrupted_in_a_row >= MAX_INTERRUPTIONS_WITHOUT_PROGRESS
                     and not made_progress(job, now if now is not None else time.time())):
                 return "failed", (f"worker {interrupted[0]} exited {EXIT_INTERRUPTED} (interrupted) again, after "
@@ -118,8 +118,10 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
             return "requeued", f"{why}; resumes from its checkpoint", EXIT_INTERRUPTED
         elif job.stopped_workers:
             why = f"worker {min(job.stopped_workers)} was stopped by its node's agent"
-        else:
+        elif nodes_going:
             why = f"worker {min(stopped)} exited while node {min(nodes_going)} shut down"
+        else:  # an exit 75 after a peer's crash: requeued, but not counted as the job's own interruption
+            why = f"worker {(interrupted or sorted(stopped))[0]} stopped before its last step"
         return "requeued", f"{why}; resumes from its checkpoint", None
     if world and len(job.exit_codes) >= world:
         return "succeeded", "", 0
