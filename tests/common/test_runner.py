@@ -121,3 +121,35 @@ def test_service_waits_for_nats_to_come_up(aios_env: dict[str, str], tmp_path: P
         if proc.poll() is None:
             proc.kill()
         server.kill()
+
+
+def test_a_taken_http_port_is_not_fatal(nats_server: NatsServer, aios_env: dict[str, str], tmp_path: Path) -> None:
+    """A launcher picks a free port for each service's /healthz; another process may take it before the service
+    binds. The service died at start with a traceback (a CI run lost a node that way); now it serves on another
+    port, says so, and logs the one it got."""
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    env = {**aios_env, "AIOS_NATS_URL": nats_server.url, "AIOS_HTTP_PORT": str(port), "AIOS_EXTRA_SERVICES": TAIL}
+    log_path = tmp_path / "svc.log"
+    try:
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "aios.cli.main", "service", "tail"], env=env,
+                                    stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while "service started" not in log_path.read_text():
+            assert proc.poll() is None, log_path.read_text()[-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        started = next(json.loads(line) for line in log_path.read_text().splitlines() if "service started" in line)
+        assert started["http"] != f"http://127.0.0.1:{port}" and "http port taken" in log_path.read_text()
+        assert wait_http(started["http"] + "/healthz")[0] == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        taken.close()
+        if proc.poll() is None:
+            proc.kill()

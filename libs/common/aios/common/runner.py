@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import errno
 import logging
 import random
 import signal
@@ -78,7 +79,15 @@ async def _serve_http(ctx: ServiceContext, service: Service) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, ctx.settings.http_host, ctx.settings.http_port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:  # taken (another process got the free port a launcher picked for it): any free port,
+        if exc.errno != errno.EADDRINUSE or not ctx.settings.http_port:  # as the gateway's and the router's
+            raise
+        log.warning("http port taken; serving /healthz and /metrics on another",
+                    extra={"port": ctx.settings.http_port})
+        site = web.TCPSite(runner, ctx.settings.http_host, 0)
+        await site.start()
     sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
     port = sockets[0].getsockname()[1] if sockets else ctx.settings.http_port
     ctx.http_url = f"http://{ctx.settings.http_host}:{port}"
