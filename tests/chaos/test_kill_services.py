@@ -1,4 +1,4 @@
-"""Kill -9 every kind of process in turn while 200 jobs of 3 tenants run on simulated nodes, restarting each: in the
+"""Kill -9 every kind of process in turn while 150 jobs of 3 tenants run on simulated nodes, restarting each: in the
 end every job has ended exactly once, no device was ever leased to two jobs (checked by folding the whole log), and
 no acknowledged submit is missing."""
 
@@ -18,7 +18,7 @@ from aios.common.store import connect
 from tests.scheduler.test_integration import _commits, _leased, check_no_double_booking
 from tests.scheduler.test_resilience import start, wait_registered
 
-JOBS = 200
+JOBS = 150
 VICTIMS = ["scheduler", "resource-manager", "trainer-sim-1", "agent-sim-2", "model-registry", "gateway"]
 TERMINAL = (JobSucceeded, JobFailed, JobCancelled)
 
