@@ -71,14 +71,14 @@ def test_comments_blank_lines_and_defaults(tmp_path: Path) -> None:
     ('{"quota": {"nominal": {"h100": 1}}}', "field 'quota.tenant': required"),
     ('{"quota": {"tenant": "nlp", "nomnial": {}}}', "field 'quota.nomnial': unknown field"),
     ('{"quota": {"tenant": "nlp"}, "work": 3}', "field 'work': a quota line holds only the field 'quota'"),
-    ('{"quota": {"tenant": "vision"}}', "field 'quota.tenant': 'vision' has its quota on line 1 already"),
+    ('{"quota": {"tenant": "vision", "nominal": {}}}', "field 'quota.tenant': 'vision' has its quota on line 1 already"),
     ('{"quota": {"tenant": "NLP"}}', "field 'quota.tenant': lowercase letters"),
     ('{"quota": {"tenant": "nlp", "nominal": {"H100": 1}}}', "field 'quota.nominal.H100': not a device kind"),
     ('{"quota": {"tenant": "nlp", "cohort": "../x y*"}}', "field 'quota.cohort': lowercase letters"),
 ])
 def test_bad_input_names_file_line_and_field(tmp_path: Path, line: str, field: str) -> None:
     path = tmp_path / "jobs.jsonl"
-    good = GOOD if "vision" not in line else '{"quota": {"tenant": "vision"}}'
+    good = GOOD if "vision" not in line else '{"quota": {"tenant": "vision", "nominal": {}}}'
     path.write_text(f"{good}\n# comment\n{line}\n")
     with pytest.raises(ConfigError) as err:
         read_native_trace(path)

@@ -78,6 +78,10 @@ def test_missing_fields_and_wrong_shapes() -> None:
     ({"nominal": {"h100": 2}, "lending_limit": {"h100": 1}}, "lending_limit", "needs a cohort"),
     ({"cohort": "lab", "nominal": {"h100": 2}, "lending_limit": {"h100": 5}}, "lending_limit.h100",
      "5 is more than the nominal quota of h100 (2)"),
+    # a null cohort or nominal quota was stored as none; an absent nominal quota as a quota of nothing
+    ({"cohort": None, "nominal": {"h100": 2}}, "cohort", "expected a string (empty: no cohort), got null"),
+    ({"nominal": None}, "nominal", "expected an object of device kind -> count, got null"),
+    ({"cohort": "lab"}, "nominal", "required: device kind -> count ({} for none, to borrow only)"),
 ])
 def test_quota_limits_that_cannot_mean_anything_are_refused(raw: dict, field: str, reason: str) -> None:
     from aios.scheduler.spec import validate_quota

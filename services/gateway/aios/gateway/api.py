@@ -104,7 +104,7 @@ JOB_SPEC_SCHEMA = job_spec_schema()
 _COUNTS = {"type": "object", "propertyNames": {"pattern": KIND_PATTERN},
            "additionalProperties": {"type": "integer", "minimum": 0, "maximum": MAX_QUOTA}}
 QUOTA_SCHEMA: dict[str, Any] = {
-    "type": "object", "additionalProperties": False,
+    "type": "object", "additionalProperties": False, "required": ["nominal"],
     "properties": {"nominal": _COUNTS, "cohort": {"type": "string"},
                    "borrowing_limit": {"oneOf": [_COUNTS, {"type": "null"}]},
                    "lending_limit": {"oneOf": [_COUNTS, {"type": "null"}]}}}

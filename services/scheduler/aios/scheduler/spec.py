@@ -205,14 +205,20 @@ def validate_quota(tenant: Any, raw: Any) -> TenantQuotaSet:
     for key in raw:
         if key not in QUOTA_FIELDS:
             raise SpecError(str(key)[:64], f"unknown field (known: {', '.join(QUOTA_FIELDS)})")
-    cohort = raw.get("cohort") or ""
+    cohort = raw.get("cohort", "")
+    if cohort is None:  # a null was stored as "no cohort": say what is expected instead of guessing
+        raise SpecError("cohort", "expected a string (empty: no cohort), got null")
     if not isinstance(cohort, str) or (cohort and not is_name(cohort)):
         raise SpecError("cohort", "lowercase letters, digits, '.', '_' or '-', 1 to 64 characters (or empty: none)")
 
     def counts(field: str, limit: bool) -> dict[str, int] | None:
         value = raw.get(field)
+        if value is None and limit:
+            return None
+        if value is None and field in raw:
+            raise SpecError(field, "expected an object of device kind -> count, got null")
         if value is None:
-            return None if limit else {}
+            return {}
         if not isinstance(value, dict):
             raise SpecError(field, "expected an object of device kind -> count" + (" (or null: no limit)" if limit
                                                                                   else ""))
@@ -225,6 +231,8 @@ def validate_quota(tenant: Any, raw: Any) -> TenantQuotaSet:
 
     nominal = counts("nominal", False) or {}
     borrowing, lending = counts("borrowing_limit", True), counts("lending_limit", True)
+    if "nominal" not in raw:  # as Kueue's nominalQuota: an absent one was a quota of nothing, as if meant
+        raise SpecError("nominal", "required: device kind -> count ({} for none, to borrow only)")
     for field, value in (("borrowing_limit", borrowing), ("lending_limit", lending)):
         if value and any(value.values()) and not cohort:  # as Kueue: limits mean nothing outside a cohort (zero
             # limits, harmless, are kept as older workloads hold them)
