@@ -131,6 +131,14 @@ def test_tokens_and_tenants(gateway: tuple[str, LocalCluster]) -> None:
     status, err = call(url, "PUT", "/api/v1/tenants/bob/quota", BOB, {"nominal": {"a100": 8}})
     assert status == 403 and "administrators only" in err["error"]
     assert call(url, "PUT", "/api/v1/tenants/bob/quota", ADMIN, {"nominal": {"a100": 1}})[0] == 200
+    # a quota can be taken away again (there was no way but a huge one), by an administrator, once
+    status, err = call(url, "DELETE", "/api/v1/tenants/bob/quota", BOB)
+    assert status == 403 and "administrators only" in err["error"]
+    status, reply = call(url, "DELETE", "/api/v1/tenants/bob/quota", ADMIN)
+    assert status == 200 and reply["tenant"] == "bob" and reply["seq"] > 0, reply
+    status, err = call(url, "DELETE", "/api/v1/tenants/bob/quota", ADMIN)
+    assert status == 404 and err["error"] == "tenant bob has no quota", err
+    assert call(url, "DELETE", "/api/v1/tenants/B%20B/quota", ADMIN)[0] == 400
     assert call(url, "POST", f"/api/v1/jobs/{job}/cancel", ALICE)[0] == 202
 
 

@@ -133,6 +133,17 @@ def test_quota_and_tenants_commands(aios_env: dict[str, str], tmp_path: Path) ->
         assert "h100=2, 0 of other kinds" in rows["nlp"], table
         # without a cohort there is nothing to borrow or lend: it read "no limit" and "all unused"
         assert "no limit" not in rows["solo"] and "all unused" not in rows["solo"], table
+        gone = run("quota", "solo", "--remove")  # there was no way to take a quota back
+        assert gone.returncode == 0 and "quota of solo removed" in gone.stdout, gone
+        again = run("quota", "solo", "--remove")
+        assert again.returncode == 3 and "tenant solo has no quota" in again.stderr, again
+        both = run("quota", "cv", "--remove", "--nominal", "a100=2")
+        assert both.returncode == 2 and "--remove: takes no quota options" in both.stderr, both
+        assert run("quota", "cv").returncode == 2  # neither: --nominal is needed to set one
+        deadline = time.monotonic() + 20
+        while "solo" in json.loads(run("tenants", "--json").stdout):
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
     finally:
         c.stop()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aios.common.events import (
-    JobCancelRequested, JobSubmitted, JobSucceeded, NodeLost, TenantQuotaSet, WorkerExited,
+    JobCancelRequested, JobSubmitted, JobSucceeded, NodeLost, TenantQuotaRemoved, TenantQuotaSet, WorkerExited,
 )
 from aios.scheduler.local import apply, node_registration
 from aios.scheduler.state import SchedulerState
@@ -41,6 +41,9 @@ class Cluster:
     def quota(self, tenant: str, cohort: str, **nominal: int) -> None:
         apply(self.state, [(f"tenant.{tenant}", [TenantQuotaSet(aggregate_id=tenant, cohort=cohort,
                                                                  nominal=dict(nominal))])], 0.0)
+
+    def remove_quota(self, tenant: str, now: float) -> None:
+        apply(self.state, [(f"tenant.{tenant}", [TenantQuotaRemoved(aggregate_id=tenant)])], now)
 
     def status(self, job: str) -> str:
         return self.state.jobs[job].status

@@ -717,6 +717,25 @@ def test_a_tenant_without_quota_gives_way_to_one_within_its_quota() -> None:
         assert c.where("nlp-2") == {"n1": 2} and c.status("free-for-all") == PENDING, name
 
 
+def test_a_removed_quota_holds_nothing_back_and_guarantees_nothing() -> None:
+    """There was no way to take a quota away: a tenant once given one stayed bound by it (and others could not
+    use what it guaranteed) until an administrator set a huge one. Removed, the tenant is one without a quota."""
+    c = Cluster(("n1", "h100", 4), ("n2", "a100", 4))
+    c.quota("nlp", "", h100=1)
+    policy = make_policy("fairshare")
+    c.submit("big", 4, tenant="nlp", device_types=["h100"], now=1.0)
+    step(c.state, policy, 2.0)
+    assert c.status("big") == PENDING and "quota" in (step(c.state, policy, 3.0).reasons.get("big") or "")
+    c.remove_quota("nlp", 4.0)
+    assert "nlp" not in c.state.inv.tenants
+    step(c.state, policy, 5.0)
+    assert c.where("big") == {"n1": 4}
+    c.quota("vision", "", h100=4)  # and it gives way to a job within its quota, as any tenant without one does
+    c.submit("vis", 4, tenant="vision", device_types=["h100"], now=6.0)
+    preempted = [(p.job_id, p.reason) for t in range(7, 12) for p in step(c.state, policy, float(t)).preemptions]
+    assert [j for j, _ in preempted] == ["big"] and "tenant nlp has no quota" in preempted[0][1], preempted
+
+
 def test_why_says_a_job_larger_than_its_quota_could_ever_be_will_not_start() -> None:
     """A gang is charged to one kind. Nlp's 8-device job, with 4 H100s of quota and 4 A100s its cohort could lend,
     can never be admitted; `why` read "h100 would be 8 against nominal 4; cohort lab lends 0", as if a wait would

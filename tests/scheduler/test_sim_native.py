@@ -9,7 +9,7 @@ import pytest
 from aios.common.errors import ConfigError
 from aios.common.events import (
     Assignment, CheckpointSaved, Event, JobCancelled, JobFailed, JobPlaced, JobPreempted, JobRequeued, JobStarted,
-    JobSubmitted, JobSucceeded, TenantQuotaSet,
+    JobSubmitted, JobSucceeded, TenantQuotaRemoved, TenantQuotaSet,
 )
 from aios.common.store import EventStore
 from aios.scheduler.local import node_registration
@@ -223,6 +223,9 @@ def test_an_export_keeps_what_a_live_quota_holds_back(tmp_path: Path) -> None:
     path = tmp_path / "export.jsonl"
     write_native_trace(path, w.jobs, quotas=w.quotas)
     assert read_native_workload(path) == (w.jobs, w.quotas)
+    removed = jobs_from_events([node_registration("n1", "h100", 1), *log,
+                                TenantQuotaRemoved(aggregate_id="nlp", ts=11.0)])
+    assert removed.quotas == []  # a quota removed live holds nothing back in the replay either
 
 
 def test_the_fold_accepts_bare_events_too() -> None:

@@ -159,6 +159,28 @@ async def cordon(node: str, on: bool, drain: bool, reason: str) -> int:
     return 0
 
 
+async def remove_quota(tenant: str) -> int:
+    from aios.common.errors import ConcurrencyConflict
+    from aios.scheduler.spec import SpecError, check_tenant
+    from aios.scheduler.tenancy import remove_quota as remove
+
+    try:
+        check_tenant(tenant)
+    except SpecError as exc:
+        raise ConfigError(f"tenant {tenant!r}: {exc.reason}") from None
+    store = await log_writer()
+    try:
+        result = await remove(store, tenant)
+    except ConcurrencyConflict:
+        raise ConfigError(f"tenant {tenant}: its quota was set again meanwhile; nothing removed") from None
+    finally:
+        await store.close()
+    if result is None:
+        raise NotFound(f"tenant {tenant} has no quota")
+    print(f"quota of {tenant} removed (event {result.seq}); it now runs on what quotas leave idle")
+    return 0
+
+
 async def set_quota(tenant: str, cohort: str, nominal: str, borrowing: str | None, lending: str | None) -> int:
     from aios.scheduler.spec import SpecError, validate_quota
 

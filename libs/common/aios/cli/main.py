@@ -259,6 +259,14 @@ def cmd_tenants(args: argparse.Namespace) -> int:
 def cmd_quota(args: argparse.Namespace) -> int:
     from aios.cli import inspect
 
+    if args.remove:
+        given = [o for o, v in (("--nominal", args.nominal), ("--cohort", args.cohort),
+                                ("--borrowing-limit", args.borrowing_limit), ("--lending-limit", args.lending_limit)) if v]
+        if given:
+            raise ConfigError(f"--remove: takes no quota options (got {', '.join(given)})")
+        return asyncio.run(inspect.remove_quota(args.tenant))
+    if args.nominal is None:
+        raise ConfigError("--nominal: required to set a quota (KIND=N,...; or --remove to take the quota away)")
     return asyncio.run(inspect.set_quota(args.tenant, args.cohort, args.nominal, args.borrowing_limit,
                                          args.lending_limit))
 
@@ -451,9 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
     tenants.add_argument("--json", action="store_true", help="machine-readable output")
     tenants.set_defaults(handler=cmd_tenants)
 
-    quota = sub.add_parser("quota", help="set a tenant's quota (appends TenantQuotaSet)")
+    quota = sub.add_parser("quota", help="set a tenant's quota (appends TenantQuotaSet), or remove it")
     quota.add_argument("tenant")
-    quota.add_argument("--nominal", required=True, metavar="KIND=N,...", help="e.g. h100=8,a100=4")
+    quota.add_argument("--nominal", metavar="KIND=N,...", help="e.g. h100=8,a100=4 (required unless --remove)")
+    quota.add_argument("--remove", action="store_true",
+                       help="take the tenant's quota away: it then runs on what quotas leave idle")
     quota.add_argument("--cohort", default="", help="cohort whose unused quota the tenant may borrow and lends to")
     quota.add_argument("--borrowing-limit", metavar="KIND=N,...", help="most it may borrow beyond nominal")
     quota.add_argument("--lending-limit", metavar="KIND=N,...", help="most of its unused quota others may borrow")

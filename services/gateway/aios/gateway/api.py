@@ -17,13 +17,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from aios.common.httpmetrics import request_metrics
-from aios.common.errors import AiosError, ConfigError
+from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError
 from aios.common.events import JobCancelRequested, timeline_entry
 from aios.gateway.auth import Caller, Forbidden, Unauthorized, authenticate
 from aios.scheduler import submission
 from aios.scheduler.spec import (KIND_PATTERN, MAX_CPU_PER_WORKER, MAX_DEVICES, MAX_MEMORY_GIB_PER_WORKER, MAX_PRIORITY,
-                                 MAX_QUOTA, NAME_PATTERN, JobSpec, SpecError, spec_to_dict, validate_quota,
-                                 validate_spec)
+                                 MAX_QUOTA, NAME_PATTERN, JobSpec, SpecError, check_tenant, spec_to_dict,
+                                 validate_quota, validate_spec)
+from aios.scheduler.tenancy import remove_quota
 from aios.scheduler.state import STATUSES, TERMINAL, JobState, job_summary
 
 Handler = Callable[["Api", web.Request, Caller], Awaitable[web.StreamResponse]]
@@ -260,6 +261,20 @@ class Api:
         result = await self.backend.store.append(f"tenant.{tenant}", event)
         return web.json_response({"tenant": tenant, "seq": result.seq})
 
+    async def remove_quota(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        tenant = request.match_info["tenant"]
+        try:
+            check_tenant(tenant)
+        except SpecError as exc:
+            raise HttpError(400, str(exc)) from None
+        try:
+            result = await remove_quota(self.backend.store, tenant)
+        except ConcurrencyConflict:
+            raise HttpError(409, f"tenant {tenant}: its quota was set again meanwhile; nothing removed") from None
+        if result is None:
+            raise HttpError(404, f"tenant {tenant} has no quota")
+        return web.json_response({"tenant": tenant, "seq": result.seq})
+
     # -- models -------------------------------------------------------------------------------------------------------
     async def models(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         query = {k: request.query[k] for k in ("tag", "metric", "name") if k in request.query}
@@ -348,6 +363,9 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/tenants", Api.tenants, "Tenants: quotas and usage", responses=(200, 401, 503)),
     Route("PUT", "/api/v1/tenants/{tenant}/quota", Api.set_quota, "Set a tenant's quota", body=QUOTA_SCHEMA,
           responses=(200, 400, 401, 403, 422), admin=True),
+    Route("DELETE", "/api/v1/tenants/{tenant}/quota", Api.remove_quota,
+          "Remove a tenant's quota (it then runs on what quotas leave idle)", responses=(200, 400, 401, 403, 404, 409),
+          admin=True),
     Route("GET", "/api/v1/models", Api.models, "Registered models",
           query=(("tag", "string", "KEY or KEY=VALUE"), ("metric", "string", "has this metric"),
                  ("name", "string", "name contains")), responses=(200, 503)),

@@ -10,7 +10,7 @@ import msgspec
 
 from aios.common.events import (
     JOB_AGGREGATES, DeviceHealthy, DeviceInfo, DevicesLeased, DevicesReleased, DeviceUnhealthy, Event, Link,
-    NodeCordoned, NodeLost, NodeRegistered, TenantQuotaSet,
+    NodeCordoned, NodeLost, NodeRegistered, TenantQuotaRemoved, TenantQuotaSet,
 )
 from aios.common.store import Commit
 from aios.resource_manager.leases import LeaseBook, grant, release, release_node
@@ -169,6 +169,8 @@ def evolve(inv: Inventory, ev: Event) -> Inventory:
             node.draining = on and ev.drain  # type: ignore[attr-defined]
     elif kind is TenantQuotaSet:
         inv.tenants[ev.aggregate_id] = ev  # type: ignore[assignment]
+    elif kind is TenantQuotaRemoved:
+        inv.tenants.pop(ev.aggregate_id, None)
     return inv
 
 

@@ -15,7 +15,7 @@ from aios.common.events.model import (
     Lineage, ModelAliasRemoved, ModelAliasSet, ModelEvent, ModelObjectCollected, ModelVersionDeleted,
     ModelVersionDescribed, ModelVersionEvaluated, ModelVersionRegistered, ModelVersionTagged, Signature,
 )
-from aios.common.events.tenant import TenantEvent, TenantQuotaSet
+from aios.common.events.tenant import TenantEvent, TenantQuotaRemoved, TenantQuotaSet
 
 __all__ = [
     "Event", "event_types", "schema_version", "timeline_entry", "to_dict", "decode", "decode_one", "decoder", "encode", "upcaster",
@@ -24,7 +24,7 @@ __all__ = [
     "JobProgress", "CheckpointSaved", "RunEvent",
     "NodeEvent", "NodeRegistered", "DeviceInfo", "Link", "MigInstance", "DeviceUnhealthy", "DeviceHealthy", "NodeLost",
     "NodeCordoned",
-    "DevicesLeased", "DevicesReleased", "TenantEvent", "TenantQuotaSet",
+    "DevicesLeased", "DevicesReleased", "TenantEvent", "TenantQuotaSet", "TenantQuotaRemoved",
     "ModelEvent", "ModelVersionRegistered", "ModelVersionEvaluated", "ModelAliasSet", "ModelAliasRemoved",
     "ModelVersionTagged", "ModelVersionDescribed", "ModelVersionDeleted", "ModelObjectCollected", "Signature", "Lineage",
 ]

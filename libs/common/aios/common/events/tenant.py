@@ -20,3 +20,8 @@ class TenantQuotaSet(TenantEvent, frozen=True, kw_only=True):
     nominal: dict[str, int] = {}
     borrowing_limit: dict[str, int] | None = None
     lending_limit: dict[str, int] | None = None
+
+
+class TenantQuotaRemoved(TenantEvent, frozen=True, kw_only=True):
+    """The tenant no longer has a quota: it is bound by none and guaranteed none (a tenant without a quota, where
+    others have quotas, runs on what they leave idle)."""

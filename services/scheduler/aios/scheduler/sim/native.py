@@ -47,7 +47,7 @@ import msgspec
 from aios.common.errors import ConfigError
 from aios.common.events import (
     CheckpointSaved, Event, JobCancelled, JobEvent, JobFailed, JobPlaced, JobPreempted, JobRequeued, JobStarted,
-    JobSubmitted, JobSucceeded, NodeRegistered, TenantQuotaSet,
+    JobSubmitted, JobSucceeded, NodeRegistered, TenantQuotaRemoved, TenantQuotaSet,
 )
 from aios.scheduler.sim.traces import MAX_GPUS, TraceJob, read_text
 from aios.scheduler.spec import MAX_QUOTA, QUOTA_FIELDS, SpecError, is_device_kind, is_name, validate_quota
@@ -357,6 +357,9 @@ def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
         kind = type(ev)
         if kind is TenantQuotaSet:
             quotas[ev.aggregate_id] = ev  # type: ignore[assignment]
+            continue
+        if kind is TenantQuotaRemoved:
+            quotas.pop(ev.aggregate_id, None)
             continue
         if kind is NodeRegistered:
             nodes[ev.aggregate_id] = [d.kind for d in ev.devices]  # type: ignore[attr-defined]
