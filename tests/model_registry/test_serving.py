@@ -138,7 +138,8 @@ async def test_the_router_finds_replicas_started_after_it_looked(store: Any, mod
     from aios.model_registry.router import Router
     from aios.model_registry.serving import start_server_app
 
-    router = Router(store, registered=lambda name: name == "digits")
+    router = Router(store, unservable=lambda name, job, version: None if name == "digits" and version != "6" else
+                    "the registry holds no model " + repr(name) if name != "digits" else "no version 6")
     runner, port = await start_server_app(router.app())
     server = ModelServer("digits", 4, model)
     replica, replica_port = await start_server(server)
@@ -163,6 +164,9 @@ async def test_the_router_finds_replicas_started_after_it_looked(store: Any, mod
             async with http.post(f"http://127.0.0.1:{port}/v2/models/digits/versions/5/infer",
                                  json=infer_body(x[:2])) as r:
                 assert r.status == 503 and "at version 5" in (await r.json())["error"]
+            async with http.post(f"http://127.0.0.1:{port}/v2/models/digits/versions/6/infer",
+                                 json=infer_body(x[:2])) as r:  # one that can never be served: its reason
+                assert r.status == 404 and (await r.json())["error"] == "model: no version 6"
             for i in range(5):  # unknown models: each lookup used to leave two consumers on the server for 5 min
                 async with http.post(f"http://127.0.0.1:{port}/v2/models/none{i}/infer", json={}) as r:
                     assert r.status == 404 and "the registry holds no model 'none" in (await r.json())["error"]
@@ -175,3 +179,37 @@ async def test_the_router_finds_replicas_started_after_it_looked(store: Any, mod
             await kv.delete(key)
         await replica.cleanup()
         await runner.cleanup()
+
+
+def test_the_router_says_which_requests_can_never_be_served() -> None:
+    """A deployment that ended (or never was), a version that is not there, a job that serves another model: each
+    was a 503, which tells a client to try again, for ever. They are 404s naming what is wrong; a version or a job
+    that exists but has no replica up yet stays a 503."""
+    from aios.common.events import (
+        JobSubmitted, JobSucceeded, Lineage, ModelVersionDeleted, ModelVersionRegistered, Signature,
+    )
+    from aios.common.store import Commit
+    from aios.model_registry.service import RegistryView, fold
+
+    def registered(version: int) -> ModelVersionRegistered:
+        return ModelVersionRegistered(aggregate_id="digits", version=version, digest=f"sha256:{version}", size_bytes=1,
+                                      format="npz", signature=Signature(input_shape=[64], output_shape=[10]),
+                                      lineage=Lineage(source="file"))
+
+    def serve(job: str, uri: str) -> JobSubmitted:
+        return JobSubmitted(aggregate_id=job, tenant="t", spec={"name": job, "serve": {"model": uri}})
+
+    view = RegistryView()
+    for seq, (aggregate, event) in enumerate([
+            ("model.digits", registered(1)), ("model.digits", registered(2)),
+            ("model.digits", ModelVersionDeleted(aggregate_id="digits", version=1)),
+            ("job.web-1", serve("web-1", "models:/digits@production")), ("job.old-2", serve("old-2", "models:/digits/2")),
+            ("job.old-2", JobSucceeded(aggregate_id="old-2")), ("job.iris-3", serve("iris-3", "models:/iris/1"))], 1):
+        view = fold(view, Commit(seq, aggregate, [event]))
+    assert view.unservable("digits", None, None) is None
+    assert view.unservable("digits", "web-1", "2") is None  # there: a replica may be starting
+    assert view.unservable("resnet", None, None) == "the registry holds no model 'resnet' (aios models)"
+    assert view.unservable("digits", None, "1") == "model 'digits' has no version 1 (live: 2)"
+    assert view.unservable("digits", None, "x") == "model 'digits' has no version x (live: 2)"
+    assert view.unservable("digits", "old-2", None) == "no serving job old-2 is running (it ended, or never was)"
+    assert view.unservable("digits", "iris-3", None) == "job iris-3 serves models:/iris/1, not model 'digits'"

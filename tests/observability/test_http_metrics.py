@@ -43,7 +43,7 @@ async def test_the_gateway_counts_requests_by_route_template_and_status() -> Non
 
 async def test_the_router_counts_its_refusals(store: Any) -> None:
     registry = CollectorRegistry()
-    runner, port = await start_server_app(Router(store, registered=lambda name: False, metrics=registry).app())
+    runner, port = await start_server_app(Router(store, unservable=lambda *_: "no such model", metrics=registry).app())
     try:
         async with aiohttp.ClientSession() as http:
             async with http.post(f"http://127.0.0.1:{port}/v2/models/nothing/infer", json={}) as r:

@@ -6,8 +6,9 @@ node costs a retry, not a failed request):
 - ``/v2/models/<name>/versions/<v>/...``: replicas serving version ``v`` now, whichever job;
 - ``/v2/models/<name>/...``: any replica of the model.
 
-Without a replica, a model the registry does not hold is a 404 (the request will never succeed); one it holds is a
-503 (a deployment starting or moving: try again).
+Without a replica, a request that can never succeed (a model the registry does not hold, a version it has not, a
+serving job that ended or serves another model) is a 404; any other is a 503 (a deployment starting or moving: try
+again).
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ ROUTER_KEY = "_router"
 
 
 class Router:
-    def __init__(self, store: EventStore, registered: Callable[[str], bool] | None = None,
+    def __init__(self, store: EventStore,
+                 unservable: Callable[[str, str | None, str | None], str | None] | None = None,
                  metrics: CollectorRegistry | None = None) -> None:
         self.store = store
         self.metrics = metrics
-        self.registered = registered
-        """Whether the registry holds a model of this name (None: assume it does)."""
+        self.unservable = unservable
+        """Why a request for (model, job, version) can never be served, or None (None: assume it can)."""
         self.book = EndpointBook(store)
         self._turn = itertools.count()
         self.session: aiohttp.ClientSession | None = None
@@ -95,9 +97,9 @@ class Router:
             candidates = [u for u in urls if u not in tried] or urls
             if not candidates and attempt == 0:
                 continue  # the cached list may predate the replicas: look again before saying no
-            if not candidates and self.registered is not None and not self.registered(name):
-                return web.json_response({"error": f"model: the registry holds no model {name!r} (aios models)"},
-                                         status=404)
+            never = self.unservable(name, job, version) if not candidates and self.unservable else None
+            if never:
+                return web.json_response({"error": f"model: {never}"}, status=404)
             if not candidates:
                 what = f"{name!r}" + (f" in job {job}" if job else "") + (f" at version {version}" if version else "")
                 return web.json_response({"error": f"model: no replica serves {what} (aios models endpoints)"},

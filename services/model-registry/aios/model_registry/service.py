@@ -75,6 +75,28 @@ class RegistryView:
         return out
 
 
+    def unservable(self, name: str, job: str | None, version: str | None) -> str | None:
+        """Why a request for model ``name`` (of serving job ``job``, at ``version``) can never be served, or None
+        if it can be once a replica is up: the router's 404 against its 503."""
+        state = self.models.get(name)
+        live = sorted(v.version for v in state.live) if state is not None else []
+        if not live:
+            return f"the registry holds no model {name!r} (aios models)"
+        if version is not None and version not in {str(v) for v in live}:
+            return f"model {name!r} has no version {version} (live: {', '.join(map(str, live))})"
+        if job is not None:
+            uri = self.serving.get(job)
+            if uri is None:
+                return f"no serving job {job} is running (it ended, or never was)"
+            try:
+                served = parse_uri(uri)[0]
+            except RegistryError:
+                served = ""
+            if served != name:
+                return f"job {job} serves {uri}, not model {name!r}"
+        return None
+
+
 def fold(view: RegistryView, commit: Commit) -> RegistryView:
     kind, _, ident = commit.aggregate.partition(".")
     if kind == "model":
@@ -513,12 +535,12 @@ class ModelRegistryService(Service):
 
         want = int(os.environ.get("AIOS_ROUTER_PORT", "8600"))
         host = os.environ.get("AIOS_ROUTER_HOST", "127.0.0.1")
-        def registered(name: str) -> bool:
-            return name in self.reg.view.models
+        def router() -> Router:
+            return Router(ctx.store, lambda *request: self.reg.view.unservable(*request), ctx.metrics)
         try:
-            runner, port = await start_server_app(Router(ctx.store, registered, ctx.metrics).app(), host, want)
+            runner, port = await start_server_app(router().app(), host, want)
         except OSError:
-            runner, port = await start_server_app(Router(ctx.store, registered, ctx.metrics).app(), host, 0)
+            runner, port = await start_server_app(router().app(), host, 0)
         self.router_url = f"http://{host}:{port}"
         try:
             while not stop.is_set():
