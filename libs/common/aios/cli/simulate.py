@@ -276,9 +276,14 @@ def _write_outputs(folder: Path, results: list[dict[str, Any]], title: str, note
     """Per-job CSV and summary JSON per policy, and the Markdown report with its plots."""
     from aios.scheduler.sim.report import write_report
 
+    from aios.scheduler.policies import POLICIES
+
     folder.mkdir(parents=True, exist_ok=True)
-    for r in results:
-        name = r["policy"].replace(" (oracle estimates)", "-oracle")
+    names = [r["policy"].replace(" (oracle estimates)", "-oracle") for r in results]
+    for old in {f"{p}{o}.{x}" for p in POLICIES for o in ("", "-oracle") for x in ("csv", "json")}:
+        if old.rpartition(".")[0] not in names:  # an earlier run's policy in the same folder read as this run's
+            (folder / old).unlink(missing_ok=True)
+    for r, name in zip(results, names):
         with open(folder / f"{name}.csv", "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["job", "arrival_s", "start_s", "finish_s", "gpus", "preemptions", "rho", "kind_time_s"])
