@@ -35,8 +35,9 @@ from aios.common.store import Commit, EventStore
 from aios.model_registry import builtin, compress, metrics, nn
 from aios.model_registry.blobs import BlobError, BlobStore
 from aios.model_registry.state import (
-    BadInput, ModelState, NotFound, RegistryError, check_name, decide_alias, decide_delete, decide_describe,
-    decide_register, decide_remove_alias, decide_tag, evolve, parse_uri, referenced_digests, resolve, version_view,
+    BadInput, ModelState, NotFound, RegistryError, check_name, check_tags, decide_alias, decide_delete,
+    decide_describe, decide_register, decide_remove_alias, decide_tag, evolve, parse_uri, referenced_digests, resolve,
+    version_view,
 )
 
 log = logging.getLogger("aios.model_registry")
@@ -442,7 +443,7 @@ async def handle(reg: Registry, op: str, args: dict[str, Any]) -> dict[str, Any]
         if trainer is not None and not isinstance(trainer, dict):
             raise BadInput("trainer: an object (the built-in trainer's config) is expected")
         return await reg.register_bytes(_str(args, "name"), data, trainer, _str(args, "description", ""),
-                                        _tags(args.get("tags", {})), _str(args, "by", ""))
+                                        check_tags(args.get("tags", {})), _str(args, "by", ""))
     if op == "alias":
         expected = args.get("expected", "any")
         return await reg.alias(_str(args, "name"), _str(args, "alias"), _int(args, "version"), expected)
@@ -452,7 +453,7 @@ async def handle(reg: Registry, op: str, args: dict[str, Any]) -> dict[str, Any]
         removed = args.get("remove", [])
         if not isinstance(removed, list):
             raise BadInput("remove: a list of tag keys is expected")
-        return await reg.tag(_str(args, "name"), _int(args, "version"), _tags(args.get("set", {})), removed)
+        return await reg.tag(_str(args, "name"), _int(args, "version"), check_tags(args.get("set", {})), removed)
     if op == "describe":
         return await reg.describe(_str(args, "name"), _int(args, "version"), _str(args, "description", ""))
     if op == "delete":
@@ -482,24 +483,6 @@ async def handle(reg: Registry, op: str, args: dict[str, Any]) -> dict[str, Any]
         return await reg.register_job(_str(args, "job")) or {"registered": False}
     raise BadInput(f"op: unknown {op!r} (list, show, register, alias, unalias, tag, describe, delete, compress, "
                         "eval, gc)")
-
-
-MAX_TAG_KEY = 250
-MAX_TAG_VALUE = 5000
-
-
-def _tags(raw: Any) -> dict[str, str]:
-    """Tags as MLflow takes them (keys of up to 250 characters, spaces allowed); a key may not hold ``=`` (a filter
-    ``KEY=VALUE`` could not name it) nor control characters, and is not empty."""
-    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
-        raise BadInput("tags: an object of string keys and string values is expected")
-    for key, value in raw.items():
-        if not key.strip() or len(key) > MAX_TAG_KEY or "=" in key or not key.isprintable():
-            raise BadInput(f"tags: key {key[:64]!r} must be 1 to {MAX_TAG_KEY} printable characters, not blank, "
-                           "without '='")
-        if len(value) > MAX_TAG_VALUE or "\x00" in value:
-            raise BadInput(f"tags.{key}: at most {MAX_TAG_VALUE} characters, no NUL")
-    return raw
 
 
 class ModelRegistryService(Service):

@@ -200,11 +200,36 @@ def decide_remove_alias(state: ModelState, alias: str) -> list[Event]:
     return [ModelAliasRemoved(aggregate_id=state.name, alias=alias, previous=state.aliases[alias])]
 
 
+MAX_TAG_KEY = 250
+MAX_TAG_VALUE = 5000
+
+
+def check_tag_key(key: Any) -> str:
+    """A tag key as MLflow takes them (up to 250 characters, spaces allowed), without ``=`` (a filter ``KEY=VALUE``
+    could not name it) or control characters, not blank: one rule for registering, tagging and removing, so that
+    every tag set can be changed and removed again."""
+    if not isinstance(key, str) or not key.strip() or len(key) > MAX_TAG_KEY or "=" in key or not key.isprintable():
+        raise BadInput(f"tags: key {str(key)[:64]!r} must be 1 to {MAX_TAG_KEY} printable characters, not blank, "
+                       "without '='")
+    return key
+
+
+def check_tags(raw: Any) -> dict[str, str]:
+    """Tags from a request: string keys (:func:`check_tag_key`) to string values of up to 5,000 characters."""
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+        raise BadInput("tags: an object of string keys and string values is expected")
+    for key, value in raw.items():
+        check_tag_key(key)
+        if len(value) > MAX_TAG_VALUE or "\x00" in value:
+            raise BadInput(f"tags.{key}: at most {MAX_TAG_VALUE} characters, no NUL")
+    return raw
+
+
 def decide_tag(state: ModelState, version: int, set_tags: dict[str, str], removed: list[str]) -> list[Event]:
     _live(state, version)
-    bad = [k for k in list(set_tags) + removed if not isinstance(k, str) or not k or len(k) > 128]
-    if bad:
-        raise BadInput(f"tags: keys must be 1-128 characters: {bad!r}")
+    check_tags(set_tags)
+    for key in removed:
+        check_tag_key(key)
     return [ModelVersionTagged(aggregate_id=state.name, version=version, set=dict(set_tags), removed=list(removed))]
 
 
