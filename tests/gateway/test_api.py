@@ -282,6 +282,16 @@ def test_a_model_shows_its_training_job_to_that_jobs_tenant_only(gateway: tuple[
         lineage = seen["versions"][0]["lineage"] if "versions" in seen else seen["lineage"]
         assert lineage["spec"] == {} and lineage["spec_hidden"] == "trained by a job of tenant alice"
     assert call(url, "GET", "/api/v1/models/alice-digits", ADMIN)[1]["versions"][0]["lineage"]["spec"]["env"]
+    def names(query: str) -> list[str]:
+        return [m["name"] for m in call(url, "GET", "/api/v1/models?" + query, BOB)[1]["models"]]
+    assert names("metric=accuracy&min=0") == ["alice-digits"]
+    assert names("metric=accuracy&min=1.01") == []  # `min` was dropped: every model with the metric was listed
+    assert call(url, "GET", "/api/v1/models?metric=accuracy&min=high", BOB) == (
+        422, {"error": "min: 'high' is not a number"})
+    assert call(url, "GET", "/api/v1/models?min=0.5", BOB) == (
+        422, {"error": "min: needs metric (the metric to compare)"})
+    assert call(url, "GET", "/api/v1/models?limit=5", BOB) == (
+        400, {"error": "limit: not a filter of this list (known: tag, metric, min, name)"})
 
 
 def test_tokens_are_refused_at_start_unless_each_names_a_tenant_that_can_submit() -> None:

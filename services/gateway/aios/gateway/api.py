@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
@@ -277,7 +278,20 @@ class Api:
 
     # -- models -------------------------------------------------------------------------------------------------------
     async def models(self, request: web.Request, caller: Caller) -> web.StreamResponse:
-        query = {k: request.query[k] for k in ("tag", "metric", "name") if k in request.query}
+        known = ("tag", "metric", "min", "name")
+        unknown = sorted(set(request.query) - set(known))
+        if unknown:  # ?min= was dropped, and every model with the metric listed as if it had been applied
+            raise HttpError(400, f"{unknown[0]}: not a filter of this list (known: {', '.join(known)})")
+        query: dict[str, Any] = {k: request.query[k] for k in known if k in request.query}
+        if "min" in query:
+            try:
+                query["min"] = float(query["min"])
+            except ValueError:
+                raise HttpError(422, f"min: {query['min']!r} is not a number") from None
+            if not math.isfinite(query["min"]):
+                raise HttpError(422, f"min: {request.query['min']!r} is not a number")
+            if "metric" not in query:
+                raise HttpError(422, "min: needs metric (the metric to compare)")
         return web.json_response(await self._ask("aios.registry.list", query))
 
     async def model(self, request: web.Request, caller: Caller) -> web.StreamResponse:
@@ -368,7 +382,8 @@ ROUTES: tuple[Route, ...] = (
           admin=True),
     Route("GET", "/api/v1/models", Api.models, "Registered models",
           query=(("tag", "string", "KEY or KEY=VALUE"), ("metric", "string", "has this metric"),
-                 ("name", "string", "name contains")), responses=(200, 503)),
+                 ("min", "number", "with metric: its value on the latest version is at least this"),
+                 ("name", "string", "name contains")), responses=(200, 400, 422, 503)),
     Route("GET", "/api/v1/models/{model}", Api.model, "A model's versions, or one (models:/name/3, name@alias)",
           responses=(200, 404, 503)),
     Route("GET", "/api/v1/telemetry", Api.telemetry, "Latest utilisation, memory and temperature of every device"),
