@@ -153,6 +153,9 @@ async def test_compression_makes_a_linked_version_with_measured_deltas(store: Ev
     ("tag", {"name": "digits", "version": 1, "set": {"a=b": "c"}}, "tags: key 'a=b' must be 1 to 250"),
     ("tag", {"name": "digits", "version": 1, "set": {" ": "c"}}, "tags: key ' ' must be"),
     ("tag", {"name": "digits", "version": 1, "set": {"k": "v" * 5001}}, "tags.k: at most 5000 characters"),
+    # 10^8 steps ran for hours in the registry, and nothing could stop it
+    ("compress", {"model": "digits", "method": "svd", "finetune_steps": 10 ** 8},
+     "finetune_steps: at most 100,000, got 100000000"),
 ])
 async def test_bad_requests_name_the_field(store: EventStore, trained: nn.Model, op: str, args: dict[str, Any],
                                            message: str) -> None:
@@ -174,6 +177,38 @@ async def test_a_tag_registered_can_be_changed_and_removed(store: EventStore, tr
     assert key not in out["tags"], out
     with pytest.raises(BadInput, match="tags: key 'kkk.* must be 1 to 250"):
         await handle(reg, "tag", {"name": "digits", "version": 1, "remove": ["k" * 251]})
+
+
+async def test_a_long_compression_holds_up_no_other_request_and_stops_with_the_service(
+        store: EventStore, trained: nn.Model) -> None:
+    """A compression with a long fine-tuning held the registry's one lock: `aios models list`, the HTTP API and
+    every other request timed out behind it, and a stopping registry waited for it (its thread), so the process
+    never exited. Reads and other commands now go on beside it, and a stop ends it with nothing registered."""
+    import json as _json
+
+    from aios.model_registry.service import ModelRegistryService
+
+    class Msg:
+        def __init__(self, op: str, args: dict[str, Any]) -> None:
+            self.subject, self.data, self.reply, self.answer = f"aios.registry.{op}", _json.dumps(args).encode(), "r", None
+
+        async def respond(self, data: bytes) -> None:
+            self.answer = _json.loads(data)
+
+    service = ModelRegistryService()
+    service.reg = await registry(store)
+    await service.reg.register_bytes("digits", trained.encode(), TRAINER)
+    slow = Msg("compress", {"model": "digits", "method": "prune", "finetune_steps": 100_000})
+    compressing = asyncio.ensure_future(service._answer(slow))
+    await asyncio.sleep(0.5)
+    for quick in (Msg("list", {}), Msg("alias", {"name": "digits", "alias": "prod", "version": 1})):
+        await asyncio.wait_for(service._answer(quick), 10)
+        assert "error" not in quick.answer, quick.answer
+    assert not compressing.done()
+    service.reg.stopping.set()
+    await asyncio.wait_for(compressing, 10)
+    assert slow.answer == {"error": "compress: the registry stopped before it finished; nothing was registered"}
+    assert [v["version"] for v in (await handle(service.reg, "show", {"model": "digits"}))["versions"]] == [1]
 
 
 async def test_refusals_that_depend_on_the_state_are_not_bad_input(store: EventStore, trained: nn.Model) -> None:

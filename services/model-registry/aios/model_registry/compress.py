@@ -16,6 +16,7 @@ cost.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -142,10 +143,17 @@ def prune(model: nn.Model, sparsity: float) -> tuple[nn.Model, dict[str, Any]]:
     return nn.Model(layers, list(model.labels)), {"method": "prune", "sparsity": sparsity, "scope": "per layer"}
 
 
+MAX_FINETUNE_STEPS = 100_000
+"""A few minutes of fine-tuning here: more is a training job's work (a scheduled job, which can be cancelled)."""
+
+
 def compress(model: nn.Model, method: str, options: dict[str, Any], train: tuple[np.ndarray, np.ndarray] | None = None,
-             finetune_steps: int = 1000) -> tuple[nn.Model, dict[str, Any]]:
+             finetune_steps: int = 1000, stop: threading.Event | None = None) -> tuple[nn.Model, dict[str, Any]]:
     """One entry point for the registry and the CLI: ``method`` in METHODS, its options, and optional training
-    data (for data-aware SVD and fine-tuning)."""
+    data (for data-aware SVD and fine-tuning); ``stop`` ends the fine-tuning with InterruptedError."""
+    if isinstance(finetune_steps, bool) or not isinstance(finetune_steps, int) or \
+            not 0 <= finetune_steps <= MAX_FINETUNE_STEPS:
+        raise CompressionError(f"finetune_steps: at most {MAX_FINETUNE_STEPS:,}, got {finetune_steps!r}")
     if method == "svd":
         out, info = svd(model, energy=options.get("energy"), target_ratio=options.get("target_ratio"),
                         calibration=None if train is None else train[0][:2000])
@@ -156,6 +164,6 @@ def compress(model: nn.Model, method: str, options: dict[str, Any], train: tuple
     else:
         raise CompressionError(f"method: {method!r} is not one of {', '.join(METHODS)}")
     if train is not None and method in ("svd", "prune") and finetune_steps > 0:
-        nn.finetune(out, train[0], train[1], steps=finetune_steps)
+        nn.finetune(out, train[0], train[1], steps=finetune_steps, stop=stop)
         info["finetune_steps"] = finetune_steps
     return out, info

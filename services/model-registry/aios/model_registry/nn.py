@@ -10,10 +10,12 @@ and factorised models recover what compression cost them.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import msgspec
+
 import numpy as np
 
 FORMAT = "aios-mlp/1"
@@ -264,11 +266,14 @@ def _batches(n: int, batch: int, steps: int, seed: int) -> Iterator[np.ndarray]:
 
 
 def finetune(model: Model, x: np.ndarray, y: np.ndarray, steps: int = 300, lr: float = 1e-3, batch: int = 256,
-             seed: int = 0) -> Model:
-    """Adam on cross-entropy, in place, keeping each layer's structure (int8 layers stay frozen)."""
+             seed: int = 0, stop: threading.Event | None = None) -> Model:
+    """Adam on cross-entropy, in place, keeping each layer's structure (int8 layers stay frozen). ``stop`` set
+    (from another thread: this runs in one) raises InterruptedError at the next step; the model is then half-done."""
     moments: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
     b1, b2, eps = 0.9, 0.999, 1e-8
     for t, idx in enumerate(_batches(len(x), batch, steps, seed)):
+        if stop is not None and stop.is_set():
+            raise InterruptedError(f"fine-tuning stopped at step {t} of {steps}")
         xb, yb = np.asarray(x[idx], np.float32), y[idx]
         inputs, pre = [], []
         h = xb

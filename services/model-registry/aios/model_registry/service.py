@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -141,6 +142,8 @@ class Registry:
         self.blobs = blobs or BlobStore(store)
         self.view = RegistryView()
         self.seq = 0
+        self.stopping = threading.Event()
+        """Set when the service stops: a compression's fine-tuning (in a thread) ends instead of holding the exit."""
 
     def apply(self, commit: Commit) -> None:
         if commit.seq > self.seq:
@@ -325,9 +328,12 @@ class Registry:
         trainer = self._trainer_of(state, version)
         train = builtin.data(trainer, "train") if trainer else None
         try:
-            small, info = await asyncio.to_thread(compress.compress, parent, method, options, train, finetune_steps)
+            small, info = await asyncio.to_thread(compress.compress, parent, method, options, train, finetune_steps,
+                                                  self.stopping)
         except (compress.CompressionError, TypeError, ValueError) as exc:
             raise BadInput(str(exc)) from None
+        except InterruptedError:
+            raise RegistryError("compress: the registry stopped before it finished; nothing was registered") from None
         evaluation, dataset = None, ""
         deltas: dict[str, float] = {"size_bytes": small.nbytes - parent.nbytes,
                                     "size_ratio": round(small.nbytes / parent.nbytes, 4)}
@@ -485,6 +491,12 @@ async def handle(reg: Registry, op: str, args: dict[str, Any]) -> dict[str, Any]
                         "eval, gc)")
 
 
+UNLOCKED = frozenset({"list", "show", "compress", "eval"})
+"""Requests that do not wait for the command lock: reads, and the long ones (a compression fine-tunes for minutes,
+and every `aios models list` and API call timed out behind it). Their appends check the model's version, as every
+command's do, and folding the log twice is harmless (``Registry.apply`` skips what it has seen)."""
+
+
 class ModelRegistryService(Service):
     name = "model-registry"
 
@@ -504,6 +516,7 @@ class ModelRegistryService(Service):
         router = asyncio.ensure_future(self._route(ctx, stop))
         log.info("model registry ready", extra={"models": len(self.reg.view.models)})
         await ctx.stopping.wait()
+        self.reg.stopping.set()
         await sub.unsubscribe()
         stop.set()
         await asyncio.gather(follower, router)
@@ -582,9 +595,13 @@ class ModelRegistryService(Service):
             args = json.loads(msg.data or b"{}")
             if not isinstance(args, dict):
                 raise BadInput("request: a JSON object is expected")
-            async with self._lock:  # one command at a time in this process; other writers are caught by versions
+            if op in UNLOCKED:
                 await self.reg.catch_up()
                 reply: Any = await handle(self.reg, op, args)
+            else:
+                async with self._lock:  # one command at a time in this process; other writers are caught by versions
+                    await self.reg.catch_up()
+                    reply = await handle(self.reg, op, args)
         except json.JSONDecodeError as exc:
             reply = {"error": f"request: not JSON ({exc})", "bad_input": True}
         except NotFound as exc:
