@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import threading
 import time
 import urllib.error
@@ -91,6 +93,16 @@ def test_train_register_compress_serve_and_roll_an_alias(aios_env: dict[str, str
         assert status == 400 and "features per row" in bad["error"]
         status, unknown = post(served["infer_url"].split("/serve/")[0] + "/v2/models/digitz/infer", infer_body(x[:1]))
         assert status == 404 and "no model 'digitz'" in unknown["error"]  # a typo is not "try again later"
+        # a replica that dies (the out-of-memory killer) failed the deployment for good: it is restarted now
+        os.kill(served["replicas"][0]["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while (status := post(served["infer_url"], infer_body(x[:2]))[0]) != 200 or \
+                "JobRequeued" not in json.dumps(ok("job", served["job"])):
+            assert time.monotonic() < deadline, ok("job", served["job"])
+            time.sleep(0.5)
+        timeline = ok("job", served["job"])
+        requeued = [e for e in timeline["events"] if e["type"] == "JobRequeued"]
+        assert timeline["status"] == "running" and "the deployment restarts" in requeued[0]["reason"], timeline
         out = aios("models", "delete", "digits", "3")  # its bytes are what serve-v3's replicas load on a restart
         assert out.returncode == 1 and "served by serve-v3" in out.stderr, out.stderr
 

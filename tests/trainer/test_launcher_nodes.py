@@ -249,3 +249,46 @@ async def test_a_stopped_worker_stops_its_peers_gently_and_the_job_is_requeued_w
         for n in NODES:
             contexts[n].stopping.set()
         await asyncio.gather(*tasks)
+
+
+def test_a_serving_replica_that_exits_restarts_the_deployment() -> None:
+    """A deployment runs until it is stopped. A replica killed (SIGKILL: the out-of-memory killer) failed the whole
+    deployment, and one that exited 0 (a SIGTERM nobody in AIOS sent) left it running on half its replicas for
+    ever. Either now restarts the deployment, as a Kubernetes Deployment restarts its pods, and a replica that keeps
+    dying at start fails it as a crash loop after 5 restarts without a run of 10 minutes."""
+    import time
+
+    from aios.common.events import JobRequeued, WorkerStarted
+    from aios.scheduler.state import SchedulerState, evolve
+    from aios.trainer.launcher import outcome
+
+    state = SchedulerState()
+    placed = [Assignment(node_id="n1", device_uuids=uuids("n1"), ranks=[0, 1])]
+    seq = iter(range(1, 1000))
+    evolve(state, JobSubmitted(aggregate_id="web", tenant="ml", name="web", spec={
+        "name": "web", "tenant": "ml", "devices": 2, "serve": {"model": "models:/digits@production"}}), next(seq))
+    job = state.jobs["web"]
+    now = time.time()
+    evolve(state, JobPlaced(aggregate_id="web", world_size=2, assignments=placed, ts=now - 900), next(seq))
+    for rank in (0, 1):
+        evolve(state, WorkerStarted(aggregate_id="web", node_id="n1", worker=f"rank{rank}-a1", pid=10 + rank,
+                                    attempt=1, ts=now - 900), next(seq))
+    evolve(state, WorkerExited(aggregate_id="web", node_id="n1", worker="rank1-a1", exit_code=None, signal=9,
+                               attempt=1, ts=now), next(seq))
+    assert outcome(job, now=now) is None  # its peer is being stopped first
+    evolve(state, WorkerExited(aggregate_id="web", node_id="n1", worker="rank0-a1", exit_code=0, attempt=1,
+                               stopped=True, ts=now), next(seq))
+    assert outcome(job, now=now) == (
+        "requeued", "replica rank1-a1 was killed by SIGKILL (signal 9: out of memory?); the deployment restarts", 75)
+    for attempt in range(2, 9):  # one that exits 0 at once, again and again
+        evolve(state, JobRequeued(aggregate_id="web", reason="r", interrupted=True, ts=now), next(seq))
+        evolve(state, JobPlaced(aggregate_id="web", world_size=2, assignments=placed, ts=now - 2), next(seq))
+        for rank in (0, 1):
+            evolve(state, WorkerExited(aggregate_id="web", node_id="n1", worker=f"rank{rank}-a{attempt}",
+                                       exit_code=0, attempt=attempt, ts=now), next(seq))
+        decided = outcome(job, now=now)
+        assert decided is not None
+        if decided[0] == "failed":
+            break
+        assert decided == ("requeued", f"replica rank0-a{attempt} exited with 0; the deployment restarts", 75)
+    assert decided[0] == "failed" and attempt == 6 and "a crash loop" in decided[1], (attempt, decided)

@@ -76,6 +76,14 @@ def worker_command(job: JobState | None = None) -> list[str]:
     return [sys.executable, "-m", "aios.model_registry.replica" if serving else "aios.trainer.worker"]
 
 
+def own_exits(job: JobState) -> list[str]:
+    """Workers that ended the attempt on their own as an interruption, not a failure: an exit 75; for a serving
+    deployment, any exit (it serves until it is stopped: a replica that dies, or exits, is restarted)."""
+    serving = job.spec is not None and job.spec.serve is not None
+    return sorted(w for w, c in job.exit_codes.items()
+                  if w not in job.stopped_workers and (serving or c == EXIT_INTERRUPTED))
+
+
 def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
             nodes_lost: frozenset[str] = frozenset(), now: float | None = None) -> tuple[str, str, int | None] | None:
     """``(succeeded|failed|requeued, reason, exit code)`` once it is decided, else None: the first worker (by name)
@@ -90,7 +98,7 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
     done so ``MAX_INTERRUPTIONS_WITHOUT_PROGRESS`` times in a row without progress (at ``now``, default the clock)."""
     world = sum(max(1, len(a.device_uuids)) for a in job.assignments)
     # exit 75 of its own accord (not stopped by an agent, which then marks it): the first cause of the interruption
-    interrupted = sorted(w for w, c in job.exit_codes.items() if c == EXIT_INTERRUPTED and w not in job.stopped_workers)
+    interrupted = own_exits(job)
     stopped = set(job.stopped_workers) | set(interrupted)
     bad = sorted((w, c) for w, c in job.exit_codes.items() if c != 0 and w not in stopped)
     if bad and (stopped or nodes_going or nodes_lost):
@@ -104,11 +112,19 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
             return None  # the others are stopping too
         if nodes_lost:
             why = f"node {min(nodes_lost)} was lost"
-        elif interrupted and not nodes_going and next(iter(job.exit_codes)) in interrupted:
+        elif interrupted and not nodes_going and (first := next(iter(job.exit_codes))) in interrupted:
             # its own doing: a worker's exit 75 came first (its peers were then stopped at the launcher's request);
             # one that exits 75 after AIOS stopped a peer, or while its node goes, is not
-            if (job.interrupted_in_a_row >= MAX_INTERRUPTIONS_WITHOUT_PROGRESS
-                    and not made_progress(job, now if now is not None else time.time())):
+            looping = (job.interrupted_in_a_row >= MAX_INTERRUPTIONS_WITHOUT_PROGRESS
+                       and not made_progress(job, now if now is not None else time.time()))
+            if job.spec is not None and job.spec.serve is not None:
+                how = exit_text(job.exit_codes[first], job.exit_signals.get(first))
+                if looping:
+                    return "failed", (f"replica {first} {how} again, after {job.interrupted_in_a_row} restarts in a "
+                                      f"row, each run shorter than {PROGRESS_RUN_S:g} s: a crash loop"), \
+                        job.exit_codes[first]
+                return "requeued", f"replica {first} {how}; the deployment restarts", EXIT_INTERRUPTED
+            if looping:
                 return "failed", (f"worker {interrupted[0]} exited {EXIT_INTERRUPTED} (interrupted) again, after "
                                   f"{job.interrupted_in_a_row} requeues in a row without progress (no new step, "
                                   f"each run shorter than {PROGRESS_RUN_S:g} s): a crash loop, not an "
@@ -251,7 +267,7 @@ class LauncherService(Service):
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
             elif job.status in (PLACED, RUNNING) and key in self.launched and key not in self.stopped and (
-                    job.stopped_workers or EXIT_INTERRUPTED in job.exit_codes.values()):
+                    job.stopped_workers or own_exits(job)):
                 # a node's agent stopped some of the attempt's workers (it is shutting down): ours stop too, with
                 # the usual grace (rank 0 writes the checkpoint), and the lead requeues once all have exited
                 self.stopped.add(key)
