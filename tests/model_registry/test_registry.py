@@ -211,6 +211,28 @@ async def test_a_long_compression_holds_up_no_other_request_and_stops_with_the_s
     assert [v["version"] for v in (await handle(service.reg, "show", {"model": "digits"}))["versions"]] == [1]
 
 
+async def test_a_version_a_live_replica_serves_is_not_deleted(store: EventStore, trained: nn.Model) -> None:
+    """A deployment following an alias whose alias was then removed kept serving its version, and deleting that
+    version was allowed (its bytes collected at once): the registry only knew of pinned URIs. Replicas say which
+    version they serve, and a version one of them serves is not deleted."""
+    import json
+
+    from aios.model_registry.replica import endpoints_bucket
+
+    reg = await registry(store)
+    for _ in range(2):
+        await reg.register_bytes("digits", trained.encode(), TRAINER)
+    kv = await endpoints_bucket(store)
+    await kv.put("digits.web-1.0", json.dumps({"key": "digits.web-1.0", "url": "http://h:1", "model": "digits",
+                                               "job": "web-1", "version": 1, "uri": "models:/digits@prod"}).encode())
+    try:
+        with pytest.raises(RegistryError, match="version: 1 of model 'digits' is being served by web-1"):
+            await handle(reg, "delete", {"name": "digits", "version": 1})
+        assert (await handle(reg, "delete", {"name": "digits", "version": 2}))["deleted"]
+    finally:
+        await kv.delete("digits.web-1.0")
+
+
 async def test_refusals_that_depend_on_the_state_are_not_bad_input(store: EventStore, trained: nn.Model) -> None:
     reg = await registry(store)
     await reg.register_bytes("digits", trained.encode(), TRAINER)

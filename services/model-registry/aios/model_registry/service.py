@@ -372,6 +372,12 @@ class Registry:
         if serving:  # as an aliased version is refused: its bytes are what those replicas load on a restart
             raise RegistryError(f"version: {version} of model {name!r} is served by {', '.join(serving[:3])}; "
                                 "cancel the serving job first")
+        from aios.model_registry.replica import endpoints
+
+        live = sorted({str(e.get("job")) for e in await endpoints(self.store, name) if e.get("version") == version})
+        if live:  # (a deployment whose alias was removed, say, still serves the version it had loaded)
+            raise RegistryError(f"version: {version} of model {name!r} is being served by {', '.join(live[:3])}; "
+                                "move its alias, or cancel the serving job, first")
         await self._decide_and_append(name, lambda s: decide_delete(s, version, reason, by))
         collected = await self.collect_garbage()
         return {"name": name, "version": version, "deleted": True, "collected": collected}
