@@ -233,6 +233,35 @@ async def test_a_version_a_live_replica_serves_is_not_deleted(store: EventStore,
         await kv.delete("digits.web-1.0")
 
 
+async def test_an_alias_a_deployment_follows_does_not_move_to_a_model_its_clients_cannot_call(
+        store: EventStore, trained: nn.Model) -> None:
+    """Moving `production` to a version that takes 4 features instead of 64 was accepted: the replicas refused to
+    load it (a line in their logs), then loaded it at their next restart, and every client request failed. While a
+    deployment follows the alias, a move to another signature needs --force."""
+    import numpy as np
+
+    from aios.common.events import JobSubmitted
+
+    reg = await registry(store)
+    await reg.register_bytes("digits", trained.encode(), TRAINER)
+    await reg.register_bytes("digits", trained.encode(), TRAINER)
+    small = nn.from_mlp(np.zeros((4, 8)), np.zeros(8), np.zeros((8, 3)), np.zeros(3), ["a", "b", "c"])
+    await reg.register_bytes("digits", small.encode())
+    await handle(reg, "alias", {"name": "digits", "alias": "production", "version": 1})
+    await store.append("job.web-1", JobSubmitted(aggregate_id="web-1", tenant="t", spec={
+        "name": "web", "tenant": "t", "devices": 1, "serve": {"model": "models:/digits@production"}}))
+    await reg.catch_up()
+    with pytest.raises(RegistryError, match=r"version: 3 takes FP32 \[4\] and gives \[3\], but production \(now 1\) "
+                                            r"takes FP32 \[64\] and gives \[10\]; web-1 serves digits@production"):
+        await handle(reg, "alias", {"name": "digits", "alias": "production", "version": 3})
+    assert (await handle(reg, "alias", {"name": "digits", "alias": "production", "version": 2}))["changed"]
+    assert (await handle(reg, "alias", {"name": "digits", "alias": "staging", "version": 3}))["changed"]  # unserved
+    moved = await handle(reg, "alias", {"name": "digits", "alias": "production", "version": 3, "force": True})
+    assert moved["changed"] and moved["previous"] == 2
+    with pytest.raises(BadInput, match="force: true or false"):
+        await handle(reg, "alias", {"name": "digits", "alias": "production", "version": 3, "force": "yes"})
+
+
 async def test_refusals_that_depend_on_the_state_are_not_bad_input(store: EventStore, trained: nn.Model) -> None:
     reg = await registry(store)
     await reg.register_bytes("digits", trained.encode(), TRAINER)

@@ -135,6 +135,8 @@ async def alias(args: Any) -> int:
         if args.expect != "none" and not re.fullmatch(r"[0-9]{1,9}", args.expect):
             raise ConfigError(f"--expect: a version number or 'none', got {args.expect!r}")
         body["expected"] = None if args.expect == "none" else int(args.expect)
+    if args.force:
+        body["force"] = True
     reply = await request("alias", body)
     return _print(reply, args.json, lambda r: console.print(
         f"{r['name']}@{r['alias']} → {r['version']}" + (" (unchanged)" if not r["changed"] else " (new alias)" if r["previous"] is None
@@ -319,6 +321,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("alias")
     p.add_argument("version", type=int)
     p.add_argument("--expect", help="only if the alias points at this version now (or 'none'): compare-and-set")
+    p.add_argument("--force", action="store_true",
+                   help="move it even to a version that takes or gives other shapes while a deployment follows it")
     p = cmd("unalias", unalias, "remove an alias")
     p.add_argument("name")
     p.add_argument("alias")

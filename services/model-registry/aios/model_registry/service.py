@@ -63,19 +63,26 @@ class RegistryView:
     serving: dict[str, str] = field(default_factory=dict)
     """Serving jobs not ended, and the model URI each serves."""
 
-    def served_by(self, name: str, version: int) -> list[str]:
-        """Serving jobs pinned to this version (``models:/name/3``): deleting it would leave them nothing to load
-        when a replica restarts or moves."""
+    def _deployments(self, name: str) -> list[tuple[str, int | None, str | None]]:
+        """(job, pinned version, followed alias) of every serving job of model ``name`` not ended."""
         out = []
         for job, uri in sorted(self.serving.items()):
             try:
-                served, pinned, _ = parse_uri(uri)
+                served, pinned, alias = parse_uri(uri)
             except RegistryError:
                 continue
-            if served == name and pinned == version:
-                out.append(job)
+            if served == name:
+                out.append((job, pinned, alias))
         return out
 
+    def served_by(self, name: str, version: int) -> list[str]:
+        """Serving jobs pinned to this version (``models:/name/3``): deleting it would leave them nothing to load
+        when a replica restarts or moves."""
+        return [job for job, pinned, _ in self._deployments(name) if pinned == version]
+
+    def following(self, name: str, alias: str) -> list[str]:
+        """Serving jobs that follow ``name@alias`` (they load whatever it points at)."""
+        return [job for job, _, followed in self._deployments(name) if followed == alias]
 
     def unservable(self, name: str, job: str | None, version: str | None) -> str | None:
         """Why a request for model ``name`` (of serving job ``job``, at ``version``) can never be served, or None
@@ -349,8 +356,11 @@ class Registry:
                                   by, evaluation, dataset)
         return {**out, "deltas": deltas}
 
-    async def alias(self, name: str, alias: str, version: int, expected: int | None | str = "any") -> dict[str, Any]:
-        _, events = await self._decide_and_append(name, lambda s: decide_alias(s, alias, version, expected))
+    async def alias(self, name: str, alias: str, version: int, expected: int | None | str = "any",
+                    force: bool = False) -> dict[str, Any]:
+        served_by = self.view.following(name, alias)
+        _, events = await self._decide_and_append(
+            name, lambda s: decide_alias(s, alias, version, expected, served_by, force))
         previous = events[0].previous if events else version  # type: ignore[attr-defined]
         return {"name": name, "alias": alias, "version": version, "previous": previous, "changed": bool(events)}
 
@@ -458,7 +468,10 @@ async def handle(reg: Registry, op: str, args: dict[str, Any]) -> dict[str, Any]
                                         check_tags(args.get("tags", {})), _str(args, "by", ""))
     if op == "alias":
         expected = args.get("expected", "any")
-        return await reg.alias(_str(args, "name"), _str(args, "alias"), _int(args, "version"), expected)
+        force = args.get("force", False)
+        if not isinstance(force, bool):
+            raise BadInput(f"force: true or false, got {force!r}")
+        return await reg.alias(_str(args, "name"), _str(args, "alias"), _int(args, "version"), expected, force)
     if op == "unalias":
         return await reg.unalias(_str(args, "name"), _str(args, "alias"))
     if op == "tag":

@@ -178,9 +178,16 @@ def decide_register(state: ModelState, *, digest: str, size_bytes: int, format: 
                                    description=description, tags=dict(tags or {}), registered_by=registered_by)]
 
 
-def decide_alias(state: ModelState, alias: str, version: int, expected: int | None | str = "any") -> list[Event]:
+def _takes(sig: Any) -> str:
+    return f"{sig.input_datatype} {list(sig.input_shape)} and gives {list(sig.output_shape)}"
+
+
+def decide_alias(state: ModelState, alias: str, version: int, expected: int | None | str = "any",
+                 served_by: list[str] | tuple[str, ...] = (), force: bool = False) -> list[Event]:
     """Point ``alias`` at ``version``. ``expected``: the version the caller believes the alias points at now
-    (None: unset), checked like a compare-and-set; ``"any"``: move it whatever it points at."""
+    (None: unset), checked like a compare-and-set; ``"any"``: move it whatever it points at. ``served_by``: the
+    serving jobs that follow the alias; while there are any, the new version must take and give what the current
+    one does, unless ``force`` (their clients' requests would fail once the replicas load it)."""
     if not isinstance(alias, str) or not ALIAS.fullmatch(alias) or alias == "latest":
         raise BadInput(f"alias: {alias!r} must start with a letter, use letters, digits, '_' or '-', and not be "
                             "'latest'")
@@ -191,6 +198,12 @@ def decide_alias(state: ModelState, alias: str, version: int, expected: int | No
                             f"{expected if expected is not None else 'nothing'} as expected (moved meanwhile)")
     if current == version:
         return []
+    if current is not None and served_by and not force and current in state.versions:
+        old, new = state.versions[current].signature, state.versions[version].signature
+        if _takes(old) != _takes(new):
+            raise RegistryError(f"version: {version} takes {_takes(new)}, but {alias} (now {current}) takes "
+                                f"{_takes(old)}; {', '.join(served_by[:3])} serves {state.name}@{alias}, and its "
+                                "clients' requests would fail (--force moves it anyway)")
     return [ModelAliasSet(aggregate_id=state.name, alias=alias, version=version, previous=current)]
 
 
