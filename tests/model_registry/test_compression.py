@@ -82,6 +82,12 @@ def test_every_layer_kind_round_trips_through_bytes_and_shrinks_them() -> None:
     assert sizes["int8"] < 0.3 * sizes["dense"] and sizes["prune"] < 0.6 * sizes["dense"]
     with pytest.raises(nn.FormatError, match="not an aios-mlp/1 model"):
         nn.decode(b"not a model")
+    # a method with nothing left to work on made a new version the same as its parent ("x1.0, +0.00")
+    quantised, _ = compress.compress(model, "int8", {})
+    for method, options in (("prune", {"sparsity": 0.5}), ("int8", {}), ("svd", {"energy": 0.9})):
+        with pytest.raises(compress.CompressionError, match=f"^{method}: nothing to compress here: its layers are "
+                                                            "Int8Dense, Int8Dense; compress the version it came from"):
+            compress.compress(quantised, method, options)
 
 
 def test_a_model_file_with_nan_weights_or_labels_for_other_outputs_is_refused() -> None:

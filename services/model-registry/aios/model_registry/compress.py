@@ -154,6 +154,12 @@ def compress(model: nn.Model, method: str, options: dict[str, Any], train: tuple
     if isinstance(finetune_steps, bool) or not isinstance(finetune_steps, int) or \
             not 0 <= finetune_steps <= MAX_FINETUNE_STEPS:
         raise CompressionError(f"finetune_steps: at most {MAX_FINETUNE_STEPS:,}, got {finetune_steps!r}")
+    if method in METHODS:  # each works on full-precision dense layers (svd: before the classifier head) only
+        last = len(model.layers) - 1
+        if not any(isinstance(layer, nn.Dense) and (method != "svd" or i < last) for i, layer in enumerate(model.layers)):
+            raise CompressionError(f"{method}: nothing to compress here: its layers are "
+                                   f"{', '.join(type(layer).__name__ for layer in model.layers)}; compress the "
+                                   "version it came from")
     if method == "svd":
         out, info = svd(model, energy=options.get("energy"), target_ratio=options.get("target_ratio"),
                         calibration=None if train is None else train[0][:2000])
