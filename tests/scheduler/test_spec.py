@@ -99,3 +99,11 @@ def test_a_kind_given_twice_on_the_command_line_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="--nominal: h100 is given twice"):  # it kept the last, silently
         parse_counts("--nominal", "h100=2,H100=3")
+
+
+@pytest.mark.parametrize("value, reason", [(-1, "a whole number from 0 to 100"), (101, "a whole number from 0 to 100")])
+def test_max_restarts_is_bounded(value: int, reason: str) -> None:
+    with pytest.raises(SpecError) as info:
+        validate_spec({"name": "x", "tenant": "t", "command": ["run"], "max_restarts": value})
+    assert info.value.field == "max_restarts" and reason in str(info.value)
+    assert validate_spec({"name": "x", "tenant": "t", "command": ["run"], "max_restarts": 3}).max_restarts == 3

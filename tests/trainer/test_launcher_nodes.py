@@ -292,3 +292,49 @@ def test_a_serving_replica_that_exits_restarts_the_deployment() -> None:
             break
         assert decided == ("requeued", f"replica rank0-a{attempt} exited with 0; the deployment restarts", 75)
     assert decided[0] == "failed" and attempt == 6 and "a crash loop" in decided[1], (attempt, decided)
+
+
+def test_a_failed_worker_restarts_its_job_up_to_max_restarts() -> None:
+    """A worker killed by the out-of-memory killer, or one that crashed, failed its job at once, its checkpoints
+    unused. With ``max_restarts`` (Kubernetes' backoffLimit, Determined's max_restarts) the job is restarted from
+    its checkpoint that many times, whichever worker failed first, and then fails naming how often it restarted."""
+    from aios.common.events import JobRequeued, WorkerStarted
+    from aios.scheduler.state import SchedulerState, evolve
+    from aios.trainer.launcher import outcome
+
+    state = SchedulerState()
+    placed = [Assignment(node_id="n1", device_uuids=uuids("n1"), ranks=[0, 1])]
+    seq = iter(range(1, 1000))
+    evolve(state, JobSubmitted(aggregate_id="j", tenant="ml", name="j", spec={
+        "name": "j", "tenant": "ml", "devices": 2, "command": ["python", "t.py"], "max_restarts": 2}), next(seq))
+    job = state.jobs["j"]
+    decided = []
+    for attempt in (1, 2, 3):
+        evolve(state, JobPlaced(aggregate_id="j", world_size=2, assignments=placed), next(seq))
+        for rank in (0, 1):
+            evolve(state, WorkerStarted(aggregate_id="j", node_id="n1", worker=f"rank{rank}-a{attempt}", pid=rank,
+                                        attempt=attempt), next(seq))
+        # rank 1 finishes first (exit 0), then rank 0 is killed: the failure decides, in either order
+        evolve(state, WorkerExited(aggregate_id="j", node_id="n1", worker=f"rank1-a{attempt}", exit_code=0,
+                                   attempt=attempt), next(seq))
+        evolve(state, WorkerExited(aggregate_id="j", node_id="n1", worker=f"rank0-a{attempt}", exit_code=None,
+                                   signal=9, attempt=attempt), next(seq))
+        decided.append(outcome(job))
+        if decided[-1] and decided[-1][0] == "restarted":
+            evolve(state, JobRequeued(aggregate_id="j", reason=decided[-1][1], after_failure=True), next(seq))
+    assert decided[0] == ("restarted", "worker rank0-a1 was killed by SIGKILL (signal 9: out of memory?); restart 1 "
+                                       "of 2, from its checkpoint", None)
+    assert decided[1][:2] == ("restarted", "worker rank0-a2 was killed by SIGKILL (signal 9: out of memory?); "
+                                           "restart 2 of 2, from its checkpoint")
+    assert decided[2] == ("failed", "worker rank0-a3 was killed by SIGKILL (signal 9: out of memory?), after 2 "
+                                    "restarts (max_restarts)", None)
+    assert job.failure_restarts == 2
+    # while a peer still runs, it is stopped first: nothing is decided yet
+    evolve(state, JobSubmitted(aggregate_id="k", tenant="ml", name="k", spec={
+        "name": "k", "tenant": "ml", "devices": 2, "command": ["python", "t.py"], "max_restarts": 1}), next(seq))
+    evolve(state, JobPlaced(aggregate_id="k", world_size=2, assignments=placed), next(seq))
+    for rank in (0, 1):
+        evolve(state, WorkerStarted(aggregate_id="k", node_id="n1", worker=f"rank{rank}-a1", pid=rank, attempt=1),
+               next(seq))
+    evolve(state, WorkerExited(aggregate_id="k", node_id="n1", worker="rank1-a1", exit_code=3, attempt=1), next(seq))
+    assert outcome(state.jobs["k"]) is None

@@ -52,8 +52,12 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     device (one on a CPU-only job), each an Open Inference Protocol endpoint; runs until cancelled."""
     env: dict[str, str] = {}
     checkpoint_interval_s: float | None = None
+    max_restarts: int = 0
+    """Times the job is restarted from its checkpoint when a worker fails (exits non-zero, or is killed) before the
+    job fails, as Kubernetes' backoffLimit or Determined's max_restarts; 0: it fails at the first."""
 
 
+MAX_RESTARTS = 100
 SERVE_FIELDS = {"model": str, "max_batch": int, "max_delay_ms": (int, float)}
 
 
@@ -150,6 +154,8 @@ def validate_spec(raw: Any) -> JobSpec:
     for key in spec.env:
         if not _ENV_NAME.fullmatch(key):
             raise SpecError(f"env.{key[:64]}", "not an environment variable name (1 to 256 characters, no '=')")
+    if not 0 <= spec.max_restarts <= MAX_RESTARTS:
+        raise SpecError("max_restarts", f"a whole number from 0 to {MAX_RESTARTS}, got {spec.max_restarts}")
     for field in ("max_runtime_s", "runtime_estimate_s", "checkpoint_interval_s"):
         value = getattr(spec, field)
         if value is not None and value <= 0:

@@ -69,6 +69,8 @@ class JobState(msgspec.Struct):
     samples_per_s: float | None = None
     checkpoint_step: int = 0
     """Step of the newest checkpoint: where the next attempt resumes."""
+    failure_restarts: int = 0
+    """Restarts after a worker failed (``max_restarts`` of the spec allows them)."""
     interrupted_in_a_row: int = 0
     """Requeues on its own workers' exit 75 in a row without progress (``made_progress``): a crash loop if it
     grows."""
@@ -308,6 +310,8 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         if ev.interrupted:  # type: ignore[attr-defined]  (before the run closes: its length counts)
             job.interrupted_in_a_row = 1 if made_progress(job, ev.ts) else job.interrupted_in_a_row + 1
             job.step_at_requeue = job.step
+        if ev.after_failure:  # type: ignore[attr-defined]
+            job.failure_restarts += 1
         _close_run(state, job, ev.ts)
         job.status, job.assignments, job.admitted, job.preempted_at = PENDING, [], False, None
         job.requeues += 1

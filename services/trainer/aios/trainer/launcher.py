@@ -76,18 +76,26 @@ def worker_command(job: JobState | None = None) -> list[str]:
     return [sys.executable, "-m", "aios.model_registry.replica" if serving else "aios.trainer.worker"]
 
 
+def restarts_left(job: JobState) -> int:
+    """Restarts after a failed worker the spec's ``max_restarts`` still allows."""
+    return max(0, (job.spec.max_restarts if job.spec is not None else 0) - job.failure_restarts)
+
+
 def own_exits(job: JobState) -> list[str]:
-    """Workers that ended the attempt on their own as an interruption, not a failure: an exit 75; for a serving
-    deployment, any exit (it serves until it is stopped: a replica that dies, or exits, is restarted)."""
+    """Workers that ended the attempt on their own as an interruption, not a failure: an exit 75; a failure while
+    ``max_restarts`` allows a restart; for a serving deployment, any exit (it serves until it is stopped: a replica
+    that dies, or exits, is restarted)."""
     serving = job.spec is not None and job.spec.serve is not None
-    return sorted(w for w, c in job.exit_codes.items()
-                  if w not in job.stopped_workers and (serving or c == EXIT_INTERRUPTED))
+    restarting = restarts_left(job) > 0
+    return sorted(w for w, c in job.exit_codes.items() if w not in job.stopped_workers and (
+        serving or c == EXIT_INTERRUPTED or (restarting and c != 0)))
 
 
 def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
             nodes_lost: frozenset[str] = frozenset(), now: float | None = None) -> tuple[str, str, int | None] | None:
-    """``(succeeded|failed|requeued, reason, exit code)`` once it is decided, else None: the first worker (by name)
-    to exit non-zero on its own fails the job at once (its peers are then stopped); a worker its agent stopped while
+    """``(succeeded|failed|requeued|restarted, reason, exit code)`` once it is decided, else None: the first worker
+    (by name) to exit non-zero on its own fails the job at once (its peers are then stopped), or, while the spec's
+    ``max_restarts`` allows, restarts it from its checkpoint once they have exited; a worker its agent stopped while
     nobody asked the job to stop (the agent or its node shutting down) requeues it, to resume from its checkpoint,
     once every started worker of the attempt has exited (rank 0 may write the checkpoint last). Such a worker exits
     0 after checkpointing, which was counted as success (a half-trained model registered). While one of the job's
@@ -106,10 +114,17 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
         bad = []
     if bad:
         worker, code = bad[0]
-        return "failed", f"worker {worker} {exit_text(code, job.exit_signals.get(worker))}", code
+        after = f", after {job.failure_restarts} restarts (max_restarts)" if job.failure_restarts else ""
+        return "failed", f"worker {worker} {exit_text(code, job.exit_signals.get(worker))}{after}", code
     if stopped:
         if job.workers_running > 0 and not nodes_lost:
             return None  # the others are stopping too
+        failed = [w for w in job.exit_codes if w in interrupted and job.exit_codes[w] not in (0, EXIT_INTERRUPTED)]
+        if failed and restarts_left(job) and not (nodes_lost or nodes_going) and job.spec.serve is None:
+            worker = failed[0]  # the first to fail, in the order they exited
+            return "restarted", (f"worker {worker} {exit_text(job.exit_codes[worker], job.exit_signals.get(worker))}; "
+                                 f"restart {job.failure_restarts + 1} of {job.spec.max_restarts}, from its "
+                                 "checkpoint"), job.exit_codes[worker]
         if nodes_lost:
             why = f"node {min(nodes_lost)} was lost"
         elif interrupted and not nodes_going and (first := next(iter(job.exit_codes))) in interrupted:
@@ -353,9 +368,10 @@ class LauncherService(Service):
             runtime = job.run_seconds + (max(0.0, time.time() - job.placed_at) if job.placed_at else 0.0)
             await self._append_outcome(job.job_id, attempt, JobSucceeded(aggregate_id=job.job_id,
                                                                          runtime_s=round(runtime, 3)), key)
-        elif result == "requeued":  # the scheduler releases its devices and places it again; its workers left
+        elif result in ("requeued", "restarted"):  # the scheduler releases its devices and places it again
             await self._append_outcome(job.job_id, attempt, JobRequeued(
-                aggregate_id=job.job_id, reason=reason, interrupted=exit_code == EXIT_INTERRUPTED), key)
+                aggregate_id=job.job_id, reason=reason, interrupted=exit_code == EXIT_INTERRUPTED,
+                after_failure=result == "restarted"), key)
         else:
             key_now = (job.job_id, attempt)
             self.stopped.add(key_now)

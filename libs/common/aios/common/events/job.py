@@ -55,6 +55,8 @@ class JobRequeued(JobEvent, frozen=True, kw_only=True):
     node_id: str = ""
     interrupted: bool = False
     """A worker of its own exited 75 ("interrupted: resume me"), rather than AIOS moving the job."""
+    after_failure: bool = False
+    """A worker failed, and the job restarts by its ``max_restarts``."""
 
 
 class WorkerStarted(RunEvent, frozen=True, kw_only=True):
