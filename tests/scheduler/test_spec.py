@@ -107,3 +107,14 @@ def test_max_restarts_is_bounded(value: int, reason: str) -> None:
         validate_spec({"name": "x", "tenant": "t", "command": ["run"], "max_restarts": value})
     assert info.value.field == "max_restarts" and reason in str(info.value)
     assert validate_spec({"name": "x", "tenant": "t", "command": ["run"], "max_restarts": 3}).max_restarts == 3
+
+
+@pytest.mark.parametrize("name", ["modèle", "bad name!", "-x", "m" * 65])
+def test_a_model_name_the_registry_would_refuse_is_refused_at_submit(name: str) -> None:
+    """The job trained and succeeded, and its model was then not registered (a line in the registry's log), or was
+    registered under another name ("bad name!" as "bad-name")."""
+    with pytest.raises(SpecError) as info:
+        validate_spec({"name": "x", "tenant": "t", "trainer": {"kind": "mlp", "model_name": name}})
+    assert info.value.field == "trainer.model_name" and "letters, digits" in str(info.value)
+    spec = validate_spec({"name": "x", "tenant": "t", "trainer": {"kind": "mlp", "model_name": "Digits_v2-a"}})
+    assert spec.trainer == {"kind": "mlp", "model_name": "Digits_v2-a"}

@@ -10,6 +10,8 @@ trajectory from its checkpoint: re-sharding is just another split of the same ba
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 import numpy as np
 
@@ -56,6 +58,9 @@ def parse_config(raw: object) -> TrainerConfig:
         (cfg.hidden > 0 and cfg.steps > 0 and cfg.batch_size > 0, "hidden/steps/batch_size", "must be positive"),
         (cfg.lr > 0, "lr", "must be positive"),
         (cfg.checkpoint_every > 0, "checkpoint_every", "must be positive"),
+        # the registry's model names: one it refuses left the job's model unregistered, after the training
+        (not cfg.model_name or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", cfg.model_name) is not None,
+         "model_name", "1-64 letters, digits, '_' or '-', starting with a letter or digit"),
     ]
     for ok, field, why in checks:
         if not ok:
