@@ -213,3 +213,45 @@ def test_the_router_says_which_requests_can_never_be_served() -> None:
     assert view.unservable("digits", None, "x") == "model 'digits' has no version x (live: 2)"
     assert view.unservable("digits", "old-2", None) == "no serving job old-2 is running (it ended, or never was)"
     assert view.unservable("digits", "iris-3", None) == "job iris-3 serves models:/iris/1, not model 'digits'"
+
+
+
+async def test_a_replica_that_is_slow_is_not_sent_the_request_again(store: Any) -> None:
+    """A replica that took longer than the router's timeout got the same request three times in a row (90 s),
+    and the client was then told that no replica answered. A timeout is a 504 naming the replica, after one try."""
+    from aiohttp import web as aioweb
+
+    from aios.model_registry.replica import endpoints_bucket
+    from aios.model_registry.router import Router
+    from aios.model_registry.serving import start_server_app
+
+    calls = []
+
+    async def slow(request: aioweb.Request) -> aioweb.Response:
+        calls.append(request.path)
+        await asyncio.sleep(3)
+        return aioweb.json_response({})
+
+    app = aioweb.Application()
+    app.router.add_post("/v2/models/slowpoke/infer", slow)
+    replica, replica_port = await start_server_app(app)
+    kv = await endpoints_bucket(store)
+    await kv.put("slowpoke.j.0", json.dumps({"key": "slowpoke.j.0", "url": f"http://127.0.0.1:{replica_port}",
+                                             "model": "slowpoke", "job": "j", "version": 1}).encode())
+    router = Router(store, timeout_s=0.5)
+    runner, port = await start_server_app(router.app())
+    for _ in range(40):  # until the router's watch has seen it
+        if await router.replicas("slowpoke", fresh=True):
+            break
+    try:
+        async with aiohttp.ClientSession() as http:
+            started = asyncio.get_running_loop().time()
+            async with http.post(f"http://127.0.0.1:{port}/v2/models/slowpoke/infer", json={}) as r:
+                assert r.status == 504, await r.text()
+                assert (await r.json())["error"] == (f"model: replica http://127.0.0.1:{replica_port} did not answer "
+                                                     "within 0.5 s")
+            assert asyncio.get_running_loop().time() - started < 2.5 and calls == ["/v2/models/slowpoke/infer"]
+    finally:
+        await kv.delete("slowpoke.j.0")
+        await runner.cleanup()
+        await replica.cleanup()

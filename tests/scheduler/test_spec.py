@@ -118,3 +118,16 @@ def test_a_model_name_the_registry_would_refuse_is_refused_at_submit(name: str) 
     assert info.value.field == "trainer.model_name" and "letters, digits" in str(info.value)
     spec = validate_spec({"name": "x", "tenant": "t", "trainer": {"kind": "mlp", "model_name": "Digits_v2-a"}})
     assert spec.trainer == {"kind": "mlp", "model_name": "Digits_v2-a"}
+
+
+@pytest.mark.parametrize("field, value, reason", [
+    # a lone request waited 1e9 ms for a batch to fill: the router gave up after 92 s, saying no replica answered
+    ("max_delay_ms", 1e9, "must be a number of milliseconds from 0 to 1,000"),
+    ("max_delay_ms", -1, "must be a number of milliseconds from 0 to 1,000"),
+    ("max_batch", 10 ** 9, "must be a whole number from 1 to 65,536"),
+    ("max_batch", 0, "must be a whole number from 1 to 65,536"),
+])
+def test_serving_batch_limits_are_bounded(field: str, value: float, reason: str) -> None:
+    with pytest.raises(SpecError) as info:
+        validate_spec({"name": "x", "tenant": "t", "serve": {"model": "models:/m@prod", field: value}})
+    assert info.value.field == f"serve.{field}" and reason in str(info.value)

@@ -33,8 +33,9 @@ ROUTER_KEY = "_router"
 class Router:
     def __init__(self, store: EventStore,
                  unservable: Callable[[str, str | None, str | None], str | None] | None = None,
-                 metrics: CollectorRegistry | None = None) -> None:
+                 metrics: CollectorRegistry | None = None, timeout_s: float = 30.0) -> None:
         self.store = store
+        self.timeout_s = timeout_s
         self.metrics = metrics
         self.unservable = unservable
         """Why a request for (model, job, version) can never be served, or None (None: assume it can)."""
@@ -90,7 +91,7 @@ class Router:
         path = request.path_qs[len(f"/serve/{job}"):] if job else request.path_qs
         body = await request.read()
         if self.session is None:
-            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
         tried: list[str] = []
         for attempt in range(3):
             urls = await self.replicas(name, job, version, fresh=attempt > 0)
@@ -112,7 +113,10 @@ class Router:
                     payload = await r.read()
                     return web.Response(body=payload, status=r.status, content_type=r.content_type,
                                         headers={"X-AIOS-Replica": url})
-            except (aiohttp.ClientConnectionError, TimeoutError):
+            except TimeoutError:  # (aiohttp's read timeout too) there but slow: sending it again only waits longer
+                return web.json_response({"error": f"model: replica {url} did not answer within {self.timeout_s:g} s"},
+                                         status=504)
+            except aiohttp.ClientConnectionError:  # gone (restarting, moving): the next one
                 continue
         return web.json_response({"error": f"model: no replica of {name!r} answered (tried {', '.join(tried)})"},
                                  status=503)

@@ -59,6 +59,8 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 
 MAX_RESTARTS = 100
 SERVE_FIELDS = {"model": str, "max_batch": int, "max_delay_ms": (int, float)}
+SERVE_LIMITS = {"max_batch": (1, 65_536), "max_delay_ms": (0, 1_000)}
+"""A batch waits at most a second to fill: a lone request waited as long as asked (1e9 ms: the router gave up)."""
 
 
 def check_serve(serve: dict[str, Any]) -> None:
@@ -71,10 +73,11 @@ def check_serve(serve: dict[str, Any]) -> None:
         raise SpecError("serve.model", "required: models:/<name>[/<version>|@<alias>]")
     for field, kind in SERVE_FIELDS.items():
         value = serve.get(field)
+        low, high = SERVE_LIMITS.get(field, (0, 0))
         if field != "model" and value is not None and (isinstance(value, bool) or not isinstance(value, kind)
-                                                       or value < (1 if field == "max_batch" else 0)):
-            raise SpecError(f"serve.{field}", "must be a positive number" if field == "max_batch" else
-                            "must be a number of milliseconds >= 0")
+                                                       or not low <= value <= high):
+            raise SpecError(f"serve.{field}", f"must be a whole number from 1 to {high:,}" if field == "max_batch"
+                            else f"must be a number of milliseconds from 0 to {high:,}")
 
 
 def check_tenant(tenant: str, field: str = "tenant") -> None:
