@@ -110,6 +110,8 @@ def test_up_uses_an_external_server_when_configured(aios_env: dict[str, str], na
     (["bench", "eventlog", "--events", "0"], 2, "must be a positive integer"),
     (["bench", "eventlog", "--events", "10", "--restart-events", "20", "--tail", "15"], 2, "--restart-events must exceed"),
     (["frobnicate"], 2, "invalid choice"),
+    (["serve", "models:/m@prod", "--wait", "-1"], 2, "--wait: expected seconds, 0 or more, got '-1'"),
+    (["models", "serve", "models:/m@prod", "--wait", "nan"], 2, "--wait: expected seconds, 0 or more, got 'nan'"),
 ])
 def test_cli_usage_errors(aios_env: dict[str, str], argv: list[str], code: int, message: str) -> None:
     out = subprocess.run([sys.executable, "-m", "aios.cli.main", *argv], env=aios_env, capture_output=True,

@@ -3,6 +3,7 @@ requests to the model-registry service (``aios.registry.<op>``), tables for peop
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import re
@@ -239,6 +240,16 @@ async def endpoints(args: Any) -> int:
     return _print(reply, args.json, human)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds, 0 or more, got {text!r}")
+    return value
+
+
 async def serve(args: Any) -> int:
     """Submit a serving job (``serve:``), wait for its replicas to announce themselves, print the endpoint."""
     from aios.model_registry.replica import endpoints as live
@@ -277,8 +288,8 @@ async def serve(args: Any) -> int:
     if len(found) < max(1, args.replicas):
         if args.json:
             print(json.dumps(reply))
-        raise AiosError(f"job {job_id}: {len(found)} of {args.replicas} replicas ready after {args.wait:g}s "
-                        f"(aios why {job_id}, aios logs {job_id})")
+        raise AiosError(f"job {job_id}: {len(found)} of {args.replicas} replicas ready after {args.wait:g}s; it "
+                        f"stays submitted (aios why {job_id}, aios logs {job_id}; aios cancel {job_id} withdraws it)")
 
     def human(r: dict[str, Any]) -> None:
         console.print(f"serving {args.model} as job {r['job']}: {len(r['replicas'])} replica(s)")
@@ -362,7 +373,8 @@ def add_parsers(sub: Any) -> None:
         parser.add_argument("--job-name")
         parser.add_argument("--max-batch", type=int, default=256)
         parser.add_argument("--max-delay-ms", type=float, default=2.0)
-        parser.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the replicas")
+        parser.add_argument("--wait", type=_seconds, default=60.0,
+                            help="seconds to wait for the replicas (the job stays submitted if they are not ready)")
         if "--json" not in parser._option_string_actions:  # noqa: SLF001 - the top-level `serve` needs it too
             parser.add_argument("--json", action="store_true")
         parser.set_defaults(handler=run(serve))
