@@ -260,6 +260,12 @@ async def test_an_alias_a_deployment_follows_does_not_move_to_a_model_its_client
     assert moved["changed"] and moved["previous"] == 2
     with pytest.raises(BadInput, match="force: true or false"):
         await handle(reg, "alias", {"name": "digits", "alias": "production", "version": 3, "force": "yes"})
+    # removing it would leave the deployment nothing to load at its next restart (it failed then)
+    with pytest.raises(RegistryError, match=r"alias: web-1 serves digits@production; cancel it, or serve another "
+                                            r"alias or version, first \(--force removes it anyway\)"):
+        await handle(reg, "unalias", {"name": "digits", "alias": "production"})
+    assert (await handle(reg, "unalias", {"name": "digits", "alias": "staging"}))["removed"] == 3
+    assert (await handle(reg, "unalias", {"name": "digits", "alias": "production", "force": True}))["removed"] == 3
 
 
 async def test_refusals_that_depend_on_the_state_are_not_bad_input(store: EventStore, trained: nn.Model) -> None:

@@ -145,7 +145,7 @@ async def alias(args: Any) -> int:
 
 
 async def unalias(args: Any) -> int:
-    reply = await request("unalias", {"name": args.name, "alias": args.alias})
+    reply = await request("unalias", {"name": args.name, "alias": args.alias, **({"force": True} if args.force else {})})
     return _print(reply, args.json, lambda r: console.print(f"removed {r['name']}@{r['alias']} (was {r['removed']})"))
 
 
@@ -337,6 +337,7 @@ def add_parsers(sub: Any) -> None:
     p = cmd("unalias", unalias, "remove an alias")
     p.add_argument("name")
     p.add_argument("alias")
+    p.add_argument("--force", action="store_true", help="remove it even while a deployment follows it")
     p = cmd("tag", tag, "set or remove tags of a version")
     p.add_argument("name")
     p.add_argument("version", type=int)

@@ -364,8 +364,9 @@ class Registry:
         previous = events[0].previous if events else version  # type: ignore[attr-defined]
         return {"name": name, "alias": alias, "version": version, "previous": previous, "changed": bool(events)}
 
-    async def unalias(self, name: str, alias: str) -> dict[str, Any]:
-        _, events = await self._decide_and_append(name, lambda s: decide_remove_alias(s, alias))
+    async def unalias(self, name: str, alias: str, force: bool = False) -> dict[str, Any]:
+        served_by = self.view.following(name, alias)
+        _, events = await self._decide_and_append(name, lambda s: decide_remove_alias(s, alias, served_by, force))
         return {"name": name, "alias": alias, "removed": events[0].previous}  # type: ignore[attr-defined]
 
     async def tag(self, name: str, version: int, set_tags: dict[str, str], removed: list[str]) -> dict[str, Any]:
@@ -452,6 +453,13 @@ def _str(args: dict[str, Any], key: str, default: str | None = None) -> str:
     return value
 
 
+def _bool(args: dict[str, Any], key: str) -> bool:
+    value = args.get(key, False)
+    if not isinstance(value, bool):
+        raise BadInput(f"{key}: true or false, got {value!r}")
+    return value
+
+
 async def handle(reg: Registry, op: str, args: dict[str, Any]) -> dict[str, Any]:
     """One request: ``op`` names the command, ``args`` its fields (JSON object)."""
     if op == "list":
@@ -468,12 +476,10 @@ async def handle(reg: Registry, op: str, args: dict[str, Any]) -> dict[str, Any]
                                         check_tags(args.get("tags", {})), _str(args, "by", ""))
     if op == "alias":
         expected = args.get("expected", "any")
-        force = args.get("force", False)
-        if not isinstance(force, bool):
-            raise BadInput(f"force: true or false, got {force!r}")
-        return await reg.alias(_str(args, "name"), _str(args, "alias"), _int(args, "version"), expected, force)
+        return await reg.alias(_str(args, "name"), _str(args, "alias"), _int(args, "version"), expected,
+                               _bool(args, "force"))
     if op == "unalias":
-        return await reg.unalias(_str(args, "name"), _str(args, "alias"))
+        return await reg.unalias(_str(args, "name"), _str(args, "alias"), _bool(args, "force"))
     if op == "tag":
         removed = args.get("remove", [])
         if not isinstance(removed, list):

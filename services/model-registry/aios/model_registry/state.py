@@ -207,9 +207,14 @@ def decide_alias(state: ModelState, alias: str, version: int, expected: int | No
     return [ModelAliasSet(aggregate_id=state.name, alias=alias, version=version, previous=current)]
 
 
-def decide_remove_alias(state: ModelState, alias: str) -> list[Event]:
+def decide_remove_alias(state: ModelState, alias: str, served_by: list[str] | tuple[str, ...] = (),
+                        force: bool = False) -> list[Event]:
+    """``served_by``: the serving jobs that follow the alias; without ``force`` it stays while there are any."""
     if alias not in state.aliases:
         raise NotFound(f"alias: model {state.name!r} has no alias {alias!r}")
+    if served_by and not force:
+        raise RegistryError(f"alias: {', '.join(served_by[:3])} serves {state.name}@{alias}; cancel it, or serve "
+                            "another alias or version, first (--force removes it anyway)")
     return [ModelAliasRemoved(aggregate_id=state.name, alias=alias, previous=state.aliases[alias])]
 
 
