@@ -268,6 +268,23 @@ async def test_an_alias_a_deployment_follows_does_not_move_to_a_model_its_client
     assert (await handle(reg, "unalias", {"name": "digits", "alias": "production", "force": True}))["removed"] == 3
 
 
+async def test_an_evaluation_on_other_data_is_kept_beside_the_headline_one(store: EventStore,
+                                                                          trained: nn.Model) -> None:
+    """`aios models eval` on 20 samples of other data replaced the version's metrics and evaluation: `show` and
+    `list` then gave the 20-sample accuracy as the model's, and the compression deltas referred to numbers no longer
+    shown. An evaluation on other data is kept under its dataset; the one on the version's own data stays the
+    headline (and an evaluation on that same data again replaces it)."""
+    reg = await registry(store)
+    v1 = await reg.register_bytes("digits", trained.encode(), TRAINER)
+    headline = (v1["metrics"]["accuracy"], v1["evaluation"]["dataset"])
+    other = await handle(reg, "eval", {"model": "models:/digits/1", "trainer": {**TRAINER, "samples": 40, "seed": 5}})
+    shown = reg.show("models:/digits/1")
+    assert (shown["metrics"]["accuracy"], shown["evaluation"]["dataset"]) == headline
+    assert shown["evaluations"] == {other["dataset"]: other["metrics"]} and other["dataset"] != headline[1]
+    again = await handle(reg, "eval", {"model": "models:/digits/1"})  # its own data: the headline, again
+    assert again["dataset"] == headline[1] and reg.show("models:/digits/1")["evaluation"]["dataset"] == headline[1]
+
+
 async def test_refusals_that_depend_on_the_state_are_not_bad_input(store: EventStore, trained: nn.Model) -> None:
     reg = await registry(store)
     await reg.register_bytes("digits", trained.encode(), TRAINER)

@@ -81,6 +81,8 @@ def _show(reply: dict[str, Any]) -> None:
         for label, c in ev["per_class"].items():
             t.add_row(label, _pct(c["precision"]), _pct(c["recall"]), _pct(c["f1"]), str(int(c["support"])))
         console.print(t)
+    for dataset, m in reply.get("evaluations", {}).items():
+        console.print(f"also evaluated on {dataset}: accuracy {_pct(m.get('accuracy'))}, F1 {_pct(m.get('f1_macro'))}")
     if reply["lineage"].get("compression"):
         console.print("compression: " + json.dumps(reply["lineage"]["compression"]))
 

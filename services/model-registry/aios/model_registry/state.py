@@ -52,7 +52,10 @@ class VersionState:
     deleted: bool = False
     deleted_reason: str = ""
     evaluation: dict[str, Any] = field(default_factory=dict)
-    """The last evaluation: dataset, metrics, per_class, confusion."""
+    """The headline evaluation, on the version's own data (the first recorded, or a later one on the same data):
+    dataset, metrics, per_class, confusion."""
+    other_evaluations: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Metrics of evaluations on other data, by dataset: kept beside the headline, not in its place."""
 
 
 @dataclass
@@ -88,9 +91,12 @@ def evolve(state: ModelState, ev: Event, version: int) -> ModelState:
     elif isinstance(ev, ModelVersionEvaluated):
         if ev.version in state.versions:
             v = state.versions[ev.version]
-            v.evaluation = {"dataset": ev.dataset, "metrics": dict(ev.metrics), "per_class": ev.per_class,
-                            "confusion": ev.confusion, "at": ev.ts}
-            v.metrics.update(ev.metrics)
+            if v.evaluation and v.evaluation.get("dataset") != ev.dataset:
+                v.other_evaluations[ev.dataset] = dict(ev.metrics)  # 20 samples of other data replaced them
+            else:
+                v.evaluation = {"dataset": ev.dataset, "metrics": dict(ev.metrics), "per_class": ev.per_class,
+                                "confusion": ev.confusion, "at": ev.ts}
+                v.metrics.update(ev.metrics)
     elif isinstance(ev, ModelAliasSet):
         state.aliases[ev.alias] = ev.version
     elif isinstance(ev, ModelAliasRemoved):
@@ -283,4 +289,5 @@ def version_view(state: ModelState, v: VersionState) -> dict[str, Any]:
             "lineage": {k: getattr(v.lineage, k) for k in v.lineage.__struct_fields__},
             "registered_at": v.registered_at, "registered_by": v.registered_by, "deleted": v.deleted,
             **({"deleted_reason": v.deleted_reason} if v.deleted else {}),
-            **({"evaluation": v.evaluation} if v.evaluation else {})}
+            **({"evaluation": v.evaluation} if v.evaluation else {}),
+            **({"evaluations": v.other_evaluations} if v.other_evaluations else {})}
