@@ -139,7 +139,7 @@ async def test_the_router_finds_replicas_started_after_it_looked(store: Any, mod
     from aios.model_registry.serving import start_server_app
 
     router = Router(store, unservable=lambda name, job, version: None if name == "digits" and version != "6" else
-                    "the registry holds no model " + repr(name) if name != "digits" else "no version 6")
+                    "the registry holds no model " + repr(name) if name != "digits" else "no version 6", hold_s=3.0)
     runner, port = await start_server_app(router.app())
     server = ModelServer("digits", 4, model)
     replica, replica_port = await start_server(server)
@@ -148,7 +148,16 @@ async def test_the_router_finds_replicas_started_after_it_looked(store: Any, mod
     try:
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://127.0.0.1:{port}/serve/job-a/v2/models/digits") as r:
-                assert r.status == 503  # nothing announced yet, and now cached for a minute
+                assert r.status == 503  # nothing announced yet (after holding the request 3 s)
+            # a request held while its deployment starts (or restarts, or moves) gets through once a replica is up
+            x, _ = builtin.data(CFG, "eval")
+            held = asyncio.ensure_future(http.post(f"http://127.0.0.1:{port}/serve/job-b/v2/models/digits/infer",
+                                                   json=infer_body(x[:2])))
+            await asyncio.sleep(1.5)  # the router looked twice, then said 503, within a second
+            await kv.put("digits.job-b.0", json.dumps({"key": "digits.job-b.0", "url": f"http://127.0.0.1:{replica_port}",
+                                                       "model": "digits", "job": "job-b", "version": 4}).encode())
+            async with await held as r:
+                assert r.status == 200, await r.text()
             for key, url in (("digits.job-a.0", f"http://127.0.0.1:{replica_port}"),
                              ("digits.job-a.1", "http://127.0.0.1:9")):  # the second one is dead
                 await kv.put(key, json.dumps({"key": key, "url": url, "model": "digits", "job": "job-a",
@@ -175,7 +184,7 @@ async def test_the_router_finds_replicas_started_after_it_looked(store: Any, mod
             info = await store.js.stream_info("KV_AIOS_ENDPOINTS")
             assert info.state.consumer_count <= before + 1, (before, info.state.consumer_count)  # its one watch
     finally:
-        for key in ("digits.job-a.0", "digits.job-a.1"):
+        for key in ("digits.job-a.0", "digits.job-a.1", "digits.job-b.0"):
             await kv.delete(key)
         await replica.cleanup()
         await runner.cleanup()

@@ -7,8 +7,9 @@ node costs a retry, not a failed request):
 - ``/v2/models/<name>/...``: any replica of the model.
 
 Without a replica, a request that can never succeed (a model the registry does not hold, a version it has not, a
-serving job that ended or serves another model) is a 404; any other is a 503 (a deployment starting or moving: try
-again).
+serving job that ended or serves another model) is a 404. Any other is held up to ``hold_s`` (10 s) for a replica
+to come up, as Knative's activator holds requests for a revision scaling up: a deployment restarting or moving (a
+drained node, a replica that died) costs a wait, not a failed request; then it is a 503.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ ROUTER_KEY = "_router"
 class Router:
     def __init__(self, store: EventStore,
                  unservable: Callable[[str, str | None, str | None], str | None] | None = None,
-                 metrics: CollectorRegistry | None = None, timeout_s: float = 30.0) -> None:
+                 metrics: CollectorRegistry | None = None, timeout_s: float = 30.0, hold_s: float = 10.0) -> None:
         self.store = store
         self.timeout_s = timeout_s
+        self.hold_s = hold_s
         self.metrics = metrics
         self.unservable = unservable
         """Why a request for (model, job, version) can never be served, or None (None: assume it can)."""
@@ -92,20 +94,25 @@ class Router:
         body = await request.read()
         if self.session is None:
             self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.hold_s
         tried: list[str] = []
-        for attempt in range(3):
-            urls = await self.replicas(name, job, version, fresh=attempt > 0)
-            candidates = [u for u in urls if u not in tried] or urls
-            if not candidates and attempt == 0:
-                continue  # the cached list may predate the replicas: look again before saying no
-            never = self.unservable(name, job, version) if not candidates and self.unservable else None
-            if never:
-                return web.json_response({"error": f"model: {never}"}, status=404)
-            if not candidates:
-                what = f"{name!r}" + (f" in job {job}" if job else "") + (f" at version {version}" if version else "")
-                return web.json_response({"error": f"model: no replica serves {what} (aios models endpoints)"},
-                                         status=503)
-            url = candidates[next(self._turn) % len(candidates)]
+        urls: list[str] = []
+        while True:
+            urls = await self.replicas(name, job, version)
+            untried = [u for u in urls if u not in tried]
+            if not untried:
+                never = self.unservable(name, job, version) if not urls and self.unservable else None
+                if never:
+                    return web.json_response({"error": f"model: {never}"}, status=404)
+                if loop.time() >= deadline:
+                    break
+                # none up (starting, moving), or every one refused: wait for the replicas to change, then try again
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.book.changed.wait(), min(0.5, deadline - loop.time()))
+                tried.clear()
+                continue
+            url = untried[next(self._turn) % len(untried)]
             tried.append(url)
             try:
                 async with self.session.request(request.method, url + path, data=body,
@@ -118,8 +125,12 @@ class Router:
                                          status=504)
             except aiohttp.ClientConnectionError:  # gone (restarting, moving): the next one
                 continue
-        return web.json_response({"error": f"model: no replica of {name!r} answered (tried {', '.join(tried)})"},
-                                 status=503)
+        what = f"{name!r}" + (f" in job {job}" if job else "") + (f" at version {version}" if version else "")
+        if urls:  # announced, but refusing connections all along
+            return web.json_response({"error": f"model: no replica of {what} answered within {self.hold_s:g} s "
+                                               f"(tried {', '.join(urls)})"}, status=503)
+        return web.json_response({"error": f"model: no replica serves {what} (waited {self.hold_s:g} s; aios models "
+                                           "endpoints)"}, status=503)
 
 
 async def announce_router(store: EventStore, url: str) -> None:
