@@ -6,7 +6,8 @@ from __future__ import annotations
 import msgspec
 
 from aios.common.events import (
-    DevicesLeased, DevicesReleased, Event, JobAdmitted, JobCancelled, JobPlaced, JobPreempted, JobRequeued,
+    DevicesLeased, DevicesReleased, Event, JobAdmitted, JobCancelled, JobFailed, JobPlaced, JobPreempted,
+    JobRequeued,
 )
 from aios.scheduler.rounds import RoundPlan
 from aios.scheduler.state import SchedulerState
@@ -41,6 +42,9 @@ def housekeeping_commits(state: SchedulerState, plan: RoundPlan) -> list[Commit]
     for job in plan.cancels:
         out.append(Commit(f"job.{job}", [JobCancelled(aggregate_id=job, reason="cancelled on request")],
                           version(f"job.{job}", 0), idempotency_key=f"sched-cancelled-{job}"))
+    for job in plan.rejections:  # against the job's version: a later event of it (it was accepted) wins
+        out.append(Commit(f"job.{job}", [JobFailed(aggregate_id=job, reason=state.jobs[job].error)],
+                          version(f"job.{job}", 0), idempotency_key=f"sched-rejected-{job}"))
     return out
 
 

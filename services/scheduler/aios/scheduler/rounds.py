@@ -50,6 +50,8 @@ class RoundPlan(msgspec.Struct):
     requeues: list[str] = []
     requeue_reasons: dict[str, str] = {}
     cancels: list[str] = []
+    rejections: list[str] = []
+    """Jobs whose spec this version refuses, failed by no event yet (``SchedulerState.unrecorded``): recorded now."""
     reasons: dict[str, str] = {}
     order: list[str] = []
     solver: str = "greedy"
@@ -184,7 +186,7 @@ def _drain(state: SchedulerState, plan: RoundPlan) -> None:
 def plan_round(state: SchedulerState, policy: Policy, now: float, *,
                estimate: Callable[[JobState], float] = default_estimate, milp_max_jobs: int = 200,
                milp_time_limit: float = 0.5, cache: BinCache | None = None) -> RoundPlan:
-    plan = RoundPlan()
+    plan = RoundPlan(rejections=list(state.unrecorded))
     _housekeeping(state, now, plan)
     _drain(state, plan)
     cancelled = set(plan.cancels)

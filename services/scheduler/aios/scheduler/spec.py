@@ -254,6 +254,21 @@ def validate_quota(tenant: Any, raw: Any) -> TenantQuotaSet:
                           lending_limit=lending)
 
 
+def judge_spec(raw: Any) -> tuple[JobSpec | None, str]:
+    """A stored submission's spec as well as it decodes (fields this version does not know are left out), and
+    today's verdict on it ("" if valid). The verdict is for new submissions only: a job the scheduler of its day
+    accepted keeps its history, whatever later rules say (the state is rebuilt from the log after every upgrade)."""
+    try:
+        return validate_spec(raw), ""
+    except SpecError as exc:
+        verdict = str(exc)
+    known = {k: v for k, v in raw.items() if k in _FIELD_NAMES} if isinstance(raw, dict) else None
+    try:
+        return msgspec.convert(known, JobSpec), verdict
+    except (msgspec.ValidationError, TypeError):
+        return None, verdict
+
+
 def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
     return msgspec.to_builtins(spec)
 

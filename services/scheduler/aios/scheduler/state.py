@@ -12,7 +12,7 @@ from aios.common.events import (
 )
 from aios.common.store import Commit
 from aios.resource_manager import inventory
-from aios.scheduler.spec import JobSpec, SpecError, validate_spec
+from aios.scheduler.spec import JobSpec, judge_spec
 
 PENDING, PLACED, RUNNING, PREEMPTING, SUCCEEDED, FAILED, CANCELLED = (
     "pending", "placed", "running", "preempting", "succeeded", "failed", "cancelled")
@@ -116,6 +116,10 @@ class SchedulerState(msgspec.Struct):
     live: dict[str, None] = {}
     """Ids of the jobs not yet ended, in submission order: what every round looks at (``jobs`` keeps the ended ones
     too, for the API, and outgrows them by far over weeks of history)."""
+    unrecorded: dict[str, None] = {}
+    """Jobs failed by this code's verdict on their spec, with no event that says so yet: the scheduler records it
+    (``JobFailed``). Until then a later event of the job (it was placed, cancelled ...) shows that the scheduler of
+    its day accepted it, and the verdict is dropped: history is not judged again by later rules."""
 
     def active(self) -> list[JobState]:
         """The jobs not yet ended (pending, placed, running, preempting)."""
@@ -130,7 +134,7 @@ class SchedulerState(msgspec.Struct):
 
 
 MAX_HISTORY = 5000
-STATE_SCHEMA = 4
+STATE_SCHEMA = 5
 """Version of the encoded state in snapshots: a snapshot of another version is ignored and the log replayed."""
 
 
@@ -260,18 +264,21 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
     if kind is JobSubmitted:
         if ev.aggregate_id in state.jobs:
             return state
-        try:
-            spec: JobSpec | None = validate_spec(ev.spec)  # type: ignore[attr-defined]
-            error = ""
-        except SpecError as exc:
-            spec, error = None, str(exc)
+        spec, error = judge_spec(ev.spec)  # type: ignore[attr-defined]
         state.jobs[ev.aggregate_id] = JobState(
-            ev.aggregate_id, spec, ev.tenant, seq, ev.ts, status=PENDING if spec else FAILED,  # type: ignore[attr-defined]
+            ev.aggregate_id, spec, ev.tenant, seq, ev.ts, status=FAILED if error else PENDING,  # type: ignore[attr-defined]
             error=error)
-        if spec is not None:
+        if error:
+            state.unrecorded[ev.aggregate_id] = None
+        else:
             state.live[ev.aggregate_id] = None
         return state
     job = state.jobs.get(ev.aggregate_id)
+    if job is not None and job.job_id in state.unrecorded and kind not in (JobCancelRequested, WorkerExited):
+        del state.unrecorded[job.job_id]
+        if kind is not JobFailed and job.spec is not None:  # its scheduler accepted it: the verdict was ours only
+            job.status, job.error = PENDING, ""
+            state.live[job.job_id] = None
     if job is None or job.status in TERMINAL and kind is not JobCancelRequested:
         return state
     if kind is JobAdmitted:
