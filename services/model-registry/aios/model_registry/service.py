@@ -289,7 +289,7 @@ class Registry:
             cfg = builtin.parse_config(trainer)
         except ValueError as exc:
             raise BadInput(f"dataset: {exc}") from None
-        x, y = builtin.data(cfg, "eval")
+        x, y = await asyncio.to_thread(builtin.data, cfg, "eval")  # (a million samples: seconds, off the loop)
         if x.shape[1] != model.inputs or cfg.classes != model.outputs:
             raise BadInput(f"dataset: {cfg.dataset} has {x.shape[1]} inputs and {cfg.classes} classes, the model "
                                 f"takes {model.inputs} and gives {model.outputs}")
@@ -333,7 +333,7 @@ class Registry:
         name, version = parent_view["name"], parent_view["version"]
         state = self.model(name)
         trainer = self._trainer_of(state, version)
-        train = builtin.data(trainer, "train") if trainer else None
+        train = await asyncio.to_thread(builtin.data, trainer, "train") if trainer else None
         try:
             small, info = await asyncio.to_thread(compress.compress, parent, method, options, train, finetune_steps,
                                                   self.stopping)
@@ -530,6 +530,7 @@ class ModelRegistryService(Service):
         self.handled = 0
         """How many of ``view.succeeded`` have been registered (or found registered)."""
         self._lock = asyncio.Lock()
+        self._requests: set[asyncio.Task[None]] = set()
 
     async def run(self, ctx: ServiceContext) -> None:
         self.reg = Registry(ctx.store)
@@ -543,6 +544,7 @@ class ModelRegistryService(Service):
         await ctx.stopping.wait()
         self.reg.stopping.set()
         await sub.unsubscribe()
+        await self.finish_requests()
         stop.set()
         await asyncio.gather(follower, router)
 
@@ -611,8 +613,20 @@ class ModelRegistryService(Service):
             log.error("could not register the model of a training job", extra={"job": job_id, "error": repr(exc)})
 
     async def _on_request(self, msg: Any) -> None:
+        """NATS hands a subscription's messages to this callback one after the other: each request is answered in
+        a task of its own, or one compression held every other request (`aios models list` timed out behind it)."""
+        task = asyncio.ensure_future(self._traced_answer(msg))
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
+
+    async def _traced_answer(self, msg: Any) -> None:
         with tracing.process_span(msg.subject, msg.headers):  # one trace with the CLI's request, and what it appends
             await self._answer(msg)
+
+    async def finish_requests(self) -> None:
+        """Wait for the requests in flight (a stopping registry has told long ones to end)."""
+        if self._requests:
+            await asyncio.gather(*list(self._requests), return_exceptions=True)
 
     async def _answer(self, msg: Any) -> None:
         op = msg.subject[len(PREFIX) + 1:]
