@@ -282,6 +282,28 @@ def test_a_model_shows_its_training_job_to_that_jobs_tenant_only(gateway: tuple[
         lineage = seen["versions"][0]["lineage"] if "versions" in seen else seen["lineage"]
         assert lineage["spec"] == {} and lineage["spec_hidden"] == "trained by a job of tenant alice"
     assert call(url, "GET", "/api/v1/models/alice-digits", ADMIN)[1]["versions"][0]["lineage"]["spec"]["env"]
+    # the registry's commands over HTTP, as MLflow's REST API has them (administrators only, as quotas)
+    base = "/api/v1/models/alice-digits"
+    status, err = call(url, "PUT", f"{base}/aliases/production", BOB, {"version": 1})
+    assert status == 403 and "administrators only" in err["error"]
+    status, moved = call(url, "PUT", f"{base}/aliases/production", ADMIN, {"version": 1})
+    assert status == 200 and moved["changed"] and moved["previous"] is None, moved
+    assert call(url, "PUT", f"{base}/aliases/production", ADMIN, {"version": "one"})[0] == 422
+    status, err = call(url, "PUT", f"{base}/aliases/production", ADMIN, {"version": 1, "expected": 7})
+    assert status == 409 and "moved meanwhile" in err["error"], err
+    status, version = call(url, "GET", f"{base}/versions/1", BOB)  # it was a 404: only models:%2F... worked
+    assert status == 200 and version["version"] == 1 and version["aliases"] == ["production"]
+    status, tagged = call(url, "PATCH", f"{base}/versions/1", ADMIN, {"tags": {"stage": "qa"}, "description": "first"})
+    assert status == 200 and tagged["tags"]["stage"] == "qa" and tagged["description"] == "first", tagged
+    status, small = call(url, "POST", f"{base}/versions/1/compress", ADMIN, {"method": "int8"})
+    assert status == 200 and small["version"] == 2 and small["deltas"]["size_ratio"] < 0.5, small
+    assert call(url, "POST", f"{base}/versions/1/compress", ADMIN, {"method": "zip"})[0] == 422
+    status, evaluated = call(url, "POST", f"{base}/versions/2/evaluate", ADMIN, {})
+    assert status == 200 and 0 <= evaluated["metrics"]["accuracy"] <= 1, evaluated
+    assert call(url, "DELETE", f"{base}/versions/2", ADMIN)[0] == 200
+    assert call(url, "DELETE", f"{base}/versions/9", ADMIN)[0] == 404
+    assert call(url, "DELETE", f"{base}/aliases/production", ADMIN)[0] == 200
+
     def names(query: str) -> list[str]:
         return [m["name"] for m in call(url, "GET", "/api/v1/models?" + query, BOB)[1]["models"]]
     assert names("metric=accuracy&min=0") == ["alice-digits"]

@@ -295,7 +295,10 @@ class Api:
         return web.json_response(await self._ask("aios.registry.list", query))
 
     async def model(self, request: web.Request, caller: Caller) -> web.StreamResponse:
-        reply = await self._ask("aios.registry.show", {"model": request.match_info["model"]})
+        return await self._show_model(request.match_info["model"], caller)
+
+    async def _show_model(self, uri: str, caller: Caller) -> web.StreamResponse:
+        reply = await self._ask("aios.registry.show", {"model": uri})
         for version in reply.get("versions", [reply]) if isinstance(reply, dict) else ():
             lineage = version.get("lineage") if isinstance(version, dict) else None
             spec = lineage.get("spec") if isinstance(lineage, dict) else None
@@ -307,6 +310,85 @@ class Api:
                 lineage["command"] = []
                 lineage["spec_hidden"] = f"trained by a job of tenant {owner}"
         return web.json_response(reply)
+
+    async def model_version(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        return await self._show_model(f"models:/{request.match_info['model']}/{self._version(request)}", caller)
+
+    async def _registry(self, op: str, args: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+        """A registry command: bad input is a 422, a refusal the registry's state decides (an alias moved
+        meanwhile, a version still served) a 409, what is not there a 404."""
+        try:
+            reply: dict[str, Any] = await self.backend.ask(f"aios.registry.{op}", args, timeout)
+        except AiosError as exc:
+            raise HttpError(503, f"service: {exc}") from None
+        if "error" in reply:
+            raise HttpError(404 if reply.get("not_found") else 422 if reply.get("bad_input") else 409, reply["error"])
+        return reply
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        body = await self._json(request) if request.can_read_body else {}
+        if not isinstance(body, dict):
+            raise HttpError(400, "body: a JSON object is expected")
+        return body
+
+    def _version(self, request: web.Request) -> int:
+        text = request.match_info["version"]
+        if not text.isdigit() or len(text) > 9:
+            raise HttpError(404, f"version: {text!r} is no version number")
+        return int(text)
+
+    async def set_alias(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        body = await self._body(request)
+        unknown = sorted(set(body) - {"version", "expected", "force"})
+        if unknown:
+            raise HttpError(422, f"{unknown[0]}: unknown field (known: version, expected, force)")
+        args = {"name": request.match_info["model"], "alias": request.match_info["alias"], "version": body.get("version"),
+                **{k: body[k] for k in ("expected", "force") if k in body}}
+        return web.json_response(await self._registry("alias", args))
+
+    async def remove_alias(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        force = request.query.get("force", "0") in ("1", "true", "yes")
+        return web.json_response(await self._registry("unalias", {"name": request.match_info["model"],
+                                                                  "alias": request.match_info["alias"], "force": force}))
+
+    async def update_version(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        body = await self._body(request)
+        unknown = sorted(set(body) - {"tags", "remove_tags", "description"})
+        if unknown or not body:
+            raise HttpError(422, f"{unknown[0] if unknown else 'body'}: "
+                                 f"{'unknown field' if unknown else 'nothing to change'} (known: tags, remove_tags, "
+                                 "description)")
+        name, version = request.match_info["model"], self._version(request)
+        reply: dict[str, Any] = {}
+        if "tags" in body or "remove_tags" in body:
+            reply = await self._registry("tag", {"name": name, "version": version, "set": body.get("tags", {}),
+                                                 "remove": body.get("remove_tags", [])})
+        if "description" in body:
+            reply = await self._registry("describe", {"name": name, "version": version,
+                                                      "description": body["description"]})
+        return web.json_response(reply)
+
+    async def delete_version(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        return web.json_response(await self._registry("delete", {
+            "name": request.match_info["model"], "version": self._version(request),
+            "reason": request.query.get("reason", ""), "by": caller.tenant}))
+
+    async def compress_version(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        body = await self._body(request)
+        unknown = sorted(set(body) - {"method", "options", "finetune_steps"})
+        if unknown:
+            raise HttpError(422, f"{unknown[0]}: unknown field (known: method, options, finetune_steps)")
+        uri = f"models:/{request.match_info['model']}/{self._version(request)}"
+        return web.json_response(await self._registry("compress", {"model": uri, **body, "by": caller.tenant},
+                                                      timeout=300.0))
+
+    async def evaluate_version(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        body = await self._body(request)
+        unknown = sorted(set(body) - {"trainer"})
+        if unknown:
+            raise HttpError(422, f"{unknown[0]}: unknown field (known: trainer)")
+        uri = f"models:/{request.match_info['model']}/{self._version(request)}"
+        return web.json_response(await self._registry("eval", {"model": uri, **body}, timeout=300.0))
 
     # -- live -------------------------------------------------------------------------------------------------------
     async def telemetry(self, request: web.Request, caller: Caller) -> web.StreamResponse:
@@ -386,6 +468,37 @@ ROUTES: tuple[Route, ...] = (
                  ("name", "string", "name contains")), responses=(200, 400, 422, 503)),
     Route("GET", "/api/v1/models/{model}", Api.model, "A model's versions, or one (models:/name/3, name@alias)",
           responses=(200, 404, 503)),
+    Route("GET", "/api/v1/models/{model}/versions/{version}", Api.model_version, "One version of a model",
+          responses=(200, 404, 503)),
+    Route("PUT", "/api/v1/models/{model}/aliases/{alias}", Api.set_alias,
+          "Point an alias at a version (expected: compare-and-set; force: to another signature while served)",
+          body={"type": "object", "required": ["version"], "additionalProperties": False,
+                "properties": {"version": {"type": "integer"}, "expected": {"type": ["integer", "null"]},
+                               "force": {"type": "boolean"}}},
+          responses=(200, 403, 404, 409, 422, 503), admin=True),
+    Route("DELETE", "/api/v1/models/{model}/aliases/{alias}", Api.remove_alias, "Remove an alias",
+          query=(("force", "boolean", "even while a deployment follows it"),),
+          responses=(200, 403, 404, 409, 503), admin=True),
+    Route("PATCH", "/api/v1/models/{model}/versions/{version}", Api.update_version,
+          "Set or remove tags, or describe, a version",
+          body={"type": "object", "additionalProperties": False,
+                "properties": {"tags": {"type": "object", "additionalProperties": {"type": "string"}},
+                               "remove_tags": {"type": "array", "items": {"type": "string"}},
+                               "description": {"type": "string"}}},
+          responses=(200, 403, 404, 409, 422, 503), admin=True),
+    Route("DELETE", "/api/v1/models/{model}/versions/{version}", Api.delete_version,
+          "Delete a version (its bytes are collected)", query=(("reason", "string", "recorded with the deletion"),),
+          responses=(200, 403, 404, 409, 503), admin=True),
+    Route("POST", "/api/v1/models/{model}/versions/{version}/compress", Api.compress_version,
+          "A compressed new version (int8, svd, prune) with its measured deltas",
+          body={"type": "object", "required": ["method"], "additionalProperties": False,
+                "properties": {"method": {"enum": ["int8", "svd", "prune"]}, "options": {"type": "object"},
+                               "finetune_steps": {"type": "integer", "minimum": 0, "maximum": 100000}}},
+          responses=(200, 403, 404, 409, 422, 503), admin=True),
+    Route("POST", "/api/v1/models/{model}/versions/{version}/evaluate", Api.evaluate_version,
+          "Evaluate a version (on its own data, or a trainer config's)",
+          body={"type": "object", "additionalProperties": False, "properties": {"trainer": {"type": "object"}}},
+          responses=(200, 403, 404, 409, 422, 503), admin=True),
     Route("GET", "/api/v1/telemetry", Api.telemetry, "Latest utilisation, memory and temperature of every device"),
     Route("GET", "/api/v1/events", Api.events, "Server-sent events: what changed (text/event-stream)",
           query=(("token", "string", "the bearer token, for clients that cannot send headers"),),
