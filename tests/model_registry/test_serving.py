@@ -83,6 +83,11 @@ async def test_concurrent_requests_are_batched(served: Any, model: nn.Model) -> 
     ({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [float("nan")] * 64}]}, 400,
      "NaN"),
     ({"input": []}, 400, "inputs: exactly one input tensor"),
+    # beyond what the datatype holds: FP32 overflowed to infinity, and the reply was NaN logits and label "0", 200
+    ({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [1e39] * 64}]}, 400,
+     "inputs[0].data: values beyond the range of FP32"),
+    ({"inputs": [{"name": "input", "datatype": "INT8", "shape": [1, 64], "data": [300] * 64}]}, 400,
+     "inputs[0].data: values beyond the range of INT8"),
 ])
 async def test_bad_input_gets_a_4xx_that_names_the_field(served: Any, body: dict[str, Any], status: int,
                                                          message: str) -> None:
@@ -104,6 +109,10 @@ async def test_not_json_too_large_and_unknown_model(served: Any) -> None:
         assert r.status == 413
     async with http.post(f"{url}/v2/models/other/infer", json={}) as r:
         assert r.status == 404 and "'other' is not served here" in (await r.json())["error"]
+    async with http.get(f"{url}/v2/models/digits/versions/1/ready") as r:  # the protocol's version ready: a 404
+        assert r.status == 200 and (await r.json())["ready"] is True
+    async with http.get(f"{url}/v2/models/digits/versions/9/ready") as r:
+        assert r.status == 404 and "version: 9 is not being served" in (await r.json())["error"]
 
 
 async def test_swapping_the_version_drops_no_request(served: Any, model: nn.Model) -> None:

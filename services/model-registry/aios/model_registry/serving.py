@@ -80,6 +80,12 @@ def parse_infer(body: Any, inputs: int) -> tuple[np.ndarray, str | None, list[st
         raise BadRequest(f"inputs[0].data: {array.size} values for shape [{rows}, {cols}] ({rows * cols} expected)")
     if not np.isfinite(array).all():
         raise BadRequest("inputs[0].data: NaN or infinite values")
+    kind = NUMERIC[datatype]
+    limits = np.finfo(kind) if np.issubdtype(kind, np.floating) else np.iinfo(kind)
+    fp32 = np.finfo(np.float32)  # what the model computes in: 1e39 became infinity, and NaN logits a 200
+    if array.size and (array.min() < max(limits.min, fp32.min) or array.max() > min(limits.max, fp32.max)):
+        raise BadRequest(f"inputs[0].data: values beyond the range of {datatype}"
+                         + (" (the model computes in FP32)" if datatype == "FP64" else ""))
     if datatype.startswith(("INT", "UINT")) and not np.all(array == np.round(array)):
         raise BadRequest(f"inputs[0].data: fractional values for datatype {datatype}")
     outputs = body.get("outputs")
@@ -205,6 +211,7 @@ class ModelServer:
         app.router.add_get("/v2/models/{name}", self._model_meta)
         app.router.add_get("/v2/models/{name}/versions/{version}", self._model_meta)
         app.router.add_get("/v2/models/{name}/ready", self._model_ready)
+        app.router.add_get("/v2/models/{name}/versions/{version}/ready", self._model_ready)
         app.router.add_get("/v2/models/{name}/stats", self._stats)
         app.router.add_post("/v2/models/{name}/infer", self._infer)
         app.router.add_post("/v2/models/{name}/versions/{version}/infer", self._infer)
