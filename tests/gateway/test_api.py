@@ -166,7 +166,13 @@ def test_a_bad_worker_name_is_refused_before_the_log_stream_begins(gateway: tupl
     for worker in ("a%20b", "%3E", "a.b"):
         got, reply = call(url, "GET", f"/api/v1/jobs/{job}/logs?worker={worker}", ALICE)
         assert got == 400 and reply["error"].startswith("worker "), (worker, reply)
+    deadline = time.monotonic() + 60
+    while call(url, "GET", f"/api/v1/jobs/{job}", ALICE)[1]["status"] != "succeeded":
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
     assert call(url, "GET", f"/api/v1/jobs/{job}/logs?worker=rank0-a1", ALICE)[0] == 200
+    status, err = call(url, "GET", f"/api/v1/jobs/{job}/logs?worker=rank0", ALICE)  # a 200 with nothing in it
+    assert status == 404 and err["error"] == f"job {job} has no worker 'rank0'; its workers: rank0-a1", err
 
 
 def test_errors_of_the_web_server_itself_are_json_too(gateway: tuple[str, LocalCluster]) -> None:

@@ -13,7 +13,7 @@ from aios.cli.inspect import ask, cluster_servers
 from aios.cli.output import table_console
 from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError, NotFound
 from aios.common.events import (
-    JobCancelled, JobCancelRequested, JobFailed, JobSucceeded, WorkerStarted, timeline_entry,
+    JobCancelled, JobCancelRequested, JobFailed, JobSucceeded, timeline_entry,
 )
 from aios.common.store import open_log
 from aios.scheduler import submission
@@ -140,11 +140,9 @@ async def logs(job_id: str, follow: bool, worker: str | None) -> int:
         history = await store.read_job(_known_form(job_id))
         if not history:
             raise NotFound(f"no job {job_id!r}")
-        started = sorted({e.worker for e in history if isinstance(e, WorkerStarted)})
-        ended = any(isinstance(e, (JobSucceeded, JobFailed, JobCancelled)) for e in history)
-        if worker is not None and worker not in started and (ended or not follow):
-            # it printed nothing and exited 0 for `--worker rank0` (the workers are rank0-a1, rank0-a2, ...)
-            raise NotFound(f"job {job_id} has no worker {worker!r}; its workers: {', '.join(started) or 'none yet'}")
+        missing = joblogs.unknown_worker(history, job_id, worker, follow)
+        if missing:
+            raise NotFound(missing)
         await joblogs.ensure_stream(store.js, store.replicas)
 
         async def job_ended() -> bool:

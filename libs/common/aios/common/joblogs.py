@@ -30,6 +30,19 @@ def check_worker(worker: str | None) -> None:
         raise ConfigError(f"worker {worker[:64]!r}: letters, digits, '_' or '-', 1 to 64 characters (e.g. rank0-a1)")
 
 
+def unknown_worker(history: list[Any], job_id: str, worker: str | None, follow: bool) -> str | None:
+    """Why ``worker`` names none of the job's workers (from the job's events), or None: asking for ``rank0`` (the
+    workers are rank0-a1, rank0-a2 ...) printed nothing and ended as if it had no output. A job still running may
+    start it yet, when following."""
+    from aios.common.events import JobCancelled, JobFailed, JobSucceeded, WorkerStarted
+
+    started = sorted({e.worker for e in history if isinstance(e, WorkerStarted)})
+    ended = any(isinstance(e, (JobSucceeded, JobFailed, JobCancelled)) for e in history)
+    if worker is not None and worker not in started and (ended or not follow):
+        return f"job {job_id} has no worker {worker!r}; its workers: {', '.join(started) or 'none yet'}"
+    return None
+
+
 def subject_of(job_id: str, worker: str = "*", stream: str = "*") -> str:
     return f"aios.logs.{job_id}.{worker}.{stream}"
 

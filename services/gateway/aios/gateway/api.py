@@ -222,6 +222,10 @@ class Api:
             joblogs.check_worker(request.query.get("worker"))  # before the reply begins: a 400, not a cut stream
         except ConfigError as exc:
             raise HttpError(400, str(exc)) from None
+        missing = joblogs.unknown_worker(await self.backend.store.read_job(job.job_id), job.job_id,
+                                         request.query.get("worker"), follow)
+        if missing:  # a 200 with nothing in it, where the CLI says which workers there are
+            raise HttpError(404, missing)
         response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8",
                                                "Cache-Control": "no-cache"})
         await response.prepare(request)
