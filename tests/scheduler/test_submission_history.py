@@ -51,3 +51,21 @@ def test_a_rejection_is_recorded_once_as_an_event() -> None:
     assert [(e.aggregate_id, e.reason) for e in failed] == [("b", c.state.jobs["b"].error)]
     apply(c.state, [("job.b", failed)], 3.0)  # recorded: the event decides from now on, not the rules of the day
     assert c.status("b") == FAILED and c.state.unrecorded == {} and rejections(4.0) == []
+
+
+def test_a_submission_checked_when_it_was_taken_stays_queued_under_later_rules() -> None:
+    """AIOS's own submission path checks a spec before it writes it: such a job, still queued at an upgrade that
+    tightened a rule, was failed by the new scheduler."""
+    c = Cluster(("n1", "a100", 4))
+    apply(c.state, [("job.b", [JobSubmitted(aggregate_id="b", tenant="t", name="b", spec=OLD_RULES, checked=True)])],
+          1.0)
+    assert c.status("b") == "pending" and c.state.unrecorded == {}
+
+
+def test_an_event_of_another_aggregate_with_the_same_id_revives_nothing() -> None:
+    from aios.common.events import TenantQuotaSet
+
+    c = Cluster(("n1", "a100", 4))
+    apply(c.state, [submitted("nlp", {**OLD_RULES, "name": "nlp"}),
+                    ("tenant.nlp", [TenantQuotaSet(aggregate_id="nlp", nominal={"a100": 1})])], 1.0)
+    assert c.status("nlp") == FAILED and "nlp" in c.state.unrecorded

@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 
 from aios.common.events import (
-    Assignment, CheckpointSaved, Event, JobAdmitted, JobCancelled, JobCancelRequested, JobFailed, JobPlaced,
+    Assignment, CheckpointSaved, Event, JobAdmitted, JobCancelled, JobCancelRequested, JobEvent, JobFailed, JobPlaced,
     JobPreempted, JobProgress, JobRequeued, JobStarted, JobSubmitted, JobSucceeded, WorkerExited, WorkerStarted,
 )
 from aios.common.store import Commit
@@ -265,6 +265,8 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         if ev.aggregate_id in state.jobs:
             return state
         spec, error = judge_spec(ev.spec)  # type: ignore[attr-defined]
+        if ev.checked and spec is not None:  # type: ignore[attr-defined]
+            error = ""  # checked when it was taken: later rules do not judge it again (it stays queued)
         state.jobs[ev.aggregate_id] = JobState(
             ev.aggregate_id, spec, ev.tenant, seq, ev.ts, status=FAILED if error else PENDING,  # type: ignore[attr-defined]
             error=error)
@@ -274,7 +276,8 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
             state.live[ev.aggregate_id] = None
         return state
     job = state.jobs.get(ev.aggregate_id)
-    if job is not None and job.job_id in state.unrecorded and kind not in (JobCancelRequested, WorkerExited):
+    if (job is not None and job.job_id in state.unrecorded and isinstance(ev, JobEvent)
+            and kind not in (JobCancelRequested, WorkerExited)):  # (a tenant or node of the same name: not this)
         del state.unrecorded[job.job_id]
         if kind is not JobFailed and job.spec is not None:  # its scheduler accepted it: the verdict was ours only
             job.status, job.error = PENDING, ""

@@ -37,6 +37,10 @@ class JobSubmitted(JobEvent, frozen=True, kw_only=True):
     tenant: str
     name: str = ""
     spec: dict[str, Any] = {}
+    checked: bool = False
+    """The spec passed the checks of the version that took the submission (AIOS's own submission path sets it):
+    the job is not judged again by the rules of a later version. A client writing straight into the log leaves it
+    unset, and the scheduler judges the spec (and records a refusal as ``JobFailed``)."""
 
 
 class JobCancelRequested(JobEvent, frozen=True, kw_only=True):
