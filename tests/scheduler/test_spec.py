@@ -131,3 +131,17 @@ def test_serving_batch_limits_are_bounded(field: str, value: float, reason: str)
     with pytest.raises(SpecError) as info:
         validate_spec({"name": "x", "tenant": "t", "serve": {"model": "models:/m@prod", field: value}})
     assert info.value.field == f"serve.{field}" and reason in str(info.value)
+
+
+def test_a_stored_spec_holds_the_fields_set_and_reads_back_the_same() -> None:
+    """Every field was stored at its default too: rolled back, an older scheduler refused `"max_restarts": 0` as an
+    unknown field and failed every job submitted since, running ones included."""
+    from aios.scheduler.spec import spec_to_store
+
+    spec = validate_spec({"name": "x", "tenant": "t", "command": ["run"], "devices": 2, "max_restarts": 0,
+                          "env": {}, "gang": True})
+    assert spec_to_store(spec) == {"name": "x", "tenant": "t", "devices": 2, "command": ["run"]}
+    assert validate_spec(spec_to_store(spec)) == spec
+    full = validate_spec({"name": "x", "tenant": "t", "trainer": {"kind": "mlp"}, "max_restarts": 3, "priority": -2,
+                          "devices": 0, "device_types": ["h100"], "checkpoint_interval_s": 60})
+    assert validate_spec(spec_to_store(full)) == full and spec_to_store(full)["max_restarts"] == 3

@@ -273,4 +273,17 @@ def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
     return msgspec.to_builtins(spec)
 
 
+def spec_to_store(spec: JobSpec) -> dict[str, Any]:
+    """The spec as a submission stores it: the fields the user set, not those at their defaults, so that a version
+    from before a field existed still reads the job (rolled back, it refused ``"max_restarts": 0`` as unknown, and
+    failed every job submitted since, running ones included)."""
+    out = msgspec.to_builtins(spec)
+    for f in msgspec.structs.fields(JobSpec):
+        if not f.required:
+            default = f.default if f.default is not msgspec.NODEFAULT else f.default_factory()
+            if f.encode_name in out and out[f.encode_name] == msgspec.to_builtins(default):
+                del out[f.encode_name]
+    return out
+
+
 _FIELD_NAMES = frozenset(f.encode_name for f in msgspec.structs.fields(JobSpec))

@@ -13,7 +13,7 @@ from aios.common import tracing
 from aios.common.errors import ConfigError
 from aios.common.events import JobSubmitted
 from aios.common.wire import new_token
-from aios.scheduler.spec import JobSpec, spec_to_dict
+from aios.scheduler.spec import JobSpec, judge_spec, spec_to_store
 
 
 class KeyReused(ConfigError):
@@ -40,10 +40,10 @@ async def submit(store, spec: JobSpec, key: str | None = None,  # type: ignore[n
     the job the first submission created. The append happens in the span that roots the job's trace, whichever
     way the job came (``via``: cli, http, nats): a serve job's trace began at a bare publish span."""
     job_id = job_id or new_job_id(spec)
-    body = spec_to_dict(spec)
+    body = spec_to_store(spec)
     with tracing.job_span(f"submit {spec.name}", job_id, None, **{"aios.tenant": spec.tenant, "aios.via": via}):
         result = await store.append(f"job.{job_id}", JobSubmitted(aggregate_id=job_id, tenant=spec.tenant,
-                                                                  name=spec.name, spec=body),
+                                                                  name=spec.name, spec=body, checked=True),
                                     expected_version=0,
                                     idempotency_key=dedup_key(spec.tenant, key) if key else f"submit-{job_id}")
     if not result.duplicate:
@@ -52,7 +52,7 @@ async def submit(store, spec: JobSpec, key: str | None = None,  # type: ignore[n
     first = next((ev for ev in (original.events if original else []) if isinstance(ev, JobSubmitted)), None)
     if first is None:  # the key's commit is gone (retention): nothing to compare with, nothing stored now
         raise KeyReused(f"idempotency key {key!r}: used before, and its job is no longer in the log; use a new key")
-    if first.spec != body:
+    if judge_spec(first.spec)[0] != spec:  # as specs, not as stored (an older version stored its defaults too)
         raise KeyReused(f"idempotency key {key!r}: already used for job {first.aggregate_id} with another spec; "
                         "a retry must send the same spec (or use a new key for a new job)")
     return Submission(first.aggregate_id, result.seq, duplicate=True)
