@@ -338,3 +338,12 @@ def test_a_failed_worker_restarts_its_job_up_to_max_restarts() -> None:
                next(seq))
     evolve(state, WorkerExited(aggregate_id="k", node_id="n1", worker="rank1-a1", exit_code=3, attempt=1), next(seq))
     assert outcome(state.jobs["k"]) is None
+    # an interruption (exit 75) that came first stays an interruption: a peer's crash after it used up a restart
+    evolve(state, JobSubmitted(aggregate_id="m", tenant="ml", name="m", spec={
+        "name": "m", "tenant": "ml", "devices": 2, "command": ["python", "t.py"], "max_restarts": 1}), next(seq))
+    evolve(state, JobPlaced(aggregate_id="m", world_size=2, assignments=placed), next(seq))
+    for rank, code in ((0, 75), (1, 1)):
+        evolve(state, WorkerExited(aggregate_id="m", node_id="n1", worker=f"rank{rank}-a1", exit_code=code, attempt=1),
+               next(seq))
+    decided = outcome(state.jobs["m"])
+    assert decided is not None and decided[0] == "requeued" and decided[2] == 75, decided

@@ -119,9 +119,11 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
     if stopped:
         if job.workers_running > 0 and not nodes_lost:
             return None  # the others are stopping too
-        failed = [w for w in job.exit_codes if w in interrupted and job.exit_codes[w] not in (0, EXIT_INTERRUPTED)]
-        if failed and restarts_left(job) and not (nodes_lost or nodes_going) and job.spec.serve is None:
-            worker = failed[0]  # the first to fail, in the order they exited
+        # the first worker to end other than by finishing decides: a failure restarts the job, an exit 75 before it
+        # (its peers then fail as they lose it) is an interruption
+        worker = next((w for w, c in job.exit_codes.items() if c != 0), "")
+        if (worker in interrupted and job.exit_codes[worker] != EXIT_INTERRUPTED and restarts_left(job)
+                and not (nodes_lost or nodes_going) and job.spec.serve is None):
             return "restarted", (f"worker {worker} {exit_text(job.exit_codes[worker], job.exit_signals.get(worker))}; "
                                  f"restart {job.failure_restarts + 1} of {job.spec.max_restarts}, from its "
                                  "checkpoint"), job.exit_codes[worker]
