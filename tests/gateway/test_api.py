@@ -301,6 +301,10 @@ def test_a_model_shows_its_training_job_to_that_jobs_tenant_only(gateway: tuple[
     assert status == 200 and version["version"] == 1 and version["aliases"] == ["production"]
     status, tagged = call(url, "PATCH", f"{base}/versions/1", ADMIN, {"tags": {"stage": "qa"}, "description": "first"})
     assert status == 200 and tagged["tags"]["stage"] == "qa" and tagged["description"] == "first", tagged
+    status, err = call(url, "PATCH", f"{base}/versions/1", ADMIN, {"tags": {"stage": "prod"}, "description": "x" * 10001})
+    assert status == 422 and "description" in err["error"], err
+    assert call(url, "GET", f"{base}/versions/1", BOB)[1]["tags"]["stage"] == "qa"  # nothing of it applied
+    assert call(url, "GET", f"{base}/versions/%C2%B2", BOB)[0] == 404  # "²": isdigit() took it, int() raised
     status, small = call(url, "POST", f"{base}/versions/1/compress", ADMIN, {"method": "int8"})
     assert status == 200 and small["version"] == 2 and small["deltas"]["size_ratio"] < 0.5, small
     assert call(url, "POST", f"{base}/versions/1/compress", ADMIN, {"method": "zip"})[0] == 422

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
@@ -25,6 +26,7 @@ from aios.scheduler import submission
 from aios.scheduler.spec import (KIND_PATTERN, MAX_CPU_PER_WORKER, MAX_DEVICES, MAX_MEMORY_GIB_PER_WORKER, MAX_PRIORITY,
                                  MAX_QUOTA, NAME_PATTERN, JobSpec, SpecError, check_tenant, spec_to_dict,
                                  validate_quota, validate_spec)
+from aios.model_registry.state import MAX_DESCRIPTION, RegistryError, check_tag_key, check_tags
 from aios.scheduler.tenancy import remove_quota
 from aios.scheduler.state import STATUSES, TERMINAL, JobState, job_summary
 
@@ -337,7 +339,7 @@ class Api:
 
     def _version(self, request: web.Request) -> int:
         text = request.match_info["version"]
-        if not text.isdigit() or len(text) > 9:
+        if not re.fullmatch(r"[0-9]{1,9}", text):  # (isdigit() took "²", and int() then raised: a bare 500)
             raise HttpError(404, f"version: {text!r} is no version number")
         return int(text)
 
@@ -363,6 +365,18 @@ class Api:
                                  f"{'unknown field' if unknown else 'nothing to change'} (known: tags, remove_tags, "
                                  "description)")
         name, version = request.match_info["model"], self._version(request)
+        try:  # all of it checked before any of it is applied (the tags were stored, then the description refused)
+            check_tags(body.get("tags", {}))
+            removed = body.get("remove_tags", [])
+            if not isinstance(removed, list):
+                raise HttpError(422, "remove_tags: a list of tag keys is expected")
+            for key in removed:
+                check_tag_key(key)
+            if "description" in body and (not isinstance(body["description"], str)
+                                          or len(body["description"]) > MAX_DESCRIPTION):
+                raise HttpError(422, f"description: a string of at most {MAX_DESCRIPTION:,} characters")
+        except RegistryError as exc:
+            raise HttpError(422, str(exc)) from None
         reply: dict[str, Any] = {}
         if "tags" in body or "remove_tags" in body:
             reply = await self._registry("tag", {"name": name, "version": version, "set": body.get("tags", {}),

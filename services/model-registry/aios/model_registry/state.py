@@ -257,10 +257,13 @@ def decide_tag(state: ModelState, version: int, set_tags: dict[str, str], remove
     return [ModelVersionTagged(aggregate_id=state.name, version=version, set=dict(set_tags), removed=list(removed))]
 
 
+MAX_DESCRIPTION = 10_000
+
+
 def decide_describe(state: ModelState, version: int, description: str) -> list[Event]:
     _live(state, version)
-    if len(description) > 10_000:
-        raise BadInput("description: longer than 10,000 characters")
+    if len(description) > MAX_DESCRIPTION:
+        raise BadInput(f"description: longer than {MAX_DESCRIPTION:,} characters")
     return [ModelVersionDescribed(aggregate_id=state.name, version=version, description=description)]
 
 
