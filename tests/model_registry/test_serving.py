@@ -8,6 +8,7 @@ import json
 from typing import Any, AsyncIterator
 
 import aiohttp
+import msgspec
 import numpy as np
 import pytest
 import pytest_asyncio
@@ -222,7 +223,8 @@ def test_the_router_says_which_requests_can_never_be_served() -> None:
             ("model.digits", registered(1)), ("model.digits", registered(2)),
             ("model.digits", ModelVersionDeleted(aggregate_id="digits", version=1)),
             ("job.web-1", serve("web-1", "models:/digits@production")), ("job.old-2", serve("old-2", "models:/digits/2")),
-            ("job.old-2", JobSucceeded(aggregate_id="old-2")), ("job.iris-3", serve("iris-3", "models:/iris/1"))], 1):
+            ("job.old-2", JobSucceeded(aggregate_id="old-2")), ("job.iris-3", serve("iris-3", "models:/iris/1")),
+            ("model.mnist", msgspec.structs.replace(registered(1), aggregate_id="mnist"))], 1):
         view = fold(view, Commit(seq, aggregate, [event]))
     assert view.unservable("digits", None, None) is None
     assert view.unservable("digits", "web-1", "2") is None  # there: a replica may be starting
@@ -231,6 +233,8 @@ def test_the_router_says_which_requests_can_never_be_served() -> None:
     assert view.unservable("digits", None, "x") == "model 'digits' has no version x (live: 2)"
     assert view.unservable("digits", "old-2", None) == "no serving job old-2 is running (it ended, or never was)"
     assert view.unservable("digits", "iris-3", None) == "job iris-3 serves models:/iris/1, not model 'digits'"
+    # registered, but no deployment serves it: nothing to wait for (the router held such requests 10 s)
+    assert view.unservable("mnist", None, None) == "no deployment serves model 'mnist' (aios serve models:/mnist@ALIAS)"
 
 
 

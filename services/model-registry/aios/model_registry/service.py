@@ -93,6 +93,8 @@ class RegistryView:
             return f"the registry holds no model {name!r} (aios models)"
         if version is not None and version not in {str(v) for v in live}:
             return f"model {name!r} has no version {version} (live: {', '.join(map(str, live))})"
+        if job is None and not self._deployments(name):
+            return f"no deployment serves model {name!r} (aios serve models:/{name}@ALIAS)"
         if job is not None:
             uri = self.serving.get(job)
             if uri is None:
