@@ -89,6 +89,8 @@ async def test_concurrent_requests_are_batched(served: Any, model: nn.Model) -> 
      "inputs[0].data: values beyond the range of FP32"),
     ({"inputs": [{"name": "input", "datatype": "INT8", "shape": [1, 64], "data": [300] * 64}]}, 400,
      "inputs[0].data: values beyond the range of INT8"),
+    ({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [3e38] * 64}]}, 400,
+     "inputs[0].data: the model's outputs overflow FP32"),
 ])
 async def test_bad_input_gets_a_4xx_that_names_the_field(served: Any, body: dict[str, Any], status: int,
                                                          message: str) -> None:

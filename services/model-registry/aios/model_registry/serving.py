@@ -119,7 +119,8 @@ class Batcher:
             loaded = self.server.loaded
             self.server.batch_rows.observe(len(rows))
             self.server.batches += 1
-            return loaded.model.logits(rows), loaded
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is answered as a 400, not logged
+                return loaded.model.logits(rows), loaded
         fut: asyncio.Future[tuple[np.ndarray, Loaded]] = asyncio.get_running_loop().create_future()
         self.queue.append((rows, fut))
         self.wakeup.set()
@@ -144,7 +145,8 @@ class Batcher:
                 self.wakeup.set()
             loaded = self.server.loaded  # one version for the whole batch
             try:
-                logits = loaded.model.logits(np.concatenate([r for r, _ in batch]))
+                with np.errstate(over="ignore", invalid="ignore"):
+                    logits = loaded.model.logits(np.concatenate([r for r, _ in batch]))
             except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the error
                 for _, fut in batch:
                     if not fut.done():
@@ -268,6 +270,8 @@ class ModelServer:
                 raise BadRequest(f"body: not JSON ({exc})") from None
             rows, request_id, names = parse_infer(body, self.loaded.model.inputs)
             logits, loaded = await self.batcher.infer(rows)
+            if not np.isfinite(logits).all():  # in range, but the arithmetic overflowed: NaN logits, label 0, a 200
+                raise BadRequest("inputs[0].data: the model's outputs overflow FP32 for these values (too large?)")
         except BadRequest as exc:
             self.errors += 1
             self.failures.labels(str(exc.status)).inc()
