@@ -15,6 +15,7 @@ import pytest
 
 from aios.cli.cluster import LocalCluster
 from aios.common.config import load_settings
+from aios.common.events import TenantQuotaSet
 from aios.common.store import connect
 from aios.gateway.api import ROUTES, Api, build_app, openapi
 
@@ -139,6 +140,17 @@ def test_tokens_and_tenants(gateway: tuple[str, LocalCluster]) -> None:
     status, err = call(url, "DELETE", "/api/v1/tenants/bob/quota", ADMIN)
     assert status == 404 and err["error"] == "tenant bob has no quota", err
     assert call(url, "DELETE", "/api/v1/tenants/B%20B/quota", ADMIN)[0] == 400
+    # a quota stored under older rules (they took "NLP") can be removed too: it still counted in its cohort
+    _, cluster = gateway
+
+    async def old_quota() -> None:
+        store = await connect([cluster.nats_url])
+        try:
+            await store.append("tenant.NLP", TenantQuotaSet(aggregate_id="NLP", nominal={"a100": 1}))
+        finally:
+            await store.close()
+    asyncio.run(old_quota())
+    assert call(url, "DELETE", "/api/v1/tenants/NLP/quota", ADMIN)[0] == 200
     assert call(url, "POST", f"/api/v1/jobs/{job}/cancel", ALICE)[0] == 202
 
 

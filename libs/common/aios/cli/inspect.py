@@ -160,17 +160,14 @@ async def cordon(node: str, on: bool, drain: bool, reason: str) -> int:
 
 
 async def remove_quota(tenant: str) -> int:
-    from aios.common.errors import ConcurrencyConflict
-    from aios.scheduler.spec import SpecError, check_tenant
+    from aios.common.errors import ConcurrencyConflict, InvalidAggregate
     from aios.scheduler.tenancy import remove_quota as remove
 
-    try:
-        check_tenant(tenant)
-    except SpecError as exc:
-        raise ConfigError(f"tenant {tenant!r}: {exc.reason}") from None
     store = await log_writer()
-    try:
+    try:  # any name a quota was stored under (older rules took "NLP"), not only one a new quota may have
         result = await remove(store, tenant)
+    except InvalidAggregate:
+        raise ConfigError(f"tenant {tenant[:64]!r}: cannot name a quota (no '.', '*', '>' or spaces)") from None
     except ConcurrencyConflict:
         raise ConfigError(f"tenant {tenant}: its quota was set again meanwhile; nothing removed") from None
     finally:

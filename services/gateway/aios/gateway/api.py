@@ -19,12 +19,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from aios.common.httpmetrics import request_metrics
-from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError
+from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError, InvalidAggregate
 from aios.common.events import JobCancelRequested, timeline_entry
 from aios.gateway.auth import Caller, Forbidden, Unauthorized, authenticate
 from aios.scheduler import submission
 from aios.scheduler.spec import (KIND_PATTERN, MAX_CPU_PER_WORKER, MAX_DEVICES, MAX_MEMORY_GIB_PER_WORKER, MAX_PRIORITY,
-                                 MAX_QUOTA, NAME_PATTERN, JobSpec, SpecError, check_tenant, spec_to_dict,
+                                 MAX_QUOTA, NAME_PATTERN, JobSpec, SpecError, spec_to_dict,
                                  validate_quota, validate_spec)
 from aios.model_registry.state import MAX_DESCRIPTION, RegistryError, check_tag_key, check_tags
 from aios.scheduler.tenancy import remove_quota
@@ -269,13 +269,11 @@ class Api:
         return web.json_response({"tenant": tenant, "seq": result.seq})
 
     async def remove_quota(self, request: web.Request, caller: Caller) -> web.StreamResponse:
-        tenant = request.match_info["tenant"]
-        try:
-            check_tenant(tenant)
-        except SpecError as exc:
-            raise HttpError(400, str(exc)) from None
+        tenant = request.match_info["tenant"]  # any name a quota was stored under (older rules took "NLP")
         try:
             result = await remove_quota(self.backend.store, tenant)
+        except InvalidAggregate:
+            raise HttpError(400, f"tenant: {tenant[:64]!r} cannot name a quota (no '.', '*', '>' or spaces)") from None
         except ConcurrencyConflict:
             raise HttpError(409, f"tenant {tenant}: its quota was set again meanwhile; nothing removed") from None
         if result is None:
