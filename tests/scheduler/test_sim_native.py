@@ -78,7 +78,7 @@ def test_comments_blank_lines_and_defaults(tmp_path: Path) -> None:
 ])
 def test_bad_input_names_file_line_and_field(tmp_path: Path, line: str, field: str) -> None:
     path = tmp_path / "jobs.jsonl"
-    good = GOOD if "vision" not in line else '{"quota": {"tenant": "vision", "nominal": {}}}'
+    good = GOOD if "vision" not in line else '{"quota": {"tenant": "vision"}}'
     path.write_text(f"{good}\n# comment\n{line}\n")
     with pytest.raises(ConfigError) as err:
         read_native_trace(path)

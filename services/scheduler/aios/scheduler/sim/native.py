@@ -127,7 +127,7 @@ def _job_from_obj(obj: dict[str, Any]) -> TraceJob:
 def _quota_from_obj(obj: Any) -> TenantQuotaSet:
     if not isinstance(obj, dict):
         raise _Bad("quota", f"expected an object with tenant, {', '.join(QUOTA_FIELDS)}, got {obj!r}")
-    rest = {k: v for k, v in obj.items() if k != "tenant"}
+    rest = {"nominal": {}, **{k: v for k, v in obj.items() if k != "tenant"}}  # the format's default (see above)
     if "tenant" not in obj:
         raise _Bad("quota.tenant", "required: the tenant's name")
     try:  # the rules of `aios quota` and the HTTP API
