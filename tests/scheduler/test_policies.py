@@ -717,6 +717,26 @@ def test_a_tenant_without_quota_gives_way_to_one_within_its_quota() -> None:
         assert c.where("nlp-2") == {"n1": 2} and c.status("free-for-all") == PENDING, name
 
 
+def test_devices_a_finished_job_gives_back_are_not_taken_from_another_by_preemption() -> None:
+    """A quota job waiting for its tenant's own job to end preempted a tenant without quota in the very round that
+    job ended: the ended job's devices were still leased in that round's view. They count as coming free, as a
+    preempted job's do, and the waiting job starts on them."""
+    for name in ("fairshare", "fifo"):
+        c = Cluster(("n1", "a100", 4))
+        c.quota("alpha", "", a100=2)
+        policy = make_policy(name)
+        c.submit("a1", 2, tenant="alpha", now=1.0)
+        step(c.state, policy, 2.0)
+        c.submit("scav", 2, tenant="beta", now=3.0)
+        step(c.state, policy, 4.0)
+        c.submit("a2", 2, tenant="alpha", now=5.0)
+        step(c.state, policy, 6.0)
+        assert c.status("a1") == PLACED and c.status("scav") == PLACED and c.status("a2") == PENDING
+        c.finish("a1", 7.0)
+        preempted = [p.job_id for t in range(8, 12) for p in step(c.state, policy, float(t)).preemptions]
+        assert preempted == [] and c.status("a2") == PLACED and c.status("scav") == PLACED, (name, preempted)
+
+
 def test_a_removed_quota_holds_nothing_back_and_guarantees_nothing() -> None:
     """There was no way to take a quota away: a tenant once given one stayed bound by it (and others could not
     use what it guaranteed) until an administrator set a huge one. Removed, the tenant is one without a quota."""

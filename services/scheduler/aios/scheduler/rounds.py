@@ -545,8 +545,13 @@ class _Preemption:
                                   if v.job_id not in self._scavengers)]
         candidates = [v for v in victims if v.status != PREEMPTING and v.job_id not in taken
                       and compatible(job, v, self.state)]
-        if self._leaving is None:
-            self._leaving = [j for j in self.state.active() if j.status == PREEMPTING and j.assignments]
+        if self._leaving is None:  # preempted and checkpointing, or ended with devices this round gives back (they
+            # are still leased in the view: a job waiting for them preempted another in the round its tenant's ended)
+            jobs = self.state.jobs
+            ended = {j for _, j, devices in self.plan.releases if not devices and j in jobs
+                     and jobs[j].status in TERMINAL}
+            self._leaving = [j for j in self.state.active() if j.status == PREEMPTING and j.assignments] + [
+                jobs[j] for j in sorted(ended) if jobs[j].assignments]
         if not candidates and not self._leaving:
             return
         # a count first: the trial placements are only worth it once enough devices of its kinds would be free
