@@ -121,13 +121,15 @@ def test_quota_and_tenants_commands(aios_env: dict[str, str], tmp_path: Path) ->
             time.sleep(0.3)
         assert tenants["nlp"] == {"cohort": "research", "nominal": {"h100": 4, "a100": 2},
                                   "borrowing_limit": {"h100": 2}, "lending_limit": None, "usage": {}}
-        assert run("quota", "cv", "--cohort", "research", "--nominal", "a100=1").returncode == 0
+        # repeated, as --gres or kubectl's flags: the last one alone was kept, the h100 quota silently dropped
+        assert run("quota", "cv", "--cohort", "research", "--nominal", "h100=3", "--nominal", "a100=1").returncode == 0
         assert run("quota", "solo", "--nominal", "a100=1").returncode == 0
         deadline = time.monotonic() + 20
         while "cv" not in (table := run("tenants").stdout) or "solo" not in table:
             assert time.monotonic() < deadline, table
             time.sleep(0.3)
         rows = {line.split("│")[1].strip(): line for line in table.splitlines() if line.count("│") > 3}
+        assert json.loads(run("tenants", "--json").stdout)["cv"]["nominal"] == {"h100": 3, "a100": 1}
         # an unset borrowing limit is no limit (it read "none", what an empty one means)
         assert "no limit" in rows["cv"] and "all unused" in rows["cv"], table
         assert "h100=2, 0 of other kinds" in rows["nlp"], table

@@ -267,8 +267,10 @@ def cmd_quota(args: argparse.Namespace) -> int:
         return asyncio.run(inspect.remove_quota(args.tenant))
     if args.nominal is None:
         raise ConfigError("--nominal: required to set a quota (KIND=N,...; or --remove to take the quota away)")
-    return asyncio.run(inspect.set_quota(args.tenant, args.cohort, args.nominal, args.borrowing_limit,
-                                         args.lending_limit))
+    def joined(values: list[str] | None) -> str | None:  # repeated: one list (the last one alone was kept)
+        return None if values is None else ",".join(values)
+    return asyncio.run(inspect.set_quota(args.tenant, args.cohort, joined(args.nominal), joined(args.borrowing_limit),
+                                         joined(args.lending_limit)))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -461,12 +463,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     quota = sub.add_parser("quota", help="set a tenant's quota (appends TenantQuotaSet), or remove it")
     quota.add_argument("tenant")
-    quota.add_argument("--nominal", metavar="KIND=N,...", help="e.g. h100=8,a100=4 (required unless --remove)")
+    quota.add_argument("--nominal", metavar="KIND=N,...", action="append",
+                       help="e.g. h100=8,a100=4, or repeated (required unless --remove)")
     quota.add_argument("--remove", action="store_true",
                        help="take the tenant's quota away: it then runs on what quotas leave idle")
     quota.add_argument("--cohort", default="", help="cohort whose unused quota the tenant may borrow and lends to")
-    quota.add_argument("--borrowing-limit", metavar="KIND=N,...", help="most it may borrow beyond nominal")
-    quota.add_argument("--lending-limit", metavar="KIND=N,...", help="most of its unused quota others may borrow")
+    quota.add_argument("--borrowing-limit", metavar="KIND=N,...", action="append",
+                       help="most it may borrow beyond nominal")
+    quota.add_argument("--lending-limit", metavar="KIND=N,...", action="append",
+                       help="most of its unused quota others may borrow")
     quota.set_defaults(handler=cmd_quota)
 
     bench = sub.add_parser("bench", help="benchmarks printing JSON")
