@@ -79,6 +79,15 @@ def test_up_starts_embedded_nats_and_services_and_stops_on_ctrl_c(aios_env: dict
         said = read_until(proc, r"tail exited with -9; started it again \(pid \d+\)")
         service_pid = int(re.findall(r"tail exited with -9; started it again \(pid (\d+)\)", said)[-1])
         assert pid_alive(service_pid) and proc.poll() is None and all(pid_alive(int(p)) for p in nats_pids)
+        deadline = time.monotonic() + 20  # on the port the listing named: a scrape config built from it still works
+        while True:
+            try:
+                with urllib.request.urlopen(health_url, timeout=2) as resp:
+                    assert json.loads(resp.read())["nats"] == "connected"
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, f"{health_url} is gone after the restart"
+                time.sleep(0.2)
 
         proc.send_signal(signal.SIGINT)
         rest = proc.communicate(timeout=30)[0]

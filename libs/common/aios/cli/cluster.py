@@ -91,7 +91,7 @@ class LocalCluster:
         self._argv[name] = (argv, extra_env)
         logs = self.settings.data_dir / "logs"
         logs.mkdir(exist_ok=True)
-        port = free_port()
+        port = self.http_ports.get(name) or free_port()  # a restart keeps it: scrape configs name it
         role = natsauth.SERVICE_ROLE.get(argv[1] if argv[0] == "service" else argv[0], "admin")
         env = {**self.env, "AIOS_NATS_URL": self.url_as(role), "AIOS_HTTP_PORT": str(port),
                "AIOS_DATA_DIR": str(self.settings.data_dir), **(extra_env or {})}
