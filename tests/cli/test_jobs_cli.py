@@ -225,3 +225,32 @@ async def test_cancel_gets_through_to_a_job_that_never_stops_changing(store: Any
     for seq, ev in enumerate((await store.read("job.busy")).events, start=1):
         evolve(state, ev, seq)
     assert state.jobs["busy"].cancel_requested
+
+
+def test_a_log_reader_that_goes_away_gets_no_traceback(aios_env: dict[str, str], nats_server: Any) -> None:
+    """`aios logs JOB | head` printed "Task exception was never retrieved" with a ConnectionClosedError traceback."""
+    import asyncio
+
+    from aios.common import joblogs
+    from aios.common.events import JobSubmitted, WorkerStarted
+    from aios.common.store import connect
+
+    async def fill() -> None:
+        store = await connect([nats_server.url])
+        try:
+            await store.append("job.chatty-1", JobSubmitted(aggregate_id="chatty-1", tenant="t", name="chatty", spec={
+                "name": "chatty", "tenant": "t", "devices": 0, "command": ["x"]}, checked=True))
+            await store.append("run.chatty-1", WorkerStarted(aggregate_id="chatty-1", node_id="n", worker="rank0-a1",
+                                                             pid=1, attempt=1))
+            await joblogs.ensure_stream(store.js)
+            for i in range(3000):
+                await store.nc.publish(joblogs.subject_of("chatty-1", "rank0-a1", "stdout"), f"line {i}".encode())
+            await store.nc.flush()
+        finally:
+            await store.close()
+    asyncio.run(fill())
+    env = {**aios_env, "AIOS_NATS_URL": nats_server.url}
+    out = subprocess.run(f"{sys.executable} -m aios.cli.main logs chatty-1 | head -2", shell=True, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.splitlines() == ["[rank0-a1] line 0", "[rank0-a1] line 1"], out
+    assert "Traceback" not in out.stderr and "exception" not in out.stderr, out.stderr

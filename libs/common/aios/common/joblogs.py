@@ -95,4 +95,7 @@ async def lines(js: Any, job_id: str, worker: str | None = None, follow: bool = 
             if not follow and msg.metadata.num_pending == 0:
                 return
     finally:
-        await sub.unsubscribe()
+        try:
+            await sub.unsubscribe()
+        except nats.errors.ConnectionClosedError:  # `aios logs JOB | head`: the reader went, and closed NATS first
+            pass
