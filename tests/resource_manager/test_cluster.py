@@ -161,8 +161,9 @@ def test_cordon_drain_and_uncordon_commands(cluster: LocalCluster, aios_env: dic
     nodes = wait_nodes(cluster, aios_env, lambda n: n["sim-a"]["cordon"] and n["sim-b"]["cordon"])
     assert nodes["sim-a"]["cordon"] == "fan replacement" and not nodes["sim-a"]["draining"]
     assert nodes["sim-b"]["draining"] and nodes["sim-b"]["online"]
+    assert nodes["sim-b"]["drained"] and not nodes["sim-a"]["drained"]  # nothing left on it: as Slurm's DRAINED
     table = run("nodes").stdout
-    assert "cordoned: fan replacement" in table and "draining: cordoned" in table, table
+    assert "cordoned: fan replacement" in table and "drained: cordoned" in table, table
     assert run("uncordon", "sim-a").returncode == 0
     wait_nodes(cluster, aios_env, lambda n: n["sim-a"]["cordon"] == "")
     missing = run("cordon", "sim-z")

@@ -131,7 +131,8 @@ def parse_counts(option: str, text: str | None) -> dict[str, int] | None:
 def _cordon_text(node: dict[str, Any]) -> str:
     if not node.get("cordon"):
         return ""
-    return f", [yellow]{'draining' if node.get('draining') else 'cordoned'}[/]: {node['cordon']}"
+    state = "drained" if node.get("drained") else "draining" if node.get("draining") else "cordoned"
+    return f", [yellow]{state}[/]: {node['cordon']}"
 
 
 async def cordon(node: str, on: bool, drain: bool, reason: str) -> int:

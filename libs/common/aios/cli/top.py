@@ -38,7 +38,8 @@ def frame(snap: dict[str, Any]) -> Group:
             mark = "[red]✗[/]" if not d["healthy"] else "[blue]■[/]" if d["job"] else "□"
             util = f"{d['utilization_gpu']}%" if d.get("utilization_gpu") is not None else ""
             cells.append(f"{mark}{util}")
-        state = ("[yellow]draining[/]" if n.get("draining") else "[yellow]cordoned[/]") if n.get("cordon") else "online"
+        state = (f"[yellow]{'drained' if n.get('drained') else 'draining' if n.get('draining') else 'cordoned'}[/]"
+                 if n.get("cordon") else "online")
         nodes.add_row(n["node"], state if n["online"] else "[red]offline[/]", " ".join(cells))
     jobs = Table("job", "tenant", "status", "devices", "progress")
     for j in snap["running"]:

@@ -19,6 +19,8 @@ def node_summary(inv: Inventory, node: NodeState) -> dict[str, Any]:
         "kinds": sorted({d.info.kind for d in node.devices.values()}),
         "lost_reason": node.lost_reason, "registrations": node.registrations,
         "cordon": node.cordon_reason, "draining": node.moving_jobs_off,
+        # drained, as Slurm's DRAINED after DRAINING: no job holds a device there any more (it never said so)
+        "drained": node.moving_jobs_off and not inv.leases.jobs_on(node.node_id),
     }
 
 
