@@ -42,6 +42,10 @@ def test_lease_lifecycle_and_queries() -> None:
     evolve(inv, DevicesLeased(aggregate_id="n2", job_id="j9", device_uuids=["n2-g0"], tenant="vision"))
     assert inv.usage_by_tenant() == {"": {"h100": 2}, "vision": {"h100": 1}}
     evolve(inv, DevicesReleased(aggregate_id="n2", job_id="j9"))
+    from aios.resource_manager.queries import device_states  # the resource manager's aios_node_devices gauges
+
+    assert device_states(inv) == {("n1", "h100", "leased"): 2, ("n1", "h100", "free"): 1,
+                                  ("n1", "h100", "unhealthy"): 1, ("n2", "h100", "free"): 2}
 
     evolve(inv, DevicesReleased(aggregate_id="n1", job_id="j1"))
     evolve(inv, DeviceHealthy(aggregate_id="n1", device_uuid="n1-g3"))

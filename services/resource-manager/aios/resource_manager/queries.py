@@ -61,3 +61,16 @@ def answer(inv: Inventory, what: str, args: dict[str, Any]) -> dict[str, Any]:
                       "lending_limit": q.lending_limit if q else None, "usage": usage.get(t, {})}
         return {"tenants": out}
     return {"error": f"unknown query {what!r} (nodes, node, capacity, tenants)"}
+
+
+def device_states(inv: Inventory) -> dict[tuple[str, str, str], int]:
+    """Devices per (node, kind, state): leased (a job holds it), free (healthy, online, unheld) or unhealthy; the
+    resource manager's gauges, what an operator alerts on (a node whose devices went unhealthy)."""
+    out: dict[tuple[str, str, str], int] = {}
+    for node_id, node in sorted(inv.nodes.items()):
+        for uuid, device in node.devices.items():
+            state = "leased" if not inv.leases.is_free(uuid) else "unhealthy" if not device.healthy else \
+                "free" if node.online else "offline"
+            key = (node_id, device.info.kind, state)
+            out[key] = out.get(key, 0) + 1
+    return out

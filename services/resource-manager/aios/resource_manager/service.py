@@ -64,6 +64,8 @@ class ResourceManagerService(Service):
         self.nodes_gauge.labels("lost").set_function(
             lambda: sum(1 for n in self.inventory.state.nodes.values() if not n.online))
         self.lost_counter = Counter("aios_rm_nodes_declared_lost", "NodeLost events written", registry=ctx.metrics)
+        if ctx.metrics is not None:
+            ctx.metrics.register(_DeviceCollector(lambda: self.inventory.state))
         started = time.monotonic()
         await self.inventory.rebuild(ctx.store)
         stop = asyncio.Event()
@@ -216,3 +218,21 @@ class ResourceManagerService(Service):
 
 def from_env() -> ResourceManagerService:
     return ResourceManagerService()
+
+
+class _DeviceCollector:
+    """``aios_node_devices{node, kind, state}``, read from the inventory at scrape time (nodes come and go)."""
+
+    def __init__(self, inventory: Any) -> None:
+        self.inventory = inventory
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        from aios.resource_manager.queries import device_states
+
+        family = GaugeMetricFamily("aios_node_devices", "devices by node, kind and state (leased, free, unhealthy, "
+                                   "offline)", labels=["node", "kind", "state"])
+        for (node, kind, state), n in device_states(self.inventory()).items():
+            family.add_metric([node, kind, state], n)
+        yield family

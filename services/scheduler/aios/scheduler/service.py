@@ -130,6 +130,10 @@ class SchedulerService(Service):
                                    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300))
         pending = Gauge("aios_scheduler_pending_jobs", "jobs waiting", registry=ctx.metrics)
         pending.set_function(lambda: len(self.projector.state.pending()))
+        if ctx.metrics is not None:
+            from aios.scheduler.metrics import StateCollector
+
+            ctx.metrics.register(StateCollector(lambda: self.projector.state))
 
     def _on_commit(self, commit: StoredCommit) -> None:
         if commit.aggregate.startswith(FOLDED):
