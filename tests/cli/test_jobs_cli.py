@@ -98,6 +98,13 @@ def test_submit_why_cancel(aios_env: dict[str, str], tmp_path: Path) -> None:
         made = [json.loads(aios("submit", str(f), "--idempotency-key", "k1", "--json").stdout)
                 for f in (mine, theirs, mine)]
         assert [m["duplicate"] for m in made] == [False, False, True] and made[2]["job"] == made[0]["job"]
+        # filters, as squeue -u / -t and the HTTP API's ?tenant= and ?status= (there were none)
+        listed = json.loads(aios("jobs", "--tenant", "beta", "--json").stdout)
+        assert {j["tenant"] for j in listed} == {"beta"} and listed
+        listed = json.loads(aios("jobs", "--status", "cancelled", "--json").stdout)
+        assert [j["name"] for j in listed] == ["blocked"]
+        typo = aios("jobs", "--status", "runing")
+        assert typo.returncode == 2 and "--status: 'runing' is no job state" in typo.stderr, typo.stderr
         assert made[1]["job"] != made[0]["job"]
         mine.write_text(json.dumps({"name": "keyed", "tenant": "alpha", "devices": 0, "command": ["false"]}))
         reused = aios("submit", str(mine), "--idempotency-key", "k1")

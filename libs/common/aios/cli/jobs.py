@@ -106,8 +106,10 @@ async def cancel(job_id: str) -> int:
     return 0
 
 
-async def jobs(as_json: bool) -> int:
+async def jobs(as_json: bool, tenant: str | None = None, status: str | None = None) -> int:
     reply = await ask("aios.sched.jobs")
+    reply["jobs"] = [j for j in reply["jobs"] if (tenant is None or j["tenant"] == tenant)
+                     and (status is None or j["status"] == status)]
     if as_json:
         print(json.dumps(reply["jobs"], indent=2))
         return 0

@@ -175,7 +175,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     from aios.cli import jobs
 
-    return asyncio.run(jobs.jobs(args.json))
+    from aios.scheduler.state import STATUSES
+
+    if args.status is not None and args.status not in STATUSES:  # a typo listed nothing, as if none were there
+        raise ConfigError(f"--status: {args.status!r} is no job state (one of {', '.join(STATUSES)})")
+    return asyncio.run(jobs.jobs(args.json, args.tenant, args.status))
 
 
 def cmd_why(args: argparse.Namespace) -> int:
@@ -403,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--json", action="store_true")
     submit.set_defaults(handler=cmd_submit)
     jobs_p = sub.add_parser("jobs", help="jobs and their state, from the scheduler")
+    jobs_p.add_argument("--tenant", help="only this tenant's jobs")
+    jobs_p.add_argument("--status", help="only jobs in this state (pending, placed, running, ...)")
     jobs_p.add_argument("--json", action="store_true")
     jobs_p.set_defaults(handler=cmd_jobs)
     job_p = sub.add_parser("job", help="one job: state, progress and its event timeline")
