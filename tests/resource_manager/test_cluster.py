@@ -179,3 +179,17 @@ def test_cordon_drain_and_uncordon_commands(cluster: LocalCluster, aios_env: dic
     asyncio.run(register_dotted())
     dotted = run("cordon", "gpu-1.example.com")
     assert dotted.returncode == 0, dotted  # it was "no node" for any id with a dot
+    # a decommissioned node is forgotten once lost (it stayed in `aios nodes` and the lost-nodes gauge for ever)
+    online = run("forget", "sim-a")
+    assert online.returncode == 1 and "sim-a is online: only a lost node can be forgotten" in online.stderr, online
+    assert run("forget", "sim-z").returncode == 3
+
+    async def lose_dotted() -> None:
+        store = await connect([cluster.nats_url])
+        await store.append("node.gpu-1.example.com", NodeLost(aggregate_id="gpu-1.example.com", reason="gone",
+                                                             last_seen=0.0))
+        await store.close()
+    asyncio.run(lose_dotted())
+    gone = run("forget", "gpu-1.example.com")
+    assert gone.returncode == 0 and "gpu-1.example.com: forgotten" in gone.stdout, gone
+    wait_nodes(cluster, aios_env, lambda n: "gpu-1.example.com" not in n)

@@ -194,3 +194,21 @@ def test_an_agent_restart_orphans_the_leases_of_its_previous_incarnation() -> No
     lost_first = fold([registered("n1"), *leases, NodeLost(aggregate_id="n1", reason="silent", last_seen=0.0),
                        registered("n1", agent="a2")])
     assert lost_first.orphaned == {} and lost_first.leases.jobs_on("n1") == []  # NodeLost already ended them
+
+
+def test_a_lost_node_can_be_forgotten_and_only_a_lost_one() -> None:
+    """A decommissioned node stayed in `aios nodes` and in aios_rm_nodes{state="lost"} for ever (an alert that
+    never clears); `aios forget NODE` removes a lost node, as Nomad's node purge or kubectl delete node."""
+    from aios.common.events import NodeForgotten, NodeLost
+    from aios.resource_manager.inventory import decide_forget
+
+    inv = fold([registered("n1"), registered("n2"),
+                DevicesLeased(aggregate_id="n1", job_id="j1", device_uuids=["n1-g0"])])
+    assert "is online" in decide_forget(inv, "n1") and "is online" in decide_forget(inv, "n2")
+    assert decide_forget(inv, "n9") == "no node 'n9'"
+    evolve(inv, NodeLost(aggregate_id="n2", reason="decommissioned", last_seen=1.0))
+    assert decide_forget(inv, "n2") == ""
+    evolve(inv, NodeForgotten(aggregate_id="n2", by="cli"))
+    assert sorted(inv.nodes) == ["n1"] and inv.capacity() == {"h100": {"total": 4, "healthy": 4, "free": 3}}
+    evolve(inv, registered("n2", agent="a2"))  # an agent that starts there again registers it again
+    assert inv.nodes["n2"].online

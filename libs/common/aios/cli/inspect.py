@@ -160,6 +160,37 @@ async def cordon(node: str, on: bool, drain: bool, reason: str) -> int:
     return 0
 
 
+async def forget(node: str) -> int:
+    """``aios forget NODE``: appends NodeForgotten for a lost node (decommissioned), checked on the node's own
+    history and appended against its version, so that an agent registering it meanwhile wins."""
+    from aios.common.errors import ConcurrencyConflict, InvalidAggregate
+    from aios.common.events import NodeForgotten
+    from aios.common.store import validate_aggregate
+    from aios.resource_manager.inventory import Inventory, decide_forget, evolve
+
+    store = await log_writer()
+    try:
+        try:
+            history = await store.read(validate_aggregate(f"node.{node}"))
+        except InvalidAggregate:
+            raise NotFound(f"no node {node!r}") from None
+        inv = Inventory()
+        for ev in history.events:
+            evolve(inv, ev)
+        why = decide_forget(inv, node)
+        if why:
+            raise (NotFound if why.startswith("no node") else AiosError)(why)
+        try:
+            await store.append(f"node.{node}", NodeForgotten(aggregate_id=node, by="cli"),
+                               expected_version=history.version)
+        except ConcurrencyConflict:
+            raise AiosError(f"{node} changed meanwhile (its agent registered again?): nothing forgotten") from None
+    finally:
+        await store.close()
+    print(f"{node}: forgotten (an agent that starts there again registers it again)")
+    return 0
+
+
 async def remove_quota(tenant: str) -> int:
     from aios.common.errors import ConcurrencyConflict, InvalidAggregate
     from aios.scheduler.tenancy import remove_quota as remove

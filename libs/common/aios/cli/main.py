@@ -260,6 +260,12 @@ def cmd_tenants(args: argparse.Namespace) -> int:
     return asyncio.run(inspect.tenants(as_json=args.json))
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    from aios.cli import inspect
+
+    return asyncio.run(inspect.forget(args.node))
+
+
 def cmd_quota(args: argparse.Namespace) -> int:
     from aios.cli import inspect
 
@@ -466,6 +472,10 @@ def build_parser() -> argparse.ArgumentParser:
     tenants = sub.add_parser("tenants", help="tenants: quotas, cohorts and devices in use")
     tenants.add_argument("--json", action="store_true", help="machine-readable output")
     tenants.set_defaults(handler=cmd_tenants)
+
+    forget = sub.add_parser("forget", help="remove a lost node from the inventory (decommissioned)")
+    forget.add_argument("node")
+    forget.set_defaults(handler=cmd_forget)
 
     quota = sub.add_parser("quota", help="set a tenant's quota (appends TenantQuotaSet), or remove it")
     quota.add_argument("tenant")

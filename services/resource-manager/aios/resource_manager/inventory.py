@@ -10,7 +10,7 @@ import msgspec
 
 from aios.common.events import (
     JOB_AGGREGATES, DeviceHealthy, DeviceInfo, DevicesLeased, DevicesReleased, DeviceUnhealthy, Event, Link,
-    NodeCordoned, NodeLost, NodeRegistered, TenantQuotaRemoved, TenantQuotaSet,
+    NodeCordoned, NodeForgotten, NodeLost, NodeRegistered, TenantQuotaRemoved, TenantQuotaSet,
 )
 from aios.common.store import Commit
 from aios.resource_manager.leases import LeaseBook, grant, release, release_node
@@ -127,7 +127,7 @@ def fold_commit(inv: Inventory, commit: Commit) -> Inventory:
 def evolve(inv: Inventory, ev: Event) -> Inventory:
     kind = type(ev)
     if (kind is NodeRegistered or kind is DeviceUnhealthy or kind is DeviceHealthy or kind is NodeLost
-            or kind is NodeCordoned):
+            or kind is NodeCordoned or kind is NodeForgotten):
         inv.shape += 1
     if kind is NodeRegistered:
         _registered(inv, ev)  # type: ignore[arg-type]
@@ -158,6 +158,10 @@ def evolve(inv: Inventory, ev: Event) -> Inventory:
             node.lost_reason = ev.reason  # type: ignore[attr-defined]
         release_node(inv.leases, ev.aggregate_id)
         inv.orphaned.pop(ev.aggregate_id, None)
+    elif kind is NodeForgotten:
+        inv.nodes.pop(ev.aggregate_id, None)
+        release_node(inv.leases, ev.aggregate_id)
+        inv.orphaned.pop(ev.aggregate_id, None)
     elif kind is NodeCordoned:
         node = inv.nodes.get(ev.aggregate_id)
         if node is not None and ev.by == "agent":  # type: ignore[attr-defined]
@@ -172,6 +176,18 @@ def evolve(inv: Inventory, ev: Event) -> Inventory:
     elif kind is TenantQuotaRemoved:
         inv.tenants.pop(ev.aggregate_id, None)
     return inv
+
+
+def decide_forget(inv: Inventory, node_id: str) -> str:
+    """Why the node cannot be forgotten ("" if it can): only a lost one can (an online node's agent would keep
+    sending heartbeats for a node the inventory no longer has)."""
+    node = inv.nodes.get(node_id)
+    if node is None:
+        return f"no node {node_id!r}"
+    if node.online:
+        return (f"{node_id} is online: only a lost node can be forgotten (drain it, stop its agent, and forget it "
+                "once it is lost)")
+    return ""
 
 
 def _forget_orphan(inv: Inventory, node_id: str, job_id: str) -> None:

@@ -9,7 +9,7 @@ from aios.common.events.job import (
 )
 from aios.common.events.node import (
     DeviceHealthy, DeviceInfo, DevicesLeased, DevicesReleased, DeviceUnhealthy, Link, MigInstance, NodeEvent,
-    NodeCordoned, NodeLost, NodeRegistered,
+    NodeCordoned, NodeForgotten, NodeLost, NodeRegistered,
 )
 from aios.common.events.model import (
     Lineage, ModelAliasRemoved, ModelAliasSet, ModelEvent, ModelObjectCollected, ModelVersionDeleted,
@@ -23,7 +23,7 @@ __all__ = [
     "JobEvent", "JobSubmitted", "JobCancelRequested", "JobCancelled", "JobRequeued", "WorkerStarted", "WorkerExited",
     "JobProgress", "CheckpointSaved", "RunEvent",
     "NodeEvent", "NodeRegistered", "DeviceInfo", "Link", "MigInstance", "DeviceUnhealthy", "DeviceHealthy", "NodeLost",
-    "NodeCordoned",
+    "NodeCordoned", "NodeForgotten",
     "DevicesLeased", "DevicesReleased", "TenantEvent", "TenantQuotaSet", "TenantQuotaRemoved",
     "ModelEvent", "ModelVersionRegistered", "ModelVersionEvaluated", "ModelAliasSet", "ModelAliasRemoved",
     "ModelVersionTagged", "ModelVersionDescribed", "ModelVersionDeleted", "ModelObjectCollected", "Signature", "Lineage",

@@ -109,3 +109,10 @@ class DevicesReleased(NodeEvent, frozen=True, kw_only=True):
     device_uuids: list[str] = []
     """Empty: every device the job holds on this node."""
     reason: str = ""
+
+
+class NodeForgotten(NodeEvent, frozen=True, kw_only=True):
+    """An operator removed a lost node from the inventory (decommissioned); an agent that starts there again
+    registers it again."""
+
+    by: str = ""

@@ -47,7 +47,7 @@ import msgspec
 from aios.common.errors import ConfigError
 from aios.common.events import (
     CheckpointSaved, Event, JobCancelled, JobEvent, JobFailed, JobPlaced, JobPreempted, JobRequeued, JobStarted,
-    JobSubmitted, JobSucceeded, NodeRegistered, TenantQuotaRemoved, TenantQuotaSet,
+    JobSubmitted, JobSucceeded, NodeForgotten, NodeRegistered, TenantQuotaRemoved, TenantQuotaSet,
 )
 from aios.scheduler.sim.traces import MAX_GPUS, TraceJob, read_text
 from aios.scheduler.spec import MAX_QUOTA, QUOTA_FIELDS, SpecError, is_device_kind, is_name, validate_quota
@@ -364,6 +364,9 @@ def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
         if kind is NodeRegistered:
             nodes[ev.aggregate_id] = [d.kind for d in ev.devices]  # type: ignore[attr-defined]
             kind_of.update((d.uuid, d.kind) for d in ev.devices)  # type: ignore[attr-defined]
+            continue
+        if kind is NodeForgotten:  # decommissioned: not part of the cluster a replay runs on
+            nodes.pop(ev.aggregate_id, None)
             continue
         if not isinstance(ev, JobEvent):
             continue
