@@ -178,6 +178,13 @@ def test_liveness_rule() -> None:
     assert lost_nodes(inv, {"n1": 100.0, "n2": 104.0}, now=109.0, timeout_s=10, watching_since=0.0) == []
     evolve(inv, NodeLost(aggregate_id="n2", reason="x", last_seen=0.0))
     assert lost_nodes(inv, {"n1": 100.0}, now=200.0, timeout_s=10, watching_since=0.0) == [("n1", 100.0)]
+    # an agent that stopped gracefully (it drained its node first) is said to have stopped, not to be lost: it was
+    # logged as a lost node and counted in aios_rm_nodes_declared_lost, an alert for a planned stop
+    from aios.resource_manager.liveness import silence_reason
+
+    assert silence_reason(inv.nodes["n1"], 12.04, 10) == ("no heartbeat for 12.0s (timeout 10s)", False)
+    evolve(inv, NodeCordoned(aggregate_id="n1", cordoned=True, drain=True, by="agent"))
+    assert silence_reason(inv.nodes["n1"], 12.04, 10) == ("its agent stopped (it drained the node first)", True)
 
 
 def test_an_agent_restart_orphans_the_leases_of_its_previous_incarnation() -> None:

@@ -6,7 +6,7 @@ from since the resource manager started gets the timeout counted from that start
 
 from __future__ import annotations
 
-from aios.resource_manager.inventory import Inventory
+from aios.resource_manager.inventory import Inventory, NodeState
 
 
 def lost_nodes(inv: Inventory, last_seen: dict[str, float], now: float, timeout_s: float,
@@ -20,3 +20,11 @@ def lost_nodes(inv: Inventory, last_seen: dict[str, float], now: float, timeout_
         if now - seen > timeout_s:
             out.append((node_id, seen))
     return out
+
+
+def silence_reason(node: NodeState, silent_s: float, timeout_s: float) -> tuple[str, bool]:
+    """Why a silent node goes, and whether its agent stopped on purpose: one that shut down drained its node first
+    (a planned stop, not a failure to alert on)."""
+    if node.shutting_down:
+        return "its agent stopped (it drained the node first)", True
+    return f"no heartbeat for {silent_s:.1f}s (timeout {timeout_s:g}s)", False

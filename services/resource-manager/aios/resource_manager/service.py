@@ -21,7 +21,7 @@ from aios.common.snapshot import Projector
 from aios.common.store import Commit
 from aios.common.tasks import cancel_and_wait
 from aios.resource_manager.inventory import Inventory, fold_commit
-from aios.resource_manager.liveness import lost_nodes
+from aios.resource_manager.liveness import lost_nodes, silence_reason
 from aios.resource_manager.queries import QUERY_PREFIX, answer
 
 log = logging.getLogger("aios.resource_manager")
@@ -148,18 +148,22 @@ class ResourceManagerService(Service):
             jobs = inv.leases.jobs_on(node_id)
             aggregate = f"node.{node_id}"
             silent = now - seen
+            reason, stopped = silence_reason(inv.nodes[node_id], silent, self.node_timeout_s)
             try:
                 result = await self.ctx.store.append(aggregate, NodeLost(
-                    aggregate_id=node_id, reason=f"no heartbeat for {silent:.1f}s (timeout {self.node_timeout_s:g}s)",
-                    last_seen=time.time() - silent, jobs=jobs), expected_version=inv.versions.get(aggregate, 0))
+                    aggregate_id=node_id, reason=reason, last_seen=time.time() - silent, jobs=jobs),
+                    expected_version=inv.versions.get(aggregate, 0))
             except ConcurrencyConflict:
                 continue  # the node moved on (re-registered, or another manager acted): decide again on fresh state
             except AiosError as exc:
                 log.error("could not declare node lost", extra={"node": node_id, "error": str(exc)})
                 continue
-            self.declared_lost += 1
-            self.lost_counter.inc()
-            log.warning("node lost", extra={"node": node_id, "silent_s": round(silent, 1), "jobs": jobs})
+            if stopped:  # a planned stop: not counted, nor logged, as a failure
+                log.info("node's agent stopped", extra={"node": node_id, "jobs": jobs})
+            else:
+                self.declared_lost += 1
+                self.lost_counter.inc()
+                log.warning("node lost", extra={"node": node_id, "silent_s": round(silent, 1), "jobs": jobs})
             for job in jobs:
                 try:
                     await self.ctx.store.append(f"job.{job}", JobRequeued(
