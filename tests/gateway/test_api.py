@@ -270,6 +270,21 @@ def test_a_job_through_http_with_its_timeline_logs_and_the_cluster(gateway: tupl
     status, nodes = call(url, "GET", "/api/v1/nodes", BOB)
     assert status == 200 and [n["node"] for n in nodes["nodes"]] == ["sim-a"]
     assert call(url, "GET", "/api/v1/nodes/sim-x", BOB)[0] == 404
+    # an operator's node commands over HTTP (they were CLI only), administrators only
+    assert call(url, "POST", "/api/v1/nodes/sim-a/cordon", BOB, {"reason": "fan"})[0] == 403
+    assert call(url, "POST", "/api/v1/nodes/sim-a/cordon", ADMIN, {"reason": "fan", "drain": False})[0] == 200
+    assert call(url, "POST", "/api/v1/nodes/sim-x/cordon", ADMIN, {})[0] == 404
+    assert call(url, "POST", "/api/v1/nodes/sim-a/cordon", ADMIN, {"reason": 5})[0] == 422
+    deadline = time.monotonic() + 20
+    while call(url, "GET", "/api/v1/nodes/sim-a", ADMIN)[1]["cordon"] != "fan":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert call(url, "POST", "/api/v1/nodes/sim-a/uncordon", ADMIN)[0] == 200
+    status, err = call(url, "DELETE", "/api/v1/nodes/sim-a", ADMIN)
+    assert status == 409 and "sim-a is online" in err["error"], err
+    while call(url, "GET", "/api/v1/nodes/sim-a", ADMIN)[1]["cordon"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
     status, tenants = call(url, "GET", "/api/v1/tenants", ALICE)
     assert status == 200 and set(tenants["tenants"]) <= {"alice"}
     status, models = call(url, "GET", "/api/v1/models", ALICE)

@@ -137,22 +137,13 @@ def _cordon_text(node: dict[str, Any]) -> str:
 
 async def cordon(node: str, on: bool, drain: bool, reason: str) -> int:
     """``aios cordon|drain|uncordon NODE``: appends NodeCordoned to the node's history."""
-    from aios.common.errors import InvalidAggregate
-    from aios.common.events import NodeCordoned
-    from aios.common.store import validate_aggregate
+    from aios.resource_manager import nodeops
 
-    if len(reason) > 500:
-        raise ConfigError("--reason: at most 500 characters")
+    if len(reason) > nodeops.MAX_REASON:
+        raise ConfigError(f"--reason: at most {nodeops.MAX_REASON} characters")
     store = await log_writer()
     try:
-        try:  # node ids are host names: dots are subject tokens of the aggregate, spaces and wildcards are not
-            known = (await store.read(validate_aggregate(f"node.{node}"))).version > 0
-        except InvalidAggregate:
-            known = False
-        if not known:
-            raise NotFound(f"no node {node!r}")
-        await store.append(f"node.{node}", NodeCordoned(aggregate_id=node, cordoned=on, drain=drain,
-                                                         reason=reason, by="cli"))
+        await nodeops.cordon(store, node, on, drain, reason, "cli")
     finally:
         await store.close()
     print(f"{node}: " + ("open to jobs again" if not on else "draining: its preemptible jobs move elsewhere, no new "
@@ -161,30 +152,12 @@ async def cordon(node: str, on: bool, drain: bool, reason: str) -> int:
 
 
 async def forget(node: str) -> int:
-    """``aios forget NODE``: appends NodeForgotten for a lost node (decommissioned), checked on the node's own
-    history and appended against its version, so that an agent registering it meanwhile wins."""
-    from aios.common.errors import ConcurrencyConflict, InvalidAggregate
-    from aios.common.events import NodeForgotten
-    from aios.common.store import validate_aggregate
-    from aios.resource_manager.inventory import Inventory, decide_forget, evolve
+    """``aios forget NODE``: removes a lost (decommissioned) node from the inventory."""
+    from aios.resource_manager import nodeops
 
     store = await log_writer()
     try:
-        try:
-            history = await store.read(validate_aggregate(f"node.{node}"))
-        except InvalidAggregate:
-            raise NotFound(f"no node {node!r}") from None
-        inv = Inventory()
-        for ev in history.events:
-            evolve(inv, ev)
-        why = decide_forget(inv, node)
-        if why:
-            raise (NotFound if why.startswith("no node") else AiosError)(why)
-        try:
-            await store.append(f"node.{node}", NodeForgotten(aggregate_id=node, by="cli"),
-                               expected_version=history.version)
-        except ConcurrencyConflict:
-            raise AiosError(f"{node} changed meanwhile (its agent registered again?): nothing forgotten") from None
+        await nodeops.forget(store, node, "cli")
     finally:
         await store.close()
     print(f"{node}: forgotten (an agent that starts there again registers it again)")

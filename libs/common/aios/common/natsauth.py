@@ -74,8 +74,9 @@ ROLES: dict[str, Role] = {r.user: r for r in [
              ["job"], publish=["aios.agent.*.run", "aios.agent.*.stop"]),
     _service("model-registry", "model versions, aliases, evaluations; the serving router",
              ["model"], subscribe=["aios.registry.>"]),
-    _service("gateway", "HTTP API, dashboard and the NATS tenant API: submits and cancels for tenants",
-             ["job", "tenant"], subscribe=["aios.telemetry.>", "aios.tenant.>"]),
+    _service("gateway", "HTTP API, dashboard and the NATS tenant API: submits and cancels for tenants; an "
+             "administrator's quotas and node commands (cordon, drain, forget)",
+             ["job", "tenant", "node"], subscribe=["aios.telemetry.>", "aios.tenant.>"]),
     Role("node", "a device agent and the workers and model replicas it starts (they run user code): reports only",
          publish=[f"{EVT}.node.>", f"{EVT}.run.>", "aios.telemetry.>", "aios.logs.>", "aios.coll.>",
                   "aios.registry.>", *_JS_CLIENT, *_JS_READ,

@@ -19,7 +19,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from aios.common.httpmetrics import request_metrics
-from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError, InvalidAggregate
+from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError, InvalidAggregate, NotFound
 from aios.common.events import JobCancelRequested, timeline_entry
 from aios.gateway.auth import Caller, Forbidden, Unauthorized, authenticate
 from aios.scheduler import submission
@@ -252,6 +252,42 @@ class Api:
     async def node(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         return web.json_response(await self._ask("aios.rm.node", {"node": request.match_info["node"]}))
 
+    async def _node_op(self, op: Any) -> web.StreamResponse:
+        try:
+            await op
+        except NotFound as exc:
+            raise HttpError(404, str(exc)) from None
+        except AiosError as exc:  # refused by the node's state (forgetting an online node)
+            raise HttpError(409, str(exc)) from None
+        return web.json_response({"ok": True})
+
+    async def cordon_node(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        from aios.resource_manager import nodeops
+
+        body = await self._body(request)
+        unknown = sorted(set(body) - {"reason", "drain"})
+        if unknown:
+            raise HttpError(422, f"{unknown[0]}: unknown field (known: reason, drain)")
+        reason, drain = body.get("reason", ""), body.get("drain", False)
+        if not isinstance(reason, str) or len(reason) > nodeops.MAX_REASON:
+            raise HttpError(422, f"reason: a string of at most {nodeops.MAX_REASON} characters")
+        if not isinstance(drain, bool):
+            raise HttpError(422, "drain: true or false")
+        return await self._node_op(nodeops.cordon(self.backend.store, request.match_info["node"], True, drain, reason,
+                                                  f"http:{caller.tenant}"))
+
+    async def uncordon_node(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        from aios.resource_manager import nodeops
+
+        return await self._node_op(nodeops.cordon(self.backend.store, request.match_info["node"], False, False, "",
+                                                  f"http:{caller.tenant}"))
+
+    async def forget_node(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        from aios.resource_manager import nodeops
+
+        return await self._node_op(nodeops.forget(self.backend.store, request.match_info["node"],
+                                                  f"http:{caller.tenant}"))
+
     async def tenants(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         reply = await self._ask("aios.rm.tenants", {})
         return web.json_response({"tenants": {t: v for t, v in reply["tenants"].items() if caller.may_see(t)}})
@@ -472,6 +508,15 @@ ROUTES: tuple[Route, ...] = (
           responses=(200, 400, 401, 403, 404)),
     Route("GET", "/api/v1/nodes", Api.nodes, "Nodes and their devices", responses=(200, 401, 503)),
     Route("GET", "/api/v1/nodes/{node}", Api.node, "One node: devices, leases, topology", responses=(200, 404, 503)),
+    Route("POST", "/api/v1/nodes/{node}/cordon", Api.cordon_node,
+          "Cordon a node (no new jobs), or drain it (drain: its preemptible jobs move elsewhere too)",
+          body={"type": "object", "additionalProperties": False,
+                "properties": {"reason": {"type": "string", "maxLength": 500}, "drain": {"type": "boolean"}}},
+          responses=(200, 403, 404, 422), admin=True),
+    Route("POST", "/api/v1/nodes/{node}/uncordon", Api.uncordon_node, "Open a node to jobs again",
+          responses=(200, 403, 404), admin=True),
+    Route("DELETE", "/api/v1/nodes/{node}", Api.forget_node, "Forget a lost (decommissioned) node",
+          responses=(200, 403, 404, 409), admin=True),
     Route("GET", "/api/v1/tenants", Api.tenants, "Tenants: quotas and usage", responses=(200, 401, 503)),
     Route("PUT", "/api/v1/tenants/{tenant}/quota", Api.set_quota, "Set a tenant's quota", body=QUOTA_SCHEMA,
           responses=(200, 400, 401, 403, 422), admin=True),
