@@ -31,6 +31,19 @@ def read_until(proc: subprocess.Popen[str], pattern: str, timeout: float = 30) -
     raise AssertionError(f"{pattern!r} not printed; got:\n{seen}")
 
 
+def wait_healthy(url: str, timeout: float = 20) -> None:
+    """Until the service's /healthz answers, connected to NATS."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                assert json.loads(resp.read())["nats"] == "connected"
+                return
+        except OSError:
+            assert time.monotonic() < deadline, f"{url} does not answer"
+            time.sleep(0.2)
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -62,15 +75,7 @@ def test_up_starts_embedded_nats_and_services_and_stops_on_ctrl_c(aios_env: dict
         with urllib.request.urlopen(request, timeout=5) as resp:
             assert json.loads(resp.read()) == {"jobs": []}
         assert (tmp_path / "data" / "jetstream").is_dir()
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(health_url, timeout=2) as resp:
-                    assert json.loads(resp.read())["nats"] == "connected"
-                    break
-            except OSError:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+        wait_healthy(health_url)
         nats_pids = subprocess.run(["pgrep", "-f", f"nats-server.*{url.rsplit(':', 1)[1]}"], capture_output=True,
                                    text=True).stdout.split()
         assert nats_pids, "embedded nats-server not found"
@@ -79,15 +84,7 @@ def test_up_starts_embedded_nats_and_services_and_stops_on_ctrl_c(aios_env: dict
         said = read_until(proc, r"tail exited with -9; started it again \(pid \d+\)")
         service_pid = int(re.findall(r"tail exited with -9; started it again \(pid (\d+)\)", said)[-1])
         assert pid_alive(service_pid) and proc.poll() is None and all(pid_alive(int(p)) for p in nats_pids)
-        deadline = time.monotonic() + 20  # on the port the listing named: a scrape config built from it still works
-        while True:
-            try:
-                with urllib.request.urlopen(health_url, timeout=2) as resp:
-                    assert json.loads(resp.read())["nats"] == "connected"
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, f"{health_url} is gone after the restart"
-                time.sleep(0.2)
+        wait_healthy(health_url)  # on the port the listing named: a scrape config built from it still works
 
         proc.send_signal(signal.SIGINT)
         rest = proc.communicate(timeout=30)[0]
