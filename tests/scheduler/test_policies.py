@@ -717,6 +717,53 @@ def test_a_tenant_without_quota_gives_way_to_one_within_its_quota() -> None:
         assert c.where("nlp-2") == {"n1": 2} and c.status("free-for-all") == PENDING, name
 
 
+def test_a_higher_priority_job_preempts_lower_ones_of_its_own_tenant_when_the_quota_is_full() -> None:
+    """Kueue's preemption within a ClusterQueue (LowerPriority): ml's quota of 4 H100s is full of its own
+    low-priority jobs; its urgent job waited behind them for ever, though the policy is priority and they are
+    preemptible. It now preempts the fewest of them, lowest priority and newest first, that let its quota admit
+    it; a job of its own priority or higher, or one not preemptible, is never taken, and nothing is taken twice
+    while the victims checkpoint."""
+    c = Cluster(("n1", "h100", 8))
+    c.quota("ml", "", h100=4)
+    policy = make_policy("priority")
+    for t, (name, prio, preemptible) in enumerate([("steady", 0, False), ("low-old", 0, True),
+                                                     ("low-new", 0, True), ("peer", 10, True)]):
+        c.submit(name, 1, tenant="ml", priority=prio, preemptible=preemptible, now=2.0 * t)
+        step(c.state, policy, 2.0 * t + 1)
+    assert all(c.status(j) == PLACED for j in ("steady", "low-old", "low-new", "peer"))
+    c.submit("urgent", 2, tenant="ml", priority=10, now=9.0)
+    plan = step(c.state, policy, 10.0)
+    assert [(p.job_id, p.for_job) for p in plan.preemptions] == [("low-new", "urgent"), ("low-old", "urgent")]
+    assert "lower priority" in plan.preemptions[0].reason and "ml" in plan.preemptions[0].reason
+    assert "preempting low-new, low-old" in plan.reasons["urgent"]
+    plan = step(c.state, policy, 11.0)
+    assert plan.preemptions == []  # they are still checkpointing: nobody else goes
+    assert "waiting for low-old, low-new to leave" in plan.reasons["urgent"]
+    c.workers_exited("low-new", 12.0)
+    c.workers_exited("low-old", 12.0)
+    for t in (13.0, 14.0, 15.0):
+        assert step(c.state, policy, t).preemptions == []
+    assert c.status("urgent") == PLACED and c.status("low-old") == PENDING and c.status("low-new") == PENDING
+    assert c.status("steady") == PLACED and c.status("peer") == PLACED
+    # an equal-priority job waits its turn, under any policy; a lower-priority policy order preempts nobody either
+    c.submit("urgent-2", 1, tenant="ml", priority=10, now=16.0)
+    assert [p for t in (17.0, 18.0) for p in step(c.state, policy, t).preemptions] == []
+    assert c.status("urgent-2") == PENDING and "quota" in explain(c.state, policy, "urgent-2", 19.0)
+
+
+def test_fifo_keeps_a_full_quota_to_the_jobs_that_hold_it() -> None:
+    """Preemption within a tenant's quota follows the policy: under fifo, which preempts nobody, a higher-priority
+    job waits for its tenant's running jobs to end."""
+    c = Cluster(("n1", "h100", 8))
+    c.quota("ml", "", h100=2)
+    policy = make_policy("fifo")
+    c.submit("low", 2, tenant="ml", priority=0, now=1.0)
+    step(c.state, policy, 2.0)
+    c.submit("urgent", 2, tenant="ml", priority=10, now=3.0)
+    assert [p for t in (4.0, 5.0) for p in step(c.state, policy, t).preemptions] == []
+    assert c.status("low") == PLACED and c.status("urgent") == PENDING
+
+
 def test_devices_a_finished_job_gives_back_are_not_taken_from_another_by_preemption() -> None:
     """A quota job waiting for its tenant's own job to end preempted a tenant without quota in the very round that
     job ended: the ended job's devices were still leased in that round's view. They count as coming free, as a

@@ -257,7 +257,8 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
                         + " with all its cohort could lend; a larger quota, or a smaller job, would let it start")
                 else:
                     plan.reasons[job.job_id] = f"quota: {decision.reason}"
-                _maybe_reclaim(state, plan, tenants, usage, job, charge, now)
+                if not _maybe_reclaim(state, plan, tenants, usage, job, charge, now):
+                    _preempt_within_quota(state, plan, policy, tenants, usage, job, charge, now)
                 return
             if whole and len(accepted) > 1:
                 kinds.pinned[job.job_id] = frozenset(charge)
@@ -616,12 +617,61 @@ class _Preemption:
         view.withhold(req, set(devices))
 
 
+def _preempt_within_quota(state: SchedulerState, plan: RoundPlan, policy: Policy, tenants: dict[str, quotas.Quota],
+                          usage: dict[str, dict[str, int]], job: JobState, charge: dict[str, int], now: float) -> None:
+    """Kueue's preemption within a ClusterQueue: a job its tenant's full quota turns away takes the place of the
+    tenant's own jobs that the policy lets it preempt (under ``priority``, preemptible jobs of lower priority,
+    lowest and newest first), the fewest that let the quota admit it. What the tenant's jobs already leaving hold
+    counts as free: while they checkpoint nobody else is taken."""
+    kind_of = kinds_by_device(state)
+    taken = {p.job_id for p in plan.preemptions}
+
+    def held(j: JobState, kind: str) -> int:
+        return sum(1 for a in j.assignments for u in a.device_uuids if kind_of.get(u) == kind)
+    for kind, n in charge.items():
+        mine = usage.get(job.tenant, {})
+
+        def admits(freed: int) -> bool:
+            after = {**usage, job.tenant: {**mine, kind: mine.get(kind, 0) - freed}}
+            return quotas.admit(tenants, after, job.tenant, {kind: n}).admitted
+        leaving = [j for j in state.active() if j.tenant == job.tenant and held(j, kind)
+                   and (j.status == PREEMPTING or j.job_id in taken)]
+        freed = sum(held(j, kind) for j in leaving)
+        if admits(freed):  # it waits for them
+            plan.reasons[job.job_id] += f"; waiting for {', '.join(j.job_id for j in leaving[:5])} to leave"
+            continue
+        chosen: list[JobState] = []
+        for victim in policy.victims(state, now, job):
+            if (victim.tenant != job.tenant or victim.status == PREEMPTING or victim.job_id in taken
+                    or not held(victim, kind)):
+                continue
+            chosen.append(victim)
+            freed += held(victim, kind)
+            if admits(freed):
+                break
+        else:
+            continue  # not even all of them would let it in: nobody is preempted for nothing
+        for v in reversed(chosen[:-1]):  # reprieve those it is admitted without
+            if admits(freed - held(v, kind)):
+                chosen.remove(v)
+                freed -= held(v, kind)
+        for v in chosen:
+            plan.preemptions.append(Preemption(v.job_id, job.job_id, (
+                f"lower priority under {policy.name} within tenant {job.tenant}'s full quota: preempted for "
+                f"{job.job_id}")))
+        plan.reasons[job.job_id] += f"; preempting {', '.join(v.job_id for v in chosen)} to make room in its quota"
+        return
+
+
 def _maybe_reclaim(state: SchedulerState, plan: RoundPlan, tenants: dict[str, quotas.Quota],
-                   usage: dict[str, dict[str, int]], job: JobState, charge: dict[str, int], now: float) -> None:
-    """A tenant within its nominal quota whose share is lent out takes it back from the borrowers' newest jobs."""
+                   usage: dict[str, dict[str, int]], job: JobState, charge: dict[str, int], now: float) -> bool:
+    """A tenant within its nominal quota whose share is lent out takes it back from the borrowers' newest jobs.
+    True if its quota can be reclaimed (preempted now, or already leaving)."""
     kind_of: dict[str, str] | None = None
+    reclaims = False
     for kind, n in charge.items():
         reclaim = quotas.reclaim_plan(tenants, usage, job.tenant, kind, n)
+        reclaims = reclaims or bool(reclaim)
         for tenant, count in reclaim.items():
             kind_of = kind_of if kind_of is not None else kinds_by_device(state)
 
@@ -642,6 +692,7 @@ def _maybe_reclaim(state: SchedulerState, plan: RoundPlan, tenants: dict[str, qu
                 freed += held(victim)
             if freed:
                 plan.reasons[job.job_id] += f"; reclaiming {freed} {kind} from {tenant}"
+    return reclaims
 
 
 WORKERS_LATE_S = 30.0
