@@ -363,3 +363,79 @@ def test_tokens_are_refused_at_start_unless_each_names_a_tenant_that_can_submit(
         parse_tokens(f"{ALICE}=alice,{BOB}=teamA")
     with pytest.raises(ConfigError, match="shorter than 16"):
         parse_tokens("short=alice")
+
+
+def _read_events(base: str, token: str, seconds: float, headers: dict[str, str] | None = None,
+                 query: str = "", until: Any = None, after_hello: Any = None) -> list[tuple[str, str, dict[str, Any]]]:
+    """(id, event, data) of the server-sent events a stream sends in ``seconds`` (or until ``until(events)``);
+    ``after_hello()`` runs once the stream is open."""
+    import aiohttp
+
+    async def run() -> list[tuple[str, str, dict[str, Any]]]:
+        events: list[tuple[str, str, dict[str, Any]]] = []
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/api/v1/events?token={token}{query}", headers=headers or {}) as r:
+                assert r.status == 200
+                fields: dict[str, str] = {}
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + seconds
+                while loop.time() < deadline and not (until and until(events)):
+                    try:
+                        line = (await asyncio.wait_for(r.content.readline(), deadline - loop.time())).decode()
+                    except asyncio.TimeoutError:
+                        break
+                    if line.strip() == "":
+                        if "event" in fields:
+                            events.append((fields.get("id", ""), fields["event"], json.loads(fields["data"])))
+                            if fields["event"] == "hello" and after_hello:
+                                await loop.run_in_executor(None, after_hello)
+                        fields = {}
+                    elif not line.startswith(":"):
+                        key, _, value = line.rstrip("\n").partition(": ")
+                        fields[key] = value
+        return events
+    return asyncio.run(run())
+
+
+def test_an_event_stream_that_reconnects_gets_the_changes_it_missed(gateway: tuple[str, LocalCluster]) -> None:
+    """A dashboard or client whose stream dropped (a proxy's idle timeout, a laptop's sleep) showed a stale page
+    until something else changed: events had no id to resume from. Changes now carry the event log's sequence;
+    reconnecting with Last-Event-ID first replays what came after it, and an id the gateway cannot resume from
+    gets ``reset`` (fetch everything again)."""
+    url, _ = gateway
+
+    def tenant_changes(events: list[tuple[str, str, dict[str, Any]]]) -> list[str]:
+        return [d["aggregate"] for _, kind, d in events if kind == "change" and d["aggregate"].startswith("tenant.")]
+    def set_quota() -> None:
+        assert call(url, "PUT", "/api/v1/tenants/sse-a/quota", ADMIN, {"nominal": {"a100": 1}})[0] == 200
+    seen = _read_events(url, ADMIN, 10.0, after_hello=set_quota, until=lambda ev: "tenant.sse-a" in tenant_changes(ev))
+    last = [i for i, kind, d in seen if kind == "change" and d["aggregate"] == "tenant.sse-a"][-1]
+    assert int(last) > 0
+    for tenant in ("sse-b", "sse-c"):  # while nobody listens
+        assert call(url, "PUT", f"/api/v1/tenants/{tenant}/quota", ADMIN, {"nominal": {"a100": 1}})[0] == 200
+    time.sleep(0.5)
+    for how in ({"headers": {"Last-Event-ID": last}}, {"query": f"&last_event_id={last}"}):
+        replayed = _read_events(url, ADMIN, 10.0, **how,  # type: ignore[arg-type]
+                                until=lambda ev: "tenant.sse-c" in tenant_changes(ev))
+        assert tenant_changes(replayed) == ["tenant.sse-b", "tenant.sse-c"], (how, replayed)
+        ids = [int(i) for i, kind, _ in replayed if kind == "change"]
+        assert ids == sorted(ids) and ids[0] > int(last)
+    fresh = _read_events(url, ADMIN, 1.5)  # a new stream starts from now
+    assert fresh[0][1] == "hello" and tenant_changes(fresh) == []
+    for bad in ("yesterday", "999999999"):  # not an id of this log's
+        events = _read_events(url, ADMIN, 3.0, headers={"Last-Event-ID": bad}, until=lambda ev: len(ev) >= 2)
+        assert [kind for _, kind, _ in events[:2]] == ["hello", "reset"], (bad, events)
+
+
+def test_a_stream_too_far_behind_is_told_to_fetch_everything_again() -> None:
+    """Only the last changes are held: a client whose last change was evicted gets ``reset``, not a partial replay
+    that would look complete."""
+    from aios.gateway.changes import RecentChanges
+
+    recent = RecentChanges(floor=10, size=3)
+    for seq in (11, 12, 13):
+        recent.add(seq, {"seq": seq})
+    assert [d["seq"] for d in recent.since("10") or []] == [11, 12, 13] and recent.since("13") == []
+    recent.add(15, {"seq": 15})  # 11 is evicted: a client that saw 10 missed it
+    assert recent.since("10") is None and [d["seq"] for d in recent.since("11") or []] == [12, 13, 15]
+    assert recent.since("9") is None and recent.since("16") is None and recent.since("") is None

@@ -448,11 +448,15 @@ class Api:
 
     async def events(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         """Server-sent events: ``change`` with the aggregate that changed (a job of the caller's, a node, a tenant,
-        a model), ``telemetry`` every few seconds; the dashboard refetches what it shows."""
+        a model), its id the event log's sequence; ``telemetry`` every few seconds; ``reset`` when changes were
+        missed that cannot be given (the client fetches everything again). A client that reconnects with
+        ``Last-Event-ID`` (browsers send it by themselves) first gets the changes it missed. The dashboard refetches
+        what it shows."""
+        last_event_id = request.headers.get("Last-Event-ID", request.query.get("last_event_id"))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no"})
         await response.prepare(request)
-        queue = self.backend.listen()
+        queue = self.backend.listen(last_event_id)
         try:
             await response.write(b"retry: 2000\n\nevent: hello\ndata: {}\n\n")
             while True:
@@ -465,7 +469,8 @@ class Api:
                     break
                 if kind == "change" and data.get("tenant") is not None and not caller.may_see(data["tenant"]):
                     continue
-                await response.write(f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode())
+                ident = f"id: {data['seq']}\n" if kind == "change" else ""
+                await response.write(f"{ident}event: {kind}\ndata: {json.dumps(data)}\n\n".encode())
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
@@ -562,7 +567,9 @@ ROUTES: tuple[Route, ...] = (
           responses=(200, 403, 404, 409, 422, 503), admin=True),
     Route("GET", "/api/v1/telemetry", Api.telemetry, "Latest utilisation, memory and temperature of every device"),
     Route("GET", "/api/v1/events", Api.events, "Server-sent events: what changed (text/event-stream)",
-          query=(("token", "string", "the bearer token, for clients that cannot send headers"),),
+          query=(("token", "string", "the bearer token, for clients that cannot send headers"),
+                 ("last_event_id", "string", "the id of the last change seen, for clients that cannot send the "
+                  "Last-Event-ID header: the changes after it come first, or a reset event")),
           token_in_query=True),
 )
 

@@ -26,9 +26,12 @@ from aios.common.snapshot import Projector
 from aios.gateway import tenant_api
 from aios.gateway.api import Api, build_app
 from aios.gateway.auth import ADMIN, parse_tokens
+from aios.gateway.changes import RecentChanges
 from aios.scheduler.state import STATE_SCHEMA, JobState, SchedulerState, fold_commit
 
 log = logging.getLogger("aios.gateway")
+LISTENER_QUEUE = 1000
+"""Notifications an event stream may fall behind by before it is told to fetch everything again."""
 GATEWAY_KEY = "_gateway"
 
 
@@ -56,6 +59,7 @@ class GatewayService(Service):
                                    fold_commit=fold_commit)
         self.url = ""
         self.listeners: set[asyncio.Queue[tuple[str, dict[str, Any]]]] = set()
+        self.recent = RecentChanges(0)
         self.devices: dict[str, dict[str, Any]] = {}
         """Latest telemetry per device UUID (from the agents' core NATS subjects)."""
 
@@ -81,8 +85,17 @@ class GatewayService(Service):
     def telemetry(self) -> dict[str, dict[str, Any]]:
         return self.devices
 
-    def listen(self) -> asyncio.Queue[tuple[str, dict[str, Any]]]:
-        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize=1000)
+    def listen(self, last_event_id: str | None = None) -> asyncio.Queue[tuple[str, dict[str, Any]]]:
+        """A queue of notifications for one event stream; given the ``Last-Event-ID`` of a stream that
+        reconnects, it starts with the changes that stream missed, or with ``reset`` if they are not all held."""
+        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize=LISTENER_QUEUE)
+        if last_event_id is not None:
+            missed = self.recent.since(last_event_id)
+            if missed is None or len(missed) >= LISTENER_QUEUE:
+                queue.put_nowait(("reset", {}))
+            else:
+                for data in missed:
+                    queue.put_nowait(("change", data))
         self.listeners.add(queue)
         return queue
 
@@ -91,8 +104,11 @@ class GatewayService(Service):
 
     def _broadcast(self, kind: str, data: dict[str, Any]) -> None:
         for queue in list(self.listeners):
-            if queue.full():  # a stalled client: drop its oldest notification, never block the fold
-                queue.get_nowait()
+            if queue.full():  # a stalled client: never block the fold; it is told to fetch everything again
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait(("reset", {}))
+                continue
             queue.put_nowait((kind, data))
 
     def _on_commit(self, commit: Any) -> None:
@@ -102,6 +118,7 @@ class GatewayService(Service):
             job = self.projector.state.jobs.get(ident)
             data["tenant"] = job.tenant if job else None
             data["status"] = job.status if job else None
+        self.recent.add(commit.seq, data)
         self._broadcast("change", data)
 
     async def _on_telemetry(self, msg: Any) -> None:
@@ -133,6 +150,7 @@ class GatewayService(Service):
         self.store = ctx.store
         tokens = load_tokens(dict(os.environ), ctx.settings.data_dir)
         await self.projector.rebuild(ctx.store)
+        self.recent = RecentChanges(self.projector.seq)
         stop = asyncio.Event()
         follower = asyncio.ensure_future(self.projector.follow(ctx.store, self._on_commit, stop=stop))
         telemetry_sub = await ctx.nc.subscribe("aios.telemetry.*", cb=self._on_telemetry)

@@ -108,6 +108,11 @@ function connect() {
   source.onerror = () => { live.className = "off"; };
   const refresh = () => { if (!pending) pending = setTimeout(() => { pending = null; render(); }, 300); };
   source.addEventListener("change", refresh);
+  // changes missed while disconnected come again after "hello" (the browser sends Last-Event-ID); "reset" says
+  // they could not all be given, and a stream that had seen no change yet cannot ask: fetch everything
+  source.addEventListener("reset", refresh);
+  let opened = 0;
+  source.addEventListener("hello", (e) => { if (opened++ > 0 && !e.lastEventId) refresh(); });
   source.addEventListener("telemetry", () => { if (!location.hash || location.hash === "#") refresh(); });
 }
 window.addEventListener("hashchange", render);
