@@ -10,6 +10,7 @@ import asyncio
 import json
 from typing import Any
 
+import msgspec
 from prometheus_client import CollectorRegistry
 
 from aios.common.config import load_settings
@@ -142,6 +143,12 @@ def test_an_exit_after_a_stop_nobody_asked_for_requeues_the_job() -> None:
         "requeued", "worker rank1-a1 stopped before its last step (exit 75: a signal AIOS did not send, or NATS went "
         "away); resumes from its checkpoint", 75)
     assert outcome(job({"rank0-a1": 3, "rank1-a1": 75}, []))[0] == "requeued"  # type: ignore[index]
+    # a command keeps a checkpoint only if its program writes one: its reason does not promise a resume
+    from aios.scheduler.spec import JobSpec
+    command = msgspec.structs.replace(job({"rank0-a1": 0, "rank1-a1": None}, ["rank1-a1"]),
+                                      spec=JobSpec(name="j", tenant="t", devices=2, command=["python", "run.py"]))
+    assert outcome(command) == ("requeued", "worker rank1-a1 was stopped by its node's agent; it starts again, from a "
+                                "checkpoint only if its command keeps one (AIOS_CHECKPOINT_NAME)", None)
 
 
 def test_a_worker_killed_by_a_signal_fails_the_job_naming_the_signal() -> None:

@@ -148,17 +148,25 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
                                   "interruption"), EXIT_INTERRUPTED
             why = (f"worker {interrupted[0]} stopped before its last step (exit {EXIT_INTERRUPTED}: a signal AIOS did "
                    "not send, or NATS went away)")
-            return "requeued", f"{why}; resumes from its checkpoint", EXIT_INTERRUPTED
+            return "requeued", f"{why}; {resumes(job)}", EXIT_INTERRUPTED
         elif job.stopped_workers:
             why = f"worker {min(job.stopped_workers)} was stopped by its node's agent"
         elif nodes_going:
             why = f"worker {min(stopped)} exited while node {min(nodes_going)} shut down"
         else:  # an exit 75 after a peer's crash: requeued, but not counted as the job's own interruption
             why = f"worker {(interrupted or sorted(stopped))[0]} stopped before its last step"
-        return "requeued", f"{why}; resumes from its checkpoint", None
+        return "requeued", f"{why}; {resumes(job)}", None
     if world and len(job.exit_codes) >= world:
         return "succeeded", "", 0
     return None
+
+
+def resumes(job: JobState) -> str:
+    """What a requeued job does next: the built-in trainer resumes from its checkpoint; a command starts again,
+    from a checkpoint only if it keeps one (the reason said it resumed, of a program that keeps none)."""
+    if job.spec is not None and job.spec.command is not None:
+        return "it starts again, from a checkpoint only if its command keeps one (AIOS_CHECKPOINT_NAME)"
+    return "resumes from its checkpoint"
 
 
 def exit_text(code: int | None, sig: int | None) -> str:
