@@ -19,11 +19,15 @@ demo: $(STAMP)
 up: $(STAMP)
 	$(BIN)/aios up
 
+# two workers (pytest-xdist): the tests mostly wait on the processes of the clusters they start, so two at a time
+# take about 0.55x the time on 2 cores (measured 2026-12-02: 5:49 against 10:40 for the same run)
+PARALLEL = -n 2 --dist worksteal
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" --durations=15
+	$(BIN)/python -m pytest -q $(PARALLEL) -m "not slow" --durations=15
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow --durations=5 || [ $$? -eq 5 ]  # 5: no slow tests collected
+	$(BIN)/python -m pytest -q $(PARALLEL) -m slow --durations=5 || [ $$? -eq 5 ]  # 5: no slow tests collected
 
 # the torch collective backend: its tests skip without torch, so CI installs it here (CPU wheel, ~190 MB)
 test-torch: $(STAMP)
@@ -32,7 +36,7 @@ test-torch: $(STAMP)
 		tests/trainer/test_e2e.py::test_the_torch_backend_trains_the_same_job
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PARALLEL)
 
 bench: $(STAMP)
 	$(BIN)/aios bench eventlog --events 100000
