@@ -751,6 +751,67 @@ def test_a_higher_priority_job_preempts_lower_ones_of_its_own_tenant_when_the_qu
     assert c.status("urgent-2") == PENDING and "quota" in explain(c.state, policy, "urgent-2", 19.0)
 
 
+def _settle(c: Cluster, policy: Policy, start: float, rounds: int) -> list[str]:
+    """Rounds in which every preempted job checkpoints and exits at once; the jobs preempted, in order."""
+    preempted: list[str] = []
+    for r in range(rounds):
+        preempted += [p.job_id for p in step(c.state, policy, start + r).preemptions]
+        for job, state in list(c.state.jobs.items()):
+            if state.status == PREEMPTING:
+                c.workers_exited(job, start + r + 0.5)
+    return preempted
+
+
+def test_preemption_within_a_quota_makes_room_within_its_nominal_share_and_settles() -> None:
+    """Found by review: a job that would have to borrow was admitted after its tenant's lower-priority jobs (those
+    within the nominal quota go first), found the quota taken by them and preempted one; the victim was admitted
+    again ahead of it the next round, and so on for ever. Room is now made within the nominal share, which the
+    job is then admitted to first: two jobs are preempted once, and it starts."""
+    c = Cluster(("n1", "h100", 8))
+    c.quota("ml", "c", h100=4)
+    c.quota("other", "c", h100=1)  # idle: lends one
+    policy = make_policy("priority")
+    for i in range(3):
+        c.submit(f"low{i}", 1, tenant="ml", priority=0, now=1.0 + i)
+        step(c.state, policy, 1.5 + i)
+    c.submit("urgent", 2, tenant="ml", priority=10, now=10.0)
+    c.submit("low-new", 1, tenant="ml", priority=0, now=10.0)
+    preempted = _settle(c, policy, 11.0, 12)
+    assert c.status("urgent") == PLACED and len(preempted) == len(set(preempted)) <= 2, preempted
+
+
+def test_a_job_that_can_never_start_preempts_nobody_in_its_quota() -> None:
+    """Found by review: an 8-device job on a cluster that had lost half its nodes emptied its tenant's quota of
+    four running jobs, then held the whole quota waiting, and the cluster sat idle."""
+    c = Cluster(("n1", "h100", 4), ("n2", "h100", 4))
+    c.quota("ml", "", h100=8)
+    policy = make_policy("priority")
+    for i in range(4):
+        c.submit(f"low{i}", 1, tenant="ml", priority=0, now=1.0 + i)
+        step(c.state, policy, 1.5 + i)
+    assert {n for i in range(4) for n in c.where(f"low{i}")} == {"n1"}
+    c.lose("n2", 9.0)
+    c.submit("urgent", 8, tenant="ml", priority=10, now=10.0)
+    assert _settle(c, policy, 11.0, 4) == []
+    assert all(c.status(f"low{i}") == PLACED for i in range(4))
+
+
+def test_preemption_within_a_quota_looks_at_every_kind_the_job_accepts() -> None:
+    """Found by review: the job was charged to the kind its quota gives most of, full of a job that may not be
+    preempted, and waited for ever though its tenant's low-priority jobs held the other kind it accepts."""
+    c = Cluster(("n1", "h100", 4), ("n2", "a100", 2))
+    c.quota("ml", "", h100=4, a100=2)
+    policy = make_policy("priority")
+    c.submit("steady", 4, tenant="ml", preemptible=False, device_types=["h100"], now=1.0)
+    step(c.state, policy, 1.5)
+    for i in range(2):
+        c.submit(f"low{i}", 1, tenant="ml", priority=0, device_types=["a100"], now=2.0 + i)
+        step(c.state, policy, 2.5 + i)
+    c.submit("urgent", 2, tenant="ml", priority=10, device_types=["h100", "a100"], now=10.0)
+    assert sorted(_settle(c, policy, 11.0, 4)) == ["low0", "low1"]
+    assert c.where("urgent") == {"n2": 2} and c.status("steady") == PLACED
+
+
 def test_fifo_keeps_a_full_quota_to_the_jobs_that_hold_it() -> None:
     """Preemption within a tenant's quota follows the policy: under fifo, which preempts nobody, a higher-priority
     job waits for its tenant's running jobs to end."""

@@ -257,8 +257,12 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
                         + " with all its cohort could lend; a larger quota, or a smaller job, would let it start")
                 else:
                     plan.reasons[job.job_id] = f"quota: {decision.reason}"
-                if not _maybe_reclaim(state, plan, tenants, usage, job, charge, now):
-                    _preempt_within_quota(state, plan, policy, tenants, usage, job, charge, now)
+                if not _maybe_reclaim(state, plan, tenants, usage, job, charge, now) and first_pass and not never:
+                    # in the first pass only: there its tenant's lower-ranked jobs have not taken the quota yet
+                    # this round (in the borrowers' pass they had, and a victim admitted again ahead of it was
+                    # preempted again, for ever)
+                    _preempt_within_quota(state, plan, policy, tenants, usage, job,
+                                          [*charge, *(k for k in kinds_of_job if k not in charge)], now)
                 return
             if whole and len(accepted) > 1:
                 kinds.pinned[job.job_id] = frozenset(charge)
@@ -618,28 +622,32 @@ class _Preemption:
 
 
 def _preempt_within_quota(state: SchedulerState, plan: RoundPlan, policy: Policy, tenants: dict[str, quotas.Quota],
-                          usage: dict[str, dict[str, int]], job: JobState, charge: dict[str, int], now: float) -> None:
+                          usage: dict[str, dict[str, int]], job: JobState, kinds: list[str], now: float) -> None:
     """Kueue's preemption within a ClusterQueue: a job its tenant's full quota turns away takes the place of the
     tenant's own jobs that the policy lets it preempt (under ``priority``, preemptible jobs of lower priority,
-    lowest and newest first), the fewest that let the quota admit it. What the tenant's jobs already leaving hold
-    counts as free: while they checkpoint nobody else is taken."""
+    lowest and newest first), the fewest that let its nominal quota admit it (borrowing would not last: the job
+    would be admitted after the victims, which took the room again) on the first of ``kinds`` where they do. What
+    the tenant's jobs already leaving hold counts as free: while they checkpoint nobody else is taken."""
     kind_of = kinds_by_device(state)
     taken = {p.job_id for p in plan.preemptions}
+    assert job.spec is not None
+    n = job.spec.devices
 
     def held(j: JobState, kind: str) -> int:
         return sum(1 for a in j.assignments for u in a.device_uuids if kind_of.get(u) == kind)
-    for kind, n in charge.items():
+    for kind in kinds:
         mine = usage.get(job.tenant, {})
 
         def admits(freed: int) -> bool:
             after = {**usage, job.tenant: {**mine, kind: mine.get(kind, 0) - freed}}
-            return quotas.admit(tenants, after, job.tenant, {kind: n}).admitted
+            decision = quotas.admit(tenants, after, job.tenant, {kind: n})
+            return decision.admitted and not decision.borrowed
         leaving = [j for j in state.active() if j.tenant == job.tenant and held(j, kind)
                    and (j.status == PREEMPTING or j.job_id in taken)]
         freed = sum(held(j, kind) for j in leaving)
-        if admits(freed):  # it waits for them
+        if leaving and admits(freed):  # it waits for them
             plan.reasons[job.job_id] += f"; waiting for {', '.join(j.job_id for j in leaving[:5])} to leave"
-            continue
+            return
         chosen: list[JobState] = []
         for victim in policy.victims(state, now, job):
             if (victim.tenant != job.tenant or victim.status == PREEMPTING or victim.job_id in taken
