@@ -410,7 +410,8 @@ def test_an_event_stream_that_reconnects_gets_the_changes_it_missed(gateway: tup
         assert call(url, "PUT", "/api/v1/tenants/sse-a/quota", ADMIN, {"nominal": {"a100": 1}})[0] == 200
     seen = _read_events(url, ADMIN, 10.0, after_hello=set_quota, until=lambda ev: "tenant.sse-a" in tenant_changes(ev))
     last = [i for i, kind, d in seen if kind == "change" and d["aggregate"] == "tenant.sse-a"][-1]
-    assert int(last) > 0
+    log, _, seq = last.rpartition("-")
+    assert log and int(seq) > 0  # the log's incarnation and its sequence
     for tenant in ("sse-b", "sse-c"):  # while nobody listens
         assert call(url, "PUT", f"/api/v1/tenants/{tenant}/quota", ADMIN, {"nominal": {"a100": 1}})[0] == 200
     time.sleep(0.5)
@@ -418,13 +419,16 @@ def test_an_event_stream_that_reconnects_gets_the_changes_it_missed(gateway: tup
         replayed = _read_events(url, ADMIN, 10.0, **how,  # type: ignore[arg-type]
                                 until=lambda ev: "tenant.sse-c" in tenant_changes(ev))
         assert tenant_changes(replayed) == ["tenant.sse-b", "tenant.sse-c"], (how, replayed)
-        ids = [int(i) for i, kind, _ in replayed if kind == "change"]
-        assert ids == sorted(ids) and ids[0] > int(last)
+        ids = [int(i.rpartition("-")[2]) for i, kind, _ in replayed if kind == "change"]
+        assert ids == sorted(ids) and ids[0] > int(seq)
     fresh = _read_events(url, ADMIN, 1.5)  # a new stream starts from now
     assert fresh[0][1] == "hello" and tenant_changes(fresh) == []
-    for bad in ("yesterday", "999999999"):  # not an id of this log's
+    # not an id of this log's: garbage, one from its future, or the same sequence of a log since created again
+    for bad in ("yesterday", f"{log}-999999999", f"0{log}-{seq}", seq):
         events = _read_events(url, ADMIN, 3.0, headers={"Last-Event-ID": bad}, until=lambda ev: len(ev) >= 2)
         assert [kind for _, kind, _ in events[:2]] == ["hello", "reset"], (bad, events)
+    for tenant in ("sse-a", "sse-b", "sse-c"):  # the module's cluster is shared: leave no quota behind
+        assert call(url, "DELETE", f"/api/v1/tenants/{tenant}/quota", ADMIN)[0] == 200
 
 
 def test_a_stream_too_far_behind_is_told_to_fetch_everything_again() -> None:
@@ -432,10 +436,27 @@ def test_a_stream_too_far_behind_is_told_to_fetch_everything_again() -> None:
     that would look complete."""
     from aios.gateway.changes import RecentChanges
 
-    recent = RecentChanges(floor=10, size=3)
+    recent = RecentChanges(floor=10, log="ab", size=3)
     for seq in (11, 12, 13):
         recent.add(seq, {"seq": seq})
-    assert [d["seq"] for d in recent.since("10") or []] == [11, 12, 13] and recent.since("13") == []
+    assert [d["seq"] for d in recent.since("ab-10") or []] == [11, 12, 13] and recent.since("ab-13") == []
     recent.add(15, {"seq": 15})  # 11 is evicted: a client that saw 10 missed it
-    assert recent.since("10") is None and [d["seq"] for d in recent.since("11") or []] == [12, 13, 15]
-    assert recent.since("9") is None and recent.since("16") is None and recent.since("") is None
+    assert recent.since("ab-10") is None and [d["seq"] for d in recent.since("ab-11") or []] == [12, 13, 15]
+    assert recent.since("ab-9") is None and recent.since("ab-16") is None and recent.since("") is None
+    assert recent.since("cd-12") is None and recent.since("12") is None  # another log's, or no log named
+
+
+def test_a_stalled_stream_gets_reset_and_still_hears_the_end() -> None:
+    """A client that stops reading is told to fetch everything again instead of silently losing its oldest
+    changes; the gateway's shutdown still reaches it (it waited a minute for such a stream)."""
+    from aios.gateway.service import LISTENER_QUEUE, GatewayService
+
+    gateway = GatewayService()
+    queue = gateway.listen()
+    for seq in range(LISTENER_QUEUE + 1):
+        gateway._broadcast("change", {"seq": seq})
+    assert [queue.get_nowait()[0] for _ in range(queue.qsize())] == ["reset"]
+    for seq in range(LISTENER_QUEUE):
+        gateway._broadcast("change", {"seq": seq})
+    gateway._broadcast("bye", {})
+    assert [queue.get_nowait()[0] for _ in range(queue.qsize())] == ["bye"]

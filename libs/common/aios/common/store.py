@@ -132,6 +132,12 @@ class EventStore:
         """Sequence of the newest message in the log (0 for an empty log)."""
         return (await self.js.stream_info(self.stream)).state.last_seq
 
+    async def incarnation(self) -> str:
+        """Names this log among logs of the same name (its creation time, in hex milliseconds): a sequence number
+        means something only with it, since a log created again counts from 1."""
+        created = (await self.js.stream_info(self.stream)).created
+        return f"{int(created.timestamp() * 1000):x}" if created is not None else ""
+
     async def version(self, aggregate: str) -> int:
         """The aggregate's current version: sequence of its last commit, 0 when it has none."""
         try:

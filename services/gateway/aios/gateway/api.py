@@ -448,7 +448,7 @@ class Api:
 
     async def events(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         """Server-sent events: ``change`` with the aggregate that changed (a job of the caller's, a node, a tenant,
-        a model), its id the event log's sequence; ``telemetry`` every few seconds; ``reset`` when changes were
+        a model), its id the event log's incarnation and sequence; ``telemetry`` every few seconds; ``reset`` when changes were
         missed that cannot be given (the client fetches everything again). A client that reconnects with
         ``Last-Event-ID`` (browsers send it by themselves) first gets the changes it missed. The dashboard refetches
         what it shows."""
@@ -469,7 +469,7 @@ class Api:
                     break
                 if kind == "change" and data.get("tenant") is not None and not caller.may_see(data["tenant"]):
                     continue
-                ident = f"id: {data['seq']}\n" if kind == "change" else ""
+                ident = f"id: {data['id']}\n" if kind == "change" else ""
                 await response.write(f"{ident}event: {kind}\ndata: {json.dumps(data)}\n\n".encode())
         except (ConnectionResetError, asyncio.CancelledError):
             pass

@@ -107,8 +107,9 @@ class GatewayService(Service):
             if queue.full():  # a stalled client: never block the fold; it is told to fetch everything again
                 while not queue.empty():
                     queue.get_nowait()
-                queue.put_nowait(("reset", {}))
-                continue
+                if kind != "bye":  # (the end of the stream goes through, or the server waited a minute for it)
+                    queue.put_nowait(("reset", {}))
+                    continue
             queue.put_nowait((kind, data))
 
     def _on_commit(self, commit: Any) -> None:
@@ -118,6 +119,7 @@ class GatewayService(Service):
             job = self.projector.state.jobs.get(ident)
             data["tenant"] = job.tenant if job else None
             data["status"] = job.status if job else None
+        data["id"] = self.recent.event_id(commit.seq)
         self.recent.add(commit.seq, data)
         self._broadcast("change", data)
 
@@ -150,7 +152,7 @@ class GatewayService(Service):
         self.store = ctx.store
         tokens = load_tokens(dict(os.environ), ctx.settings.data_dir)
         await self.projector.rebuild(ctx.store)
-        self.recent = RecentChanges(self.projector.seq)
+        self.recent = RecentChanges(self.projector.seq, await ctx.store.incarnation())
         stop = asyncio.Event()
         follower = asyncio.ensure_future(self.projector.follow(ctx.store, self._on_commit, stop=stop))
         telemetry_sub = await ctx.nc.subscribe("aios.telemetry.*", cb=self._on_telemetry)
