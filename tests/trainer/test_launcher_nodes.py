@@ -149,6 +149,10 @@ def test_an_exit_after_a_stop_nobody_asked_for_requeues_the_job() -> None:
                                       spec=JobSpec(name="j", tenant="t", devices=2, command=["python", "run.py"]))
     assert outcome(command) == ("requeued", "worker rank1-a1 was stopped by its node's agent; it starts again, from a "
                                 "checkpoint only if its command keeps one (AIOS_CHECKPOINT_NAME)", None)
+    serving = msgspec.structs.replace(job({"rank0-a1": 1}, [], running=1), spec=JobSpec(
+        name="j", tenant="t", devices=2, serve={"model": "models:/m/1"}))  # a deployment keeps no checkpoint
+    assert outcome(serving, frozenset(), frozenset({"n2"})) == (
+        "requeued", "node n2 was lost; the deployment restarts", None)
 
 
 def test_a_worker_killed_by_a_signal_fails_the_job_naming_the_signal() -> None:
@@ -330,9 +334,11 @@ def test_a_failed_worker_restarts_its_job_up_to_max_restarts() -> None:
         if decided[-1] and decided[-1][0] == "restarted":
             evolve(state, JobRequeued(aggregate_id="j", reason=decided[-1][1], after_failure=True), next(seq))
     assert decided[0] == ("restarted", "worker rank0-a1 was killed by SIGKILL (signal 9: out of memory?); restart 1 "
-                                       "of 2, from its checkpoint", None)
+                                       "of 2; it starts again, from a checkpoint only if its command keeps one "
+                                       "(AIOS_CHECKPOINT_NAME)", None)
     assert decided[1][:2] == ("restarted", "worker rank0-a2 was killed by SIGKILL (signal 9: out of memory?); "
-                                           "restart 2 of 2, from its checkpoint")
+                                           "restart 2 of 2; it starts again, from a checkpoint only if its command "
+                                           "keeps one (AIOS_CHECKPOINT_NAME)")
     assert decided[2] == ("failed", "worker rank0-a3 was killed by SIGKILL (signal 9: out of memory?), after 2 "
                                     "restarts (max_restarts)", None)
     assert job.failure_restarts == 2

@@ -124,9 +124,9 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
         worker = next((w for w, c in job.exit_codes.items() if c != 0), "")
         if (worker in interrupted and job.exit_codes[worker] != EXIT_INTERRUPTED and restarts_left(job)
                 and not (nodes_lost or nodes_going) and job.spec.serve is None):
-            return "restarted", (f"worker {worker} {exit_text(job.exit_codes[worker], job.exit_signals.get(worker))}; "
-                                 f"restart {job.failure_restarts + 1} of {job.spec.max_restarts}, from its "
-                                 "checkpoint"), job.exit_codes[worker]
+            return ("restarted", (f"worker {worker} {exit_text(job.exit_codes[worker], job.exit_signals.get(worker))}; "
+                                 f"restart {job.failure_restarts + 1} of {job.spec.max_restarts}; {resumes(job)}"),
+                    job.exit_codes[worker])
         if nodes_lost:
             why = f"node {min(nodes_lost)} was lost"
         elif interrupted and not nodes_going and (first := next(iter(job.exit_codes))) in interrupted:
@@ -163,7 +163,10 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
 
 def resumes(job: JobState) -> str:
     """What a requeued job does next: the built-in trainer resumes from its checkpoint; a command starts again,
-    from a checkpoint only if it keeps one (the reason said it resumed, of a program that keeps none)."""
+    from a checkpoint only if it keeps one (the reason said it resumed, of a program that keeps none); a serving
+    deployment, which keeps none, restarts."""
+    if job.spec is not None and job.spec.serve is not None:
+        return "the deployment restarts"
     if job.spec is not None and job.spec.command is not None:
         return "it starts again, from a checkpoint only if its command keeps one (AIOS_CHECKPOINT_NAME)"
     return "resumes from its checkpoint"
