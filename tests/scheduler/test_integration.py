@@ -1,4 +1,4 @@
-"""Integration through real NATS: 90 jobs from 3 tenants on 2 simulated nodes run to completion, in the order each
+"""Integration through real NATS: 120 jobs from 3 tenants on 2 simulated nodes run to completion, in the order each
 policy promises. Every process is real: nats-server, resource manager, scheduler, launcher, two device agents."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def workload(n: int, seed: int) -> list[dict[str, Any]]:
              "cpu_per_worker": 1} for i in range(n)]
 
 
-async def run_policy(policy: str, env: dict[str, str], tmp: Path, n: int = 90) -> tuple[list[Commit], dict]:
+async def run_policy(policy: str, env: dict[str, str], tmp: Path, n: int = 120) -> tuple[list[Commit], dict]:
     env = {**env, "AIOS_SCHEDULER_POLICY": policy, "AIOS_SCHEDULER_INTERVAL": "0.1", "AIOS_DATA_DIR": str(tmp)}
     cluster = LocalCluster(load_settings({**env, "AIOS_NATS_PORT": "0"}), env=env,
                            agents=[("sim-1", "4xH100-80GB"), ("sim-2", "4xA100-40GB")]).start()
@@ -109,7 +109,7 @@ async def test_other_policies_run_their_jobs_to_completion(policy: str, aios_env
                                                          tmp_path: Path) -> None:
     commits, specs = await run_policy(policy, aios_env, tmp_path)
     order = [job for _, job in placed_order(commits)]
-    assert len(set(order)) == 90
+    assert len(set(order)) == 120
     if policy == "fairshare":  # tenants interleave from the start instead of in submission blocks
         first = [specs[j]["tenant"] for j in order[:12]]
         assert set(first) == set(TENANTS)

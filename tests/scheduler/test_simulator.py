@@ -436,7 +436,7 @@ def test_compare_writes_the_report(tmp_path: Path) -> None:
     from aios.cli import simulate as cli
 
     native = tmp_path / "jobs.jsonl"
-    write_native_trace(native, read_gavel_trace(TRACES / "gavel-synthetic-continuous-300.trace")[:24])
+    write_native_trace(native, read_gavel_trace(TRACES / "gavel-synthetic-continuous-300.trace")[:40])
     assert cli.run(str(native), "v100=4,p100=4,k80=4", None, "fifo,hetero-ts", str(TRACES /
                    "gavel-throughputs-isolated.csv"), 360, 4, True, str(tmp_path / "out")) == 0
     out = tmp_path / "out"
@@ -444,7 +444,7 @@ def test_compare_writes_the_report(tmp_path: Path) -> None:
         assert (out / name).is_file(), name
     report = (out / "report.md").read_text()
     assert "| fifo |" in report and "| hetero-ts |" in report and "![JCT CDF](jct_cdf.png)" in report
-    assert json.loads((out / "hetero-ts.json").read_text())["finished"] == 24
+    assert json.loads((out / "hetero-ts.json").read_text())["finished"] == 40
     (out / "notes.csv").write_text("mine")  # a file of the user's stays
     assert cli.run(str(native), "v100=4,p100=4,k80=4", None, "fifo-anykind", str(TRACES /
                    "gavel-throughputs-isolated.csv"), 360, 4, True, str(out)) == 0  # the same folder: fifo's and
