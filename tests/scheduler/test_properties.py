@@ -22,6 +22,7 @@ actions = st.lists(st.one_of(
 ), max_size=40)
 
 QUOTAS = {"nlp": ("lab", 4), "vision": ("lab", 4), "speech": ("", 2)}
+SCARCE = {"nlp": ("lab", 4), "vision": ("lab", 1), "speech": ("", 2)}
 
 
 def check_invariants(c: Cluster) -> None:
@@ -104,3 +105,40 @@ def test_quotas_hold_and_nobody_starves_under_fair_share(jobs: list[tuple[str, i
             lendable(q, usage[q.tenant]["h100"], "h100") for q in lab)
         check_invariants(c)
     assert set(placed_round) == set(c.state.jobs), "a job was starved"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["nlp", "vision", "speech"]), st.integers(1, 2), st.integers(0, 3),
+                          st.integers(0, 6)), min_size=1, max_size=20))
+def test_priority_preemption_under_quotas_settles_and_finishes_every_job(
+        jobs: list[tuple[str, int, int, int]]) -> None:
+    """Jobs of three tenants (a cohort that lends, and one alone) with priorities arrive over a few rounds; a
+    preempted job checkpoints at once and a job finishes after six rounds of running. Every job finishes, and
+    none is preempted more often than jobs of higher priority, or of tenants that may reclaim, arrived. (The loop
+    review found within a quota needs a sequence this search did not hit in 600 runs of the old code: a unit test
+    in test_policies pins it.)"""
+    c = Cluster(("n1", "h100", 4), ("n2", "h100", 4))
+    for tenant, (cohort, n) in SCARCE.items():  # little to lend: a job that borrows competes for it
+        c.quota(tenant, cohort, h100=n)
+    policy = make_policy("priority")
+    arrivals = sorted((at, i) for i, (_, _, _, at) in enumerate(jobs))
+    ran: dict[str, int] = {}
+    for rnd in range(10 * len(jobs) + 12):
+        now = 100.0 + rnd
+        for at, i in arrivals:
+            if at == rnd:
+                tenant, devices, prio, _ = jobs[i]
+                c.submit(f"j{i}", min(devices, SCARCE[tenant][1]), tenant=tenant, priority=prio, now=now)
+        for job in list(c.state.jobs.values()):
+            if job.status == PLACED:
+                ran[job.job_id] = ran.get(job.job_id, 0) + 1
+                if ran[job.job_id] > 6:
+                    c.finish(job.job_id, now)
+            elif job.status == "preempting":
+                c.workers_exited(job.job_id, now)
+        step(c.state, policy, now + 0.5)
+        check_invariants(c)
+    assert all(j.status == "succeeded" for j in c.state.jobs.values()), {
+        j.job_id: (j.status, j.preemptions) for j in c.state.jobs.values()}
+    for i, (tenant, _, prio, _) in enumerate(jobs):  # preempted for a job of higher priority, or a reclaim
+        assert c.state.jobs[f"j{i}"].preemptions <= sum(p > prio or t != tenant for t, _, p, _ in jobs), (i, jobs)
