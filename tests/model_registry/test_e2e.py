@@ -93,16 +93,18 @@ def test_train_register_compress_serve_and_roll_an_alias(aios_env: dict[str, str
         assert status == 400 and "features per row" in bad["error"]
         status, unknown = post(served["infer_url"].split("/serve/")[0] + "/v2/models/digitz/infer", infer_body(x[:1]))
         assert status == 404 and "no model 'digitz'" in unknown["error"]  # a typo is not "try again later"
-        # a replica that dies (the out-of-memory killer) failed the deployment for good: it is restarted now
+        # a replica that dies (the out-of-memory killer) failed the deployment for good, then restarted all of it:
+        # it is replaced alone now, on its device, and the router holds requests meanwhile
         os.kill(served["replicas"][0]["pid"], signal.SIGKILL)
         deadline = time.monotonic() + 60
         while (status := post(served["infer_url"], infer_body(x[:2]))[0]) != 200 or \
-                "JobRequeued" not in json.dumps(ok("job", served["job"])):
+                "ReplicaReplaced" not in json.dumps(ok("job", served["job"])):
             assert time.monotonic() < deadline, ok("job", served["job"])
             time.sleep(0.5)
         timeline = ok("job", served["job"])
-        requeued = [e for e in timeline["events"] if e["type"] == "JobRequeued"]
-        assert timeline["status"] == "running" and "the deployment restarts" in requeued[0]["reason"], timeline
+        replaced = [e for e in timeline["events"] if e["type"] == "ReplicaReplaced"]
+        assert timeline["status"] == "running" and "JobRequeued" not in json.dumps(timeline), timeline
+        assert replaced[0]["replacement"] == "rank0-a1-r1" and "killed by SIGKILL" in replaced[0]["reason"], replaced
         out = aios("models", "delete", "digits", "3")  # its bytes are what serve-v3's replicas load on a restart
         assert out.returncode == 1 and "served by serve-v3" in out.stderr, out.stderr
 
@@ -131,7 +133,19 @@ def test_train_register_compress_serve_and_roll_an_alias(aios_env: dict[str, str
         while not (len(seen) > 10 and all(v == "3" for _, v in seen[-6:])):
             assert time.monotonic() < deadline, seen[-10:]
             time.sleep(0.2)
+        # one of the two replicas dies under load: it alone is replaced, the other serves on, nothing is dropped
+        os.kill(rolled["replicas"][0]["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while [e["type"] for e in ok("job", rolled["job"])["events"]].count("WorkerStarted") < 3:
+            assert time.monotonic() < deadline, ok("job", rolled["job"])
+            time.sleep(0.3)
+        answered = len(seen)
+        while len(seen) < answered + 10:
+            assert time.monotonic() < deadline, seen[-10:]
+            time.sleep(0.1)
         stop.set()
+        timeline = ok("job", rolled["job"])
+        assert [e["type"] for e in timeline["events"]].count("WorkerExited") == 1, timeline  # the other ran on
         for t in threads:
             t.join()
         assert all(code == 200 for code, _ in seen), [s for s in seen if s[0] != 200][:5]

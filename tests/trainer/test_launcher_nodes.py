@@ -262,16 +262,18 @@ async def test_a_stopped_worker_stops_its_peers_gently_and_the_job_is_requeued_w
         await asyncio.gather(*tasks)
 
 
-def test_a_serving_replica_that_exits_restarts_the_deployment() -> None:
+def test_a_serving_replica_that_exits_is_replaced_alone_then_the_deployment_restarts() -> None:
     """A deployment runs until it is stopped. A replica killed (SIGKILL: the out-of-memory killer) failed the whole
     deployment, and one that exited 0 (a SIGTERM nobody in AIOS sent) left it running on half its replicas for
-    ever. Either now restarts the deployment, as a Kubernetes Deployment restarts its pods, and a replica that keeps
-    dying at start fails it as a crash loop after 5 restarts without a run of 10 minutes."""
+    ever; then either restarted the whole deployment, every replica with it. Now a replica that exits is replaced
+    alone, on its device, the others serving on (KServe, Ray Serve); after 5 replacements in one attempt the next
+    exit restarts the deployment, and a replica that keeps dying at start fails it as a crash loop after 5
+    restarts without a run of 10 minutes."""
     import time
 
-    from aios.common.events import JobRequeued, WorkerStarted
+    from aios.common.events import JobRequeued, ReplicaReplaced, WorkerStarted
     from aios.scheduler.state import SchedulerState, evolve
-    from aios.trainer.launcher import outcome
+    from aios.trainer.launcher import MAX_REPLICA_REPLACEMENTS, outcome, own_exits, replaceable, worker_places
 
     state = SchedulerState()
     placed = [Assignment(node_id="n1", device_uuids=uuids("n1"), ranks=[0, 1])]
@@ -284,25 +286,46 @@ def test_a_serving_replica_that_exits_restarts_the_deployment() -> None:
     for rank in (0, 1):
         evolve(state, WorkerStarted(aggregate_id="web", node_id="n1", worker=f"rank{rank}-a1", pid=10 + rank,
                                     attempt=1, ts=now - 900), next(seq))
-    evolve(state, WorkerExited(aggregate_id="web", node_id="n1", worker="rank1-a1", exit_code=None, signal=9,
-                               attempt=1, ts=now), next(seq))
-    assert outcome(job, now=now) is None  # its peer is being stopped first
+    dying = "rank1-a1"
+    for n in range(1, MAX_REPLICA_REPLACEMENTS + 1):
+        evolve(state, WorkerExited(aggregate_id="web", node_id="n1", worker=dying, exit_code=None, signal=9,
+                                   attempt=1, ts=now), next(seq))
+        # nothing to decide, nobody to stop: the lead replaces it
+        assert replaceable(job) == [dying] and own_exits(job) == [] and outcome(job, now=now) is None
+        assert worker_places(job)[dying] == ("n1", 1)
+        evolve(state, ReplicaReplaced(aggregate_id="web", worker=dying, replacement=f"rank1-a1-r{n}", node_id="n1",
+                                      rank=1, attempt=1), next(seq))
+        assert dying not in job.exit_codes and job.workers_running == 1
+        dying = f"rank1-a1-r{n}"
+        evolve(state, WorkerStarted(aggregate_id="web", node_id="n1", worker=dying, pid=20 + n, attempt=1,
+                                    ts=now), next(seq))
+        assert job.workers_running == 2 and job.status == "placed"
+    # a sixth exit in the attempt: the deployment restarts, its peer stopped first
+    evolve(state, WorkerExited(aggregate_id="web", node_id="n1", worker=dying, exit_code=None, signal=9, attempt=1,
+                               ts=now), next(seq))
+    assert replaceable(job) == [] and own_exits(job) == [dying] and outcome(job, now=now) is None
     evolve(state, WorkerExited(aggregate_id="web", node_id="n1", worker="rank0-a1", exit_code=0, attempt=1,
                                stopped=True, ts=now), next(seq))
     assert outcome(job, now=now) == (
-        "requeued", "replica rank1-a1 was killed by SIGKILL (signal 9: out of memory?); the deployment restarts", 75)
-    for attempt in range(2, 9):  # one that exits 0 at once, again and again
+        "requeued", f"replica {dying} was killed by SIGKILL (signal 9: out of memory?); the deployment restarts", 75)
+    # a replica of a node that went away is not replaced: the deployment moves
+    evolve(state, JobRequeued(aggregate_id="web", reason="r", interrupted=True, ts=now), next(seq))
+    evolve(state, JobPlaced(aggregate_id="web", world_size=2, assignments=placed, ts=now - 2), next(seq))
+    evolve(state, WorkerExited(aggregate_id="web", node_id="n1", worker="rank0-a2", exit_code=0, attempt=2,
+                               stopped=True, ts=now), next(seq))
+    assert replaceable(job) == [] and job.replacements == []
+    for attempt in range(3, 12):  # every replica exits 0 at once, again and again: beyond what replacing allows
         evolve(state, JobRequeued(aggregate_id="web", reason="r", interrupted=True, ts=now), next(seq))
         evolve(state, JobPlaced(aggregate_id="web", world_size=2, assignments=placed, ts=now - 2), next(seq))
-        for rank in (0, 1):
-            evolve(state, WorkerExited(aggregate_id="web", node_id="n1", worker=f"rank{rank}-a{attempt}",
+        for n in range(MAX_REPLICA_REPLACEMENTS + 2):
+            evolve(state, WorkerExited(aggregate_id="web", node_id="n1", worker=f"rank0-a{attempt}-x{n}",
                                        exit_code=0, attempt=attempt, ts=now), next(seq))
         decided = outcome(job, now=now)
         assert decided is not None
         if decided[0] == "failed":
             break
-        assert decided == ("requeued", f"replica rank0-a{attempt} exited with 0; the deployment restarts", 75)
-    assert decided[0] == "failed" and attempt == 6 and "a crash loop" in decided[1], (attempt, decided)
+        assert decided == ("requeued", f"replica rank0-a{attempt}-x0 exited with 0; the deployment restarts", 75)
+    assert decided[0] == "failed" and "a crash loop" in decided[1], (attempt, decided)
 
 
 def test_a_failed_worker_restarts_its_job_up_to_max_restarts() -> None:

@@ -8,7 +8,8 @@ import msgspec
 
 from aios.common.events import (
     Assignment, CheckpointSaved, Event, JobAdmitted, JobCancelled, JobCancelRequested, JobEvent, JobFailed, JobPlaced,
-    JobPreempted, JobProgress, JobRequeued, JobStarted, JobSubmitted, JobSucceeded, WorkerExited, WorkerStarted,
+    JobPreempted, JobProgress, JobRequeued, JobStarted, JobSubmitted, JobSucceeded, ReplicaReplaced, WorkerExited,
+    WorkerStarted,
 )
 from aios.common.store import Commit
 from aios.resource_manager import inventory
@@ -79,6 +80,9 @@ class JobState(msgspec.Struct):
     progress_attempt: int = 0
     started_workers: list[str] = []
     """Workers of the current attempt reported started (a restarted launcher starts only the others)."""
+    replacements: list[ReplicaReplaced] = []
+    """Replicas of the current attempt replaced after they exited (a serving deployment): their exits no longer
+    count, and the launcher of each one's node starts its replacement."""
     trace: dict[str, str] = {}
     """W3C trace context of the submit (the job's trace root): services' spans about the job continue it."""
     placement_trace: dict[str, str] = {}
@@ -134,7 +138,7 @@ class SchedulerState(msgspec.Struct):
 
 
 MAX_HISTORY = 5000
-STATE_SCHEMA = 5
+STATE_SCHEMA = 6
 """Version of the encoded state in snapshots: a snapshot of another version is ignored and the log replayed."""
 
 
@@ -296,6 +300,7 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         job.stopped_workers = []
         job.workers_running = 0
         job.started_workers = []
+        job.replacements = []
     elif kind is JobStarted:
         if job.status == PLACED:
             job.status = RUNNING
@@ -312,6 +317,11 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
             job.exit_signals = {**job.exit_signals, ev.worker: ev.signal}  # type: ignore[attr-defined]
         if ev.stopped:  # type: ignore[attr-defined]
             job.stopped_workers = [*job.stopped_workers, ev.worker]  # type: ignore[attr-defined]
+    elif kind is ReplicaReplaced:
+        if ev.attempt == job.attempts and ev.worker in job.exit_codes:  # type: ignore[attr-defined]
+            del job.exit_codes[ev.worker]  # type: ignore[attr-defined]
+            job.exit_signals = {w: s for w, s in job.exit_signals.items() if w != ev.worker}  # type: ignore[attr-defined]
+            job.replacements = [*job.replacements, ev]  # type: ignore[list-item]
     elif kind is JobPreempted:
         job.status, job.preempted_at = PREEMPTING, ev.ts
         job.preemptions += 1

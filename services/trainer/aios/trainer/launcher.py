@@ -24,8 +24,10 @@ import zlib
 from typing import Any
 
 from aios.common import natsauth, tracing
-from aios.common.events import JOB_AGGREGATES, Assignment, JobFailed, JobRequeued, JobStarted, JobSucceeded
-from aios.common.events.job import worker_name
+from aios.common.events import (
+    JOB_AGGREGATES, Assignment, JobFailed, JobRequeued, JobStarted, JobSucceeded, ReplicaReplaced,
+)
+from aios.common.events.job import placement_workers, worker_name
 from aios.common.errors import AiosError, ConcurrencyConflict
 from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import Projector
@@ -81,13 +83,38 @@ def restarts_left(job: JobState) -> int:
     return max(0, (job.spec.max_restarts if job.spec is not None else 0) - job.failure_restarts)
 
 
+MAX_REPLICA_REPLACEMENTS = 5
+"""Replicas one attempt of a deployment replaces alone; after that, the next exit restarts the whole deployment,
+under its crash-loop cap (a replica that dies at start again and again fails the deployment in the end)."""
+
+
+def replaceable(job: JobState) -> list[str]:
+    """Replicas of a serving deployment that exited on their own and are replaced alone, the other replicas serving
+    on: none while the deployment is being stopped or its node's agent stops workers, or once the attempt has
+    replaced ``MAX_REPLICA_REPLACEMENTS``. (A node lost or going away restarts the deployment: see ``outcome``.)"""
+    spec = job.spec
+    if (spec is None or spec.serve is None or job.status not in (PLACED, RUNNING) or job.cancel_requested
+            or job.stopped_workers):
+        return []
+    exited = sorted(job.exit_codes)
+    return exited if len(job.replacements) + len(exited) <= MAX_REPLICA_REPLACEMENTS else []
+
+
+def worker_places(job: JobState) -> dict[str, tuple[str, int]]:
+    """Worker name -> (node, rank), for the attempt's workers and their replacements."""
+    places = {worker_name(rank, job.attempts): (node, rank) for node, rank in placement_workers(job.assignments)}
+    places.update({r.replacement: (r.node_id, r.rank) for r in job.replacements})
+    return places
+
+
 def own_exits(job: JobState) -> list[str]:
     """Workers that ended the attempt on their own as an interruption, not a failure: an exit 75; a failure while
     ``max_restarts`` allows a restart; for a serving deployment, any exit (it serves until it is stopped: a replica
-    that dies, or exits, is restarted)."""
+    that dies, or exits, is replaced, or the deployment restarted) except those replaced alone."""
     serving = job.spec is not None and job.spec.serve is not None
     restarting = restarts_left(job) > 0
-    return sorted(w for w, c in job.exit_codes.items() if w not in job.stopped_workers and (
+    replacing = set(replaceable(job))
+    return sorted(w for w, c in job.exit_codes.items() if w not in job.stopped_workers and w not in replacing and (
         serving or c == EXIT_INTERRUPTED or (restarting and c != 0)))
 
 
@@ -104,6 +131,8 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
     own is success. A worker that exits ``EXIT_INTERRUPTED`` (stopped before its last step by a signal AIOS did not
     send, or cut off from NATS) was interrupted too: the job resumes, it neither succeeded nor failed, unless it has
     done so ``MAX_INTERRUPTIONS_WITHOUT_PROGRESS`` times in a row without progress (at ``now``, default the clock)."""
+    if not (nodes_going or nodes_lost) and replaceable(job):
+        return None  # its replicas are replaced one by one: the attempt goes on
     world = sum(max(1, len(a.device_uuids)) for a in job.assignments)
     # exit 75 of its own accord (not stopped by an agent, which then marks it): the first cause of the interruption
     interrupted = own_exits(job)
@@ -210,6 +239,8 @@ class LauncherService(Service):
         """Nodes an attempt's workers were started on (a requeue clears the job's assignments)."""
         self._background: set[asyncio.Task[None]] = set()
         self.decided: set[tuple[str, int]] = set()
+        self.replacing: set[tuple[str, str]] = set()
+        """(job, replacement worker) this trainer has started."""
 
     async def run(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
@@ -272,6 +303,12 @@ class LauncherService(Service):
             key = (job.job_id, job.attempts)
             if job.spec is None:
                 continue
+            for replaced in job.replacements:  # a replica its lead replaced, on our node: start its successor
+                if (job.status in (PLACED, RUNNING) and self._mine(replaced.node_id)
+                        and replaced.replacement not in job.started_workers
+                        and (job.job_id, replaced.replacement) not in self.replacing):
+                    self.replacing.add((job.job_id, replaced.replacement))
+                    await self._start_replacement(job, replaced)
             if job.status == PLACED and key not in self.launched and self._booked(job):
                 if any(self._mine(a.node_id) for a in job.assignments):
                     self.launched.add(key)
@@ -313,6 +350,9 @@ class LauncherService(Service):
         nodes = self.projector.state.inv.nodes
         lost = frozenset(a.node_id for a in job.assignments if (n := nodes.get(a.node_id)) is None or not n.online)
         going = frozenset(a.node_id for a in job.assignments if (n := nodes.get(a.node_id)) and n.shutting_down)
+        if not (lost or going) and (exited := replaceable(job)):
+            await self._replace(job, exited)
+            return
         result = outcome(job, going, lost)
         if result is not None:
             self.decided.add(key)
@@ -320,14 +360,54 @@ class LauncherService(Service):
                                   **{"aios.exit_code": result[2]}):
                 await self._finish(job, *result)
 
-    async def _launch(self, job: JobState) -> None:
+    async def _replace(self, job: JobState, exited: list[str]) -> None:
+        """The lead records that each exited replica is replaced alone (the launcher of its node starts the new
+        one); the deployment's other replicas go on serving."""
+        places = worker_places(job)
+        for worker in exited:
+            node, rank = places[worker]
+            number = len(job.replacements) + 1 + exited.index(worker)
+            how = exit_text(job.exit_codes[worker], job.exit_signals.get(worker))
+            await self._append(job, ReplicaReplaced(
+                aggregate_id=job.job_id, worker=worker, replacement=f"{worker_name(rank, job.attempts)}-r{number}",
+                node_id=node, rank=rank, attempt=job.attempts,
+                reason=f"replica {worker} {how}; replaced ({number} of {MAX_REPLICA_REPLACEMENTS} in this attempt)"),
+                f"replace-{job.attempts}-{worker}")
+
+    async def _start_replacement(self, job: JobState, replaced: ReplicaReplaced) -> None:
+        assignment = next(a for a in job.assignments if replaced.rank in a.ranks)
+        local = assignment.ranks.index(replaced.rank)
+        uuid = assignment.device_uuids[local] if assignment.device_uuids else None
+        reply = await self._start_worker(job, assignment, replaced.rank, local, uuid, replaced.replacement,
+                                         job.attempts)
+        if reply is not None and not reply.get("ok") and "already running" not in reply.get("error", ""):
+            await self._finish(job, "requeued", f"replacement {replaced.replacement} could not start on "
+                                                f"{replaced.node_id}: {reply.get('error')}; the deployment restarts",
+                               EXIT_INTERRUPTED, attempt=replaced.attempt)
+
+    async def _start_worker(self, job: JobState, a: Assignment, rank: int, local: int, uuid: str | None, name: str,
+                            attempt: int) -> dict[str, Any] | None:
+        """Ask ``a``'s node's agent to start one worker, waiting for an agent that is restarting; None: the attempt
+        ended meanwhile."""
         spec = job.spec
         assert spec is not None
-        command = spec.command or worker_command(job)
+        url = ",".join(natsauth.without_credentials(s) for s in self.ctx.settings.servers)  # the agent adds its own
+        env = {**worker_env(job, a, rank, local, url), **{k.upper(): v for k, v in tracing.carrier().items()}}
+        request = {"job_id": job.job_id, "worker": name, "command": spec.command or worker_command(job),
+                   "device_uuids": [uuid] if uuid else [], "env": env}
+        reply = await self._ask(run_subject(a.node_id), request)
+        waited = 0.0
+        while reply.get("unreachable") and waited < AGENT_WAIT_S and self._current(job.job_id, attempt):
+            # the node's agent is restarting (or gone: then the node is declared lost and the job requeued)
+            await asyncio.sleep(1.0)
+            waited += 1.0
+            reply = await self._ask(run_subject(a.node_id), request)
+        return reply if self._current(job.job_id, attempt) else None
+
+    async def _launch(self, job: JobState) -> None:
         attempt = job.attempts
         self.nodes_of[(job.job_id, attempt)] = {a.node_id for a in job.assignments if self._mine(a.node_id)}
         rank = 0
-        url = ",".join(natsauth.without_credentials(s) for s in self.ctx.settings.servers)  # the agent adds its own
         for a in job.assignments:
             devices = a.device_uuids or [None]  # type: ignore[list-item]
             for local, uuid in enumerate(devices):
@@ -339,17 +419,8 @@ class LauncherService(Service):
                 if worker_name(rank, attempt) in job.started_workers:  # started before we restarted
                     rank += 1
                     continue
-                env = {**worker_env(job, a, rank, local, url), **{k.upper(): v for k, v in tracing.carrier().items()}}
-                request = {"job_id": job.job_id, "worker": worker_name(rank, attempt), "command": command,
-                           "device_uuids": [uuid] if uuid else [], "env": env}
-                reply = await self._ask(run_subject(a.node_id), request)
-                waited = 0.0
-                while reply.get("unreachable") and waited < AGENT_WAIT_S and self._current(job.job_id, attempt):
-                    # the node's agent is restarting (or gone: then the node is declared lost and the job requeued)
-                    await asyncio.sleep(1.0)
-                    waited += 1.0
-                    reply = await self._ask(run_subject(a.node_id), request)
-                if not self._current(job.job_id, attempt):
+                reply = await self._start_worker(job, a, rank, local, uuid, worker_name(rank, attempt), attempt)
+                if reply is None:
                     return
                 if not reply.get("ok") and "already running" not in reply.get("error", ""):
                     # the job state may have moved on during the request (a dead node's timeout): judge the attempt

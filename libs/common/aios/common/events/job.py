@@ -89,6 +89,19 @@ class WorkerExited(RunEvent, frozen=True, kw_only=True):
     interrupted, not how the job ended (a built-in worker checkpoints and exits 0 when stopped)."""
 
 
+class ReplicaReplaced(JobEvent, frozen=True, kw_only=True):
+    """A replica of a serving deployment that exited on its own is replaced by a new worker, ``replacement``, on
+    the same node and device, the deployment's other replicas untouched (as KServe and Ray Serve restart one
+    replica); written by the deployment's lead launcher, started by the launcher of ``node_id``."""
+
+    worker: str
+    replacement: str
+    node_id: str
+    rank: int
+    attempt: int
+    reason: str = ""
+
+
 class Assignment(msgspec.Struct, frozen=True):
     """The devices of one node given to a job, and the global ranks of the workers on them (one per device)."""
 
