@@ -38,9 +38,10 @@ async def until(check: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def placed_on_both_nodes(store: EventStore) -> list[tuple[str, str, dict[str, Any]]]:
+async def placed_on_both_nodes(store: EventStore, **spec: Any) -> list[tuple[str, str, dict[str, Any]]]:
     """Two registered nodes with stand-in agents (which answer and write down each run/stop request, returned as
-    (node, run|stop, request)) and job j1 placed on, and booked on, both."""
+    (node, run|stop, request)) and job j1 (a command, unless ``spec`` says otherwise) placed on, and booked on,
+    both."""
     asked: list[tuple[str, str, dict[str, Any]]] = []
 
     async def agent(msg: Any) -> None:
@@ -57,7 +58,7 @@ async def placed_on_both_nodes(store: EventStore) -> list[tuple[str, str, dict[s
                                                           cpu_cores=8, memory_bytes=64 << 30, devices=devices))
     await store.append("job.j1", [
         JobSubmitted(aggregate_id="j1", tenant="ml", name="j1", spec={"name": "j1", "tenant": "ml", "devices": 4,
-                                                                  "command": ["python", "t.py"]}),
+                                                                  **(spec or {"command": ["python", "t.py"]})}),
         JobPlaced(aggregate_id="j1", world_size=4,
                   assignments=[Assignment(node_id=n, device_uuids=uuids(n), ranks=[]) for n in NODES])])
     for node in NODES:
@@ -104,6 +105,39 @@ async def test_each_node_trainer_launches_its_own_workers_and_the_lead_records_t
             contexts[n].stopping.set()
         await asyncio.gather(*tasks.values())
 
+
+
+async def test_a_dead_replica_is_replaced_by_its_own_nodes_trainer_and_nothing_else_stops(store: EventStore) -> None:
+    """A deployment of four replicas on two nodes: rank 3 (n2's second device) is killed. The lead (n1's trainer)
+    records its replacement and n2's trainer starts it, as rank 3 on the same device; no replica is stopped and the
+    deployment is not requeued."""
+    from aios.common.events import JobRequeued, ReplicaReplaced, WorkerStarted
+
+    asked = await placed_on_both_nodes(store, serve={"model": "models:/digits/1"})
+    settings = load_settings({"AIOS_NATS_URL": store.servers[0]})
+    launchers = {n: LauncherService(node_id=n) for n in NODES}
+    contexts = {n: ServiceContext("trainer", settings, store.nc, store, CollectorRegistry()) for n in NODES}
+    tasks = {n: asyncio.ensure_future(launchers[n].run(contexts[n])) for n in NODES}
+    try:
+        await until(lambda: len(asked) == 4)
+        for rank in range(4):
+            await store.append("run.j1", WorkerStarted(aggregate_id="j1", node_id=NODES[rank // 2],
+                                                       worker=f"rank{rank}-a1", pid=100 + rank, attempt=1))
+        await store.append("run.j1", WorkerExited(aggregate_id="j1", node_id="n2", worker="rank3-a1",
+                                                  exit_code=None, signal=9, attempt=1))
+        await until(lambda: len(asked) == 5)
+        node, verb, request = asked[4]
+        assert (node, verb, request["worker"], request["env"]["RANK"], request["device_uuids"]) == (
+            "n2", "run", "rank3-a1-r1", "3", ["n2-g1"])
+        await asyncio.sleep(0.5)
+        events = (await store.read("job.j1")).events
+        replaced = [e for e in events if isinstance(e, ReplicaReplaced)]
+        assert len(replaced) == 1 and replaced[0].worker == "rank3-a1" and "SIGKILL" in replaced[0].reason
+        assert not any(isinstance(e, JobRequeued) for e in events) and len(asked) == 5  # nobody stopped
+    finally:
+        for n, task in tasks.items():
+            contexts[n].stopping.set()
+        await asyncio.gather(*tasks.values())
 
 
 def test_an_exit_after_a_stop_nobody_asked_for_requeues_the_job() -> None:

@@ -375,8 +375,8 @@ class LauncherService(Service):
                 f"replace-{job.attempts}-{worker}")
 
     async def _start_replacement(self, job: JobState, replaced: ReplicaReplaced) -> None:
-        assignment = next(a for a in job.assignments if replaced.rank in a.ranks)
-        local = assignment.ranks.index(replaced.rank)
+        slots = [(a, local) for a in job.assignments for local in range(max(1, len(a.device_uuids)))]  # rank order
+        assignment, local = slots[replaced.rank]
         uuid = assignment.device_uuids[local] if assignment.device_uuids else None
         reply = await self._start_worker(job, assignment, replaced.rank, local, uuid, replaced.replacement,
                                          job.attempts)
