@@ -155,6 +155,10 @@ def test_the_fold_measures_work_on_the_kinds_each_run_used() -> None:
     # running at the end with no estimate: what it did up to the log's end, so it holds its device as long as it
     # did live (left out, the replay had a device the live cluster did not)
     assert by_name["run-5"].total_steps == 470.0 - 320.0 and w.unfinished == ["run-5"]
+    # read while the cluster is alive: running jobs have run until then (a job running for days writes no event)
+    later = {j.name: j for j in jobs_from_events(log_events(), until=1000.0).jobs}
+    assert later["run-5"].total_steps == 1000.0 - 320.0 and later["est-6"].total_steps == 1000.0 - 410.0
+    assert later["train-1"].total_steps == train.total_steps  # what ended is what it was
     assert w.reasons["late-7"] == "still pending, with no runtime_estimate_s"
     assert w.reasons["idle-2"] == "cancelled without running"
 
@@ -255,3 +259,28 @@ async def test_load_log_workload_reads_the_store(store: EventStore) -> None:
     assert w.cluster == {"h100": 4} and w.skipped == ["gone-2"]
     assert w.jobs[0] == TraceJob("big", 90.0, 2, 0.0, 0.0, {}, "vision", "big-1", any_kind=True)  # no device_types
     assert (w.jobs[1].name, w.jobs[1].total_steps) == ("cut-3", 20.0 + 10.0) and w.lost_s == {"cut-3": 10.0}
+
+
+async def test_a_live_cluster_replays_its_running_jobs_up_to_now(store: EventStore) -> None:
+    """Found by a walkthrough: a job running with no job event since was replayed with the seconds up to the
+    log's last job event of anyone (a job submitted last was left out). While nodes heartbeat, the log is read as
+    of now."""
+    import time
+
+    from aios.device_agent.protocol import HEARTBEAT_BUCKET
+
+    aggregate, registered = node_registration("gpu-b", "h100", 2)
+    await store.append(aggregate, registered)
+    started = time.time() - 100.0
+    await store.append("job.long-1", [submitted("long-1", started - 5.0), placed("long-1", started, "gpu-b",
+                                                                                 "gpu-b-g0")])
+    w = await load_log_workload(store)  # no heartbeats: a log of a cluster gone, which ended at its last event
+    assert w.reasons["long-1"] == "still running, with no runtime_estimate_s"
+    kv = await store.js.create_key_value(bucket=HEARTBEAT_BUCKET)
+    await kv.put("gpu-b", b"{}")
+    try:
+        w = await load_log_workload(store)
+        long = next(j for j in w.jobs if j.name == "long-1")
+        assert 100.0 <= long.total_steps < 130.0 and "long-1" in w.unfinished
+    finally:
+        await store.js.delete_key_value(HEARTBEAT_BUCKET)

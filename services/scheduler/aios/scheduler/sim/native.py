@@ -37,6 +37,7 @@ import hashlib
 import json
 import math
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ from aios.common.events import (
     CheckpointSaved, Event, JobCancelled, JobEvent, JobFailed, JobPlaced, JobPreempted, JobRequeued, JobStarted,
     JobSubmitted, JobSucceeded, NodeForgotten, NodeRegistered, TenantQuotaRemoved, TenantQuotaSet,
 )
+from aios.device_agent.protocol import HEARTBEAT_BUCKET
 from aios.scheduler.sim.traces import MAX_GPUS, TraceJob, read_text
 from aios.scheduler.spec import MAX_QUOTA, QUOTA_FIELDS, SpecError, is_device_kind, is_name, validate_quota
 
@@ -330,7 +332,7 @@ def _rates(spec: dict[str, Any]) -> tuple[dict[str, float], bool]:
     return speeds, True
 
 
-def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
+def jobs_from_events(commits_or_events: Iterable[Any], until: float | None = None) -> LogWorkload:
     """Fold the job, node and tenant events of a live log (in log order) into a native workload, its cluster and
     its tenants' quotas (as last set: a replay applies them from its start).
 
@@ -342,8 +344,9 @@ def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
     from there; the replay resumes jobs
     where they stopped, so work done twice live is done once. Failed and cancelled jobs keep the work they did (and
     are listed in ``ended``); jobs still pending or running use ``runtime_estimate_s`` x their fastest rate (at
-    least the work done so far, up to the log's last job event); without one, running jobs keep the work done so far
-    (listed in ``unfinished``) and pending ones are skipped. Device kinds are resolved
+    least the work done so far, up to the log's end); without one, running jobs keep the work done so far
+    (listed in ``unfinished``) and pending ones are skipped. The log ends at its last job event, or at ``until``
+    if later (the moment it is read, while the cluster is alive: a job running for days writes no job event). Device kinds are resolved
     after the fold, so commit order across aggregates does not matter.
     """
     jobs: dict[str, _Job] = {}
@@ -412,8 +415,9 @@ def jobs_from_events(commits_or_events: Iterable[Any]) -> LogWorkload:
     ended: dict[str, str] = {}
     lost: dict[str, float] = {}
     unfinished: list[str] = []
+    end = max(last_ts, until or 0.0)
     for job in jobs.values():
-        tj, why = _export(job, kind_of, cluster, last_ts)
+        tj, why = _export(job, kind_of, cluster, end)
         if tj is None:
             reasons[job.job_id] = why
             continue
@@ -515,4 +519,15 @@ async def load_log_workload(store: Any) -> LogWorkload:
         for job_id in cut_short:
             await store.replay(commits.append, filter_subject=f"{store.prefix}.run.{job_id}")
     commits.sort(key=lambda c: c.seq)
-    return jobs_from_events(commits)
+    return jobs_from_events(commits, until=time.time() if await _nodes_alive(store) else None)
+
+
+async def _nodes_alive(store: Any) -> bool:
+    """Whether any node's agent heartbeats (its entries live a minute in the server's memory): the cluster runs, and
+    its running jobs have run until now. (Read only the log's events, a job started an hour ago with no event since
+    counted seconds, and one started last was left out.)"""
+    try:
+        kv = await store.js.key_value(HEARTBEAT_BUCKET)
+        return bool(await kv.keys())
+    except Exception:  # noqa: BLE001 - no bucket, no keys, or a server without it: a log of a cluster gone
+        return False
