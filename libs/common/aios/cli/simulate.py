@@ -32,6 +32,8 @@ RECOMMENDED = "hetero-ts"
 where finished jobs teach that policy sizes; a batch starts with no history (bench/RESULTS.md). Needing none makes
 ``hetero-ts`` the safer default."""
 DEFAULT_THROUGHPUTS = "../shared/traces/gavel-throughputs-isolated.csv"
+"""Relative to the repository (not to the working directory: results changed with where the command ran)."""
+REPOSITORY = Path(__file__).resolve().parents[4]
 DEFAULT_REPORT = "simulate-report"
 
 
@@ -62,7 +64,8 @@ def throughput_table(throughputs: str | None, trace: str | None, jobs: list[Trac
     repository; when it is not there, the table is looked for next to the trace (where the Gavel traces keep it).
     Jobs that have no rates of their own and are not in the table would run at a made-up 1 step/s: for a Gavel
     trace, whose lines carry no speed, that is an error."""
-    path = Path(throughputs) if throughputs else None
+    path = (REPOSITORY / DEFAULT_THROUGHPUTS if throughputs == DEFAULT_THROUGHPUTS else Path(throughputs)) \
+        if throughputs else None
     tried = [str(path)] if path is not None else []
     if path is not None and throughputs == DEFAULT_THROUGHPUTS and not path.is_file() and trace:
         path = Path(trace).parent / Path(DEFAULT_THROUGHPUTS).name
@@ -194,8 +197,14 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
     results = [simulate(jobs, table, gpus, p, round_s=round_s, gpus_per_server=gpus_per_server,
                         oracle_estimates=oracle_estimates, on_events=decide_on_events, quotas=quotas)
                for p in policies]
+    made_up = sorted({j.job_type for j in jobs if not known_rates(j, table)}) if log is None else []
+    if made_up:  # a native job whose type the table does not know: its speeds are a guess (a live log's jobs
+        # without hints ran at 1.0 on every kind live too)
+        notes.append(f"{len(made_up)} job type(s) have no rates of their own and no speed in the throughput table "
+                     f"(--throughputs): they run at an assumed 1 step/s on every kind: {_names(made_up)}")
     for r in results:  # what the figures rest on, in every output
         r["cluster"] = dict(sorted(gpus.items()))
+        r["notes"] = list(notes)  # --json printed none of them
         if log is not None:
             r["log"] = {"left_out": dict(log.reasons), "ended_live": dict(log.ended),
                         "lost_s": {k: round(v, 3) for k, v in log.lost_s.items()},

@@ -289,10 +289,10 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
     return {
         "policy": policy.name + (" (oracle estimates)" if oracle_estimates else ""),
         "jobs": len(pending_arrivals), "finished": len(done),
-        "avg_jct_h": round(float(jct.mean()), 2) if jct.size else None,
-        "p50_jct_h": round(float(np.percentile(jct, 50)), 2) if jct.size else None,
-        "p99_jct_h": round(float(np.percentile(jct, 99)), 2) if jct.size else None,
-        "makespan_h": round((makespan - first) / 3600, 2) if done else None,  # as precise as the JCTs beside it
+        "avg_jct_h": hours(float(jct.mean())) if jct.size else None,
+        "p50_jct_h": hours(float(np.percentile(jct, 50))) if jct.size else None,
+        "p99_jct_h": hours(float(np.percentile(jct, 99))) if jct.size else None,
+        "makespan_h": hours((makespan - first) / 3600) if done else None,  # as precise as the JCTs beside it
         "utilization": round(busy_gpu_s / (total_gpus * max(1.0, makespan - first)), 3),
         "mean_rho": round(float(np.nanmean(rho)), 3) if np.isfinite(rho).any() else None,
         "max_rho": round(float(np.nanmax(rho)), 2) if np.isfinite(rho).any() else None,
@@ -323,6 +323,12 @@ def _rho(jobs: list[SimJob], cluster: dict[str, int]) -> np.ndarray:
                                       np.array([cluster[k] for k in kinds], dtype=float))
     jct = np.array([np.nan if j.finish is None else j.finish - j.trace.arrival_s for j in jobs])
     return finish_time_fairness(jct, reference - arrival)
+
+
+def hours(h: float) -> float:
+    """Hours to 2 decimals, or to 3 significant digits below an hour: a replay of a live cluster's minutes-long jobs
+    read 0.01 h for every policy (and the report called them a tie)."""
+    return round(h, 2) if abs(h) >= 1 else float(f"{h:.3g}")
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:
