@@ -718,3 +718,21 @@ def test_hours_keep_three_digits_below_an_hour() -> None:
     from aios.scheduler.sim.simulator import hours
 
     assert (hours(0.013111), hours(0.0132), hours(40.1349), hours(0.999)) == (0.0131, 0.0132, 40.13, 0.999)
+
+
+def test_gavels_json_throughputs_read_as_the_csv(tmp_path: Path) -> None:
+    """--throughputs is documented as Gavel's CSV or JSON; the JSON failed with "missing column(s)"."""
+    from aios.common.errors import ConfigError
+    from aios.scheduler.sim.traces import read_gavel_throughputs
+
+    doc = {"v100": {"('A', 1)": {"null": 2.0, "('B', 1)": [1.0, 0.5]}, "('A', 2)": {"null": 3.5}},
+           "k80": {"('A', 1)": {"null": 0.5}}, "v100_unconsolidated": {"('A', 2)": {"null": 1.0}}}
+    path = tmp_path / "tp.json"
+    path.write_text(json.dumps(doc))
+    assert read_gavel_throughputs(path) == {("A", 1): {"v100": 2.0, "k80": 0.5}, ("A", 2): {"v100": 3.5}}
+    path.write_text(json.dumps({"v100": {"A-1": {"null": 2.0}}}))
+    with pytest.raises(ConfigError, match=r"tp.json: v100: A-1: expected"):
+        read_gavel_throughputs(path)
+    if TRACES.is_dir():  # the shipped pair holds the same numbers
+        assert read_gavel_throughputs(TRACES / "gavel-throughputs.json") == read_gavel_throughputs(
+            TRACES / "gavel-throughputs-isolated.csv")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 from pathlib import Path
@@ -102,9 +103,44 @@ Throughputs = dict[tuple[str, int], dict[str, float]]
 THROUGHPUT_COLUMNS = ("job_type", "num_gpus", "gpu_type", "consolidated", "steps_per_s")
 
 
+def _read_gavel_json(path: str | Path, text: str) -> Throughputs:
+    """Gavel's own file: kind -> "('<job type>', <GPUs>)" -> {"null": steps/s alone, "(<other job>)": [both, when
+    sharing a GPU]}; the consolidated kinds (no ``_unconsolidated`` suffix), each job alone, as the CSV's rows."""
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected Gavel's throughputs (an object of GPU kinds), got {type(doc).__name__}")
+    table: Throughputs = {}
+    for kind, jobs in doc.items():
+        if kind.endswith("_unconsolidated"):
+            continue
+        if not isinstance(jobs, dict):
+            raise ConfigError(f"{path}: {kind}: expected an object of job types")
+        for key, entry in jobs.items():
+            found = _GAVEL_KEY.fullmatch(key)
+            rate = entry.get("null") if isinstance(entry, dict) else None
+            if found is None or isinstance(rate, bool) or not isinstance(rate, (int, float)) \
+                    or not math.isfinite(rate) or rate < 0:
+                raise ConfigError(f"{path}: {kind}: {key}: expected \"('<job type>', <GPUs>)\" with a \"null\" "
+                                  "rate >= 0 (its steps/s alone on the GPU)")
+            table.setdefault((found["type"], int(found["gpus"])), {})[kind] = float(rate)
+    if not table:
+        raise ConfigError(f"{path}: no consolidated kind: the table gives no throughput")
+    return table
+
+
+_GAVEL_KEY = re.compile(r"\('(?P<type>[^']+)', (?P<gpus>[1-9][0-9]*)\)")
+
+
 def read_gavel_throughputs(path: str | Path) -> Throughputs:
-    """The consolidated rows of a throughput CSV; ConfigError names the line and the column of a bad value."""
-    rows = csv.DictReader(read_text(path, "throughput table").splitlines())
+    """The consolidated rows of a throughput CSV, or of Gavel's JSON (the same numbers); ConfigError names the
+    line and the column of a bad value."""
+    text = read_text(path, "throughput table")
+    if text.lstrip().startswith("{"):
+        return _read_gavel_json(path, text)
+    rows = csv.DictReader(text.splitlines())
     missing = [c for c in THROUGHPUT_COLUMNS if c not in (rows.fieldnames or [])]
     if missing:
         raise ConfigError(f"{path}: missing column(s) {', '.join(missing)} (expected {', '.join(THROUGHPUT_COLUMNS)})")
