@@ -736,3 +736,20 @@ def test_gavels_json_throughputs_read_as_the_csv(tmp_path: Path) -> None:
     if TRACES.is_dir():  # the shipped pair holds the same numbers
         assert read_gavel_throughputs(TRACES / "gavel-throughputs.json") == read_gavel_throughputs(
             TRACES / "gavel-throughputs-isolated.csv")
+
+
+@pytest.mark.parametrize("on_events", [False, True])
+def test_the_queue_counts_jobs_from_their_arrival_and_the_timeline_reaches_the_end(on_events: bool) -> None:
+    """Found by a walkthrough: in rounds, a job that arrived mid-round was counted as queued nowhere (b waited 350 s,
+    c 80 s, and the queue plot was flat at 0), and the last point had no width, so the plots ended a round early."""
+    from aios.scheduler.sim.report import _durations, _end_h, _timeline
+
+    trace = [TraceJob("A", 100, 1, 1, 0, name="a"), TraceJob("A", 100, 1, 1, 10, name="b"),
+             TraceJob("A", 50, 1, 1, 1000, name="c")]
+    r = simulate(trace, {("A", 1): {"v100": 1.0}}, {"v100": 1}, make_policy("fifo"), round_s=360,
+                 on_events=on_events)
+    waited = sum(rec["start_s"] - rec["arrival_s"] for rec in r["records"])
+    assert waited == (90.0 if on_events else 350.0 + 80.0)
+    t, queued = _timeline(r, "queued")
+    assert float((queued * _durations(t, _end_h(r)) * 3600).sum()) == pytest.approx(waited)
+    assert _end_h(r) * 3600 == pytest.approx(max(rec["finish_s"] for rec in r["records"]) if on_events else 1440.0)

@@ -202,22 +202,31 @@ def _timeline(r: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
     return t[:n] / 3600, y[:n]
 
 
-def _durations(t: np.ndarray) -> np.ndarray:
-    """How long each point of a timeline lasts (until the next; the last as long as the typical one): a point
-    stands for a round, or for a whole idle stretch the simulation jumped over, so means must weigh by time."""
+def _end_h(r: dict) -> float | None:
+    """When the run's last timeline point ends (h), if the run says."""
+    end = (r.get("timeline") or {}).get("end_s")
+    return float(end[0]) / 3600 if end else None
+
+
+def _durations(t: np.ndarray, end: float | None = None) -> np.ndarray:
+    """How long each point of a timeline lasts (until the next; the last until ``end``, else as long as the
+    typical one): a point stands for a round, or for a whole idle stretch the simulation jumped over, so means
+    must weigh by time."""
+    if end is not None and t.size and end > t[-1]:
+        return np.append(np.diff(t), end - t[-1])
     if t.size < 2:
         return np.ones(t.size)
     gaps = np.diff(t)
     return np.append(gaps, np.median(gaps))
 
 
-def _moving_average(t: np.ndarray, y: np.ndarray, span: float) -> np.ndarray:
+def _moving_average(t: np.ndarray, y: np.ndarray, span: float, end: float | None = None) -> np.ndarray:
     """The time-weighted mean of the step function ``y`` (each point holds until the next) over the ``span`` before
     each point's end, so a round-by-round sawtooth reads as a level, and a long idle stretch weighs by its length
     for as long as it lies within the span, and no longer."""
     if span <= 0 or y.size < 2:
         return y
-    d = _durations(t)
+    d = _durations(t, end)
     ends = t + d
     area = np.concatenate([[0.0], np.cumsum(y * d)])  # integral of y from t[0] to t[k] is area[k]
 
@@ -253,6 +262,9 @@ def _plot_series(ax: Axes, results: list[dict], key: str, transform: Callable[[d
         if y2 is None:
             continue
         t, y2 = _reduce(t, y2)
+        end = _end_h(r)
+        if end is not None and end > t[-1]:  # the last point holds until the run's end, drawn as wide as it is
+            t, y2 = np.append(t, end), np.append(y2, y2[-1])
         # each point holds until the next (a round's mean, or an idle stretch): steps, not lines across gaps
         ax.step(t, y2, where="post", label=str(r.get("policy", "?")), **_style(i))
         drawn = True
@@ -270,8 +282,8 @@ def _utilization_series(r: dict, busy: np.ndarray) -> np.ndarray | None:
     if not total:
         return None
     t, _ = _timeline(r, "busy_gpus")  # the times of the same points
-    span = (t[-1] - t[0] + _durations(t)[-1]) / 100 if t.size else 0.0
-    return _moving_average(t, busy / float(total), span)
+    span = (t[-1] - t[0] + _durations(t, _end_h(r))[-1]) / 100 if t.size else 0.0
+    return _moving_average(t, busy / float(total), span, _end_h(r))
 
 
 def _plot_utilization(ax: Axes, results: list[dict]) -> bool:

@@ -219,6 +219,12 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
         end = now + span
         in_round[0] += span
         in_round[2] += span * sum(1 for js in state.active() if js.status == PENDING)
+        # jobs that arrive within the span wait from their arrival, though they are submitted at the next decision
+        # (in rounds, a job arriving mid-round was counted as queued nowhere)
+        later = next_arrival
+        while later < len(pending_arrivals) and pending_arrivals[later][1].arrival_s < end:
+            in_round[2] += end - max(now, pending_arrivals[later][1].arrival_s)
+            later += 1
         in_round[3] += span * len(running)
         finished = []
         for sj, kinds, rate in runs:
@@ -262,6 +268,7 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
         if sj.job_id in state.jobs:  # still in the system when the simulation stopped
             sj.preemptions = state.jobs[sj.job_id].preemptions
     close_round()
+    timeline["end_s"] = [now]  # where the last point ends (the plots drew the last round with no width)
     hit_cap = decisions >= max_rounds
     unfinished: dict[str, str] = {}
     for job_id, tj, rates, _ in pending_arrivals:
