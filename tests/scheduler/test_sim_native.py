@@ -66,6 +66,9 @@ def test_comments_blank_lines_and_defaults(tmp_path: Path) -> None:
     ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "wrok": 3}', "field 'wrok': unknown field"),
     ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "any_kind": "yes"}', "field 'any_kind': expected true"),
     ('[1, 2]', "expected a JSON object"),
+    ('{"name": "b", "arrival_s": 1e300, "devices": 1, "work": 3}', "field 'arrival_s': expected seconds from 0 to"),
+    ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "tenant": ""}', "field 'tenant': lowercase letters"),
+    ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "tenant": "NLP"}', "field 'tenant': lowercase"),
     ('{"quota": {"tenant": "nlp", "nominal": {"h100": -1}}}', "field 'quota.nominal.h100': expected a whole number"),
     ('{"quota": {"tenant": "nlp", "lending_limit": [1]}}', "field 'quota.lending_limit': expected an object"),
     ('{"quota": {"nominal": {"h100": 1}}}', "field 'quota.tenant': required"),
@@ -284,3 +287,16 @@ async def test_a_live_cluster_replays_its_running_jobs_up_to_now(store: EventSto
         assert 100.0 <= long.total_steps < 130.0 and "long-1" in w.unfinished
     finally:
         await store.js.delete_key_value(HEARTBEAT_BUCKET)
+
+
+def test_a_name_given_to_an_unnamed_job_that_collides_says_so(tmp_path: Path) -> None:
+    """Found by a walkthrough: an unnamed job is called after its type and place; a job named the same way by hand
+    read "the name is used twice" of a name the file holds once."""
+    from aios.scheduler.sim.simulator import submissions
+
+    path = tmp_path / "jobs.jsonl"
+    path.write_text('{"arrival_s": 0, "devices": 1, "work": 3, "job_type": "job"}\n'
+                    '{"name": "job-0", "arrival_s": 1, "devices": 1, "work": 3}\n')
+    with pytest.raises(ConfigError, match=r"job 'job-0': the name is used twice \(the name an unnamed job, the "
+                                          r"workload's job 1, is given: name it\)"):
+        submissions(read_native_trace(path), {}, {"v100": 1})

@@ -210,7 +210,7 @@ def gavel_line(job_type: str = "A", steps: str = "3600", gpus: str = "1", weight
     ([gavel_line()], {"policy": ""}, "unknown policy ''"),
     ([gavel_line()], {"out": "a-file"}, "--out: cannot use"),
     ([gavel_line()], {"export": "no-such-folder/jobs.jsonl"}, "--export: cannot write"),
-    (['{"name": "b", "tenant": "", "arrival_s": 0, "devices": 1, "work": 3}'], {}, "job 'b': tenant '': lowercase"),
+    (['{"name": "b", "tenant": "", "arrival_s": 0, "devices": 1, "work": 3}'], {}, "w.trace:1: field 'tenant': lowercase"),
 ])
 def test_bad_simulate_input_is_one_clear_error(tmp_path: Path, lines: list[str], options: dict, message: str) -> None:
     """Every bad input of `aios simulate` fails before any simulation runs, with the option, line or job named

@@ -52,13 +52,16 @@ from aios.common.events import (
 )
 from aios.device_agent.protocol import HEARTBEAT_BUCKET
 from aios.scheduler.sim.traces import MAX_GPUS, TraceJob, read_text
-from aios.scheduler.spec import MAX_QUOTA, QUOTA_FIELDS, SpecError, is_device_kind, is_name, validate_quota
+from aios.scheduler.spec import (
+    MAX_QUOTA, QUOTA_FIELDS, SpecError, check_tenant, is_device_kind, is_name, validate_quota,
+)
 
 FIELDS = ("name", "arrival_s", "tenant", "devices", "job_type", "priority", "work", "rates", "any_kind")
 HEADER = "# AIOS native workload: one JSON job per line (see aios.scheduler.sim.native)"
 RUN_READS_MAX = 50
 """Jobs cut short beyond which the export reads all run reports at once instead of one job's at a time."""
 _SUFFIX = re.compile(r"(?:[-_.]\d+)+$")
+MAX_ARRIVAL_S = 10 * 365 * 86400.0
 
 
 class _Bad(Exception):
@@ -94,8 +97,9 @@ def _job_from_obj(obj: dict[str, Any]) -> TraceJob:
         if key not in FIELDS:
             raise _Bad(key, f"unknown field (expected one of {', '.join(FIELDS)})")
     arrival = _number(obj, "arrival_s")
-    if arrival < 0:
-        raise _Bad("arrival_s", f"expected a number >= 0, got {obj['arrival_s']!r}")
+    if not 0 <= arrival <= MAX_ARRIVAL_S:  # (1e300 s made a utilisation of 2,500 % and a JCT of 0)
+        raise _Bad("arrival_s", f"expected seconds from 0 to {MAX_ARRIVAL_S:,.0f} (ten years), got "
+                                f"{obj['arrival_s']!r}")
     devices = obj.get("devices")
     if devices is None:
         raise _Bad("devices", "required")
@@ -121,9 +125,14 @@ def _job_from_obj(obj: dict[str, Any]) -> TraceJob:
     priority = _number(obj, "priority", 0.0)
     if not priority.is_integer() or abs(priority) > 1000:
         raise _Bad("priority", f"expected a whole number from -1000 to 1000 (the job spec's), got {obj['priority']!r}")
+    tenant = _text(obj, "tenant", "trace")
+    try:  # checked here, where the line is known (the simulation named only the job)
+        check_tenant(tenant)
+    except SpecError as exc:
+        raise _Bad("tenant", f"{exc.reason}, got {tenant!r}") from None
     return TraceJob(job_type=_text(obj, "job_type", job_type_of(name) or "job"), total_steps=work, gpus=devices,
-                    priority_weight=priority, arrival_s=arrival, rates=rates,
-                    tenant=_text(obj, "tenant", "trace"), name=name, any_kind=any_kind)
+                    priority_weight=priority, arrival_s=arrival, rates=rates, tenant=tenant, name=name,
+                    any_kind=any_kind)
 
 
 def _quota_from_obj(obj: Any) -> TenantQuotaSet:

@@ -75,11 +75,17 @@ def submissions(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[s
     front as the live API would check them, so a bad workload fails before the run with the job and field named."""
     out = []
     seen: set[str] = set()
+    unnamed: dict[str, int] = {}  # names given to the jobs a workload left unnamed, by their place in it
     for i, tj in sorted(enumerate(trace), key=lambda pair: pair[1].arrival_s):
         job_id = tj.name or f"{slug(tj.job_type)}-{i}"
         if job_id in seen:
-            raise ConfigError(f"job {job_id!r}: the name is used twice (each job of a workload needs its own)")
+            given = unnamed.get(job_id, i)
+            why = (f" (the name an unnamed job, the workload's job {given + 1}, is given: name it)"
+                   if not tj.name or job_id in unnamed else " (each job of a workload needs its own)")
+            raise ConfigError(f"job {job_id!r}: the name is used twice{why}")
         seen.add(job_id)
+        if not tj.name:
+            unnamed[job_id] = i
         rates = kind_rates(tj, throughputs, cluster)
         if not float(tj.priority_weight).is_integer():
             raise ConfigError(f"job {job_id!r}: priority: expected a whole number (the job spec's priority), "
