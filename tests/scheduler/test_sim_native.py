@@ -40,7 +40,7 @@ def test_tenant_quotas_round_trip_and_hold_in_the_simulation(tmp_path: Path) -> 
     jobs = [TraceJob("A", 3600.0, 1, 0.0, 0.0, {"v100": 1.0}, "a", f"a-{i}") for i in range(2)]
     path = tmp_path / "jobs.jsonl"
     write_native_trace(path, jobs, quotas=[quota])
-    assert read_native_workload(path) == (jobs, [quota])
+    assert read_native_workload(path) == (jobs, [quota], {})
     free = simulate(jobs, {}, {"v100": 2}, make_policy("fifo"))
     held = simulate(jobs, {}, {"v100": 2}, make_policy("fifo"), quotas=[quota])
     assert [r["finish_s"] for r in free["records"]] == [3600.0, 3600.0]
@@ -229,7 +229,7 @@ def test_an_export_keeps_what_a_live_quota_holds_back(tmp_path: Path) -> None:
     assert w.quotas == [TenantQuotaSet(aggregate_id="nlp", nominal={"h100": 1}, borrowing_limit={}, ts=0.0)]
     path = tmp_path / "export.jsonl"
     write_native_trace(path, w.jobs, quotas=w.quotas)
-    assert read_native_workload(path) == (w.jobs, w.quotas)
+    assert read_native_workload(path) == (w.jobs, w.quotas, {})
     removed = jobs_from_events([node_registration("n1", "h100", 1), *log,
                                 TenantQuotaRemoved(aggregate_id="nlp", ts=11.0)])
     assert removed.quotas == []  # a quota removed live holds nothing back in the replay either
@@ -300,3 +300,37 @@ def test_a_name_given_to_an_unnamed_job_that_collides_says_so(tmp_path: Path) ->
     with pytest.raises(ConfigError, match=r"job 'job-0': the name is used twice \(the name an unnamed job, the "
                                           r"workload's job 1, is given: name it\)"):
         submissions(read_native_trace(path), {}, {"v100": 1})
+
+
+def test_a_replay_places_on_the_live_nodes_and_an_export_keeps_them(tmp_path: Path) -> None:
+    """Found by a walkthrough: a replay renamed the live nodes after their kinds (``a100-000``, ``h100-000``), so
+    a kind-blind policy broke its ties the other way, and a job that ran on sim-1's H100s live ran on A100s in the
+    replay of the same policy. The log's nodes are replayed by name, and an export writes them as node lines."""
+    events = [*node_registration("sim-1", "h100", 2)[1], *node_registration("sim-2", "a100", 2)[1],
+              submitted("run-1", 0.0, throughput={"h100": 2.0, "a100": 1.0}), placed("run-1", 1.0, "sim-1", "sim-1-g0"),
+              JobSucceeded(aggregate_id="run-1", ts=101.0)]
+    w = jobs_from_events([(ev.aggregate, [ev]) for ev in events])
+    assert w.nodes == {"sim-1": {"h100": 2}, "sim-2": {"a100": 2}}
+    on_nodes = simulate(w.jobs, {}, w.cluster, make_policy("fifo"), nodes=w.nodes)
+    on_servers = simulate(w.jobs, {}, w.cluster, make_policy("fifo"))
+    assert list(on_nodes["records"][0]["kind_time_s"]) == ["h100"]  # where it ran live
+    assert list(on_servers["records"][0]["kind_time_s"]) == ["a100"]  # "a100-000" sorts first
+    path = tmp_path / "week.jsonl"
+    write_native_trace(path, w.jobs, nodes=w.nodes)
+    assert read_native_workload(path) == (w.jobs, [], w.nodes)
+
+
+@pytest.mark.parametrize("line, field", [
+    ('{"node": {"name": "n 1", "devices": {"h100": 1}}}', "field 'node.name': expected a node's name"),
+    ('{"node": {"name": "n1", "devices": {}}}', "field 'node.devices': expected an object"),
+    ('{"node": {"name": "n1", "devices": {"H100": 1}}}', "field 'node.devices.H100': not a device kind"),
+    ('{"node": {"name": "n1", "devices": {"h100": 0}}}', "field 'node.devices.h100': expected a whole number"),
+    ('{"node": {"name": "n1", "devices": {"h100": 1}, "cpus": 8}}', "field 'node.cpus': unknown field"),
+    ('{"node": {"name": "n1", "devices": {"h100": 1}}, "work": 3}', "field 'work': a node line holds only"),
+])
+def test_bad_node_lines_name_file_line_and_field(tmp_path: Path, line: str, field: str) -> None:
+    path = tmp_path / "jobs.jsonl"
+    path.write_text(f"{GOOD}\n# comment\n{line}\n")
+    with pytest.raises(ConfigError) as err:
+        read_native_workload(path)
+    assert str(err.value).startswith(f"{path}:3: ") and field in str(err.value)

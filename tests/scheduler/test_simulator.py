@@ -519,7 +519,9 @@ async def test_a_replay_says_what_it_assumed(killable_nats: NatsServer, tmp_path
     assert body["log"] == {"left_out": {"wait-4": "still pending, with no runtime_estimate_s"},
                            "ended_live": {"bad-2": "failed"}, "lost_s": {"cut-3": 20.0}, "running_at_end": []}
     replay = next(line for line in exported.read_text().splitlines() if line.startswith("# replay: "))
-    assert replay.startswith(f"# replay: aios simulate --trace {exported} --cluster a100=1 --policy fifo --on-events")
+    # the nodes are in the file: the replay runs on them, not on servers of --gpus-per-server
+    assert replay.startswith(f"# replay: aios simulate --trace {exported} --policy fifo --on-events")
+    assert '{"node": ' in exported.read_text()
     from aios.cli.main import _simulate, build_parser
 
     again = _simulate(build_parser().parse_args([*shlex.split(replay.removeprefix("# replay: "))[1:], "--json"]))

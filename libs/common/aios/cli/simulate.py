@@ -47,16 +47,16 @@ def list_policies(as_json: bool) -> int:
     return 0
 
 
-def read_trace(path: str) -> tuple[list[TraceJob], list[TenantQuotaSet]]:
+def read_trace(path: str) -> tuple[list[TraceJob], list[TenantQuotaSet], dict[str, dict[str, int]]]:
     """A Gavel trace, or a native JSONL workload (recognised by a first line that is JSON or a ``#`` comment), and
-    the tenant quotas the native format may set."""
+    the tenant quotas and nodes the native format may set."""
     if not Path(path).exists():
         raise ConfigError(f"--trace: no such file {path!r}")
     if Path(path).is_dir():
         raise ConfigError(f"--trace: {path!r} is a folder, not a file")
     if not read_text(path, "trace").strip():
         raise ConfigError(f"--trace: {path} holds no job")
-    return read_native_workload(path) if _is_native(path) else (read_gavel_trace(path), [])
+    return read_native_workload(path) if _is_native(path) else (read_gavel_trace(path), [], {})
 
 
 def throughput_table(throughputs: str | None, trace: str | None, jobs: list[TraceJob]) -> Throughputs:
@@ -107,6 +107,25 @@ async def _log_workload(servers: list[str] | None) -> LogWorkload:
         await store.close()
 
 
+def _counts(nodes: dict[str, dict[str, int]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for devices in nodes.values():
+        for kind, n in devices.items():
+            counts[kind] = counts.get(kind, 0) + n
+    return dict(sorted(counts.items()))
+
+
+def _servers(kind: str, count: int, per_server: int, taken: dict[str, dict[str, int]]) -> list[tuple[str, range]]:
+    """Names and device ranges of the servers ``--add`` adds to a cluster of named nodes."""
+    out = []
+    for s in range((count + per_server - 1) // per_server):
+        name = f"added-{kind}-{s:03d}"
+        while name in taken:
+            name += "-x"
+        out.append((name, range(min(per_server, count - s * per_server))))
+    return out
+
+
 def add_gpus(cluster: dict[str, int], added: dict[str, int]) -> dict[str, int]:
     """``--add h100=8`` (parsed): the cluster with more GPUs (what-if)."""
     return {**cluster, **{kind: cluster.get(kind, 0) + n for kind, n in added.items()}}
@@ -149,7 +168,7 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
     log: LogWorkload | None = None
     if from_log:
         log = asyncio.run(_log_workload(servers))
-        jobs, quotas = log.jobs, log.quotas
+        jobs, quotas, layout = log.jobs, log.quotas, dict(log.nodes)
         base = given_cluster if given_cluster is not None else dict(log.cluster)
         if not jobs:
             raise ConfigError("--from-log: the log holds no job that ran or has a runtime estimate"
@@ -159,12 +178,18 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
         source = "the live event log"
     else:
         assert trace is not None
-        jobs, quotas = read_trace(trace)
+        jobs, quotas, layout = read_trace(trace)
         if not jobs:
             raise ConfigError(f"--trace: {trace} holds no job")
-        base = given_cluster if given_cluster is not None else parse_cluster("v100=12,p100=12,k80=12")
+        base = given_cluster if given_cluster is not None else (
+            _counts(layout) if layout else parse_cluster("v100=12,p100=12,k80=12"))
         source = Path(trace).name
     gpus = add_gpus(base, added)
+    nodes: dict[str, dict[str, int]] | None = None
+    if layout and given_cluster is None:  # the cluster's own nodes (placements tie-break by node, as live), and
+        # what --add adds as servers of --gpus-per-server
+        nodes = {**layout, **{name: {kind: len(devices)} for kind, n in added.items()
+                              for name, devices in _servers(kind, n, gpus_per_server, layout)}}
     cluster_text = ",".join(f"{k}={v}" for k, v in sorted(gpus.items()))
     decide_on_events = from_log if on_events is None else on_events
     table = throughput_table(throughputs, trace, jobs)
@@ -183,19 +208,20 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
     if export:  # with the table's speeds written into each job, the file runs the same anywhere, table or not
         resolved = [job if job.rates else msgspec.structs.replace(job, rates=hinted_rates(job, table))
                     for job in jobs]
-        replay = shlex.join(["aios", "simulate", "--trace", export, "--cluster", cluster_text,
+        replay = shlex.join(["aios", "simulate", "--trace", export,  # the file's node lines are the cluster
+                             *(["--cluster", cluster_text] if nodes is None else []),
                              *(["--compare", ",".join(names)] if compare is not None else ["--policy", names[0]]),
                              "--on-events" if decide_on_events else "--no-on-events", "--round", repr(round_s),
                              "--gpus-per-server", str(gpus_per_server),
                              *(["--oracle-estimates"] if oracle_estimates else [])])
         try:
             write_native_trace(export, resolved, comments=[f"from {source}, on {cluster_text}", f"replay: {replay}"],
-                               quotas=quotas)
+                               quotas=quotas, nodes=nodes)
         except OSError as exc:
             raise ConfigError(f"--export: cannot write {export!r}: {exc.strerror or exc}") from None
         notes.append(f"exported {len(resolved)} job(s) to {export}; the same run from the file: {replay}")
     results = [simulate(jobs, table, gpus, p, round_s=round_s, gpus_per_server=gpus_per_server,
-                        oracle_estimates=oracle_estimates, on_events=decide_on_events, quotas=quotas)
+                        oracle_estimates=oracle_estimates, on_events=decide_on_events, quotas=quotas, nodes=nodes)
                for p in policies]
     made_up = sorted({j.job_type for j in jobs if not known_rates(j, table)}) if log is None else []
     if made_up:  # a native job whose type the table does not know: its speeds are a guess (a live log's jobs

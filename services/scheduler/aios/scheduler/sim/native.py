@@ -28,6 +28,15 @@ live log writes the quotas the log last set)::
 * ``tenant`` (required), ``cohort`` (default ``""``: none), ``nominal`` (GPU kind -> whole number >= 0, default
   ``{}``), ``borrowing_limit`` / ``lending_limit`` (the same, or ``null``: no limit). One line per tenant.
 
+A line may also name a node of the cluster and its GPUs (the export of a live log writes the nodes the log
+registered, so that a replay places jobs on the same nodes, ties broken alike)::
+
+    {"node": {"name": "sim-1", "devices": {"h100": 4}}}
+
+* ``name`` (required, unique), ``devices`` (required, GPU kind -> whole number from 1 to 4,096). Without
+  ``--cluster``, a workload with node lines runs on those nodes; with it (or without node lines), on servers of
+  ``--gpus-per-server`` GPUs.
+
 Unknown fields are rejected so that a misspelt field is an error, not a silently ignored setting.
 """
 
@@ -147,6 +156,31 @@ def _quota_from_obj(obj: Any) -> TenantQuotaSet:
         raise _Bad(f"quota.{exc.field}", exc.reason) from None
 
 
+Nodes = dict[str, dict[str, int]]
+"""node name -> GPU kind -> devices: a cluster's layout."""
+_NODE_NAME = re.compile(r"[^\s\x00-\x1f\x7f]{1,253}")
+
+
+def _node_from_obj(obj: Any) -> tuple[str, dict[str, int]]:
+    if not isinstance(obj, dict):
+        raise _Bad("node", f"expected an object with name and devices, got {obj!r}")
+    for key in obj:
+        if key not in ("name", "devices"):
+            raise _Bad(f"node.{key}", "unknown field (expected name, devices)")
+    name = obj.get("name")
+    if not isinstance(name, str) or not _NODE_NAME.fullmatch(name):
+        raise _Bad("node.name", f"expected a node's name (1 to 253 characters, no spaces), got {name!r}")
+    devices = obj.get("devices")
+    if not isinstance(devices, dict) or not devices:
+        raise _Bad("node.devices", f"expected an object of GPU kind -> devices, got {devices!r}")
+    for kind, count in devices.items():
+        if not is_device_kind(kind):
+            raise _Bad(f"node.devices.{kind}", "not a device kind (lowercase, as the agents report them)")
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_GPUS:
+            raise _Bad(f"node.devices.{kind}", f"expected a whole number from 1 to {MAX_GPUS:,}, got {count!r}")
+    return name, dict(devices)
+
+
 def _quota_to_obj(quota: TenantQuotaSet) -> dict[str, Any]:
     return {"quota": {"tenant": quota.aggregate_id, "cohort": quota.cohort, "nominal": dict(quota.nominal),
                       "borrowing_limit": quota.borrowing_limit, "lending_limit": quota.lending_limit}}
@@ -157,12 +191,13 @@ def read_native_trace(path: str | Path) -> list[TraceJob]:
     return read_native_workload(path)[0]
 
 
-def read_native_workload(path: str | Path) -> tuple[list[TraceJob], list[TenantQuotaSet]]:
-    """The jobs of a native workload file, by arrival (ties keep file order), and the tenant quotas it sets (file
-    order); ConfigError names line and field."""
+def read_native_workload(path: str | Path) -> tuple[list[TraceJob], list[TenantQuotaSet], Nodes]:
+    """The jobs of a native workload file, by arrival (ties keep file order), the tenant quotas it sets (file
+    order) and the nodes it names (file order; empty: none); ConfigError names line and field."""
     text = read_text(path, "workload")
     jobs = []
     quotas: dict[str, tuple[int, TenantQuotaSet]] = {}
+    nodes: dict[str, tuple[int, dict[str, int]]] = {}
     lines: dict[str, int] = {}
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -183,6 +218,14 @@ def read_native_workload(path: str | Path) -> tuple[list[TraceJob], list[TenantQ
                                                f"{quotas[quota.aggregate_id][0]} already")
                 quotas[quota.aggregate_id] = (n, quota)
                 continue
+            if "node" in obj:
+                if len(obj) > 1:
+                    raise _Bad(sorted(set(obj) - {"node"})[0], "a node line holds only the field 'node'")
+                name, devices = _node_from_obj(obj["node"])
+                if name in nodes:
+                    raise _Bad("node.name", f"{name!r} is named on line {nodes[name][0]} already")
+                nodes[name] = (n, devices)
+                continue
             job = _job_from_obj(obj)
         except _Bad as exc:
             raise ConfigError(f"{path}:{n}: {exc}") from None
@@ -190,7 +233,8 @@ def read_native_workload(path: str | Path) -> tuple[list[TraceJob], list[TenantQ
             raise ConfigError(f"{path}:{n}: field 'name': {job.name!r} is already the name of line {lines[job.name]}")
         lines[job.name] = n
         jobs.append(job)
-    return sorted(jobs, key=lambda j: j.arrival_s), [q for _, q in quotas.values()]
+    return sorted(jobs, key=lambda j: j.arrival_s), [q for _, q in quotas.values()], {
+        name: devices for name, (_, devices) in nodes.items()}
 
 
 def _job_to_obj(job: TraceJob) -> dict[str, Any]:
@@ -204,12 +248,13 @@ def _job_to_obj(job: TraceJob) -> dict[str, Any]:
 
 
 def write_native_trace(path: str | Path, jobs: list[TraceJob], comments: Iterable[str] = (),
-                       quotas: Iterable[TenantQuotaSet] = ()) -> None:
+                       quotas: Iterable[TenantQuotaSet] = (), nodes: Nodes | None = None) -> None:
     """Write ``jobs`` in order; each is checked first, so a file this writes always reads back to the same jobs.
     ``comments`` go below the header, one ``#`` line each (where the jobs came from, how to replay them); the
-    tenants' ``quotas`` come before the jobs."""
+    tenants' ``quotas`` and the ``nodes`` come before the jobs."""
     lines = [HEADER, *(f"# {line}" for text in comments for line in text.splitlines())]
     lines += [json.dumps(_quota_to_obj(q)) for q in quotas]
+    lines += [json.dumps({"node": {"name": name, "devices": dict(devices)}}) for name, devices in (nodes or {}).items()]
     for i, job in enumerate(jobs):
         obj = _job_to_obj(job)
         try:
@@ -228,6 +273,8 @@ class LogWorkload(msgspec.Struct, frozen=True):
     jobs: list[TraceJob]
     cluster: dict[str, int]
     """GPU kind -> devices, over every node that registered (each node once, as it last registered)."""
+    nodes: Nodes = {}
+    """The GPU nodes themselves, by name, as they last registered (a replay places on the same nodes)."""
     skipped: list[str] = []
     """Ids of the jobs left out (no work to replay); ``reasons`` says why."""
     reasons: dict[str, str] = {}
@@ -444,7 +491,8 @@ def jobs_from_events(commits_or_events: Iterable[Any], until: float | None = Non
     exported = sorted((msgspec.structs.replace(tj, arrival_s=ts - start) for ts, tj in out),
                       key=lambda j: j.arrival_s)
     replayable = [q for q in map(_replayable_quota, quotas.values()) if q is not None]
-    return LogWorkload(exported, cluster, list(reasons), reasons, start, ended, replayable, unfinished, lost)
+    layout = {name: dict(sorted(Counter(kinds).items())) for name, kinds in sorted(nodes.items()) if kinds}
+    return LogWorkload(exported, cluster, layout, list(reasons), reasons, start, ended, replayable, unfinished, lost)
 
 
 def _replayable_quota(quota: TenantQuotaSet) -> TenantQuotaSet | None:

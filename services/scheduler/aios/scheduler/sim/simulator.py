@@ -21,7 +21,9 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from aios.common.errors import ConfigError
-from aios.common.events import JobSubmitted, JobSucceeded, TenantQuotaSet, WorkerExited
+from aios.common.events import (
+    DeviceInfo, JobSubmitted, JobSucceeded, Link, NodeRegistered, TenantQuotaSet, WorkerExited,
+)
 from aios.scheduler.local import apply, node_registration, step
 from aios.scheduler.placement import BinCache
 from aios.scheduler.policies.base import ELAPSED_SLACK_S, Policy
@@ -54,6 +56,24 @@ def cluster_events(cluster: dict[str, int], gpus_per_server: int) -> list[tuple[
         for s in range((count + gpus_per_server - 1) // gpus_per_server):
             n = min(gpus_per_server, count - s * gpus_per_server)
             out.append(node_registration(f"{kind}-{s:03d}", kind, n, device_memory_bytes=16 << 30))
+    return out
+
+
+def layout_events(nodes: dict[str, dict[str, int]]) -> list[tuple[str, list[Any]]]:
+    """Named nodes (a live cluster's, as its log registered them), each with its GPUs of every kind; the devices
+    of a kind NVLink-connected, as ``cluster_events``' servers."""
+    out = []
+    for name, devices in nodes.items():
+        infos: list[DeviceInfo] = []
+        links: list[Link] = []
+        for kind, count in sorted(devices.items()):
+            first = len(infos)
+            infos += [DeviceInfo(uuid=f"{name}-g{first + i}", index=first + i, kind=kind, model=kind,
+                                 memory_bytes=16 << 30) for i in range(count)]
+            links += [Link(infos[a].uuid, infos[b].uuid, "nvlink") for a in range(first, first + count)
+                      for b in range(a + 1, first + count)]
+        out.append((f"node.{name}", [NodeRegistered(aggregate_id=name, hostname=name, agent_id="sim", cpu_cores=64,
+                                                    memory_bytes=512 << 30, devices=infos, links=links)]))
     return out
 
 
@@ -113,7 +133,7 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
              round_s: float = 360.0, gpus_per_server: int = 4, max_rounds: int = 2_000_000,
              oracle_estimates: bool = False, on_events: bool = False,
              on_round: Callable[[SchedulerState, float], None] | None = None,
-             quotas: Iterable[TenantQuotaSet] = ()) -> dict[str, Any]:
+             quotas: Iterable[TenantQuotaSet] = (), nodes: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
     """Run ``trace`` under ``policy``; the summary keys, per-job ``records`` and a per-round ``timeline``.
 
     ``oracle_estimates`` gives every job a perfect runtime estimate (its true duration on its fastest kind), as a
@@ -123,14 +143,23 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
     GPUs at work, queued and running jobs, and a zero point where the clock jumps over an idle cluster.
     ``max_rounds`` caps the decisions (rounds, and events with ``on_events``). ``on_round(state, now)`` sees the
     state after each decision, before time runs on (probes read it). ``quotas``: tenant quotas in force from the
-    start, admitted by the live core's quota check as they would be live.
+    start, admitted by the live core's quota check as they would be live. ``nodes``: the cluster's layout by node
+    name (a live cluster's; ``cluster`` must count the same GPUs); without it, ``cluster`` in servers of
+    ``gpus_per_server``.
 
     JCT percentiles interpolate linearly between jobs (numpy's default). A record's ``kind_time_s`` gives, per GPU
     kind, the seconds the job ran holding GPUs of that kind: a gang spread over two kinds counts its whole run on
     each."""
     started = time.perf_counter()
     state = SchedulerState()
-    apply(state, cluster_events(cluster, gpus_per_server), 0.0)
+    if nodes:
+        counted: dict[str, int] = {}
+        for devices in nodes.values():
+            for kind, n in devices.items():
+                counted[kind] = counted.get(kind, 0) + n
+        if {k: v for k, v in counted.items() if v} != {k: v for k, v in cluster.items() if v}:
+            raise ValueError(f"the nodes hold {counted}, the cluster says {cluster}")
+    apply(state, layout_events(nodes) if nodes else cluster_events(cluster, gpus_per_server), 0.0)
     apply(state, [(f"tenant.{q.aggregate_id}", [q]) for q in quotas], 0.0)
     predictor = RuntimePredictor()
     finished_count = fitted_at = 0
