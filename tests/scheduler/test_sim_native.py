@@ -78,6 +78,12 @@ def test_comments_blank_lines_and_defaults(tmp_path: Path) -> None:
     ('{"quota": {"tenant": "NLP"}}', "field 'quota.tenant': lowercase letters"),
     ('{"quota": {"tenant": "nlp", "nominal": {"H100": 1}}}', "field 'quota.nominal.H100': not a device kind"),
     ('{"quota": {"tenant": "nlp", "cohort": "../x y*"}}', "field 'quota.cohort': lowercase letters"),
+    ('{"node": {"name": "n 1", "devices": {"h100": 1}}}', "field 'node.name': expected a node's name"),
+    ('{"node": {"name": "n1", "devices": {}}}', "field 'node.devices': expected an object"),
+    ('{"node": {"name": "n1", "devices": {"H100": 1}}}', "field 'node.devices.H100': not a device kind"),
+    ('{"node": {"name": "n1", "devices": {"h100": 0}}}', "field 'node.devices.h100': expected a whole number"),
+    ('{"node": {"name": "n1", "devices": {"h100": 1}, "cpus": 8}}', "field 'node.cpus': unknown field"),
+    ('{"node": {"name": "n1", "devices": {"h100": 1}}, "work": 3}', "field 'work': a node line holds only"),
 ])
 def test_bad_input_names_file_line_and_field(tmp_path: Path, line: str, field: str) -> None:
     path = tmp_path / "jobs.jsonl"
@@ -318,19 +324,3 @@ def test_a_replay_places_on_the_live_nodes_and_an_export_keeps_them(tmp_path: Pa
     path = tmp_path / "week.jsonl"
     write_native_trace(path, w.jobs, nodes=w.nodes)
     assert read_native_workload(path) == (w.jobs, [], w.nodes)
-
-
-@pytest.mark.parametrize("line, field", [
-    ('{"node": {"name": "n 1", "devices": {"h100": 1}}}', "field 'node.name': expected a node's name"),
-    ('{"node": {"name": "n1", "devices": {}}}', "field 'node.devices': expected an object"),
-    ('{"node": {"name": "n1", "devices": {"H100": 1}}}', "field 'node.devices.H100': not a device kind"),
-    ('{"node": {"name": "n1", "devices": {"h100": 0}}}', "field 'node.devices.h100': expected a whole number"),
-    ('{"node": {"name": "n1", "devices": {"h100": 1}, "cpus": 8}}', "field 'node.cpus': unknown field"),
-    ('{"node": {"name": "n1", "devices": {"h100": 1}}, "work": 3}', "field 'work': a node line holds only"),
-])
-def test_bad_node_lines_name_file_line_and_field(tmp_path: Path, line: str, field: str) -> None:
-    path = tmp_path / "jobs.jsonl"
-    path.write_text(f"{GOOD}\n# comment\n{line}\n")
-    with pytest.raises(ConfigError) as err:
-        read_native_workload(path)
-    assert str(err.value).startswith(f"{path}:3: ") and field in str(err.value)
