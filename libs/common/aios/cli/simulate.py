@@ -24,7 +24,7 @@ from aios.scheduler.policies import POLICIES, make_policy
 from aios.common.events import TenantQuotaSet
 from aios.scheduler.sim.native import LogWorkload, load_log_workload, read_native_workload, write_native_trace
 from aios.scheduler.sim.simulator import simulate, summary
-from aios.scheduler.sim.traces import (Throughputs, TraceJob, hinted_rates, kind_rates, known_rates,
+from aios.scheduler.sim.traces import (Throughputs, TraceJob, gavel_line_of, hinted_rates, kind_rates, known_rates,
                                       parse_cluster, read_gavel_throughputs, read_gavel_trace, read_text)
 
 RECOMMENDED = "hetero-ts"
@@ -78,8 +78,10 @@ def throughput_table(throughputs: str | None, trace: str | None, jobs: list[Trac
         if not table:
             looked = f"no throughput table at {' or '.join(map(repr, tried))}" if tried else "no throughput table given"
             raise ConfigError(f"--throughputs: {looked}, and a Gavel trace carries no speeds: give --throughputs FILE")
+        line = gavel_line_of(trace, *missing[0])
         raise ConfigError(f"--throughputs: {len(missing)} job type(s) of the trace have no speed in {str(path)!r}, "
-                          f"e.g. {missing[0][0]!r} on {missing[0][1]} GPU(s)")
+                          f"e.g. {missing[0][0]!r} on {missing[0][1]} GPU(s)"
+                          + (f" ({trace}:{line})" if line is not None else ""))
     return table
 
 

@@ -60,7 +60,7 @@ from aios.common.events import (
     JobSubmitted, JobSucceeded, NodeForgotten, NodeRegistered, TenantQuotaRemoved, TenantQuotaSet,
 )
 from aios.device_agent.protocol import HEARTBEAT_BUCKET
-from aios.scheduler.sim.traces import MAX_GPUS, TraceJob, read_text
+from aios.scheduler.sim.traces import MAX_ARRIVAL_S, MAX_GPUS, TraceJob, read_text
 from aios.scheduler.spec import (
     MAX_QUOTA, QUOTA_FIELDS, SpecError, check_tenant, is_device_kind, is_name, validate_quota,
 )
@@ -70,7 +70,6 @@ HEADER = "# AIOS native workload: one JSON job per line (see aios.scheduler.sim.
 RUN_READS_MAX = 50
 """Jobs cut short beyond which the export reads all run reports at once instead of one job's at a time."""
 _SUFFIX = re.compile(r"(?:[-_.]\d+)+$")
-MAX_ARRIVAL_S = 10 * 365 * 86400.0
 
 
 class _Bad(Exception):
@@ -106,7 +105,7 @@ def _job_from_obj(obj: dict[str, Any]) -> TraceJob:
         if key not in FIELDS:
             raise _Bad(key, f"unknown field (expected one of {', '.join(FIELDS)})")
     arrival = _number(obj, "arrival_s")
-    if not 0 <= arrival <= MAX_ARRIVAL_S:  # (1e300 s made a utilisation of 2,500 % and a JCT of 0)
+    if not 0 <= arrival <= MAX_ARRIVAL_S:
         raise _Bad("arrival_s", f"expected seconds from 0 to {MAX_ARRIVAL_S:,.0f} (ten years), got "
                                 f"{obj['arrival_s']!r}")
     devices = obj.get("devices")

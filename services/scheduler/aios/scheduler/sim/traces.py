@@ -69,6 +69,19 @@ def _gpus(text: str, name: str) -> int:
     return value
 
 
+MAX_ARRIVAL_S = 10 * 365 * 86400.0
+"""The latest arrival a workload may have (1e300 s made a utilisation of 2,500 % and a JCT of 0)."""
+
+
+def gavel_line_of(path: str | Path, job_type: str, gpus: int) -> int | None:
+    """The first line of a Gavel trace with this job type and size (for an error about them)."""
+    for n, line in enumerate(read_text(path, "trace").splitlines(), 1):
+        cols = line.split("\t")
+        if len(cols) == 10 and cols[0] == job_type and cols[6].strip() == str(gpus):
+            return n
+    return None
+
+
 def read_gavel_trace(path: str | Path) -> list[TraceJob]:
     """Tab-separated: job_type, command, working_directory, num_steps_arg, needs_data_dir, total_steps,
     scale_factor, priority_weight, SLO, arrival_time. ConfigError names the line and the column."""
@@ -84,8 +97,9 @@ def read_gavel_trace(path: str | Path) -> list[TraceJob]:
             if steps <= 0:
                 raise ValueError(f"total_steps: expected a positive number of steps, got {cols[5]!r}")
             arrival = _finite(cols[9], "arrival_time")
-            if arrival < 0:
-                raise ValueError(f"arrival_time: expected seconds >= 0, got {cols[9]!r}")
+            if not 0 <= arrival <= MAX_ARRIVAL_S:
+                raise ValueError(f"arrival_time: expected seconds from 0 to {MAX_ARRIVAL_S:,.0f} (ten years), got "
+                                 f"{cols[9]!r}")
             weight = _finite(cols[7], "priority_weight")
             if abs(weight) > 1000 or not weight.is_integer():
                 raise ValueError(f"priority_weight: expected a whole number from -1000 to 1000 (AIOS job priorities "
