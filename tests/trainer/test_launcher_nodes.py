@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import msgspec
+import pytest
 from prometheus_client import CollectorRegistry
 
 from aios.common.config import load_settings
@@ -136,6 +137,83 @@ async def test_a_dead_replica_is_replaced_by_its_own_nodes_trainer_and_nothing_e
         assert not any(isinstance(e, JobRequeued) for e in events) and len(asked) == 5  # nobody stopped
     finally:
         for n, task in tasks.items():
+            contexts[n].stopping.set()
+        await asyncio.gather(*tasks.values())
+
+
+async def serving_on_both_nodes(store: EventStore) -> dict[str, str]:
+    """Stand-in agents that run workers as the real one reports them (WorkerStarted on a run request, WorkerExited
+    with ``stopped`` for each of the node's workers on a stop request), and a 4-replica deployment j1 placed on both
+    nodes; returns the live workers (worker -> node), kept up to date."""
+    running: dict[str, str] = {}
+
+    async def agent(msg: Any) -> None:
+        _, _, node, verb = msg.subject.split(".")
+        body = json.loads(msg.data)
+        await msg.respond(b'{"ok": true}')
+        if verb == "run":
+            running[body["worker"]] = node
+            await store.append("run.j1", WorkerStarted(aggregate_id="j1", node_id=node, worker=body["worker"], pid=1,
+                                                       attempt=int(body["env"]["AIOS_ATTEMPT"])))
+            return
+        for worker in [w for w, n in running.items() if n == node]:
+            del running[worker]
+            await store.append("run.j1", WorkerExited(aggregate_id="j1", node_id=node, worker=worker, exit_code=0,
+                                                      attempt=1, stopped=True))
+    for node in NODES:
+        await store.nc.subscribe(run_subject(node), cb=agent)
+        await store.nc.subscribe(stop_subject(node), cb=agent)
+        devices = [DeviceInfo(uuid=u, index=i, kind="a100", model="A100", memory_bytes=40 << 30)
+                   for i, u in enumerate(uuids(node))]
+        await store.append(f"node.{node}", NodeRegistered(aggregate_id=node, hostname=node, agent_id="a",
+                                                          cpu_cores=8, memory_bytes=64 << 30, devices=devices))
+    await store.append("job.j1", [
+        JobSubmitted(aggregate_id="j1", tenant="ml", name="j1", spec={"name": "j1", "tenant": "ml", "devices": 4,
+                                                                  "serve": {"model": "models:/digits/1"}}),
+        JobPlaced(aggregate_id="j1", world_size=4,
+                  assignments=[Assignment(node_id=n, device_uuids=uuids(n), ranks=[]) for n in NODES])])
+    for node in NODES:
+        await store.append(f"node.{node}", DevicesLeased(aggregate_id=node, job_id="j1", device_uuids=uuids(node)))
+    return running
+
+
+@pytest.mark.parametrize("race", ["two exits at the cap", "an exit while an agent stops a replica"])
+async def test_a_replacement_decided_as_the_deployment_stops_never_runs_on(store: EventStore, race: str) -> None:
+    """Found by review: an exit (or an agent's stop) that came in just after the lead decided a replacement made
+    every trainer stop the attempt, and the replacement started after their stop: the deployment stayed "running"
+    on one orphaned replica, never requeued. The fold now takes a replacement only while the attempt may still
+    replace alone, and a worker that starts after its attempt was stopped is stopped too."""
+    running = await serving_on_both_nodes(store)
+    settings = load_settings({"AIOS_NATS_URL": store.servers[0]})
+    launchers = {n: LauncherService(node_id=n) for n in NODES}
+    contexts = {n: ServiceContext("trainer", settings, store.nc, store, CollectorRegistry()) for n in NODES}
+    tasks = {n: asyncio.ensure_future(launchers[n].run(contexts[n])) for n in NODES}
+
+    def killed(worker: str, **how: Any) -> WorkerExited:
+        return WorkerExited(aggregate_id="j1", node_id=running.pop(worker), worker=worker, attempt=1,
+                            **{"exit_code": None, "signal": 9, **how})
+    try:
+        await until(lambda: len(running) == 4)
+        if race == "two exits at the cap":
+            dying = "rank3-a1"
+            for n in range(1, 5):  # four replacements, one at a time
+                await store.append("run.j1", killed(dying))
+                dying = f"rank3-a1-r{n}"
+                await until(lambda: dying in running)
+            both = [killed(dying), killed("rank1-a1")]  # the fifth, and one more at the same moment
+        else:
+            await until(lambda: launchers["n1"].projector.state.jobs["j1"].workers_running == 4)
+            both = [killed("rank3-a1"), killed("rank0-a1", exit_code=0, signal=None, stopped=True)]
+        await asyncio.gather(*(store.append("run.j1", ev) for ev in both))
+
+        async def requeued() -> bool:
+            return any(isinstance(e, JobRequeued) for e in (await store.read("job.j1")).events)
+        await until(requeued)
+        await until(lambda: not running)  # no replica left running on a requeued deployment
+        await asyncio.sleep(0.5)
+        assert not running, running
+    finally:
+        for n in NODES:
             contexts[n].stopping.set()
         await asyncio.gather(*tasks.values())
 

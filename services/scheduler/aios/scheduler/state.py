@@ -137,6 +137,10 @@ class SchedulerState(msgspec.Struct):
         return [j for j in self.active() if j.status in HOLDING]
 
 
+MAX_REPLICA_REPLACEMENTS = 5
+"""Replicas one attempt of a serving deployment replaces alone; after that, the next exit restarts the whole
+deployment, under its crash-loop cap (a replica that dies at start again and again fails the deployment in the
+end)."""
 MAX_HISTORY = 5000
 STATE_SCHEMA = 6
 """Version of the encoded state in snapshots: a snapshot of another version is ignored and the log replayed."""
@@ -318,7 +322,12 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         if ev.stopped:  # type: ignore[attr-defined]
             job.stopped_workers = [*job.stopped_workers, ev.worker]  # type: ignore[attr-defined]
     elif kind is ReplicaReplaced:
-        if ev.attempt == job.attempts and ev.worker in job.exit_codes:  # type: ignore[attr-defined]
+        # taken only while the attempt may still replace alone: an exit or an agent's stop that came in after the
+        # lead decided makes every launcher restart the deployment instead (its replacement started after their
+        # stop, and ran on, orphaned)
+        if (ev.attempt == job.attempts and ev.worker in job.exit_codes  # type: ignore[attr-defined]
+                and job.status in (PLACED, RUNNING) and not job.cancel_requested and not job.stopped_workers
+                and len(job.replacements) + len(job.exit_codes) <= MAX_REPLICA_REPLACEMENTS):
             del job.exit_codes[ev.worker]  # type: ignore[attr-defined]
             job.exit_signals = {w: s for w, s in job.exit_signals.items() if w != ev.worker}  # type: ignore[attr-defined]
             job.replacements = [*job.replacements, ev]  # type: ignore[list-item]

@@ -35,8 +35,8 @@ from aios.common.store import Commit
 from aios.device_agent.protocol import run_subject, stop_subject
 from aios.trainer import EXIT_INTERRUPTED, MAX_INTERRUPTIONS_WITHOUT_PROGRESS
 from aios.scheduler.state import (
-    CANCELLED, FAILED, PENDING, PLACED, PREEMPTING, PROGRESS_RUN_S, RUNNING, STATE_SCHEMA, JobState, SchedulerState,
-    evolve, fold_commit, made_progress,
+    CANCELLED, FAILED, MAX_REPLICA_REPLACEMENTS, PENDING, PLACED, PREEMPTING, PROGRESS_RUN_S, RUNNING, STATE_SCHEMA,
+    JobState, SchedulerState, evolve, fold_commit, made_progress,
 )
 
 log = logging.getLogger("aios.trainer.launcher")
@@ -81,11 +81,6 @@ def worker_command(job: JobState | None = None) -> list[str]:
 def restarts_left(job: JobState) -> int:
     """Restarts after a failed worker the spec's ``max_restarts`` still allows."""
     return max(0, (job.spec.max_restarts if job.spec is not None else 0) - job.failure_restarts)
-
-
-MAX_REPLICA_REPLACEMENTS = 5
-"""Replicas one attempt of a deployment replaces alone; after that, the next exit restarts the whole deployment,
-under its crash-loop cap (a replica that dies at start again and again fails the deployment in the end)."""
 
 
 def replaceable(job: JobState) -> list[str]:
@@ -241,6 +236,9 @@ class LauncherService(Service):
         self.decided: set[tuple[str, int]] = set()
         self.replacing: set[tuple[str, str]] = set()
         """(job, replacement worker) this trainer has started."""
+        self.stopped_saw: dict[tuple[str, int], set[str]] = {}
+        """The workers a stopped attempt had started when this trainer stopped it: one started later is stopped
+        too."""
 
     async def run(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
@@ -303,8 +301,16 @@ class LauncherService(Service):
             key = (job.job_id, job.attempts)
             if job.spec is None:
                 continue
+            if key in self.stopped and (late := set(job.started_workers) - self.stopped_saw.get(key, set())):
+                # workers of an attempt we stopped that started after (nothing else would stop them)
+                self.stopped_saw[key] = set(job.started_workers)
+                log.warning("workers started after their attempt was stopped; stopping them",
+                            extra={"job": job.job_id, "workers": sorted(late)})
+                self._in_background(self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=3,
+                                               attempt=job.attempts, timeout=8))
             for replaced in job.replacements:  # a replica its lead replaced, on our node: start its successor
-                if (job.status in (PLACED, RUNNING) and self._mine(replaced.node_id)
+                if (job.status in (PLACED, RUNNING) and self._mine(replaced.node_id) and key not in self.stopped
+                        and not (job.stopped_workers or own_exits(job) or job.cancel_requested)
                         and replaced.replacement not in job.started_workers
                         and (job.job_id, replaced.replacement) not in self.replacing):
                     self.replacing.add((job.job_id, replaced.replacement))
@@ -316,34 +322,39 @@ class LauncherService(Service):
                             "aios.attempt": job.attempts, "aios.node": self.node_id or "all"}):
                         await self._launch(job)
             elif job.status in (PREEMPTING, CANCELLED) and key in self.launched and key not in self.stopped:
-                self.stopped.add(key)
+                self._mark_stopped(job, key)
                 await self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=10)
             elif job.status == FAILED and key in self.launched and key not in self.stopped:
                 # a worker failed (recorded by the lead, maybe on another node): its peers here must not hang
-                self.stopped.add(key)
+                self._mark_stopped(job, key)
                 await self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=10)
             elif job.status == PENDING and key in self.launched and key not in self.stopped:
                 # requeued (a node of the placement was lost): stop the attempt's workers left on the other nodes,
                 # in the background so the next placement is launched without waiting for their grace period;
                 # short grace: their peers on the lost node are gone, so no collective (or checkpoint) can finish
-                self.stopped.add(key)
-                task = asyncio.ensure_future(self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=3,
-                                                        attempt=job.attempts, timeout=8))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                self._mark_stopped(job, key)
+                self._in_background(self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=3,
+                                               attempt=job.attempts, timeout=8))
             elif job.status in (PLACED, RUNNING) and key in self.launched and key not in self.stopped and (
                     job.stopped_workers or own_exits(job)):
                 # a node's agent stopped some of the attempt's workers (it is shutting down): ours stop too, with
                 # the usual grace (rank 0 writes the checkpoint), and the lead requeues once all have exited
-                self.stopped.add(key)
-                task = asyncio.ensure_future(self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=10,
-                                                        attempt=job.attempts, timeout=15))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                self._mark_stopped(job, key)
+                self._in_background(self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=10,
+                                               attempt=job.attempts, timeout=15))
                 if self._leads(job) and key not in self.decided:
                     await self._decide(job, key)
             elif job.status in (PLACED, RUNNING) and key not in self.decided and self._leads(job):
                 await self._decide(job, key)
+
+    def _mark_stopped(self, job: JobState, key: tuple[str, int]) -> None:
+        self.stopped.add(key)
+        self.stopped_saw[key] = set(job.started_workers)
+
+    def _in_background(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _decide(self, job: JobState, key: tuple[str, int]) -> None:
         """The lead records the attempt's outcome once it is decided."""
@@ -458,7 +469,7 @@ class LauncherService(Service):
                 after_failure=result == "restarted"), key)
         else:
             key_now = (job.job_id, attempt)
-            self.stopped.add(key_now)
+            self._mark_stopped(job, key_now)
             await self._stop(job.job_id, self.nodes_of.get(key_now, set()), grace_s=10)
             await self._append_outcome(job.job_id, attempt, JobFailed(aggregate_id=job.job_id, reason=reason,
                                                                       exit_code=exit_code), key)
