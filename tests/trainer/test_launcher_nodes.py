@@ -39,16 +39,18 @@ async def until(check: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def placed_on_both_nodes(store: EventStore, **spec: Any) -> list[tuple[str, str, dict[str, Any]]]:
-    """Two registered nodes with stand-in agents (which answer and write down each run/stop request, returned as
-    (node, run|stop, request)) and job j1 (a command, unless ``spec`` says otherwise) placed on, and booked on,
-    both."""
+async def placed_on_both_nodes(store: EventStore, agent: Any = None,
+                               **spec: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    """Two registered nodes with stand-in agents (by default ones that answer and write down each run/stop request,
+    returned as (node, run|stop, request)) and job j1 (a command, unless ``spec`` says otherwise) placed on, and
+    booked on, both."""
     asked: list[tuple[str, str, dict[str, Any]]] = []
 
-    async def agent(msg: Any) -> None:
+    async def recording(msg: Any) -> None:
         _, _, node, verb = msg.subject.split(".")
         asked.append((node, verb, json.loads(msg.data)))
         await msg.respond(b'{"ok": true}')
+    agent = agent or recording
     for node in NODES:
         await store.nc.subscribe(run_subject(node), cb=agent)
         await store.nc.subscribe(stop_subject(node), cb=agent)
@@ -160,20 +162,7 @@ async def serving_on_both_nodes(store: EventStore) -> dict[str, str]:
             del running[worker]
             await store.append("run.j1", WorkerExited(aggregate_id="j1", node_id=node, worker=worker, exit_code=0,
                                                       attempt=1, stopped=True))
-    for node in NODES:
-        await store.nc.subscribe(run_subject(node), cb=agent)
-        await store.nc.subscribe(stop_subject(node), cb=agent)
-        devices = [DeviceInfo(uuid=u, index=i, kind="a100", model="A100", memory_bytes=40 << 30)
-                   for i, u in enumerate(uuids(node))]
-        await store.append(f"node.{node}", NodeRegistered(aggregate_id=node, hostname=node, agent_id="a",
-                                                          cpu_cores=8, memory_bytes=64 << 30, devices=devices))
-    await store.append("job.j1", [
-        JobSubmitted(aggregate_id="j1", tenant="ml", name="j1", spec={"name": "j1", "tenant": "ml", "devices": 4,
-                                                                  "serve": {"model": "models:/digits/1"}}),
-        JobPlaced(aggregate_id="j1", world_size=4,
-                  assignments=[Assignment(node_id=n, device_uuids=uuids(n), ranks=[]) for n in NODES])])
-    for node in NODES:
-        await store.append(f"node.{node}", DevicesLeased(aggregate_id=node, job_id="j1", device_uuids=uuids(node)))
+    await placed_on_both_nodes(store, agent, serve={"model": "models:/digits/1"})
     return running
 
 
