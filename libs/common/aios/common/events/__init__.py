@@ -4,8 +4,8 @@ from aios.common.events.base import Event, event_types, schema_version, timeline
 from aios.common.events.codec import decode, decode_one, decoder, encode, upcaster
 from aios.common.events.job import (
     JOB_AGGREGATES, Assignment, CheckpointSaved, JobAdmitted, JobCancelled, JobCancelRequested, JobEvent, JobFailed,
-    JobPlaced, JobPreempted, JobProgress, JobRequeued, JobStarted, JobSubmitted, JobSucceeded, ReplicaReplaced, RunEvent,
-    WorkerExited, WorkerStarted,
+    JobPlaced, JobPreempted, JobProgress, JobRequeued, JobStarted, JobSubmitted, JobSucceeded, ReplicaReplaced,
+    RunEvent, WorkerExited, WorkerStarted,
 )
 from aios.common.events.node import (
     DeviceHealthy, DeviceInfo, DevicesLeased, DevicesReleased, DeviceUnhealthy, Link, MigInstance, NodeEvent,
