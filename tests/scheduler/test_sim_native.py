@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -308,7 +310,7 @@ def test_a_name_given_to_an_unnamed_job_that_collides_says_so(tmp_path: Path) ->
         submissions(read_native_trace(path), {}, {"v100": 1})
 
 
-def test_a_replay_places_on_the_live_nodes_and_an_export_keeps_them(tmp_path: Path) -> None:
+def test_a_replay_places_on_the_live_nodes_and_an_export_keeps_them(tmp_path: Path, capsys: Any) -> None:
     """Found by a walkthrough: a replay renamed the live nodes after their kinds (``a100-000``, ``h100-000``), so
     a kind-blind policy broke its ties the other way, and a job that ran on sim-1's H100s live ran on A100s in the
     replay of the same policy. The log's nodes are replayed by name, and an export writes them as node lines."""
@@ -324,3 +326,7 @@ def test_a_replay_places_on_the_live_nodes_and_an_export_keeps_them(tmp_path: Pa
     path = tmp_path / "week.jsonl"
     write_native_trace(path, w.jobs, nodes=w.nodes)
     assert read_native_workload(path) == (w.jobs, [], w.nodes)
+    from aios.cli import simulate as cli  # --cluster given instead: said, as --from-log says it
+
+    assert cli.run(str(path), "h100=2,a100=2", "fifo", None, None, 360, 4, True, None) == 0
+    assert any("node line(s) of the workload are not used" in n for n in json.loads(capsys.readouterr().out)["notes"])

@@ -196,6 +196,9 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
     decide_on_events = from_log if on_events is None else on_events
     table = throughput_table(throughputs, trace, jobs)
     notes: list[str] = _log_notes(log, given_cluster is not None) if log is not None else []
+    if log is None and layout and given_cluster is not None:
+        notes.append(f"cluster: as given by --cluster, in servers of {gpus_per_server} GPUs; the {len(layout)} node "
+                     "line(s) of the workload are not used")
     for quota in quotas:  # a quota of a kind the cluster lacks holds nothing: a typo would look the same
         named = {*quota.nominal, *(quota.borrowing_limit or {}), *(quota.lending_limit or {})}
         if named - set(gpus):
