@@ -302,12 +302,13 @@ class LauncherService(Service):
             if job.spec is None:
                 continue
             if key in self.stopped and (late := set(job.started_workers) - self.stopped_saw.get(key, set())):
-                # workers of an attempt we stopped that started after (nothing else would stop them)
+                # workers of an attempt we stopped that started after (nothing else would stop them); the grace
+                # of the first stop, the longest: a shorter one would cut short a checkpoint that stop asked for
                 self.stopped_saw[key] = set(job.started_workers)
                 log.warning("workers started after their attempt was stopped; stopping them",
                             extra={"job": job.job_id, "workers": sorted(late)})
-                self._in_background(self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=3,
-                                               attempt=job.attempts, timeout=8))
+                self._in_background(self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=10,
+                                               attempt=job.attempts, timeout=15))
             for replaced in job.replacements:  # a replica its lead replaced, on our node: start its successor
                 if (job.status in (PLACED, RUNNING) and self._mine(replaced.node_id) and key not in self.stopped
                         and not (job.stopped_workers or own_exits(job) or job.cancel_requested)
