@@ -97,3 +97,23 @@ async def test_a_worker_that_exited_on_its_own_is_not_marked_stopped() -> None:
     await runner.stop("j3", grace_s=2.0)
     await asyncio.wait_for(done.wait(), 10)
     assert seen == [(0, False)]
+
+
+async def test_a_line_longer_than_the_buffer_goes_in_pieces_and_the_exit_is_reported() -> None:
+    """Found by a walkthrough: a 2 MB line (a JSON dump, a progress bar) broke the line reader; the pipe was read no
+    more, the worker hung writing, its exit never came, and its device stayed taken after a cancel."""
+    out: list[bytes] = []
+    exits: list[tuple[int | None, int | None]] = []
+    done = asyncio.Event()
+
+    async def on_exit(w: Workload, code: int | None, sig: int | None) -> None:
+        exits.append((code, sig))
+        done.set()
+
+    runner = WorkloadRunner(lambda w, stream, line: out.append(line), on_exit)
+    script = "import sys; print('A' * 2_000_000); print('after'); sys.stdout.write('tail')"
+    await runner.start("j1", "w0", [sys.executable, "-c", script], {}, ["GPU-a"])
+    await asyncio.wait_for(done.wait(), 20)
+    assert exits == [(0, None)] and runner.running == {}
+    assert b"".join(out) == b"A" * 2_000_000 + b"\nafter\ntail"
+    assert len(out) > 3 and max(map(len, out)) <= 1 << 16  # pieces no larger than the buffer

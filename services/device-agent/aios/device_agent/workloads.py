@@ -99,17 +99,32 @@ class WorkloadRunner:
         return workload
 
     async def _pump(self, workload: Workload, stream: asyncio.StreamReader | None, name: str) -> None:
+        """Forward the worker's output a line at a time; a line longer than the stream's buffer (64 KiB: a minified
+        JSON dump, a progress bar without newlines) goes in pieces of that size. (``readline`` raised on it, the pipe
+        was read no more, the worker hung on its next write, and its exit and its device were never given back.)"""
         if stream is None:
             return
         while True:
-            line = await stream.readline()
-            if not line:
+            try:
+                line = await stream.readuntil(b"\n")
+            except asyncio.IncompleteReadError as exc:  # the end: a last line without a newline, or nothing
+                if exc.partial:
+                    self.on_output(workload, name, exc.partial)
                 return
+            except asyncio.LimitOverrunError as exc:
+                line = await stream.read(min(max(1, exc.consumed), 1 << 16))
             self.on_output(workload, name, line)
 
     async def _watch(self, workload: Workload) -> None:
-        await asyncio.gather(self._pump(workload, workload.proc.stdout, "stdout"),
-                             self._pump(workload, workload.proc.stderr, "stderr"))
+        for result in await asyncio.gather(self._pump(workload, workload.proc.stdout, "stdout"),
+                                           self._pump(workload, workload.proc.stderr, "stderr"),
+                                           return_exceptions=True):
+            if isinstance(result, Exception):  # the output is lost, never the exit: drain what is left unread
+                log.error("worker output lost", extra={"job": workload.job_id, "worker": workload.worker,
+                                                       "error": repr(result)})
+                for stream in (workload.proc.stdout, workload.proc.stderr):
+                    while stream is not None and await stream.read(1 << 16):
+                        pass
         code = await workload.proc.wait()
         self.running.pop(workload.key, None)
         exit_code, sig = (code, None) if code >= 0 else (None, -code)
