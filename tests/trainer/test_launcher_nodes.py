@@ -82,12 +82,16 @@ async def test_each_node_trainer_launches_its_own_workers_and_the_lead_records_t
         await asyncio.sleep(0.5)
         assert [(n, v, r["env"]["RANK"], r["env"]["LOCAL_RANK"], r["env"]["WORLD_SIZE"]) for n, v, r in asked] == [
             ("n2", "run", "2", "0", "4"), ("n2", "run", "3", "1", "4")]
+        # the node's place in the gang, as torchrun sets it (it read 0 on every node)
+        assert {(r["env"]["GROUP_RANK"], r["env"]["NODE_RANK"], r["env"]["GROUP_WORLD_SIZE"]) for _, _, r in asked} == {
+            ("1", "1", "2")}
         assert not any(isinstance(e, JobStarted) for e in (await store.read("job.j1")).events)
 
         # the lead (rank 0's node) starts its own two and records the start once
         tasks["n1"] = asyncio.ensure_future(launchers["n1"].run(contexts["n1"]))
         await until(lambda: len(asked) == 4)
-        assert sorted((n, r["env"]["RANK"]) for n, v, r in asked[2:]) == [("n1", "0"), ("n1", "1")]
+        assert sorted((n, r["env"]["RANK"], r["env"]["GROUP_RANK"]) for n, v, r in asked[2:]) == [
+            ("n1", "0", "0"), ("n1", "1", "0")]
         async def started_events() -> list[JobStarted]:
             return [e for e in (await store.read("job.j1")).events if isinstance(e, JobStarted)]
         await until(started_events)

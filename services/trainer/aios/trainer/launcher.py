@@ -56,13 +56,17 @@ def worker_env(job: JobState, assignment: Assignment, rank: int, local_rank: int
     spec = job.spec
     assert spec is not None
     world = sum(max(1, len(a.device_uuids)) for a in job.assignments)
+    group = next(i for i, a in enumerate(job.assignments) if a is assignment or a == assignment)
     master = job.assignments[0].node_id
     env = {k: v for k, v in spec.env.items() if k != "AIOS_CHECKPOINT_INTERVAL_S"}  # the spec's field says it
     return {**env,
             "MASTER_ADDR": "127.0.0.1" if master.startswith("sim") else master,
             "MASTER_PORT": str(master_port(job.job_id, job.attempts)),
             "RANK": str(rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(world),
-            "LOCAL_WORLD_SIZE": str(max(1, len(assignment.device_uuids))), "GROUP_RANK": "0",
+            "LOCAL_WORLD_SIZE": str(max(1, len(assignment.device_uuids))),
+            # the node's place in the gang, as torchrun's GROUP_RANK (it read 0 on every node); NODE_RANK as
+            # Lightning and torch.distributed.launch name it
+            "GROUP_RANK": str(group), "NODE_RANK": str(group), "GROUP_WORLD_SIZE": str(len(job.assignments)),
             "AIOS_JOB_ID": job.job_id, "AIOS_ATTEMPT": str(job.attempts), "AIOS_NATS_URL": nats_url,
             "AIOS_CHECKPOINT_STORE": "AIOS_CHECKPOINTS", "AIOS_CHECKPOINT_NAME": job.job_id,
             **({"AIOS_TRAINER": json.dumps(spec.trainer)} if spec.trainer is not None else {}),
