@@ -78,6 +78,11 @@ def test_bad_trainer_config_names_the_field() -> None:
         parse_config({"steps": "many"})
     with pytest.raises(ValueError, match="trainer: .*colour"):
         parse_config({"colour": "red"})
+    # digits has ten classes: a spec that names no classes gets them (it was refused for the default meant for
+    # spirals, a field its user never set); one that names another number is told why
+    assert parse_config({"dataset": "digits"}).classes == 10 and parse_config({}).classes == 3
+    with pytest.raises(ValueError, match="trainer.classes: the digits dataset has 10 classes"):
+        parse_config({"dataset": "digits", "classes": 3})
 
 
 async def test_every_rank_starts_from_rank_0s_checkpoint(nats_server: NatsServer) -> None:
