@@ -212,7 +212,9 @@ def test_a_cordoned_node_gets_no_new_jobs_and_a_drained_one_gives_its_preemptibl
     step(c.state, fifo, 6.0)
     assert c.status("move") == PENDING
     why = explain(c.state, fifo, "move", 7.0)
-    assert "no online node has any healthy device" in why and "n1, n2 is uncordoned" in why, why
+    # the nodes are online and healthy, only cordoned (it read "no online node has any healthy device")
+    assert "no uncordoned node has any healthy device (devices uncordoned: none)" in why, why
+    assert "n1, n2 is uncordoned" in why, why
     free = on["move"]  # the other node still runs "keep"
     apply(c.state, [(f"node.{free}", [NodeCordoned(aggregate_id=free, cordoned=False)])], 8.0)
     step(c.state, fifo, 9.0)

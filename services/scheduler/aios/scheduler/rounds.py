@@ -369,16 +369,19 @@ class _Facts:
         job at submission; here it waits, since nodes may join (Kueue, Ray), but its reason says so."""
         shape = (req.devices, req.kinds, req.max_per_node, req.gang, req.cpu, req.memory_gib)
         if shape not in self._never:
-            why = self._never_fits(req)
             cordoned = sorted(n for n, node in self.state.inv.nodes.items() if node.online and not node.schedulable)
+            # with nodes cordoned, "online" said too little: all of them were online, and healthy (found by a
+            # walkthrough: "no online node has any healthy device (devices online: none)")
+            why = self._never_fits(req, "uncordoned" if cordoned else "online")
             self._never[shape] = why + (f" or {', '.join(cordoned[:5])} is uncordoned" if why and cordoned else "")
         return self._never[shape]
 
-    def _never_fits(self, req: Request) -> str:
+    def _never_fits(self, req: Request, open_: str) -> str:
+        """``open_``: the word for the nodes open to jobs ("online", or "uncordoned" when some online are not)."""
         if req.devices == 0:  # a CPU-only job: one worker on a node with the CPU and memory
             if any(cpu + 1e-9 >= req.cpu and mem + 1e-9 >= req.memory_gib for _, cpu, mem, _ in self.installed):
                 return ""
-            return (f"no online node has {req.cpu:g} CPU and {req.memory_gib:g} GiB for its worker; it waits until "
+            return (f"no {open_} node has {req.cpu:g} CPU and {req.memory_gib:g} GiB for its worker; it waits until "
                     "one joins")
         kinds_here: dict[str, int] = {}
         usable = 0
@@ -397,13 +400,13 @@ class _Facts:
         has = ", ".join(f"{k} x{n}" for k, n in sorted(kinds_here.items())) or "none"
         if not any(req.kinds is None or k in req.kinds for k in kinds_here):
             what = f"a {wanted} device" if wanted else "any healthy device"
-            return f"no online node has {what} (devices online: {has}); it waits until one joins"
+            return f"no {open_} node has {what} (devices {open_}: {has}); it waits until one joins"
         if usable == 0:
-            return (f"no online node can hold one worker ({req.cpu:g} CPU, {req.memory_gib:g} GiB with a "
+            return (f"no {open_} node can hold one worker ({req.cpu:g} CPU, {req.memory_gib:g} GiB with a "
                     f"{wanted or 'device'}); it waits until one joins")
         if req.gang and usable < req.devices:
             return (f"the cluster could give it at most {usable} of its {req.devices} {wanted + ' ' if wanted else ''}"
-                    f"devices even if every other job left (devices online: {has}); it waits until nodes join")
+                    f"devices even if every other job left (devices {open_}: {has}); it waits until nodes join")
         return ""
 
 
