@@ -909,3 +909,20 @@ def test_a_head_that_cannot_start_on_the_nodes_there_does_not_hold_the_queue() -
         step(c.state, policy, 3.0)
         assert c.status("wide") == PENDING and c.where("small") == {"n2": 4}, name
         assert "uncordoned" in explain(c.state, policy, "wide", 4.0)
+
+
+def test_why_names_the_job_that_may_not_be_preempted() -> None:
+    """Found by a walkthrough: a priority-20 gang waited behind a priority-5 job marked preemptible: false, and
+    `aios why` said only "short by 2". It names the job its policy would have preempted but for that."""
+    c = Cluster(("n1", "h100", 8))
+    policy = make_policy("priority")
+    c.submit("mid", 2, priority=5, preemptible=False, now=1.0)
+    c.submit("low", 2, priority=1, now=1.5)
+    step(c.state, policy, 2.0)
+    c.submit("big", 8, priority=20, now=3.0)
+    plan = step(c.state, policy, 4.0)
+    assert [p.job_id for p in plan.preemptions] == []  # low alone would not make room
+    assert "would preempt but for preemptible: false: mid (2)" in plan.reasons["big"], plan.reasons["big"]
+    assert "mid (2)" in explain(c.state, policy, "big", 5.0)
+    fifo = make_policy("fifo")  # a policy that preempts nobody has nobody to name
+    assert "preemptible: false" not in step(c.state, fifo, 6.0).reasons["big"]

@@ -561,11 +561,13 @@ class _Preemption:
             self._leaving = [j for j in self.state.active() if j.status == PREEMPTING and j.assignments] + [
                 jobs[j] for j in sorted(ended) if jobs[j].assignments]
         if not candidates and not self._leaving:
+            self._say_who_stays(job)
             return
         # a count first: the trial placements are only worth it once enough devices of its kinds would be free
         free = int(view.capacity_in(req, view.candidates(req)).sum())
         coming = free + sum(compatible(job, j, self.state) for j in self._leaving + self.victims)
         if coming + sum(compatible(job, v, self.state) for v in candidates) < req.devices:
+            self._say_who_stays(job)
             return
         self.tries += 1
         devices = self._fits(view, req, []) if coming >= req.devices else None
@@ -594,6 +596,31 @@ class _Preemption:
                     self.plan.preemptions.append(Preemption(v.job_id, job.job_id, why))
                 self.plan.reasons[job.job_id] += f"; preempting {', '.join(v.job_id for v in chosen)} to make room"
                 return
+
+    def _say_who_stays(self, job: JobState) -> None:
+        """Under a policy that preempts, a job it would have let this one preempt but for ``preemptible: false``
+        is named in the reason (``aios why`` read only "short by 2", of a cluster held by such a job)."""
+        if type(self.policy).victims is Policy.victims or job.spec is None:
+            return
+        others = [j for j in self.state.active() if j.status in (PLACED, RUNNING) and j.spec is not None
+                  and not j.spec.preemptible and compatible(job, j, self.state)]
+        stays = [j for j in others[:20]  # (a policy's victims are asked once each: a bound on the cost)
+                 if self._would_take(job, msgspec.structs.replace(j, spec=msgspec.structs.replace(
+                     j.spec, preemptible=True)))]
+        if stays:
+            self.plan.reasons[job.job_id] += ("; held by jobs its policy would preempt but for preemptible: false: "
+                                              + ", ".join(f"{j.job_id} ({compatible(job, j, self.state)})"
+                                                          for j in stays[:3]))
+
+    def _would_take(self, job: JobState, other: JobState) -> bool:
+        """Whether the policy would let ``job`` preempt ``other`` if ``other`` were preemptible."""
+        jobs = self.state.jobs
+        real = jobs[other.job_id]
+        jobs[other.job_id] = other
+        try:
+            return any(v.job_id == other.job_id for v in self.policy.victims(self.state, self.now, job))
+        finally:
+            jobs[other.job_id] = real
 
     def _fits(self, view: ClusterView, req: Request, chosen: list[JobState]) -> list[str] | None:
         """The devices ``req`` would start on once the leaving jobs, this round's victims and ``chosen`` are gone,
