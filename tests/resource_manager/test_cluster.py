@@ -111,6 +111,9 @@ def test_quota_and_tenants_commands(aios_env: dict[str, str], tmp_path: Path) ->
         assert ok.returncode == 0, ok.stderr
         bad = run("quota", "nlp", "--nominal", "h100=four")
         assert bad.returncode == 2 and "--nominal: 'h100=four' is not KIND=N" in bad.stderr
+        # a kind no node has is set, and said (a typo of a kind looked the same as a kind yet to come)
+        tpu = run("quota", "tpu-team", "--nominal", "tpu=4")
+        assert tpu.returncode == 0 and "note: no node has tpu devices now" in tpu.stderr, tpu
         deadline = time.monotonic() + 20
         while True:
             out = run("tenants", "--json")
