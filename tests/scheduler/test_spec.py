@@ -44,6 +44,8 @@ def test_a_full_spec_is_accepted() -> None:
     ({"command": ["echo", "a\x00b"]}, "command[1]", "NUL character"),
     ({"env": {"A=B": "1"}}, "env.A=B", "not an environment variable name"),
     ({"env": {"A": "x\x00y"}}, "env.A", "NUL character"),
+    ({"env": {"RANK": "99"}}, "env.RANK", "set by AIOS for each worker"),  # it was overwritten without a word
+    ({"env": {"CUDA_VISIBLE_DEVICES": "0"}}, "env.CUDA_VISIBLE_DEVICES", "set by AIOS for each worker"),
     # an unknown field is named as unknown, whatever it holds (it read "[0]: a key must not contain a NUL")
     ({"": [{"\x00": None}]}, "''", "unknown field"),
     ({"colour": float("nan")}, "colour", "unknown field"),

@@ -79,7 +79,7 @@ _SPEC_NOTES: dict[str, dict[str, Any]] = {
                                "...)"},
     "serve": {"description": "exactly one of command, trainer and serve: a model-serving job "
                              "(model: models:/name@alias, max_batch, max_delay_ms)"},
-    "env": {"description": "environment of every worker"},
+    "env": {"description": "environment of every worker (not the variables AIOS sets for each: RANK, WORLD_SIZE, MASTER_ADDR, CUDA_VISIBLE_DEVICES, AIOS_JOB_ID ...)"},
     "checkpoint_interval_s": {"exclusiveMinimum": 0, "description": "checkpoint at least this often (the built-in trainer does; a command "
                                              "reads it from AIOS_CHECKPOINT_INTERVAL_S)"},
 }

@@ -87,6 +87,12 @@ def check_tenant(tenant: str, field: str = "tenant") -> None:
 
 
 _ENV_NAME = re.compile(r"^[^=\x00]{1,256}$")
+WORKER_VARIABLES = frozenset({
+    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK", "GROUP_WORLD_SIZE",
+    "MASTER_ADDR", "MASTER_PORT", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER",
+    "AIOS_JOB_ID", "AIOS_ATTEMPT", "AIOS_NATS_URL",
+    "AIOS_CHECKPOINT_STORE", "AIOS_CHECKPOINT_NAME", "AIOS_TRAINER", "AIOS_SERVE"})
+"""What the launcher and the device agent set for each worker, whatever a spec's ``env`` says."""
 MAX_PRIORITY = 1000
 MAX_DEVICES = 4096
 MAX_CPU_PER_WORKER = 4096.0
@@ -157,6 +163,9 @@ def validate_spec(raw: Any) -> JobSpec:
     for key in spec.env:
         if not _ENV_NAME.fullmatch(key):
             raise SpecError(f"env.{key[:64]}", "not an environment variable name (1 to 256 characters, no '=')")
+        if key in WORKER_VARIABLES:  # it was overwritten without a word
+            raise SpecError(f"env.{key}", "set by AIOS for each worker (torchrun's variables, the job's own and its "
+                                          "devices): it cannot be given")
     if not 0 <= spec.max_restarts <= MAX_RESTARTS:
         raise SpecError("max_restarts", f"a whole number from 0 to {MAX_RESTARTS}, got {spec.max_restarts}")
     for field in ("max_runtime_s", "runtime_estimate_s", "checkpoint_interval_s"):
