@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
+import pytest
+
 from aios.device_agent.workloads import Workload, WorkloadRunner
 
 
@@ -117,3 +119,24 @@ async def test_a_line_longer_than_the_buffer_goes_in_pieces_and_the_exit_is_repo
     assert exits == [(0, None)] and runner.running == {}
     assert b"".join(out) == b"A" * 2_000_000 + b"\nafter\ntail"
     assert len(out) > 3 and max(map(len, out)) <= 1 << 16  # pieces no larger than the buffer
+
+
+async def test_a_worker_does_not_inherit_the_agents_own_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a walkthrough: the agent's AIOS_HTTP_PORT (and its data directory) reached user code. The node's
+    settings meant for workers (where a replica listens) still do."""
+    monkeypatch.setenv("AIOS_HTTP_PORT", "9999")
+    monkeypatch.setenv("AIOS_DATA_DIR", "/var/lib/aios")
+    monkeypatch.setenv("AIOS_SERVE_HOST", "0.0.0.0")
+    monkeypatch.setenv("HOME_LIKE", "kept")
+    out: list[bytes] = []
+    done = asyncio.Event()
+
+    async def on_exit(w: Workload, code: int | None, sig: int | None) -> None:
+        done.set()
+
+    runner = WorkloadRunner(lambda w, stream, line: out.append(line), on_exit)
+    script = ("import os; print(sorted({'AIOS_HTTP_PORT', 'AIOS_DATA_DIR', 'AIOS_SERVE_HOST', 'AIOS_JOB_ID'} & "
+              "set(os.environ)), os.environ['HOME_LIKE'])")
+    await runner.start("j1", "w0", [sys.executable, "-c", script], {"AIOS_JOB_ID": "j1"}, [])
+    await asyncio.wait_for(done.wait(), 20)
+    assert out == [b"['AIOS_JOB_ID', 'AIOS_SERVE_HOST'] kept\n"]

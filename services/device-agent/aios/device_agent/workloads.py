@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 log = logging.getLogger("aios.device_agent.workloads")
+AGENT_ONLY = frozenset({"AIOS_HTTP_PORT", "AIOS_HTTP_HOST", "AIOS_DATA_DIR", "AIOS_NATS_PORT"})
+"""The agent's own settings, kept from its workers' environment (a worker's /metrics port is not its agent's)."""
 
 OutputSink = Callable[["Workload", str, bytes], None]
 ExitSink = Callable[["Workload", "int | None", "int | None"], Awaitable[None]]
@@ -83,7 +85,10 @@ class WorkloadRunner:
         if (job_id, worker) in self.running:
             raise ValueError(f"worker {worker!r} of job {job_id!r} is already running")
         await self._wait_for_devices(device_uuids)
-        full_env = {**os.environ, **env, **device_environment(device_uuids)}
+        # the agent's own process settings (its HTTP port, data directory) are not the worker's; the node's
+        # settings for workers (AIOS_SERVE_HOST for replicas) are
+        inherited = {k: v for k, v in os.environ.items() if k not in AGENT_ONLY}
+        full_env = {**inherited, **env, **device_environment(device_uuids)}
         proc = await asyncio.create_subprocess_exec(
             *command, env=full_env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, preexec_fn=_own_session_dies_with_agent)
