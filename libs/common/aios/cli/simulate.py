@@ -23,7 +23,7 @@ from aios.common.errors import ConfigError
 from aios.scheduler.policies import POLICIES, make_policy
 from aios.common.events import TenantQuotaSet
 from aios.scheduler.sim.native import LogWorkload, load_log_workload, read_native_workload, write_native_trace
-from aios.scheduler.sim.simulator import simulate, summary
+from aios.scheduler.sim.simulator import layout_counts, simulate, summary
 from aios.scheduler.sim.traces import (Throughputs, TraceJob, gavel_line_of, hinted_rates, kind_rates, known_rates,
                                       parse_cluster, read_gavel_throughputs, read_gavel_trace, read_text)
 
@@ -109,14 +109,6 @@ async def _log_workload(servers: list[str] | None) -> LogWorkload:
         await store.close()
 
 
-def _counts(nodes: dict[str, dict[str, int]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for devices in nodes.values():
-        for kind, n in devices.items():
-            counts[kind] = counts.get(kind, 0) + n
-    return dict(sorted(counts.items()))
-
-
 def _servers(kind: str, count: int, per_server: int, taken: dict[str, dict[str, int]]) -> list[tuple[str, range]]:
     """Names and device ranges of the servers ``--add`` adds to a cluster of named nodes."""
     out = []
@@ -184,7 +176,7 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
         if not jobs:
             raise ConfigError(f"--trace: {trace} holds no job")
         base = given_cluster if given_cluster is not None else (
-            _counts(layout) if layout else parse_cluster("v100=12,p100=12,k80=12"))
+            layout_counts(layout) if layout else parse_cluster("v100=12,p100=12,k80=12"))
         source = Path(trace).name
     gpus = add_gpus(base, added)
     nodes: dict[str, dict[str, int]] | None = None

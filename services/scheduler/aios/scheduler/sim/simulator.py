@@ -59,6 +59,15 @@ def cluster_events(cluster: dict[str, int], gpus_per_server: int) -> list[tuple[
     return out
 
 
+def layout_counts(nodes: dict[str, dict[str, int]]) -> dict[str, int]:
+    """GPU kind -> devices over a layout's nodes (the cluster it makes)."""
+    counts: dict[str, int] = {}
+    for devices in nodes.values():
+        for kind, n in devices.items():
+            counts[kind] = counts.get(kind, 0) + n
+    return dict(sorted(counts.items()))
+
+
 def layout_events(nodes: dict[str, dict[str, int]]) -> list[tuple[str, list[Any]]]:
     """Named nodes (a live cluster's, as its log registered them), each with its GPUs of every kind; the devices
     of a kind NVLink-connected, as ``cluster_events``' servers."""
@@ -153,11 +162,8 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
     started = time.perf_counter()
     state = SchedulerState()
     if nodes:
-        counted: dict[str, int] = {}
-        for devices in nodes.values():
-            for kind, n in devices.items():
-                counted[kind] = counted.get(kind, 0) + n
-        if {k: v for k, v in counted.items() if v} != {k: v for k, v in cluster.items() if v}:
+        counted = layout_counts(nodes)
+        if counted != {k: v for k, v in sorted(cluster.items()) if v}:
             raise ValueError(f"the nodes hold {counted}, the cluster says {cluster}")
     apply(state, layout_events(nodes) if nodes else cluster_events(cluster, gpus_per_server), 0.0)
     apply(state, [(f"tenant.{q.aggregate_id}", [q]) for q in quotas], 0.0)
