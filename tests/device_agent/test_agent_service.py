@@ -219,3 +219,38 @@ def test_the_fence_setting_is_checked() -> None:
     for bad in ("soon", "0", "-1", "inf"):
         with pytest.raises(ConfigError, match="AIOS_AGENT_FENCE_AFTER="):
             AgentConfig.from_env({"AIOS_NODE_ID": "n", "AIOS_AGENT_FENCE_AFTER": bad})
+
+
+async def test_telemetry_and_event_watch_outlive_failing_nvml(agent: tuple[DeviceAgentService, EventStore]) -> None:
+    """A reading that raises ended the telemetry task for good, silently (no metrics, no health from samples, while
+    heartbeats went on); an event wait failing at once each time spun a core."""
+    import pynvml as N
+
+    service, _store = agent
+    real_sample = service.backend.sample
+
+    def broken() -> Any:
+        raise N.NVMLLibraryMismatchError("Unversioned function called ...")
+
+    service.backend.sample = broken  # type: ignore[method-assign]
+    await until(lambda: _async(bool(service.telemetry_error)), what="the failure noted")
+    ok, text = service.healthy()
+    assert not ok and "telemetry failing: NVMLLibraryMismatchError" in text
+    service.backend.sample = real_sample  # type: ignore[method-assign]
+    before = service.samples
+    await until(lambda: _async(service.samples > before + 2), what="readings again")
+    assert service.healthy()[0]
+
+    fake = service.fake
+    fake.fail("nvmlEventSetWait_v2", N.NVML_ERROR_GPU_IS_LOST)
+    await until(lambda: _async(service.backend.event_wait_failing), what="the failing wait")
+    calls = fake.calls["nvmlEventSetWait_v2"]
+    await asyncio.sleep(1.5)
+    assert fake.calls["nvmlEventSetWait_v2"] - calls <= 3  # paused a second between tries (it was thousands)
+    fake.heal()
+    fake.xid(2, 79)
+    assert await until(lambda: _unhealthy(_store), what="events watched again once the wait works")
+
+
+async def _async(value: Any) -> Any:
+    return value

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+import threading
+from typing import Any, Iterator
 
 import pynvml as N
 import pytest
@@ -66,12 +67,12 @@ def test_samples_and_degraded_calls(dgx: tuple[fakenvml.FakeNvml, NvmlBackend]) 
     assert s.utilization_gpu >= 90 and s.power_w is not None and s.power_w > 500 and s.processes == [(777, 2 * 1024**3)]
     assert s.memory_used_bytes >= 2 * 1024**3 and s.errors == []
 
-    fake.fail("nvmlDeviceGetTemperature", N.NVML_ERROR_UNKNOWN)
+    fake.fail("nvmlDeviceGetTemperatureV", N.NVML_ERROR_UNKNOWN)
     fake.fail("nvmlDeviceGetPowerUsage", N.NVML_ERROR_NOT_SUPPORTED)
     s = backend.sample()[0]
     assert s.temperature_c is None and s.power_w is None and s.utilization_gpu is not None
-    assert s.errors == ["nvmlDeviceGetTemperature: Unknown Error"]  # NotSupported is normal, not an error
-    assert backend.error_counts["nvmlDeviceGetTemperature"] == 8
+    assert s.errors == ["nvmlDeviceGetTemperatureV: Unknown Error"]  # NotSupported is normal, not an error
+    assert backend.error_counts["nvmlDeviceGetTemperatureV"] == 8
     fake.heal()
     assert backend.sample()[0].temperature_c is not None
 
@@ -93,6 +94,103 @@ def test_nvml_events(dgx: tuple[fakenvml.FakeNvml, NvmlBackend]) -> None:
     assert backend.wait_events(200) == [HealthSignal(fake.gpus[2].uuid, "xid", 48)]
     fake.double_bit_ecc(3)
     assert backend.wait_events(200) == [HealthSignal(fake.gpus[3].uuid, "ecc-dbe")]
+
+
+def test_a_driver_older_than_the_wrapper_still_gives_readings(caplog: pytest.LogCaptureFixture) -> None:
+    """Before R510 a driver has no nvmlDeviceGetComputeRunningProcesses_v3: pynvml raises NVMLLibraryMismatchError,
+    which is not an NVMLError, and it ended the agent's telemetry for good. The older versions are used instead."""
+    fake = fakenvml.FakeNvml(fakenvml.sim_node("2xV100-16GB", "n").gpus, missing=frozenset({
+        "nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetTemperatureV"}))
+    fakenvml.install(fake)
+    backend = NvmlBackend()
+    backend.start()
+    fake.gpus[1].processes[4242] = 1024**3
+    for _ in range(3):
+        samples = backend.sample()
+    assert samples[1].processes == [(4242, 1024**3)] and samples[1].temperature_c is not None
+    assert samples[1].errors == [] and backend.error_counts == {}
+
+    fake.missing = frozenset({"nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetComputeRunningProcesses_v2",
+                              "nvmlDeviceGetPowerUsage"})
+    N._nvmlGetFunctionPointer_cache.clear()
+    backend._absent.clear()
+    with caplog.at_level("WARNING", logger="aios.device_agent.nvml"):
+        for _ in range(3):
+            samples = backend.sample()
+    assert samples[0].processes == [] and samples[0].power_w is None and samples[0].utilization_gpu is not None
+    lacking = [r for r in caplog.records if "lacks a function" in r.getMessage() and r.levelname == "WARNING"]
+    assert sorted(r.call for r in lacking) == ["nvmlDeviceGetComputeRunningProcesses_v2",  # type: ignore[attr-defined]
+                                               "nvmlDeviceGetPowerUsage"]  # once each, not every reading
+    backend.stop()
+    fakenvml.uninstall()
+
+
+def test_a_gpu_unreadable_at_start_is_named_not_silently_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    fake = fakenvml.dgx_h100()
+    fake.gpus[3].lost = True
+    fakenvml.install(fake)
+    backend = NvmlBackend()
+    with caplog.at_level("ERROR", logger="aios.device_agent.nvml"):
+        backend.start()
+    assert len(backend.devices()) == 7 and list(backend.missing) == [3] and "GPU is lost" in backend.missing[3]
+    assert backend.error_counts == {"device unreadable at start": 1}  # the agent's NVML error counter shows it
+    assert any(r.getMessage().startswith("GPU left out") and r.index == 3  # type: ignore[attr-defined]
+               for r in caplog.records)
+    backend.stop()
+    fakenvml.uninstall()
+
+
+def test_an_xid_from_a_gpu_that_fell_off_the_bus_is_kept(dgx: tuple[fakenvml.FakeNvml, NvmlBackend]) -> None:
+    """The event names its device by handle; asking a lost device for its uuid fails, and XID 79 was dropped."""
+    fake, backend = dgx
+    fake.gpus[2].lost = True
+    fake.xid(2, 79)
+    assert backend.wait_events(500) == [HealthSignal(fake.gpus[2].uuid, "xid", 79)]
+
+
+def test_a_failing_event_wait_is_flagged_and_logged_once(dgx: tuple[fakenvml.FakeNvml, NvmlBackend],
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    fake, backend = dgx
+    fake.fail("nvmlEventSetWait_v2", N.NVML_ERROR_GPU_IS_LOST)
+    with caplog.at_level("WARNING", logger="aios.device_agent.nvml"):
+        for _ in range(50):
+            assert backend.wait_events(1000) == [] and backend.event_wait_failing  # the caller pauses on it
+    assert backend.error_counts["nvmlEventSetWait"] == 50
+    assert [r.getMessage() for r in caplog.records] == ["NVML event wait failed"]
+    fake.heal()
+    fake.xid(1, 48)
+    assert backend.wait_events(500) == [HealthSignal(fake.gpus[1].uuid, "xid", 48)]
+    assert not backend.event_wait_failing
+
+
+def test_stopping_waits_for_a_thread_inside_the_event_wait(dgx: tuple[fakenvml.FakeNvml, NvmlBackend]) -> None:
+    """Freeing the event set (and shutting NVML down) under a thread blocked on it is a use after free in the real
+    library; the waiter returns within its timeout, then the set is freed."""
+    fake, backend = dgx
+    order: list[str] = []
+    waiting = threading.Event()
+    wait, free = fakenvml.FakeNvml._c_nvmlEventSetWait_v2, fakenvml.FakeNvml._c_nvmlEventSetFree
+
+    def traced_wait(self: fakenvml.FakeNvml, *args: Any) -> int:
+        waiting.set()
+        code = wait(self, *args)
+        order.append("wait returned")
+        return code
+
+    def traced_free(self: fakenvml.FakeNvml, *args: Any) -> int:
+        order.append("set freed")
+        return free(self, *args)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fakenvml.FakeNvml, "_c_nvmlEventSetWait_v2", traced_wait)
+        mp.setattr(fakenvml.FakeNvml, "_c_nvmlEventSetFree", traced_free)
+        waiter = threading.Thread(target=backend.wait_events, args=(300,))
+        waiter.start()
+        assert waiting.wait(5)
+        backend.stop()
+        waiter.join(5)
+    assert order == ["wait returned", "set freed"]
+    assert backend.wait_events(10) == []  # a wait after the stop finds no set, and does not touch NVML
 
 
 def test_event_set_failure_degrades() -> None:

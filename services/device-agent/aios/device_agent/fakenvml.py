@@ -83,8 +83,11 @@ class FakeNvml:
     """The fake library. Install with :func:`install`; every public ``nvml*`` attribute is a C function."""
 
     def __init__(self, gpus: list[FakeGpu], *, nvlink: set[frozenset[int]] | None = None,
-                 driver_version: str = "550.54.15", clock: Callable[[], float] = time.monotonic) -> None:
+                 driver_version: str = "550.54.15", clock: Callable[[], float] = time.monotonic,
+                 missing: frozenset[str] = frozenset()) -> None:
         self.gpus = gpus
+        self.missing = missing
+        """C functions this driver does not have, as an older driver than the wrapper lacks the newer versions."""
         self.nvlink = nvlink if nvlink is not None else set()
         self.driver_version = driver_version
         self.clock = clock
@@ -126,7 +129,7 @@ class FakeNvml:
     # -- dispatch -----------------------------------------------------------------------------------------------------
     def __getattr__(self, name: str) -> Callable[..., int]:
         impl = getattr(type(self), f"_c_{name}", None)
-        if impl is None:
+        if impl is None or name in self.missing:
             raise AttributeError(name)  # pynvml turns this into NVMLError_FunctionNotFound
 
         def c_function(*args: Any) -> int:
@@ -271,6 +274,18 @@ class FakeNvml:
         _ref(out).value = gpu.temperature
         return SUCCESS
 
+    def _c_nvmlDeviceGetTemperatureV(self, handle: Any, out: Any) -> int:
+        gpu = self._live(handle)
+        if isinstance(gpu, int):
+            return gpu
+        reading = _ref(out)
+        if reading.version != N.nvmlTemperature_v1:
+            return N.NVML_ERROR_ARGUMENT_VERSION_MISMATCH
+        if reading.sensorType != N.NVML_TEMPERATURE_GPU:
+            return N.NVML_ERROR_NOT_SUPPORTED
+        reading.temperature = gpu.temperature
+        return SUCCESS
+
     def _c_nvmlDeviceGetPowerUsage(self, handle: Any, out: Any) -> int:
         gpu = self._live(handle)
         if isinstance(gpu, int):
@@ -374,6 +389,8 @@ class FakeNvml:
             infos[i].gpuInstanceId = infos[i].computeInstanceId = 0xFFFFFFFF
         n.value = len(procs)
         return SUCCESS
+
+    _c_nvmlDeviceGetComputeRunningProcesses_v2 = _c_nvmlDeviceGetComputeRunningProcesses_v3  # the same struct
 
     def _c_nvmlDeviceGetSupportedEventTypes(self, handle: Any, out: Any) -> int:
         gpu = self._live(handle)

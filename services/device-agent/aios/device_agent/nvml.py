@@ -8,10 +8,12 @@ failing call never raises out of a reading; it leaves the field empty and is cou
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import re
 import socket
+import threading
 from typing import Any, Callable, TypeVar
 
 import msgspec
@@ -95,6 +97,18 @@ class NvmlBackend:
         """Devices whose last reading hit GPU_IS_LOST."""
         self._reported_lost: set[str] = set()
         self._event_set: Any = None
+        self._event_lock = threading.Lock()
+        """Held while a thread waits on the event set, so that :meth:`stop` never frees the set under it."""
+        self._event_error = ""
+        """The last event-wait failure, logged once; cleared by a wait that works."""
+        self.event_wait_failing = False
+        self._uuid_at: dict[int | None, str] = {}
+        """Device handle (its address) -> uuid: an event names its device by handle, and a lost device cannot be
+        asked for its uuid (XID 79, "fell off the bus", was dropped)."""
+        self.missing: dict[int, str] = {}
+        """Index -> why: devices NVML counts but that could not be read at start (left out of the inventory)."""
+        self._absent: set[str] = set()
+        """NVML functions this driver does not have (older than the wrapper): asked once, then left alone."""
 
     # -- life cycle -------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -107,31 +121,49 @@ class NvmlBackend:
             raise NvmlUnavailable(f"NVML could not start: {exc}") from None
         count = self._call("nvmlDeviceGetCount", N.nvmlDeviceGetCount) or 0
         for i in range(count):
-            handle = self._call("nvmlDeviceGetHandleByIndex", N.nvmlDeviceGetHandleByIndex, i)
-            if handle is None:
-                continue
-            uuid = self._call("nvmlDeviceGetUUID", N.nvmlDeviceGetUUID, handle)
-            if uuid is None:
+            errors: list[str] = []
+            handle = self._call("nvmlDeviceGetHandleByIndex", N.nvmlDeviceGetHandleByIndex, i, errors=errors)
+            uuid = None if handle is None else self._call("nvmlDeviceGetUUID", N.nvmlDeviceGetUUID, handle,
+                                                          errors=errors)
+            if uuid is None:  # it vanished from the node's inventory without a word (a GPU lost before the agent)
+                self.missing[i] = "; ".join(errors) or "no handle or uuid"
+                self.error_counts["device unreadable at start"] = self.error_counts.get(
+                    "device unreadable at start", 0) + 1
+                log.error("GPU left out of this node's inventory: NVML cannot read it",
+                          extra={"index": i, "error": self.missing[i]})
                 continue
             self.handles[uuid] = handle
             self.index_of[uuid] = i
+            self._uuid_at[_address(handle)] = uuid
         self._register_events()
 
     def stop(self) -> None:
-        if self._event_set is not None:
-            self._call("nvmlEventSetFree", N.nvmlEventSetFree, self._event_set)
-            self._event_set = None
+        with self._event_lock:  # a thread in nvmlEventSetWait returns within its timeout; then the set is freed
+            if self._event_set is not None:
+                self._call("nvmlEventSetFree", N.nvmlEventSetFree, self._event_set)
+                self._event_set = None
         try:
             N.nvmlShutdown()
         except N.NVMLError:
             pass
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any, uuid: str | None = None,
-              errors: list[str] | None = None) -> T | None:
-        """One NVML call that cannot kill the agent: NotSupported is quiet, others are counted and noted."""
+              errors: list[str] | None = None, newer: bool = False) -> T | None:
+        """One NVML call that cannot kill the agent: NotSupported is quiet, a function this driver lacks is noted
+        once, others are counted and noted."""
+        if what in self._absent:
+            return None
         try:
             return fn(*args)
         except N.NVMLError_NotSupported:
+            return None
+        except (N.NVMLError_FunctionNotFound, N.NVMLLibraryMismatchError):
+            # an older driver than the wrapper (pynvml raises the second, not an NVMLError, for some functions: it
+            # ended the agent's telemetry for good, without a word)
+            self._absent.add(what)
+            (log.info if newer else log.warning)(
+                "this NVML driver lacks a function: " + ("an older one is used" if newer else "its reading stays empty"),
+                extra={"call": what})
             return None
         except N.NVMLError_GpuIsLost:
             if uuid is not None:
@@ -148,6 +180,15 @@ class NvmlBackend:
                 errors.append(f"{what}: {exc}")
             log.warning("NVML call failed", extra={"call": what, "uuid": uuid, "error": str(exc)})
             return None
+
+    def _first_of(self, calls: list[tuple[str, Callable[..., T]]], *args: Any, uuid: str | None = None,
+                  errors: list[str] | None = None) -> T | None:
+        """The newest of several versions of one NVML call that this driver has (older drivers lack the newer)."""
+        for what, fn in calls:
+            value = self._call(what, fn, *args, uuid=uuid, errors=errors, newer=what != calls[-1][0])
+            if what not in self._absent:
+                return value
+        return None
 
     # -- inventory ---------------------------------------------------------------------------------------------------
     def driver_version(self) -> str:
@@ -217,8 +258,7 @@ class NvmlBackend:
         call = self._call
         util = call("nvmlDeviceGetUtilizationRates", N.nvmlDeviceGetUtilizationRates, h, uuid=uuid, errors=errors)
         mem = call("nvmlDeviceGetMemoryInfo", N.nvmlDeviceGetMemoryInfo, h, uuid=uuid, errors=errors)
-        temp = call("nvmlDeviceGetTemperature", N.nvmlDeviceGetTemperature, h, N.NVML_TEMPERATURE_GPU, uuid=uuid,
-                    errors=errors)
+        temp = self._first_of(_TEMPERATURE, h, N.NVML_TEMPERATURE_GPU, uuid=uuid, errors=errors)
         power = call("nvmlDeviceGetPowerUsage", N.nvmlDeviceGetPowerUsage, h, uuid=uuid, errors=errors)
         limit = call("nvmlDeviceGetEnforcedPowerLimit", N.nvmlDeviceGetEnforcedPowerLimit, h, uuid=uuid,
                      errors=errors)
@@ -226,8 +266,7 @@ class NvmlBackend:
                    N.NVML_MEMORY_ERROR_TYPE_CORRECTED, N.NVML_VOLATILE_ECC, uuid=uuid, errors=errors)
         dbe = call("nvmlDeviceGetTotalEccErrors", N.nvmlDeviceGetTotalEccErrors, h,
                    N.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, N.NVML_VOLATILE_ECC, uuid=uuid, errors=errors)
-        procs = call("nvmlDeviceGetComputeRunningProcesses", N.nvmlDeviceGetComputeRunningProcesses, h, uuid=uuid,
-                     errors=errors) or []
+        procs = self._first_of(_PROCESSES, h, uuid=uuid, errors=errors) or []
         sample = DeviceSample(
             uuid=uuid, index=self.index_of[uuid],
             utilization_gpu=util.gpu if util else None, utilization_memory=util.memory if util else None,
@@ -252,22 +291,47 @@ class NvmlBackend:
             self._call("nvmlDeviceRegisterEvents", N.nvmlDeviceRegisterEvents, h, types, self._event_set, uuid=uuid)
 
     def wait_events(self, timeout_ms: int) -> list[HealthSignal]:
-        """Block up to ``timeout_ms`` for NVML events (run it in a thread); newly lost devices are reported too."""
+        """Block up to ``timeout_ms`` for an NVML event (run it in a thread). After a failed wait
+        :attr:`event_wait_failing` is set: the caller should pause before waiting again (a wait that keeps failing,
+        as on a GPU off the bus, returns at once: it spun a core)."""
         signals: list[HealthSignal] = []
-        if self._event_set is not None:
+        with self._event_lock:
+            if self._event_set is None:
+                return signals
             try:
                 data = N.nvmlEventSetWait(self._event_set, timeout_ms)
-                uuid = self._call("nvmlDeviceGetUUID", N.nvmlDeviceGetUUID, data.device)
-                if uuid is not None:
-                    if data.eventType & N.nvmlEventTypeXidCriticalError:
-                        signals.append(HealthSignal(uuid, "xid", int(data.eventData)))
-                    elif data.eventType & N.nvmlEventTypeDoubleBitEccError:
-                        signals.append(HealthSignal(uuid, "ecc-dbe"))
-                    elif data.eventType & N.nvmlEventTypeSingleBitEccError:
-                        signals.append(HealthSignal(uuid, "ecc-sbe"))
             except N.NVMLError_Timeout:
-                pass
+                data = None
             except N.NVMLError as exc:
                 self.error_counts["nvmlEventSetWait"] = self.error_counts.get("nvmlEventSetWait", 0) + 1
-                log.warning("NVML event wait failed", extra={"error": str(exc)})
+                self.event_wait_failing = True
+                if str(exc) != self._event_error:  # once per kind of failure, not once per try
+                    log.warning("NVML event wait failed", extra={"error": str(exc)})
+                    self._event_error = str(exc)
+                return signals
+        self.event_wait_failing, self._event_error = False, ""
+        if data is None:
+            return signals
+        uuid = self._uuid_at.get(_address(data.device))
+        if uuid is None:
+            return signals  # not one of the devices this agent registered
+        if data.eventType & N.nvmlEventTypeXidCriticalError:
+            signals.append(HealthSignal(uuid, "xid", int(data.eventData)))
+        elif data.eventType & N.nvmlEventTypeDoubleBitEccError:
+            signals.append(HealthSignal(uuid, "ecc-dbe"))
+        elif data.eventType & N.nvmlEventTypeSingleBitEccError:
+            signals.append(HealthSignal(uuid, "ecc-sbe"))
         return signals
+
+
+def _address(handle: Any) -> int | None:
+    """A device handle's identity: pynvml's handles are ctypes pointers, equal only by the address they hold."""
+    return ctypes.cast(handle, ctypes.c_void_p).value
+
+
+_TEMPERATURE: list[tuple[str, Callable[..., Any]]] = [
+    ("nvmlDeviceGetTemperatureV", N.nvmlDeviceGetTemperatureV),  # the old call is deprecated (gone in CUDA 14)
+    ("nvmlDeviceGetTemperature", N.nvmlDeviceGetTemperature)]
+_PROCESSES: list[tuple[str, Callable[..., Any]]] = [
+    ("nvmlDeviceGetComputeRunningProcesses", N.nvmlDeviceGetComputeRunningProcesses),  # v3: drivers from R510
+    ("nvmlDeviceGetComputeRunningProcesses_v2", N.nvmlDeviceGetComputeRunningProcesses_v2)]

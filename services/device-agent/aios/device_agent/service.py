@@ -104,9 +104,17 @@ class DeviceAgentService(Service):
         """When a heartbeat was last stored (monotonic clock)."""
         self.fenced = False
         """Workers stopped for want of a stored heartbeat, and none stored since."""
+        self.telemetry_error = ""
+        """Why the last telemetry reading failed ('' when it worked): /healthz says so."""
 
     def healthy(self) -> tuple[bool, str]:
-        return True, f"node {self.config.node_id}: {self.samples} samples, {len(self.health.unhealthy)} unhealthy"
+        text = f"node {self.config.node_id}: {self.samples} samples, {len(self.health.unhealthy)} unhealthy"
+        backend = getattr(self, "backend", None)
+        if backend is not None and backend.missing:
+            text += f", {len(backend.missing)} unreadable (GPU {', '.join(map(str, sorted(backend.missing)))})"
+        if self.telemetry_error:
+            return False, f"{text}; telemetry failing: {self.telemetry_error}"
+        return True, text
 
     async def run(self, ctx: ServiceContext) -> None:
         cfg = self.config
@@ -138,7 +146,7 @@ class DeviceAgentService(Service):
         subs = [await ctx.nc.subscribe(run_subject(cfg.node_id), cb=self._handle_run),
                 await ctx.nc.subscribe(stop_subject(cfg.node_id), cb=self._handle_stop)]
         log.info("agent ready", extra={"node": cfg.node_id, "devices": len(self.devices), "sim": cfg.sim,
-                                       "driver": self.driver})
+                                       "driver": self.driver, "unreadable": sorted(backend.missing)})
         await ctx.stopping.wait()
         await self._drain(cfg.drain_s)
         for sub in subs:
@@ -247,7 +255,14 @@ class DeviceAgentService(Service):
         errors_seen: dict[str, int] = {}
         while True:
             started = time.monotonic()
-            samples = await asyncio.to_thread(self.backend.sample)
+            try:
+                samples = await asyncio.to_thread(self.backend.sample)
+            except Exception as exc:  # noqa: BLE001 - one bad reading must not end the node's telemetry for good
+                self.telemetry_error = f"{type(exc).__name__}: {exc}"
+                log.exception("telemetry reading failed")
+                await asyncio.sleep(max(1.0, cfg.telemetry_interval_s))
+                continue
+            self.telemetry_error = ""
             self.samples += 1
             now = time.monotonic()
             for s in samples:
@@ -272,7 +287,7 @@ class DeviceAgentService(Service):
             for signal in signals:
                 for t in self.health.on_signal(signal, now):
                     await self._append_health(t)
-            if not signals and self.backend._event_set is None:
+            if not signals and (self.backend._event_set is None or self.backend.event_wait_failing):
                 await asyncio.sleep(1.0)
 
     async def _append_health(self, t: Transition) -> None:
