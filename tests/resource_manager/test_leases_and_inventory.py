@@ -46,9 +46,15 @@ def test_lease_lifecycle_and_queries() -> None:
 
     assert device_states(inv) == {("n1", "h100", "leased"): 2, ("n1", "h100", "free"): 1,
                                   ("n1", "h100", "unhealthy"): 1, ("n2", "h100", "free"): 2}
+    # a device a job holds that goes bad is what an operator alerts on: it was counted as leased, so the gauge
+    # showed no unhealthy device while `aios nodes` said one
+    evolve(inv, DeviceUnhealthy(aggregate_id="n1", device_uuid="n1-g0", reason="critical XID 79", xid=79))
+    assert device_states(inv) == {("n1", "h100", "leased"): 1, ("n1", "h100", "free"): 1,
+                                  ("n1", "h100", "unhealthy"): 2, ("n2", "h100", "free"): 2}
 
     evolve(inv, DevicesReleased(aggregate_id="n1", job_id="j1"))
     evolve(inv, DeviceHealthy(aggregate_id="n1", device_uuid="n1-g3"))
+    evolve(inv, DeviceHealthy(aggregate_id="n1", device_uuid="n1-g0"))
     assert len(inv.free_devices("n1")) == 4
 
 

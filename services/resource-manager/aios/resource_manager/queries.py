@@ -64,12 +64,13 @@ def answer(inv: Inventory, what: str, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def device_states(inv: Inventory) -> dict[tuple[str, str, str], int]:
-    """Devices per (node, kind, state): leased (a job holds it), free (healthy, online, unheld) or unhealthy; the
-    resource manager's gauges, what an operator alerts on (a node whose devices went unhealthy)."""
+    """Devices per (node, kind, state): unhealthy (whether a job holds it or not: what an operator alerts on, as
+    `aios nodes` counts it), leased (a job holds it), free (online, unheld) or offline; the resource manager's
+    gauges."""
     out: dict[tuple[str, str, str], int] = {}
     for node_id, node in sorted(inv.nodes.items()):
         for uuid, device in node.devices.items():
-            state = "leased" if not inv.leases.is_free(uuid) else "unhealthy" if not device.healthy else \
+            state = "unhealthy" if not device.healthy else "leased" if not inv.leases.is_free(uuid) else \
                 "free" if node.online else "offline"
             key = (node_id, device.info.kind, state)
             out[key] = out.get(key, 0) + 1
