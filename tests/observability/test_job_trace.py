@@ -6,6 +6,9 @@ what all the processes export."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -35,7 +38,8 @@ class Receiver:
                         for s in ss.spans:
                             attrs = {a.key: a.value.string_value or a.value.int_value for a in s.attributes}
                             spans.append({"service": service, "name": s.name, "trace": s.trace_id.hex(),
-                                          "span": s.span_id.hex(), "parent": s.parent_span_id.hex(), "attrs": attrs})
+                                          "span": s.span_id.hex(), "parent": s.parent_span_id.hex(), "attrs": attrs,
+                                          "error": s.status.code == s.status.STATUS_CODE_ERROR})
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.end_headers()
@@ -81,6 +85,31 @@ def test_a_training_job_is_one_trace_across_all_services(aios_env: dict[str, str
         assert aios("models", "alias", "traced", "production", "1").returncode == 0
         while not any(s["name"] == "process aios.registry.alias" for s in receiver.spans):
             assert time.monotonic() < deadline + 40
+            time.sleep(0.3)
+        # a failed job's spans said nothing of the failure (trace viewers filter by status)
+        failing = tmp_path / "failing.json"
+        failing.write_text(json.dumps({"name": "failing", "tenant": "ml", "devices": 1,
+                                       "command": [sys.executable, "-c", "raise SystemExit(3)"]}))
+        failing_job = json.loads(aios("submit", str(failing), "--json").stdout)["job"]
+        # a job submitted from a shell without tracing, then cancelled from one with it: the cancel was a trace of
+        # its own, unconnected, and the scheduler's decision about it another
+        untraced = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        untraced.update(AIOS_NATS_URL=cluster.nats_url)
+        sleeper = tmp_path / "sleeper.json"
+        sleeper.write_text(json.dumps({"name": "sleeper", "tenant": "ml", "devices": 1,
+                                       "command": [sys.executable, "-c", "import time; time.sleep(300)"]}))
+        out = subprocess.run([sys.executable, "-m", "aios.cli.main", "submit", str(sleeper), "--json"],
+                             env=untraced, capture_output=True, text=True, timeout=60)
+        sleeper_job = json.loads(out.stdout)["job"]
+        assert wait_job(aios, "failing", ("failed",))["status"] == "failed"
+        wait_job(aios, "sleeper", ("running",))
+        assert aios("cancel", sleeper_job).returncode == 0
+        wait_job(aios, "sleeper", ("cancelled",))
+        while not any(s["attrs"].get("aios.job") == sleeper_job and s["name"].startswith("stop workers")
+                      for s in receiver.spans) or not any(
+                s["attrs"].get("aios.job") == failing_job and s["name"] == "finish failed" for s in receiver.spans):
+            assert time.monotonic() < deadline + 60, sorted(s["name"] for s in receiver.spans
+                                                            if s["attrs"].get("aios.job") in (sleeper_job, failing_job))
             time.sleep(0.3)
         time.sleep(1.0)  # the publish spans below them come in the same or the next batch
     finally:
@@ -135,3 +164,15 @@ def test_a_training_job_is_one_trace_across_all_services(aios_env: dict[str, str
         ("aios-cli", "publish aios.registry.alias")]
     assert any(s["service"] == "aios-model-registry" and s["name"].startswith("publish ") and s["name"] != handled["name"]
                for s in in_trace), sorted((s["service"], s["name"]) for s in in_trace)  # the alias event it appended
+
+    failed = {s["name"]: s["error"] for s in receiver.spans if s["attrs"].get("aios.job") == failing_job}
+    assert failed["finish failed"] and failed["worker exited rank0-a1"], failed
+    assert not any(s["error"] for s in mine), "a job that succeeded has no error in its trace"
+
+    cancelled = [s for s in receiver.spans if s["attrs"].get("aios.job") == sleeper_job]
+    assert len({s["trace"] for s in cancelled}) == 1, sorted((s["trace"][:6], s["name"]) for s in cancelled)
+    names = {s["name"] for s in cancelled}
+    assert f"cancel {sleeper_job}" in names and any(n.startswith("stop workers") for n in names), names
+    assert any("JobCancelled" in n for n in names) and any("JobPlaced" in n for n in names), names
+    stopped = next(s for s in cancelled if s["name"] == "worker exited rank0-a1")
+    assert not stopped["error"], "a worker stopped on request did not fail"

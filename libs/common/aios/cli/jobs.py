@@ -11,6 +11,7 @@ from rich.table import Table
 
 from aios.cli.inspect import ask, cluster_servers
 from aios.cli.output import table_console
+from aios.common import tracing
 from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError, NotFound
 from aios.common.events import (
     JobCancelled, JobCancelRequested, JobFailed, JobSucceeded, timeline_entry,
@@ -94,9 +95,11 @@ async def cancel(job_id: str) -> int:
             try:
                 # a job that never stops changing (requeued again and again) is the one most in need of a cancel:
                 # the last try appends whatever the version, as the API does (a request on an ended job is ignored)
-                await store.append(f"job.{job_id}", JobCancelRequested(aggregate_id=job_id, requested_by="cli"),
-                                   history.version if attempt < 4 else None,
-                                   idempotency_key=f"cli-cancel-request-{job_id}")
+                with tracing.job_span(f"cancel {job_id}", job_id, history.trace or None, **{"aios.via": "cli"}):
+                    # in the job's trace: a cancel was a one-span trace of its own, unconnected to the job's
+                    await store.append(f"job.{job_id}", JobCancelRequested(aggregate_id=job_id, requested_by="cli"),
+                                       history.version if attempt < 4 else None,
+                                       idempotency_key=f"cli-cancel-request-{job_id}")
                 break
             except ConcurrencyConflict:
                 continue

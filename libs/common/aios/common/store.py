@@ -66,6 +66,8 @@ class AggregateHistory(msgspec.Struct, frozen=True):
     events: list[Event]
     version: int
     """Stream sequence of the aggregate's last commit; pass it as ``expected_version`` of the next append."""
+    trace: dict[str, str] = {}
+    """Trace context (``traceparent``) of its first commit that has one: for a job, the job's trace."""
 
 
 def validate_aggregate(aggregate: str) -> str:
@@ -317,8 +319,12 @@ class EventStore:
         version = await self.version(aggregate)
         events: list[Event] = []
         decode = decoder()
+        trace: dict[str, str] = {}
 
-        def collect(seq: int, _subject: bytes, _hdr: bytes | None, payload: bytes, _pending: int) -> None:
+        def collect(seq: int, _subject: bytes, hdr: bytes | None, payload: bytes, _pending: int) -> None:
+            if hdr and not trace and b"traceparent" in hdr.lower():
+                trace.update((k, v) for k, v in tracing.parse_header_block(hdr).items()
+                             if k in ("traceparent", "tracestate"))
             try:
                 events.extend(_decode_at(decode, payload, seq, subject, aggregate))
             except EventError as exc:
@@ -327,7 +333,7 @@ class EventStore:
                 log.error("skipped a bad event while reading", extra={"problem": str(exc)})
 
         await self._consume(subject, 0, version, collect)
-        return AggregateHistory(aggregate, events, version)
+        return AggregateHistory(aggregate, events, version, trace)
 
     async def commit_at(self, seq: int) -> Commit | None:
         """The commit stored at ``seq`` (None if there is none, or it is not an aggregate's): what a duplicate

@@ -25,6 +25,7 @@ from aios.common.store import Commit
 from aios.common.tasks import cancel_and_wait
 from aios.common.wire import new_token
 from aios.device_agent import fakenvml
+from aios.trainer import EXIT_INTERRUPTED
 from aios.device_agent.health import HealthTracker, Transition
 from aios.device_agent.metrics import DcgmMetrics
 from aios.device_agent.nvml import NvmlBackend, host_resources
@@ -375,7 +376,10 @@ class DeviceAgentService(Service):
         event = WorkerExited(aggregate_id=w.job_id, node_id=self.config.node_id, worker=w.worker, exit_code=code,
                              signal=sig, reason=reason, attempt=w.attempt, stopped=w.stopping)
         with tracing.job_span(f"worker exited {w.worker}", w.job_id, w.trace,
-                              **{"aios.node": self.config.node_id, "aios.exit_code": code, "aios.signal": sig}):
+                              **{"aios.node": self.config.node_id, "aios.exit_code": code, "aios.signal": sig,
+                                 "aios.reason": reason}) as span:
+            if code not in (0, EXIT_INTERRUPTED) and not w.stopping:  # 75: interrupted, resumes from a checkpoint
+                tracing.mark_failed(span, f"exit code {code}" if code is not None else f"killed by signal {sig}")
             while True:  # an exit lost in a NATS outage left its job running for ever: record it when NATS is back
                 try:
                     await self.ctx.store.append(f"run.{w.job_id}", event,

@@ -18,6 +18,7 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from aios.common import tracing
 from aios.common.httpmetrics import request_metrics
 from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError, InvalidAggregate, NotFound
 from aios.common.events import JobCancelRequested, timeline_entry
@@ -185,9 +186,11 @@ class Api:
         job = self._job(caller, job_id)
         if job.status in TERMINAL:  # it answered 202 "cancel requested" for a job that had already succeeded
             raise HttpError(409, f"job {job.job_id} has already ended ({job.status}): nothing to cancel")
-        await self.backend.store.append(f"job.{job.job_id}", JobCancelRequested(
-            aggregate_id=job.job_id, requested_by=f"{via}:{caller.tenant}"),
-            idempotency_key=f"{via}-cancel-request-{job.job_id}")
+        with tracing.job_span(f"cancel {job.job_id}", job.job_id, job.trace or None,
+                              **{"aios.via": via, "aios.tenant": caller.tenant}):
+            await self.backend.store.append(f"job.{job.job_id}", JobCancelRequested(
+                aggregate_id=job.job_id, requested_by=f"{via}:{caller.tenant}"),
+                idempotency_key=f"{via}-cancel-request-{job.job_id}")
         return {"job": job.job_id, "cancel_requested": True}
 
     # -- jobs over HTTP -----------------------------------------------------------------------------------------------

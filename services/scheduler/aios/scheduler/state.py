@@ -84,7 +84,8 @@ class JobState(msgspec.Struct):
     """Replicas of the current attempt replaced after they exited (a serving deployment): their exits no longer
     count, and the launcher of each one's node starts its replacement."""
     trace: dict[str, str] = {}
-    """W3C trace context of the submit (the job's trace root): services' spans about the job continue it."""
+    """W3C trace context of the submit (the job's trace root), or of the first decision about a job submitted
+    without one: services' spans about the job continue it."""
     placement_trace: dict[str, str] = {}
     """Trace context of the current placement's JobPlaced commit (the launcher's spans are its children)."""
     steps_redone: int = 0
@@ -150,13 +151,13 @@ def fold_commit(state: SchedulerState, commit: Commit) -> SchedulerState:
     inventory.fold_commit(state.inv, commit)
     for ev in commit.events:
         evolve(state, ev, commit.seq)
-        if commit.headers and isinstance(ev, (JobSubmitted, JobPlaced)):
+        if commit.headers and commit.aggregate.startswith("job."):
             job = state.jobs.get(ev.aggregate_id)
-            if job is not None:
+            if job is not None and (not job.trace or isinstance(ev, JobPlaced)):
                 carrier = {k: v for k, v in commit.trace_headers.items() if k in ("traceparent", "tracestate")}
-                if isinstance(ev, JobSubmitted):
-                    job.trace = carrier
-                else:
+                if not job.trace:  # the submit's; one submitted without a trace takes the first decision's, so
+                    job.trace = carrier  # later decisions (a cancel) were traces of their own
+                if isinstance(ev, JobPlaced):
                     job.placement_trace = carrier
     state.seq = commit.seq
     return state

@@ -328,7 +328,9 @@ class LauncherService(Service):
                         await self._launch(job)
             elif job.status in (PREEMPTING, CANCELLED) and key in self.launched and key not in self.stopped:
                 self._mark_stopped(job, key)
-                await self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=10)
+                with tracing.job_span(f"stop workers ({job.status})", job.job_id, job.placement_trace,
+                                      **{"aios.attempt": job.attempts, "aios.node": self.node_id or "all"}):
+                    await self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=10)
             elif job.status == FAILED and key in self.launched and key not in self.stopped:
                 # a worker failed (recorded by the lead, maybe on another node): its peers here must not hang
                 self._mark_stopped(job, key)
@@ -373,7 +375,9 @@ class LauncherService(Service):
         if result is not None:
             self.decided.add(key)
             with tracing.job_span(f"finish {result[0]}", job.job_id, job.placement_trace,
-                                  **{"aios.exit_code": result[2]}):
+                                  **{"aios.exit_code": result[2]}) as span:
+                if result[0] == "failed":
+                    tracing.mark_failed(span, result[1])
                 await self._finish(job, *result)
 
     async def _replace(self, job: JobState, exited: list[str]) -> None:
