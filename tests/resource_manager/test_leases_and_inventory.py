@@ -225,3 +225,23 @@ def test_a_lost_node_can_be_forgotten_and_only_a_lost_one() -> None:
     assert sorted(inv.nodes) == ["n1"] and inv.capacity() == {"h100": {"total": 4, "healthy": 4, "free": 3}}
     evolve(inv, registered("n2", agent="a2"))  # an agent that starts there again registers it again
     assert inv.nodes["n2"].online
+
+
+def test_a_gpu_in_mig_mode_is_not_offered_to_jobs() -> None:
+    """A CUDA process given a MIG-mode GPU (by its parent uuid) sees one MIG instance at most: placed as a whole GPU,
+    a job got a slice of it, or nothing. It is kept out of placement, and says why."""
+    from aios.common.events import MigInstance
+    from aios.resource_manager.queries import device_states, node_detail, node_summary
+
+    reg = registered("n2")
+    mig = DeviceInfo(uuid="n2-g1", index=1, kind="h100", model="NVIDIA H100 80GB HBM3", memory_bytes=80 << 30,
+                     mig_enabled=True, mig_instances=[MigInstance(uuid="MIG-1", memory_bytes=40 << 30)])
+    inv = fold([NodeRegistered(aggregate_id="n2", hostname="n2", agent_id="a1", cpu_cores=32,
+                               memory_bytes=256 << 30, devices=[reg.devices[0], mig])])
+    assert [d.info.uuid for d in inv.free_devices("n2")] == ["n2-g0"]
+    assert inv.capacity() == {"h100": {"total": 2, "healthy": 1, "free": 1}}
+    assert node_summary(inv, inv.nodes["n2"])["mig"] == 1 and node_summary(inv, inv.nodes["n2"])["free"] == 1
+    assert "MIG mode is on" in node_detail(inv, inv.nodes["n2"])["devices"][1]["reason"]
+    assert device_states(inv) == {("n2", "h100", "free"): 1, ("n2", "h100", "mig"): 1}
+    evolve(inv, DeviceHealthy(aggregate_id="n2", device_uuid="n2-g1"))  # a recovery from an XID does not open it
+    assert [d.info.uuid for d in inv.free_devices("n2")] == ["n2-g0"]

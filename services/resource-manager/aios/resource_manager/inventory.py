@@ -21,6 +21,15 @@ class DeviceState(msgspec.Struct):
     healthy: bool = True
     reason: str = ""
 
+    @property
+    def usable(self) -> bool:
+        """Jobs may be placed on it: healthy, and not split into MIG instances (AIOS places whole GPUs, and a CUDA
+        process given a MIG-mode GPU sees one of its instances at most: the job got a slice, or nothing)."""
+        return self.healthy and not self.info.mig_enabled
+
+
+MIG_REASON = "MIG mode is on: not scheduled (AIOS places whole GPUs; turn MIG off with nvidia-smi -i INDEX -mig 0)"
+
 
 class NodeState(msgspec.Struct):
     node_id: str
@@ -81,7 +90,7 @@ class Inventory(msgspec.Struct):
         node = self.nodes.get(node_id)
         if node is None or not node.online:
             return []
-        return [d for u, d in node.devices.items() if d.healthy and self.leases.is_free(u)]
+        return [d for u, d in node.devices.items() if d.usable and self.leases.is_free(u)]
 
     def capacity(self) -> dict[str, dict[str, int]]:
         """Per device kind: total, healthy, free, on the nodes open to jobs (online and not cordoned: the policies
@@ -93,7 +102,7 @@ class Inventory(msgspec.Struct):
             for uuid, dev in node.devices.items():
                 row = out.setdefault(dev.info.kind, {"total": 0, "healthy": 0, "free": 0})
                 row["total"] += 1
-                if dev.healthy:
+                if dev.usable:
                     row["healthy"] += 1
                     if self.leases.is_free(uuid):
                         row["free"] += 1

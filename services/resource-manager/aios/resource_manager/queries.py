@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aios.resource_manager.inventory import Inventory, NodeState
+from aios.resource_manager.inventory import MIG_REASON, Inventory, NodeState
 
 QUERY_PREFIX = "aios.rm"
 
@@ -16,6 +16,7 @@ def node_summary(inv: Inventory, node: NodeState) -> dict[str, Any]:
         "cpu_cores": node.cpu_cores, "memory_gib": round(node.memory_bytes / 1024**3, 1),
         "devices": len(node.devices), "free": len(free),
         "unhealthy": sum(1 for d in node.devices.values() if not d.healthy),
+        "mig": sum(1 for d in node.devices.values() if d.info.mig_enabled),
         "kinds": sorted({d.info.kind for d in node.devices.values()}),
         "lost_reason": node.lost_reason, "registrations": node.registrations,
         "cordon": node.cordon_reason, "draining": node.moving_jobs_off,
@@ -29,7 +30,8 @@ def node_detail(inv: Inventory, node: NodeState) -> dict[str, Any]:
     out["labels"] = node.labels
     out["devices"] = [
         {"uuid": u, "index": d.info.index, "kind": d.info.kind, "model": d.info.model,
-         "memory_gib": round(d.info.memory_bytes / 1024**3, 1), "healthy": d.healthy, "reason": d.reason,
+         "memory_gib": round(d.info.memory_bytes / 1024**3, 1), "healthy": d.healthy,
+         "reason": d.reason or (MIG_REASON if d.info.mig_enabled else ""),
          "job": inv.leases.holder.get(u), "mig": [m.uuid for m in d.info.mig_instances]}
         for u, d in sorted(node.devices.items(), key=lambda kv: kv[1].info.index)]
     out["links"] = [{"a": link.a, "b": link.b, "level": link.level} for link in node.links]
@@ -65,13 +67,13 @@ def answer(inv: Inventory, what: str, args: dict[str, Any]) -> dict[str, Any]:
 
 def device_states(inv: Inventory) -> dict[tuple[str, str, str], int]:
     """Devices per (node, kind, state): unhealthy (whether a job holds it or not: what an operator alerts on, as
-    `aios nodes` counts it), leased (a job holds it), free (online, unheld) or offline; the resource manager's
-    gauges."""
+    `aios nodes` counts it), leased (a job holds it), mig (in MIG mode: not scheduled), free (online, unheld) or
+    offline; the resource manager's gauges."""
     out: dict[tuple[str, str, str], int] = {}
     for node_id, node in sorted(inv.nodes.items()):
         for uuid, device in node.devices.items():
             state = "unhealthy" if not device.healthy else "leased" if not inv.leases.is_free(uuid) else \
-                "free" if node.online else "offline"
+                "mig" if device.info.mig_enabled else "free" if node.online else "offline"
             key = (node_id, device.info.kind, state)
             out[key] = out.get(key, 0) + 1
     return out

@@ -358,7 +358,7 @@ class _Facts:
             if node.schedulable:
                 kinds: dict[str, int] = {}
                 for dev in node.devices.values():
-                    if dev.healthy:
+                    if dev.usable:
                         kinds[dev.info.kind] = kinds.get(dev.info.kind, 0) + 1
                 out.append((node_id, float(node.cpu_cores), node.memory_bytes / 1024**3, kinds))
         return out
