@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from aios.gateway.api import Api, build_app
 from aios.model_registry.router import Router
@@ -99,3 +99,20 @@ async def test_a_stream_is_counted_not_timed_and_a_client_that_leaves_is_no_serv
     assert count(registry, "t_http_requests_total", method="GET", route="/endless", status="500") == 0
     assert count(registry, "t_http_requests_total", method="GET", route="/done", status="200") == 1
     assert count(registry, "t_http_request_seconds_count", method="GET", route="/done") == 0
+
+
+def test_metrics_are_served_in_the_format_the_scraper_asks_for() -> None:
+    """The classic text went out labelled version=1.0.0 (OpenMetrics' version) whatever was asked."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from aios.common.httpmetrics import exposition
+
+    registry = CollectorRegistry()
+    Counter("aios_things", "things done", registry=registry).inc()
+    plain = exposition(make_mocked_request("GET", "/metrics"), registry)
+    assert plain.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert b"aios_things_total 1.0" in plain.body and b"# EOF" not in plain.body
+    open_metrics = exposition(make_mocked_request("GET", "/metrics", headers={
+        "Accept": "application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5"}), registry)
+    assert open_metrics.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert open_metrics.body.endswith(b"# EOF\n")

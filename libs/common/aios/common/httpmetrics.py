@@ -11,6 +11,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import choose_encoder
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -23,6 +24,13 @@ CLIENT_GONE = "499"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 """Methods counted by name; any other is ``other`` (a label per made-up method would grow without bound)."""
 """The route label of requests no route matched (404s of any path share one series)."""
+
+
+def exposition(request: web.Request, registry: CollectorRegistry) -> web.Response:
+    """``/metrics``: the text format a scraper asks for in ``Accept`` (OpenMetrics or Prometheus' 0.0.4), labelled as
+    what it is (the classic text went out labelled version=1.0.0 whatever was asked)."""
+    encode, content_type = choose_encoder(request.headers.get("Accept"))
+    return web.Response(body=encode(registry), headers={"Content-Type": content_type})
 
 
 def route_of(request: web.Request) -> str:

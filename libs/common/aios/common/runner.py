@@ -20,9 +20,10 @@ from typing import Any
 import nats
 import nats.errors
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Gauge
 
 from aios.common import natsauth, tracing
+from aios.common.httpmetrics import exposition
 from aios.common.config import Settings, load_settings
 from aios.common.errors import AiosError
 from aios.common.logs import setup_logging
@@ -70,8 +71,8 @@ async def _serve_http(ctx: ServiceContext, service: Service) -> web.AppRunner:
         healthy = ok and connected and not ctx.stopping.is_set()
         return web.json_response(body, status=200 if healthy else 503)
 
-    async def metrics(_request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(ctx.metrics), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def metrics(request: web.Request) -> web.Response:
+        return exposition(request, ctx.metrics)
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from aios.common.httpmetrics import exposition
 from aios.model_registry.nn import Model
 
 MAX_ROWS = 4096
@@ -254,8 +255,8 @@ class ModelServer:
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
 
-    async def _metrics(self, _request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.registry), content_type="text/plain")
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return exposition(request, self.registry)
 
     async def _infer(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
