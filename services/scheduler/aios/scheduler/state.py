@@ -147,6 +147,12 @@ STATE_SCHEMA = 6
 """Version of the encoded state in snapshots: a snapshot of another version is ignored and the log replayed."""
 
 
+def superseded(job: JobState, attempt: int) -> bool:
+    """Whether workers of ``attempt`` speak for a run the job has left: a later attempt was placed, or the job no
+    longer holds devices (requeued, or ended). 0: an attempt not said (accepted)."""
+    return bool(attempt) and (attempt != job.attempts or job.status not in HOLDING)
+
+
 def fold_commit(state: SchedulerState, commit: Commit) -> SchedulerState:
     inventory.fold_commit(state.inv, commit)
     for ev in commit.events:
@@ -346,6 +352,9 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         job.status, job.assignments, job.admitted, job.preempted_at = PENDING, [], False, None
         job.requeues += 1
         job.workers_running = 0
+    elif (kind is JobProgress or kind is CheckpointSaved) and superseded(job, ev.attempt):  # type: ignore[attr-defined]
+        pass  # from workers of an attempt the job has left (their node was declared lost, yet they ran on): their
+        # steps interleaved with the next attempt's, and one recorded the job's final step before it was done
     elif kind is JobProgress:
         if ev.attempt > job.progress_attempt and job.progress_attempt:  # type: ignore[attr-defined]
             job.steps_redone += max(0, job.step - job.checkpoint_step)  # a new attempt resumed from the checkpoint
