@@ -116,3 +116,36 @@ async def test_a_cancelled_follow_leaves_no_failed_read_behind(store: EventStore
         assert [c.get("message") for c in seen] == []
     finally:
         loop.set_exception_handler(None)
+
+
+async def test_an_object_rewritten_while_it_is_read_is_read_whole_not_waited_for_for_ever(store: EventStore) -> None:
+    """nats-py's get waits for ever on the chunks of a version purged under it (a resumed job hung in its
+    checkpoint; the model registry, reading one, stopped answering). read_object reads the new version instead."""
+    from aios.common.snapshot import ObjectReadError, object_bucket, read_object
+
+    bucket = await object_bucket(store, "TEST_REWRITTEN", "test")
+    versions = [bytes([i]) * (6 << 20) for i in range(1, 4)]
+    await bucket.put("ck", versions[0])
+    stop = asyncio.Event()
+
+    async def rewrite() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            await bucket.put("ck", versions[i % 3])
+
+    writer = asyncio.ensure_future(rewrite())
+    try:
+        for _ in range(3):
+            data = await asyncio.wait_for(read_object(store, "TEST_REWRITTEN", "ck", stall_s=1.0, tries=20), 60)
+            assert data in versions  # one version whole, never a mix
+    finally:
+        stop.set()
+        await writer
+    assert await read_object(store, "TEST_REWRITTEN", "ck") in versions
+    await bucket.delete("ck")
+    import nats.js.errors
+
+    with pytest.raises(nats.js.errors.ObjectNotFoundError):
+        await read_object(store, "TEST_REWRITTEN", "ck")
+    assert issubclass(ObjectReadError, StoreError)

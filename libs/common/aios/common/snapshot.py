@@ -9,15 +9,18 @@ replay): changing the state's shape never needs a migration.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
 import struct
 import time
 from typing import Any, Callable, Generic, TypeVar
 
 import msgspec
+import nats.errors
 import nats.js.errors
 from nats.js.api import ObjectStoreConfig, StorageType
-from nats.js.object_store import ObjectStore
+from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_DIGEST_TYPE, ObjectStore
 
 from aios.common.errors import StoreError
 from aios.common.events import Event
@@ -66,6 +69,53 @@ async def object_bucket(store: EventStore, bucket: str, description: str) -> Obj
             return await store.js.object_store(bucket)
 
 
+class ObjectReadError(StoreError):
+    """An object could not be read whole: it is damaged, it kept changing under the reader, or its chunks stopped
+    coming."""
+
+    def __init__(self, name: str, bucket: str, reason: str) -> None:
+        super().__init__(f"object {name!r} of {bucket}: {reason}")
+        self.reason = reason
+
+
+async def read_object(store: EventStore, bucket: str, name: str, *, stall_s: float = 10.0, tries: int = 5) -> bytes:
+    """The bytes of object ``name`` (``ObjectNotFoundError`` if there is none). nats-py's ``ObjectStore.get`` waits
+    for ever when the object is replaced or deleted while it reads: the chunks it waits for are purged (a resumed
+    job hung in its checkpoint, and the model registry, reading one as it was rewritten, stopped answering). Here a
+    read that gets no chunk for ``stall_s`` starts again on the object as it is now."""
+    objects = await store.js.object_store(bucket)
+    why = ""
+    for _ in range(tries):
+        info = await objects.get_info(name)
+        if not info.size:
+            return b""
+        sub = await store.js.subscribe(OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=bucket, obj=info.nuid),
+                                       ordered_consumer=True)
+        data, digest, stalled = bytearray(), hashlib.sha256(), False
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=stall_s)
+                except nats.errors.TimeoutError:
+                    stalled = True
+                    break
+                data += msg.data
+                digest.update(msg.data)
+                if msg.metadata.num_pending == 0:
+                    break
+        finally:
+            await sub.unsubscribe()
+        expected = base64.urlsafe_b64decode(info.digest.replace(OBJ_DIGEST_TYPE, "").replace(
+            OBJ_DIGEST_TYPE.upper(), "")) if info.digest else None
+        if not stalled and len(data) == info.size and (expected is None or digest.digest() == expected):
+            return bytes(data)
+        if not stalled and (await objects.get_info(name)).nuid == info.nuid:  # the same version: it is damaged
+            raise ObjectReadError(name, bucket, "corrupted: its chunks do not match the stored digest")
+        why = (f"no part of it for {stall_s:g}s" if stalled else "its chunks did not match its digest") + \
+            " (replaced or deleted while read)"
+    raise ObjectReadError(name, bucket, f"{why}, {tries} times")
+
+
 class SnapshotStore:
     """Named snapshots in an Object Store bucket."""
 
@@ -88,10 +138,11 @@ class SnapshotStore:
     async def load(self, name: str, state_type: type[S], schema: int = 1) -> tuple[int, S] | None:
         """(sequence, state) of the named snapshot, or None when there is none usable."""
         try:
-            result = await (await self._bucket()).get(name)
+            await self._bucket()
+            data = await read_object(self.store, self.bucket, name)
         except nats.js.errors.ObjectNotFoundError:
             return None
-        seq, found_schema, state = decode_snapshot(result.data or b"", state_type)
+        seq, found_schema, state = decode_snapshot(data, state_type)
         if found_schema != schema:
             log.warning("ignoring snapshot of another schema", extra={"snapshot": name, "found": found_schema,
                                                                        "expected": schema})

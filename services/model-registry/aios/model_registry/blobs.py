@@ -11,7 +11,7 @@ import hashlib
 import nats.js.errors
 
 from aios.common.errors import AiosError
-from aios.common.snapshot import object_bucket
+from aios.common.snapshot import ObjectReadError, object_bucket, read_object
 from aios.common.store import EventStore
 
 BUCKET = "AIOS_MODELS"
@@ -57,14 +57,13 @@ class BlobStore:
         return digest
 
     async def get(self, digest: str) -> bytes:
-        bucket = await self.bucket()
+        await self.bucket()
         try:
-            result = await bucket.get(object_name(digest))
+            data = await read_object(self.store, self.bucket_name, object_name(digest))
         except nats.js.errors.ObjectNotFoundError:
             raise BlobError(f"model object {digest} is missing from {self.bucket_name}") from None
-        except nats.js.errors.DigestMismatchError:
-            raise BlobError(f"model object {digest} is corrupted: its chunks do not match the stored digest") from None
-        data = bytes(result.data or b"")
+        except ObjectReadError as exc:  # deleted (collected) while read, or its chunks do not match its digest
+            raise BlobError(f"model object {digest}: {exc.reason}") from None
         if digest_of(data) != digest:
             raise BlobError(f"model object {digest} is corrupted: its bytes hash to {digest_of(data)}")
         return data

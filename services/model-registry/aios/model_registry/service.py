@@ -31,7 +31,7 @@ from aios.common.events import (
     ModelObjectCollected, ModelVersionEvaluated, Signature,
 )
 from aios.common.runner import Service, ServiceContext
-from aios.common.snapshot import object_bucket
+from aios.common.snapshot import object_bucket, read_object
 from aios.common.store import Commit, EventStore
 from aios.model_registry import builtin, compress, metrics, nn
 from aios.model_registry.blobs import BlobError, BlobStore
@@ -274,9 +274,11 @@ class Registry:
         state = self.view.models.get(name)
         if state is not None and any(v.lineage.job_id == job_id for v in state.versions.values()):
             return None
-        bucket = await object_bucket(self.store, CHECKPOINTS, "AIOS training checkpoints")
-        found = await bucket.get(job_id)
-        cfg, model = builtin.model_from_checkpoint(spec["trainer"], bytes(found.data or b""))
+        await object_bucket(self.store, CHECKPOINTS, "AIOS training checkpoints")
+        # bounded: a checkpoint rewritten while read (by workers of a lost node running on) hung this for ever,
+        # under the registry's lock: no command was answered again
+        found = await read_object(self.store, CHECKPOINTS, job_id)
+        cfg, model = builtin.model_from_checkpoint(spec["trainer"], found)
         evaluation, dataset = await self._evaluate(model, spec["trainer"])
         # the lineage is shown to whoever reads the registry: environment values (API keys, passwords) stay out
         kept = {**spec, "env": {k: "<redacted>" for k in spec["env"]}} if isinstance(spec.get("env"), dict) else spec
