@@ -130,3 +130,20 @@ def test_the_launcher_hands_checkpoint_interval_s_to_the_worker() -> None:
     for bad in ("soon", "0", "-5", "nan", "inf"):
         with pytest.raises(ValueError, match="AIOS_CHECKPOINT_INTERVAL_S: .* is not a positive number of seconds"):
             read_env({**env, "AIOS_CHECKPOINT_INTERVAL_S": bad})
+
+
+def test_a_worker_knows_when_the_job_has_left_its_attempt() -> None:
+    """Workers of a node declared lost can run on (a hung agent): they must write no checkpoint once the job has
+    been requeued or placed again, or the next attempt's reader sees it replaced under it."""
+    from aios.common.events import Assignment, JobCancelled, JobPlaced, JobPreempted, JobRequeued
+    from aios.trainer.worker import attempt_left
+
+    placed = JobPlaced(aggregate_id="j", assignments=[Assignment("n1", ["g0"], [0])], world_size=1)
+    again = JobPlaced(aggregate_id="j", assignments=[Assignment("n2", ["g0"], [0])], world_size=1, attempt=2)
+    assert attempt_left([placed], 1) == ""
+    assert attempt_left([placed, JobPreempted(aggregate_id="j", reason="drain")], 1) == ""  # its stop checkpoint
+    assert "requeued (node n1 lost)" in attempt_left([placed, JobRequeued(aggregate_id="j", reason="node n1 lost")], 1)
+    assert attempt_left([placed, JobRequeued(aggregate_id="j", reason="x"), again], 1) == "attempt 2 was placed"
+    assert attempt_left([placed, JobRequeued(aggregate_id="j", reason="x"), again], 2) == ""
+    assert "cancelled" in attempt_left([placed, JobCancelled(aggregate_id="j")], 1)
+    assert attempt_left([], 1) == ""  # not placed yet as far as the log read says: not for the worker to judge

@@ -24,8 +24,10 @@ import nats.js.errors
 
 from aios.common import tracing
 from aios.common.errors import StoreUnavailable
-from aios.common.events import CheckpointSaved, JobProgress
-from aios.common.snapshot import object_bucket
+from aios.common.events import (
+    CheckpointSaved, Event, JobCancelled, JobFailed, JobPlaced, JobProgress, JobRequeued, JobSucceeded,
+)
+from aios.common.snapshot import object_bucket, read_object
 from aios.common.store import EventStore, connect
 from aios.trainer import EXIT_INTERRUPTED
 from aios.trainer.collective import Collective, CollectiveError
@@ -106,12 +108,33 @@ async def make_collective(w: WorkerEnv) -> tuple[Collective, object]:
 
 
 async def load_checkpoint(store: EventStore, w: WorkerEnv) -> Checkpoint | None:
-    bucket = await object_bucket(store, w.bucket, "AIOS training checkpoints: model and optimiser state per job")
+    """The job's checkpoint, read by rank 0 only: the others start from what it broadcasts."""
+    if w.rank != 0 and w.world > 1:
+        return None
+    await object_bucket(store, w.bucket, "AIOS training checkpoints: model and optimiser state per job")
     try:
-        found = await bucket.get(w.checkpoint)
+        found = await read_object(store, w.bucket, w.checkpoint)
     except nats.js.errors.ObjectNotFoundError:
         return None
-    return msgspec.msgpack.decode(found.data or b"", type=Checkpoint)
+    return msgspec.msgpack.decode(found, type=Checkpoint)
+
+
+def attempt_left(events: list[Event], attempt: int) -> str:
+    """Why the job has left ``attempt`` ("" while it is the current one): a later attempt was placed, or it was
+    requeued or ended since. Workers of a node declared lost may run on (a hung agent): they wrote the job's
+    checkpoint in turns with the next attempt, and a reader of it saw it replaced under it."""
+    placed, why = 0, ""
+    for ev in events:
+        if isinstance(ev, JobPlaced):
+            placed = ev.attempt
+            why = "" if placed == attempt else f"attempt {placed} was placed"
+        elif placed == attempt and isinstance(ev, (JobRequeued, JobSucceeded, JobFailed, JobCancelled)):
+            why = f"the job was {type(ev).__name__.removeprefix('Job').lower()} ({getattr(ev, 'reason', '')})"
+    return why if placed >= attempt else ""
+
+
+class AttemptLeft(Exception):
+    """This worker's attempt is no longer the job's: it must write nothing more."""
 
 
 async def run(w: WorkerEnv) -> int:
@@ -136,6 +159,9 @@ async def run(w: WorkerEnv) -> int:
                     accuracy=round(p.accuracy, 6), samples_per_s=round(p.samples_per_s, 1), attempt=w.attempt))
 
         async def checkpoint(c: Checkpoint) -> None:
+            left = attempt_left((await store.read(f"job.{w.job_id}", on_bad_event="skip")).events, w.attempt)
+            if left:
+                raise AttemptLeft(left)
             with tracing.job_span(f"checkpoint {c.step}", w.job_id, None, **{"aios.step": c.step}):
                 blob = msgspec.msgpack.encode(c)
                 bucket = await object_bucket(store, w.bucket, "AIOS training checkpoints")
@@ -157,6 +183,12 @@ async def run(w: WorkerEnv) -> int:
             nats.errors.StaleConnectionError, nats.errors.UnexpectedEOF) as exc:
         print(f"rank {w.rank}: cut off from NATS ({exc or type(exc).__name__}); the job resumes from its last "
               "checkpoint", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except AttemptLeft as exc:
+        print(f"rank {w.rank}: attempt {w.attempt} is over ({exc}): stopping without writing its checkpoint",
+              file=sys.stderr, flush=True)
+        if group is not None:
+            await group.abort(f"attempt {w.attempt} is over")
         return EXIT_INTERRUPTED
     except CollectiveError as exc:
         print(f"rank {w.rank}: {exc}", file=sys.stderr, flush=True)
