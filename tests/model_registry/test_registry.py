@@ -316,3 +316,19 @@ async def test_the_endpoint_listing_holds_replicas_only(store: EventStore) -> No
     await kv.put("digits.j1.0", json.dumps(replica).encode())
     assert await endpoints(store) == [replica]
     assert await endpoints(store, "digits") == [replica] and await endpoints(store, "other") == []
+
+
+def test_a_trained_models_metrics_keep_the_last_training_loss() -> None:
+    """The final progress report carries only the accuracy: the whole record was replaced by it, and every model
+    registered from a job lost its train_loss."""
+    from aios.common.events import JobProgress, JobSubmitted
+    from aios.common.store import Commit
+    from aios.model_registry.service import RegistryView, fold
+
+    view = RegistryView()
+    spec = {"name": "m", "tenant": "t", "trainer": {"kind": "mlp"}}
+    fold(view, Commit(1, "job.j", [JobSubmitted(aggregate_id="j", tenant="t", spec=spec)]))
+    fold(view, Commit(2, "run.j", [JobProgress(aggregate_id="j", step=10, loss=0.5, accuracy=0.8, attempt=1),
+                                   JobProgress(aggregate_id="j", step=20, loss=0.25, accuracy=0.9, attempt=1)]))
+    fold(view, Commit(3, "run.j", [JobProgress(aggregate_id="j", step=20, accuracy=0.93, attempt=1, final=True)]))
+    assert view.final_progress["j"] == {"train_loss": 0.25, "train_accuracy": 0.93}

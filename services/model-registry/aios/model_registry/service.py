@@ -120,8 +120,9 @@ def fold(view: RegistryView, commit: Commit) -> RegistryView:
                 view.job_specs[ident] = ev.spec
                 view.job_names[ident] = ev.name or str(ev.spec.get("name", ident))
             elif isinstance(ev, JobProgress) and ident in view.job_specs:
-                view.final_progress[ident] = {k: float(v) for k, v in (("train_loss", ev.loss),
-                                                                       ("train_accuracy", ev.accuracy)) if v is not None}
+                # each field's last value: the final report carries only the accuracy (the loss was dropped)
+                view.final_progress.setdefault(ident, {}).update(
+                    {k: float(v) for k, v in (("train_loss", ev.loss), ("train_accuracy", ev.accuracy)) if v is not None})
             if isinstance(ev, JobSubmitted) and isinstance(ev.spec, dict) and isinstance(ev.spec.get("serve"), dict):
                 view.serving[ident] = str(ev.spec["serve"].get("model", ""))
             elif isinstance(ev, (JobSucceeded, JobFailed, JobCancelled)):
