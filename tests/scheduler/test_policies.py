@@ -926,3 +926,24 @@ def test_why_names_the_job_that_may_not_be_preempted() -> None:
     assert "mid (2)" in explain(c.state, policy, "big", 5.0)
     fifo = make_policy("fifo")  # a policy that preempts nobody has nobody to name
     assert "preemptible: false" not in step(c.state, fifo, 6.0).reasons["big"]
+
+
+@pytest.mark.parametrize("name", ["fifo", "fairshare", "priority"])
+def test_a_job_preempts_no_scavenger_for_room_on_kinds_its_quota_does_not_let_it_use(name: str) -> None:
+    """Room was judged on any kind the job accepts, but the job is placed on the kind its quota was charged for:
+    nlp's 4-device job (quota a100=4) preempted speech's job for 2 H100s + 2 A100s, could not start on 2 A100s, and
+    the scavenger was placed back on its devices and preempted again, about 40 times a second, for ever."""
+    c = Cluster(("h1", "h100", 4), ("h2", "h100", 4), ("a1", "a100", 4), ("a2", "a100", 4))
+    c.quota("nlp", "", h100=2, a100=4)
+    policy = make_policy(name)
+    for job, n, kind in (("hog-h4", 4, "h100"), ("hog-h2", 2, "h100"), ("hog-a6", 6, "a100")):
+        c.submit(job, n, tenant="speech", device_types=[kind], preemptible=False, now=1.0)
+    step(c.state, policy, 2.0)
+    c.submit("scav", 4, tenant="speech", now=3.0)
+    step(c.state, policy, 4.0)
+    assert c.status("scav") == PLACED and sorted(c.where("scav")) == ["a2", "h2"]
+    c.submit("nlpjob", 4, tenant="nlp", now=5.0)
+    preempted = []
+    for t in range(6, 200, 20):  # past the preemption grace each time: the victim's devices come back
+        preempted += [p.job_id for p in step(c.state, policy, float(t)).preemptions]
+    assert preempted == [] and c.status("scav") == PLACED and c.status("nlpjob") == PENDING, preempted

@@ -465,7 +465,7 @@ def _place_in_order(state: SchedulerState, policy: Policy, now: float, estimate:
             # cluster idle (an 8-device head on a drained half of the cluster kept every other job waiting)
         if head is None:
             head = job
-            _Preemption(state, policy, now, plan).make_room(view, job, borrowed)
+            _Preemption(state, policy, now, plan).make_room(view, job, borrowed, kinds)
             if policy.backfill:
                 req = request_for(job, kinds.first(job))
                 free = int(view.capacity_in(req, view.candidates(req)).sum())
@@ -508,7 +508,7 @@ def _place_window(state: SchedulerState, policy: Policy, now: float, view: Clust
         if shape not in failed:
             failed[shape] = _capacity_reason(view, job, facts)
         plan.reasons[job.job_id] = failed[shape]
-        preemption.make_room(view, job, borrowed)
+        preemption.make_room(view, job, borrowed, kinds)
 
 
 class _Preemption:
@@ -534,15 +534,19 @@ class _Preemption:
         self._scavengers: set[str] = set()
         self.tries = 0
 
-    def make_room(self, view: ClusterView, job: JobState, borrowed: dict[str, int] | None = None) -> None:
+    def make_room(self, view: ClusterView, job: JobState, borrowed: dict[str, int] | None = None,
+                  kinds: "_KindChoice | None" = None) -> None:
         """``borrowed``: what the job's admission borrows (None: unknown). A job its tenant's quota admits without
         borrowing may also preempt the jobs of tenants that have no quota: they run on what quotas leave idle
-        (Slurm's scavenger QOS); one took a quota tenant's guaranteed devices and kept them."""
+        (Slurm's scavenger QOS); one took a quota tenant's guaranteed devices and kept them. ``kinds``: the kinds
+        the round may place it on; room is looked for there only (room on any kind it accepts preempted a victim
+        for devices the job, pinned to its quota's kind, could not start on; the victim went back, and was
+        preempted again, for ever)."""
         if len(self.served) >= self.MAX_PREEMPTORS or self.tries >= self.MAX_TRIES:
             return
         spec = job.spec
         assert spec is not None
-        req = request_for(job, frozenset(spec.device_types) or None)
+        req = request_for(job, kinds.choices(job)[-1] if kinds is not None else frozenset(spec.device_types) or None)
         taken = {p.job_id for p in self.plan.preemptions}  # this round's other preemptions (drain, reclaim)
         tenants = self.state.inv.tenants
         scavengers = sorted((j for j in self.state.active() if j.tenant not in tenants and j.status in (PLACED, RUNNING)
