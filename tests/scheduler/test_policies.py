@@ -947,3 +947,29 @@ def test_a_job_preempts_no_scavenger_for_room_on_kinds_its_quota_does_not_let_it
     for t in range(6, 200, 20):  # past the preemption grace each time: the victim's devices come back
         preempted += [p.job_id for p in step(c.state, policy, float(t)).preemptions]
     assert preempted == [] and c.status("scav") == PLACED and c.status("nlpjob") == PENDING, preempted
+
+
+def test_a_job_on_a_lost_node_is_requeued_even_if_the_resource_manager_never_did() -> None:
+    """The resource manager appends NodeLost, then JobRequeued: dying between the two (or failing the second) left
+    the job "running" for ever, charged to its tenant's quota. And a requeue about a node the job has left since
+    (late) must not requeue its new placement."""
+    from aios.common.events import JobRequeued, JobStarted
+    from aios.scheduler.local import apply
+    from aios.scheduler.state import RUNNING
+
+    c = Cluster(("n1", "a100", 4), ("n2", "a100", 4))
+    policy = make_policy("fifo")
+    c.submit("j", 4, now=1.0)
+    step(c.state, policy, 2.0)
+    lost = next(iter(c.where("j")))
+    apply(c.state, [("job.j", [JobStarted(aggregate_id="j", world_size=4)])], 3.0)
+    assert c.status("j") == RUNNING
+    c.lose(lost, 10.0)  # NodeLost only: the resource manager died before its JobRequeued
+    step(c.state, policy, 20.0)
+    assert c.status("j") == RUNNING  # the resource manager's own requeue comes within the grace
+    plan = step(c.state, policy, 45.0)
+    assert plan.requeue_reasons["j"] == f"node {lost} lost; back in the queue"
+    step(c.state, policy, 46.0)
+    assert c.status("j") == PLACED and lost not in c.where("j")
+    apply(c.state, [("job.j", [JobRequeued(aggregate_id="j", reason=f"node {lost} lost", node_id=lost)])], 47.0)
+    assert c.status("j") == PLACED and c.state.jobs["j"].requeues == 1  # the late one is about a node it left

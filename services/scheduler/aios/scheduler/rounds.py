@@ -28,6 +28,8 @@ PREEMPT_GRACE_S = 30.0
 DEFAULT_RUNTIME_S = 3600.0
 BOOKING_GRACE_S = 30.0
 """A placed job whose devices are not all leased to it this long after placement is requeued."""
+LOST_NODE_GRACE_S = 30.0
+"""How long after a node of a running job is declared lost the scheduler requeues the job itself, if nobody has."""
 
 
 class Placement(msgspec.Struct, frozen=True):
@@ -142,6 +144,17 @@ def _choose_kind(tenants: dict[str, quotas.Quota], usage: dict[str, dict[str, in
     return {k: n}, d
 
 
+def _lost_a_while(state: SchedulerState, job: JobState, now: float) -> str:
+    """A node of the job's placement declared lost more than ``LOST_NODE_GRACE_S`` ago ("" if none): the resource
+    manager requeues the job at once, and this is the fallback."""
+    for a in job.assignments:
+        node = state.inv.nodes.get(a.node_id)
+        if node is not None and not node.online and node.lost_at is not None and now - node.lost_at > \
+                LOST_NODE_GRACE_S and node.lost_at >= (job.placed_at or 0.0):
+            return a.node_id
+    return ""
+
+
 def _housekeeping(state: SchedulerState, now: float, plan: RoundPlan) -> None:
     whole: set[tuple[str, str]] = set()
     stray: dict[tuple[str, str], list[str]] = {}
@@ -156,6 +169,13 @@ def _housekeeping(state: SchedulerState, now: float, plan: RoundPlan) -> None:
     for job in state.active():
         if job.status == PREEMPTING and (job.workers_running == 0 or now - (job.preempted_at or now) > PREEMPT_GRACE_S):
             plan.requeues.append(job.job_id)
+            whole.update((a.node_id, job.job_id) for a in job.assignments)
+        elif job.status in (PLACED, RUNNING) and (gone := _lost_a_while(state, job, now)):
+            # its node was declared lost, and whoever should have requeued the job did not (the resource manager
+            # died between the two appends, or its second one failed): it stayed "running" for ever, charged to
+            # its tenant's quota
+            plan.requeues.append(job.job_id)
+            plan.requeue_reasons[job.job_id] = f"node {gone} lost; back in the queue"
             whole.update((a.node_id, job.job_id) for a in job.assignments)
         elif (job.status == PLACED and job.placed_at is not None and now - job.placed_at > BOOKING_GRACE_S
               and any(holder.get(u) != job.job_id for a in job.assignments for u in a.device_uuids)):
