@@ -254,3 +254,31 @@ async def test_telemetry_and_event_watch_outlive_failing_nvml(agent: tuple[Devic
 
 async def _async(value: Any) -> Any:
     return value
+
+
+async def test_no_lease_no_process_and_a_busy_device_is_a_transient_refusal(
+        agent: tuple[DeviceAgentService, EventStore]) -> None:
+    """Devices given back while their workers still ran (a preempted job's launcher hung past the grace) were
+    leased to the next job, whose start was refused and failed it for good: the agent now stops workers whose
+    devices are no longer their job's, and says a start refused for busy devices may work later."""
+    from aios.common.events import DevicesReleased
+
+    service, store = agent
+    service.runner.device_wait_s = 0.5
+    history = await store.read(f"node.{NODE}")
+    uuid, other = (d.uuid for d in history.events[0].devices[1:])  # type: ignore[attr-defined]
+    await store.append(f"node.{NODE}", DevicesLeased(aggregate_id=NODE, job_id="j2", device_uuids=[uuid, other]))
+    await until(lambda: _async(service.node.state.leases.holder.get(uuid) == "j2"), what="the lease seen")
+    sleeper = {"job_id": "j2", "worker": "w0", "command": [sys.executable, "-c", "import time; time.sleep(60)"],
+               "device_uuids": [uuid], "env": {}}
+    assert (await request(store, run_subject(NODE), sleeper))["ok"]
+    busy = await request(store, run_subject(NODE), {**sleeper, "worker": "w1"})
+    assert not busy["ok"] and "still in use by w0 of job j2" in busy["error"] and busy["transient"]
+    unknown = await request(store, run_subject(NODE), {**sleeper, "worker": "w2", "command": ["/no/such/program"],
+                                                         "device_uuids": [other]})
+    assert not unknown["ok"] and not unknown.get("transient")  # not a wait away: the job fails
+
+    await store.append(f"node.{NODE}", DevicesReleased(aggregate_id=NODE, job_id="j2", device_uuids=[uuid]))
+    events = await until(lambda: _job_events(store, "j2", 2), what="the unleased worker stopped")
+    exited = [e for e in events if isinstance(e, WorkerExited)]
+    assert [(e.worker, e.stopped) for e in exited] == [("w0", True)]

@@ -488,3 +488,31 @@ def test_a_failed_worker_restarts_its_job_up_to_max_restarts() -> None:
                next(seq))
     decided = outcome(state.jobs["m"])
     assert decided is not None and decided[0] == "requeued" and decided[2] == 75, decided
+
+
+@pytest.mark.parametrize("transient", [True, False])
+async def test_a_start_refused_for_busy_devices_requeues_the_job_and_a_bad_command_fails_it(
+        store: EventStore, transient: bool) -> None:
+    """A start refused while the previous holder's workers were still stopping failed the job for good (and then
+    the preempted job's own next attempt, blocked by its own old workers)."""
+    async def refusing(msg: Any) -> None:
+        if msg.subject.endswith(".run"):
+            await msg.respond(json.dumps({"ok": False, "error": "device(s) still in use by rank0-a1 of job old",
+                                          "transient": True} if transient else
+                                         {"ok": False, "error": "cannot start 'python': no such file"}).encode())
+        else:
+            await msg.respond(b'{"ok": true}')
+    await placed_on_both_nodes(store, agent=refusing)
+    settings = load_settings({"AIOS_NATS_URL": store.servers[0]})
+    context = ServiceContext("trainer", settings, store.nc, store, CollectorRegistry())
+    task = asyncio.ensure_future(LauncherService().run(context))
+    try:
+        async def outcome() -> list[Any]:
+            return [e for e in (await store.read("job.j1")).events if isinstance(e, (JobRequeued, JobFailed))]
+        await until(outcome)
+        [decided] = await outcome()
+        assert isinstance(decided, JobRequeued if transient else JobFailed), decided
+        assert "still in use" in decided.reason if transient else "no such file" in decided.reason
+    finally:
+        context.stopping.set()
+        await task

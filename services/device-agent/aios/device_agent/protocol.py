@@ -26,6 +26,9 @@ class Reply(msgspec.Struct, frozen=True, omit_defaults=True):
     error: str = ""
     pid: int | None = None
     stopped: int | None = None
+    transient: bool = False
+    """A refusal that may not hold later (devices still busy, unhealthy, or not leased yet): the job is requeued,
+    not failed (a start refused while a previous job's workers were still stopping failed the job for good)."""
 
 
 def run_subject(node_id: str) -> str:

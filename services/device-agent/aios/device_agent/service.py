@@ -17,7 +17,8 @@ from nats.js.api import KeyValueConfig, StorageType
 from aios.common import joblogs, tracing
 from aios.common.errors import AiosError, ConfigError, StoreError
 from aios.common.events import (
-    DeviceHealthy, DeviceUnhealthy, NodeCordoned, NodeLost, NodeRegistered, WorkerExited, WorkerStarted,
+    DeviceHealthy, DevicesReleased, DeviceUnhealthy, NodeCordoned, NodeLost, NodeRegistered, WorkerExited,
+    WorkerStarted,
 )
 from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import Projector
@@ -33,7 +34,7 @@ from aios.device_agent.protocol import (
     HEARTBEAT_BUCKET, Heartbeat, Reply, RunRequest, StopRequest, log_subject, run_subject, stop_subject,
     telemetry_subject,
 )
-from aios.device_agent.workloads import Workload, WorkloadRunner
+from aios.device_agent.workloads import DevicesBusy, Workload, WorkloadRunner
 from aios.resource_manager.inventory import Inventory, fold_commit
 
 log = logging.getLogger("aios.device_agent")
@@ -188,6 +189,8 @@ class DeviceAgentService(Service):
             await self._append_health(Transition(uuid, False, reason))
 
     async def _on_node_commit(self, commit: Commit) -> None:
+        if any(isinstance(ev, DevicesReleased) for ev in commit.events):
+            self._stop_unleased()
         for ev in commit.events:
             if isinstance(ev, NodeLost):
                 log.warning("the cluster declared this node lost; registering again", extra={"reason": ev.reason})
@@ -201,6 +204,20 @@ class DeviceAgentService(Service):
                         self._background.add(task)
                         task.add_done_callback(self._background.discard)
                 await self._register()
+
+    def _stop_unleased(self) -> None:
+        """No lease, no process: workers on devices no longer leased to their job are stopped. Devices are given
+        back without the workers' exit only when something failed (a preempted job's launcher hung past the grace,
+        a cancel whose stop did not come): the next job's start on them was refused, and failed it."""
+        book = self.node.state.leases
+        stale = sorted({(w.job_id, w.attempt) for w in self.runner.running.values()
+                        if not w.stopping and any(book.holder.get(u) != w.job_id for u in w.device_uuids)})
+        for job_id, attempt in stale:
+            log.warning("stopping workers whose devices are no longer leased to their job",
+                        extra={"job": job_id, "attempt": attempt})
+            task = asyncio.ensure_future(self.runner.stop(job_id, self.config.stop_grace_s, attempt))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _heartbeat_bucket(self) -> Any:
         js = self.ctx.store.js
@@ -322,14 +339,17 @@ class DeviceAgentService(Service):
             await self._catch_up()
             not_leased = self._not_leased(req)
         if not_leased:
-            return Reply(False, error=f"job {req.job_id} holds no lease on {', '.join(not_leased)} on node {node}")
+            return Reply(False, error=f"job {req.job_id} holds no lease on {', '.join(not_leased)} on node {node}",
+                         transient=True)
         unhealthy = [u for u in req.device_uuids if u in self.health.unhealthy]
         if unhealthy:
-            return Reply(False, error=f"devices unhealthy: {', '.join(unhealthy)}")
+            return Reply(False, error=f"devices unhealthy: {', '.join(unhealthy)}", transient=True)
         try:
             # Workers run user code: they talk to NATS as this node, never with the launcher's credentials.
             env = {**req.env, "AIOS_NATS_URL": ",".join(self.ctx.settings.servers)}
             w = await self.runner.start(req.job_id, req.worker, req.command, env, req.device_uuids, req.cwd)
+        except DevicesBusy as exc:
+            return Reply(False, error=f"cannot start {req.command[0]!r}: {exc}", transient=True)
         except (OSError, ValueError) as exc:
             return Reply(False, error=f"cannot start {req.command[0]!r}: {exc}")
         if self.fake is not None:

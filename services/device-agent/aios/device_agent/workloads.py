@@ -18,6 +18,10 @@ OutputSink = Callable[["Workload", str, bytes], None]
 ExitSink = Callable[["Workload", "int | None", "int | None"], Awaitable[None]]
 
 
+class DevicesBusy(ValueError):
+    """A worker's devices are still held by another worker process (stopping, or not stopped)."""
+
+
 @dataclass
 class Workload:
     job_id: str
@@ -76,7 +80,7 @@ class WorkloadRunner:
         deadline = time.monotonic() + self.device_wait_s
         while busy := self.holders(device_uuids):
             if time.monotonic() >= deadline:
-                raise ValueError("device(s) still in use by " + ", ".join(
+                raise DevicesBusy("device(s) still in use by " + ", ".join(
                     f"{w.worker} of job {w.job_id} on {','.join(w.device_uuids)}" for w in busy))
             await asyncio.sleep(0.05)
 

@@ -444,9 +444,14 @@ class LauncherService(Service):
                     return
                 if not reply.get("ok") and "already running" not in reply.get("error", ""):
                     # the job state may have moved on during the request (a dead node's timeout): judge the attempt
-                    # this launch was for
-                    await self._finish(job, "failed", f"could not start {worker_name(rank, attempt)} on {a.node_id}: "
-                                                      f"{reply.get('error')}", attempt=attempt)
+                    # this launch was for. Devices still busy or not yet healthy may not be tomorrow: requeued (a
+                    # start refused while the previous holder's workers were stopping failed the job for good)
+                    why = f"could not start {worker_name(rank, attempt)} on {a.node_id}: {reply.get('error')}"
+                    if reply.get("transient"):
+                        await self._finish(job, "requeued", f"{why}; back in the queue", EXIT_INTERRUPTED,
+                                           attempt=attempt)
+                    else:
+                        await self._finish(job, "failed", why, attempt=attempt)
                     return
                 rank += 1
         if self._leads(job) and self._current(job.job_id, attempt):
