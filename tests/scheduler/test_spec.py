@@ -147,3 +147,36 @@ def test_a_stored_spec_holds_the_fields_set_and_reads_back_the_same() -> None:
     full = validate_spec({"name": "x", "tenant": "t", "trainer": {"kind": "mlp"}, "max_restarts": 3, "priority": -2,
                           "devices": 0, "device_types": ["h100"], "checkpoint_interval_s": 60})
     assert validate_spec(spec_to_store(full)) == full and spec_to_store(full)["max_restarts"] == 3
+
+
+@pytest.mark.parametrize("value", [0, -1, 3601])
+def test_the_stop_grace_is_bounded(value: float) -> None:
+    with pytest.raises(SpecError) as info:
+        validate_spec({"name": "x", "tenant": "t", "command": ["run"], "stop_grace_s": value})
+    assert info.value.field == "stop_grace_s" and "at most 3600" in str(info.value)
+    assert validate_spec({"name": "x", "tenant": "t", "command": ["run"], "stop_grace_s": 120}).stop_grace_s == 120
+
+
+def test_a_preempted_job_keeps_its_devices_for_its_whole_stop_grace() -> None:
+    """The scheduler took a preempted job's devices back after 30 s whatever grace the job had been given."""
+    from aios.scheduler.local import step
+    from aios.scheduler.policies import make_policy
+    from aios.scheduler.state import PREEMPTING
+    from tests.scheduler.helpers import Cluster
+
+    c = Cluster(("n1", "a100", 4))
+    policy = make_policy("priority")
+    c.submit("low", 4, priority=0, stop_grace_s=120, now=1.0)
+    step(c.state, policy, 2.0)
+    from aios.common.events import JobStarted, WorkerStarted
+    from aios.scheduler.local import apply
+    apply(c.state, [("job.low", [JobStarted(aggregate_id="low", world_size=4)]),
+                    ("run.low", [WorkerStarted(aggregate_id="low", node_id="n1", worker="rank0-a1", pid=1,
+                                               device_uuids=[], attempt=1)])], 3.0)
+    c.submit("high", 4, priority=10, now=4.0)
+    step(c.state, policy, 5.0)
+    assert c.status("low") == PREEMPTING
+    step(c.state, policy, 60.0)  # its workers still stopping, within their 120 s
+    assert c.status("low") == PREEMPTING
+    step(c.state, policy, 140.0)
+    assert c.status("low") != PREEMPTING

@@ -516,3 +516,22 @@ async def test_a_start_refused_for_busy_devices_requeues_the_job_and_a_bad_comma
     finally:
         context.stopping.set()
         await task
+
+
+async def test_a_stop_gives_the_workers_the_grace_their_spec_asks_for(store: EventStore) -> None:
+    """The grace was 10 s whatever the job: a model whose step or checkpoint takes longer was killed before its stop
+    checkpoint, and resumed from the last periodic one (or from scratch)."""
+    from aios.common.events import JobCancelled
+
+    asked = await placed_on_both_nodes(store, command=["python", "t.py"], stop_grace_s=45)
+    settings = load_settings({"AIOS_NATS_URL": store.servers[0]})
+    context = ServiceContext("trainer", settings, store.nc, store, CollectorRegistry())
+    task = asyncio.ensure_future(LauncherService().run(context))
+    try:
+        await until(lambda: len([a for a in asked if a[1] == "run"]) == 4)
+        await store.append("job.j1", JobCancelled(aggregate_id="j1"))
+        await until(lambda: {n for n, v, _ in asked if v == "stop"} == set(NODES))
+        assert {r["grace_s"] for _, v, r in asked if v == "stop"} == {45}
+    finally:
+        context.stopping.set()
+        await task

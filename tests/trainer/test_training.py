@@ -4,6 +4,7 @@ another world size continues the same trajectory."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -83,6 +84,52 @@ def test_bad_trainer_config_names_the_field() -> None:
     assert parse_config({"dataset": "digits"}).classes == 10 and parse_config({}).classes == 3
     with pytest.raises(ValueError, match="trainer.classes: the digits dataset has 10 classes"):
         parse_config({"dataset": "digits", "classes": 3})
+    with pytest.raises(ValueError, match=r"^trainer.steps: must be positive$"):  # it named three fields
+        parse_config({"steps": -5})
+    with pytest.raises(ValueError, match=r"trainer.batch_size: larger than the data set \(100 samples\)"):
+        parse_config({"samples": 100, "batch_size": 500})  # it was cut to 100 without a word
+    assert parse_config({"samples": 100}).batch_size == 256  # the default: the whole data set each step
+
+
+def test_a_trainer_too_large_for_its_memory_is_refused_at_submit() -> None:
+    """A billion samples were taken, and the worker grew past 15 GB on a node shared with other tenants."""
+    from aios.scheduler.spec import SpecError, validate_spec
+
+    spec = {"name": "big", "tenant": "t", "trainer": {"kind": "mlp", "samples": 1_000_000_000}}
+    with pytest.raises(SpecError, match=r"trainer: needs about 6\d\.\d GiB per worker .* memory_gib_per_worker \(4\)"):
+        validate_spec(spec)
+    assert validate_spec({**spec, "memory_gib_per_worker": 80}).memory_gib_per_worker == 80
+    assert validate_spec({"name": "small", "tenant": "t", "trainer": {"kind": "mlp", "dataset": "digits",
+                                                                     "samples": 1_000_000}})
+
+
+async def test_a_stop_ends_a_long_step_delay_and_the_rate_counts_it(nats_server: NatsServer) -> None:
+    """The delay after a step ignored a stop (a step longer than the stop's grace lost its checkpoint) and was left
+    out of the first report's rate (332,081 samples/s against 10)."""
+    cfg = TrainerConfig(steps=4, samples=100, batch_size=50, hidden=8, step_delay_s=0.5, checkpoint_every=100)
+    outcomes, progress, _ = await run_ranks(nats_server.url, "delay-rate", 1, cfg)
+    assert outcomes[0].step == 4 and progress[0].samples_per_s < 50 / 0.4, progress[0]
+
+    slow = TrainerConfig(steps=3, samples=100, batch_size=50, hidden=8, step_delay_s=60, checkpoint_every=100)
+    conn = await RawNatsConnection.connect([nats_server.url])
+    ring = await NatsRing.join(conn, "delay-stop", 0, 1, timeout_s=20)
+    checkpoints: list[Checkpoint] = []
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.5, stop.set)
+
+    async def nothing(_: Progress) -> None:
+        pass
+
+    async def save(c: Checkpoint) -> None:
+        checkpoints.append(c)
+    started = time.monotonic()
+    try:
+        outcome = await train(slow, ring, None, nothing, save, stop.is_set)
+    finally:
+        await ring.close()
+        conn.close()
+    assert outcome.stopped and outcome.step == 2 and [c.step for c in checkpoints] == [2]
+    assert time.monotonic() - started < 10
 
 
 async def test_every_rank_starts_from_rank_0s_checkpoint(nats_server: NatsServer) -> None:

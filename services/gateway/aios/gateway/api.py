@@ -25,7 +25,7 @@ from aios.common.events import JobCancelRequested, timeline_entry
 from aios.gateway.auth import Caller, Forbidden, Unauthorized, authenticate
 from aios.scheduler import submission
 from aios.scheduler.spec import (KIND_PATTERN, MAX_CPU_PER_WORKER, MAX_DEVICES, MAX_MEMORY_GIB_PER_WORKER, MAX_PRIORITY,
-                                 MAX_QUOTA, NAME_PATTERN, JobSpec, SpecError, spec_to_dict,
+                                 MAX_QUOTA, MAX_STOP_GRACE_S, NAME_PATTERN, JobSpec, SpecError, spec_to_dict,
                                  validate_quota, validate_spec)
 from aios.model_registry.state import MAX_DESCRIPTION, RegistryError, check_tag_key, check_tags
 from aios.scheduler.tenancy import remove_quota
@@ -83,6 +83,9 @@ _SPEC_NOTES: dict[str, dict[str, Any]] = {
     "env": {"description": "environment of every worker (not the variables AIOS sets for each: RANK, WORLD_SIZE, MASTER_ADDR, CUDA_VISIBLE_DEVICES, AIOS_JOB_ID ...)"},
     "checkpoint_interval_s": {"exclusiveMinimum": 0, "description": "checkpoint at least this often (the built-in trainer does; a command "
                                              "reads it from AIOS_CHECKPOINT_INTERVAL_S)"},
+    "stop_grace_s": {"exclusiveMinimum": 0, "maximum": MAX_STOP_GRACE_S,
+                     "description": "seconds a worker asked to stop (preemption, drain, cancel) has to checkpoint and "
+                                    "exit before it is killed"},
 }
 
 

@@ -167,7 +167,8 @@ def _housekeeping(state: SchedulerState, now: float, plan: RoundPlan) -> None:
             stray.setdefault((node, job_id), []).append(uuid)  # booked by a placement that lost a race
     holder = state.inv.leases.holder
     for job in state.active():
-        if job.status == PREEMPTING and (job.workers_running == 0 or now - (job.preempted_at or now) > PREEMPT_GRACE_S):
+        grace = max(PREEMPT_GRACE_S, job.spec.stop_grace_s + 10) if job.spec else PREEMPT_GRACE_S
+        if job.status == PREEMPTING and (job.workers_running == 0 or now - (job.preempted_at or now) > grace):
             plan.requeues.append(job.job_id)
             whole.update((a.node_id, job.job_id) for a in job.assignments)
         elif job.status in (PLACED, RUNNING) and (gone := _lost_a_while(state, job, now)):

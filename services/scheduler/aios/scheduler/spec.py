@@ -27,6 +27,9 @@ class SpecError(AiosError):
         self.reason = reason
 
 
+DEFAULT_STOP_GRACE_S = 10.0
+
+
 class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
     tenant: str
@@ -55,9 +58,14 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     max_restarts: int = 0
     """Times the job is restarted from its checkpoint when a worker fails (exits non-zero, or is killed) before the
     job fails, as Kubernetes' backoffLimit or Determined's max_restarts; 0: it fails at the first."""
+    stop_grace_s: float = DEFAULT_STOP_GRACE_S
+    """Seconds a worker asked to stop (preemption, drain, cancel) has to checkpoint and exit before it is killed, as
+    Kubernetes' terminationGracePeriodSeconds: a model whose step or checkpoint takes longer lost all work since its
+    last periodic checkpoint at every preemption."""
 
 
 MAX_RESTARTS = 100
+MAX_STOP_GRACE_S = 3600.0
 SERVE_FIELDS = {"model": str, "max_batch": int, "max_delay_ms": (int, float)}
 SERVE_LIMITS = {"max_batch": (1, 65_536), "max_delay_ms": (0, 1_000)}
 """A batch waits at most a second to fill: a lone request waited as long as asked (1e9 ms: the router gave up)."""
@@ -168,6 +176,8 @@ def validate_spec(raw: Any) -> JobSpec:
                                           "devices): it cannot be given")
     if not 0 <= spec.max_restarts <= MAX_RESTARTS:
         raise SpecError("max_restarts", f"a whole number from 0 to {MAX_RESTARTS}, got {spec.max_restarts}")
+    if not 0 < spec.stop_grace_s <= MAX_STOP_GRACE_S:
+        raise SpecError("stop_grace_s", f"seconds, more than 0 and at most {MAX_STOP_GRACE_S:g}")
     for field in ("max_runtime_s", "runtime_estimate_s", "checkpoint_interval_s"):
         value = getattr(spec, field)
         if value is not None and value <= 0:
@@ -190,10 +200,17 @@ def validate_spec(raw: Any) -> JobSpec:
         except ImportError:  # a scheduler deployed without the trainer package: the trainer checks at start
             return spec
         try:
-            parse_config(spec.trainer)
+            from aios.trainer.mlp import memory_bytes
+
+            cfg = parse_config(spec.trainer)
         except ValueError as exc:
             field, _, why = str(exc).partition(": ")
             raise SpecError(field, why) from None
+        need = memory_bytes(cfg) / 1024**3
+        if need > spec.memory_gib_per_worker:  # placement gives each worker that much of a node's memory, no more
+            raise SpecError("trainer", f"needs about {need:,.1f} GiB per worker (its samples, hidden units and "
+                            f"batch), more than memory_gib_per_worker ({spec.memory_gib_per_worker:g}): ask for "
+                            "more, or train on less")
     return spec
 
 

@@ -34,6 +34,7 @@ from aios.common.snapshot import Projector
 from aios.common.store import Commit
 from aios.device_agent.protocol import run_subject, stop_subject
 from aios.trainer import EXIT_INTERRUPTED, MAX_INTERRUPTIONS_WITHOUT_PROGRESS
+from aios.scheduler.spec import DEFAULT_STOP_GRACE_S
 from aios.scheduler.state import (
     CANCELLED, FAILED, MAX_REPLICA_REPLACEMENTS, PENDING, PLACED, PREEMPTING, PROGRESS_RUN_S, RUNNING, STATE_SCHEMA,
     JobState, SchedulerState, evolve, fold_commit, made_progress,
@@ -49,6 +50,11 @@ stays silent is declared lost meanwhile, which requeues the job instead."""
 
 def master_port(job_id: str, attempt: int) -> int:
     return 20000 + zlib.crc32(f"{job_id}/{attempt}".encode()) % 20000
+
+
+def stop_grace(job: JobState) -> float:
+    """Seconds the job's workers get to checkpoint and exit when stopped (the spec's ``stop_grace_s``)."""
+    return job.spec.stop_grace_s if job.spec is not None else DEFAULT_STOP_GRACE_S
 
 
 def worker_env(job: JobState, assignment: Assignment, rank: int, local_rank: int, nats_url: str) -> dict[str, str]:
@@ -311,8 +317,8 @@ class LauncherService(Service):
                 self.stopped_saw[key] = set(job.started_workers)
                 log.warning("workers started after their attempt was stopped; stopping them",
                             extra={"job": job.job_id, "workers": sorted(late)})
-                self._in_background(self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=10,
-                                               attempt=job.attempts, timeout=15))
+                self._in_background(self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=stop_grace(job),
+                                               attempt=job.attempts))
             for replaced in job.replacements:  # a replica its lead replaced, on our node: start its successor
                 if (job.status in (PLACED, RUNNING) and self._mine(replaced.node_id) and key not in self.stopped
                         and not (job.stopped_workers or own_exits(job) or job.cancel_requested)
@@ -330,11 +336,11 @@ class LauncherService(Service):
                 self._mark_stopped(job, key)
                 with tracing.job_span(f"stop workers ({job.status})", job.job_id, job.placement_trace,
                                       **{"aios.attempt": job.attempts, "aios.node": self.node_id or "all"}):
-                    await self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=10)
+                    await self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=stop_grace(job))
             elif job.status == FAILED and key in self.launched and key not in self.stopped:
                 # a worker failed (recorded by the lead, maybe on another node): its peers here must not hang
                 self._mark_stopped(job, key)
-                await self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=10)
+                await self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=stop_grace(job))
             elif job.status == PENDING and key in self.launched and key not in self.stopped:
                 # requeued (a node of the placement was lost): stop the attempt's workers left on the other nodes,
                 # in the background so the next placement is launched without waiting for their grace period;
@@ -347,8 +353,8 @@ class LauncherService(Service):
                 # a node's agent stopped some of the attempt's workers (it is shutting down): ours stop too, with
                 # the usual grace (rank 0 writes the checkpoint), and the lead requeues once all have exited
                 self._mark_stopped(job, key)
-                self._in_background(self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=10,
-                                               attempt=job.attempts, timeout=15))
+                self._in_background(self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=stop_grace(job),
+                                               attempt=job.attempts))
                 if self._leads(job) and key not in self.decided:
                     await self._decide(job, key)
             elif job.status in (PLACED, RUNNING) and key not in self.decided and self._leads(job):
@@ -458,9 +464,10 @@ class LauncherService(Service):
             await self._append(job, JobStarted(aggregate_id=job.job_id, world_size=rank), f"started-{attempt}")
 
     async def _stop(self, job_id: str, nodes: set[str], grace_s: float, attempt: int | None = None,
-                    timeout: float = 10) -> None:
+                    timeout: float | None = None) -> None:
         """Ask the agents of ``nodes`` (this trainer's share of the placement) to stop the job's workers; with
-        ``attempt``, only that attempt's."""
+        ``attempt``, only that attempt's. The agent answers once they are gone (``grace_s`` at most)."""
+        timeout = grace_s + 5 if timeout is None else timeout
         body: dict[str, Any] = {"job_id": job_id, "grace_s": grace_s}
         if attempt is not None:
             body["attempt"] = attempt
@@ -484,7 +491,7 @@ class LauncherService(Service):
         else:
             key_now = (job.job_id, attempt)
             self._mark_stopped(job, key_now)
-            await self._stop(job.job_id, self.nodes_of.get(key_now, set()), grace_s=10)
+            await self._stop(job.job_id, self.nodes_of.get(key_now, set()), grace_s=stop_grace(job))
             await self._append_outcome(job.job_id, attempt, JobFailed(aggregate_id=job.job_id, reason=reason,
                                                                       exit_code=exit_code), key)
 

@@ -60,7 +60,12 @@ def parse_config(raw: object) -> TrainerConfig:
         (cfg.optimizer in ("adam", "sgd"), "optimizer", "must be 'adam' or 'sgd'"),
         (cfg.backend in ("nats", "torch"), "backend", "must be 'nats' or 'torch'"),
         (cfg.samples >= cfg.classes >= 2, "samples/classes", "need at least 2 classes and a sample per class"),
-        (cfg.hidden > 0 and cfg.steps > 0 and cfg.batch_size > 0, "hidden/steps/batch_size", "must be positive"),
+        (cfg.hidden > 0, "hidden", "must be positive"),
+        (cfg.steps > 0, "steps", "must be positive"),
+        (cfg.batch_size > 0, "batch_size", "must be positive"),
+        # a default batch larger than the data is the whole data set; one asked for explicitly was cut without a word
+        (not (isinstance(raw, dict) and "batch_size" in raw) or cfg.batch_size <= cfg.samples, "batch_size",
+         f"larger than the data set ({cfg.samples} samples)"),
         (cfg.lr > 0, "lr", "must be positive"),
         (cfg.checkpoint_every > 0, "checkpoint_every", "must be positive"),
         # the registry's model names: one it refuses left the job's model unregistered, after the training
@@ -71,6 +76,15 @@ def parse_config(raw: object) -> TrainerConfig:
         if not ok:
             raise ValueError(f"trainer.{field}: {why}")
     return cfg
+
+
+def memory_bytes(cfg: TrainerConfig) -> int:
+    """About what one worker needs at most: the data set with the temporaries of its generation, parameters with
+    Adam's two moments and a gradient, a batch's activations, and the interpreter. A spec of a billion samples was
+    taken, and its worker grew past 15 GB on a node shared with other tenants."""
+    params = features(cfg) * cfg.hidden + cfg.hidden + cfg.hidden * cfg.classes + cfg.classes
+    batch = min(cfg.batch_size, cfg.samples)
+    return 3 * cfg.samples * (features(cfg) + 1) * 8 + 4 * params * 8 + 4 * batch * cfg.hidden * 8 + (200 << 20)
 
 
 DATASETS = ("spirals", "blobs", "digits")
