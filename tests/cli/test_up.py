@@ -85,6 +85,13 @@ def test_up_starts_embedded_nats_and_services_and_stops_on_ctrl_c(aios_env: dict
         service_pid = int(re.findall(r"tail exited with -9; started it again \(pid (\d+)\)", said)[-1])
         assert pid_alive(service_pid) and proc.poll() is None and all(pid_alive(int(p)) for p in nats_pids)
         wait_healthy(health_url)  # on the port the listing named: a scrape config built from it still works
+        # the embedded NATS server too: left dead, every service waited for it for ever
+        for pid in nats_pids:
+            os.kill(int(pid), signal.SIGKILL)
+        said = read_until(proc, r"nats exited with -9; started it again \(pid \d+\)")
+        nats_pids = re.findall(r"nats exited with -9; started it again \(pid (\d+)\)", said)[-1:]
+        assert pid_alive(int(nats_pids[0])) and proc.poll() is None
+        wait_healthy(health_url)  # the service is connected to it again
 
         proc.send_signal(signal.SIGINT)
         rest = proc.communicate(timeout=30)[0]

@@ -112,7 +112,11 @@ class LocalCluster:
         return rows
 
     def exited(self) -> dict[str, int]:
-        return {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
+        """Processes that have exited, by name, with their exit codes; the embedded NATS server is ``nats``."""
+        out = {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
+        if self.nats is not None and self.nats.proc is not None and self.nats.proc.poll() is not None:
+            out["nats"] = self.nats.proc.returncode  # it was left dead: every service waited for it for ever
+        return out
 
     def stop(self, grace: float = 15.0) -> None:
         """Agents first (their workers checkpoint on SIGTERM), then cluster services, then NATS."""
@@ -130,7 +134,10 @@ class LocalCluster:
         proc.wait()
 
     def restart(self, name: str) -> None:
-        """Start a killed process again with the arguments and environment it had."""
+        """Start a killed process again with the arguments and environment it had (NATS on its port and store)."""
+        if name == "nats" and self.nats is not None:
+            self.nats.start()
+            return
         argv, extra = self._argv[name]
         self._spawn(name, argv, extra)
 

@@ -95,8 +95,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                     print(f"{name} exited with {code} ({why}; see its log); stopping", file=sys.stderr)
                     return 1
                 cluster.restart(name)
-                print(f"{name} exited with {code}; started it again (pid {cluster.procs[name].pid})", file=sys.stderr,
-                      flush=True)
+                pid = cluster.nats.proc.pid if name == "nats" and cluster.nats and cluster.nats.proc else \
+                    cluster.procs[name].pid
+                print(f"{name} exited with {code}; started it again (pid {pid})", file=sys.stderr, flush=True)
                 restarts[name] = [*recent, now]
             time.sleep(0.2)
         return 0
