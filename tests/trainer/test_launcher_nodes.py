@@ -535,3 +535,21 @@ async def test_a_stop_gives_the_workers_the_grace_their_spec_asks_for(store: Eve
     finally:
         context.stopping.set()
         await task
+
+
+@pytest.mark.parametrize("trainer", [True, False])
+def test_a_built_in_trainers_exit_code_is_explained_in_the_jobs_error(trainer: bool) -> None:
+    """"exited with 4" said nothing of a full checkpoint store; a command's own codes mean what it says."""
+    from aios.scheduler.state import SchedulerState, evolve
+    from aios.trainer.launcher import outcome
+
+    state = SchedulerState()
+    body = {"trainer": {"kind": "mlp"}} if trainer else {"command": ["python", "t.py"]}
+    for seq, ev in enumerate([
+            JobSubmitted(aggregate_id="j", tenant="ml", name="j", spec={"name": "j", "tenant": "ml", **body}),
+            JobPlaced(aggregate_id="j", world_size=1, assignments=[Assignment("n1", ["n1-g0"], [0])]),
+            WorkerExited(aggregate_id="j", node_id="n1", worker="rank0-a1", exit_code=4, attempt=1)], start=1):
+        evolve(state, ev, seq)
+    expected = ("worker rank0-a1 exited with 4 (the checkpoint store refused a checkpoint (full?); the job's logs say "
+                "more)") if trainer else "worker rank0-a1 exited with 4"
+    assert outcome(state.jobs["j"]) == ("failed", expected, 4)

@@ -194,3 +194,33 @@ def test_a_worker_knows_when_the_job_has_left_its_attempt() -> None:
     assert attempt_left([placed, JobRequeued(aggregate_id="j", reason="x"), again], 2) == ""
     assert "cancelled" in attempt_left([placed, JobCancelled(aggregate_id="j")], 1)
     assert attempt_left([], 1) == ""  # not placed yet as far as the log read says: not for the worker to judge
+
+
+async def test_a_full_checkpoint_store_is_said_in_one_line(nats_server: NatsServer,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A refused checkpoint ended the worker with a 30-line traceback, the cause ("maximum bytes exceeded") on
+    its last line, and the job's reason said only "exited with 1"."""
+    from nats.js.api import ObjectStoreConfig
+
+    from aios.common.events import Assignment
+    from aios.scheduler.spec import validate_spec
+    from aios.scheduler.state import JobState
+    from aios.trainer.launcher import worker_env
+    from aios.trainer.worker import EXIT_CHECKPOINT, read_env, run
+    from tests.conftest import open_store
+
+    store = await open_store(nats_server.url)
+    try:
+        await store.js.create_object_store("CK_FULL", config=ObjectStoreConfig(max_bytes=2048))
+    finally:
+        await store.close()
+    spec = validate_spec({"name": "t", "tenant": "ml", "trainer": {"kind": "mlp", "steps": 10, "checkpoint_every": 5,
+                                                                   "hidden": 64, "samples": 200}})
+    job = JobState(job_id="full-ck", spec=spec, tenant="ml", arrival=1, submitted_at=0.0, attempts=1,
+                   assignments=[Assignment(node_id="n1", device_uuids=["g0"], ranks=[0])])
+    env = {**worker_env(job, job.assignments[0], 0, 0, nats_server.url), "AIOS_CHECKPOINT_STORE": "CK_FULL"}
+    assert await run(read_env(env)) == EXIT_CHECKPOINT
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said[-1].startswith("rank 0: the checkpoint store refused step 5's checkpoint") and "Traceback" not in \
+        "\n".join(said), said
+    assert "maximum bytes exceeded" in said[-1] and said[-1].endswith("the previous checkpoint is kept")

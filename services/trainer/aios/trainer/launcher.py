@@ -149,7 +149,8 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
     if bad:
         worker, code = bad[0]
         after = f", after {job.failure_restarts} restarts (max_restarts)" if job.failure_restarts else ""
-        return "failed", f"worker {worker} {exit_text(code, job.exit_signals.get(worker))}{after}", code
+        how = exit_text(code, job.exit_signals.get(worker), builtin=job.spec is not None and job.spec.trainer is not None)
+        return "failed", f"worker {worker} {how}{after}", code
     if stopped:
         if job.workers_running > 0 and not nodes_lost:
             return None  # the others are stopping too
@@ -206,11 +207,18 @@ def resumes(job: JobState) -> str:
     return "resumes from its checkpoint"
 
 
-def exit_text(code: int | None, sig: int | None) -> str:
-    """How a worker ended, for the job's error: its code, or the signal that killed it by name (a SIGKILL nobody
-    sent is most often the kernel's out-of-memory killer, as Kubernetes' OOMKilled)."""
+BUILTIN_EXITS = {2: "its trainer configuration is bad", 3: "a collective failed: a peer died or stalled",
+                 4: "the checkpoint store refused a checkpoint (full?)"}
+"""What the built-in trainer's exit codes mean (aios.trainer.worker), for the job's error."""
+
+
+def exit_text(code: int | None, sig: int | None, builtin: bool = False) -> str:
+    """How a worker ended, for the job's error: its code (with its meaning, for the built-in trainer), or the signal
+    that killed it by name (a SIGKILL nobody sent is most often the kernel's out-of-memory killer, as Kubernetes'
+    OOMKilled)."""
     if code is not None:
-        return f"exited with {code}"
+        meaning = BUILTIN_EXITS.get(code) if builtin else None
+        return f"exited with {code}" + (f" ({meaning}; the job's logs say more)" if meaning else "")
     if sig is None:
         return "was killed by a signal"
     try:

@@ -5,7 +5,8 @@ The shell around training.py: it joins the collective, resumes from the job's ch
 there is one, turns SIGTERM (preemption, node drain) into a stop vote so every rank stops at the same step after a
 checkpoint, and records ``JobProgress`` and ``CheckpointSaved`` events (rank 0 only). Exit codes: 0 done, 75 stopped
 before its last step (a SIGTERM, after a checkpoint) or cut off from NATS: resume me from the last checkpoint, 2 bad
-configuration, 3 a collective failed (a peer died: the launcher fails or requeues the job).
+configuration, 3 a collective failed (a peer died: the launcher fails or requeues the job), 4 the checkpoint store
+refused a checkpoint (full).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ log = logging.getLogger("aios.trainer.worker")
 
 EXIT_CONFIG = 2
 EXIT_COLLECTIVE = 3
+EXIT_CHECKPOINT = 4
 
 
 class WorkerEnv(msgspec.Struct, frozen=True):
@@ -133,6 +135,10 @@ def attempt_left(events: list[Event], attempt: int) -> str:
     return why if placed >= attempt else ""
 
 
+class CheckpointRefused(Exception):
+    """The Object Store would not take a checkpoint (full, or refusing writes)."""
+
+
 class AttemptLeft(Exception):
     """This worker's attempt is no longer the job's: it must write nothing more."""
 
@@ -165,7 +171,12 @@ async def run(w: WorkerEnv) -> int:
             with tracing.job_span(f"checkpoint {c.step}", w.job_id, None, **{"aios.step": c.step}):
                 blob = msgspec.msgpack.encode(c)
                 bucket = await object_bucket(store, w.bucket, "AIOS training checkpoints")
-                await bucket.put(w.checkpoint, blob)
+                try:
+                    await bucket.put(w.checkpoint, blob)
+                except nats.js.errors.APIError as exc:  # the store is full, or refuses: said in a line, not a
+                    # 30-line traceback whose last line held the cause
+                    raise CheckpointRefused(f"the checkpoint store refused step {c.step}'s checkpoint "
+                                            f"({len(blob):,} bytes): {exc.description or exc}") from None
                 await store.append(f"run.{w.job_id}", CheckpointSaved(
                     aggregate_id=w.job_id, step=c.step, bucket=w.bucket, name=w.checkpoint,
                     digest="sha256:" + hashlib.sha256(blob).hexdigest(), size=len(blob), attempt=w.attempt))
@@ -184,6 +195,11 @@ async def run(w: WorkerEnv) -> int:
         print(f"rank {w.rank}: cut off from NATS ({exc or type(exc).__name__}); the job resumes from its last "
               "checkpoint", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
+    except CheckpointRefused as exc:
+        print(f"rank {w.rank}: {exc}; the previous checkpoint is kept", file=sys.stderr, flush=True)
+        if group is not None:
+            await group.abort(str(exc))
+        return EXIT_CHECKPOINT
     except AttemptLeft as exc:
         print(f"rank {w.rank}: attempt {w.attempt} is over ({exc}): stopping without writing its checkpoint",
               file=sys.stderr, flush=True)
