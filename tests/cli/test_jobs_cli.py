@@ -40,7 +40,7 @@ def test_submit_why_cancel(aios_env: dict[str, str], tmp_path: Path) -> None:
 
     try:
         long = tmp_path / "long.yaml"
-        long.write_text("name: long\ntenant: nlp\ndevices: 2\ncommand: [sleep, '30']\n")
+        long.write_text("name: long\ntenant: nlp\ndevices: 2\ncommand: [sleep, '300']\n")
         blocked = tmp_path / "blocked.json"
         blocked.write_text(json.dumps({"name": "blocked", "tenant": "nlp", "devices": 2, "command": ["true"]}))
         bad = tmp_path / "bad.yaml"

@@ -68,7 +68,8 @@ async def test_node_loss_and_return(cluster: LocalCluster, aios_env: dict[str, s
     nodes = await asyncio.to_thread(wait_nodes, cluster, aios_env, lambda n: not n["sim-a"]["online"], 20)
     detected = time.monotonic() - killed
     # timeout 3 s counted from the last heartbeat (up to 0.5 s before the kill), checked every 0.5 s, plus queries
-    assert 3 - 0.5 <= detected < 3 + 5, detected
+    # (an upper bound with room for a loaded machine: 9 s was seen with two test workers and other clusters running)
+    assert 3 - 0.5 <= detected < 3 + 10, detected
     assert "no heartbeat" in nodes["sim-a"]["lost_reason"] and nodes["sim-b"]["online"]
     lost = [e for e in (await store.read("node.sim-a")).events if isinstance(e, NodeLost)]
     assert len(lost) == 1 and lost[0].jobs == ["train-1"]
