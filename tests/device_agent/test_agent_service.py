@@ -282,3 +282,25 @@ async def test_no_lease_no_process_and_a_busy_device_is_a_transient_refusal(
     events = await until(lambda: _job_events(store, "j2", 2), what="the unleased worker stopped")
     exited = [e for e in events if isinstance(e, WorkerExited)]
     assert [(e.worker, e.stopped) for e in exited] == [("w0", True)]
+
+
+async def test_a_worker_whose_lease_ends_while_it_waits_for_its_devices_never_starts(
+        agent: tuple[DeviceAgentService, EventStore]) -> None:
+    """The lease was checked before the wait for busy devices only: released meanwhile, the worker started anyway,
+    on devices no job held."""
+    from aios.common.events import DevicesReleased
+
+    service, store = agent
+    service.runner.device_wait_s = 5.0
+    uuid = (await store.read(f"node.{NODE}")).events[0].devices[0].uuid  # type: ignore[attr-defined]
+    await store.append(f"node.{NODE}", DevicesLeased(aggregate_id=NODE, job_id="j3", device_uuids=[uuid]))
+    await until(lambda: _async(service.node.state.leases.holder.get(uuid) == "j3"), what="the lease seen")
+    sleeper = {"job_id": "j3", "worker": "w0", "command": [sys.executable, "-c", "import time; time.sleep(60)"],
+               "device_uuids": [uuid], "env": {}}
+    assert (await request(store, run_subject(NODE), sleeper))["ok"]
+    waiting = asyncio.ensure_future(request(store, run_subject(NODE), {**sleeper, "worker": "w1"}))
+    await asyncio.sleep(0.3)  # w1 waits for w0's device
+    await store.append(f"node.{NODE}", DevicesReleased(aggregate_id=NODE, job_id="j3"))  # w0 is stopped for it
+    refused = await waiting
+    assert not refused["ok"] and refused["transient"] and "lease" in refused["error"] and "ended" in refused["error"]
+    assert ("j3", "w1") not in service.runner.running

@@ -553,3 +553,77 @@ def test_a_built_in_trainers_exit_code_is_explained_in_the_jobs_error(trainer: b
     expected = ("worker rank0-a1 exited with 4 (the checkpoint store refused a checkpoint (full?); the job's logs say "
                 "more)") if trainer else "worker rank0-a1 exited with 4"
     assert outcome(state.jobs["j"]) == ("failed", expected, 4)
+
+
+async def test_a_device_that_never_frees_fails_the_job_as_a_crash_loop(store: EventStore) -> None:
+    """A transient refusal requeued the job for ever (a worker stuck in the kernel keeps its device busy while the
+    lease book says it is free): after MAX_INTERRUPTIONS_WITHOUT_PROGRESS requeues in a row it fails."""
+    from aios.trainer import MAX_INTERRUPTIONS_WITHOUT_PROGRESS
+
+    async def busy(msg: Any) -> None:
+        await msg.respond(b'{"ok": false, "error": "device(s) still in use by rank0-a1 of job stuck", '
+                          b'"transient": true}' if msg.subject.endswith(".run") else b'{"ok": true}')
+    await placed_on_both_nodes(store, agent=busy)
+    settings = load_settings({"AIOS_NATS_URL": store.servers[0]})
+    context = ServiceContext("trainer", settings, store.nc, store, CollectorRegistry())
+    task = asyncio.ensure_future(LauncherService().run(context))
+    try:
+        async def outcomes() -> list[Any]:
+            return [e for e in (await store.read("job.j1")).events if isinstance(e, (JobRequeued, JobFailed))]
+        for attempt in range(2, MAX_INTERRUPTIONS_WITHOUT_PROGRESS + 4):
+            await until(_more(outcomes, attempt - 1))
+            if isinstance((await outcomes())[-1], JobFailed):
+                break
+            await store.append("job.j1", JobPlaced(aggregate_id="j1", world_size=4, attempt=attempt, assignments=[
+                Assignment(node_id=n, device_uuids=uuids(n), ranks=[]) for n in NODES]))
+            for node in NODES:
+                await store.append(f"node.{node}", DevicesLeased(aggregate_id=node, job_id="j1",
+                                                                  device_uuids=uuids(node)))
+        decided = await outcomes()
+        assert [type(e).__name__ for e in decided] == ["JobRequeued"] * MAX_INTERRUPTIONS_WITHOUT_PROGRESS + [
+            "JobFailed"], decided
+        assert "requeues in a row without a start" in decided[-1].reason
+    finally:
+        context.stopping.set()
+        await task
+
+
+def _more(outcomes: Any, n: int) -> Any:
+    async def check() -> bool:
+        return len(await outcomes()) >= n
+    return check
+
+
+async def test_a_slow_stop_does_not_hold_up_other_jobs_launches(store: EventStore) -> None:
+    """Stops ran inside the launcher's commit loop: with a long stop_grace_s, every other job's launch on its nodes
+    waited behind one job's stop."""
+    from aios.common.events import DevicesReleased, JobCancelled
+
+    runs: list[str] = []
+
+    async def slow_stop(msg: Any) -> None:
+        if msg.subject.endswith(".stop"):
+            await asyncio.sleep(8)  # its workers take their grace to checkpoint
+            runs.append("stopped")
+        else:
+            runs.append(json.loads(msg.data)["job_id"])
+        await msg.respond(b'{"ok": true}')
+    await placed_on_both_nodes(store, agent=slow_stop, command=["python", "t.py"], stop_grace_s=600)
+    settings = load_settings({"AIOS_NATS_URL": store.servers[0]})
+    context = ServiceContext("trainer", settings, store.nc, store, CollectorRegistry())
+    task = asyncio.ensure_future(LauncherService().run(context))
+    try:
+        await until(lambda: runs.count("j1") == 4)
+        await store.append("job.j1", JobCancelled(aggregate_id="j1"))
+        for node in NODES:
+            await store.append(f"node.{node}", DevicesReleased(aggregate_id=node, job_id="j1"))
+        await store.append("job.j2", [
+            JobSubmitted(aggregate_id="j2", tenant="ml", name="j2", spec={"name": "j2", "tenant": "ml", "devices": 2,
+                                                                          "command": ["python", "t.py"]}),
+            JobPlaced(aggregate_id="j2", world_size=2, assignments=[Assignment("n1", uuids("n1"), [])])])
+        await store.append("node.n1", DevicesLeased(aggregate_id="n1", job_id="j2", device_uuids=uuids("n1")))
+        await until(lambda: runs.count("j2") == 2, timeout=30)
+        assert runs.index("j2") < runs.index("stopped") if "stopped" in runs else True, runs  # not behind j1's stop
+    finally:
+        context.stopping.set()
+        await task

@@ -347,11 +347,16 @@ class DeviceAgentService(Service):
         try:
             # Workers run user code: they talk to NATS as this node, never with the launcher's credentials.
             env = {**req.env, "AIOS_NATS_URL": ",".join(self.ctx.settings.servers)}
-            w = await self.runner.start(req.job_id, req.worker, req.command, env, req.device_uuids, req.cwd)
+            w = await self.runner.start(
+                req.job_id, req.worker, req.command, env, req.device_uuids, req.cwd,
+                # released while it waited for its devices: no lease, no process
+                still_wanted=lambda: f"its lease on {', '.join(lost)} ended while it waited for them"
+                if (lost := self._not_leased(req)) else "")
         except DevicesBusy as exc:
             return Reply(False, error=f"cannot start {req.command[0]!r}: {exc}", transient=True)
         except (OSError, ValueError) as exc:
             return Reply(False, error=f"cannot start {req.command[0]!r}: {exc}")
+
         if self.fake is not None:
             for uuid in req.device_uuids:
                 gpu = self.fake.by_uuid(uuid)

@@ -85,10 +85,15 @@ class WorkloadRunner:
             await asyncio.sleep(0.05)
 
     async def start(self, job_id: str, worker: str, command: list[str], env: dict[str, str],
-                    device_uuids: list[str], cwd: str | None = None) -> Workload:
+                    device_uuids: list[str], cwd: str | None = None,
+                    still_wanted: Callable[[], str] | None = None) -> Workload:
+        """``still_wanted``: asked after the wait for busy devices; a reason ("" if none) not to start after all
+        (its lease ended meanwhile)."""
         if (job_id, worker) in self.running:
             raise ValueError(f"worker {worker!r} of job {job_id!r} is already running")
         await self._wait_for_devices(device_uuids)
+        if still_wanted is not None and (why := still_wanted()):
+            raise DevicesBusy(why)
         # the agent's own process settings (its HTTP port, data directory) are not the worker's; the node's
         # settings for workers (AIOS_SERVE_HOST for replicas) are
         inherited = {k: v for k, v in os.environ.items() if k not in AGENT_ONLY}

@@ -342,13 +342,13 @@ class LauncherService(Service):
                         await self._launch(job)
             elif job.status in (PREEMPTING, CANCELLED) and key in self.launched and key not in self.stopped:
                 self._mark_stopped(job, key)
-                with tracing.job_span(f"stop workers ({job.status})", job.job_id, job.placement_trace,
-                                      **{"aios.attempt": job.attempts, "aios.node": self.node_id or "all"}):
-                    await self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=stop_grace(job))
+                # in the background: with a long stop_grace_s every other job's launch waited behind this one
+                self._in_background(self._traced_stop(job, key))
             elif job.status == FAILED and key in self.launched and key not in self.stopped:
                 # a worker failed (recorded by the lead, maybe on another node): its peers here must not hang
                 self._mark_stopped(job, key)
-                await self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=stop_grace(job))
+                self._in_background(self._stop(job.job_id, self.nodes_of.get(key, set()),
+                                               grace_s=DEFAULT_STOP_GRACE_S))
             elif job.status == PENDING and key in self.launched and key not in self.stopped:
                 # requeued (a node of the placement was lost): stop the attempt's workers left on the other nodes,
                 # in the background so the next placement is launched without waiting for their grace period;
@@ -461,7 +461,12 @@ class LauncherService(Service):
                     # this launch was for. Devices still busy or not yet healthy may not be tomorrow: requeued (a
                     # start refused while the previous holder's workers were stopping failed the job for good)
                     why = f"could not start {worker_name(rank, attempt)} on {a.node_id}: {reply.get('error')}"
-                    if reply.get("transient"):
+                    if reply.get("transient") and job.interrupted_in_a_row >= MAX_INTERRUPTIONS_WITHOUT_PROGRESS:
+                        # as for exits 75: a device that never frees (a worker stuck in the kernel) requeued the
+                        # job for ever
+                        await self._finish(job, "failed", f"{why}, after {job.interrupted_in_a_row} requeues in a "
+                                                          "row without a start", attempt=attempt)
+                    elif reply.get("transient"):
                         await self._finish(job, "requeued", f"{why}; back in the queue", EXIT_INTERRUPTED,
                                            attempt=attempt)
                     else:
@@ -470,6 +475,11 @@ class LauncherService(Service):
                 rank += 1
         if self._leads(job) and self._current(job.job_id, attempt):
             await self._append(job, JobStarted(aggregate_id=job.job_id, world_size=rank), f"started-{attempt}")
+
+    async def _traced_stop(self, job: JobState, key: tuple[str, int]) -> None:
+        with tracing.job_span(f"stop workers ({job.status})", job.job_id, job.placement_trace,
+                              **{"aios.attempt": job.attempts, "aios.node": self.node_id or "all"}):
+            await self._stop(job.job_id, self.nodes_of.get(key, set()), grace_s=stop_grace(job))
 
     async def _stop(self, job_id: str, nodes: set[str], grace_s: float, attempt: int | None = None,
                     timeout: float | None = None) -> None:
@@ -498,8 +508,8 @@ class LauncherService(Service):
                 after_failure=result == "restarted"), key)
         else:
             key_now = (job.job_id, attempt)
-            self._mark_stopped(job, key_now)
-            await self._stop(job.job_id, self.nodes_of.get(key_now, set()), grace_s=stop_grace(job))
+            self._mark_stopped(job, key_now)  # a failed job keeps no checkpoint: the default grace, not its own
+            await self._stop(job.job_id, self.nodes_of.get(key_now, set()), grace_s=DEFAULT_STOP_GRACE_S)
             await self._append_outcome(job.job_id, attempt, JobFailed(aggregate_id=job.job_id, reason=reason,
                                                                       exit_code=exit_code), key)
 
