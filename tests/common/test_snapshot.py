@@ -149,3 +149,15 @@ async def test_an_object_rewritten_while_it_is_read_is_read_whole_not_waited_for
     with pytest.raises(nats.js.errors.ObjectNotFoundError):
         await read_object(store, "TEST_REWRITTEN", "ck")
     assert issubclass(ObjectReadError, StoreError)
+
+
+async def test_an_object_missing_its_chunks_is_named_damaged_at_once(store: EventStore) -> None:
+    """Chunks gone under an unchanged object were read again and again (50 s), then called "replaced"."""
+    from aios.common.snapshot import ObjectReadError, object_bucket, read_object
+
+    bucket = await object_bucket(store, "TEST_DAMAGED", "test")
+    await bucket.put("obj", b"x" * (300 << 10))
+    info = await bucket.get_info("obj")
+    await store.js.purge_stream("OBJ_TEST_DAMAGED", subject=f"$O.TEST_DAMAGED.C.{info.nuid}")
+    with pytest.raises(ObjectReadError, match="corrupted: its chunks stopped after 0 of 307,200 bytes"):
+        await asyncio.wait_for(read_object(store, "TEST_DAMAGED", "obj", stall_s=0.5), 5)

@@ -241,7 +241,8 @@ def test_a_gpu_in_mig_mode_is_not_offered_to_jobs() -> None:
     assert [d.info.uuid for d in inv.free_devices("n2")] == ["n2-g0"]
     assert inv.capacity() == {"h100": {"total": 2, "healthy": 1, "free": 1}}
     assert node_summary(inv, inv.nodes["n2"])["mig"] == 1 and node_summary(inv, inv.nodes["n2"])["free"] == 1
-    assert "MIG mode is on" in node_detail(inv, inv.nodes["n2"])["devices"][1]["reason"]
+    shown = node_detail(inv, inv.nodes["n2"])["devices"][1]
+    assert "MIG mode is on" in shown["reason"] and shown["mig_mode"] and shown["mig"] == ["MIG-1"]
     assert device_states(inv) == {("n2", "h100", "free"): 1, ("n2", "h100", "mig"): 1}
     evolve(inv, DeviceHealthy(aggregate_id="n2", device_uuid="n2-g1"))  # a recovery from an XID does not open it
     assert [d.info.uuid for d in inv.free_devices("n2")] == ["n2-g0"]

@@ -973,3 +973,13 @@ def test_a_job_on_a_lost_node_is_requeued_even_if_the_resource_manager_never_did
     assert c.status("j") == PLACED and lost not in c.where("j")
     apply(c.state, [("job.j", [JobRequeued(aggregate_id="j", reason=f"node {lost} lost", node_id=lost)])], 47.0)
     assert c.status("j") == PLACED and c.state.jobs["j"].requeues == 1  # the late one is about a node it left
+
+    # the same when the node registers again (a new agent) before the fallback: the job held nothing there
+    from tests.scheduler.helpers import node as registration
+    there = next(iter(c.where("j")))
+    apply(c.state, [("job.j", [JobStarted(aggregate_id="j", world_size=4)])], 48.0)
+    c.lose(there, 50.0)
+    apply(c.state, [registration(there, "a100", 4)], 55.0)
+    assert c.state.inv.nodes[there].online and c.status("j") == RUNNING
+    plan = step(c.state, policy, 90.0)
+    assert plan.requeue_reasons.get("j") == f"node {there} lost; back in the queue", plan.requeue_reasons

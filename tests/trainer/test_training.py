@@ -193,6 +193,10 @@ def test_a_worker_knows_when_the_job_has_left_its_attempt() -> None:
     assert attempt_left([placed, JobRequeued(aggregate_id="j", reason="x"), again], 1) == "attempt 2 was placed"
     assert attempt_left([placed, JobRequeued(aggregate_id="j", reason="x"), again], 2) == ""
     assert "cancelled" in attempt_left([placed, JobCancelled(aggregate_id="j")], 1)
+    # the resource manager's requeue about n1, late: attempt 2 (on n2) goes on, as the scheduler's fold says
+    late = JobRequeued(aggregate_id="j", reason="node n1 lost", node_id="n1")
+    assert attempt_left([placed, JobRequeued(aggregate_id="j", reason="node n1 lost; back in the queue"), again,
+                         late], 2) == ""
     assert attempt_left([], 1) == ""  # not placed yet as far as the log read says: not for the worker to judge
 
 

@@ -74,8 +74,10 @@ async def nodes(node: str | None, as_json: bool = False, servers: list[str] | No
                       f"{detail['cpu_cores']} cores, {detail['memory_gib']} GiB")
         table = Table("idx", "uuid", "kind", "model", "GiB", "health", "job")
         for d in detail["devices"]:
-            table.add_row(str(d["index"]), d["uuid"], d["kind"], d["model"], str(d["memory_gib"]),
-                          "ok" if d["healthy"] else f"[red]{d['reason']}[/]", d["job"] or "-")
+            health = (f"[red]{d['reason']}[/]" if not d["healthy"] else
+                      f"[yellow]{d['reason']}[/]" if d.get("mig_mode") else "ok")  # MIG: it read "ok", not scheduled
+            table.add_row(str(d["index"]), d["uuid"], d["kind"], d["model"], str(d["memory_gib"]), health,
+                          d["job"] or "-")
         console.print(table)
         return 0
     reply = await ask("aios.rm.nodes", servers=servers)

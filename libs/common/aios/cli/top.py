@@ -31,11 +31,13 @@ async def snapshot(servers: list[str], telemetry: dict[str, dict[str, Any]]) -> 
 
 
 def frame(snap: dict[str, Any]) -> Group:
-    nodes = Table("node", "state", "devices", title="devices: ■ busy  □ free  ✗ unhealthy")
+    nodes = Table("node", "state", "devices",
+                  title="devices: ■ busy  □ free  ✗ unhealthy  M MIG mode (not scheduled)")
     for n in snap["nodes"]:
         cells = []
         for d in n["devices"]:
-            mark = "[red]✗[/]" if not d["healthy"] else "[blue]■[/]" if d["job"] else "□"
+            mark = ("[red]✗[/]" if not d["healthy"] else "[blue]■[/]" if d["job"] else
+                    "[yellow]M[/]" if d.get("mig_mode") else "□")
             util = f"{d['utilization_gpu']}%" if d.get("utilization_gpu") is not None else ""
             cells.append(f"{mark}{util}")
         state = (f"[yellow]{'drained' if n.get('drained') else 'draining' if n.get('draining') else 'cordoned'}[/]"

@@ -109,8 +109,10 @@ async def read_object(store: EventStore, bucket: str, name: str, *, stall_s: flo
             OBJ_DIGEST_TYPE.upper(), "")) if info.digest else None
         if not stalled and len(data) == info.size and (expected is None or digest.digest() == expected):
             return bytes(data)
-        if not stalled and (await objects.get_info(name)).nuid == info.nuid:  # the same version: it is damaged
-            raise ObjectReadError(name, bucket, "corrupted: its chunks do not match the stored digest")
+        if (await objects.get_info(name)).nuid == info.nuid:  # the same version: it is damaged, not replaced
+            raise ObjectReadError(name, bucket, "corrupted: " + (
+                f"its chunks stopped after {len(data):,} of {info.size:,} bytes" if stalled
+                else "its chunks do not match the stored digest"))
         why = (f"no part of it for {stall_s:g}s" if stalled else "its chunks did not match its digest") + \
             " (replaced or deleted while read)"
     raise ObjectReadError(name, bucket, f"{why}, {tries} times")

@@ -32,7 +32,7 @@ def node_detail(inv: Inventory, node: NodeState) -> dict[str, Any]:
         {"uuid": u, "index": d.info.index, "kind": d.info.kind, "model": d.info.model,
          "memory_gib": round(d.info.memory_bytes / 1024**3, 1), "healthy": d.healthy,
          "reason": d.reason or (MIG_REASON if d.info.mig_enabled else ""),
-         "job": inv.leases.holder.get(u), "mig": [m.uuid for m in d.info.mig_instances]}
+         "job": inv.leases.holder.get(u), "mig_mode": d.info.mig_enabled, "mig": [m.uuid for m in d.info.mig_instances]}
         for u, d in sorted(node.devices.items(), key=lambda kv: kv[1].info.index)]
     out["links"] = [{"a": link.a, "b": link.b, "level": link.level} for link in node.links]
     return out

@@ -147,10 +147,15 @@ def _choose_kind(tenants: dict[str, quotas.Quota], usage: dict[str, dict[str, in
 def _lost_a_while(state: SchedulerState, job: JobState, now: float) -> str:
     """A node of the job's placement declared lost more than ``LOST_NODE_GRACE_S`` ago ("" if none): the resource
     manager requeues the job at once, and this is the fallback."""
+    holder = state.inv.leases.holder
     for a in job.assignments:
         node = state.inv.nodes.get(a.node_id)
-        if node is not None and not node.online and node.lost_at is not None and now - node.lost_at > \
-                LOST_NODE_GRACE_S and node.lost_at >= (job.placed_at or 0.0):
+        if node is None:
+            continue
+        # lost since the placement, or registered again since (a new agent, its devices no longer the job's)
+        since = node.lost_at if node.lost_at is not None else node.registered_at
+        if (since >= (job.placed_at or 0.0) and now - since > LOST_NODE_GRACE_S
+                and any(holder.get(u) != job.job_id for u in a.device_uuids)):
             return a.node_id
     return ""
 

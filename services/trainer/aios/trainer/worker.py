@@ -125,12 +125,14 @@ def attempt_left(events: list[Event], attempt: int) -> str:
     """Why the job has left ``attempt`` ("" while it is the current one): a later attempt was placed, or it was
     requeued or ended since. Workers of a node declared lost may run on (a hung agent): they wrote the job's
     checkpoint in turns with the next attempt, and a reader of it saw it replaced under it."""
-    placed, why = 0, ""
+    placed, why, nodes = 0, "", set[str]()
     for ev in events:
         if isinstance(ev, JobPlaced):
-            placed = ev.attempt
+            placed, nodes = ev.attempt, {a.node_id for a in ev.assignments}
             why = "" if placed == attempt else f"attempt {placed} was placed"
-        elif placed == attempt and isinstance(ev, (JobRequeued, JobSucceeded, JobFailed, JobCancelled)):
+        elif isinstance(ev, JobRequeued) and ev.node_id and ev.node_id not in nodes:
+            continue  # late, about a node this placement does not use (the scheduler ignores it too)
+        elif placed == attempt and not why and isinstance(ev, (JobRequeued, JobSucceeded, JobFailed, JobCancelled)):
             why = f"the job was {type(ev).__name__.removeprefix('Job').lower()} ({getattr(ev, 'reason', '')})"
     return why if placed >= attempt else ""
 
