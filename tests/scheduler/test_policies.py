@@ -973,6 +973,9 @@ def test_a_job_on_a_lost_node_is_requeued_even_if_the_resource_manager_never_did
     assert c.status("j") == PLACED and lost not in c.where("j")
     apply(c.state, [("job.j", [JobRequeued(aggregate_id="j", reason=f"node {lost} lost", node_id=lost)])], 47.0)
     assert c.status("j") == PLACED and c.state.jobs["j"].requeues == 1  # the late one is about a node it left
+    now_on = next(iter(c.where("j")))  # and one written before this placement, about the node it runs on now
+    apply(c.state, [("job.j", [JobRequeued(aggregate_id="j", reason=f"node {now_on} lost", node_id=now_on)])], 44.0)
+    assert c.status("j") == PLACED and c.state.jobs["j"].requeues == 1
 
     # the same when the node registers again (a new agent) before the fallback: the job held nothing there
     from tests.scheduler.helpers import node as registration

@@ -343,8 +343,10 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         job.preemptions += 1
         _close_run(state, job, ev.ts)
     elif kind is JobRequeued and ev.node_id and (  # type: ignore[attr-defined]
-            job.status not in HOLDING or all(a.node_id != ev.node_id for a in job.assignments)):  # type: ignore[attr-defined]
-        pass  # about a node the job has left: late (the scheduler requeued it first, or it runs elsewhere now)
+            job.status not in HOLDING or all(a.node_id != ev.node_id for a in job.assignments)  # type: ignore[attr-defined]
+            or ev.ts < (job.placed_at or 0.0)):
+        pass  # about a placement the job has left: late (the scheduler requeued it first, and it runs elsewhere
+        # now, or on the same node again since)
     elif kind is JobRequeued:
         if ev.interrupted:  # type: ignore[attr-defined]  (before the run closes: its length counts)
             job.interrupted_in_a_row = 1 if made_progress(job, ev.ts) else job.interrupted_in_a_row + 1
