@@ -228,3 +228,23 @@ async def test_a_full_checkpoint_store_is_said_in_one_line(nats_server: NatsServ
     assert said[-1].startswith("rank 0: the checkpoint store refused step 5's checkpoint") and "Traceback" not in \
         "\n".join(said), said
     assert "maximum bytes exceeded" in said[-1] and said[-1].endswith("the previous checkpoint is kept")
+
+
+async def test_the_torch_backend_without_torch_is_a_configuration_error(nats_server: NatsServer,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Every rank exited 3, "a collective failed", as if a peer had died; the cause was in the logs only."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("torch is installed here")
+    from aios.common.events import Assignment
+    from aios.scheduler.spec import validate_spec
+    from aios.scheduler.state import JobState
+    from aios.trainer.launcher import worker_env
+    from aios.trainer.worker import EXIT_CONFIG, read_env, run
+
+    spec = validate_spec({"name": "t", "tenant": "ml", "trainer": {"kind": "mlp", "steps": 5, "backend": "torch"}})
+    job = JobState(job_id="no-torch", spec=spec, tenant="ml", arrival=1, submitted_at=0.0, attempts=1,
+                   assignments=[Assignment(node_id="n1", device_uuids=["g0"], ranks=[0])])
+    assert await run(read_env(worker_env(job, job.assignments[0], 0, 0, nats_server.url))) == EXIT_CONFIG
+    assert "the torch backend needs torch on every node" in capsys.readouterr().err

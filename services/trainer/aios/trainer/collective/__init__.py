@@ -16,6 +16,10 @@ class CollectiveError(RuntimeError):
     """A collective could not complete (a peer died, timed out, or aborted the group)."""
 
 
+class BackendUnavailable(CollectiveError):
+    """The backend the job asks for cannot run on this node (torch missing): its configuration, not a peer."""
+
+
 class Collective:
     """A group of ``world`` ranks; this process is ``rank``."""
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from aios.trainer.collective import Collective, CollectiveError
+from aios.trainer.collective import BackendUnavailable, Collective, CollectiveError
 
 T = TypeVar("T")
 
@@ -33,9 +33,9 @@ def _torch() -> tuple[Any, Any]:
         import torch
         import torch.distributed as dist
     except ImportError as exc:
-        raise CollectiveError("the torch backend needs torch: pip install 'aios[torch]'") from exc
+        raise BackendUnavailable("the torch backend needs torch on every node: pip install 'aios[torch]'") from exc
     if not dist.is_available():
-        raise CollectiveError("this torch build has no torch.distributed support")
+        raise BackendUnavailable("this torch build has no torch.distributed support")
     return torch, dist
 
 
