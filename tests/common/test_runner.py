@@ -108,15 +108,21 @@ def test_service_waits_for_nats_to_come_up(aios_env: dict[str, str], tmp_path: P
     proc = subprocess.Popen([sys.executable, "-m", "aios.cli.main", "service", "tail"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.5)
+        # until it says it is retrying (a fixed 1.5 s was not always enough for it to start on a loaded machine)
+        said, deadline = "", time.monotonic() + 60
+        while proc.stderr and time.monotonic() < deadline and not (
+                "NATS not reachable yet, retrying" in said or '"msg":"nats error"' in said):
+            line = proc.stderr.readline()
+            if not line:
+                break
+            said += line
+        assert "NATS not reachable yet, retrying" in said or '"msg":"nats error"' in said, said
         assert proc.poll() is None, "the service gave up instead of retrying"
         server.start()
         status, _ = wait_http(f"http://127.0.0.1:{port}/healthz")
         assert status == 200
         proc.send_signal(signal.SIGINT)
         assert proc.wait(20) == 0
-        log = proc.stderr.read() if proc.stderr else ""
-        assert "NATS not reachable yet, retrying" in log or '"msg":"nats error"' in log
     finally:
         if proc.poll() is None:
             proc.kill()
