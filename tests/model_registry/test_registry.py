@@ -332,3 +332,10 @@ def test_a_trained_models_metrics_keep_the_last_training_loss() -> None:
                                    JobProgress(aggregate_id="j", step=20, loss=0.25, accuracy=0.9, attempt=1)]))
     fold(view, Commit(3, "run.j", [JobProgress(aggregate_id="j", step=20, accuracy=0.93, attempt=1, final=True)]))
     assert view.final_progress["j"] == {"train_loss": 0.25, "train_accuracy": 0.93}
+    # and none from an attempt the job has left (workers of a lost node that ran on)
+    from aios.common.events import Assignment, JobPlaced
+    fold(view, Commit(4, "job.j", [JobPlaced(aggregate_id="j", world_size=1, attempt=2,
+                                             assignments=[Assignment("n2", ["g0"], [0])])]))
+    fold(view, Commit(5, "run.j", [JobProgress(aggregate_id="j", step=30, loss=9.0, accuracy=0.1, attempt=1),
+                                   JobProgress(aggregate_id="j", step=25, loss=0.2, attempt=2)]))
+    assert view.final_progress["j"] == {"train_loss": 0.2, "train_accuracy": 0.93}

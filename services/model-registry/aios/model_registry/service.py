@@ -27,7 +27,7 @@ import numpy as np
 from aios.common import tracing
 from aios.common.errors import AiosError, ConcurrencyConflict
 from aios.common.events import (
-    JOB_AGGREGATES, Event, JobCancelled, JobFailed, JobProgress, JobSubmitted, JobSucceeded, Lineage,
+    JOB_AGGREGATES, Event, JobCancelled, JobFailed, JobPlaced, JobProgress, JobSubmitted, JobSucceeded, Lineage,
     ModelObjectCollected, ModelVersionEvaluated, Signature,
 )
 from aios.common.runner import Service, ServiceContext
@@ -56,6 +56,8 @@ class RegistryView:
     job_specs: dict[str, dict[str, Any]] = field(default_factory=dict)
     job_names: dict[str, str] = field(default_factory=dict)
     final_progress: dict[str, dict[str, float]] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)
+    """Each built-in training job's current attempt (its last JobPlaced)."""
     succeeded: list[str] = field(default_factory=list)
     """Built-in training jobs that succeeded, in log order."""
     succeeded_trace: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -119,8 +121,12 @@ def fold(view: RegistryView, commit: Commit) -> RegistryView:
             if isinstance(ev, JobSubmitted) and isinstance(ev.spec, dict) and isinstance(ev.spec.get("trainer"), dict):
                 view.job_specs[ident] = ev.spec
                 view.job_names[ident] = ev.name or str(ev.spec.get("name", ident))
-            elif isinstance(ev, JobProgress) and ident in view.job_specs:
-                # each field's last value: the final report carries only the accuracy (the loss was dropped)
+            elif isinstance(ev, JobPlaced):
+                view.attempts[ident] = ev.attempt
+            elif isinstance(ev, JobProgress) and ident in view.job_specs and (
+                    not ev.attempt or ev.attempt == view.attempts.get(ident, ev.attempt)):
+                # each field's last value: the final report carries only the accuracy (the loss was dropped); not
+                # from workers of an attempt the job has left (a lost node's, running on), as the scheduler's fold
                 view.final_progress.setdefault(ident, {}).update(
                     {k: float(v) for k, v in (("train_loss", ev.loss), ("train_accuracy", ev.accuracy)) if v is not None})
             if isinstance(ev, JobSubmitted) and isinstance(ev.spec, dict) and isinstance(ev.spec.get("serve"), dict):
