@@ -145,8 +145,9 @@ def _choose_kind(tenants: dict[str, quotas.Quota], usage: dict[str, dict[str, in
 
 
 def _lost_a_while(state: SchedulerState, job: JobState, now: float) -> str:
-    """A node of the job's placement declared lost more than ``LOST_NODE_GRACE_S`` ago ("" if none): the resource
-    manager requeues the job at once, and this is the fallback."""
+    """A node of the job's placement declared lost (or registered anew) since the placement, more than
+    ``LOST_NODE_GRACE_S`` ago, where the job's devices are no longer its own ("" if none): the resource manager
+    requeues the job at once, and this is the fallback."""
     holder = state.inv.leases.holder
     for a in job.assignments:
         node = state.inv.nodes.get(a.node_id)

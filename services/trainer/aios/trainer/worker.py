@@ -200,22 +200,19 @@ async def run(w: WorkerEnv) -> int:
     except BackendUnavailable as exc:  # a peer's failure it was not: every rank exited 3 ("a collective failed")
         print(f"rank {w.rank}: {exc}", file=sys.stderr, flush=True)
         return EXIT_CONFIG
-    except CheckpointRefused as exc:
-        print(f"rank {w.rank}: {exc}; the previous checkpoint is kept", file=sys.stderr, flush=True)
+    except (CheckpointRefused, AttemptLeft, CollectiveError) as exc:
+        # this rank gives up: it says why, and tells its peers so that they stop now, not at the timeout
+        if isinstance(exc, CheckpointRefused):
+            code, said, told = EXIT_CHECKPOINT, f"{exc}; the previous checkpoint is kept", str(exc)
+        elif isinstance(exc, AttemptLeft):
+            code, told = EXIT_INTERRUPTED, f"attempt {w.attempt} is over"
+            said = f"{told} ({exc}): stopping without writing its checkpoint"
+        else:
+            code, said, told = EXIT_COLLECTIVE, str(exc), str(exc)
+        print(f"rank {w.rank}: {said}", file=sys.stderr, flush=True)
         if group is not None:
-            await group.abort(str(exc))
-        return EXIT_CHECKPOINT
-    except AttemptLeft as exc:
-        print(f"rank {w.rank}: attempt {w.attempt} is over ({exc}): stopping without writing its checkpoint",
-              file=sys.stderr, flush=True)
-        if group is not None:
-            await group.abort(f"attempt {w.attempt} is over")
-        return EXIT_INTERRUPTED
-    except CollectiveError as exc:
-        print(f"rank {w.rank}: {exc}", file=sys.stderr, flush=True)
-        if group is not None:
-            await group.abort(str(exc))
-        return EXIT_COLLECTIVE
+            await group.abort(told)
+        return code
     finally:
         if group is not None:
             await group.close()
