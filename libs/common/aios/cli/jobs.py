@@ -1,11 +1,13 @@
-"""Job commands: ``aios submit``, ``aios jobs``, ``aios why``, ``aios cancel``."""
+"""Job commands: ``aios submit``, ``aios jobs``, ``aios why``, ``aios cancel``, ``aios checkpoints``."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import yaml
 from rich.table import Table
 
@@ -163,8 +165,6 @@ async def logs(job_id: str, follow: bool, worker: str | None) -> int:
 async def job(job_id: str, as_json: bool, wait: bool) -> int:
     """One job: its summary (from the scheduler) and its event timeline (from the log); with ``wait``, block until
     it ends and exit 0 if it succeeded, 4 if not."""
-    import time
-
     store = await _store()
     try:
         while True:
@@ -196,4 +196,54 @@ async def job(job_id: str, as_json: bool, wait: bool) -> int:
         console.print(table)
     if wait and summary is not None and summary["status"] != "succeeded":
         return 4
+    return 0
+
+
+async def checkpoints(sweep: bool, retention_h: float | None, orphan_grace_s: float, dry_run: bool,
+                      as_json: bool) -> int:
+    """``aios checkpoints``: the checkpoint store, and what the trainer's sweep does with each object; with
+    ``--sweep``, that sweep now (``--dry-run``: only say it)."""
+    from aios.common.snapshot import Projector
+    from aios.scheduler.state import STATE_SCHEMA, SchedulerState, fold_commit
+    from aios.trainer import checkpoints as ckpt
+
+    if retention_h is not None and not 0 < retention_h < 1e7:
+        raise ConfigError(f"--retention-h: {retention_h:g} is not a positive number of hours")
+    if not ckpt.MIN_ORPHAN_GRACE_S <= orphan_grace_s < 1e9:
+        raise ConfigError(f"--orphan-grace-s: at least {ckpt.MIN_ORPHAN_GRACE_S:g} s (a checkpoint being written "
+                          f"names its object only after its last chunk), got {orphan_grace_s:g}")
+    retention_s = ckpt.DEFAULT_RETENTION_S if retention_h is None else retention_h * 3600.0
+    store = await _store()
+    try:
+        projector = Projector("cli-checkpoints", SchedulerState, None, SchedulerState, STATE_SCHEMA,
+                              fold_commit=fold_commit)
+        await projector.rebuild(store)
+        jobs = projector.state.jobs
+        if sweep or dry_run:
+            reply = await ckpt.collect(store, jobs, retention_s=retention_s, orphan_grace_s=orphan_grace_s,
+                                       dry_run=dry_run)
+            if as_json:
+                print(json.dumps(reply, indent=2))
+            else:
+                verb = "would delete" if dry_run else "deleted"
+                print(f"{verb} {len(reply['deleted'])} checkpoints of ended jobs ({reply['bytes']:,} bytes)"
+                      + (f": {', '.join(reply['deleted'])}" if reply["deleted"] else "")
+                      + f"; {'would purge' if dry_run else 'purged'} {reply['orphaned_chunks']} chunks no "
+                        "checkpoint refers to")
+            return 0
+        objects, chunks = await ckpt.survey(store)
+    finally:
+        await store.close()
+    decided = ckpt.plan(objects, chunks, jobs, time.time(), retention_s, orphan_grace_s)
+    if as_json:
+        print(json.dumps({"checkpoints": msgspec.to_builtins(decided.verdicts),
+                          "orphaned_chunks": sum(c.chunks for c in decided.orphans)}, indent=2))
+        return 0
+    table = Table("checkpoint", "job", "status", "bytes", "next sweep", title=f"retention {retention_s / 3600:g} h")
+    for v in decided.verdicts:
+        table.add_row(v.name, v.job or "-", v.status, f"{v.size:,}", v.why)
+    table_console().print(table)
+    if decided.orphans:
+        print(f"{sum(c.chunks for c in decided.orphans)} chunks of checkpoint writes that died refer to no "
+              "checkpoint: the next sweep purges them")
     return 0

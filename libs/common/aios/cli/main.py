@@ -261,6 +261,12 @@ def cmd_tenants(args: argparse.Namespace) -> int:
     return asyncio.run(inspect.tenants(as_json=args.json))
 
 
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    from aios.cli import jobs
+
+    return asyncio.run(jobs.checkpoints(args.sweep, args.retention_h, args.orphan_grace_s, args.dry_run, args.json))
+
+
 def cmd_forget(args: argparse.Namespace) -> int:
     from aios.cli import inspect
 
@@ -439,6 +445,18 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", help="cancel a job")
     cancel.add_argument("job")
     cancel.set_defaults(handler=cmd_cancel)
+
+    ckpts = sub.add_parser("checkpoints", help="training checkpoints kept, and when the trainer's sweep deletes them "
+                           "(--sweep: now)")
+    ckpts.add_argument("--sweep", action="store_true", help="delete what the sweep would delete, now")
+    ckpts.add_argument("--dry-run", action="store_true", help="say what --sweep would delete, delete nothing")
+    ckpts.add_argument("--retention-h", type=float, default=None,
+                       help="keep an ended job's checkpoint this many hours (default: 168, the trainer's default; "
+                            "the trainer's own sweep uses AIOS_CHECKPOINT_RETENTION_S)")
+    ckpts.add_argument("--orphan-grace-s", type=float, default=3600.0,
+                       help="purge chunks no checkpoint refers to once this old (default 3600, at least 60)")
+    ckpts.add_argument("--json", action="store_true")
+    ckpts.set_defaults(handler=cmd_checkpoints)
 
     sim = sub.add_parser("simulate", help="run a workload trace through the scheduler core under a simulated clock")
     sim.add_argument("--trace", help="workload: a Gavel trace (../shared/traces/*.trace) or a native JSONL file")

@@ -12,8 +12,10 @@ import asyncio
 import base64
 import hashlib
 import logging
+import re
 import struct
 import time
+from datetime import datetime
 from typing import Any, Callable, Generic, TypeVar
 
 import msgspec
@@ -76,6 +78,18 @@ class ObjectReadError(StoreError):
     def __init__(self, name: str, bucket: str, reason: str) -> None:
         super().__init__(f"object {name!r} of {bucket}: {reason}")
         self.reason = reason
+
+
+def parse_mtime(raw: str | None) -> float | None:
+    """An Object Store mtime as epoch seconds (None if absent or unreadable). NATS writes RFC 3339 with nanoseconds
+    (``2026-11-25T17:30:00.123456789Z``); Python reads microseconds."""
+    if not raw:
+        return None
+    text = re.sub(r"(\.\d{6})\d+", r"\1", raw.replace("Z", "+00:00"))
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
 
 
 async def read_object(store: EventStore, bucket: str, name: str, *, stall_s: float = 10.0, tries: int = 5) -> bytes:

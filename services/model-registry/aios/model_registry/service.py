@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from aios.common.events import (
     ModelObjectCollected, ModelVersionEvaluated, Signature,
 )
 from aios.common.runner import Service, ServiceContext
-from aios.common.snapshot import object_bucket, read_object
+from aios.common.snapshot import object_bucket, parse_mtime, read_object
 from aios.common.store import Commit, EventStore
 from aios.model_registry import builtin, compress, metrics, nn
 from aios.model_registry.blobs import BlobError, BlobStore
@@ -422,7 +421,7 @@ class Registry:
                 continue
             if digest not in holders:
                 info = await bucket.get_info(digest.replace(":", "-"))
-                mtime = _parse_mtime(info.mtime)
+                mtime = parse_mtime(info.mtime)
                 if mtime is None or time.time() - mtime < orphan_grace_s:
                     continue
             if await self.blobs.delete(digest):
@@ -434,19 +433,6 @@ class Registry:
                                                                  size_bytes=size))
         await self.catch_up()
         return {"objects": removed, "bytes": freed}
-
-
-def _parse_mtime(raw: str | None) -> float | None:
-    """NATS writes RFC 3339 with nanoseconds (``2026-11-25T17:30:00.123456789Z``); Python reads microseconds."""
-    if not raw:
-        return None
-    from datetime import datetime
-
-    text = re.sub(r"(\.\d{6})\d+", r"\1", raw.replace("Z", "+00:00"))
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return None
 
 
 # -- the request surface --------------------------------------------------------------------------------------------

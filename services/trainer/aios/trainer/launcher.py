@@ -28,12 +28,12 @@ from aios.common.events import (
     JOB_AGGREGATES, Assignment, JobFailed, JobRequeued, JobStarted, JobSucceeded, ReplicaReplaced,
 )
 from aios.common.events.job import placement_workers, worker_name
-from aios.common.errors import AiosError, ConcurrencyConflict
+from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError
 from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import Projector
 from aios.common.store import Commit
 from aios.device_agent.protocol import run_subject, stop_subject
-from aios.trainer import EXIT_INTERRUPTED, MAX_INTERRUPTIONS_WITHOUT_PROGRESS
+from aios.trainer import EXIT_INTERRUPTED, MAX_INTERRUPTIONS_WITHOUT_PROGRESS, checkpoints
 from aios.scheduler.spec import DEFAULT_STOP_GRACE_S
 from aios.scheduler.state import (
     CANCELLED, FAILED, MAX_REPLICA_REPLACEMENTS, PENDING, PLACED, PREEMPTING, PROGRESS_RUN_S, RUNNING, STATE_SCHEMA,
@@ -241,9 +241,14 @@ def _is_current(job: JobState | None, attempt: int) -> bool:
 class LauncherService(Service):
     name = "trainer"
 
-    def __init__(self, node_id: str | None = None) -> None:
+    def __init__(self, node_id: str | None = None, retention_s: float | None = checkpoints.DEFAULT_RETENTION_S,
+                 sweep_every_s: float = 3600.0) -> None:
         self.node_id = node_id
         """This trainer's node; None: every node's."""
+        self.retention_s = retention_s
+        """How long an ended job's checkpoint is kept (None: for ever); see :mod:`aios.trainer.checkpoints`."""
+        self.sweep_every_s = sweep_every_s
+        self.sweeps = 0
         self.projector = Projector("launcher", SchedulerState, None, SchedulerState, STATE_SCHEMA,
                                    fold_commit=fold_commit)
         self.launched: set[tuple[str, int]] = set()
@@ -271,11 +276,15 @@ class LauncherService(Service):
         stop = asyncio.Event()
         follower = asyncio.ensure_future(self.projector.follow(ctx.store, self._on_commit, stop))
         await self._reconcile()
+        next_sweep = time.monotonic() + min(10.0, self.sweep_every_s)
         while not ctx.stopping.is_set():
             try:
                 await asyncio.wait_for(ctx.stopping.wait(), 1.0)
             except asyncio.TimeoutError:
                 await self._enforce_time_limits(time.time())
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.sweep_every_s
+                    self._in_background(self._sweep_checkpoints())
         stop.set()
         await follower
 
@@ -292,6 +301,19 @@ class LauncherService(Service):
             if ran > limit:
                 self.decided.add(key)
                 await self._finish(job, "failed", f"max_runtime_s: ran {ran:.0f} s, the limit is {limit:g} s")
+
+    async def _sweep_checkpoints(self) -> None:
+        """Ended jobs' checkpoints past their retention, and chunks of writes that died, are removed. Every node's
+        trainer sweeps (a sweep is idempotent), so the store is kept whichever nodes are up."""
+        try:
+            done = await checkpoints.collect(self.ctx.store, self.projector.state.jobs, retention_s=self.retention_s)
+        except Exception as exc:  # noqa: BLE001 - a sweep that fails (NATS away) is tried again next time
+            log.warning("checkpoint sweep failed; tried again later", extra={"error": repr(exc)})
+            return
+        self.sweeps += 1
+        if done["deleted"] or done["orphaned_chunks"]:
+            log.info("checkpoint sweep", extra={"deleted": len(done["deleted"]), "bytes": done["bytes"],
+                                                "orphaned_chunks": done["orphaned_chunks"]})
 
     def _mine(self, node: str) -> bool:
         return self.node_id is None or node == self.node_id
@@ -556,5 +578,25 @@ class LauncherService(Service):
                     "error": f"no answer from {subject}: {exc or type(exc).__name__}"}
 
 
+def _seconds_setting(name: str, default: float, off: bool = False) -> float | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if off and raw.lower() == "off":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{name}={raw!r}: must be a positive number of seconds" + (" or 'off'" if off else ""))
+    return value
+
+
 def from_env() -> LauncherService:
-    return LauncherService(node_id=os.environ.get("AIOS_NODE_ID") or None)
+    sweep = _seconds_setting("AIOS_CHECKPOINT_SWEEP_S", 3600.0)
+    assert sweep is not None
+    return LauncherService(node_id=os.environ.get("AIOS_NODE_ID") or None,
+                           retention_s=_seconds_setting("AIOS_CHECKPOINT_RETENTION_S", checkpoints.DEFAULT_RETENTION_S,
+                                                        off=True),
+                           sweep_every_s=sweep)

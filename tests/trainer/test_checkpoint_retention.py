@@ -1,0 +1,198 @@
+"""Checkpoint retention: ended jobs' checkpoints expire, running jobs' stay, chunks no object names are purged."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import nats.js.errors
+import pytest
+
+from aios.common.snapshot import object_bucket, read_object
+from aios.common.store import EventStore
+from aios.common.wire import new_token
+from aios.scheduler.state import CANCELLED, RUNNING, SUCCEEDED, JobState
+from aios.trainer.checkpoints import ChunkSubject, StoredCheckpoint, collect, plan, survey
+
+DAY = 86400.0
+NOW = 1_800_000_000.0
+
+
+def job(job_id: str, status: str, ended_ago: float | None = None) -> JobState:
+    return JobState(job_id, None, "t", 1, NOW - 30 * DAY, status=status,
+                    finished_at=None if ended_ago is None else NOW - ended_ago)
+
+
+def test_a_checkpoint_goes_only_once_its_job_has_been_ended_for_the_retention() -> None:
+    jobs = {"old": job("old", CANCELLED, 8 * DAY), "recent": job("recent", SUCCEEDED, 2 * DAY),
+            "live": job("live", RUNNING), "custom": job("custom", CANCELLED, 9 * DAY)}
+    objects = [StoredCheckpoint(n, f"n-{n}", 100, NOW - DAY)
+               for n in ("old", "recent", "live", "custom/epoch-3", "someone-elses")]
+    decided = plan(objects, [], jobs, NOW, retention_s=7 * DAY)
+    assert [v.name for v in decided.expired] == ["custom/epoch-3", "old"]
+    why = {v.name: v.why for v in decided.verdicts}
+    assert why["recent"] == "ended 2.0 d ago: kept for 5.0 d more"
+    assert why["live"] == "the job is running: kept"
+    assert why["someone-elses"] == "no job of that name in the log: kept"
+    assert why["old"] == "ended 8.0 d ago, retention 7.0 d: deleted"
+    off = plan(objects, [], jobs, NOW, retention_s=None)
+    assert off.expired == [] and "retention is off" in {v.name: v.why for v in off.verdicts}["old"]
+
+
+def test_only_chunks_no_object_names_and_old_enough_are_orphans() -> None:
+    objects = [StoredCheckpoint("a", "named", 10, NOW)]
+    chunks = [ChunkSubject("named", 3, NOW - DAY), ChunkSubject("dead", 2, NOW - 7200),
+              ChunkSubject("writing", 1, NOW - 5), ChunkSubject("unknown-age", 1, None)]
+    assert [c.nuid for c in plan(objects, chunks, {}, NOW, orphan_grace_s=3600).orphans] == ["dead"]
+
+
+async def crashed_put(store: EventStore, bucket: str, chunks: int) -> str:
+    """What a worker killed in the middle of ``ObjectStore.put`` leaves: chunks on a fresh subject, no object."""
+    nuid = new_token()[:22]
+    for i in range(chunks):
+        await store.js.publish(f"$O.{bucket}.C.{nuid}", b"x" * 1000 + bytes([i]))
+    return nuid
+
+
+async def test_a_sweep_deletes_ended_jobs_checkpoints_and_crashed_writes_and_keeps_the_rest(store: EventStore) -> None:
+    bucket = f"CKPT_{new_token()[:8]}"
+    objects = await object_bucket(store, bucket, "test checkpoints")
+    try:
+        for name in ("done", "busy", "fresh"):
+            await objects.put(name, name.encode() * 1000)
+        orphan = await crashed_put(store, bucket, 3)
+        now = time.time()
+        jobs = {"done": JobState("done", None, "t", 1, now - 10 * DAY, status=SUCCEEDED, finished_at=now - 8 * DAY),
+                "busy": JobState("busy", None, "t", 2, now - DAY, status=RUNNING),
+                "fresh": JobState("fresh", None, "t", 3, now - DAY, status=CANCELLED, finished_at=now - 60)}
+
+        dry = await collect(store, jobs, bucket=bucket, orphan_grace_s=0, dry_run=True)
+        assert dry["deleted"] == ["done"] and dry["bytes"] == 4000 and dry["orphaned_chunks"] == 3
+        stored, chunks = await survey(store, bucket)
+        assert sorted(o.name for o in stored) == ["busy", "done", "fresh"] and orphan in {c.nuid for c in chunks}
+
+        # a grace longer than the crashed write's age keeps its chunks: a write may be in progress
+        kept = await collect(store, jobs, bucket=bucket, orphan_grace_s=3600)
+        assert kept["deleted"] == ["done"] and kept["orphaned_chunks"] == 0
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await read_object(store, bucket, "done")
+        assert orphan in {c.nuid for c in (await survey(store, bucket))[1]}
+
+        swept = await collect(store, jobs, bucket=bucket, orphan_grace_s=0)
+        assert swept["deleted"] == [] and swept["orphaned_chunks"] == 3
+        stored, chunks = await survey(store, bucket)
+        assert sorted(o.name for o in stored) == ["busy", "fresh"]
+        assert {c.nuid for c in chunks} == {o.nuid for o in stored}  # only the live objects' chunks are left
+        assert await read_object(store, bucket, "busy") == b"busy" * 1000
+        assert await read_object(store, bucket, "fresh") == b"fresh" * 1000
+    finally:
+        await store.js.delete_object_store(bucket)
+
+
+async def test_a_store_without_the_bucket_has_nothing_to_sweep(store: EventStore) -> None:
+    assert await survey(store, f"NONE_{new_token()[:8]}") == ([], [])
+
+
+async def test_the_trainer_service_sweeps_by_itself(store: EventStore) -> None:
+    """The trainer service removes an ended job's checkpoint once its retention has passed, and leaves a pending
+    job's alone."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from aios.common.config import load_settings
+    from aios.common.events import JobCancelled, JobSubmitted
+    from aios.common.runner import ServiceContext
+    from aios.trainer.checkpoints import BUCKET
+    from aios.trainer.launcher import LauncherService
+
+    ended, waiting = f"ended-{new_token()[:8]}", f"waiting-{new_token()[:8]}"
+    for job_id in (ended, waiting):
+        await store.append(f"job.{job_id}", JobSubmitted(aggregate_id=job_id, tenant="ml", name=job_id, spec={
+            "name": job_id, "tenant": "ml", "devices": 1, "command": ["true"]}))
+    await store.append(f"job.{ended}", JobCancelled(aggregate_id=ended))
+    objects = await object_bucket(store, BUCKET, "AIOS training checkpoints")
+    for job_id in (ended, waiting):
+        await objects.put(job_id, b"weights")
+    context = ServiceContext("trainer", load_settings({"AIOS_NATS_URL": store.servers[0]}), store.nc, store,
+                             CollectorRegistry())
+    service = LauncherService(retention_s=1.0, sweep_every_s=0.5)
+    task = asyncio.ensure_future(service.run(context))
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                await read_object(store, BUCKET, ended)
+            except nats.js.errors.NotFoundError:
+                break
+            assert time.monotonic() < deadline, "the ended job's checkpoint was never removed"
+            await asyncio.sleep(0.2)
+        swept = service.sweeps
+        while service.sweeps < swept + 2:
+            assert time.monotonic() < deadline + 5, "no more sweeps"
+            await asyncio.sleep(0.2)
+        assert await read_object(store, BUCKET, waiting) == b"weights"
+    finally:
+        context.stopping.set()
+        await task
+        await objects.delete(waiting)
+
+
+def test_retention_settings_are_checked_and_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aios.common.errors import ConfigError
+    from aios.trainer.launcher import from_env
+
+    monkeypatch.setenv("AIOS_CHECKPOINT_RETENTION_S", "off")
+    assert from_env().retention_s is None
+    monkeypatch.setenv("AIOS_CHECKPOINT_RETENTION_S", "86400")
+    assert from_env().retention_s == 86400.0
+    monkeypatch.setenv("AIOS_CHECKPOINT_RETENTION_S", "a week")
+    with pytest.raises(ConfigError, match=r"AIOS_CHECKPOINT_RETENTION_S='a week': must be a positive number"):
+        from_env()
+
+
+def test_aios_checkpoints_lists_says_and_sweeps(killable_nats: Any, aios_env: dict[str, str]) -> None:
+    """`aios checkpoints` shows what the sweep would do with each checkpoint; `--dry-run` deletes nothing;
+    `--sweep` deletes; a bad option is named."""
+    import asyncio
+    import json
+    import subprocess
+    import sys
+
+    from aios.common.events import JobCancelled, JobSubmitted
+    from aios.common.store import connect
+    from aios.trainer.checkpoints import BUCKET
+
+    async def prepare() -> None:
+        s = await connect([killable_nats.url], name="test")
+        try:
+            for job_id in ("old", "live"):
+                await s.append(f"job.{job_id}", JobSubmitted(aggregate_id=job_id, tenant="ml", name=job_id, spec={
+                    "name": job_id, "tenant": "ml", "devices": 1, "command": ["true"]}))
+            await s.append("job.old", JobCancelled(aggregate_id="old"))
+            objects = await object_bucket(s, BUCKET, "AIOS training checkpoints")
+            for job_id in ("old", "live"):
+                await objects.put(job_id, b"w" * 2048)
+        finally:
+            await s.close()
+    asyncio.run(prepare())
+    env = {**aios_env, "AIOS_NATS_URL": killable_nats.url}
+
+    def aios(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "aios.cli.main", "checkpoints", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    listed = aios("--json")
+    assert listed.returncode == 0, listed.stderr
+    why = {c["name"]: c["why"] for c in json.loads(listed.stdout)["checkpoints"]}
+    assert why["live"] == "the job is pending: kept" and why["old"].startswith("ended 0 min ago: kept for 7.0 d")
+    # retention of a thousandth of an hour (3.6 s): the cancelled job's checkpoint expires, the pending job's stays
+    time.sleep(4)
+    dry = aios("--dry-run", "--retention-h", "0.001")
+    assert dry.returncode == 0 and dry.stdout.startswith("would delete 1 checkpoints of ended jobs (2,048 bytes): old")
+    assert json.loads(aios("--json").stdout)["checkpoints"][1]["name"] == "old"  # still there
+    swept = aios("--sweep", "--retention-h", "0.001", "--json")
+    assert swept.returncode == 0 and json.loads(swept.stdout)["deleted"] == ["old"], swept.stdout
+    assert [c["name"] for c in json.loads(aios("--json").stdout)["checkpoints"]] == ["live"]
+    bad = aios("--sweep", "--orphan-grace-s", "5")
+    assert bad.returncode != 0 and "--orphan-grace-s: at least 60 s" in bad.stderr and "Traceback" not in bad.stderr
