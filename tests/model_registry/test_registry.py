@@ -339,3 +339,20 @@ def test_a_trained_models_metrics_keep_the_last_training_loss() -> None:
     fold(view, Commit(5, "run.j", [JobProgress(aggregate_id="j", step=30, loss=9.0, accuracy=0.1, attempt=1),
                                    JobProgress(aggregate_id="j", step=25, loss=0.2, attempt=2)]))
     assert view.final_progress["j"] == {"train_loss": 0.2, "train_accuracy": 0.93}
+
+
+async def test_registering_a_job_whose_checkpoint_is_gone_says_why(store: EventStore) -> None:
+    """The trainer deletes an ended job's checkpoint after its retention: a late `register-job` said only
+    "ObjectNotFoundError"."""
+    from aios.common.events import JobSubmitted, JobSucceeded
+
+    reg = await registry(store)
+    job_id = f"old-{store.stream}"  # no checkpoint of that name in the shared bucket
+    await store.append(f"job.{job_id}", [
+        JobSubmitted(aggregate_id=job_id, tenant="t", spec={"name": "old", "tenant": "t", "devices": 1,
+                                                            "trainer": TRAINER}),
+        JobSucceeded(aggregate_id=job_id)])
+    await reg.catch_up()
+    with pytest.raises(NotFound, match=rf"job '{job_id}': its checkpoint is gone \(the trainer deletes an ended "
+                                       r"job's checkpoint after AIOS_CHECKPOINT_RETENTION_S"):
+        await handle(reg, "register-job", {"job": job_id})

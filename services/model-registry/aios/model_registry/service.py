@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import msgspec
+import nats.js.errors
 import numpy as np
 
 from aios.common import tracing
@@ -283,7 +284,11 @@ class Registry:
         await object_bucket(self.store, CHECKPOINTS, "AIOS training checkpoints")
         # bounded: a checkpoint rewritten while read (by workers of a lost node running on) hung this for ever,
         # under the registry's lock: no command was answered again
-        found = await read_object(self.store, CHECKPOINTS, job_id)
+        try:
+            found = await read_object(self.store, CHECKPOINTS, job_id)
+        except nats.js.errors.NotFoundError:
+            raise NotFound(f"job {job_id!r}: its checkpoint is gone (the trainer deletes an ended job's checkpoint "
+                           "after AIOS_CHECKPOINT_RETENTION_S, 7 days by default)") from None
         cfg, model = builtin.model_from_checkpoint(spec["trainer"], found)
         evaluation, dataset = await self._evaluate(model, spec["trainer"])
         # the lineage is shown to whoever reads the registry: environment values (API keys, passwords) stay out
