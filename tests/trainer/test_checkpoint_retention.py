@@ -189,7 +189,7 @@ def test_aios_checkpoints_lists_says_and_sweeps(killable_nats: Any, aios_env: di
     # retention of a thousandth of an hour (3.6 s): the cancelled job's checkpoint expires, the pending job's stays
     time.sleep(4)
     dry = aios("--dry-run", "--retention-h", "0.001")
-    assert dry.returncode == 0 and dry.stdout.startswith("would delete 1 checkpoints of ended jobs (2,048 bytes): old")
+    assert dry.returncode == 0 and dry.stdout.startswith("would delete 1 checkpoint of ended jobs (2,048 bytes): old")
     assert json.loads(aios("--json").stdout)["checkpoints"][1]["name"] == "old"  # still there
     swept = aios("--sweep", "--retention-h", "0.001", "--json")
     assert swept.returncode == 0 and json.loads(swept.stdout)["deleted"] == ["old"], swept.stdout

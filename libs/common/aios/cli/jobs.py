@@ -226,7 +226,8 @@ async def checkpoints(sweep: bool, retention_h: float | None, orphan_grace_s: fl
                 print(json.dumps(reply, indent=2))
             else:
                 verb = "would delete" if dry_run else "deleted"
-                print(f"{verb} {len(reply['deleted'])} checkpoints of ended jobs ({reply['bytes']:,} bytes)"
+                n = len(reply["deleted"])
+                print(f"{verb} {n} checkpoint{'' if n == 1 else 's'} of ended jobs ({reply['bytes']:,} bytes)"
                       + (f": {', '.join(reply['deleted'])}" if reply["deleted"] else "")
                       + f"; {'would purge' if dry_run else 'purged'} {reply['orphaned_chunks']} chunks no "
                         "checkpoint refers to")
