@@ -24,7 +24,8 @@ job "aios-node" {
 
     task "device-agent" {
       driver = "docker"
-      # on stop it drains its node (up to 5 s: preempted jobs checkpoint), then gives each worker 10 s to stop
+      # on stop it drains its node (up to 5 s: preempted jobs checkpoint), then gives its workers their jobs'
+      # stop_grace_s, up to 20 s (AIOS_AGENT_STOP_GRACE_S), all at once
       kill_timeout = "30s"
       config {
         image   = "aios:latest"

@@ -304,3 +304,12 @@ async def test_a_worker_whose_lease_ends_while_it_waits_for_its_devices_never_st
     refused = await waiting
     assert not refused["ok"] and refused["transient"] and "lease" in refused["error"] and "ended" in refused["error"]
     assert ("j3", "w1") not in service.runner.running
+
+
+def test_the_shutdown_grace_setting_is_checked() -> None:
+    from aios.common.errors import ConfigError
+
+    assert AgentConfig.from_env({"AIOS_NODE_ID": "n"}).stop_grace_s == 20.0
+    assert AgentConfig.from_env({"AIOS_NODE_ID": "n", "AIOS_AGENT_STOP_GRACE_S": "45"}).stop_grace_s == 45.0
+    with pytest.raises(ConfigError, match=r"AIOS_AGENT_STOP_GRACE_S='soon': a positive number of seconds"):
+        AgentConfig.from_env({"AIOS_NODE_ID": "n", "AIOS_AGENT_STOP_GRACE_S": "soon"})

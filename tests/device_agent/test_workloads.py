@@ -75,7 +75,7 @@ async def test_a_device_is_never_shared_with_a_worker_still_stopping() -> None:
         raise AssertionError("started on a device another job's worker is using")
     except ValueError as exc:
         assert "w0 of job other on GPU-b" in str(exc)
-    await runner.stop_all(grace_s=1)
+    await runner.stop_all(cap_s=1)
 
 
 async def test_a_worker_that_exited_on_its_own_is_not_marked_stopped() -> None:
@@ -140,3 +140,36 @@ async def test_a_worker_does_not_inherit_the_agents_own_settings(monkeypatch: py
     await runner.start("j1", "w0", [sys.executable, "-c", script], {"AIOS_JOB_ID": "j1"}, [])
     await asyncio.wait_for(done.wait(), 20)
     assert out == [b"['AIOS_JOB_ID', 'AIOS_SERVE_HOST'] kept\n"]
+
+
+async def test_a_shutdown_stops_every_worker_at_once_each_with_its_jobs_grace() -> None:
+    """The agent's shutdown stopped one job after the other with its own 10 s: a node with four jobs took 40 s, past
+    the supervisor's kill timeout (30 s), so the last jobs were killed before they checkpointed; and a job whose
+    spec gave it 60 s to checkpoint got 10."""
+    told: dict[str, float] = {}
+    exits: dict[str, tuple[int | None, int | None]] = {}
+
+    def on_output(w: Workload, stream: str, line: bytes) -> None:
+        if line.startswith(b"term"):
+            told[w.job_id] = asyncio.get_running_loop().time()
+
+    async def on_exit(w: Workload, code: int | None, sig: int | None) -> None:
+        exits[w.job_id] = (code, sig)
+
+    runner = WorkloadRunner(on_output, on_exit, default_grace_s=1.0)
+    checkpointing = ("import signal, sys, time\n"
+                     "def term(*a):\n    print('term', flush=True); time.sleep(2.0); sys.exit(75)\n"
+                     "signal.signal(signal.SIGTERM, term); print('up', flush=True); time.sleep(60)")
+    for job in ("a", "b", "c"):  # their specs give them 5 s to stop; a checkpoint takes them 2 s
+        await runner.start(job, "rank0-a1", [sys.executable, "-c", checkpointing], {"AIOS_STOP_GRACE_S": "5.0"}, [])
+    await runner.start("d", "rank0-a1", [sys.executable, "-c", checkpointing], {}, [])  # no grace said: 1 s
+    await asyncio.sleep(1.0)
+    await runner.stop_all(cap_s=10.0)
+    assert sorted(told) == ["a", "b", "c", "d"] and max(told.values()) - min(told.values()) < 1.0, told
+    assert exits == {"a": (75, None), "b": (75, None), "c": (75, None), "d": (None, 9)}
+
+    # the cap (what the supervisor allows) wins over a job's own grace
+    await runner.start("e", "rank0-a1", [sys.executable, "-c", checkpointing], {"AIOS_STOP_GRACE_S": "60"}, [])
+    await asyncio.sleep(1.0)
+    await runner.stop_all(cap_s=0.5)
+    assert exits["e"] == (None, 9)

@@ -41,13 +41,19 @@ log = logging.getLogger("aios.device_agent")
 _encoder = msgspec.json.Encoder()
 
 
+AGENT_STOP_GRACE_S = 20.0
+
+
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     node_id: str
     sim: str | None = None
     telemetry_interval_s: float = 1.0
     heartbeat_interval_s: float = 2.0
     heartbeat_ttl_s: float = 60.0
-    stop_grace_s: float = 10.0
+    stop_grace_s: float = AGENT_STOP_GRACE_S
+    """At the agent's shutdown, the most a worker gets to checkpoint and exit (its job's ``stop_grace_s``, up to
+    this; ``AIOS_AGENT_STOP_GRACE_S``). With ``drain_s`` it must fit the supervisor's kill timeout (docker compose's
+    stop_grace_period, Nomad's kill_timeout: 30 s in deploy/). The agent's other stops give the job's grace whole."""
     drain_s: float = 5.0
     """On shutdown, how long the scheduler may take to move the node's preemptible jobs off (they checkpoint)
     before the agent stops what is left itself."""
@@ -74,7 +80,15 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
             fence_after = -1.0
         if fence_after is not None and not 0 < fence_after < float("inf"):
             raise ConfigError(f"AIOS_AGENT_FENCE_AFTER={fence!r}: a positive number of seconds (unset: never)")
-        return cls(node_id=node, sim=env.get("AIOS_SIM") or None, fence_after_s=fence_after, **intervals)
+        raw_grace = env.get("AIOS_AGENT_STOP_GRACE_S", "").strip()
+        try:
+            grace = float(raw_grace) if raw_grace else AGENT_STOP_GRACE_S
+        except ValueError:
+            grace = -1.0
+        if not 0 < grace < float("inf"):
+            raise ConfigError(f"AIOS_AGENT_STOP_GRACE_S={raw_grace!r}: a positive number of seconds")
+        return cls(node_id=node, sim=env.get("AIOS_SIM") or None, fence_after_s=fence_after, stop_grace_s=grace,
+                   **intervals)
 
 
 def make_backend(config: AgentConfig) -> tuple[NvmlBackend, fakenvml.FakeNvml | None]:
@@ -215,7 +229,7 @@ class DeviceAgentService(Service):
         for job_id, attempt in stale:
             log.warning("stopping workers whose devices are no longer leased to their job",
                         extra={"job": job_id, "attempt": attempt})
-            task = asyncio.ensure_future(self.runner.stop(job_id, self.config.stop_grace_s, attempt))
+            task = asyncio.ensure_future(self.runner.stop(job_id, attempt=attempt))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
@@ -262,7 +276,7 @@ class DeviceAgentService(Service):
                 log.warning("cut off from the cluster: stopping this node's workers (AIOS_AGENT_FENCE_AFTER)",
                             extra={"silent_s": round(silent, 1), "jobs": jobs})
                 for job_id in jobs:
-                    task = asyncio.ensure_future(self.runner.stop(job_id, self.config.stop_grace_s))
+                    task = asyncio.ensure_future(self.runner.stop(job_id))
                     self._background.add(task)
                     task.add_done_callback(self._background.discard)
 

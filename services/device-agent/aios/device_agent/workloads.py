@@ -33,6 +33,9 @@ class Workload:
     attempt: int = 0
     trace: dict[str, str] | None = None
     """The job's trace context from the launcher (its ``TRACEPARENT``): the agent's spans about the worker join it."""
+    grace_s: float | None = None
+    """The job's ``stop_grace_s`` (the launcher's ``AIOS_STOP_GRACE_S``): what the agent gives it when it stops the
+    worker on its own (node shutdown, lease ended, fenced). None: the runner's default."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -60,9 +63,12 @@ def _own_session_dies_with_agent() -> None:
 
 
 class WorkloadRunner:
-    def __init__(self, on_output: OutputSink, on_exit: ExitSink, device_wait_s: float = 8.0) -> None:
+    def __init__(self, on_output: OutputSink, on_exit: ExitSink, device_wait_s: float = 8.0,
+                 default_grace_s: float = 10.0) -> None:
         self.on_output = on_output
         self.on_exit = on_exit
+        self.default_grace_s = default_grace_s
+        """The grace of a worker whose start named none (an older launcher)."""
         self.device_wait_s = device_wait_s
         """How long a new worker waits for a device whose previous worker is still stopping."""
         self.running: dict[tuple[str, str], Workload] = {}
@@ -105,7 +111,8 @@ class WorkloadRunner:
             attempt = int(env.get("AIOS_ATTEMPT", "0"))
         except ValueError:
             attempt = 0
-        workload = Workload(job_id, worker, list(device_uuids), proc, attempt=attempt)
+        workload = Workload(job_id, worker, list(device_uuids), proc, attempt=attempt,
+                            grace_s=_positive(env.get("AIOS_STOP_GRACE_S")))
         self.running[workload.key] = workload
         task = asyncio.ensure_future(self._watch(workload))
         self._watchers.add(task)
@@ -147,29 +154,40 @@ class WorkloadRunner:
         except Exception:  # noqa: BLE001 - a reporting failure must not lose the watcher's bookkeeping
             log.exception("reporting a worker exit failed", extra={"job": workload.job_id})
 
-    async def stop(self, job_id: str, grace_s: float = 10.0, attempt: int = 0) -> int:
+    async def stop(self, job_id: str, grace_s: float | None = None, attempt: int = 0,
+                   cap_s: float | None = None) -> int:
         """SIGTERM every worker of the job (of one attempt when ``attempt``; its process group), SIGKILL what is
-        left after ``grace_s``."""
+        left after ``grace_s`` (None: each worker's own grace, its job's ``stop_grace_s``), at most ``cap_s``."""
         targets = [w for w in self.running.values() if w.job_id == job_id and (not attempt or w.attempt == attempt)]
+        return await self._stop(targets, grace_s, cap_s)
+
+    async def _stop(self, targets: list[Workload], grace_s: float | None, cap_s: float | None) -> int:
+        started = time.monotonic()
         for w in targets:
             # only a process still running is stopped by us: one that has exited on its own (its pipes still
             # draining) reports its own outcome, not an interruption
             w.stopping = w.stopping or w.proc.returncode is None
             _signal_group(w, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for w in targets:
+
+        async def reap(w: Workload) -> None:
+            grace = grace_s if grace_s is not None else w.grace_s if w.grace_s is not None else self.default_grace_s
+            if cap_s is not None:
+                grace = min(grace, cap_s)
             try:
-                await asyncio.wait_for(w.proc.wait(), max(0.0, deadline - time.monotonic()))
+                await asyncio.wait_for(w.proc.wait(), max(0.0, started + grace - time.monotonic()))
             except asyncio.TimeoutError:
                 _signal_group(w, signal.SIGKILL)
                 await w.proc.wait()
+        await asyncio.gather(*(reap(w) for w in targets))
         return len(targets)
 
-    async def stop_all(self, grace_s: float = 10.0) -> None:
-        for job in {w.job_id for w in self.running.values()}:
-            await self.stop(job, grace_s)
+    async def stop_all(self, cap_s: float = 10.0) -> None:
+        """Every worker at once, each with its job's grace up to ``cap_s``: one job after the other took the sum of
+        their graces, and a supervisor's kill timeout (docker's stop_grace_period) cut the later ones off before
+        their checkpoint."""
+        await self._stop(list(self.running.values()), None, cap_s)
         if self._watchers:
-            await asyncio.wait(self._watchers, timeout=grace_s)
+            await asyncio.wait(self._watchers, timeout=cap_s)
 
 
 def _signal_group(w: Workload, sig: int) -> None:
@@ -177,3 +195,11 @@ def _signal_group(w: Workload, sig: int) -> None:
         os.killpg(w.proc.pid, sig)
     except ProcessLookupError:
         pass
+
+
+def _positive(raw: str | None) -> float | None:
+    try:
+        value = float(raw or "")
+    except ValueError:
+        return None
+    return value if 0 < value < float("inf") else None

@@ -74,6 +74,8 @@ def worker_env(job: JobState, assignment: Assignment, rank: int, local_rank: int
             # Lightning and torch.distributed.launch name it
             "GROUP_RANK": str(group), "NODE_RANK": str(group), "GROUP_WORLD_SIZE": str(len(job.assignments)),
             "AIOS_JOB_ID": job.job_id, "AIOS_ATTEMPT": str(job.attempts), "AIOS_NATS_URL": nats_url,
+            # the agent gives it this when it stops the worker on its own (its node shutting down)
+            "AIOS_STOP_GRACE_S": repr(stop_grace(job)),
             "AIOS_CHECKPOINT_STORE": "AIOS_CHECKPOINTS", "AIOS_CHECKPOINT_NAME": job.job_id,
             **({"AIOS_TRAINER": json.dumps(spec.trainer)} if spec.trainer is not None else {}),
             **({"AIOS_CHECKPOINT_INTERVAL_S": repr(spec.checkpoint_interval_s)}
