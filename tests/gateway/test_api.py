@@ -460,3 +460,37 @@ def test_a_stalled_stream_gets_reset_and_still_hears_the_end() -> None:
         gateway._broadcast("change", {"seq": seq})
     gateway._broadcast("bye", {})
     assert [queue.get_nowait()[0] for _ in range(queue.qsize())] == ["bye"]
+
+
+def test_a_lone_surrogate_is_named_as_bad_input_everywhere(gateway: tuple[str, LocalCluster]) -> None:
+    """``"\\ud800"`` is valid JSON but no Unicode: it was accepted, then failed where it was stored. A 500 with a
+    traceback for a job spec or a cordon reason, a 409 "internal error" for a model's tags, and no answer at all
+    from the NATS tenant API (its client waited 10 s)."""
+    url, cluster = gateway
+    for body, field in [({"name": "sur", "command": ["echo", "\ud800"]}, "command[1]"),
+                        ({"name": "sur", "command": ["true"], "env": {"A": "\udfff"}}, "env.A"),
+                        ({"name": "sur", "command": ["true"], "\ud800": 1}, "\\ud800"),
+                        ({"name": "sur", "serve": {"model": "\ud800"}}, "serve.model")]:
+        status, reply = call(url, "POST", "/api/v1/jobs", ALICE, body)
+        assert status == 422 and reply["error"].startswith(f"{field}: ") and "not valid Unicode" in reply["error"], \
+            (body, status, reply)
+    status, reply = call(url, "POST", "/api/v1/nodes/sim-a/cordon", ADMIN, {"reason": "fan \ud800"})
+    assert status == 422 and reply["error"].startswith("reason: not valid Unicode"), reply
+    status, reply = call(url, "PATCH", "/api/v1/models/digits/versions/1", ADMIN, {"tags": {"k": "\ud800"}})
+    assert status == 422 and reply["error"].startswith("tags.k: not valid Unicode"), reply
+
+    async def over_nats() -> tuple[dict[str, Any], dict[str, Any]]:
+        import nats
+
+        nc = await nats.connect(cluster.nats_url)
+        try:
+            submitted = await nc.request("aios.tenant.alice.submit", b'{"name": "sur", "command": ["echo", "\\ud800"]}',
+                                         timeout=10)
+            tagged = await nc.request("aios.registry.tag", b'{"name": "m", "version": 1, "tags": {"k": "\\udfff"}}',
+                                      timeout=10)
+            return json.loads(submitted.data), json.loads(tagged.data)
+        finally:
+            await nc.close()
+    submitted, tagged = asyncio.run(over_nats())
+    assert submitted["status"] == 422 and submitted["error"].startswith("command[1]: not valid Unicode"), submitted
+    assert tagged.get("bad_input") and tagged["error"].startswith("tags.k: not valid Unicode"), tagged

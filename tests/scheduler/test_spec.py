@@ -44,6 +44,11 @@ def test_a_full_spec_is_accepted() -> None:
     ({"command": ["echo", "a\x00b"]}, "command[1]", "NUL character"),
     ({"env": {"A=B": "1"}}, "env.A=B", "not an environment variable name"),
     ({"env": {"A": "x\x00y"}}, "env.A", "NUL character"),
+    # a lone surrogate: accepted, then a traceback where the spec was encoded (`aios submit`, HTTP 500)
+    ({"command": ["echo", "\ud800"]}, "command[1]", "not valid Unicode"),
+    ({"env": {"\udfff": "1"}}, "env", "a key is not valid Unicode"),
+    ({"trainer": {"kind": "mlp", "dataset": "\ud800"}}, "trainer.dataset", "not valid Unicode"),
+    ({"\ud800": 1}, "\\ud800", "a field name is not valid Unicode"),
     ({"env": {"RANK": "99"}}, "env.RANK", "set by AIOS for each worker"),  # it was overwritten without a word
     ({"env": {"CUDA_VISIBLE_DEVICES": "0"}}, "env.CUDA_VISIBLE_DEVICES", "set by AIOS for each worker"),
     # an unknown field is named as unknown, whatever it holds (it read "[0]: a key must not contain a NUL")

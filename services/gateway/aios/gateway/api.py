@@ -22,6 +22,7 @@ from aios.common import tracing
 from aios.common.httpmetrics import request_metrics
 from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError, InvalidAggregate, NotFound
 from aios.common.events import JobCancelRequested, timeline_entry
+from aios.common.textcheck import unencodable_reason
 from aios.gateway.auth import Caller, Forbidden, Unauthorized, authenticate
 from aios.scheduler import submission
 from aios.scheduler.spec import (KIND_PATTERN, MAX_CPU_PER_WORKER, MAX_DEVICES, MAX_MEMORY_GIB_PER_WORKER, MAX_PRIORITY,
@@ -137,11 +138,15 @@ class Api:
     @staticmethod
     async def _json(request: web.Request) -> Any:
         try:
-            return await request.json()
+            body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise HttpError(400, f"body: not JSON ({exc})") from None
         except RecursionError:  # 100,000 nested brackets were a 500
             raise HttpError(400, "body: nested too deeply") from None
+        bad = unencodable_reason(body)  # "\ud800" decodes, then failed wherever it was stored: a 500
+        if bad:
+            raise HttpError(422, bad)
+        return body
 
     async def _ask(self, subject: str, body: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
         try:
@@ -362,13 +367,15 @@ class Api:
 
     async def _registry(self, op: str, args: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
         """A registry command: bad input is a 422, a refusal the registry's state decides (an alias moved
-        meanwhile, a version still served) a 409, what is not there a 404."""
+        meanwhile, a version still served) a 409, what is not there a 404, a fault of the registry's own a 500 (it
+        was a 409, as if the request had lost a race)."""
         try:
             reply: dict[str, Any] = await self.backend.ask(f"aios.registry.{op}", args, timeout)
         except AiosError as exc:
             raise HttpError(503, f"service: {exc}") from None
         if "error" in reply:
-            raise HttpError(404 if reply.get("not_found") else 422 if reply.get("bad_input") else 409, reply["error"])
+            raise HttpError(404 if reply.get("not_found") else 422 if reply.get("bad_input")
+                            else 500 if reply.get("internal") else 409, reply["error"])
         return reply
 
     async def _body(self, request: web.Request) -> dict[str, Any]:

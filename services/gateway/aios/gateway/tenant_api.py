@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from aios.common.errors import AiosError
+from aios.common.textcheck import unencodable_reason
 from aios.gateway.api import Api, HttpError
 from aios.gateway.auth import Caller
 
@@ -50,11 +51,17 @@ class TenantApi:
                 raise HttpError(400, f"body: not JSON ({exc})") from None
             if not isinstance(body, dict):
                 raise HttpError(400, "body: a JSON object is expected")
+            bad = unencodable_reason(body)
+            if bad:
+                raise HttpError(422, bad)
             return await self._dispatch(Caller(tenant), op, body, idempotency_key)
         except HttpError as exc:
             return {"error": str(exc), "status": exc.status}
         except AiosError as exc:
             return {"error": f"service: {exc}", "status": 503}
+        except Exception as exc:  # noqa: BLE001 - a fault of ours: the client gets an answer, not a 10-s timeout
+            log.exception("tenant API request failed", extra={"subject": subj})
+            return {"error": f"internal error: {type(exc).__name__}", "status": 500}
 
     async def _dispatch(self, caller: Caller, op: str, body: dict[str, Any], key: str | None) -> dict[str, Any]:
         if op == "submit":

@@ -33,6 +33,7 @@ from aios.common.events import (
 from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import object_bucket, parse_mtime, read_object
 from aios.common.store import Commit, EventStore
+from aios.common.textcheck import unencodable_reason
 from aios.model_registry import builtin, compress, metrics, nn
 from aios.model_registry.blobs import BlobError, BlobStore
 from aios.model_registry.state import (
@@ -636,6 +637,9 @@ class ModelRegistryService(Service):
             args = json.loads(msg.data or b"{}")
             if not isinstance(args, dict):
                 raise BadInput("request: a JSON object is expected")
+            bad = unencodable_reason(args)  # a tag "\ud800" failed as the event was encoded: "internal error"
+            if bad:
+                raise BadInput(bad)
             if op in UNLOCKED:
                 await self.reg.catch_up()
                 reply: Any = await handle(self.reg, op, args)
@@ -653,7 +657,7 @@ class ModelRegistryService(Service):
             reply = {"error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - a request must get an answer, not a timeout
             log.exception("registry request failed", extra={"op": op})
-            reply = {"error": f"internal error: {exc!r}"}
+            reply = {"error": f"internal error: {exc!r}", "internal": True}
         if msg.reply:
             await msg.respond(json.dumps(reply, default=_json_default).encode())
 

@@ -10,6 +10,7 @@ import msgspec
 
 from aios.common.errors import AiosError
 from aios.common.events import TenantQuotaSet
+from aios.common.textcheck import NOT_UNICODE, encodes
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$"
 _NAME = re.compile(NAME_PATTERN)
@@ -115,10 +116,14 @@ def _check_values(value: Any, path: str) -> None:
         raise SpecError(path or "spec", f"must be a finite number, got {value!r}")
     if isinstance(value, str) and "\x00" in value:
         raise SpecError(path or "spec", "must not contain a NUL character")
+    if isinstance(value, str) and not encodes(value):  # a lone surrogate: accepted, then a 500 when stored
+        raise SpecError(path or "spec", NOT_UNICODE)
     if isinstance(value, dict):
         for key, item in value.items():
             if isinstance(key, str) and "\x00" in key:
                 raise SpecError(path or "spec", "a key must not contain a NUL character")
+            if isinstance(key, str) and not encodes(key):
+                raise SpecError(path or "spec", f"a key is {NOT_UNICODE}")
             _check_values(item, f"{path}.{key}" if path else str(key))
     elif isinstance(value, list):
         for i, item in enumerate(value):
@@ -134,6 +139,9 @@ def validate_spec(raw: Any) -> JobSpec:
         raise SpecError("spec", f"expected a mapping, got {type(raw).__name__}")
     # values first (msgspec stores NaN as null), of known fields only: an unknown one is named as unknown below
     _check_values({k: v for k, v in raw.items() if k in _FIELD_NAMES}, "")
+    for key in raw:  # (msgspec raised UnicodeEncodeError naming an unknown one)
+        if isinstance(key, str) and not encodes(key):
+            raise SpecError(key.encode("utf-8", "backslashreplace").decode()[:64], f"a field name is {NOT_UNICODE}")
     try:
         spec = msgspec.convert(raw, JobSpec)
     except msgspec.ValidationError as exc:
