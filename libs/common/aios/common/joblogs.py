@@ -48,9 +48,10 @@ def subject_of(job_id: str, worker: str = "*", stream: str = "*") -> str:
 
 
 def parse_subject(subject: str) -> tuple[str, str, str]:
-    """(job, worker, stream) of a log subject."""
-    _, _, job, worker, stream = subject.split(".", 4)
-    return job, worker, stream
+    """(job, worker, stream) of a log subject. Split from the right: a job id may hold dots (a job named "v1.2"
+    showed its lines as worker "2-751535", none of them marked stderr); a worker name holds none."""
+    head, worker, stream = subject.rsplit(".", 2)
+    return head.removeprefix("aios.logs."), worker, stream
 
 
 async def ensure_stream(js: Any, replicas: int = 1) -> None:
