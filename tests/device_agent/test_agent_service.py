@@ -127,7 +127,15 @@ async def test_runs_workers_only_on_leased_devices(agent: tuple[DeviceAgentServi
     stopped = await request(store, stop_subject(NODE), {"job_id": "j1", "grace_s": 1})
     assert stopped == {"ok": True, "stopped": 1}
     events = await until(lambda: _job_events(store, "j1", 4), what="stopped worker exit")
-    assert events[3].reason == "stopped on request"
+    assert events[3].reason == "stopped on request" and events[3].message == ""
+
+    # a failure carries the last line its worker wrote to stderr: the cause, which the job's error quotes
+    failing = {**run, "worker": "w2", "command": [sys.executable, "-c", (
+        "import sys; print('loading', file=sys.stderr); print('model nope is not registered', file=sys.stderr); "
+        "print('bye'); print('  ', file=sys.stderr); sys.exit(1)")]}
+    assert (await request(store, run_subject(NODE), failing))["ok"]
+    events = await until(lambda: _job_events(store, "j1", 6), what="failed worker exit")
+    assert events[5].exit_code == 1 and events[5].message == "model nope is not registered", events[5]
 
 
 async def _holds(service: DeviceAgentService, uuid: str) -> bool:

@@ -627,3 +627,21 @@ async def test_a_slow_stop_does_not_hold_up_other_jobs_launches(store: EventStor
     finally:
         context.stopping.set()
         await task
+
+
+def test_a_failed_jobs_error_quotes_its_workers_last_stderr_line() -> None:
+    """A replica that could not load its model crash-looped, and the job's error said only "exited with 1": the
+    cause was in its logs alone (Kubernetes shows the log's end as the termination message)."""
+    from aios.scheduler.state import SchedulerState, evolve
+    from aios.trainer.launcher import outcome
+
+    state = SchedulerState()
+    evolve(state, JobSubmitted(aggregate_id="j", tenant="ml", name="j", spec={
+        "name": "j", "tenant": "ml", "devices": 1, "command": ["python", "t.py"]}), 1)
+    evolve(state, JobPlaced(aggregate_id="j", world_size=1, assignments=[
+        Assignment(node_id="n1", device_uuids=uuids("n1")[:1], ranks=[0])]), 2)
+    evolve(state, WorkerStarted(aggregate_id="j", node_id="n1", worker="rank0-a1", pid=1, attempt=1), 3)
+    evolve(state, WorkerExited(aggregate_id="j", node_id="n1", worker="rank0-a1", exit_code=1, attempt=1,
+                               message="FileNotFoundError: data/train.csv"), 4)
+    assert outcome(state.jobs["j"]) == (
+        "failed", 'worker rank0-a1 exited with 1; its last stderr line: "FileNotFoundError: data/train.csv"', 1)

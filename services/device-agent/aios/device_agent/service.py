@@ -412,8 +412,10 @@ class DeviceAgentService(Service):
                 gpu.processes.pop(w.proc.pid, None)
                 gpu.busy = 0.0 if not gpu.processes else gpu.busy
         reason = "stopped on request" if w.stopping else ("exited" if code is not None else f"killed by signal {sig}")
+        failed = code != 0 and not w.stopping
         event = WorkerExited(aggregate_id=w.job_id, node_id=self.config.node_id, worker=w.worker, exit_code=code,
-                             signal=sig, reason=reason, attempt=w.attempt, stopped=w.stopping)
+                             signal=sig, reason=reason, attempt=w.attempt, stopped=w.stopping,
+                             message=w.last_error if failed else "")
         with tracing.job_span(f"worker exited {w.worker}", w.job_id, w.trace,
                               **{"aios.node": self.config.node_id, "aios.exit_code": code, "aios.signal": sig,
                                  "aios.reason": reason}) as span:

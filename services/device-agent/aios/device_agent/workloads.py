@@ -34,6 +34,10 @@ class Workload:
     trace: dict[str, str] | None = None
     """The job's trace context from the launcher (its ``TRACEPARENT``): the agent's spans about the worker join it."""
     grace_s: float | None = None
+    last_error: str = ""
+    """The last line it wrote to stderr (cut to ``LAST_ERROR_CHARS``): the cause a failed job's error names, as
+    Kubernetes' termination message taken from the log (a replica that could not load its model crash-looped, and
+    why it did was only in its logs)."""
     """The job's ``stop_grace_s`` (the launcher's ``AIOS_STOP_GRACE_S``): what the agent gives it when it stops the
     worker on its own (node shutdown, lease ended, fenced). None: the runner's default."""
 
@@ -60,6 +64,9 @@ def _own_session_dies_with_agent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+LAST_ERROR_CHARS = 300
 
 
 class WorkloadRunner:
@@ -134,6 +141,8 @@ class WorkloadRunner:
                 return
             except asyncio.LimitOverrunError as exc:
                 line = await stream.read(min(max(1, exc.consumed), 1 << 16))
+            if name == "stderr" and line.strip():
+                workload.last_error = line.decode(errors="replace").strip()[:LAST_ERROR_CHARS]
             self.on_output(workload, name, line)
 
     async def _watch(self, workload: Workload) -> None:

@@ -58,6 +58,8 @@ class JobState(msgspec.Struct):
     """worker -> exit code (None: killed by a signal), for the current attempt."""
     exit_signals: dict[str, int] = {}
     """worker -> the signal that killed it, for the current attempt."""
+    exit_messages: dict[str, str] = {}
+    """worker -> the last stderr line of a worker that failed, for the current attempt."""
     stopped_workers: list[str] = []
     """Workers of the current attempt that their agent stopped (WorkerExited.stopped): interrupted, not ended."""
     error: str = ""
@@ -308,6 +310,7 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         job.attempts += 1
         job.exit_codes = {}
         job.exit_signals = {}
+        job.exit_messages = {}
         job.stopped_workers = []
         job.workers_running = 0
         job.started_workers = []
@@ -326,6 +329,8 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         job.exit_codes[ev.worker] = ev.exit_code  # type: ignore[attr-defined]
         if ev.signal is not None:  # type: ignore[attr-defined]
             job.exit_signals = {**job.exit_signals, ev.worker: ev.signal}  # type: ignore[attr-defined]
+        if ev.message:  # type: ignore[attr-defined]
+            job.exit_messages = {**job.exit_messages, ev.worker: ev.message}  # type: ignore[attr-defined]
         if ev.stopped:  # type: ignore[attr-defined]
             job.stopped_workers = [*job.stopped_workers, ev.worker]  # type: ignore[attr-defined]
     elif kind is ReplicaReplaced:
@@ -337,6 +342,7 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
                 and len(job.replacements) + len(job.exit_codes) <= MAX_REPLICA_REPLACEMENTS):
             del job.exit_codes[ev.worker]  # type: ignore[attr-defined]
             job.exit_signals = {w: s for w, s in job.exit_signals.items() if w != ev.worker}  # type: ignore[attr-defined]
+            job.exit_messages = {w: m for w, m in job.exit_messages.items() if w != ev.worker}  # type: ignore[attr-defined]
             job.replacements = [*job.replacements, ev]  # type: ignore[list-item]
     elif kind is JobPreempted:
         job.status, job.preempted_at = PREEMPTING, ev.ts

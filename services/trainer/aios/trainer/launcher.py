@@ -151,8 +151,7 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
     if bad:
         worker, code = bad[0]
         after = f", after {job.failure_restarts} restarts (max_restarts)" if job.failure_restarts else ""
-        how = exit_text(code, job.exit_signals.get(worker), builtin=job.spec is not None and job.spec.trainer is not None)
-        return "failed", f"worker {worker} {how}{after}", code
+        return "failed", f"worker {worker} {how_ended(job, worker)}{after}", code
     if stopped:
         if job.workers_running > 0 and not nodes_lost:
             return None  # the others are stopping too
@@ -161,7 +160,7 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
         worker = next((w for w, c in job.exit_codes.items() if c != 0), "")
         if (worker in interrupted and job.exit_codes[worker] != EXIT_INTERRUPTED and restarts_left(job)
                 and not (nodes_lost or nodes_going) and job.spec.serve is None):
-            return ("restarted", (f"worker {worker} {exit_text(job.exit_codes[worker], job.exit_signals.get(worker))}; "
+            return ("restarted", (f"worker {worker} {how_ended(job, worker)}; "
                                  f"restart {job.failure_restarts + 1} of {job.spec.max_restarts}; {resumes(job)}"),
                     job.exit_codes[worker])
         if nodes_lost:
@@ -172,7 +171,7 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
             looping = (job.interrupted_in_a_row >= MAX_INTERRUPTIONS_WITHOUT_PROGRESS
                        and not made_progress(job, now if now is not None else time.time()))
             if job.spec is not None and job.spec.serve is not None:
-                how = exit_text(job.exit_codes[first], job.exit_signals.get(first))
+                how = how_ended(job, first)
                 if looping:
                     return "failed", (f"replica {first} {how} again, after {job.interrupted_in_a_row} restarts in a "
                                       f"row, each run shorter than {PROGRESS_RUN_S:g} s: a crash loop"), \
@@ -212,6 +211,16 @@ def resumes(job: JobState) -> str:
 BUILTIN_EXITS = {2: "its trainer configuration is bad", 3: "a collective failed: a peer died or stalled",
                  4: "the checkpoint store refused a checkpoint (full?)"}
 """What the built-in trainer's exit codes mean (aios.trainer.worker), for the job's error."""
+
+
+def how_ended(job: JobState, worker: str) -> str:
+    """How a worker of the job's current attempt ended (:func:`exit_text`), quoting the last line it wrote to
+    stderr when it failed: a replica whose model is not registered crash-looped, and the cause was only in its
+    logs."""
+    text = exit_text(job.exit_codes.get(worker), job.exit_signals.get(worker),
+                     builtin=job.spec is not None and job.spec.trainer is not None)
+    said = job.exit_messages.get(worker)
+    return f'{text}; its last stderr line: "{said}"' if said else text
 
 
 def exit_text(code: int | None, sig: int | None, builtin: bool = False) -> str:
@@ -425,7 +434,7 @@ class LauncherService(Service):
         for worker in exited:
             node, rank = places[worker]
             number = len(job.replacements) + 1 + exited.index(worker)
-            how = exit_text(job.exit_codes[worker], job.exit_signals.get(worker))
+            how = how_ended(job, worker)
             await self._append(job, ReplicaReplaced(
                 aggregate_id=job.job_id, worker=worker, replacement=f"{worker_name(rank, job.attempts)}-r{number}",
                 node_id=node, rank=rank, attempt=job.attempts,

@@ -87,6 +87,9 @@ class WorkerExited(RunEvent, frozen=True, kw_only=True):
     stopped: bool = False
     """Its agent stopped it (a stop request, or the agent shutting down): the exit says the worker was
     interrupted, not how the job ended (a built-in worker checkpoints and exits 0 when stopped)."""
+    message: str = ""
+    """A worker that ended other than with 0 on its own: the last line it wrote to stderr (at most 300
+    characters), which the job's error quotes."""
 
 
 class ReplicaReplaced(JobEvent, frozen=True, kw_only=True):
