@@ -342,8 +342,7 @@ def test_a_trained_models_metrics_keep_the_last_training_loss() -> None:
 
 
 async def test_registering_a_job_whose_checkpoint_is_gone_says_why(store: EventStore) -> None:
-    """The trainer deletes an ended job's checkpoint after its retention: a late `register-job` said only
-    "ObjectNotFoundError"."""
+    """A checkpoint deleted (`aios checkpoints --delete`): a late `register-job` said only "ObjectNotFoundError"."""
     from aios.common.events import JobSubmitted, JobSucceeded
 
     reg = await registry(store)
@@ -353,6 +352,6 @@ async def test_registering_a_job_whose_checkpoint_is_gone_says_why(store: EventS
                                                             "trainer": TRAINER}),
         JobSucceeded(aggregate_id=job_id)])
     await reg.catch_up()
-    with pytest.raises(NotFound, match=rf"job '{job_id}': its checkpoint is gone \(the trainer deletes an ended "
-                                       r"job's checkpoint after AIOS_CHECKPOINT_RETENTION_S"):
+    with pytest.raises(NotFound, match=rf"job '{job_id}': its checkpoint is gone \(deleted by `aios checkpoints "
+                                       r"--delete`"):
         await handle(reg, "register-job", {"job": job_id})

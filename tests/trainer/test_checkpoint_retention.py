@@ -11,8 +11,8 @@ import pytest
 from aios.common.snapshot import object_bucket, read_object
 from aios.common.store import EventStore
 from aios.common.wire import new_token
-from aios.scheduler.state import CANCELLED, RUNNING, SUCCEEDED, JobState
-from aios.trainer.checkpoints import ChunkSubject, StoredCheckpoint, collect, plan, survey
+from aios.scheduler.state import CANCELLED, FAILED, RUNNING, SUCCEEDED, JobState
+from aios.trainer.checkpoints import ChunkSubject, StoredCheckpoint, Survey, collect, plan, survey
 
 DAY = 86400.0
 NOW = 1_800_000_000.0
@@ -23,27 +23,35 @@ def job(job_id: str, status: str, ended_ago: float | None = None) -> JobState:
                     finished_at=None if ended_ago is None else NOW - ended_ago)
 
 
-def test_a_checkpoint_goes_only_once_its_job_has_been_ended_for_the_retention() -> None:
-    jobs = {"old": job("old", CANCELLED, 8 * DAY), "recent": job("recent", SUCCEEDED, 2 * DAY),
-            "live": job("live", RUNNING), "custom": job("custom", CANCELLED, 9 * DAY)}
+def survey_of(objects: list[StoredCheckpoint], chunks: list[ChunkSubject] = (), complete: bool = True) -> Survey:
+    return Survey(objects, list(chunks), frozenset(o.nuid for o in objects), complete)
+
+
+def test_a_failed_or_cancelled_jobs_checkpoint_goes_after_the_retention_a_succeeded_jobs_stays() -> None:
+    jobs = {"old": job("old", CANCELLED, 8 * DAY), "recent": job("recent", FAILED, 2 * DAY),
+            "live": job("live", RUNNING), "custom": job("custom", CANCELLED, 9 * DAY),
+            "trained": job("trained", SUCCEEDED, 30 * DAY)}
     objects = [StoredCheckpoint(n, f"n-{n}", 100, NOW - DAY)
-               for n in ("old", "recent", "live", "custom/epoch-3", "someone-elses")]
-    decided = plan(objects, [], jobs, NOW, retention_s=7 * DAY)
+               for n in ("old", "recent", "live", "custom/epoch-3", "someone-elses", "trained")]
+    decided = plan(survey_of(objects), jobs, NOW, retention_s=7 * DAY)
     assert [v.name for v in decided.expired] == ["custom/epoch-3", "old"]
     why = {v.name: v.why for v in decided.verdicts}
     assert why["recent"] == "ended 2.0 d ago: kept for 5.0 d more"
     assert why["live"] == "the job is running: kept"
     assert why["someone-elses"] == "no job of that name in the log: kept"
     assert why["old"] == "ended 8.0 d ago, retention 7.0 d: deleted"
-    off = plan(objects, [], jobs, NOW, retention_s=None)
+    # the job's output (for a command's job, the only one), as Determined keeps a trial's latest checkpoint
+    assert why["trained"] == "the job's output: kept until deleted (aios checkpoints --delete)"
+    off = plan(survey_of(objects), jobs, NOW, retention_s=None)
     assert off.expired == [] and "retention is off" in {v.name: v.why for v in off.verdicts}["old"]
 
 
-def test_only_chunks_no_object_names_and_old_enough_are_orphans() -> None:
+def test_only_chunks_no_object_names_and_old_enough_are_orphans_and_only_when_every_meta_was_read() -> None:
     objects = [StoredCheckpoint("a", "named", 10, NOW)]
-    chunks = [ChunkSubject("named", 3, NOW - DAY), ChunkSubject("dead", 2, NOW - 7200),
-              ChunkSubject("writing", 1, NOW - 5), ChunkSubject("unknown-age", 1, None)]
-    assert [c.nuid for c in plan(objects, chunks, {}, NOW, orphan_grace_s=3600).orphans] == ["dead"]
+    chunks = [ChunkSubject("named", 3, DAY), ChunkSubject("dead", 2, 7200),
+              ChunkSubject("writing", 1, 5), ChunkSubject("unknown-age", 1, None)]
+    assert [c.nuid for c in plan(survey_of(objects, chunks), {}, NOW, orphan_grace_s=3600).orphans] == ["dead"]
+    assert plan(survey_of(objects, chunks, complete=False), {}, NOW, orphan_grace_s=3600).orphans == []
 
 
 async def crashed_put(store: EventStore, bucket: str, chunks: int) -> str:
@@ -62,35 +70,92 @@ async def test_a_sweep_deletes_ended_jobs_checkpoints_and_crashed_writes_and_kee
             await objects.put(name, name.encode() * 1000)
         orphan = await crashed_put(store, bucket, 3)
         now = time.time()
-        jobs = {"done": JobState("done", None, "t", 1, now - 10 * DAY, status=SUCCEEDED, finished_at=now - 8 * DAY),
+        jobs = {"done": JobState("done", None, "t", 1, now - 10 * DAY, status=FAILED, finished_at=now - 8 * DAY),
                 "busy": JobState("busy", None, "t", 2, now - DAY, status=RUNNING),
                 "fresh": JobState("fresh", None, "t", 3, now - DAY, status=CANCELLED, finished_at=now - 60)}
 
         dry = await collect(store, jobs, bucket=bucket, orphan_grace_s=0, dry_run=True)
         assert dry["deleted"] == ["done"] and dry["bytes"] == 4000 and dry["orphaned_chunks"] == 3
-        stored, chunks = await survey(store, bucket)
-        assert sorted(o.name for o in stored) == ["busy", "done", "fresh"] and orphan in {c.nuid for c in chunks}
+        found = await survey(store, bucket)
+        assert sorted(o.name for o in found.objects) == ["busy", "done", "fresh"]
+        assert orphan in {c.nuid for c in found.chunks} and found.complete
 
         # a grace longer than the crashed write's age keeps its chunks: a write may be in progress
         kept = await collect(store, jobs, bucket=bucket, orphan_grace_s=3600)
         assert kept["deleted"] == ["done"] and kept["orphaned_chunks"] == 0
         with pytest.raises(nats.js.errors.NotFoundError):
             await read_object(store, bucket, "done")
-        assert orphan in {c.nuid for c in (await survey(store, bucket))[1]}
+        assert orphan in {c.nuid for c in (await survey(store, bucket)).chunks}
 
         swept = await collect(store, jobs, bucket=bucket, orphan_grace_s=0)
         assert swept["deleted"] == [] and swept["orphaned_chunks"] == 3
-        stored, chunks = await survey(store, bucket)
-        assert sorted(o.name for o in stored) == ["busy", "fresh"]
-        assert {c.nuid for c in chunks} == {o.nuid for o in stored}  # only the live objects' chunks are left
+        found = await survey(store, bucket)
+        assert sorted(o.name for o in found.objects) == ["busy", "fresh"]
+        assert {c.nuid for c in found.chunks} == {o.nuid for o in found.objects}  # only live objects' chunks left
+        # a deleted checkpoint leaves no tombstone (a delete marker per job ever run, read by every sweep)
+        metas = (await store.js.stream_info(f"OBJ_{bucket}", subjects_filter=f"$O.{bucket}.M.>")).state.subjects
+        assert len(metas or {}) == 2
         assert await read_object(store, bucket, "busy") == b"busy" * 1000
         assert await read_object(store, bucket, "fresh") == b"fresh" * 1000
     finally:
         await store.js.delete_object_store(bucket)
 
 
+async def test_a_write_in_progress_survives_a_sweeper_whose_clock_runs_ahead(store: EventStore) -> None:
+    """Chunks' age was the sweeping node's clock minus the server's timestamps: a node an hour ahead purged the new
+    chunks of a checkpoint being written, and the job lost it and the one before. Ages are the server's now."""
+    bucket = f"CKPT_{new_token()[:8]}"
+    objects = await object_bucket(store, bucket, "test checkpoints")
+    try:
+        await objects.put("job-1", b"old" * 100)
+        writing = await crashed_put(store, bucket, 2)  # half-way through its chunks
+        ahead = time.time() + 2 * 3600
+        jobs = {"job-1": JobState("job-1", None, "t", 1, ahead - DAY, status=RUNNING)}
+        swept = await collect(store, jobs, bucket=bucket, orphan_grace_s=3600, now=ahead)
+        assert swept["orphaned_chunks"] == 0 and swept["deleted"] == []
+        assert writing in {c.nuid for c in (await survey(store, bucket)).chunks}
+    finally:
+        await store.js.delete_object_store(bucket)
+
+
+async def test_unreadable_metadata_stops_no_sweep_and_purges_no_chunks(store: EventStore) -> None:
+    """``ObjectStore.list`` waited for ever on a meta it could not parse (the sweep hung, one consumer a period);
+    and chunks of an object whose meta cannot be read are not orphans."""
+    bucket = f"CKPT_{new_token()[:8]}"
+    objects = await object_bucket(store, bucket, "test checkpoints")
+    try:
+        await objects.put("job-1", b"w" * 100)
+        orphan = await crashed_put(store, bucket, 1)
+        await store.js.publish(f"$O.{bucket}.M.Z2FyYmFnZQ==", b"not a meta")
+        swept = await collect(store, {}, bucket=bucket, orphan_grace_s=0, timeout_s=20)
+        assert swept["orphaned_chunks"] == 0 and not swept["orphans_checked"]
+        found = await survey(store, bucket)
+        assert [o.name for o in found.objects] == ["job-1"] and orphan in {c.nuid for c in found.chunks}
+    finally:
+        await store.js.delete_object_store(bucket)
+
+
+def test_one_trainer_sweeps_the_first_online_node_by_name() -> None:
+    """Every node's trainer swept, each with its own retention setting: the shortest won, all at once each hour."""
+    from aios.common.events import NodeLost, NodeRegistered
+    from aios.common.store import Commit
+    from aios.trainer.launcher import LauncherService
+
+    services = {n: LauncherService(node_id=n) for n in ("b", "c")}
+    for service in services.values():
+        for seq, node in enumerate(("c", "a", "b"), 1):
+            service.projector.apply(Commit(seq, f"node.{node}", [NodeRegistered(
+                aggregate_id=node, hostname=node, agent_id="x", cpu_cores=1, memory_bytes=1, devices=[])]))
+    assert not services["b"]._sweeps_here() and not services["c"]._sweeps_here()  # node a's trainer sweeps
+    for service in services.values():
+        service.projector.apply(Commit(9, "node.a", [NodeLost(aggregate_id="a", reason="gone", last_seen=0.0)]))
+    assert services["b"]._sweeps_here() and not services["c"]._sweeps_here()
+    assert LauncherService()._sweeps_here()  # the one trainer of a laptop cluster
+
+
 async def test_a_store_without_the_bucket_has_nothing_to_sweep(store: EventStore) -> None:
-    assert await survey(store, f"NONE_{new_token()[:8]}") == ([], [])
+    found = await survey(store, f"NONE_{new_token()[:8]}")
+    assert found.objects == [] and found.chunks == [] and found.complete
 
 
 async def test_the_trainer_service_sweeps_by_itself(store: EventStore) -> None:
@@ -186,6 +251,8 @@ def test_aios_checkpoints_lists_says_and_sweeps(killable_nats: Any, aios_env: di
     assert listed.returncode == 0, listed.stderr
     why = {c["name"]: c["why"] for c in json.loads(listed.stdout)["checkpoints"]}
     assert why["live"] == "the job is pending: kept" and why["old"].startswith("ended 0 min ago: kept for 7.0 d")
+    off = aios("--json", "--retention-h", "off")
+    assert "retention is off" in {c["name"]: c["why"] for c in json.loads(off.stdout)["checkpoints"]}["old"]
     # retention of a thousandth of an hour (3.6 s): the cancelled job's checkpoint expires, the pending job's stays
     time.sleep(4)
     dry = aios("--dry-run", "--retention-h", "0.001")
@@ -196,3 +263,10 @@ def test_aios_checkpoints_lists_says_and_sweeps(killable_nats: Any, aios_env: di
     assert [c["name"] for c in json.loads(aios("--json").stdout)["checkpoints"]] == ["live"]
     bad = aios("--sweep", "--orphan-grace-s", "5")
     assert bad.returncode != 0 and "--orphan-grace-s: at least 60 s" in bad.stderr and "Traceback" not in bad.stderr
+    bad = aios("--sweep", "--retention-h", "a week")
+    assert bad.returncode != 0 and "--retention-h: 'a week' is not a positive number of hours, or 'off'" in bad.stderr
+    # a running (here pending) job's checkpoint is its resume point: not deleted by hand either
+    refused = aios("--delete", "live")
+    assert refused.returncode != 0 and "'live' is the checkpoint of job live, which is pending" in refused.stderr
+    gone = aios("--delete", "old")
+    assert gone.returncode == 3 and "no checkpoint named old" in gone.stderr, (gone.stdout, gone.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -199,29 +200,39 @@ async def job(job_id: str, as_json: bool, wait: bool) -> int:
     return 0
 
 
-async def checkpoints(sweep: bool, retention_h: float | None, orphan_grace_s: float, dry_run: bool,
-                      as_json: bool) -> int:
-    """``aios checkpoints``: the checkpoint store, and what the trainer's sweep does with each object; with
-    ``--sweep``, that sweep now (``--dry-run``: only say it)."""
+async def checkpoints(sweep: bool, retention: str | None, orphan_grace_s: float, dry_run: bool, as_json: bool,
+                      delete: list[str] | None = None) -> int:
+    """``aios checkpoints``: the checkpoint store, and what a sweep with these settings does with each object; with
+    ``--sweep``, that sweep now (``--dry-run``: only say it); ``--delete JOB``: an ended job's checkpoint, now."""
     from aios.common.snapshot import Projector
     from aios.scheduler.state import STATE_SCHEMA, SchedulerState, fold_commit
     from aios.trainer import checkpoints as ckpt
 
-    if retention_h is not None and not 0 < retention_h < 1e7:
-        raise ConfigError(f"--retention-h: {retention_h:g} is not a positive number of hours")
+    retention_s: float | None = ckpt.DEFAULT_RETENTION_S
+    if retention is not None and retention.strip().lower() == "off":
+        retention_s = None
+    elif retention is not None:
+        try:
+            hours = float(retention)
+        except ValueError:
+            hours = -1.0
+        if not 0 < hours < 1e7:
+            raise ConfigError(f"--retention-h: {retention!r} is not a positive number of hours, or 'off'")
+        retention_s = hours * 3600.0
     if not ckpt.MIN_ORPHAN_GRACE_S <= orphan_grace_s < 1e9:
         raise ConfigError(f"--orphan-grace-s: at least {ckpt.MIN_ORPHAN_GRACE_S:g} s (a checkpoint being written "
                           f"names its object only after its last chunk), got {orphan_grace_s:g}")
-    retention_s = ckpt.DEFAULT_RETENTION_S if retention_h is None else retention_h * 3600.0
     store = await _store()
     try:
         projector = Projector("cli-checkpoints", SchedulerState, None, SchedulerState, STATE_SCHEMA,
                               fold_commit=fold_commit)
         await projector.rebuild(store)
         jobs = projector.state.jobs
+        if delete:
+            return await _delete_checkpoints(store, jobs, delete, as_json)
         if sweep or dry_run:
             reply = await ckpt.collect(store, jobs, retention_s=retention_s, orphan_grace_s=orphan_grace_s,
-                                       dry_run=dry_run)
+                                       dry_run=dry_run, timeout_s=120.0)
             if as_json:
                 print(json.dumps(reply, indent=2))
             else:
@@ -230,21 +241,50 @@ async def checkpoints(sweep: bool, retention_h: float | None, orphan_grace_s: fl
                 print(f"{verb} {n} checkpoint{'' if n == 1 else 's'} of ended jobs ({reply['bytes']:,} bytes)"
                       + (f": {', '.join(reply['deleted'])}" if reply["deleted"] else "")
                       + f"; {'would purge' if dry_run else 'purged'} {reply['orphaned_chunks']} chunks no "
-                        "checkpoint refers to")
+                        "checkpoint refers to"
+                      + ("" if reply["orphans_checked"] else " (not looked for: some metadata was unreadable)"))
             return 0
-        objects, chunks = await ckpt.survey(store)
+        found = await asyncio.wait_for(ckpt.survey(store), 120.0)
     finally:
         await store.close()
-    decided = ckpt.plan(objects, chunks, jobs, time.time(), retention_s, orphan_grace_s)
+    decided = ckpt.plan(found, jobs, time.time(), retention_s, orphan_grace_s)
     if as_json:
-        print(json.dumps({"checkpoints": msgspec.to_builtins(decided.verdicts),
+        print(json.dumps({"retention_s": retention_s, "checkpoints": msgspec.to_builtins(decided.verdicts),
                           "orphaned_chunks": sum(c.chunks for c in decided.orphans)}, indent=2))
         return 0
-    table = Table("checkpoint", "job", "status", "bytes", "next sweep", title=f"retention {retention_s / 3600:g} h")
-    for v in decided.verdicts:
-        table.add_row(v.name, v.job or "-", v.status, f"{v.size:,}", v.why)
-    table_console().print(table)
+    if not decided.verdicts:
+        print("no checkpoints stored")
+    else:
+        shown = "off" if retention_s is None else f"{retention_s / 3600:g} h"
+        table = Table("checkpoint", "job", "status", "bytes", "with this retention",
+                      title=f"retention of failed and cancelled jobs' checkpoints: {shown} (the trainers' own: "
+                            "AIOS_CHECKPOINT_RETENTION_S)")
+        for v in decided.verdicts:
+            table.add_row(v.name, v.job or "-", v.status, f"{v.size:,}", v.why)
+        table_console().print(table)
     if decided.orphans:
         print(f"{sum(c.chunks for c in decided.orphans)} chunks of checkpoint writes that died refer to no "
-              "checkpoint: the next sweep purges them")
+              "checkpoint: a sweep purges them")
+    return 0
+
+
+async def _delete_checkpoints(store: Any, jobs: dict[str, Any], names: list[str], as_json: bool) -> int:
+    """Each named checkpoint deleted, if its job has ended (a running job would lose its resume point)."""
+    from aios.scheduler.state import TERMINAL
+    from aios.trainer import checkpoints as ckpt
+
+    for name in names:  # all checked before any is deleted
+        job = ckpt.owner(name, jobs)
+        if job is not None and job.status not in TERMINAL:
+            raise ConfigError(f"--delete: {name!r} is the checkpoint of job {job.job_id}, which is {job.status}: "
+                              "cancel it first")
+    deleted = [name for name in names if await ckpt.delete(store, name)]
+    missing = [name for name in names if name not in deleted]
+    if as_json:
+        print(json.dumps({"deleted": deleted, "not_found": missing}))
+    else:
+        print(f"deleted {', '.join(deleted) or 'nothing'}" + (f"; no checkpoint named {', '.join(missing)}"
+                                                                if missing else ""))
+    if missing:
+        raise NotFound(f"--delete: no checkpoint named {', '.join(missing)}")
     return 0

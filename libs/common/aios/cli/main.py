@@ -264,7 +264,8 @@ def cmd_tenants(args: argparse.Namespace) -> int:
 def cmd_checkpoints(args: argparse.Namespace) -> int:
     from aios.cli import jobs
 
-    return asyncio.run(jobs.checkpoints(args.sweep, args.retention_h, args.orphan_grace_s, args.dry_run, args.json))
+    return asyncio.run(jobs.checkpoints(args.sweep, args.retention_h, args.orphan_grace_s, args.dry_run, args.json,
+                                        args.delete))
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
@@ -446,13 +447,15 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("job")
     cancel.set_defaults(handler=cmd_cancel)
 
-    ckpts = sub.add_parser("checkpoints", help="training checkpoints kept, and when the trainer's sweep deletes them "
-                           "(--sweep: now)")
-    ckpts.add_argument("--sweep", action="store_true", help="delete what the sweep would delete, now")
+    ckpts = sub.add_parser("checkpoints", help="training checkpoints kept, and what a sweep deletes (--sweep: now; "
+                           "--delete JOB: an ended job's)")
+    ckpts.add_argument("--sweep", action="store_true", help="delete what a sweep would delete, now")
     ckpts.add_argument("--dry-run", action="store_true", help="say what --sweep would delete, delete nothing")
-    ckpts.add_argument("--retention-h", type=float, default=None,
-                       help="keep an ended job's checkpoint this many hours (default: 168, the trainer's default; "
-                            "the trainer's own sweep uses AIOS_CHECKPOINT_RETENTION_S)")
+    ckpts.add_argument("--delete", nargs="+", metavar="JOB", help="delete these ended jobs' checkpoints (a succeeded "
+                       "job's is kept until deleted)")
+    ckpts.add_argument("--retention-h", default=None, metavar="HOURS|off",
+                       help="keep a failed or cancelled job's checkpoint this many hours (default 168, the trainers' "
+                            "default; theirs is AIOS_CHECKPOINT_RETENTION_S)")
     ckpts.add_argument("--orphan-grace-s", type=float, default=3600.0,
                        help="purge chunks no checkpoint refers to once this old (default 3600, at least 60)")
     ckpts.add_argument("--json", action="store_true")

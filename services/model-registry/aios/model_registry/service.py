@@ -288,8 +288,8 @@ class Registry:
         try:
             found = await read_object(self.store, CHECKPOINTS, job_id)
         except nats.js.errors.NotFoundError:
-            raise NotFound(f"job {job_id!r}: its checkpoint is gone (the trainer deletes an ended job's checkpoint "
-                           "after AIOS_CHECKPOINT_RETENTION_S, 7 days by default)") from None
+            raise NotFound(f"job {job_id!r}: its checkpoint is gone (deleted by `aios checkpoints --delete`, or, "
+                           "had the job failed or been cancelled, after AIOS_CHECKPOINT_RETENTION_S)") from None
         cfg, model = builtin.model_from_checkpoint(spec["trainer"], found)
         evaluation, dataset = await self._evaluate(model, spec["trainer"])
         # the lineage is shown to whoever reads the registry: environment values (API keys, passwords) stay out

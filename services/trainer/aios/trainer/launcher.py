@@ -260,6 +260,7 @@ class LauncherService(Service):
         """How long an ended job's checkpoint is kept (None: for ever); see :mod:`aios.trainer.checkpoints`."""
         self.sweep_every_s = sweep_every_s
         self.sweeps = 0
+        self._sweeping = False
         self.projector = Projector("launcher", SchedulerState, None, SchedulerState, STATE_SCHEMA,
                                    fold_commit=fold_commit)
         self.launched: set[tuple[str, int]] = set()
@@ -293,8 +294,9 @@ class LauncherService(Service):
                 await asyncio.wait_for(ctx.stopping.wait(), 1.0)
             except asyncio.TimeoutError:
                 await self._enforce_time_limits(time.time())
-                if time.monotonic() >= next_sweep:
+                if time.monotonic() >= next_sweep and not self._sweeping and self._sweeps_here():
                     next_sweep = time.monotonic() + self.sweep_every_s
+                    self._sweeping = True
                     self._in_background(self._sweep_checkpoints())
         stop.set()
         await follower
@@ -313,14 +315,25 @@ class LauncherService(Service):
                 self.decided.add(key)
                 await self._finish(job, "failed", f"max_runtime_s: ran {ran:.0f} s, the limit is {limit:g} s")
 
+    def _sweeps_here(self) -> bool:
+        """One trainer sweeps: that of the online node first by name (every trainer folds the same log, so they
+        agree), or the one trainer of a cluster without per-node trainers. (Every node sweeping at once, each with
+        its own retention setting, made the shortest one win.)"""
+        if self.node_id is None:
+            return True
+        online = sorted(n for n, node in self.projector.state.inv.nodes.items() if node.online)
+        return not online or online[0] == self.node_id
+
     async def _sweep_checkpoints(self) -> None:
-        """Ended jobs' checkpoints past their retention, and chunks of writes that died, are removed. Every node's
-        trainer sweeps (a sweep is idempotent), so the store is kept whichever nodes are up."""
+        """Failed and cancelled jobs' checkpoints past their retention, and chunks of writes that died, are
+        removed (see :mod:`aios.trainer.checkpoints`)."""
         try:
             done = await checkpoints.collect(self.ctx.store, self.projector.state.jobs, retention_s=self.retention_s)
-        except Exception as exc:  # noqa: BLE001 - a sweep that fails (NATS away) is tried again next time
+        except Exception as exc:  # noqa: BLE001 - a sweep that fails (NATS away, timed out) is tried again next time
             log.warning("checkpoint sweep failed; tried again later", extra={"error": repr(exc)})
             return
+        finally:
+            self._sweeping = False
         self.sweeps += 1
         if done["deleted"] or done["orphaned_chunks"]:
             log.info("checkpoint sweep", extra={"deleted": len(done["deleted"]), "bytes": done["bytes"],
