@@ -41,6 +41,8 @@ class JobSubmitted(JobEvent, frozen=True, kw_only=True):
     """The spec passed the checks of the version that took the submission (AIOS's own submission path sets it):
     the job is not judged again by the rules of a later version. A client writing straight into the log leaves it
     unset, and the scheduler judges the spec (and records a refusal as ``JobFailed``)."""
+    idempotency_key: str = ""
+    """The submitter's key (``Idempotency-Key``): a retry finds its job by it, however late it comes."""
 
 
 class JobCancelRequested(JobEvent, frozen=True, kw_only=True):
