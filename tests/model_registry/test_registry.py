@@ -156,6 +156,15 @@ async def test_compression_makes_a_linked_version_with_measured_deltas(store: Ev
     # 10^8 steps ran for hours in the registry, and nothing could stop it
     ("compress", {"model": "digits", "method": "svd", "finetune_steps": 10 ** 8},
      "finetune_steps: at most 100,000, got 100000000"),
+    # an unknown option was ignored and a version registered without it; a string or null failed in Python's words
+    ("compress", {"model": "digits", "method": "int8", "options": {"bogus": 1}},
+     r"options.bogus: not an option of int8 \(it takes none\)"),
+    ("compress", {"model": "digits", "method": "svd", "options": {"rank": 5}},
+     r"options.rank: not an option of svd \(known: energy, target_ratio\)"),
+    ("compress", {"model": "digits", "method": "prune", "options": {"sparsity": "abc"}},
+     "options.sparsity: a number is expected, got 'abc'"),
+    ("compress", {"model": "digits", "method": "prune", "options": {"sparsity": None}},
+     "options.sparsity: a number is expected, got None"),
 ])
 async def test_bad_requests_name_the_field(store: EventStore, trained: nn.Model, op: str, args: dict[str, Any],
                                            message: str) -> None:

@@ -16,6 +16,7 @@ cost.
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any
 
@@ -147,6 +148,29 @@ MAX_FINETUNE_STEPS = 100_000
 """A few minutes of fine-tuning here: more is a training job's work (a scheduled job, which can be cancelled)."""
 
 
+OPTIONS = {"svd": ("energy", "target_ratio"), "int8": (), "prune": ("sparsity",)}
+"""The options each method takes (all numbers)."""
+
+
+def check_options(method: str, options: Any) -> dict[str, float]:
+    """The method's options as numbers, or CompressionError naming the option: an unknown one was ignored (a
+    version made without what was asked), and a string or null failed deep inside with Python's own words."""
+    if method not in OPTIONS:
+        raise CompressionError(f"method: {method!r} is not one of {', '.join(METHODS)}")
+    if not isinstance(options, dict):
+        raise CompressionError("options: an object is expected")
+    known = OPTIONS[method]
+    checked = {}
+    for key, value in options.items():
+        if key not in known:
+            raise CompressionError(f"options.{key}: not an option of {method} "
+                                   f"({'known: ' + ', '.join(known) if known else 'it takes none'})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise CompressionError(f"options.{key}: a number is expected, got {value!r}")
+        checked[key] = float(value)
+    return checked
+
+
 def compress(model: nn.Model, method: str, options: dict[str, Any], train: tuple[np.ndarray, np.ndarray] | None = None,
              finetune_steps: int = 1000, stop: threading.Event | None = None) -> tuple[nn.Model, dict[str, Any]]:
     """One entry point for the registry and the CLI: ``method`` in METHODS, its options, and optional training
@@ -154,6 +178,7 @@ def compress(model: nn.Model, method: str, options: dict[str, Any], train: tuple
     if isinstance(finetune_steps, bool) or not isinstance(finetune_steps, int) or \
             not 0 <= finetune_steps <= MAX_FINETUNE_STEPS:
         raise CompressionError(f"finetune_steps: at most {MAX_FINETUNE_STEPS:,}, got {finetune_steps!r}")
+    options = check_options(method, options)
     if method in METHODS:  # each works on full-precision dense layers (svd: before the classifier head) only
         last = len(model.layers) - 1
         if not any(isinstance(layer, nn.Dense) and (method != "svd" or i < last) for i, layer in enumerate(model.layers)):
@@ -166,7 +191,7 @@ def compress(model: nn.Model, method: str, options: dict[str, Any], train: tuple
     elif method == "int8":
         out, info = int8(model)
     elif method == "prune":
-        out, info = prune(model, float(options.get("sparsity", 0.5)))
+        out, info = prune(model, options.get("sparsity", 0.5))
     else:
         raise CompressionError(f"method: {method!r} is not one of {', '.join(METHODS)}")
     if train is not None and method in ("svd", "prune") and finetune_steps > 0:
