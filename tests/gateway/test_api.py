@@ -234,6 +234,8 @@ def test_a_retry_with_an_idempotency_key_gets_the_first_job(gateway: tuple[str, 
     ({"name": "x", "command": ["true"], "colour": "blue"}, 422, "colour"),
     ([1, 2], 400, "body: a JSON object"),
     ({"name": "x", "command": ["true"], "cpu_per_worker": float("nan")}, 422, "cpu_per_worker: must be a finite"),
+    ({"name": "x", "command": ["true"], "tenant": None}, 422, "tenant: a string is expected, got null"),  # was 403
+    ({"name": "x", "command": ["true"], "tenant": 5}, 422, "tenant: a string is expected, got 5"),
     ({"name": "x", "command": ["true"], "env": {"BIG": "x" * (1536 << 10)}}, 422, "more than the 262,144"),  # 500
 ])
 def test_bad_submissions_name_the_field(gateway: tuple[str, LocalCluster], body: Any, status: int,

@@ -165,7 +165,9 @@ class Api:
         if caller.admin and "tenant" not in raw:
             raise HttpError(422, "tenant: an administrator must name the tenant of the job")  # a field, like a spec's
         raw.setdefault("tenant", caller.tenant)
-        if not isinstance(raw["tenant"], str) or not caller.may_see(raw["tenant"]):
+        if not isinstance(raw["tenant"], str):  # a typing mistake, not a trespass (it was a 403 "None is not yours")
+            raise HttpError(422, f"tenant: a string is expected, got {json.dumps(raw['tenant'])}")
+        if not caller.may_see(raw["tenant"]):
             raise HttpError(403, f"tenant: {raw['tenant']!r} is not yours ({caller.tenant})")
         try:
             spec = validate_spec(raw)
