@@ -496,3 +496,39 @@ def test_a_lone_surrogate_is_named_as_bad_input_everywhere(gateway: tuple[str, L
     submitted, tagged = asyncio.run(over_nats())
     assert submitted["status"] == 422 and submitted["error"].startswith("command[1]: not valid Unicode"), submitted
     assert tagged.get("bad_input") and tagged["error"].startswith("tags.k: not valid Unicode"), tagged
+
+
+def test_a_tenant_is_not_told_other_tenants_jobs_or_quotas(gateway: tuple[str, LocalCluster]) -> None:
+    """`why` named other tenants' jobs (the jobs ahead, the holders of devices) to a tenant that gets a 403 on each,
+    and the event stream sent every tenant's quota changes to every tenant."""
+    url, _ = gateway
+    spec = {"devices": 2, "command": [sys.executable, "-c", "import time; time.sleep(300)"]}
+    status, holder = call(url, "POST", "/api/v1/jobs", ALICE, {"name": "holder", **spec})
+    assert status == 201
+    deadline = time.monotonic() + 30
+    while call(url, "GET", f"/api/v1/jobs/{holder['job']}", ALICE)[1]["status"] not in ("placed", "running"):
+        assert time.monotonic() < deadline, "the holder never started"
+        time.sleep(0.3)
+    status, waiting = call(url, "POST", "/api/v1/jobs", BOB, {"name": "waiting", **spec})
+    try:
+        assert status == 201
+        deadline = time.monotonic() + 30
+        while "pending:" not in (why := call(url, "GET", f"/api/v1/jobs/{waiting['job']}/why", BOB)[1]["why"]):
+            assert time.monotonic() < deadline, why
+            time.sleep(0.3)
+        assert holder["job"] not in why and "a job of another tenant" in why, why
+        assert holder["job"] in call(url, "GET", f"/api/v1/jobs/{waiting['job']}/why", ADMIN)[1]["why"]
+
+        def quota() -> None:
+            assert call(url, "PUT", "/api/v1/tenants/secret-customer/quota", ADMIN, {"nominal": {"a100": 1}})[0] == 200
+            assert call(url, "PUT", "/api/v1/tenants/bob/quota", ADMIN, {"nominal": {"a100": 2}})[0] == 200
+        seen = _read_events(url, BOB, 10.0, after_hello=quota,
+                            until=lambda ev: any(d.get("aggregate") == "tenant.bob" for _, _, d in ev))
+        tenants = [d["aggregate"] for _, kind, d in seen if kind == "change" and d["aggregate"].startswith("tenant.")]
+        assert tenants == ["tenant.bob"], seen
+    finally:
+        for job, token in ((holder["job"], ALICE), (waiting.get("job"), BOB)):
+            if job:
+                call(url, "POST", f"/api/v1/jobs/{job}/cancel", token)
+        for tenant in ("secret-customer", "bob"):
+            call(url, "DELETE", f"/api/v1/tenants/{tenant}/quota", ADMIN)

@@ -224,7 +224,8 @@ class Api:
 
     async def why(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         job = self._job(caller, request.match_info["job"])
-        return web.json_response(await self._ask("aios.sched.why", {"job": job.job_id}))
+        return web.json_response(await self._ask("aios.sched.why", {"job": job.job_id, **(
+            {} if caller.admin else {"viewer": caller.tenant})}))
 
     async def logs(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         """Plain text, one line per output line (``[worker] line``); ``follow=1`` streams until the job has ended

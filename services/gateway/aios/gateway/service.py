@@ -119,6 +119,8 @@ class GatewayService(Service):
             job = self.projector.state.jobs.get(ident)
             data["tenant"] = job.tenant if job else None
             data["status"] = job.status if job else None
+        elif kind == "tenant":  # a tenant's quota is its own business (GET /tenants shows a tenant its own only)
+            data["tenant"] = ident
         data["id"] = self.recent.event_id(commit.seq)
         self.recent.add(commit.seq, data)
         self._broadcast("change", data)

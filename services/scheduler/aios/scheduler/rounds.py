@@ -9,6 +9,7 @@ a reason for every job left pending (``aios why``).
 from __future__ import annotations
 
 import functools
+import re
 from typing import Callable
 
 import msgspec
@@ -788,8 +789,20 @@ def _slow_start(state: SchedulerState, job: JobState, now: float) -> str:
             f"trainer service starts its workers (is it running on {nodes}? `aios nodes` shows the agents)")
 
 
-def explain(state: SchedulerState, policy: Policy, job_id: str, now: float) -> str:
-    """Why a job is where it is (``aios why``)."""
+def explain(state: SchedulerState, policy: Policy, job_id: str, now: float, viewer: str | None = None) -> str:
+    """Why a job is where it is (``aios why``); for a ``viewer`` tenant, other tenants' jobs are not named (the
+    jobs ahead, the holders of devices), as that tenant cannot see them anywhere else."""
+    text = _explain(state, policy, job_id, now)
+    if viewer is None:
+        return text
+    return _JOB_ID.sub(lambda m: m.group(0) if (j := state.jobs.get(m.group(0))) is None or j.tenant == viewer
+                       else "a job of another tenant", text)
+
+
+_JOB_ID = re.compile(r"[a-z0-9][a-z0-9._-]*-[0-9a-z]{6,12}")
+
+
+def _explain(state: SchedulerState, policy: Policy, job_id: str, now: float) -> str:
     job = state.jobs.get(job_id)
     if job is None:
         return f"no job {job_id!r}"

@@ -239,9 +239,11 @@ class SchedulerService(Service):
             return
         state = self.projector.state
         if what == "why":
-            job = args.get("job")
+            job, viewer = args.get("job"), args.get("viewer")
             body: Any = ({"error": "field 'job': a job id is required"} if not isinstance(job, str) else
-                         {"job": job, "why": explain(state, self.policy, job, time.time())})
+                         {"error": "field 'viewer': a tenant name is expected"}
+                         if viewer is not None and not isinstance(viewer, str) else
+                         {"job": job, "why": explain(state, self.policy, job, time.time(), viewer)})
         elif what == "jobs":
             body = {"jobs": [job_summary(j)
                              for j in sorted(state.jobs.values(), key=lambda j: j.arrival)], "seq": state.seq,
