@@ -126,7 +126,16 @@ def test_tokens_and_tenants(gateway: tuple[str, LocalCluster]) -> None:
     listed = call(url, "GET", "/api/v1/jobs?tenant=alice", ADMIN)[1]["jobs"]
     assert job in [j["job"] for j in listed] and {j["tenant"] for j in listed} == {"alice"}
     status, err = call(url, "GET", "/api/v1/jobs?limit=5", ADMIN)  # answered every job, as if it had been applied
-    assert status == 400 and err["error"] == "limit: not a filter of this list (known: status, tenant)"
+    assert status == 400 and err["error"] == "limit: not a parameter of this request (known: status, tenant)"
+    # ?tail=2 gave the whole log, follow=True meant "do not follow", the second status was dropped
+    status, err = call(url, "GET", f"/api/v1/jobs/{job}/logs?tail=2", ALICE)
+    assert status == 400 and err["error"] == "tail: not a parameter of this request (known: follow, worker)"
+    status, err = call(url, "GET", f"/api/v1/jobs/{job}/logs?follow=maybe", ALICE)
+    assert status == 400 and err["error"] == "follow: true or false (or 1, 0, yes, no), got 'maybe'"
+    status, err = call(url, "GET", "/api/v1/jobs?status=failed&status=running", ALICE)
+    assert status == 400 and err["error"] == "status: given 2 times; give it once"
+    status, err = call(url, "GET", "/api/v1/nodes?verbose=1", ALICE)
+    assert status == 400 and err["error"] == "verbose: not a parameter of this request (it takes none)"
     status, err = call(url, "POST", "/api/v1/jobs", BOB, {**spec, "tenant": "alice"})
     assert status == 403 and "tenant: 'alice' is not yours" in err["error"]
     status, err = call(url, "PUT", "/api/v1/tenants/bob/quota", BOB, {"nominal": {"a100": 8}})
@@ -352,7 +361,7 @@ def test_a_model_shows_its_training_job_to_that_jobs_tenant_only(gateway: tuple[
     assert call(url, "GET", "/api/v1/models?min=0.5", BOB) == (
         422, {"error": "min: needs metric (the metric to compare)"})
     assert call(url, "GET", "/api/v1/models?limit=5", BOB) == (
-        400, {"error": "limit: not a filter of this list (known: tag, metric, min, name)"})
+        400, {"error": "limit: not a parameter of this request (known: tag, metric, min, name)"})
 
 
 def test_tokens_are_refused_at_start_unless_each_names_a_tenant_that_can_submit() -> None:
@@ -490,6 +499,8 @@ def test_a_lone_surrogate_is_named_as_bad_input_everywhere(gateway: tuple[str, L
                                          timeout=10)
             tagged = await nc.request("aios.registry.tag", b'{"name": "m", "version": 1, "tags": {"k": "\\udfff"}}',
                                       timeout=10)
+            listed = await nc.request("aios.tenant.alice.jobs", b'{"tenant": "bob", "limit": 1}', timeout=10)
+            assert json.loads(listed.data) == {"error": "limit: not a field of jobs (known: status)", "status": 400}
             return json.loads(submitted.data), json.loads(tagged.data)
         finally:
             await nc.close()

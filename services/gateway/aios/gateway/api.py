@@ -41,6 +41,30 @@ class HttpError(Exception):
         self.status = status
 
 
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
+
+
+def check_query(route: "Route", request: web.Request) -> None:
+    """The query holds only the route's parameters, each once, booleans as such: an unknown one (``?tail=2``,
+    ``?limit=5``) was ignored and the answer looked filtered; ``follow=True`` meant "do not follow"; of two
+    ``status`` the second was dropped."""
+    known = {name: kind for name, kind, _ in route.query}
+    for name in dict.fromkeys(request.query.keys()):
+        if name not in known:
+            listed = f"known: {', '.join(known)}" if known else "it takes none"
+            raise HttpError(400, f"{name}: not a parameter of this request ({listed})")
+        values = request.query.getall(name)
+        if len(values) > 1:
+            raise HttpError(400, f"{name}: given {len(values)} times; give it once")
+        if known[name] == "boolean" and values[0].lower() not in _TRUE + _FALSE:
+            raise HttpError(400, f"{name}: true or false (or 1, 0, yes, no), got {values[0]!r}")
+
+
+def flag(request: web.Request, name: str) -> bool:
+    """A boolean query parameter (checked by :func:`check_query`), false when absent."""
+    return request.query.get(name, "0").lower() in _TRUE
+
+
 @dataclass(frozen=True)
 class Route:
     method: str
@@ -209,9 +233,6 @@ class Api:
         return web.json_response(reply, status=201)
 
     async def list_jobs(self, request: web.Request, caller: Caller) -> web.StreamResponse:
-        unknown = sorted(set(request.query) - {"status", "tenant"})
-        if unknown:  # ?tenant=x&limit=5 answered every job, as if filtered
-            raise HttpError(400, f"{unknown[0]}: not a filter of this list (known: status, tenant)")
         jobs = self.jobs_of(caller, request.query.get("status"))
         tenant = request.query.get("tenant")
         return web.json_response({"jobs": jobs if tenant is None else [j for j in jobs if j["tenant"] == tenant]})
@@ -233,7 +254,7 @@ class Api:
         from aios.common import joblogs
 
         job = self._job(caller, request.match_info["job"])
-        follow = request.query.get("follow", "0") in ("1", "true", "yes")
+        follow = flag(request, "follow")
         try:
             joblogs.check_worker(request.query.get("worker"))  # before the reply begins: a 400, not a cut stream
         except ConfigError as exc:
@@ -333,9 +354,6 @@ class Api:
     # -- models -------------------------------------------------------------------------------------------------------
     async def models(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         known = ("tag", "metric", "min", "name")
-        unknown = sorted(set(request.query) - set(known))
-        if unknown:  # ?min= was dropped, and every model with the metric listed as if it had been applied
-            raise HttpError(400, f"{unknown[0]}: not a filter of this list (known: {', '.join(known)})")
         query: dict[str, Any] = {k: request.query[k] for k in known if k in request.query}
         if "min" in query:
             try:
@@ -403,7 +421,7 @@ class Api:
         return web.json_response(await self._registry("alias", args))
 
     async def remove_alias(self, request: web.Request, caller: Caller) -> web.StreamResponse:
-        force = request.query.get("force", "0") in ("1", "true", "yes")
+        force = flag(request, "force")
         return web.json_response(await self._registry("unalias", {"name": request.match_info["model"],
                                                                   "alias": request.match_info["alias"], "force": force}))
 
@@ -503,6 +521,7 @@ class Api:
                 caller = authenticate(self.tokens, header)
                 if route.admin and not caller.admin:
                     raise Forbidden(f"{route.summary}: administrators only")
+                check_query(route, request)
                 return await route.handler(self, request, caller)
             except Unauthorized as exc:
                 return web.json_response({"error": f"authorization: {exc}"}, status=401,

@@ -66,6 +66,11 @@ class TenantApi:
     async def _dispatch(self, caller: Caller, op: str, body: dict[str, Any], key: str | None) -> dict[str, Any]:
         if op == "submit":
             return await self.api.submit_job(body.get("spec", body), caller, key, "nats")
+        if op != "submit":  # {"tenant": ...} or {"limit": 1} answered every job, as if filtered
+            known = ("status",) if op == "jobs" else ("job",)
+            unknown = sorted(set(body) - set(known))
+            if unknown:
+                raise HttpError(400, f"{unknown[0]}: not a field of {op} (known: {', '.join(known)})")
         if op == "jobs":
             status = body.get("status")
             if status is not None and not isinstance(status, str):
