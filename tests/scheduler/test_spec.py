@@ -44,6 +44,11 @@ def test_a_full_spec_is_accepted() -> None:
     ({"command": ["echo", "a\x00b"]}, "command[1]", "NUL character"),
     ({"env": {"A=B": "1"}}, "env.A=B", "not an environment variable name"),
     ({"env": {"A": "x\x00y"}}, "env.A", "NUL character"),
+    # "H100" never matched the kind h100 without device_types: the speed-up asked for was silently lost
+    ({"throughput": {"H100": 3.0}}, "throughput.H100", "'H100' is not a device kind"),
+    # msgspec named the map, not the key: "env[...]"
+    ({"env": {"A": 1}}, "env.A", "a string is expected, got int 1"),
+    ({"throughput": {"h100": True}}, "throughput.h100", "a number is expected, got bool True"),
     # a lone surrogate: accepted, then a traceback where the spec was encoded (`aios submit`, HTTP 500)
     ({"command": ["echo", "\ud800"]}, "command[1]", "not valid Unicode"),
     ({"env": {"\udfff": "1"}}, "env", "a key is not valid Unicode"),

@@ -130,6 +130,19 @@ def _check_values(value: Any, path: str) -> None:
             _check_values(item, f"{path}[{i}]")
 
 
+def _check_map_values(raw: dict[str, Any]) -> None:
+    """The values of ``env`` and ``throughput``, named by key (msgspec's error said ``env[...]``)."""
+    env, throughput = raw.get("env"), raw.get("throughput")
+    for key, value in env.items() if isinstance(env, dict) else ():
+        if not isinstance(value, str):
+            raise SpecError(f"env.{str(key)[:64]}", f"a string is expected, got {type(value).__name__} "
+                                                     f"{value!r:.40} (quote numbers in YAML)")
+    for key, value in throughput.items() if isinstance(throughput, dict) else ():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpecError(f"throughput.{str(key)[:64]}", f"a number is expected, got {type(value).__name__} "
+                                                            f"{value!r:.40}")
+
+
 _FIELD_NAMES: frozenset[str] = frozenset()
 
 
@@ -139,6 +152,7 @@ def validate_spec(raw: Any) -> JobSpec:
         raise SpecError("spec", f"expected a mapping, got {type(raw).__name__}")
     # values first (msgspec stores NaN as null), of known fields only: an unknown one is named as unknown below
     _check_values({k: v for k, v in raw.items() if k in _FIELD_NAMES}, "")
+    _check_map_values(raw)
     for key in raw:  # (msgspec raised UnicodeEncodeError naming an unknown one)
         if isinstance(key, str) and not encodes(key):
             raise SpecError(key.encode("utf-8", "backslashreplace").decode()[:64], f"a field name is {NOT_UNICODE}")
@@ -166,6 +180,8 @@ def validate_spec(raw: Any) -> JobSpec:
         if not _KIND.fullmatch(kind):
             raise SpecError(f"device_types[{i}]", f"{kind!r} is not a device kind (e.g. h100, a100)")
     for kind, value in spec.throughput.items():
+        if not _KIND.fullmatch(kind):  # "H100" never matched the kind h100: the speed-up was silently lost
+            raise SpecError(f"throughput.{kind[:64]}", f"{kind!r} is not a device kind (e.g. h100, a100)")
         if not value > 0:
             raise SpecError(f"throughput.{kind}", "must be a positive number")
         if spec.device_types and kind not in spec.device_types:
