@@ -84,6 +84,14 @@ def test_submit_why_cancel(aios_env: dict[str, str], tmp_path: Path) -> None:
         quick_id = aios("submit", str(quick), "--json")
         ok = aios("job", json.loads(quick_id.stdout)["job"], "--wait", "--json")
         assert ok.returncode == 0 and json.loads(ok.stdout)["status"] == "succeeded"
+        # a worker's last stderr line is quoted as it was written: rich took "[/x]" for markup (a traceback, exit 1)
+        # and dropped "[red]"
+        loud = tmp_path / "loud.json"
+        loud.write_text(json.dumps({"name": "loud", "tenant": "nlp", "devices": 0,
+                                    "command": ["sh", "-c", "echo 'bad [red]value[/] in [/x]' >&2; exit 3"]}))
+        loud_id = json.loads(aios("submit", str(loud), "--json").stdout)["job"]
+        shown = aios("job", loud_id, "--wait")
+        assert shown.returncode == 4 and "bad [red]value[/] in [/x]" in shown.stdout, (shown.stdout, shown.stderr)
         late = aios("cancel", json.loads(quick_id.stdout)["job"])  # it said "cancel requested", exit 0
         assert late.returncode == 1 and "has already ended (succeeded): nothing to cancel" in late.stderr, late
         # the events as the HTTP API gives them, with their fields (it gave only type and time)

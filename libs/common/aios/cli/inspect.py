@@ -10,7 +10,7 @@ from typing import Any
 import nats.errors
 from rich.table import Table
 
-from aios.cli.output import table_console
+from aios.cli.output import plain, table_console
 from aios.common import tracing
 from aios.common.config import load_settings
 from aios.common.errors import AiosError, ConfigError, NotFound
@@ -69,13 +69,13 @@ async def nodes(node: str | None, as_json: bool = False, servers: list[str] | No
             print(json.dumps(detail, indent=2))
             return 0
         console.print(f"[bold]{detail['node']}[/] ({detail['hostname']}, {detail['backend']}) "
-                      f"{'online' if detail['online'] else '[red]lost[/]: ' + detail['lost_reason']}"
+                      f"{'online' if detail['online'] else '[red]lost[/]: ' + plain(detail['lost_reason'])}"
                       f"{_cordon_text(detail)}, "
                       f"{detail['cpu_cores']} cores, {detail['memory_gib']} GiB")
         table = Table("idx", "uuid", "kind", "model", "GiB", "health", "job")
         for d in detail["devices"]:
-            health = (f"[red]{d['reason']}[/]" if not d["healthy"] else
-                      f"[yellow]{d['reason']}[/]" if d.get("mig_mode") else "ok")  # MIG: it read "ok", not scheduled
+            health = (f"[red]{plain(d['reason'])}[/]" if not d["healthy"] else
+                      f"[yellow]{plain(d['reason'])}[/]" if d.get("mig_mode") else "ok")  # MIG: it read "ok", not scheduled
             table.add_row(str(d["index"]), d["uuid"], d["kind"], d["model"], str(d["memory_gib"]), health,
                           d["job"] or "-")
         console.print(table)

@@ -13,7 +13,7 @@ import yaml
 from rich.table import Table
 
 from aios.cli.inspect import ask, cluster_servers
-from aios.cli.output import table_console
+from aios.cli.output import plain, table_console
 from aios.common import tracing
 from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError, NotFound
 from aios.common.events import (
@@ -124,8 +124,8 @@ async def jobs(as_json: bool, tenant: str | None = None, status: str | None = No
     for j in reply["jobs"]:
         step = f"{j['step']}/{j['total_steps']}" if j.get("total_steps") else "-"
         loss = f"{j['loss']:.4f}" if j.get("loss") is not None else "-"
-        table.add_row(j["job"], j["tenant"], j["status"], str(j["devices"]), str(j["priority"]),
-                      ",".join(sorted(set(j["nodes"]))) or "-", str(j["attempts"]), step, loss)
+        table.add_row(plain(j["job"]), plain(j["tenant"]), j["status"], str(j["devices"]), str(j["priority"]),
+                      plain(",".join(sorted(set(j["nodes"]))) or "-"), str(j["attempts"]), step, loss)
     table_console().print(table)
     return 0
 
@@ -186,14 +186,15 @@ async def job(job_id: str, as_json: bool, wait: bool) -> int:
         console = table_console()
         if summary:
             steps = f", step {summary['step']}/{summary['total_steps']}" if summary["total_steps"] else ""
-            console.print(f"[bold]{job_id}[/] ({summary['tenant']}): {summary['status']}, {summary['devices']} device(s)"
-                          f" on {', '.join(sorted(set(summary['nodes']))) or '-'}, attempt {summary['attempts']}{steps}"
-                          + (f"\n  {summary['error']}" if summary["error"] else ""))
+            console.print(f"[bold]{plain(job_id)}[/] ({plain(summary['tenant'])}): {summary['status']}, "
+                          f"{summary['devices']} device(s) on {plain(', '.join(sorted(set(summary['nodes']))) or '-')}"
+                          f", attempt {summary['attempts']}{steps}"
+                          + (f"\n  {plain(summary['error'])}" if summary["error"] else ""))
         t0 = history[0].ts
         table = Table("+s", "event", "detail")
         for e, entry in zip(history, events):
             detail = {k: v for k, v in entry.items() if k not in ("type", "ts", "trace_id", "spec")}
-            table.add_row(f"{e.ts - t0:.1f}", type(e).__name__, json.dumps(detail, default=str)[:100])
+            table.add_row(f"{e.ts - t0:.1f}", type(e).__name__, plain(json.dumps(detail, default=str)[:100]))
         console.print(table)
     if wait and summary is not None and summary["status"] != "succeeded":
         return 4

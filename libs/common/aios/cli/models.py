@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aios.cli.inspect import ask
+from aios.cli.output import plain
 from aios.cli.jobs import _store
 from aios.common.errors import AiosError, ConfigError, NotFound
 from aios.scheduler import submission
@@ -75,16 +76,16 @@ def _show(reply: dict[str, Any]) -> None:
     ev = reply.get("evaluation")
     if ev:
         m = ev["metrics"]
-        console.print(f"evaluated on {ev['dataset']}: accuracy {_pct(m['accuracy'])}, precision {_pct(m['precision_macro'])}"
+        console.print(f"evaluated on {plain(ev['dataset'])}: accuracy {_pct(m['accuracy'])}, precision {_pct(m['precision_macro'])}"
                       f", recall {_pct(m['recall_macro'])}, F1 {_pct(m['f1_macro'])}")
         t = Table("class", "precision", "recall", "f1", "support")
         for label, c in ev["per_class"].items():
-            t.add_row(label, _pct(c["precision"]), _pct(c["recall"]), _pct(c["f1"]), str(int(c["support"])))
+            t.add_row(plain(label), _pct(c["precision"]), _pct(c["recall"]), _pct(c["f1"]), str(int(c["support"])))
         console.print(t)
     for dataset, m in reply.get("evaluations", {}).items():
-        console.print(f"also evaluated on {dataset}: accuracy {_pct(m.get('accuracy'))}, F1 {_pct(m.get('f1_macro'))}")
+        console.print(f"also evaluated on {plain(dataset)}: accuracy {_pct(m.get('accuracy'))}, F1 {_pct(m.get('f1_macro'))}")
     if reply["lineage"].get("compression"):
-        console.print("compression: " + json.dumps(reply["lineage"]["compression"]))
+        console.print("compression: " + plain(json.dumps(reply["lineage"]["compression"])))
 
 
 async def list_models(args: Any) -> int:
