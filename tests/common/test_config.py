@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from aios.common.config import load_settings
+from aios.common.config import agent_shutdown_s, load_settings
 from aios.common.errors import ConfigError
 
 
@@ -31,3 +31,14 @@ def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None
     with pytest.raises(ConfigError) as info:
         load_settings(env)
     assert message in str(info.value)
+
+
+def test_a_supervisor_waits_for_an_agent_to_drain_and_stop_its_workers() -> None:
+    """`aios up` and LocalCluster waited 20 s for an agent that may take its drain (5 s) and its workers' grace
+    (20 s): SIGKILL came before the workers' checkpoints."""
+    from aios.device_agent.service import AgentConfig
+
+    agent = AgentConfig(node_id="n")
+    assert agent_shutdown_s({}) > agent.drain_s + agent.stop_grace_s
+    assert agent_shutdown_s({"AIOS_AGENT_STOP_GRACE_S": "60"}) > agent.drain_s + 60
+    assert agent_shutdown_s({"AIOS_AGENT_STOP_GRACE_S": "soon"}) == agent_shutdown_s({})  # the agent refuses it

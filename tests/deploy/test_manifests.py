@@ -17,8 +17,8 @@ import yaml
 from aios.cli.main import build_parser
 from aios.cli.services import SERVICES
 from aios.common import natsauth
+from aios.common.config import agent_shutdown_s
 from aios.common.natsserver import find_nats_server
-from aios.device_agent.service import AgentConfig
 
 REPO = Path(__file__).parent.parent.parent
 DEPLOY = REPO / "deploy"
@@ -147,8 +147,8 @@ def seconds(text: str) -> float:
     return float(text.rstrip("s"))
 
 
-AGENT_STOP_S = AgentConfig(node_id="x").drain_s + AgentConfig(node_id="x").stop_grace_s + 2.0
-"""The longest a device agent takes to stop: drain its node, stop its workers, plus the drain's append."""
+AGENT_STOP_S = agent_shutdown_s({})
+"""The longest a device agent takes to stop (drain its node, stop its workers, exit), as `aios up` waits for it."""
 
 
 def test_compose_gives_agents_time_to_drain(compose: dict[str, Any]) -> None:

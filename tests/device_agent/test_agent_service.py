@@ -291,6 +291,19 @@ async def test_no_lease_no_process_and_a_busy_device_is_a_transient_refusal(
     exited = [e for e in events if isinstance(e, WorkerExited)]
     assert [(e.worker, e.stopped) for e in exited] == [("w0", True)]
 
+    # a worker that ignores SIGTERM, of a job with an hour's grace: the agent's own stop gives it the agent's grace
+    # (2 s here), not the hour, since the devices are another job's already
+    deaf = {**sleeper, "job_id": "j4", "command": [sys.executable, "-c", "import signal, time; "
+                                                    "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"],
+            "env": {"AIOS_STOP_GRACE_S": "3600"}}
+    await store.append(f"node.{NODE}", DevicesLeased(aggregate_id=NODE, job_id="j4", device_uuids=[uuid]))
+    await until(lambda: _async(service.node.state.leases.holder.get(uuid) == "j4"), what="the second lease seen")
+    assert (await request(store, run_subject(NODE), deaf))["ok"]
+    await asyncio.sleep(0.3)  # its SIGTERM handler is set
+    await store.append(f"node.{NODE}", DevicesReleased(aggregate_id=NODE, job_id="j4", device_uuids=[uuid]))
+    events = await until(lambda: _job_events(store, "j4", 2), timeout=15, what="the deaf worker killed")
+    assert [(e.worker, e.stopped) for e in events if isinstance(e, WorkerExited)] == [("w0", True)]
+
 
 async def test_a_worker_whose_lease_ends_while_it_waits_for_its_devices_never_starts(
         agent: tuple[DeviceAgentService, EventStore]) -> None:

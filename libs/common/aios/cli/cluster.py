@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aios.cli.services import registry
 from aios.common import natsauth
-from aios.common.config import Settings
+from aios.common.config import Settings, agent_shutdown_s
 from aios.common.natsserver import NatsServer, die_with_parent, free_port
 
 
@@ -122,7 +122,7 @@ class LocalCluster:
         """Agents first (their workers checkpoint on SIGTERM), then cluster services, then NATS."""
         agents = [p for n, p in self.procs.items() if n.startswith("agent-")]
         others = [p for n, p in self.procs.items() if not n.startswith("agent-")]
-        self._terminate(agents, grace + 5)  # an agent drains its node (up to 5 s), then stops what is left
+        self._terminate(agents, max(grace, agent_shutdown_s(self.env)))
         self._terminate(others, grace)
         if self.nats is not None:
             self.nats.stop()
@@ -147,9 +147,9 @@ class LocalCluster:
         proc.kill()
         proc.wait()
 
-    def stop_agent(self, node: str, grace: float = 20.0) -> None:
+    def stop_agent(self, node: str, grace: float | None = None) -> None:
         """SIGTERM one node's agent, as a shutdown of the node does: its workers are stopped (and checkpoint)."""
-        self._terminate([self.procs[f"agent-{node}"]], grace)
+        self._terminate([self.procs[f"agent-{node}"]], agent_shutdown_s(self.env) if grace is None else grace)
 
     def restart_agent(self, node: str) -> None:
         spec = dict(self.agents)[node]

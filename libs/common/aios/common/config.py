@@ -10,6 +10,22 @@ import msgspec
 from aios.common.errors import ConfigError
 
 
+AGENT_DRAIN_S = 5.0
+AGENT_STOP_GRACE_S = 20.0
+"""The device agent's defaults (its ``drain_s`` and ``AIOS_AGENT_STOP_GRACE_S``): a stopped agent drains its node
+first, then gives its workers up to the grace; killed before, its workers lose their checkpoint."""
+
+
+def agent_shutdown_s(env: dict[str, str]) -> float:
+    """How long a supervisor should let an agent take to stop: its drain, its workers' grace, and a margin for its
+    own exit. ``aios up`` waited 20 s, less than the 25 s an agent may take, and SIGKILL took the checkpoints."""
+    try:
+        grace = float(env.get("AIOS_AGENT_STOP_GRACE_S", "") or AGENT_STOP_GRACE_S)
+    except ValueError:  # the agent refuses to start with it: nothing to wait for
+        grace = AGENT_STOP_GRACE_S
+    return AGENT_DRAIN_S + min(max(grace, 0.0), 3600.0) + 5.0
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     nats_url: str | None = None
     """``AIOS_NATS_URL``: comma-separated server URLs. Unset: start an embedded nats-server."""

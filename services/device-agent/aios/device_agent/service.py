@@ -15,6 +15,7 @@ from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StorageType
 
 from aios.common import joblogs, tracing
+from aios.common.config import AGENT_DRAIN_S, AGENT_STOP_GRACE_S
 from aios.common.errors import AiosError, ConfigError, StoreError
 from aios.common.events import (
     DeviceHealthy, DevicesReleased, DeviceUnhealthy, NodeCordoned, NodeLost, NodeRegistered, WorkerExited,
@@ -41,9 +42,6 @@ log = logging.getLogger("aios.device_agent")
 _encoder = msgspec.json.Encoder()
 
 
-AGENT_STOP_GRACE_S = 20.0
-
-
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     node_id: str
     sim: str | None = None
@@ -51,10 +49,11 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_interval_s: float = 2.0
     heartbeat_ttl_s: float = 60.0
     stop_grace_s: float = AGENT_STOP_GRACE_S
-    """At the agent's shutdown, the most a worker gets to checkpoint and exit (its job's ``stop_grace_s``, up to
-    this; ``AIOS_AGENT_STOP_GRACE_S``). With ``drain_s`` it must fit the supervisor's kill timeout (docker compose's
-    stop_grace_period, Nomad's kill_timeout: 30 s in deploy/). The agent's other stops give the job's grace whole."""
-    drain_s: float = 5.0
+    """When the agent itself stops workers (its shutdown, a fence, workers whose lease has ended), the most one gets
+    to checkpoint and exit: its job's ``stop_grace_s``, up to this (``AIOS_AGENT_STOP_GRACE_S``). With ``drain_s``
+    it must fit the supervisor's kill timeout (docker compose's stop_grace_period, Nomad's kill_timeout: 30 s in
+    deploy/). A stop the scheduler asks for (preemption, cancel) gives the job's grace whole."""
+    drain_s: float = AGENT_DRAIN_S
     """On shutdown, how long the scheduler may take to move the node's preemptible jobs off (they checkpoint)
     before the agent stops what is left itself."""
     labels: dict[str, str] = {}
@@ -229,7 +228,7 @@ class DeviceAgentService(Service):
         for job_id, attempt in stale:
             log.warning("stopping workers whose devices are no longer leased to their job",
                         extra={"job": job_id, "attempt": attempt})
-            task = asyncio.ensure_future(self.runner.stop(job_id, attempt=attempt))
+            task = asyncio.ensure_future(self.runner.stop(job_id, attempt=attempt, cap_s=self.config.stop_grace_s))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
@@ -276,7 +275,7 @@ class DeviceAgentService(Service):
                 log.warning("cut off from the cluster: stopping this node's workers (AIOS_AGENT_FENCE_AFTER)",
                             extra={"silent_s": round(silent, 1), "jobs": jobs})
                 for job_id in jobs:
-                    task = asyncio.ensure_future(self.runner.stop(job_id))
+                    task = asyncio.ensure_future(self.runner.stop(job_id, cap_s=self.config.stop_grace_s))
                     self._background.add(task)
                     task.add_done_callback(self._background.discard)
 
