@@ -179,7 +179,8 @@ def test_choosing_a_kind_under_quota_keeps_what_placed_before() -> None:
     step(c.state, fairshare, 2.0)
     c.submit("a-any", 4, tenant="ta", now=3.0)
     plan = step(c.state, fairshare, 4.0)
-    assert [(p.job_id, p.reason) for p in plan.preemptions] == [("b-borrow", "quota reclaimed by ta (lent to tb)")]
+    assert [(p.job_id, p.reason) for p in plan.preemptions] == [
+        ("b-borrow", "quota reclaimed by tenant ta (lent to tenant tb)")]
 
     c = Cluster(("n1", "a100", 4), ("n2", "h100", 4), ("n3", "v100", 4))
     for i in range(3):
@@ -290,7 +291,29 @@ def test_fair_share_borrowing_and_reclaim() -> None:
     c.submit("vis-0", 4, tenant="vision", now=3.0)
     plan = step(c.state, fair, 4.0)
     assert len(plan.preemptions) == 2 and all(p.for_job == "vis-0" for p in plan.preemptions)
-    assert "quota" in plan.reasons["vis-0"] and "reclaiming 4 h100 from nlp" in plan.reasons["vis-0"]
+    assert "quota" in plan.reasons["vis-0"] and "reclaiming 4 h100 from tenant nlp" in plan.reasons["vis-0"]
+
+
+def test_why_names_no_job_or_tenant_of_another_tenant_to_a_tenant() -> None:
+    """`why` for a tenant named the jobs it waits for and the tenant it reclaims from; only ids shaped like
+    generated ones (name-xxxxxx) were hidden, so 'nlp-0' and 'tenant nlp' went through."""
+    c, fair = nlp_borrowing_from_vision()
+    c.submit("vis-0", 4, tenant="vision", now=3.0)
+    step(c.state, fair, 4.0)  # two of nlp's jobs are preempted for it, and checkpoint
+    assert "from tenant nlp" in explain(c.state, fair, "vis-0", 5.0)  # the administrator sees whose they are
+    for_vision = explain(c.state, fair, "vis-0", 5.0, viewer="vision")
+    assert "nlp" not in for_vision and "from another tenant" in for_vision, for_vision
+    assert "vis-0" in for_vision and "tenant vision" in for_vision  # its own job and name stay
+
+    c = Cluster(("n1", "h100", 2))
+    fifo = make_policy("fifo")
+    c.submit("hold-0", 2, tenant="nlp")
+    step(c.state, fifo, 1.0)
+    c.submit("wait-0", 2, tenant="vision", now=2.0)
+    assert "held by hold-0" in explain(c.state, fifo, "wait-0", 3.0)
+    for_vision = explain(c.state, fifo, "wait-0", 3.0, viewer="vision")
+    assert "hold-0" not in for_vision and "held by a job of another tenant" in for_vision, for_vision
+    assert "held by hold-0" in explain(c.state, fifo, "wait-0", 3.0, viewer="nlp")  # a job of its own
 
 
 def test_las_prefers_jobs_with_less_service() -> None:

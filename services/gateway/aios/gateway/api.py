@@ -24,7 +24,7 @@ from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError, Inva
 from aios.common.events import JobCancelRequested, timeline_entry
 from aios.common.textcheck import unencodable_reason
 from aios.gateway.auth import Caller, Forbidden, Unauthorized, authenticate
-from aios.scheduler import submission
+from aios.scheduler import submission, visibility
 from aios.scheduler.spec import (KIND_PATTERN, MAX_CPU_PER_WORKER, MAX_DEVICES, MAX_MEMORY_GIB_PER_WORKER, MAX_PRIORITY,
                                  MAX_QUOTA, MAX_STOP_GRACE_S, NAME_PATTERN, JobSpec, SpecError, spec_to_dict,
                                  validate_quota, validate_spec)
@@ -207,14 +207,29 @@ class Api:
     def jobs_of(self, caller: Caller, status: str | None) -> list[dict[str, Any]]:
         if status is not None and status not in STATUSES:  # a typo listed no jobs, as if there were none
             raise HttpError(422, f"status: {status!r} is no job state (one of {', '.join(STATUSES)})")
-        return [job_summary(j) for j in sorted(self.backend.jobs().values(), key=lambda j: j.arrival)
+        return [self._as_seen_by(caller, job_summary(j)) for j in sorted(self.backend.jobs().values(),
+                                                                         key=lambda j: j.arrival)
                 if caller.may_see(j.tenant) and (status is None or j.status == status)]
 
     async def job_detail(self, caller: Caller, job_id: str) -> dict[str, Any]:
         job = self._job(caller, job_id)
         history = await self.backend.store.read_job(job.job_id)
-        return {**job_summary(job), "spec": spec_to_dict(job.spec) if job.spec else None,
-                "events": [timeline_entry(e) for e in history]}
+        detail = {**job_summary(job), "spec": spec_to_dict(job.spec) if job.spec else None,
+                  "events": [timeline_entry(e) for e in history]}
+        return self._as_seen_by(caller, detail)
+
+    def _as_seen_by(self, caller: Caller, view: dict[str, Any]) -> dict[str, Any]:
+        """A job's summary or detail for ``caller``: what the scheduler wrote (the events, the error) without other
+        tenants' job ids or names (a preempted job's events named the job it gave way to, and that job's tenant);
+        the spec the tenant wrote itself is left as it is."""
+        if caller.admin:
+            return view
+        jobs = self.backend.jobs()
+
+        def tenant_of(job_id: str) -> str | None:
+            return other.tenant if (other := jobs.get(job_id)) else None
+        return {**view, **{k: visibility.redact_value(view[k], tenant_of, caller.tenant)
+                           for k in ("error", "events") if k in view}}
 
     async def cancel_job(self, caller: Caller, job_id: str, via: str) -> dict[str, Any]:
         job = self._job(caller, job_id)

@@ -9,7 +9,6 @@ a reason for every job left pending (``aios why``).
 from __future__ import annotations
 
 import functools
-import re
 from typing import Callable
 
 import msgspec
@@ -17,6 +16,7 @@ import msgspec
 from aios.common.events import Assignment
 from aios.common.events.job import placement_workers, worker_name
 from aios.resource_manager import quota as quotas
+from aios.scheduler import visibility
 from aios.scheduler.placement import BinCache, ClusterView, Request, fit_in_order, greedy, milp_window
 from aios.scheduler.policies.backfill import EasyBackfill
 from aios.scheduler.policies.base import Policy, compatible
@@ -758,10 +758,10 @@ def _maybe_reclaim(state: SchedulerState, plan: RoundPlan, tenants: dict[str, qu
                 if victim.job_id in {p.job_id for p in plan.preemptions}:
                     continue
                 plan.preemptions.append(Preemption(victim.job_id, job.job_id,
-                                                   f"quota reclaimed by {job.tenant} (lent to {tenant})"))
+                                                   f"quota reclaimed by tenant {job.tenant} (lent to tenant {tenant})"))
                 freed += held(victim)
             if freed:
-                plan.reasons[job.job_id] += f"; reclaiming {freed} {kind} from {tenant}"
+                plan.reasons[job.job_id] += f"; reclaiming {freed} {kind} from tenant {tenant}"
     return reclaims
 
 
@@ -795,11 +795,7 @@ def explain(state: SchedulerState, policy: Policy, job_id: str, now: float, view
     text = _explain(state, policy, job_id, now)
     if viewer is None:
         return text
-    return _JOB_ID.sub(lambda m: m.group(0) if (j := state.jobs.get(m.group(0))) is None or j.tenant == viewer
-                       else "a job of another tenant", text)
-
-
-_JOB_ID = re.compile(r"[a-z0-9][a-z0-9._-]*-[0-9a-z]{6,12}")
+    return visibility.redact(text, lambda j: other.tenant if (other := state.jobs.get(j)) else None, viewer)
 
 
 def _explain(state: SchedulerState, policy: Policy, job_id: str, now: float) -> str:
