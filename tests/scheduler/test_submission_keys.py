@@ -57,3 +57,27 @@ async def test_an_id_taken_by_another_key_gets_a_fresh_one(short_window: EventSt
     await asyncio.sleep(1.5)
     mine = await submission.submit(store, spec, "k")
     assert not mine.duplicate and mine.job != taken and mine.job.startswith("train-")
+
+
+async def test_a_late_retry_under_another_name_is_refused_not_run_as_a_second_job(short_window: EventStore) -> None:
+    """The keyed id carries the job's name: the same key with another name, after the duplicate window, made a
+    second job. The folded log knows which job a key was first used for (the gateway asks it), and the retry is
+    judged against that job."""
+    from aios.scheduler.state import SchedulerState, evolve, key_index
+
+    store = short_window
+    first = await submission.submit(store, validate_spec(SPEC), "sweep-7")
+    await asyncio.sleep(1.5)
+    state = SchedulerState()
+    history = await store.read(f"job.{first.job}")
+    for ev in history.events:
+        evolve(state, ev, history.version)
+    earlier = state.keyed.get(key_index("nlp", "sweep-7"))
+    assert earlier == first.job and state.keyed.get(key_index("cv", "sweep-7")) is None
+    renamed = validate_spec({**SPEC, "name": "train-again"})
+    with pytest.raises(KeyReused, match=f"already used for job {first.job} with another spec"):
+        await submission.submit(store, renamed, "sweep-7", job_id=earlier)
+    same = await submission.submit(store, validate_spec(SPEC), "sweep-7", job_id=earlier)
+    assert same.duplicate and same.job == first.job
+    # without the lookup (the CLI's path), the key goes with the name: a second job
+    assert not (await submission.submit(store, renamed, "sweep-7")).duplicate

@@ -198,7 +198,10 @@ class Api:
         except SpecError as exc:
             raise HttpError(422, str(exc)) from None
         try:
-            result = await submission.submit(self.backend.store, spec, key, via=via)
+            # the job the key was first used for, whatever its name: a retry with the key and another spec is
+            # refused however late it comes (the key alone made a second job once the duplicate window had passed)
+            earlier = self.backend.keyed_job(spec.tenant, key) if key else None
+            result = await submission.submit(self.backend.store, spec, key, job_id=earlier, via=via)
         except submission.KeyReused as exc:
             raise HttpError(409, f"Idempotency-Key: {exc}") from None
         await self.backend.caught_up(result.seq)

@@ -27,7 +27,7 @@ from aios.gateway import tenant_api
 from aios.gateway.api import Api, build_app
 from aios.gateway.auth import ADMIN, parse_tokens
 from aios.gateway.changes import RecentChanges
-from aios.scheduler.state import STATE_SCHEMA, JobState, SchedulerState, fold_commit
+from aios.scheduler.state import STATE_SCHEMA, JobState, SchedulerState, fold_commit, key_index
 
 log = logging.getLogger("aios.gateway")
 LISTENER_QUEUE = 1000
@@ -66,6 +66,10 @@ class GatewayService(Service):
     # -- what api.py needs ------------------------------------------------------------------------------------------
     def jobs(self) -> dict[str, JobState]:
         return self.projector.state.jobs
+
+    def keyed_job(self, tenant: str, key: str) -> str | None:
+        """The job ``tenant`` first submitted with idempotency key ``key``, if any."""
+        return self.projector.state.keyed.get(key_index(tenant, key))
 
     async def caught_up(self, seq: int, timeout: float = 3.0) -> None:
         deadline = asyncio.get_running_loop().time() + timeout

@@ -123,6 +123,9 @@ class SchedulerState(msgspec.Struct):
     live: dict[str, None] = {}
     """Ids of the jobs not yet ended, in submission order: what every round looks at (``jobs`` keeps the ended ones
     too, for the API, and outgrows them by far over weeks of history)."""
+    keyed: dict[str, str] = {}
+    """The job each idempotency key was first used for, by :func:`key_index`: a retry with
+    the key and another name, after the stream's duplicate window, would otherwise make a second job."""
     unrecorded: dict[str, None] = {}
     """Jobs failed by this code's verdict on their spec, with no event that says so yet: the scheduler records it
     (``JobFailed``). Until then a later event of the job (it was placed, cancelled ...) shows that the scheduler of
@@ -145,7 +148,7 @@ MAX_REPLICA_REPLACEMENTS = 5
 deployment, under its crash-loop cap (a replica that dies at start again and again fails the deployment in the
 end)."""
 MAX_HISTORY = 5000
-STATE_SCHEMA = 6
+STATE_SCHEMA = 7
 """Version of the encoded state in snapshots: a snapshot of another version is ignored and the log replayed."""
 
 
@@ -275,6 +278,11 @@ def made_progress(job: JobState, now: float) -> bool:
     return job.step > job.step_at_requeue or ran >= PROGRESS_RUN_S
 
 
+def key_index(tenant: str, key: str) -> str:
+    """An idempotency key is the tenant's own: two tenants may pick the same one."""
+    return f"{tenant}\n{key}"
+
+
 def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
     state.now = max(state.now, ev.ts)
     kind = type(ev)
@@ -287,6 +295,8 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         state.jobs[ev.aggregate_id] = JobState(
             ev.aggregate_id, spec, ev.tenant, seq, ev.ts, status=FAILED if error else PENDING,  # type: ignore[attr-defined]
             error=error)
+        if ev.idempotency_key:  # type: ignore[attr-defined]
+            state.keyed.setdefault(key_index(ev.tenant, ev.idempotency_key), ev.aggregate_id)  # type: ignore[attr-defined]
         if error:
             state.unrecorded[ev.aggregate_id] = None
         else:

@@ -16,6 +16,7 @@ from aios.common.errors import ConcurrencyConflict, ConfigError
 from aios.common.events import JobSubmitted
 from aios.common.wire import new_token
 from aios.scheduler.spec import JobSpec, judge_spec, spec_to_store
+from aios.scheduler.state import key_index
 
 
 class KeyReused(ConfigError):
@@ -39,7 +40,7 @@ def new_job_id(spec: JobSpec) -> str:
 def keyed_job_id(spec: JobSpec, key: str) -> str:
     """The id a keyed submission's job gets: the same for every retry, so a retry that comes after the stream's
     duplicate window (two minutes) finds the job in the log instead of creating a second one."""
-    digest = hashlib.sha256(f"{spec.tenant}\n{key}".encode()).hexdigest()
+    digest = hashlib.sha256(key_index(spec.tenant, key).encode()).hexdigest()
     return f"{spec.name}-{digest[:12]}"
 
 
