@@ -232,6 +232,13 @@ def test_a_retry_with_an_idempotency_key_gets_the_first_job(gateway: tuple[str, 
     assert status == 409 and "Idempotency-Key" in err["error"] and first["job"] in err["error"], err
     status, bobs = call(url, "POST", "/api/v1/jobs", BOB, spec, headers=key)
     assert status == 201 and not bobs["duplicate"] and bobs["job"] != first["job"], bobs
+    status, err = call(url, "POST", "/api/v1/jobs", ALICE, {**spec, "name": "renamed"}, headers=key)
+    assert status == 409 and first["job"] in err["error"], err
+    # a key that cannot be one: a non-UTF-8 header was a 500, and any length was stored with the job
+    for bad, reason in (("k" * 256, "1 to 255 characters, got 256"), ("caf\xe9", "not valid Unicode"),
+                        ("", "1 to 255 characters, got 0")):
+        status, err = call(url, "POST", "/api/v1/jobs", ALICE, spec, headers={"Idempotency-Key": bad})
+        assert status == 400 and err["error"].startswith("Idempotency-Key: ") and reason in err["error"], (bad, err)
 
 
 @pytest.mark.parametrize("body, status, message", [

@@ -204,6 +204,8 @@ class Api:
             result = await submission.submit(self.backend.store, spec, key, job_id=earlier, via=via)
         except submission.KeyReused as exc:
             raise HttpError(409, f"Idempotency-Key: {exc}") from None
+        except submission.BadKey as exc:
+            raise HttpError(400, f"Idempotency-Key: {exc}") from None
         await self.backend.caught_up(result.seq)
         return {"job": result.job, "duplicate": result.duplicate, "seq": result.seq}
 

@@ -14,6 +14,7 @@ import msgspec
 from aios.common import tracing
 from aios.common.errors import ConcurrencyConflict, ConfigError
 from aios.common.events import JobSubmitted
+from aios.common.textcheck import NOT_UNICODE, encodes
 from aios.common.wire import new_token
 from aios.scheduler.spec import JobSpec, judge_spec, spec_to_store
 from aios.scheduler.state import key_index
@@ -21,6 +22,24 @@ from aios.scheduler.state import key_index
 
 class KeyReused(ConfigError):
     """The idempotency key was used before for a different job spec (a mistake of the caller: HTTP 409, exit 2)."""
+
+
+class BadKey(ConfigError):
+    """An idempotency key that cannot be one (HTTP 400, exit 2)."""
+
+
+MAX_KEY_CHARS = 255
+
+
+def check_key(key: str) -> None:
+    """A key is kept in the log's message headers and events: printable text of reasonable length. A non-UTF-8
+    header was an HTTP 500, and a megabyte-long key was stored with the job."""
+    if not key or len(key) > MAX_KEY_CHARS:
+        raise BadKey(f"idempotency key: 1 to {MAX_KEY_CHARS} characters, got {len(key)}")
+    if not encodes(key):
+        raise BadKey(f"idempotency key: {NOT_UNICODE}")
+    if not key.isprintable():
+        raise BadKey("idempotency key: control characters are not allowed (a header cannot carry them)")
 
 
 class Submission(msgspec.Struct, frozen=True):
@@ -50,6 +69,8 @@ async def submit(store, spec: JobSpec, key: str | None = None,  # type: ignore[n
     ``key``); with ``key``, a retry returns the job the first submission created, whenever it comes. The append
     happens in the span that roots the job's trace, whichever way the job came (``via``: cli, http, nats): a serve
     job's trace began at a bare publish span."""
+    if key is not None:
+        check_key(key)
     job_id = job_id or (keyed_job_id(spec, key) if key else new_job_id(spec))
     body = spec_to_store(spec)
     with tracing.job_span(f"submit {spec.name}", job_id, None, **{"aios.tenant": spec.tenant, "aios.via": via}):
