@@ -136,6 +136,11 @@ async def test_runs_workers_only_on_leased_devices(agent: tuple[DeviceAgentServi
     assert (await request(store, run_subject(NODE), failing))["ok"]
     events = await until(lambda: _job_events(store, "j1", 6), what="failed worker exit")
     assert events[5].exit_code == 1 and events[5].message == "model nope is not registered", events[5]
+    unterminated = {**run, "worker": "w3", "command": [sys.executable, "-c", (
+        "import sys; sys.stderr.write('fatal: no newline at the end'); sys.exit(2)")]}
+    assert (await request(store, run_subject(NODE), unterminated))["ok"]
+    events = await until(lambda: _job_events(store, "j1", 8), what="second failed worker exit")
+    assert events[7].exit_code == 2 and events[7].message == "fatal: no newline at the end", events[7]
 
 
 async def _holds(service: DeviceAgentService, uuid: str) -> bool:

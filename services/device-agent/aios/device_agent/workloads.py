@@ -133,17 +133,19 @@ class WorkloadRunner:
         if stream is None:
             return
         while True:
+            last = False
             try:
                 line = await stream.readuntil(b"\n")
             except asyncio.IncompleteReadError as exc:  # the end: a last line without a newline, or nothing
-                if exc.partial:
-                    self.on_output(workload, name, exc.partial)
-                return
+                line, last = exc.partial, True
             except asyncio.LimitOverrunError as exc:
                 line = await stream.read(min(max(1, exc.consumed), 1 << 16))
-            if name == "stderr" and line.strip():
+            if name == "stderr" and line.strip():  # a last line without a newline is quoted too (it was not)
                 workload.last_error = line.decode(errors="replace").strip()[:LAST_ERROR_CHARS]
-            self.on_output(workload, name, line)
+            if line:
+                self.on_output(workload, name, line)
+            if last:
+                return
 
     async def _watch(self, workload: Workload) -> None:
         for result in await asyncio.gather(self._pump(workload, workload.proc.stdout, "stdout"),
