@@ -300,6 +300,22 @@ async def test_an_evaluation_on_other_data_is_kept_beside_the_headline_one(store
     assert again["dataset"] == headline[1] and reg.show("models:/digits/1")["evaluation"]["dataset"] == headline[1]
 
 
+async def test_an_evaluation_of_more_data_than_the_registry_holds_takes_a_part_of_it(
+        store: EventStore, trained: nn.Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`aios models eval` with a billion samples was taken, and the registry, which serves every model, grew until
+    it was killed. It evaluates on as many held-out rows as its memory budget allows, and says how many."""
+    from aios.model_registry import service
+
+    reg = await registry(store)
+    await reg.register_bytes("digits", trained.encode(), TRAINER)
+    monkeypatch.setattr(service, "MAX_EVAL_BYTES", 1 << 20)  # 1 MiB: a few hundred rows of this model
+    rows = service.eval_rows(10**9, 10, trained)
+    assert 10 <= rows < 2000
+    big = await handle(reg, "eval", {"model": "models:/digits/1", "trainer": {**TRAINER, "samples": 10**9}})
+    assert f"/n={rows}/eval" in big["dataset"] and 0 <= big["metrics"]["accuracy"] <= 1, big["dataset"]
+    assert service.eval_rows(40, 10, trained) == 40  # a small set whole
+
+
 async def test_refusals_that_depend_on_the_state_are_not_bad_input(store: EventStore, trained: nn.Model) -> None:
     reg = await registry(store)
     await reg.register_bytes("digits", trained.encode(), TRAINER)
