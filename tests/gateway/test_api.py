@@ -508,6 +508,8 @@ def test_a_lone_surrogate_is_named_as_bad_input_everywhere(gateway: tuple[str, L
                                       timeout=10)
             listed = await nc.request("aios.tenant.alice.jobs", b'{"tenant": "bob", "limit": 1}', timeout=10)
             assert json.loads(listed.data) == {"error": "limit: not a field of jobs (known: status)", "status": 400}
+            blank = await nc.request("aios.tenant.alice.job", b'{"": null}', timeout=10)  # it read ": not a field"
+            assert json.loads(blank.data) == {"error": "'': not a field of job (known: job)", "status": 400}
             return json.loads(submitted.data), json.loads(tagged.data)
         finally:
             await nc.close()
@@ -536,6 +538,11 @@ def test_a_tenant_is_not_told_other_tenants_jobs_or_quotas(gateway: tuple[str, L
             time.sleep(0.3)
         assert holder["job"] not in why and "a job of another tenant" in why, why
         assert holder["job"] in call(url, "GET", f"/api/v1/jobs/{waiting['job']}/why", ADMIN)[1]["why"]
+        node = call(url, "GET", f"/api/v1/jobs/{holder['job']}", ALICE)[1]["nodes"][0]
+        holders = {who: [d["job"] for d in call(url, "GET", f"/api/v1/nodes/{node}", who)[1]["devices"]]
+                   for who in (ALICE, BOB, ADMIN)}
+        assert holders[ALICE].count(holder["job"]) == 2 and holders[ADMIN] == holders[ALICE], holders
+        assert holder["job"] not in holders[BOB] and holders[BOB].count("a job of another tenant") == 2, holders
 
         def quota() -> None:
             assert call(url, "PUT", "/api/v1/tenants/secret-customer/quota", ADMIN, {"nominal": {"a100": 1}})[0] == 200

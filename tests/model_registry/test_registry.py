@@ -7,6 +7,7 @@ import asyncio
 import base64
 from typing import Any
 
+import numpy as np
 import pytest
 
 from aios.common.events import Lineage, ModelAliasSet
@@ -303,17 +304,23 @@ async def test_an_evaluation_on_other_data_is_kept_beside_the_headline_one(store
 async def test_an_evaluation_of_more_data_than_the_registry_holds_takes_a_part_of_it(
         store: EventStore, trained: nn.Model, monkeypatch: pytest.MonkeyPatch) -> None:
     """`aios models eval` with a billion samples was taken, and the registry, which serves every model, grew until
-    it was killed. It evaluates on as many held-out rows as its memory budget allows, and says how many."""
-    from aios.model_registry import service
+    it was killed. It evaluates (and fine-tunes) on as many rows as its memory budget allows, the same number for
+    every model of a config, and the dataset's name says how many."""
+    from aios.model_registry import builtin
+    from aios.trainer.mlp import parse_config
 
     reg = await registry(store)
     await reg.register_bytes("digits", trained.encode(), TRAINER)
-    monkeypatch.setattr(service, "MAX_EVAL_BYTES", 1 << 20)  # 1 MiB: a few hundred rows of this model
-    rows = service.eval_rows(10**9, 10, trained)
+    assert builtin.within_memory(parse_config(TRAINER)) == parse_config(TRAINER)  # a small set whole
+    monkeypatch.setattr(builtin, "MAX_DATA_BYTES", 1 << 20)  # 1 MiB: a few hundred rows of digits
+    huge = {**TRAINER, "samples": 10**9}
+    rows = builtin.within_memory(parse_config(huge)).samples
     assert 10 <= rows < 2000
-    big = await handle(reg, "eval", {"model": "models:/digits/1", "trainer": {**TRAINER, "samples": 10**9}})
+    big = await handle(reg, "eval", {"model": "models:/digits/1", "trainer": huge})
     assert f"/n={rows}/eval" in big["dataset"] and 0 <= big["metrics"]["accuracy"] <= 1, big["dataset"]
-    assert service.eval_rows(40, 10, trained) == 40  # a small set whole
+    x = np.random.default_rng(0).normal(size=(nn.CHUNK_ROWS * 2 + 5, trained.inputs)).astype(np.float32)
+    assert np.allclose(trained.logits(x), np.concatenate([trained.logits(x[:1000]), trained.logits(x[1000:])]),
+                       atol=1e-5)  # a forward pass in chunks gives what one pass gives
 
 
 async def test_refusals_that_depend_on_the_state_are_not_bad_input(store: EventStore, trained: nn.Model) -> None:

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 
+from aios.scheduler import visibility
 from aios.scheduler.local import step
 from aios.scheduler.policies import POLICIES, make_policy
 from aios.scheduler.policies.base import Policy
@@ -740,6 +741,10 @@ def test_a_tenant_without_quota_gives_way_to_one_within_its_quota() -> None:
         assert [j for j, _ in preempted] == ["free-for-all"], (name, preempted)
         assert "tenant noq has no quota" in preempted[0][1]
         assert c.where("nlp-2") == {"n1": 2} and c.status("free-for-all") == PENDING, name
+        # as noq reads it in its job's timeline: "within nlp's" named the other tenant
+        seen = visibility.redact(preempted[0][1], lambda j: c.state.jobs[j].tenant if j in c.state.jobs else None,
+                                 "noq", visibility.tenants_of(c.state))
+        assert "nlp" not in seen and "tenant noq has no quota" in seen, seen
 
 
 def test_a_higher_priority_job_preempts_lower_ones_of_its_own_tenant_when_the_quota_is_full() -> None:

@@ -135,7 +135,7 @@ def _cordon_text(node: dict[str, Any]) -> str:
     if not node.get("cordon"):
         return ""
     state = "drained" if node.get("drained") else "draining" if node.get("draining") else "cordoned"
-    return f", [yellow]{state}[/]: {node['cordon']}"
+    return f", [yellow]{state}[/]: {plain(node['cordon'])}"
 
 
 async def cordon(node: str, on: bool, drain: bool, reason: str) -> int:

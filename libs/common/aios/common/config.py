@@ -23,7 +23,7 @@ def agent_shutdown_s(env: dict[str, str]) -> float:
         grace = float(env.get("AIOS_AGENT_STOP_GRACE_S", "") or AGENT_STOP_GRACE_S)
     except ValueError:  # the agent refuses to start with it: nothing to wait for
         grace = AGENT_STOP_GRACE_S
-    return AGENT_DRAIN_S + min(max(grace, 0.0), 3600.0) + 5.0
+    return AGENT_DRAIN_S + max(grace, 0.0) + 5.0
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):

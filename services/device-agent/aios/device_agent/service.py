@@ -52,7 +52,9 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     """When the agent itself stops workers (its shutdown, a fence, workers whose lease has ended), the most one gets
     to checkpoint and exit: its job's ``stop_grace_s``, up to this (``AIOS_AGENT_STOP_GRACE_S``). With ``drain_s``
     it must fit the supervisor's kill timeout (docker compose's stop_grace_period, Nomad's kill_timeout: 30 s in
-    deploy/). A stop the scheduler asks for (preemption, cancel) gives the job's grace whole."""
+    deploy/). A stop the scheduler asks for (preemption, cancel) gives the job's grace whole, as long as the job
+    holds its devices: a cancelled job's are given back at once, and once another job may have them its workers
+    get this at most (Slurm's KillWait after scancel)."""
     drain_s: float = AGENT_DRAIN_S
     """On shutdown, how long the scheduler may take to move the node's preemptible jobs off (they checkpoint)
     before the agent stops what is left itself."""

@@ -212,8 +212,8 @@ class Api:
     def jobs_of(self, caller: Caller, status: str | None) -> list[dict[str, Any]]:
         if status is not None and status not in STATUSES:  # a typo listed no jobs, as if there were none
             raise HttpError(422, f"status: {status!r} is no job state (one of {', '.join(STATUSES)})")
-        return [self._as_seen_by(caller, job_summary(j)) for j in sorted(self.backend.jobs().values(),
-                                                                         key=lambda j: j.arrival)
+        seen = self._as_seen_by(caller)
+        return [seen(job_summary(j)) for j in sorted(self.backend.jobs().values(), key=lambda j: j.arrival)
                 if caller.may_see(j.tenant) and (status is None or j.status == status)]
 
     async def job_detail(self, caller: Caller, job_id: str) -> dict[str, Any]:
@@ -221,20 +221,23 @@ class Api:
         history = await self.backend.store.read_job(job.job_id)
         detail = {**job_summary(job), "spec": spec_to_dict(job.spec) if job.spec else None,
                   "events": [timeline_entry(e) for e in history]}
-        return self._as_seen_by(caller, detail)
+        return self._as_seen_by(caller)(detail)
 
-    def _as_seen_by(self, caller: Caller, view: dict[str, Any]) -> dict[str, Any]:
-        """A job's summary or detail for ``caller``: what the scheduler wrote (the events, the error) without other
-        tenants' job ids or names (a preempted job's events named the job it gave way to, and that job's tenant);
-        the spec the tenant wrote itself is left as it is."""
+    def _as_seen_by(self, caller: Caller) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        """A job's summary or detail as ``caller`` sees it: what the scheduler wrote (the events, the error)
+        without other tenants' job ids or names (a preempted job's events named the job it gave way to, and that
+        job's tenant); the spec the tenant wrote itself is left as it is."""
         if caller.admin:
-            return view
-        jobs = self.backend.jobs()
+            return lambda view: view
+        jobs, tenants = self.backend.jobs(), self.backend.tenants()
 
         def tenant_of(job_id: str) -> str | None:
             return other.tenant if (other := jobs.get(job_id)) else None
-        return {**view, **{k: visibility.redact_value(view[k], tenant_of, caller.tenant)
-                           for k in ("error", "events") if k in view}}
+
+        def seen(view: dict[str, Any]) -> dict[str, Any]:
+            return {**view, **{k: visibility.redact_value(view[k], tenant_of, caller.tenant, tenants)
+                               for k in ("error", "events") if k in view}}
+        return seen
 
     async def cancel_job(self, caller: Caller, job_id: str, via: str) -> dict[str, Any]:
         job = self._job(caller, job_id)
@@ -305,7 +308,14 @@ class Api:
         return web.json_response(await self._ask("aios.rm.nodes", {}))
 
     async def node(self, request: web.Request, caller: Caller) -> web.StreamResponse:
-        return web.json_response(await self._ask("aios.rm.node", {"node": request.match_info["node"]}))
+        detail = await self._ask("aios.rm.node", {"node": request.match_info["node"]})
+        if not caller.admin:  # a device's holder: another tenant's job is busy, not named
+            jobs = self.backend.jobs()
+            for d in detail.get("devices", []):
+                holder = jobs.get(d.get("job") or "")
+                if d.get("job") and (holder is None or holder.tenant != caller.tenant):
+                    d["job"] = visibility.OTHER_JOB
+        return web.json_response(detail)
 
     async def _node_op(self, op: Any) -> web.StreamResponse:
         try:

@@ -27,6 +27,7 @@ from aios.gateway import tenant_api
 from aios.gateway.api import Api, build_app
 from aios.gateway.auth import ADMIN, parse_tokens
 from aios.gateway.changes import RecentChanges
+from aios.scheduler import visibility
 from aios.scheduler.state import STATE_SCHEMA, JobState, SchedulerState, fold_commit, key_index
 
 log = logging.getLogger("aios.gateway")
@@ -66,6 +67,9 @@ class GatewayService(Service):
     # -- what api.py needs ------------------------------------------------------------------------------------------
     def jobs(self) -> dict[str, JobState]:
         return self.projector.state.jobs
+
+    def tenants(self) -> frozenset[str]:
+        return visibility.tenants_of(self.projector.state)
 
     def keyed_job(self, tenant: str, key: str) -> str | None:
         """The job ``tenant`` first submitted with idempotency key ``key``, if any."""

@@ -18,6 +18,7 @@ from aios.common.errors import AiosError
 from aios.common.textcheck import unencodable_reason
 from aios.gateway.api import Api, HttpError
 from aios.gateway.auth import Caller
+from aios.scheduler.spec import field_label
 
 log = logging.getLogger("aios.gateway.tenant_api")
 
@@ -70,7 +71,7 @@ class TenantApi:
             known = ("status",) if op == "jobs" else ("job",)
             unknown = sorted(set(body) - set(known))
             if unknown:
-                raise HttpError(400, f"{unknown[0]}: not a field of {op} (known: {', '.join(known)})")
+                raise HttpError(400, f"{field_label(str(unknown[0]))}: not a field of {op} (known: {', '.join(known)})")
         if op == "jobs":
             status = body.get("status")
             if status is not None and not isinstance(status, str):

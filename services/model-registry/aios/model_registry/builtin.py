@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from aios.model_registry import nn
@@ -32,6 +33,20 @@ def model_from_checkpoint(trainer: dict[str, Any], checkpoint: bytes) -> tuple[T
     ckpt = msgspec.msgpack.decode(checkpoint, type=Checkpoint)
     params, _ = ckpt.arrays()
     return cfg, model_from_params(cfg, params)
+
+
+MAX_DATA_BYTES = 512 << 20
+"""What one data set may take of the registry's memory while it evaluates or fine-tunes a model: `aios models
+eval` with a config of a billion samples was taken, and the registry (which serves every model) grew until it was
+killed. The size depends on the data alone, so models evaluated on the same config see the same rows."""
+
+
+def within_memory(cfg: TrainerConfig) -> TrainerConfig:
+    """``cfg`` with as many samples as ``MAX_DATA_BYTES`` holds (at least one a class): the data set with the
+    temporaries of its generation, as ``mlp.memory_bytes`` counts them."""
+    per_row = 3 * (mlp.features(cfg) + 1) * 8
+    rows = max(cfg.classes, min(cfg.samples, MAX_DATA_BYTES // per_row))
+    return cfg if rows == cfg.samples else msgspec.structs.replace(cfg, samples=rows)
 
 
 def data(trainer: dict[str, Any] | TrainerConfig, split: str) -> tuple[np.ndarray, np.ndarray]:

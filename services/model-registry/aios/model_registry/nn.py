@@ -119,6 +119,9 @@ class SparseDense(_FullMatrix):
 
 Layer = Dense | LowRank | Int8Dense | SparseDense
 
+CHUNK_ROWS = 16384
+"""Rows a forward pass takes at once; more go in chunks, so that memory grows with a layer's width, not the data's."""
+
 
 @dataclass
 class Model:
@@ -136,7 +139,12 @@ class Model:
         return int(self.layers[-1].b.shape[0])
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        h = np.asarray(x, dtype=np.float32)
+        x = np.asarray(x, dtype=np.float32)
+        if len(x) > CHUNK_ROWS:  # an evaluation's activations a chunk at a time: all rows' could take gigabytes
+            return np.concatenate([self._logits(x[i:i + CHUNK_ROWS]) for i in range(0, len(x), CHUNK_ROWS)])
+        return self._logits(x)
+
+    def _logits(self, h: np.ndarray) -> np.ndarray:
         for i, layer in enumerate(self.layers):
             h = layer.forward(h)
             if i < len(self.layers) - 1:

@@ -43,17 +43,6 @@ from aios.model_registry.state import (
 )
 
 log = logging.getLogger("aios.model_registry")
-
-MAX_EVAL_BYTES = 512 << 20
-"""What one evaluation's data and activations may take of the registry's memory: `aios models eval` with a
-config of a billion samples was taken, and the registry (every model's server) grew until it was killed."""
-
-
-def eval_rows(samples: int, classes: int, model: nn.Model) -> int:
-    """How many of ``samples`` held-out rows to evaluate on: all of them while their inputs and every layer's
-    activations (float64 while generated, float32 through the model) fit ``MAX_EVAL_BYTES``, at least a row a class."""
-    width = model.inputs + sum(int(layer.b.shape[0]) for layer in model.layers)
-    return max(classes, min(samples, MAX_EVAL_BYTES // (8 * max(1, width))))
 PREFIX = "aios.registry"
 CHECKPOINTS = "AIOS_CHECKPOINTS"
 MIN_ORPHAN_GRACE_S = 60.0
@@ -316,9 +305,7 @@ class Registry:
             cfg = builtin.parse_config(trainer)
         except ValueError as exc:
             raise BadInput(f"dataset: {exc}") from None
-        rows = eval_rows(cfg.samples, cfg.classes, model)
-        if rows < cfg.samples:  # a held-out split of the same data, as large as the registry's memory allows
-            cfg = msgspec.structs.replace(cfg, samples=rows)
+        cfg = builtin.within_memory(cfg)  # a held-out split as large as the registry may hold (its name says so)
         x, y = await asyncio.to_thread(builtin.data, cfg, "eval")  # (a million samples: seconds, off the loop)
         if x.shape[1] != model.inputs or cfg.classes != model.outputs:
             raise BadInput(f"dataset: {cfg.dataset} has {x.shape[1]} inputs and {cfg.classes} classes, the model "
@@ -363,7 +350,8 @@ class Registry:
         name, version = parent_view["name"], parent_view["version"]
         state = self.model(name)
         trainer = self._trainer_of(state, version)
-        train = await asyncio.to_thread(builtin.data, trainer, "train") if trainer else None
+        train = (await asyncio.to_thread(builtin.data, builtin.within_memory(builtin.parse_config(trainer)), "train")
+                 if trainer else None)
         try:
             small, info = await asyncio.to_thread(compress.compress, parent, method, options, train, finetune_steps,
                                                   self.stopping)

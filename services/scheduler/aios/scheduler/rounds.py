@@ -623,7 +623,7 @@ class _Preemption:
                 self._serve(view, req, devices)
                 self.victims += chosen
                 for v in chosen:
-                    why = (f"tenant {v.tenant} has no quota: preempted for {job.job_id}, within {job.tenant}'s"
+                    why = (f"tenant {v.tenant} has no quota: preempted for {job.job_id}, within tenant {job.tenant}'s quota"
                            if v.job_id in self._scavengers else f"preempted by {self.policy.name} for {job.job_id}")
                     self.plan.preemptions.append(Preemption(v.job_id, job.job_id, why))
                 self.plan.reasons[job.job_id] += f"; preempting {', '.join(v.job_id for v in chosen)} to make room"
@@ -795,7 +795,8 @@ def explain(state: SchedulerState, policy: Policy, job_id: str, now: float, view
     text = _explain(state, policy, job_id, now)
     if viewer is None:
         return text
-    return visibility.redact(text, lambda j: other.tenant if (other := state.jobs.get(j)) else None, viewer)
+    return visibility.redact(text, lambda j: other.tenant if (other := state.jobs.get(j)) else None, viewer,
+                             visibility.tenants_of(state))
 
 
 def _explain(state: SchedulerState, policy: Policy, job_id: str, now: float) -> str:

@@ -146,6 +146,12 @@ def _check_map_values(raw: dict[str, Any]) -> None:
 _FIELD_NAMES: frozenset[str] = frozenset()
 
 
+def field_label(key: str) -> str:
+    """An unknown field's name as an error names it: plain when it looks like one, quoted otherwise (an empty or
+    odd key read as no name at all, ": unknown field")."""
+    return key if re.fullmatch(r"[A-Za-z_][\w-]{0,63}", key) else repr(key[:64])
+
+
 def validate_spec(raw: Any) -> JobSpec:
     """A :class:`JobSpec` from decoded JSON/YAML, or :class:`SpecError` naming the first bad field."""
     if not isinstance(raw, dict):
@@ -163,7 +169,7 @@ def validate_spec(raw: Any) -> JobSpec:
         unknown = re.fullmatch(r"Object contains unknown field `(.*)`", text, re.S)
         if unknown:
             key = unknown.group(1)
-            name = key if re.fullmatch(r"[A-Za-z_][\w-]{0,63}", key) else repr(key[:64])
+            name = field_label(key)
             known = ", ".join(f.name for f in msgspec.structs.fields(JobSpec))
             raise SpecError(name, f"unknown field (known: {known})") from None
         m = re.search(r"at `\$\.([^`]+)`", text)
