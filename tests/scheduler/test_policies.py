@@ -747,6 +747,28 @@ def test_a_tenant_without_quota_gives_way_to_one_within_its_quota() -> None:
         assert "nlp" not in seen and "tenant noq has no quota" in seen, seen
 
 
+def test_the_room_a_preemption_makes_in_a_quota_is_kept_for_the_job_that_made_it() -> None:
+    """Found by the property test: speech's quota of 2 holds a 1-device job; a 2-device job of higher priority and
+    another 1-device job arrive. The urgent one preempted the first, the other took the freed place in the same
+    round, was preempted the next, the first came back in its place, and so on for ever. The preemptor's room is
+    now its own for the round, so the others wait and it starts once its victim has gone."""
+    c = Cluster(("n1", "h100", 4), ("n2", "h100", 4))
+    c.quota("speech", "", h100=2)
+    policy = make_policy("priority")
+    c.submit("first", 1, tenant="speech", now=100.0)
+    step(c.state, policy, 100.5)
+    c.submit("second", 1, tenant="speech", now=101.0)
+    c.submit("urgent", 2, tenant="speech", priority=1, now=101.0)
+    plan = step(c.state, policy, 101.5)
+    assert [p.job_id for p in plan.preemptions] == ["first"] and c.status("second") == PENDING
+    c.workers_exited("first", 102.0)
+    preempted = []
+    for t in range(102, 110):
+        preempted += [p.job_id for p in step(c.state, policy, t + 0.5).preemptions]
+    assert preempted == [] and c.status("urgent") == PLACED, preempted
+    assert c.state.jobs["first"].preemptions == 1 and c.state.jobs["second"].preemptions == 0
+
+
 def test_a_higher_priority_job_preempts_lower_ones_of_its_own_tenant_when_the_quota_is_full() -> None:
     """Kueue's preemption within a ClusterQueue (LowerPriority): ml's quota of 4 H100s is full of its own
     low-priority jobs; its urgent job waited behind them for ever, though the policy is priority and they are

@@ -689,7 +689,10 @@ def _preempt_within_quota(state: SchedulerState, plan: RoundPlan, policy: Policy
     tenant's own jobs that the policy lets it preempt (under ``priority``, preemptible jobs of lower priority,
     lowest and newest first), the fewest that let its nominal quota admit it (borrowing would not last: the job
     would be admitted after the victims, which took the room again) on the first of ``kinds`` where they do. What
-    the tenant's jobs already leaving hold counts as free: while they checkpoint nobody else is taken."""
+    the tenant's jobs already leaving hold counts as free: while they checkpoint nobody else is taken. The room
+    is then the job's for the rest of the round (``usage`` charged as if it held it): a lower-ranked job of the
+    tenant took it in the same round, the job preempted that one the next, and the two it had preempted took
+    turns for ever (found by the property test)."""
     kind_of = kinds_by_device(state)
     taken = {p.job_id for p in plan.preemptions}
     assert job.spec is not None
@@ -709,6 +712,7 @@ def _preempt_within_quota(state: SchedulerState, plan: RoundPlan, policy: Policy
         freed = sum(held(j, kind) for j in leaving)
         if leaving and admits(freed):  # it waits for them
             plan.reasons[job.job_id] += f"; waiting for {', '.join(j.job_id for j in leaving[:5])} to leave"
+            _reserve(usage, job.tenant, kind, freed, n)
             return
         chosen: list[JobState] = []
         for victim in policy.victims(state, now, job):
@@ -730,7 +734,15 @@ def _preempt_within_quota(state: SchedulerState, plan: RoundPlan, policy: Policy
                 f"lower priority under {policy.name} within tenant {job.tenant}'s full quota: preempted for "
                 f"{job.job_id}")))
         plan.reasons[job.job_id] += f"; preempting {', '.join(v.job_id for v in chosen)} to make room in its quota"
+        _reserve(usage, job.tenant, kind, freed, n)
         return
+
+
+def _reserve(usage: dict[str, dict[str, int]], tenant: str, kind: str, freed: int, n: int) -> None:
+    """Charge ``tenant``'s usage of ``kind`` as it will be once ``freed`` devices have left and a job of ``n`` has
+    come (never below what is held now: the leaving jobs hold their devices until they have gone)."""
+    mine = usage.setdefault(tenant, {})
+    mine[kind] = max(mine.get(kind, 0), mine.get(kind, 0) - freed + n)
 
 
 def _maybe_reclaim(state: SchedulerState, plan: RoundPlan, tenants: dict[str, quotas.Quota],
