@@ -9,6 +9,7 @@ import nats
 import numpy as np
 import pytest
 
+from aios.common.errors import StoreUnavailable
 from aios.common.natsserver import NatsServer
 from aios.common.wire import RawNatsConnection
 from aios.trainer.collective import CollectiveError
@@ -131,6 +132,23 @@ async def test_a_dead_rank_fails_the_others_within_the_timeout(nats_server: Nats
         results = await asyncio.gather(*alive, return_exceptions=True)
         assert all(isinstance(e, CollectiveError) for e in results), results
         assert "rank 2" in str(results[0]) or "rank 1" in str(results[0])
+        assert time.monotonic() - started < 5
+    finally:
+        await close(conns, rings)
+
+
+async def test_a_ring_whose_connection_is_lost_says_so_at_once(killable_nats: NatsServer) -> None:
+    """nats-server killed under a 2-rank job (a CI run): the ranks' messages went with it, a rank waited out its
+    60-s timeout and failed the job as if a peer had died ("a collective failed", exit 3). A lost connection is
+    now a lost connection (StoreUnavailable: the worker exits 75, and the job resumes from its checkpoint)."""
+    conns, rings = await ranks(killable_nats.url, "cut", 2, timeout_s=30)
+    try:
+        waiting = asyncio.ensure_future(rings[0].allreduce(np.ones(100)))  # rank 1 has not called yet
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        killable_nats.kill()
+        with pytest.raises(StoreUnavailable, match="NATS connection of the ring was lost"):
+            await waiting
         assert time.monotonic() - started < 5
     finally:
         await close(conns, rings)

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from aios.common.errors import StoreUnavailable
 from aios.common.wire import RawNatsConnection
 from aios.trainer.collective import Collective, CollectiveError
 
@@ -78,6 +79,10 @@ class _Link:
     async def flush(self) -> None:
         raise NotImplementedError
 
+    def lost(self) -> "asyncio.Future[None] | None":
+        """Done once the connection is gone for good (messages may have been lost): None where it reconnects."""
+        return None
+
 
 class _PyLink(_Link):
     """Over a nats-py client (what a user's script would have)."""
@@ -131,6 +136,9 @@ class _RawLink(_Link):
 
     async def flush(self) -> None:
         await self.conn.ping()
+
+    def lost(self) -> "asyncio.Future[None] | None":
+        return self.conn.closed
 
 
 class NatsRing(Collective):
@@ -219,12 +227,25 @@ class NatsRing(Collective):
         if self._aborted is not None:
             raise CollectiveError(f"rank {self.rank}: group aborted: {self._aborted}")
         waiter = self._waiting[key] = asyncio.get_running_loop().create_future()
-        try:
-            return await asyncio.wait_for(waiter, self.timeout_s)
-        except asyncio.TimeoutError:
-            self._waiting.pop(key, None)
-            raise CollectiveError(f"rank {self.rank}: nothing from rank {source} for {self.timeout_s:.0f}s "
-                                  f"(operation {key[0]}, step {key[1]}); a peer died or stalled") from None
+        lost = self.nc.lost()
+        if lost is None:
+            try:
+                return await asyncio.wait_for(waiter, self.timeout_s)
+            except asyncio.TimeoutError:
+                pass
+        else:  # a connection lost under the ring lost messages with it: waiting out the timeout failed the job
+            done, _ = await asyncio.wait({waiter, lost}, timeout=self.timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            if waiter in done:
+                return waiter.result()
+            if lost in done:
+                self._waiting.pop(key, None)
+                waiter.cancel()
+                raise StoreUnavailable(f"rank {self.rank}: the NATS connection of the ring was lost (operation "
+                                       f"{key[0]}, step {key[1]})")
+            waiter.cancel()
+        self._waiting.pop(key, None)
+        raise CollectiveError(f"rank {self.rank}: nothing from rank {source} for {self.timeout_s:.0f}s "
+                              f"(operation {key[0]}, step {key[1]}); a peer died or stalled")
 
     async def _send(self, to: int, key: tuple[int, int, int], view: np.ndarray) -> None:
         # a byte view of the chunk, not a copy: the connection copies it once into its output
