@@ -389,7 +389,7 @@ def test_one_failing_worker_stops_the_others_and_names_the_rank(aios_env: dict[s
 
 def test_the_torch_backend_trains_the_same_job(aios_env: dict[str, str], tmp_path: Path) -> None:
     """``backend: torch``: the ranks all-reduce with torch.distributed (gloo) over MASTER_ADDR/MASTER_PORT from the
-    launcher's environment. Runs where torch is installed (``make test-torch``, which CI runs)."""
+    launcher's environment. Runs where torch is installed (``make test-torch``; CI installs it before ``make test``)."""
     import pytest
 
     pytest.importorskip("torch")
