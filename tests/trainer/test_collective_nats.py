@@ -147,7 +147,7 @@ async def test_a_ring_whose_connection_is_lost_says_so_at_once(killable_nats: Na
         await asyncio.sleep(0.2)
         started = time.monotonic()
         killable_nats.kill()
-        with pytest.raises(StoreUnavailable, match="NATS connection of the ring was lost"):
+        with pytest.raises(StoreUnavailable, match="the NATS connection of the ring was lost"):
             await waiting
         assert time.monotonic() - started < 5
     finally:

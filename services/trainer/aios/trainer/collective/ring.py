@@ -157,6 +157,10 @@ class NatsRing(Collective):
         self._inbox: dict[tuple[int, int, int], bytes] = {}
         self._waiting: dict[tuple[int, int, int], asyncio.Future[bytes]] = {}
         self._aborted: str | None = None
+        self._lost = False
+        lost = self.nc.lost()
+        if lost is not None:
+            lost.add_done_callback(self._on_lost)
         self._subs: list[Any] = []
         self._landing: dict[tuple[int, int, int], memoryview] = {}
         """Where all-gather chunks we expect may be written on arrival: straight into the result."""
@@ -215,9 +219,22 @@ class NatsRing(Collective):
     def _on_abort(self, _subject: str, data: bytes) -> None:
         reason = data.decode(errors="replace")
         self._aborted = reason
+        self._fail_waiters(CollectiveError(f"rank {self.rank}: group aborted: {reason}"))
+
+    def _on_lost(self, _closed: object) -> None:
+        """The connection is gone, and the messages on their way with it: waiting out the timeout failed the job as
+        if a peer had died (exit 3); a lost connection is the worker's cut-off from NATS (it exits 75, the job
+        resumes from its checkpoint)."""
+        self._lost = True
+        self._fail_waiters(self._lost_error())
+
+    def _lost_error(self) -> StoreUnavailable:
+        return StoreUnavailable(f"rank {self.rank}: the NATS connection of the ring was lost")
+
+    def _fail_waiters(self, exc: Exception) -> None:
         for waiter in self._waiting.values():
             if not waiter.done():
-                waiter.set_exception(CollectiveError(f"rank {self.rank}: group aborted: {reason}"))
+                waiter.set_exception(exc)
         self._waiting.clear()
 
     async def _recv(self, key: tuple[int, int, int], source: int) -> bytes:
@@ -226,26 +243,15 @@ class NatsRing(Collective):
             return data
         if self._aborted is not None:
             raise CollectiveError(f"rank {self.rank}: group aborted: {self._aborted}")
+        if self._lost:
+            raise self._lost_error()
         waiter = self._waiting[key] = asyncio.get_running_loop().create_future()
-        lost = self.nc.lost()
-        if lost is None:
-            try:
-                return await asyncio.wait_for(waiter, self.timeout_s)
-            except asyncio.TimeoutError:
-                pass
-        else:  # a connection lost under the ring lost messages with it: waiting out the timeout failed the job
-            done, _ = await asyncio.wait({waiter, lost}, timeout=self.timeout_s, return_when=asyncio.FIRST_COMPLETED)
-            if waiter in done:
-                return waiter.result()
-            if lost in done:
-                self._waiting.pop(key, None)
-                waiter.cancel()
-                raise StoreUnavailable(f"rank {self.rank}: the NATS connection of the ring was lost (operation "
-                                       f"{key[0]}, step {key[1]})")
-            waiter.cancel()
-        self._waiting.pop(key, None)
-        raise CollectiveError(f"rank {self.rank}: nothing from rank {source} for {self.timeout_s:.0f}s "
-                              f"(operation {key[0]}, step {key[1]}); a peer died or stalled")
+        try:
+            return await asyncio.wait_for(waiter, self.timeout_s)
+        except asyncio.TimeoutError:
+            self._waiting.pop(key, None)
+            raise CollectiveError(f"rank {self.rank}: nothing from rank {source} for {self.timeout_s:.0f}s "
+                                  f"(operation {key[0]}, step {key[1]}); a peer died or stalled") from None
 
     async def _send(self, to: int, key: tuple[int, int, int], view: np.ndarray) -> None:
         # a byte view of the chunk, not a copy: the connection copies it once into its output
