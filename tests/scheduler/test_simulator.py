@@ -64,6 +64,25 @@ def test_a_probe_sees_each_round_after_its_decisions() -> None:
     assert [len(placed) for _, placed in seen] == [1, 1, 1] and seen[0][1] == seen[1][1] != seen[2][1]
 
 
+def test_a_co_location_hook_runs_a_waiting_job_beside_a_placed_one() -> None:
+    """``co_locate`` (the space-sharing probe) decides what advances: here the waiting job shares the one GPU, both
+    at half speed, so the two 720-step jobs finish together at 1,440 s; the scheduler never placed the second."""
+    placed_by_core: set[str] = set()
+
+    def share(state, jobs, runs, now):
+        placed_by_core.update(sj.job_id for sj, _, _ in runs)
+        waiting = [jobs[j.job_id] for j in state.active() if j.status == "pending" and j.job_id in jobs]
+        if not runs or not waiting:
+            return runs
+        (sj, kinds, rate), = runs
+        return [(sj, kinds, rate / 2), (waiting[0], kinds, waiting[0].rates[kinds[0]] / 2)]
+
+    trace = [TraceJob("A", 720, 1, 1, 0), TraceJob("A", 720, 1, 1, 0)]
+    r = simulate(trace, RATES, {"v100": 1}, make_policy("fifo"), round_s=360, co_locate=share)
+    assert finish(r, 0) == finish(r, 1) == 1440 and r["finished"] == 2
+    assert len(placed_by_core) == 1
+
+
 def test_slow_kind_is_slow() -> None:
     r = simulate([TraceJob("A", 900, 1, 1, 0)], RATES, {"k80": 1}, make_policy("fifo"), round_s=360)
     assert finish(r, 0) == 3600  # 0.25 steps/s

@@ -86,6 +86,11 @@ def layout_events(nodes: dict[str, dict[str, int]]) -> list[tuple[str, list[Any]
     return out
 
 
+Run = tuple[SimJob, list[str], float]
+"""A job advancing over the next span: the job, the GPU kinds it holds, its steps/s there."""
+CoLocate = Callable[[SchedulerState, dict[str, SimJob], list[Run], float], list[Run]]
+
+
 WAKE_GRAIN_S = 30.0
 """With ``on_events``, a policy's wake-up (a quantum's end) is taken at the next multiple of this many seconds."""
 UNFINISHED_SHOWN = 10
@@ -142,7 +147,8 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
              round_s: float = 360.0, gpus_per_server: int = 4, max_rounds: int = 2_000_000,
              oracle_estimates: bool = False, on_events: bool = False,
              on_round: Callable[[SchedulerState, float], None] | None = None,
-             quotas: Iterable[TenantQuotaSet] = (), nodes: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
+             quotas: Iterable[TenantQuotaSet] = (), nodes: dict[str, dict[str, int]] | None = None,
+             co_locate: CoLocate | None = None) -> dict[str, Any]:
     """Run ``trace`` under ``policy``; the summary keys, per-job ``records`` and a per-round ``timeline``.
 
     ``oracle_estimates`` gives every job a perfect runtime estimate (its true duration on its fastest kind), as a
@@ -155,6 +161,9 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
     start, admitted by the live core's quota check as they would be live. ``nodes``: the cluster's layout by node
     name (a live cluster's; ``cluster`` must count the same GPUs); without it, ``cluster`` in servers of
     ``gpus_per_server``.
+    ``co_locate(state, jobs, runs, now)``: a what-if the live core cannot decide (bench/space_share_probe.py): it
+    gets each placed job's (SimJob, kinds, steps/s) for the span to come and returns the runs to advance instead,
+    say two jobs sharing one GPU at their pair throughputs. A job it adds stays pending in the scheduler's view.
 
     JCT percentiles interpolate linearly between jobs (numpy's default). A record's ``kind_time_s`` gives, per GPU
     kind, the seconds the job ran holding GPUs of that kind: a gang spread over two kinds counts its whole run on
@@ -245,6 +254,8 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
             sj = jobs[js.job_id]
             kinds = js.run_kinds
             runs.append((sj, kinds, min(sj.rates.get(k, 0.0) for k in kinds) if kinds else 0.0))
+        if co_locate is not None:
+            runs = co_locate(state, jobs, runs, now)
         span = round_s
         if on_events:  # time runs on to the next round, arrival or finish, whichever comes first
             span = next_round - now
