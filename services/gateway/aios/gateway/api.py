@@ -152,11 +152,11 @@ class Api:
 
     # -- helpers ------------------------------------------------------------------------------------------------------
     def _job(self, caller: Caller, job_id: str) -> JobState:
+        """The job, if the caller may see it. Another tenant's job is a 404 worded as an unknown one's: a 403 told a
+        tenant that the id exists (GitHub answers so for a private repository)."""
         job = self.backend.jobs().get(job_id)
-        if job is None:
+        if job is None or not caller.may_see(job.tenant):
             raise HttpError(404, f"job: no job {job_id!r}")
-        if not caller.may_see(job.tenant):
-            raise HttpError(403, f"job: {job_id!r} belongs to another tenant")
         return job
 
     @staticmethod
@@ -570,12 +570,12 @@ ROUTES: tuple[Route, ...] = (
           query=(("status", "string", f"only jobs in this state ({', '.join(STATUSES)})"),
                  ("tenant", "string", "only this tenant's jobs (of those the caller may see)")), responses=(200, 400, 422)),
     Route("GET", "/api/v1/jobs/{job}", Api.describe, "Describe a job, with its event timeline",
-          responses=(200, 401, 403, 404)),
-    Route("POST", "/api/v1/jobs/{job}/cancel", Api.cancel, "Cancel a job", responses=(202, 401, 403, 404, 409)),
-    Route("GET", "/api/v1/jobs/{job}/why", Api.why, "Why a job is pending", responses=(200, 401, 403, 404, 503)),
+          responses=(200, 401, 404)),
+    Route("POST", "/api/v1/jobs/{job}/cancel", Api.cancel, "Cancel a job", responses=(202, 401, 404, 409)),
+    Route("GET", "/api/v1/jobs/{job}/why", Api.why, "Why a job is pending", responses=(200, 401, 404, 503)),
     Route("GET", "/api/v1/jobs/{job}/logs", Api.logs, "A job's output (text; follow=1 streams)",
           query=(("follow", "boolean", "keep streaming new lines"), ("worker", "string", "one worker, e.g. rank0-a1")),
-          responses=(200, 400, 401, 403, 404)),
+          responses=(200, 400, 401, 404)),
     Route("GET", "/api/v1/nodes", Api.nodes, "Nodes and their devices", responses=(200, 401, 503)),
     Route("GET", "/api/v1/nodes/{node}", Api.node, "One node: devices, leases, topology", responses=(200, 404, 503)),
     Route("POST", "/api/v1/nodes/{node}/cordon", Api.cordon_node,
@@ -661,7 +661,7 @@ def openapi(routes: tuple[Route, ...] = ROUTES) -> dict[str, Any]:
 
 
 _STATUS = {200: "OK", 201: "Created", 202: "Accepted", 400: "Bad request (the error names the field)",
-           401: "Missing or unknown token", 403: "Another tenant's, or administrators only", 404: "Not found",
+           401: "Missing or unknown token", 403: "Not the caller's tenant, or administrators only", 404: "Not found (or another tenant's job)",
            409: "Conflicts with the job's state, or an Idempotency-Key reused for another body",
            422: "Invalid value (the error names the field)", 503: "A service behind the gateway does not answer"}
 

@@ -2,7 +2,7 @@
 
 ``AIOS_GATEWAY_TOKENS`` holds ``token=tenant`` pairs, comma-separated; the tenant ``*`` is an administrator (sees
 every tenant, sets quotas). A tenant sees, submits to and cancels only its own jobs. Tokens are compared in constant
-time; a missing or unknown token is a 401, another tenant's job a 403.
+time; a missing or unknown token is a 401, another tenant's job a 404 as an unknown one (its id stays secret).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What a tenant is told of other tenants: that they exist, never who they are or which jobs they run.
 
-A tenant gets a 403 for another tenant's job anywhere it asks, so text made for it (``aios why``, a job's timeline)
+A tenant gets a 404 for another tenant's job anywhere it asks, as for an unknown one, so text made for it (``aios why``, a job's timeline)
 must not name those jobs or their tenants either. Explanations and event reasons are written once, for the
 administrator; this takes the names out for a tenant viewer. It goes by what the names are, not by their shape:
 every word that is another tenant's job id, and the name of another tenant where a text says "tenant <name>" (the
