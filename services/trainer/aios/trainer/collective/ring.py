@@ -9,7 +9,10 @@ copied (all-gather), so the steps overlap instead of waiting for whole segments.
 Messages go over core NATS (no JetStream: a collective is ephemeral) on subjects private to the group,
 ``aios.coll.<group>.<to rank>.<op>.<step>.<chunk>``; NATS keeps one publisher's order to one subscriber, and the
 keys let a fast rank run ahead into the next operation without mixing data. A rank that gives up publishes on
-``aios.coll.<group>.abort`` so the others fail at once; one that dies silently is noticed at the timeout.
+``aios.coll.<group>.abort`` so the others fail at once; one that dies silently is noticed at the timeout. A rank
+that times out first calls the roll (``aios.coll.<group>.roll``) and names the rank that holds the group up: the one
+that does not answer (dead or stopped), or the one that has not reached the operation. Its ring neighbour is often
+healthy and waiting like everyone else, and blaming it sent people to the wrong node.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ from aios.trainer.collective import Collective, CollectiveError
 
 HEADROOM = 1024
 """Bytes kept free under the server's max_payload for the protocol line."""
+ROLL_CALL_S = 2.0
+"""How long a rank that timed out waits for the others to answer its roll call: a live rank answers from its event
+loop at once, even while it waits for data itself."""
+ROLL_OP = -2
+"""The op number of roll-call answers (the handshake's hellos are op -1)."""
 
 
 HEAP_BYTES = 256 << 20
@@ -158,6 +166,9 @@ class NatsRing(Collective):
         self._waiting: dict[tuple[int, int, int], asyncio.Future[bytes]] = {}
         self._aborted: str | None = None
         self._lost = False
+        self._in_op: int | None = None
+        """The operation this rank is in (None: between collectives), told to a roll call."""
+        self._answers: set[asyncio.Future[None]] = set()
         lost = self.nc.lost()
         if lost is not None:
             lost.add_done_callback(self._on_lost)
@@ -175,6 +186,7 @@ class NatsRing(Collective):
             reuse_large_buffers()
         ring._subs.append(await ring.nc.subscribe(f"aios.coll.{group}.{rank}.>", ring._on_data, ring._land))
         ring._subs.append(await ring.nc.subscribe(f"aios.coll.{group}.abort", ring._on_abort))
+        ring._subs.append(await ring.nc.subscribe(f"aios.coll.{group}.roll", ring._on_roll))
         await ring.nc.flush()
         await ring._handshake()
         return ring
@@ -221,6 +233,45 @@ class NatsRing(Collective):
         self._aborted = reason
         self._fail_waiters(CollectiveError(f"rank {self.rank}: group aborted: {reason}"))
 
+    def _on_roll(self, _subject: str, data: bytes) -> None:
+        """Answer a roll call: how many operations this rank has begun and the one it is in (-1: none)."""
+        asker = int(bytes(data).decode())
+        if asker != self.rank:
+            state = f"{self._op} {-1 if self._in_op is None else self._in_op}".encode()
+            answer = asyncio.ensure_future(self.nc.publish(
+                f"aios.coll.{self.group}.{asker}.{ROLL_OP}.{self.rank}.0", state))
+            self._answers.add(answer)
+            answer.add_done_callback(self._answered)
+
+    def _answered(self, answer: "asyncio.Future[None]") -> None:
+        self._answers.discard(answer)
+        if not answer.cancelled():
+            answer.exception()  # an answer that could not go out (the connection is gone) is nobody's error
+
+    async def _roll_call(self, op: int) -> str:
+        """Who holds the group up in ``op``, as the others answer a roll call within ``ROLL_CALL_S``."""
+        for key in [k for k in self._inbox if k[0] == ROLL_OP]:
+            del self._inbox[key]
+        others = [r for r in range(self.world) if r != self.rank]
+        try:
+            await self.nc.publish(f"aios.coll.{self.group}.roll", str(self.rank).encode())
+            await asyncio.wait_for(self.nc.flush(), ROLL_CALL_S)
+        except Exception:  # noqa: BLE001 - a connection that cannot call the roll cannot hear it either
+            return "no roll call could be made"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ROLL_CALL_S
+        while loop.time() < deadline and any((ROLL_OP, r, 0) not in self._inbox for r in others):
+            await asyncio.sleep(0.02)
+        answers = {r: bytes(self._inbox.pop((ROLL_OP, r, 0))).decode().split() for r in others
+                   if (ROLL_OP, r, 0) in self._inbox}
+        silent = [r for r in others if r not in answers]
+        if silent:
+            return f"rank(s) {silent} did not answer a roll call: died or stopped"
+        behind = [r for r, (begun, _) in answers.items() if int(begun) <= op]
+        if behind:
+            return f"rank(s) {behind} have not reached operation {op}: busy or stuck outside the collective"
+        return f"every rank answered and is in operation {op} or past it: a message was lost"
+
     def _on_lost(self, _closed: object) -> None:
         """The connection is gone, and the messages on their way with it: waiting out the timeout failed the job as
         if a peer had died (exit 3); a lost connection is the worker's cut-off from NATS (it exits 75, the job
@@ -250,8 +301,9 @@ class NatsRing(Collective):
             return await asyncio.wait_for(waiter, self.timeout_s)
         except asyncio.TimeoutError:
             self._waiting.pop(key, None)
+            held_up_by = await self._roll_call(key[0]) if self._aborted is None else f"aborted: {self._aborted}"
             raise CollectiveError(f"rank {self.rank}: nothing from rank {source} for {self.timeout_s:.0f}s "
-                                  f"(operation {key[0]}, step {key[1]}); a peer died or stalled") from None
+                                  f"(operation {key[0]}, step {key[1]}); {held_up_by}") from None
 
     async def _send(self, to: int, key: tuple[int, int, int], view: np.ndarray) -> None:
         # a byte view of the chunk, not a copy: the connection copies it once into its output
@@ -280,6 +332,7 @@ class NatsRing(Collective):
                 if b > a:
                     self._landing[(op, last_rs + 1 + s, c)] = memoryview(buf[a:b]).cast("B")
 
+        self._in_op = op
         try:
             for c, (a, b) in enumerate(chunks[r]):  # reduce-scatter step 0: our own segment goes out as it is
                 await self._send(nxt, (op, 0, c), mine[a:b])
@@ -298,6 +351,7 @@ class NatsRing(Collective):
                     if s < w - 2:
                         await self._send(nxt, (op, step + 1, c), buf[a:b])
         finally:
+            self._in_op = None
             if self._landing:  # a failed operation leaves no view of its result behind
                 for key in [k for k in self._landing if k[0] == op]:
                     del self._landing[key]
@@ -315,11 +369,15 @@ class NatsRing(Collective):
         # all-reduce. The root sent to every rank, but join proves only that the neighbours have subscribed: a
         # rank two hops away that subscribed late lost the data (core NATS keeps nothing) and waited for ever
         left, right = (self.rank - 1) % self.world, (self.rank + 1) % self.world
-        for c, (a, b) in enumerate(parts):
-            if self.rank != root:
-                buf[a:b] = np.frombuffer(await self._recv((op, 0, c), left), dtype=buf.dtype)
-            if right != root:
-                await self._send(right, (op, 0, c), buf[a:b])
+        self._in_op = op
+        try:
+            for c, (a, b) in enumerate(parts):
+                if self.rank != root:
+                    buf[a:b] = np.frombuffer(await self._recv((op, 0, c), left), dtype=buf.dtype)
+                if right != root:
+                    await self._send(right, (op, 0, c), buf[a:b])
+        finally:
+            self._in_op = None
         await self.nc.flush()
         return buf.reshape(np.shape(array))
 
