@@ -94,7 +94,7 @@ async def test_a_sweep_deletes_ended_jobs_checkpoints_and_crashed_writes_and_kee
         assert {c.nuid for c in found.chunks} == {o.nuid for o in found.objects}  # only live objects' chunks left
         # a deleted checkpoint leaves no tombstone (a delete marker per job ever run, read by every sweep)
         metas = (await store.js.stream_info(f"OBJ_{bucket}", subjects_filter=f"$O.{bucket}.M.>")).state.subjects
-        assert len(metas or {}) == 2
+        assert len(metas or {}) == 3  # the two kept, and the sweep's mark (rewritten in place, one subject)
         assert await read_object(store, bucket, "busy") == b"busy" * 1000
         assert await read_object(store, bucket, "fresh") == b"fresh" * 1000
     finally:
@@ -136,7 +136,8 @@ async def test_unreadable_metadata_stops_no_sweep_and_purges_no_chunks(store: Ev
 
 
 def test_one_trainer_sweeps_the_first_online_node_by_name() -> None:
-    """Every node's trainer swept, each with its own retention setting: the shortest won, all at once each hour."""
+    """Every node's trainer swept, each with its own retention setting: the shortest won, all at once each hour.
+    Now the first online node's trainer sweeps (place 0) and the others stand by in the order of their names."""
     from aios.common.events import NodeLost, NodeRegistered
     from aios.common.store import Commit
     from aios.trainer.launcher import LauncherService
@@ -146,11 +147,79 @@ def test_one_trainer_sweeps_the_first_online_node_by_name() -> None:
         for seq, node in enumerate(("c", "a", "b"), 1):
             service.projector.apply(Commit(seq, f"node.{node}", [NodeRegistered(
                 aggregate_id=node, hostname=node, agent_id="x", cpu_cores=1, memory_bytes=1, devices=[])]))
-    assert not services["b"]._sweeps_here() and not services["c"]._sweeps_here()  # node a's trainer sweeps
+    assert (services["b"]._sweep_rank(), services["c"]._sweep_rank()) == (1, 2)  # node a's trainer sweeps
     for service in services.values():
         service.projector.apply(Commit(9, "node.a", [NodeLost(aggregate_id="a", reason="gone", last_seen=0.0)]))
-    assert services["b"]._sweeps_here() and not services["c"]._sweeps_here()
-    assert LauncherService()._sweeps_here()  # the one trainer of a laptop cluster
+    assert (services["b"]._sweep_rank(), services["c"]._sweep_rank()) == (0, 1)
+    assert LauncherService()._sweep_rank() == 0  # the one trainer of a laptop cluster
+
+
+def test_a_standby_trainer_sweeps_when_the_mark_stops_changing_and_hands_back() -> None:
+    """The trainer of an online node sweeps only if its own trainer runs: when that trainer was down, no sweep
+    happened and nothing said so. The next in line sweeps once the mark has not changed for 1.5 periods, the one
+    after it at 2.5, and hands back when the first sweeps again."""
+    from aios.trainer.checkpoints import SweepMark, SweepWatch, standby_sweeps
+
+    hour = 3600.0
+    first = SweepMark(10, "node a", 0.0)
+    go, watch = standby_sweeps(1, "node b", first, SweepWatch(), 0.0, hour)
+    assert not go
+    go, watch = standby_sweeps(1, "node b", SweepMark(12, "node a", 0.0), watch, hour, hour)  # a swept again
+    assert not go and watch.since == hour
+    assert not standby_sweeps(1, "node b", SweepMark(12, "node a", 0.0), watch, 2 * hour, hour)[0]
+    go, watch = standby_sweeps(1, "node b", SweepMark(12, "node a", 0.0), watch, 2.5 * hour, hour)
+    assert go  # a missed a sweep: b sweeps in its place
+    assert not standby_sweeps(2, "node c", SweepMark(12, "node a", 0.0), SweepWatch(12, hour), 3 * hour, hour)[0]
+    assert standby_sweeps(2, "node c", SweepMark(12, "node a", 0.0), SweepWatch(12, hour), 3.5 * hour, hour)[0]
+    go, watch = standby_sweeps(1, "node b", SweepMark(14, "node b", 0.0), watch, 3.5 * hour, hour)
+    assert go  # b's own mark: it goes on sweeping every period
+    go, watch = standby_sweeps(1, "node b", SweepMark(16, "node a", 0.0), watch, 4.5 * hour, hour)
+    assert not go  # a is back
+    assert not standby_sweeps(1, "node b", None, SweepWatch(), 0.0, hour)[0]  # no sweep yet: waits as well
+    assert standby_sweeps(1, "node b", None, SweepWatch(0, 0.0), 1.5 * hour, hour)[0]
+
+
+async def test_the_next_trainer_in_line_sweeps_when_the_first_sweeps_nothing(store: EventStore) -> None:
+    """Nodes a and b are online; only b's trainer runs. It sweeps in a's place, and the mark names it."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from aios.common.config import load_settings
+    from aios.common.events import JobCancelled, JobSubmitted, NodeRegistered
+    from aios.common.runner import ServiceContext
+    from aios.trainer.checkpoints import BUCKET, last_sweep
+    from aios.trainer.launcher import LauncherService
+
+    tag = new_token()[:6]
+    first, second = f"a{tag}", f"b{tag}"
+    for node in (first, second):
+        await store.append(f"node.{node}", NodeRegistered(aggregate_id=node, hostname=node, agent_id="x",
+                                                          cpu_cores=1, memory_bytes=1, devices=[]))
+    ended = f"ended-{tag}"
+    await store.append(f"job.{ended}", JobSubmitted(aggregate_id=ended, tenant="ml", name=ended, spec={
+        "name": ended, "tenant": "ml", "devices": 1, "command": ["true"]}))
+    await store.append(f"job.{ended}", JobCancelled(aggregate_id=ended))
+    objects = await object_bucket(store, BUCKET, "AIOS training checkpoints")
+    await objects.put(ended, b"weights")
+    context = ServiceContext("trainer", load_settings({"AIOS_NATS_URL": store.servers[0]}), store.nc, store,
+                             CollectorRegistry())
+    service = LauncherService(node_id=second, retention_s=1.0, sweep_every_s=0.5)
+    task = asyncio.ensure_future(service.run(context))
+    try:
+        deadline = time.monotonic() + 20
+        while service.sweeps < 2:
+            assert time.monotonic() < deadline, "the standby trainer never swept"
+            await asyncio.sleep(0.2)
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await read_object(store, BUCKET, ended)
+        mark = await last_sweep(store)
+        assert mark is not None and mark.by == f"node {second}"
+        assert ended not in [o.name for o in (await survey(store)).objects]
+        assert "aios:last-sweep" not in [o.name for o in (await survey(store)).objects]  # not a checkpoint
+    finally:
+        context.stopping.set()
+        await task
 
 
 async def test_a_store_without_the_bucket_has_nothing_to_sweep(store: EventStore) -> None:
@@ -251,6 +320,8 @@ def test_aios_checkpoints_lists_says_and_sweeps(killable_nats: Any, aios_env: di
     assert listed.returncode == 0, listed.stderr
     why = {c["name"]: c["why"] for c in json.loads(listed.stdout)["checkpoints"]}
     assert why["live"] == "the job is pending: kept" and why["old"].startswith("ended 0 min ago: kept for 7.0 d")
+    assert json.loads(listed.stdout)["last_sweep"] is None
+    assert "no sweep recorded yet" in aios().stdout
     off = aios("--json", "--retention-h", "off")
     assert "retention is off" in {c["name"]: c["why"] for c in json.loads(off.stdout)["checkpoints"]}["old"]
     # retention of a thousandth of an hour (3.6 s): the cancelled job's checkpoint expires, the pending job's stays
@@ -261,6 +332,8 @@ def test_aios_checkpoints_lists_says_and_sweeps(killable_nats: Any, aios_env: di
     swept = aios("--sweep", "--retention-h", "0.001", "--json")
     assert swept.returncode == 0 and json.loads(swept.stdout)["deleted"] == ["old"], swept.stdout
     assert [c["name"] for c in json.loads(aios("--json").stdout)["checkpoints"]] == ["live"]
+    assert json.loads(aios("--json").stdout)["last_sweep"]["by"] == "aios checkpoints --sweep"
+    assert "by aios checkpoints --sweep" in aios().stdout.splitlines()[-1]
     bad = aios("--sweep", "--orphan-grace-s", "5")
     assert bad.returncode != 0 and "--orphan-grace-s: at least 60 s" in bad.stderr and "Traceback" not in bad.stderr
     bad = aios("--sweep", "--retention-h", "a week")

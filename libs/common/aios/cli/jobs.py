@@ -233,7 +233,7 @@ async def checkpoints(sweep: bool, retention: str | None, orphan_grace_s: float,
             return await _delete_checkpoints(store, jobs, delete, as_json)
         if sweep or dry_run:
             reply = await ckpt.collect(store, jobs, retention_s=retention_s, orphan_grace_s=orphan_grace_s,
-                                       dry_run=dry_run, timeout_s=120.0)
+                                       dry_run=dry_run, timeout_s=120.0, by="aios checkpoints --sweep")
             if as_json:
                 print(json.dumps(reply, indent=2))
             else:
@@ -246,12 +246,14 @@ async def checkpoints(sweep: bool, retention: str | None, orphan_grace_s: float,
                       + ("" if reply["orphans_checked"] else " (not looked for: some metadata was unreadable)"))
             return 0
         found = await asyncio.wait_for(ckpt.survey(store), 120.0)
+        mark = await asyncio.wait_for(ckpt.last_sweep(store), 30.0)
     finally:
         await store.close()
     decided = ckpt.plan(found, jobs, time.time(), retention_s, orphan_grace_s)
     if as_json:
         print(json.dumps({"retention_s": retention_s, "checkpoints": msgspec.to_builtins(decided.verdicts),
-                          "orphaned_chunks": sum(c.chunks for c in decided.orphans)}, indent=2))
+                          "orphaned_chunks": sum(c.chunks for c in decided.orphans),
+                          "last_sweep": msgspec.to_builtins(mark)}, indent=2))
         return 0
     if not decided.verdicts:
         print("no checkpoints stored")
@@ -266,6 +268,12 @@ async def checkpoints(sweep: bool, retention: str | None, orphan_grace_s: float,
     if decided.orphans:
         print(f"{sum(c.chunks for c in decided.orphans)} chunks of checkpoint writes that died refer to no "
               "checkpoint: a sweep purges them")
+    if mark is None:
+        print("no sweep recorded yet (the trainers sweep every AIOS_CHECKPOINT_SWEEP_S, an hour by default)")
+    else:
+        when = (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(mark.at)) if mark.at is not None
+                else "at an unknown time")
+        print(f"last sweep: {when}, by {mark.by or 'an unnamed sweeper'}")
     return 0
 
 

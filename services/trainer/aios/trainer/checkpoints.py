@@ -14,6 +14,9 @@ The rules:
 - chunks no object refers to go once they are ``orphan_grace_s`` old, measured in the server's time (a write in
   progress has chunks and no object yet; a node's clock running ahead must not make them look old).
 
+Every sweep rewrites a small object, ``SWEEP_MARK``, that names who swept: one trainer sweeps each period, and the
+others take over when its mark stops changing (a trainer that was down swept nothing, and nothing said so).
+
 :func:`plan` decides (no I/O); :func:`survey` and :func:`collect` are the shell around it.
 """
 
@@ -28,6 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import msgspec
+import nats.js.api
 import nats.js.errors
 
 from aios.common.snapshot import parse_mtime
@@ -44,6 +48,18 @@ MIN_ORPHAN_GRACE_S = 60.0
 SUBJECTS_PER_ANSWER = 100_000
 """The most subjects the server lists in one stream info answer (JSMaxSubjectDetails); nats-py asks for no more."""
 EXPIRING = (FAILED, CANCELLED)
+SWEEP_MARK = "aios:last-sweep"
+"""The object each sweep rewrites (no job id has a colon): who swept, in its description; when, in its server
+timestamp. Not a checkpoint: no listing or verdict shows it."""
+
+
+class SweepMark(msgspec.Struct, frozen=True):
+    seq: int
+    """Stream sequence of the mark's metadata: a new one each sweep."""
+    by: str
+    """Who swept: a node's trainer ("node a"), or the CLI."""
+    at: float | None
+    """When, in the server's time."""
 
 
 class StoredCheckpoint(msgspec.Struct, frozen=True):
@@ -210,7 +226,8 @@ async def survey(store: EventStore, bucket: str = BUCKET) -> Survey:
         elif nuid in last_at:
             at = last_at[nuid]
             chunks.append(ChunkSubject(nuid, count, None if at is None or now is None else max(0.0, now - at)))
-    latest = {o.name: o for o in [*objects, *again]}  # the second listing's version of an object rewritten between
+    latest = {o.name: o for o in [*objects, *again] if o.name != SWEEP_MARK}  # the second listing's version of an
+    # object rewritten between
     return Survey(sorted(latest.values(), key=lambda o: o.name), chunks, named,
                   complete and complete_again and all_chunks)
 
@@ -222,15 +239,60 @@ SWEEP_TIMEOUT_S = 300.0
 async def collect(store: EventStore, jobs: Mapping[str, JobState], *, bucket: str = BUCKET,
                   retention_s: float | None = DEFAULT_RETENTION_S, orphan_grace_s: float = DEFAULT_ORPHAN_GRACE_S,
                   dry_run: bool = False, now: float | None = None,
-                  timeout_s: float = SWEEP_TIMEOUT_S) -> dict[str, Any]:
-    """One sweep: the plan's expired checkpoints deleted and its orphaned chunks purged (nothing with ``dry_run``);
-    ``asyncio.TimeoutError`` after ``timeout_s``. Idempotent: two sweeps at once delete each object once."""
-    return await asyncio.wait_for(_collect(store, jobs, bucket, retention_s, orphan_grace_s, dry_run, now),
+                  timeout_s: float = SWEEP_TIMEOUT_S, by: str = "") -> dict[str, Any]:
+    """One sweep: the plan's expired checkpoints deleted and its orphaned chunks purged (nothing with ``dry_run``),
+    then the sweep mark rewritten naming ``by``; ``asyncio.TimeoutError`` after ``timeout_s``. Idempotent: two
+    sweeps at once delete each object once."""
+    return await asyncio.wait_for(_collect(store, jobs, bucket, retention_s, orphan_grace_s, dry_run, now, by),
                                   timeout_s)
 
 
+class SweepWatch(msgspec.Struct, frozen=True):
+    """What a standby trainer has seen of the sweep mark: its sequence (0: none) and when it first saw it, on its
+    own monotonic clock (no two hosts' clocks are compared)."""
+
+    seq: int = -1
+    since: float = 0.0
+
+
+def standby_sweeps(rank: int, me: str, mark: SweepMark | None, watch: SweepWatch, now: float,
+                   period_s: float) -> tuple[bool, SweepWatch]:
+    """Whether the trainer ``rank`` places after the sweeper (1: next in line) sweeps now, and what it has seen.
+
+    It sweeps when the last mark is its own (it took over, and the sweeper has not come back), or when the mark
+    has not changed for ``rank + 0.5`` periods: the sweeper missed a sweep, and those before it in line too. Half a
+    period of slack: the sweeper's period runs on its own clock, and a sweep takes time."""
+    seq = mark.seq if mark is not None else 0
+    if mark is not None and mark.by == me:
+        return True, SweepWatch(seq, now)
+    if seq != watch.seq:
+        return False, SweepWatch(seq, now)
+    return now - watch.since >= (rank + 0.5) * period_s, watch
+
+
+async def last_sweep(store: EventStore, bucket: str = BUCKET) -> SweepMark | None:
+    """The mark of the last sweep that finished (None: no sweep yet, or no bucket)."""
+    try:
+        msg = await store.js.get_last_msg(_stream(bucket), _meta_subject(bucket, SWEEP_MARK))
+    except nats.js.errors.NotFoundError:  # no bucket, or never swept
+        return None
+    try:
+        by = str(json.loads(msg.data or b"").get("description") or "")
+    except (ValueError, AttributeError):
+        by = ""
+    return SweepMark(int(msg.seq or 0), by, msg.time.timestamp() if msg.time else None)
+
+
+async def _mark(store: EventStore, bucket: str, by: str) -> None:
+    try:
+        objects = await store.js.object_store(bucket)
+    except nats.js.errors.BucketNotFoundError:  # nothing was ever stored: nothing to say
+        return
+    await objects.put(SWEEP_MARK, b"", meta=nats.js.api.ObjectMeta(name=SWEEP_MARK, description=by))
+
+
 async def _collect(store: EventStore, jobs: Mapping[str, JobState], bucket: str, retention_s: float | None,
-                   orphan_grace_s: float, dry_run: bool, now: float | None) -> dict[str, Any]:
+                   orphan_grace_s: float, dry_run: bool, now: float | None, by: str) -> dict[str, Any]:
     found = await survey(store, bucket)
     decided = plan(found, jobs, time.time() if now is None else now, retention_s, orphan_grace_s)
     deleted, freed = [], 0
@@ -244,6 +306,7 @@ async def _collect(store: EventStore, jobs: Mapping[str, JobState], bucket: str,
         for c in decided.orphans:
             await store.js.purge_stream(_stream(bucket), subject=_chunk_prefix(bucket) + c.nuid)
             log.info("purged checkpoint chunks no object refers to", extra={"nuid": c.nuid, "chunks": c.chunks})
+        await _mark(store, bucket, by)
     return {"dry_run": dry_run, "retention_s": retention_s, "orphan_grace_s": orphan_grace_s,
             "deleted": [v.name for v in decided.expired] if dry_run else deleted,
             "bytes": sum(v.size for v in decided.expired) if dry_run else freed,

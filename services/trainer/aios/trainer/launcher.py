@@ -261,6 +261,7 @@ class LauncherService(Service):
         self.sweep_every_s = sweep_every_s
         self.sweeps = 0
         self._sweeping = False
+        self._sweep_watch = checkpoints.SweepWatch()
         self.projector = Projector("launcher", SchedulerState, None, SchedulerState, STATE_SCHEMA,
                                    fold_commit=fold_commit)
         self.launched: set[tuple[str, int]] = set()
@@ -294,10 +295,10 @@ class LauncherService(Service):
                 await asyncio.wait_for(ctx.stopping.wait(), 1.0)
             except asyncio.TimeoutError:
                 await self._enforce_time_limits(time.time())
-                if time.monotonic() >= next_sweep and not self._sweeping and self._sweeps_here():
+                if time.monotonic() >= next_sweep and not self._sweeping:
                     next_sweep = time.monotonic() + self.sweep_every_s
                     self._sweeping = True
-                    self._in_background(self._sweep_checkpoints())
+                    self._in_background(self._sweep_checkpoints(self._sweep_rank()))
         stop.set()
         await follower
 
@@ -315,20 +316,39 @@ class LauncherService(Service):
                 self.decided.add(key)
                 await self._finish(job, "failed", f"max_runtime_s: ran {ran:.0f} s, the limit is {limit:g} s")
 
-    def _sweeps_here(self) -> bool:
-        """One trainer sweeps: that of the online node first by name (every trainer folds the same log, so they
-        agree), or the one trainer of a cluster without per-node trainers. (Every node sweeping at once, each with
-        its own retention setting, made the shortest one win.)"""
+    def _sweep_rank(self) -> int:
+        """This trainer's place in the line of sweepers: the online nodes by name (every trainer folds the same
+        log, so they agree), a node not online after them. 0 sweeps every period, the others stand by
+        (:func:`checkpoints.standby_sweeps`); the one trainer of a cluster without per-node trainers is 0, and so is
+        every trainer when no node is online. (Every node sweeping at once, each with its own retention setting,
+        made the shortest one win; only the first sweeping, a trainer that was down meant no sweep at all.)"""
         if self.node_id is None:
-            return True
+            return 0
         online = sorted(n for n, node in self.projector.state.inv.nodes.items() if node.online)
-        return not online or online[0] == self.node_id
+        if not online:
+            return 0
+        return online.index(self.node_id) if self.node_id in online else len(online)
 
-    async def _sweep_checkpoints(self) -> None:
+    @property
+    def _sweeper_name(self) -> str:
+        return f"node {self.node_id}" if self.node_id else "trainer"
+
+    async def _sweep_checkpoints(self, rank: int) -> None:
         """Failed and cancelled jobs' checkpoints past their retention, and chunks of writes that died, are
-        removed (see :mod:`aios.trainer.checkpoints`)."""
+        removed (see :mod:`aios.trainer.checkpoints`): every period by the first in line, by the next when the
+        sweep mark stops changing."""
         try:
-            done = await checkpoints.collect(self.ctx.store, self.projector.state.jobs, retention_s=self.retention_s)
+            if rank > 0:
+                mark = await checkpoints.last_sweep(self.ctx.store)
+                sweeps, self._sweep_watch = checkpoints.standby_sweeps(
+                    rank, self._sweeper_name, mark, self._sweep_watch, time.monotonic(), self.sweep_every_s)
+                if not sweeps:
+                    return
+                if mark is None or mark.by != self._sweeper_name:
+                    log.warning("checkpoints: no sweep was recorded for a while; this trainer sweeps in its place",
+                                extra={"last_by": mark.by if mark else None, "place_in_line": rank})
+            done = await checkpoints.collect(self.ctx.store, self.projector.state.jobs, retention_s=self.retention_s,
+                                             by=self._sweeper_name)
         except Exception as exc:  # noqa: BLE001 - a sweep that fails (NATS away, timed out) is tried again next time
             log.warning("checkpoint sweep failed; tried again later", extra={"error": repr(exc)})
             return
