@@ -31,6 +31,8 @@ from aios.scheduler.state import STATE_SCHEMA, SchedulerState, fold_commit, job_
 
 log = logging.getLogger("aios.scheduler")
 QUERY_PREFIX = "aios.sched"
+REFIT_EVERY = 50
+"""The runtime predictor is fitted again after this many more jobs succeeded (and at the first round)."""
 FOLDED = tuple(f"{kind}." for kind in (*JOB_AGGREGATES, "node", "tenant"))
 """Aggregates whose commits change the scheduler's state (and so wake a round)."""
 
@@ -142,9 +144,11 @@ class SchedulerService(Service):
     async def round(self) -> None:
         state = self.projector.state
         now = time.time()
-        if len(state.finished) != self._fitted_on and len(state.finished) % 50 == 0:
+        if self._fitted_on < 0 or state.finished_total - self._fitted_on >= REFIT_EVERY:
+            # every REFIT_EVERY more finished jobs, however many finished since the last round (the history is
+            # capped: its length stops moving at MAX_HISTORY, and a round that saw 49 -> 51 skipped the fit)
             self.predictor.fit(state.finished)
-            self._fitted_on = len(state.finished)
+            self._fitted_on = state.finished_total
         started = time.perf_counter()
         plan = plan_round(state, self.policy, now, estimate=self.predictor.estimate, cache=self.bins)
         self.m_round_s.observe(time.perf_counter() - started)
@@ -173,7 +177,6 @@ class SchedulerService(Service):
                 leases.append(msgspec.structs.replace(
                     c, events=events, expected_version=self._versions.get(c.aggregate, c.expected_version)))
         booked = {c.aggregate.split(".", 1)[1] for c, seq in zip(leases, await self._append_all(leases)) if seq}
-        booked |= {a.node_id for p in plan.placements for a in p.assignments if not a.device_uuids}
         failures, failed = failure_commits(plan, claimed, booked, self.policy.sequential)
         for seq in await self._append_all(failures):
             last = max(last, seq or 0)

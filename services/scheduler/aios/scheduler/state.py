@@ -117,6 +117,9 @@ class SchedulerState(msgspec.Struct):
     inv: inventory.Inventory = msgspec.field(default_factory=inventory.Inventory)
     jobs: dict[str, JobState] = {}
     finished: list[Finished] = []
+    """The newest ``MAX_HISTORY`` completed runs (the runtime predictor's data)."""
+    finished_total: int = 0
+    """Every succeeded job ever folded: how the predictor knows new ones came once ``finished`` is full."""
     seq: int = 0
     now: float = 0.0
     """Timestamp of the newest event folded (the simulated clock follows it)."""
@@ -148,7 +151,7 @@ MAX_REPLICA_REPLACEMENTS = 5
 deployment, under its crash-loop cap (a replica that dies at start again and again fails the deployment in the
 end)."""
 MAX_HISTORY = 5000
-STATE_SCHEMA = 7
+STATE_SCHEMA = 8
 """Version of the encoded state in snapshots: a snapshot of another version is ignored and the log replayed."""
 
 
@@ -400,5 +403,6 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         if kind is JobSucceeded and job.spec is not None:
             state.finished.append(Finished(job.tenant, job.spec.name, job.spec.devices, list(job.spec.device_types),
                                            job.run_seconds, job.work))
+            state.finished_total += 1
             del state.finished[:-MAX_HISTORY]
     return state

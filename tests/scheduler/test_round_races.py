@@ -1,0 +1,81 @@
+"""The scheduler service's round against a real store whose versions moved on after the round's plan was made."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from aios.common.config import load_settings
+from aios.common.events import DeviceHealthy, JobRequeued, JobSubmitted, JobSucceeded
+from aios.common.runner import ServiceContext
+from aios.common.store import EventStore
+from aios.common.wire import new_token
+from aios.scheduler.local import node_registration
+from aios.scheduler.service import REFIT_EVERY, SchedulerConfig, SchedulerService
+from aios.scheduler.state import MAX_HISTORY, Finished
+
+
+async def scheduler_on(store: EventStore) -> SchedulerService:
+    """A scheduler that has read the log up to now and folds nothing more by itself (no follower runs)."""
+    service = SchedulerService(SchedulerConfig(policy="fifo", leader_election=False))
+    service.ctx = ServiceContext("scheduler", load_settings({"AIOS_NATS_URL": store.servers[0]}), store.nc, store,
+                                CollectorRegistry())
+    service._metrics(service.ctx)
+    await service.projector.rebuild(store)
+    return service
+
+
+async def submit(store: EventStore, job: str, devices: int) -> None:
+    await store.append(f"job.{job}", JobSubmitted(aggregate_id=job, tenant="t", name=job, spec={
+        "name": job, "tenant": "t", "devices": devices, "command": ["true"]}))
+
+
+async def test_a_job_whose_lease_lost_a_race_goes_back_to_the_queue_beside_a_cpu_job(store: EventStore) -> None:
+    """The round counted the node of every CPU-only placement as booked: a GPU job whose lease on that node was
+    refused (the node moved on) stayed placed with no lease, and the next round gave its device to another job."""
+    tag = new_token()[:6]
+    node, gpu_job, cpu_job = f"x{tag}", f"gpu-{tag}", f"cpu-{tag}"
+    aggregate, events = node_registration(node, "h100", 1)
+    await store.append(aggregate, events)
+    await submit(store, gpu_job, 1)
+    await submit(store, cpu_job, 0)
+    scheduler = await scheduler_on(store)
+    device = next(iter(scheduler.projector.state.inv.nodes[node].devices))
+    await store.append(f"node.{node}", DeviceHealthy(aggregate_id=node, device_uuid=device))  # the node moves on
+    await scheduler.round()
+    history: Any = await store.read(f"job.{gpu_job}")
+    assert [type(e) for e in history.events].count(JobRequeued) == 1, history.events
+    leases: Any = await store.read(f"node.{node}")
+    assert not [e for e in leases.events if type(e).__name__ == "DevicesLeased"]
+
+
+async def test_the_runtime_predictor_is_refitted_after_the_history_is_full(store: EventStore) -> None:
+    """The refit waited for the history's length to be a multiple of 50: a round that saw 49 -> 51 skipped it,
+    and once the history held its cap (5,000 jobs) its length never moved again, so no job after that was learned
+    from."""
+    scheduler = await scheduler_on(store)
+    state = scheduler.projector.state
+    fits: list[int] = []
+    scheduler.predictor.fit = lambda finished: fits.append(len(finished))  # type: ignore[method-assign]
+    await scheduler.round()
+    assert fits == [0]  # the first round fits on what the log holds
+    state.finished = [Finished("t", "j", 1, [], 60.0)] * MAX_HISTORY
+    state.finished_total = MAX_HISTORY + 7
+    await scheduler.round()
+    assert fits == [0, MAX_HISTORY]
+    state.finished_total += REFIT_EVERY - 1
+    await scheduler.round()
+    assert fits == [0, MAX_HISTORY]
+    state.finished_total += 2  # jumped past the next refit point between two rounds: fitted all the same
+    await scheduler.round()
+    assert fits == [0, MAX_HISTORY, MAX_HISTORY]
+
+
+async def test_the_fold_counts_every_succeeded_job(store: EventStore) -> None:
+    tag = new_token()[:6]
+    for i in range(3):
+        await submit(store, f"done-{i}-{tag}", 0)
+        await store.append(f"job.done-{i}-{tag}", JobSucceeded(aggregate_id=f"done-{i}-{tag}"))
+    scheduler = await scheduler_on(store)
+    assert scheduler.projector.state.finished_total == 3 == len(scheduler.projector.state.finished)
