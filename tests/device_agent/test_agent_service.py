@@ -168,6 +168,39 @@ async def test_critical_xids_make_devices_unhealthy(agent: tuple[DeviceAgentServ
     assert events[1].device_uuid == fake.gpus[0].uuid and "fell off the bus" in events[1].reason
 
 
+async def test_a_device_marked_unhealthy_recovers_after_its_agent_restarts(killable_nats: NatsServer) -> None:
+    """The log keeps a device's health across an agent restart, and only the agent says a device recovered; the new
+    agent's tracker knew nothing of it, so a GPU repaired by the reboot stayed unschedulable for ever."""
+    from aios.common.events import DeviceHealthy
+    from aios.device_agent.health import HealthTracker
+
+    config = AgentConfig(node_id=NODE, sim="1xH100-80GB", telemetry_interval_s=0.2, heartbeat_interval_s=0.2,
+                         stop_grace_s=1.0)
+    store = await connect([killable_nats.url])
+    try:
+        for life in range(2):
+            service = DeviceAgentService(config)
+            service.health = HealthTracker(quiet_s=1.0 if life else 3600.0)
+            ready = asyncio.Event()
+            task = asyncio.ensure_future(run_service(service, Settings(nats_url=killable_nats.url), ready=ready,
+                                                     install_signal_handlers=False))
+            await asyncio.wait_for(ready.wait(), 20)
+            if life == 0:
+                service.fake.xid(0, 79)
+                [bad] = await until(lambda: _unhealthy(store), what="DeviceUnhealthy")
+            else:
+                healthy = await until(lambda: _of_type(store, DeviceHealthy), what="DeviceHealthy after the restart")
+                assert [e.device_uuid for e in healthy] == [bad.device_uuid]
+            service.ctx.stopping.set()
+            assert await asyncio.wait_for(task, 30) == 0
+    finally:
+        await store.close()
+
+
+async def _of_type(store: EventStore, kind: type) -> list[Any] | None:
+    return [e for e in (await store.read(f"node.{NODE}")).events if isinstance(e, kind)] or None
+
+
 async def _unhealthy(store: EventStore, n: int = 1) -> list[DeviceUnhealthy] | None:
     events = [e for e in (await store.read(f"node.{NODE}")).events if isinstance(e, DeviceUnhealthy)]
     return events if len(events) >= n else None

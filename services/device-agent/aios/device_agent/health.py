@@ -39,6 +39,12 @@ class HealthTracker:
         self.unhealthy[uuid] = (reason, now, lost)
         return [] if known else [Transition(uuid, False, reason, xid)]
 
+    def carry(self, uuid: str, reason: str, now: float) -> None:
+        """A device the log holds unhealthy (a previous agent of this node said so) is watched as if this tracker
+        had marked it at ``now``: the cluster keeps health across an agent restart, and only the agent can say a
+        device recovered, so a fresh tracker that knew nothing of it left the GPU unschedulable for ever."""
+        self.unhealthy.setdefault(uuid, (reason, now, False))
+
     def on_signal(self, signal: HealthSignal, now: float) -> list[Transition]:
         if signal.kind == "xid" and signal.xid is not None:
             if not is_critical_xid(signal.xid):

@@ -149,6 +149,11 @@ class DeviceAgentService(Service):
         await joblogs.ensure_stream(ctx.store.js, ctx.store.replicas)
         node_subject = ctx.store.subject(f"node.{cfg.node_id}")
         await self.node.rebuild(ctx.store, filter_subject=node_subject)
+        known = self.node.state.nodes.get(cfg.node_id)
+        present = {d.uuid for d in self.devices}
+        for uuid, device in (known.devices.items() if known else ()):
+            if not device.healthy and uuid in present:  # clean samples for quiet_s, and it is healthy again
+                self.health.carry(uuid, device.reason, time.monotonic())
         await self._register()
         kv = await self._heartbeat_bucket()
         stop_follow = asyncio.Event()
