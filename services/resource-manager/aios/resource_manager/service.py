@@ -43,8 +43,9 @@ class ResourceManagerService(Service):
         self.inventory = Projector("resource-manager", Inventory, None, Inventory, fold_commit=fold_commit)
         self.last_seen: dict[str, float] = {}
         self.heartbeats = 0
-        self.suspects: dict[str, tuple[int | None, float]] = {}
-        """Nodes past the timeout: their heartbeat's revision when first found silent, and when."""
+        self.suspects: dict[str, tuple[int | None, float, int]] = {}
+        """Nodes past the timeout: their heartbeat's revision, when, and the node's version in the log, as they were
+        when it was first found silent."""
         self._watcher: Any = None
         self.declared_lost = 0
 
@@ -125,13 +126,14 @@ class ResourceManagerService(Service):
         inv = self.inventory.state
         confirm_s = min(3.0, self.node_timeout_s / 2)
         silent_now = dict(lost_nodes(inv, self.last_seen, now, self.node_timeout_s, started))
+        versions = {n: inv.versions.get(f"node.{n}", 0) for n in silent_now}  # before any await: the fold moves on
         for node_id in [n for n in self.suspects if n not in silent_now]:
             del self.suspects[node_id]
         for node_id, seen in silent_now.items():
             revision = await self._revision(node_id)
             first = self.suspects.get(node_id)
             if first is None:
-                self.suspects[node_id] = (revision, now)
+                self.suspects[node_id] = (revision, now, versions[node_id])
                 continue
             if revision is not None and revision != first[0]:
                 del self.suspects[node_id]
@@ -150,9 +152,12 @@ class ResourceManagerService(Service):
             silent = now - seen
             reason, stopped = silence_reason(inv.nodes[node_id], silent, self.node_timeout_s)
             try:
+                # against the version it had when first found silent: a node that moved on since (its agent
+                # registered again, before its first heartbeat reached the bucket) is not declared lost. The version
+                # of the live fold, read after the awaits above, took that registration for the silent node's own.
                 result = await self.ctx.store.append(aggregate, NodeLost(
                     aggregate_id=node_id, reason=reason, last_seen=time.time() - silent, jobs=jobs),
-                    expected_version=inv.versions.get(aggregate, 0))
+                    expected_version=first[2])
             except ConcurrencyConflict:
                 continue  # the node moved on (re-registered, or another manager acted): decide again on fresh state
             except AiosError as exc:
