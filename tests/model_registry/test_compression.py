@@ -101,6 +101,42 @@ def test_a_model_file_with_nan_weights_or_labels_for_other_outputs_is_refused() 
         nn.decode(nn.from_mlp(w1, b1, w2, b2, []).encode())
 
 
+def _file(*layers: tuple[str, dict[str, np.ndarray]]) -> bytes:
+    import msgspec
+
+    return msgspec.msgpack.encode({"format": nn.FORMAT, "labels": [], "layers": [
+        [kind, {name: [a.dtype.str, list(a.shape), a.tobytes()] for name, a in arrays.items()}]
+        for kind, arrays in layers]})
+
+
+@pytest.mark.parametrize("layers,refused", [
+    ((), r"layers: a model needs at least one layer"),
+    ((("dense", {"w": np.ones((4, 3), np.float32), "b": np.zeros(5, np.float32)}),), r"layers\[0\].b: 5 biases for 3"),
+    ((("dense", {"w": np.ones(4, np.float32), "b": np.zeros(4, np.float32)}),), r"layers\[0\].w: 2 dimension"),
+    ((("dense", {"w": np.array([["a", "b"]]), "b": np.zeros(2, np.float32)}),), r"layers\[0\].w: dtype <U1"),
+    ((("lowrank", {"a": np.ones((4, 2), np.float32), "bm": np.ones((3, 5), np.float32),
+                   "b": np.zeros(5, np.float32)}),), r"layers\[0\].bm: 3 rows for a rank of 2"),
+    ((("int8", {"q": np.ones((4, 3), np.int8), "scale": np.ones(2, np.float32), "b": np.zeros(3, np.float32)}),),
+     r"layers\[0\].scale: 2 scales for 3 outputs"),
+    ((("sparse", {"values": np.ones(1, np.float32), "bits": np.zeros(1, np.uint8),
+                  "b": np.zeros(3, np.float32)}),), r"layers\[0\]: missing shape"),
+    # 125 bytes that unpacked into 3.8 GB: the shape is a number in the file
+    ((("sparse", {"values": np.ones(1, np.float32), "bits": np.full(1, 128, np.uint8),
+                  "shape": np.array([1 << 20, 1000]), "b": np.zeros(1000, np.float32)}),),
+     r"layers\[0\]: the model has more than 67,108,864 weights"),
+    ((("sparse", {"values": np.ones(1, np.float32), "bits": np.full(1, 128, np.uint8),
+                  "shape": np.array([40, 3]), "b": np.zeros(3, np.float32)}),), r"layers\[0\].bits: 1 bytes for 40x3"),
+    ((("sparse", {"values": np.ones(2, np.float32), "bits": np.full(1, 128, np.uint8),
+                  "shape": np.array([2, 3]), "b": np.zeros(3, np.float32)}),),
+     r"layers\[0\].values: 2 values for 1 kept weights"),
+])
+def test_a_model_file_whose_arrays_do_not_fit_together_is_refused_by_name(layers: tuple, refused: str) -> None:
+    """A model with a bias of 5 on a 4x3 weight, or a 1-D weight, was registered, and every inference of it
+    failed with a 500; an empty or ill-shaped one was an internal error."""
+    with pytest.raises(nn.FormatError, match=refused):
+        nn.decode(_file(*layers))
+
+
 def test_metrics_match_a_hand_computed_confusion_matrix() -> None:
     y_true = np.array([0, 0, 0, 1, 1, 2])
     y_pred = np.array([0, 0, 1, 1, 2, 1])

@@ -196,7 +196,6 @@ class _Model(msgspec.Struct):
     labels: list[str] = []
 
 
-_STORED = {"dense": ("w", "b"), "lowrank": ("a", "bm", "b"), "int8": ("q", "scale", "b"), "sparse": ("values", "bits", "b")}
 
 
 def _pack(a: np.ndarray) -> _Array:
@@ -216,12 +215,58 @@ def _stored_arrays(layer: Layer) -> dict[str, np.ndarray]:
     if isinstance(layer, SparseDense):  # only what is kept: a bit per weight plus the kept values
         return {"values": layer.w[layer.mask], "bits": np.packbits(layer.mask.ravel()),
                 "shape": np.array(layer.w.shape, dtype=np.int64), "b": layer.b}
-    return {k: getattr(layer, k) for k in _STORED[layer.kind]}
+    return {k: getattr(layer, k) for k in _ARRAY_RULES[layer.kind]}
 
 
 def encode(model: Model) -> bytes:
     layers = [_Layer(layer.kind, {k: _pack(v) for k, v in _stored_arrays(layer).items()}) for layer in model.layers]
     return msgspec.msgpack.encode(_Model(FORMAT, layers, list(model.labels)))
+
+
+MAX_PARAMETERS = 1 << 26
+"""Most weights a model may have (64 Mi, 256 MiB as float32): a sparse layer's shape is a number in the file, and
+a 125-byte file asked for gigabytes when it was unpacked."""
+_FLOATS = ("f",)
+_ARRAY_RULES: dict[str, dict[str, tuple[int, tuple[str, ...]]]] = {
+    "dense": {"w": (2, _FLOATS), "b": (1, _FLOATS)},
+    "lowrank": {"a": (2, _FLOATS), "bm": (2, _FLOATS), "b": (1, _FLOATS)},
+    "int8": {"q": (2, ("i1",)), "scale": (1, _FLOATS), "b": (1, _FLOATS)},
+    "sparse": {"values": (1, _FLOATS), "bits": (1, ("u1",)), "shape": (1, ("i", "u")), "b": (1, _FLOATS)},
+}
+"""Per layer kind: each stored array's number of dimensions and dtype (a kind letter, or kind and item size)."""
+
+
+def _checked(arr: dict[str, np.ndarray], kind: str, where: str) -> None:
+    for name, (ndim, dtypes) in _ARRAY_RULES[kind].items():
+        a = arr[name]
+        if a.ndim != ndim:
+            raise FormatError(f"{where}.{name}: {ndim} dimension(s) expected, got shape {list(a.shape)}")
+        if not any(a.dtype.kind == d[0] and (len(d) == 1 or a.dtype.itemsize == int(d[1:])) for d in dtypes):
+            raise FormatError(f"{where}.{name}: dtype {a.dtype.str} is not a number of the kind expected")
+
+
+def _weights_shape(arr: dict[str, np.ndarray], kind: str, where: str) -> tuple[int, int]:
+    """(inputs, outputs) of a layer whose arrays agree with each other; FormatError naming the one that does not."""
+    if kind == "dense":
+        shape = arr["w"].shape
+    elif kind == "lowrank":
+        if arr["a"].shape[1] != arr["bm"].shape[0]:
+            raise FormatError(f"{where}.bm: {arr['bm'].shape[0]} rows for a rank of {arr['a'].shape[1]}")
+        shape = (arr["a"].shape[0], arr["bm"].shape[1])
+    elif kind == "int8":
+        shape = arr["q"].shape
+        if arr["scale"].shape[0] != shape[1]:
+            raise FormatError(f"{where}.scale: {arr['scale'].shape[0]} scales for {shape[1]} outputs")
+    else:
+        if arr["shape"].shape[0] != 2 or (arr["shape"] < 1).any():
+            raise FormatError(f"{where}.shape: two sizes of at least 1 expected, got {arr['shape'].tolist()}")
+        shape = (int(arr["shape"][0]), int(arr["shape"][1]))
+    rows, cols = int(shape[0]), int(shape[1])
+    if rows < 1 or cols < 1:
+        raise FormatError(f"{where}: a layer of {rows} inputs and {cols} outputs")
+    if arr["b"].shape[0] != cols:
+        raise FormatError(f"{where}.b: {arr['b'].shape[0]} biases for {cols} outputs")
+    return rows, cols
 
 
 def decode(data: bytes) -> Model:
@@ -231,15 +276,28 @@ def decode(data: bytes) -> Model:
         raise FormatError(f"not an {FORMAT} model: {exc}") from None
     if raw.format != FORMAT:
         raise FormatError(f"format {raw.format!r} is not {FORMAT!r}")
+    if not raw.layers:
+        raise FormatError("layers: a model needs at least one layer")
     layers: list[Layer] = []
+    parameters = 0
     for i, lay in enumerate(raw.layers):
-        need = _STORED.get(lay.kind)
-        if need is None:
+        if lay.kind not in _ARRAY_RULES:
             raise FormatError(f"layers[{i}].kind: unknown {lay.kind!r}")
-        missing = [k for k in need if k not in lay.arrays]
+        missing = [k for k in _ARRAY_RULES[lay.kind] if k not in lay.arrays]
         if missing:
             raise FormatError(f"layers[{i}]: missing {', '.join(missing)}")
         arr = {k: _unpack(v, f"layers[{i}].{k}") for k, v in lay.arrays.items()}
+        _checked(arr, lay.kind, f"layers[{i}]")
+        rows, cols = _weights_shape(arr, lay.kind, f"layers[{i}]")
+        parameters += rows * cols
+        if parameters > MAX_PARAMETERS:
+            raise FormatError(f"layers[{i}]: the model has more than {MAX_PARAMETERS:,} weights")
+        if lay.kind == "sparse":
+            if arr["bits"].shape[0] != (rows * cols + 7) // 8:
+                raise FormatError(f"layers[{i}].bits: {arr['bits'].shape[0]} bytes for {rows}x{cols} weights")
+            kept = int(np.unpackbits(arr["bits"], count=rows * cols).sum())
+            if arr["values"].shape[0] != kept:
+                raise FormatError(f"layers[{i}].values: {arr['values'].shape[0]} values for {kept} kept weights")
         if lay.kind == "dense":
             layers.append(Dense(arr["w"], arr["b"]))
         elif lay.kind == "lowrank":
