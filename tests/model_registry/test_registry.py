@@ -387,3 +387,33 @@ async def test_registering_a_job_whose_checkpoint_is_gone_says_why(store: EventS
     with pytest.raises(NotFound, match=rf"job '{job_id}': its checkpoint is gone \(deleted by `aios checkpoints "
                                        r"--delete`"):
         await handle(reg, "register-job", {"job": job_id})
+
+
+async def test_a_collection_keeps_the_bytes_of_a_version_recorded_while_it_runs(store: EventStore,
+                                                                                trained: nn.Model) -> None:
+    """A compression runs beside other commands, and compressing is deterministic: it stored bytes a collection
+    had just found unused (a deleted version's), found them there, recorded its version, and the collection then
+    deleted them: a live version with no bytes (found by review)."""
+    import asyncio
+
+    from aios.model_registry import compress
+
+    reg = await registry(store)
+    small, _ = compress.compress(trained, "int8", {})
+    await reg.register_bytes("racy", small.encode())
+    await reg.register_bytes("racy", trained.encode())  # the model keeps a live version
+    listing = asyncio.Event()
+    digests = reg.blobs.digests
+
+    async def slow_listing() -> dict[str, int]:  # a large bucket: the collection lists it for a while
+        listing.set()
+        await asyncio.sleep(0.5)
+        return await digests()
+
+    reg.blobs.digests = slow_listing  # type: ignore[method-assign]
+    deleting = asyncio.ensure_future(reg.delete("racy", 1))
+    await listing.wait()
+    again = await reg.register_bytes("racy", small.encode())  # the same bytes, as a compression makes them
+    await deleting
+    _, loaded = await reg.load(again["uri"])
+    assert loaded.encode() == small.encode()

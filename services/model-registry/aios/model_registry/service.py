@@ -161,6 +161,10 @@ class Registry:
         self.seq = 0
         self.stopping = threading.Event()
         """Set when the service stops: a compression's fine-tuning (in a thread) ends instead of holding the exit."""
+        self._bytes_lock = asyncio.Lock()
+        """Held from storing a version's bytes to recording the version, and by a garbage collection from finding
+        the digests in use to deleting the rest: a compression (which runs beside other commands) stored bytes the
+        collection had just found unused, found them there, recorded its version, and the collection deleted them."""
 
     def apply(self, commit: Commit) -> None:
         if commit.seq > self.seq:
@@ -243,7 +247,6 @@ class Registry:
                        evaluation: dict[str, Any] | None = None, dataset: str = "") -> dict[str, Any]:
         check_name(name)
         data = model.encode()
-        digest = await self.blobs.put(data)  # bytes first: an event never names a digest that is not stored
 
         def decide(state: ModelState) -> list[Event]:
             events = decide_register(state, digest=digest, size_bytes=len(data), format=nn.FORMAT,
@@ -255,7 +258,9 @@ class Registry:
                     metrics=evaluation["metrics"], per_class=evaluation["per_class"],
                     confusion=evaluation["confusion"]))
             return events
-        state, events = await self._decide_and_append(name, decide)
+        async with self._bytes_lock:
+            digest = await self.blobs.put(data)  # bytes first: an event never names a digest that is not stored
+            state, events = await self._decide_and_append(name, decide)
         return version_view(state, state.versions[events[0].version])  # type: ignore[attr-defined]
 
     async def register_bytes(self, name: str, data: bytes, trainer: dict[str, Any] | None = None,
@@ -415,6 +420,10 @@ class Registry:
         """Delete the bytes of every digest no live version references: those of deleted versions at once, and
         objects no version ever named (a register that died between storing and recording) after a grace period,
         since a register may be between the two right now."""
+        async with self._bytes_lock:
+            return await self._collect_garbage(orphan_grace_s)
+
+    async def _collect_garbage(self, orphan_grace_s: float) -> dict[str, Any]:
         await self.catch_up()
         live = referenced_digests(self.view.models)
         holders: dict[str, str] = {}
