@@ -166,6 +166,16 @@ async def test_compression_makes_a_linked_version_with_measured_deltas(store: Ev
      "options.sparsity: a number is expected, got 'abc'"),
     ("compress", {"model": "digits", "method": "prune", "options": {"sparsity": None}},
      "options.sparsity: a number is expected, got None"),
+    # "1" was compared with 1 and refused as a conflict (an HTTP 409), and true moved an alias expected at 1
+    ("alias", {"name": "digits", "alias": "prod", "version": 1, "expected": "1"},
+     r"expected: \"any\", null \(the alias is new\) or a version number, got '1'"),
+    ("alias", {"name": "digits", "alias": "prod", "version": 1, "expected": True}, "expected: .* got True"),
+    # internal errors (AttributeError, TypeError), and min without metric listed every model
+    ("list", {"tag": 5}, "tag: a string is expected, got 5"),
+    ("list", {"metric": ["x"]}, r"metric: a string is expected, got \['x'\]"),
+    ("list", {"name": 3}, "name: a string is expected, got 3"),
+    ("list", {"min": 0.9}, r"min: needs metric"),
+    ("list", {"metric": "accuracy", "min": "high"}, "min: a number is expected, got 'high'"),
 ])
 async def test_bad_requests_name_the_field(store: EventStore, trained: nn.Model, op: str, args: dict[str, Any],
                                            message: str) -> None:
@@ -174,6 +184,14 @@ async def test_bad_requests_name_the_field(store: EventStore, trained: nn.Model,
     await reg.register_bytes("digits", trained.encode(), TRAINER)
     with pytest.raises(BadInput, match=message):
         await handle(reg, op, args)
+
+
+async def test_a_description_too_long_for_describe_is_refused_at_register_too(store: EventStore,
+                                                                             trained: nn.Model) -> None:
+    reg = await registry(store)
+    with pytest.raises(BadInput, match="description: longer than 10,000 characters"):
+        await reg.register_bytes("described", trained.encode(), description="x" * 20_000)
+    assert (await reg.register_bytes("described", trained.encode(), description="x" * 10_000))["version"] == 1
 
 
 async def test_a_tag_registered_can_be_changed_and_removed(store: EventStore, trained: nn.Model) -> None:

@@ -91,6 +91,13 @@ async def test_concurrent_requests_are_batched(served: Any, model: nn.Model) -> 
      "inputs[0].data: values beyond the range of INT8"),
     ({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [3e38] * 64}]}, 400,
      "inputs[0].data: the model's outputs overflow FP32"),
+    # an integer too large for a float was a 500 with a traceback; strings and booleans were read as numbers
+    ({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [10 ** 400] + [0] * 63}]}, 400,
+     "inputs[0].data: values beyond the range of FP32"),
+    ({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": ["1"] * 64}]}, 400,
+     "inputs[0].data: not all numbers"),
+    ({"inputs": [{"name": "input", "datatype": "INT8", "shape": [1, 64], "data": [[True] * 64]}]}, 400,
+     "inputs[0].data: not all numbers"),
 ])
 async def test_bad_input_gets_a_4xx_that_names_the_field(served: Any, body: dict[str, Any], status: int,
                                                          message: str) -> None:
@@ -107,6 +114,8 @@ async def test_bad_input_gets_a_4xx_that_names_the_field(served: Any, body: dict
 async def test_not_json_too_large_and_unknown_model(served: Any) -> None:
     _, url, http = served
     async with http.post(f"{url}/v2/models/digits/infer", data=b"{nope") as r:
+        assert r.status == 400 and "body: not JSON" in (await r.json())["error"]
+    async with http.post(f"{url}/v2/models/digits/infer", data=b"[" + b"9" * 5000 + b"]") as r:  # Python's limit
         assert r.status == 400 and "body: not JSON" in (await r.json())["error"]
     async with http.post(f"{url}/v2/models/digits/infer", data=b" " * (17 << 20)) as r:
         assert r.status == 413

@@ -117,7 +117,8 @@ async def register(args: Any) -> int:
     finally:
         await store.close()
     reply = await request("register", {"name": args.name, "digest": digest, "trainer": trainer,
-                                       "description": args.description or "", "tags": tags})
+                                       "description": args.description or "", "tags": tags},
+                          timeout=300 if trainer else 60)  # an evaluation, as `aios models eval` makes: minutes
     return _print(reply, args.json, lambda r: console.print(f"registered {r['uri']} ({r['size_bytes']} bytes, "
                                                             f"{r['digest'][:19]}...)"))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -477,7 +478,16 @@ def _bool(args: dict[str, Any], key: str) -> bool:
 async def handle(reg: Registry, op: str, args: dict[str, Any]) -> dict[str, Any]:
     """One request: ``op`` names the command, ``args`` its fields (JSON object)."""
     if op == "list":
-        return {"models": reg.list(args.get("tag"), args.get("metric"), args.get("min"), args.get("name"))}
+        for key in ("tag", "metric", "name"):
+            if args.get(key) is not None and not isinstance(args[key], str):
+                raise BadInput(f"{key}: a string is expected, got {args[key]!r}")
+        least = args.get("min")
+        if least is not None:
+            if isinstance(least, bool) or not isinstance(least, (int, float)) or not math.isfinite(least):
+                raise BadInput(f"min: a number is expected, got {least!r}")
+            if args.get("metric") is None:
+                raise BadInput("min: needs metric (the metric whose value is at least min)")
+        return {"models": reg.list(args.get("tag"), args.get("metric"), least, args.get("name"))}
     if op == "show":
         return reg.show(_str(args, "model"))
     if op == "register":  # the bytes are put in the bucket by the caller (content-addressed), only the digest travels
@@ -490,6 +500,10 @@ async def handle(reg: Registry, op: str, args: dict[str, Any]) -> dict[str, Any]
                                         check_tags(args.get("tags", {})), _str(args, "by", ""))
     if op == "alias":
         expected = args.get("expected", "any")
+        if expected not in ("any", None) and (isinstance(expected, bool) or not isinstance(expected, int)
+                                              or expected < 1):
+            # "1" was compared with 1 and refused as a conflict (409), and true moved an alias expected at 1
+            raise BadInput(f"expected: \"any\", null (the alias is new) or a version number, got {expected!r}")
         return await reg.alias(_str(args, "name"), _str(args, "alias"), _int(args, "version"), expected,
                                _bool(args, "force"))
     if op == "unalias":
@@ -530,9 +544,10 @@ async def handle(reg: Registry, op: str, args: dict[str, Any]) -> dict[str, Any]
                         "eval, gc)")
 
 
-UNLOCKED = frozenset({"list", "show", "compress", "eval"})
+UNLOCKED = frozenset({"list", "show", "compress", "eval", "register"})
 """Requests that do not wait for the command lock: reads, and the long ones (a compression fine-tunes for minutes,
-and every `aios models list` and API call timed out behind it). Their appends check the model's version, as every
+and every `aios models list` and API call timed out behind it; a register with ``trainer`` evaluates on up to 512 MiB
+of data, and held aliases, tags and deletes for as long). Their appends check the model's version, as every
 command's do, and folding the log twice is harmless (``Registry.apply`` skips what it has seen)."""
 
 

@@ -48,6 +48,19 @@ class Loaded:
     model: Model
 
 
+def _all_numbers(data: list[Any]) -> bool:
+    """Every leaf of a nested list is an int or a float (not a bool, not a string); iteratively, as a request may
+    nest deeply."""
+    stack = [data]
+    while stack:
+        for item in stack.pop():
+            if isinstance(item, list):
+                stack.append(item)
+            elif isinstance(item, bool) or not isinstance(item, (int, float)):
+                return False
+    return True
+
+
 def parse_infer(body: Any, inputs: int) -> tuple[np.ndarray, str | None, list[str] | None]:
     """(rows as float32 [n, inputs], request id, requested output names) from an OIP v2 inference request."""
     if not isinstance(body, dict):
@@ -73,10 +86,14 @@ def parse_infer(body: Any, inputs: int) -> tuple[np.ndarray, str | None, list[st
         raise BadRequest(f"inputs[0].shape: {rows} rows is more than {MAX_ROWS} per request; split it", 413)
     if not isinstance(data, list):
         raise BadRequest("inputs[0].data: a (flat or nested) list of numbers is expected")
+    if not _all_numbers(data):  # numpy reads "1" and true as numbers: they were answered as if they were
+        raise BadRequest(f"inputs[0].data: not all numbers (datatype {datatype})")
     try:
         array = np.asarray(data, dtype=np.float64)
     except (TypeError, ValueError):
         raise BadRequest(f"inputs[0].data: not all numbers (datatype {datatype})") from None
+    except OverflowError:  # an integer of 400 digits: a 500 with a traceback
+        raise BadRequest(f"inputs[0].data: values beyond the range of {datatype}") from None
     if array.size != rows * cols:
         raise BadRequest(f"inputs[0].data: {array.size} values for shape [{rows}, {cols}] ({rows * cols} expected)")
     if not np.isfinite(array).all():
@@ -267,7 +284,7 @@ class ModelServer:
                 body = await request.json(loads=json.loads)
             except web.HTTPRequestEntityTooLarge:
                 raise BadRequest(f"body: larger than {MAX_BODY} bytes; split the request", 413) from None
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or a number of over 4,300 digits
                 raise BadRequest(f"body: not JSON ({exc})") from None
             rows, request_id, names = parse_infer(body, self.loaded.model.inputs)
             logits, loaded = await self.batcher.infer(rows)

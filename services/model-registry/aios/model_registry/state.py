@@ -178,6 +178,8 @@ def decide_register(state: ModelState, *, digest: str, size_bytes: int, format: 
                     tags: dict[str, str] | None = None, registered_by: str = "") -> list[Event]:
     if lineage.parent_version is not None:
         _live(state, lineage.parent_version)
+    if len(description) > MAX_DESCRIPTION:  # as `describe` refuses it later
+        raise BadInput(f"description: longer than {MAX_DESCRIPTION:,} characters")
     number = max(state.versions, default=0) + 1  # never reused, even after a deletion
     return [ModelVersionRegistered(aggregate_id=state.name, version=number, digest=digest, size_bytes=size_bytes,
                                    format=format, signature=signature, lineage=lineage, metrics=dict(metrics or {}),
