@@ -143,6 +143,19 @@ async def test_leadership_moves_when_the_leader_stops(killable_nats: NatsServer)
     await store.close()
 
 
+async def test_a_leader_that_resigned_does_not_take_the_key_back(killable_nats: NatsServer) -> None:
+    """A campaign step that ran just after the resignation (the service resigned before stopping its campaign)
+    created the key again, and the standby waited out the whole TTL instead of taking over at once."""
+    store = await connect([killable_nats.url])
+    a = Leadership(store.js, "a", ttl_s=30.0)
+    b = Leadership(store.js, "b", ttl_s=30.0)
+    assert await a.step() and not await b.step()
+    await a.resign()
+    assert not await a.step()
+    assert await b.step()  # at once, not after 30 s
+    await store.close()
+
+
 async def test_snapshot_plus_tail_gives_the_same_decisions(killable_nats: NatsServer) -> None:
     from tests.scheduler.helpers import node
 

@@ -30,6 +30,9 @@ class Leadership:
         self.changes = 0
         self._revision = 0
         self._kv: Any = None
+        self.resigned = False
+        """Set by :meth:`resign`: no step takes the key again (a campaign step in flight as the service stopped
+        created the key just deleted, and the standby waited out the whole TTL)."""
 
     async def _bucket(self) -> Any:
         if self._kv is None:
@@ -46,6 +49,8 @@ class Leadership:
 
     async def step(self) -> bool:
         """Try to take or keep leadership once; returns whether we lead."""
+        if self.resigned:
+            return False
         try:
             kv = await self._bucket()
             if self.is_leader:
@@ -75,6 +80,7 @@ class Leadership:
                 pass
 
     async def resign(self) -> None:
+        self.resigned = True
         if self.is_leader and self._kv is not None:
             try:
                 await self._kv.delete(self.key, last=self._revision)

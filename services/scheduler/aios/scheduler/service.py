@@ -116,10 +116,10 @@ class SchedulerService(Service):
                     last_snapshot = self.projector.seq
         finally:
             await sub.unsubscribe()
-            if self.leadership is not None:
-                await self.leadership.resign()
             stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)  # the campaign ends first: it could take the key
+            if self.leadership is not None:                       # back right after the resignation
+                await self.leadership.resign()
 
     def _metrics(self, ctx: ServiceContext) -> None:
         self.m_rounds = Counter("aios_scheduler_rounds", "scheduling rounds run", registry=ctx.metrics)
