@@ -266,6 +266,11 @@ def test_bad_submissions_name_the_field(gateway: tuple[str, LocalCluster], body:
     assert got == 400 and reply["error"].startswith("body: not JSON")
     got, reply = call(url, "POST", "/api/v1/jobs", ALICE, raw=b"[" * 100_000)  # was a 500 (RecursionError)
     assert got == 400 and reply["error"] == "body: nested too deeply"
+    got, reply = call(url, "POST", "/api/v1/jobs", ALICE, raw=b'{"devices": ' + b"9" * 5000 + b"}")  # was a 500
+    assert got == 400 and reply["error"].startswith("body: not JSON"), reply
+    got, reply = call(url, "POST", "/api/v1/jobs", ALICE, raw=b"{}",  # was a 500 (LookupError)
+                      headers={"Content-Type": "application/json; charset=bogus"})
+    assert got == 400 and "bogus" in reply["error"], reply
     # a field missing is a bad field like any other (a 400 there, a 422 for every other field)
     got, reply = call(url, "POST", "/api/v1/jobs", ADMIN, {"name": "x", "command": ["true"]})
     assert got == 422 and reply["error"].startswith("tenant: an administrator must name"), reply
@@ -334,7 +339,11 @@ def test_a_model_shows_its_training_job_to_that_jobs_tenant_only(gateway: tuple[
         status, seen = call(url, "GET", path, BOB)
         assert status == 200 and "alice-secret-value" not in json.dumps(seen)
         lineage = seen["versions"][0]["lineage"] if "versions" in seen else seen["lineage"]
-        assert lineage["spec"] == {} and lineage["spec_hidden"] == "trained by a job of tenant alice"
+        assert lineage["spec"] == {} and lineage["spec_hidden"] == "trained by a job of another tenant"
+        # nor the job's id, which no route shows another tenant (the lineage, the tags, the description named it)
+        assert made["job"] not in json.dumps(seen), seen
+        assert lineage["job_id"] == "a job of another tenant"
+    assert made["job"] in json.dumps(call(url, "GET", "/api/v1/models/alice-digits", ALICE)[1])
     assert call(url, "GET", "/api/v1/models/alice-digits", ADMIN)[1]["versions"][0]["lineage"]["spec"]["env"]
     # the registry's commands over HTTP, as MLflow's REST API has them (administrators only, as quotas)
     base = "/api/v1/models/alice-digits"
@@ -560,3 +569,92 @@ def test_a_tenant_is_not_told_other_tenants_jobs_or_quotas(gateway: tuple[str, L
                 call(url, "POST", f"/api/v1/jobs/{job}/cancel", token)
         for tenant in ("secret-customer", "bob"):
             call(url, "DELETE", f"/api/v1/tenants/{tenant}/quota", ADMIN)
+
+
+def test_telemetry_keeps_numbers_of_known_devices_only(gateway: tuple[str, LocalCluster]) -> None:
+    """A node's NATS identity, which its jobs' workers hold, may publish telemetry: a job wrote markup into a
+    reading and the dashboard ran it as the administrator (stealing the token), and readings of made-up devices
+    grew every dashboard's fetch without bound."""
+    import asyncio
+    import time
+
+    import nats
+
+    url, cluster = gateway
+    node = call(url, "GET", "/api/v1/nodes/sim-a", ADMIN)[1]
+    real = node["devices"][0]["uuid"]
+
+    async def publish() -> None:
+        nc = await nats.connect(cluster.url_as("admin"))
+        body = {"node": "sim-a", "ts": time.time(), "devices": [
+            {"uuid": real, "utilization_gpu": '1"><img src=x onerror="alert(1)">', "temperature_c": 51.0},
+            *({"uuid": f"made-up-{i}", "utilization_gpu": 5} for i in range(100))]}
+        await nc.publish("aios.telemetry.sim-a", json.dumps(body).encode())
+        await nc.publish("aios.telemetry.nowhere", json.dumps({**body, "node": "nowhere"}).encode())
+        await nc.flush()
+        await nc.close()
+    asyncio.run(publish())
+    time.sleep(1.0)  # the gateway has read them (core NATS, the same connection order)
+    devices = call(url, "GET", "/api/v1/telemetry", BOB)[1]["devices"]
+    assert set(devices) <= {d["uuid"] for d in node["devices"]}, sorted(devices)
+    assert all(isinstance(d["utilization_gpu"], (int, float, type(None))) for d in devices.values()), devices
+
+
+def test_a_telemetry_reading_is_kept_only_for_a_device_of_its_node_and_as_numbers() -> None:
+    from aios.gateway.service import telemetry_readings
+    from aios.scheduler.local import apply, node_registration
+    from aios.scheduler.state import SchedulerState
+
+    state = SchedulerState()
+    apply(state, [node_registration("n1", "h100", 2)], 0.0)
+    nodes = state.inv.nodes
+    [a, b] = sorted(nodes["n1"].devices)
+    body = {"node": "n1", "ts": 5.0, "devices": [
+        {"uuid": a, "utilization_gpu": '1"><img src=x onerror="alert(1)">', "power_w": 300.5, "temperature_c": True},
+        {"uuid": b, "utilization_gpu": 97, "memory_used_bytes": float("nan")},
+        {"uuid": "made-up", "utilization_gpu": 5}, "not a device"]}
+    kept = telemetry_readings(body, nodes, received=1.0)
+    assert sorted(kept) == [a, b]
+    assert kept[a]["utilization_gpu"] is None and kept[a]["power_w"] == 300.5 and kept[a]["temperature_c"] is None
+    assert kept[b]["utilization_gpu"] == 97 and kept[b]["memory_used_bytes"] is None
+    assert telemetry_readings({**body, "node": "n2"}, nodes, 1.0) == {}  # a device of another node, or none
+    assert telemetry_readings({"node": "n1", "devices": "all"}, nodes, 1.0) == {}
+    assert telemetry_readings(["n1"], nodes, 1.0) == {}
+
+
+def test_a_log_follower_that_goes_away_leaves_no_consumer_behind(gateway: tuple[str, LocalCluster]) -> None:
+    """A follow of a silent job noticed its reader gone only when it wrote: each follower closed kept a JetStream
+    consumer and a task for as long as the job ran (for ever, for a job that waits)."""
+    import asyncio
+    import time
+
+    import aiohttp
+    import nats
+
+    url, cluster = gateway
+    status, made = call(url, "POST", "/api/v1/jobs", ALICE, {"name": "silent", "devices": 0,
+                                                            "command": [sys.executable, "-c", "import time; time.sleep(60)"]})
+    assert status == 201, made
+    job = made["job"]
+
+    async def consumers() -> int:
+        nc = await nats.connect(cluster.url_as("admin"))
+        try:
+            return (await nc.jetstream().stream_info("AIOS_LOGS")).state.consumer_count
+        finally:
+            await nc.close()
+
+    async def follow_and_leave() -> None:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ALICE}"}) as http:
+            for _ in range(3):
+                async with http.get(f"{url}/api/v1/jobs/{job}/logs?follow=1") as r:
+                    assert r.status == 200
+                    await asyncio.sleep(0.3)
+        deadline = time.monotonic() + 15
+        while await consumers():
+            assert time.monotonic() < deadline, "the followers' consumers outlived them"
+            await asyncio.sleep(0.5)
+    try:
+        asyncio.run(follow_and_leave())
+    finally:
+        call(url, "POST", f"/api/v1/jobs/{job}/cancel", ALICE)

@@ -163,8 +163,10 @@ class Api:
     async def _json(request: web.Request) -> Any:
         try:
             body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or a number of over 4,300 digits
             raise HttpError(400, f"body: not JSON ({exc})") from None
+        except LookupError as exc:  # Content-Type: application/json; charset=bogus
+            raise HttpError(400, f"body: {exc}") from None
         except RecursionError:  # 100,000 nested brackets were a 500
             raise HttpError(400, "body: nested too deeply") from None
         bad = unencodable_reason(body)  # "\ud800" decodes, then failed wherever it was stored: a 500
@@ -290,7 +292,10 @@ class Api:
                                                "Cache-Control": "no-cache"})
         await response.prepare(request)
         await joblogs.ensure_stream(self.backend.store.js, self.backend.store.replicas)
-        async def job_ended() -> bool:
+        async def job_ended() -> bool:  # or the reader went: a silent job wrote nothing that would have noticed,
+            # and each follower gone kept its consumer and its task for as long as the job ran
+            if request.transport is None or request.transport.is_closing():
+                return True
             now = self.backend.jobs().get(job.job_id)
             return now is None or now.status in TERMINAL
         try:
@@ -407,10 +412,15 @@ class Api:
             owner = spec.get("tenant") if isinstance(spec, dict) else None
             if isinstance(owner, str) and not caller.may_see(owner):
                 # a tenant sees its own jobs only: the spec of another's training job (its command, its
-                # environment) is not shown through the model either
+                # environment) is not shown through the model either, nor the job's id (in the lineage, the
+                # version's tags and its description), as no route shows it
                 lineage["spec"] = {}
                 lineage["command"] = []
-                lineage["spec_hidden"] = f"trained by a job of tenant {owner}"
+                lineage["spec_hidden"] = f"trained by {visibility.OTHER_JOB}"
+                seen = self._as_seen_by(caller)
+                for key in ("lineage", "tags", "description"):
+                    if key in version:
+                        version[key] = seen({"events": version[key]})["events"]
         return web.json_response(reply)
 
     async def model_version(self, request: web.Request, caller: Caller) -> web.StreamResponse:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,35 @@ def load_tokens(env: dict[str, str], data_dir: Path) -> dict[str, str]:
         with os.fdopen(fd, "w") as f:
             f.write(token + "\n")
     return {token: ADMIN}
+
+
+TELEMETRY_KEPT_S = 300.0
+"""A device's last reading is shown this long after it came."""
+TELEMETRY_FIELDS = ("utilization_gpu", "memory_used_bytes", "memory_total_bytes", "temperature_c", "power_w")
+
+
+def telemetry_readings(body: Any, nodes: dict[str, Any], received: float) -> dict[str, dict[str, Any]]:
+    """The readings of a telemetry message worth keeping: devices the inventory has on the node the message names,
+    with numbers as numbers (anything else None). A node's NATS identity, which its jobs' workers hold, may publish
+    telemetry: a job wrote markup into a reading and the dashboard ran it, and readings of made-up devices grew the
+    gateway's memory and every dashboard's fetch without bound."""
+    if not isinstance(body, dict) or not isinstance(body.get("devices"), list):
+        return {}
+    node = nodes.get(body.get("node")) if isinstance(body.get("node"), str) else None
+    if node is None:
+        return {}
+    ts = body.get("ts")
+    out = {}
+    for d in body["devices"]:
+        if not isinstance(d, dict) or not isinstance(d.get("uuid"), str) or d["uuid"] not in node.devices:
+            continue
+        out[d["uuid"]] = {"node": body["node"], "ts": ts if _number(ts) else None, "received": received,
+                          **{k: d.get(k) if _number(d.get(k)) else None for k in TELEMETRY_FIELDS}}
+    return out
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class GatewayService(Service):
@@ -91,7 +122,10 @@ class GatewayService(Service):
         return reply
 
     def telemetry(self) -> dict[str, dict[str, Any]]:
-        return self.devices
+        cutoff = time.monotonic() - TELEMETRY_KEPT_S  # a device that stopped reporting (a node gone) drops out
+        for uuid in [u for u, d in self.devices.items() if d["received"] < cutoff]:
+            del self.devices[uuid]
+        return {u: {k: v for k, v in d.items() if k != "received"} for u, d in self.devices.items()}
 
     def listen(self, last_event_id: str | None = None) -> asyncio.Queue[tuple[str, dict[str, Any]]]:
         """A queue of notifications for one event stream; given the ``Last-Event-ID`` of a stream that
@@ -136,14 +170,9 @@ class GatewayService(Service):
     async def _on_telemetry(self, msg: Any) -> None:
         try:
             body = json.loads(msg.data)
-            for d in body.get("devices", []):
-                self.devices[d["uuid"]] = {"node": body.get("node"), "ts": body.get("ts"),
-                                           "utilization_gpu": d.get("utilization_gpu"),
-                                           "memory_used_bytes": d.get("memory_used_bytes"),
-                                           "memory_total_bytes": d.get("memory_total_bytes"),
-                                           "temperature_c": d.get("temperature_c"), "power_w": d.get("power_w")}
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, RecursionError):
             return
+        self.devices.update(telemetry_readings(body, self.projector.state.inv.nodes, time.monotonic()))
 
     async def _telemetry_ticks(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

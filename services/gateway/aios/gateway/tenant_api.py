@@ -48,8 +48,10 @@ class TenantApi:
             tenant, op = parse_subject(subj)
             try:
                 body = json.loads(data) if data.strip() else {}
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or a number of over 4,300 digits
                 raise HttpError(400, f"body: not JSON ({exc})") from None
+            except RecursionError:  # 100,000 nested brackets
+                raise HttpError(400, "body: nested too deeply") from None
             if not isinstance(body, dict):
                 raise HttpError(400, "body: a JSON object is expected")
             bad = unencodable_reason(body)

@@ -29,8 +29,8 @@ async function renderCluster() {
       <div class="devices">${n.devices.map(d => {
         const state = !d.healthy ? "unhealthy" : d.job ? "busy" : "free";
         const t = tele.devices[d.uuid] || {};
-        const util = t.utilization_gpu != null ? t.utilization_gpu + "%" : "";
-        const level = t.utilization_gpu != null ? t.utilization_gpu : 0;
+        const level = Math.max(0, Math.min(100, Number(t.utilization_gpu) || 0));  // a number, whatever came
+        const util = typeof t.utilization_gpu === "number" ? level.toFixed(0) + "%" : "";
         return `<div class="device" data-state="${state}" data-uuid="${esc(d.uuid)}" title="${esc(d.model)} ${esc(d.uuid)}${d.job ? " — " + esc(d.job) : ""}${d.reason ? " — " + esc(d.reason) : ""}">
           <i class="util" style="height:${level}%"></i><b>${esc(d.kind)} #${d.index}</b><span>${esc(util)}</span></div>`; }).join("")}</div></div>`).join("");
   const usageRows = Object.entries(tenants.tenants).map(([name, t]) => {

@@ -1,0 +1,19 @@
+"""The NATS tenant API answers a body it cannot read with a 400 naming the body, never an internal error."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from aios.gateway.tenant_api import TenantApi
+
+
+@pytest.mark.parametrize("data, error", [
+    (b"{not json", "body: not JSON"),
+    (b'{"job": ' + b"9" * 5000 + b"}", "body: not JSON"),  # was {"error": "internal error: ValueError", 500}
+    (b"[" * 100_000, "body: nested too deeply"),  # was a RecursionError, 500
+])
+def test_a_body_that_cannot_be_read_is_a_400(data: bytes, error: str) -> None:
+    reply = asyncio.run(TenantApi(None).answer("aios.tenant.alice.job", data))  # type: ignore[arg-type]
+    assert reply["status"] == 400 and reply["error"].startswith(error), reply
