@@ -104,7 +104,10 @@ class OrderedConsumer:
         if self._sid is not None:
             sid, self._sid = self._sid, None
             if not self.conn.is_closed:
-                self.conn.unsubscribe(sid)
+                try:
+                    self.conn.unsubscribe(sid)
+                except StoreUnavailable:  # closing under us: the server forgets the subscription with it
+                    pass
 
     async def stop(self) -> None:
         """Unsubscribe and delete the consumer (best effort: it also expires by itself when inactive)."""

@@ -158,7 +158,14 @@ class SnapshotStore:
             data = await read_object(self.store, self.bucket, name)
         except nats.js.errors.ObjectNotFoundError:
             return None
-        seq, found_schema, state = decode_snapshot(data, state_type)
+        if len(data) >= _HEADER.size and data[:4] == _MAGIC and _HEADER.unpack_from(data)[2] != schema:
+            log.warning("ignoring snapshot of another schema", extra={"snapshot": name, "expected": schema})
+            return None
+        try:
+            seq, found_schema, state = decode_snapshot(data, state_type)
+        except StoreError as exc:
+            log.error("ignoring an unreadable snapshot; replaying the log", extra={"snapshot": name, "error": str(exc)})
+            return None
         if found_schema != schema:
             log.warning("ignoring snapshot of another schema", extra={"snapshot": name, "found": found_schema,
                                                                        "expected": schema})

@@ -262,7 +262,14 @@ class EventStore:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 
+        delivered = [after_seq]
+
         def deliver(seq: int, subject: bytes, hdr: bytes | None, payload: bytes, pending: int) -> None:
+            if done.done() or seq > until_seq:
+                if not done.done():
+                    done.set_result(None)
+                return
+            delivered[0] = seq
             on_message(seq, subject, hdr, payload, pending)
             if (seq >= until_seq or pending == 0) and not done.done():
                 done.set_result(None)
@@ -270,7 +277,7 @@ class EventStore:
         stalled_since = loop.time()
         while True:
             conn = await self._reader_conn()
-            consumer = OrderedConsumer(conn, self.stream, filter_subject, after_seq, deliver)
+            consumer = OrderedConsumer(conn, self.stream, filter_subject, delivered[0], deliver)
             try:
                 await consumer.start()
                 break
@@ -283,7 +290,7 @@ class EventStore:
                 await asyncio.sleep(0.5)
         try:
             if consumer.initial_pending == 0:
-                return after_seq  # nothing matches the filter after after_seq
+                return delivered[0]  # nothing (more) matches the filter
             while not done.done():
                 progress = consumer.last_seq
                 trouble = asyncio.ensure_future(consumer.wait_trouble())
@@ -302,16 +309,24 @@ class EventStore:
                     raise StoreUnavailable(f"reading {filter_subject} stalled at sequence {consumer.last_seq}")
                 consumer.check_idle()
                 if conn.is_closed or consumer.needs_reset:
-                    if conn.is_closed:
-                        await asyncio.sleep(0.2)
-                        conn = await self._reader_conn()
-                        consumer.conn = conn
-                    await consumer.restart()
+                    try:
+                        if conn.is_closed:
+                            consumer._sid = None  # it named a subscription of the dead connection
+                            await asyncio.sleep(0.2)
+                            conn = await self._reader_conn()
+                            consumer.conn = conn
+                        await consumer.restart()
+                    except StoreUnavailable:
+                        if loop.time() - stalled_since > self.append_deadline:
+                            raise
+                        consumer._trouble.set()
+                        await asyncio.sleep(0.5)
+                        continue
                     if consumer.initial_pending == 0:
                         break
         finally:
             await consumer.stop()
-        return consumer.last_seq
+        return delivered[0]
 
     async def read(self, aggregate: str, *, on_bad_event: Literal["raise", "skip"] = "raise") -> AggregateHistory:
         """All events of one aggregate, oldest first, with its version."""
@@ -368,7 +383,7 @@ class EventStore:
         bad: list[str] = []
 
         def on_message(seq: int, subject: bytes, hdr: bytes | None, payload: bytes, _pending: int) -> None:
-            aggregate = subject[cut:].decode()
+            aggregate = subject[cut:].decode(errors="surrogateescape")
             try:
                 events = _decode_at(decode, payload, seq, subject, aggregate)
             except EventError as exc:
@@ -411,6 +426,8 @@ def _decode_at(decode: Callable[[bytes], list[Event]], payload: bytes, seq: int,
         if not isinstance(exc, MalformedEvent):
             raise
         raise type(exc)(f"at sequence {seq} on {_text(subject)}: {exc}") from None
+    except (RecursionError, ValueError) as exc:  # nesting too deep for the untyped decoder, and the like
+        raise MalformedEvent(f"at sequence {seq} on {_text(subject)}: not a valid event payload: {exc}") from None
     kind, _, ident = aggregate.partition(".")
     for ev in events:
         if ev.AGGREGATE and not (ev.aggregate_id == ident and (ev.AGGREGATE == kind or _legacy_run_event(ev, kind))):
@@ -420,7 +437,7 @@ def _decode_at(decode: Callable[[bytes], list[Event]], payload: bytes, seq: int,
 
 
 def _text(subject: bytes | str) -> str:
-    return subject.decode() if isinstance(subject, bytes) else subject
+    return subject.decode(errors="backslashreplace") if isinstance(subject, bytes) else subject
 
 
 def _legacy_run_event(ev: Event, kind: str) -> bool:
@@ -540,7 +557,7 @@ class Subscription:
         return await asyncio.wait_for(self.__anext__(), timeout)
 
     def _on_message(self, seq: int, subject: bytes, hdr: bytes | None, payload: bytes, _pending: int) -> None:
-        aggregate = subject[self._cut:].decode()
+        aggregate = subject[self._cut:].decode(errors="surrogateescape")
         try:
             events = _decode_at(self._decode, payload, seq, subject, aggregate)
         except EventError as exc:
