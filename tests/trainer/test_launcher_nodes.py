@@ -645,3 +645,118 @@ def test_a_failed_jobs_error_quotes_its_workers_last_stderr_line() -> None:
                                message="FileNotFoundError: data/train.csv"), 4)
     assert outcome(state.jobs["j"]) == (
         "failed", 'worker rank0-a1 exited with 1; its last stderr line: "FileNotFoundError: data/train.csv"', 1)
+
+
+def test_a_crash_loop_is_counted_when_a_rank_finished_before_the_one_that_exits_75() -> None:
+    """The check took the first exit of any code: with a rank that finished (exit 0) first, the job's own exit 75
+    was not counted and the job requeued itself for ever; and the reason named the first rank by name, whatever its
+    exit (found by review)."""
+    import time
+
+    from aios.scheduler.state import SchedulerState, evolve
+    from aios.trainer.launcher import outcome
+
+    def run(order: list[tuple[int, int]], max_restarts: int = 0) -> tuple[list[str], int, str]:
+        state, seq = SchedulerState(), iter(range(1, 10_000))
+        evolve(state, JobSubmitted(aggregate_id="j", tenant="ml", name="j", spec={
+            "name": "j", "tenant": "ml", "devices": 2, "command": ["python", "t.py"],
+            "max_restarts": max_restarts}), next(seq))
+        job = state.jobs["j"]
+        placed = [Assignment(node_id="n1", device_uuids=uuids("n1"), ranks=[0, 1])]
+        results: list[str] = []
+        for _ in range(10):
+            now = time.time()
+            evolve(state, JobPlaced(aggregate_id="j", world_size=2, assignments=placed, ts=now - 5), next(seq))
+            for rank, code in order:
+                evolve(state, WorkerExited(aggregate_id="j", node_id="n1", worker=f"rank{rank}-a{job.attempts}",
+                                           exit_code=code, attempt=job.attempts, ts=now), next(seq))
+            decided = outcome(job, now=now)
+            assert decided is not None
+            results.append(decided[0])
+            if decided[0] != "requeued":
+                return results, job.interrupted_in_a_row, decided[1]
+            evolve(state, JobRequeued(aggregate_id="j", reason=decided[1], interrupted=decided[2] == 75, ts=now),
+                   next(seq))
+        return results, job.interrupted_in_a_row, ""
+    results, _, reason = run([(1, 0), (0, 75)])
+    assert results == ["requeued"] * 5 + ["failed"] and "worker rank0-a6 exited 75" in reason, (results, reason)
+    assert run([(0, 75), (1, 0)])[0] == ["requeued"] * 5 + ["failed"]
+
+
+class _StoreThatFailsOnce:
+    """The real store, whose first write of a job's outcome meets ``first`` (a NATS hiccup), and whose re-read
+    after a conflict fails once too, with ``reread``."""
+
+    def __init__(self, inner: EventStore, first: Exception, reread: Exception | None = None) -> None:
+        self._inner, self.first, self.reread = inner, first, reread
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def append(self, aggregate: str, events: Any, *args: Any, **kw: Any) -> Any:
+        from aios.common.events import JobSucceeded
+
+        if isinstance(events, (JobFailed, JobSucceeded, JobRequeued)) and self.first is not None:
+            failure, self.first = self.first, None
+            raise failure
+        return await self._inner.append(aggregate, events, *args, **kw)
+
+    async def read(self, aggregate: str, *args: Any, **kw: Any) -> Any:
+        if self.reread is not None and self.first is None:
+            failure, self.reread = self.reread, None
+            raise failure
+        return await self._inner.read(aggregate, *args, **kw)
+
+
+@pytest.mark.parametrize("first,reread", [
+    ("unavailable", None),  # the outcome was lost: the job stayed running, its devices held, until a restart
+    ("conflict", "unavailable"),  # the re-read's error stopped the trainer's event follower: nothing more happened
+])
+async def test_a_job_outcome_is_recorded_through_a_store_that_fails_once(store: EventStore, first: str,
+                                                                         reread: str | None) -> None:
+    from aios.common.errors import ConcurrencyConflict, StoreUnavailable
+
+    errors = {"unavailable": StoreUnavailable("not acknowledged (injected)"),
+              "conflict": ConcurrencyConflict("job.j1", 0, "injected")}
+    asked = await placed_on_both_nodes(store)
+    flaky = _StoreThatFailsOnce(store, errors[first], errors[reread] if reread else None)
+    launcher = LauncherService(node_id=None)
+    context = ServiceContext("trainer", load_settings({"AIOS_NATS_URL": store.servers[0]}), store.nc, flaky,
+                             CollectorRegistry())  # type: ignore[arg-type]
+    task = asyncio.ensure_future(launcher.run(context))
+    try:
+        await until(lambda: len([a for a in asked if a[1] == "run"]) == 4)
+        for rank in range(4):
+            await store.append("run.j1", WorkerExited(aggregate_id="j1", node_id=NODES[rank // 2],
+                                                      worker=f"rank{rank}-a1", exit_code=0, attempt=1))
+
+        async def succeeded() -> bool:
+            return any(type(e).__name__ == "JobSucceeded" for e in (await store.read("job.j1")).events)
+        await until(succeeded, timeout=20)
+        assert not task.done()
+    finally:
+        context.stopping.set()
+        await task
+
+
+async def test_a_node_trainer_that_starts_after_the_job_started_launches_its_own_workers(store: EventStore) -> None:
+    """The lead records JobStarted once its own workers are up; a node trainer that started (or restarted) after
+    that took the running job as launched and never started its node's ranks: the collective timed out, or a
+    deployment served with fewer replicas for ever (found by review)."""
+    asked = await placed_on_both_nodes(store)
+    settings = load_settings({"AIOS_NATS_URL": store.servers[0]})
+    launchers = {n: LauncherService(node_id=n) for n in NODES}
+    contexts = {n: ServiceContext("trainer", settings, store.nc, store, CollectorRegistry()) for n in NODES}
+    tasks = {"n1": asyncio.ensure_future(launchers["n1"].run(contexts["n1"]))}
+    try:
+        async def started() -> bool:
+            return any(isinstance(e, JobStarted) for e in (await store.read("job.j1")).events)
+        await until(started)
+        assert not [r for n, v, r in asked if v == "run" and n == "n2"]
+        tasks["n2"] = asyncio.ensure_future(launchers["n2"].run(contexts["n2"]))
+        await until(lambda: {r["worker"] for n, v, r in asked if v == "run" and n == "n2"} == {"rank2-a1", "rank3-a1"})
+        assert sorted(r["worker"] for n, v, r in asked if v == "run") == [f"rank{i}-a1" for i in range(4)]
+    finally:
+        for n in tasks:
+            contexts[n].stopping.set()
+        await asyncio.gather(*tasks.values())

@@ -28,7 +28,7 @@ from aios.common.events import (
     JOB_AGGREGATES, Assignment, JobFailed, JobRequeued, JobStarted, JobSucceeded, ReplicaReplaced,
 )
 from aios.common.events.job import placement_workers, worker_name
-from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError
+from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError, StoreError
 from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import Projector
 from aios.common.store import Commit
@@ -165,7 +165,9 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
                     job.exit_codes[worker])
         if nodes_lost:
             why = f"node {min(nodes_lost)} was lost"
-        elif interrupted and not nodes_going and (first := next(iter(job.exit_codes))) in interrupted:
+        elif interrupted and not nodes_going and (first := next(
+                (w for w, c in job.exit_codes.items() if c != 0 or (job.spec is not None and job.spec.serve)),
+                "")) in interrupted:  # the first to exit of those that did not finish (a rank done first is not)
             # its own doing: a worker's exit 75 came first (its peers were then stopped at the launcher's request);
             # one that exits 75 after AIOS stopped a peer, or while its node goes, is not
             looping = (job.interrupted_in_a_row >= MAX_INTERRUPTIONS_WITHOUT_PROGRESS
@@ -178,11 +180,11 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
                         job.exit_codes[first]
                 return "requeued", f"replica {first} {how}; the deployment restarts", EXIT_INTERRUPTED
             if looping:
-                return "failed", (f"worker {interrupted[0]} exited {EXIT_INTERRUPTED} (interrupted) again, after "
+                return "failed", (f"worker {first} exited {EXIT_INTERRUPTED} (interrupted) again, after "
                                   f"{job.interrupted_in_a_row} requeues in a row without progress (no new step, "
                                   f"each run shorter than {PROGRESS_RUN_S:g} s): a crash loop, not an "
                                   "interruption"), EXIT_INTERRUPTED
-            why = (f"worker {interrupted[0]} stopped before its last step (exit {EXIT_INTERRUPTED}: a signal AIOS did "
+            why = (f"worker {first} stopped before its last step (exit {EXIT_INTERRUPTED}: a signal AIOS did "
                    "not send, or NATS went away)")
             return "requeued", f"{why}; {resumes(job)}", EXIT_INTERRUPTED
         elif job.stopped_workers:
@@ -240,6 +242,10 @@ def exit_text(code: int | None, sig: int | None, builtin: bool = False) -> str:
     return f"was killed by {name} (signal {sig}{hint})"
 
 
+OUTCOME_RETRY_S = 300.0
+"""How long the lead trainer tries to record an attempt's outcome while the store does not answer."""
+
+
 def lead_node(job: JobState) -> str | None:
     """The node whose trainer records the job's start and outcome: rank 0's."""
     return job.assignments[0].node_id if job.assignments else None
@@ -280,9 +286,13 @@ class LauncherService(Service):
         self.ctx = ctx
         await self.projector.rebuild(ctx.store)
         for job in self.projector.state.jobs.values():
-            # after a restart: a job whose start was recorded is launched; one still PLACED may have been cut off
-            # half-way (we died between two workers), so it is launched again, skipping the workers that started
-            if job.status != PLACED and (job.workers_running or job.exit_codes or job.started_at):
+            # after a restart: a job whose workers here all started is launched; one still PLACED may have been cut
+            # off half-way (we died between two workers), and a running one may have been started by the trainers
+            # of its other nodes while ours was down (the lead records JobStarted once its own workers are up), so
+            # those are launched again, skipping the workers that started
+            mine = {w for w, (node, _) in worker_places(job).items() if self._mine(node)}
+            if job.status != PLACED and (job.workers_running or job.exit_codes or job.started_at) and (
+                    job.status not in (PLACED, RUNNING) or mine <= set(job.started_workers) | set(job.exit_codes)):
                 key = (job.job_id, job.attempts)
                 self.launched.add(key)
                 self.nodes_of[key] = {a.node_id for a in job.assignments if self._mine(a.node_id)}
@@ -291,6 +301,10 @@ class LauncherService(Service):
         await self._reconcile()
         next_sweep = time.monotonic() + min(10.0, self.sweep_every_s)
         while not ctx.stopping.is_set():
+            if follower.done():  # an error stopped the fold: a trainer that folds nothing decides nothing, and
+                # went on looking alive; its supervisor restarts it, and the restart rebuilds from the log
+                await follower
+                raise StoreError("the trainer's event follower stopped")
             try:
                 await asyncio.wait_for(ctx.stopping.wait(), 1.0)
             except asyncio.TimeoutError:
@@ -400,7 +414,8 @@ class LauncherService(Service):
                         and (job.job_id, replaced.replacement) not in self.replacing):
                     self.replacing.add((job.job_id, replaced.replacement))
                     await self._start_replacement(job, replaced)
-            if job.status == PLACED and key not in self.launched and self._booked(job):
+            if (job.status in (PLACED, RUNNING) and key not in self.launched and key not in self.stopped
+                    and not job.cancel_requested and self._booked(job)):
                 if any(self._mine(a.node_id) for a in job.assignments):
                     self.launched.add(key)
                     with tracing.job_span("launch", job.job_id, job.placement_trace, **{
@@ -516,7 +531,8 @@ class LauncherService(Service):
                     continue
                 if not self._current(job.job_id, attempt):
                     return  # requeued or ended while we were starting its workers: the rest is not wanted
-                if worker_name(rank, attempt) in job.started_workers:  # started before we restarted
+                if worker_name(rank, attempt) in job.started_workers or worker_name(rank, attempt) in job.exit_codes:
+                    # started before we restarted (and maybe ended since)
                     rank += 1
                     continue
                 reply = await self._start_worker(job, a, rank, local, uuid, worker_name(rank, attempt), attempt)
@@ -586,25 +602,40 @@ class LauncherService(Service):
         """Record how an attempt ended, only while it is still the job's current attempt: a launch that timed out
         on a dead node must not fail a job that was requeued and has meanwhile succeeded elsewhere (one end per
         job). Appended against the job's version; on a conflict the job's own events are read again (our fold
-        may be waiting for us) and the question is asked again."""
+        may be waiting for us) and the question is asked again. A store that does not answer is asked again, with
+        a backoff, for ``OUTCOME_RETRY_S`` (the idempotency key makes a write that did land count once): one lost
+        write left the job running for ever with its devices held, and an error in the re-read stopped the
+        trainer's event follower. Given up, the attempt is undecided again, so the next event decides it anew."""
         aggregate = f"job.{job_id}"
         current, version = self._current(job_id, attempt), self.projector.state.inv.versions.get(aggregate, 0)
-        for _ in range(50):
+        deadline = time.monotonic() + OUTCOME_RETRY_S
+        pause = 0.2
+        for _ in range(1000):
             if not current:
                 log.info("outcome of an old attempt dropped", extra={"job": job_id, "attempt": attempt})
                 return
             try:
-                await self.ctx.store.append(aggregate, event, version, idempotency_key=f"launcher-{job_id}-{key}")
-                return
-            except ConcurrencyConflict:
-                history = await self.ctx.store.read(aggregate)
+                try:
+                    await self.ctx.store.append(aggregate, event, version,
+                                                idempotency_key=f"launcher-{job_id}-{key}")
+                    return
+                except ConcurrencyConflict:
+                    history = await self.ctx.store.read(aggregate)
                 fresh = SchedulerState()
                 for ev in history.events:
                     evolve(fresh, ev)
                 current, version = _is_current(fresh.jobs.get(job_id), attempt), history.version
+                continue
             except AiosError as exc:
-                log.error("could not record job outcome", extra={"job": job_id, "error": str(exc)})
-                return
+                if time.monotonic() + pause > deadline:
+                    log.error("could not record job outcome; decided again at the job's next event",
+                              extra={"job": job_id, "error": str(exc)})
+                    self.decided.discard((job_id, attempt))
+                    return
+                log.warning("could not record job outcome yet; trying again", extra={"job": job_id,
+                                                                                     "error": str(exc)})
+            await asyncio.sleep(pause)
+            pause = min(5.0, pause * 2)
         log.error("could not record job outcome: the job kept changing", extra={"job": job_id})
 
     async def _append(self, job: JobState, event: Any, key: str) -> None:
