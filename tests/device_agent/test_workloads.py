@@ -173,3 +173,42 @@ async def test_a_shutdown_stops_every_worker_at_once_each_with_its_jobs_grace() 
     await asyncio.sleep(1.0)
     await runner.stop_all(cap_s=0.5)
     assert exits["e"] == (None, 9)
+
+
+async def test_a_worker_that_exits_is_reported_while_what_it_started_holds_its_output() -> None:
+    """A worker that crashed and left a process behind holding its stdout was never reported exited (its job ran
+    on, its devices stayed busy): reported within the drain time now, and what it left in its group is killed."""
+    import time
+
+    exits: list[tuple[int | None, float]] = []
+    lines: list[bytes] = []
+
+    async def on_exit(w: Workload, code: int | None, sig: int | None) -> None:
+        exits.append((code, time.monotonic() - started))
+    runner = WorkloadRunner(lambda w, stream, line: lines.append(line), on_exit)
+    started = time.monotonic()
+    w = await runner.start("j", "rank0-a1", ["sh", "-c", "sleep 60 & echo crashing >&2; exit 3"], {}, [])
+    deadline = time.monotonic() + 15
+    while not exits:
+        assert time.monotonic() < deadline, "the exit was never reported"
+        await asyncio.sleep(0.1)
+    assert exits[0][0] == 3 and exits[0][1] < 8, exits
+    assert b"crashing\n" in lines and "rank0-a1" not in {k[1] for k in runner.running}
+    assert not _alive_in_group(w.proc.pid)  # the sleep it left behind went with it
+
+
+def _alive_in_group(pgid: int) -> list[int]:
+    """Processes of the group that are not zombies (a reparented zombie waits for whoever reaps it)."""
+    import os
+
+    alive = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                alive.append(int(entry))
+    return alive

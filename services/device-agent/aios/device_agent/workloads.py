@@ -22,6 +22,10 @@ class DevicesBusy(ValueError):
     """A worker's devices are still held by another worker process (stopping, or not stopped)."""
 
 
+OUTPUT_DRAIN_S = 2.0
+"""How long a worker's output is read after it exited, before its exit is reported regardless."""
+
+
 @dataclass
 class Workload:
     job_id: str
@@ -148,16 +152,38 @@ class WorkloadRunner:
                 return
 
     async def _watch(self, workload: Workload) -> None:
-        for result in await asyncio.gather(self._pump(workload, workload.proc.stdout, "stdout"),
-                                           self._pump(workload, workload.proc.stderr, "stderr"),
-                                           return_exceptions=True):
-            if isinstance(result, Exception):  # the output is lost, never the exit: drain what is left unread
+        """Forward the output until the worker exits, and report its exit. Exited, it is reported after at most
+        ``OUTPUT_DRAIN_S`` more of its output: something it started (a helper server, a process left behind) may
+        hold its pipes open for ever, and ``Process.wait`` returns only once they close, so its exit was never
+        reported, its job ran on, and its devices stayed busy. What it left behind in its process group is
+        killed, as a container's processes die with its main one."""
+        proc = workload.proc
+        pumps = [asyncio.ensure_future(self._pump(workload, proc.stdout, "stdout")),
+                 asyncio.ensure_future(self._pump(workload, proc.stderr, "stderr"))]
+        while proc.returncode is None and not all(p.done() for p in pumps):
+            await asyncio.wait(pumps, timeout=0.5)
+        if not all(p.done() for p in pumps):
+            await asyncio.wait(pumps, timeout=OUTPUT_DRAIN_S)
+        if not all(p.done() for p in pumps):
+            log.warning("a worker exited, and what it started still holds its output: killed",
+                        extra={"job": workload.job_id, "worker": workload.worker})
+            _signal_group(workload, signal.SIGKILL)
+            await asyncio.wait(pumps, timeout=2.0)
+            for p in pumps:
+                p.cancel()  # a process outside its group (it called setsid) holds them: stop reading
+            await asyncio.gather(*pumps, return_exceptions=True)
+        for p in pumps:
+            failed = None if p.cancelled() else p.exception()
+            if failed is not None:  # the output is lost, never the exit: drain what is left unread
                 log.error("worker output lost", extra={"job": workload.job_id, "worker": workload.worker,
-                                                       "error": repr(result)})
-                for stream in (workload.proc.stdout, workload.proc.stderr):
-                    while stream is not None and await stream.read(1 << 16):
+                                                       "error": repr(failed)})
+                for stream in (proc.stdout, proc.stderr):
+                    try:
+                        while stream is not None and await asyncio.wait_for(stream.read(1 << 16), OUTPUT_DRAIN_S):
+                            pass
+                    except asyncio.TimeoutError:
                         pass
-        code = await workload.proc.wait()
+        code = proc.returncode if proc.returncode is not None else await proc.wait()
         self.running.pop(workload.key, None)
         exit_code, sig = (code, None) if code >= 0 else (None, -code)
         try:
