@@ -265,6 +265,11 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
             # pinned only to a kind that can hold the job alone: a gang larger than any one kind is placed across
             # kinds, charged as before (pinning it made it wait for ever)
             whole = [k for k in accepted if not facts.never_fits(request_for(job, frozenset({k})))]
+            never = facts.never_fits(request_for(job, frozenset(spec.device_types) or None))
+            if never:  # before any charge: admitted, it held its tenant's quota (and so the cohort's lending) for
+                # a start that never comes, and reclaimed borrowers' devices for it (a node of the quota lost)
+                plan.reasons[job.job_id] = f"capacity: {never}"
+                return
             charge, decision = _choose_kind(tenants, usage, job, sorted(whole or accepted), free, preferred)
             if decision.admitted and decision.borrowed and first_pass:
                 borrowing.append(job)
@@ -272,12 +277,9 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
             if not decision.admitted:
                 # a job that no wait for quota would let start says why first (a 16-device gang on 8 devices
                 # read "a100 would be 16 against nominal 2")
-                never = facts.never_fits(request_for(job, frozenset(spec.device_types) or None))
                 kinds_of_job = sorted(whole or accepted)
                 most = {k: quotas.ceiling(tenants, job.tenant, k) for k in kinds_of_job}
-                if never:
-                    plan.reasons[job.job_id] = f"capacity: {never}"
-                elif all(spec.devices > m for m in most.values()):  # it read as if a wait would do
+                if all(spec.devices > m for m in most.values()):  # it read as if a wait would do
                     plan.reasons[job.job_id] = (
                         f"quota: tenant {job.tenant} can never hold {spec.devices} "
                         f"{'device' if spec.devices == 1 else 'devices'} of one kind (a job is charged to one): "
@@ -285,7 +287,7 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
                         + " with all its cohort could lend; a larger quota, or a smaller job, would let it start")
                 else:
                     plan.reasons[job.job_id] = f"quota: {decision.reason}"
-                if not _maybe_reclaim(state, plan, tenants, usage, job, charge, now) and first_pass and not never:
+                if not _maybe_reclaim(state, plan, tenants, usage, job, charge, now) and first_pass:
                     # in the first pass only: there its tenant's lower-ranked jobs have not taken the quota yet
                     # this round (in the borrowers' pass they had, and a victim admitted again ahead of it was
                     # preempted again, for ever)
@@ -419,10 +421,10 @@ class _Facts:
             n = sum(c for k, c in kinds.items() if req.kinds is None or k in req.kinds)
             if req.max_per_node is not None:
                 n = min(n, req.max_per_node)
-            if req.cpu > 0:
-                n = min(n, int(cpu / req.cpu + 1e-9))
+            if req.cpu > 0:  # capped before int(): 1e-320 cores per worker made it infinity, and every round raised
+                n = min(n, int(min(cpu / req.cpu + 1e-9, 1e9)))
             if req.memory_gib > 0:
-                n = min(n, int(mem / req.memory_gib + 1e-9))
+                n = min(n, int(min(mem / req.memory_gib + 1e-9, 1e9)))
             usable += max(n, 0)
         wanted = "/".join(sorted(req.kinds)) if req.kinds else ""
         has = ", ".join(f"{k} x{n}" for k, n in sorted(kinds_here.items())) or "none"

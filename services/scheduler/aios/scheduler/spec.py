@@ -105,6 +105,10 @@ WORKER_VARIABLES = frozenset({
 MAX_PRIORITY = 1000
 MAX_DEVICES = 4096
 MAX_CPU_PER_WORKER = 4096.0
+MIN_CPU_PER_WORKER = 0.001
+"""A thousandth of a core (Kubernetes' smallest CPU request, 1m): 1e-320 cores per worker was taken, and the
+scheduler's count of workers a node could hold became infinite."""
+MIN_MEMORY_GIB_PER_WORKER = 1 / 1024
 MAX_SPEC_BYTES = 256 << 10
 MAX_MEMORY_GIB_PER_WORKER = 1 << 20
 
@@ -194,10 +198,12 @@ def validate_spec(raw: Any) -> JobSpec:
             raise SpecError(f"throughput.{kind}", "names a device kind not in device_types")
     if spec.max_devices_per_node is not None and spec.max_devices_per_node < 1:
         raise SpecError("max_devices_per_node", "must be at least 1")
-    if not 0 < spec.cpu_per_worker <= MAX_CPU_PER_WORKER:
-        raise SpecError("cpu_per_worker", f"must be positive, at most {MAX_CPU_PER_WORKER:g} cores")
-    if not 0 < spec.memory_gib_per_worker <= MAX_MEMORY_GIB_PER_WORKER:
-        raise SpecError("memory_gib_per_worker", f"must be positive, at most {MAX_MEMORY_GIB_PER_WORKER:,} GiB")
+    if not MIN_CPU_PER_WORKER <= spec.cpu_per_worker <= MAX_CPU_PER_WORKER:
+        raise SpecError("cpu_per_worker", f"must be positive, at least {MIN_CPU_PER_WORKER:g} and at most "
+                                          f"{MAX_CPU_PER_WORKER:g} cores")
+    if not MIN_MEMORY_GIB_PER_WORKER <= spec.memory_gib_per_worker <= MAX_MEMORY_GIB_PER_WORKER:
+        raise SpecError("memory_gib_per_worker", f"must be positive, at least {MIN_MEMORY_GIB_PER_WORKER:g} "
+                                                 f"(1 MiB) and at most {MAX_MEMORY_GIB_PER_WORKER:,} GiB")
     for key in spec.env:
         if not _ENV_NAME.fullmatch(key):
             raise SpecError(f"env.{key[:64]}", "not an environment variable name (1 to 256 characters, no '=')")

@@ -1,0 +1,54 @@
+"""Specs and states at the edges a review found, each stopping or starving the scheduler before its fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from aios.scheduler.local import step
+from aios.scheduler.policies import make_policy
+from aios.scheduler.rounds import plan_round
+from aios.scheduler.spec import SpecError, validate_spec
+from tests.scheduler.helpers import Cluster
+
+
+@pytest.mark.parametrize("field", ["cpu_per_worker", "memory_gib_per_worker"])
+def test_a_vanishing_resource_request_is_refused_by_name(field: str) -> None:
+    """1e-320 cores per worker was taken: the count of workers a node could hold became infinite, and every
+    round raised OverflowError while the job waited, for the whole cluster."""
+    with pytest.raises(SpecError) as refused:
+        validate_spec({"name": "tiny", "tenant": "t", "devices": 8, "command": ["run"], field: 1e-320})
+    assert refused.value.field == field
+
+
+def test_a_vanishing_request_already_in_the_log_is_failed_by_name_and_the_round_goes_on() -> None:
+    c = Cluster(("n1", "h100", 4))
+    c.submit("tiny", 8, cpu_per_worker=1e-320)  # a log written before the check holds it
+    c.submit("ok", 1)
+    plan = plan_round(c.state, make_policy("fifo"), 2.0)
+    assert plan.rejections == ["tiny"] and [p.job_id for p in plan.placements] == ["ok"]
+
+
+def test_a_quota_job_that_can_never_start_takes_no_quota_and_preempts_nobody() -> None:
+    """Tenant a's quota is 16 h100 on 8: its 16-device gang was admitted, held the cohort's lending for a start
+    that never comes, and reclaimed tenant b's borrowed devices for it; b's jobs then waited for ever."""
+    c = Cluster(("n1", "h100", 4), ("n2", "h100", 4))
+    c.quota("a", "co", h100=16)
+    c.quota("b", "co")
+    c.submit("b1", 4, tenant="b")
+    c.submit("b2", 4, tenant="b")
+    fifo = make_policy("fifo")
+    step(c.state, fifo, 1.0)
+    assert (c.status("b1"), c.status("b2")) == ("placed", "placed")
+    c.submit("big", 16, tenant="a", now=2.0)
+    for t in (3.0, 4.0, 5.0):
+        plan = step(c.state, fifo, t)
+        assert not plan.preemptions, plan.preemptions
+    assert plan_round(c.state, fifo, 6.0).reasons["big"].startswith("capacity: ")
+    # and with a node lost, a job that fits what is left is not held back by it
+    c.finish("b1", 7.0)
+    c.finish("b2", 7.0)
+    c.lose("n2", 8.0)
+    c.submit("small", 2, tenant="b", now=9.0)
+    for t in (10.0, 11.0, 12.0):  # the finished jobs' devices come back, then the round places
+        step(c.state, fifo, t)
+    assert c.status("small") == "placed" and c.status("big") == "pending"
