@@ -160,3 +160,67 @@ def test_the_dashboard_line_names_a_token_file_only_when_there_is_one(tmp_path: 
         f"dashboard: http://h:1/?token=s3cret   (API: http://h:1/api/v1, token in {token_file})")
     line = dashboard_line("http://h:1", token_file, {"AIOS_GATEWAY_TOKENS": "abc=alice,def=*"})
     assert "tokens from AIOS_GATEWAY_TOKENS" in line and "s3cret" not in line and str(token_file) not in line
+
+
+def test_a_second_cluster_on_the_same_data_dir_is_refused(aios_env: dict[str, str], tmp_path: Path) -> None:
+    """nats-server does not lock its store: a second `aios up` on another port wrote to the same files, and
+    events one of them had confirmed were lost (found by review)."""
+    from aios.common.natsserver import free_port
+
+    env = {**aios_env, "AIOS_DATA_DIR": str(tmp_path / "shared"), "AIOS_NATS_PORT": str(free_port())}
+    env.pop("AIOS_NATS_URL", None)
+    first = subprocess.Popen([sys.executable, "-m", "aios.cli.main", "up", "--no-sim"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        read_until(first, r"Ctrl-C stops everything")
+        second = subprocess.run([sys.executable, "-m", "aios.cli.main", "up", "--no-sim"],
+                                env={**env, "AIOS_NATS_PORT": str(free_port())}, capture_output=True, text=True,
+                                timeout=60)
+        assert second.returncode == 2 and "is used by another running cluster" in second.stderr, second
+        assert "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(60) == 0
+    again = subprocess.Popen([sys.executable, "-m", "aios.cli.main", "up", "--no-sim"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:  # stopped, it left the directory free
+        read_until(again, r"Ctrl-C stops everything")
+    finally:
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(60) == 0
+
+
+@pytest.mark.parametrize("argv, env_extra, message", [
+    (["up", "--sim", "n1=1xH100-80GB", "--sim", "n1=1xA100-40GB"], {}, "node 'n1' is given twice"),
+    (["up", "--no-sim", "--secure"], {"AIOS_NATS_URL": "nats://127.0.0.1:1"}, "--secure: only with the embedded"),
+    (["up", "--no-sim"], {"AIOS_DATA_DIR": "FILE"}, "cannot use it"),
+])
+def test_up_refuses_what_it_cannot_run_by_name(aios_env: dict[str, str], tmp_path: Path, argv: list[str],
+                                               env_extra: dict[str, str], message: str) -> None:
+    """Each was a traceback, or (a node given twice) two agents for one node, one of them left running after."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    env = {**aios_env, "AIOS_DATA_DIR": str(tmp_path / "data"),
+           **{k: (str(afile) if v == "FILE" else v) for k, v in env_extra.items()}}
+    out = subprocess.run([sys.executable, "-m", "aios.cli.main", *argv], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out
+
+
+def test_up_stops_in_order_when_its_output_is_gone(aios_env: dict[str, str], tmp_path: Path) -> None:
+    """`aios up | tee log` and Ctrl-C: tee died too, the "stopping" print raised BrokenPipeError, the orderly stop
+    was skipped and the services were left to die with their parent, NATS among them, agents last."""
+    env = {**aios_env, "AIOS_NATS_PORT": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "aios.cli.main", "up", "--no-sim"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        out = read_until(proc, r"Ctrl-C stops everything")
+        pids = [int(p) for p in re.findall(r"\bpid (\d+)", out)]
+        assert pids, out
+        proc.stdout.close()  # type: ignore[union-attr]  # the reader (tee) is gone
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+        assert not [p for p in pids if pid_alive(p)], "services outlived `aios up`: the orderly stop was skipped"
+    finally:
+        if proc.poll() is None:
+            proc.kill()

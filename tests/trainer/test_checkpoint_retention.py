@@ -343,3 +343,9 @@ def test_aios_checkpoints_lists_says_and_sweeps(killable_nats: Any, aios_env: di
     assert refused.returncode != 0 and "'live' is the checkpoint of job live, which is pending" in refused.stderr
     gone = aios("--delete", "old")
     assert gone.returncode == 3 and "no checkpoint named old" in gone.stderr, (gone.stdout, gone.stderr)
+
+
+async def test_deleting_from_a_store_that_never_held_a_checkpoint_says_it_was_not_there(store: EventStore) -> None:
+    from aios.trainer.checkpoints import delete
+
+    assert await delete(store, "nope", bucket=f"NONE_{new_token()[:8]}") is False  # it was a traceback

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import signal
@@ -10,10 +11,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from aios.cli.services import registry
 from aios.common import natsauth
 from aios.common.config import Settings, agent_shutdown_s
+from aios.common.errors import ConfigError
 from aios.common.natsserver import NatsServer, die_with_parent, free_port
 
 
@@ -49,14 +52,23 @@ class LocalCluster:
         self.http_ports: dict[str, int] = {}
         self._argv: dict[str, tuple[list[str], dict[str, str] | None]] = {}
         self.nats_url = settings.nats_url or ""
+        self._lock: Any = None
 
     def start(self) -> "LocalCluster":
         data = self.settings.data_dir
-        data.mkdir(parents=True, exist_ok=True)
+        try:
+            data.mkdir(parents=True, exist_ok=True)
+            (data / "logs").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"AIOS_DATA_DIR={data}: cannot use it: {exc.strerror}") from None
+        if self.settings.nats_url and self.secure:
+            raise ConfigError("--secure: only with the embedded NATS (unset AIOS_NATS_URL); an external server "
+                              "takes its users from `aios nats-config`")
         if self.settings.nats_url:  # an external server: refuse at once if it is not there, before the services
             # start and each retries it for ever under "AIOS is up"
             asyncio.run(_reachable(self.settings.servers))
         else:
+            self._lock_store(data)
             self.nats = NatsServer(data / "jetstream", port=self.settings.nats_port, log_file=data / "nats-server.log")
             if self.secure:
                 self.nats.extra_args = ["-c", str(self._write_auth_config(data, self.nats.url))]
@@ -71,6 +83,18 @@ class LocalCluster:
             for name in NODE_SERVICES & set(self.names):
                 self._spawn(f"{name}-{node}", ["service", name], {"AIOS_NODE_ID": node})
         return self
+
+    def _lock_store(self, data: Path) -> None:
+        """One embedded NATS per data directory: nats-server does not lock its store, and a second cluster on
+        another port wrote to the same files; events confirmed by one were lost when the store was next read."""
+        self._lock = open(data / "aios-up.lock", "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            self._lock = None
+            raise ConfigError(f"AIOS_DATA_DIR={data} is used by another running cluster (aios up, a demo); stop "
+                              "it, or give this one its own AIOS_DATA_DIR") from None
 
     def _write_auth_config(self, data: Path, url: str) -> Path:
         """A private server config with fresh passwords, and the credentials file the operator reads them from."""
@@ -126,6 +150,9 @@ class LocalCluster:
         self._terminate(others, grace)
         if self.nats is not None:
             self.nats.stop()
+        if self._lock is not None:
+            self._lock.close()  # and with it the lock
+            self._lock = None
 
     def kill(self, name: str) -> None:
         """SIGKILL one process by its name (``scheduler``, ``trainer-sim-1``, ``agent-sim-2`` ...): chaos tests."""

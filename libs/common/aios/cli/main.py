@@ -39,6 +39,8 @@ def _sim_nodes(items: list[str]) -> list[tuple[str, str]]:
         node, sep, spec = item.partition("=")
         if not sep or not node:
             raise ConfigError(f"--sim {item!r}: expected NODE=SPEC, e.g. sim-1=4xH100-80GB")
+        if node in dict(nodes):  # two agents for one node: the second hid the first, left running after `down`
+            raise ConfigError(f"--sim {item!r}: node {node!r} is given twice")
         try:
             parse_sim_spec(spec)
         except ValueError as exc:
@@ -102,9 +104,11 @@ def cmd_up(args: argparse.Namespace) -> int:
             time.sleep(0.2)
         return 0
     finally:
-        print("stopping AIOS ...", flush=True)
+        with contextlib.suppress(OSError):  # `aios up | tee`: Ctrl-C ended tee too, and the print's broken pipe
+            print("stopping AIOS ...", flush=True)  # skipped the orderly stop (NATS went with the agents)
         cluster.stop()
-        print("stopped.", flush=True)
+        with contextlib.suppress(OSError):
+            print("stopped.", flush=True)
 
 
 async def _announced(url: str, key: str, wait_s: float = 15.0) -> str | None:

@@ -318,7 +318,10 @@ async def _collect(store: EventStore, jobs: Mapping[str, JobState], bucket: str,
 async def delete(store: EventStore, name: str, bucket: str = BUCKET) -> bool:
     """Delete one checkpoint, leaving no tombstone behind (a delete marker per job ever run, read by every sweep);
     False if it was not there."""
-    objects = await store.js.object_store(bucket)
+    try:
+        objects = await store.js.object_store(bucket)
+    except nats.js.errors.BucketNotFoundError:  # nothing was ever stored (it was a traceback)
+        return False
     try:
         await objects.delete(name)
     except (nats.js.errors.ObjectNotFoundError, nats.js.errors.ObjectDeletedError, nats.js.errors.NotFoundError):
