@@ -52,3 +52,41 @@ def test_a_quota_job_that_can_never_start_takes_no_quota_and_preempts_nobody() -
     for t in (10.0, 11.0, 12.0):  # the finished jobs' devices come back, then the round places
         step(c.state, fifo, t)
     assert c.status("small") == "placed" and c.status("big") == "pending"
+
+
+def _two_kind_node(c: Cluster, name: str, cpu: int = 64) -> None:
+    from aios.common.events import DeviceInfo, NodeRegistered
+    from aios.scheduler.local import apply
+
+    devices = [DeviceInfo(uuid=f"{name}-g{i}", index=i, kind=k, model=k, memory_bytes=80 << 30)
+               for i, k in enumerate(["h100", "h100", "a100", "a100"])]
+    apply(c.state, [(f"node.{name}", [NodeRegistered(aggregate_id=name, hostname=name, agent_id="x", cpu_cores=cpu,
+                                                     memory_bytes=1 << 40, devices=devices)])], 0.0)
+
+
+@pytest.mark.parametrize("policy", ["fifo", "las", "priority", "hetero-ts"])
+def test_a_node_with_two_kinds_holds_a_job_to_its_limits_over_both(policy: str) -> None:
+    """A bin is one node's devices of one kind, and each was held to max_devices_per_node (and the node's CPU)
+    alone: a job limited to 2 devices a node got 4 on a node of 2 h100 and 2 a100 (found by review)."""
+    c = Cluster()
+    _two_kind_node(c, "m")
+    c.submit("limited", 4, max_devices_per_node=2)
+    c.submit("cpu-bound", 4, cpu_per_worker=20.0, now=2.0)  # 64 cores hold 3 workers of 20
+    plan = plan_round(c.state, make_policy(policy), 3.0)
+    assert not plan.placements, [(p.job_id, [(a.node_id, len(a.device_uuids)) for a in p.assignments])
+                                 for p in plan.placements]
+    assert "capacity" in plan.reasons["limited"], plan.reasons
+    _two_kind_node(c, "n")
+    plan = plan_round(c.state, make_policy(policy), 4.0)
+    placed: dict[str, dict[str, int]] = {}
+    for p in plan.placements:
+        for a in p.assignments:  # a node's two kinds are two assignments
+            placed.setdefault(p.job_id, {})[a.node_id] = placed.get(p.job_id, {}).get(a.node_id, 0) + len(
+                a.device_uuids)
+    for job, per_node in placed.items():
+        assert sum(per_node.values()) == 4
+        if job == "limited":
+            assert all(n <= 2 for n in per_node.values()), placed
+        else:
+            assert all(n <= 3 for n in per_node.values()), placed
+    assert "limited" in placed, (placed, plan.reasons)

@@ -96,6 +96,16 @@ class ClusterView:
             cap = np.minimum(cap, np.floor(self.node_mem[nodes] / req.memory_gib + 1e-9))
         return np.maximum(cap, 0).astype(np.int64)
 
+    def node_room(self, req: Request, node: int) -> int:
+        """Devices of ``req`` one node can take over all its bins: the per-node limit, and its CPU and memory for
+        the workers (a bin is a node's devices of one kind, and ``capacity_in`` limits each bin alone)."""
+        room = req.max_per_node if req.max_per_node is not None else 1 << 30
+        if req.cpu > 0:
+            room = min(room, int(min(self.node_cpu[node] / req.cpu + 1e-9, 1 << 30)))
+        if req.memory_gib > 0:
+            room = min(room, int(min(self.node_mem[node] / req.memory_gib + 1e-9, 1 << 30)))
+        return max(room, 0)
+
     def copy(self) -> "ClusterView":
         """A view to try placements on without touching this one."""
         return ClusterView(self.bin_node, self.bin_kind, self.bin_free.copy(), list(self.bin_devices), self.node_ids,
@@ -225,22 +235,23 @@ def greedy(view: ClusterView, req: Request) -> list[tuple[int, int]] | None:
         best = fits[np.lexsort((bins[fits], cap[fits]))][0]
         return [(int(bins[best]), req.devices)]
     order = np.lexsort((bins, -cap))
-    cum = np.cumsum(cap[order])
-    if cum.size == 0 or cum[-1] <= 0:
-        return None
-    if cum[-1] < req.devices:
-        if req.gang:
-            return None
-        need = int(cum[-1])
-    else:
-        need = req.devices
-    k = int(np.searchsorted(cum, need)) + 1
-    plan, left = [], need
-    for i in order[:k]:
-        take = int(min(cap[i], left))
+    # biggest bins first, each node's bins together within its room: two kinds of one node are two bins, and
+    # each alone was held to max_devices_per_node (and the node's CPU), so 2 + 2 went on a node limited to 2
+    room: dict[int, int] = {}
+    plan, left = [], req.devices
+    for i in order:
+        if left == 0:
+            break
+        node = int(view.bin_node[bins[i]])
+        if node not in room:
+            room[node] = view.node_room(req, node)
+        take = int(min(cap[i], left, room[node]))
         if take:
             plan.append((int(bins[i]), take))
             left -= take
+            room[node] -= take
+    if not plan or (left and req.gang):
+        return None
     return plan
 
 
@@ -343,8 +354,21 @@ def milp_window(view: ClusterView, reqs: list[Request], time_limit: float = 1.0,
         lo.append(-np.inf)
         hi.append(float(view.bin_free[b]))
         r += 1
-    # node CPU and memory
+    # node CPU and memory; a job's devices on a node over all its kinds (bins), for max_devices_per_node
     nodes_a = view.bin_node[cols_bin_a]
+    for j, req in enumerate(reqs):
+        if req.max_per_node is None:
+            continue
+        mine = cols_job_a == j
+        for n in np.unique(nodes_a[mine]):
+            idx = np.flatnonzero(mine & (nodes_a == n))
+            if idx.size > 1:
+                rows += [r] * idx.size
+                cols += idx.tolist()
+                vals += [1.0] * idx.size
+                lo.append(-np.inf)
+                hi.append(float(req.max_per_node))
+                r += 1
     for n in np.unique(nodes_a):
         idx = np.flatnonzero(nodes_a == n)
         for per, free in ((np.array([reqs[j].cpu for j in cols_job_a[idx]]), view.node_cpu[n]),
