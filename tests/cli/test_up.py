@@ -125,6 +125,8 @@ def test_up_uses_an_external_server_when_configured(aios_env: dict[str, str], na
     (["frobnicate"], 2, "invalid choice"),
     (["serve", "models:/m@prod", "--wait", "-1"], 2, "--wait: expected seconds, 0 or more, got '-1'"),
     (["models", "serve", "models:/m@prod", "--wait", "nan"], 2, "--wait: expected seconds, 0 or more, got 'nan'"),
+    (["agent", "--node", "n1", "--sim", "1xH100-80GB", "--heartbeat-interval", "-1"], 2,
+     "--heartbeat-interval: expected seconds from 0.05 to 3600, got -1"),
 ])
 def test_cli_usage_errors(aios_env: dict[str, str], argv: list[str], code: int, message: str) -> None:
     out = subprocess.run([sys.executable, "-m", "aios.cli.main", *argv], env=aios_env, capture_output=True,

@@ -148,6 +148,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
     config = AgentConfig(node_id=args.node or base.node_id, sim=args.sim or base.sim,
                          telemetry_interval_s=args.telemetry_interval or base.telemetry_interval_s,
                          heartbeat_interval_s=args.heartbeat_interval or base.heartbeat_interval_s)
+    for option, value in (("--telemetry-interval", config.telemetry_interval_s),
+                          ("--heartbeat-interval", config.heartbeat_interval_s)):
+        if not 0.05 <= value <= 3600:  # -1 made the heartbeat loop spin (asyncio.sleep of a negative time)
+            raise ConfigError(f"{option}: expected seconds from 0.05 to 3600, got {value:g}")
     if config.sim:
         from aios.device_agent.fakenvml import parse_sim_spec
 
