@@ -234,6 +234,9 @@ def greedy(view: ClusterView, req: Request) -> list[tuple[int, int]] | None:
     if fits.size:
         best = fits[np.lexsort((bins[fits], cap[fits]))][0]
         return [(int(bins[best]), req.devices)]
+    total = int(cap.sum())  # each bin's room alone, so at least the node-held total: short of it, short
+    if total <= 0 or (req.gang and total < req.devices):
+        return None
     order = np.lexsort((bins, -cap))
     # biggest bins first, each node's bins together within its room: two kinds of one node are two bins, and
     # each alone was held to max_devices_per_node (and the node's CPU), so 2 + 2 went on a node limited to 2
