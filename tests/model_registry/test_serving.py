@@ -138,15 +138,21 @@ async def test_swapping_the_version_drops_no_request(served: Any, model: nn.Mode
         while not stop.is_set():
             async with http.post(f"{url}/v2/models/digits/infer", json=infer_body(x[k:k + 3])) as r:
                 seen.append((r.status, (await r.json()).get("model_version", "")))
+    async def answered(enough: Any) -> None:  # by count, not by time: a loaded machine answered 40 in 0.6 s
+        deadline = asyncio.get_running_loop().time() + 60
+        while not enough():
+            assert asyncio.get_running_loop().time() < deadline, f"{len(seen)} answers"
+            await asyncio.sleep(0.01)
     clients = [asyncio.ensure_future(client(k)) for k in range(8)]
-    await asyncio.sleep(0.3)
+    await answered(lambda: len(seen) >= 25)
     server.swap(2, small)
-    await asyncio.sleep(0.3)
+    swapped_at = len(seen)
+    await answered(lambda: sum(v == "2" for _, v in seen[swapped_at:]) >= 25)  # requests go on across the swap
     stop.set()
     await asyncio.gather(*clients)
     assert all(status == 200 for status, _ in seen)
     versions = [v for _, v in seen]
-    assert "1" in versions and versions[-1] == "2" and len(seen) > 50
+    assert "1" in versions and versions[-1] == "2"
     with pytest.raises(ValueError, match="takes 2"):
         server.swap(3, nn.from_mlp(np.zeros((2, 4)), np.zeros(4), np.zeros((4, 10)), np.zeros(10), []))
 
