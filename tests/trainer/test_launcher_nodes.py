@@ -39,6 +39,13 @@ async def until(check: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
+def node_trainers(store: EventStore) -> tuple[dict[str, LauncherService], dict[str, ServiceContext]]:
+    """A trainer service per node, and the context each runs in (on the test's store)."""
+    settings = load_settings({"AIOS_NATS_URL": store.servers[0]})
+    return ({n: LauncherService(node_id=n) for n in NODES},
+            {n: ServiceContext("trainer", settings, store.nc, store, CollectorRegistry()) for n in NODES})
+
+
 async def placed_on_both_nodes(store: EventStore, agent: Any = None,
                                **spec: Any) -> list[tuple[str, str, dict[str, Any]]]:
     """Two registered nodes with stand-in agents (by default ones that answer and write down each run/stop request,
@@ -72,9 +79,7 @@ async def placed_on_both_nodes(store: EventStore, agent: Any = None,
 async def test_each_node_trainer_launches_its_own_workers_and_the_lead_records_the_job(store: EventStore) -> None:
     asked = await placed_on_both_nodes(store)
 
-    settings = load_settings({"AIOS_NATS_URL": store.servers[0]})
-    launchers = {n: LauncherService(node_id=n) for n in NODES}
-    contexts = {n: ServiceContext("trainer", settings, store.nc, store, CollectorRegistry()) for n in NODES}
+    launchers, contexts = node_trainers(store)
     tasks = {"n2": asyncio.ensure_future(launchers["n2"].run(contexts["n2"]))}
     try:
         # the second node's trainer alone: its two workers, ranks 2 and 3, and nothing recorded for the job
@@ -121,9 +126,7 @@ async def test_a_dead_replica_is_replaced_by_its_own_nodes_trainer_and_nothing_e
     from aios.common.events import JobRequeued, ReplicaReplaced, WorkerStarted
 
     asked = await placed_on_both_nodes(store, serve={"model": "models:/digits/1"})
-    settings = load_settings({"AIOS_NATS_URL": store.servers[0]})
-    launchers = {n: LauncherService(node_id=n) for n in NODES}
-    contexts = {n: ServiceContext("trainer", settings, store.nc, store, CollectorRegistry()) for n in NODES}
+    launchers, contexts = node_trainers(store)
     tasks = {n: asyncio.ensure_future(launchers[n].run(contexts[n])) for n in NODES}
     try:
         await until(lambda: len(asked) == 4)
@@ -177,9 +180,7 @@ async def test_a_replacement_decided_as_the_deployment_stops_never_runs_on(store
     on one orphaned replica, never requeued. The fold now takes a replacement only while the attempt may still
     replace alone, and a worker that starts after its attempt was stopped is stopped too."""
     running = await serving_on_both_nodes(store)
-    settings = load_settings({"AIOS_NATS_URL": store.servers[0]})
-    launchers = {n: LauncherService(node_id=n) for n in NODES}
-    contexts = {n: ServiceContext("trainer", settings, store.nc, store, CollectorRegistry()) for n in NODES}
+    launchers, contexts = node_trainers(store)
     tasks = {n: asyncio.ensure_future(launchers[n].run(contexts[n])) for n in NODES}
 
     def killed(worker: str, **how: Any) -> WorkerExited:
@@ -744,9 +745,7 @@ async def test_a_node_trainer_that_starts_after_the_job_started_launches_its_own
     that took the running job as launched and never started its node's ranks: the collective timed out, or a
     deployment served with fewer replicas for ever (found by review)."""
     asked = await placed_on_both_nodes(store)
-    settings = load_settings({"AIOS_NATS_URL": store.servers[0]})
-    launchers = {n: LauncherService(node_id=n) for n in NODES}
-    contexts = {n: ServiceContext("trainer", settings, store.nc, store, CollectorRegistry()) for n in NODES}
+    launchers, contexts = node_trainers(store)
     tasks = {"n1": asyncio.ensure_future(launchers["n1"].run(contexts["n1"]))}
     try:
         async def started() -> bool:
