@@ -1036,3 +1036,34 @@ def test_a_job_on_a_lost_node_is_requeued_even_if_the_resource_manager_never_did
     assert c.state.inv.nodes[there].online and c.status("j") == RUNNING
     plan = step(c.state, policy, 90.0)
     assert plan.requeue_reasons.get("j") == f"node {there} lost; back in the queue", plan.requeue_reasons
+
+
+def test_a_cpu_only_job_preempts_a_lower_priority_one_for_the_cpus_it_needs() -> None:
+    """A job without accelerators used to find "room" in every round (it needs no device, so the trial placement
+    always fitted) and preempted nobody: an urgent CPU job waited behind a low one for ever, and under a sequential
+    policy the whole queue behind it."""
+    c = Cluster(("c1", "h100", 0, 8))
+    c.submit("low", 0, priority=1, cpu_per_worker=6)
+    prio = make_policy("priority")
+    step(c.state, prio, 2.0)
+    assert c.status("low") == PLACED
+    c.submit("urgent", 0, priority=10, cpu_per_worker=6, now=3.0)
+    c.submit("later", 0, priority=5, cpu_per_worker=4, now=3.5)
+    plan = step(c.state, prio, 4.0)
+    assert [p.job_id for p in plan.preemptions] == ["low"] and "preempting low" in plan.reasons["urgent"]
+    c.workers_exited("low", 5.0)
+    step(c.state, prio, 5.0)
+    step(c.state, prio, 6.0)
+    assert c.status("urgent") == PLACED and c.where("urgent") == {"c1": 0}
+    assert c.status("low") == PENDING and c.status("later") == PENDING
+
+
+def test_a_cpu_only_job_preempts_nobody_when_no_victim_would_free_enough() -> None:
+    c = Cluster(("c1", "h100", 0, 8))
+    c.submit("low", 0, priority=1, cpu_per_worker=2)
+    c.submit("steady", 0, priority=1, cpu_per_worker=4, preemptible=False)
+    prio = make_policy("priority")
+    step(c.state, prio, 2.0)
+    c.submit("urgent", 0, priority=10, cpu_per_worker=7, now=3.0)
+    plan = step(c.state, prio, 4.0)
+    assert plan.preemptions == [] and c.status("low") == PLACED and c.status("urgent") == PENDING

@@ -119,6 +119,8 @@ class ClusterView:
         n = self.node_ids.index(node_id)
         self.node_cpu[n] += cpu
         self.node_mem[n] += memory_gib
+        if not uuids:  # a worker without accelerators
+            return
         here = [b for b in self.kind_index.get(kind, ()) if self.bin_node[b] == n]
         if here:
             self.bin_free[here[0]] += len(uuids)
@@ -142,6 +144,14 @@ class ClusterView:
                 n = int(self.bin_node[b])
                 self.node_cpu[n] -= req.cpu * gone
                 self.node_mem[n] -= req.memory_gib * gone
+
+    def withhold_cpu(self, req: Request, node_id: str) -> None:
+        """Take a CPU-only worker's CPU and memory on the node out of the round, for a job that will start there once
+        others leave (it may go below zero while they still hold it: nothing else is placed there meanwhile)."""
+        if node_id in self.node_ids:
+            n = self.node_ids.index(node_id)
+            self.node_cpu[n] -= req.cpu
+            self.node_mem[n] -= req.memory_gib
 
     def take(self, req: Request, plan: list[tuple[int, int]]) -> dict[str, list[str]]:
         """Commit a plan [(bin, count)] to the view; returns node id -> device uuids."""

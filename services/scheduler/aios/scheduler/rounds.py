@@ -9,7 +9,7 @@ a reason for every job left pending (``aios why``).
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import msgspec
 
@@ -586,7 +586,7 @@ class _Preemption:
         victims = [*scavengers, *(v for v in self.policy.victims(self.state, self.now, job)
                                   if v.job_id not in self._scavengers)]
         candidates = [v for v in victims if v.status != PREEMPTING and v.job_id not in taken
-                      and compatible(job, v, self.state)]
+                      and self._frees(job, v)]
         if self._leaving is None:  # preempted and checkpointing, or ended with devices this round gives back (they
             # are still leased in the view: a job waiting for them preempted another in the round its tenant's ended)
             jobs = self.state.jobs
@@ -599,30 +599,30 @@ class _Preemption:
             return
         # a count first: the trial placements are only worth it once enough devices of its kinds would be free
         free = int(view.capacity_in(req, view.candidates(req)).sum())
-        coming = free + sum(compatible(job, j, self.state) for j in self._leaving + self.victims)
-        if coming + sum(compatible(job, v, self.state) for v in candidates) < req.devices:
+        coming = free + sum(self._frees(job, j) for j in self._leaving + self.victims)
+        if coming + sum(self._frees(job, v) for v in candidates) < req.devices:
             self._say_who_stays(job)
             return
         self.tries += 1
-        devices = self._fits(view, req, []) if coming >= req.devices else None
-        if devices is not None:
-            self._serve(view, req, devices)
-            mine = [j.job_id for j in self._leaving if compatible(job, j, self.state)][:5]
+        room = self._fits(view, req, []) if coming >= req.devices else None
+        if room is not None:
+            self._serve(view, req, room)
+            mine = [j.job_id for j in self._leaving if self._frees(job, j)][:5]
             if mine:
                 self.plan.reasons[job.job_id] += f"; waiting for {', '.join(mine)} to checkpoint and leave"
             return
         chosen: list[JobState] = []
         for victim in candidates:
             chosen.append(victim)
-            coming += compatible(job, victim, self.state)
-            devices = self._fits(view, req, chosen) if coming >= req.devices else None
-            if devices is not None:
+            coming += self._frees(job, victim)
+            room = self._fits(view, req, chosen) if coming >= req.devices else None
+            if room is not None:
                 for v in reversed(chosen[:-1]):  # reprieve those it fits without (Kubernetes does the same)
                     without = self._fits(view, req, [c for c in chosen if c is not v])
                     if without is not None:
                         chosen.remove(v)
-                        devices = without
-                self._serve(view, req, devices)
+                        room = without
+                self._serve(view, req, room)
                 self.victims += chosen
                 for v in chosen:
                     why = (f"tenant {v.tenant} has no quota: preempted for {job.job_id}, within tenant {job.tenant}'s quota"
@@ -637,7 +637,7 @@ class _Preemption:
         if type(self.policy).victims is Policy.victims or job.spec is None:
             return
         others = [j for j in self.state.active() if j.status in (PLACED, RUNNING) and j.spec is not None
-                  and not j.spec.preemptible and compatible(job, j, self.state)]
+                  and not j.spec.preemptible and self._frees(job, j)]
         stays = [j for j in others[:20]  # (a policy's victims are asked once each: a bound on the cost)
                  if self._would_take(job, msgspec.structs.replace(j, spec=msgspec.structs.replace(
                      j.spec, preemptible=True)))]
@@ -656,33 +656,61 @@ class _Preemption:
         finally:
             jobs[other.job_id] = real
 
-    def _fits(self, view: ClusterView, req: Request, chosen: list[JobState]) -> list[str] | None:
-        """The devices ``req`` would start on once the leaving jobs, this round's victims and ``chosen`` are gone,
-        after the jobs served before it take their room (None: it would not start)."""
+    def _frees(self, job: JobState, other: JobState) -> int:
+        """What preempting ``other`` frees for ``job``: its devices of the kinds the job accepts; for a job without
+        accelerators, 1 if ``other`` runs a worker on a node open to jobs (its CPU and memory come free there). A CPU
+        job was given none: it found no victim, and waited behind lower priority CPU jobs for ever."""
+        if job.spec is not None and job.spec.devices == 0:
+            nodes = self.state.inv.nodes
+            return int(any((n := nodes.get(a.node_id)) is not None and n.schedulable for a in other.assignments))
+        return compatible(job, other, self.state)
+
+    def _fits(self, view: ClusterView, req: Request, chosen: list[JobState]) -> "_Room | None":
+        """Where ``req`` would start once the leaving jobs, this round's victims and ``chosen`` are gone, after the
+        jobs served before it take their room (None: it would not start)."""
         if self._kind_of is None:
             self._kind_of = kinds_by_device(self.state)
         trial = view.copy()
         for other in (self._leaving or []) + self.victims + chosen:
+            spec = other.spec
+            cpu, mem = (spec.cpu_per_worker, spec.memory_gib_per_worker) if spec else (0.0, 0.0)
             for a in other.assignments:
+                if not a.device_uuids:  # a worker without accelerators: its CPU and memory
+                    trial.give_back(a.node_id, "", [], cpu, mem)
+                    continue
                 by_kind: dict[str, list[str]] = {}
                 for u in a.device_uuids:
                     by_kind.setdefault(self._kind_of.get(u, "?"), []).append(u)
                 for kind, uuids in by_kind.items():
-                    spec = other.spec
-                    trial.give_back(a.node_id, kind, uuids, spec.cpu_per_worker * len(uuids) if spec else 0.0,
-                                    spec.memory_gib_per_worker * len(uuids) if spec else 0.0)
+                    trial.give_back(a.node_id, kind, uuids, cpu * len(uuids), mem * len(uuids))
         for earlier in self.served:
+            if earlier.devices == 0:
+                trial.place_cpu_only(earlier)
+                continue
             found = greedy(trial, earlier)
             if found is not None:
                 trial.take(earlier, found)
+        if req.devices == 0:
+            node = trial.place_cpu_only(req)
+            return None if node is None else _Room([], node)
         found = greedy(trial, req)
-        return None if found is None else [u for us in trial.take(req, found).values() for u in us]
+        return None if found is None else _Room([u for us in trial.take(req, found).values() for u in us], None)
 
-    def _serve(self, view: ClusterView, req: Request, devices: list[str]) -> None:
-        """Keep the free devices the job will start on from the jobs after it this round (Kubernetes' nominated
-        node): else they took them, and it preempted again next round."""
+    def _serve(self, view: ClusterView, req: Request, room: "_Room") -> None:
+        """Keep the room the job will start on from the jobs after it this round (Kubernetes' nominated node): the
+        free devices, or for a job without accelerators its CPU and memory on the node. Else the later jobs took
+        them, and it preempted again next round."""
         self.served.append(req)
-        view.withhold(req, set(devices))
+        if room.cpu_node is not None:
+            view.withhold_cpu(req, room.cpu_node)
+        else:
+            view.withhold(req, set(room.devices))
+
+
+class _Room(NamedTuple):
+    """Where a blocked job would start once its victims are gone: devices, or the node of a CPU-only worker."""
+    devices: list[str]
+    cpu_node: str | None
 
 
 def _preempt_within_quota(state: SchedulerState, plan: RoundPlan, policy: Policy, tenants: dict[str, quotas.Quota],
