@@ -176,3 +176,29 @@ async def test_replay_of_a_filter_with_nothing_in_it_returns_at_once(store: Even
     assert seen == [] and last == 0
     assert (await store.read("node.nothing-here")).events == []
     assert asyncio.get_running_loop().time() - started < 2
+
+
+async def test_a_pipeline_keeps_each_aggregates_order_when_a_send_fails(store: EventStore) -> None:
+    """The first commit of an aggregate could not be sent (the connection was down); the second went out on the
+    connection that came back and was stored first, and the re-send of the first landed after it: the aggregate's
+    history read cancel-then-submit. A commit now waits while an earlier one of its aggregate is in doubt."""
+    real_writer = store._writer
+    calls = 0
+
+    async def down_once():  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            from aios.common.errors import StoreUnavailable
+            raise StoreUnavailable("NATS connection is closed")
+        return await real_writer()
+
+    store._writer = down_once  # type: ignore[method-assign]
+    pipe = store.pipeline()
+    await pipe.add("job.o", JobSubmitted(aggregate_id="o", tenant="t"))
+    await pipe.add("job.other", JobSubmitted(aggregate_id="other", tenant="t"))
+    await pipe.add("job.o", JobCancelRequested(aggregate_id="o", reason="second"))
+    results = await pipe.results()
+    assert all(not isinstance(r, Exception) for r in results)
+    assert [type(e).__name__ for e in (await store.read("job.o")).events] == ["JobSubmitted", "JobCancelRequested"]
+    assert results[0].seq < results[2].seq  # type: ignore[union-attr]

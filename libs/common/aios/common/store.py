@@ -459,12 +459,19 @@ def _result_of(ack: PubAck, aggregate: str, expected_version: int | None) -> App
 
 class AppendPipeline:
     """Appends sent back to back with up to ``max_pending`` unacknowledged; :meth:`results` waits for them all,
-    re-sending (same idempotency key) any whose acknowledgement was lost."""
+    re-sending (same idempotency key) any whose acknowledgement was lost.
+
+    Commits of one aggregate keep their order: one connection delivers in order, so a commit follows an earlier one
+    of its aggregate at once only on the connection that one went out on (or once it is stored). Otherwise (the
+    earlier one could not be sent, or went out on a connection since lost) it waits, and :meth:`results` sends it
+    after the earlier one, which a re-send would else have stored after it."""
 
     def __init__(self, store: EventStore) -> None:
         self.store = store
         self._sent: list[tuple[str, str, bytes, dict[str, str], int | None]] = []
         self._futures: list[asyncio.Future[PubAck] | None] = []
+        self._last: dict[str, tuple[AckedPublisher | None, asyncio.Future[PubAck] | None]] = {}
+        """aggregate -> the publisher and acknowledgement of its latest commit in this batch (None: not sent)"""
 
     async def add(self, aggregate: str, events: Event | Iterable[Event], expected_version: int | None = None, *,
                   idempotency_key: str | None = None) -> None:
@@ -472,12 +479,27 @@ class AppendPipeline:
         if tracing.current_trace_id() is not None:
             tracing.inject(headers)
         self._sent.append((aggregate, subject, payload, headers, expected_version))
+        publisher: AckedPublisher | None = None
+        fut: asyncio.Future[PubAck] | None = None
         try:
             publisher = await self.store._writer()
-            fut: asyncio.Future[PubAck] | None = await publisher.publish(subject.encode(), header_block(headers), payload)
+            if self._may_follow(aggregate, publisher):
+                fut = await publisher.publish(subject.encode(), header_block(headers), payload)
         except StoreUnavailable:
-            fut = None  # re-sent by results()
+            fut = None  # sent by results()
+        self._last[aggregate] = (publisher, fut)
         self._futures.append(fut)
+
+    def _may_follow(self, aggregate: str, publisher: AckedPublisher) -> bool:
+        """Whether a commit of ``aggregate`` may go out now on ``publisher`` behind the batch's earlier one."""
+        if aggregate not in self._last:
+            return True
+        before, fut = self._last[aggregate]
+        if fut is None:
+            return False
+        if before is publisher:
+            return True
+        return fut.done() and not fut.cancelled() and fut.exception() is None and fut.result().error is None
 
     def __len__(self) -> int:
         return len(self._sent)
@@ -504,6 +526,7 @@ class AppendPipeline:
                 out.append(err)
         self._sent.clear()
         self._futures.clear()
+        self._last.clear()
         return out
 
 
