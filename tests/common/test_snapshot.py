@@ -161,3 +161,38 @@ async def test_an_object_missing_its_chunks_is_named_damaged_at_once(store: Even
     await store.js.purge_stream("OBJ_TEST_DAMAGED", subject=f"$O.TEST_DAMAGED.C.{info.nuid}")
     with pytest.raises(ObjectReadError, match="corrupted: its chunks stopped after 0 of 307,200 bytes"):
         await asyncio.wait_for(read_object(store, "TEST_DAMAGED", "obj", stall_s=0.5), 5)
+
+
+async def test_a_snapshot_of_a_log_since_created_again_is_ignored(store: EventStore) -> None:
+    """The log was deleted and created again (a fresh cluster on the same NATS), its snapshot kept: the projector
+    took the old log's state at sequence 10 and folded the new log from 11, so the new log's first ten jobs were
+    missing and the old ones were there."""
+    snapshots = SnapshotStore(store, bucket=f"SNAP_{store.stream}")
+    await write_random(store, random.Random(1), range(10))
+    old = make()
+    await old.rebuild(store)
+    await old.save(snapshots)
+    await store.js.delete_stream(store.stream)
+    await asyncio.sleep(0.01)  # the new log's creation time (its name among incarnations) differs
+    await store.ensure_stream()
+    await write_random(store, random.Random(2), range(100, 112))
+    again = make()
+    report = await again.rebuild(store, snapshots)
+    full = make()
+    await full.rebuild(store)
+    assert report.snapshot_seq == 0 and report.tail_commits == 12
+    assert again.state == full.state and set(again.state.live) <= {str(j) for j in range(100, 112)}
+    await store.js.delete_object_store(snapshots.bucket)
+
+
+async def test_a_snapshot_ahead_of_the_log_is_ignored(store: EventStore) -> None:
+    snapshots = SnapshotStore(store, bucket=f"SNAP_{store.stream}")
+    await write_random(store, random.Random(1), range(5))
+    p = make()
+    await p.rebuild(store)
+    p.seq = 50  # a snapshot claiming commits this log does not have
+    await p.save(snapshots)
+    again = make()
+    report = await again.rebuild(store, snapshots)
+    assert report.snapshot_seq == 0 and report.tail_commits == 5 and again.seq == 5
+    await store.js.delete_object_store(snapshots.bucket)

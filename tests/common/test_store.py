@@ -202,3 +202,34 @@ async def test_a_pipeline_keeps_each_aggregates_order_when_a_send_fails(store: E
     assert all(not isinstance(r, Exception) for r in results)
     assert [type(e).__name__ for e in (await store.read("job.o")).events] == ["JobSubmitted", "JobCancelRequested"]
     assert results[0].seq < results[2].seq  # type: ignore[union-attr]
+
+
+async def test_a_log_that_does_not_answer_is_a_store_error_not_a_timeout_traceback() -> None:
+    """``last_seq`` let nats-py's own error through (a NATS without JetStream, or one that does not answer), and
+    callers that handle StoreError printed a traceback instead of saying what was wrong."""
+    import subprocess
+
+    from aios.common.errors import StoreUnavailable
+    from aios.common.natsserver import find_nats_server, free_port
+    from aios.common.store import connect_nats
+
+    port = free_port()
+    proc = subprocess.Popen([find_nats_server(), "-a", "127.0.0.1", "-p", str(port)],  # no JetStream
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"nats://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                nc = await connect_nats([url], name="aios-test")
+                break
+            except Exception:  # noqa: BLE001 - not listening yet
+                await asyncio.sleep(0.05)
+        store = EventStore(nc, [url], stream="T_nojs", prefix="tnojs.evt")
+        with pytest.raises(StoreUnavailable, match="T_nojs"):
+            await store.last_seq()
+        with pytest.raises(StoreUnavailable, match="T_nojs"):
+            await store.incarnation()
+        await store.close()
+    finally:
+        proc.kill()
+        proc.wait()

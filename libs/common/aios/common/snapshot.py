@@ -1,9 +1,10 @@
 """Snapshots of folded state, and the projector that folds the log into a state and keeps the sequence it includes.
 
-A snapshot is the state encoded with msgpack behind a small header (magic, stream sequence, state schema), stored in
-the JetStream Object Store under the projection's name (chunked, digest-checked by the store). Restart = load the
-snapshot, replay the tail after its sequence. A snapshot whose schema differs from the code's is ignored (full
-replay): changing the state's shape never needs a migration.
+A snapshot is the state encoded with msgpack behind a small header (magic, stream sequence, state schema, the log's
+incarnation), stored in the JetStream Object Store under the projection's name (chunked, digest-checked by the
+store). Restart = load the snapshot, replay the tail after its sequence. A snapshot whose schema differs from the
+code's is ignored (full replay): changing the state's shape never needs a migration. So is one of another log (the
+log was created again: its sequences count from 1 again) and one that claims more of the log than there is.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from aios.common.store import Commit, EventStore
 log = logging.getLogger("aios.snapshot")
 
 BUCKET = "AIOS_SNAPSHOTS"
-_HEADER = struct.Struct(">4sQI")
-_MAGIC = b"AIOS"
+_HEADER = struct.Struct(">4sQIH")  # magic, sequence, schema, length of the log incarnation that follows
+_MAGIC = b"AIS2"
+_OLD_MAGIC = b"AIOS"  # before the log's incarnation was kept: ignored, the log is replayed
 
 S = TypeVar("S")
 
@@ -44,16 +46,32 @@ class SnapshotInfo(msgspec.Struct, frozen=True):
     size: int
 
 
-def encode_snapshot(seq: int, schema: int, state: Any) -> bytes:
-    return _HEADER.pack(_MAGIC, seq, schema) + msgspec.msgpack.encode(state)
+def encode_snapshot(seq: int, schema: int, state: Any, log: str = "") -> bytes:
+    tag = log.encode()
+    return _HEADER.pack(_MAGIC, seq, schema, len(tag)) + tag + msgspec.msgpack.encode(state)
+
+
+def snapshot_header(blob: bytes) -> tuple[int, int, str, int]:
+    """(sequence, schema, log incarnation, where the state starts) of a snapshot; StoreError if it has none."""
+    if blob[:4] == _OLD_MAGIC:
+        raise StoreError("a snapshot of an older format (it does not name its log)")
+    if len(blob) < _HEADER.size or blob[:4] != _MAGIC:
+        raise StoreError("not an AIOS snapshot (bad header)")
+    _, seq, schema, tag_len = _HEADER.unpack_from(blob)
+    start = _HEADER.size + tag_len
+    if len(blob) < start:
+        raise StoreError("not an AIOS snapshot (bad header)")
+    try:
+        log = blob[_HEADER.size:start].decode()
+    except UnicodeDecodeError:
+        raise StoreError("not an AIOS snapshot (bad header)") from None
+    return seq, schema, log, start
 
 
 def decode_snapshot(blob: bytes, state_type: type[S]) -> tuple[int, int, S]:
-    if len(blob) < _HEADER.size or blob[:4] != _MAGIC:
-        raise StoreError("not an AIOS snapshot (bad header)")
-    _, seq, schema = _HEADER.unpack_from(blob)
+    seq, schema, _, start = snapshot_header(blob)
     try:
-        state = msgspec.msgpack.decode(memoryview(blob)[_HEADER.size:], type=state_type)
+        state = msgspec.msgpack.decode(memoryview(blob)[start:], type=state_type)
     except msgspec.DecodeError as exc:
         raise StoreError(f"snapshot at sequence {seq} does not decode as {state_type.__name__}: {exc}") from None
     return seq, schema, state
@@ -147,28 +165,37 @@ class SnapshotStore:
         return self._os
 
     async def save(self, name: str, seq: int, state: Any, schema: int = 1) -> SnapshotInfo:
-        blob = encode_snapshot(seq, schema, state)
+        blob = encode_snapshot(seq, schema, state, await self.store.incarnation())
         await (await self._bucket()).put(name, blob)
         return SnapshotInfo(name, seq, schema, len(blob))
 
     async def load(self, name: str, state_type: type[S], schema: int = 1) -> tuple[int, S] | None:
-        """(sequence, state) of the named snapshot, or None when there is none usable."""
+        """(sequence, state) of the named snapshot, or None when there is none usable: of another schema, of
+        another incarnation of the log, ahead of the log, or unreadable (the caller replays the whole log)."""
         try:
             await self._bucket()
             data = await read_object(self.store, self.bucket, name)
         except nats.js.errors.ObjectNotFoundError:
             return None
-        if len(data) >= _HEADER.size and data[:4] == _MAGIC and _HEADER.unpack_from(data)[2] != schema:
-            log.warning("ignoring snapshot of another schema", extra={"snapshot": name, "expected": schema})
-            return None
         try:
-            seq, found_schema, state = decode_snapshot(data, state_type)
+            seq, found_schema, log_id, _ = snapshot_header(data)
         except StoreError as exc:
-            log.error("ignoring an unreadable snapshot; replaying the log", extra={"snapshot": name, "error": str(exc)})
+            log.warning("ignoring a snapshot; replaying the log", extra={"snapshot": name, "error": str(exc)})
             return None
         if found_schema != schema:
             log.warning("ignoring snapshot of another schema", extra={"snapshot": name, "found": found_schema,
                                                                        "expected": schema})
+            return None
+        incarnation, last = await self.store.position()
+        if log_id != incarnation or seq > last:
+            log.warning("ignoring a snapshot of another event log; replaying the log",
+                        extra={"snapshot": name, "snapshot_log": log_id, "log": incarnation, "snapshot_seq": seq,
+                               "last_seq": last})
+            return None
+        try:
+            _, _, state = decode_snapshot(data, state_type)
+        except StoreError as exc:
+            log.error("ignoring an unreadable snapshot; replaying the log", extra={"snapshot": name, "error": str(exc)})
             return None
         return seq, state
 

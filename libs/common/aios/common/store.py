@@ -21,8 +21,9 @@ from typing import Any, AsyncIterator, Callable, Iterable, Literal
 
 import msgspec
 import nats
+import nats.errors
 import nats.js.errors
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
 
 from aios.common import tracing
 from aios.common.consumer import OrderedConsumer
@@ -130,15 +131,27 @@ class EventStore:
     def subject(self, aggregate: str) -> str:
         return f"{self.prefix}.{validate_aggregate(aggregate)}"
 
+    async def _stream_info(self) -> StreamInfo:
+        try:
+            return await self.js.stream_info(self.stream)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
+                nats.js.errors.ServiceUnavailableError) as exc:  # not nats-py's own errors: callers handle StoreError
+            raise StoreUnavailable(f"event log {self.stream}: no answer from JetStream ({type(exc).__name__})") from None
+
     async def last_seq(self) -> int:
         """Sequence of the newest message in the log (0 for an empty log)."""
-        return (await self.js.stream_info(self.stream)).state.last_seq
+        return (await self._stream_info()).state.last_seq
 
     async def incarnation(self) -> str:
         """Names this log among logs of the same name (its creation time, in hex milliseconds): a sequence number
         means something only with it, since a log created again counts from 1."""
-        created = (await self.js.stream_info(self.stream)).created
-        return f"{int(created.timestamp() * 1000):x}" if created is not None else ""
+        return (await self.position())[0]
+
+    async def position(self) -> tuple[str, int]:
+        """(incarnation, last sequence) of the log, read together."""
+        info = await self._stream_info()
+        created = info.created
+        return (f"{int(created.timestamp() * 1000):x}" if created is not None else "", info.state.last_seq)
 
     async def version(self, aggregate: str) -> int:
         """The aggregate's current version: sequence of its last commit, 0 when it has none."""
