@@ -164,6 +164,18 @@ def test_the_dashboard_line_names_a_token_file_only_when_there_is_one(tmp_path: 
     assert "tokens from AIOS_GATEWAY_TOKENS" in line and "s3cret" not in line and str(token_file) not in line
 
 
+def test_the_demo_shows_the_token_file_s_token_only_when_the_gateway_made_it(tmp_path: Path) -> None:
+    """`aios demo` printed ``?token=?`` (and a curl with ``Bearer ?``) when the gateway took its tokens from
+    AIOS_GATEWAY_TOKENS, and would have shown a file left by an earlier run."""
+    from aios.cli.main import gateway_token
+
+    token_file = tmp_path / "gateway-token"
+    assert gateway_token(token_file, {}) is None
+    token_file.write_text("s3cret\n")
+    assert gateway_token(token_file, {}) == "s3cret"
+    assert gateway_token(token_file, {"AIOS_GATEWAY_TOKENS": "abc=alice"}) is None
+
+
 def test_a_second_cluster_on_the_same_data_dir_is_refused(aios_env: dict[str, str], tmp_path: Path) -> None:
     """nats-server does not lock its store: a second `aios up` on another port wrote to the same files, and
     events one of them had confirmed were lost (found by review)."""

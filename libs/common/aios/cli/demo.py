@@ -26,6 +26,7 @@ from rich.table import Table
 
 from aios.cli.cluster import LocalCluster
 from aios.cli.inspect import ask
+from aios.cli.main import gateway_token
 from aios.common.config import load_settings
 from aios.common.errors import AiosError
 from aios.common.events import TenantQuotaSet
@@ -185,8 +186,9 @@ async def run(keep: bool = False) -> int:
         labels = next(o for o in reply["outputs"] if o["name"] == "label")["data"]
         console.print(f"prediction for 8 held-out digits: {labels}  (true: {[str(v) for v in y]})")
 
-        token = (base / "gateway-token").read_text().strip() if (base / "gateway-token").is_file() else "?"
-        console.print(f"[bold]dashboard[/] {gateway}/?token={token}")
+        token = gateway_token(base / "gateway-token", env) or "<token>"  # with AIOS_GATEWAY_TOKENS: one of those
+        console.print(f"[bold]dashboard[/] {gateway}/?token={token}"
+                      + ("  (tokens from AIOS_GATEWAY_TOKENS)" if env.get("AIOS_GATEWAY_TOKENS", "").strip() else ""))
         console.print(f"[bold]HTTP API[/] {gateway}/api/v1/jobs (OpenAPI: {gateway}/openapi.json), e.g.")
         console.print(f"  curl -H 'Authorization: Bearer {token}' {gateway}/api/v1/jobs")
         if not keep:

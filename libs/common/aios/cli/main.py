@@ -23,13 +23,21 @@ from aios.common.errors import AiosError, ConfigError
 DEFAULT_SIM_NODES = ["sim-1=4xH100-80GB", "sim-2=4xA100-40GB"]
 
 
+def gateway_token(token_file: Path, env: Mapping[str, str]) -> str | None:
+    """The token that opens the dashboard, when the gateway made one: with ``AIOS_GATEWAY_TOKENS`` set it makes no
+    token file, and a file left from an earlier run would be the wrong one."""
+    if env.get("AIOS_GATEWAY_TOKENS", "").strip() or not token_file.is_file():
+        return None
+    return token_file.read_text().strip()
+
+
 def dashboard_line(gateway: str, token_file: Path, env: Mapping[str, str]) -> str:
-    """Where the dashboard is and which token opens it. With ``AIOS_GATEWAY_TOKENS`` set the gateway makes no token
-    file: the line named one that did not exist."""
+    """Where the dashboard is and which token opens it (the line named a token file that did not exist)."""
+    token = gateway_token(token_file, env)
     if env.get("AIOS_GATEWAY_TOKENS", "").strip():
         return f"dashboard: {gateway}/?token=<token>   (API: {gateway}/api/v1, tokens from AIOS_GATEWAY_TOKENS)"
-    token = token_file.read_text().strip() if token_file.is_file() else "<token>"
-    return f"dashboard: {gateway}/?token={token}   (API: {gateway}/api/v1, token in {token_file})"
+    return f"dashboard: {gateway}/?token={token or '<token>'}   (API: {gateway}/api/v1, token in {token_file})"
+
 
 def _sim_nodes(items: list[str]) -> list[tuple[str, str]]:
     from aios.device_agent.fakenvml import parse_sim_spec
