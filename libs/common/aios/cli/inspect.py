@@ -68,7 +68,7 @@ async def nodes(node: str | None, as_json: bool = False, servers: list[str] | No
         if as_json:
             print(json.dumps(detail, indent=2))
             return 0
-        console.print(f"[bold]{detail['node']}[/] ({detail['hostname']}, {detail['backend']}) "
+        console.print(f"[bold]{plain(detail['node'])}[/] ({plain(detail['hostname'])}, {detail['backend']}) "
                       f"{'online' if detail['online'] else '[red]lost[/]: ' + plain(detail['lost_reason'])}"
                       f"{_cordon_text(detail)}, "
                       f"{detail['cpu_cores']} cores, {detail['memory_gib']} GiB")
@@ -76,8 +76,8 @@ async def nodes(node: str | None, as_json: bool = False, servers: list[str] | No
         for d in detail["devices"]:
             health = (f"[red]{plain(d['reason'])}[/]" if not d["healthy"] else
                       f"[yellow]{plain(d['reason'])}[/]" if d.get("mig_mode") else "ok")  # MIG: it read "ok", not scheduled
-            table.add_row(str(d["index"]), d["uuid"], d["kind"], d["model"], str(d["memory_gib"]), health,
-                          d["job"] or "-")
+            table.add_row(str(d["index"]), plain(d["uuid"]), plain(d["kind"]), plain(d["model"]), str(d["memory_gib"]),
+                          health, plain(d["job"] or "-"))
         console.print(table)
         return 0
     reply = await ask("aios.rm.nodes", servers=servers)
@@ -87,8 +87,8 @@ async def nodes(node: str | None, as_json: bool = False, servers: list[str] | No
     table = Table("node", "state", "backend", "devices", "free", "unhealthy", "kinds", "cpu", "mem GiB")
     for n in reply["nodes"]:
         state = ("online" if n["online"] else "[red]lost[/]") + _cordon_text(n)
-        table.add_row(n["node"], state, n["backend"], str(n["devices"]), str(n["free"]), str(n["unhealthy"]),
-                      ",".join(n["kinds"]), str(n["cpu_cores"]), str(n["memory_gib"]))
+        table.add_row(plain(n["node"]), state, n["backend"], str(n["devices"]), str(n["free"]), str(n["unhealthy"]),
+                      plain(",".join(n["kinds"])), str(n["cpu_cores"]), str(n["memory_gib"]))
     console.print(table)
     return 0
 
@@ -108,7 +108,8 @@ async def tenants(as_json: bool = False, servers: list[str] | None = None) -> in
         # unset is no limit (it read "none", which is what an empty limit means: no borrowing); without a cohort
         # (or a quota: a tenant only seen using devices) there is nothing to borrow from or lend to
         cohort = bool(t["cohort"])
-        table.add_row(name or "(unknown)", t["cohort"] or "-", fmt(t["nominal"]), fmt(t["usage"]),
+        table.add_row(plain(name) or "(unknown)", plain(t["cohort"] or "-"), plain(fmt(t["nominal"])),
+                      plain(fmt(t["usage"])),
                       limit(t["borrowing_limit"], "no limit") if cohort else "-",
                       limit(t["lending_limit"], "all unused") if cohort else "-")
     table_console().print(table)

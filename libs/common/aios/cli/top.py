@@ -14,6 +14,7 @@ from rich.live import Live
 from rich.table import Table
 
 from aios.cli.inspect import ask, cluster_servers
+from aios.cli.output import plain
 from aios.common.store import connect_once
 
 
@@ -42,16 +43,16 @@ def frame(snap: dict[str, Any]) -> Group:
             cells.append(f"{mark}{util}")
         state = (f"[yellow]{'drained' if n.get('drained') else 'draining' if n.get('draining') else 'cordoned'}[/]"
                  if n.get("cordon") else "online")
-        nodes.add_row(n["node"], state if n["online"] else "[red]offline[/]", " ".join(cells))
+        nodes.add_row(plain(n["node"]), state if n["online"] else "[red]offline[/]", " ".join(cells))
     jobs = Table("job", "tenant", "status", "devices", "progress")
     for j in snap["running"]:
         progress = f"{j['step']}/{j['total_steps']}" if j["total_steps"] else ""
-        jobs.add_row(j["job"], j["tenant"], j["status"], str(j["devices"]), progress)
+        jobs.add_row(plain(j["job"]), plain(j["tenant"]), j["status"], str(j["devices"]), progress)
     states = ", ".join(f"{k} {v}" for k, v in sorted(snap["jobs"].items())) or "no jobs"
     tenants = Table("tenant", "in use", "quota")
     for name, t in snap["tenants"].items():
         fmt = lambda d: ", ".join(f"{k}={v}" for k, v in sorted(d.items())) or "-"  # noqa: E731
-        tenants.add_row(name or "(none)", fmt(t["usage"]), fmt(t["nominal"]))
+        tenants.add_row(plain(name) or "(none)", plain(fmt(t["usage"])), plain(fmt(t["nominal"])))
     return Group(nodes, f"jobs: {states}", jobs, tenants)
 
 
