@@ -510,9 +510,10 @@ class AppendPipeline:
         before, fut = self._last[aggregate]
         if fut is None:
             return False
-        if before is publisher:
-            return True
-        return fut.done() and not fut.cancelled() and fut.exception() is None and fut.result().error is None
+        failed = fut.done() and (fut.cancelled() or fut.exception() is not None or fut.result().error is not None)
+        if before is publisher:  # in order behind it, unless it already came back refused (a 503: re-sent later)
+            return not failed
+        return fut.done() and not failed
 
     def __len__(self) -> int:
         return len(self._sent)

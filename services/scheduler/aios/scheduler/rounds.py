@@ -551,6 +551,8 @@ class _Preemption:
     job it could), and for one job a round a queue of newcomers waited for preemptions one at a time."""
 
     MAX_PREEMPTORS = 8
+    MAX_CPU_VICTIMS = 32
+    """Victims a CPU-only job may look through, in the policy's order."""
     MAX_TRIES = 16
     """Blocked jobs a round looks for room for: each try places on trial views, a queue of hundreds would cost
     seconds."""
@@ -581,12 +583,16 @@ class _Preemption:
         tenants = self.state.inv.tenants
         scavengers = sorted((j for j in self.state.active() if j.tenant not in tenants and j.status in (PLACED, RUNNING)
                              and j.spec and j.spec.preemptible and j.devices > 0),
-                            key=lambda j: -(j.placed_at or 0.0)) if job.tenant in tenants and borrowed == {} else []
+                            key=lambda j: -(j.placed_at or 0.0)) if (job.tenant in tenants and borrowed == {}
+                                                                      and spec.devices > 0) else []
+        # (quotas hold devices: a CPU-only job, charged nothing, takes no one's place as a quota job)
         self._scavengers = {j.job_id for j in scavengers}
         victims = [*scavengers, *(v for v in self.policy.victims(self.state, self.now, job)
                                   if v.job_id not in self._scavengers)]
         candidates = [v for v in victims if v.status != PREEMPTING and v.job_id not in taken
                       and self._frees(job, v)]
+        if spec.devices == 0:  # no device count bounds its trials: each victim would cost one (quadratic)
+            candidates = candidates[:self.MAX_CPU_VICTIMS]
         if self._leaving is None:  # preempted and checkpointing, or ended with devices this round gives back (they
             # are still leased in the view: a job waiting for them preempted another in the round its tenant's ended)
             jobs = self.state.jobs
@@ -684,8 +690,7 @@ class _Preemption:
                 for kind, uuids in by_kind.items():
                     trial.give_back(a.node_id, kind, uuids, cpu * len(uuids), mem * len(uuids))
         for earlier in self.served:
-            if earlier.devices == 0:
-                trial.place_cpu_only(earlier)
+            if earlier.devices == 0:  # its CPU was withheld from the view already (``_serve``)
                 continue
             found = greedy(trial, earlier)
             if found is not None:
