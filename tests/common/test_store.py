@@ -233,3 +233,21 @@ async def test_a_log_that_does_not_answer_is_a_store_error_not_a_timeout_traceba
     finally:
         proc.kill()
         proc.wait()
+
+
+async def test_a_pipeline_keeps_each_aggregates_order_when_a_commit_comes_back_refused(store: EventStore) -> None:
+    """The first commit of job.o comes back 503 (no stream listening: JetStream starting, or the stream's leader
+    away); the stream is back when the second goes out on the same connection. It was stored first, and the
+    re-send of the first landed after it."""
+    await store.js.delete_stream(store.stream)
+    pipe = store.pipeline()
+    await pipe.add("job.o", JobSubmitted(aggregate_id="o", tenant="t"))
+    first = pipe._futures[0]
+    assert first is not None
+    await asyncio.wait_for(asyncio.shield(first), 5)
+    assert first.result().error is not None
+    await store.ensure_stream()  # the log answers again
+    await pipe.add("job.o", JobCancelRequested(aggregate_id="o", reason="second"))
+    results = await pipe.results()
+    kinds = [type(e).__name__ for e in (await store.read("job.o")).events]
+    assert kinds == ["JobSubmitted", "JobCancelRequested"], kinds
