@@ -79,6 +79,11 @@ def wait_job(aios: Any, name: str, statuses: tuple[str, ...], timeout: float = 1
                          f"aios why: {why}\naios nodes: {aios('nodes', '--json').stdout}")
 
 
+def failure(aios: Any, job: dict[str, Any]) -> str:
+    """What a user would read to learn why the job failed: its timeline and its workers' output."""
+    return f"{job}\naios job: {aios('job', job['job']).stdout}\naios logs: {aios('logs', job['job']).stdout[-4000:]}"
+
+
 def test_four_rank_mlp_job_and_a_plain_command_job(aios_env: dict[str, str], tmp_path: Path) -> None:
     cluster, aios = start(aios_env)
     try:
@@ -88,7 +93,7 @@ def test_four_rank_mlp_job_and_a_plain_command_job(aios_env: dict[str, str], tmp
         assert out.returncode == 0, out.stderr
         job_id = json.loads(out.stdout)["job"]
         done = wait_job(aios, "mlp4", ("succeeded", "failed"))
-        assert done["status"] == "succeeded", done
+        assert done["status"] == "succeeded", failure(aios, done)
         assert sorted(done["nodes"]) == ["sim-a", "sim-b"]  # 4 ranks over two nodes
         assert done["step"] == 150 and done["checkpoint_step"] == 150 and done["steps_redone"] == 0
         history = job_events(cluster.nats_url, job_id)
@@ -161,7 +166,7 @@ def test_node_loss_requeues_and_resumes_from_the_checkpoint(aios_env: dict[str, 
         victim = sorted(set(job["nodes"]))[0]
         cluster.kill_agent(victim)  # its workers die with it
         done = wait_job(aios, "resilient", ("succeeded", "failed"), timeout=150)
-        assert done["status"] == "succeeded", done
+        assert done["status"] == "succeeded", failure(aios, done)
         assert victim not in done["nodes"] and done["attempts"] == 2
         assert done["step"] == 200  # not 200 + the steps trained twice
         history = job_events(cluster.nats_url, job_id)
@@ -400,7 +405,7 @@ def test_the_torch_backend_trains_the_same_job(aios_env: dict[str, str], tmp_pat
         spec.write_text(json.dumps({"name": "gloo", "tenant": "ml", "devices": 3, "trainer": trainer}))
         assert aios("submit", str(spec)).returncode == 0
         done = wait_job(aios, "gloo", ("succeeded", "failed"))
-        assert done["status"] == "succeeded", done
+        assert done["status"] == "succeeded", failure(aios, done)
         assert done["step"] == 150 and abs(done["accuracy"] - one_rank_accuracy()) <= 0.01
     finally:
         cluster.stop()

@@ -241,13 +241,13 @@ def test_an_exit_after_a_stop_nobody_asked_for_requeues_the_job() -> None:
     # a built-in worker stopped by a SIGTERM AIOS did not send, or cut off from NATS, exits 75 (it exited 0 after
     # its checkpoint: the job "succeeded" at step 485 of 1,000 and its model was registered; a NATS restart failed it)
     assert outcome(job({"rank0-a1": 75, "rank1-a1": 75}, [])) == (
-        "requeued", "worker rank0-a1 stopped before its last step (exit 75: a signal AIOS did not send, or NATS went "
-        "away); resumes from its checkpoint", 75)
+        "requeued", "worker rank0-a1 stopped before its last step (exit 75: a signal AIOS did not send, NATS went "
+        "away, or its rendezvous port was taken; its log says which); resumes from its checkpoint", 75)
     assert outcome(job({"rank1-a1": 75}, [], running=1)) is None  # rank 0 may still write the checkpoint
     # the launcher then stops its peer: the exit 75 that came first is the cause (it read "stopped by its agent")
     assert outcome(job({"rank1-a1": 75, "rank0-a1": 0}, ["rank0-a1"])) == (
-        "requeued", "worker rank1-a1 stopped before its last step (exit 75: a signal AIOS did not send, or NATS went "
-        "away); resumes from its checkpoint", 75)
+        "requeued", "worker rank1-a1 stopped before its last step (exit 75: a signal AIOS did not send, NATS went "
+        "away, or its rendezvous port was taken; its log says which); resumes from its checkpoint", 75)
     assert outcome(job({"rank0-a1": 3, "rank1-a1": 75}, []))[0] == "requeued"  # type: ignore[index]
     # a command keeps a checkpoint only if its program writes one: its reason does not promise a resume
     from aios.scheduler.spec import JobSpec

@@ -248,3 +248,40 @@ async def test_the_torch_backend_without_torch_is_a_configuration_error(nats_ser
                    assignments=[Assignment(node_id="n1", device_uuids=["g0"], ranks=[0])])
     assert await run(read_env(worker_env(job, job.assignments[0], 0, 0, nats_server.url))) == EXIT_CONFIG
     assert "the torch backend needs torch on every node" in capsys.readouterr().err
+
+
+def test_rendezvous_ports_stay_below_the_ephemeral_range_and_change_with_the_attempt() -> None:
+    """A port from Linux's ephemeral range (32768+) can be any outgoing connection's local port on the node, or a
+    listener's bound to port 0: a CI run's torch job found its port taken and failed."""
+    from aios.trainer.launcher import master_port
+
+    ports = [master_port(f"job-{i:05x}", attempt) for i in range(2000) for attempt in (1, 2)]
+    assert 20000 <= min(ports) and max(ports) < 32768
+    assert sum(master_port(f"job-{i:05x}", 1) != master_port(f"job-{i:05x}", 2) for i in range(2000)) >= 1990
+
+
+async def test_a_taken_rendezvous_port_places_the_job_again(nats_server: NatsServer,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Rank 0 that cannot listen on MASTER_PORT exits as interrupted (the next attempt has another port); it
+    failed the job with exit 3, "a collective failed", as if a peer had died."""
+    pytest.importorskip("torch")
+    import socket
+
+    from aios.common.events import Assignment
+    from aios.scheduler.spec import validate_spec
+    from aios.scheduler.state import JobState
+    from aios.trainer import EXIT_INTERRUPTED
+    from aios.trainer.launcher import worker_env
+    from aios.trainer.worker import read_env, run
+
+    spec = validate_spec({"name": "t", "tenant": "ml", "devices": 2,
+                          "trainer": {"kind": "mlp", "steps": 5, "backend": "torch", "collective_timeout_s": 5}})
+    job = JobState(job_id="port-taken", spec=spec, tenant="ml", arrival=1, submitted_at=0.0, attempts=1,
+                   assignments=[Assignment(node_id="sim-n1", device_uuids=["g0", "g1"], ranks=[0, 1])])
+    env = worker_env(job, job.assignments[0], 0, 0, nats_server.url)
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", int(env["MASTER_PORT"])))
+        holder.listen()
+        assert await run(read_env(env)) == EXIT_INTERRUPTED
+    said = capsys.readouterr().err
+    assert f"rank 0 could not listen on port {env['MASTER_PORT']}" in said and "placed again, on another port" in said

@@ -48,8 +48,17 @@ AGENT_WAIT_S = 30.0
 stays silent is declared lost meanwhile, which requeues the job instead."""
 
 
+MASTER_PORTS = range(20000, 32000)
+"""Where a job's rendezvous port is drawn from: below Linux's ephemeral range (32768-60999 by default), from which
+the kernel gives every outgoing connection its local port and every listener bound to port 0 its port, so no
+such socket on the node holds it. (From 20000 to 39999, a port in that range was sometimes taken, and the job
+failed as if a collective had.)"""
+
+
 def master_port(job_id: str, attempt: int) -> int:
-    return 20000 + zlib.crc32(f"{job_id}/{attempt}".encode()) % 20000
+    """The attempt's MASTER_PORT: known to every rank before any starts (torchrun's convention), and another one
+    for the next attempt, so an attempt that found it taken is placed again on a different port."""
+    return MASTER_PORTS.start + zlib.crc32(f"{job_id}/{attempt}".encode()) % len(MASTER_PORTS)
 
 
 def stop_grace(job: JobState) -> float:
@@ -185,7 +194,7 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
                                   f"each run shorter than {PROGRESS_RUN_S:g} s): a crash loop, not an "
                                   "interruption"), EXIT_INTERRUPTED
             why = (f"worker {first} stopped before its last step (exit {EXIT_INTERRUPTED}: a signal AIOS did "
-                   "not send, or NATS went away)")
+                   "not send, NATS went away, or its rendezvous port was taken; its log says which)")
             return "requeued", f"{why}; {resumes(job)}", EXIT_INTERRUPTED
         elif job.stopped_workers:
             why = f"worker {min(job.stopped_workers)} was stopped by its node's agent"

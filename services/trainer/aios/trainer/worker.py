@@ -31,7 +31,7 @@ from aios.common.events import (
 from aios.common.snapshot import object_bucket, read_object
 from aios.common.store import EventStore, connect
 from aios.trainer import EXIT_INTERRUPTED
-from aios.trainer.collective import BackendUnavailable, Collective, CollectiveError
+from aios.trainer.collective import BackendUnavailable, Collective, CollectiveError, PortTaken
 from aios.trainer.mlp import TrainerConfig, parse_config
 from aios.trainer.training import Checkpoint, Outcome, Progress, train
 
@@ -196,6 +196,9 @@ async def run(w: WorkerEnv) -> int:
             nats.errors.StaleConnectionError, nats.errors.UnexpectedEOF) as exc:
         print(f"rank {w.rank}: cut off from NATS ({exc or type(exc).__name__}); the job resumes from its last "
               "checkpoint", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except PortTaken as exc:  # the next attempt gets another MASTER_PORT: an interruption, not a failure
+        print(f"rank {w.rank}: {exc}; the job is placed again, on another port", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     except BackendUnavailable as exc:  # a peer's failure it was not: every rank exited 3 ("a collective failed")
         print(f"rank {w.rank}: {exc}", file=sys.stderr, flush=True)

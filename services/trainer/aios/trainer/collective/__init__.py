@@ -20,6 +20,10 @@ class BackendUnavailable(CollectiveError):
     """The backend the job asks for cannot run on this node (torch missing): its configuration, not a peer."""
 
 
+class PortTaken(CollectiveError):
+    """Rank 0 found the group's port held by another process: not the job's fault, and gone with another port."""
+
+
 class Collective:
     """A group of ``world`` ranks; this process is ``rank``."""
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from aios.trainer.collective import BackendUnavailable, Collective, CollectiveError
+from aios.trainer.collective import BackendUnavailable, Collective, CollectiveError, PortTaken
 
 T = TypeVar("T")
 
@@ -94,6 +94,9 @@ class TorchCollective(Collective):
         try:
             await asyncio.to_thread(init)
         except _TORCH_FAILURES as exc:
+            if rank == 0 and "EADDRINUSE" in str(exc):
+                raise PortTaken(f"rank 0 could not listen on port {master_port} for the torch {backend} group: "
+                                "another process on this node holds it") from exc
             raise CollectiveError(
                 f"rank {rank} of {world} could not join the torch {backend} group at "
                 f"{master_addr}:{master_port}: {exc}"
