@@ -68,6 +68,15 @@ def test_comments_blank_lines_and_defaults(tmp_path: Path) -> None:
     ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "wrok": 3}', "field 'wrok': unknown field"),
     ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "any_kind": "yes"}', "field 'any_kind': expected true"),
     ('[1, 2]', "expected a JSON object"),
+    ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 1' + '0' * 400 + '}', "field 'work': expected a number"),
+    ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "x": ' + '[' * 5000 + ']' * 5000 + '}',
+     "nested too deeply to be a job"),
+    ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "rates": {"H100": 2}}', "field 'rates.H100': not a device"),
+    ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "hints": {"h100": 0}}', "field 'hints.h100': expected a"),
+    ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "runtime_estimate_s": 0}', "field 'runtime_estimate_s'"),
+    ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "max_devices_per_node": 0}', "field 'max_devices_per"),
+    ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "preemptible": "no"}', "field 'preemptible': expected"),
+    ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "serve": 1}', "field 'serve': expected true or false"),
     ('{"name": "b", "arrival_s": 1e300, "devices": 1, "work": 3}', "field 'arrival_s': expected seconds from 0 to"),
     ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "tenant": ""}', "field 'tenant': lowercase letters"),
     ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "tenant": "NLP"}', "field 'tenant': lowercase"),
@@ -330,3 +339,72 @@ def test_a_replay_places_on_the_live_nodes_and_an_export_keeps_them(tmp_path: Pa
 
     assert cli.run(str(path), "h100=2,a100=2", "fifo", None, None, 360, 4, True, None) == 0
     assert any("node line(s) of the workload are not used" in n for n in json.loads(capsys.readouterr().out)["notes"])
+
+
+def test_an_export_keeps_what_the_live_core_acted_on_and_a_replay_honours_it(tmp_path: Path) -> None:
+    """Found by review: the export dropped ``preemptible``, ``runtime_estimate_s`` and the per-node limit, showed
+    the policy 1.0 for kinds the job gave no speed for, and named each replayed spec after its job id (a learning
+    policy's class of one): a replay under ``priority`` preempted a job the live core could not."""
+    events = [*node_registration("n1", "h100", 2)[1], *node_registration("n2", "a100", 2)[1],
+              submitted("low-aaaaaa", 0.0, preemptible=False, device_types=["h100"], devices=2),
+              placed("low-aaaaaa", 0.0, "n1", "n1-g0", "n1-g1"),
+              submitted("high-bbbbbb", 100.0, priority=10, device_types=["h100"], runtime_estimate_s=90.0,
+                        max_devices_per_node=1),
+              submitted("mixed-cccccc", 100.0, device_types=["h100", "a100"], throughput={"h100": 2.0}),
+              placed("mixed-cccccc", 100.0, "n2", "n2-g0"), JobSucceeded(aggregate_id="mixed-cccccc", ts=200.0),
+              JobSucceeded(aggregate_id="low-aaaaaa", ts=1000.0),
+              placed("high-bbbbbb", 1000.0, "n1", "n1-g0"), JobSucceeded(aggregate_id="high-bbbbbb", ts=1100.0)]
+    w = jobs_from_events([(ev.aggregate, [ev]) for ev in events])
+    by = {j.name: j for j in w.jobs}
+    assert not by["low-aaaaaa"].preemptible and by["high-bbbbbb"].preemptible
+    assert by["high-bbbbbb"].runtime_estimate_s == 90.0 and by["high-bbbbbb"].max_devices_per_node == 1
+    assert by["mixed-cccccc"].rates == {"h100": 2.0, "a100": 1.0} and by["mixed-cccccc"].hints == {"h100": 2.0}
+    path = tmp_path / "log.jsonl"
+    write_native_trace(path, w.jobs, nodes=w.nodes)
+    assert read_native_workload(path) == (w.jobs, [], w.nodes)
+
+    from aios.scheduler.sim.simulator import submissions
+
+    specs = {job_id: spec for job_id, _, _, spec in submissions(w.jobs, {}, w.cluster)}
+    assert specs["mixed-cccccc"]["throughput"] == {"h100": 2.0}  # as the live job told it
+    assert specs["low-aaaaaa"]["name"] == "low-0" and specs["high-bbbbbb"]["name"] == "high-1"
+    result = simulate(w.jobs, {}, w.cluster, make_policy("priority"), on_events=True, nodes=w.nodes)
+    runs = {r["job"]: (r["start_s"], r["finish_s"], r["preemptions"]) for r in result["records"]}
+    assert result["preemptions"] == 0 and runs["low-aaaaaa"] == (0.0, 1000.0, 0)
+    assert runs["high-bbbbbb"][0] == 1000.0  # it waited, as live: its victim could not be preempted
+
+
+def test_a_requeued_job_keeps_its_work_and_a_serving_job_no_completion_time() -> None:
+    """A job preempted and still pending when the log was read was left out (with no runtime estimate), and the
+    replay freed its devices for the others; an endpoint serving for a week counted a JCT of a week."""
+    serve = {"name": "chat", "tenant": "vision", "devices": 1, "serve": {"model": "models:/chat@prod"}}
+    events: list[Event] = [
+        *node_registration("n1", "h100", 2)[1],
+        JobSubmitted(aggregate_id="chat-aaaaaa", tenant="vision", name="chat", spec=serve, ts=0.0),
+        placed("chat-aaaaaa", 0.0, "n1", "n1-g0"),
+        submitted("long-bbbbbb", 0.0), placed("long-bbbbbb", 0.0, "n1", "n1-g1"),
+        JobStarted(aggregate_id="long-bbbbbb", ts=0.0),
+        CheckpointSaved(aggregate_id="long-bbbbbb", step=1, bucket="b", name="c", ts=3500.0),
+        JobPreempted(aggregate_id="long-bbbbbb", reason="priority", ts=3600.0),
+        JobRequeued(aggregate_id="long-bbbbbb", reason="priority", ts=3601.0),
+        submitted("hi-cccccc", 3590.0, priority=10), placed("hi-cccccc", 3601.0, "n1", "n1-g1"),
+        JobSucceeded(aggregate_id="hi-cccccc", ts=4201.0)]
+    w = jobs_from_events([(ev.aggregate, [ev]) for ev in events], until=7 * 86400.0)
+    by = {j.name: j for j in w.jobs}
+    assert by["long-bbbbbb"].total_steps == 3500.0 and "long-bbbbbb" in w.unfinished and not w.reasons
+    assert by["chat-aaaaaa"].serve and not by["hi-cccccc"].serve
+    result = simulate(w.jobs, {}, w.cluster, make_policy("fifo"), on_events=True, nodes=w.nodes)
+    assert result["finished"] == 3
+    jcts = sorted(r["finish_s"] - r["arrival_s"] for r in result["records"] if not r.get("serve"))
+    assert result["avg_jct_h"] == pytest.approx(sum(jcts) / len(jcts) / 3600, abs=0.01)
+    assert max(jcts) < 86400 and result["makespan_h"] < 24  # the week of serving is in neither
+    assert [r["rho"] for r in result["records"] if r.get("serve")] == [None]
+
+
+def test_an_any_kind_job_whose_table_row_names_a_kind_the_cluster_lacks_runs() -> None:
+    """Its hints (the table's row) named a P100 on a V100 + K80 cluster, where the K80 cannot run it: the spec's
+    throughput then named a kind outside its device_types, and the whole simulation was refused."""
+    table = {("resnet", 2): {"v100": 2.0, "p100": 1.5, "k80": 0.0}}
+    jobs = [TraceJob("resnet", 200.0, 2, 0, 0.0, any_kind=True, name="r-1")]
+    result = simulate(jobs, table, {"v100": 2, "k80": 2}, make_policy("fifo"))
+    assert result["finished"] == 1 and list(result["records"][0]["kind_time_s"]) == ["v100"]

@@ -18,6 +18,14 @@ Format: JSON Lines, one job per line; blank lines and lines starting with ``#`` 
 * ``name`` (default ``""``: the simulator names it; unique in the file), ``tenant`` (default ``"trace"``),
   ``job_type`` (default: the name without a trailing ``-<number>``), ``priority`` (whole number from -1000 to 1000,
   default 0: the job spec's priority). Names and tenants follow the job spec's rules (lowercase, digits, ``.-_``).
+  The job is submitted under a spec name made of its ``job_type`` (policies that learn per class of job, such as
+  ``hetero-gittins`` and the runtime predictor, class jobs by it, as live they class them by the spec's name).
+* ``hints`` (optional): the speeds the policy is told, when they are not ``rates`` (a live job that gave a speed
+  for some of its kinds only); kinds of ``rates`` and ``hints`` are device kinds as the agents report them.
+* ``preemptible`` (default true), ``runtime_estimate_s`` (the user's estimate, seconds > 0; backfill plans with it),
+  ``max_devices_per_node`` (whole number >= 1): the job spec's fields of the same names.
+* ``serve`` (default false): a serving deployment; it holds its devices while it runs, and is left out of the JCT,
+  makespan and fairness figures (its end is when it was stopped, not a completion).
 
 A line may instead set a tenant's quota, as ``aios quota`` does, in force from the start of the run (the export of a
 live log writes the quotas the log last set)::
@@ -65,7 +73,8 @@ from aios.scheduler.spec import (
     MAX_QUOTA, QUOTA_FIELDS, SpecError, check_tenant, is_device_kind, is_name, validate_quota,
 )
 
-FIELDS = ("name", "arrival_s", "tenant", "devices", "job_type", "priority", "work", "rates", "any_kind")
+FIELDS = ("name", "arrival_s", "tenant", "devices", "job_type", "priority", "work", "rates", "any_kind", "hints",
+          "preemptible", "runtime_estimate_s", "max_devices_per_node", "serve")
 HEADER = "# AIOS native workload: one JSON job per line (see aios.scheduler.sim.native)"
 RUN_READS_MAX = 50
 """Jobs cut short beyond which the export reads all run reports at once instead of one job's at a time."""
@@ -83,15 +92,53 @@ def _number(obj: dict[str, Any], name: str, default: float | None = None) -> flo
     value = obj.get(name, default)
     if value is None:
         raise _Bad(name, "required")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _Bad(name, f"expected a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+        raise _Bad(name, f"expected a number, got {_shown(value)}")
     return float(value)
+
+
+def _finite(value: int | float) -> bool:
+    """A number a float holds (an integer of 400 digits is valid JSON, and float() of it raised OverflowError)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message, cut to 60 characters (a 400-digit number filled the terminal)."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _flag(obj: dict[str, Any], name: str, default: bool) -> bool:
+    value = obj.get(name, default)
+    if not isinstance(value, bool):
+        raise _Bad(name, f"expected true or false, got {_shown(value)}")
+    return value
+
+
+def _speeds_of(obj: dict[str, Any], name: str) -> dict[str, float] | None:
+    """``rates`` or ``hints``: GPU kind -> steps per second, each kind as the agents name kinds, each speed > 0."""
+    raw = obj.get(name)
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise _Bad(name, f"expected an object of GPU kind -> steps per second, got {_shown(raw)}")
+    speeds: dict[str, float] = {}
+    for kind, value in raw.items():
+        if not is_device_kind(kind):
+            raise _Bad(f"{name}.{kind[:64]}", "not a device kind (lowercase, as the agents report them)")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) or value <= 0:
+            raise _Bad(f"{name}.{kind}", f"expected a positive number, got {_shown(value)}")
+        speeds[kind] = float(value)
+    return speeds
 
 
 def _text(obj: dict[str, Any], name: str, default: str) -> str:
     value = obj.get(name, default)
     if not isinstance(value, str):
-        raise _Bad(name, f"expected a string, got {value!r}")
+        raise _Bad(name, f"expected a string, got {_shown(value)}")
     return value
 
 
@@ -107,32 +154,29 @@ def _job_from_obj(obj: dict[str, Any]) -> TraceJob:
     arrival = _number(obj, "arrival_s")
     if not 0 <= arrival <= MAX_ARRIVAL_S:
         raise _Bad("arrival_s", f"expected seconds from 0 to {MAX_ARRIVAL_S:,.0f} (ten years), got "
-                                f"{obj['arrival_s']!r}")
+                                f"{_shown(obj['arrival_s'])}")
     devices = obj.get("devices")
     if devices is None:
         raise _Bad("devices", "required")
     if isinstance(devices, bool) or not isinstance(devices, int) or not 1 <= devices <= MAX_GPUS:
-        raise _Bad("devices", f"expected a positive integer up to {MAX_GPUS:,}, got {devices!r}")
+        raise _Bad("devices", f"expected a positive integer up to {MAX_GPUS:,}, got {_shown(devices)}")
     work = _number(obj, "work")
     if work <= 0:
-        raise _Bad("work", f"expected a positive number of steps, got {obj['work']!r}")
-    raw_rates = obj.get("rates", {})
-    if raw_rates is None:
-        raw_rates = {}
-    if not isinstance(raw_rates, dict):
-        raise _Bad("rates", f"expected an object of GPU kind -> steps per second, got {raw_rates!r}")
-    rates: dict[str, float] = {}
-    for kind, value in raw_rates.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise _Bad(f"rates.{kind}", f"expected a positive number, got {value!r}")
-        rates[kind] = float(value)
-    any_kind = obj.get("any_kind", False)
-    if not isinstance(any_kind, bool):
-        raise _Bad("any_kind", f"expected true or false, got {any_kind!r}")
+        raise _Bad("work", f"expected a positive number of steps, got {_shown(obj['work'])}")
+    rates = _speeds_of(obj, "rates") or {}
+    hints = _speeds_of(obj, "hints")
+    estimate = obj.get("runtime_estimate_s")
+    if estimate is not None and _number(obj, "runtime_estimate_s") <= 0:
+        raise _Bad("runtime_estimate_s", f"expected a positive number of seconds, got {_shown(estimate)}")
+    per_node = obj.get("max_devices_per_node")
+    if per_node is not None and (isinstance(per_node, bool) or not isinstance(per_node, int)
+                                 or not 1 <= per_node <= MAX_GPUS):
+        raise _Bad("max_devices_per_node", f"expected a whole number from 1 to {MAX_GPUS:,}, got {_shown(per_node)}")
     name = _text(obj, "name", "")
     priority = _number(obj, "priority", 0.0)
     if not priority.is_integer() or abs(priority) > 1000:
-        raise _Bad("priority", f"expected a whole number from -1000 to 1000 (the job spec's), got {obj['priority']!r}")
+        raise _Bad("priority", "expected a whole number from -1000 to 1000 (the job spec's), got "
+                               f"{_shown(obj['priority'])}")
     tenant = _text(obj, "tenant", "trace")
     try:  # checked here, where the line is known (the simulation named only the job)
         check_tenant(tenant)
@@ -140,7 +184,9 @@ def _job_from_obj(obj: dict[str, Any]) -> TraceJob:
         raise _Bad("tenant", f"{exc.reason}, got {tenant!r}") from None
     return TraceJob(job_type=_text(obj, "job_type", job_type_of(name) or "job"), total_steps=work, gpus=devices,
                     priority_weight=priority, arrival_s=arrival, rates=rates, tenant=tenant, name=name,
-                    any_kind=any_kind)
+                    any_kind=_flag(obj, "any_kind", False), hints=hints, preemptible=_flag(obj, "preemptible", True),
+                    runtime_estimate_s=None if estimate is None else float(estimate), max_devices_per_node=per_node,
+                    serve=_flag(obj, "serve", False))
 
 
 def _quota_from_obj(obj: Any) -> TenantQuotaSet:
@@ -205,6 +251,8 @@ def read_native_workload(path: str | Path) -> tuple[list[TraceJob], list[TenantQ
             obj = json.loads(line)
         except ValueError as exc:
             raise ConfigError(f"{path}:{n}: not valid JSON: {exc}") from None
+        except RecursionError:  # thousands of nested brackets: valid JSON, no job of ours
+            raise ConfigError(f"{path}:{n}: nested too deeply to be a job (a job line is one flat object)") from None
         if not isinstance(obj, dict):
             raise ConfigError(f"{path}:{n}: expected a JSON object (one job), got {type(obj).__name__}")
         try:
@@ -243,6 +291,13 @@ def _job_to_obj(job: TraceJob) -> dict[str, Any]:
            "job_type": job.job_type, "priority": priority, "work": job.total_steps, "rates": dict(job.rates)}
     if job.any_kind:
         obj["any_kind"] = True
+    optional = {"hints": job.hints, "runtime_estimate_s": job.runtime_estimate_s,
+                "max_devices_per_node": job.max_devices_per_node}
+    obj.update({k: v for k, v in optional.items() if v is not None})
+    if not job.preemptible:
+        obj["preemptible"] = False
+    if job.serve:
+        obj["serve"] = True
     return obj
 
 
@@ -285,8 +340,9 @@ class LogWorkload(msgspec.Struct, frozen=True):
     quotas: list[TenantQuotaSet] = []
     """The tenant quotas as the log last set them (one per tenant)."""
     unfinished: list[str] = []
-    """Jobs still running when the log ends, with no ``runtime_estimate_s``: replayed with the work they had done,
-    so that they hold devices at least as long as they did live (left out, they freed them for the others)."""
+    """Jobs not ended when the log ends (running, or requeued after some work), with no ``runtime_estimate_s``:
+    replayed with the work they had done, so that they hold devices at least as long as they did live (left out,
+    they freed them for the others)."""
     lost_s: dict[str, float] = {}
     """Exported jobs that lost run time to a preemption or requeue (id -> seconds since their last checkpoint,
     or the whole run without one; a run stopped before its JobStarted lost nothing when the log has starts): left
@@ -399,8 +455,8 @@ def jobs_from_events(commits_or_events: Iterable[Any], until: float | None = Non
     from there; the replay resumes jobs
     where they stopped, so work done twice live is done once. Failed and cancelled jobs keep the work they did (and
     are listed in ``ended``); jobs still pending or running use ``runtime_estimate_s`` x their fastest rate (at
-    least the work done so far, up to the log's end); without one, running jobs keep the work done so far
-    (listed in ``unfinished``) and pending ones are skipped. The log ends at its last job event, or at ``until``
+    least the work done so far, up to the log's end); without one, jobs that did work (running, or requeued)
+    keep the work done so far (listed in ``unfinished``) and pending ones that never ran are skipped. The log ends at its last job event, or at ``until``
     if later (the moment it is read, while the cluster is alive: a job running for days writes no job event). Device kinds are resolved
     after the fold, so commit order across aggregates does not matter.
     """
@@ -536,7 +592,7 @@ def _export(job: _Job, kind_of: dict[str, str], cluster: dict[str, int],
                       else f"{job.end} without running")
     else:
         estimate = _spec_number(spec, "runtime_estimate_s")
-        if (estimate is None or estimate <= 0) and job.open is not None and done > 0:
+        if (estimate is None or estimate <= 0) and done > 0:  # running, or requeued with work kept
             return _trace_job(job, spec, devices, done, rates, any_kind), "unfinished"
         if estimate is None or estimate <= 0:
             return None, f"still {'running' if job.open is not None else 'pending'}, with no runtime_estimate_s"
@@ -549,12 +605,25 @@ def _export(job: _Job, kind_of: dict[str, str], cluster: dict[str, int],
 
 def _trace_job(job: _Job, spec: dict[str, Any], devices: int, work: float, rates: dict[str, float],
                any_kind: bool) -> TraceJob:
+    """The job with what of its spec the live scheduler acted on: the kinds and speeds it was told (``hints`` where
+    they are not all of ``rates``), whether it could be preempted, its user's runtime estimate (backfill plans with
+    it), its per-node limit, and whether it served (its run is no completion time)."""
     job_type = spec.get("job_type")
     if not isinstance(job_type, str) or not job_type:
         job_type = job_type_of(job.name or job.job_id)
+    speeds, _ = _speeds(spec)
+    hints = {k: v for k, v in speeds.items() if k in rates}
+    estimate = _spec_number(spec, "runtime_estimate_s")
+    per_node = spec.get("max_devices_per_node")
     return TraceJob(job_type=job_type, total_steps=work, gpus=devices,
                     priority_weight=_spec_number(spec, "priority") or 0.0, arrival_s=0.0, rates=rates,
-                    tenant=job.tenant, name=job.job_id, any_kind=any_kind)
+                    tenant=job.tenant, name=job.job_id, any_kind=any_kind,
+                    hints=None if any_kind or hints == rates else hints,
+                    preemptible=spec.get("preemptible") is not False,
+                    runtime_estimate_s=estimate if estimate is not None and estimate > 0 else None,
+                    max_devices_per_node=per_node if isinstance(per_node, int) and not isinstance(per_node, bool)
+                    and 1 <= per_node <= MAX_GPUS else None,
+                    serve=isinstance(spec.get("serve"), dict))
 
 
 async def load_log_workload(store: Any) -> LogWorkload:

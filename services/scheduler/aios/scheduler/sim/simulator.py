@@ -124,14 +124,24 @@ def submissions(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[s
         if not float(tj.priority_weight).is_integer():
             raise ConfigError(f"job {job_id!r}: priority: expected a whole number (the job spec's priority), "
                               f"got {tj.priority_weight!r}")
-        spec = {"name": spec_name(job_id), "tenant": tj.tenant, "devices": tj.gpus, "device_types": sorted(rates),
-                "throughput": rates, "command": ["train"], "priority": int(tj.priority_weight)}
+        # named by its type and place, as a live job by its spec's name: learning policies class jobs by the name
+        # (a replayed job's id, name plus token, made every job a class of its own)
+        spec: dict[str, Any] = {
+            "name": spec_name(f"{slug(tj.job_type) or 'job'}-{i}"), "tenant": tj.tenant, "devices": tj.gpus,
+            "device_types": sorted(rates), "throughput": rates, "command": ["train"],
+            "priority": int(tj.priority_weight), "preemptible": tj.preemptible,
+            **({"runtime_estimate_s": tj.runtime_estimate_s} if tj.runtime_estimate_s else {}),
+            **({"max_devices_per_node": tj.max_devices_per_node} if tj.max_devices_per_node else {})}
         known = hinted_rates(tj, throughputs)
         if rates and (tj.any_kind or not known):  # as a live job that named no kinds: any kind, only the hints it
             # gave (other kinds run at the assumed 1 step/s in the simulation, but the policy is not told so); a
             # kind the table gives 0 steps/s stays out of its list, or the job would be placed there and never move
             spec["device_types"] = [] if len(rates) == len(cluster) else sorted(rates)
             spec["throughput"] = known
+        if tj.hints is not None:  # what the live job told the scheduler, where it is not all it runs at
+            spec["throughput"] = tj.hints
+        if spec["device_types"]:  # a hint for a kind this cluster lacks (or cannot run the job on) is no hint here
+            spec["throughput"] = {k: v for k, v in spec["throughput"].items() if k in spec["device_types"]}
         if oracle_estimates and rates:
             spec["runtime_estimate_s"] = tj.total_steps / max(rates.values())
         try:
@@ -341,13 +351,17 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
             unfinished[job_id] = "waited behind jobs that can never be placed on this cluster"
     cut_short = hit_cap and any(job_id not in unrunnable for job_id in unfinished)
     rho = _rho(list(jobs.values()), cluster)
-    done = [j for j in jobs.values() if j.finish is not None]
+    # a serving deployment's end is when it was stopped: no completion time to average (it still held its GPUs)
+    finished_all = sum(j.finish is not None for j in jobs.values())
+    done = [j for j in jobs.values() if j.finish is not None and not j.trace.serve]
+    if any(j.trace.serve for j in jobs.values()):
+        rho[np.array([j.trace.serve for j in jobs.values()])] = np.nan
     jct = np.array([(j.finish - j.trace.arrival_s) / 3600 for j in done])  # type: ignore[operator]
     makespan = max((j.finish for j in done), default=0.0)  # type: ignore[type-var]
     first = min((j.trace.arrival_s for j in jobs.values()), default=0.0)
     return {
         "policy": policy.name + (" (oracle estimates)" if oracle_estimates else ""),
-        "jobs": len(pending_arrivals), "finished": len(done),
+        "jobs": len(pending_arrivals), "finished": finished_all,
         "avg_jct_h": hours(float(jct.mean())) if jct.size else None,
         "p50_jct_h": hours(float(np.percentile(jct, 50))) if jct.size else None,
         "p99_jct_h": hours(float(np.percentile(jct, 99))) if jct.size else None,
@@ -364,7 +378,8 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
         "total_gpus": total_gpus,
         "records": [{"job": j.job_id, "arrival_s": j.trace.arrival_s, "start_s": j.start, "finish_s": j.finish,
                      "gpus": j.trace.gpus, "kind_time_s": j.kind_time, "preemptions": j.preemptions,
-                     "rho": None if not np.isfinite(r) else round(float(r), 4)}
+                     "rho": None if not np.isfinite(r) else round(float(r), 4),
+                     **({"serve": True} if j.trace.serve else {})}
                     for j, r in zip(jobs.values(), rho)],
         "timeline": timeline,
     }

@@ -28,6 +28,15 @@ class TraceJob(msgspec.Struct, frozen=True):
     tenant: str = "trace"
     name: str = ""
     any_kind: bool = False
+    hints: dict[str, float] | None = None
+    """The speeds the job tells the scheduler (its spec's ``throughput``), when they are not ``rates``: a live job
+    that gave no hint for a kind runs there at some speed the scheduler was not told (None: the known rates)."""
+    preemptible: bool = True
+    runtime_estimate_s: float | None = None
+    """The user's own estimate, as the live spec carried it (what backfill plans with); not the job's true size."""
+    max_devices_per_node: int | None = None
+    serve: bool = False
+    """A serving deployment: it holds its devices for its run, and its "completion" is no job's completion time."""
 
 
 MAX_GPUS = 4096
