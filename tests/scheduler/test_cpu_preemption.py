@@ -39,3 +39,38 @@ def test_a_cpu_job_of_a_quota_tenant_takes_no_place_of_a_tenant_without_quota(sc
     c.submit("cpu", 0, tenant="q", cpu_per_worker=4, now=3.0)
     plan = step(c.state, fifo, 4.0)
     assert plan.preemptions == [] and c.status("cpu") == PENDING and c.status("scav") == PLACED
+
+
+def test_a_gpu_job_short_of_cpu_preempts_lower_priority_cpu_jobs_on_its_node() -> None:
+    """The GPUs were free, the CPU held by lower-priority CPU-only jobs: preemption counted devices only, found
+    nothing to free, and the GPU job waited for ever under ``priority``."""
+    c = Cluster(("c1", "h100", 2, 8), ("c2", "cpu", 0, 8))
+    c.submit("etl1", 0, cpu_per_worker=4, priority=0)
+    c.submit("etl2", 0, cpu_per_worker=4, priority=0, now=1.01)
+    c.submit("etl3", 0, cpu_per_worker=4, priority=0, now=1.02)
+    c.submit("etl4", 0, cpu_per_worker=4, priority=0, now=1.03)
+    prio = make_policy("priority")
+    step(c.state, prio, 2.0)
+    assert all(c.status(f"etl{i}") == PLACED for i in range(1, 5))
+    c.submit("train", 2, cpu_per_worker=2, priority=10, now=3.0)
+    plan = step(c.state, prio, 4.0)
+    victims = [p.job_id for p in plan.preemptions]
+    on_gpu_node = {j for j in ("etl1", "etl2", "etl3", "etl4")
+                   if c.state.jobs[j].assignments[0].node_id == "c1"}
+    assert len(victims) == 1 and set(victims) <= on_gpu_node, (victims, on_gpu_node)  # one frees the 4 it needs
+    assert "preempting" in plan.reasons["train"]
+
+
+def test_waiting_reasons_say_cpu_when_cpu_is_what_is_short() -> None:
+    """A CPU-only job read "needs 0 devices ... none free", and a GPU job beside free GPUs "0 free in the cluster"."""
+    c = Cluster(("c1", "h100", 2, 8))
+    c.submit("etl", 0, cpu_per_worker=8)
+    fifo = make_policy("fifo")
+    step(c.state, fifo, 2.0)
+    c.submit("more", 0, cpu_per_worker=4, now=3.0)
+    c.submit("train", 2, cpu_per_worker=2, now=3.1)
+    plan = step(c.state, make_policy("backfill"), 4.0)  # (under fifo, "train" waits behind "more", and says so)
+    assert plan.reasons["more"].startswith("capacity: its worker needs 4 CPU and 4 GiB on one node; the most free "
+                                           "on one node is 0 CPU"), plan.reasons["more"]
+    assert "2 devices are free, but their nodes lack the CPU or memory for its workers (2 CPU, 4 GiB each)" in \
+        plan.reasons["train"], plan.reasons["train"]

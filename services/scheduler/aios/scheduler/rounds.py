@@ -12,6 +12,7 @@ import functools
 from typing import Callable, NamedTuple
 
 import msgspec
+import numpy as np
 
 from aios.common.events import Assignment
 from aios.common.events.job import placement_workers, worker_name
@@ -447,6 +448,12 @@ def _capacity_reason(view: ClusterView, job: JobState, facts: _Facts | None = No
     never = facts.never_fits(req) if facts is not None else ""
     if never:
         return f"capacity: {never}"
+    if spec.devices == 0:  # a worker without accelerators: CPU and memory are all it waits for
+        room = np.minimum(view.node_cpu / max(req.cpu, 1e-9), view.node_mem / max(req.memory_gib, 1e-9))
+        best = int(room.argmax()) if room.size else -1
+        most = (f"; the most free on one node is {view.node_cpu[best]:g} CPU, {view.node_mem[best]:g} GiB "
+                f"({view.node_ids[best]})" if best >= 0 else "")
+        return f"capacity: its worker needs {req.cpu:g} CPU and {req.memory_gib:g} GiB on one node{most}"
     bins = view.candidates(req)
     kinds = "/".join(spec.device_types) or "any kind"
     if bins.size == 0:
@@ -462,10 +469,13 @@ def _capacity_reason(view: ClusterView, job: JobState, facts: _Facts | None = No
     total = int(cap.sum())
     best = int(cap.max())
     node = view.node_ids[int(view.bin_node[bins[int(cap.argmax())]])]
+    idle = int(view.bin_free[bins].sum())
+    short_of_cpu = (f"; {idle} devices are free, but their nodes lack the CPU or memory for its workers "
+                    f"({req.cpu:g} CPU, {req.memory_gib:g} GiB each)") if idle > total else ""
     if spec.gang and total < spec.devices:
         return (f"capacity: gang of {spec.devices} {kinds} devices, {total} free in the cluster "
-                f"(best node {node} has {best}; short by {spec.devices - total})")
-    return f"capacity: needs {spec.devices} {kinds} devices; best node {node} has {best} free"
+                f"(best node {node} has {best}; short by {spec.devices - total}){short_of_cpu}")
+    return f"capacity: needs {spec.devices} {kinds} devices; best node {node} has {best} free{short_of_cpu}"
 
 
 def _place_in_order(state: SchedulerState, policy: Policy, now: float, estimate: Callable[[JobState], float],
@@ -590,9 +600,12 @@ class _Preemption:
         victims = [*scavengers, *(v for v in self.policy.victims(self.state, self.now, job)
                                   if v.job_id not in self._scavengers)]
         candidates = [v for v in victims if v.status != PREEMPTING and v.job_id not in taken
-                      and self._frees(job, v)]
+                      and (self._frees(job, v) or self._frees_cpu_for(job, v))]
         if spec.devices == 0:  # no device count bounds its trials: each victim would cost one (quadratic)
             candidates = candidates[:self.MAX_CPU_VICTIMS]
+        elif len(candidates) > self.MAX_CPU_VICTIMS:  # the same bound on the CPU-only victims of a GPU job
+            cpu_only = [v for v in candidates if not self._frees(job, v)][self.MAX_CPU_VICTIMS:]
+            candidates = [v for v in candidates if v not in cpu_only]
         if self._leaving is None:  # preempted and checkpointing, or ended with devices this round gives back (they
             # are still leased in the view: a job waiting for them preempted another in the round its tenant's ended)
             jobs = self.state.jobs
@@ -604,7 +617,11 @@ class _Preemption:
             self._say_who_stays(job)
             return
         # a count first: the trial placements are only worth it once enough devices of its kinds would be free
-        free = int(view.capacity_in(req, view.candidates(req)).sum())
+        bins = view.candidates(req)
+        free = int(view.capacity_in(req, bins).sum())
+        if spec.devices > 0 and any(not self._frees(job, v) for v in candidates):  # CPU-only victims: the CPU they
+            # hold may be all it lacks, so the free devices count whatever CPU is left beside them
+            free = int(view.bin_free[bins].sum())
         coming = free + sum(self._frees(job, j) for j in self._leaving + self.victims)
         if coming + sum(self._frees(job, v) for v in candidates) < req.devices:
             self._say_who_stays(job)
@@ -670,6 +687,19 @@ class _Preemption:
             nodes = self.state.inv.nodes
             return int(any((n := nodes.get(a.node_id)) is not None and n.schedulable for a in other.assignments))
         return compatible(job, other, self.state)
+
+    def _frees_cpu_for(self, job: JobState, other: JobState) -> bool:
+        """Whether ``other``, a CPU-only job, runs on an open node with devices ``job`` accepts: preempting it
+        frees CPU and memory beside them. A GPU job whose devices were free but whose CPU lower-priority CPU-only
+        jobs held found no victim (devices were all it counted), and waited for ever."""
+        spec = job.spec
+        if spec is None or spec.devices == 0 or other.spec is None or other.spec.devices != 0:
+            return False
+        kinds = set(spec.device_types) or None
+        nodes = self.state.inv.nodes
+        return any((n := nodes.get(a.node_id)) is not None and n.schedulable
+                   and any(kinds is None or d.info.kind in kinds for d in n.devices.values())
+                   for a in other.assignments)
 
     def _fits(self, view: ClusterView, req: Request, chosen: list[JobState]) -> "_Room | None":
         """Where ``req`` would start once the leaving jobs, this round's victims and ``chosen`` are gone, after the
