@@ -1,10 +1,18 @@
-"""``aios top``'s frame: what it shows of a snapshot of the cluster."""
+"""What `aios top` and `aios tenants` show of the cluster: names and limits as written."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from aios.cli.top import frame
+
+if TYPE_CHECKING:
+    from _pytest.capture import CaptureFixture
+    from nats.aio.msg import Msg
+
+    from aios.common.natsserver import NatsServer
 
 
 def render(snap: dict) -> str:  # type: ignore[type-arg]
@@ -24,3 +32,27 @@ def test_names_are_shown_as_written_not_read_as_markup() -> None:
             "tenants": {"t[red]": {"usage": {"h100": 1}, "nominal": {}}}}
     text = render(snap)
     assert "rack[1]/n[/x]" in text and "j[bold]" in text and "t[red]" in text and "5/10" in text
+
+
+async def test_aios_tenants_shows_limits_as_written(nats_server: "NatsServer", capsys: "CaptureFixture[str]") -> None:
+    """A limit naming a kind with square brackets (a log from before kinds were checked) was read as markup:
+    ``[/x]`` raised a MarkupError and `aios tenants` printed a traceback."""
+    import json
+
+    import nats
+
+    from aios.cli.inspect import tenants
+
+    nc = await nats.connect(nats_server.url)
+    reply = {"tenants": {"nlp": {"cohort": "research", "nominal": {"h100": 2}, "usage": {},
+                                 "borrowing_limit": {"gpu[/x]": 1}, "lending_limit": None}}}
+
+    async def answer(msg: "Msg") -> None:
+        await msg.respond(json.dumps(reply).encode())
+    await nc.subscribe("aios.rm.tenants", cb=answer)
+    try:
+        assert await tenants(servers=[nats_server.url]) == 0
+    finally:
+        await nc.close()
+    out = capsys.readouterr().out
+    assert "gpu[/x]=1" in out and "all unused" in out

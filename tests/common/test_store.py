@@ -235,6 +235,21 @@ async def test_a_log_that_does_not_answer_is_a_store_error_not_a_timeout_traceba
         proc.wait()
 
 
+async def test_a_log_deleted_under_a_reader_is_a_store_error(nats_server: NatsServer) -> None:
+    """``position`` let nats-py's NotFoundError through when the stream was deleted under a running service."""
+    from aios.common.errors import StoreError
+
+    gone = await open_store(nats_server.url)
+    try:
+        await gone.js.delete_stream(gone.stream)
+        with pytest.raises(StoreError, match=f"event log {gone.stream}: the stream does not exist"):
+            await gone.position()
+        with pytest.raises(StoreError, match="does not exist"):
+            await gone.last_seq()
+    finally:
+        await gone.close()
+
+
 async def test_a_pipeline_keeps_each_aggregates_order_when_a_commit_comes_back_refused(store: EventStore) -> None:
     """The first commit of job.o comes back 503 (no stream listening: JetStream starting, or the stream's leader
     away); the stream is back when the second goes out on the same connection. It was stored first, and the

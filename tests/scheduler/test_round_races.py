@@ -13,7 +13,7 @@ from aios.common.store import EventStore
 from aios.common.wire import new_token
 from aios.scheduler.local import node_registration
 from aios.scheduler.service import REFIT_EVERY, SchedulerConfig, SchedulerService
-from aios.scheduler.state import MAX_HISTORY, Finished
+from aios.scheduler.state import MAX_HISTORY, Finished, SchedulerState
 
 
 async def scheduler_on(store: EventStore) -> SchedulerService:
@@ -79,3 +79,26 @@ async def test_the_fold_counts_every_succeeded_job(store: EventStore) -> None:
         await store.append(f"job.done-{i}-{tag}", JobSucceeded(aggregate_id=f"done-{i}-{tag}"))
     scheduler = await scheduler_on(store)
     assert scheduler.projector.state.finished_total == 3 == len(scheduler.projector.state.finished)
+
+
+async def test_a_snapshot_the_store_refuses_does_not_stop_the_scheduler(store: EventStore) -> None:
+    """The save ran outside the loop's error guard: a full snapshot bucket ended the scheduler's loop, and no
+    job was placed again until a restart. It is said, and tried again after as many commits more."""
+    from nats.js.api import ObjectStoreConfig
+
+    from aios.common.snapshot import SnapshotStore
+
+    await submit(store, f"snap-{new_token()[:6]}", 0)
+    full = f"SNAP_FULL_{new_token()[:6].upper()}"
+    await store.js.create_object_store(full, config=ObjectStoreConfig(max_bytes=64))
+    scheduler = await scheduler_on(store)
+    scheduler.config = SchedulerConfig(policy="fifo", leader_election=False, snapshot_every=1)
+    seq = scheduler.projector.seq
+    assert seq > 0
+    assert await scheduler.snapshot_due(SnapshotStore(store, full), seq - 1) == seq  # refused, said, not raised
+    ok = SnapshotStore(store, f"SNAP_OK_{new_token()[:6].upper()}")
+    assert await scheduler.snapshot_due(ok, seq) == seq  # not due: not tried
+    assert await ok.load(scheduler.projector.name, SchedulerState, scheduler.projector.schema) is None
+    assert await scheduler.snapshot_due(ok, seq - 1) == seq
+    loaded = await ok.load(scheduler.projector.name, SchedulerState, scheduler.projector.schema)
+    assert loaded is not None and loaded[0] == seq

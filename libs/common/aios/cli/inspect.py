@@ -110,8 +110,8 @@ async def tenants(as_json: bool = False, servers: list[str] | None = None) -> in
         cohort = bool(t["cohort"])
         table.add_row(plain(name) or "(unknown)", plain(t["cohort"] or "-"), plain(fmt(t["nominal"])),
                       plain(fmt(t["usage"])),
-                      limit(t["borrowing_limit"], "no limit") if cohort else "-",
-                      limit(t["lending_limit"], "all unused") if cohort else "-")
+                      plain(limit(t["borrowing_limit"], "no limit")) if cohort else "-",
+                      plain(limit(t["lending_limit"], "all unused")) if cohort else "-")
     table_console().print(table)
     return 0
 

@@ -137,6 +137,10 @@ class EventStore:
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
                 nats.js.errors.ServiceUnavailableError) as exc:  # not nats-py's own errors: callers handle StoreError
             raise StoreUnavailable(f"event log {self.stream}: no answer from JetStream ({type(exc).__name__})") from None
+        except nats.js.errors.NotFoundError:  # deleted under a running service: said as the store's error, which
+            # services handle, not as nats-py's
+            raise StoreError(f"event log {self.stream}: the stream does not exist (deleted?); a service restart "
+                             "creates it again, empty") from None
 
     async def last_seq(self) -> int:
         """Sequence of the newest message in the log (0 for an empty log)."""

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import msgspec
+import nats.errors
 from nats.aio.msg import Msg
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -111,15 +112,26 @@ class SchedulerService(Service):
                     await self.round()
                 except AiosError as exc:
                     log.warning("round interrupted", extra={"error": str(exc)})
-                if self.projector.seq - last_snapshot >= self.config.snapshot_every:
-                    await self.projector.save(snapshots)
-                    last_snapshot = self.projector.seq
+                last_snapshot = await self.snapshot_due(snapshots, last_snapshot)
         finally:
             await sub.unsubscribe()
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)  # the campaign ends first: it could take the key
             if self.leadership is not None:                       # back right after the resignation
                 await self.leadership.resign()
+
+    async def snapshot_due(self, snapshots: SnapshotStore, last: int) -> int:
+        """Save a snapshot once ``snapshot_every`` commits were folded since ``last``; the sequence of the last try.
+        A snapshot only shortens the next start's replay: one the store refuses (full, or unreachable) is said and
+        tried again after as many commits more; raised, it ended the scheduler's loop and no job was placed."""
+        if self.projector.seq - last < self.config.snapshot_every:
+            return last
+        try:
+            await self.projector.save(snapshots)
+        except (AiosError, nats.errors.Error) as exc:
+            log.warning("snapshot not saved; the next start replays more of the log",
+                        extra={"seq": self.projector.seq, "error": str(exc) or type(exc).__name__})
+        return self.projector.seq
 
     def _metrics(self, ctx: ServiceContext) -> None:
         self.m_rounds = Counter("aios_scheduler_rounds", "scheduling rounds run", registry=ctx.metrics)
