@@ -74,3 +74,28 @@ def test_waiting_reasons_say_cpu_when_cpu_is_what_is_short() -> None:
                                            "on one node is 0 CPU"), plan.reasons["more"]
     assert "2 devices are free, but their nodes lack the CPU or memory for its workers (2 CPU, 4 GiB each)" in \
         plan.reasons["train"], plan.reasons["train"]
+
+
+def test_cpu_victims_of_a_gpu_job_are_taken_on_one_node_when_cpu_jobs_spread_over_many() -> None:
+    """CPU-only jobs are placed one a node in turn: the first 32 lower-priority ones in the policy's order sat on
+    32 nodes, one core each, so trying them freed enough CPU nowhere and the GPU job never got a victim."""
+    c = Cluster(*[(f"c{i:02d}", "h100", 2, 8) for i in range(40)])
+    for i in range(320):
+        c.submit(f"etl{i:03d}", 0, cpu_per_worker=1, memory_gib_per_worker=1, now=1.0 + i * 1e-4)
+    prio = make_policy("priority")
+    step(c.state, prio, 2.0)
+    assert all(c.status(f"etl{i:03d}") == PLACED for i in range(320))
+    c.submit("train", 2, cpu_per_worker=2, priority=10, now=3.0)
+    plan = step(c.state, prio, 4.0)
+    nodes = {c.state.jobs[p.job_id].assignments[0].node_id for p in plan.preemptions}
+    assert len(plan.preemptions) == 4 and len(nodes) == 1, plan.preemptions
+
+
+def test_a_per_node_limit_is_not_called_a_cpu_shortage() -> None:
+    c = Cluster(("c1", "h100", 4), ("c2", "h100", 4))
+    c.submit("big", 4, cpu_per_worker=1, max_devices_per_node=4)
+    fifo = make_policy("fifo")
+    step(c.state, fifo, 2.0)
+    c.submit("spread", 2, cpu_per_worker=1, max_devices_per_node=1, now=3.0)
+    plan = step(c.state, fifo, 4.0)
+    assert c.status("spread") == PENDING and "lack the CPU" not in plan.reasons["spread"], plan.reasons["spread"]

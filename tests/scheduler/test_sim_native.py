@@ -398,6 +398,7 @@ def test_a_requeued_job_keeps_its_work_and_a_serving_job_no_completion_time() ->
     jcts = sorted(r["finish_s"] - r["arrival_s"] for r in result["records"] if not r.get("serve"))
     assert result["avg_jct_h"] == pytest.approx(sum(jcts) / len(jcts) / 3600, abs=0.01)
     assert max(jcts) < 86400 and result["makespan_h"] < 24  # the week of serving is in neither
+    assert 0 < result["utilization"] <= 1  # its GPU time counts, over the run it was part of
     assert [r["rho"] for r in result["records"] if r.get("serve")] == [None]
 
 
@@ -408,3 +409,17 @@ def test_an_any_kind_job_whose_table_row_names_a_kind_the_cluster_lacks_runs() -
     jobs = [TraceJob("resnet", 200.0, 2, 0, 0.0, any_kind=True, name="r-1")]
     result = simulate(jobs, table, {"v100": 2, "k80": 2}, make_policy("fifo"))
     assert result["finished"] == 1 and list(result["records"][0]["kind_time_s"]) == ["v100"]
+
+
+def test_an_old_spec_naming_kinds_in_capitals_does_not_stop_the_export(tmp_path: Path) -> None:
+    """Kinds are checked since the format checks them: one job of an old log naming "H100" made the whole
+    export unwritable. Kinds no device has are dropped; a job left with none is skipped, with the reason."""
+    events = [*node_registration("n1", "h100", 2)[1],
+              submitted("old-aaaaaa", 0.0, device_types=["H100"], runtime_estimate_s=600),
+              submitted("mixed-bbbbbb", 1.0, device_types=["H100", "h100"], throughput={"H100": 3, "h100": 2},
+                        runtime_estimate_s=600)]
+    w = jobs_from_events([(ev.aggregate, [ev]) for ev in events])
+    assert "no device kind" in w.reasons["old-aaaaaa"]
+    assert [(j.name, j.rates) for j in w.jobs] == [("mixed-bbbbbb", {"h100": 2.0})]
+    write_native_trace(tmp_path / "old.jsonl", w.jobs, nodes=w.nodes)
+    assert read_native_workload(tmp_path / "old.jsonl")[0] == w.jobs

@@ -285,3 +285,17 @@ async def test_a_taken_rendezvous_port_places_the_job_again(nats_server: NatsSer
         assert await run(read_env(env)) == EXIT_INTERRUPTED
     said = capsys.readouterr().err
     assert f"rank 0 could not listen on port {env['MASTER_PORT']}" in said and "placed again, on another port" in said
+
+
+def test_a_taken_port_is_recognised_in_each_of_torchs_wordings() -> None:
+    """torch's libuv store says EADDRINUSE; its older store (USE_LIBUV=0) "errno: 98 - Address already in use",
+    which was read as a collective failure and failed the job."""
+    import errno
+
+    from aios.trainer.collective.torchdist import _address_in_use
+
+    assert _address_in_use(RuntimeError("The server socket has failed to listen ... name: EADDRINUSE, message: x"))
+    assert _address_in_use(RuntimeError("The server socket has failed to bind to [::]:29500 (errno: 98 - Address "
+                                        "already in use)."))
+    assert _address_in_use(OSError(errno.EADDRINUSE, "in use"))
+    assert not _address_in_use(RuntimeError("Connection reset by peer"))

@@ -469,7 +469,8 @@ def _capacity_reason(view: ClusterView, job: JobState, facts: _Facts | None = No
     total = int(cap.sum())
     best = int(cap.max())
     node = view.node_ids[int(view.bin_node[bins[int(cap.argmax())]])]
-    idle = int(view.bin_free[bins].sum())
+    free = view.bin_free[bins]
+    idle = int((free if req.max_per_node is None else np.minimum(free, req.max_per_node)).sum())
     short_of_cpu = (f"; {idle} devices are free, but their nodes lack the CPU or memory for its workers "
                     f"({req.cpu:g} CPU, {req.memory_gib:g} GiB each)") if idle > total else ""
     if spec.gang and total < spec.devices:
@@ -603,9 +604,8 @@ class _Preemption:
                       and (self._frees(job, v) or self._frees_cpu_for(job, v))]
         if spec.devices == 0:  # no device count bounds its trials: each victim would cost one (quadratic)
             candidates = candidates[:self.MAX_CPU_VICTIMS]
-        elif len(candidates) > self.MAX_CPU_VICTIMS:  # the same bound on the CPU-only victims of a GPU job
-            cpu_only = [v for v in candidates if not self._frees(job, v)][self.MAX_CPU_VICTIMS:]
-            candidates = [v for v in candidates if v not in cpu_only]
+        else:
+            candidates = self._cpu_victims_by_node(view, req, job, candidates)
         if self._leaving is None:  # preempted and checkpointing, or ended with devices this round gives back (they
             # are still leased in the view: a job waiting for them preempted another in the round its tenant's ended)
             jobs = self.state.jobs
@@ -687,6 +687,24 @@ class _Preemption:
             nodes = self.state.inv.nodes
             return int(any((n := nodes.get(a.node_id)) is not None and n.schedulable for a in other.assignments))
         return compatible(job, other, self.state)
+
+    def _cpu_victims_by_node(self, view: ClusterView, req: Request, job: JobState,
+                             candidates: list[JobState]) -> list[JobState]:
+        """``candidates`` with the CPU-only ones cut to those on nodes with free devices of the job's kinds (CPU
+        freed elsewhere starts nothing), taken node by node in the order of each node's first victim, at most
+        ``MAX_CPU_VICTIMS`` of them: CPU-only jobs spread one a node, the first 32 in the policy's order freed a
+        core on each of 32 nodes, none enough, and the GPU job waited for ever."""
+        cpu_only = [v for v in candidates if not self._frees(job, v)]
+        if not cpu_only:
+            return candidates
+        open_nodes = {view.node_ids[int(view.bin_node[b])] for b in view.candidates(req)}
+        by_node: dict[str, list[JobState]] = {}
+        for v in cpu_only:
+            node = next((a.node_id for a in v.assignments if a.node_id in open_nodes), None)
+            if node is not None:
+                by_node.setdefault(node, []).append(v)
+        kept = [v for vs in by_node.values() for v in vs][:self.MAX_CPU_VICTIMS]
+        return [v for v in candidates if self._frees(job, v)] + kept
 
     def _frees_cpu_for(self, job: JobState, other: JobState) -> bool:
         """Whether ``other``, a CPU-only job, runs on an open node with devices ``job`` accepts: preempting it

@@ -100,7 +100,8 @@ async def make_collective(w: WorkerEnv) -> tuple[Collective, object]:
         from aios.trainer.collective.torchdist import TorchCollective
 
         return await TorchCollective.create(w.rank, w.world, w.master_addr, w.master_port,
-                                            timeout_s=w.trainer.collective_timeout_s), None
+                                            timeout_s=w.trainer.collective_timeout_s,
+                                            group=f"{w.job_id}/{w.attempt}"), None
     from aios.common.wire import RawNatsConnection
     from aios.trainer.collective.ring import NatsRing
 

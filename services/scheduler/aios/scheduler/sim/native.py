@@ -424,10 +424,11 @@ def _speeds(spec: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
     """The spec's relative speed per kind (valid entries only) and its acceptable kinds."""
     raw = spec.get("throughput")
     speeds = {k: float(v) for k, v in raw.items()
-              if isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+              if isinstance(k, str) and is_device_kind(k) and isinstance(v, (int, float)) and not isinstance(v, bool)
               and math.isfinite(v) and v > 0} if isinstance(raw, dict) else {}
     types = spec.get("device_types")
-    kinds = [k for k in types if isinstance(k, str)] if isinstance(types, list) else []
+    # a log from before kinds were checked may name "H100": no device has that kind, and the format refuses it
+    kinds = [k for k in types if isinstance(k, str) and is_device_kind(k)] if isinstance(types, list) else []
     return speeds, kinds
 
 
@@ -578,6 +579,9 @@ def _export(job: _Job, kind_of: dict[str, str], cluster: dict[str, int],
         return None, f"a CPU job (devices {devices!r}): only GPU jobs are simulated"
     speeds, _ = _speeds(spec)
     rates, any_kind = _rates(spec)
+    if any_kind and isinstance(spec.get("device_types"), list) and spec["device_types"]:
+        return None, (f"its device_types {spec['device_types']!r} name no device kind (a spec from before kinds "
+                      "were checked): no device could take it")
     done = 0.0
     runs = list(job.runs)
     if job.open is not None:  # running when the log ends: what it did so far (being preempted: what it keeps)

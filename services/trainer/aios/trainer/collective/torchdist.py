@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import errno
 from typing import Any, Callable, TypeVar
 
 import numpy as np
@@ -65,11 +66,14 @@ class TorchCollective(Collective):
         master_port: int,
         timeout_s: float = 30.0,
         device: str = "cpu",
+        group: str = "aios",
     ) -> "TorchCollective":
         """Join the group through rank 0's TCP store at ``master_addr:master_port``; returns once all ranks joined.
 
         ``timeout_s`` bounds the rendezvous and every later collective, so a dead peer becomes a CollectiveError
-        instead of a hang. ``device`` ``"cpu"`` uses gloo; ``"cuda"`` (or ``"cuda:N"``) uses NCCL.
+        instead of a hang. ``device`` ``"cpu"`` uses gloo; ``"cuda"`` (or ``"cuda:N"``) uses NCCL. ``group``
+        prefixes every key the ranks write to the store (the job and its attempt): ranks of another job that found
+        the same port, rank 0 of theirs having lost it, write beside this group's keys, not into its rendezvous.
         """
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} outside a world of {world}")
@@ -79,35 +83,29 @@ class TorchCollective(Collective):
         device = _resolve_device(torch, device, rank)
         backend = "nccl" if device.startswith("cuda") else "gloo"
 
-        def init() -> None:
+        timeout = datetime.timedelta(seconds=timeout_s)
+
+        def init() -> Any:
             if backend == "nccl":
                 # NCCL binds the communicator to the current CUDA device; pick it before the group exists.
                 torch.cuda.set_device(torch.device(device))
-            dist.init_process_group(
-                backend=backend,
-                init_method=f"tcp://{master_addr}:{master_port}",
-                rank=rank,
-                world_size=world,
-                timeout=datetime.timedelta(seconds=timeout_s),
-            )
+            # rank 0 serves the store; the others connect to it, retrying until the timeout while it starts
+            server = dist.TCPStore(master_addr, master_port, world, is_master=rank == 0, timeout=timeout,
+                                   wait_for_workers=False)
+            store = dist.PrefixStore(f"{group}/", server)
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world, timeout=timeout)
+            return store
 
         try:
-            await asyncio.to_thread(init)
+            store = await asyncio.to_thread(init)
         except _TORCH_FAILURES as exc:
-            if rank == 0 and "EADDRINUSE" in str(exc):
+            if rank == 0 and _address_in_use(exc):
                 raise PortTaken(f"rank 0 could not listen on port {master_port} for the torch {backend} group: "
                                 "another process on this node holds it") from exc
             raise CollectiveError(
                 f"rank {rank} of {world} could not join the torch {backend} group at "
                 f"{master_addr}:{master_port}: {exc}"
             ) from exc
-        # torch offers no public handle on the store its init_method built; it is only the channel for abort
-        # reasons, so an unknown torch version just loses those reasons.
-        get_store = getattr(dist.distributed_c10d, "_get_default_store", None)
-        try:
-            store = get_store() if get_store is not None else None
-        except _TORCH_FAILURES:
-            store = None
         return cls(rank, world, device, store)
 
     async def allreduce(self, array: np.ndarray) -> np.ndarray:
@@ -214,6 +212,14 @@ class TorchCollective(Collective):
         if self.device != "cpu":
             buf[...] = tensor.cpu().numpy()
         return buf
+
+
+def _address_in_use(exc: BaseException) -> bool:
+    """Whether torch failed to listen because the port is held: its libuv store says ``EADDRINUSE``, the older
+    one ``errno: 98 - Address already in use``, and a bare socket error carries the errno."""
+    text = str(exc)
+    return (getattr(exc, "errno", None) == errno.EADDRINUSE or "EADDRINUSE" in text
+            or "Address already in use" in text or "address already in use" in text)
 
 
 def _checked_copy(array: np.ndarray, op: str) -> np.ndarray:
