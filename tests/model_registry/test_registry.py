@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from typing import Any
 
 import numpy as np
@@ -207,22 +208,31 @@ async def test_a_tag_registered_can_be_changed_and_removed(store: EventStore, tr
         await handle(reg, "tag", {"name": "digits", "version": 1, "remove": ["k" * 251]})
 
 
+class Msg:
+    """A request as NATS hands it to the service's callback, keeping the answer."""
+
+    def __init__(self, op: str, args: dict[str, Any]) -> None:
+        self.subject, self.data, self.reply = f"aios.registry.{op}", json.dumps(args).encode(), "r"
+        self.headers: Any = None
+        self.answer: Any = None
+
+    async def respond(self, data: bytes) -> None:
+        self.answer = json.loads(data)
+
+    async def answered(self, within_s: float = 5.0) -> Any:
+        for _ in range(int(within_s / 0.05)):
+            if self.answer is not None:
+                break
+            await asyncio.sleep(0.05)
+        return self.answer
+
+
 async def test_a_long_compression_holds_up_no_other_request_and_stops_with_the_service(
         store: EventStore, trained: nn.Model) -> None:
     """A compression with a long fine-tuning held the registry's one lock: `aios models list`, the HTTP API and
     every other request timed out behind it, and a stopping registry waited for it (its thread), so the process
     never exited. Reads and other commands now go on beside it, and a stop ends it with nothing registered."""
-    import json as _json
-
     from aios.model_registry.service import ModelRegistryService
-
-    class Msg:
-        def __init__(self, op: str, args: dict[str, Any]) -> None:
-            self.subject, self.data, self.reply = f"aios.registry.{op}", _json.dumps(args).encode(), "r"
-            self.headers, self.answer = None, None
-
-        async def respond(self, data: bytes) -> None:
-            self.answer = _json.loads(data)
 
     service = ModelRegistryService()
     service.reg = await registry(store)
@@ -233,11 +243,8 @@ async def test_a_long_compression_holds_up_no_other_request_and_stops_with_the_s
     await asyncio.sleep(0.5)
     for quick in (Msg("list", {}), Msg("alias", {"name": "digits", "alias": "prod", "version": 1})):
         await asyncio.wait_for(service._on_request(quick), 10)
-        for _ in range(100):
-            if quick.answer is not None:
-                break
-            await asyncio.sleep(0.05)
-        assert quick.answer is not None and "error" not in quick.answer, quick.answer
+        answer = await quick.answered()
+        assert answer is not None and "error" not in answer, answer
     assert slow.answer is None
     service.reg.stopping.set()
     await asyncio.wait_for(service.finish_requests(), 10)
@@ -435,3 +442,51 @@ async def test_a_collection_keeps_the_bytes_of_a_version_recorded_while_it_runs(
     await deleting
     _, loaded = await reg.load(again["uri"])
     assert loaded.encode() == small.encode()
+
+
+async def test_registering_a_trained_jobs_model_holds_up_no_command(store: EventStore, trained: nn.Model) -> None:
+    """Registering a succeeded job's model (its checkpoint read, then evaluated on up to 512 MiB of data) held the
+    registry's command lock: while a sweep's models were registered, every alias, tag and delete waited, and the
+    CLI timed out. A request to register the same job meanwhile still gets it once."""
+    import msgspec
+
+    from aios.common.events import JobSubmitted, JobSucceeded
+    from aios.common.snapshot import object_bucket
+    from aios.model_registry.service import CHECKPOINTS, ModelRegistryService
+    from aios.trainer import mlp
+    from aios.trainer.training import Checkpoint
+
+    service = ModelRegistryService()
+    service.reg = reg = await registry(store)
+    await reg.register_bytes("digits", trained.encode(), TRAINER)
+    job_id = f"sweep-{store.stream.lower()}"
+    params = mlp.init_params(TrainerConfig(**TRAINER))  # type: ignore[arg-type]
+    checkpoint = Checkpoint.of(150, params, {"m": np.zeros_like(params), "v": np.zeros_like(params)})
+    bucket = await object_bucket(store, CHECKPOINTS, "AIOS training checkpoints")
+    await bucket.put(job_id, msgspec.msgpack.encode(checkpoint))
+    await store.append(f"job.{job_id}", [
+        JobSubmitted(aggregate_id=job_id, tenant="t", name="sweep",
+                     spec={"name": "sweep", "tenant": "t", "devices": 1, "trainer": TRAINER}),
+        JobSucceeded(aggregate_id=job_id)])
+    await reg.catch_up()
+    release = asyncio.Event()
+    evaluate = reg._evaluate
+
+    async def slow_evaluation(*args: Any) -> Any:  # a large held-out split
+        await release.wait()
+        return await evaluate(*args)
+    reg._evaluate = slow_evaluation  # type: ignore[method-assign]
+    registering = asyncio.ensure_future(service._register_new_jobs())
+    await asyncio.sleep(0.2)
+    again = Msg("register-job", {"job": job_id})
+    await service._on_request(again)
+    alias = Msg("alias", {"name": "digits", "alias": "prod", "version": 1})
+    await service._on_request(alias)
+    answer = await alias.answered()
+    assert answer is not None and "error" not in answer, answer
+    release.set()
+    await asyncio.wait_for(registering, 30)
+    assert (await again.answered(30)) == {"registered": False}  # it waited, then found the job registered
+    assert service.registered == 1
+    versions = (await handle(reg, "show", {"model": "sweep"}))["versions"]
+    assert [v["lineage"]["job_id"] for v in versions] == [job_id]

@@ -162,6 +162,10 @@ class Registry:
         self.seq = 0
         self.stopping = threading.Event()
         """Set when the service stops: a compression's fine-tuning (in a thread) ends instead of holding the exit."""
+        self._registering = asyncio.Lock()
+        """Held while a succeeded job's model is registered (its checkpoint read, evaluated, recorded): the follower
+        and a ``register-job`` request register each job once, and other commands go on beside it (under the
+        command lock, a sweep's registrations held every alias, tag and delete, and the CLI timed out)."""
         self._bytes_lock = asyncio.Lock()
         """Held from storing a version's bytes to recording the version, and by a garbage collection from finding
         the digests in use to deleting the rest: a compression (which runs beside other commands) stored bytes the
@@ -281,6 +285,10 @@ class Registry:
 
     async def register_job(self, job_id: str) -> dict[str, Any] | None:
         """The version of a succeeded built-in training job (once: a second call finds it registered)."""
+        async with self._registering:
+            return await self._register_job_model(job_id)
+
+    async def _register_job_model(self, job_id: str) -> dict[str, Any] | None:
         spec = self.view.job_specs.get(job_id)
         if spec is None:
             return None
@@ -544,10 +552,10 @@ async def handle(reg: Registry, op: str, args: dict[str, Any]) -> dict[str, Any]
                         "eval, gc)")
 
 
-UNLOCKED = frozenset({"list", "show", "compress", "eval", "register"})
+UNLOCKED = frozenset({"list", "show", "compress", "eval", "register", "register-job"})
 """Requests that do not wait for the command lock: reads, and the long ones (a compression fine-tunes for minutes,
-and every `aios models list` and API call timed out behind it; a register with ``trainer`` evaluates on up to 512 MiB
-of data, and held aliases, tags and deletes for as long). Their appends check the model's version, as every
+and every `aios models list` and API call timed out behind it; a register with ``trainer``, or of a job's model,
+evaluates on up to 512 MiB of data, and held aliases, tags and deletes for as long). Their appends check the model's version, as every
 command's do, and folding the log twice is harmless (``Registry.apply`` skips what it has seen)."""
 
 
@@ -629,9 +637,8 @@ class ModelRegistryService(Service):
 
     async def _register_job(self, job_id: str) -> None:
         try:
-            async with self._lock:
-                with tracing.job_span("register model", job_id, self.reg.view.succeeded_trace.get(job_id)):
-                    done = await self.reg.register_job(job_id)
+            with tracing.job_span("register model", job_id, self.reg.view.succeeded_trace.get(job_id)):
+                done = await self.reg.register_job(job_id)
             if done:
                 self.registered += 1
                 log.info("registered a trained model", extra={"job": job_id, "model": done["name"],
