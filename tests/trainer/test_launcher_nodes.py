@@ -759,3 +759,31 @@ async def test_a_node_trainer_that_starts_after_the_job_started_launches_its_own
         for n in tasks:
             contexts[n].stopping.set()
         await asyncio.gather(*tasks.values())
+
+
+async def test_a_trainer_serving_every_node_asks_their_agents_to_stop_at_once(store: EventStore) -> None:
+    """One trainer for all nodes asked each node's agent in turn and waited for its answer (the workers' grace
+    period) before asking the next: a gang on 8 nodes took 8 grace periods to stop, its devices held as long.
+    Here an agent answers only once the other was asked too; asked in turn, the first was asked alone."""
+    nodes = [f"stop-{i}-{store.stream.lower()}" for i in range(2)]
+    asked: list[str] = []
+    alone: list[str] = []
+    both = asyncio.Event()
+
+    async def agent(msg: Any) -> None:
+        asked.append(msg.subject)
+        if len(asked) == len(nodes):
+            both.set()
+        try:
+            await asyncio.wait_for(both.wait(), 3.0)
+            await msg.respond(b'{"ok": true}')
+        except asyncio.TimeoutError:
+            alone.append(msg.subject)
+            await msg.respond(b'{"ok": false, "error": "asked alone"}')
+    for node in nodes:
+        await store.nc.subscribe(stop_subject(node), cb=agent)
+    trainer = LauncherService()
+    trainer.ctx = ServiceContext("trainer", load_settings({"AIOS_NATS_URL": store.servers[0]}), store.nc, store,
+                                 CollectorRegistry())
+    await asyncio.wait_for(trainer._stop("j1", set(nodes), grace_s=1.0), 10)
+    assert sorted(asked) == sorted(stop_subject(n) for n in nodes) and alone == []

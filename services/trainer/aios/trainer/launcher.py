@@ -575,13 +575,14 @@ class LauncherService(Service):
     async def _stop(self, job_id: str, nodes: set[str], grace_s: float, attempt: int | None = None,
                     timeout: float | None = None) -> None:
         """Ask the agents of ``nodes`` (this trainer's share of the placement) to stop the job's workers; with
-        ``attempt``, only that attempt's. The agent answers once they are gone (``grace_s`` at most)."""
+        ``attempt``, only that attempt's. The agents answer once they are gone (``grace_s`` at most); they are all
+        asked at once (one after the other, a trainer serving every node took a grace period per node to stop a
+        gang, and its devices stayed held as long)."""
         timeout = grace_s + 5 if timeout is None else timeout
         body: dict[str, Any] = {"job_id": job_id, "grace_s": grace_s}
         if attempt is not None:
             body["attempt"] = attempt
-        for node in sorted(nodes):
-            await self._ask(stop_subject(node), body, timeout=timeout)
+        await asyncio.gather(*(self._ask(stop_subject(node), body, timeout=timeout) for node in sorted(nodes)))
 
     async def _finish(self, job: JobState, result: str, reason: str, exit_code: int | None = None,
                       attempt: int | None = None) -> None:
