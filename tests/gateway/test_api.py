@@ -271,6 +271,13 @@ def test_bad_submissions_name_the_field(gateway: tuple[str, LocalCluster], body:
     got, reply = call(url, "POST", "/api/v1/jobs", ALICE, raw=b"{}",  # was a 500 (LookupError)
                       headers={"Content-Type": "application/json; charset=bogus"})
     assert got == 400 and "bogus" in reply["error"], reply
+    got, reply = call(url, "POST", "/api/v1/jobs", ALICE, raw=b'{"name": "x"}',  # was a 500 (RequestPayloadError)
+                      headers={"Content-Encoding": "gzip"})
+    assert got == 400 and reply["error"].startswith("body: cannot be read as its Content-Encoding says (gzip)"), reply
+    # a key given twice: the last was taken, and a spec asking for 4 devices then 1 ran on one
+    got, reply = call(url, "POST", "/api/v1/jobs", ALICE,
+                      raw=b'{"name": "x", "command": ["true"], "devices": 4, "devices": 1}')
+    assert got == 400 and "'devices' is given twice" in reply["error"], reply
     # a field missing is a bad field like any other (a 400 there, a 422 for every other field)
     got, reply = call(url, "POST", "/api/v1/jobs", ADMIN, {"name": "x", "command": ["true"]})
     assert got == 422 and reply["error"].startswith("tenant: an administrator must name"), reply

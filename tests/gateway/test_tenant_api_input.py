@@ -13,6 +13,7 @@ from aios.gateway.tenant_api import TenantApi
     (b"{not json", "body: not JSON"),
     (b'{"job": ' + b"9" * 5000 + b"}", "body: not JSON"),  # was {"error": "internal error: ValueError", 500}
     (b"[" * 100_000, "body: nested too deeply"),  # was a RecursionError, 500
+    (b'{"job": "a", "job": "b"}', "body: not JSON ('job' is given twice"),  # the last one was taken silently
 ])
 def test_a_body_that_cannot_be_read_is_a_400(data: bytes, error: str) -> None:
     reply = asyncio.run(TenantApi(None).answer("aios.tenant.alice.job", data))  # type: ignore[arg-type]

@@ -68,6 +68,7 @@ def test_comments_blank_lines_and_defaults(tmp_path: Path) -> None:
     ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "wrok": 3}', "field 'wrok': unknown field"),
     ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "any_kind": "yes"}', "field 'any_kind': expected true"),
     ('[1, 2]', "expected a JSON object"),
+    ('{"name": "b", "arrival_s": 1, "devices": 4, "work": 3, "devices": 1}', "'devices' is given twice"),
     ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 1' + '0' * 400 + '}', "field 'work': expected a number"),
     ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "x": ' + '[' * 5000 + ']' * 5000 + '}',
      "nested too deeply to be a job"),

@@ -217,8 +217,10 @@ def gavel_line(job_type: str = "A", steps: str = "3600", gpus: str = "1", weight
     ([gavel_line(), gavel_line(job_type="B", gpus="2")], {}, "e.g. 'B' on 2 GPU(s) ("),
     ([gavel_line(), gavel_line(job_type="B", gpus="2")], {}, "w.trace:2)"),  # the line it is on
     ([], {}, "holds no job"),
-    ([gavel_line()], {"round_s": float("nan")}, "--round: must be a positive number of seconds, got nan"),
-    ([gavel_line()], {"round_s": float("inf")}, "--round: must be a positive number of seconds, got inf"),
+    ([gavel_line()], {"round_s": float("nan")}, "--round: must be 1 to 86,400 seconds (a day), got nan"),
+    ([gavel_line()], {"round_s": float("inf")}, "--round: must be 1 to 86,400 seconds (a day), got inf"),
+    ([gavel_line()], {"round_s": 1e-9}, "--round: must be 1 to 86,400 seconds (a day), got 1e-09"),  # ran for ever
+    ([gavel_line()], {"round_s": 1e300}, "--round: must be 1 to 86,400 seconds"),  # JCTs of 1e296 s
     ([gavel_line()], {"cluster": "v100=0"}, "--cluster: 'v100=0': expected 1 to 1,000,000 GPUs of a kind"),
     ([gavel_line()], {"cluster": "v100=1,v100=2"}, "--cluster: 'v100' is given twice"),
     ([gavel_line()], {"cluster": ""}, "--cluster: no GPUs given"),

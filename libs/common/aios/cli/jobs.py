@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -14,7 +13,7 @@ from rich.table import Table
 
 from aios.cli.inspect import ask, cluster_servers
 from aios.cli.output import plain, table_console
-from aios.common import tracing
+from aios.common import strictjson, tracing
 from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError, NotFound
 from aios.common.events import (
     JobCancelled, JobCancelRequested, JobFailed, JobSucceeded, timeline_entry,
@@ -24,25 +23,36 @@ from aios.scheduler import submission
 from aios.scheduler.spec import SpecError, validate_spec
 
 
+MAX_SPEC_FILE_BYTES = 4 << 20
+"""The largest spec file read, as the HTTP API's largest body (`aios submit /dev/zero` grew to 4 GB)."""
+
+
 def load_spec_file(path: str) -> dict[str, Any]:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_SPEC_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from None
+    if len(raw) > MAX_SPEC_FILE_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_SPEC_FILE_BYTES >> 20} MiB: no job spec is that large")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:  # was a traceback
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): a job spec is YAML or JSON") from None
     if text.lstrip().startswith("{"):  # JSON as JSON: YAML 1.1 reads 1e1 as a string, the HTTP API as 10.0
         try:
-            return json.loads(text)
+            return strictjson.loads(text)
         except (ValueError, RecursionError) as exc:
             raise ConfigError(f"{path}: not valid JSON: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = strictjson.load_yaml(text)
     except yaml.YAMLError as exc:  # one line with where it went wrong, not PyYAML's five
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}{where}: not valid YAML or JSON: {problem}") from None
+    except RecursionError:  # 500 nested mappings: a traceback
+        raise ConfigError(f"{path}: nested too deeply to be a job spec") from None
     return data
 
 

@@ -35,6 +35,8 @@ DEFAULT_THROUGHPUTS = "../shared/traces/gavel-throughputs-isolated.csv"
 """Relative to the repository (not to the working directory: results changed with where the command ran)."""
 REPOSITORY = Path(__file__).resolve().parents[4]
 DEFAULT_REPORT = "simulate-report"
+MIN_ROUND_S, MAX_ROUND_S = 1.0, 86_400.0
+"""Round lengths a simulation takes: its cost grows as one over the round (Gavel's is 360 s)."""
 
 
 def list_policies(as_json: bool) -> int:
@@ -130,8 +132,9 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
         add: str | None = None, export: str | None = None, servers: list[str] | None = None,
         oracle_estimates: bool = False, on_events: bool | None = None) -> int:
     # every option is checked before the workload is read (a log may be slow to read, or not there)
-    if not (math.isfinite(round_s) and round_s > 0):
-        raise ConfigError(f"--round: must be a positive number of seconds, got {round_s:g}")
+    if not (math.isfinite(round_s) and MIN_ROUND_S <= round_s <= MAX_ROUND_S):  # 1e-9 ran for ever; 1e300
+        # finished every job in its first round, with JCTs of 1e296 s
+        raise ConfigError(f"--round: must be {MIN_ROUND_S:g} to {MAX_ROUND_S:,.0f} seconds (a day), got {round_s:g}")
     if bool(trace) == from_log:
         raise ConfigError("give exactly one workload: --trace FILE or --from-log")
     given_cluster = parse_cluster(cluster) if cluster is not None else None

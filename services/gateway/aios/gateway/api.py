@@ -16,9 +16,10 @@ from typing import Any, Awaitable, Callable
 
 import msgspec
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CollectorRegistry
 
-from aios.common import tracing
+from aios.common import strictjson, tracing
 from aios.common.httpmetrics import request_metrics
 from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError, InvalidAggregate, NotFound
 from aios.common.events import JobCancelRequested, timeline_entry
@@ -162,9 +163,12 @@ class Api:
     @staticmethod
     async def _json(request: web.Request) -> Any:
         try:
-            body = await request.json()
+            body = await request.json(loads=strictjson.loads)  # a key given twice is refused, not the last kept
         except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or a number of over 4,300 digits
             raise HttpError(400, f"body: not JSON ({exc})") from None
+        except RequestPayloadError as exc:  # Content-Encoding: gzip on a body that is not: a 500
+            raise HttpError(400, f"body: cannot be read as its Content-Encoding says "
+                                 f"({request.headers.get('Content-Encoding', '')}): {exc}") from None
         except LookupError as exc:  # Content-Type: application/json; charset=bogus
             raise HttpError(400, f"body: {exc}") from None
         except RecursionError:  # 100,000 nested brackets were a 500

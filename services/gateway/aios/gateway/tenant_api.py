@@ -14,6 +14,7 @@ import json
 import logging
 from typing import Any
 
+from aios.common import strictjson
 from aios.common.errors import AiosError
 from aios.common.textcheck import unencodable_reason
 from aios.gateway.api import Api, HttpError
@@ -47,7 +48,7 @@ class TenantApi:
         try:
             tenant, op = parse_subject(subj)
             try:
-                body = json.loads(data) if data.strip() else {}
+                body = strictjson.loads(data) if data.strip() else {}
             except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or a number of over 4,300 digits
                 raise HttpError(400, f"body: not JSON ({exc})") from None
             except RecursionError:  # 100,000 nested brackets

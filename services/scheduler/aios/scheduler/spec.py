@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from aios.common import strictjson
 from aios.common.errors import AiosError
 from aios.common.events import TenantQuotaSet
 from aios.common.textcheck import NOT_UNICODE, encodes
@@ -178,7 +179,8 @@ def validate_spec(raw: Any) -> JobSpec:
             raise SpecError(name, f"unknown field (known: {known})") from None
         m = re.search(r"at `\$\.([^`]+)`", text)
         field = m.group(1) if m else (re.search(r"field `([^`]+)`", text) or [None, "spec"])[1]
-        raise SpecError(field, text.split(" - at ")[0]) from None
+        hint = strictjson.number_as_text_hint(strictjson.value_at(raw, f"$.{field}")) if m else ""
+        raise SpecError(field, text.split(" - at ")[0] + hint) from None
     if not _NAME.fullmatch(spec.name):
         raise SpecError("name", "lowercase letters, digits, '.', '_' or '-', 1 to 64 characters, alphanumeric ends")
     check_tenant(spec.tenant)

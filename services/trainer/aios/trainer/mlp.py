@@ -15,6 +15,8 @@ import re
 import msgspec
 import numpy as np
 
+from aios.common import strictjson
+
 
 class TrainerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``trainer:`` of a job spec (``kind: mlp``)."""
@@ -48,7 +50,9 @@ def parse_config(raw: object) -> TrainerConfig:
     try:
         cfg = msgspec.convert(raw or {}, TrainerConfig)
     except msgspec.ValidationError as exc:
-        raise ValueError(f"trainer: {exc}") from None
+        at = re.search(r"at `(\$[^`]*)`", str(exc))
+        hint = strictjson.number_as_text_hint(strictjson.value_at(raw, at.group(1))) if at else ""
+        raise ValueError(f"trainer: {exc}{hint}") from None
     if cfg.dataset == "digits" and not (isinstance(raw, dict) and "classes" in raw):
         # its ten classes, unless told otherwise (the default 3, meant for spirals, had it refused for a field
         # the user never set)

@@ -62,6 +62,7 @@ from typing import Any, Iterable
 
 import msgspec
 
+from aios.common import strictjson
 from aios.common.errors import ConfigError
 from aios.common.events import (
     CheckpointSaved, Event, JobCancelled, JobEvent, JobFailed, JobPlaced, JobPreempted, JobRequeued, JobStarted,
@@ -248,7 +249,7 @@ def read_native_workload(path: str | Path) -> tuple[list[TraceJob], list[TenantQ
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
-            obj = json.loads(line)
+            obj = strictjson.loads(line)
         except ValueError as exc:
             raise ConfigError(f"{path}:{n}: not valid JSON: {exc}") from None
         except RecursionError:  # thousands of nested brackets: valid JSON, no job of ours
