@@ -113,6 +113,8 @@ def test_submit_why_cancel(aios_env: dict[str, str], tmp_path: Path) -> None:
         assert [j["name"] for j in listed] == ["blocked"]
         typo = aios("jobs", "--status", "runing")
         assert typo.returncode == 2 and "--status: 'runing' is no job state" in typo.stderr, typo.stderr
+        typo = aios("jobs", "--tenant", "Beta")  # no tenant can have that name: it listed nothing, as if idle
+        assert typo.returncode == 2 and "--tenant: lowercase letters" in typo.stderr and "'Beta'" in typo.stderr
         assert made[1]["job"] != made[0]["job"]
         mine.write_text(json.dumps({"name": "keyed", "tenant": "alpha", "devices": 0, "command": ["false"]}))
         reused = aios("submit", str(mine), "--idempotency-key", "k1")

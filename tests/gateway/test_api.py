@@ -128,6 +128,8 @@ def test_tokens_and_tenants(gateway: tuple[str, LocalCluster]) -> None:
     assert status == 422 and err["error"].startswith("status: 'runing' is no job state (one of pending, placed")
     listed = call(url, "GET", "/api/v1/jobs?tenant=alice", ADMIN)[1]["jobs"]
     assert job in [j["job"] for j in listed] and {j["tenant"] for j in listed} == {"alice"}
+    status, err = call(url, "GET", "/api/v1/jobs?tenant=Ab%20c", ADMIN)  # no tenant has that name: listed nothing
+    assert status == 422 and err["error"].startswith("tenant: lowercase letters"), err
     status, err = call(url, "GET", "/api/v1/jobs?limit=5", ADMIN)  # answered every job, as if it had been applied
     assert status == 400 and err["error"] == "limit: not a parameter of this request (known: status, tenant)"
     # ?tail=2 gave the whole log, follow=True meant "do not follow", the second status was dropped

@@ -47,7 +47,8 @@ def test_a_full_spec_is_accepted() -> None:
     # "H100" never matched the kind h100 without device_types: the speed-up asked for was silently lost
     ({"throughput": {"H100": 3.0}}, "throughput.H100", "'H100' is not a device kind"),
     # msgspec named the map, not the key: "env[...]"
-    ({"env": {"A": 1}}, "env.A", "a string is expected, got int 1"),
+    ({"env": {"A": 1}}, "env.A", "a string is expected, got int 1 (quote numbers and true/false in YAML)"),
+    ({"env": {"A": {"B": "1"}}}, "env.A", "a string is expected, got dict {'B': '1'}"),  # not "quote numbers"
     ({"throughput": {"h100": True}}, "throughput.h100", "a number is expected, got bool True"),
     # a lone surrogate: accepted, then a traceback where the spec was encoded (`aios submit`, HTTP 500)
     ({"command": ["echo", "\ud800"]}, "command[1]", "not valid Unicode"),

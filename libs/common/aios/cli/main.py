@@ -196,6 +196,13 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
     if args.status is not None and args.status not in STATUSES:  # a typo listed nothing, as if none were there
         raise ConfigError(f"--status: {args.status!r} is no job state (one of {', '.join(STATUSES)})")
+    if args.tenant is not None:  # a name no tenant can have ('Ab c') listed nothing, as if it had no jobs
+        from aios.scheduler.spec import SpecError, check_tenant
+
+        try:
+            check_tenant(args.tenant, "--tenant")
+        except SpecError as exc:
+            raise ConfigError(f"{exc}, got {args.tenant!r}") from None
     return asyncio.run(jobs.jobs(args.json, args.tenant, args.status))
 
 

@@ -27,8 +27,8 @@ from aios.common.textcheck import unencodable_reason
 from aios.gateway.auth import Caller, Forbidden, Unauthorized, authenticate
 from aios.scheduler import submission, visibility
 from aios.scheduler.spec import (KIND_PATTERN, MAX_CPU_PER_WORKER, MAX_DEVICES, MAX_MEMORY_GIB_PER_WORKER, MAX_PRIORITY,
-                                 MAX_QUOTA, MAX_STOP_GRACE_S, NAME_PATTERN, JobSpec, SpecError, spec_to_dict,
-                                 validate_quota, validate_spec)
+                                 MAX_QUOTA, MAX_STOP_GRACE_S, NAME_PATTERN, JobSpec, SpecError, check_tenant,
+                                 spec_to_dict, validate_quota, validate_spec)
 from aios.model_registry.state import MAX_DESCRIPTION, RegistryError, check_tag_key, check_tags
 from aios.scheduler.tenancy import remove_quota
 from aios.scheduler.state import STATUSES, TERMINAL, JobState, job_summary
@@ -264,6 +264,11 @@ class Api:
     async def list_jobs(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         jobs = self.jobs_of(caller, request.query.get("status"))
         tenant = request.query.get("tenant")
+        if tenant is not None:  # a name no tenant can have listed nothing, as if it had no jobs
+            try:
+                check_tenant(tenant)
+            except SpecError as exc:
+                raise HttpError(422, f"tenant: {exc.reason}, got {tenant[:64]!r}") from None
         return web.json_response({"jobs": jobs if tenant is None else [j for j in jobs if j["tenant"] == tenant]})
 
     async def describe(self, request: web.Request, caller: Caller) -> web.StreamResponse:

@@ -139,9 +139,10 @@ def _check_map_values(raw: dict[str, Any]) -> None:
     """The values of ``env`` and ``throughput``, named by key (msgspec's error said ``env[...]``)."""
     env, throughput = raw.get("env"), raw.get("throughput")
     for key, value in env.items() if isinstance(env, dict) else ():
-        if not isinstance(value, str):
+        if not isinstance(value, str):  # (the hint said "quote numbers" of a nested mapping too)
+            hint = " (quote numbers and true/false in YAML)" if isinstance(value, (int, float)) else ""
             raise SpecError(f"env.{str(key)[:64]}", f"a string is expected, got {type(value).__name__} "
-                                                     f"{value!r:.40} (quote numbers in YAML)")
+                                                     f"{value!r:.40}{hint}")
     for key, value in throughput.items() if isinstance(throughput, dict) else ():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpecError(f"throughput.{str(key)[:64]}", f"a number is expected, got {type(value).__name__} "
