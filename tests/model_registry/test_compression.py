@@ -82,6 +82,12 @@ def test_every_layer_kind_round_trips_through_bytes_and_shrinks_them() -> None:
     assert sizes["int8"] < 0.3 * sizes["dense"] and sizes["prune"] < 0.6 * sizes["dense"]
     with pytest.raises(nn.FormatError, match="not an aios-mlp/1 model"):
         nn.decode(b"not a model")
+    # random bytes said "not an aios-mlp/1 model: Expected object, got int", as if a field were wrong
+    with pytest.raises(nn.FormatError, match=r"model file: its content is no model \(Expected `object`, got `int`\); "
+                                             "model files are written by the trainer"):
+        nn.decode(b"\x01\x02")
+    with pytest.raises(nn.FormatError, match=r"model file: not MessagePack \(MessagePack data is malformed"):
+        nn.decode(b"\xc1")
     # a method with nothing left to work on made a new version the same as its parent ("x1.0, +0.00")
     quantised, _ = compress.compress(model, "int8", {})
     for method, options in (("prune", {"sparsity": 0.5}), ("int8", {}), ("svd", {"energy": 0.9})):

@@ -272,8 +272,11 @@ def _weights_shape(arr: dict[str, np.ndarray], kind: str, where: str) -> tuple[i
 def decode(data: bytes) -> Model:
     try:
         raw = msgspec.msgpack.decode(data, type=_Model)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise FormatError(f"not an {FORMAT} model: {exc}") from None
+    except msgspec.ValidationError as exc:  # (a subclass of DecodeError) random bytes: "Expected `object`, got `int`"
+        raise FormatError(f"not an {FORMAT} model file: its content is no model ({exc}); model files are written "
+                          "by the trainer and `aios models`") from None
+    except msgspec.DecodeError as exc:
+        raise FormatError(f"not an {FORMAT} model file: not MessagePack ({exc})") from None
     if raw.format != FORMAT:
         raise FormatError(f"format {raw.format!r} is not {FORMAT!r}")
     if not raw.layers:
