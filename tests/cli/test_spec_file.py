@@ -52,3 +52,11 @@ def test_a_number_yaml_read_as_text_is_explained(tmp_path: Path) -> None:
     path.write_text("name: x\ntenant: t\ncommand: [run]\ndevices: '4'\n")
     with pytest.raises(SpecError, match=r"devices: Expected `int`, got `str` \('4' is text: write the number without"):
         validate_spec(load_spec_file(str(path)))
+
+
+def test_yaml_anchors_and_merge_keys_still_read(tmp_path: Path) -> None:
+    """A merge key's keys may be overridden in the mapping that merges them: that is no key given twice."""
+    path = tmp_path / "merge.yaml"
+    path.write_text("x-common: &common {tenant: t, devices: 2}\nname: x\ncommand: [run]\n<<: *common\ndevices: 4\n")
+    assert load_spec_file(str(path)) == {"x-common": {"tenant": "t", "devices": 2}, "name": "x", "command": ["run"],
+                                         "tenant": "t", "devices": 4}
