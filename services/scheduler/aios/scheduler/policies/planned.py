@@ -32,7 +32,8 @@ class PlannedTimeShare(TimeSharedHeteroLAS):
         self._plan_start = 0.0
         self._last_now: float | None = None
         self._received: dict[str, dict[str, float]] = {}
-        self._deficits: dict[str, dict[str, float]] = {}
+        self._deficits: dict[str, tuple[dict[str, float], float]] = {}
+        self._orders: dict[str, tuple[list[str], list[str]]] = {}
 
     def plan(self, state: SchedulerState, now: float, jobs: list[JobState], speed: np.ndarray, gpus: np.ndarray,
              capacity: np.ndarray) -> np.ndarray | None:
@@ -49,7 +50,7 @@ class PlannedTimeShare(TimeSharedHeteroLAS):
                         got = self._received.setdefault(j.job_id, {})
                         got[k] = got.get(k, 0.0) + (now - max(self._last_now, j.placed_at))
         self._last_now = now
-        self._deficits = {}
+        self._deficits, self._orders = {}, {}
         key = (frozenset(j.job_id for j in jobs), tuple(sorted(capacity.items())))
         if key == self._planned:
             return  # nobody came or went: keep following the same plan
@@ -74,28 +75,32 @@ class PlannedTimeShare(TimeSharedHeteroLAS):
         for i, job in enumerate(jobs):
             self._share[job.job_id] = {k: float(x[i, c]) for c, k in enumerate(kinds)}
 
-    def _deficit(self, job: JobState) -> dict[str, float]:
+    def _deficit(self, job: JobState) -> tuple[dict[str, float], float]:
         """Per planned kind: time the plan owed the job there up to the end of this quantum, less the time it got
-        there (computed once per allocation: every key of the allocation asks for it)."""
-        owed = self._deficits.get(job.job_id)
-        if owed is None:
+        there; and the largest of these (computed once per allocation: every key of the allocation asks for them)."""
+        hit = self._deficits.get(job.job_id)
+        if hit is None:
             span = (self._last_now or 0.0) - self._plan_start + self.quantum_s
             got = self._received.get(job.job_id, {})
-            owed = self._deficits[job.job_id] = {k: rate * span - got.get(k, 0.0)
-                                                 for k, rate in self._share.get(job.job_id, {}).items()}
-        return owed
+            owed = {k: rate * span - got.get(k, 0.0) for k, rate in self._share.get(job.job_id, {}).items()}
+            hit = self._deficits[job.job_id] = (owed, max(owed.values(), default=0.0))
+        return hit
 
     def kind_order(self, job: JobState, kinds: list[str]) -> list[str]:
         planned = self._share.get(job.job_id)
         if planned is None:
             return kinds
-        owed = self._deficit(job)
+        cached = self._orders.get(job.job_id)
+        if cached is not None and cached[0] is kinds:  # asked again in the same allocation, of the same kinds
+            return cached[1]
+        owed = self._deficit(job)[0]
         order = sorted((k for k in kinds if planned.get(k, 0.0) > 1e-6), key=lambda k: -owed.get(k, 0.0))
         if self.stay_quanta and job.status in (PLACED, RUNNING) and len(job.run_kinds) == 1 and order:
             here = job.run_kinds[0]
             if here in order and owed[order[0]] - owed[here] <= self.stay_quanta * self.quantum_s:
                 order.remove(here)
                 order.insert(0, here)
+        self._orders[job.job_id] = (kinds, order)
         return order
 
     def unplanned_key(self, state: SchedulerState, job: JobState, now: float) -> float:
@@ -105,7 +110,7 @@ class PlannedTimeShare(TimeSharedHeteroLAS):
     def rank_key(self, state: SchedulerState, job: JobState, now: float) -> float:
         if job.job_id not in self._share:
             return self.unplanned_key(state, job, now)
-        return -max(self._deficit(job).values(), default=0.0)
+        return -self._deficit(job)[1]
 
     def pick_key(self, state: SchedulerState, job: JobState, now: float) -> float:
         return self.rank_key(state, job, now)
