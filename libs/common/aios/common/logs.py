@@ -61,6 +61,24 @@ class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs a request its parser refuses (a URL or header over 8 KB, a broken request line) as an error with
+    the parser's traceback, though the fault is the client's and aiohttp has answered it with a 400: anyone could
+    fill the logs with tracebacks. Such a record becomes one warning line that names the client and the reason."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import BadHttpMessage
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BadHttpMessage):
+            reason = " ".join(str(exc.message).split())
+            record.msg, record.args = "malformed HTTP request refused (400): %s (%s)", (
+                reason[:200] + ("..." if len(reason) > 200 else ""), record.getMessage())
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def setup_logging(service: str, level: str = "INFO", stream: Any = None) -> None:
     """Route all logging through one JSON handler on stderr (or ``stream``)."""
     handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderr()
@@ -69,3 +87,6 @@ def setup_logging(service: str, level: str = "INFO", stream: Any = None) -> None
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("asyncio").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _MalformedRequests) for f in server.filters):
+        server.addFilter(_MalformedRequests())
