@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from typing import Any, Iterator
+from unittest.mock import ANY
 
 import pytest
 
@@ -145,7 +146,12 @@ def test_tokens_and_tenants(gateway: tuple[str, LocalCluster]) -> None:
     assert status == 403 and "tenant: 'alice' is not yours" in err["error"]
     status, err = call(url, "PUT", "/api/v1/tenants/bob/quota", BOB, {"nominal": {"a100": 8}})
     assert status == 403 and "administrators only" in err["error"]
-    assert call(url, "PUT", "/api/v1/tenants/bob/quota", ADMIN, {"nominal": {"a100": 1}})[0] == 200
+    assert call(url, "PUT", "/api/v1/tenants/bob/quota", ADMIN, {"nominal": {"a100": 1}}) == (
+        200, {"tenant": "bob", "seq": ANY, "warnings": []})
+    # a kind no node has is set, with a warning (the CLI's note): a typo (tpu for h100) would look the same
+    status, reply = call(url, "PUT", "/api/v1/tenants/carol/quota", ADMIN, {"nominal": {"a100": 1, "tpu": 4}})
+    assert status == 200 and reply["warnings"] == [
+        "no node has tpu devices now; that part of the quota holds nothing until one joins"], reply
     # a quota can be taken away again (there was no way but a huge one), by an administrator, once
     status, err = call(url, "DELETE", "/api/v1/tenants/bob/quota", BOB)
     assert status == 403 and "administrators only" in err["error"]

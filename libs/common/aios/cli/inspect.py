@@ -189,6 +189,7 @@ async def remove_quota(tenant: str) -> int:
 
 async def set_quota(tenant: str, cohort: str, nominal: str, borrowing: str | None, lending: str | None) -> int:
     from aios.scheduler.spec import SpecError, validate_quota
+    from aios.scheduler.tenancy import absent_kinds_note
 
     options = {"cohort": "--cohort", "nominal": "--nominal", "borrowing_limit": "--borrowing-limit",
                "lending_limit": "--lending-limit"}
@@ -206,12 +207,11 @@ async def set_quota(tenant: str, cohort: str, nominal: str, borrowing: str | Non
     finally:
         await store.close()
     print(f"quota of {tenant} set (event {result.seq})")
-    named = {*event.nominal, *(event.borrowing_limit or {}), *(event.lending_limit or {})}
-    try:  # a kind no node has holds nothing: a typo (tpu for h100) would look the same (Kueue's flavors say so)
-        present = {k for n in (await ask("aios.rm.nodes", timeout=2.0))["nodes"] for k in n["kinds"]}
+    try:
+        nodes = await ask("aios.rm.nodes", timeout=2.0)
     except (AiosError, OSError):
         return 0  # the resource manager is not there to ask: the quota is set all the same
-    if named - present:
-        print(f"note: no node has {', '.join(sorted(named - present))} devices now; that part of the quota "
-              "holds nothing until one joins", file=sys.stderr)
+    note = absent_kinds_note(event, nodes["nodes"]) if "nodes" in nodes else None
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     return 0

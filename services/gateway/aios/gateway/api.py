@@ -30,7 +30,7 @@ from aios.scheduler.spec import (KIND_PATTERN, MAX_CPU_PER_WORKER, MAX_DEVICES, 
                                  MAX_QUOTA, MAX_STOP_GRACE_S, NAME_PATTERN, JobSpec, SpecError, check_tenant,
                                  spec_to_dict, validate_quota, validate_spec)
 from aios.model_registry.state import MAX_DESCRIPTION, RegistryError, check_tag_key, check_tags
-from aios.scheduler.tenancy import remove_quota
+from aios.scheduler.tenancy import absent_kinds_note, remove_quota
 from aios.scheduler.state import STATUSES, TERMINAL, JobState, job_summary
 
 Handler = Callable[["Api", web.Request, Caller], Awaitable[web.StreamResponse]]
@@ -381,7 +381,12 @@ class Api:
         except SpecError as exc:  # a tenant name that is no subject token was a 500
             raise HttpError(422 if exc.field != "tenant" else 400, str(exc)) from None
         result = await self.backend.store.append(f"tenant.{tenant}", event)
-        return web.json_response({"tenant": tenant, "seq": result.seq})
+        try:  # as the CLI does: set all the same, with a warning when a kind it names is on no node
+            nodes = await self.backend.ask("aios.rm.nodes", {}, 2.0)
+        except AiosError:
+            nodes = {}  # the resource manager is not there to ask
+        note = absent_kinds_note(event, nodes["nodes"]) if "nodes" in nodes else None
+        return web.json_response({"tenant": tenant, "seq": result.seq, "warnings": [note] if note else []})
 
     async def remove_quota(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         tenant = request.match_info["tenant"]  # any name a quota was stored under (older rules took "NLP")
