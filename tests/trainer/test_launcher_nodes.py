@@ -787,3 +787,40 @@ async def test_a_trainer_serving_every_node_asks_their_agents_to_stop_at_once(st
                                  CollectorRegistry())
     await asyncio.wait_for(trainer._stop("j1", set(nodes), grace_s=1.0), 10)
     assert sorted(asked) == sorted(stop_subject(n) for n in nodes) and alone == []
+
+
+async def test_a_trainer_serving_every_node_starts_their_workers_at_once(store: EventStore) -> None:
+    """One trainer for all nodes started a gang's workers one after another, each start waiting for its agent's
+    answer: a gang on 8 nodes waited for 8 agents in turn, and one agent restarting held up every node. Here an
+    agent answers a node's first start only once the other node was asked too; in turn, the first was asked alone.
+    Within a node the workers still start in rank order."""
+    asked: list[tuple[str, str]] = []
+    alone: list[str] = []
+    both = asyncio.Event()
+
+    async def agent(msg: Any) -> None:
+        _, _, node, verb = msg.subject.split(".")
+        asked.append((node, json.loads(msg.data).get("worker", verb)))
+        if {n for n, _ in asked} == set(NODES):
+            both.set()
+        try:
+            await asyncio.wait_for(both.wait(), 3.0)
+        except asyncio.TimeoutError:
+            alone.append(node)
+        await msg.respond(b'{"ok": true}')
+    await placed_on_both_nodes(store, agent)
+    trainer = LauncherService()
+    ctx = ServiceContext("trainer", load_settings({"AIOS_NATS_URL": store.servers[0]}), store.nc, store,
+                         CollectorRegistry())
+    task = asyncio.ensure_future(trainer.run(ctx))
+    try:
+        async def started() -> list[JobStarted]:
+            return [e for e in (await store.read("job.j1")).events if isinstance(e, JobStarted)]
+        await until(started, 15.0)
+        assert alone == [], asked
+        assert [w for n, w in asked if n == "n1"] == ["rank0-a1", "rank1-a1"], asked
+        assert [w for n, w in asked if n == "n2"] == ["rank2-a1", "rank3-a1"], asked
+        assert [e.world_size for e in await started()] == [4]
+    finally:
+        ctx.stopping.set()
+        await task

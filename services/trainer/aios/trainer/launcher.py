@@ -529,43 +529,52 @@ class LauncherService(Service):
         return reply if self._current(job.job_id, attempt) else None
 
     async def _launch(self, job: JobState) -> None:
+        """Start this trainer's workers of the job's current attempt: each node's in rank order, the nodes at once
+        (one after another, a gang on 8 nodes waited for 8 agents in turn, and one agent restarting held up all)."""
         attempt = job.attempts
         self.nodes_of[(job.job_id, attempt)] = {a.node_id for a in job.assignments if self._mine(a.node_id)}
+        per_node: dict[str, list[tuple[Assignment, int, int, str | None]]] = {}
         rank = 0
         for a in job.assignments:
             devices = a.device_uuids or [None]  # type: ignore[list-item]
             for local, uuid in enumerate(devices):
-                if not self._mine(a.node_id):  # another node's trainer starts these
-                    rank += 1
-                    continue
-                if not self._current(job.job_id, attempt):
-                    return  # requeued or ended while we were starting its workers: the rest is not wanted
-                if worker_name(rank, attempt) in job.started_workers or worker_name(rank, attempt) in job.exit_codes:
-                    # started before we restarted (and maybe ended since)
-                    rank += 1
-                    continue
-                reply = await self._start_worker(job, a, rank, local, uuid, worker_name(rank, attempt), attempt)
-                if reply is None:
-                    return
-                if not reply.get("ok") and "already running" not in reply.get("error", ""):
-                    # the job state may have moved on during the request (a dead node's timeout): judge the attempt
-                    # this launch was for. Devices still busy or not yet healthy may not be tomorrow: requeued (a
-                    # start refused while the previous holder's workers were stopping failed the job for good)
-                    why = f"could not start {worker_name(rank, attempt)} on {a.node_id}: {reply.get('error')}"
-                    if reply.get("transient") and job.interrupted_in_a_row >= MAX_INTERRUPTIONS_WITHOUT_PROGRESS:
-                        # as for exits 75: a device that never frees (a worker stuck in the kernel) requeued the
-                        # job for ever
-                        await self._finish(job, "failed", f"{why}, after {job.interrupted_in_a_row} requeues in a "
-                                                          "row without a start", attempt=attempt)
-                    elif reply.get("transient"):
-                        await self._finish(job, "requeued", f"{why}; back in the queue", EXIT_INTERRUPTED,
-                                           attempt=attempt)
-                    else:
-                        await self._finish(job, "failed", why, attempt=attempt)
-                    return
+                # another node's trainer starts its own; one started before we restarted (and maybe ended) is not
+                # started again
+                if self._mine(a.node_id) and worker_name(rank, attempt) not in job.started_workers \
+                        and worker_name(rank, attempt) not in job.exit_codes:
+                    per_node.setdefault(a.node_id, []).append((a, rank, local, uuid))
                 rank += 1
-        if self._leads(job) and self._current(job.job_id, attempt):
+        started = await asyncio.gather(*(self._launch_on(job, attempt, workers) for workers in per_node.values()))
+        if all(started) and self._leads(job) and self._current(job.job_id, attempt):
             await self._append(job, JobStarted(aggregate_id=job.job_id, world_size=rank), f"started-{attempt}")
+
+    async def _launch_on(self, job: JobState, attempt: int,
+                         workers: list[tuple[Assignment, int, int, str | None]]) -> bool:
+        """Start one node's workers in turn; False when the attempt ended meanwhile or a start was refused (then
+        the attempt's outcome is recorded here: requeued or failed)."""
+        for a, rank, local, uuid in workers:
+            if not self._current(job.job_id, attempt):
+                return False  # requeued or ended while we were starting its workers: the rest is not wanted
+            reply = await self._start_worker(job, a, rank, local, uuid, worker_name(rank, attempt), attempt)
+            if reply is None:
+                return False
+            if not reply.get("ok") and "already running" not in reply.get("error", ""):
+                # the job state may have moved on during the request (a dead node's timeout): judge the attempt
+                # this launch was for. Devices still busy or not yet healthy may not be tomorrow: requeued (a
+                # start refused while the previous holder's workers were stopping failed the job for good)
+                why = f"could not start {worker_name(rank, attempt)} on {a.node_id}: {reply.get('error')}"
+                if reply.get("transient") and job.interrupted_in_a_row >= MAX_INTERRUPTIONS_WITHOUT_PROGRESS:
+                    # as for exits 75: a device that never frees (a worker stuck in the kernel) requeued the
+                    # job for ever
+                    await self._finish(job, "failed", f"{why}, after {job.interrupted_in_a_row} requeues in a "
+                                                      "row without a start", attempt=attempt)
+                elif reply.get("transient"):
+                    await self._finish(job, "requeued", f"{why}; back in the queue", EXIT_INTERRUPTED,
+                                       attempt=attempt)
+                else:
+                    await self._finish(job, "failed", why, attempt=attempt)
+                return False
+        return True
 
     async def _traced_stop(self, job: JobState, key: tuple[str, int]) -> None:
         with tracing.job_span(f"stop workers ({job.status})", job.job_id, job.placement_trace,
