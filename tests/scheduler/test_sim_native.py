@@ -11,7 +11,7 @@ import pytest
 from aios.common.errors import ConfigError
 from aios.common.events import (
     Assignment, CheckpointSaved, Event, JobCancelled, JobFailed, JobPlaced, JobPreempted, JobRequeued, JobStarted,
-    JobSubmitted, JobSucceeded, TenantQuotaRemoved, TenantQuotaSet,
+    DeviceInfo, JobSubmitted, JobSucceeded, NodeRegistered, TenantQuotaRemoved, TenantQuotaSet,
 )
 from aios.common.store import EventStore
 from aios.scheduler.local import node_registration
@@ -19,7 +19,7 @@ from aios.scheduler.policies import make_policy
 from aios.scheduler.sim.native import (jobs_from_events, load_log_workload, read_native_trace, read_native_workload,
                                       write_native_trace)
 from aios.scheduler.sim.simulator import simulate
-from aios.scheduler.sim.traces import TraceJob, kind_rates
+from aios.scheduler.sim.traces import SimNode, TraceJob, kind_rates
 
 GOOD = '{"name": "a-1", "arrival_s": 0, "tenant": "t", "devices": 1, "job_type": "a", "priority": 0, "work": 10}'
 
@@ -96,6 +96,14 @@ def test_comments_blank_lines_and_defaults(tmp_path: Path) -> None:
     ('{"node": {"name": "n1", "devices": {"h100": 0}}}', "field 'node.devices.h100': expected a whole number"),
     ('{"node": {"name": "n1", "devices": {"h100": 1}, "cpus": 8}}', "field 'node.cpus': unknown field"),
     ('{"node": {"name": "n1", "devices": {"h100": 1}}, "work": 3}', "field 'work': a node line holds only"),
+    ('{"node": {"name": "n1", "devices": {"h100": 1}, "cpu_cores": 0}}', "field 'node.cpu_cores': expected a whole"),
+    ('{"node": {"name": "n1", "devices": {"h100": 1}, "cpu_cores": 8.5}}', "field 'node.cpu_cores': expected a "),
+    ('{"node": {"name": "n1", "devices": {"h100": 1}, "memory_gib": "64"}}', "field 'node.memory_gib': expected a"),
+    ('{"node": {"name": "n1", "devices": {"h100": 1}, "memory_gib": 0}}', "field 'node.memory_gib': expected a"),
+    ('{"arrival_s": 0, "devices": 1, "work": 3, "cpu_per_worker": 0}', "field 'cpu_per_worker': expected a number "
+                                                                         "from 0.001 to 4,096"),
+    ('{"arrival_s": 0, "devices": 1, "work": 3, "memory_gib_per_worker": true}', "field 'memory_gib_per_worker': "
+                                                                                  "expected a number, got True"),
 ])
 def test_bad_input_names_file_line_and_field(tmp_path: Path, line: str, field: str) -> None:
     path = tmp_path / "jobs.jsonl"
@@ -328,7 +336,7 @@ def test_a_replay_places_on_the_live_nodes_and_an_export_keeps_them(tmp_path: Pa
               submitted("run-1", 0.0, throughput={"h100": 2.0, "a100": 1.0}), placed("run-1", 1.0, "sim-1", "sim-1-g0"),
               JobSucceeded(aggregate_id="run-1", ts=101.0)]
     w = jobs_from_events([(ev.aggregate, [ev]) for ev in events])
-    assert w.nodes == {"sim-1": {"h100": 2}, "sim-2": {"a100": 2}}
+    assert w.nodes == {"sim-1": SimNode({"h100": 2}), "sim-2": SimNode({"a100": 2})}
     on_nodes = simulate(w.jobs, {}, w.cluster, make_policy("fifo"), nodes=w.nodes)
     on_servers = simulate(w.jobs, {}, w.cluster, make_policy("fifo"))
     assert list(on_nodes["records"][0]["kind_time_s"]) == ["h100"]  # where it ran live
@@ -424,3 +432,33 @@ def test_an_old_spec_naming_kinds_in_capitals_does_not_stop_the_export(tmp_path:
     assert [(j.name, j.rates) for j in w.jobs] == [("mixed-bbbbbb", {"h100": 2.0})]
     write_native_trace(tmp_path / "old.jsonl", w.jobs, nodes=w.nodes)
     assert read_native_workload(tmp_path / "old.jsonl")[0] == w.jobs
+
+
+def test_a_replay_keeps_the_cpu_and_memory_of_live_nodes_and_jobs(tmp_path: Path) -> None:
+    """The export kept GPUs only: every replayed node had 64 cores and 512 GiB and every job the spec's defaults,
+    so two jobs that could not share a node's 8 cores live ran side by side in the replay. Nodes keep what their
+    agents registered, jobs their CPU and memory per worker, an export writes both, and placement honours them."""
+    node = ("node.small", [NodeRegistered(aggregate_id="small", hostname="small", agent_id="a", cpu_cores=8,
+                                          memory_bytes=48 << 30, devices=[
+                                              DeviceInfo(uuid=f"small-g{i}", index=i, kind="a100", model="A100",
+                                                         memory_bytes=40 << 30) for i in range(2)])])
+    events: list[Event] = [*node[1]]
+    for i, ts in enumerate((0.0, 1.0)):
+        job = f"prep-{i}"
+        events += [submitted(job, ts, throughput={"a100": 1.0}, device_types=["a100"], cpu_per_worker=6,
+                             memory_gib_per_worker=16.5),
+                   placed(job, 100.0 * i + 1, "small", f"small-g{i}"), JobSucceeded(aggregate_id=job, ts=100.0 * i + 100)]
+    w = jobs_from_events([(ev.aggregate, [ev]) for ev in events])
+    assert w.nodes == {"small": SimNode({"a100": 2}, cpu_cores=8, memory_gib=48.0)}
+    assert [(j.cpu_per_worker, j.memory_gib_per_worker) for j in w.jobs] == [(6.0, 16.5), (6.0, 16.5)]
+    path = tmp_path / "week.jsonl"
+    write_native_trace(path, w.jobs, nodes=w.nodes)
+    text = path.read_text()
+    assert '"cpu_cores": 8, "memory_gib": 48.0' in text and '"cpu_per_worker": 6.0' in text
+    assert read_native_workload(path) == (w.jobs, [], w.nodes)
+    replay = simulate(w.jobs, {}, w.cluster, make_policy("fifo"), nodes=w.nodes, on_events=True)
+    first, second = sorted(replay["records"], key=lambda r: r["start_s"])
+    assert second["start_s"] >= first["finish_s"] - 1e-6, replay["records"]  # 6 + 6 cores > 8: one at a time
+    roomy = {"small": SimNode({"a100": 2}, cpu_cores=16, memory_gib=48.0)}
+    side_by_side = simulate(w.jobs, {}, w.cluster, make_policy("fifo"), nodes=roomy, on_events=True)
+    assert max(r["start_s"] for r in side_by_side["records"]) < min(r["finish_s"] for r in side_by_side["records"])

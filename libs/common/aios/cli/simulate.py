@@ -24,8 +24,8 @@ from aios.scheduler.policies import POLICIES, make_policy
 from aios.common.events import TenantQuotaSet
 from aios.scheduler.sim.native import LogWorkload, load_log_workload, read_native_workload, write_native_trace
 from aios.scheduler.sim.simulator import layout_counts, simulate, summary
-from aios.scheduler.sim.traces import (Throughputs, TraceJob, gavel_line_of, hinted_rates, kind_rates, known_rates,
-                                      parse_cluster, read_gavel_throughputs, read_gavel_trace, read_text)
+from aios.scheduler.sim.traces import (SimNode, Throughputs, TraceJob, gavel_line_of, hinted_rates, kind_rates,
+                                      known_rates, parse_cluster, read_gavel_throughputs, read_gavel_trace, read_text)
 
 RECOMMENDED = "hetero-ts"
 """Lowest average JCT on the continuous Gavel trace and the static batch, 1.3% behind ``hetero-gittins`` on ed69ec,
@@ -49,7 +49,7 @@ def list_policies(as_json: bool) -> int:
     return 0
 
 
-def read_trace(path: str) -> tuple[list[TraceJob], list[TenantQuotaSet], dict[str, dict[str, int]]]:
+def read_trace(path: str) -> tuple[list[TraceJob], list[TenantQuotaSet], dict[str, SimNode]]:
     """A Gavel trace, or a native JSONL workload (recognised by a first line that is JSON or a ``#`` comment), and
     the tenant quotas and nodes the native format may set."""
     if not Path(path).exists():
@@ -111,7 +111,7 @@ async def _log_workload(servers: list[str] | None) -> LogWorkload:
         await store.close()
 
 
-def _servers(kind: str, count: int, per_server: int, taken: dict[str, dict[str, int]]) -> list[tuple[str, range]]:
+def _servers(kind: str, count: int, per_server: int, taken: dict[str, SimNode]) -> list[tuple[str, range]]:
     """Names and device ranges of the servers ``--add`` adds to a cluster of named nodes."""
     out = []
     for s in range((count + per_server - 1) // per_server):
@@ -182,10 +182,10 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
             layout_counts(layout) if layout else parse_cluster("v100=12,p100=12,k80=12"))
         source = Path(trace).name
     gpus = add_gpus(base, added)
-    nodes: dict[str, dict[str, int]] | None = None
+    nodes: dict[str, SimNode] | None = None
     if layout and given_cluster is None:  # the cluster's own nodes (placements tie-break by node, as live), and
         # what --add adds as servers of --gpus-per-server
-        nodes = {**layout, **{name: {kind: len(devices)} for kind, n in added.items()
+        nodes = {**layout, **{name: SimNode({kind: len(devices)}) for kind, n in added.items()
                               for name, devices in _servers(kind, n, gpus_per_server, layout)}}
     cluster_text = ",".join(f"{k}={v}" for k, v in sorted(gpus.items()))
     decide_on_events = from_log if on_events is None else on_events

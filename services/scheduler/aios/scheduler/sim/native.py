@@ -26,6 +26,8 @@ Format: JSON Lines, one job per line; blank lines and lines starting with ``#`` 
   ``max_devices_per_node`` (whole number >= 1): the job spec's fields of the same names.
 * ``serve`` (default false): a serving deployment; it holds its devices while it runs, and is left out of the JCT,
   makespan and fairness figures (its end is when it was stopped, not a completion).
+* ``cpu_per_worker`` (default 1), ``memory_gib_per_worker`` (default 4): what each worker (one per GPU) takes of
+  its node's CPU cores and memory, as the job spec's fields; placement needs them free beside the GPUs.
 
 A line may instead set a tenant's quota, as ``aios quota`` does, in force from the start of the run (the export of a
 live log writes the quotas the log last set)::
@@ -39,9 +41,11 @@ live log writes the quotas the log last set)::
 A line may also name a node of the cluster and its GPUs (the export of a live log writes the nodes the log
 registered, so that a replay places jobs on the same nodes, ties broken alike)::
 
-    {"node": {"name": "sim-1", "devices": {"h100": 4}}}
+    {"node": {"name": "sim-1", "devices": {"h100": 4}, "cpu_cores": 96, "memory_gib": 1024}}
 
-* ``name`` (required, unique), ``devices`` (required, GPU kind -> whole number from 1 to 4,096). Without
+* ``name`` (required, unique), ``devices`` (required, GPU kind -> whole number from 1 to 4,096), ``cpu_cores``
+  (whole number from 1 to 1,048,576, default 64) and ``memory_gib`` (number > 0 up to 2**30, default 512): what
+  the node's agent registered, shared by the workers placed there. Without
   ``--cluster``, a workload with node lines runs on those nodes; with it (or without node lines), on servers of
   ``--gpus-per-server`` GPUs.
 
@@ -69,13 +73,22 @@ from aios.common.events import (
     JobSubmitted, JobSucceeded, NodeForgotten, NodeRegistered, TenantQuotaRemoved, TenantQuotaSet,
 )
 from aios.device_agent.protocol import HEARTBEAT_BUCKET
-from aios.scheduler.sim.traces import MAX_ARRIVAL_S, MAX_GPUS, TraceJob, read_text
+from aios.scheduler.sim.traces import (
+    MAX_ARRIVAL_S, MAX_GPUS, SIM_CPU_CORES, SIM_MEMORY_GIB, SimNode, TraceJob, read_text,
+)
 from aios.scheduler.spec import (
-    MAX_QUOTA, QUOTA_FIELDS, SpecError, check_tenant, is_device_kind, is_name, validate_quota,
+    MAX_CPU_PER_WORKER, MAX_MEMORY_GIB_PER_WORKER, MAX_QUOTA, MIN_CPU_PER_WORKER, MIN_MEMORY_GIB_PER_WORKER,
+    QUOTA_FIELDS, SpecError, check_tenant, is_device_kind, is_name, validate_quota,
 )
 
 FIELDS = ("name", "arrival_s", "tenant", "devices", "job_type", "priority", "work", "rates", "any_kind", "hints",
-          "preemptible", "runtime_estimate_s", "max_devices_per_node", "serve")
+          "preemptible", "runtime_estimate_s", "max_devices_per_node", "serve", "cpu_per_worker",
+          "memory_gib_per_worker")
+PER_WORKER = {"cpu_per_worker": (MIN_CPU_PER_WORKER, MAX_CPU_PER_WORKER, 1.0),
+              "memory_gib_per_worker": (MIN_MEMORY_GIB_PER_WORKER, MAX_MEMORY_GIB_PER_WORKER, 4.0)}
+"""The job spec's per-worker requests: least, most, default."""
+MAX_NODE_CPU_CORES = 1 << 20
+MAX_NODE_MEMORY_GIB = float(1 << 30)
 HEADER = "# AIOS native workload: one JSON job per line (see aios.scheduler.sim.native)"
 RUN_READS_MAX = 50
 """Jobs cut short beyond which the export reads all run reports at once instead of one job's at a time."""
@@ -178,6 +191,12 @@ def _job_from_obj(obj: dict[str, Any]) -> TraceJob:
     if not priority.is_integer() or abs(priority) > 1000:
         raise _Bad("priority", "expected a whole number from -1000 to 1000 (the job spec's), got "
                                f"{_shown(obj['priority'])}")
+    per_worker = {}
+    for field, (least, most, default) in PER_WORKER.items():
+        per_worker[field] = value = _number(obj, field, default)
+        if not least <= value <= most:
+            raise _Bad(field, f"expected a number from {least:g} to {most:,g} (the job spec's), got "
+                              f"{_shown(obj[field])}")
     tenant = _text(obj, "tenant", "trace")
     try:  # checked here, where the line is known (the simulation named only the job)
         check_tenant(tenant)
@@ -187,7 +206,7 @@ def _job_from_obj(obj: dict[str, Any]) -> TraceJob:
                     priority_weight=priority, arrival_s=arrival, rates=rates, tenant=tenant, name=name,
                     any_kind=_flag(obj, "any_kind", False), hints=hints, preemptible=_flag(obj, "preemptible", True),
                     runtime_estimate_s=None if estimate is None else float(estimate), max_devices_per_node=per_node,
-                    serve=_flag(obj, "serve", False))
+                    serve=_flag(obj, "serve", False), **per_worker)
 
 
 def _quota_from_obj(obj: Any) -> TenantQuotaSet:
@@ -202,17 +221,20 @@ def _quota_from_obj(obj: Any) -> TenantQuotaSet:
         raise _Bad(f"quota.{exc.field}", exc.reason) from None
 
 
-Nodes = dict[str, dict[str, int]]
-"""node name -> GPU kind -> devices: a cluster's layout."""
+Nodes = dict[str, SimNode]
+"""node name -> its GPUs, CPU cores and memory: a cluster's layout."""
 _NODE_NAME = re.compile(r"[^\s\x00-\x1f\x7f]{1,253}")
 
 
-def _node_from_obj(obj: Any) -> tuple[str, dict[str, int]]:
+NODE_FIELDS = ("name", "devices", "cpu_cores", "memory_gib")
+
+
+def _node_from_obj(obj: Any) -> tuple[str, SimNode]:
     if not isinstance(obj, dict):
-        raise _Bad("node", f"expected an object with name and devices, got {obj!r}")
+        raise _Bad("node", f"expected an object with name and devices, got {_shown(obj)}")
     for key in obj:
-        if key not in ("name", "devices"):
-            raise _Bad(f"node.{key}", "unknown field (expected name, devices)")
+        if key not in NODE_FIELDS:
+            raise _Bad(f"node.{key}", f"unknown field (expected {', '.join(NODE_FIELDS)})")
     name = obj.get("name")
     if not isinstance(name, str) or not _NODE_NAME.fullmatch(name):
         raise _Bad("node.name", f"expected a node's name (1 to 253 characters, no spaces), got {name!r}")
@@ -224,7 +246,24 @@ def _node_from_obj(obj: Any) -> tuple[str, dict[str, int]]:
             raise _Bad(f"node.devices.{kind}", "not a device kind (lowercase, as the agents report them)")
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_GPUS:
             raise _Bad(f"node.devices.{kind}", f"expected a whole number from 1 to {MAX_GPUS:,}, got {count!r}")
-    return name, dict(devices)
+    cores = obj.get("cpu_cores", SIM_CPU_CORES)
+    if isinstance(cores, bool) or not isinstance(cores, int) or not 1 <= cores <= MAX_NODE_CPU_CORES:
+        raise _Bad("node.cpu_cores", f"expected a whole number from 1 to {MAX_NODE_CPU_CORES:,}, got {_shown(cores)}")
+    memory = obj.get("memory_gib", SIM_MEMORY_GIB)
+    if isinstance(memory, bool) or not isinstance(memory, (int, float)) or not _finite(memory) \
+            or not 0 < memory <= MAX_NODE_MEMORY_GIB:
+        raise _Bad("node.memory_gib", f"expected a number above 0 up to {MAX_NODE_MEMORY_GIB:,.0f}, got "
+                                      f"{_shown(memory)}")
+    return name, SimNode(dict(devices), cores, float(memory))
+
+
+def _node_to_obj(name: str, node: SimNode) -> dict[str, Any]:
+    obj: dict[str, Any] = {"name": name, "devices": dict(node.devices)}
+    if node.cpu_cores != SIM_CPU_CORES:
+        obj["cpu_cores"] = node.cpu_cores
+    if node.memory_gib != SIM_MEMORY_GIB:
+        obj["memory_gib"] = node.memory_gib
+    return {"node": obj}
 
 
 def _quota_to_obj(quota: TenantQuotaSet) -> dict[str, Any]:
@@ -243,7 +282,7 @@ def read_native_workload(path: str | Path) -> tuple[list[TraceJob], list[TenantQ
     text = read_text(path, "workload")
     jobs = []
     quotas: dict[str, tuple[int, TenantQuotaSet]] = {}
-    nodes: dict[str, tuple[int, dict[str, int]]] = {}
+    nodes: dict[str, tuple[int, SimNode]] = {}
     lines: dict[str, int] = {}
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -269,10 +308,10 @@ def read_native_workload(path: str | Path) -> tuple[list[TraceJob], list[TenantQ
             if "node" in obj:
                 if len(obj) > 1:
                     raise _Bad(sorted(set(obj) - {"node"})[0], "a node line holds only the field 'node'")
-                name, devices = _node_from_obj(obj["node"])
+                name, node = _node_from_obj(obj["node"])
                 if name in nodes:
                     raise _Bad("node.name", f"{name!r} is named on line {nodes[name][0]} already")
-                nodes[name] = (n, devices)
+                nodes[name] = (n, node)
                 continue
             job = _job_from_obj(obj)
         except _Bad as exc:
@@ -282,7 +321,7 @@ def read_native_workload(path: str | Path) -> tuple[list[TraceJob], list[TenantQ
         lines[job.name] = n
         jobs.append(job)
     return sorted(jobs, key=lambda j: j.arrival_s), [q for _, q in quotas.values()], {
-        name: devices for name, (_, devices) in nodes.items()}
+        name: node for name, (_, node) in nodes.items()}
 
 
 def _job_to_obj(job: TraceJob) -> dict[str, Any]:
@@ -299,6 +338,9 @@ def _job_to_obj(job: TraceJob) -> dict[str, Any]:
         obj["preemptible"] = False
     if job.serve:
         obj["serve"] = True
+    for field, (_, _, default) in PER_WORKER.items():
+        if getattr(job, field) != default:
+            obj[field] = getattr(job, field)
     return obj
 
 
@@ -309,7 +351,7 @@ def write_native_trace(path: str | Path, jobs: list[TraceJob], comments: Iterabl
     tenants' ``quotas`` and the ``nodes`` come before the jobs."""
     lines = [HEADER, *(f"# {line}" for text in comments for line in text.splitlines())]
     lines += [json.dumps(_quota_to_obj(q)) for q in quotas]
-    lines += [json.dumps({"node": {"name": name, "devices": dict(devices)}}) for name, devices in (nodes or {}).items()]
+    lines += [json.dumps(_node_to_obj(name, node), allow_nan=False) for name, node in (nodes or {}).items()]
     for i, job in enumerate(jobs):
         obj = _job_to_obj(job)
         try:
@@ -464,6 +506,7 @@ def jobs_from_events(commits_or_events: Iterable[Any], until: float | None = Non
     """
     jobs: dict[str, _Job] = {}
     nodes: dict[str, list[str]] = {}
+    hosts: dict[str, tuple[int, float]] = {}  # node -> CPU cores and GiB of memory, as it last registered
     kind_of: dict[str, str] = {}
     orphans: dict[str, str] = {}
     quotas: dict[str, TenantQuotaSet] = {}
@@ -479,6 +522,7 @@ def jobs_from_events(commits_or_events: Iterable[Any], until: float | None = Non
             continue
         if kind is NodeRegistered:
             nodes[ev.aggregate_id] = [d.kind for d in ev.devices]  # type: ignore[attr-defined]
+            hosts[ev.aggregate_id] = (ev.cpu_cores, ev.memory_bytes / 2**30)  # type: ignore[attr-defined]
             kind_of.update((d.uuid, d.kind) for d in ev.devices)  # type: ignore[attr-defined]
             continue
         if kind is NodeForgotten:  # decommissioned: not part of the cluster a replay runs on
@@ -548,8 +592,16 @@ def jobs_from_events(commits_or_events: Iterable[Any], until: float | None = Non
     exported = sorted((msgspec.structs.replace(tj, arrival_s=ts - start) for ts, tj in out),
                       key=lambda j: j.arrival_s)
     replayable = [q for q in map(_replayable_quota, quotas.values()) if q is not None]
-    layout = {name: dict(sorted(Counter(kinds).items())) for name, kinds in sorted(nodes.items()) if kinds}
+    layout = {name: _sim_node(dict(sorted(Counter(kinds).items())), *hosts[name])
+              for name, kinds in sorted(nodes.items()) if kinds}
     return LogWorkload(exported, cluster, layout, list(reasons), reasons, start, ended, replayable, unfinished, lost)
+
+
+def _sim_node(devices: dict[str, int], cpu_cores: int, memory_gib: float) -> SimNode:
+    """The node as registered; CPU cores or memory a replayed node cannot have (an agent that found none, or an old
+    log's zeros) stay the simulator's defaults."""
+    return SimNode(devices, cpu_cores if 1 <= cpu_cores <= MAX_NODE_CPU_CORES else SIM_CPU_CORES,
+                   memory_gib if 0 < memory_gib <= MAX_NODE_MEMORY_GIB else SIM_MEMORY_GIB)
 
 
 def _replayable_quota(quota: TenantQuotaSet) -> TenantQuotaSet | None:
@@ -628,7 +680,16 @@ def _trace_job(job: _Job, spec: dict[str, Any], devices: int, work: float, rates
                     runtime_estimate_s=estimate if estimate is not None and estimate > 0 else None,
                     max_devices_per_node=per_node if isinstance(per_node, int) and not isinstance(per_node, bool)
                     and 1 <= per_node <= MAX_GPUS else None,
-                    serve=isinstance(spec.get("serve"), dict))
+                    serve=isinstance(spec.get("serve"), dict), **_per_worker(spec))
+
+
+def _per_worker(spec: dict[str, Any]) -> dict[str, float]:
+    """The spec's CPU and memory per worker, where the rules of today take them (else their defaults)."""
+    out = {}
+    for field, (least, most, default) in PER_WORKER.items():
+        value = _spec_number(spec, field)
+        out[field] = value if value is not None and least <= value <= most else default
+    return out
 
 
 async def load_log_workload(store: Any) -> LogWorkload:

@@ -29,7 +29,9 @@ from aios.scheduler.placement import BinCache
 from aios.scheduler.policies.base import ELAPSED_SLACK_S, Policy
 from aios.scheduler.predict import RuntimePredictor
 from aios.scheduler.sim.fairness import finish_time_fairness, isolated_finish_times
-from aios.scheduler.sim.traces import Throughputs, TraceJob, hinted_rates, kind_rates
+from aios.scheduler.sim.traces import (
+    SIM_CPU_CORES, SIM_MEMORY_GIB, SimNode, Throughputs, TraceJob, hinted_rates, kind_rates,
+)
 from aios.scheduler.spec import SpecError, validate_spec
 from aios.scheduler.state import PENDING, PLACED, PREEMPTING, JobState, SchedulerState
 
@@ -55,34 +57,36 @@ def cluster_events(cluster: dict[str, int], gpus_per_server: int) -> list[tuple[
     for kind, count in sorted(cluster.items()):
         for s in range((count + gpus_per_server - 1) // gpus_per_server):
             n = min(gpus_per_server, count - s * gpus_per_server)
-            out.append(node_registration(f"{kind}-{s:03d}", kind, n, device_memory_bytes=16 << 30))
+            out.append(node_registration(f"{kind}-{s:03d}", kind, n, cpu_cores=SIM_CPU_CORES,
+                                         memory_bytes=int(SIM_MEMORY_GIB * 2**30), device_memory_bytes=16 << 30))
     return out
 
 
-def layout_counts(nodes: dict[str, dict[str, int]]) -> dict[str, int]:
+def layout_counts(nodes: dict[str, SimNode]) -> dict[str, int]:
     """GPU kind -> devices over a layout's nodes (the cluster it makes)."""
     counts: dict[str, int] = {}
-    for devices in nodes.values():
-        for kind, n in devices.items():
+    for node in nodes.values():
+        for kind, n in node.devices.items():
             counts[kind] = counts.get(kind, 0) + n
     return dict(sorted(counts.items()))
 
 
-def layout_events(nodes: dict[str, dict[str, int]]) -> list[tuple[str, list[Any]]]:
-    """Named nodes (a live cluster's, as its log registered them), each with its GPUs of every kind; the devices
-    of a kind NVLink-connected, as ``cluster_events``' servers."""
+def layout_events(nodes: dict[str, SimNode]) -> list[tuple[str, list[Any]]]:
+    """Named nodes (a live cluster's, as its log registered them), each with its GPUs of every kind, CPU cores and
+    memory; the devices of a kind NVLink-connected, as ``cluster_events``' servers."""
     out = []
-    for name, devices in nodes.items():
+    for name, node in nodes.items():
         infos: list[DeviceInfo] = []
         links: list[Link] = []
-        for kind, count in sorted(devices.items()):
+        for kind, count in sorted(node.devices.items()):
             first = len(infos)
             infos += [DeviceInfo(uuid=f"{name}-g{first + i}", index=first + i, kind=kind, model=kind,
                                  memory_bytes=16 << 30) for i in range(count)]
             links += [Link(infos[a].uuid, infos[b].uuid, "nvlink") for a in range(first, first + count)
                       for b in range(a + 1, first + count)]
-        out.append((f"node.{name}", [NodeRegistered(aggregate_id=name, hostname=name, agent_id="sim", cpu_cores=64,
-                                                    memory_bytes=512 << 30, devices=infos, links=links)]))
+        out.append((f"node.{name}", [NodeRegistered(
+            aggregate_id=name, hostname=name, agent_id="sim", cpu_cores=node.cpu_cores,
+            memory_bytes=int(node.memory_gib * 2**30), devices=infos, links=links)]))
     return out
 
 
@@ -130,6 +134,7 @@ def submissions(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[s
             "name": spec_name(f"{slug(tj.job_type) or 'job'}-{i}"), "tenant": tj.tenant, "devices": tj.gpus,
             "device_types": sorted(rates), "throughput": rates, "command": ["train"],
             "priority": int(tj.priority_weight), "preemptible": tj.preemptible,
+            "cpu_per_worker": tj.cpu_per_worker, "memory_gib_per_worker": tj.memory_gib_per_worker,
             **({"runtime_estimate_s": tj.runtime_estimate_s} if tj.runtime_estimate_s else {}),
             **({"max_devices_per_node": tj.max_devices_per_node} if tj.max_devices_per_node else {})}
         known = hinted_rates(tj, throughputs)
@@ -157,7 +162,7 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
              round_s: float = 360.0, gpus_per_server: int = 4, max_rounds: int = 2_000_000,
              oracle_estimates: bool = False, on_events: bool = False,
              on_round: Callable[[SchedulerState, float], None] | None = None,
-             quotas: Iterable[TenantQuotaSet] = (), nodes: dict[str, dict[str, int]] | None = None,
+             quotas: Iterable[TenantQuotaSet] = (), nodes: dict[str, SimNode] | None = None,
              co_locate: CoLocate | None = None) -> dict[str, Any]:
     """Run ``trace`` under ``policy``; the summary keys, per-job ``records`` and a per-round ``timeline``.
 

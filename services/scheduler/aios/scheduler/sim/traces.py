@@ -37,6 +37,24 @@ class TraceJob(msgspec.Struct, frozen=True):
     max_devices_per_node: int | None = None
     serve: bool = False
     """A serving deployment: it holds its devices for its run, and its "completion" is no job's completion time."""
+    cpu_per_worker: float = 1.0
+    memory_gib_per_worker: float = 4.0
+    """What each worker takes of its node's CPU cores and memory (the job spec's fields and defaults): placement
+    needs them free beside the GPUs, as live."""
+
+
+SIM_CPU_CORES = 64
+SIM_MEMORY_GIB = 512.0
+"""CPU cores and memory of a simulated node whose own are not known (a Gavel trace's servers, an added server)."""
+
+
+class SimNode(msgspec.Struct, frozen=True):
+    """A node of a simulated cluster by name, as a live log registered it: its GPUs by kind, and the CPU cores and
+    memory its jobs' workers share."""
+
+    devices: dict[str, int]
+    cpu_cores: int = SIM_CPU_CORES
+    memory_gib: float = SIM_MEMORY_GIB
 
 
 MAX_GPUS = 4096
