@@ -507,6 +507,15 @@ def test_a_stalled_stream_gets_reset_and_still_hears_the_end() -> None:
     assert [queue.get_nowait()[0] for _ in range(queue.qsize())] == ["bye"]
 
 
+def test_a_serving_job_of_a_model_the_registry_lacks_is_refused(gateway: tuple[str, LocalCluster]) -> None:
+    """It was accepted, and its replicas failed to load the model until the crash-loop cap failed the job (``aios
+    serve`` refused it up front); the NATS tenant API submits through the same path."""
+    url, _ = gateway
+    status, reply = call(url, "POST", "/api/v1/jobs", ALICE, {"name": "ghost", "serve": {"model": "models:/ghost/2"}})
+    assert status == 422 and reply["error"] == "serve.model: model 'ghost' is not registered", reply
+    assert "ghost" not in [j["name"] for j in call(url, "GET", "/api/v1/jobs", ALICE)[1]["jobs"]]
+
+
 def test_a_lone_surrogate_is_named_as_bad_input_everywhere(gateway: tuple[str, LocalCluster]) -> None:
     """``"\\ud800"`` is valid JSON but no Unicode: it was accepted, then failed where it was stored. A 500 with a
     traceback for a job spec or a cordon reason, a 409 "internal error" for a model's tags, and no answer at all

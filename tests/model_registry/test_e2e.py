@@ -185,5 +185,16 @@ def test_train_register_compress_serve_and_roll_an_alias(aios_env: dict[str, str
         assert out.returncode == 3 and "nope" in out.stderr and time.monotonic() - started < 20, out.stderr
         out = aios("serve", "models:/digits/3", "--replicas", "0")
         assert out.returncode == 2 and "--replicas: must be at least 1" in out.stderr, out.stderr
+        # so is a serving spec given to `aios submit` (it was accepted, and its replicas were restarted until the
+        # crash-loop cap failed it), and a bare name whose versions are all deleted
+        spec = tmp_path / "serve.yaml"
+        spec.write_text("name: serve-ghost\ntenant: ml\ndevices: 1\nserve:\n  model: models:/nope/1\n")
+        out = aios("submit", str(spec))
+        assert out.returncode == 3 and "serve.model: model 'nope' is not registered" in out.stderr, out.stderr
+        spec.write_text("name: serve-v3\ntenant: ml\ndevices: 1\nserve:\n  model: models:/digits-manual\n")
+        ok("models", "delete", "digits-manual", "1", "--reason", "test")
+        out = aios("submit", str(spec))
+        assert out.returncode == 3 and "serve.model: model 'digits-manual' has no live version" in out.stderr, \
+            out.stderr
     finally:
         cluster.stop()

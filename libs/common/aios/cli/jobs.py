@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from typing import Any
 
@@ -80,6 +81,8 @@ async def submit(path: str, idempotency_key: str | None, as_json: bool) -> int:
         spec = validate_spec(raw)
     except SpecError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    if spec.serve is not None:
+        await _check_served_model(path, spec.serve["model"])
     store = await _store()
     try:
         result = await submission.submit(store, spec, idempotency_key)
@@ -90,6 +93,23 @@ async def submit(path: str, idempotency_key: str | None, as_json: bool) -> int:
     else:
         print(f"submitted {result.job}" + (" (already submitted)" if result.duplicate else ""))
     return 0
+
+
+async def _check_served_model(path: str, uri: str) -> None:
+    """As ``aios serve`` and the API: a serving job of a model the registry does not hold is refused now, not
+    retried until its crash-loop cap; a registry that does not answer checks nothing (said)."""
+    from aios.model_registry.state import serve_refusal
+
+    try:
+        shown = await ask("aios.registry.show", {"model": uri}, timeout=5.0)
+    except (NotFound, ConfigError) as exc:
+        raise NotFound(f"{path}: serve.model: {exc}") from None
+    except AiosError as exc:
+        print(f"note: serve.model not checked ({exc})", file=sys.stderr)
+        return
+    why = serve_refusal(shown)
+    if why is not None:
+        raise NotFound(f"{path}: serve.model: {why}")
 
 
 ENDED = {JobSucceeded: "succeeded", JobFailed: "failed", JobCancelled: "cancelled"}

@@ -258,15 +258,15 @@ async def serve(args: Any) -> int:
     """Submit a serving job (``serve:``), wait for its replicas to announce themselves, print the endpoint."""
     from aios.model_registry.replica import endpoints as live
     from aios.model_registry.router import router_url
-    from aios.model_registry.state import parse_uri
+    from aios.model_registry.state import parse_uri, serve_refusal
 
     name, _, _ = parse_uri(args.model)
     if args.replicas < 1:  # 0 started one CPU-only replica; -1 was refused as "devices: ..."
         raise ConfigError(f"--replicas: must be at least 1, got {args.replicas}")
     # a model, version or alias that is not there is refused now (exit 3), not after the replicas fail to load it
-    shown = await request("show", {"model": args.model})
-    if shown.get("deleted"):
-        raise NotFound(f"model: version {shown['version']} of {name!r} was deleted")
+    why = serve_refusal(await request("show", {"model": args.model}))
+    if why is not None:
+        raise NotFound(f"model: {why}")
     raw = {"name": args.job_name or f"serve-{name.lower()}"[:64], "tenant": args.tenant, "devices": args.replicas,
            "priority": args.priority, "serve": {"model": args.model, "max_batch": args.max_batch,
                                                 "max_delay_ms": args.max_delay_ms}}

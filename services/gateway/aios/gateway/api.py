@@ -29,7 +29,9 @@ from aios.scheduler import submission, visibility
 from aios.scheduler.spec import (KIND_PATTERN, MAX_CPU_PER_WORKER, MAX_DEVICES, MAX_MEMORY_GIB_PER_WORKER, MAX_PRIORITY,
                                  MAX_QUOTA, MAX_STOP_GRACE_S, NAME_PATTERN, JobSpec, SpecError, check_tenant,
                                  spec_to_dict, validate_quota, validate_spec)
-from aios.model_registry.state import MAX_DESCRIPTION, RegistryError, check_tag_key, check_tags
+from aios.model_registry.state import (
+    MAX_DESCRIPTION, RegistryError, check_tag_key, check_tags, serve_refusal,
+)
 from aios.scheduler.tenancy import absent_kinds_note, remove_quota
 from aios.scheduler.state import STATUSES, TERMINAL, JobState, job_summary
 
@@ -203,10 +205,12 @@ class Api:
             spec = validate_spec(raw)
         except SpecError as exc:
             raise HttpError(422, str(exc)) from None
+        # the job the key was first used for, whatever its name: a retry with the key and another spec is
+        # refused however late it comes (the key alone made a second job once the duplicate window had passed)
+        earlier = self.backend.keyed_job(spec.tenant, key) if key else None
+        if spec.serve is not None and earlier is None:
+            await self._check_served_model(spec.serve["model"])
         try:
-            # the job the key was first used for, whatever its name: a retry with the key and another spec is
-            # refused however late it comes (the key alone made a second job once the duplicate window had passed)
-            earlier = self.backend.keyed_job(spec.tenant, key) if key else None
             result = await submission.submit(self.backend.store, spec, key, job_id=earlier, via=via)
         except submission.KeyReused as exc:
             raise HttpError(409, f"Idempotency-Key: {exc}") from None
@@ -214,6 +218,18 @@ class Api:
             raise HttpError(400, f"Idempotency-Key: {exc}") from None
         await self.backend.caught_up(result.seq)
         return {"job": result.job, "duplicate": result.duplicate, "seq": result.seq}
+
+    async def _check_served_model(self, uri: str) -> None:
+        """A serving job of a model the registry does not hold (or only deleted) is refused now, as ``aios serve``
+        refuses it: accepted, its replicas failed to load it until the crash-loop cap failed the job. A registry
+        that does not answer checks nothing (the job waits for it, as for devices)."""
+        try:
+            shown = await self.backend.ask("aios.registry.show", {"model": uri}, 5.0)
+        except AiosError:
+            return
+        why = serve_refusal(shown)
+        if why is not None:
+            raise HttpError(422, f"serve.model: {why}")
 
     def jobs_of(self, caller: Caller, status: str | None) -> list[dict[str, Any]]:
         if status is not None and status not in STATUSES:  # a typo listed no jobs, as if there were none

@@ -163,6 +163,20 @@ def resolve(state: ModelState | None, uri: str) -> VersionState:
     return found
 
 
+def serve_refusal(shown: dict[str, Any]) -> str | None:
+    """Why a serving job could never load the model that the registry's ``show`` answered with, or None if it can
+    load it: no such model, version or alias (the answer's error), a deleted version, a bare name whose versions are
+    all deleted (``resolve`` finds no latest). Checked when the job is submitted: its replicas would fail to load it,
+    and be restarted, until the crash-loop cap failed the job."""
+    if "error" in shown:
+        return str(shown["error"])
+    if "versions" in shown and not any(not v.get("deleted") for v in shown["versions"]):
+        return f"model {shown.get('name')!r} has no live version"
+    if shown.get("deleted"):
+        return f"version {shown.get('version')} of model {shown.get('name')!r} was deleted"
+    return None
+
+
 # -- decisions ------------------------------------------------------------------------------------------------------
 def _live(state: ModelState, version: int) -> VersionState:
     found = state.versions.get(version)
