@@ -824,3 +824,57 @@ async def test_a_trainer_serving_every_node_starts_their_workers_at_once(store: 
     finally:
         ctx.stopping.set()
         await task
+
+
+async def outcome_of_refusals(store: EventStore, refuse: dict[str, tuple[float, str, bool]]
+                              ) -> tuple[list[tuple[str, str]], list[Any]]:
+    """One trainer for both nodes, started before job j1 is placed; each node's agent answers a run request after
+    ``refuse[node]``'s delay, refusing it with its error (transient or not) if given, else starting it, and takes
+    two seconds to stop. The (node, worker) run requests the agents saw, and the job's outcome events."""
+    asked: list[tuple[str, str]] = []
+
+    async def agent(msg: Any) -> None:
+        _, _, node, verb = msg.subject.split(".")
+        if verb == "stop":
+            await asyncio.sleep(2.0)
+            await msg.respond(b'{"ok": true}')
+            return
+        asked.append((node, json.loads(msg.data)["worker"]))
+        delay, error, transient = refuse[node]
+        await asyncio.sleep(delay)
+        await msg.respond(json.dumps({"ok": not error, "error": error, "transient": transient}).encode())
+    trainer = LauncherService()
+    ctx = ServiceContext("trainer", load_settings({"AIOS_NATS_URL": store.servers[0]}), store.nc, store,
+                         CollectorRegistry())
+    task = asyncio.ensure_future(trainer.run(ctx))
+    try:
+        await asyncio.sleep(0.5)  # following the log: the launch happens as the placement is folded
+        await placed_on_both_nodes(store, agent)
+
+        async def outcomes() -> list[Any]:
+            return [e for e in (await store.read("job.j1")).events if isinstance(e, (JobFailed, JobRequeued,
+                                                                                      JobStarted))]
+        await until(outcomes, 20.0)
+        await asyncio.sleep(2.5)  # what comes after the first outcome: nothing more should
+        return asked, await outcomes()
+    finally:
+        ctx.stopping.set()
+        await task
+
+
+async def test_a_start_refused_on_one_node_ends_the_starts_on_the_others(store: EventStore) -> None:
+    """Started at once, the other nodes went on starting their workers after the attempt had failed (and after
+    their agents were asked to stop it): workers that ran on until a later sweep stopped them."""
+    asked, outcomes = await outcome_of_refusals(store, {"n1": (0.0, "command not found: t.py", False),
+                                                       "n2": (0.5, "", False)})
+    assert sorted(asked) == [("n1", "rank0-a1"), ("n2", "rank2-a1")], asked  # rank3-a1 never asked for
+    assert [type(e) for e in outcomes] == [JobFailed] and "could not start rank0-a1 on n1" in outcomes[0].reason
+
+
+async def test_a_start_refused_for_good_is_the_outcome_when_another_node_refuses_for_now(store: EventStore) -> None:
+    """A command not found on one node and busy devices on another, at about the same time: the job was requeued
+    (its real fault lost, and tried again up to five times) because the requeue was written first."""
+    asked, outcomes = await outcome_of_refusals(store, {"n1": (0.2, "command not found: t.py", False),
+                                                       "n2": (0.3, "devices busy", True)})
+    assert [type(e) for e in outcomes] == [JobFailed], outcomes
+    assert "could not start rank0-a1 on n1: command not found" in outcomes[0].reason

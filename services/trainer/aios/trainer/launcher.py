@@ -530,7 +530,9 @@ class LauncherService(Service):
 
     async def _launch(self, job: JobState) -> None:
         """Start this trainer's workers of the job's current attempt: each node's in rank order, the nodes at once
-        (one after another, a gang on 8 nodes waited for 8 agents in turn, and one agent restarting held up all)."""
+        (one after another, a gang on 8 nodes waited for 8 agents in turn, and one agent restarting held up all).
+        A start refused on one node ends the others' starts; the attempt's outcome is judged once, from every
+        refusal seen: failed if any is for good (a command not found), else requeued."""
         attempt = job.attempts
         self.nodes_of[(job.job_id, attempt)] = {a.node_id for a in job.assignments if self._mine(a.node_id)}
         per_node: dict[str, list[tuple[Assignment, int, int, str | None]]] = {}
@@ -544,37 +546,46 @@ class LauncherService(Service):
                         and worker_name(rank, attempt) not in job.exit_codes:
                     per_node.setdefault(a.node_id, []).append((a, rank, local, uuid))
                 rank += 1
-        started = await asyncio.gather(*(self._launch_on(job, attempt, workers) for workers in per_node.values()))
-        if all(started) and self._leads(job) and self._current(job.job_id, attempt):
+        halted: list[bool] = []  # set by the first node whose start is refused (our view of the job does not move
+        # while we launch: the follower that folds the log waits for us)
+        results = await asyncio.gather(*(self._launch_on(job, attempt, workers, halted)
+                                         for workers in per_node.values()))
+        refusals = sorted(r for r in results if isinstance(r, tuple))  # for good before transient, then by rank
+        if refusals:
+            transient, _, why = refusals[0]
+            await self._refused(job, attempt, why, transient)
+        elif all(r is True for r in results) and self._leads(job) and self._current(job.job_id, attempt):
             await self._append(job, JobStarted(aggregate_id=job.job_id, world_size=rank), f"started-{attempt}")
 
-    async def _launch_on(self, job: JobState, attempt: int,
-                         workers: list[tuple[Assignment, int, int, str | None]]) -> bool:
-        """Start one node's workers in turn; False when the attempt ended meanwhile or a start was refused (then
-        the attempt's outcome is recorded here: requeued or failed)."""
+    async def _launch_on(self, job: JobState, attempt: int, workers: list[tuple[Assignment, int, int, str | None]],
+                         halted: list[bool]) -> bool | tuple[bool, int, str]:
+        """Start one node's workers in turn. True: all started; False: the attempt ended or another node's start
+        was refused meanwhile; a refusal: (transient, rank, why) for ``_launch`` to judge."""
         for a, rank, local, uuid in workers:
-            if not self._current(job.job_id, attempt):
-                return False  # requeued or ended while we were starting its workers: the rest is not wanted
+            if halted or not self._current(job.job_id, attempt):
+                return False  # requeued, ended or refused elsewhere while we were starting: the rest is not wanted
             reply = await self._start_worker(job, a, rank, local, uuid, worker_name(rank, attempt), attempt)
             if reply is None:
                 return False
             if not reply.get("ok") and "already running" not in reply.get("error", ""):
-                # the job state may have moved on during the request (a dead node's timeout): judge the attempt
-                # this launch was for. Devices still busy or not yet healthy may not be tomorrow: requeued (a
-                # start refused while the previous holder's workers were stopping failed the job for good)
-                why = f"could not start {worker_name(rank, attempt)} on {a.node_id}: {reply.get('error')}"
-                if reply.get("transient") and job.interrupted_in_a_row >= MAX_INTERRUPTIONS_WITHOUT_PROGRESS:
-                    # as for exits 75: a device that never frees (a worker stuck in the kernel) requeued the
-                    # job for ever
-                    await self._finish(job, "failed", f"{why}, after {job.interrupted_in_a_row} requeues in a "
-                                                      "row without a start", attempt=attempt)
-                elif reply.get("transient"):
-                    await self._finish(job, "requeued", f"{why}; back in the queue", EXIT_INTERRUPTED,
-                                       attempt=attempt)
-                else:
-                    await self._finish(job, "failed", why, attempt=attempt)
-                return False
+                halted.append(True)
+                return (bool(reply.get("transient")), rank,
+                        f"could not start {worker_name(rank, attempt)} on {a.node_id}: {reply.get('error')}")
         return True
+
+    async def _refused(self, job: JobState, attempt: int, why: str, transient: bool) -> None:
+        """The outcome of an attempt whose worker could not start. The job state may have moved on during the
+        request (a dead node's timeout): the attempt this launch was for is judged. Devices still busy or not yet
+        healthy may not be tomorrow: requeued (a start refused while the previous holder's workers were stopping
+        failed the job for good)."""
+        if transient and job.interrupted_in_a_row >= MAX_INTERRUPTIONS_WITHOUT_PROGRESS:
+            # as for exits 75: a device that never frees (a worker stuck in the kernel) requeued the job for ever
+            await self._finish(job, "failed", f"{why}, after {job.interrupted_in_a_row} requeues in a row without a "
+                                              "start", attempt=attempt)
+        elif transient:
+            await self._finish(job, "requeued", f"{why}; back in the queue", EXIT_INTERRUPTED, attempt=attempt)
+        else:
+            await self._finish(job, "failed", why, attempt=attempt)
 
     async def _traced_stop(self, job: JobState, key: tuple[str, int]) -> None:
         with tracing.job_span(f"stop workers ({job.status})", job.job_id, job.placement_trace,
