@@ -101,7 +101,10 @@ def test_comments_blank_lines_and_defaults(tmp_path: Path) -> None:
     ('{"node": {"name": "n1", "devices": {"h100": 1}, "memory_gib": "64"}}', "field 'node.memory_gib': expected a"),
     ('{"node": {"name": "n1", "devices": {"h100": 1}, "memory_gib": 0}}', "field 'node.memory_gib': expected a"),
     ('{"arrival_s": 0, "devices": 1, "work": 3, "cpu_per_worker": 0}', "field 'cpu_per_worker': expected a number "
-                                                                         "from 0.001 to 4,096"),
+                                                                         "at least 0.001 and at most 4,096 cores"),
+    ('{"arrival_s": 0, "devices": 1, "work": 3, "memory_gib_per_worker": 2000000}', "field 'memory_gib_per_worker': "
+     "expected a number at least 1/1024 GiB (1 MiB) and at most 1,048,576 GiB (the job spec's), got 2000000"),
+    ('{"node": {"name": "n1", "devices": {"h100": 1}, "memory_gib": 1e-320}}', "field 'node.memory_gib': expected a"),
     ('{"arrival_s": 0, "devices": 1, "work": 3, "memory_gib_per_worker": true}', "field 'memory_gib_per_worker': "
                                                                                   "expected a number, got True"),
 ])

@@ -112,6 +112,9 @@ scheduler's count of workers a node could hold became infinite."""
 MIN_MEMORY_GIB_PER_WORKER = 1 / 1024
 MAX_SPEC_BYTES = 256 << 10
 MAX_MEMORY_GIB_PER_WORKER = 1 << 20
+CPU_PER_WORKER_RANGE = f"at least {MIN_CPU_PER_WORKER:g} and at most {MAX_CPU_PER_WORKER:,.0f} cores"
+MEMORY_GIB_PER_WORKER_RANGE = f"at least 1/1024 GiB (1 MiB) and at most {MAX_MEMORY_GIB_PER_WORKER:,} GiB"
+"""The ranges, as errors say them (``:g`` showed 1/1024 as 0.000976562, below the least, and 2**20 as 1.04858e+06)."""
 
 
 def _check_values(value: Any, path: str) -> None:
@@ -202,11 +205,9 @@ def validate_spec(raw: Any) -> JobSpec:
     if spec.max_devices_per_node is not None and spec.max_devices_per_node < 1:
         raise SpecError("max_devices_per_node", "must be at least 1")
     if not MIN_CPU_PER_WORKER <= spec.cpu_per_worker <= MAX_CPU_PER_WORKER:
-        raise SpecError("cpu_per_worker", f"must be positive, at least {MIN_CPU_PER_WORKER:g} and at most "
-                                          f"{MAX_CPU_PER_WORKER:g} cores")
+        raise SpecError("cpu_per_worker", f"must be positive, {CPU_PER_WORKER_RANGE}")
     if not MIN_MEMORY_GIB_PER_WORKER <= spec.memory_gib_per_worker <= MAX_MEMORY_GIB_PER_WORKER:
-        raise SpecError("memory_gib_per_worker", f"must be positive, at least {MIN_MEMORY_GIB_PER_WORKER:g} "
-                                                 f"(1 MiB) and at most {MAX_MEMORY_GIB_PER_WORKER:,} GiB")
+        raise SpecError("memory_gib_per_worker", f"must be positive, {MEMORY_GIB_PER_WORKER_RANGE}")
     for key in spec.env:
         if not _ENV_NAME.fullmatch(key):
             raise SpecError(f"env.{key[:64]}", "not an environment variable name (1 to 256 characters, no '=')")

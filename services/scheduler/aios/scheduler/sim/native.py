@@ -44,7 +44,7 @@ registered, so that a replay places jobs on the same nodes, ties broken alike)::
     {"node": {"name": "sim-1", "devices": {"h100": 4}, "cpu_cores": 96, "memory_gib": 1024}}
 
 * ``name`` (required, unique), ``devices`` (required, GPU kind -> whole number from 1 to 4,096), ``cpu_cores``
-  (whole number from 1 to 1,048,576, default 64) and ``memory_gib`` (number > 0 up to 2**30, default 512): what
+  (whole number from 1 to 1,048,576, default 64) and ``memory_gib`` (1/1024 to 2**30, default 512): what
   the node's agent registered, shared by the workers placed there. Without
   ``--cluster``, a workload with node lines runs on those nodes; with it (or without node lines), on servers of
   ``--gpus-per-server`` GPUs.
@@ -77,17 +77,19 @@ from aios.scheduler.sim.traces import (
     MAX_ARRIVAL_S, MAX_GPUS, SIM_CPU_CORES, SIM_MEMORY_GIB, SimNode, TraceJob, read_text,
 )
 from aios.scheduler.spec import (
-    MAX_CPU_PER_WORKER, MAX_MEMORY_GIB_PER_WORKER, MAX_QUOTA, MIN_CPU_PER_WORKER, MIN_MEMORY_GIB_PER_WORKER,
-    QUOTA_FIELDS, SpecError, check_tenant, is_device_kind, is_name, validate_quota,
+    CPU_PER_WORKER_RANGE, MAX_CPU_PER_WORKER, MAX_MEMORY_GIB_PER_WORKER, MAX_QUOTA, MEMORY_GIB_PER_WORKER_RANGE,
+    MIN_CPU_PER_WORKER, MIN_MEMORY_GIB_PER_WORKER, QUOTA_FIELDS, SpecError, check_tenant, is_device_kind, is_name, validate_quota,
 )
 
 FIELDS = ("name", "arrival_s", "tenant", "devices", "job_type", "priority", "work", "rates", "any_kind", "hints",
           "preemptible", "runtime_estimate_s", "max_devices_per_node", "serve", "cpu_per_worker",
           "memory_gib_per_worker")
-PER_WORKER = {"cpu_per_worker": (MIN_CPU_PER_WORKER, MAX_CPU_PER_WORKER, 1.0),
-              "memory_gib_per_worker": (MIN_MEMORY_GIB_PER_WORKER, MAX_MEMORY_GIB_PER_WORKER, 4.0)}
-"""The job spec's per-worker requests: least, most, default."""
+PER_WORKER = {"cpu_per_worker": (MIN_CPU_PER_WORKER, MAX_CPU_PER_WORKER, 1.0, CPU_PER_WORKER_RANGE),
+              "memory_gib_per_worker": (MIN_MEMORY_GIB_PER_WORKER, MAX_MEMORY_GIB_PER_WORKER, 4.0,
+                                        MEMORY_GIB_PER_WORKER_RANGE)}
+"""The job spec's per-worker requests: least, most, default, and the range as its errors say it."""
 MAX_NODE_CPU_CORES = 1 << 20
+MIN_NODE_MEMORY_GIB = 1 / 1024
 MAX_NODE_MEMORY_GIB = float(1 << 30)
 HEADER = "# AIOS native workload: one JSON job per line (see aios.scheduler.sim.native)"
 RUN_READS_MAX = 50
@@ -192,11 +194,10 @@ def _job_from_obj(obj: dict[str, Any]) -> TraceJob:
         raise _Bad("priority", "expected a whole number from -1000 to 1000 (the job spec's), got "
                                f"{_shown(obj['priority'])}")
     per_worker = {}
-    for field, (least, most, default) in PER_WORKER.items():
+    for field, (least, most, default, text) in PER_WORKER.items():
         per_worker[field] = value = _number(obj, field, default)
         if not least <= value <= most:
-            raise _Bad(field, f"expected a number from {least:g} to {most:,g} (the job spec's), got "
-                              f"{_shown(obj[field])}")
+            raise _Bad(field, f"expected a number {text} (the job spec's), got {_shown(obj[field])}")
     tenant = _text(obj, "tenant", "trace")
     try:  # checked here, where the line is known (the simulation named only the job)
         check_tenant(tenant)
@@ -251,9 +252,9 @@ def _node_from_obj(obj: Any) -> tuple[str, SimNode]:
         raise _Bad("node.cpu_cores", f"expected a whole number from 1 to {MAX_NODE_CPU_CORES:,}, got {_shown(cores)}")
     memory = obj.get("memory_gib", SIM_MEMORY_GIB)
     if isinstance(memory, bool) or not isinstance(memory, (int, float)) or not _finite(memory) \
-            or not 0 < memory <= MAX_NODE_MEMORY_GIB:
-        raise _Bad("node.memory_gib", f"expected a number above 0 up to {MAX_NODE_MEMORY_GIB:,.0f}, got "
-                                      f"{_shown(memory)}")
+            or not MIN_NODE_MEMORY_GIB <= memory <= MAX_NODE_MEMORY_GIB:
+        raise _Bad("node.memory_gib", f"expected a number of GiB from 1/1024 (1 MiB) to {MAX_NODE_MEMORY_GIB:,.0f}, "
+                                      f"got {_shown(memory)}")
     return name, SimNode(dict(devices), cores, float(memory))
 
 
@@ -338,7 +339,7 @@ def _job_to_obj(job: TraceJob) -> dict[str, Any]:
         obj["preemptible"] = False
     if job.serve:
         obj["serve"] = True
-    for field, (_, _, default) in PER_WORKER.items():
+    for field, (_, _, default, _) in PER_WORKER.items():
         if getattr(job, field) != default:
             obj[field] = getattr(job, field)
     return obj
@@ -601,7 +602,7 @@ def _sim_node(devices: dict[str, int], cpu_cores: int, memory_gib: float) -> Sim
     """The node as registered; CPU cores or memory a replayed node cannot have (an agent that found none, or an old
     log's zeros) stay the simulator's defaults."""
     return SimNode(devices, cpu_cores if 1 <= cpu_cores <= MAX_NODE_CPU_CORES else SIM_CPU_CORES,
-                   memory_gib if 0 < memory_gib <= MAX_NODE_MEMORY_GIB else SIM_MEMORY_GIB)
+                   memory_gib if MIN_NODE_MEMORY_GIB <= memory_gib <= MAX_NODE_MEMORY_GIB else SIM_MEMORY_GIB)
 
 
 def _replayable_quota(quota: TenantQuotaSet) -> TenantQuotaSet | None:
@@ -686,7 +687,7 @@ def _trace_job(job: _Job, spec: dict[str, Any], devices: int, work: float, rates
 def _per_worker(spec: dict[str, Any]) -> dict[str, float]:
     """The spec's CPU and memory per worker, where the rules of today take them (else their defaults)."""
     out = {}
-    for field, (least, most, default) in PER_WORKER.items():
+    for field, (least, most, default, _) in PER_WORKER.items():
         value = _spec_number(spec, field)
         out[field] = value if value is not None and least <= value <= most else default
     return out
