@@ -191,6 +191,9 @@ def test_train_register_compress_serve_and_roll_an_alias(aios_env: dict[str, str
         spec.write_text("name: serve-ghost\ntenant: ml\ndevices: 1\nserve:\n  model: models:/nope/1\n")
         out = aios("submit", str(spec))
         assert out.returncode == 3 and "serve.model: model 'nope' is not registered" in out.stderr, out.stderr
+        spec.write_text("name: serve-ghost\ntenant: ml\ndevices: 1\nserve:\n  model: models:/digits/latest\n")
+        out = aios("submit", str(spec))  # a URI the registry cannot read is a bad request (2), not "not found" (3)
+        assert out.returncode == 2 and "serve.model: " in out.stderr, out.stderr
         spec.write_text("name: serve-v3\ntenant: ml\ndevices: 1\nserve:\n  model: models:/digits-manual\n")
         ok("models", "delete", "digits-manual", "1", "--reason", "test")
         out = aios("submit", str(spec))

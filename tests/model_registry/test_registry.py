@@ -490,3 +490,20 @@ async def test_registering_a_trained_jobs_model_holds_up_no_command(store: Event
     assert service.registered == 1
     versions = (await handle(reg, "show", {"model": "sweep"}))["versions"]
     assert [v["lineage"]["job_id"] for v in versions] == [job_id]
+
+
+def test_what_a_registry_answer_says_of_serving_the_model() -> None:
+    """Refused at submit: what is not there, what is no model URI, what is deleted; a fault of the registry's own
+    is no verdict (the job waits for it, as it would for devices)."""
+    from aios.model_registry.state import serve_refusal
+
+    assert serve_refusal({"error": "model 'ghost' is not registered", "not_found": True}) == \
+        "model 'ghost' is not registered"
+    assert serve_refusal({"error": "version: 'abc' is no version number", "bad_input": True}) == \
+        "version: 'abc' is no version number"
+    assert serve_refusal({"error": "internal error: disk full", "internal": True}) is None
+    assert serve_refusal({"name": "m", "versions": [{"version": 1, "deleted": True}]}) == "model 'm' has no live version"
+    assert serve_refusal({"name": "m", "versions": [{"version": 1, "deleted": True}, {"version": 2, "deleted": False}]}) \
+        is None
+    assert serve_refusal({"name": "m", "version": 2, "deleted": True}) == "version 2 of model 'm' was deleted"
+    assert serve_refusal({"name": "m", "version": 2, "deleted": False}) is None

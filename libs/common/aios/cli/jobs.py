@@ -102,8 +102,8 @@ async def _check_served_model(path: str, uri: str) -> None:
 
     try:
         shown = await ask("aios.registry.show", {"model": uri}, timeout=5.0)
-    except (NotFound, ConfigError) as exc:
-        raise NotFound(f"{path}: serve.model: {exc}") from None
+    except (NotFound, ConfigError) as exc:  # not there (exit 3), or no model URI the registry takes (exit 2)
+        raise type(exc)(f"{path}: serve.model: {exc}") from None
     except AiosError as exc:
         print(f"note: serve.model not checked ({exc})", file=sys.stderr)
         return

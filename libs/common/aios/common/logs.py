@@ -64,13 +64,14 @@ class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
 class _MalformedRequests(logging.Filter):
     """aiohttp logs a request its parser refuses (a URL or header over 8 KB, a broken request line) as an error with
     the parser's traceback, though the fault is the client's and aiohttp has answered it with a 400: anyone could
-    fill the logs with tracebacks. Such a record becomes one warning line that names the client and the reason."""
+    fill the logs with tracebacks. Such a record becomes one warning line with the reason (and the client, where
+    aiohttp's message names it)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         from aiohttp.http_exceptions import BadHttpMessage
 
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, BadHttpMessage):
+        if isinstance(exc, BadHttpMessage) and record.levelno >= logging.ERROR:  # (a debug record stays one)
             reason = " ".join(str(exc.message).split())
             record.msg, record.args = "malformed HTTP request refused (400): %s (%s)", (
                 reason[:200] + ("..." if len(reason) > 200 else ""), record.getMessage())

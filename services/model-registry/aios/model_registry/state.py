@@ -165,11 +165,12 @@ def resolve(state: ModelState | None, uri: str) -> VersionState:
 
 def serve_refusal(shown: dict[str, Any]) -> str | None:
     """Why a serving job could never load the model that the registry's ``show`` answered with, or None if it can
-    load it: no such model, version or alias (the answer's error), a deleted version, a bare name whose versions are
-    all deleted (``resolve`` finds no latest). Checked when the job is submitted: its replicas would fail to load it,
-    and be restarted, until the crash-loop cap failed the job."""
+    load it: no such model, version or alias, or a name that is no model URI (the answer's error), a deleted version,
+    a bare name whose versions are all deleted (``resolve`` finds no latest). Checked when the job is submitted: its
+    replicas would fail to load it, and be restarted, until the crash-loop cap failed the job. A fault of the
+    registry's own is no verdict on the model (None)."""
     if "error" in shown:
-        return str(shown["error"])
+        return str(shown["error"]) if shown.get("not_found") or shown.get("bad_input") else None
     if "versions" in shown and not any(not v.get("deleted") for v in shown["versions"]):
         return f"model {shown.get('name')!r} has no live version"
     if shown.get("deleted"):
