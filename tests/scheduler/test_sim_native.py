@@ -465,3 +465,10 @@ def test_a_replay_keeps_the_cpu_and_memory_of_live_nodes_and_jobs(tmp_path: Path
     roomy = {"small": SimNode({"a100": 2}, cpu_cores=16, memory_gib=48.0)}
     side_by_side = simulate(w.jobs, {}, w.cluster, make_policy("fifo"), nodes=roomy, on_events=True)
     assert max(r["start_s"] for r in side_by_side["records"]) < min(r["finish_s"] for r in side_by_side["records"])
+    # "two more of our A100s": the servers --add adds have the CPU and memory per GPU of the node of that kind
+    from aios.cli import simulate as cli
+
+    what_if = tmp_path / "what-if.jsonl"
+    assert cli.run(str(path), None, "fifo", None, None, 360, 2, True, None, add="a100=2", export=str(what_if)) == 0
+    assert read_native_workload(what_if)[2] == {"small": SimNode({"a100": 2}, cpu_cores=8, memory_gib=48.0),
+                                                "added-a100-000": SimNode({"a100": 2}, cpu_cores=8, memory_gib=48.0)}

@@ -122,6 +122,17 @@ def _servers(kind: str, count: int, per_server: int, taken: dict[str, SimNode]) 
     return out
 
 
+def _added_server(kind: str, gpus: int, layout: dict[str, SimNode]) -> SimNode:
+    """A server ``--add`` adds: ``gpus`` GPUs of ``kind`` with the CPU cores and memory per GPU of the cluster's
+    first node (by name) that has that kind, as "8 more H100s" means more of the servers one has (jobs ask for CPU
+    and memory per worker); with no such node, the simulator's default server."""
+    like = next((node for _, node in sorted(layout.items()) if kind in node.devices), None)
+    if like is None:
+        return SimNode({kind: gpus})
+    share = gpus / sum(like.devices.values())
+    return SimNode({kind: gpus}, max(1, round(like.cpu_cores * share)), max(1 / 1024, like.memory_gib * share))
+
+
 def add_gpus(cluster: dict[str, int], added: dict[str, int]) -> dict[str, int]:
     """``--add h100=8`` (parsed): the cluster with more GPUs (what-if)."""
     return {**cluster, **{kind: cluster.get(kind, 0) + n for kind, n in added.items()}}
@@ -185,7 +196,7 @@ def run(trace: str | None, cluster: str | None, policy: str | None, compare: str
     nodes: dict[str, SimNode] | None = None
     if layout and given_cluster is None:  # the cluster's own nodes (placements tie-break by node, as live), and
         # what --add adds as servers of --gpus-per-server
-        nodes = {**layout, **{name: SimNode({kind: len(devices)}) for kind, n in added.items()
+        nodes = {**layout, **{name: _added_server(kind, len(devices), layout) for kind, n in added.items()
                               for name, devices in _servers(kind, n, gpus_per_server, layout)}}
     cluster_text = ",".join(f"{k}={v}" for k, v in sorted(gpus.items()))
     decide_on_events = from_log if on_events is None else on_events
