@@ -598,8 +598,13 @@ class _Preemption:
                                                                       and spec.devices > 0) else []
         # (quotas hold devices: a CPU-only job, charged nothing, takes no one's place as a quota job)
         self._scavengers = {j.job_id for j in scavengers}
-        victims = [*scavengers, *(v for v in self.policy.victims(self.state, self.now, job)
-                                  if v.job_id not in self._scavengers)]
+        offered = [v for v in self.policy.victims(self.state, self.now, job) if v.job_id not in self._scavengers]
+        victims = [*scavengers, *(v for v in offered if self._may_take(job, v))]
+        sheltered = [v.job_id for v in offered if not self._may_take(job, v) and self._frees(job, v)]
+        if sheltered:
+            self.plan.reasons[job.job_id] = self.plan.reasons.get(job.job_id, "") + (
+                f"; {', '.join(sheltered[:3])}{' ...' if len(sheltered) > 3 else ''} of other tenants run within "
+                "their quotas, which no job preempts (only devices they borrow)")
         candidates = [v for v in victims if v.status != PREEMPTING and v.job_id not in taken
                       and (self._frees(job, v) or self._frees_cpu_for(job, v))]
         if spec.devices == 0:  # no device count bounds its trials: each victim would cost one (quadratic)
@@ -654,13 +659,21 @@ class _Preemption:
                 self.plan.reasons[job.job_id] += f"; preempting {', '.join(v.job_id for v in chosen)} to make room"
                 return
 
+    def _may_take(self, job: JobState, other: JobState) -> bool:
+        """Kueue's rule across tenants, where quotas are set: a job takes another tenant's devices only where that
+        tenant runs on borrowed ones or has no quota, never its jobs inside its own quota. Its quota admits such a
+        job again ahead of one that borrows or has none, on the same devices: a tenant without quota at priority
+        100 preempted two quota tenants' jobs 1,900 times each in a minute, and never ran."""
+        tenants = self.state.inv.tenants
+        return other.tenant == job.tenant or other.tenant not in tenants or bool(other.borrowed)
+
     def _say_who_stays(self, job: JobState) -> None:
         """Under a policy that preempts, a job it would have let this one preempt but for ``preemptible: false``
         is named in the reason (``aios why`` read only "short by 2", of a cluster held by such a job)."""
         if type(self.policy).victims is Policy.victims or job.spec is None:
             return
         others = [j for j in self.state.active() if j.status in (PLACED, RUNNING) and j.spec is not None
-                  and not j.spec.preemptible and self._frees(job, j)]
+                  and not j.spec.preemptible and self._frees(job, j) and self._may_take(job, j)]
         stays = [j for j in others[:20]  # (a policy's victims are asked once each: a bound on the cost)
                  if self._would_take(job, msgspec.structs.replace(j, spec=msgspec.structs.replace(
                      j.spec, preemptible=True)))]
