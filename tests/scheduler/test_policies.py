@@ -916,10 +916,11 @@ def test_a_removed_quota_holds_nothing_back_and_guarantees_nothing() -> None:
     assert [j for j, _ in preempted] == ["big"] and "tenant nlp has no quota" in preempted[0][1], preempted
 
 
-def test_why_says_a_job_larger_than_its_quota_could_ever_be_will_not_start() -> None:
-    """A gang is charged to one kind. Nlp's 8-device job, with 4 H100s of quota and 4 A100s its cohort could lend,
-    can never be admitted; `why` read "h100 would be 8 against nominal 4; cohort lab lends 0", as if a wait would
-    do."""
+def test_a_gang_larger_than_any_kind_runs_across_the_kinds_its_quota_and_cohort_cover() -> None:
+    """A gang was charged to one kind: nlp's 8-device job, with 4 H100s of quota and 4 A100s its cohort could lend,
+    could never be admitted (and before that, `why` read as if a wait would do). Charged every device of each kind it
+    may be placed on, it waits while its tenant's other job holds the H100s, says so, and then runs across both,
+    borrowing vision's idle A100s."""
     c = Cluster(("n1", "h100", 4), ("n2", "a100", 4))
     c.quota("nlp", "lab", h100=4)
     c.quota("vision", "lab", a100=4)
@@ -928,9 +929,12 @@ def test_why_says_a_job_larger_than_its_quota_could_ever_be_will_not_start() -> 
     fair = make_policy("fairshare")
     step(c.state, fair, 2.0)
     why = explain(c.state, fair, "wide", 3.0)
-    assert "tenant nlp can never hold 8 devices of one kind" in why and "at most 4 a100, 4 h100" in why, why
+    assert "capacity: a gang of 8 larger than any one kind, and 4 free over the kinds it accepts" in why, why
     assert c.status("fits") == PLACED
-
+    c.finish("fits", 4.0)
+    for t in (5.0, 6.0):
+        step(c.state, fair, t)
+    assert c.where("wide") == {"n1": 4, "n2": 4} and c.state.jobs["wide"].borrowed == {"a100": 4}
 
 
 def test_why_of_an_ended_job_names_no_devices() -> None:

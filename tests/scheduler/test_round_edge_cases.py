@@ -136,3 +136,52 @@ def test_a_job_never_preempts_another_tenants_job_inside_its_quota(policy: str) 
     c.submit("a2", 2, tenant="alpha", now=70.0, priority=100)  # alpha's own 2: one of them is lent to beta
     assert _run_rounds(c, policy, 70.0, 10) >= 1
     assert c.status("a2") == "placed"
+
+
+@pytest.mark.parametrize("policy", ["fairshare", "priority"])
+def test_a_gang_larger_than_any_kind_is_charged_every_kind_it_runs_on(policy: str) -> None:
+    """Found by a walkthrough: a 6-device gang of a tenant with quota a100=8 (no h100) was charged to the A100s and
+    ran on 4 A100s and 2 H100s: another tenant's job inside its h100 quota waited for ever. In a cohort, the gang
+    was reclaimed, admitted again ahead of that job on the same devices, and preempted again, 290 times in 6 s."""
+    c = Cluster(("n1", "a100", 4), ("n2", "h100", 4))
+    c.quota("gamma", "", a100=8)
+    c.quota("delta", "", h100=4)
+    c.submit("g6", 6, tenant="gamma")
+    assert _run_rounds(c, policy, 1.0, 3) == 0 and c.status("g6") == "pending"
+    plan = plan_round(c.state, make_policy(policy), 4.0)
+    assert plan.reasons["g6"].startswith("quota: ") and "h100" in plan.reasons["g6"], plan.reasons
+    c.submit("d4", 4, tenant="delta", now=5.0)
+    _run_rounds(c, policy, 5.0, 3)
+    assert c.status("d4") == "placed"
+
+    c = Cluster(("n1", "a100", 4), ("n2", "h100", 4))
+    c.quota("gamma", "c2", a100=4)  # (a nominal above the cluster's 4 would let delta borrow A100s instead)
+    c.quota("delta", "c2", h100=4)
+    c.submit("g6", 6, tenant="gamma")
+    _run_rounds(c, policy, 1.0, 3)
+    assert c.where("g6") == {"n1": 4, "n2": 2}  # it borrows delta's idle H100s
+    c.submit("d4", 4, tenant="delta", now=5.0)
+    assert _run_rounds(c, policy, 5.0, 30) == 1  # reclaimed once, not again and again
+    assert (c.status("d4"), c.status("g6")) == ("placed", "pending")
+
+
+def test_a_job_within_its_quota_takes_back_devices_a_cohort_borrower_holds() -> None:
+    """Kueue's reclaim within a cohort when nominal quotas add up to more than the cluster: tenant a's job fits its
+    quota but not the devices, two of which tenant d (no nominal) borrowed; under `priority` at equal priority it
+    waited for d's job to end. The borrower gives way, the in-quota job of b stays."""
+    c = Cluster(("n1", "h100", 4))
+    c.quota("a", "c", h100=4)
+    c.quota("b", "c", h100=4)
+    c.quota("d", "c")
+    c.submit("d2", 2, tenant="d")
+    c.submit("b2", 2, tenant="b", now=1.5)
+    _run_rounds(c, "priority", 2.0, 2)
+    assert (c.status("d2"), c.status("b2")) == ("placed", "placed") and c.state.jobs["d2"].borrowed == {"h100": 2}
+    c.submit("a2", 2, tenant="a", now=5.0)
+    preempted = [(p.job_id, p.reason) for t in range(6, 10) for p in step(c.state, make_policy("priority"),
+                                                                          float(t)).preemptions]
+    assert preempted == [("d2", "quota reclaimed by tenant a (lent to tenant d) for a2")], preempted
+    for t in (10.0, 11.0):
+        c.workers_exited("d2", t)
+        step(c.state, make_policy("priority"), t)
+    assert (c.status("a2"), c.status("b2")) == ("placed", "placed")

@@ -271,7 +271,21 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
                 # a start that never comes, and reclaimed borrowers' devices for it (a node of the quota lost)
                 plan.reasons[job.job_id] = f"capacity: {never}"
                 return
-            charge, decision = _choose_kind(tenants, usage, job, sorted(whole or accepted), free, preferred)
+            if whole:
+                charge, decision = _choose_kind(tenants, usage, job, sorted(whole), free, preferred)
+            else:  # larger than any one kind: placed across the kinds with free devices, and charged all it may take
+                # there (charged to one kind, a tenant with no h100 quota ran on two h100s, kept a tenant whose
+                # quota they were from waiting, and was reclaimed and admitted again ahead of it, for ever)
+                charge = {k: min(spec.devices, free(k)) for k in sorted(accepted) if free(k) > 0}
+                if sum(charge.values()) < spec.devices:
+                    plan.reasons[job.job_id] = (f"capacity: a gang of {spec.devices} larger than any one kind, and "
+                                                f"{sum(charge.values())} free over the kinds it accepts")
+                    return
+                decision = quotas.admit(tenants, usage, job.tenant, charge)
+                if not decision.admitted:
+                    plan.reasons[job.job_id] = (f"quota: {decision.reason} (a gang larger than any one kind is "
+                                                "charged every device of each kind it may be placed on)")
+                    return
             if decision.admitted and decision.borrowed and first_pass:
                 borrowing.append(job)
                 return
@@ -295,7 +309,7 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
                     _preempt_within_quota(state, plan, policy, tenants, usage, job,
                                           [*charge, *(k for k in kinds_of_job if k not in charge)], now)
                 return
-            if whole and len(accepted) > 1:
+            if len(accepted) > 1 and (whole or len(charge) < len(accepted)):
                 kinds.pinned[job.job_id] = frozenset(charge)
             borrowed = decision.borrowed
         else:
@@ -592,7 +606,12 @@ class _Preemption:
         req = request_for(job, kinds.choices(job)[-1] if kinds is not None else frozenset(spec.device_types) or None)
         taken = {p.job_id for p in self.plan.preemptions}  # this round's other preemptions (drain, reclaim)
         tenants = self.state.inv.tenants
-        scavengers = sorted((j for j in self.state.active() if j.tenant not in tenants and j.status in (PLACED, RUNNING)
+        cohort = tenants[job.tenant].cohort if job.tenant in tenants else ""
+
+        def on_loan(j: JobState) -> bool:  # no quota, or its cohort's devices borrowed (Kueue reclaims those)
+            return j.tenant not in tenants or bool(cohort and j.borrowed and j.tenant != job.tenant
+                                                    and tenants[j.tenant].cohort == cohort)
+        scavengers = sorted((j for j in self.state.active() if j.status in (PLACED, RUNNING) and on_loan(j)
                              and j.spec and j.spec.preemptible and j.devices > 0),
                             key=lambda j: -(j.placed_at or 0.0)) if (job.tenant in tenants and borrowed == {}
                                                                       and spec.devices > 0) else []
@@ -653,8 +672,10 @@ class _Preemption:
                 self._serve(view, req, room)
                 self.victims += chosen
                 for v in chosen:
-                    why = (f"tenant {v.tenant} has no quota: preempted for {job.job_id}, within tenant {job.tenant}'s quota"
-                           if v.job_id in self._scavengers else f"preempted by {self.policy.name} for {job.job_id}")
+                    why = (f"preempted by {self.policy.name} for {job.job_id}" if v.job_id not in self._scavengers
+                           else f"tenant {v.tenant} has no quota: preempted for {job.job_id}, within tenant "
+                                f"{job.tenant}'s quota" if v.tenant not in tenants
+                           else f"quota reclaimed by tenant {job.tenant} (lent to tenant {v.tenant}) for {job.job_id}")
                     self.plan.preemptions.append(Preemption(v.job_id, job.job_id, why))
                 self.plan.reasons[job.job_id] += f"; preempting {', '.join(v.job_id for v in chosen)} to make room"
                 return
