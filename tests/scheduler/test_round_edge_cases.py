@@ -185,3 +185,22 @@ def test_a_job_within_its_quota_takes_back_devices_a_cohort_borrower_holds() -> 
         c.workers_exited("d2", t)
         step(c.state, make_policy("priority"), t)
     assert (c.status("a2"), c.status("b2")) == ("placed", "placed")
+
+
+def test_a_job_that_cannot_be_preempted_does_not_borrow() -> None:
+    """Found by a walkthrough: alpha's 3-device job with preemptible: false borrowed one of beta's A100s; beta's job
+    then waited for it to end while `why` said the device "must be reclaimed from borrowers", which never happens
+    to a job that cannot be preempted. As in Kueue, lent devices can always be taken back: such a job does not
+    borrow, and says why."""
+    c = Cluster(("n1", "a100", 4))
+    c.quota("alpha", "c1", a100=2)
+    c.quota("beta", "c1", a100=2)
+    c.submit("stubborn", 3, tenant="alpha", preemptible=False)
+    c.submit("mine", 2, tenant="alpha", preemptible=False, now=1.5)
+    plan = step(c.state, make_policy("fairshare"), 2.0)
+    assert [p.job_id for p in plan.placements] == ["mine"]
+    assert plan.reasons["stubborn"].startswith("quota: it would borrow 1 a100 from its cohort, and a job with "
+                                               "preemptible: false runs only within"), plan.reasons
+    c.submit("b2", 2, tenant="beta", now=3.0)
+    step(c.state, make_policy("fairshare"), 4.0)
+    assert c.status("b2") == "placed"

@@ -286,6 +286,14 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
                     plan.reasons[job.job_id] = (f"quota: {decision.reason} (a gang larger than any one kind is "
                                                 "charged every device of each kind it may be placed on)")
                     return
+            if decision.admitted and decision.borrowed and not spec.preemptible:
+                # a lender takes its devices back by preempting the borrower: one that cannot be preempted kept them
+                # while `why` told the lender's jobs they would be reclaimed (Kueue lends only what it can take back)
+                lent = ", ".join(f"{n} {k}" for k, n in sorted(decision.borrowed.items()))
+                plan.reasons[job.job_id] = (f"quota: it would borrow {lent} from its cohort, and a job with "
+                                            "preemptible: false runs only within its tenant's nominal quota (lent "
+                                            "devices must be able to go back)")
+                return
             if decision.admitted and decision.borrowed and first_pass:
                 borrowing.append(job)
                 return
