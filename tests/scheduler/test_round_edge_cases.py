@@ -204,3 +204,20 @@ def test_a_job_that_cannot_be_preempted_does_not_borrow() -> None:
     c.submit("b2", 2, tenant="beta", now=3.0)
     step(c.state, make_policy("fairshare"), 4.0)
     assert c.status("b2") == "placed"
+
+
+def test_under_strict_priority_a_blocked_job_holds_back_only_jobs_that_could_take_its_devices() -> None:
+    """Found by a walkthrough: a 2-H100 job at priority 100, blocked behind a job that cannot be preempted, kept
+    every lower job waiting, on every kind: four A100s stood idle for ever. Jobs of kinds it cannot use start (they
+    cannot take what it waits for, as Slurm's backfill would see); a job that could take an H100 still waits."""
+    c = Cluster(("n1", "a100", 4), ("n2", "h100", 4))
+    c.submit("hog", 3, device_types=["h100"], preemptible=False)
+    step(c.state, make_policy("priority"), 1.0)
+    c.submit("head", 2, device_types=["h100"], priority=100, now=2.0)
+    c.submit("on-a100", 1, device_types=["a100"], now=2.1)
+    c.submit("on-h100", 1, device_types=["h100"], now=2.2)
+    c.submit("anywhere", 1, now=2.3)
+    plan = step(c.state, make_policy("priority"), 3.0)
+    assert [p.job_id for p in plan.placements] == ["on-a100"], plan.placements
+    assert plan.reasons["on-h100"] == plan.reasons["anywhere"] == \
+        "order: behind head (priority), which waits for capacity"

@@ -501,13 +501,22 @@ def _capacity_reason(view: ClusterView, job: JobState, facts: _Facts | None = No
     return f"capacity: needs {spec.devices} {kinds} devices; best node {node} has {best} free{short_of_cpu}"
 
 
+def _other_kinds(job: JobState, head_kinds: frozenset[str]) -> bool:
+    """Whether ``job`` may run only on device kinds the blocked head of the queue cannot use (by their specs, not
+    a policy's draw of the round): starting it cannot take devices the head waits for (four A100s stood idle
+    behind a job waiting for H100s, for every tenant)."""
+    mine = frozenset(job.spec.device_types) if job.spec else frozenset()
+    return job.devices > 0 and bool(head_kinds) and bool(mine) and not mine & head_kinds  # (empty: any kind)
+
+
 def _place_in_order(state: SchedulerState, policy: Policy, now: float, estimate: Callable[[JobState], float],
                     view: ClusterView, admitted: list[tuple[JobState, dict[str, int]]], plan: RoundPlan,
                     kinds: _KindChoice, facts: "_Facts") -> None:
     head: JobState | None = None
+    head_kinds: frozenset[str] = frozenset()
     shadow, extra = float("inf"), 0
     for job, borrowed in admitted:
-        if head is not None and not policy.backfill:
+        if head is not None and not policy.backfill and not _other_kinds(job, head_kinds):
             plan.reasons[job.job_id] = f"order: behind {head.job_id} ({policy.name}), which waits for capacity"
             continue
         if head is not None:  # EASY backfill: start only if it cannot delay the head's reservation
@@ -527,7 +536,7 @@ def _place_in_order(state: SchedulerState, policy: Policy, now: float, estimate:
             continue  # it cannot start on the nodes there now, whoever leaves: holding the queue for it left the
             # cluster idle (an 8-device head on a drained half of the cluster kept every other job waiting)
         if head is None:
-            head = job
+            head, head_kinds = job, frozenset(job.spec.device_types)
             _Preemption(state, policy, now, plan).make_room(view, job, borrowed, kinds)
             if policy.backfill:
                 req = request_for(job, kinds.first(job))
