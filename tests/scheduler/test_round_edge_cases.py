@@ -221,3 +221,18 @@ def test_under_strict_priority_a_blocked_job_holds_back_only_jobs_that_could_tak
     assert [p.job_id for p in plan.placements] == ["on-a100"], plan.placements
     assert plan.reasons["on-h100"] == plan.reasons["anywhere"] == \
         "order: behind head (priority), which waits for capacity"
+
+
+def test_a_job_that_starts_on_fewer_devices_than_asked_says_how_many_it_holds() -> None:
+    """Found by a walkthrough: a 6-device job with gang: false started on the 4 there were (world size 4), and
+    `aios jobs` and `aios job` said "6 device(s)"."""
+    from aios.cli.jobs import _devices
+    from aios.scheduler.state import job_summary
+
+    c = Cluster(("n1", "h100", 4))
+    c.submit("elastic", 6, gang=False)
+    step(c.state, make_policy("fifo"), 1.0)
+    summary = job_summary(c.state.jobs["elastic"])
+    assert (summary["devices"], summary["held"], _devices(summary)) == (6, 4, "4 of 6")
+    c.submit("whole", 2, now=2.0)
+    assert _devices(job_summary(c.state.jobs["whole"])) == "2"  # pending: what it asks for

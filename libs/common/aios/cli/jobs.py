@@ -112,6 +112,12 @@ async def _check_served_model(path: str, uri: str) -> None:
         raise NotFound(f"{path}: serve.model: {why}")
 
 
+def _devices(summary: dict[str, Any]) -> str:
+    """Devices asked for, or "4 of 6" when a job that need not start whole (gang: false) holds fewer."""
+    held = summary.get("held") or 0
+    return f"{held} of {summary['devices']}" if 0 < held < summary["devices"] else str(summary["devices"])
+
+
 ENDED = {JobSucceeded: "succeeded", JobFailed: "failed", JobCancelled: "cancelled"}
 
 
@@ -154,7 +160,7 @@ async def jobs(as_json: bool, tenant: str | None = None, status: str | None = No
     for j in reply["jobs"]:
         step = f"{j['step']}/{j['total_steps']}" if j.get("total_steps") else "-"
         loss = f"{j['loss']:.4f}" if j.get("loss") is not None else "-"
-        table.add_row(plain(j["job"]), plain(j["tenant"]), j["status"], str(j["devices"]), str(j["priority"]),
+        table.add_row(plain(j["job"]), plain(j["tenant"]), j["status"], _devices(j), str(j["priority"]),
                       plain(",".join(sorted(set(j["nodes"]))) or "-"), str(j["attempts"]), step, loss)
     table_console().print(table)
     return 0
@@ -217,7 +223,7 @@ async def job(job_id: str, as_json: bool, wait: bool) -> int:
         if summary:
             steps = f", step {summary['step']}/{summary['total_steps']}" if summary["total_steps"] else ""
             console.print(f"[bold]{plain(job_id)}[/] ({plain(summary['tenant'])}): {summary['status']}, "
-                          f"{summary['devices']} device(s) on {plain(', '.join(sorted(set(summary['nodes']))) or '-')}"
+                          f"{_devices(summary)} device(s) on {plain(', '.join(sorted(set(summary['nodes']))) or '-')}"
                           f", attempt {summary['attempts']}{steps}"
                           + (f"\n  {plain(summary['error'])}" if summary["error"] else ""))
         t0 = history[0].ts
