@@ -547,7 +547,14 @@ def _place_in_order(state: SchedulerState, policy: Policy, now: float, estimate:
 def _place_window(state: SchedulerState, policy: Policy, now: float, view: ClusterView,
                   admitted: list[tuple[JobState, dict[str, int]]], plan: RoundPlan, milp_max_jobs: int,
                   milp_time_limit: float, kinds: _KindChoice, facts: "_Facts") -> None:
-    window = [(j, b) for j, b in admitted if j.devices > 0 and j.spec and j.spec.gang][:milp_max_jobs]
+    window: list[tuple[JobState, dict[str, int]]] = []  # the gangs ahead of the first job that need not start whole:
+    # that one is placed in its turn, after the window, and the window's later gangs took the devices before it (a
+    # job preempted others for room a later gang then got, round after round, for ever)
+    for j, b in admitted:
+        if j.devices > 0 and j.spec and not j.spec.gang or len(window) >= milp_max_jobs:
+            break
+        if j.devices > 0:
+            window.append((j, b))
     placed: set[str] = set()
     if len(window) > 1 and policy.milp:
         n = len(window)
