@@ -642,12 +642,12 @@ class _Preemption:
         # (quotas hold devices: a CPU-only job, charged nothing, takes no one's place as a quota job)
         self._scavengers = {j.job_id for j in scavengers}
         offered = [v for v in self.policy.victims(self.state, self.now, job) if v.job_id not in self._scavengers]
-        victims = [*scavengers, *(v for v in offered if self._may_take(job, v))]
-        sheltered = [v.job_id for v in offered if not self._may_take(job, v) and self._frees(job, v)]
+        victims = [*scavengers, *(v for v in offered if self._may_take(job, v, borrowed))]
+        sheltered = [v.job_id for v in offered if not self._may_take(job, v, borrowed) and self._frees(job, v)]
         if sheltered:
             self.plan.reasons[job.job_id] = self.plan.reasons.get(job.job_id, "") + (
-                f"; {', '.join(sheltered[:3])}{' ...' if len(sheltered) > 3 else ''} of other tenants run within "
-                "their quotas, which no job preempts (only devices they borrow)")
+                f"; {', '.join(sheltered[:3])}{' ...' if len(sheltered) > 3 else ''} run within their tenants' "
+                "quotas: only a job of the same tenant, itself within its quota, preempts those")
         candidates = [v for v in victims if v.status != PREEMPTING and v.job_id not in taken
                       and (self._frees(job, v) or self._frees_cpu_for(job, v))]
         if spec.devices == 0:  # no device count bounds its trials: each victim would cost one (quadratic)
@@ -704,13 +704,17 @@ class _Preemption:
                 self.plan.reasons[job.job_id] += f"; preempting {', '.join(v.job_id for v in chosen)} to make room"
                 return
 
-    def _may_take(self, job: JobState, other: JobState) -> bool:
-        """Kueue's rule across tenants, where quotas are set: a job takes another tenant's devices only where that
-        tenant runs on borrowed ones or has no quota, never its jobs inside its own quota. Its quota admits such a
-        job again ahead of one that borrows or has none, on the same devices: a tenant without quota at priority
-        100 preempted two quota tenants' jobs 1,900 times each in a minute, and never ran."""
+    def _may_take(self, job: JobState, other: JobState, borrowed: dict[str, int] | None = None) -> bool:
+        """Kueue's rule, where quotas are set: a job that runs within its tenant's quota is taken only by a job of
+        the same tenant that runs within it too; jobs on borrowed devices, and of tenants without quota, by any.
+        Quotas admit jobs within them ahead of borrowers and of tenants without quota, so the victim was placed
+        again, on the same devices, ahead of the job that preempted it, and preempted again: a tenant without quota
+        at priority 100 preempted two quota tenants' jobs 1,900 times each in a minute, and never ran; a gang that
+        had to borrow did the same to its own tenant's smaller job. ``borrowed``: what the job's admission borrows."""
         tenants = self.state.inv.tenants
-        return other.tenant == job.tenant or other.tenant not in tenants or bool(other.borrowed)
+        if other.tenant not in tenants or other.borrowed:
+            return True
+        return other.tenant == job.tenant and not borrowed
 
     def _say_who_stays(self, job: JobState) -> None:
         """Under a policy that preempts, a job it would have let this one preempt but for ``preemptible: false``
