@@ -146,6 +146,10 @@ def test_tokens_and_tenants(gateway: tuple[str, LocalCluster]) -> None:
     assert status == 403 and "tenant: 'alice' is not yours" in err["error"]
     status, err = call(url, "PUT", "/api/v1/tenants/bob/quota", BOB, {"nominal": {"a100": 8}})
     assert status == 403 and "administrators only" in err["error"]
+    deadline = time.monotonic() + 30  # no warning once the node's A100s are known (a cluster just started may not
+    while [n["node"] for n in call(url, "GET", "/api/v1/nodes", ADMIN)[1].get("nodes", [])] != ["sim-a"]:  # have)
+        assert time.monotonic() < deadline, "node sim-a never registered"
+        time.sleep(0.2)
     assert call(url, "PUT", "/api/v1/tenants/bob/quota", ADMIN, {"nominal": {"a100": 1}}) == (
         200, {"tenant": "bob", "seq": ANY, "warnings": []})
     # a kind no node has is set, with a warning (the CLI's note): a typo (tpu for h100) would look the same
