@@ -546,7 +546,7 @@ class LauncherService(Service):
                         and worker_name(rank, attempt) not in job.exit_codes:
                     per_node.setdefault(a.node_id, []).append((a, rank, local, uuid))
                 rank += 1
-        halted: list[bool] = []  # set by the first node whose start is refused (our view of the job does not move
+        halted = asyncio.Event()  # set by the first node whose start is refused (our view of the job does not move
         # while we launch: the follower that folds the log waits for us)
         results = await asyncio.gather(*(self._launch_on(job, attempt, workers, halted)
                                          for workers in per_node.values()))
@@ -558,17 +558,17 @@ class LauncherService(Service):
             await self._append(job, JobStarted(aggregate_id=job.job_id, world_size=rank), f"started-{attempt}")
 
     async def _launch_on(self, job: JobState, attempt: int, workers: list[tuple[Assignment, int, int, str | None]],
-                         halted: list[bool]) -> bool | tuple[bool, int, str]:
+                         halted: asyncio.Event) -> bool | tuple[bool, int, str]:
         """Start one node's workers in turn. True: all started; False: the attempt ended or another node's start
         was refused meanwhile; a refusal: (transient, rank, why) for ``_launch`` to judge."""
         for a, rank, local, uuid in workers:
-            if halted or not self._current(job.job_id, attempt):
+            if halted.is_set() or not self._current(job.job_id, attempt):
                 return False  # requeued, ended or refused elsewhere while we were starting: the rest is not wanted
             reply = await self._start_worker(job, a, rank, local, uuid, worker_name(rank, attempt), attempt)
             if reply is None:
                 return False
             if not reply.get("ok") and "already running" not in reply.get("error", ""):
-                halted.append(True)
+                halted.set()
                 return (bool(reply.get("transient")), rank,
                         f"could not start {worker_name(rank, attempt)} on {a.node_id}: {reply.get('error')}")
         return True

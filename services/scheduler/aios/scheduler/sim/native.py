@@ -78,7 +78,8 @@ from aios.scheduler.sim.traces import (
 )
 from aios.scheduler.spec import (
     CPU_PER_WORKER_RANGE, MAX_CPU_PER_WORKER, MAX_MEMORY_GIB_PER_WORKER, MAX_QUOTA, MEMORY_GIB_PER_WORKER_RANGE,
-    MIN_CPU_PER_WORKER, MIN_MEMORY_GIB_PER_WORKER, QUOTA_FIELDS, SpecError, check_tenant, is_device_kind, is_name, validate_quota,
+    MIN_CPU_PER_WORKER, MIN_MEMORY_GIB_PER_WORKER, QUOTA_FIELDS, SpecError, check_tenant, is_device_kind, is_name,
+    validate_quota,
 )
 
 FIELDS = ("name", "arrival_s", "tenant", "devices", "job_type", "priority", "work", "rates", "any_kind", "hints",

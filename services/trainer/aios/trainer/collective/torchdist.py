@@ -218,8 +218,8 @@ def _address_in_use(exc: BaseException) -> bool:
     """Whether torch failed to listen because the port is held: its libuv store says ``EADDRINUSE``, the older
     one ``errno: 98 - Address already in use``, and a bare socket error carries the errno."""
     text = str(exc)
-    return (getattr(exc, "errno", None) == errno.EADDRINUSE or "EADDRINUSE" in text
-            or "Address already in use" in text or "address already in use" in text)
+    return getattr(exc, "errno", None) == errno.EADDRINUSE or "EADDRINUSE" in text or "address already in use" in \
+        text.lower()
 
 
 def _checked_copy(array: np.ndarray, op: str) -> np.ndarray:
