@@ -272,7 +272,26 @@ def test_with_nothing_arriving_or_ending_preemptions_stop(policy: str) -> None:
     without quota for room, and a later gang took that room in the same round (the placement window held gangs
     only, and placed them before it), round after round; a job without quota at priority 100 preempted in-quota
     jobs of other tenants that were admitted again ahead of it. The seeds include the ten that looped."""
-    for seed in [15, 25, 28, 34, 71, 80, 105, 115, 127, 131, 534, 586, *range(300, 320)]:
+    for seed in [15, 25, 28, 34, 71, 80, 105, 115, 127, 131, 534, 586, 613, *range(300, 320)]:
         c = _random_tenants_workload(seed)
         _run_rounds(c, policy, 2.0, 40)  # placements and the preemptions they call for
         assert _run_rounds(c, policy, 42.0, 40) == 0, seed
+
+
+def test_the_kind_a_job_waits_on_does_not_turn_on_who_backfilled_it() -> None:
+    """Seed 613 of the randomised probe, made small (fair share, where a tenant without quota backfills): a gang
+    waiting for room was charged to the kind with most free devices; when the tenant without quota backfilled the
+    one free H100 the gang turned to A100s, a smaller job of its tenant took the H100 side and preempted the
+    backfiller for it, and the next round, the H100 free again, both turned back and the backfiller was placed
+    again, for ever. A kind's devices held by jobs the tenant may take back count as room for the job waiting."""
+    c = Cluster(("a", "a100", 2), ("h", "h100", 2))
+    c.quota("gamma", "", a100=4, h100=3)
+    c.submit("on-a100", 2, tenant="gamma", now=1.0, device_types=["a100"], preemptible=False)
+    c.submit("on-h100", 1, tenant="gamma", now=1.0, device_types=["h100"], preemptible=False)
+    _run_rounds(c, "fairshare", 1.0, 1)
+    c.submit("gang", 2, tenant="gamma", now=2.0, priority=100)
+    c.submit("small", 1, tenant="gamma", now=2.1)
+    c.submit("scavenger", 1, tenant="eps", now=2.2)
+    assert _run_rounds(c, "fairshare", 3.0, 10) == 0
+    assert c.status("scavenger") in ("placed", "running")
+    assert (c.status("gang"), c.status("small")) == ("pending", "pending")

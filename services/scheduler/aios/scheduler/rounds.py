@@ -108,6 +108,28 @@ def _usage(state: SchedulerState) -> tuple[dict[str, dict[str, int]], dict[str, 
     return usage, cpu, mem
 
 
+def _takes_back(tenants: dict, tenant: str, other: JobState) -> bool:
+    """Whether a job of ``tenant``, within its quota, may take ``other``'s devices back: ``other``'s tenant has no
+    quota (it runs on what quotas leave idle), or it borrowed them from ``tenant``'s cohort (Kueue reclaims those)."""
+    if other.tenant not in tenants:
+        return True
+    cohort = tenants[tenant].cohort if tenant in tenants else ""
+    return bool(cohort and other.borrowed and other.tenant != tenant and tenants[other.tenant].cohort == cohort)
+
+
+def _on_loan(state: SchedulerState, tenants: dict, tenant: str) -> dict[str, int]:
+    """Devices per kind that preemptible jobs hold and a job of ``tenant`` within its quota may take back."""
+    kind_of = kinds_by_device(state)
+    held: dict[str, int] = {}
+    for j in state.active():
+        if (j.status in (PLACED, RUNNING) and j.spec is not None and j.spec.preemptible and j.devices > 0
+                and _takes_back(tenants, tenant, j)):
+            for a in j.assignments:
+                for u in a.device_uuids:
+                    held[kind_of.get(u, "?")] = held.get(kind_of.get(u, "?"), 0) + 1
+    return held
+
+
 def _request_kinds(job: JobState, kinds: list[str], free: Callable[[str], int]) -> dict[str, int]:
     """The quota charge of a job of a tenant without quota: its devices, counted against the kind it would most
     likely get (the one with most free devices)."""
@@ -119,23 +141,32 @@ def _request_kinds(job: JobState, kinds: list[str], free: Callable[[str], int]) 
 
 
 def _choose_kind(tenants: dict[str, quotas.Quota], usage: dict[str, dict[str, int]], job: JobState,
-                 kinds: list[str], free: Callable[[str], int],
+                 kinds: list[str], free: Callable[[str], int], on_loan: Callable[[str], int],
                  preferred: frozenset[str] | None) -> tuple[dict[str, int], quotas.Admission]:
     """Kueue's flavor assignment: the kind a job of a tenant with quota is charged against, and placed on, among
-    those it accepts: one its quota admits without borrowing and with room now, else by borrowing with room, else
-    admitted without room (it waits there), the policy's preferred kinds first, then more free devices; if none
-    admits it, the refusal of a kind whose nominal quota can be reclaimed from borrowers (so it is), else of the
-    kind its quota gives most of. (It was charged against the kind with most free devices and placed anywhere: a
-    tenant with h100=4 waited for ever on "a100 would be 2 against nominal 0" beside four free H100s.)"""
+    those it accepts: one its quota admits without borrowing and with room now, else by borrowing with room, the
+    policy's preferred kinds first, then more free devices; else admitted without room (it waits there), where
+    most devices are free or ``on_loan`` (held by jobs it could take them back from). If none admits it, the
+    refusal of a kind whose nominal quota can be reclaimed from borrowers (so it is), else of the kind its quota
+    gives most of. (It was charged against the kind with most free devices and placed anywhere: a tenant with
+    h100=4 waited for ever on "a100 would be 2 against nominal 0" beside four free H100s.)"""
     spec = job.spec
     assert spec is not None
     n = spec.devices
     # kinds come sorted by name: ties go by name
     ranked = sorted(kinds, key=lambda k: (preferred is not None and k not in preferred, -free(k)))
     decisions = [(k, quotas.admit(tenants, usage, job.tenant, {k: n})) for k in ranked]
-    for ok in (lambda k, d: not d.borrowed and free(k) >= n, lambda k, d: free(k) >= n, lambda k, d: not d.borrowed,
-               lambda k, d: True):
+    for ok in (lambda k, d: not d.borrowed and free(k) >= n, lambda k, d: free(k) >= n):
         for k, d in decisions:
+            if d.admitted and ok(k, d):
+                return {k: n}, d
+    # Without room, the kind it waits on must not turn on who backfilled a device: ranked by free devices alone,
+    # a job waited on H100s while one was free, a job without quota took it, the job turned to A100s, a later job
+    # of its tenant took the H100 side and preempted the one without quota for it, and so on, round after round
+    waiting = sorted(decisions, key=lambda kd: (preferred is not None and kd[0] not in preferred,
+                                                -(free(kd[0]) + on_loan(kd[0]))))
+    for ok in (lambda k, d: not d.borrowed, lambda k, d: True):
+        for k, d in waiting:
             if d.admitted and ok(k, d):
                 return {k: n}, d
     for k, d in decisions:
@@ -246,6 +277,7 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
         if k not in free_of:
             free_of[k] = int(view.bin_free[view.kind_index[k]].sum()) if k in view.kind_index else -1
         return free_of[k]
+    on_loan: dict[str, dict[str, int]] = {}  # per tenant, looked up once a round if asked
     facts = _Facts(state)  # looked up once a round, and only if a reason needs it
     kinds = _KindChoice(policy)
     # Kueue admits the jobs its quotas admit without borrowing before those that must borrow: the other way, a
@@ -272,7 +304,11 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
                 plan.reasons[job.job_id] = f"capacity: {never}"
                 return
             if whole:
-                charge, decision = _choose_kind(tenants, usage, job, sorted(whole), free, preferred)
+                if job.tenant not in on_loan:
+                    on_loan[job.tenant] = _on_loan(state, tenants, job.tenant)
+                lent = on_loan[job.tenant]
+                charge, decision = _choose_kind(tenants, usage, job, sorted(whole), free,
+                                                lambda k: lent.get(k, 0), preferred)
             else:  # larger than any one kind: placed across the kinds with free devices, and charged all it may take
                 # there (charged to one kind, a tenant with no h100 quota ran on two h100s, kept a tenant whose
                 # quota they were from waiting, and was reclaimed and admitted again ahead of it, for ever)
@@ -630,12 +666,8 @@ class _Preemption:
         req = request_for(job, kinds.choices(job)[-1] if kinds is not None else frozenset(spec.device_types) or None)
         taken = {p.job_id for p in self.plan.preemptions}  # this round's other preemptions (drain, reclaim)
         tenants = self.state.inv.tenants
-        cohort = tenants[job.tenant].cohort if job.tenant in tenants else ""
-
-        def on_loan(j: JobState) -> bool:  # no quota, or its cohort's devices borrowed (Kueue reclaims those)
-            return j.tenant not in tenants or bool(cohort and j.borrowed and j.tenant != job.tenant
-                                                    and tenants[j.tenant].cohort == cohort)
-        scavengers = sorted((j for j in self.state.active() if j.status in (PLACED, RUNNING) and on_loan(j)
+        scavengers = sorted((j for j in self.state.active() if j.status in (PLACED, RUNNING)
+                             and _takes_back(tenants, job.tenant, j)
                              and j.spec and j.spec.preemptible and j.devices > 0),
                             key=lambda j: -(j.placed_at or 0.0)) if (job.tenant in tenants and borrowed == {}
                                                                       and spec.devices > 0) else []
