@@ -85,6 +85,24 @@ def test_a_job_that_cannot_start_on_the_nodes_there_says_so() -> None:
     assert "no online node has 96 CPU and" in why["cpu-job"], why["cpu-job"]
 
 
+def test_why_names_the_job_that_took_the_devices_first_and_counts_the_holders_it_leaves_out() -> None:
+    """From a walkthrough: "held by" named the three largest holders of many, read as the whole story, and left
+    out the small job a preemption had made room for, the one answer a user looks for."""
+    c = Cluster(("n1", "h100", 8))
+    for name, devices in (("a", 2), ("b", 2), ("c", 2), ("d", 1)):
+        c.submit(name, devices, priority=10)
+    c.submit("victim", 1)
+    priority = make_policy("priority")
+    step(c.state, priority, 2.0)
+    c.submit("urgent", 1, now=3.0, priority=100)
+    for t in (4.0, 5.0, 6.0):
+        for p in step(c.state, priority, t).preemptions:
+            c.workers_exited(p.job_id, t)
+    assert (c.status("urgent"), c.status("victim")) == (PLACED, PENDING)
+    why = explain(c.state, priority, "victim", 7.0)
+    assert "held by urgent (1), a (2), b (2) and 2 more jobs (3 devices)" in why, why
+
+
 def test_a_job_of_any_kind_is_charged_and_placed_on_a_kind_its_quota_admits() -> None:
     """Kueue's flavor assignment: a job naming no kind was charged against the kind with most free devices (ties
     by name: a100) and placed anywhere; a tenant with quota h100=4 waited for ever on "a100 would be 2 against

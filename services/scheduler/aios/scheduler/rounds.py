@@ -499,6 +499,20 @@ class _Facts:
         return ""
 
 
+def _holders_text(held_by: dict[str, int], first: str, shown: int = 3) -> str:
+    """The largest holders, the job ``first`` (the one a preemption made room for) ahead of them, and how many
+    more there are: "held by" named three of many and read as the whole story, leaving out the job that took the
+    devices."""
+    ranked = sorted(held_by.items(), key=lambda kv: (kv[0] != first, -kv[1], kv[0]))
+    text = ", ".join(f"{j} ({n})" for j, n in ranked[:shown])
+    rest = ranked[shown:]
+    if rest:
+        devices = sum(n for _, n in rest)
+        text += (f" and {len(rest)} more {'job' if len(rest) == 1 else 'jobs'} "
+                 f"({devices} {'device' if devices == 1 else 'devices'})")
+    return text
+
+
 def _capacity_reason(view: ClusterView, job: JobState, facts: _Facts | None = None) -> str:
     spec = job.spec
     assert spec is not None
@@ -520,9 +534,9 @@ def _capacity_reason(view: ClusterView, job: JobState, facts: _Facts | None = No
             if not spec.device_types or kind in spec.device_types:
                 for j, n in per.items():
                     held_by[j] = held_by.get(j, 0) + n
-        held = ", ".join(f"{j} ({n})" for j, n in sorted(held_by.items(), key=lambda kv: (-kv[1], kv[0]))[:3])
-        return (f"capacity: needs {spec.devices} devices ({kinds}), none free on any online node"
-                + (f"; held by {held}" if held else ""))
+        return (f"capacity: needs {spec.devices} {'device' if spec.devices == 1 else 'devices'} ({kinds}), none "
+                "free on any online node"
+                + (f"; held by {_holders_text(held_by, job.preempted_for)}" if held_by else ""))
     cap = view.capacity_in(req, bins)
     total = int(cap.sum())
     best = int(cap.max())
@@ -534,7 +548,8 @@ def _capacity_reason(view: ClusterView, job: JobState, facts: _Facts | None = No
     if spec.gang and total < spec.devices:
         return (f"capacity: gang of {spec.devices} {kinds} devices, {total} free in the cluster "
                 f"(best node {node} has {best}; short by {spec.devices - total}){short_of_cpu}")
-    return f"capacity: needs {spec.devices} {kinds} devices; best node {node} has {best} free{short_of_cpu}"
+    return (f"capacity: needs {spec.devices} {kinds} {'device' if spec.devices == 1 else 'devices'}; best node "
+            f"{node} has {best} free{short_of_cpu}")
 
 
 def _other_kinds(job: JobState, head_kinds: frozenset[str]) -> bool:

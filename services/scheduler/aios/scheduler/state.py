@@ -51,6 +51,8 @@ class JobState(msgspec.Struct):
     """``speed_share`` of the current placement, fixed when it is placed (kinds do not change under a run)."""
     attempts: int = 0
     preemptions: int = 0
+    preempted_for: str = ""
+    """The job its last preemption made room for (``aios why`` names it first among the holders)."""
     requeues: int = 0
     cancel_requested: bool = False
     workers_running: int = 0
@@ -360,6 +362,7 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
     elif kind is JobPreempted:
         job.status, job.preempted_at = PREEMPTING, ev.ts
         job.preemptions += 1
+        job.preempted_for = ev.for_job  # type: ignore[attr-defined]
         _close_run(state, job, ev.ts)
     elif kind is JobRequeued and ev.node_id and (  # type: ignore[attr-defined]
             job.status not in HOLDING or all(a.node_id != ev.node_id for a in job.assignments)  # type: ignore[attr-defined]
