@@ -6,7 +6,7 @@ import pytest
 
 from aios.scheduler.local import step
 from aios.scheduler.policies import make_policy
-from aios.scheduler.rounds import plan_round
+from aios.scheduler.rounds import explain, plan_round
 from aios.scheduler.spec import SpecError, validate_spec
 from tests.scheduler.helpers import Cluster
 
@@ -119,7 +119,6 @@ def test_a_job_never_preempts_another_tenants_job_inside_its_quota(policy: str) 
     c.submit("eps-big", 4, tenant="eps", now=3.0, priority=100)  # no quota: it runs on what quotas leave idle
     assert _run_rounds(c, policy, 3.0, 20) == 0
     assert (c.status("a1"), c.status("b1"), c.status("eps-big")) == ("placed", "placed", "pending")
-    from aios.scheduler.rounds import explain
 
     said = explain(c.state, make_policy(policy), "eps-big", 23.0)  # (fair share offers no victims here)
     assert policy != "priority" or "a1, b1 run within their tenants' quotas: only a job of the same tenant" in said
@@ -295,3 +294,44 @@ def test_the_kind_a_job_waits_on_does_not_turn_on_who_backfilled_it() -> None:
     assert _run_rounds(c, "fairshare", 3.0, 10) == 0
     assert c.status("scavenger") in ("placed", "running")
     assert (c.status("gang"), c.status("small")) == ("pending", "pending")
+
+
+def _workers(c: Cluster, job: str, now: float, started: bool, *names: str) -> None:
+    from aios.common.events import WorkerExited, WorkerStarted
+    from aios.scheduler.local import apply
+    attempt = c.state.jobs[job].attempts
+    apply(c.state, [(f"run.{job}", [
+        WorkerStarted(aggregate_id=job, node_id="n1", worker=w, pid=1, attempt=attempt) if started
+        else WorkerExited(aggregate_id=job, node_id="n1", worker=w, exit_code=None, signal=9, attempt=attempt)
+        for w in names])], now)
+
+
+def test_a_cancelled_jobs_devices_stay_its_own_until_its_workers_have_exited() -> None:
+    """From a walkthrough: a job was cancelled, its devices were given to the next job at once while its workers
+    still checkpointed (for up to ``stop_grace_s``), the node's agent refused the next job's start five times as
+    its devices were in use, and that job, of another tenant, failed. As Slurm's COMPLETING: the devices come back
+    when the last worker has exited, or once the grace is over if their exits are never reported."""
+    fifo = make_policy("fifo")
+    for exits_reported in (True, False):
+        c = Cluster(("n1", "a100", 4))
+        c.submit("stubborn", 4, tenant="alice", stop_grace_s=90)
+        step(c.state, fifo, 1.0)
+        _workers(c, "stubborn", 1.5, True, "rank0", "rank1", "rank2", "rank3")
+        c.submit("waiter", 4, tenant="bob", now=2.0)
+        c.cancel("stubborn", 3.0)
+        step(c.state, fifo, 3.0)
+        assert c.status("stubborn") == "cancelled"
+        for t in (4.0, 50.0, 90.0):
+            step(c.state, fifo, t)
+            assert c.status("waiter") == "pending", t
+        assert "held by stubborn (4)" in explain(c.state, fifo, "waiter", 90.0)
+        if exits_reported:
+            _workers(c, "stubborn", 95.0, False, "rank0", "rank1", "rank2")
+            step(c.state, fifo, 96.0)
+            assert c.status("waiter") == "pending"  # one worker still stopping
+            _workers(c, "stubborn", 97.0, False, "rank3")
+            step(c.state, fifo, 98.0)
+        else:  # its agent went silent: the grace (stop_grace_s + 10 s) is the bound
+            step(c.state, fifo, 103.5)
+        step(c.state, fifo, 104.0)
+        assert c.status("waiter") == "placed", exits_reported

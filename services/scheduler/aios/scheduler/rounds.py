@@ -194,20 +194,33 @@ def _lost_a_while(state: SchedulerState, job: JobState, now: float) -> str:
     return ""
 
 
+def _stop_hold_s(job: JobState) -> float:
+    """How long the workers of a job asked to stop (preempted, cancelled, failed by a peer) may take before its
+    devices are given back whether they reported their exit or not."""
+    return max(PREEMPT_GRACE_S, job.spec.stop_grace_s + 10) if job.spec else PREEMPT_GRACE_S
+
+
+def _stopping(job: JobState, now: float) -> bool:
+    """An ended job whose workers have not all exited yet, within its grace: it keeps its devices until they have
+    (Slurm's COMPLETING; a job placed on them was refused by the node's agent while they ran)."""
+    return (job.status in TERMINAL and job.workers_running > 0 and job.finished_at is not None
+            and now - job.finished_at <= _stop_hold_s(job))
+
+
 def _housekeeping(state: SchedulerState, now: float, plan: RoundPlan) -> None:
     whole: set[tuple[str, str]] = set()
     stray: dict[tuple[str, str], list[str]] = {}
     for uuid, job_id in state.inv.leases.holder.items():
         job = state.jobs.get(job_id)
         node = state.inv.leases.node_of[uuid]
-        if job is None or job.status not in HOLDING:
+        if job is None or job.status not in HOLDING and not _stopping(job, now):
             whole.add((node, job_id))
         elif not any(uuid in a.device_uuids for a in job.assignments):
             stray.setdefault((node, job_id), []).append(uuid)  # booked by a placement that lost a race
     holder = state.inv.leases.holder
     for job in state.active():
-        grace = max(PREEMPT_GRACE_S, job.spec.stop_grace_s + 10) if job.spec else PREEMPT_GRACE_S
-        if job.status == PREEMPTING and (job.workers_running == 0 or now - (job.preempted_at or now) > grace):
+        if job.status == PREEMPTING and (job.workers_running == 0
+                                         or now - (job.preempted_at or now) > _stop_hold_s(job)):
             plan.requeues.append(job.job_id)
             whole.update((a.node_id, job.job_id) for a in job.assignments)
         elif job.status in (PLACED, RUNNING) and (gone := _lost_a_while(state, job, now)):

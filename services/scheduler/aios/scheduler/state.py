@@ -153,7 +153,7 @@ MAX_REPLICA_REPLACEMENTS = 5
 deployment, under its crash-loop cap (a replica that dies at start again and again fails the deployment in the
 end)."""
 MAX_HISTORY = 5000
-STATE_SCHEMA = 8
+STATE_SCHEMA = 9
 """Version of the encoded state in snapshots: a snapshot of another version is ignored and the log replayed."""
 
 
@@ -314,6 +314,13 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         if kind is not JobFailed and job.spec is not None:  # its scheduler accepted it: the verdict was ours only
             job.status, job.error = PENDING, ""
             state.live[job.job_id] = None
+    if (job is not None and job.status in TERMINAL and kind is WorkerExited
+            and (not ev.attempt or ev.attempt == job.attempts)):  # type: ignore[attr-defined]
+        # a worker of an ended job (cancelled, or failed by a peer) that was still stopping: its devices stay the
+        # job's until the last one exits (Slurm's COMPLETING), and another job placed there was refused by the
+        # node's agent, five times, and failed
+        job.workers_running = max(0, job.workers_running - 1)
+        return state
     if job is None or job.status in TERMINAL and kind is not JobCancelRequested:
         return state
     if kind is JobAdmitted:
