@@ -157,7 +157,7 @@ async def test_compression_makes_a_linked_version_with_measured_deltas(store: Ev
     ("tag", {"name": "digits", "version": 1, "set": {"k": "v" * 5001}}, "tags.k: at most 5000 characters"),
     # 10^8 steps ran for hours in the registry, and nothing could stop it
     ("compress", {"model": "digits", "method": "svd", "finetune_steps": 10 ** 8},
-     "finetune_steps: at most 100,000, got 100000000"),
+     "finetune_steps: a whole number from 0 to 100,000, got 100000000"),
     # an unknown option was ignored and a version registered without it; a string or null failed in Python's words
     ("compress", {"model": "digits", "method": "int8", "options": {"bogus": 1}},
      r"options.bogus: not an option of int8 \(it takes none\)"),

@@ -16,6 +16,7 @@ cost.
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 from typing import Any
@@ -75,7 +76,7 @@ def svd(model: nn.Model, energy: float | None = None, target_ratio: float | None
         ranks: list[int | None] = []
         for layer, f in zip(model.layers, factors):
             if f is None or not isinstance(layer, nn.Dense):
-                layers.append(layer)
+                layers.append(copy.deepcopy(layer))  # the new model's own: fine-tuning trains it in place
                 ranks.append(None)
                 continue
             us, vt, curve, chol = f
@@ -116,7 +117,7 @@ def int8(model: nn.Model) -> tuple[nn.Model, dict[str, Any]]:
     worst = 0.0
     for layer in model.layers:
         if not isinstance(layer, nn.Dense):
-            layers.append(layer)
+            layers.append(copy.deepcopy(layer))  # never the parent's: fine-tuning would train that one too
             continue
         scale = np.abs(layer.w).max(axis=0) / 127.0
         scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
@@ -133,7 +134,7 @@ def prune(model: nn.Model, sparsity: float) -> tuple[nn.Model, dict[str, Any]]:
     layers: list[nn.Layer] = []
     for layer in model.layers:
         if not isinstance(layer, nn.Dense):
-            layers.append(layer)
+            layers.append(copy.deepcopy(layer))  # never the parent's: fine-tuning would train that one too
             continue
         k = int(round(sparsity * layer.w.size))  # exactly k weights go, ties broken by position
         order = np.argsort(np.abs(layer.w), axis=None, kind="stable")
@@ -177,7 +178,8 @@ def compress(model: nn.Model, method: str, options: dict[str, Any], train: tuple
     data (for data-aware SVD and fine-tuning); ``stop`` ends the fine-tuning with InterruptedError."""
     if isinstance(finetune_steps, bool) or not isinstance(finetune_steps, int) or \
             not 0 <= finetune_steps <= MAX_FINETUNE_STEPS:
-        raise CompressionError(f"finetune_steps: at most {MAX_FINETUNE_STEPS:,}, got {finetune_steps!r}")
+        raise CompressionError(f"finetune_steps: a whole number from 0 to {MAX_FINETUNE_STEPS:,}, got "
+                               f"{finetune_steps!r}")
     options = check_options(method, options)
     if method in METHODS:  # each works on full-precision dense layers (svd: before the classifier head) only
         last = len(model.layers) - 1
