@@ -38,6 +38,10 @@ def test_a_full_spec_is_accepted() -> None:
     ({"max_runtime_s": float("nan")}, "max_runtime_s", "must be a finite number"),  # was: no limit at all
     ({"throughput": {"h100": float("inf")}}, "throughput.h100", "must be a finite number, got inf"),
     ({"command": None, "trainer": {"kind": "mlp", "lr": float("nan")}}, "trainer.lr", "finite"),
+    # taken, and every rank failed at start: "never joined the group within 0s"
+    ({"command": None, "trainer": {"kind": "mlp", "collective_timeout_s": 0}}, "trainer.collective_timeout_s",
+     "must be positive"),
+    ({"command": None, "trainer": {"kind": "mlp", "step_delay_s": -1}}, "trainer.step_delay_s", "0 or more"),
     ({"cpu_per_worker": 1e308}, "cpu_per_worker", "at most 4,096 cores"),  # was: pending for ever
     ({"memory_gib_per_worker": 1e300}, "memory_gib_per_worker", "at most"),
     # accepted, then the job failed at start: no process takes these

@@ -72,6 +72,9 @@ def parse_config(raw: object) -> TrainerConfig:
          f"larger than the data set ({cfg.samples} samples)"),
         (cfg.lr > 0, "lr", "must be positive"),
         (cfg.checkpoint_every > 0, "checkpoint_every", "must be positive"),
+        # 0 was taken, and every rank then failed at once: "never joined the group within 0s"
+        (cfg.collective_timeout_s > 0, "collective_timeout_s", "must be positive (seconds a rank waits for its peers)"),
+        (cfg.step_delay_s >= 0, "step_delay_s", "must be 0 or more"),
         # the registry's model names: one it refuses left the job's model unregistered, after the training
         (not cfg.model_name or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", cfg.model_name) is not None,
          "model_name", "1-64 letters, digits, '_' or '-', starting with a letter or digit"),

@@ -53,8 +53,9 @@ class Outcome(msgspec.Struct, frozen=True):
     step: int
     stopped: bool
     """True: stopped early on a stop vote (preemption), with a checkpoint at ``step``."""
-    final_accuracy: float
-    """On the whole dataset, with the final weights."""
+    final_accuracy: float | None
+    """On the whole dataset, with the final weights; None when stopped early (the pass over the data held the
+    devices of a preempted or cancelled job for seconds after its checkpoint, for a figure nobody reads)."""
 
 
 async def train(cfg: TrainerConfig, group: Collective, start: Checkpoint | None,
@@ -113,7 +114,7 @@ async def train(cfg: TrainerConfig, group: Collective, start: Checkpoint | None,
             await on_checkpoint(Checkpoint.of(step, params, opt))
             last_checkpoint = time.monotonic()
         if stopping and step < cfg.steps:
-            return Outcome(step, True, mlp.accuracy(cfg, params, x, y))
+            return Outcome(step, True, None)
     return Outcome(step, False, mlp.accuracy(cfg, params, x, y))
 
 

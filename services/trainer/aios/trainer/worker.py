@@ -191,7 +191,8 @@ async def run(w: WorkerEnv) -> int:
                 aggregate_id=w.job_id, step=outcome.step, total_steps=cfg.steps, accuracy=outcome.final_accuracy,
                 attempt=w.attempt, final=not outcome.stopped))
         print(json.dumps({"rank": w.rank, "world": w.world, "step": outcome.step, "stopped": outcome.stopped,
-                          "final_accuracy": round(outcome.final_accuracy, 4)}), flush=True)
+                          "final_accuracy": None if outcome.final_accuracy is None
+                          else round(outcome.final_accuracy, 4)}), flush=True)
         return EXIT_INTERRUPTED if outcome.stopped else 0
     except (StoreUnavailable, nats.errors.ConnectionClosedError, nats.errors.NoServersError,
             nats.errors.StaleConnectionError, nats.errors.UnexpectedEOF) as exc:
