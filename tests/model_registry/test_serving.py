@@ -119,6 +119,12 @@ async def test_not_json_too_large_and_unknown_model(served: Any) -> None:
         assert r.status == 400 and "body: not JSON" in (await r.json())["error"]
     async with http.post(f"{url}/v2/models/digits/infer", data=b" " * (17 << 20)) as r:
         assert r.status == 413
+    # were a 500 with a traceback in the job's log (the gateway said what was wrong)
+    async with http.post(f"{url}/v2/models/digits/infer", data=b'{"inputs": []}',
+                         headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}) as r:
+        assert r.status == 400 and "Content-Encoding says (gzip)" in (await r.json())["error"]
+    async with http.post(f"{url}/v2/models/digits/infer", data=b'{"inputs": ' + b"[" * 100_000) as r:
+        assert r.status == 400 and (await r.json())["error"] == "body: nested too deeply"
     async with http.post(f"{url}/v2/models/other/infer", json={}) as r:
         assert r.status == 404 and "'other' is not served here" in (await r.json())["error"]
     async with http.get(f"{url}/v2/models/digits/versions/1/ready") as r:  # the protocol's version ready: a 404
@@ -208,6 +214,13 @@ async def test_the_router_finds_replicas_started_after_it_looked(store: Any, mod
                     assert r.status == 404 and "the registry holds no model 'none" in (await r.json())["error"]
             async with http.get(f"http://127.0.0.1:{port}/v2") as r:
                 assert r.status == 200 and (await r.json())["name"] == "aios-router"
+            async with http.post(f"http://127.0.0.1:{port}/serve/job-a/v2/models/digits/infer", data=b"{}",
+                                 headers={"Content-Encoding": "gzip"}) as r:  # was a 500 with a traceback
+                assert r.status == 400 and "Content-Encoding says (gzip)" in (await r.json())["error"]
+            async with http.get(f"http://127.0.0.1:{port}/v3") as r:  # aiohttp's own errors: JSON, not text
+                assert r.status == 404 and (await r.json())["error"] == "no such resource: /v3"
+            async with http.post(f"http://127.0.0.1:{port}/v2") as r:
+                assert r.status == 405 and (await r.json())["error"] == "POST is not allowed on /v2"
             info = await store.js.stream_info("KV_AIOS_ENDPOINTS")
             assert info.state.consumer_count <= before + 1, (before, info.state.consumer_count)  # its one watch
     finally:

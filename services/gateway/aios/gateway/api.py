@@ -16,10 +16,9 @@ from typing import Any, Awaitable, Callable
 
 import msgspec
 from aiohttp import web
-from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CollectorRegistry
 
-from aios.common import strictjson, tracing
+from aios.common import httpjson, strictjson, tracing
 from aios.common.httpmetrics import request_metrics
 from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError, InvalidAggregate, NotFound
 from aios.common.events import JobCancelRequested, timeline_entry
@@ -165,16 +164,9 @@ class Api:
     @staticmethod
     async def _json(request: web.Request) -> Any:
         try:
-            body = await request.json(loads=strictjson.loads)  # a key given twice is refused, not the last kept
-        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or a number of over 4,300 digits
-            raise HttpError(400, f"body: not JSON ({exc})") from None
-        except RequestPayloadError as exc:  # Content-Encoding: gzip on a body that is not: a 500
-            raise HttpError(400, f"body: cannot be read as its Content-Encoding says "
-                                 f"({request.headers.get('Content-Encoding', '')}): {exc}") from None
-        except LookupError as exc:  # Content-Type: application/json; charset=bogus
-            raise HttpError(400, f"body: {exc}") from None
-        except RecursionError:  # 100,000 nested brackets were a 500
-            raise HttpError(400, "body: nested too deeply") from None
+            body = await httpjson.read_json(request, strictjson.loads)  # a key given twice is refused
+        except httpjson.BodyError as exc:
+            raise HttpError(400, str(exc)) from None
         bad = unencodable_reason(body)  # "\ud800" decodes, then failed wherever it was stored: a 500
         if bad:
             raise HttpError(422, bad)
@@ -706,22 +698,6 @@ _STATUS = {200: "OK", 201: "Created", 202: "Accepted", 400: "Bad request (the er
            422: "Invalid value (the error names the field)", 503: "A service behind the gateway does not answer"}
 
 
-@web.middleware
-async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                      ) -> web.StreamResponse:
-    """Errors aiohttp raises itself (no such route 404, wrong method 405, body too large 413) in the API's JSON
-    shape, ``{"error": ...}``, as every other refusal: a client parses one kind of error body."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400 or not request.path.startswith("/api/"):
-            raise
-        detail = {404: f"no such resource: {request.path}", 405: f"{request.method} is not allowed on {request.path}",
-                  413: f"body: larger than the {MAX_BODY_BYTES >> 20} MiB the API accepts"}.get(exc.status, exc.reason)
-        return web.json_response({"error": detail}, status=exc.status, headers={
-            k: v for k, v in exc.headers.items() if k.lower() == "allow"})
-
-
 MAX_BODY_BYTES = 4 << 20
 
 
@@ -729,7 +705,7 @@ def build_app(api: Api, extra: Callable[[web.Application], None] | None = None,
               metrics: CollectorRegistry | None = None) -> web.Application:
     """The API, OpenAPI document, health check and dashboard; with ``metrics``, every request counted and timed."""
     counted = [request_metrics(metrics, "aios_gateway")] if metrics is not None else []
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[*counted, json_errors])
+    app = httpjson.application(MAX_BODY_BYTES, *counted, errors_under="/api/")
     doc = openapi()
     for route in ROUTES:
         app.router.add_route(route.method, route.path, api.wrap(route))

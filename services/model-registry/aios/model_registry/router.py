@@ -22,11 +22,14 @@ from typing import Any, Callable
 
 import aiohttp
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CollectorRegistry
 
+from aios.common import httpjson
 from aios.common.httpmetrics import request_metrics
 from aios.common.store import EventStore
 from aios.model_registry.replica import EndpointBook
+from aios.model_registry.serving import MAX_BODY
 
 ROUTER_KEY = "_router"
 
@@ -55,7 +58,7 @@ class Router:
 
     def app(self) -> web.Application:
         counted = [request_metrics(self.metrics, "aios_router")] if self.metrics is not None else []
-        app = web.Application(client_max_size=16 << 20, middlewares=counted)
+        app = httpjson.application(MAX_BODY, *counted)  # as a replica takes
         app.router.add_get("/v2", self._metadata)
         app.router.add_get("/v2/health/live", self._ok)
         app.router.add_get("/v2/health/ready", self._ok)
@@ -91,7 +94,10 @@ class Router:
         pinned = re.match(r"^/versions/([^/]+)", request.match_info.get("rest", ""))
         version = pinned.group(1) if pinned else None
         path = request.path_qs[len(f"/serve/{job}"):] if job else request.path_qs
-        body = await request.read()
+        try:
+            body = await request.read()
+        except RequestPayloadError as exc:  # Content-Encoding: gzip on a body that is not: a 500 and a traceback
+            return web.json_response({"error": httpjson.unreadable(request, exc)}, status=400)
         if self.session is None:
             self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
         loop = asyncio.get_running_loop()

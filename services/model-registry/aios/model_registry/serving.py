@@ -25,6 +25,7 @@ import numpy as np
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from aios.common import httpjson
 from aios.common.httpmetrics import exposition
 from aios.model_registry.nn import Model
 
@@ -224,7 +225,7 @@ class ModelServer:
 
     # -- HTTP ---------------------------------------------------------------------------------------------------------
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY)
+        app = httpjson.application(MAX_BODY)
         app.router.add_get("/v2/health/live", self._ok)
         app.router.add_get("/v2/health/ready", self._ok)
         app.router.add_get("/v2", self._server_meta)
@@ -281,11 +282,11 @@ class ModelServer:
         try:
             self._check_model(request)
             try:
-                body = await request.json(loads=json.loads)
+                body = await httpjson.read_json(request, json.loads)
             except web.HTTPRequestEntityTooLarge:
                 raise BadRequest(f"body: larger than {MAX_BODY} bytes; split the request", 413) from None
-            except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or a number of over 4,300 digits
-                raise BadRequest(f"body: not JSON ({exc})") from None
+            except httpjson.BodyError as exc:  # a gzip header on plain JSON, or deep nesting, were a 500
+                raise BadRequest(str(exc)) from None
             rows, request_id, names = parse_infer(body, self.loaded.model.inputs)
             logits, loaded = await self.batcher.infer(rows)
             if not np.isfinite(logits).all():  # in range, but the arithmetic overflowed: NaN logits, label 0, a 200
