@@ -68,11 +68,17 @@ class PlannedTimeShare(TimeSharedHeteroLAS):
             fits = [k for k in accepts if capacity[k] >= job.devices] or accepts
             for k in fits:
                 speed[i, kinds.index(k)] = hints.get(k, 0.0) / best if best > 0 else 1.0
-        x = self.plan(state, now, jobs, speed, np.array([j.devices for j in jobs], dtype=float),
+        # a job that can run on no kind here (it names one no node has) is left out of the plan: in it, a max-min
+        # plan's least share was 0 whatever the others got, and the solver gave nobody any time (nothing ran)
+        runnable = [i for i in range(len(jobs)) if speed[i].any()]
+        if not runnable:
+            return
+        planned = [jobs[i] for i in runnable]
+        x = self.plan(state, now, planned, speed[runnable], np.array([j.devices for j in planned], dtype=float),
                       np.array([capacity[k] for k in kinds], dtype=float))
         if x is None:
             return  # no plan (infeasible): the keys fall back to the subclass's order
-        for i, job in enumerate(jobs):
+        for i, job in enumerate(planned):
             self._share[job.job_id] = {k: float(x[i, c]) for c, k in enumerate(kinds)}
 
     def _deficit(self, job: JobState) -> tuple[dict[str, float], float]:

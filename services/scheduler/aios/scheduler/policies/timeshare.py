@@ -200,6 +200,7 @@ class TimeSharedHeteroLAS(Policy):
                 greedy = dict(traded)
         room = sum(max(0, v) for v in left.values())
         attempts = 8  # moving others aside costs a pass over the admitted jobs: a few tries per allocation
+        was_admitted = {j.job_id for j in admitted}
         for job in movable:  # work conserving: room that admission left over goes to the next jobs in rank order
             if room <= 0:
                 break
@@ -217,7 +218,9 @@ class TimeSharedHeteroLAS(Policy):
                     self._make_room(job, giving_way, greedy, left, accepts)
             if job.job_id in greedy:
                 room -= job.devices
-                admitted.append(job)
+                if job.job_id not in was_admitted:  # one admitted but stranded above, given room now: listed once
+                    # (twice, its kind was traded twice, and the allocation raised on its second removal, every round)
+                    admitted.append(job)
         # one-device jobs the MILP placed are where they should be; the rest trade among themselves
         singles = [j for j in admitted if j.devices == 1 and j.job_id in greedy and not (traded and j.job_id in traded)]
         pool: dict[str, int] = {}
