@@ -307,3 +307,34 @@ async def test_a_replica_that_is_slow_is_not_sent_the_request_again(store: Any) 
         await kv.delete("slowpoke.j.0")
         await runner.cleanup()
         await replica.cleanup()
+
+
+async def test_a_replica_restarts_to_follow_a_forced_move_to_other_shapes(store: Any, model: nn.Model,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a walkthrough: `aios models alias digits production 5 --force` to a version of other shapes said "→ 5",
+    the replicas served version 1 on, and one replaced later loaded version 5: requests failed on one replica in
+    two. A replica that cannot swap such a version in exits to be replaced (one at a time, by rank), and its
+    replacement loads what the alias names."""
+    from aios.model_registry import replica as replica_module
+    from aios.model_registry.replica import EXIT_TO_FOLLOW, Replica
+    from aios.model_registry.service import Registry
+
+    monkeypatch.setattr(replica_module, "RESTART_STAGGER_S", 0.2)
+    reg = Registry(store)
+    await reg.register_bytes("follow", model.encode())
+    narrow = nn.Model([nn.Dense(np.ones((32, 10), np.float32), np.zeros(10, np.float32))], list(model.labels))
+    await reg.register_bytes("follow", narrow.encode())
+    await reg.alias("follow", "prod", 1)
+    replica = Replica(store, "models:/follow@prod", "job-f", 1, "127.0.0.1", 0, 64, 2.0)
+    stop = asyncio.Event()
+    running = asyncio.ensure_future(replica.run(stop))
+    for _ in range(100):
+        if replica.server is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert replica.server is not None and replica.server.loaded.version == 1
+    await reg.alias("follow", "prod", 2, force=True)
+    await asyncio.wait_for(running, 10)
+    assert replica.restart_to_follow and EXIT_TO_FOLLOW != 0
+    replacement = Replica(store, "models:/follow@prod", "job-f", 1, "127.0.0.1", 0, 64, 2.0)
+    assert (await replacement.load())[0] == 2

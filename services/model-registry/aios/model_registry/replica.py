@@ -30,13 +30,17 @@ from aios.common.store import EventStore, connect
 from aios.common.tasks import cancel_and_wait
 from aios.model_registry import nn
 from aios.model_registry.service import Registry
-from aios.model_registry.serving import ModelServer, start_server
+from aios.model_registry.serving import ModelServer, SignatureChanged, start_server
 from aios.model_registry.state import parse_uri, resolve
 
 log = logging.getLogger("aios.model_registry.replica")
 ENDPOINTS = "AIOS_ENDPOINTS"
 TTL_S = 15.0
 EXIT_CONFIG = 2
+EXIT_TO_FOLLOW = 76
+"""The alias moved (``--force``) to a version of other shapes: the replica exits to be replaced by one that loads it."""
+RESTART_STAGGER_S = 5.0
+"""Replica ``r`` leaves ``r`` times this after such a move: one at a time, the others serving meanwhile."""
 
 
 async def endpoints_bucket(store: EventStore) -> Any:
@@ -159,6 +163,8 @@ class Replica:
         self.host, self.port = host, port
         self.max_batch, self.max_delay_ms = max_batch, max_delay_ms
         self.server: ModelServer | None = None
+        self.rank = rank
+        self.restart_to_follow = False
 
     async def load(self) -> tuple[int, nn.Model, int]:
         state = await self.reg.read_model(self.name)
@@ -213,6 +219,19 @@ class Replica:
                             self.server.swap(version, model)
                             await self.announce(kv)
                             print(json.dumps({"swapped_to": f"models:/{self.name}/{version}"}), flush=True)
+                    except SignatureChanged as exc:
+                        # moved with --force: the deployment follows by restarting, a replica at a time (it served
+                        # the old version on, said "→ 5" in the registry, and a replacement loaded the new one:
+                        # requests failed on one replica in two)
+                        print(f"alias {self.alias} moved to a version of other shapes ({exc}): this replica "
+                              f"restarts to serve it, in {self.rank * RESTART_STAGGER_S:g} s", file=sys.stderr,
+                              flush=True)
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(stop.wait(), self.rank * RESTART_STAGGER_S)
+                        if not stop.is_set():  # (stopped meanwhile for another reason: an exit like any other)
+                            self.restart_to_follow = True
+                            stop.set()
+                        return
                     except Exception as exc:  # noqa: BLE001 - keep serving the version we have
                         print(f"alias {self.alias} moved but version could not be loaded: {exc}", file=sys.stderr,
                               flush=True)
@@ -239,7 +258,7 @@ async def run(env: dict[str, str]) -> int:
         replica = Replica(store, uri, env.get("AIOS_JOB_ID", ""), int(env.get("RANK", "0")),
                           env.get("AIOS_SERVE_HOST", "127.0.0.1"), port, max_batch, max_delay)
         await replica.run(stop)
-        return 0
+        return EXIT_TO_FOLLOW if replica.restart_to_follow else 0
     finally:
         await store.close()
 

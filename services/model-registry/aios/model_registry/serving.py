@@ -29,6 +29,10 @@ from aios.common import httpjson
 from aios.common.httpmetrics import exposition
 from aios.model_registry.nn import Model
 
+class SignatureChanged(ValueError):
+    """A version that takes or gives other shapes than the one served: not swapped in under running clients."""
+
+
 MAX_ROWS = 4096
 """Rows one request may carry (more is a 413: split it)."""
 MAX_BODY = 16 << 20
@@ -204,7 +208,7 @@ class ModelServer:
         """Serve ``version`` from the next batch on (the signature must match: clients keep their shapes)."""
         old = self.loaded.model
         if (model.inputs, model.outputs) != (old.inputs, old.outputs):
-            raise ValueError(f"version {version} takes {model.inputs} and gives {model.outputs}, not "
+            raise SignatureChanged(f"version {version} takes {model.inputs} and gives {model.outputs}, not "
                              f"{old.inputs} -> {old.outputs} like the version being served")
         self.loaded = Loaded(self.loaded.name, version, model)
         self.swaps += 1
