@@ -364,6 +364,10 @@ def test_a_model_shows_its_training_job_to_that_jobs_tenant_only(gateway: tuple[
         assert lineage["job_id"] == "a job of another tenant"
     assert made["job"] in json.dumps(call(url, "GET", "/api/v1/models/alice-digits", ALICE)[1])
     assert call(url, "GET", "/api/v1/models/alice-digits", ADMIN)[1]["versions"][0]["lineage"]["spec"]["env"]
+    # nor does the list filter by the job tag confirm the id (a hit for the right one, none for a wrong one)
+    for token, listed in ((ALICE, ["alice-digits"]), (ADMIN, ["alice-digits"]), (BOB, [])):
+        status, models = call(url, "GET", f"/api/v1/models?tag=job={made['job']}", token)
+        assert status == 200 and [m["name"] for m in models["models"]] == listed, (token, models)
     # the registry's commands over HTTP, as MLflow's REST API has them (administrators only, as quotas)
     base = "/api/v1/models/alice-digits"
     status, err = call(url, "PUT", f"{base}/aliases/production", BOB, {"version": 1})

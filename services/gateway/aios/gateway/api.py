@@ -421,6 +421,13 @@ class Api:
                 raise HttpError(422, f"min: {request.query['min']!r} is not a number")
             if "metric" not in query:
                 raise HttpError(422, "min: needs metric (the metric to compare)")
+        key, _, job_id = str(query.get("tag", "")).partition("=")
+        if key == "job" and job_id and not caller.admin:
+            job = self.backend.jobs().get(job_id)
+            if job is not None and not caller.may_see(job.tenant):
+                # what a job of another tenant trained is not listed by its id: a hit confirmed that id, which
+                # the model's own page hides ("a job of another tenant")
+                return web.json_response({"models": []})
         return web.json_response(await self._ask("aios.registry.list", query))
 
     async def model(self, request: web.Request, caller: Caller) -> web.StreamResponse:
