@@ -338,3 +338,36 @@ async def test_a_replica_restarts_to_follow_a_forced_move_to_other_shapes(store:
     assert replica.restart_to_follow and EXIT_TO_FOLLOW != 0
     replacement = Replica(store, "models:/follow@prod", "job-f", 1, "127.0.0.1", 0, 64, 2.0)
     assert (await replacement.load())[0] == 2
+
+
+async def test_every_replica_of_a_bare_name_serves_the_version_latest_at_submission(store: Any,
+                                                                                   model: nn.Model) -> None:
+    """From a walkthrough: `aios serve digits --replicas 2`, then a compression registered version 10 and a
+    replica was replaced: it loaded version 10 while the other served 9. The launcher hands every replica the
+    job's submission time, and a bare name is the latest version registered by then."""
+    import time
+
+    from aios.model_registry.replica import Replica
+    from aios.model_registry.service import Registry
+
+    reg = Registry(store)
+    await reg.register_bytes("bare", model.encode())
+    submitted = time.time()
+    await asyncio.sleep(0.05)
+    await reg.register_bytes("bare", model.encode())  # after the job was submitted
+    pinned = Replica(store, "bare", "job-b", 1, "127.0.0.1", 0, 64, 2.0, as_of=submitted)
+    assert (await pinned.load())[0] == 1
+    assert (await Replica(store, "bare", "job-b", 0, "127.0.0.1", 0, 64, 2.0).load())[0] == 2  # nothing pinned
+    assert (await Replica(store, "bare/2", "job-b", 0, "127.0.0.1", 0, 64, 2.0, as_of=submitted).load())[0] == 2
+
+
+def test_the_launcher_tells_a_replica_when_its_job_was_submitted() -> None:
+    from aios.common.events import Assignment
+    from aios.scheduler.spec import validate_spec
+    from aios.scheduler.state import JobState
+    from aios.trainer.launcher import worker_env
+
+    spec = validate_spec({"name": "s", "tenant": "t", "devices": 1, "serve": {"model": "bare"}})
+    a = Assignment(node_id="n1", device_uuids=["g0"], ranks=[0])
+    job = JobState("s-1", spec, "t", 1, 1234.5, assignments=[a])
+    assert json.loads(worker_env(job, a, 0, 0, "nats://x")["AIOS_SERVE"])["as_of"] == 1234.5

@@ -153,7 +153,9 @@ class EndpointBook:
 
 class Replica:
     def __init__(self, store: EventStore, uri: str, job_id: str, rank: int, host: str, port: int,
-                 max_batch: int, max_delay_ms: float) -> None:
+                 max_batch: int, max_delay_ms: float, as_of: float | None = None) -> None:
+        """``as_of``: for a bare model name, the version served is the latest registered by then (the job's
+        submission)."""
         self.store = store
         self.reg = Registry(store)
         self.uri = uri
@@ -163,12 +165,16 @@ class Replica:
         self.host, self.port = host, port
         self.max_batch, self.max_delay_ms = max_batch, max_delay_ms
         self.server: ModelServer | None = None
+        self.as_of = as_of
         self.rank = rank
         self.restart_to_follow = False
 
     async def load(self) -> tuple[int, nn.Model, int]:
         state = await self.reg.read_model(self.name)
-        version = resolve(state, self.uri)
+        _, pinned, _ = parse_uri(self.uri)
+        then = [v for v in state.live if v.registered_at <= self.as_of] if (
+            state is not None and self.as_of is not None and pinned is None and not self.alias) else []
+        version = max(then, key=lambda v: v.version) if then else resolve(state, self.uri)
         return version.version, nn.decode(await self.reg.blobs.get(version.digest)), state.version
 
     async def announce(self, kv: Any) -> None:
@@ -246,6 +252,7 @@ async def run(env: dict[str, str]) -> int:
         parse_uri(uri)
         max_batch = int(serve.get("max_batch", 256))
         max_delay = float(serve.get("max_delay_ms", 2.0))
+        as_of = float(serve["as_of"]) if serve.get("as_of") is not None else None
         port = int(env.get("AIOS_SERVE_PORT", "0"))
         nats_url = env["AIOS_NATS_URL"]
     except (KeyError, ValueError, json.JSONDecodeError) as exc:
@@ -256,7 +263,7 @@ async def run(env: dict[str, str]) -> int:
     store = await connect(nats_url.split(","), name=f"aios-replica-{env.get('AIOS_JOB_ID', '')}")
     try:
         replica = Replica(store, uri, env.get("AIOS_JOB_ID", ""), int(env.get("RANK", "0")),
-                          env.get("AIOS_SERVE_HOST", "127.0.0.1"), port, max_batch, max_delay)
+                          env.get("AIOS_SERVE_HOST", "127.0.0.1"), port, max_batch, max_delay, as_of)
         await replica.run(stop)
         return EXIT_TO_FOLLOW if replica.restart_to_follow else 0
     finally:

@@ -89,7 +89,10 @@ def worker_env(job: JobState, assignment: Assignment, rank: int, local_rank: int
             **({"AIOS_TRAINER": json.dumps(spec.trainer)} if spec.trainer is not None else {}),
             **({"AIOS_CHECKPOINT_INTERVAL_S": repr(spec.checkpoint_interval_s)}
                if spec.checkpoint_interval_s is not None else {}),
-            **({"AIOS_SERVE": json.dumps(spec.serve)} if spec.serve is not None else {})}
+            # a bare model name is served at its latest version when the job was submitted: every replica, and
+            # every replacement, the same one (each resolved it when it started: a deployment served two versions)
+            **({"AIOS_SERVE": json.dumps({**spec.serve, "as_of": job.submitted_at})} if spec.serve is not None
+               else {})}
 
 
 def worker_command(job: JobState | None = None) -> list[str]:
