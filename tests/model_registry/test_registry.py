@@ -133,6 +133,12 @@ async def test_compression_makes_a_linked_version_with_measured_deltas(store: Ev
     assert deltas["size_ratio"] < 0.3 and abs(deltas["accuracy"]) <= 0.01 and "latency_ms_per_1k" in deltas
     assert out["tags"] == {"compression": "int8", "parent": "1"}
     assert out["size_bytes"] < 0.3 * reg.show("models:/digits/1")["size_bytes"]
+    # what each learned from: a file's is not known (it named the held-out split it was measured on), an int8
+    # copy's is its parent's, a fine-tuned one's the training split
+    assert reg.show("models:/digits/1")["lineage"]["dataset"] == "" and out["lineage"]["dataset"] == ""
+    assert out["evaluation"]["dataset"].endswith("/eval")
+    tuned = await reg.compress("models:/digits/1", "prune", {"sparsity": 0.5}, finetune_steps=50)
+    assert tuned["lineage"]["dataset"].endswith("/train"), tuned["lineage"]
 
 
 @pytest.mark.parametrize("op, args, message", [

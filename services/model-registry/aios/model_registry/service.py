@@ -279,7 +279,8 @@ class Registry:
         evaluation, dataset = None, ""
         if trainer is not None:
             evaluation, dataset = await self._evaluate(model, trainer)
-        lineage = Lineage(source="file", spec={"trainer": trainer} if trainer else {}, dataset=dataset)
+        # trained elsewhere, on data we do not know: the held-out split it is measured on is its evaluation's
+        lineage = Lineage(source="file", spec={"trainer": trainer} if trainer else {})
         return await self.register(name, model, lineage, evaluation["metrics"] if evaluation else None, description,
                                    tags, by, evaluation, dataset)
 
@@ -381,7 +382,12 @@ class Registry:
             evaluation, _ = await self._evaluate(small, trainer)
             for key in ("accuracy", "f1_macro", "latency_ms_per_1k"):
                 deltas[key] = round(evaluation["metrics"][key] - before["metrics"][key], 6)
-        lineage = Lineage(source="compression", parent_version=version, dataset=dataset,
+        # what it learned from: the training split when it was fine-tuned, else its parent's (the held-out split
+        # it was measured on was recorded here as if it had been trained on it)
+        trained_on = (builtin.mlp.dataset_identity(builtin.within_memory(builtin.parse_config(trainer)), "train")
+                      if trainer is not None and info.get("finetune_steps") else
+                      str((parent_view.get("lineage") or {}).get("dataset", "")))
+        lineage = Lineage(source="compression", parent_version=version, dataset=trained_on,
                           compression={**info, "deltas": deltas})
         out = await self.register(name, small, lineage, evaluation["metrics"] if evaluation else None,
                                   f"{method} of version {version}", {"compression": method, "parent": str(version)},
