@@ -357,3 +357,6 @@ def test_a_job_naming_a_kind_no_node_has_does_not_stop_a_plan_for_the_others(pol
     c.submit("typo", 1, device_types=["a100"])
     _run_rounds(c, policy, 2.0, 3)
     assert (c.status("runs"), c.status("typo")) == ("placed", "pending")
+    # and `aios why` says why it waits (it read "0 jobs with less attained service come first")
+    why = explain(c.state, make_policy(policy), "typo", 6.0)
+    assert "capacity: no online node has a a100 device" in why, why

@@ -1031,5 +1031,9 @@ def _explain(state: SchedulerState, policy: Policy, job_id: str, now: float) -> 
     if any(p.job_id == job_id for p in plan.placements):
         return f"{job_id} is pending and fits now: it will be placed in the next round"
     reason = plan.reasons.get(job_id, "waiting for the next round")
+    if job.spec is not None and not reason.startswith("capacity"):
+        # a policy that ranks who runs next said "N jobs come first" of a job no node here can ever hold
+        never = _Facts(state).never_fits(request_for(job, frozenset(job.spec.device_types) or None))
+        reason = f"capacity: {never}" if never else reason
     queue = f"position {position} of {len(plan.order)} under {policy.name}"
     return f"{job_id} is pending: {reason}. {queue}" + (f"; ahead: {', '.join(ahead)}" if ahead else "")
