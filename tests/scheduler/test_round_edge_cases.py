@@ -360,3 +360,25 @@ def test_a_job_naming_a_kind_no_node_has_does_not_stop_a_plan_for_the_others(pol
     # and `aios why` says why it waits (it read "0 jobs with less attained service come first")
     why = explain(c.state, make_policy(policy), "typo", 6.0)
     assert "capacity: no online node has a a100 device" in why, why
+
+
+def test_a_cancelled_jobs_devices_count_in_its_tenants_quota_until_they_are_given_back() -> None:
+    """From a walkthrough: while a cancelled job's workers stopped, its devices were still its own but no longer
+    counted in its tenant's usage, so a job of that tenant was admitted "within nominal" beside them: the tenant
+    held twice its quota, none of it on loan to take back."""
+    fifo = make_policy("fifo")
+    c = Cluster(("n1", "a100", 4), ("n2", "a100", 4))
+    c.quota("alice", "", a100=4)
+    c.submit("first", 4, tenant="alice", stop_grace_s=90, device_types=["a100"])
+    step(c.state, fifo, 1.0)
+    _workers(c, "first", 1.5, True, "rank0", "rank1", "rank2", "rank3")
+    c.cancel("first", 2.0)
+    step(c.state, fifo, 2.0)
+    c.submit("second", 4, tenant="alice", now=3.0, device_types=["a100"])
+    step(c.state, fifo, 4.0)
+    assert (c.status("first"), c.status("second")) == ("cancelled", "pending")
+    assert "quota: " in explain(c.state, fifo, "second", 5.0)
+    _workers(c, "first", 6.0, False, "rank0", "rank1", "rank2", "rank3")
+    step(c.state, fifo, 7.0)  # its devices are given back
+    step(c.state, fifo, 8.0)
+    assert c.status("second") == "placed" and not c.state.stopping

@@ -22,7 +22,7 @@ from aios.scheduler.placement import BinCache, ClusterView, Request, fit_in_orde
 from aios.scheduler.policies.backfill import EasyBackfill
 from aios.scheduler.policies.base import Policy, compatible
 from aios.scheduler.state import (
-    HOLDING, PENDING, PLACED, PREEMPTING, RUNNING, TERMINAL, JobState, SchedulerState, inventory_shape,
+    HOLDING, PENDING, PLACED, PREEMPTING, RUNNING, TERMINAL, JobState, SchedulerState, inventory_shape, still_leased,
 )
 
 PREEMPT_GRACE_S = 30.0
@@ -105,6 +105,15 @@ def _usage(state: SchedulerState) -> tuple[dict[str, dict[str, int]], dict[str, 
             mem[a.node_id] = mem.get(a.node_id, 0.0) + job.spec.memory_gib_per_worker * workers
             for u in a.device_uuids:
                 per[kind_of.get(u, "?")] = per.get(kind_of.get(u, "?"), 0) + 1
+    for job_id in state.stopping:  # ended, its workers still stopping on what is still leased to it
+        job = state.jobs.get(job_id)
+        if job is None or job.spec is None:
+            continue
+        per = usage.setdefault(job.tenant, {})
+        for node_id, u in still_leased(state, job):
+            cpu[node_id] = cpu.get(node_id, 0.0) + job.spec.cpu_per_worker
+            mem[node_id] = mem.get(node_id, 0.0) + job.spec.memory_gib_per_worker
+            per[kind_of.get(u, "?")] = per.get(kind_of.get(u, "?"), 0) + 1
     return usage, cpu, mem
 
 

@@ -128,6 +128,10 @@ class SchedulerState(msgspec.Struct):
     live: dict[str, None] = {}
     """Ids of the jobs not yet ended, in submission order: what every round looks at (``jobs`` keeps the ended ones
     too, for the API, and outgrows them by far over weeks of history)."""
+    stopping: dict[str, None] = {}
+    """Ended jobs whose workers had not all exited when they ended (a cancel, a peer's failure): their devices stay
+    theirs until the last one exits, and count in their tenant's usage till then (a tenant was admitted past its
+    quota while a cancelled job's workers checkpointed)."""
     keyed: dict[str, str] = {}
     """The job each idempotency key was first used for, by :func:`key_index`: a retry with
     the key and another name, after the stream's duplicate window, would otherwise make a second job."""
@@ -165,6 +169,8 @@ def superseded(job: JobState, attempt: int) -> bool:
 
 def fold_commit(state: SchedulerState, commit: Commit) -> SchedulerState:
     inventory.fold_commit(state.inv, commit)
+    if state.stopping and commit.aggregate.startswith("node."):  # (leases are released on their node's subject)
+        _forget_released(state)
     for ev in commit.events:
         evolve(state, ev, commit.seq)
         if commit.headers and commit.aggregate.startswith("job."):
@@ -177,6 +183,21 @@ def fold_commit(state: SchedulerState, commit: Commit) -> SchedulerState:
                     job.placement_trace = carrier
     state.seq = commit.seq
     return state
+
+
+def still_leased(state: SchedulerState, job: JobState) -> list[tuple[str, str]]:
+    """(node, device) of the job's placement still leased to it."""
+    holder = state.inv.leases.holder
+    return [(a.node_id, u) for a in job.assignments for u in a.device_uuids if holder.get(u) == job.job_id]
+
+
+def _forget_released(state: SchedulerState) -> None:
+    """An ended job whose devices were given back (its workers' exits never reported, the grace over) stops
+    counting as stopping."""
+    for job_id in list(state.stopping):
+        job = state.jobs.get(job_id)
+        if job is None or not still_leased(state, job):
+            del state.stopping[job_id]
 
 
 def job_summary(j: JobState) -> dict[str, Any]:
@@ -320,6 +341,8 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         # job's until the last one exits (Slurm's COMPLETING), and another job placed there was refused by the
         # node's agent, five times, and failed
         job.workers_running = max(0, job.workers_running - 1)
+        if job.workers_running == 0:
+            state.stopping.pop(job.job_id, None)
         return state
     if job is None or job.status in TERMINAL and kind is not JobCancelRequested:
         return state
@@ -407,6 +430,8 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         _close_run(state, job, ev.ts)
         job.status = {JobSucceeded: SUCCEEDED, JobFailed: FAILED, JobCancelled: CANCELLED}[kind]
         state.live.pop(job.job_id, None)
+        if job.workers_running > 0 and job.assignments:
+            state.stopping[job.job_id] = None
         job.finished_at = ev.ts
         if kind is JobFailed:
             job.error = ev.reason  # type: ignore[attr-defined]
