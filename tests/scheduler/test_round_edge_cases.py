@@ -382,3 +382,21 @@ def test_a_cancelled_jobs_devices_count_in_its_tenants_quota_until_they_are_give
     step(c.state, fifo, 7.0)  # its devices are given back
     step(c.state, fifo, 8.0)
     assert c.status("second") == "placed" and not c.state.stopping
+
+
+def test_a_quota_job_kept_off_a_cordoned_kind_is_not_told_it_can_never_start() -> None:
+    """From a walkthrough: a 4-device job of a tenant with a100=2, in a cohort that lends h100=4, waited while the
+    H100 node was drained, and `why` read "can never hold 4 devices ... a larger quota, or a smaller job, would let
+    it start"; uncordoned, it started at once. It says the kind its quota would admit it on is out of reach."""
+    from aios.common.events import NodeCordoned
+    from aios.scheduler.local import apply
+
+    c = Cluster(("n1", "h100", 4), ("n2", "a100", 4))
+    c.quota("alice", "c", h100=4)
+    c.quota("bob", "c", a100=2)
+    apply(c.state, [("node.n1", [NodeCordoned(aggregate_id="n1", reason="drained")])], 0.5)
+    c.submit("wide", 4, tenant="bob")
+    fifo = make_policy("fifo")
+    step(c.state, fifo, 1.0)
+    why = explain(c.state, fifo, "wide", 2.0)
+    assert "can never" not in why and "would admit it on h100, where no open node can hold it now" in why, why

@@ -359,7 +359,10 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
                 # a job that no wait for quota would let start says why first (a 16-device gang on 8 devices
                 # read "a100 would be 16 against nominal 2")
                 kinds_of_job = sorted(whole or accepted)
-                most = {k: quotas.ceiling(tenants, job.tenant, k) for k in kinds_of_job}
+                # over every kind it accepts, not only those the open nodes can hold it on: with the node of a kind
+                # its cohort would lend drained, it read "can never hold 4 ... a larger quota would let it start"
+                installed = list(spec.device_types) or sorted(set(kinds_by_device(state).values()))
+                most = {k: quotas.ceiling(tenants, job.tenant, k) for k in sorted(set(accepted) | set(installed))}
                 if all(spec.devices > m for m in most.values()):  # it read as if a wait would do
                     plan.reasons[job.job_id] = (
                         f"quota: tenant {job.tenant} can never hold {spec.devices} "
@@ -367,7 +370,10 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
                         "at most " + ", ".join(f"{m} {k}" for k, m in most.items())
                         + " with all its cohort could lend; a larger quota, or a smaller job, would let it start")
                 else:
-                    plan.reasons[job.job_id] = f"quota: {decision.reason}"
+                    closed = [k for k in most if k not in whole and most[k] >= spec.devices]
+                    plan.reasons[job.job_id] = f"quota: {decision.reason}" + (
+                        f"; its quota, with what its cohort could lend, would admit it on {', '.join(closed)}, where "
+                        "no open node can hold it now (nodes cordoned, drained or lost)" if closed and whole else "")
                 if not _maybe_reclaim(state, plan, tenants, usage, job, charge, now) and first_pass:
                     # in the first pass only: there its tenant's lower-ranked jobs have not taken the quota yet
                     # this round (in the borrowers' pass they had, and a victim admitted again ahead of it was
