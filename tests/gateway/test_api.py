@@ -324,6 +324,8 @@ def test_a_job_through_http_with_its_timeline_logs_and_the_cluster(gateway: tupl
     while call(url, "GET", "/api/v1/nodes/sim-a", ADMIN)[1]["cordon"] != "fan":
         assert time.monotonic() < deadline
         time.sleep(0.2)
+    status, err = call(url, "POST", "/api/v1/nodes/sim-a/uncordon", ADMIN, {"bogus": 1})  # was ignored: a 200
+    assert status == 422 and err["error"] == "bogus: unknown field (this takes none)", err
     assert call(url, "POST", "/api/v1/nodes/sim-a/uncordon", ADMIN)[0] == 200
     status, err = call(url, "DELETE", "/api/v1/nodes/sim-a", ADMIN)
     assert status == 409 and "sim-a is online" in err["error"], err

@@ -34,9 +34,9 @@ def test_a_full_spec_is_accepted() -> None:
     ({"trainer": {"kind": "mlp"}}, "command", "exactly one of"),
     ({"gpus": 8}, "gpus", "unknown field"),
     # JSON's NaN/Infinity and YAML's .nan were accepted, then stored as null: the job had no spec and failed
-    ({"cpu_per_worker": float("nan")}, "cpu_per_worker", "must be a finite number, got nan"),
+    ({"cpu_per_worker": float("nan")}, "cpu_per_worker", "must be a finite number, got NaN"),
     ({"max_runtime_s": float("nan")}, "max_runtime_s", "must be a finite number"),  # was: no limit at all
-    ({"throughput": {"h100": float("inf")}}, "throughput.h100", "must be a finite number, got inf"),
+    ({"throughput": {"h100": float("inf")}}, "throughput.h100", "must be a finite number, got Infinity"),
     ({"command": None, "trainer": {"kind": "mlp", "lr": float("nan")}}, "trainer.lr", "finite"),
     # taken, and every rank failed at start: "never joined the group within 0s"
     ({"command": None, "trainer": {"kind": "mlp", "collective_timeout_s": 0}}, "trainer.collective_timeout_s",
@@ -99,6 +99,8 @@ def test_missing_fields_and_wrong_shapes() -> None:
     ({"cohort": None, "nominal": {"h100": 2}}, "cohort", "expected a string (empty: no cohort), got null"),
     ({"nominal": None}, "nominal", "expected an object of device kind -> count, got null"),
     ({"cohort": "lab"}, "nominal", "required: device kind -> count ({} for none, to borrow only)"),
+    # shown as the JSON that was sent, not as Python shows it ("got True")
+    ({"nominal": {"h100": True}}, "nominal.h100", "expected a whole number from 0 to 1,000,000, got true"),
 ])
 def test_quota_limits_that_cannot_mean_anything_are_refused(raw: dict, field: str, reason: str) -> None:
     from aios.scheduler.spec import validate_quota

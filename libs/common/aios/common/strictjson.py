@@ -86,3 +86,13 @@ def value_at(raw: Any, path: str) -> Any:
             return None
         value = value[part]
     return value
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """A value read from JSON (or YAML) as an error shows it: as JSON writes it (``true``, ``null``, ``"x"``), not as
+    Python does (``True``, ``None``, ``'x'``), cut to ``limit`` characters."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -363,15 +363,24 @@ class Api:
         return await self._node_op(nodeops.cordon(self.backend.store, request.match_info["node"], True, drain, reason,
                                                   f"http:{caller.tenant}"))
 
+    async def _no_fields(self, request: web.Request) -> None:
+        """A body a route takes nothing from is empty: a field was ignored without a word (``cordon`` refuses
+        the ones it does not know)."""
+        body = await self._body(request)
+        if body:
+            raise HttpError(422, f"{sorted(body)[0]}: unknown field (this takes none)")
+
     async def uncordon_node(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         from aios.resource_manager import nodeops
 
+        await self._no_fields(request)
         return await self._node_op(nodeops.cordon(self.backend.store, request.match_info["node"], False, False, "",
                                                   f"http:{caller.tenant}"))
 
     async def forget_node(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         from aios.resource_manager import nodeops
 
+        await self._no_fields(request)
         return await self._node_op(nodeops.forget(self.backend.store, request.match_info["node"],
                                                   f"http:{caller.tenant}"))
 

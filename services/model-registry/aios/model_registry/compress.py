@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from aios.common import strictjson
 from aios.model_registry import nn
 
 METHODS = ("svd", "int8", "prune")
@@ -167,7 +168,7 @@ def check_options(method: str, options: Any) -> dict[str, float]:
             raise CompressionError(f"options.{key}: not an option of {method} "
                                    f"({'known: ' + ', '.join(known) if known else 'it takes none'})")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise CompressionError(f"options.{key}: a number is expected, got {value!r}")
+            raise CompressionError(f"options.{key}: a number is expected, got {strictjson.shown(value)}")
         checked[key] = float(value)
     return checked
 
@@ -179,7 +180,7 @@ def compress(model: nn.Model, method: str, options: dict[str, Any], train: tuple
     if isinstance(finetune_steps, bool) or not isinstance(finetune_steps, int) or \
             not 0 <= finetune_steps <= MAX_FINETUNE_STEPS:
         raise CompressionError(f"finetune_steps: a whole number from 0 to {MAX_FINETUNE_STEPS:,}, got "
-                               f"{finetune_steps!r}")
+                               f"{strictjson.shown(finetune_steps)}")
     options = check_options(method, options)
     if method in METHODS:  # each works on full-precision dense layers (svd: before the classifier head) only
         last = len(model.layers) - 1

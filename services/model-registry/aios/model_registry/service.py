@@ -25,7 +25,7 @@ import msgspec
 import nats.js.errors
 import numpy as np
 
-from aios.common import tracing
+from aios.common import strictjson, tracing
 from aios.common.errors import AiosError, ConcurrencyConflict
 from aios.common.events import (
     JOB_AGGREGATES, Event, JobCancelled, JobFailed, JobPlaced, JobProgress, JobSubmitted, JobSucceeded, Lineage,
@@ -471,21 +471,21 @@ class Registry:
 def _int(args: dict[str, Any], key: str) -> int:
     value = args.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BadInput(f"{key}: a positive version number is required, got {value!r}")
+        raise BadInput(f"{key}: a positive version number is required, got {strictjson.shown(value)}")
     return value
 
 
 def _str(args: dict[str, Any], key: str, default: str | None = None) -> str:
     value = args.get(key, default)
     if not isinstance(value, str) or (default is None and not value):
-        raise BadInput(f"{key}: a string is required, got {value!r}")
+        raise BadInput(f"{key}: a string is required, got {strictjson.shown(value)}")
     return value
 
 
 def _bool(args: dict[str, Any], key: str) -> bool:
     value = args.get(key, False)
     if not isinstance(value, bool):
-        raise BadInput(f"{key}: true or false, got {value!r}")
+        raise BadInput(f"{key}: true or false, got {strictjson.shown(value)}")
     return value
 
 
@@ -494,11 +494,11 @@ async def handle(reg: Registry, op: str, args: dict[str, Any]) -> dict[str, Any]
     if op == "list":
         for key in ("tag", "metric", "name"):
             if args.get(key) is not None and not isinstance(args[key], str):
-                raise BadInput(f"{key}: a string is expected, got {args[key]!r}")
+                raise BadInput(f"{key}: a string is expected, got {strictjson.shown(args[key])}")
         least = args.get("min")
         if least is not None:
             if isinstance(least, bool) or not isinstance(least, (int, float)) or not math.isfinite(least):
-                raise BadInput(f"min: a number is expected, got {least!r}")
+                raise BadInput(f"min: a number is expected, got {strictjson.shown(least)}")
             if args.get("metric") is None:
                 raise BadInput("min: needs metric (the metric whose value is at least min)")
         return {"models": reg.list(args.get("tag"), args.get("metric"), least, args.get("name"))}
@@ -517,7 +517,7 @@ async def handle(reg: Registry, op: str, args: dict[str, Any]) -> dict[str, Any]
         if expected not in ("any", None) and (isinstance(expected, bool) or not isinstance(expected, int)
                                               or expected < 1):
             # "1" was compared with 1 and refused as a conflict (409), and true moved an alias expected at 1
-            raise BadInput(f"expected: \"any\", null (the alias is new) or a version number, got {expected!r}")
+            raise BadInput(f"expected: \"any\", null (the alias is new) or a version number, got {strictjson.shown(expected)}")
         return await reg.alias(_str(args, "name"), _str(args, "alias"), _int(args, "version"), expected,
                                _bool(args, "force"))
     if op == "unalias":
@@ -538,7 +538,7 @@ async def handle(reg: Registry, op: str, args: dict[str, Any]) -> dict[str, Any]
             raise BadInput("options: an object is expected")
         steps = args.get("finetune_steps", 1000)
         if not isinstance(steps, int) or steps < 0:
-            raise BadInput(f"finetune_steps: a non-negative integer is expected, got {steps!r}")
+            raise BadInput(f"finetune_steps: a non-negative integer is expected, got {strictjson.shown(steps)}")
         return await reg.compress(_str(args, "model"), _str(args, "method"), options, steps, _str(args, "by", ""))
     if op == "eval":
         trainer = args.get("trainer")
@@ -550,7 +550,7 @@ async def handle(reg: Registry, op: str, args: dict[str, Any]) -> dict[str, Any]
         if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not MIN_ORPHAN_GRACE_S <= grace < 1e9:
             # a negative grace freed at once a blob a concurrent `register` had just uploaded
             raise BadInput(f"orphan_grace_s: at least {MIN_ORPHAN_GRACE_S:g} s (an upload is referenced by its "
-                                f"register request within that time), got {grace!r}")
+                                f"register request within that time), got {strictjson.shown(grace)}")
         return await reg.collect_garbage(float(grace))
     if op == "register-job":
         return await reg.register_job(_str(args, "job")) or {"registered": False}

@@ -45,10 +45,10 @@ def answer(inv: Inventory, what: str, args: dict[str, Any]) -> dict[str, Any]:
     if what == "node":
         node_id = args.get("node")
         if not isinstance(node_id, str):
-            return {"error": "field 'node': a node id (string) is required"}
+            return {"error": "node: a node id (string) is required"}
         node = inv.nodes.get(node_id)
         if node is None:
-            return {"error": f"field 'node': no node {node_id!r} (known: {', '.join(sorted(inv.nodes)) or 'none'})"}
+            return {"error": f"node: no node {node_id!r} (known: {', '.join(sorted(inv.nodes)) or 'none'})"}
         return node_detail(inv, node)
     if what == "capacity":
         return {"capacity": inv.capacity(), "seq": inv.seq}

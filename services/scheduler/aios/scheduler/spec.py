@@ -121,7 +121,7 @@ def _check_values(value: Any, path: str) -> None:
     """Values JSON or YAML can carry but a job cannot use: NaN and infinities (stored as null, they turned the spec
     into nothing; as a limit, NaN meant none) and NUL characters (no process can be started with them)."""
     if isinstance(value, float) and not math.isfinite(value):
-        raise SpecError(path or "spec", f"must be a finite number, got {value!r}")
+        raise SpecError(path or "spec", f"must be a finite number, got {strictjson.shown(value)}")
     if isinstance(value, str) and "\x00" in value:
         raise SpecError(path or "spec", "must not contain a NUL character")
     if isinstance(value, str) and not encodes(value):  # a lone surrogate: accepted, then a 500 when stored
@@ -273,7 +273,7 @@ def validate_quota(tenant: Any, raw: Any) -> TenantQuotaSet:
     the field: the same rules everywhere, so that no path stores a quota another refuses, or one that can hold no
     job (a tenant in capitals, a kind no device has)."""
     if not isinstance(tenant, str):
-        raise SpecError("tenant", f"expected a string, got {tenant!r}")
+        raise SpecError("tenant", f"expected a string, got {strictjson.shown(tenant)}")
     check_tenant(tenant)
     if not isinstance(raw, dict):
         raise SpecError("quota", f"expected an object with {', '.join(QUOTA_FIELDS)}")
@@ -301,7 +301,7 @@ def validate_quota(tenant: Any, raw: Any) -> TenantQuotaSet:
             if not is_device_kind(kind):
                 raise SpecError(f"{field}.{str(kind)[:32]}", "not a device kind (lowercase, e.g. h100, a100)")
             if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_QUOTA:
-                raise SpecError(f"{field}.{kind}", f"expected a whole number from 0 to {MAX_QUOTA:,}, got {n!r}")
+                raise SpecError(f"{field}.{kind}", f"expected a whole number from 0 to {MAX_QUOTA:,}, got {strictjson.shown(n)}")
         return dict(value)
 
     nominal = counts("nominal", False) or {}
