@@ -172,8 +172,8 @@ class Replica:
     async def load(self) -> tuple[int, nn.Model, int]:
         state = await self.reg.read_model(self.name)
         _, pinned, _ = parse_uri(self.uri)
-        then = [v for v in state.live if v.registered_at <= self.as_of] if (
-            state is not None and self.as_of is not None and pinned is None and not self.alias) else []
+        bare = pinned is None and not self.alias
+        then = [v for v in state.live if v.registered_at <= self.as_of] if bare and self.as_of is not None else []
         version = max(then, key=lambda v: v.version) if then else resolve(state, self.uri)
         return version.version, nn.decode(await self.reg.blobs.get(version.digest)), state.version
 

@@ -517,7 +517,8 @@ async def handle(reg: Registry, op: str, args: dict[str, Any]) -> dict[str, Any]
         if expected not in ("any", None) and (isinstance(expected, bool) or not isinstance(expected, int)
                                               or expected < 1):
             # "1" was compared with 1 and refused as a conflict (409), and true moved an alias expected at 1
-            raise BadInput(f"expected: \"any\", null (the alias is new) or a version number, got {strictjson.shown(expected)}")
+            raise BadInput("expected: \"any\", null (the alias is new) or a version number, got "
+                           + strictjson.shown(expected))
         return await reg.alias(_str(args, "name"), _str(args, "alias"), _int(args, "version"), expected,
                                _bool(args, "force"))
     if op == "unalias":

@@ -301,7 +301,8 @@ def validate_quota(tenant: Any, raw: Any) -> TenantQuotaSet:
             if not is_device_kind(kind):
                 raise SpecError(f"{field}.{str(kind)[:32]}", "not a device kind (lowercase, e.g. h100, a100)")
             if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_QUOTA:
-                raise SpecError(f"{field}.{kind}", f"expected a whole number from 0 to {MAX_QUOTA:,}, got {strictjson.shown(n)}")
+                raise SpecError(f"{field}.{kind}",
+                                f"expected a whole number from 0 to {MAX_QUOTA:,}, got {strictjson.shown(n)}")
         return dict(value)
 
     nominal = counts("nominal", False) or {}
