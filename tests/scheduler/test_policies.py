@@ -366,6 +366,22 @@ def test_backfill_runs_short_jobs_without_delaying_the_head() -> None:
     assert "backfill would delay head" in plan.reasons["long"]
 
 
+def test_backfill_counts_what_the_running_jobs_have_run_already() -> None:
+    """From a walkthrough of `aios simulate`: the head's reservation took each running job's whole estimate from
+    now, not what it had left, so a job arriving half-way through was backfilled into the head's time and the
+    head started 500 s late."""
+    c = Cluster(("n1", "v100", 2))
+    c.submit("a", 1, runtime_estimate_s=1000, now=0.0)
+    bf = make_policy("backfill")
+    step(c.state, bf, 0.0)
+    c.submit("head", 2, runtime_estimate_s=1000, now=0.0)
+    c.submit("late", 1, runtime_estimate_s=1000, now=500.0)
+    plan = step(c.state, bf, 500.0)  # a ends at 1000, the head's start; late would run to 1500
+    assert plan.placements == [] and "backfill would delay head" in plan.reasons["late"], plan.reasons
+    c.submit("brief", 1, runtime_estimate_s=400, now=501.0)
+    assert [p.job_id for p in step(c.state, bf, 501.0).placements] == ["brief"]  # ends at 901: before it
+
+
 def test_node_loss_and_cancel() -> None:
     c = Cluster(("n1", "h100", 2), ("n2", "h100", 2))
     c.submit("a", 2)

@@ -21,10 +21,18 @@ class EasyBackfill(Policy):
                     estimate: Estimator) -> tuple[float, int]:
         """(shadow time, extra devices): when the head can start, and how many devices of its kinds will be free
         beyond its need at that time."""
-        ends = sorted((now + estimate(r), compatible(head, r, state)) for r in running(state))
+        ends = sorted((now + remaining(r, now, estimate), compatible(head, r, state)) for r in running(state))
         available = free_now
         for end, freed in ends:
             available += freed
             if available >= head.devices:
                 return end, available - head.devices
         return float("inf"), 0
+
+
+def remaining(job: JobState, now: float, estimate: Estimator) -> float:
+    """Seconds a running job has left: the estimators count the service of its earlier runs only, and this run's
+    so far comes off too (without it the head's reservation was as late as the running jobs had already run, and
+    a later job was backfilled into the head's time: an 8-device job started 500 s late)."""
+    ran = now - job.placed_at if job.placed_at is not None else 0.0
+    return max(0.0, estimate(job) - ran)
