@@ -87,6 +87,16 @@ def test_lowest_average_jct_is_named(tmp_path: Path) -> None:
     assert "slow" in sentence and "partial" not in sentence
 
 
+def test_minutes_long_jobs_are_not_rounded_into_a_tie(tmp_path: Path) -> None:
+    """From a walkthrough: a replay of a live cluster's jobs of seconds read 0.00 h in every JCT cell and "fifo
+    and fairshare tie at 0.00 h"; below an hour the report keeps 3 significant digits, as the summary does."""
+    fifo = result_a() | {"policy": "fifo", "avg_jct_h": 0.00694, "p50_jct_h": 0.00694, "makespan_h": 0.00833}
+    prio = result_a() | {"policy": "priority", "avg_jct_h": 0.00556, "p50_jct_h": 0.00556, "makespan_h": 0.00833}
+    md = write_report(tmp_path, [fifo, prio], "t").read_text(encoding="utf-8")
+    assert row(md, "fifo")[1:3] == ["0.00694", "0.00694"] and row(md, "priority")[1] == "0.00556"
+    assert "Lowest average JCT: **priority** (0.00556 h)." in md
+
+
 def test_no_rho_means_no_rho_plot(tmp_path: Path) -> None:
     a = result_a() | {"mean_rho": None, "max_rho": None}
     a["records"] = [rec | {"rho": None} for rec in a["records"]]

@@ -83,6 +83,14 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def _hours(value: Any) -> str:
+    """Hours as the summary keeps them: 2 decimals, 3 significant digits below an hour (a replay's minutes-long
+    jobs read 0.00 h in every cell, and the report called the policies a tie)."""
+    if value is None:
+        return DASH
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3g}"
+
+
 def _table(results: list[dict]) -> list[str]:
     """One row per policy, in the order the policies were run."""
     head = ["policy", "avg JCT h", "p50 h", "p99 h", "makespan h", "utilisation", "mean ρ", "max ρ", "preemptions",
@@ -92,8 +100,8 @@ def _table(results: list[dict]) -> list[str]:
         util = r.get("utilization")
         cells = [
             _cell(str(r.get("policy", "?"))),
-            _fmt(r.get("avg_jct_h"), ".2f"), _fmt(r.get("p50_jct_h"), ".2f"), _fmt(r.get("p99_jct_h"), ".2f"),
-            _fmt(r.get("makespan_h"), ".2f"),
+            _hours(r.get("avg_jct_h")), _hours(r.get("p50_jct_h")), _hours(r.get("p99_jct_h")),
+            _hours(r.get("makespan_h")),
             DASH if util is None else _fmt(100.0 * util, ".1f") + " %",
             _fmt(r.get("mean_rho"), ".2f"), _fmt(r.get("max_rho"), ".2f"),
             _fmt(r.get("preemptions"), "d"), _fmt(r.get("wall_s"), ".1f"),
@@ -113,8 +121,8 @@ def _best_sentence(results: list[dict]) -> str:
     best = min(s for s, _ in scored)
     names = [f"**{p}**" for s, p in scored if s == best]
     if len(names) == 1:
-        return f"Lowest average JCT: {names[0]} ({best:.2f} h)."
-    return f"Lowest average JCT: {', '.join(names[:-1])} and {names[-1]} tie at {best:.2f} h."
+        return f"Lowest average JCT: {names[0]} ({_hours(best)} h)."
+    return f"Lowest average JCT: {', '.join(names[:-1])} and {names[-1]} tie at {_hours(best)} h."
 
 
 def _unfinished_notes(results: list[dict]) -> list[str]:
