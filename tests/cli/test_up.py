@@ -127,6 +127,9 @@ def test_up_uses_an_external_server_when_configured(aios_env: dict[str, str], na
     (["models", "serve", "models:/m@prod", "--wait", "nan"], 2, "--wait: expected seconds, 0 or more, got 'nan'"),
     (["agent", "--node", "n1", "--sim", "1xH100-80GB", "--heartbeat-interval", "-1"], 2,
      "--heartbeat-interval: expected seconds from 0.05 to 3600, got -1"),
+    # were taken: a node of 0 GB GPUs, and one of 13 billion GB
+    (["agent", "--node", "n1", "--sim", "4xH100-0GB"], 2, "--sim: '4xH100-0GB': from 1 to 1,024 GB per device"),
+    (["agent", "--node", "n1", "--sim", "2xH100-99999999999999GB"], 2, "from 1 to 1,024 GB per device"),
 ])
 def test_cli_usage_errors(aios_env: dict[str, str], argv: list[str], code: int, message: str) -> None:
     out = subprocess.run([sys.executable, "-m", "aios.cli.main", *argv], env=aios_env, capture_output=True,
@@ -238,3 +241,15 @@ def test_up_stops_in_order_when_its_output_is_gone(aios_env: dict[str, str], tmp
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_aios_agent_keeps_the_fence_stop_grace_and_labels_its_environment_sets() -> None:
+    """From a walkthrough: `aios agent` built its configuration anew from its flags and dropped
+    AIOS_AGENT_FENCE_AFTER (and the stop grace): an agent cut off from NATS never stopped its workers, while the
+    cluster ran its jobs again elsewhere. Every deployment starts its agents this way."""
+    from aios.cli.main import agent_config, build_parser
+
+    args = build_parser().parse_args(["agent", "--node", "n1", "--sim", "1xH100-80GB", "--heartbeat-interval", "1"])
+    config = agent_config(args, {"AIOS_AGENT_FENCE_AFTER": "15", "AIOS_AGENT_STOP_GRACE_S": "3"})
+    assert (config.node_id, config.sim, config.heartbeat_interval_s) == ("n1", "1xH100-80GB", 1.0)
+    assert (config.fence_after_s, config.stop_grace_s) == (15.0, 3.0)

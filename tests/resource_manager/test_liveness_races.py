@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from aios.common.config import load_settings
@@ -48,3 +49,17 @@ async def test_a_node_that_registers_again_during_the_check_is_not_declared_lost
     assert manager.registered
     assert [type(e) for e in history.events] == [NodeRegistered, NodeRegistered], history.events
     assert NodeLost not in [type(e) for e in history.events]
+
+
+@pytest.mark.parametrize("raw", ["-1", "0", "nan", "inf", "abc", "1e-9"])
+def test_a_node_timeout_that_cannot_work_is_refused_with_its_name(raw: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a walkthrough: AIOS_NODE_TIMEOUT=-1 was taken, and every node was declared lost twice a second (their
+    jobs requeued each time); nan would have declared none ever."""
+    from aios.common.errors import ConfigError
+    from aios.resource_manager.service import ResourceManagerService
+
+    monkeypatch.setenv("AIOS_NODE_TIMEOUT", raw)
+    with pytest.raises(ConfigError, match=r"^AIOS_NODE_TIMEOUT=.*: seconds from 1 to 86,400"):
+        ResourceManagerService()
+    monkeypatch.setenv("AIOS_NODE_TIMEOUT", "4")
+    assert ResourceManagerService().node_timeout_s == 4.0

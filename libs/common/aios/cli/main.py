@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from aios.common.config import load_settings
 from aios.common.errors import AiosError, ConfigError
@@ -150,12 +150,23 @@ def cmd_service(args: argparse.Namespace) -> int:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     from aios.common.runner import run_service
-    from aios.device_agent.service import AgentConfig, DeviceAgentService
+    from aios.device_agent.service import DeviceAgentService
 
-    base = AgentConfig.from_env()
-    config = AgentConfig(node_id=args.node or base.node_id, sim=args.sim or base.sim,
-                         telemetry_interval_s=args.telemetry_interval or base.telemetry_interval_s,
-                         heartbeat_interval_s=args.heartbeat_interval or base.heartbeat_interval_s)
+    return asyncio.run(run_service(DeviceAgentService(agent_config(args))))
+
+
+def agent_config(args: argparse.Namespace, env: dict[str, str] | None = None) -> Any:
+    """The agent's configuration: its flags over the environment's settings."""
+    import msgspec
+
+    from aios.device_agent.service import AgentConfig
+
+    base = AgentConfig.from_env(env)
+    # the flags over the environment, the rest of it kept (built anew, AIOS_AGENT_FENCE_AFTER, the stop grace and
+    # the labels were dropped: no agent started by `aios agent`, so none in any deployment, ever fenced itself)
+    config = msgspec.structs.replace(base, node_id=args.node or base.node_id, sim=args.sim or base.sim,
+                                     telemetry_interval_s=args.telemetry_interval or base.telemetry_interval_s,
+                                     heartbeat_interval_s=args.heartbeat_interval or base.heartbeat_interval_s)
     for option, value in (("--telemetry-interval", config.telemetry_interval_s),
                           ("--heartbeat-interval", config.heartbeat_interval_s)):
         if not 0.05 <= value <= 3600:  # -1 made the heartbeat loop spin (asyncio.sleep of a negative time)
@@ -167,7 +178,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
             parse_sim_spec(config.sim)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    return asyncio.run(run_service(DeviceAgentService(config)))
+    return config
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:

@@ -474,6 +474,9 @@ def _uuid(seed: str) -> str:
     return f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
+MAX_SIM_GB = 1024
+
+
 def parse_sim_spec(spec: str) -> list[tuple[int, str, int]]:
     """``2xH100-80GB,4xA100-40GB`` -> [(2, 'H100', 80), (4, 'A100', 40)]; errors name the bad part."""
     groups = []
@@ -487,7 +490,10 @@ def parse_sim_spec(spec: str) -> list[tuple[int, str, int]]:
         if not 1 <= count <= 16:
             raise ValueError(f"--sim: {part!r}: between 1 and 16 devices per group")
         default_mem = {"H100": 80, "A100": 40, "V100": 16, "L4": 24, "T4": 16, "P100": 16, "K80": 12}[model]
-        groups.append((count, model, int(mem) if mem else default_mem))
+        gib = int(mem) if mem else default_mem
+        if not 1 <= gib <= MAX_SIM_GB:  # 0 GB was taken, and 99999999999999 GB overflowed to 13 billion
+            raise ValueError(f"--sim: {part!r}: from 1 to {MAX_SIM_GB:,} GB per device")
+        groups.append((count, model, gib))
     if not groups:
         raise ValueError("--sim: no devices given (e.g. --sim 2xH100-80GB,4xA100-40GB)")
     return groups

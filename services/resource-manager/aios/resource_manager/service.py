@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 from typing import Any
@@ -24,6 +25,8 @@ from aios.resource_manager.inventory import Inventory, fold_commit
 from aios.resource_manager.liveness import lost_nodes, silence_reason
 from aios.resource_manager.queries import QUERY_PREFIX, answer
 
+MIN_NODE_TIMEOUT_S, MAX_NODE_TIMEOUT_S = 1.0, 86_400.0
+
 log = logging.getLogger("aios.resource_manager")
 HEARTBEAT_BUCKET = "AIOS_HEARTBEATS"
 
@@ -37,7 +40,12 @@ class ResourceManagerService(Service):
             try:
                 node_timeout_s = float(raw)
             except ValueError:
-                raise ConfigError(f"AIOS_NODE_TIMEOUT={raw!r}: must be a number of seconds") from None
+                node_timeout_s = math.nan
+            # -1 declared every node lost twice a second, and their jobs requeued each time; nan none ever
+            if not MIN_NODE_TIMEOUT_S <= node_timeout_s <= MAX_NODE_TIMEOUT_S:
+                raise ConfigError(f"AIOS_NODE_TIMEOUT={raw!r}: seconds from {MIN_NODE_TIMEOUT_S:g} to "
+                                  f"{MAX_NODE_TIMEOUT_S:,.0f}, above the agents' heartbeat interval (2 s unless "
+                                  "AIOS_HEARTBEAT_INTERVAL says otherwise)")
         self.node_timeout_s = node_timeout_s
         self.check_interval_s = check_interval_s
         self.inventory = Projector("resource-manager", Inventory, None, Inventory, fold_commit=fold_commit)
