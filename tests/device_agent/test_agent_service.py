@@ -372,3 +372,18 @@ def test_the_shutdown_grace_setting_is_checked() -> None:
     assert AgentConfig.from_env({"AIOS_NODE_ID": "n", "AIOS_AGENT_STOP_GRACE_S": "45"}).stop_grace_s == 45.0
     with pytest.raises(ConfigError, match=r"AIOS_AGENT_STOP_GRACE_S='soon': a positive number of seconds"):
         AgentConfig.from_env({"AIOS_NODE_ID": "n", "AIOS_AGENT_STOP_GRACE_S": "soon"})
+
+
+async def test_a_second_agent_for_a_node_a_live_agent_serves_is_refused(
+        agent: tuple[DeviceAgentService, EventStore], killable_nats: NatsServer,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """From a walkthrough: a second agent started with the same AIOS_NODE_ID registered the node again, both
+    subscribed to its run requests, and every worker of the next attempt ran twice on its GPU; the copy's
+    shutdown then drained the real node. A live agent (its heartbeats go on) keeps the node."""
+    first, store = agent
+    copy = DeviceAgentService(AgentConfig(node_id=NODE, sim="1xH100-80GB", heartbeat_interval_s=0.2))
+    code = await asyncio.wait_for(run_service(copy, Settings(nats_url=killable_nats.url),
+                                              install_signal_handlers=False), 20)
+    assert code == 2 and f"AIOS_NODE_ID={NODE}: agent {first.agent_id} serves this node" in capsys.readouterr().err
+    registered = [e for e in (await store.read(f"node.{NODE}")).events if isinstance(e, NodeRegistered)]
+    assert {e.agent_id for e in registered} == {first.agent_id}

@@ -154,8 +154,13 @@ class DeviceAgentService(Service):
         for uuid, device in (known.devices.items() if known else ()):
             if not device.healthy and uuid in present:  # clean samples for quiet_s, and it is healthy again
                 self.health.carry(uuid, device.reason, time.monotonic())
-        await self._register()
         kv = await self._heartbeat_bucket()
+        other = await self._another_agent_serves(kv)
+        if other:
+            await asyncio.to_thread(backend.stop)
+            raise ConfigError(f"AIOS_NODE_ID={cfg.node_id}: {other}; two agents of one node both started every "
+                              "worker of its jobs: give this one another AIOS_NODE_ID, or stop that agent first")
+        await self._register()
         stop_follow = asyncio.Event()
         tasks = [
             asyncio.ensure_future(self.node.follow(ctx.store, self._on_node_commit, stop_follow,
@@ -250,6 +255,26 @@ class DeviceAgentService(Service):
                     replicas=self.ctx.store.replicas, description="device agent heartbeats, one key per node"))
             except nats.js.errors.BadRequestError:
                 return await js.key_value(HEARTBEAT_BUCKET)  # created meanwhile by another agent
+
+    async def _another_agent_serves(self, kv: Any) -> str:
+        """Who else serves this node id, if an agent of another id heartbeats for it (a second host of the same
+        name, a copy started by hand): '' if none. A fresh heartbeat of another agent may be the last of one that
+        just died (a restart): it must beat again within a few of our intervals to count as alive."""
+        async def beat() -> tuple[int, Heartbeat] | None:
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError, msgspec.ValidationError, msgspec.DecodeError):
+                entry = await kv.get(self.config.node_id)
+                return entry.revision, msgspec.json.decode(entry.value, type=Heartbeat)
+            return None
+        first = await beat()
+        wait = max(2.5 * self.config.heartbeat_interval_s, 0.5)
+        if first is None or first[1].agent_id == self.agent_id or time.time() - first[1].ts > 3 * wait + 10:
+            return ""
+        await asyncio.sleep(wait)
+        again = await beat()
+        if again is None or again[0] == first[0] or again[1].agent_id != first[1].agent_id:
+            return ""
+        age = time.time() - again[1].ts
+        return f"agent {again[1].agent_id} serves this node and heartbeats (the last {age:.1f} s ago)"
 
     async def _heartbeats(self, kv: Any) -> None:
         cfg = self.config
