@@ -68,8 +68,10 @@ def test_waiting_reasons_say_cpu_when_cpu_is_what_is_short() -> None:
     fifo = make_policy("fifo")
     step(c.state, fifo, 2.0)
     c.submit("more", 0, cpu_per_worker=4, now=3.0)
-    c.submit("train", 2, cpu_per_worker=2, now=3.1)
-    plan = step(c.state, make_policy("backfill"), 4.0)  # (under fifo, "train" waits behind "more", and says so)
+    # short enough to be backfilled before "more"'s reservation, so it tries and says what it lacks (under fifo,
+    # "train" waits behind "more", and says so)
+    c.submit("train", 2, cpu_per_worker=2, runtime_estimate_s=60, now=3.1)
+    plan = step(c.state, make_policy("backfill"), 4.0)
     assert plan.reasons["more"].startswith("capacity: its worker needs 4 CPU and 4 GiB on one node; the most free "
                                            "on one node is 0 CPU"), plan.reasons["more"]
     assert "2 devices are free, but their nodes lack the CPU or memory for its workers (2 CPU, 4 GiB each)" in \
