@@ -472,3 +472,14 @@ def test_a_replay_keeps_the_cpu_and_memory_of_live_nodes_and_jobs(tmp_path: Path
     assert cli.run(str(path), None, "fifo", None, None, 360, 2, True, None, add="a100=2", export=str(what_if)) == 0
     assert read_native_workload(what_if)[2] == {"small": SimNode({"a100": 2}, cpu_cores=8, memory_gib=48.0),
                                                 "added-a100-000": SimNode({"a100": 2}, cpu_cores=8, memory_gib=48.0)}
+
+
+def test_a_deployment_that_came_first_does_not_start_the_makespan(tmp_path: Path) -> None:
+    """From a walkthrough: a deployment serving from 0 s and one training job from 10,000 to 10,100 s read a
+    makespan of 10,100 s; serving jobs are left out of it, as out of the JCTs."""
+    path = tmp_path / "w.jsonl"
+    path.write_text('{"name": "s", "arrival_s": 0, "devices": 1, "work": 20000, "serve": true, "rates": {"v100": 1}}\n'
+                    '{"name": "t", "arrival_s": 10000, "devices": 1, "work": 100, "rates": {"v100": 1}}\n')
+    jobs, _, _ = read_native_workload(path)
+    result = simulate(jobs, {}, {"v100": 2}, make_policy("fifo"), on_events=True)
+    assert result["makespan_h"] == pytest.approx(100 / 3600, rel=0.01) and result["avg_jct_h"] == result["makespan_h"]
