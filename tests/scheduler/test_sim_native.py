@@ -78,6 +78,9 @@ def test_comments_blank_lines_and_defaults(tmp_path: Path) -> None:
     ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "max_devices_per_node": 0}', "field 'max_devices_per"),
     ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "preemptible": "no"}', "field 'preemptible': expected"),
     ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "serve": 1}', "field 'serve': expected true or false"),
+    # taken: a job no live cluster could have, and a throughput note naming an empty type
+    ('{"name": "A B", "arrival_s": 1, "devices": 1, "work": 3}', "field 'name': lowercase letters"),
+    ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "job_type": " "}', "field 'job_type': a non-empty"),
     ('{"name": "b", "arrival_s": 1e300, "devices": 1, "work": 3}', "field 'arrival_s': expected seconds from 0 to"),
     ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "tenant": ""}', "field 'tenant': lowercase letters"),
     ('{"name": "b", "arrival_s": 1, "devices": 1, "work": 3, "tenant": "NLP"}', "field 'tenant': lowercase"),
@@ -106,7 +109,7 @@ def test_comments_blank_lines_and_defaults(tmp_path: Path) -> None:
      "expected a number at least 1/1024 GiB (1 MiB) and at most 1,048,576 GiB (the job spec's), got 2000000"),
     ('{"node": {"name": "n1", "devices": {"h100": 1}, "memory_gib": 1e-320}}', "field 'node.memory_gib': expected a"),
     ('{"arrival_s": 0, "devices": 1, "work": 3, "memory_gib_per_worker": true}', "field 'memory_gib_per_worker': "
-                                                                                  "expected a number, got True"),
+                                                                                  "expected a number, got true"),
 ])
 def test_bad_input_names_file_line_and_field(tmp_path: Path, line: str, field: str) -> None:
     path = tmp_path / "jobs.jsonl"

@@ -123,9 +123,9 @@ def _finite(value: int | float) -> bool:
 
 
 def _shown(value: Any) -> str:
-    """A value for an error message, cut to 60 characters (a 400-digit number filled the terminal)."""
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:57]}..."
+    """A value for an error message, as JSON writes it, cut to 60 characters (a 400-digit number filled the
+    terminal)."""
+    return strictjson.shown(value, 60)
 
 
 def _flag(obj: dict[str, Any], name: str, default: bool) -> bool:
@@ -190,6 +190,12 @@ def _job_from_obj(obj: dict[str, Any]) -> TraceJob:
                                  or not 1 <= per_node <= MAX_GPUS):
         raise _Bad("max_devices_per_node", f"expected a whole number from 1 to {MAX_GPUS:,}, got {_shown(per_node)}")
     name = _text(obj, "name", "")
+    if name and not is_name(name):  # "A B" was taken, and named a job no live cluster could have
+        raise _Bad("name", "lowercase letters, digits, '.', '_' or '-', 1 to 64, letters or digits at both ends "
+                           f"(a job's name), got {_shown(name)}")
+    job_type = _text(obj, "job_type", job_type_of(name) or "job")
+    if not job_type.strip():  # "" was taken, and the note on its missing throughput named an empty type
+        raise _Bad("job_type", "a non-empty name of the kind of job (its throughput table's key)")
     priority = _number(obj, "priority", 0.0)
     if not priority.is_integer() or abs(priority) > 1000:
         raise _Bad("priority", "expected a whole number from -1000 to 1000 (the job spec's), got "
@@ -204,7 +210,7 @@ def _job_from_obj(obj: dict[str, Any]) -> TraceJob:
         check_tenant(tenant)
     except SpecError as exc:
         raise _Bad("tenant", f"{exc.reason}, got {tenant!r}") from None
-    return TraceJob(job_type=_text(obj, "job_type", job_type_of(name) or "job"), total_steps=work, gpus=devices,
+    return TraceJob(job_type=job_type, total_steps=work, gpus=devices,
                     priority_weight=priority, arrival_s=arrival, rates=rates, tenant=tenant, name=name,
                     any_kind=_flag(obj, "any_kind", False), hints=hints, preemptible=_flag(obj, "preemptible", True),
                     runtime_estimate_s=None if estimate is None else float(estimate), max_devices_per_node=per_node,
