@@ -159,7 +159,7 @@ class Replica:
         self.store = store
         self.reg = Registry(store)
         self.uri = uri
-        self.name, _, self.alias = parse_uri(uri)
+        self.name, self.version, self.alias = parse_uri(uri)
         self.job = job_id or "manual"
         self.key = f"{self.name}.{self.job}.{rank}"
         self.host, self.port = host, port
@@ -171,8 +171,7 @@ class Replica:
 
     async def load(self) -> tuple[int, nn.Model, int]:
         state = await self.reg.read_model(self.name)
-        _, pinned, _ = parse_uri(self.uri)
-        bare = pinned is None and not self.alias
+        bare = self.version is None and not self.alias
         then = [v for v in state.live if v.registered_at <= self.as_of] if bare and self.as_of is not None else []
         version = max(then, key=lambda v: v.version) if then else resolve(state, self.uri)
         return version.version, nn.decode(await self.reg.blobs.get(version.digest)), state.version

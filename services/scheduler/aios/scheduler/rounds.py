@@ -209,10 +209,11 @@ def _stop_hold_s(job: JobState) -> float:
     return max(PREEMPT_GRACE_S, job.spec.stop_grace_s + 10) if job.spec else PREEMPT_GRACE_S
 
 
-def _stopping(job: JobState, now: float) -> bool:
-    """An ended job whose workers have not all exited yet, within its grace: it keeps its devices until they have
-    (Slurm's COMPLETING; a job placed on them was refused by the node's agent while they ran)."""
-    return (job.status in TERMINAL and job.workers_running > 0 and job.finished_at is not None
+def _stopping(state: SchedulerState, job: JobState, now: float) -> bool:
+    """An ended job whose workers have not all exited yet (``state.stopping``), within its grace: it keeps its
+    devices until they have (Slurm's COMPLETING; a job placed on them was refused by the node's agent while they
+    ran)."""
+    return (job.job_id in state.stopping and job.finished_at is not None
             and now - job.finished_at <= _stop_hold_s(job))
 
 
@@ -222,7 +223,7 @@ def _housekeeping(state: SchedulerState, now: float, plan: RoundPlan) -> None:
     for uuid, job_id in state.inv.leases.holder.items():
         job = state.jobs.get(job_id)
         node = state.inv.leases.node_of[uuid]
-        if job is None or job.status not in HOLDING and not _stopping(job, now):
+        if job is None or job.status not in HOLDING and not _stopping(state, job, now):
             whole.add((node, job_id))
         elif not any(uuid in a.device_uuids for a in job.assignments):
             stray.setdefault((node, job_id), []).append(uuid)  # booked by a placement that lost a race
