@@ -98,3 +98,19 @@ def test_an_embedded_server_can_be_held_to_fewer_cores(tmp_path: Path) -> None:
     with NatsServer(tmp_path, gomaxprocs=1) as server:
         environ = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
         assert b"GOMAXPROCS=1" in environ
+
+
+def test_a_server_port_is_never_one_the_kernel_lends_to_outgoing_connections() -> None:
+    """A CI run lost a soak test: nats-server, killed for a restart, found its port taken, because the port had come
+    from the kernel's ephemeral range and an outgoing connection of another test had been given it meanwhile. Ports
+    for servers we restart are now chosen below that range, and each is free when chosen."""
+    import socket
+
+    from aios.common.natsserver import _ephemeral_range, free_port
+
+    low, high = _ephemeral_range()
+    ports = {free_port() for _ in range(50)}
+    assert all(not low <= port <= high for port in ports), sorted(ports)
+    assert len(ports) > 40  # chosen at random, so parallel test workers rarely pick the same one
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", ports.pop()))

@@ -7,7 +7,6 @@ got (or the error it raised) to a file the test reads after joining, so no big a
 from __future__ import annotations
 
 import multiprocessing
-import socket
 import sys
 import time
 from pathlib import Path
@@ -17,18 +16,13 @@ import pytest
 
 pytest.importorskip("torch")
 
+from aios.common.natsserver import free_port  # noqa: E402
 from aios.trainer.collective import CollectiveError  # noqa: E402
 from aios.trainer.collective.torchdist import TorchCollective  # noqa: E402
 
 SEED = 1234
 TIMEOUT_S = 8.0  # the groups' timeout: how long a call may wait on a silent peer
 JOIN_S = 45.0  # hard bound on any one group's processes; a hang fails the test instead of stalling the suite
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rank_input(rank: int, size: int, dtype: str) -> np.ndarray:

@@ -7,6 +7,7 @@ started on loopback with its store in a directory we choose, stopped by PID (SIG
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -47,11 +48,12 @@ def die_with_parent() -> None:
         pass
 
 
-def _port_taken(host: str, port: int) -> bool:
-    """Whether something listens on the port: bound as the server will bind it (address reuse, so a port our own
-    stopped server left in TIME_WAIT is free)."""
+def _port_taken(host: str, port: int, *, reuse: bool = True) -> bool:
+    """Whether something holds the port: bound as the server will bind it (address reuse, so a port our own
+    stopped server left in TIME_WAIT is free), or strictly (``reuse=False``) when choosing a new port."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:
@@ -59,8 +61,26 @@ def _port_taken(host: str, port: int) -> bool:
     return False
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands to outgoing connections (Linux's default when it cannot be read)."""
+    try:
+        low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    """A free port for a server we will start, restart and keep listening on, chosen outside the ephemeral range.
+
+    A port the kernel picked for us (bind to 0) is an ephemeral one: while our server is down for a restart, any
+    outgoing connection on the machine may be given it, and the server then cannot listen on it again."""
+    low, high = _ephemeral_range()
+    candidates = range(20000, low) if low > 21000 else range(high + 1, 65536)
+    for port in random.sample(candidates, min(len(candidates), 200)):
+        if not _port_taken(host, port, reuse=False):
+            return port
+    with socket.socket() as s:  # every candidate taken: an ephemeral port is still better than none
         s.bind((host, 0))
         return s.getsockname()[1]
 
