@@ -168,6 +168,26 @@ async def test_critical_xids_make_devices_unhealthy(agent: tuple[DeviceAgentServ
     assert events[1].device_uuid == fake.gpus[0].uuid and "fell off the bus" in events[1].reason
 
 
+async def test_a_gpu_with_an_uncorrectable_error_is_back_only_after_its_reset(
+        agent: tuple[DeviceAgentService, EventStore]) -> None:
+    """A double-bit ECC error takes the GPU out of service; quiet samples alone do not bring it back while NVML
+    says its memory repair waits for a reset (as the operator's `nvidia-smi -r` or a reboot would apply it)."""
+    from aios.common.events import DeviceHealthy
+    from aios.device_agent.health import HealthTracker
+
+    service, store = agent
+    service.health = HealthTracker(quiet_s=0.5)
+    fake = service.fake
+    fake.double_bit_ecc(2)  # the V100: page retirement
+    [bad] = await until(lambda: _unhealthy(store), what="DeviceUnhealthy")
+    assert bad.device_uuid == fake.gpus[2].uuid and "double-bit" in bad.reason
+    await asyncio.sleep(2.0)  # four quiet periods of clean samples
+    assert await _of_type(store, DeviceHealthy) is None
+    fake.reset(2)
+    [back] = await until(lambda: _of_type(store, DeviceHealthy), what="DeviceHealthy after the reset")
+    assert back.device_uuid == bad.device_uuid
+
+
 async def test_a_device_marked_unhealthy_recovers_after_its_agent_restarts(killable_nats: NatsServer) -> None:
     """The log keeps a device's health across an agent restart, and only the agent says a device recovered; the new
     agent's tracker knew nothing of it, so a GPU repaired by the reboot stayed unschedulable for ever."""

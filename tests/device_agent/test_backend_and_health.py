@@ -234,6 +234,50 @@ def test_health_rules() -> None:
     assert h.on_signal(HealthSignal("g3", "ecc-sbe"), 0) == []  # corrected errors are not a health problem
 
 
+def test_a_device_with_a_memory_repair_pending_waits_for_its_reset() -> None:
+    """After an uncorrectable memory error NVIDIA's remedy is a GPU reset: the repair (a remapped row, a retired
+    page) takes effect only then. The device came back after a quiet minute whatever NVML said, and the next job
+    ran on the memory that had failed."""
+    h = HealthTracker(quiet_s=60)
+    assert not h.on_signal(HealthSignal("g0", "ecc-dbe"), 0)[0].healthy
+    assert h.on_sample(DeviceSample("g0", 0, repair_pending=True), 600) == []  # quiet, but not reset
+    [back] = h.on_sample(DeviceSample("g0", 0, repair_pending=False), 601)
+    assert back.healthy and "reset" in back.reason
+    # a GPU that cannot say (no ECC, or an NVML without either call) keeps the quiet-period rule
+    h.on_signal(HealthSignal("g1", "xid", 48), 0)
+    assert h.on_sample(DeviceSample("g1", 1), 61)[0].healthy
+    # no spare rows left to remap: out of service until someone services it
+    [failed] = h.on_sample(DeviceSample("g2", 2, repair_pending=False, repair_failed=True), 0)
+    assert not failed.healthy and "row remapping failed" in failed.reason
+    assert h.on_sample(DeviceSample("g2", 2, repair_pending=False, repair_failed=True), 3600) == []
+    assert "g2" in h.unhealthy
+
+
+@pytest.mark.parametrize("spec, reads", [("1xH100-80GB", "nvmlDeviceGetRemappedRows"),
+                                         ("1xV100-16GB", "nvmlDeviceGetRetiredPagesPendingStatus")])
+def test_a_pending_memory_repair_is_read_from_either_generation_of_gpu(spec: str, reads: str) -> None:
+    """Ampere and later report row remapping, older GPUs page retirement; each call is NotSupported on the other
+    generation, which is not an error of the reading."""
+    fake = fakenvml.sim_node(spec, "n")
+    fakenvml.install(fake)
+    backend = NvmlBackend()
+    try:
+        backend.start()
+        [s] = backend.sample()
+        assert s.repair_pending is False and not s.repair_failed and s.errors == []
+        fake.double_bit_ecc(0)
+        [s] = backend.sample()
+        assert s.repair_pending is True and s.ecc_dbe_total == 1 and fake.calls[reads] == 2
+        fake.reset(0)
+        [s] = backend.sample()
+        assert s.repair_pending is False and s.ecc_dbe_total == 0
+        fake.fail(reads, N.NVML_ERROR_NOT_SUPPORTED)  # no ECC memory, or a driver without it: not reported
+        assert backend.sample()[0].repair_pending is None
+    finally:
+        backend.stop()
+        fakenvml.uninstall()
+
+
 def test_dcgm_metrics_names_and_units() -> None:
     fake = fakenvml.sim_node("1xA100-40GB", "n")
     fakenvml.install(fake)

@@ -56,6 +56,13 @@ class FakeGpu:
     lost: bool = False
     busy: float = 0.0
     """0..1, the load the simulation shows (sim mode raises it while a workload runs)."""
+    row_remapping: bool = True
+    """Ampere and later repair memory by remapping rows; older GPUs retire pages (each NVML call answers only on
+    its own generation, NotSupported on the other)."""
+    repair_pending: bool = False
+    """An uncorrectable error's repair (a row remapped, a page retired) waits for the GPU's next reset."""
+    repair_failed: bool = False
+    """A row could not be remapped (no spare rows left): the GPU needs service."""
 
 
 def _ref(arg: Any) -> Any:
@@ -115,8 +122,16 @@ class FakeNvml:
         self._push(index, N.nvmlEventTypeXidCriticalError, code)
 
     def double_bit_ecc(self, index: int) -> None:
+        """An uncorrectable memory error: counted, announced, and its repair pending until the GPU is reset."""
         self.gpus[index].ecc_dbe += 1
+        self.gpus[index].repair_pending = True
         self._push(index, N.nvmlEventTypeDoubleBitEccError, 0)
+
+    def reset(self, index: int) -> None:
+        """What ``nvidia-smi -r`` (or a reboot) does to GPU ``index``: pending repairs take effect, volatile ECC
+        counts start again from zero, and a device off the bus is back if a reset can bring it back."""
+        gpu = self.gpus[index]
+        gpu.repair_pending, gpu.ecc_sbe, gpu.ecc_dbe, gpu.lost = False, 0, 0, False
 
     def _push(self, index: int, event_type: int, data: int) -> None:
         with self._cond:
@@ -308,6 +323,25 @@ class FakeNvml:
         _ref(out).value = gpu.ecc_dbe if uncorrected else gpu.ecc_sbe
         return SUCCESS
 
+    def _c_nvmlDeviceGetRemappedRows(self, handle: Any, corr: Any, unc: Any, pending: Any, failure: Any) -> int:
+        gpu = self._live(handle)
+        if isinstance(gpu, int):
+            return gpu
+        if not gpu.row_remapping:
+            return N.NVML_ERROR_NOT_SUPPORTED
+        _ref(corr).value, _ref(unc).value = 0, gpu.ecc_dbe
+        _ref(pending).value, _ref(failure).value = int(gpu.repair_pending), int(gpu.repair_failed)
+        return SUCCESS
+
+    def _c_nvmlDeviceGetRetiredPagesPendingStatus(self, handle: Any, out: Any) -> int:
+        gpu = self._live(handle)
+        if isinstance(gpu, int):
+            return gpu
+        if gpu.row_remapping:
+            return N.NVML_ERROR_NOT_SUPPORTED
+        _ref(out).value = N.NVML_FEATURE_ENABLED if gpu.repair_pending else N.NVML_FEATURE_DISABLED
+        return SUCCESS
+
     def _c_nvmlDeviceGetMigMode(self, handle: Any, current: Any, pending: Any) -> int:
         gpu = self._live(handle)
         if isinstance(gpu, int):
@@ -457,14 +491,14 @@ def uninstall() -> None:
 
 # -- fixtures -----------------------------------------------------------------------------------------------------------
 
-_MODELS = {
-    "H100": ("NVIDIA H100 80GB HBM3", 700_000, True),
-    "A100": ("NVIDIA A100-SXM4-{mem}GB", 400_000, True),
-    "V100": ("Tesla V100-SXM2-{mem}GB", 300_000, False),
-    "L4": ("NVIDIA L4", 72_000, False),
-    "T4": ("Tesla T4", 70_000, False),
-    "P100": ("Tesla P100-PCIE-16GB", 250_000, False),
-    "K80": ("Tesla K80", 149_000, False),
+_MODELS = {  # name, power limit (mW), MIG, row remapping (Ampere and later) rather than page retirement
+    "H100": ("NVIDIA H100 80GB HBM3", 700_000, True, True),
+    "A100": ("NVIDIA A100-SXM4-{mem}GB", 400_000, True, True),
+    "V100": ("Tesla V100-SXM2-{mem}GB", 300_000, False, False),
+    "L4": ("NVIDIA L4", 72_000, False, True),
+    "T4": ("Tesla T4", 70_000, False, False),
+    "P100": ("Tesla P100-PCIE-16GB", 250_000, False, False),
+    "K80": ("Tesla K80", 149_000, False, False),
 }
 _SPEC = re.compile(r"^(\d+)x([A-Za-z0-9]+)(?:-(\d+)GB)?$")
 
@@ -504,13 +538,13 @@ def sim_node(spec: str, node: str) -> FakeNvml:
     gpus: list[FakeGpu] = []
     nvlink: set[frozenset[int]] = set()
     for socket, (count, model, mem) in enumerate(parse_sim_spec(spec)):
-        name, power, mig = _MODELS[model]
+        name, power, mig, remapping = _MODELS[model]
         first = len(gpus)
         for k in range(count):
             i = len(gpus)
             gpus.append(FakeGpu(uuid=_uuid(f"{node}/{i}"), name=name.format(mem=mem), memory_total=mem * GIB,
                                 pci_bus_id=f"00000000:{0x18 + i * 0x10:02X}:00.0", socket=socket, switch=k // 2,
-                                power_limit_mw=power, mig_capable=mig))
+                                power_limit_mw=power, mig_capable=mig, row_remapping=remapping))
         nvlink |= {frozenset({a, b}) for a in range(first, len(gpus)) for b in range(a + 1, len(gpus))}
     return FakeNvml(gpus, nvlink=nvlink)
 

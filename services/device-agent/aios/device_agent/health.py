@@ -1,8 +1,11 @@
 """Device health as a pure state machine: NVML signals and samples in, ``DeviceUnhealthy``/``DeviceHealthy`` out.
 
 Critical: XIDs other than the application-level ones NVIDIA's Kubernetes device plugin also ignores, double-bit
-ECC errors, and a device that fell off the bus. Recovery: a lost device that answers again is healthy at once; one
-marked by an XID or ECC error is healthy again after ``quiet_s`` seconds of clean samples with no new error.
+ECC errors, a device that fell off the bus, and one whose memory could not be repaired (row remapping failed).
+Recovery: a lost device that answers again is healthy at once; one marked by an XID or ECC error is healthy again
+after ``quiet_s`` seconds of clean samples with no new error, and not before NVML stops reporting a memory repair
+pending at its next reset: after an uncorrectable error NVIDIA's remedy is a GPU reset (``nvidia-smi -r``, or a
+reboot), and a device put back before it ran the next job on the memory that had failed.
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ class HealthTracker:
         uuid = sample.uuid
         if sample.lost:
             return self._mark(uuid, "fell off the bus (GPU is lost)", now, lost=True)
+        if sample.repair_failed:
+            return self._mark(uuid, "row remapping failed: the GPU's memory needs service", now)
         previous = self._dbe.get(uuid)
         if sample.ecc_dbe_total is not None:
             self._dbe[uuid] = sample.ecc_dbe_total
@@ -69,7 +74,11 @@ class HealthTracker:
         if state is None:
             return []
         reason, since, lost = state
-        if lost or now - since >= self.quiet_s:
+        if lost:
             del self.unhealthy[uuid]
-            return [Transition(uuid, True, "answers again" if lost else f"no errors for {self.quiet_s:.0f}s")]
+            return [Transition(uuid, True, "answers again")]
+        if now - since >= self.quiet_s and not sample.repair_pending:
+            del self.unhealthy[uuid]
+            waited = ", and no memory repair waits for a reset" if sample.repair_pending is not None else ""
+            return [Transition(uuid, True, f"no errors for {self.quiet_s:.0f}s{waited}")]
         return []

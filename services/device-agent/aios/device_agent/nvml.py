@@ -46,6 +46,11 @@ class DeviceSample(msgspec.Struct, frozen=True):
     ecc_dbe_total: int | None = None
     processes: list[tuple[int, int]] = []
     lost: bool = False
+    repair_pending: bool | None = None
+    """A memory repair (a remapped row, or a retired page on GPUs before Ampere) that takes effect at the device's
+    next reset: NVIDIA's answer to an uncorrectable error is to reset the GPU before new work. None: not reported."""
+    repair_failed: bool = False
+    """A row could not be remapped (no spare rows left): the GPU needs service."""
     errors: list[str] = []
 
 
@@ -267,16 +272,29 @@ class NvmlBackend:
         dbe = call("nvmlDeviceGetTotalEccErrors", N.nvmlDeviceGetTotalEccErrors, h,
                    N.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, N.NVML_VOLATILE_ECC, uuid=uuid, errors=errors)
         procs = self._first_of(_PROCESSES, h, uuid=uuid, errors=errors) or []
+        pending, failed = self._repair_state(uuid, h, errors)
         sample = DeviceSample(
             uuid=uuid, index=self.index_of[uuid],
             utilization_gpu=util.gpu if util else None, utilization_memory=util.memory if util else None,
             memory_used_bytes=int(mem.used) if mem else None, memory_total_bytes=int(mem.total) if mem else None,
             temperature_c=temp, power_w=power / 1000 if power is not None else None,
             power_limit_w=limit / 1000 if limit is not None else None, ecc_sbe_total=sbe, ecc_dbe_total=dbe,
-            processes=[(p.pid, p.usedGpuMemory or 0) for p in procs], lost=uuid in self.lost, errors=errors)
+            processes=[(p.pid, p.usedGpuMemory or 0) for p in procs], lost=uuid in self.lost,
+            repair_pending=pending, repair_failed=failed, errors=errors)
         if uuid not in self.lost:
             self._reported_lost.discard(uuid)
         return sample
+
+    def _repair_state(self, uuid: str, h: Any, errors: list[str]) -> tuple[bool | None, bool]:
+        """(repair pending at the next reset, row remapping failed): row remapping on Ampere and later, page
+        retirement before; each answers NotSupported on the other generation (and both on GPUs without ECC)."""
+        rows = self._call("nvmlDeviceGetRemappedRows", N.nvmlDeviceGetRemappedRows, h, uuid=uuid, errors=errors)
+        if rows is not None:
+            _, _, pending, failed = rows
+            return bool(pending), bool(failed)
+        retired = self._call("nvmlDeviceGetRetiredPagesPendingStatus", N.nvmlDeviceGetRetiredPagesPendingStatus, h,
+                             uuid=uuid, errors=errors)
+        return (None if retired is None else retired == N.NVML_FEATURE_ENABLED), False
 
     # -- health events -----------------------------------------------------------------------------------------------
     def _register_events(self) -> None:
