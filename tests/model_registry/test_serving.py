@@ -235,7 +235,8 @@ def test_the_router_says_which_requests_can_never_be_served() -> None:
     was a 503, which tells a client to try again, for ever. They are 404s naming what is wrong; a version or a job
     that exists but has no replica up yet stays a 503."""
     from aios.common.events import (
-        JobSubmitted, JobSucceeded, Lineage, ModelVersionDeleted, ModelVersionRegistered, Signature,
+        JobSubmitted, JobSucceeded, Lineage, ModelAliasSet, ModelVersionDeleted, ModelVersionRegistered,
+        Signature,
     )
     from aios.common.store import Commit
     from aios.model_registry.service import RegistryView, fold
@@ -265,6 +266,20 @@ def test_the_router_says_which_requests_can_never_be_served() -> None:
     assert view.unservable("digits", "iris-3", None) == "job iris-3 serves models:/iris/1, not model 'digits'"
     # registered, but no deployment serves it: nothing to wait for (the router held such requests 10 s)
     assert view.unservable("mnist", None, None) == "no deployment serves model 'mnist' (aios serve models:/mnist@ALIAS)"
+    # a live version no deployment serves: the router held such requests 10 s, then said 503 (try again)
+    view = fold(view, Commit(9, "model.digits", [registered(3)]))
+    view = fold(view, Commit(10, "job.pin-4", [serve("pin-4", "models:/digits/2")]))
+    assert view.unservable("digits", None, "3") is None  # web-1 follows @production, not set yet: it may be 3
+    aliased = ModelAliasSet(aggregate_id="digits", alias="production", version=2)
+    view = fold(view, Commit(11, "model.digits", [aliased]))
+    assert view.unservable("digits", None, "2") is None
+    assert view.unservable("digits", None, "3") == ("no deployment serves version 3 of model 'digits' (pin-4: version "
+                                                    "2, web-1: version 2); pin one to it with aios serve "
+                                                    "models:/digits/3")
+    assert view.unservable("digits", "pin-4", "3").startswith("no deployment serves version 3")
+    view = fold(view, Commit(12, "job.bare-5", [serve("bare-5", "digits")]))
+    assert view.unservable("digits", None, "3") is None  # a bare name is pinned at its submission: the view
+    # does not hold to which version
 
 
 

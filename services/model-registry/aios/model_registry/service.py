@@ -109,7 +109,20 @@ class RegistryView:
                 served = ""
             if served != name:
                 return f"job {job} serves {uri}, not model {name!r}"
+        if version is not None and state is not None:
+            serving = [(j, self._serves_now(state, pinned, alias)) for j, pinned, alias in self._deployments(name)
+                       if job is None or j == job]
+            if serving and all(v is not None and str(v) != version for _, v in serving):
+                now = ", ".join(f"{j}: version {v}" for j, v in serving)
+                return (f"no deployment serves version {version} of model {name!r} ({now}); pin one to it with "
+                        f"aios serve models:/{name}/{version}")
         return None
+
+    @staticmethod
+    def _serves_now(state: ModelState, pinned: int | None, alias: str | None) -> int | None:
+        """The version a deployment serves, or None where the view cannot tell (a bare name is pinned to the
+        version latest at its submission; an alias not set yet may be set to any)."""
+        return pinned if pinned is not None else state.aliases.get(alias) if alias is not None else None
 
 
 def fold(view: RegistryView, commit: Commit) -> RegistryView:
