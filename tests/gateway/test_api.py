@@ -387,6 +387,8 @@ def test_a_model_shows_its_training_job_to_that_jobs_tenant_only(gateway: tuple[
     assert status == 422 and "description" in err["error"], err
     assert call(url, "GET", f"{base}/versions/1", BOB)[1]["tags"]["stage"] == "qa"  # nothing of it applied
     assert call(url, "GET", f"{base}/versions/%C2%B2", BOB)[0] == 404  # "²": isdigit() took it, int() raised
+    assert call(url, "GET", f"{base}/versions/0", BOB) == (404, {"error": "version: 0 is no version (versions are "
+                                                                  "numbered from 1)"})  # it was a 422
     status, small = call(url, "POST", f"{base}/versions/1/compress", ADMIN, {"method": "int8"})
     assert status == 200 and small["version"] == 2 and small["deltas"]["size_ratio"] < 0.5, small
     assert call(url, "POST", f"{base}/versions/1/compress", ADMIN, {"method": "zip"})[0] == 422

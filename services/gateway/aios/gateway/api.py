@@ -487,6 +487,8 @@ class Api:
         text = request.match_info["version"]
         if not re.fullmatch(r"[0-9]{1,9}", text):  # (isdigit() took "²", and int() then raised: a bare 500)
             raise HttpError(404, f"version: {text!r} is no version number")
+        if int(text) == 0:  # as absent as "abc" (it was a 422 naming a URI the caller never wrote)
+            raise HttpError(404, "version: 0 is no version (versions are numbered from 1)")
         return int(text)
 
     async def set_alias(self, request: web.Request, caller: Caller) -> web.StreamResponse:
