@@ -56,3 +56,35 @@ async def test_aios_tenants_shows_limits_as_written(nats_server: "NatsServer", c
         await nc.close()
     out = capsys.readouterr().out
     assert "gpu[/x]=1" in out and "all unused" in out
+
+
+async def test_a_cancelled_job_whose_workers_still_stop_is_shown_beside_its_devices(nats_server: "NatsServer") -> None:
+    """A cancelled job keeps its devices until its workers have exited: `aios top` showed them busy, and no job."""
+    import json
+
+    import nats
+
+    from aios.cli.top import snapshot
+
+    nc = await nats.connect(nats_server.url)
+    replies = {
+        "aios.rm.nodes": {"nodes": [{"node": "n1"}]},
+        "aios.rm.node": {"node": "n1", "online": True, "devices": [
+            {"uuid": "GPU-1", "healthy": True, "job": "train-1"}, {"uuid": "GPU-2", "healthy": True, "job": "web-2"},
+            {"uuid": "GPU-3", "healthy": True, "job": None}]},
+        "aios.sched.jobs": {"jobs": [
+            {"job": "train-1", "tenant": "t", "status": "cancelled", "devices": 1, "step": 3, "total_steps": 9},
+            {"job": "web-2", "tenant": "t", "status": "running", "devices": 1, "step": 0, "total_steps": 0},
+            {"job": "old-3", "tenant": "t", "status": "succeeded", "devices": 1, "step": 9, "total_steps": 9}]},
+        "aios.rm.tenants": {"tenants": {}}}
+    for subject, reply in replies.items():
+        async def answer(msg: "Msg", reply: dict = reply) -> None:  # type: ignore[type-arg]
+            await msg.respond(json.dumps(reply).encode())
+        await nc.subscribe(subject, cb=answer)
+    try:
+        snap = await snapshot([nats_server.url], {})
+    finally:
+        await nc.close()
+    assert [(j["job"], j["status"]) for j in snap["running"]] == [("train-1", "cancelled, workers stopping"),
+                                                                   ("web-2", "running")]
+    assert "cancelled, workers stopping" in render(snap) and "old-3" not in render(snap)

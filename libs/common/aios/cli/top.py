@@ -26,9 +26,21 @@ async def snapshot(servers: list[str], telemetry: dict[str, dict[str, Any]]) -> 
     for node in details:
         for d in node["devices"]:
             d["utilization_gpu"] = telemetry.get(d["uuid"], {}).get("utilization_gpu")
-    return {"nodes": details, "jobs": dict(Counter(j["status"] for j in jobs)),
-            "running": [j for j in jobs if j["status"] in ("placed", "running", "preempting")],
+    return {"nodes": details, "jobs": dict(Counter(j["status"] for j in jobs)), "running": on_devices(jobs, details),
             "tenants": tenants}
+
+
+def on_devices(jobs: list[dict[str, Any]], nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The jobs that hold devices: those placed or running, and those that ended but whose workers still stop (a
+    cancelled job keeps its devices until they have exited; its devices showed busy with no job beside them)."""
+    holders = {d["job"] for n in nodes for d in n["devices"] if d.get("job")}
+    out = []
+    for j in jobs:
+        if j["status"] in ("placed", "running", "preempting"):
+            out.append(j)
+        elif j["job"] in holders:
+            out.append({**j, "status": f"{j['status']}, workers stopping"})
+    return out
 
 
 def frame(snap: dict[str, Any]) -> Group:
