@@ -392,6 +392,43 @@ def test_one_failing_worker_stops_the_others_and_names_the_rank(aios_env: dict[s
         cluster.stop()
 
 
+def test_a_rank_killed_outright_stops_the_others_at_once(aios_env: dict[str, str], tmp_path: Path) -> None:
+    """A rank killed with SIGKILL (the OOM killer) says nothing to its ring: the others waited for its data until
+    their collective timeout (60 s) or their stop grace, holding the devices. Its node's agent now says it on the
+    ring's abort subject, and they stop at once, naming it."""
+    from aios.common.events import WorkerExited, WorkerStarted
+
+    cluster, aios = start(aios_env, nodes=1)
+    try:
+        spec = tmp_path / "long.json"
+        spec.write_text(json.dumps({"name": "long", "tenant": "ml", "devices": 2, "stop_grace_s": 120,
+                                    "trainer": {**TRAINER, "steps": 100_000, "step_delay_s": 0.05}}))
+        out = aios("submit", str(spec), "--json")
+        assert out.returncode == 0, out.stderr
+        job_id = json.loads(out.stdout)["job"]
+        wait_job(aios, "long", ("running",))
+        deadline = time.monotonic() + 60
+        while not any(isinstance(e, JobProgress) for e in job_events(cluster.nats_url, job_id)):
+            assert time.monotonic() < deadline, "no progress"  # the ring is up and stepping
+            time.sleep(0.3)
+        [victim] = [e for e in job_events(cluster.nats_url, job_id)
+                    if isinstance(e, WorkerStarted) and e.worker.startswith("rank1")]
+        os.kill(victim.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        while True:
+            exits = {e.worker: e for e in job_events(cluster.nats_url, job_id) if isinstance(e, WorkerExited)}
+            peer = next((e for w, e in exits.items() if w.startswith("rank0")), None)
+            if peer is not None:
+                break
+            assert time.monotonic() - killed < 30, f"rank 0 still waits for the dead rank: {exits}"
+            time.sleep(0.2)
+        assert time.monotonic() - killed < 10  # not its 60-s collective timeout, nor its 120-s grace
+        shown = aios("logs", job_id).stdout
+        assert "group aborted" in shown and "was killed by signal 9" in shown, shown[-2000:]
+    finally:
+        cluster.stop()
+
+
 def test_the_torch_backend_trains_the_same_job(aios_env: dict[str, str], tmp_path: Path) -> None:
     """``backend: torch``: the ranks all-reduce with torch.distributed (gloo) over MASTER_ADDR/MASTER_PORT from the
     launcher's environment. Runs where torch is installed (``make test-torch``; CI installs it before ``make test``)."""

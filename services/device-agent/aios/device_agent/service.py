@@ -452,6 +452,11 @@ class DeviceAgentService(Service):
                                  "aios.reason": reason}) as span:
             if code not in (0, EXIT_INTERRUPTED) and not w.stopping:  # 75: interrupted, resumes from a checkpoint
                 tracing.mark_failed(span, f"exit code {code}" if code is not None else f"killed by signal {sig}")
+                if w.abort_subject:
+                    how = f"exited with {code}" if code is not None else f"was killed by signal {sig}"
+                    with contextlib.suppress(Exception):  # best effort: the peers' timeout stays the backstop
+                        await self.ctx.nc.publish(w.abort_subject, f"{w.worker} on node {self.config.node_id} "
+                                                                   f"{how}".encode())
             while True:  # an exit lost in a NATS outage left its job running for ever: record it when NATS is back
                 try:
                     await self.ctx.store.append(f"run.{w.job_id}", event,

@@ -38,6 +38,9 @@ class Workload:
     trace: dict[str, str] | None = None
     """The job's trace context from the launcher (its ``TRACEPARENT``): the agent's spans about the worker join it."""
     grace_s: float | None = None
+    abort_subject: str = ""
+    """Where to say that this worker died without being asked to stop (the launcher's ``AIOS_ABORT_SUBJECT``, for
+    a rank of a collective): its peers stop at once instead of at their timeout."""
     last_error: str = ""
     """The last line it wrote to stderr (cut to ``LAST_ERROR_CHARS``): the cause a failed job's error names, as
     Kubernetes' termination message taken from the log (a replica that could not load its model crash-looped, and
@@ -123,7 +126,8 @@ class WorkloadRunner:
         except ValueError:
             attempt = 0
         workload = Workload(job_id, worker, list(device_uuids), proc, attempt=attempt,
-                            grace_s=_positive(env.get("AIOS_STOP_GRACE_S")))
+                            grace_s=_positive(env.get("AIOS_STOP_GRACE_S")),
+                            abort_subject=env.get("AIOS_ABORT_SUBJECT", ""))
         self.running[workload.key] = workload
         task = asyncio.ensure_future(self._watch(workload))
         self._watchers.add(task)

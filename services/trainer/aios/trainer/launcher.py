@@ -34,6 +34,7 @@ from aios.common.snapshot import Projector
 from aios.common.store import Commit
 from aios.device_agent.protocol import run_subject, stop_subject
 from aios.trainer import EXIT_INTERRUPTED, MAX_INTERRUPTIONS_WITHOUT_PROGRESS, checkpoints
+from aios.trainer.collective.ring import abort_subject, group_name
 from aios.scheduler.spec import DEFAULT_STOP_GRACE_S
 from aios.scheduler.state import (
     CANCELLED, FAILED, MAX_REPLICA_REPLACEMENTS, PENDING, PLACED, PREEMPTING, PROGRESS_RUN_S, RUNNING, STATE_SCHEMA,
@@ -87,6 +88,10 @@ def worker_env(job: JobState, assignment: Assignment, rank: int, local_rank: int
             "AIOS_STOP_GRACE_S": repr(stop_grace(job)),
             "AIOS_CHECKPOINT_STORE": "AIOS_CHECKPOINTS", "AIOS_CHECKPOINT_NAME": job.job_id,
             **({"AIOS_TRAINER": json.dumps(spec.trainer)} if spec.trainer is not None else {}),
+            # a rank killed outright (SIGKILL, the OOM killer) says nothing to its ring: its node's agent says it
+            # there, so the other ranks stop now (they waited out their collective timeout, 60 s, for its data)
+            **({"AIOS_ABORT_SUBJECT": abort_subject(group_name(job.job_id, job.attempts))}
+               if spec.trainer is not None and world > 1 and spec.trainer.get("backend", "nats") == "nats" else {}),
             **({"AIOS_CHECKPOINT_INTERVAL_S": repr(spec.checkpoint_interval_s)}
                if spec.checkpoint_interval_s is not None else {}),
             # a bare model name is served at its latest version when the job was submitted: every replica, and

@@ -103,10 +103,10 @@ async def make_collective(w: WorkerEnv) -> tuple[Collective, object]:
                                             timeout_s=w.trainer.collective_timeout_s,
                                             group=f"{w.job_id}/{w.attempt}"), None
     from aios.common.wire import RawNatsConnection
-    from aios.trainer.collective.ring import NatsRing
+    from aios.trainer.collective.ring import NatsRing, group_name
 
     conn = await RawNatsConnection.connect(w.nats_url.split(","), name=f"aios-ring-{w.job_id}-{w.rank}")
-    return await NatsRing.join(conn, f"{w.job_id}-{w.attempt}", w.rank, w.world,
+    return await NatsRing.join(conn, group_name(w.job_id, w.attempt), w.rank, w.world,
                                timeout_s=w.trainer.collective_timeout_s), conn
 
 

@@ -68,6 +68,17 @@ def chunk_bounds(start: int, stop: int, chunk: int) -> list[tuple[int, int]]:
     return [(a, min(a + chunk, stop)) for a in range(start, stop, chunk)] or [(start, start)]
 
 
+def group_name(job_id: str, attempt: int) -> str:
+    """The ring of one attempt of a job (a later attempt's ranks never take an earlier one's messages)."""
+    return f"{job_id}-{attempt}"
+
+
+def abort_subject(group: str) -> str:
+    """Where a rank that gives up says so, and where the node's agent says so for a rank that died without a word
+    (killed, out of memory): the others then stop at once instead of at their timeout."""
+    return f"aios.coll.{group}.abort"
+
+
 class _Link:
     """What the ring needs of a NATS connection: publish, subscribe with a plain callback, flush."""
 
@@ -185,7 +196,7 @@ class NatsRing(Collective):
         if world > 1:
             reuse_large_buffers()
         ring._subs.append(await ring.nc.subscribe(f"aios.coll.{group}.{rank}.>", ring._on_data, ring._land))
-        ring._subs.append(await ring.nc.subscribe(f"aios.coll.{group}.abort", ring._on_abort))
+        ring._subs.append(await ring.nc.subscribe(abort_subject(group), ring._on_abort))
         ring._subs.append(await ring.nc.subscribe(f"aios.coll.{group}.roll", ring._on_roll))
         await ring.nc.flush()
         await ring._handshake()
@@ -383,7 +394,7 @@ class NatsRing(Collective):
 
     async def abort(self, reason: str) -> None:
         try:
-            await self.nc.publish(f"aios.coll.{self.group}.abort", f"rank {self.rank}: {reason}".encode())
+            await self.nc.publish(abort_subject(self.group), f"rank {self.rank}: {reason}".encode())
             await asyncio.wait_for(self.nc.flush(), 2)
         except Exception:  # noqa: BLE001 - the connection may be what failed; the timeout covers the peers
             pass
