@@ -522,8 +522,8 @@ def test_gavel_plan_gives_each_job_the_kind_it_gains_most_on() -> None:
     step(c.state, gavel, 1.0)
     assert c.where("loves-v100") == {"fast": 1} and c.where("indifferent") == {"slow": 1}
     # the fluid plan behind it: each job mostly on the kind where it does best against an equal split
-    share = gavel._share  # type: ignore[attr-defined]
-    assert share["loves-v100"]["v100"] > 0.5 and share["indifferent"]["k80"] > 0.5
+    assert gavel.planned_share("loves-v100")["v100"] > 0.5  # type: ignore[attr-defined]
+    assert gavel.planned_share("indifferent")["k80"] > 0.5  # type: ignore[attr-defined]
 
 
 def test_maxmin_spreads_each_job_over_interchangeable_kinds() -> None:
@@ -532,8 +532,8 @@ def test_maxmin_spreads_each_job_over_interchangeable_kinds() -> None:
         c.submit(name, 1, device_types=["v100", "k80"], throughput={"v100": 4.0, "k80": 1.0})
     maxmin = make_policy("maxmin")  # kinds counted as equally fast: no job is pinned to the v100s
     step(c.state, maxmin, 1.0)
-    share = maxmin._share  # type: ignore[attr-defined]
-    assert share["one"] == share["two"] == {"k80": 0.5, "v100": 0.5}
+    share = maxmin.planned_share  # type: ignore[attr-defined]
+    assert share("one") == share("two") == {"k80": 0.5, "v100": 0.5}
 
 
 def test_maxmin_keeps_a_job_on_its_kind_until_the_plan_owes_it_more_than_a_quantum_elsewhere() -> None:

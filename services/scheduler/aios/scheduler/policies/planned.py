@@ -27,12 +27,22 @@ class PlannedTimeShare(TimeSharedHeteroLAS):
 
     def __init__(self, **options: float) -> None:
         super().__init__(**options)  # type: ignore[arg-type]
-        self._share: dict[str, dict[str, float]] = {}
         self._planned: object = None
         self._plan_start = 0.0
         self._last_now: float | None = None
-        self._received: dict[str, dict[str, float]] = {}
-        self._deficits: dict[str, tuple[dict[str, float], float]] = {}
+        self._row: dict[str, int] = {}
+        """Job id -> its row in the plan's arrays (the jobs the plan covers)."""
+        self._col: dict[str, int] = {}
+        """Kind -> its column."""
+        self._share = np.zeros((0, 0))
+        """``[row, col]``: the plan's share of time of the job on the kind."""
+        self._got = np.zeros((0, 0))
+        """``[row, col]``: time the job ran on the kind since the plan was made."""
+        self._owed = np.zeros((0, 0))
+        """``[row, col]``: the deficit up to the end of this quantum (one array operation per allocation: every key
+        of the allocation asks for it)."""
+        self._most = np.zeros(0)
+        """``[row]``: the largest deficit of the job, over the kinds."""
         self._orders: dict[str, tuple[list[str], list[str]]] = {}
 
     def plan(self, state: SchedulerState, now: float, jobs: list[JobState], speed: np.ndarray, gpus: np.ndarray,
@@ -43,18 +53,26 @@ class PlannedTimeShare(TimeSharedHeteroLAS):
 
     def prepare(self, state: SchedulerState, now: float, capacity: dict[str, int]) -> None:
         jobs = [j for j in state.active() if j.status in ACTIVE and j.spec is not None and j.spec.devices > 0]
-        if self._last_now is not None and now > self._last_now:
-            for j in jobs:  # time each job received on each kind since the last allocation
-                if j.status in (PLACED, RUNNING) and j.placed_at is not None:
+        if self._last_now is not None and now > self._last_now and self._row:
+            for j in jobs:  # time each planned job received on each kind since the last allocation
+                row = self._row.get(j.job_id)
+                if row is not None and j.status in (PLACED, RUNNING) and j.placed_at is not None:
                     for k in self._kinds_of(state, j):
-                        got = self._received.setdefault(j.job_id, {})
-                        got[k] = got.get(k, 0.0) + (now - max(self._last_now, j.placed_at))
+                        col = self._col.get(k)
+                        if col is not None:
+                            self._got[row, col] += now - max(self._last_now, j.placed_at)
         self._last_now = now
-        self._deficits, self._orders = {}, {}
+        self._orders = {}
         key = (frozenset(j.job_id for j in jobs), tuple(sorted(capacity.items())))
-        if key == self._planned:
-            return  # nobody came or went: keep following the same plan
-        self._planned, self._plan_start, self._received, self._share = key, now, {}, {}
+        if key != self._planned:  # somebody came or went (else: keep following the same plan)
+            self._planned = key
+            self._replan(state, now, jobs, capacity)
+        self._owed = self._share * (now - self._plan_start + self.quantum_s) - self._got
+        self._most = self._owed.max(axis=1) if self._owed.size else np.zeros(len(self._owed))
+
+    def _replan(self, state: SchedulerState, now: float, jobs: list[JobState], capacity: dict[str, int]) -> None:
+        self._plan_start, self._row, self._col = now, {}, {}
+        self._share = self._got = np.zeros((0, 0))
         kinds = sorted(capacity)
         if not jobs or not kinds:
             return
@@ -78,32 +96,27 @@ class PlannedTimeShare(TimeSharedHeteroLAS):
                       np.array([capacity[k] for k in kinds], dtype=float))
         if x is None:
             return  # no plan (infeasible): the keys fall back to the subclass's order
-        for i, job in enumerate(planned):
-            self._share[job.job_id] = {k: float(x[i, c]) for c, k in enumerate(kinds)}
+        self._row = {job.job_id: i for i, job in enumerate(planned)}
+        self._col = {k: c for c, k in enumerate(kinds)}
+        self._share, self._got = np.asarray(x, dtype=float), np.zeros(np.shape(x))
 
-    def _deficit(self, job: JobState) -> tuple[dict[str, float], float]:
-        """Per planned kind: time the plan owed the job there up to the end of this quantum, less the time it got
-        there; and the largest of these (computed once per allocation: every key of the allocation asks for them)."""
-        hit = self._deficits.get(job.job_id)
-        if hit is None:
-            span = (self._last_now or 0.0) - self._plan_start + self.quantum_s
-            got = self._received.get(job.job_id, {})
-            owed = {k: rate * span - got.get(k, 0.0) for k, rate in self._share.get(job.job_id, {}).items()}
-            hit = self._deficits[job.job_id] = (owed, max(owed.values(), default=0.0))
-        return hit
+    def planned_share(self, job_id: str) -> dict[str, float]:
+        """The plan's share of time for the job on each kind (empty: the plan does not cover it)."""
+        row = self._row.get(job_id)
+        return {} if row is None else {k: float(self._share[row, c]) for k, c in self._col.items()}
 
     def kind_order(self, job: JobState, kinds: list[str]) -> list[str]:
-        planned = self._share.get(job.job_id)
-        if planned is None:
+        row = self._row.get(job.job_id)
+        if row is None:
             return kinds
         cached = self._orders.get(job.job_id)
         if cached is not None and cached[0] is kinds:  # asked again in the same allocation, of the same kinds
             return cached[1]
-        owed = self._deficit(job)[0]
-        order = sorted((k for k in kinds if planned.get(k, 0.0) > 1e-6), key=lambda k: -owed.get(k, 0.0))
+        share, owed, col = self._share[row].tolist(), self._owed[row].tolist(), self._col
+        order = sorted((k for k in kinds if k in col and share[col[k]] > 1e-6), key=lambda k: -owed[col[k]])
         if self.stay_quanta and job.status in (PLACED, RUNNING) and len(job.run_kinds) == 1 and order:
             here = job.run_kinds[0]
-            if here in order and owed[order[0]] - owed[here] <= self.stay_quanta * self.quantum_s:
+            if here in order and owed[col[order[0]]] - owed[col[here]] <= self.stay_quanta * self.quantum_s:
                 order.remove(here)
                 order.insert(0, here)
         self._orders[job.job_id] = (kinds, order)
@@ -114,9 +127,8 @@ class PlannedTimeShare(TimeSharedHeteroLAS):
         return 0.0
 
     def rank_key(self, state: SchedulerState, job: JobState, now: float) -> float:
-        if job.job_id not in self._share:
-            return self.unplanned_key(state, job, now)
-        return -self._deficit(job)[1]
+        row = self._row.get(job.job_id)
+        return self.unplanned_key(state, job, now) if row is None else -float(self._most[row])
 
     def pick_key(self, state: SchedulerState, job: JobState, now: float) -> float:
         return self.rank_key(state, job, now)
