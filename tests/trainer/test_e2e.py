@@ -229,6 +229,33 @@ def worker_pids(job_id: str) -> dict[int, int]:
     return out
 
 
+def test_an_agent_killed_while_it_shuts_down_leaves_no_job_running_for_ever(aios_env: dict[str, str],
+                                                                             tmp_path: Path) -> None:
+    """An agent killed during its shutdown's drain wait (SIGTERM, then SIGKILL: a host's shutdown timeout) took its
+    workers with it before recording their exits; restarted, its node came back, and a job that may not be
+    preempted stayed "running" for ever on it, holding its devices and its tenant's quota. The next agent records
+    those exits, and the job runs again."""
+    cluster, aios = start(aios_env, nodes=1, AIOS_HEARTBEAT_INTERVAL="0.5")
+    try:
+        spec = tmp_path / "np.json"
+        spec.write_text(json.dumps({"name": "np", "tenant": "ml", "devices": 2, "preemptible": False,
+                                    "command": [sys.executable, "-c", "import time; time.sleep(600)"]}))
+        out = aios("submit", str(spec), "--json")
+        assert out.returncode == 0, out.stderr
+        job_id = json.loads(out.stdout)["job"]
+        wait_job(aios, "np", ("running",))
+        cluster.stop_agent("sim-a", grace=1.0)  # killed 1 s into its drain wait
+        cluster.restart_agent("sim-a")
+        deadline = time.monotonic() + 60
+        while not any(isinstance(e, JobRequeued) for e in job_events(cluster.nats_url, job_id)):
+            assert time.monotonic() < deadline, f"still {aios('why', job_id).stdout}"
+            time.sleep(0.5)
+        again = wait_job(aios, "np", ("running",), timeout=60)
+        assert again["attempts"] == 2, again
+    finally:
+        cluster.stop()
+
+
 def test_a_worker_stopped_by_someone_else_resumes_and_does_not_succeed_half_trained(
         aios_env: dict[str, str], tmp_path: Path) -> None:
     """SIGTERM to one rank (an operator, an OOM killer's warning, a node script): the built-in worker checkpoints and

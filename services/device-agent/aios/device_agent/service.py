@@ -154,6 +154,8 @@ class DeviceAgentService(Service):
         for uuid, device in (known.devices.items() if known else ()):
             if not device.healthy and uuid in present:  # clean samples for quiet_s, and it is healthy again
                 self.health.carry(uuid, device.reason, time.monotonic())
+        if known is not None and known.shutting_down:
+            await self._settle_workers_of_the_last_agent()
         kv = await self._heartbeat_bucket()
         other = await self._another_agent_serves(kv)
         if other:
@@ -413,6 +415,25 @@ class DeviceAgentService(Service):
                 aggregate_id=req.job_id, node_id=node, worker=req.worker, pid=w.proc.pid,
                 device_uuids=req.device_uuids, attempt=w.attempt))
         return Reply(True, pid=w.proc.pid)
+
+    async def _settle_workers_of_the_last_agent(self) -> None:
+        """The previous agent of this node began to shut down (it stops its workers and records their exits) but
+        ended before it had recorded them all (killed during its drain wait): those workers died with it. Their
+        exits are recorded now, under the key the previous agent would have used, so that their jobs are requeued;
+        a job with no exit of a worker stayed "running" for ever, holding its devices and its tenant's quota. (After
+        a crash without a shutdown the resource manager requeues the node's jobs itself.)"""
+        node = self.config.node_id
+        for job_id in self.node.state.leases.jobs_on(node):
+            events = (await self.ctx.store.read(f"run.{job_id}")).events
+            ended = {e.worker for e in events if isinstance(e, WorkerExited) and e.node_id == node}
+            for started in events:
+                if isinstance(started, WorkerStarted) and started.node_id == node and started.worker not in ended:
+                    log.warning("worker of the previous agent died with it: recording its exit",
+                                extra={"job": job_id, "worker": started.worker})
+                    await self.ctx.store.append(f"run.{job_id}", WorkerExited(
+                        aggregate_id=job_id, node_id=node, worker=started.worker, exit_code=None, signal=None,
+                        reason="its node's previous agent stopped before recording its exit (it died with it)",
+                        attempt=started.attempt, stopped=True), idempotency_key=f"exit-{job_id}-{started.worker}")
 
     def _not_leased(self, req: RunRequest) -> list[str]:
         book, node = self.node.state.leases, self.config.node_id
