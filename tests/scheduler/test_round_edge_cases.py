@@ -400,3 +400,29 @@ def test_a_quota_job_kept_off_a_cordoned_kind_is_not_told_it_can_never_start() -
     step(c.state, fifo, 1.0)
     why = explain(c.state, fifo, "wide", 2.0)
     assert "can never" not in why and "would admit it on h100, where no open node can hold it now" in why, why
+
+
+def test_a_node_log_says_why_a_jobs_devices_went_back() -> None:
+    """Every release read "job done" in the node's log, a preemption's too."""
+    from aios.common.events import DevicesReleased
+    from aios.scheduler.decisions import housekeeping_commits
+
+    def released(now: float) -> dict[str, str]:
+        commits = housekeeping_commits(c.state, plan_round(c.state, policy, now))
+        return {e.job_id: e.reason for x in commits for e in x.events if isinstance(e, DevicesReleased)}
+
+    c = Cluster(("n1", "a100", 2))
+    policy = make_policy("priority")
+    c.submit("low", 2, priority=1)
+    step(c.state, policy, 1.0)
+    c.submit("high", 2, priority=10, now=2.0)
+    step(c.state, policy, 2.0)
+    assert c.status("low") == "preempting"
+    c.workers_exited("low", 3.0)
+    assert released(3.0) == {"low": "job preempted: its workers have stopped"}
+    step(c.state, policy, 3.0)
+    step(c.state, policy, 4.0)
+    assert c.where("high") == {"n1": 2}
+    c.finish("high", 5.0)
+    c.workers_exited("high", 5.0)
+    assert released(6.0) == {"high": "job succeeded"}

@@ -10,7 +10,7 @@ from aios.common.events import (
     JobRequeued,
 )
 from aios.scheduler.rounds import RoundPlan
-from aios.scheduler.state import SchedulerState
+from aios.scheduler.state import PREEMPTING, TERMINAL, SchedulerState
 
 
 class Commit(msgspec.Struct, frozen=True):
@@ -20,12 +20,28 @@ class Commit(msgspec.Struct, frozen=True):
     idempotency_key: str | None = None
 
 
+def release_reason(state: SchedulerState, plan: RoundPlan, job_id: str) -> str:
+    """Why a job's devices go back, as the node's log says it (every release read "job done", a preemption's too)."""
+    if job_id in plan.requeue_reasons:
+        return plan.requeue_reasons[job_id]
+    job = state.jobs.get(job_id)
+    if job is None:
+        return "held by a job the scheduler does not know"
+    if job.status == PREEMPTING:
+        return "job preempted: its workers have stopped" if job.workers_running == 0 else \
+            "job preempted: its workers outstayed their stop grace"
+    if job.status in TERMINAL:
+        return f"job {job.status}"
+    return f"job {job.status}: no longer holds them"
+
+
 def housekeeping_commits(state: SchedulerState, plan: RoundPlan) -> list[Commit]:
     out: list[Commit] = []
     by_node: dict[str, list[Event]] = {}
     for node, job, devices in plan.releases:
-        by_node.setdefault(node, []).append(DevicesReleased(aggregate_id=node, job_id=job, device_uuids=list(devices),
-                                                            reason="job done" if not devices else "stray lease"))
+        by_node.setdefault(node, []).append(DevicesReleased(
+            aggregate_id=node, job_id=job, device_uuids=list(devices),
+            reason=release_reason(state, plan, job) if not devices else "stray lease"))
     version = state.inv.versions.get
     # Every commit is conditional on the version the decision was made on: a stale decision is refused, and a
     # node version we move on ourselves is one nobody else wrote in between.
