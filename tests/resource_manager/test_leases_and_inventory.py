@@ -44,13 +44,25 @@ def test_lease_lifecycle_and_queries() -> None:
     evolve(inv, DevicesReleased(aggregate_id="n2", job_id="j9"))
     from aios.resource_manager.queries import device_states  # the resource manager's aios_node_devices gauges
 
-    assert device_states(inv) == {("n1", "h100", "leased"): 2, ("n1", "h100", "free"): 1,
-                                  ("n1", "h100", "unhealthy"): 1, ("n2", "h100", "free"): 2}
+    def nonzero() -> dict[tuple[str, str, str], int]:
+        return {k: n for k, n in device_states(inv).items() if n}
+
+    assert nonzero() == {("n1", "h100", "leased"): 2, ("n1", "h100", "free"): 1,
+                         ("n1", "h100", "unhealthy"): 1, ("n2", "h100", "free"): 2}
     # a device a job holds that goes bad is what an operator alerts on: it was counted as leased, so the gauge
     # showed no unhealthy device while `aios nodes` said one
     evolve(inv, DeviceUnhealthy(aggregate_id="n1", device_uuid="n1-g0", reason="critical XID 79", xid=79))
-    assert device_states(inv) == {("n1", "h100", "leased"): 1, ("n1", "h100", "free"): 1,
-                                  ("n1", "h100", "unhealthy"): 2, ("n2", "h100", "free"): 2}
+    assert nonzero() == {("n1", "h100", "leased"): 1, ("n1", "h100", "free"): 1,
+                         ("n1", "h100", "unhealthy"): 2, ("n2", "h100", "free"): 2}
+    # every state of every node and kind is a series, 0 where it is: `free == 0` alerts fired on no data before
+    assert device_states(inv)[("n2", "h100", "leased")] == 0 and len(device_states(inv)) == 2 * 6
+    # a cordoned node's devices are not free for jobs, and the node is not counted as open to them
+    from aios.common.events import NodeCordoned
+    from aios.resource_manager.queries import node_states
+
+    evolve(inv, NodeCordoned(aggregate_id="n2", reason="maintenance"))
+    assert nonzero()[("n2", "h100", "cordoned")] == 2 and device_states(inv)[("n2", "h100", "free")] == 0
+    assert node_states(inv) == {"online": 1, "cordoned": 1, "lost": 0}
 
     evolve(inv, DevicesReleased(aggregate_id="n1", job_id="j1"))
     evolve(inv, DeviceHealthy(aggregate_id="n1", device_uuid="n1-g3"))
@@ -243,6 +255,6 @@ def test_a_gpu_in_mig_mode_is_not_offered_to_jobs() -> None:
     assert node_summary(inv, inv.nodes["n2"])["mig"] == 1 and node_summary(inv, inv.nodes["n2"])["free"] == 1
     shown = node_detail(inv, inv.nodes["n2"])["devices"][1]
     assert "MIG mode is on" in shown["reason"] and shown["mig_mode"] and shown["mig"] == ["MIG-1"]
-    assert device_states(inv) == {("n2", "h100", "free"): 1, ("n2", "h100", "mig"): 1}
+    assert {k: n for k, n in device_states(inv).items() if n} == {("n2", "h100", "free"): 1, ("n2", "h100", "mig"): 1}
     evolve(inv, DeviceHealthy(aggregate_id="n2", device_uuid="n2-g1"))  # a recovery from an XID does not open it
     assert [d.info.uuid for d in inv.free_devices("n2")] == ["n2-g0"]

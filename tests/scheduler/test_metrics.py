@@ -32,4 +32,7 @@ def test_jobs_and_tenants_are_exported_as_gauges() -> None:
     assert samples['aios_tenant_devices_in_use{kind="h100",tenant="free"}'] == 2
     assert samples['aios_tenant_devices_borrowed{kind="a100",tenant="nlp"}'] == 1
     assert samples['aios_tenant_quota_nominal{kind="a100",tenant="cv"}'] == 2
+    # a tenant's quota kinds are series at 0 too (cv's last job ended): they vanished, and alerts saw no data
+    assert samples['aios_tenant_devices_in_use{kind="a100",tenant="cv"}'] == 0
+    assert samples['aios_tenant_devices_borrowed{kind="a100",tenant="cv"}'] == 0
     assert "# TYPE aios_jobs gauge" in text

@@ -65,15 +65,31 @@ def answer(inv: Inventory, what: str, args: dict[str, Any]) -> dict[str, Any]:
     return {"error": f"unknown query {what!r} (nodes, node, capacity, tenants)"}
 
 
+DEVICE_STATES = ("free", "leased", "unhealthy", "mig", "cordoned", "offline")
+
+
 def device_states(inv: Inventory) -> dict[tuple[str, str, str], int]:
     """Devices per (node, kind, state): unhealthy (whether a job holds it or not: what an operator alerts on, as
-    `aios nodes` counts it), leased (a job holds it), mig (in MIG mode: not scheduled), free (online, unheld) or
-    offline; the resource manager's gauges."""
+    `aios nodes` counts it), leased (a job holds it), mig (in MIG mode: not scheduled), offline, cordoned (its
+    node is cordoned, draining or its agent shutting down: not offered to jobs) or free; the resource manager's
+    gauges. Every state of every (node, kind) is there, 0 where no device is in it: a series that vanished when
+    the last free device was taken made `free == 0` alerts silent."""
     out: dict[tuple[str, str, str], int] = {}
     for node_id, node in sorted(inv.nodes.items()):
         for uuid, device in node.devices.items():
+            for state in DEVICE_STATES:
+                out.setdefault((node_id, device.info.kind, state), 0)
             state = "unhealthy" if not device.healthy else "leased" if not inv.leases.is_free(uuid) else \
-                "mig" if device.info.mig_enabled else "free" if node.online else "offline"
-            key = (node_id, device.info.kind, state)
-            out[key] = out.get(key, 0) + 1
+                "mig" if device.info.mig_enabled else "offline" if not node.online else \
+                "cordoned" if not node.schedulable else "free"
+            out[(node_id, device.info.kind, state)] += 1
+    return out
+
+
+def node_states(inv: Inventory) -> dict[str, int]:
+    """Nodes by state: online (open to jobs), cordoned (online, closed to new jobs: cordoned, draining or its
+    agent shutting down) and lost; the resource manager's ``aios_rm_nodes``."""
+    out = {"online": 0, "cordoned": 0, "lost": 0}
+    for node in inv.nodes.values():
+        out["lost" if not node.online else "online" if node.schedulable else "cordoned"] += 1
     return out

@@ -23,7 +23,7 @@ from aios.common.store import Commit
 from aios.common.tasks import cancel_and_wait
 from aios.resource_manager.inventory import Inventory, fold_commit
 from aios.resource_manager.liveness import lost_nodes, silence_reason
-from aios.resource_manager.queries import QUERY_PREFIX, answer
+from aios.resource_manager.queries import QUERY_PREFIX, answer, node_states
 
 MIN_NODE_TIMEOUT_S, MAX_NODE_TIMEOUT_S = 1.0, 86_400.0
 
@@ -68,10 +68,8 @@ class ResourceManagerService(Service):
                                          registry=ctx.metrics)
         self.nodes_gauge = Gauge("aios_rm_nodes", "nodes known to the resource manager", ["state"],
                                  registry=ctx.metrics)
-        self.nodes_gauge.labels("online").set_function(
-            lambda: sum(1 for n in self.inventory.state.nodes.values() if n.online))
-        self.nodes_gauge.labels("lost").set_function(
-            lambda: sum(1 for n in self.inventory.state.nodes.values() if not n.online))
+        for state in ("online", "cordoned", "lost"):  # a cordoned node counted as online, its devices as free
+            self.nodes_gauge.labels(state).set_function(lambda state=state: node_states(self.inventory.state)[state])
         self.lost_counter = Counter("aios_rm_nodes_declared_lost", "NodeLost events written", registry=ctx.metrics)
         if ctx.metrics is not None:
             ctx.metrics.register(_DeviceCollector(lambda: self.inventory.state))
@@ -248,8 +246,8 @@ class _DeviceCollector:
 
         from aios.resource_manager.queries import device_states
 
-        family = GaugeMetricFamily("aios_node_devices", "devices by node, kind and state (leased, free, unhealthy, "
-                                   "offline)", labels=["node", "kind", "state"])
+        family = GaugeMetricFamily("aios_node_devices", "devices by node, kind and state (free, leased, unhealthy, "
+                                   "mig, cordoned, offline; 0 where none is)", labels=["node", "kind", "state"])
         for (node, kind, state), n in device_states(self.inventory()).items():
             family.add_metric([node, kind, state], n)
         yield family

@@ -27,16 +27,20 @@ class StateCollector(Collector):
         for status, n in counts.items():
             jobs.add_metric([status], n)
         yield jobs
+        # a tenant's quota kinds are series even at 0: they vanished when its last job ended (alerts on no data)
+        quota_kinds = {(tenant, kind): 0 for tenant, quota in state.inv.tenants.items() for kind in quota.nominal}
         in_use = GaugeMetricFamily("aios_tenant_devices_in_use", "devices a tenant's jobs hold, by kind",
                                    labels=["tenant", "kind"])
-        for tenant, kinds in sorted(_usage(state)[0].items()):
-            for kind, n in sorted(kinds.items()):
-                in_use.add_metric([tenant, kind], n)
+        used = dict(quota_kinds)
+        for tenant, kinds in _usage(state)[0].items():
+            used.update({(tenant, kind): n for kind, n in kinds.items()})
+        for (tenant, kind), n in sorted(used.items()):
+            in_use.add_metric([tenant, kind], n)
         yield in_use
         borrowed = GaugeMetricFamily("aios_tenant_devices_borrowed",
                                      "devices a tenant's running jobs borrowed beyond its nominal quota, by kind",
                                      labels=["tenant", "kind"])
-        total: dict[tuple[str, str], int] = {}
+        total = dict(quota_kinds)
         for job in state.active():
             for kind, n in (job.borrowed.items() if job.status in HOLDING else ()):
                 total[(job.tenant, kind)] = total.get((job.tenant, kind), 0) + n
