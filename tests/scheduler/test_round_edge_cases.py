@@ -422,6 +422,11 @@ def test_a_node_log_says_why_a_jobs_devices_went_back() -> None:
     assert released(3.0) == {"low": "job preempted: its workers have stopped"}
     step(c.state, policy, 3.0)
     step(c.state, policy, 4.0)
+    # the queue-wait metric of its next placement counts from its requeue, not from its submission at 1.0
+    from aios.scheduler.state import queue_wait
+
+    assert c.status("low") == "pending" and queue_wait(c.state.jobs["low"], 10.0) == 7.0
+    assert queue_wait(c.state.jobs["high"], 10.0) == 8.0  # never requeued: since its submission
     assert c.where("high") == {"n1": 2}
     c.finish("high", 5.0)
     c.workers_exited("high", 5.0)

@@ -28,7 +28,7 @@ from aios.scheduler.placement import BinCache
 from aios.scheduler.policies import make_policy
 from aios.scheduler.predict import RuntimePredictor
 from aios.scheduler.rounds import explain, plan_round
-from aios.scheduler.state import STATE_SCHEMA, SchedulerState, fold_commit, job_summary
+from aios.scheduler.state import STATE_SCHEMA, SchedulerState, fold_commit, job_summary, queue_wait
 
 log = logging.getLogger("aios.scheduler")
 QUERY_PREFIX = "aios.sched"
@@ -140,7 +140,9 @@ class SchedulerService(Service):
                                    registry=ctx.metrics)
         self.m_round_s = Histogram("aios_scheduler_round_seconds", "time to decide a round", registry=ctx.metrics,
                                    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5))
-        self.m_latency = Histogram("aios_scheduler_submit_to_placed_seconds", "submit to placed", registry=ctx.metrics,
+        self.m_latency = Histogram("aios_scheduler_submit_to_placed_seconds",
+                                   "time each placement waited in the queue: from the submission, or the last requeue",
+                                   registry=ctx.metrics,
                                    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300))
         pending = Gauge("aios_scheduler_pending_jobs", "jobs waiting", registry=ctx.metrics)
         pending.set_function(lambda: len(self.projector.state.pending()))
@@ -197,7 +199,8 @@ class SchedulerService(Service):
         for job_id in placed:
             job = state.jobs.get(job_id)
             if job is not None:
-                self.m_latency.observe(max(0.0, now_s - job.submitted_at))
+                self.m_latency.observe(queue_wait(job, now_s))  # (from its submission, a placement after a
+                # preemption counted the earlier runs too)
         self.placed += len(placed)
         if placed:
             self.m_placed.labels(self.policy.name).inc(len(placed))

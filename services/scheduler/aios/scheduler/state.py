@@ -31,6 +31,8 @@ class JobState(msgspec.Struct):
     arrival: int
     """Order of submission (stream sequence of JobSubmitted)."""
     submitted_at: float
+    queued_at: float | None = None
+    """When it last went back into the queue (a requeue, a preemption's end); None: at its submission."""
     status: str = PENDING
     admitted: bool = False
     borrowed: dict[str, int] = {}
@@ -157,7 +159,7 @@ MAX_REPLICA_REPLACEMENTS = 5
 deployment, under its crash-loop cap (a replica that dies at start again and again fails the deployment in the
 end)."""
 MAX_HISTORY = 5000
-STATE_SCHEMA = 9
+STATE_SCHEMA = 10
 """Version of the encoded state in snapshots: a snapshot of another version is ignored and the log replayed."""
 
 
@@ -262,6 +264,12 @@ def devices_by_kind(state: SchedulerState, job: JobState) -> dict[str, int]:
 
 def kinds_held(state: SchedulerState, job: JobState) -> list[str]:
     return sorted(devices_by_kind(state, job))
+
+
+def queue_wait(job: JobState, now: float) -> float:
+    """How long the job has waited in the queue for this placement: since it last entered it (a requeue, a
+    preemption's end), or since its submission."""
+    return max(0.0, now - (job.queued_at if job.queued_at is not None else job.submitted_at))
 
 
 def speed_share(state: SchedulerState, job: JobState, kinds: list[str] | None = None) -> float:
@@ -407,6 +415,7 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
             job.failure_restarts += 1
         _close_run(state, job, ev.ts)
         job.status, job.assignments, job.admitted, job.preempted_at = PENDING, [], False, None
+        job.queued_at = ev.ts
         job.requeues += 1
         job.workers_running = 0
     elif (kind is JobProgress or kind is CheckpointSaved) and superseded(job, ev.attempt):  # type: ignore[attr-defined]
