@@ -37,6 +37,10 @@ def test_dashboard_shows_the_cluster_jobs_and_a_job_page(gateway: tuple[str, Loc
             assert await browser.evaluate("document.getElementById('live').className") == "on"
             await browser.wait_for(f"document.querySelector('#jobs tr[data-job=\"{job}\"]') !== null")
             await browser.wait_for("document.querySelector('#tenants tr[data-tenant=\"alice\"]') !== null")
+            # alice has no quota: her devices in use are "2 / -", not a red bar over a quota of 0
+            row = "document.querySelector('#tenants tr[data-tenant=\"alice\"]')"
+            assert await browser.evaluate(f"{row}.children[2].textContent") == "2 / -"
+            assert await browser.evaluate(f"{row}.querySelector('.bar') === null")
             ARTIFACTS.mkdir(exist_ok=True)
             size = await browser.screenshot(ARTIFACTS / "dashboard-cluster.png")
             assert size > 10_000  # a rendered page, not a blank one

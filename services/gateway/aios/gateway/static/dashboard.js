@@ -35,8 +35,10 @@ async function renderCluster() {
           <i class="util" style="height:${level}%"></i><b>${esc(d.kind)} #${d.index}</b><span>${esc(util)}</span></div>`; }).join("")}</div></div>`).join("");
   const usageRows = Object.entries(tenants.tenants).map(([name, t]) => {
     const kinds = [...new Set([...Object.keys(t.nominal), ...Object.keys(t.usage)])].sort();
-    return kinds.map(k => { const used = t.usage[k] || 0, quota = t.nominal[k] || 0;
-      return `<tr data-tenant="${esc(name)}"><td>${esc(name || "(none)")}</td><td>${esc(k)}</td><td>${used} / ${quota}</td><td>${bar(quota ? used / quota : used ? 1 : 0, used > quota)}</td><td>${esc(t.cohort || "-")}</td></tr>`; }).join("");
+    // a kind without a quota is "-", not a quota of 0 that every device in use overruns (a full red bar)
+    return kinds.map(k => { const used = t.usage[k] || 0, quota = t.nominal[k], limited = typeof quota === "number";
+      const shown = limited ? bar(quota ? used / quota : used ? 1 : 0, used > quota) : "";
+      return `<tr data-tenant="${esc(name)}" data-kind="${esc(k)}"><td>${esc(name || "(none)")}</td><td>${esc(k)}</td><td>${used} / ${limited ? quota : "-"}</td><td>${shown}</td><td>${esc(t.cohort || "-")}</td></tr>`; }).join("");
   }).join("");
   const jobRows = jobs.jobs.slice().reverse().map(j => {
     const progress = j.total_steps ? bar(j.step / j.total_steps) + ` ${j.step}/${j.total_steps}` : "";
