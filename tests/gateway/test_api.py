@@ -656,6 +656,15 @@ def test_a_telemetry_reading_is_kept_only_for_a_device_of_its_node_and_as_number
     assert telemetry_readings({**body, "node": "n2"}, nodes, 1.0) == {}  # a device of another node, or none
     assert telemetry_readings({"node": "n1", "devices": "all"}, nodes, 1.0) == {}
     assert telemetry_readings(["n1"], nodes, 1.0) == {}
+    # shown while fresh and while the node is online: an offline node's devices kept their last utilisation
+    from aios.common.events import NodeLost
+    from aios.gateway.service import TELEMETRY_KEPT_S, shown_telemetry
+
+    shown = shown_telemetry(kept, nodes, 2.0)
+    assert sorted(shown) == [a, b] and shown[b]["utilization_gpu"] == 97 and "received" not in shown[b]
+    assert shown_telemetry(kept, nodes, 1.0 + TELEMETRY_KEPT_S + 1) == {}
+    apply(state, [("node.n1", [NodeLost(aggregate_id="n1", reason="silent", last_seen=1.0)])], 2.0)
+    assert shown_telemetry(kept, state.inv.nodes, 2.0) == {}
 
 
 def test_a_log_follower_that_goes_away_leaves_no_consumer_behind(gateway: tuple[str, LocalCluster]) -> None:

@@ -54,8 +54,8 @@ def load_tokens(env: dict[str, str], data_dir: Path) -> dict[str, str]:
     return {token: ADMIN}
 
 
-TELEMETRY_KEPT_S = 300.0
-"""A device's last reading is shown this long after it came."""
+TELEMETRY_KEPT_S = 30.0
+"""A device's last reading is shown this long after it came (agents report every second by default)."""
 TELEMETRY_FIELDS = ("utilization_gpu", "memory_used_bytes", "memory_total_bytes", "temperature_c", "power_w")
 
 
@@ -77,6 +77,14 @@ def telemetry_readings(body: Any, nodes: dict[str, Any], received: float) -> dic
         out[d["uuid"]] = {"node": body["node"], "ts": ts if _number(ts) else None, "received": received,
                           **{k: d.get(k) if _number(d.get(k)) else None for k in TELEMETRY_FIELDS}}
     return out
+
+
+def shown_telemetry(devices: dict[str, dict[str, Any]], nodes: dict[str, Any], now: float) -> dict[str, dict[str, Any]]:
+    """The readings to show: fresh ones (``TELEMETRY_KEPT_S``) of nodes online. An offline node's devices kept
+    their last utilisation on the dashboard for five minutes, as if they still worked."""
+    cutoff = now - TELEMETRY_KEPT_S
+    return {u: {k: v for k, v in d.items() if k != "received"} for u, d in devices.items()
+            if d["received"] >= cutoff and getattr(nodes.get(d["node"]), "online", False)}
 
 
 def _number(value: Any) -> bool:
@@ -122,10 +130,10 @@ class GatewayService(Service):
         return reply
 
     def telemetry(self) -> dict[str, dict[str, Any]]:
-        cutoff = time.monotonic() - TELEMETRY_KEPT_S  # a device that stopped reporting (a node gone) drops out
-        for uuid in [u for u, d in self.devices.items() if d["received"] < cutoff]:
-            del self.devices[uuid]
-        return {u: {k: v for k, v in d.items() if k != "received"} for u, d in self.devices.items()}
+        now = time.monotonic()
+        for uuid in [u for u, d in self.devices.items() if d["received"] < now - TELEMETRY_KEPT_S]:
+            del self.devices[uuid]  # a device that stopped reporting (a node gone) drops out
+        return shown_telemetry(self.devices, self.projector.state.inv.nodes, now)
 
     def listen(self, last_event_id: str | None = None) -> asyncio.Queue[tuple[str, dict[str, Any]]]:
         """A queue of notifications for one event stream; given the ``Last-Event-ID`` of a stream that
