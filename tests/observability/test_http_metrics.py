@@ -31,12 +31,16 @@ async def test_the_gateway_counts_requests_by_route_template_and_status() -> Non
                 assert r.status == 404
             async with http.get(f"{base}/openapi.json") as r:
                 assert r.status == 200
+            async with http.delete(f"{base}/openapi.json") as r:  # a route, not for this method
+                assert r.status == 405
     finally:
         await runner.cleanup()
     total = "aios_gateway_http_requests_total"
     assert count(registry, total, method="GET", route="/api/v1/jobs/{job}", status="401") == 3
     assert count(registry, total, method="GET", route="(no route)", status="404") == 1
     assert count(registry, total, method="GET", route="/openapi.json", status="200") == 1
+    # a 405 is its route's (it was counted with the 404s of made-up paths, as "(no route)")
+    assert count(registry, total, method="DELETE", route="/openapi.json", status="405") == 1
     assert count(registry, "aios_gateway_http_request_seconds_count", method="GET", route="/api/v1/jobs/{job}") == 3
     assert not [s for m in registry.collect() for s in m.samples if "j-1" in str(s.labels)]
 
@@ -59,15 +63,17 @@ async def test_the_router_counts_its_refusals(store: Any) -> None:
 
 async def test_a_stream_is_counted_not_timed_and_a_client_that_leaves_is_no_server_error() -> None:
     """A followed log closed by its reader was counted as a 500 (the write after it left raised), and streams'
-    lifetimes went into the latency histogram."""
+    lifetimes went into the latency histogram. A streamed answer that ends by itself (a log fetch) is a latency
+    like any other: it went untimed too."""
     import asyncio
 
     from aiohttp import web
 
-    from aios.common.httpmetrics import request_metrics
+    from aios.common.httpmetrics import LONG_LIVED, request_metrics
 
     async def endless(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
+        response[LONG_LIVED] = True
         await response.prepare(request)
         while True:
             await response.write(b"line\n")
@@ -98,7 +104,8 @@ async def test_a_stream_is_counted_not_timed_and_a_client_that_leaves_is_no_serv
         await runner.cleanup()
     assert count(registry, "t_http_requests_total", method="GET", route="/endless", status="500") == 0
     assert count(registry, "t_http_requests_total", method="GET", route="/done", status="200") == 1
-    assert count(registry, "t_http_request_seconds_count", method="GET", route="/done") == 0
+    assert count(registry, "t_http_request_seconds_count", method="GET", route="/done") == 1
+    assert count(registry, "t_http_request_seconds_count", method="GET", route="/endless") == 0
 
 
 def test_metrics_are_served_in_the_format_the_scraper_asks_for() -> None:

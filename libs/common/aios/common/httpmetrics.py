@@ -19,11 +19,14 @@ _made: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, tuple[Counter, His
     weakref.WeakKeyDictionary()
 
 UNMATCHED = "(no route)"
+"""The route label of requests no route matched (404s of any path share one series)."""
 CLIENT_GONE = "499"
 """The status label of a request whose client went away before the answer was done (nginx's 499)."""
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 """Methods counted by name; any other is ``other`` (a label per made-up method would grow without bound)."""
-"""The route label of requests no route matched (404s of any path share one series)."""
+LONG_LIVED = web.ResponseKey("aios_long_lived", bool)
+"""Set (``response[LONG_LIVED] = True``) on a response that lasts as long as its client wants (followed logs, an
+event stream): it is counted, not timed."""
 
 
 def exposition(request: web.Request, registry: CollectorRegistry) -> web.Response:
@@ -34,14 +37,24 @@ def exposition(request: web.Request, registry: CollectorRegistry) -> web.Respons
 
 
 def route_of(request: web.Request) -> str:
+    """The route template; for a 405 (the path has a route, not for this method) that route's, found by path (it was
+    counted with the 404s of made-up paths)."""
     info = request.match_info.route.resource if request.match_info.route is not None else None
-    return info.canonical if info is not None else UNMATCHED
+    if info is not None:
+        return info.canonical
+    if request.match_info.http_exception is not None and request.match_info.http_exception.status == 405:
+        for resource in request.app.router.resources():
+            found = resource.get_info()
+            if found.get("path") == request.path or ("pattern" in found and found["pattern"].fullmatch(request.path)):
+                return resource.canonical
+    return UNMATCHED
 
 
 def request_metrics(registry: CollectorRegistry, prefix: str) -> web.middleware:  # type: ignore[valid-type]
-    """A middleware counting requests (``<prefix>_http_requests_total``) by method, route and status, and timing the
-    plain ones (``<prefix>_http_request_seconds``): a streamed response (followed logs, events) lasts as long as its
-    client wants, which is no latency."""
+    """A middleware counting requests (``<prefix>_http_requests_total``) by method, route and status, and timing
+    them (``<prefix>_http_request_seconds``), but for those marked ``LONG_LIVED`` (followed logs, events): they
+    last as long as their client wants, which is no latency. (Every streamed response went untimed, a log fetch
+    that ends too.)"""
     made = _made.setdefault(registry, {})
     if prefix not in made:  # a server built again (its port taken, say) counts on in the same series
         made[prefix] = (
@@ -59,7 +72,7 @@ def request_metrics(registry: CollectorRegistry, prefix: str) -> web.middleware:
         try:
             response = await handler(request)
             status = str(response.status)
-            timed = isinstance(response, web.Response)  # a stream's length is the client's to choose, not latency
+            timed = not response.get(LONG_LIVED, False)
             return response
         except web.HTTPException as exc:
             status = str(exc.status)

@@ -19,7 +19,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from aios.common import httpjson, strictjson, tracing
-from aios.common.httpmetrics import request_metrics
+from aios.common.httpmetrics import LONG_LIVED, request_metrics
 from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError, InvalidAggregate, NotFound
 from aios.common.events import JobCancelRequested, timeline_entry
 from aios.common.textcheck import unencodable_reason
@@ -307,6 +307,7 @@ class Api:
             raise HttpError(404, missing)
         response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8",
                                                "Cache-Control": "no-cache"})
+        response[LONG_LIVED] = follow  # a fetch that ends is timed; a follow lasts as long as its reader wants
         await response.prepare(request)
         await joblogs.ensure_stream(self.backend.store.js, self.backend.store.replicas)
         async def job_ended() -> bool:  # or the reader went: a silent job wrote nothing that would have noticed,
@@ -569,6 +570,7 @@ class Api:
         last_event_id = request.headers.get("Last-Event-ID", request.query.get("last_event_id"))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no"})
+        response[LONG_LIVED] = True
         await response.prepare(request)
         queue = self.backend.listen(last_event_id)
         try:
