@@ -80,3 +80,36 @@ def test_setup_reads_otel_variables() -> None:
     env = {**os.environ, "OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "console"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "publish aios" not in out.stdout
+
+
+async def test_a_request_that_carries_a_trace_is_continued_and_one_without_starts_its_own(
+        spans: InMemorySpanExporter) -> None:
+    """A job submitted over HTTP (or NATS) by a traced client began a trace of its own, unlinked to the caller's."""
+    import aiohttp
+    from aiohttp import web
+
+    from aios.common import httpjson
+    from aios.model_registry.serving import start_server_app
+
+    async def submit(request: web.Request) -> web.Response:
+        with tracing.job_span("submit job", "j1", None):
+            return web.json_response({})
+    app = httpjson.application(1024)
+    app.router.add_post("/submit", submit)
+    runner, port = await start_server_app(app)
+    caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"http://127.0.0.1:{port}/submit", headers={"traceparent": caller}) as r:
+                assert r.status == 200
+            async with http.post(f"http://127.0.0.1:{port}/submit") as r:
+                assert r.status == 200
+    finally:
+        await runner.cleanup()
+    traced, alone = spans.get_finished_spans()
+    assert format(traced.context.trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"
+    assert traced.parent is not None and format(traced.parent.span_id, "016x") == "b7ad6b7169203331"
+    assert alone.parent is None and alone.context.trace_id != traced.context.trace_id
+    with tracing.continuing({"traceparent": "garbage"}):  # a malformed header changes nothing
+        with tracing.tracer().start_as_current_span("x") as span:
+            assert span.parent is None

@@ -14,6 +14,8 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
+from aios.common import tracing
+
 
 class BodyError(ValueError):
     """A request body that cannot be read as JSON; the message starts with ``body:``."""
@@ -50,9 +52,16 @@ def application(max_body_bytes: int, *middlewares: Any, errors_under: str = "/")
     """An aiohttp application with these rules: bodies up to ``max_body_bytes``, aiohttp's own errors under
     ``errors_under`` in JSON, and a connection closed after the answer to a body that could not be decoded."""
     app = web.Application(client_max_size=max_body_bytes,
-                          middlewares=[*middlewares, json_errors(max_body_bytes, errors_under)])
+                          middlewares=[*middlewares, json_errors(max_body_bytes, errors_under), _continue_trace])
     app.on_response_prepare.append(_close_if_asked)
     return app
+
+
+@web.middleware
+async def _continue_trace(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """What the request does joins the caller's trace, if its headers carry one (``traceparent``)."""
+    with tracing.continuing(request.headers):
+        return await handler(request)
 
 
 async def _close_if_asked(request: web.Request, response: web.StreamResponse) -> None:

@@ -112,6 +112,22 @@ def process_span(subject: str, headers: Mapping[str, str] | None) -> Iterator[tr
 
 
 @contextmanager
+def continuing(headers: Mapping[str, str] | None) -> Iterator[None]:
+    """Spans begun inside continue the caller's trace when its request carries one (a W3C ``traceparent`` header,
+    over HTTP or in a NATS request's headers); without one, nothing changes. A job submitted from a traced client
+    began a trace of its own, unlinked to the caller's."""
+    remote = extract(headers) if headers else None
+    if remote is None or not trace.get_current_span(remote).get_span_context().is_valid:
+        yield
+        return
+    token = otel_context.attach(remote)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+@contextmanager
 def job_span(name: str, job_id: str, parent: Mapping[str, str] | None, **attributes: object) -> Iterator[trace.Span]:
     """A span about one job, continuing the job's trace from ``parent`` (the trace context stored with one of its
     commits, or handed to a worker in ``TRACEPARENT``); events appended inside carry it on."""

@@ -14,7 +14,7 @@ import json
 import logging
 from typing import Any
 
-from aios.common import strictjson
+from aios.common import strictjson, tracing
 from aios.common.errors import AiosError
 from aios.common.textcheck import unencodable_reason
 from aios.gateway.api import Api, HttpError
@@ -92,7 +92,8 @@ class TenantApi:
         if not msg.reply:
             return
         key = (msg.headers or {}).get("Idempotency-Key")
-        reply = await self.answer(msg.subject, msg.data, key)
+        with tracing.continuing(msg.headers):  # a traced client's submit joins its trace
+            reply = await self.answer(msg.subject, msg.data, key)
         try:
             await msg.respond(json.dumps(reply).encode())
         except Exception as exc:  # noqa: BLE001 - the requester went away
