@@ -113,3 +113,25 @@ async def test_a_request_that_carries_a_trace_is_continued_and_one_without_start
     with tracing.continuing({"traceparent": "garbage"}):  # a malformed header changes nothing
         with tracing.tracer().start_as_current_span("x") as span:
             assert span.parent is None
+
+
+def test_a_long_runs_repeated_spans_are_thinned_and_the_rest_not_recorded(spans: InMemorySpanExporter) -> None:
+    """A span per progress report and per checkpoint grew a long job's trace without bound (900 checkpoint spans in
+    nine minutes; trace stores refuse such traces). Some of them are kept, dense at the start; the others' work
+    records nothing, and what it sends on says it is not sampled."""
+    thin = tracing.Thinned(min_gap_s=1.0, fraction=0.02)
+    taken = [t for t in range(3 * 86400) if thin.take(float(t))]  # a report a second for three days
+    assert taken[:5] == [0, 1, 2, 3, 4] and len(taken) < 500
+    gaps = [b - a for a, b in zip(taken, taken[1:])]
+    assert gaps[-1] >= 0.9 * 0.02 * taken[-1]  # late in the run, about 2% of its length apart (over an hour)
+
+    with tracing.tracer().start_as_current_span("train") as train:
+        with tracing.unsampled():
+            with tracing.tracer().start_as_current_span("step 7"):
+                headers: dict[str, str] = {}
+                tracing.inject(headers)
+        with tracing.tracer().start_as_current_span("step 8"):
+            pass
+    assert [s.name for s in spans.get_finished_spans()] == ["step 8", "train"]
+    _, trace_id, _, flags = headers["traceparent"].split("-")
+    assert trace_id == format(train.get_span_context().trace_id, "032x") and flags == "00"  # not sampled

@@ -7,6 +7,7 @@ Spans follow the messaging conventions: ``publish <subject>`` (PRODUCER) where a
 from __future__ import annotations
 
 import os
+import random
 from contextlib import contextmanager
 from typing import Iterator, Mapping, MutableMapping
 
@@ -109,6 +110,42 @@ def process_span(subject: str, headers: Mapping[str, str] | None) -> Iterator[tr
                     "messaging.operation.type": "process"},
     ) as span:
         yield span
+
+
+class Thinned:
+    """Which of a long run's repeated occurrences (a job's progress reports, its checkpoints) get a span: the first,
+    then each at least ``max(min_gap_s, fraction * time since the first)`` after the last one taken. A span per
+    report grew a job's trace without bound (900 checkpoint spans in nine minutes: trace stores refuse such
+    traces); thinned, a run of ``T`` seconds keeps about ``ln(T) / fraction`` of them, dense at its start."""
+
+    def __init__(self, min_gap_s: float = 1.0, fraction: float = 0.02) -> None:
+        self.min_gap_s, self.fraction = min_gap_s, fraction
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def take(self, now: float) -> bool:
+        if self.first is None or self.last is None:
+            self.first = self.last = now
+            return True
+        if now - self.last >= max(self.min_gap_s, self.fraction * (now - self.first)):
+            self.last = now
+            return True
+        return False
+
+
+@contextmanager
+def unsampled() -> Iterator[None]:
+    """Spans begun inside are not recorded: their parent is the current span, marked not sampled (the SDK's
+    parent-based sampler then drops them, and what they send on says so to its consumers)."""
+    here = trace.get_current_span().get_span_context()
+    if not here.is_valid:
+        here = trace.SpanContext(random.getrandbits(128) or 1, random.getrandbits(64) or 1, False)
+    quiet = trace.NonRecordingSpan(trace.SpanContext(here.trace_id, here.span_id, False, trace.TraceFlags(0)))
+    token = otel_context.attach(trace.set_span_in_context(quiet))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 @contextmanager

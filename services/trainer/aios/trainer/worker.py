@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import time
 
 import msgspec
 import nats.errors
@@ -161,8 +162,11 @@ async def run(w: WorkerEnv) -> int:
                                         "resume_step": start.step if start else 0})
         cfg = w.trainer
 
-        async def progress(p: Progress) -> None:  # reported at most once a second: the sampled steps of the trace
-            with tracing.job_span(f"step {p.step}", w.job_id, None, **{"aios.step": p.step, "aios.loss": p.loss}):
+        reports, checkpoints = tracing.Thinned(), tracing.Thinned()  # spans for some of them: a trace has bounds
+
+        async def progress(p: Progress) -> None:  # reported at most once a second
+            with (tracing.job_span(f"step {p.step}", w.job_id, None, **{"aios.step": p.step, "aios.loss": p.loss})
+                  if reports.take(time.monotonic()) else tracing.unsampled()):
                 await store.append(f"run.{w.job_id}", JobProgress(
                     aggregate_id=w.job_id, step=p.step, total_steps=cfg.steps, loss=round(p.loss, 6),
                     accuracy=round(p.accuracy, 6), samples_per_s=round(p.samples_per_s, 1), attempt=w.attempt))
@@ -171,7 +175,8 @@ async def run(w: WorkerEnv) -> int:
             left = attempt_left((await store.read(f"job.{w.job_id}", on_bad_event="skip")).events, w.attempt)
             if left:
                 raise AttemptLeft(left)
-            with tracing.job_span(f"checkpoint {c.step}", w.job_id, None, **{"aios.step": c.step}):
+            with (tracing.job_span(f"checkpoint {c.step}", w.job_id, None, **{"aios.step": c.step})
+                  if checkpoints.take(time.monotonic()) else tracing.unsampled()):
                 blob = msgspec.msgpack.encode(c)
                 bucket = await object_bucket(store, w.bucket, "AIOS training checkpoints")
                 try:
