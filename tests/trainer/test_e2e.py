@@ -251,7 +251,8 @@ def test_an_agent_killed_while_it_shuts_down_leaves_no_job_running_for_ever(aios
             assert time.monotonic() < deadline, f"still {aios('why', job_id).stdout}"
             time.sleep(0.5)
         again = wait_job(aios, "np", ("running",), timeout=60)
-        assert again["attempts"] == 2, again
+        assert again["attempts"] == 2, again  # once: a start on the fold's stale view of the first lease was
+        # stopped when the fold caught up with its release, and the job placed a third time
     finally:
         cluster.stop()
 

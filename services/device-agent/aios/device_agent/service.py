@@ -155,7 +155,7 @@ class DeviceAgentService(Service):
             if not device.healthy and uuid in present:  # clean samples for quiet_s, and it is healthy again
                 self.health.carry(uuid, device.reason, time.monotonic())
         if known is not None and known.shutting_down:
-            await self._settle_workers_of_the_last_agent()
+            await self._settle_workers_of_the_last_agent(known.registered_at)
         kv = await self._heartbeat_bucket()
         other = await self._another_agent_serves(kv)
         if other:
@@ -381,10 +381,11 @@ class DeviceAgentService(Service):
         if not req.command:
             return Reply(False, error="invalid run request: `command` is empty")
         node = self.config.node_id
+        # decided on the node's log as it is now: a lease may be in the log but not yet in our fold, and a fold that
+        # lags may still show an earlier lease of the job on these devices, since released (the worker started on
+        # it, and the release, folded next, stopped it: a job requeued onto the same node was started three times)
+        await self._catch_up()
         not_leased = self._not_leased(req)
-        if not_leased:  # the lease may be in the log but not yet in our fold: catch up once, then decide
-            await self._catch_up()
-            not_leased = self._not_leased(req)
         if not_leased:
             return Reply(False, error=f"job {req.job_id} holds no lease on {', '.join(not_leased)} on node {node}",
                          transient=True)
@@ -416,18 +417,20 @@ class DeviceAgentService(Service):
                 device_uuids=req.device_uuids, attempt=w.attempt))
         return Reply(True, pid=w.proc.pid)
 
-    async def _settle_workers_of_the_last_agent(self) -> None:
+    async def _settle_workers_of_the_last_agent(self, since: float) -> None:
         """The previous agent of this node began to shut down (it stops its workers and records their exits) but
         ended before it had recorded them all (killed during its drain wait): those workers died with it. Their
         exits are recorded now, under the key the previous agent would have used, so that their jobs are requeued;
         a job with no exit of a worker stayed "running" for ever, holding its devices and its tenant's quota. (After
-        a crash without a shutdown the resource manager requeues the node's jobs itself.)"""
+        a crash without a shutdown the resource manager requeues the node's jobs itself.) ``since``: when that agent
+        registered (workers of agents before it are not its own: a lost node's never report their exit)."""
         node = self.config.node_id
         for job_id in self.node.state.leases.jobs_on(node):
             events = (await self.ctx.store.read(f"run.{job_id}")).events
             ended = {e.worker for e in events if isinstance(e, WorkerExited) and e.node_id == node}
             for started in events:
-                if isinstance(started, WorkerStarted) and started.node_id == node and started.worker not in ended:
+                if isinstance(started, WorkerStarted) and started.node_id == node and started.ts >= since and \
+                        started.worker not in ended:
                     log.warning("worker of the previous agent died with it: recording its exit",
                                 extra={"job": job_id, "worker": started.worker})
                     await self.ctx.store.append(f"run.{job_id}", WorkerExited(
