@@ -95,3 +95,33 @@ async def test_killing_one_of_three_servers_loses_nothing_acknowledged(tmp_path:
     finally:
         for s in servers:
             s.kill()
+
+
+async def test_a_jobs_worker_takes_the_log_as_the_services_replicated_it(tmp_path: Path) -> None:
+    """Workers and serving replicas opened the log with a service's connect, which brings the stream to this
+    process's default of one replica: against the services' three, the change was refused (their NATS identity may
+    not update the stream) and every worker died at start in a deployment; with rights to it, the log would have
+    lost its replication. They take it as it is now."""
+    from aios.common.store import connect, open_for_work
+
+    servers = cluster(tmp_path)
+    for s in servers:
+        s.start()
+    try:
+        urls = [s.url for s in servers]
+        deadline = time.monotonic() + 60
+        while True:  # the services' connect, with their setting of three replicas
+            try:
+                service = await connect(urls, name="service", replicas=3)
+                break
+            except (nats.js.errors.Error, nats.errors.Error):
+                assert time.monotonic() < deadline, "no JetStream leader"
+                await asyncio.sleep(0.5)
+        worker = await open_for_work(urls, name="worker")
+        await worker.append("job.w1", JobSubmitted(aggregate_id="w1", tenant="t", name="w1"))
+        assert (await service.js.stream_info(service.stream)).config.num_replicas == 3
+        await worker.close()
+        await service.close()
+    finally:
+        for s in servers:
+            s.stop()

@@ -212,10 +212,10 @@ async def test_a_full_checkpoint_store_is_said_in_one_line(nats_server: NatsServ
     from aios.scheduler.spec import validate_spec
     from aios.scheduler.state import JobState
     from aios.trainer.launcher import worker_env
+    from aios.common.store import connect
     from aios.trainer.worker import EXIT_CHECKPOINT, read_env, run
-    from tests.conftest import open_store
 
-    store = await open_store(nats_server.url)
+    store = await connect([nats_server.url])  # the log, as the cluster's services create it
     try:
         await store.js.create_object_store("CK_FULL", config=ObjectStoreConfig(max_bytes=2048))
     finally:
@@ -243,11 +243,13 @@ async def test_the_torch_backend_without_torch_is_a_configuration_error(nats_ser
     from aios.scheduler.spec import validate_spec
     from aios.scheduler.state import JobState
     from aios.trainer.launcher import worker_env
+    from aios.common.store import connect
     from aios.trainer.worker import EXIT_CONFIG, read_env, run
 
     spec = validate_spec({"name": "t", "tenant": "ml", "trainer": {"kind": "mlp", "steps": 5, "backend": "torch"}})
     job = JobState(job_id="no-torch", spec=spec, tenant="ml", arrival=1, submitted_at=0.0, attempts=1,
                    assignments=[Assignment(node_id="n1", device_uuids=["g0"], ranks=[0])])
+    await (await connect([nats_server.url])).close()  # the log, as the cluster's services create it
     assert await run(read_env(worker_env(job, job.assignments[0], 0, 0, nats_server.url))) == EXIT_CONFIG
     assert "the torch backend needs torch on every node" in capsys.readouterr().err
 
@@ -270,6 +272,7 @@ async def test_a_taken_rendezvous_port_places_the_job_again(nats_server: NatsSer
     import socket
 
     from aios.common.events import Assignment
+    from aios.common.store import connect
     from aios.scheduler.spec import validate_spec
     from aios.scheduler.state import JobState
     from aios.trainer import EXIT_INTERRUPTED
@@ -281,6 +284,7 @@ async def test_a_taken_rendezvous_port_places_the_job_again(nats_server: NatsSer
     job = JobState(job_id="port-taken", spec=spec, tenant="ml", arrival=1, submitted_at=0.0, attempts=1,
                    assignments=[Assignment(node_id="sim-n1", device_uuids=["g0", "g1"], ranks=[0, 1])])
     env = worker_env(job, job.assignments[0], 0, 0, nats_server.url)
+    await (await connect([nats_server.url])).close()  # the log, as the cluster's services create it
     with socket.socket() as holder:
         holder.bind(("0.0.0.0", int(env["MASTER_PORT"])))
         holder.listen()

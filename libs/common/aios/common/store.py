@@ -699,6 +699,14 @@ async def open_log(servers: list[str], *, name: str = "aios", timeout_s: float =
     return store
 
 
+async def open_for_work(servers: list[str], *, name: str) -> EventStore:
+    """The cluster's log for a process a job runs (a training worker, a serving replica): it reconnects through
+    server restarts as a service does, and takes the stream as the services configured it, never creating or
+    changing it. Workers used ``connect``, which brings the stream to this process's defaults: one replica against
+    a cluster's three, a change their NATS identity may not make; every worker died at start in a deployment."""
+    return await open_log(servers, name=name, follow=True, wait_for_log_s=10.0)
+
+
 async def _log_exists(store: EventStore, where: str, deadline: float) -> None:
     """Return once the store's stream exists (waiting until ``deadline`` for it), or raise StoreError saying why."""
     while True:

@@ -26,7 +26,7 @@ import nats.js.errors
 from nats.js.api import KeyValueConfig, StorageType
 
 from aios.common.events import ModelAliasSet
-from aios.common.store import EventStore, connect
+from aios.common.store import EventStore, open_for_work
 from aios.common.tasks import cancel_and_wait
 from aios.model_registry import nn
 from aios.model_registry.service import Registry
@@ -259,7 +259,7 @@ async def run(env: dict[str, str]) -> int:
         return EXIT_CONFIG
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    store = await connect(nats_url.split(","), name=f"aios-replica-{env.get('AIOS_JOB_ID', '')}")
+    store = await open_for_work(nats_url.split(","), name=f"aios-replica-{env.get('AIOS_JOB_ID', '')}")
     try:
         replica = Replica(store, uri, env.get("AIOS_JOB_ID", ""), int(env.get("RANK", "0")),
                           env.get("AIOS_SERVE_HOST", "127.0.0.1"), port, max_batch, max_delay, as_of)

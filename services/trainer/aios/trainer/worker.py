@@ -30,7 +30,7 @@ from aios.common.events import (
     CheckpointSaved, Event, JobCancelled, JobFailed, JobPlaced, JobProgress, JobRequeued, JobSucceeded,
 )
 from aios.common.snapshot import object_bucket, read_object
-from aios.common.store import EventStore, connect
+from aios.common.store import EventStore, open_for_work
 from aios.trainer import EXIT_INTERRUPTED
 from aios.trainer.collective import BackendUnavailable, Collective, CollectiveError, PortTaken
 from aios.trainer.mlp import TrainerConfig, parse_config
@@ -151,7 +151,7 @@ async def run(w: WorkerEnv) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    store = await connect(w.nats_url.split(","), name=f"aios-worker-{w.job_id}-{w.rank}")
+    store = await open_for_work(w.nats_url.split(","), name=f"aios-worker-{w.job_id}-{w.rank}")
     group: Collective | None = None
     conn: object = None
     try:
