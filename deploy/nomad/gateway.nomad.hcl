@@ -53,6 +53,11 @@ job "aios-gateway" {
         destination = "secrets/nats.env"
         env         = true
       }
+      template {  # the API's tokens (token=tenant,...), the same for every allocation: without them each made its own
+        data        = "AIOS_GATEWAY_TOKENS={{ with nomadVar \"nomad/jobs/aios-gateway\" }}{{ .gateway_tokens }}{{ end }}"
+        destination = "secrets/gateway.env"
+        env         = true
+      }
       resources {
         cpu    = 500
         memory = 512

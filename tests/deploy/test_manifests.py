@@ -196,6 +196,25 @@ def test_nomad_tasks_connect_as_their_own_nats_identity() -> None:
                 assert missing == [], f"the NATS server would not know {missing}"
 
 
+def test_health_checks_reach_the_services_and_every_gateway_has_the_same_tokens() -> None:
+    """Nomad checks /healthz from outside the container: the services bound it to loopback (every check failed,
+    no allocation became healthy). The gateway had no tokens under Nomad: each allocation made its own, unknown."""
+    from aios.common.config import load_settings
+
+    env = dict(re.findall(r"(AIOS_[A-Z_]+)=(\S+)", (DEPLOY / "Dockerfile").read_text()))
+    assert load_settings(env).http_host == "0.0.0.0"
+    jobs = nomad_jobs()
+    checked = [name for name, job in jobs.items() for group in job["group"] for g in group.values()
+               for service in g.get("service", []) for check in service.get("check", []) if check["type"] == "http"]
+    assert checked  # the health checks this is about
+    for name, job in jobs.items():
+        for task_name, task in tasks(job):
+            assert task.get("env", [{}])[0].get("AIOS_HTTP_HOST", "0.0.0.0") == "0.0.0.0", task_name
+    gateway = dict(tasks(jobs["aios-gateway"]))["gateway"]
+    tokens = [t["data"] for t in gateway["template"] if t.get("env") and "AIOS_GATEWAY_TOKENS=" in t["data"]]
+    assert len(tokens) == 1 and 'nomad/jobs/aios-gateway\\"' in tokens[0]
+
+
 def test_tenants_that_would_share_credentials_or_an_inbox_are_refused() -> None:
     """'nlp_x' and 'nlp.x' got the same password variable and reply inbox: one tenant could read the other's
     replies. Such a pair is refused, naming both; a name given twice is one tenant."""
