@@ -130,6 +130,9 @@ def test_up_uses_an_external_server_when_configured(aios_env: dict[str, str], na
     # were taken: a node of 0 GB GPUs, and one of 13 billion GB
     (["agent", "--node", "n1", "--sim", "4xH100-0GB"], 2, "--sim: '4xH100-0GB': from 1 to 1,024 GB per device"),
     (["agent", "--node", "n1", "--sim", "2xH100-99999999999999GB"], 2, "from 1 to 1,024 GB per device"),
+    # a node id the log cannot hold: the cluster started, then its agent died with the store's words
+    (["up", "--sim", "a..b=2xH100-80GB"], 2, "--sim='a..b': a node id has no spaces"),
+    (["agent", "--node", "a..b", "--sim", "1xH100-80GB"], 2, "--node='a..b': a node id has no spaces"),
 ])
 def test_cli_usage_errors(aios_env: dict[str, str], argv: list[str], code: int, message: str) -> None:
     out = subprocess.run([sys.executable, "-m", "aios.cli.main", *argv], env=aios_env, capture_output=True,

@@ -67,6 +67,9 @@ def test_a_full_spec_is_accepted() -> None:
     # `$` matches before a trailing newline: "bert\n" was a job name, and its id a NATS subject with a line break
     ({"name": "bert\n"}, "name", "lowercase letters"),
     ({"tenant": "nlp\n"}, "tenant", "lowercase letters"),
+    # two dots in a row: taken, then refused by the event store as an aggregate (HTTP 500, the store's words)
+    ({"name": "a..b"}, "name", "no '..'"),
+    ({"tenant": "a..b"}, "tenant", "no '..'"),
     ({"device_types": ["h100\n"]}, "device_types[0]", "is not a device kind"),
     ({"command": None, "serve": {"model": "models:/m@prod\n"}}, "serve.model", "required: models:/"),
 ])

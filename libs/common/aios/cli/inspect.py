@@ -176,7 +176,7 @@ async def remove_quota(tenant: str) -> int:
     try:  # any name a quota was stored under (older rules took "NLP"), not only one a new quota may have
         result = await remove(store, tenant)
     except InvalidAggregate:
-        raise ConfigError(f"tenant {tenant[:64]!r}: cannot name a quota (no '.', '*', '>' or spaces)") from None
+        raise ConfigError(f"tenant {tenant[:64]!r}: cannot name a quota (no spaces, '*', '>' or '..')") from None
     except ConcurrencyConflict:
         raise ConfigError(f"tenant {tenant}: its quota was set again meanwhile; nothing removed") from None
     finally:

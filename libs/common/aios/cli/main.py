@@ -40,6 +40,7 @@ def dashboard_line(gateway: str, token_file: Path, env: Mapping[str, str]) -> st
 
 
 def _sim_nodes(items: list[str]) -> list[tuple[str, str]]:
+    from aios.common.store import check_node_id
     from aios.device_agent.fakenvml import parse_sim_spec
 
     nodes = []
@@ -49,6 +50,7 @@ def _sim_nodes(items: list[str]) -> list[tuple[str, str]]:
             raise ConfigError(f"--sim {item!r}: expected NODE=SPEC, e.g. sim-1=4xH100-80GB")
         if node in dict(nodes):  # two agents for one node: the second hid the first, left running after `down`
             raise ConfigError(f"--sim {item!r}: node {node!r} is given twice")
+        check_node_id(node, "--sim")
         try:
             parse_sim_spec(spec)
         except ValueError as exc:
@@ -164,7 +166,10 @@ def agent_config(args: argparse.Namespace, env: dict[str, str] | None = None) ->
     base = AgentConfig.from_env(env)
     # the flags over the environment, the rest of it kept (built anew, AIOS_AGENT_FENCE_AFTER, the stop grace and
     # the labels were dropped: no agent started by `aios agent`, so none in any deployment, ever fenced itself)
-    config = msgspec.structs.replace(base, node_id=args.node or base.node_id, sim=args.sim or base.sim,
+    from aios.common.store import check_node_id
+
+    node = check_node_id(args.node, "--node") if args.node else base.node_id
+    config = msgspec.structs.replace(base, node_id=node, sim=args.sim or base.sim,
                                      telemetry_interval_s=args.telemetry_interval or base.telemetry_interval_s,
                                      heartbeat_interval_s=args.heartbeat_interval or base.heartbeat_interval_s)
     for option, value in (("--telemetry-interval", config.telemetry_interval_s),

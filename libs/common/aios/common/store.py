@@ -28,7 +28,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from aios.common import tracing
 from aios.common.consumer import OrderedConsumer
 from aios.common.errors import (
-    ConcurrencyConflict, EventError, InvalidAggregate, MalformedEvent, StoreError, StoreUnavailable,
+    ConcurrencyConflict, ConfigError, EventError, InvalidAggregate, MalformedEvent, StoreError, StoreUnavailable,
 )
 from aios.common.events import JOB_AGGREGATES, Event, decoder, encode
 from aios.common.publisher import AckedPublisher, PubAck, header_block
@@ -69,6 +69,17 @@ class AggregateHistory(msgspec.Struct, frozen=True):
     """Stream sequence of the aggregate's last commit; pass it as ``expected_version`` of the next append."""
     trace: dict[str, str] = {}
     """Trace context (``traceparent``) of its first commit that has one: for a job, the job's trace."""
+
+
+def check_node_id(node: str, field: str) -> str:
+    """A node id is the aggregate ``node.<id>`` of the log: dots only between non-empty parts (a host name such as
+    ``gpu01.lab`` is fine), no spaces, '*' or '>'. ``a..b`` was taken, and its agent died at start with the event
+    store's own words (``aggregate 'node.a..b'``)."""
+    try:
+        validate_aggregate(f"node.{node}")
+    except InvalidAggregate:
+        raise ConfigError(f"{field}={node!r}: a node id has no spaces, '*', '>' or empty parts between dots") from None
+    return node
 
 
 def validate_aggregate(aggregate: str) -> str:

@@ -23,7 +23,7 @@ from aios.common.events import (
 )
 from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import Projector
-from aios.common.store import Commit
+from aios.common.store import Commit, check_node_id
 from aios.common.tasks import cancel_and_wait
 from aios.common.wire import new_token
 from aios.device_agent import fakenvml
@@ -68,7 +68,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "AgentConfig":
         env = dict(os.environ if env is None else env)
-        node = env.get("AIOS_NODE_ID") or os.uname().nodename
+        node = check_node_id(env.get("AIOS_NODE_ID") or os.uname().nodename, "AIOS_NODE_ID")
         try:
             intervals = dict(telemetry_interval_s=float(env.get("AIOS_TELEMETRY_INTERVAL", "1")),
                              heartbeat_interval_s=float(env.get("AIOS_HEARTBEAT_INTERVAL", "2")))

@@ -411,7 +411,7 @@ class Api:
         try:
             result = await remove_quota(self.backend.store, tenant)
         except InvalidAggregate:
-            raise HttpError(400, f"tenant: {tenant[:64]!r} cannot name a quota (no '.', '*', '>' or spaces)") from None
+            raise HttpError(400, f"tenant: {tenant[:64]!r} cannot name a quota (no spaces, '*', '>' or '..')") from None
         except ConcurrencyConflict:
             raise HttpError(409, f"tenant {tenant}: its quota was set again meanwhile; nothing removed") from None
         if result is None:

@@ -13,7 +13,9 @@ from aios.common.errors import AiosError
 from aios.common.events import TenantQuotaSet
 from aios.common.textcheck import NOT_UNICODE, encodes
 
-NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$"
+NAME_PATTERN = r"^(?!.*\.\.)[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$"
+"""No two dots in a row: a name is one or more NATS subject tokens in the log's aggregates (``a..b`` was taken,
+and its submission failed in the event store with a 500)."""
 _NAME = re.compile(NAME_PATTERN)
 KIND_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
 """A device kind as the device agents name them; the HTTP API's schemas state the same pattern."""
@@ -93,7 +95,8 @@ def check_serve(serve: dict[str, Any]) -> None:
 def check_tenant(tenant: str, field: str = "tenant") -> None:
     """A tenant name is a NATS subject token sequence too (its NATS identity and tenant API subjects)."""
     if not _NAME.fullmatch(tenant):
-        raise SpecError(field, "lowercase letters, digits, '.', '_' or '-', 1 to 64 characters")
+        raise SpecError(field, "lowercase letters, digits, '.', '_' or '-', 1 to 64 characters, alphanumeric ends, "
+                               "no '..'")
 
 
 _ENV_NAME = re.compile(r"^[^=\x00]{1,256}$")
@@ -186,7 +189,8 @@ def validate_spec(raw: Any) -> JobSpec:
         hint = strictjson.number_as_text_hint(strictjson.value_at(raw, f"$.{field}")) if m else ""
         raise SpecError(field, text.split(" - at ")[0] + hint) from None
     if not _NAME.fullmatch(spec.name):
-        raise SpecError("name", "lowercase letters, digits, '.', '_' or '-', 1 to 64 characters, alphanumeric ends")
+        raise SpecError("name", "lowercase letters, digits, '.', '_' or '-', 1 to 64 characters, alphanumeric ends, "
+                                "no '..'")
     check_tenant(spec.tenant)
     if not -MAX_PRIORITY <= spec.priority <= MAX_PRIORITY:
         raise SpecError("priority", f"must be between {-MAX_PRIORITY} and {MAX_PRIORITY}")
@@ -255,7 +259,7 @@ def validate_spec(raw: Any) -> JobSpec:
 
 
 def is_name(text: Any) -> bool:
-    """A job, tenant or cohort name: lowercase letters, digits, '.', '_' or '-', 1 to 64, alphanumeric ends."""
+    """A job, tenant or cohort name: lowercase letters, digits, '.', '_' or '-', 1 to 64, alphanumeric ends, no '..'."""
     return isinstance(text, str) and bool(_NAME.fullmatch(text))
 
 
