@@ -212,6 +212,14 @@ async def test_a_tag_registered_can_be_changed_and_removed(store: EventStore, tr
     assert key not in out["tags"], out
     with pytest.raises(BadInput, match="tags: key 'kkk.* must be 1 to 250"):
         await handle(reg, "tag", {"name": "digits", "version": 1, "remove": ["k" * 251]})
+    # a version holds at most 100 tags: 3,000 were taken, and the request was too large for NATS (an HTTP 500)
+    with pytest.raises(BadInput, match="tags: at most 100 on a version, got 3,000"):
+        await handle(reg, "tag", {"name": "digits", "version": 1, "set": {f"t{i}": "v" for i in range(3000)}})
+    await handle(reg, "tag", {"name": "digits", "version": 1, "set": {f"t{i}": "v" for i in range(100)}})
+    with pytest.raises(BadInput, match="tags: at most 100 on a version; it would have 101"):
+        await handle(reg, "tag", {"name": "digits", "version": 1, "set": {"one-more": "v"}})
+    out = await handle(reg, "tag", {"name": "digits", "version": 1, "set": {"one-more": "v"}, "remove": ["t0"]})
+    assert len(out["tags"]) == 100 and "one-more" in out["tags"]
 
 
 class Msg:

@@ -154,7 +154,13 @@ async def unalias(args: Any) -> int:
 
 
 async def tag(args: Any) -> int:
+    from aios.model_registry.state import RegistryError, check_tags
+
     set_tags = _key_values(args.set, "--set")
+    try:  # here, before the request: tags too large for one message were a traceback in sending it
+        check_tags(set_tags)
+    except RegistryError as exc:
+        raise ConfigError(f"--set: {exc}") from None
     reply = await request("tag", {"name": args.name, "version": args.version, "set": set_tags,
                                   "remove": args.remove or []})
     return _print(reply, args.json, lambda r: console.print(f"{r['uri']} tags: {r['tags']}"))

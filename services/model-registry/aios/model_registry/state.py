@@ -243,6 +243,9 @@ def decide_remove_alias(state: ModelState, alias: str, served_by: list[str] | tu
 
 MAX_TAG_KEY = 250
 MAX_TAG_VALUE = 5000
+MAX_TAGS = 100
+"""Tags of one version: with values of 5,000 characters, well inside one NATS message (3,000 tags were taken by
+the API, and the request then failed as too large to send: an HTTP 500, a traceback in the CLI)."""
 
 
 def check_tag_key(key: Any) -> str:
@@ -259,6 +262,8 @@ def check_tags(raw: Any) -> dict[str, str]:
     """Tags from a request: string keys (:func:`check_tag_key`) to string values of up to 5,000 characters."""
     if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
         raise BadInput("tags: an object of string keys and string values is expected")
+    if len(raw) > MAX_TAGS:
+        raise BadInput(f"tags: at most {MAX_TAGS} on a version, got {len(raw):,}")
     for key, value in raw.items():
         check_tag_key(key)
         if len(value) > MAX_TAG_VALUE or "\x00" in value:
@@ -267,10 +272,13 @@ def check_tags(raw: Any) -> dict[str, str]:
 
 
 def decide_tag(state: ModelState, version: int, set_tags: dict[str, str], removed: list[str]) -> list[Event]:
-    _live(state, version)
+    found = _live(state, version)
     check_tags(set_tags)
     for key in removed:
         check_tag_key(key)
+    after = (set(found.tags) | set(set_tags)) - (set(removed) - set(set_tags))
+    if len(after) > MAX_TAGS:
+        raise BadInput(f"tags: at most {MAX_TAGS} on a version; it would have {len(after):,}")
     return [ModelVersionTagged(aggregate_id=state.name, version=version, set=dict(set_tags), removed=list(removed))]
 
 
