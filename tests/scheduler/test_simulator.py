@@ -292,6 +292,11 @@ def test_jobs_that_cannot_finish_are_named_with_the_reason() -> None:
                                "k-2": "no rate on any GPU kind of this cluster"}
     r = simulate(trace[1:], rates, {"v100": 4}, make_policy("hetero-ts"), round_s=360)
     assert r["finished"] == 1 and r["utilization"] <= 1.0 and list(r["unfinished"]) == ["k-1"]
+    # a job that would run for centuries (1e300 steps, or 1e-9 steps/s) simulated rounds for ever: it is named
+    endless = [TraceJob("A", 1e300, 1, 1, 0), TraceJob("A", 3600, 1, 1, 10)]
+    r = simulate(endless, rates, {"v100": 4}, make_policy("fifo"), round_s=360)
+    assert r["finished"] == 1 and r["rounds"] < 40 and not r["cut_short"]
+    assert r["unfinished"] == {"a-0": "would run 3.17e+292 years even on its fastest kind (at most 10 are simulated)"}
     late = [trace[1], TraceJob("A", 3600, 1, 1, 5e5)]
     r = simulate(late, rates, {"v100": 4}, make_policy("fifo"), round_s=60, max_rounds=3)
     assert r["cut_short"] and r["finished"] == 0 and "cap of 3 decisions" in r["unfinished"]["a-0"]

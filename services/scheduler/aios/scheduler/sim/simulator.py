@@ -30,7 +30,7 @@ from aios.scheduler.policies.base import ELAPSED_SLACK_S, Policy
 from aios.scheduler.predict import RuntimePredictor
 from aios.scheduler.sim.fairness import finish_time_fairness, isolated_finish_times
 from aios.scheduler.sim.traces import (
-    SIM_CPU_CORES, SIM_MEMORY_GIB, SimNode, Throughputs, TraceJob, hinted_rates, kind_rates,
+    MAX_ARRIVAL_S, SIM_CPU_CORES, SIM_MEMORY_GIB, SimNode, Throughputs, TraceJob, hinted_rates, kind_rates,
 )
 from aios.scheduler.spec import SpecError, validate_spec
 from aios.scheduler.state import PENDING, PLACED, PREEMPTING, JobState, SchedulerState
@@ -206,6 +206,11 @@ def simulate(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[str,
     pending_arrivals = submissions(trace, throughputs, cluster, oracle_estimates)
     unrunnable = {job_id: "no rate on any GPU kind of this cluster" for job_id, _, rates, _ in pending_arrivals
                   if not rates}
+    for job_id, tj, rates, _ in pending_arrivals:  # a job of 1e300 steps, or at 1e-9 steps/s, ran rounds for ever
+        if rates and tj.total_steps / max(rates.values()) > MAX_ARRIVAL_S:
+            years = tj.total_steps / max(rates.values()) / (365 * 86400)
+            unrunnable[job_id] = (f"would run {years:,.3g} years even on its fastest kind (at most "
+                                  f"{MAX_ARRIVAL_S / (365 * 86400):.0f} are simulated)")
     next_arrival = 0
     now = 0.0
     rounds = decisions = 0
