@@ -43,12 +43,18 @@ def test_a_number_yaml_read_as_text_is_explained(tmp_path: Path) -> None:
 
     path = tmp_path / "lr.yaml"
     path.write_text("name: x\ntenant: t\ntrainer: {kind: mlp, lr: 1e-3}\n")
-    with pytest.raises(SpecError, match=r"\$\.lr` \('1e-3' was read as text: YAML reads an exponent without a '\.' "
-                                        r"as a string; write 1\.0e-3\)"):
+    with pytest.raises(SpecError, match=r"\$\.lr` \('1e-3' was read as text: YAML reads a number with an exponent "
+                                        r"only with a '\.' and a signed exponent; write 1\.0e-3\)"):
         validate_spec(load_spec_file(str(path)))
     path.write_text("name: x\ntenant: t\ncommand: [run]\nmemory_gib_per_worker: 2e3\ndevices: '4'\n")
-    with pytest.raises(SpecError, match=r"memory_gib_per_worker: .*write 2\.0e3\)"):
+    with pytest.raises(SpecError, match=r"memory_gib_per_worker: .*write 2\.0e\+3\)"):
         validate_spec(load_spec_file(str(path)))
+    # the advice is followed to a number: "write 1.0e5" was given for 1e5, and 1.0e5 is text to YAML 1.1 too
+    path.write_text("name: x\ntenant: t\ncommand: [run]\nmax_runtime_s: 1.0e5\n")
+    with pytest.raises(SpecError, match=r"max_runtime_s: .*write 1\.0e\+5\)"):
+        validate_spec(load_spec_file(str(path)))
+    path.write_text("name: x\ntenant: t\ncommand: [run]\nmax_runtime_s: 1.0e+5\n")
+    assert validate_spec(load_spec_file(str(path))).max_runtime_s == 100000.0
     path.write_text("name: x\ntenant: t\ncommand: [run]\ndevices: '4'\n")
     with pytest.raises(SpecError, match=r"devices: Expected `int`, got `str` \('4' is text: write the number without"):
         validate_spec(load_spec_file(str(path)))

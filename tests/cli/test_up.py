@@ -135,6 +135,8 @@ def test_up_uses_an_external_server_when_configured(aios_env: dict[str, str], na
     (["agent", "--node", "a..b", "--sim", "1xH100-80GB"], 2, "--node='a..b': a node id has no spaces"),
     # tags too large for one request: a traceback in sending it
     (["models", "tag", "digits", "1", "--set", "k=" + "x" * 100_000], 2, "--set: tags.k: at most 5000 characters"),
+    # "" was a quota of nothing: every job of the tenant then waited
+    (["quota", "acme", "--nominal", ""], 2, "--nominal: no KIND=N given"),
 ])
 def test_cli_usage_errors(aios_env: dict[str, str], argv: list[str], code: int, message: str) -> None:
     out = subprocess.run([sys.executable, "-m", "aios.cli.main", *argv], env=aios_env, capture_output=True,

@@ -193,6 +193,8 @@ async def set_quota(tenant: str, cohort: str, nominal: str, borrowing: str | Non
 
     options = {"cohort": "--cohort", "nominal": "--nominal", "borrowing_limit": "--borrowing-limit",
                "lending_limit": "--lending-limit"}
+    if not parse_counts("--nominal", nominal):  # "" was taken as a quota of nothing: every job of the tenant waited
+        raise ConfigError("--nominal: no KIND=N given (e.g. h100=8; h100=0 for a quota of none)")
     try:  # the rules of the HTTP API: a quota for "NLP" or of kind "h1 00" would hold no job
         event = validate_quota(tenant, {"cohort": cohort, "nominal": parse_counts("--nominal", nominal) or {},
                                         "borrowing_limit": parse_counts("--borrowing-limit", borrowing),

@@ -72,9 +72,12 @@ def number_as_text_hint(value: Any) -> str:
         float(value)
     except ValueError:
         return ""
-    fixed = re.sub(r"^([+-]?[0-9]+)([eE])", r"\1.0\2", value.strip())
-    if fixed != value.strip():
-        return f" ({value!r} was read as text: YAML reads an exponent without a '.' as a string; write {fixed})"
+    m = re.fullmatch(r"([+-]?[0-9]+)(\.[0-9]*)?[eE]([+-]?)([0-9]+)", value.strip())
+    if m:  # YAML 1.1 reads an exponent as a number only after a '.' and with a sign: 1.0e+5 (1.0e5 is text too)
+        fixed = f"{m[1]}{m[2] or '.0'}e{m[3] or '+'}{m[4]}"
+        if fixed != value.strip():
+            return (f" ({value!r} was read as text: YAML reads a number with an exponent only with a '.' and a "
+                    f"signed exponent; write {fixed})")
     return f" ({value!r} is text: write the number without quotes)"
 
 
