@@ -137,6 +137,7 @@ def test_up_uses_an_external_server_when_configured(aios_env: dict[str, str], na
     (["models", "tag", "digits", "1", "--set", "k=" + "x" * 100_000], 2, "--set: tags.k: at most 5000 characters"),
     # "" was a quota of nothing: every job of the tenant then waited
     (["quota", "acme", "--nominal", ""], 2, "--nominal: no KIND=N given"),
+    (["models", "register", "m", "/dev/zero"], 2, "/dev/zero: not a regular file"),  # it read for ever
 ])
 def test_cli_usage_errors(aios_env: dict[str, str], argv: list[str], code: int, message: str) -> None:
     out = subprocess.run([sys.executable, "-m", "aios.cli.main", *argv], env=aios_env, capture_output=True,

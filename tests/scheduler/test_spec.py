@@ -69,6 +69,7 @@ def test_a_full_spec_is_accepted() -> None:
     ({"tenant": "nlp\n"}, "tenant", "lowercase letters"),
     # two dots in a row: taken, then refused by the event store as an aggregate (HTTP 500, the store's words)
     ({"name": "a..b"}, "name", "no '..'"),
+    ({"checkpoint_interval_s": 1e-9}, "checkpoint_interval_s", "at least 1 second"),  # a checkpoint every step
     ({"tenant": "a..b"}, "tenant", "no '..'"),
     ({"device_types": ["h100\n"]}, "device_types[0]", "is not a device kind"),
     ({"command": None, "serve": {"model": "models:/m@prod\n"}}, "serve.model", "required: models:/"),

@@ -105,6 +105,8 @@ async def register(args: Any) -> int:
         raise ConfigError(f"name {args.name!r}: letters, digits, '_' or '-', 1 to 64 characters")
     tags = _key_values(args.tag, "--tag")
     try:
+        if Path(args.file).exists() and not Path(args.file).is_file():  # /dev/zero was read for ever
+            raise ConfigError(f"{args.file}: not a regular file (a model file is expected)")
         data = Path(args.file).read_bytes()
     except OSError as exc:
         raise ConfigError(f"{args.file}: {exc.strerror}") from None

@@ -226,6 +226,9 @@ def validate_spec(raw: Any) -> JobSpec:
         value = getattr(spec, field)
         if value is not None and value <= 0:
             raise SpecError(field, "must be a positive number of seconds")
+    if spec.checkpoint_interval_s is not None and spec.checkpoint_interval_s < 1:
+        # 1e-9 was taken: a checkpoint after every step, each one a write to the object store
+        raise SpecError("checkpoint_interval_s", "at least 1 second between checkpoints")
     size = len(msgspec.json.encode(spec))
     if size > MAX_SPEC_BYTES:  # it travels in one NATS message (1 MiB at most): a bigger one hung, then failed
         raise SpecError("spec", f"{size:,} bytes as JSON, more than the {MAX_SPEC_BYTES:,} a job spec may have "
