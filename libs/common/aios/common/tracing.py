@@ -141,11 +141,8 @@ def unsampled() -> Iterator[None]:
     if not here.is_valid:
         here = trace.SpanContext(random.getrandbits(128) or 1, random.getrandbits(64) or 1, False)
     quiet = trace.NonRecordingSpan(trace.SpanContext(here.trace_id, here.span_id, False, trace.TraceFlags(0)))
-    token = otel_context.attach(trace.set_span_in_context(quiet))
-    try:
+    with _within(trace.set_span_in_context(quiet)):
         yield
-    finally:
-        otel_context.detach(token)
 
 
 @contextmanager
@@ -157,7 +154,14 @@ def continuing(headers: Mapping[str, str] | None) -> Iterator[None]:
     if remote is None or not trace.get_current_span(remote).get_span_context().is_valid:
         yield
         return
-    token = otel_context.attach(remote)
+    with _within(remote):
+        yield
+
+
+@contextmanager
+def _within(context: otel_context.Context) -> Iterator[None]:
+    """``context`` is the current one inside."""
+    token = otel_context.attach(context)
     try:
         yield
     finally:
