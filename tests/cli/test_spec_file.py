@@ -43,8 +43,9 @@ def test_a_number_yaml_read_as_text_is_explained(tmp_path: Path) -> None:
 
     path = tmp_path / "lr.yaml"
     path.write_text("name: x\ntenant: t\ntrainer: {kind: mlp, lr: 1e-3}\n")
-    with pytest.raises(SpecError, match=r"\$\.lr` \('1e-3' was read as text: YAML reads a number with an exponent "
-                                        r"only with a '\.' and a signed exponent; write 1\.0e-3\)"):
+    with pytest.raises(SpecError, match=r"^trainer\.lr: Expected `float`, got `str` \('1e-3' was read as text: YAML "
+                                        r"reads a number with an exponent only with a '\.' and a signed exponent; "
+                                        r"write 1\.0e-3\)"):
         validate_spec(load_spec_file(str(path)))
     path.write_text("name: x\ntenant: t\ncommand: [run]\nmemory_gib_per_worker: 2e3\ndevices: '4'\n")
     with pytest.raises(SpecError, match=r"memory_gib_per_worker: .*write 2\.0e\+3\)"):

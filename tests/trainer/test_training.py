@@ -77,9 +77,9 @@ async def test_stop_vote_checkpoints_and_a_resume_on_two_ranks_continues(nats_se
 def test_bad_trainer_config_names_the_field() -> None:
     with pytest.raises(ValueError, match="trainer.optimizer: must be 'adam' or 'sgd'"):
         parse_config({"optimizer": "lbfgs"})
-    with pytest.raises(ValueError, match="trainer: .*steps"):
+    with pytest.raises(ValueError, match="^trainer.steps: Expected `int`, got `str`"):
         parse_config({"steps": "many"})
-    with pytest.raises(ValueError, match="trainer: .*colour"):
+    with pytest.raises(ValueError, match="^trainer.colour: unknown field$"):
         parse_config({"colour": "red"})
     # digits has ten classes: a spec that names no classes gets them (it was refused for the default meant for
     # spirals, a field its user never set); one that names another number is told why

@@ -50,9 +50,18 @@ def parse_config(raw: object) -> TrainerConfig:
     try:
         cfg = msgspec.convert(raw or {}, TrainerConfig)
     except msgspec.ValidationError as exc:
-        at = re.search(r"at `(\$[^`]*)`", str(exc))
+        text = str(exc)
+        at = re.search(r"at `(\$[^`]*)`", text)
         hint = strictjson.number_as_text_hint(strictjson.value_at(raw, at.group(1))) if at else ""
-        raise ValueError(f"trainer: {exc}{hint}") from None
+        # the field named as the spec's are (trainer.hidden: ...), not the map with msgspec's path at the end
+        unknown = re.fullmatch(r"Object contains unknown field `([^`]*)`", text)
+        if unknown:
+            raise ValueError(f"trainer.{unknown[1]}: unknown field") from None
+        if at and at.group(1).startswith("$."):
+            raise ValueError(f"trainer.{at.group(1)[2:]}: {text.split(' - at ')[0]}{hint}") from None
+        if "at `key` in" in text:
+            raise ValueError("trainer: its field names are strings") from None
+        raise ValueError(f"trainer: {text}{hint}") from None
     if cfg.dataset == "digits" and not (isinstance(raw, dict) and "classes" in raw):
         # its ten classes, unless told otherwise (the default 3, meant for spirals, had it refused for a field
         # the user never set)
