@@ -220,6 +220,9 @@ async def test_a_tag_registered_can_be_changed_and_removed(store: EventStore, tr
         await handle(reg, "tag", {"name": "digits", "version": 1, "set": {"one-more": "v"}})
     out = await handle(reg, "tag", {"name": "digits", "version": 1, "set": {"one-more": "v"}, "remove": ["t0"]})
     assert len(out["tags"]) == 100 and "one-more" in out["tags"]
+    # removing a tag the version does not have is said, not done (a typo exited 0)
+    with pytest.raises(NotFound, match="tags: version 1 of model 'digits' has no tag 'nosuch'"):
+        await handle(reg, "tag", {"name": "digits", "version": 1, "remove": ["nosuch"]})
 
 
 class Msg:

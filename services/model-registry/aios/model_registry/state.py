@@ -276,6 +276,8 @@ def decide_tag(state: ModelState, version: int, set_tags: dict[str, str], remove
     check_tags(set_tags)
     for key in removed:
         check_tag_key(key)
+        if key not in found.tags and key not in set_tags:  # a typo went through as done (exit 0), as MLflow refuses
+            raise NotFound(f"tags: version {version} of model {state.name!r} has no tag {key!r}")
     after = (set(found.tags) | set(set_tags)) - (set(removed) - set(set_tags))
     if len(after) > MAX_TAGS:
         raise BadInput(f"tags: at most {MAX_TAGS} on a version; it would have {len(after):,}")
