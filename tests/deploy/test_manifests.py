@@ -4,9 +4,15 @@ the code reads; the NATS configs are checked by nats-server itself (``-t``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 import subprocess
+import textwrap
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +24,7 @@ from aios.cli.main import build_parser
 from aios.cli.services import SERVICES
 from aios.common import natsauth
 from aios.common.config import agent_shutdown_s
-from aios.common.natsserver import find_nats_server
+from aios.common.natsserver import find_nats_server, free_port
 
 REPO = Path(__file__).parent.parent.parent
 DEPLOY = REPO / "deploy"
@@ -188,8 +194,8 @@ def test_nomad_tasks_connect_as_their_own_nats_identity() -> None:
                 assert len(urls) == 1 and urls[0].startswith(f"AIOS_NATS_URL=nats://{role}:"), task_name
                 assert f'nomad/jobs/{job_name}\\"' in urls[0], f"{task_name} reads its own job's variable"
             elif task_name == "nats":
-                sources = {t.get("source") for t in task["template"]}
-                assert "deploy/nats/auth.conf" in sources
+                files = [m for t in task["template"] for m in re.findall(r'file\("([^"]+)"\)', t.get("data", ""))]
+                assert files == ["deploy/nats/auth.conf"] and (REPO / files[0]).is_file()  # read by `nomad job run`
                 rendered = " ".join(t.get("data", "") for t in task["template"] if t.get("env"))
                 assert f'nomad/jobs/{job_name}\\"' in rendered, "a job may read only its own variables"
                 missing = [v for v in PASSWORDS if f"{v}=" not in rendered]
@@ -224,3 +230,101 @@ def test_tenants_that_would_share_credentials_or_an_inbox_are_refused() -> None:
         with pytest.raises(ConfigError, match=f"tenants: '{pair[0]}' and '{pair[1]}' would share the NATS"):
             natsauth.render(pair)
     assert natsauth.render(["team-a", "team-a"]).count('user: "tenant-team-a"') == 1
+
+
+def nats_member_config(template: str, *, me: tuple[str, int], client: int, monitor: int,
+                       members: list[tuple[str, int]], route_password: str) -> str:
+    """The NATS job's config as consul-template renders it on a client, for the functions it uses: the task's
+    addresses (``env "NOMAD_ADDR_..."``), the job's Nomad Variable, and the members Consul lists (``range
+    service``). The static ports are replaced by the test's own, so that three members share one host."""
+    body = re.fullmatch(r'"?<<-EOT\n(.*)\n\s*EOT\n?"?', template, re.S)
+    assert body, "the config is an indented heredoc"
+    text = textwrap.dedent(body[1])
+    text = text.replace('{{ with nomadVar "nomad/jobs/nats" }}{{ .route }}{{ end }}', route_password)
+    text = text.replace('{{ env "NOMAD_ADDR_cluster" }}', f"{me[0]}:{me[1]}")
+    text = text.replace('{{ env "NOMAD_ADDR_client" }}', f"127.0.0.1:{client}")
+    loop = re.search(r'\s*\{\{- range service "nats-cluster" \}\}(.*?)\s*\{\{- end \}\}', text, re.S)
+    assert loop, "routes come from the members Consul lists"
+    rows = "".join(loop[1].replace("{{ .Address }}", host).replace("{{ .Port }}", str(port)) for host, port in members)
+    text = text[:loop.start()] + rows + text[loop.end():]
+    assert "{{" not in text, f"a template function this test does not render: {text}"
+    for line, port in (("port: 4222", client), ("http_port: 8222", monitor), ("port: 6222", me[1])):
+        assert f"\n{line}" in text or f"  {line}" in text, line
+        text = re.sub(rf"(?m)^(\s*){line}$", rf"\g<1>{line.split(':')[0]}: {port}", text)
+    return text
+
+
+def _healthz(monitor: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{monitor}/healthz", timeout=2) as reply:
+            return reply.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def _route_names(monitor: int) -> set[str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{monitor}/routez", timeout=2) as reply:
+        return {r.get("remote_name", "") for r in json.load(reply).get("routes") or []}
+
+
+def test_nomad_nats_members_find_each_other_authenticate_routes_and_are_healthy_only_together(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Nomad job's NATS config, rendered as on three clients, makes a cluster: each member starts on a route to
+    itself before Consul lists the others (JetStream refuses a cluster with no route), joins them when the routes
+    are re-rendered and reloaded (SIGHUP), and the health check Nomad rolls by fails on a member alone. Routes
+    need the route password. (It used Compose's hostnames nats-1..3, which no Nomad client resolves, a check that
+    passed on a member that had never met the others, and no route authentication on a port open on every host.)"""
+    nats = dict(tasks(nomad_jobs()["nats"]))["nats"]
+    template = next(t["data"] for t in nats["template"] if t.get("destination") == "secrets/nats.conf")
+    check = next(s for g in nomad_jobs()["nats"]["group"] for grp in g.values() for s in grp["service"]
+                 if s["name"] == "nats")["check"][0]
+    assert check["path"] == "/healthz"
+    for name, value in {**PASSWORDS, "AIOS_NATS_ROUTE_PASS": "route-secret"}.items():
+        monkeypatch.setenv(name, value)  # the passwords' env file, rendered from the same Variable
+    ports = [(free_port(), free_port(), free_port()) for _ in range(4)]  # client, monitor, cluster
+    cluster = [("127.0.0.1", p[2]) for p in ports[:3]]
+
+    def member(i: int, listed: list[tuple[str, int]], password: str = "route-secret") -> Path:
+        home = tmp_path / f"m{i}"
+        home.mkdir(exist_ok=True)
+        (home / "auth.conf").write_text((DEPLOY / "nats" / "auth.conf").read_text())
+        conf = home / "nats.conf"
+        conf.write_text(nats_member_config(template, me=("127.0.0.1", ports[i][2]), client=ports[i][0],
+                                           monitor=ports[i][1], members=listed, route_password=password))
+        return conf
+
+    servers: list[subprocess.Popen[bytes]] = []
+    try:
+        def start(i: int, conf: Path) -> subprocess.Popen[bytes]:
+            conf.write_text(conf.read_text().replace('"/data/jetstream"', f'"{tmp_path / f"store{i}"}"'))
+            server = subprocess.Popen([find_nats_server(), "-c", str(conf), "-l", str(conf.parent / "log")],
+                                      env={**os.environ, "NATS_SERVER_NAME": f"nats-{i}", "GOMAXPROCS": "1"},
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            servers.append(server)
+            deadline = time.monotonic() + 20
+            while _healthz(ports[i][1]) == 0:
+                assert server.poll() is None and time.monotonic() < deadline, (conf.parent / "log").read_text()
+                time.sleep(0.05)
+            return server
+
+        first = start(0, member(0, []))  # Consul lists nobody yet
+        time.sleep(1.0)
+        assert _healthz(ports[0][1]) == 503  # alone: no meta leader, so not healthy
+        member(0, cluster)  # the template re-rendered as the others register
+        first.send_signal(signal.SIGHUP)
+        for i in (1, 2):
+            start(i, member(i, cluster))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_healthz(p[1]) != 200 for p in ports[:3]):
+            time.sleep(0.2)
+        assert [_healthz(p[1]) for p in ports[:3]] == [200, 200, 200]
+        assert _route_names(ports[0][1]) >= {"nats-1", "nats-2"}
+        start(3, member(3, cluster, password="guessed"))  # a host that does not know the route password
+        time.sleep(2.0)
+        assert "nats-3" not in _route_names(ports[0][1]) and _healthz(ports[3][1]) == 503
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(10)
