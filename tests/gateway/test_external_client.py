@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec
 
-from aios.scheduler.spec import JobSpec
+from aios.scheduler.spec import WORKER_VARIABLES, JobSpec
 from tests.trainer.test_e2e import start
 
 CLIENT = Path(__file__).parent.parent / "support" / "external_client.py"
@@ -30,6 +30,11 @@ def test_the_document_lists_every_field_of_the_job_spec() -> None:
     text = DOC.read_text()
     fields = msgspec.json.schema(JobSpec)["$defs"]["JobSpec"]["properties"]
     assert [f for f in fields if f"| `{f}` |" not in text] == []
+
+
+def test_the_document_lists_every_variable_aios_sets_for_workers() -> None:
+    """A spec's ``env`` may not set these; a client reads the document to know which (seven were missing)."""
+    assert sorted(v for v in WORKER_VARIABLES if f"`{v}`" not in DOC.read_text()) == []
 
 
 def test_a_raw_nats_client_submits_and_follows_a_job(aios_env: dict[str, str]) -> None:

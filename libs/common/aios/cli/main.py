@@ -1,6 +1,7 @@
 """``aios``: the command line. Commands are a dict of handlers (DESIGN.md §9.4); each returns an exit code.
 
-Exit codes: 0 success, 1 failure of the work itself, 2 bad usage or configuration, 130 interrupted.
+Exit codes: 0 success, 1 failure of the work itself, 2 bad usage or configuration, 3 not found, 4 a job waited for
+did not succeed, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def _sim_nodes(items: list[str]) -> list[tuple[str, str]]:
 
 RESTARTS_MAX = 5
 RESTART_WINDOW_S = 60.0
-"""``aios up`` restarts a process that dies, unless it died ``RESTARTS_MAX`` times in this window."""
+"""``aios up`` restarts a process that dies, unless it has already restarted it ``RESTARTS_MAX`` times in this
+window (then the cluster stops)."""
 
 
 def cmd_up(args: argparse.Namespace) -> int:
