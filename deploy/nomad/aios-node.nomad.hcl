@@ -1,5 +1,18 @@
 # What runs on every GPU client node: its device agent (NVML, runs the workers) and its trainer (launches the
 # node's share of each placed job). A system job: one allocation per eligible node, new nodes get theirs at join.
+# The agent's task holds its workers (they are its child processes, in its container): its memory is theirs too.
+# Nodes with fewer GPUs: run a copy of this job under another name with `-var gpus_per_node=N` and a constraint on
+# their node class (a system job places only where its device request fits).
+variable "gpus_per_node" {
+  type    = number
+  default = 8
+}
+
+variable "workers_memory_mb" {
+  type    = number
+  default = 65536
+}
+
 job "aios-node" {
   type        = "system"
   datacenters = ["dc1"]
@@ -31,6 +44,11 @@ job "aios-node" {
         image   = "aios:latest"
         args    = ["agent", "--node", "${node.unique.name}"]
         runtime = "nvidia"
+        # the host's network and IPC: a gang's rank 0 listens on MASTER_PORT of this node (named by its node id),
+        # a serving replica announces the host's name to the router, and NCCL and data loaders share memory. On
+        # a Docker bridge none of them could be reached from another host, and /dev/shm was 64 MB
+        network_mode = "host"
+        ipc_mode     = "host"
       }
       # the NVIDIA device plugin hands the GPUs to the agent, which pins each worker to its own by UUID
       template {  # this task's NATS identity (docs/security.md); the password is a Nomad Variable
@@ -40,9 +58,9 @@ job "aios-node" {
       }
       resources {
         cpu    = 2000
-        memory = 2048
+        memory = var.workers_memory_mb  # the agent's and every worker's it starts: 2 GiB was one job's, at most
         device "nvidia/gpu" {
-          count = 8
+          count = var.gpus_per_node
         }
       }
       env {

@@ -169,6 +169,12 @@ def test_nomad_node_job_is_a_system_job_with_the_gpu_device_and_services_roll_sa
     agent = dict(tasks(node))["device-agent"]
     assert "nvidia/gpu" in agent["resources"][0]["device"][0]
     assert seconds(agent["kill_timeout"]) >= AGENT_STOP_S  # else its workers are killed before they checkpoint
+    # its workers run in its container: a gang's rank 0 and a serving replica must be reachable from other hosts
+    assert agent["config"][0]["network_mode"] == "host" and agent["config"][0]["ipc_mode"] == "host"
+    variables = {name: v["default"] for block in unquote(hcl2.load((DEPLOY / "nomad" / "aios-node.nomad.hcl").open()))
+                 ["variable"] for name, v in block.items()}
+    assert agent["resources"][0]["memory"] == "${var.workers_memory_mb}" and variables["workers_memory_mb"] >= 16384
+    assert agent["resources"][0]["device"][0]["nvidia/gpu"]["count"] == "${var.gpus_per_node}"
     assert dict(tasks(node))["trainer"]["env"][0]["AIOS_NODE_ID"] == "${node.unique.name}"
     scheduler = jobs["aios-scheduler"]
     assert scheduler["group"][0]["scheduler"]["count"] == 2
