@@ -1017,15 +1017,39 @@ def test_why_names_the_job_that_may_not_be_preempted() -> None:
 
 
 @pytest.mark.parametrize("name", ["fifo", "fairshare", "priority"])
+def test_a_tenant_without_quota_holds_no_quota_kind_with_a_job_that_cannot_be_preempted(name: str) -> None:
+    """Found by review: a tenant without a quota ran a preemptible: false job on all four H100s, which tenants a
+    and b's quotas cover; a's job within its quota then waited for ever (the devices can only come back by
+    preemption). Such a job runs only on kinds no quota covers, and waits, saying so, if it accepts no other."""
+    c = Cluster(("h1", "h100", 4), ("c1", "t4", 2))
+    c.quota("a", "c", h100=2)
+    c.quota("b", "c", h100=2)
+    policy = make_policy(name)
+    c.submit("np-free", 4, tenant="free", device_types=["h100"], preemptible=False, now=1.0)
+    c.submit("np-any", 2, tenant="free", preemptible=False, now=1.0)
+    plan = step(c.state, policy, 2.0)
+    assert c.status("np-free") == PENDING and "preemptible: false runs only on kinds no tenant's quota covers" \
+        in plan.reasons["np-free"] and plan.reasons["np-free"].endswith("h100 is covered"), plan.reasons
+    assert c.status("np-any") == PLACED and c.where("np-any") == {"c1": 2}  # the kind nobody's quota covers
+    c.submit("a-need", 1, tenant="a", device_types=["h100"], now=3.0)
+    step(c.state, policy, 4.0)
+    assert c.status("a-need") == PLACED
+    c.submit("scav", 3, tenant="free", device_types=["h100"], now=5.0)  # preemptible: runs on what is idle
+    step(c.state, policy, 6.0)
+    assert c.status("scav") == PLACED
+
+
+@pytest.mark.parametrize("name", ["fifo", "fairshare", "priority"])
 def test_a_job_preempts_no_scavenger_for_room_on_kinds_its_quota_does_not_let_it_use(name: str) -> None:
     """Room was judged on any kind the job accepts, but the job is placed on the kind its quota was charged for:
     nlp's 4-device job (quota a100=4) preempted speech's job for 2 H100s + 2 A100s, could not start on 2 A100s, and
     the scavenger was placed back on its devices and preempted again, about 40 times a second, for ever."""
     c = Cluster(("h1", "h100", 4), ("h2", "h100", 4), ("a1", "a100", 4), ("a2", "a100", 4))
     c.quota("nlp", "", h100=2, a100=4)
+    c.quota("ops", "", h100=6, a100=6)
     policy = make_policy(name)
     for job, n, kind in (("hog-h4", 4, "h100"), ("hog-h2", 2, "h100"), ("hog-a6", 6, "a100")):
-        c.submit(job, n, tenant="speech", device_types=[kind], preemptible=False, now=1.0)
+        c.submit(job, n, tenant="ops", device_types=[kind], preemptible=False, now=1.0)
     step(c.state, policy, 2.0)
     c.submit("scav", 4, tenant="speech", now=3.0)
     step(c.state, policy, 4.0)

@@ -389,6 +389,20 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
             if first_pass and tenants and spec.devices > 0:  # no quota among quotas: after them, as a borrower is
                 borrowing.append(job)
                 return
+            if tenants and spec.devices > 0 and not spec.preemptible:
+                # a tenant with a quota takes its devices back from those without one by preemption: a job that
+                # cannot be preempted kept them for good, and a job within its quota waited for ever. As a borrower
+                # with preemptible: false, it runs only where nobody's quota is
+                quoted = {k for q in tenants.values() for k, n in q.nominal.items() if n > 0}
+                free_kinds = [k for k in accepted if k not in quoted]
+                if not free_kinds:
+                    plan.reasons[job.job_id] = (
+                        f"quota: tenant {job.tenant} has no quota, and a job with preemptible: false runs only on "
+                        f"kinds no tenant's quota covers (quotas take their devices back by preemption); "
+                        f"{', '.join(sorted(accepted))} {'is' if len(accepted) == 1 else 'are'} covered")
+                    return
+                accepted = free_kinds
+                kinds.pinned[job.job_id] = frozenset(free_kinds)
             charge, borrowed = _request_kinds(job, accepted, free), {}
         admitted.append((job, borrowed))
         for k, n in charge.items():  # charge the tentative usage, so later jobs see it, and their free devices
