@@ -222,6 +222,23 @@ def test_under_strict_priority_a_blocked_job_holds_back_only_jobs_that_could_tak
         "order: behind head (priority), which waits for capacity"
 
 
+def test_a_job_behind_a_quota_job_the_policy_ranked_below_it_is_told_why() -> None:
+    """Found by review: a job of a tenant without a quota, priority 100, read "behind b-1 (priority)", while `why`
+    of b-1 (priority 0) listed it ahead: b-1 comes first because jobs within their quotas are placed before
+    tenants without one, and the reason now says so."""
+    c = Cluster(("n1", "h100", 2))
+    c.quota("p", "", h100=2)
+    c.quota("b", "", h100=2)
+    c.submit("p-run", 2, tenant="p", preemptible=False)
+    step(c.state, make_policy("priority"), 1.0)
+    c.submit("f1", 1, tenant="free", priority=100, now=2.0)
+    c.submit("b-1", 1, tenant="b", priority=0, now=2.1)
+    plan = step(c.state, make_policy("priority"), 3.0)
+    assert plan.order.index("f1") < plan.order.index("b-1")
+    assert plan.reasons["f1"] == ("order: behind b-1 (within its tenant's quota: those are placed before borrowers "
+                                  "and tenants without a quota), which waits for capacity"), plan.reasons
+
+
 def test_a_job_that_starts_on_fewer_devices_than_asked_says_how_many_it_holds() -> None:
     """Found by a walkthrough: a 6-device job with gang: false started on the 4 there were (world size 4), and
     `aios jobs` and `aios job` said "6 device(s)"."""

@@ -609,9 +609,15 @@ def _place_in_order(state: SchedulerState, policy: Policy, now: float, estimate:
     head: JobState | None = None
     head_kinds: frozenset[str] = frozenset()
     shadow, extra = float("inf"), 0
+    rank = {job_id: i for i, job_id in enumerate(plan.order)}
     for job, borrowed in admitted:
         if head is not None and not policy.backfill and not _other_kinds(job, head_kinds):
-            plan.reasons[job.job_id] = f"order: behind {head.job_id} ({policy.name}), which waits for capacity"
+            # the head may come first by admission, not by the policy: jobs within their tenants' quotas are placed
+            # before borrowers and tenants without a quota (it read "behind b-1 (priority)" of a job the policy
+            # ranked first, while `why` of b-1 listed that job ahead of it)
+            why = policy.name if rank.get(head.job_id, 0) <= rank.get(job.job_id, 0) else (
+                "within its tenant's quota: those are placed before borrowers and tenants without a quota")
+            plan.reasons[job.job_id] = f"order: behind {head.job_id} ({why}), which waits for capacity"
             continue
         if head is not None:  # EASY backfill: start only if it cannot delay the head's reservation
             fits_before = now + estimate(job) <= shadow
