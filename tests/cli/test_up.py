@@ -219,6 +219,7 @@ def test_a_second_cluster_on_the_same_data_dir_is_refused(aios_env: dict[str, st
     (["up", "--sim", "n1=1xH100-80GB", "--sim", "n1=1xA100-40GB"], {}, "node 'n1' is given twice"),
     (["up", "--no-sim", "--secure"], {"AIOS_NATS_URL": "nats://127.0.0.1:1"}, "--secure: only with the embedded"),
     (["up", "--no-sim"], {"AIOS_DATA_DIR": "FILE"}, "cannot use it"),
+    (["up", "--no-sim", "--tenant", "team-a"], {}, "--tenant: needs --secure"),  # it was ignored
 ])
 def test_up_refuses_what_it_cannot_run_by_name(aios_env: dict[str, str], tmp_path: Path, argv: list[str],
                                                env_extra: dict[str, str], message: str) -> None:

@@ -167,6 +167,9 @@ def test_train_register_compress_serve_and_roll_an_alias(aios_env: dict[str, str
         assert [m["name"] for m in ok("models", "list", "--tag", "origin=laptop")["models"]] == ["digits-manual"]
         out = aios("models", "alias", "digits", "production", "9")
         assert out.returncode == 3 and "no version 9" in out.stderr
+        out = aios("models", "endpoints", "nosuch")  # it listed nothing and exited 0
+        assert out.returncode == 3 and "nosuch" in out.stderr, out.stderr
+        assert ok("models", "endpoints", "digits-manual")["replicas"] == []  # there, and served by none
         # exit codes a script can act on: a wrong request (2) apart from a refusal the registry's state decides (1)
         out = aios("models", "alias", "digits", "3x", "1")
         assert out.returncode == 2 and "alias: '3x'" in out.stderr, out.stderr

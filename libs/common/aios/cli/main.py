@@ -69,6 +69,9 @@ window (then the cluster stops)."""
 def cmd_up(args: argparse.Namespace) -> int:
     from aios.cli.cluster import LocalCluster
 
+    if args.tenant and not args.secure:  # it was ignored: the tenant's clients then found no identity to use
+        raise ConfigError("--tenant: needs --secure (it creates the tenant's NATS identity, and without --secure "
+                          "there are none: every client connects as it likes)")
     settings = load_settings()
     agents = [] if args.no_sim else _sim_nodes(args.sim or DEFAULT_SIM_NODES)
     cluster = LocalCluster(settings, agents=agents, secure=args.secure, tenants=args.tenant or [])

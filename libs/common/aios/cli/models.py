@@ -241,6 +241,8 @@ async def endpoints(args: Any) -> int:
         router = await router_url(store)
     finally:
         await store.close()
+    if args.model and not found:  # a typo listed no replica and exited 0, as a model served by none does
+        await request("show", {"model": args.model})  # NotFound (exit 3) when there is no such model
     reply = {"router": router, "replicas": found}
 
     def human(r: dict[str, Any]) -> None:

@@ -68,13 +68,15 @@ class TenantApi:
             return {"error": f"internal error: {type(exc).__name__}", "status": 500}
 
     async def _dispatch(self, caller: Caller, op: str, body: dict[str, Any], key: str | None) -> dict[str, Any]:
-        if op == "submit":
-            return await self.api.submit_job(body.get("spec", body), caller, key, "nats")
-        if op != "submit":  # {"tenant": ...} or {"limit": 1} answered every job, as if filtered
-            known = ("status",) if op == "jobs" else ("job",)
+        # {"tenant": ...} or {"limit": 1} answered every job, as if filtered; {"spec": ..., "idempotency_key": ...}
+        # dropped the key without a word (it goes in a header). A submit's body without "spec" is the spec itself
+        known = {"submit": ("spec",), "jobs": ("status",)}.get(op, ("job",))
+        if op != "submit" or "spec" in body:
             unknown = sorted(set(body) - set(known))
             if unknown:
                 raise HttpError(400, f"{field_label(str(unknown[0]))}: not a field of {op} (known: {', '.join(known)})")
+        if op == "submit":
+            return await self.api.submit_job(body.get("spec", body), caller, key, "nats")
         if op == "jobs":
             status = body.get("status")
             if status is not None and not isinstance(status, str):
