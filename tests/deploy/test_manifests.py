@@ -100,7 +100,10 @@ def test_compose_nats_is_a_three_node_cluster_with_volumes_and_health(compose: d
     assert sorted(routes) == sorted(nats)
     users = re.findall(r'user: "([^"]+)", password: \$(\w+)', (DEPLOY / "nats" / "auth.conf").read_text())
     for name, svc in nats.items():
-        assert svc["environment"]["NATS_SERVER_NAME"] == name and "healthcheck" in svc
+        assert svc["environment"]["NATS_SERVER_NAME"] == name
+        # healthy once the members have a JetStream meta leader (as the Nomad check, below): js-enabled-only was
+        # healthy on a member alone, and the services that wait for it crashed creating the log
+        assert svc["healthcheck"]["test"][-1] == "http://127.0.0.1:8222/healthz", svc["healthcheck"]
         assert {var for _, var in users} <= set(svc["environment"]), f"{name}: a password of auth.conf is unset"
         assert "./nats/auth.conf:/etc/nats/auth.conf:ro" in svc["volumes"]
         volume = next(v for v in svc["volumes"] if v.endswith(":/data"))
