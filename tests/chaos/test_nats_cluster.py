@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import nats.js.errors
+import pytest
 
 from aios.common.events import JobSubmitted
 from aios.common.natsserver import NatsServer, free_port
@@ -122,6 +123,34 @@ async def test_a_jobs_worker_takes_the_log_as_the_services_replicated_it(tmp_pat
         assert (await service.js.stream_info(service.stream)).config.num_replicas == 3
         await worker.close()
         await service.close()
+    finally:
+        for s in servers:
+            s.stop()
+
+
+async def test_a_service_started_before_the_members_meet_waits_for_jetstream(tmp_path: Path) -> None:
+    """Nomad starts every job at once: a service whose first JetStream request came before the NATS members had met
+    (no meta leader) died on a 5-s timeout and lived on its restart policy's attempts. It now waits, and starts once
+    they have; with nobody ever answering it stops with an error that says so, not a traceback."""
+    from aios.common.errors import StoreUnavailable
+    from aios.common.store import connect
+
+    servers = cluster(tmp_path)
+    servers[0].start()  # alone: its JetStream has no meta leader
+    try:
+        with pytest.raises(StoreUnavailable, match="did not answer within 1 s .*have they met"):
+            await connect([servers[0].url], name="early", replicas=3, jetstream_wait_s=1.0)
+        waiting = asyncio.ensure_future(connect([servers[0].url], name="early", replicas=3))
+        await asyncio.sleep(6.0)  # past the first request's timeout
+        assert not waiting.done()
+        for s in servers[1:]:
+            s.start()
+        store = await asyncio.wait_for(waiting, 90)
+        try:
+            info = await store.js.stream_info(store.stream)
+            assert info.config.num_replicas == 3
+        finally:
+            await store.close()
     finally:
         for s in servers:
             s.stop()

@@ -27,7 +27,7 @@ from aios.common.httpmetrics import exposition
 from aios.common.config import Settings, load_settings
 from aios.common.errors import AiosError
 from aios.common.logs import setup_logging
-from aios.common.store import EventStore, connect_nats
+from aios.common.store import EventStore, connect_nats, ensure_stream_when_ready
 
 log = logging.getLogger("aios.runner")
 
@@ -123,7 +123,13 @@ async def run_service(service: Service, settings: Settings | None = None, *,
     nats_connected = Gauge("aios_nats_connected", "1 while connected to NATS", ["service"], registry=registry)
     nc = await connect_with_backoff(settings.servers, f"aios-{service.name}")
     store = EventStore(nc, settings.servers, replicas=settings.stream_replicas)
-    await store.ensure_stream()
+    try:
+        await ensure_stream_when_ready(store)
+    except AiosError as exc:  # JetStream never answered, or the stream cannot be brought to what this code needs
+        log.error("service cannot start", extra={"error": str(exc)})
+        print(f"aios {service.name}: {exc}", file=sys.stderr, flush=True)
+        await store.close()
+        return 1
     ctx = ServiceContext(service.name, settings, nc, store, registry)
     nats_connected.labels(service.name).set_function(lambda: 1.0 if nc.is_connected else 0.0)
     http = await _serve_http(ctx, service)

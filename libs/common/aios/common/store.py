@@ -25,7 +25,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
 
-from aios.common import tracing
+from aios.common import natsauth, tracing
 from aios.common.consumer import OrderedConsumer
 from aios.common.errors import (
     ConcurrencyConflict, ConfigError, EventError, InvalidAggregate, MalformedEvent, StoreError, StoreUnavailable,
@@ -680,12 +680,43 @@ class Subscription:
         self._queue.put_nowait(StopAsyncIteration())
 
 
-async def connect(servers: list[str], *, name: str = "aios", **store_options: Any) -> EventStore:
-    """Connect nats-py with unbounded reconnects and return an :class:`EventStore` over it (stream ensured): for the
-    services, which own the stream's configuration."""
+JETSTREAM_WAIT_S = 300.0
+"""How long a service that starts waits for JetStream to answer (a cluster whose members have not met yet has no
+meta leader, and every JetStream request times out)."""
+_NOT_READY = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError)
+
+
+async def ensure_stream_when_ready(store: EventStore, wait_s: float = JETSTREAM_WAIT_S) -> None:
+    """``store.ensure_stream()``, waiting up to ``wait_s`` for a JetStream that does not answer yet: started beside
+    the NATS servers (Nomad starts every job at once), a service died on its first request, before the members had
+    elected a meta leader, and lived on its restart policy's attempts."""
+    deadline, delay = time.monotonic() + wait_s, 0.5
+    while True:
+        try:
+            await store.ensure_stream()
+            return
+        except _NOT_READY as exc:
+            if time.monotonic() + delay >= deadline:
+                raise StoreUnavailable(f"JetStream on {','.join(natsauth.redact(s) for s in store.servers)} did not "
+                                       f"answer within {wait_s:g} s ({type(exc).__name__}): are its servers up, and "
+                                       "have they met (a meta leader)?") from None
+            log.warning("JetStream not answering yet (no meta leader?); waiting",
+                        extra={"error": type(exc).__name__, "retry_in_s": delay})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def connect(servers: list[str], *, name: str = "aios", jetstream_wait_s: float = JETSTREAM_WAIT_S,
+                  **store_options: Any) -> EventStore:
+    """Connect nats-py with unbounded reconnects and return an :class:`EventStore` over it (stream ensured, waited
+    for as :func:`ensure_stream_when_ready` does): for the services, which own the stream's configuration."""
     nc = await connect_nats(servers, name=name)
     store = EventStore(nc, servers, **store_options)
-    await store.ensure_stream()
+    try:
+        await ensure_stream_when_ready(store, jetstream_wait_s)
+    except BaseException:
+        await store.close()
+        raise
     return store
 
 
