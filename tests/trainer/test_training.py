@@ -159,6 +159,29 @@ async def test_checkpoint_interval_s_bounds_the_time_between_checkpoints(nats_se
     assert steps[-1] == 30 and len(steps) >= 3, steps  # about every 5 steps of 20 ms (more on a slow machine)
 
 
+def test_every_variable_aios_sets_for_a_worker_is_one_a_spec_may_not_set() -> None:
+    """Found by review: the launcher's AIOS_ABORT_SUBJECT was not reserved, so a job of one tenant set it to
+    another tenant's ring, exited, and its agent aborted that job's training."""
+    from aios.common import tracing
+    from aios.common.events import Assignment
+    from aios.device_agent.workloads import device_environment
+    from aios.scheduler.spec import WORKER_VARIABLES, SpecError, validate_spec
+    from aios.scheduler.state import JobState
+    from aios.trainer.launcher import worker_env
+
+    spec = validate_spec({"name": "t", "tenant": "ml", "devices": 2, "trainer": {"kind": "mlp"}, "env": {"A": "1"}})
+    job = JobState(job_id="j1", spec=spec, tenant="ml", arrival=1, submitted_at=0.0,
+                   assignments=[Assignment(node_id="n1", device_uuids=["g0"], ranks=[0]),
+                                Assignment(node_id="n2", device_uuids=["g1"], ranks=[1])])
+    set_by_aios = set(worker_env(job, job.assignments[0], 0, 0, "nats://x")) - set(spec.env)
+    set_by_aios |= set(device_environment(["g0"])) | {k.upper() for k in ("traceparent", "tracestate")}
+    assert "AIOS_ABORT_SUBJECT" in set_by_aios and set_by_aios <= WORKER_VARIABLES, set_by_aios - WORKER_VARIABLES
+    assert tracing.carrier_from_env({"TRACEPARENT": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"})  # the names read
+    for name in sorted(set_by_aios):
+        with pytest.raises(SpecError, match=f"env.{name}: set by AIOS"):
+            validate_spec({"name": "t", "tenant": "ml", "command": ["true"], "env": {name: "x"}})
+
+
 def test_the_launcher_hands_checkpoint_interval_s_to_the_worker() -> None:
     from aios.common.events import Assignment
     from aios.scheduler.spec import validate_spec

@@ -104,8 +104,10 @@ WORKER_VARIABLES = frozenset({
     "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK", "GROUP_WORLD_SIZE",
     "MASTER_ADDR", "MASTER_PORT", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER",
     "AIOS_JOB_ID", "AIOS_ATTEMPT", "AIOS_NATS_URL", "AIOS_STOP_GRACE_S",
-    "AIOS_CHECKPOINT_STORE", "AIOS_CHECKPOINT_NAME", "AIOS_TRAINER", "AIOS_SERVE"})
-"""What the launcher and the device agent set for each worker, whatever a spec's ``env`` says."""
+    "AIOS_CHECKPOINT_STORE", "AIOS_CHECKPOINT_NAME", "AIOS_TRAINER", "AIOS_SERVE", "AIOS_ABORT_SUBJECT",
+    "TRACEPARENT", "TRACESTATE"})
+"""What the launcher and the device agent set for each worker, whatever a spec's ``env`` says (a spec that set
+``AIOS_ABORT_SUBJECT`` to another job's ring made its agent abort that job's training when it exited)."""
 MAX_PRIORITY = 1000
 MAX_DEVICES = 4096
 MAX_CPU_PER_WORKER = 4096.0
