@@ -29,6 +29,29 @@ async def test_worker_gets_its_devices_and_reports_output_and_exit() -> None:
     assert exits == [(3, None)] and runner.running == {}
 
 
+async def test_a_worker_inherits_no_secret_or_setting_of_its_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by review: under `aios up --secure` a job's code printed AIOS_GATEWAY_TOKENS (every tenant's token,
+    the administrator's among them) and the NATS passwords, from its agent's environment. A worker takes the
+    node's settings for workers and the rest of the environment (PATH, Python's, CUDA's, OTEL_*), no AIOS_* else."""
+    for name, value in {"AIOS_GATEWAY_TOKENS": "t0kenT0kenT0ken0=*", "AIOS_NATS_PASS_ADMIN": "pw",
+                        "AIOS_DATA_DIR": "/var/lib/aios", "AIOS_HTTP_PORT": "9100", "AIOS_SERVE_HOST": "0.0.0.0",
+                        "OTEL_SERVICE_NAME": "kept"}.items():
+        monkeypatch.setenv(name, value)
+    lines: list[bytes] = []
+    done = asyncio.Event()
+
+    async def on_exit(w: Workload, code: int | None, sig: int | None) -> None:
+        done.set()
+
+    runner = WorkloadRunner(lambda w, stream, line: lines.append(line), on_exit)
+    names = ("AIOS_GATEWAY_TOKENS", "AIOS_NATS_PASS_ADMIN", "AIOS_DATA_DIR", "AIOS_HTTP_PORT", "AIOS_SERVE_HOST",
+             "OTEL_SERVICE_NAME", "AIOS_JOB_ID")
+    script = f"import os; print(sorted(k for k in os.environ if k in {names!r}))"
+    await runner.start("j1", "w0", [sys.executable, "-c", script], {"AIOS_JOB_ID": "j1"}, ["GPU-a"])
+    await asyncio.wait_for(done.wait(), 20)
+    assert lines == [b"['AIOS_JOB_ID', 'AIOS_SERVE_HOST', 'OTEL_SERVICE_NAME']\n"], lines
+
+
 async def test_stop_sends_sigterm_then_sigkill() -> None:
     exits: list[tuple[int | None, int | None]] = []
 

@@ -8,11 +8,19 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Mapping
 
 log = logging.getLogger("aios.device_agent.workloads")
-AGENT_ONLY = frozenset({"AIOS_HTTP_PORT", "AIOS_HTTP_HOST", "AIOS_DATA_DIR", "AIOS_NATS_PORT"})
-"""The agent's own settings, kept from its workers' environment (a worker's /metrics port is not its agent's)."""
+FOR_WORKERS = frozenset({"AIOS_SERVE_HOST", "AIOS_SERVE_PORT", "AIOS_LOG_LEVEL"})
+"""The only ``AIOS_*`` settings of the agent's environment its workers inherit: the node's settings for them. The
+rest are the agent's own (a worker's /metrics port is not its agent's) or secrets: under ``aios up --secure`` a
+job's code read every tenant's gateway token, the administrator's among them, and every NATS password."""
+
+
+def inherited_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """What a worker takes from its agent's environment (PATH, Python's and CUDA's settings, ``OTEL_*``...): all but
+    the ``AIOS_*`` settings other than :data:`FOR_WORKERS`; the launcher's and the job's variables come on top."""
+    return {k: v for k, v in environ.items() if not k.startswith("AIOS_") or k in FOR_WORKERS}
 
 OutputSink = Callable[["Workload", str, bytes], None]
 ExitSink = Callable[["Workload", "int | None", "int | None"], Awaitable[None]]
@@ -116,8 +124,7 @@ class WorkloadRunner:
             raise DevicesBusy(why)
         # the agent's own process settings (its HTTP port, data directory) are not the worker's; the node's
         # settings for workers (AIOS_SERVE_HOST for replicas) are
-        inherited = {k: v for k, v in os.environ.items() if k not in AGENT_ONLY}
-        full_env = {**inherited, **env, **device_environment(device_uuids)}
+        full_env = {**inherited_environment(os.environ), **env, **device_environment(device_uuids)}
         proc = await asyncio.create_subprocess_exec(
             *command, env=full_env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, preexec_fn=_own_session_dies_with_agent)
