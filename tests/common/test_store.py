@@ -266,3 +266,20 @@ async def test_a_pipeline_keeps_each_aggregates_order_when_a_commit_comes_back_r
     results = await pipe.results()
     kinds = [type(e).__name__ for e in (await store.read("job.o")).events]
     assert kinds == ["JobSubmitted", "JobCancelRequested"], kinds
+
+
+async def test_errors_that_name_a_server_hide_its_password(nats_server: NatsServer) -> None:
+    """Found by review: `aios logs` with a tenant's AIOS_NATS_URL printed the tenant's password in its error (the
+    docs promise `***`)."""
+    from aios.common.errors import StoreError
+    from aios.common.natsserver import free_port
+    from aios.common.store import open_log
+
+    with_password = nats_server.url.replace("nats://", "nats://tenant-a:s3cret@")
+    with pytest.raises(StoreError) as no_log:  # a server that answers, without the log
+        await open_log([with_password], stream="NO_SUCH_LOG")
+    nobody = f"nats://tenant-a:s3cret@127.0.0.1:{free_port()}"
+    with pytest.raises(StoreError) as no_server:
+        await open_log([nobody], timeout_s=0.5)
+    for exc in (no_log.value, no_server.value):
+        assert "tenant-a:***@" in str(exc) and "s3cret" not in str(exc), str(exc)

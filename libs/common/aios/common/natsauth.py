@@ -166,6 +166,11 @@ def redact(url: str) -> str:
     return f"{scheme}{sep}{user.split(':', 1)[0]}:***@{host}"
 
 
+def redacted(servers: list[str]) -> str:
+    """Server URLs as messages name them: comma-separated, passwords hidden."""
+    return ",".join(redact(s) for s in servers)
+
+
 def without_credentials(url: str) -> str:
     head, at, host = url.rpartition("@")
     return f"{head.rpartition('//')[0]}//{host}" if at else url

@@ -138,7 +138,7 @@ async def run_service(service: Service, settings: Settings | None = None, *,
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, ctx.stopping.set)
     up.labels(service.name).set(1)
-    log.info("service started", extra={"http": ctx.http_url, "nats": [natsauth.redact(s) for s in settings.servers]})
+    log.info("service started", extra={"http": ctx.http_url, "nats": natsauth.redacted(settings.servers)})
     if ready is not None:
         ready.set()
     code = 0

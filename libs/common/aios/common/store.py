@@ -697,7 +697,7 @@ async def ensure_stream_when_ready(store: EventStore, wait_s: float = JETSTREAM_
             return
         except _NOT_READY as exc:
             if time.monotonic() + delay >= deadline:
-                raise StoreUnavailable(f"JetStream on {','.join(natsauth.redact(s) for s in store.servers)} did not "
+                raise StoreUnavailable(f"JetStream on {natsauth.redacted(store.servers)} did not "
                                        f"answer within {wait_s:g} s ({type(exc).__name__}): are its servers up, and "
                                        "have they met (a meta leader)?") from None
             log.warning("JetStream not answering yet (no meta leader?); waiting",
@@ -727,7 +727,7 @@ async def open_log(servers: list[str], *, name: str = "aios", timeout_s: float =
     server, and a command's defaults must not reset the replication the services set). ``follow``: reconnect
     through server restarts, as a command that waits on a job must. ``wait_for_log_s``: how long to wait for the
     services of a cluster that is starting to create the log. Errors name the server and the reason."""
-    where = ",".join(servers)
+    where = natsauth.redacted(servers)  # errors are printed: a tenant's password was
     nc = await connect_once(servers, name=name, timeout_s=timeout_s)
     if follow:  # the probe answered: now the connection that rides out restarts
         await nc.close()
@@ -783,7 +783,7 @@ async def connect_once(servers: list[str], *, name: str = "aios", timeout_s: flo
                                   error_cb=remember)
     except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
         last = seen[-1] if seen else exc
-        raise StoreError(f"cannot reach NATS at {','.join(servers)}: {str(last) or type(last).__name__}") from None
+        raise StoreError(f"cannot reach NATS at {natsauth.redacted(servers)}: {str(last) or type(last).__name__}") from None
 
 
 async def connect_nats(servers: list[str], *, name: str = "aios", **options: Any) -> nats.NATS:
