@@ -90,6 +90,38 @@ async def test_registration_heartbeat_telemetry_and_metrics(agent: tuple[DeviceA
     assert f'UUID="{reg.devices[2].uuid}"' in text and "DCGM_FI_DEV_FB_USED{" in text
 
 
+async def test_a_worker_s_output_is_kept_up_to_its_share_of_the_log(agent: tuple[DeviceAgentService, EventStore],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by review: the log stream is shared and drops its oldest first, and one job printing a gigabyte wiped
+    every other tenant's logs. A worker's output is kept up to a share, said once, and the rest dropped."""
+    from aios.common import joblogs
+
+    monkeypatch.setattr(joblogs, "MAX_BYTES_PER_WORKER", 100)
+    service, store = agent
+    history = await store.read(f"node.{NODE}")
+    uuid = history.events[0].devices[0].uuid  # type: ignore[attr-defined]
+    await store.append(f"node.{NODE}", DevicesLeased(aggregate_id=NODE, job_id="loud", device_uuids=[uuid]),
+                       expected_version=history.version)
+    lines: list[bytes] = []
+
+    async def on_log(msg: Any) -> None:
+        lines.append(msg.data)
+
+    sub = await store.nc.subscribe("aios.logs.loud.>", cb=on_log)
+    await until(lambda: _holds(service, uuid, job="loud"), what="agent to see the lease")
+    script = "for i in range(50): print(f'line {i:03d} ' + 'x' * 11)"  # 50 lines of 21 bytes
+    run = {"job_id": "loud", "worker": "w0", "command": [sys.executable, "-c", script], "device_uuids": [uuid]}
+    assert (await request(store, run_subject(NODE), run))["ok"]
+    await until(lambda: _job_events(store, "loud", 2), what="the worker's exit")
+    async def all_kept() -> bool:
+        return len(lines) >= 5
+    await until(all_kept, what="its lines")
+    await asyncio.sleep(0.5)  # anything more would have come by now
+    await sub.unsubscribe()
+    assert lines[:4] == [f"line {i:03d} {'x' * 11}\n".encode() for i in range(4)]
+    assert lines[4:] == [b"[aios: this worker's output beyond 0 MiB is not kept; the rest of it is dropped]\n"], lines
+
+
 async def test_runs_workers_only_on_leased_devices(agent: tuple[DeviceAgentService, EventStore]) -> None:
     service, store = agent
     history = await store.read(f"node.{NODE}")
@@ -143,8 +175,8 @@ async def test_runs_workers_only_on_leased_devices(agent: tuple[DeviceAgentServi
     assert events[7].exit_code == 2 and events[7].message == "fatal: no newline at the end", events[7]
 
 
-async def _holds(service: DeviceAgentService, uuid: str) -> bool:
-    return service.node.state.leases.holder.get(uuid) == "j1"
+async def _holds(service: DeviceAgentService, uuid: str, job: str = "j1") -> bool:
+    return service.node.state.leases.holder.get(uuid) == job
 
 
 async def _job_events(store: EventStore, job: str, n: int) -> list[Any] | None:

@@ -18,6 +18,21 @@ STREAM = "AIOS_LOGS"
 SUBJECTS = "aios.logs.>"
 MAX_AGE_S = 7 * 24 * 3600
 MAX_BYTES = 1 << 30
+MAX_BYTES_PER_WORKER = 64 << 20
+"""Output of one worker (one attempt) kept in the stream; the rest is dropped, said once. The stream is shared and
+drops its oldest first: one job printing a gigabyte wiped every other tenant's logs (Kubernetes keeps 10 MiB a
+container, in five files)."""
+
+
+def kept_line(logged: int, line: bytes) -> bytes | None:
+    """What to publish of ``line`` from a worker that has had ``logged`` bytes published before it: the line, the
+    one notice that its output is no longer kept, or None (dropped)."""
+    if logged + len(line) <= MAX_BYTES_PER_WORKER:
+        return line
+    if logged <= MAX_BYTES_PER_WORKER:
+        return (f"[aios: this worker's output beyond {MAX_BYTES_PER_WORKER >> 20} MiB is not kept; the rest of it "
+                "is dropped]\n").encode()
+    return None
 
 
 _WORKER = re.compile(r"[A-Za-z0-9_-]{1,64}")

@@ -458,7 +458,10 @@ class DeviceAgentService(Service):
         await msg.respond(_encoder.encode(Reply(True, stopped=stopped)))
 
     def _on_output(self, w: Workload, stream: str, line: bytes) -> None:
-        asyncio.ensure_future(self.ctx.nc.publish(log_subject(w.job_id, w.worker, stream), line))
+        kept = joblogs.kept_line(w.logged, line)
+        w.logged += len(line)
+        if kept is not None:
+            asyncio.ensure_future(self.ctx.nc.publish(log_subject(w.job_id, w.worker, stream), kept))
 
     async def _on_exit(self, w: Workload, code: int | None, sig: int | None) -> None:
         if self.fake is not None:

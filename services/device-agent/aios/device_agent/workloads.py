@@ -46,6 +46,8 @@ class Workload:
     trace: dict[str, str] | None = None
     """The job's trace context from the launcher (its ``TRACEPARENT``): the agent's spans about the worker join it."""
     grace_s: float | None = None
+    """The job's ``stop_grace_s`` (the launcher's ``AIOS_STOP_GRACE_S``): what the agent gives it when it stops the
+    worker on its own (node shutdown, lease ended, fenced). None: the runner's default."""
     abort_subject: str = ""
     """Where to say that this worker died without being asked to stop (the launcher's ``AIOS_ABORT_SUBJECT``, for
     a rank of a collective): its peers stop at once instead of at their timeout."""
@@ -53,8 +55,8 @@ class Workload:
     """The last line it wrote to stderr (cut to ``LAST_ERROR_CHARS``): the cause a failed job's error names, as
     Kubernetes' termination message taken from the log (a replica that could not load its model crash-looped, and
     why it did was only in its logs)."""
-    """The job's ``stop_grace_s`` (the launcher's ``AIOS_STOP_GRACE_S``): what the agent gives it when it stops the
-    worker on its own (node shutdown, lease ended, fenced). None: the runner's default."""
+    logged: int = 0
+    """Bytes of output it has written (``joblogs.kept_line`` keeps the first ``MAX_BYTES_PER_WORKER``)."""
 
     @property
     def key(self) -> tuple[str, str]:
