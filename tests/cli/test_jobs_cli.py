@@ -111,6 +111,8 @@ def test_submit_why_cancel(aios_env: dict[str, str], tmp_path: Path) -> None:
         assert {j["tenant"] for j in listed} == {"beta"} and listed
         listed = json.loads(aios("jobs", "--status", "cancelled", "--json").stdout)
         assert [j["name"] for j in listed] == ["blocked"]
+        newest = aios("jobs", "--limit", "1", "--json")  # filtered by the scheduler, which says what it left out
+        assert len(json.loads(newest.stdout)) == 1 and "aios jobs: the newest 1 of " in newest.stderr, newest
         typo = aios("jobs", "--status", "runing")
         assert typo.returncode == 2 and "--status: 'runing' is no job state" in typo.stderr, typo.stderr
         typo = aios("jobs", "--tenant", "Beta")  # no tenant can have that name: it listed nothing, as if idle

@@ -148,10 +148,15 @@ async def cancel(job_id: str) -> int:
     return 0
 
 
-async def jobs(as_json: bool, tenant: str | None = None, status: str | None = None) -> int:
-    reply = await ask("aios.sched.jobs")
-    reply["jobs"] = [j for j in reply["jobs"] if (tenant is None or j["tenant"] == tenant)
-                     and (status is None or j["status"] == status)]
+async def jobs(as_json: bool, tenant: str | None = None, status: str | None = None, limit: int | None = None) -> int:
+    """The jobs the scheduler knows, filtered by it (the whole history in one reply outgrew NATS' message limit at
+    about 2,400 jobs, and every listing failed); the newest ``limit``, or as many as one reply holds."""
+    query = {k: v for k, v in (("tenant", tenant), ("status", status), ("limit", limit)) if v is not None}
+    reply = await ask("aios.sched.jobs", query)
+    left = reply.get("matched", len(reply["jobs"])) - len(reply["jobs"])
+    if left:  # on stderr: --json's output stays one JSON document
+        print(f"aios jobs: the newest {len(reply['jobs']):,} of {reply['matched']:,} shown; narrow with --status, "
+              "--tenant or --limit", file=sys.stderr)
     if as_json:
         print(json.dumps(reply["jobs"], indent=2))
         return 0
@@ -208,7 +213,7 @@ async def job(job_id: str, as_json: bool, wait: bool) -> int:
             history = await store.read_job(_known_form(job_id))
             if not history:
                 raise NotFound(f"no job {job_id!r}")
-            summary = next((j for j in (await ask("aios.sched.jobs"))["jobs"] if j["job"] == job_id), None)
+            summary = next(iter((await ask("aios.sched.jobs", {"job": job_id}))["jobs"]), None)
             done = summary is not None and summary["status"] in ("succeeded", "failed", "cancelled")
             if not wait or done:
                 break

@@ -224,7 +224,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             check_tenant(args.tenant, "--tenant")
         except SpecError as exc:
             raise ConfigError(f"{exc}, got {args.tenant!r}") from None
-    return asyncio.run(jobs.jobs(args.json, args.tenant, args.status))
+    return asyncio.run(jobs.jobs(args.json, args.tenant, args.status, args.limit))
 
 
 def cmd_why(args: argparse.Namespace) -> int:
@@ -467,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     jobs_p = sub.add_parser("jobs", help="jobs and their state, from the scheduler")
     jobs_p.add_argument("--tenant", help="only this tenant's jobs")
     jobs_p.add_argument("--status", help="only jobs in this state (pending, placed, running, ...)")
+    jobs_p.add_argument("--limit", type=_positive, metavar="N",
+                        help="the newest N jobs (default: as many as one reply of the scheduler holds)")
     jobs_p.add_argument("--json", action="store_true")
     jobs_p.set_defaults(handler=cmd_jobs)
     job_p = sub.add_parser("job", help="one job: state, progress and its event timeline")

@@ -21,12 +21,15 @@ from aios.common.store import connect_once
 async def snapshot(servers: list[str], telemetry: dict[str, dict[str, Any]]) -> dict[str, Any]:
     nodes = (await ask("aios.rm.nodes", servers=servers))["nodes"]
     details = [await ask("aios.rm.node", {"node": n["node"]}, servers=servers) for n in nodes]
-    jobs = (await ask("aios.sched.jobs", servers=servers))["jobs"]
+    listed = await ask("aios.sched.jobs", {"live": True}, servers=servers)  # not the whole history: it outgrew
+    jobs = listed["jobs"]  # NATS' message limit at about 2,400 jobs, and top failed for good
     tenants = (await ask("aios.rm.tenants", servers=servers))["tenants"]
     for node in details:
         for d in node["devices"]:
             d["utilization_gpu"] = telemetry.get(d["uuid"], {}).get("utilization_gpu")
-    return {"nodes": details, "jobs": dict(Counter(j["status"] for j in jobs)), "running": on_devices(jobs, details),
+    # a scheduler of an older version (during a roll) counts nothing and ignores "live": its whole list is counted
+    counts = listed.get("counts") or dict(Counter(j["status"] for j in jobs))
+    return {"nodes": details, "jobs": counts, "running": on_devices(jobs, details),
             "tenants": tenants}
 
 

@@ -24,11 +24,12 @@ from aios.common.store import Commit as StoredCommit
 from aios.common.wire import new_token
 from aios.scheduler.decisions import Commit, claim_commits, failure_commits, housekeeping_commits, lease_commits
 from aios.scheduler.leadership import Leadership
+from aios.scheduler.listing import jobs_reply
 from aios.scheduler.placement import BinCache
 from aios.scheduler.policies import make_policy
 from aios.scheduler.predict import RuntimePredictor
 from aios.scheduler.rounds import explain, plan_round
-from aios.scheduler.state import STATE_SCHEMA, SchedulerState, fold_commit, job_summary, queue_wait
+from aios.scheduler.state import STATE_SCHEMA, SchedulerState, fold_commit, queue_wait
 
 log = logging.getLogger("aios.scheduler")
 QUERY_PREFIX = "aios.sched"
@@ -263,9 +264,7 @@ class SchedulerService(Service):
                          if viewer is not None and not isinstance(viewer, str) else
                          {"job": job, "why": explain(state, self.policy, job, time.time(), viewer)})
         elif what == "jobs":
-            body = {"jobs": [job_summary(j)
-                             for j in sorted(state.jobs.values(), key=lambda j: j.arrival)], "seq": state.seq,
-                    "policy": self.policy.name}
+            body = jobs_reply(state, self.policy.name, args)
         else:
             body = {"error": f"unknown query {what!r} (why, jobs)"}
         if msg.reply:
