@@ -25,3 +25,39 @@ def test_a_submit_names_a_field_beside_spec_it_does_not_know() -> None:
     data = b'{"spec": {"name": "a", "command": ["true"]}, "idempotency_key": "k"}'
     reply = asyncio.run(TenantApi(None).answer("aios.tenant.alice.submit", data))  # type: ignore[arg-type]
     assert reply == {"error": "idempotency_key: not a field of submit (known: spec)", "status": 400}, reply
+
+
+def test_a_job_the_gateway_has_not_folded_yet_is_looked_for_again_once_it_has_read_the_log() -> None:
+    """Found by a walkthrough: under load a submit's 201 came before the gateway had folded the job (it waits at
+    most 3 s), and a cancel right after it got "404 no job", so the job ran; a job submitted through another
+    gateway got the same. An unknown job is looked for again once the gateway has read the log as far as it goes."""
+    from aios.gateway.api import Api
+    from aios.scheduler.state import JobState
+
+    class Lagging:
+        """A backend whose state has not folded j-1 yet; reading the log up to now brings it."""
+
+        def __init__(self) -> None:
+            self.folded: dict[str, JobState] = {}
+            self.reads = 0
+
+        def jobs(self) -> dict[str, JobState]:
+            return self.folded
+
+        async def caught_up_with_log(self) -> None:
+            self.reads += 1
+            self.folded["j-1"] = JobState(job_id="j-1", spec=None, tenant="alice", arrival=1, submitted_at=0.0)
+
+        def tenants(self) -> frozenset[str]:
+            return frozenset({"alice"})
+
+        class store:  # the job's timeline
+            @staticmethod
+            async def read_job(job_id: str) -> list[object]:
+                return []
+
+    backend = Lagging()
+    reply = asyncio.run(TenantApi(Api(backend, {})).answer("aios.tenant.alice.job", b'{"job": "j-1"}'))
+    assert reply.get("job") == "j-1" and backend.reads == 1, reply
+    hidden = asyncio.run(TenantApi(Api(backend, {})).answer("aios.tenant.bob.job", b'{"job": "j-1"}'))
+    assert hidden == {"error": "job: no job 'j-1'", "status": 404}, hidden  # another tenant's: as unknown

@@ -153,10 +153,15 @@ class Api:
         self.tokens = tokens
 
     # -- helpers ------------------------------------------------------------------------------------------------------
-    def _job(self, caller: Caller, job_id: str) -> JobState:
+    async def _job(self, caller: Caller, job_id: str) -> JobState:
         """The job, if the caller may see it. Another tenant's job is a 404 worded as an unknown one's: a 403 told a
-        tenant that the id exists (GitHub answers so for a private repository)."""
+        tenant that the id exists (GitHub answers so for a private repository). One this gateway has not seen is
+        looked for again once it has read the log as far as it goes now: a job submitted through another gateway
+        (or through this one, its 201 sent before it had folded the submit) got a 404 for its cancel, and ran."""
         job = self.backend.jobs().get(job_id)
+        if job is None:
+            await self.backend.caught_up_with_log()
+            job = self.backend.jobs().get(job_id)
         if job is None or not caller.may_see(job.tenant):
             raise HttpError(404, f"job: no job {job_id!r}")
         return job
@@ -231,7 +236,7 @@ class Api:
                 if caller.may_see(j.tenant) and (status is None or j.status == status)]
 
     async def job_detail(self, caller: Caller, job_id: str) -> dict[str, Any]:
-        job = self._job(caller, job_id)
+        job = await self._job(caller, job_id)
         history = await self.backend.store.read_job(job.job_id)
         detail = {**job_summary(job), "spec": spec_to_dict(job.spec) if job.spec else None,
                   "events": [timeline_entry(e) for e in history]}
@@ -254,7 +259,7 @@ class Api:
         return seen
 
     async def cancel_job(self, caller: Caller, job_id: str, via: str) -> dict[str, Any]:
-        job = self._job(caller, job_id)
+        job = await self._job(caller, job_id)
         if job.status in TERMINAL:  # it answered 202 "cancel requested" for a job that had already succeeded
             raise HttpError(409, f"job {job.job_id} has already ended ({job.status}): nothing to cancel")
         with tracing.job_span(f"cancel {job.job_id}", job.job_id, job.trace or None,
@@ -286,7 +291,7 @@ class Api:
         return web.json_response(await self.cancel_job(caller, request.match_info["job"], "http"), status=202)
 
     async def why(self, request: web.Request, caller: Caller) -> web.StreamResponse:
-        job = self._job(caller, request.match_info["job"])
+        job = await self._job(caller, request.match_info["job"])
         return web.json_response(await self._ask("aios.sched.why", {"job": job.job_id, **(
             {} if caller.admin else {"viewer": caller.tenant})}))
 
@@ -295,7 +300,7 @@ class Api:
         (or the client goes)."""
         from aios.common import joblogs
 
-        job = self._job(caller, request.match_info["job"])
+        job = await self._job(caller, request.match_info["job"])
         follow = flag(request, "follow")
         try:
             joblogs.check_worker(request.query.get("worker"))  # before the reply begins: a 400, not a cut stream

@@ -119,6 +119,14 @@ class GatewayService(Service):
         while self.projector.seq < seq and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
 
+    async def caught_up_with_log(self, timeout: float = 3.0) -> None:
+        """Wait (up to ``timeout``) until the state holds every commit the log holds now."""
+        try:
+            last = await self.ctx.store.last_seq()
+        except AiosError:
+            return  # no answer from JetStream: the state is what can be said
+        await self.caught_up(last, timeout)
+
     async def ask(self, subject: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         try:
             msg = await self.ctx.nc.request(subject, json.dumps(body).encode(), timeout=timeout)
