@@ -131,8 +131,16 @@ def test_tokens_and_tenants(gateway: tuple[str, LocalCluster]) -> None:
     assert job in [j["job"] for j in listed] and {j["tenant"] for j in listed} == {"alice"}
     status, err = call(url, "GET", "/api/v1/jobs?tenant=Ab%20c", ADMIN)  # no tenant has that name: listed nothing
     assert status == 422 and err["error"].startswith("tenant: lowercase letters"), err
-    status, err = call(url, "GET", "/api/v1/jobs?limit=5", ADMIN)  # answered every job, as if it had been applied
-    assert status == 400 and err["error"] == "limit: not a parameter of this request (known: status, tenant)"
+    status, err = call(url, "GET", "/api/v1/jobs?page=5", ADMIN)  # answered every job, as if it had been applied
+    assert status == 400 and err["error"] == "page: not a parameter of this request (known: status, tenant, limit)"
+    # the newest N, and how many in all (with thousands in history the whole list was megabytes on every change)
+    every = call(url, "GET", "/api/v1/jobs", ADMIN)[1]
+    status, newest = call(url, "GET", "/api/v1/jobs?limit=1", ADMIN)
+    assert status == 200 and newest == {"jobs": every["jobs"][-1:], "matched": every["matched"]}, newest
+    assert every["matched"] == len(every["jobs"]) >= 1
+    for bad in ("0", "-1", "x", "1.5"):
+        status, err = call(url, "GET", f"/api/v1/jobs?limit={bad}", ADMIN)
+        assert status == 400 and err["error"].startswith("limit: a whole number, 1 or more"), (bad, err)
     # ?tail=2 gave the whole log, follow=True meant "do not follow", the second status was dropped
     status, err = call(url, "GET", f"/api/v1/jobs/{job}/logs?tail=2", ALICE)
     assert status == 400 and err["error"] == "tail: not a parameter of this request (known: follow, worker)"

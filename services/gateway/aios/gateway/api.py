@@ -60,6 +60,8 @@ def check_query(route: "Route", request: web.Request) -> None:
             raise HttpError(400, f"{name}: given {len(values)} times; give it once")
         if known[name] == "boolean" and values[0].lower() not in _TRUE + _FALSE:
             raise HttpError(400, f"{name}: true or false (or 1, 0, yes, no), got {values[0]!r}")
+        if known[name] == "integer" and not (values[0].isdecimal() and 1 <= int(values[0]) <= 10**9):
+            raise HttpError(400, f"{name}: a whole number, 1 or more, got {values[0][:32]!r}")
 
 
 def flag(request: web.Request, name: str) -> bool:
@@ -228,12 +230,17 @@ class Api:
         if why is not None:
             raise HttpError(422, f"serve.model: {why}")
 
-    def jobs_of(self, caller: Caller, status: str | None) -> list[dict[str, Any]]:
+    def jobs_of(self, caller: Caller, status: str | None, tenant: str | None = None,
+                limit: int | None = None) -> tuple[list[dict[str, Any]], int]:
+        """The jobs the caller may see (of ``status``, of ``tenant``), oldest first: the newest ``limit`` of them,
+        and how many there are in all."""
         if status is not None and status not in STATUSES:  # a typo listed no jobs, as if there were none
             raise HttpError(422, f"status: {status!r} is no job state (one of {', '.join(STATUSES)})")
         seen = self._as_seen_by(caller)
-        return [seen(job_summary(j)) for j in sorted(self.backend.jobs().values(), key=lambda j: j.arrival)
-                if caller.may_see(j.tenant) and (status is None or j.status == status)]
+        matched = [j for j in sorted(self.backend.jobs().values(), key=lambda j: j.arrival)
+                   if caller.may_see(j.tenant) and (status is None or j.status == status)
+                   and (tenant is None or j.tenant == tenant)]
+        return [seen(job_summary(j)) for j in matched[-limit if limit else 0:]], len(matched)
 
     async def job_detail(self, caller: Caller, job_id: str) -> dict[str, Any]:
         job = await self._job(caller, job_id)
@@ -275,14 +282,17 @@ class Api:
         return web.json_response(reply, status=201)
 
     async def list_jobs(self, request: web.Request, caller: Caller) -> web.StreamResponse:
-        jobs = self.jobs_of(caller, request.query.get("status"))
         tenant = request.query.get("tenant")
         if tenant is not None:  # a name no tenant can have listed nothing, as if it had no jobs
             try:
                 check_tenant(tenant)
             except SpecError as exc:
                 raise HttpError(422, f"tenant: {exc.reason}, got {tenant[:64]!r}") from None
-        return web.json_response({"jobs": jobs if tenant is None else [j for j in jobs if j["tenant"] == tenant]})
+        # the newest ``limit``: with thousands of jobs in history the whole list was megabytes, fetched again by
+        # every dashboard on every change
+        limit = int(request.query["limit"]) if "limit" in request.query else None
+        jobs, matched = self.jobs_of(caller, request.query.get("status"), tenant, limit)
+        return web.json_response({"jobs": jobs, "matched": matched})
 
     async def describe(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         return web.json_response(await self.job_detail(caller, request.match_info["job"]))
@@ -625,7 +635,9 @@ ROUTES: tuple[Route, ...] = (
           responses=(201, 400, 401, 403, 409, 422)),
     Route("GET", "/api/v1/jobs", Api.list_jobs, "List jobs",
           query=(("status", "string", f"only jobs in this state ({', '.join(STATUSES)})"),
-                 ("tenant", "string", "only this tenant's jobs (of those the caller may see)")), responses=(200, 400, 422)),
+                 ("tenant", "string", "only this tenant's jobs (of those the caller may see)"),
+                 ("limit", "integer", "the newest N of them (the list is oldest first; `matched` counts them all)")),
+          responses=(200, 400, 422)),
     Route("GET", "/api/v1/jobs/{job}", Api.describe, "Describe a job, with its event timeline",
           responses=(200, 401, 404)),
     Route("POST", "/api/v1/jobs/{job}/cancel", Api.cancel, "Cancel a job", responses=(202, 401, 404, 409)),

@@ -81,7 +81,7 @@ class TenantApi:
             status = body.get("status")
             if status is not None and not isinstance(status, str):
                 raise HttpError(400, "status: a string is expected")
-            return {"jobs": self.api.jobs_of(caller, status)}
+            return {"jobs": self.api.jobs_of(caller, status)[0]}
         job_id = body.get("job")
         if not isinstance(job_id, str) or not job_id:
             raise HttpError(400, "job: the job id (a string) is required")

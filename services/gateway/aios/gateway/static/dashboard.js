@@ -4,6 +4,7 @@ const params = new URLSearchParams(location.search);
 if (params.get("token")) { localStorage.setItem("aios-token", params.get("token")); history.replaceState(null, "", location.pathname + location.hash); }
 let token = localStorage.getItem("aios-token");
 const view = document.getElementById("view");
+const JOBS_SHOWN = 300;  // the newest: with thousands in history the whole list was megabytes on every change
 
 function esc(s) { return String(s ?? "").replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"})[c]); }
 async function api(path, text = false) {
@@ -22,7 +23,7 @@ function bar(fraction, over) { const w = Math.max(0, Math.min(1, fraction || 0))
 function ago(ts) { if (!ts) return "-"; const s = Date.now() / 1000 - ts; return s < 90 ? `${s.toFixed(0)} s ago` : s < 5400 ? `${(s / 60).toFixed(0)} min ago` : `${(s / 3600).toFixed(1)} h ago`; }
 
 async function renderCluster() {
-  const [nodes, jobs, tenants, tele] = await Promise.all([api("/api/v1/nodes"), api("/api/v1/jobs"), api("/api/v1/tenants"), api("/api/v1/telemetry")]);
+  const [nodes, jobs, tenants, tele] = await Promise.all([api("/api/v1/nodes"), api("/api/v1/jobs?limit=" + JOBS_SHOWN), api("/api/v1/tenants"), api("/api/v1/telemetry")]);
   const details = await Promise.all(nodes.nodes.map(n => api("/api/v1/nodes/" + encodeURIComponent(n.node))));
   const nodeHtml = details.map(n => `<div class="node${n.online ? "" : " offline"}" data-node="${esc(n.node)}">
       <h3>${esc(n.node)} <span class="hint">${esc(n.kinds.join(", "))} · ${n.online ? "online" : "offline"} · ${n.free}/${n.devices.length} free</span></h3>
@@ -48,7 +49,7 @@ async function renderCluster() {
   }).join("");
   view.innerHTML = `<section><h2>Cluster</h2><div class="nodes" id="nodes">${nodeHtml || "<p class=hint>no nodes registered</p>"}</div></section>
     <section><h2>Tenants: devices in use against quota</h2><table id="tenants"><tr><th>tenant</th><th>kind</th><th>in use / quota</th><th></th><th>cohort</th></tr>${usageRows}</table></section>
-    <section><h2>Jobs</h2><table id="jobs"><tr><th>job</th><th>tenant</th><th>status</th><th>kind</th><th>devices</th><th>nodes</th><th>progress</th><th>loss</th><th>submitted</th></tr>${jobRows}</table></section>`;
+    <section><h2>Jobs${jobs.matched > jobs.jobs.length ? ` <span class="hint" id="jobs-shown">the newest ${jobs.jobs.length} of ${jobs.matched}</span>` : ""}</h2><table id="jobs"><tr><th>job</th><th>tenant</th><th>status</th><th>kind</th><th>devices</th><th>nodes</th><th>progress</th><th>loss</th><th>submitted</th></tr>${jobRows}</table></section>`;
 }
 
 function lossCurve(events) {
