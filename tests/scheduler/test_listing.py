@@ -48,3 +48,14 @@ def test_a_bad_argument_is_named() -> None:
                         ({"status": "runing"}, "field 'status': one of pending"), ({"tenant": 3}, "field 'tenant'"),
                         ({"live": "yes"}, "field 'live'"), ({"page": 2}, "field 'page': unknown")):
         assert jobs_reply(c.state, "fifo", args)["error"].startswith(error), args
+
+
+def test_a_scheduler_that_is_still_rebuilding_says_so_not_leader() -> None:
+    """Found by a walkthrough: 1.3 s after the leader was killed, its successor's /healthz said "leader, 0
+    rounds" while it was rebuilding its state and had not taken the lease."""
+    from aios.scheduler.service import SchedulerService
+
+    service = SchedulerService()
+    assert service.healthy()[1].startswith("starting, ")
+    service.leadership = None  # leader election off: it leads once it runs
+    assert service.healthy()[1].startswith("leader, ")

@@ -79,7 +79,10 @@ class SchedulerService(Service):
         self._fitted_on = -1
 
     def healthy(self) -> tuple[bool, str]:
-        role = "leader" if getattr(self, "leadership", None) is None or self.leadership.is_leader else "standby"
+        if not hasattr(self, "leadership"):  # rebuilding its state: it read "leader" before it knew (a walkthrough)
+            role = "starting"
+        else:
+            role = "leader" if self.leadership is None or self.leadership.is_leader else "standby"
         return True, f"{role}, policy {self.policy.name}, {self.rounds} rounds, log at {self.projector.seq}"
 
     async def run(self, ctx: ServiceContext) -> None:
