@@ -145,6 +145,11 @@ async def test_each_identity_can_do_its_job_and_nothing_more(secure_cluster: Loc
         await node.append(f"job.{job}", placed)
     with pytest.raises(Exception):
         await node.js.purge_stream("AIOS_EVENTS")
+    # nor command the registry: a job's code deleted another tenant's model version this way
+    with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+        await node.nc.request("aios.registry.delete", b'{"name": "digits", "version": 1}', timeout=1)
+    assert not json.loads((await admin.nc.request("aios.registry.show", b'{"model": "digits"}', timeout=5)).data)[
+        "versions"][0].get("deleted")
     # It may write run.<job>, so it tries to slip the decision in there: stored, and refused by every reader.
     await node.js.publish(f"aios.evt.run.{job}", encode([placed]))
     await asyncio.sleep(1.0)

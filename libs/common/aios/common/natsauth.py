@@ -78,8 +78,10 @@ ROLES: dict[str, Role] = {r.user: r for r in [
              "administrator's quotas and node commands (cordon, drain, forget)",
              ["job", "tenant", "node"], subscribe=["aios.telemetry.>", "aios.tenant.>"]),
     Role("node", "a device agent and the workers and model replicas it starts (they run user code): reports only",
+         # no registry requests: a job's code deleted and re-aliased another tenant's models with them (replicas
+         # read the registry's events; the registry service registers a job's model)
          publish=[f"{EVT}.node.>", f"{EVT}.run.>", "aios.telemetry.>", "aios.logs.>", "aios.coll.>",
-                  "aios.registry.>", *_JS_CLIENT, *_JS_READ,
+                  *_JS_CLIENT, *_JS_READ,
                   *(f"$JS.API.STREAM.CREATE.{s}" for s in ("KV_AIOS_HEARTBEATS", "KV_AIOS_ENDPOINTS",
                                                            "OBJ_AIOS_CHECKPOINTS", "AIOS_LOGS", EVENTS_STREAM)),
                   "$JS.API.STREAM.PURGE.OBJ_AIOS_CHECKPOINTS", "$KV.AIOS_HEARTBEATS.>", "$KV.AIOS_ENDPOINTS.>",
