@@ -44,8 +44,6 @@ class PlannedTimeShare(TimeSharedHeteroLAS):
         self._most = np.zeros(0)
         """``[row]``: the largest deficit of the job, over the kinds."""
         self._orders: dict[str, tuple[list[str], list[str]]] = {}
-        self._rows: tuple[list[list[float]], list[list[float]]] = ([], [])
-        """``_share`` and ``_owed`` as lists of rows, made once per allocation."""
 
     def plan(self, state: SchedulerState, now: float, jobs: list[JobState], speed: np.ndarray, gpus: np.ndarray,
              capacity: np.ndarray) -> np.ndarray | None:
@@ -71,7 +69,6 @@ class PlannedTimeShare(TimeSharedHeteroLAS):
             self._replan(state, now, jobs, capacity)
         self._owed = self._share * (now - self._plan_start + self.quantum_s) - self._got
         self._most = self._owed.max(axis=1) if self._owed.size else np.zeros(len(self._owed))
-        self._rows = (self._share.tolist(), self._owed.tolist())  # as lists once: kind_order reads ~20 rows a time
 
     def _replan(self, state: SchedulerState, now: float, jobs: list[JobState], capacity: dict[str, int]) -> None:
         self._plan_start, self._row, self._col = now, {}, {}
@@ -115,7 +112,7 @@ class PlannedTimeShare(TimeSharedHeteroLAS):
         cached = self._orders.get(job.job_id)
         if cached is not None and cached[0] is kinds:  # asked again in the same allocation, of the same kinds
             return cached[1]
-        share, owed, col = self._rows[0][row], self._rows[1][row], self._col
+        share, owed, col = self._share[row].tolist(), self._owed[row].tolist(), self._col
         order = sorted((k for k in kinds if k in col and share[col[k]] > 1e-6), key=lambda k: -owed[col[k]])
         if self.stay_quanta and job.status in (PLACED, RUNNING) and len(job.run_kinds) == 1 and order:
             here = job.run_kinds[0]
