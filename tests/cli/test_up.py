@@ -73,7 +73,7 @@ def test_up_starts_embedded_nats_and_services_and_stops_on_ctrl_c(aios_env: dict
         request = urllib.request.Request(dashboard.group(1) + "/api/v1/jobs",
                                          headers={"Authorization": f"Bearer {dashboard.group(2)}"})
         with urllib.request.urlopen(request, timeout=5) as resp:
-            assert json.loads(resp.read()) == {"jobs": []}
+            assert json.loads(resp.read()) == {"jobs": [], "matched": 0}
         assert (tmp_path / "data" / "jetstream").is_dir()
         wait_healthy(health_url)
         nats_pids = subprocess.run(["pgrep", "-f", f"nats-server.*{url.rsplit(':', 1)[1]}"], capture_output=True,
