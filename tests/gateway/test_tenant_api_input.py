@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -61,3 +62,31 @@ def test_a_job_the_gateway_has_not_folded_yet_is_looked_for_again_once_it_has_re
     assert reply.get("job") == "j-1" and backend.reads == 1, reply
     hidden = asyncio.run(TenantApi(Api(backend, {})).answer("aios.tenant.bob.job", b'{"job": "j-1"}'))
     assert hidden == {"error": "job: no job 'j-1'", "status": 404}, hidden  # another tenant's: as unknown
+
+
+def test_a_tenant_s_job_list_fits_one_nats_message_newest_first() -> None:
+    """A tenant's whole history in one reply outgrew NATS' 1 MB message limit (about 2,400 jobs), and no reply
+    came; the list is now the newest that fit (or ``limit``), and says how many there are."""
+    from aios.gateway.api import Api
+    from aios.scheduler.spec import validate_spec
+    from aios.scheduler.state import JobState
+
+    spec = validate_spec({"name": "n" * 60, "tenant": "alice", "command": ["true"]})
+    jobs = {f"j-{i:05d}": JobState(job_id=f"j-{i:05d}", spec=spec, tenant="alice", arrival=i, submitted_at=0.0,
+                                   error="e" * 200) for i in range(4000)}
+
+    class Backend:
+        def jobs(self) -> dict[str, JobState]:
+            return jobs
+
+        def tenants(self) -> frozenset[str]:
+            return frozenset({"alice"})
+
+    api = TenantApi(Api(Backend(), {}))
+    reply = asyncio.run(api.answer("aios.tenant.alice.jobs", b"{}"))
+    assert len(json.dumps(reply)) < 1_000_000 and reply["matched"] == 4000, len(json.dumps(reply))
+    shown = [j["job"] for j in reply["jobs"]]
+    assert 1000 < len(shown) < 4000 and shown[-1] == "j-03999" and shown == sorted(shown)
+    few = asyncio.run(api.answer("aios.tenant.alice.jobs", b'{"limit": 2}'))
+    assert [j["job"] for j in few["jobs"]] == ["j-03998", "j-03999"] and few["matched"] == 4000
+    assert asyncio.run(api.answer("aios.tenant.alice.jobs", b'{"limit": 0}'))["status"] == 400

@@ -19,6 +19,7 @@ from aios.common.errors import AiosError
 from aios.common.textcheck import unencodable_reason
 from aios.gateway.api import Api, HttpError
 from aios.gateway.auth import Caller
+from aios.scheduler.listing import newest_within
 from aios.scheduler.spec import field_label
 
 log = logging.getLogger("aios.gateway.tenant_api")
@@ -70,7 +71,7 @@ class TenantApi:
     async def _dispatch(self, caller: Caller, op: str, body: dict[str, Any], key: str | None) -> dict[str, Any]:
         # {"tenant": ...} or {"limit": 1} answered every job, as if filtered; {"spec": ..., "idempotency_key": ...}
         # dropped the key without a word (it goes in a header). A submit's body without "spec" is the spec itself
-        known = {"submit": ("spec",), "jobs": ("status",)}.get(op, ("job",))
+        known = {"submit": ("spec",), "jobs": ("status", "limit")}.get(op, ("job",))
         if op != "submit" or "spec" in body:
             unknown = sorted(set(body) - set(known))
             if unknown:
@@ -78,10 +79,14 @@ class TenantApi:
         if op == "submit":
             return await self.api.submit_job(body.get("spec", body), caller, key, "nats")
         if op == "jobs":
-            status = body.get("status")
+            status, limit = body.get("status"), body.get("limit")
             if status is not None and not isinstance(status, str):
                 raise HttpError(400, "status: a string is expected")
-            return {"jobs": self.api.jobs_of(caller, status)[0]}
+            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+                raise HttpError(400, "limit: a whole number, 1 or more")
+            jobs, matched = self.api.jobs_of(caller, status)
+            # within one NATS message, newest first: a tenant's whole history outgrew it, and no reply came
+            return {"jobs": newest_within(reversed(jobs), limit), "matched": matched}
         job_id = body.get("job")
         if not isinstance(job_id, str) or not job_id:
             raise HttpError(400, "job: the job id (a string) is required")

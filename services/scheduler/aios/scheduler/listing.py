@@ -10,13 +10,29 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Any
+from typing import Any, Iterable
 
 from aios.scheduler.state import STATUSES, SchedulerState, job_summary
 
 MAX_REPLY_BYTES = 900_000
 """Below NATS' default ``max_payload`` (1 MB), with room for the reply's other fields."""
 FILTERS = ("job", "status", "tenant", "live", "limit")
+
+
+def newest_within(newest_first: Iterable[dict[str, Any]], limit: int | None,
+                  max_bytes: int = MAX_REPLY_BYTES) -> list[dict[str, Any]]:
+    """The first ``limit`` of ``newest_first`` whose JSON fits in ``max_bytes``, oldest first (as lists show)."""
+    shown: list[dict[str, Any]] = []
+    size = 0
+    for summary in newest_first:
+        if limit is not None and len(shown) >= limit:
+            break
+        size += len(json.dumps(summary)) + 2
+        if size > max_bytes:
+            break
+        shown.append(summary)
+    shown.reverse()
+    return shown
 
 
 def jobs_reply(state: SchedulerState, policy: str, args: dict[str, Any],
@@ -49,16 +65,6 @@ def jobs_reply(state: SchedulerState, policy: str, args: dict[str, Any],
         pool = list(state.jobs.values())
     matched = sorted((j for j in pool if (args.get("status") is None or j.status == args["status"])
                       and (args.get("tenant") is None or j.tenant == args["tenant"])), key=lambda j: j.arrival)
-    shown: list[dict[str, Any]] = []
-    size = 0
-    for job in reversed(matched):  # the newest first, while there is room
-        if limit is not None and len(shown) >= limit:
-            break
-        summary = job_summary(job)
-        size += len(json.dumps(summary)) + 2
-        if size > max_bytes:
-            break
-        shown.append(summary)
-    shown.reverse()
+    shown = newest_within((job_summary(j) for j in reversed(matched)), limit, max_bytes)
     return {"jobs": shown, "matched": len(matched), "counts": dict(Counter(j.status for j in state.jobs.values())),
             "seq": state.seq, "policy": policy}
