@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from aios.scheduler.listing import jobs_reply
 from aios.scheduler.local import step
 from aios.scheduler.policies import make_policy
@@ -61,31 +59,3 @@ def test_a_scheduler_that_is_still_rebuilding_says_so_not_leader() -> None:
     assert service.healthy()[1].startswith("starting, ")
     service.leadership = None  # leader election off: it leads once it runs
     assert service.healthy()[1].startswith("leader, ")
-
-
-def test_the_state_keeps_the_newest_ended_jobs_and_forgets_older_ones(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Found by a walkthrough: every job ever run stayed in the scheduler's and the gateway's memory (about 7 KB a
-    job, growing for ever). The newest ended jobs are kept; an older one leaves memory, except while its workers
-    still stop (its devices are still its own), and a job still running is never forgotten."""
-    from aios.common.events import JobCancelled, JobFailed
-    from aios.scheduler import state as state_module
-    from aios.scheduler.local import apply
-
-    monkeypatch.setattr(state_module, "MAX_ENDED_KEPT", 3)
-    c = Cluster(("n1", "h100", 8))
-    for i in range(8):
-        c.submit(f"j{i}", 1, now=float(i))
-    c.submit("bad", 1, now=8.0, devices_per_node=9)  # no such field: the round records the verdict (JobFailed)
-    step(c.state, make_policy("fifo"), 9.0)
-    assert c.status("bad") == "failed" and "bad" not in c.state.unrecorded
-    apply(c.state, [("run.j0", [state_module.WorkerStarted(aggregate_id="j0", node_id="n1", worker="w", pid=1)])], 9.5)
-    apply(c.state, [("job.j0", [JobCancelled(aggregate_id="j0")])], 10.0)  # its worker still stops
-    for i in range(1, 4):
-        c.finish(f"j{i}", 10.0 + i)
-    # ended in order: bad, j0, j1, j2, j3; bad is forgotten, then j0 (stopping) holds the rest back
-    assert "bad" not in c.state.jobs and {"j0", "j1", "j2", "j3"} <= set(c.state.jobs)
-    c.workers_exited("j0", 14.0)
-    apply(c.state, [("job.j4", [JobFailed(aggregate_id="j4", reason="x")])], 15.0)
-    ended = sorted(j for j in c.state.jobs if c.state.jobs[j].status in ("succeeded", "failed", "cancelled"))
-    assert ended == ["j2", "j3", "j4"], ended
-    assert all(c.status(j) == "placed" for j in ("j5", "j6", "j7"))  # running jobs are never forgotten

@@ -41,8 +41,7 @@ def jobs_reply(state: SchedulerState, policy: str, args: dict[str, Any],
 
     ``job``: that job alone; ``status``, ``tenant``: those only; ``live``: the jobs not yet ended, and ended jobs
     whose workers still stop (``aios top``'s jobs on devices). The reply says how many jobs matched (``matched``)
-    and counts the jobs it keeps by status (``counts``: the live ones and the newest ended ones,
-    ``state.MAX_ENDED_KEPT``). A bad argument is ``{"error": ...}`` naming it."""
+    and counts every job by status (``counts``). A bad argument is ``{"error": ...}`` naming it."""
     unknown = sorted(set(args) - set(FILTERS))
     if unknown:
         return {"error": f"field {unknown[0][:64]!r}: unknown (known: {', '.join(FILTERS)})"}

@@ -137,8 +137,6 @@ class SchedulerState(msgspec.Struct):
     keyed: dict[str, str] = {}
     """The job each idempotency key was first used for, by :func:`key_index`: a retry with
     the key and another name, after the stream's duplicate window, would otherwise make a second job."""
-    ended: dict[str, None] = {}
-    """Ended jobs still in ``jobs``, in the order they ended: past ``MAX_ENDED_KEPT`` the oldest leave memory."""
     unrecorded: dict[str, None] = {}
     """Jobs failed by this code's verdict on their spec, with no event that says so yet: the scheduler records it
     (``JobFailed``). Until then a later event of the job (it was placed, cancelled ...) shows that the scheduler of
@@ -161,11 +159,7 @@ MAX_REPLICA_REPLACEMENTS = 5
 deployment, under its crash-loop cap (a replica that dies at start again and again fails the deployment in the
 end)."""
 MAX_HISTORY = 5000
-MAX_ENDED_KEPT = 10_000
-"""Ended jobs the state keeps (the newest), as Slurm's controller forgets a job some minutes after it ends and
-Kubernetes deletes a finished Job after its TTL: every job ever run stayed in the scheduler's and the gateway's
-memory (about 7 KB a job). Older ones are in the event log, where ``aios job`` reads their timeline."""
-STATE_SCHEMA = 11
+STATE_SCHEMA = 10
 """Version of the encoded state in snapshots: a snapshot of another version is ignored and the log replayed."""
 
 
@@ -349,9 +343,6 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         if kind is not JobFailed and job.spec is not None:  # its scheduler accepted it: the verdict was ours only
             job.status, job.error = PENDING, ""
             state.live[job.job_id] = None
-        else:  # the verdict is recorded: an ended job like any other
-            state.ended[job.job_id] = None
-            _forget_the_oldest_ended(state)
     if (job is not None and job.status in TERMINAL and kind is WorkerExited
             and (not ev.attempt or ev.attempt == job.attempts)):  # type: ignore[attr-defined]
         # a worker of an ended job (cancelled, or failed by a peer) that was still stopping: its devices stay the
@@ -458,17 +449,4 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
                                            job.run_seconds, job.work))
             state.finished_total += 1
             del state.finished[:-MAX_HISTORY]
-        state.ended[job.job_id] = None
-        _forget_the_oldest_ended(state)
     return state
-
-
-def _forget_the_oldest_ended(state: SchedulerState) -> None:
-    """Drop the oldest ended jobs beyond ``MAX_ENDED_KEPT``; one whose workers still stop stays until they have."""
-    while len(state.ended) > MAX_ENDED_KEPT:
-        oldest = next(iter(state.ended))
-        if oldest in state.stopping:
-            return  # gone in a later call, once its workers have exited
-        del state.ended[oldest]
-        if oldest not in state.live:  # (a verdict of ours a later event overruled: running again)
-            state.jobs.pop(oldest, None)
