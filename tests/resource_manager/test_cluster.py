@@ -136,7 +136,7 @@ def test_quota_and_tenants_commands(aios_env: dict[str, str], tmp_path: Path) ->
         assert json.loads(run("tenants", "--json").stdout)["cv"]["nominal"] == {"h100": 3, "a100": 1}
         # an unset borrowing limit is no limit (it read "none", what an empty one means)
         assert "no limit" in rows["cv"] and "all unused" in rows["cv"], table
-        assert "h100=2; other kinds: no limit" in rows["nlp"], table  # as Kueue: it read "0 of other kinds"
+        assert "h100=2, 0 of other kinds" in rows["nlp"], table
         # without a cohort there is nothing to borrow or lend: it read "no limit" and "all unused"
         assert "no limit" not in rows["solo"] and "all unused" not in rows["solo"], table
         gone = run("quota", "solo", "--remove")  # there was no way to take a quota back

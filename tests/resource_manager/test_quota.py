@@ -36,18 +36,6 @@ def test_borrowing_limit() -> None:
     assert not refused.admitted and "nominal 4 + borrowing limit 2" in refused.reason
 
 
-def test_a_limit_leaves_the_kinds_it_does_not_name_unlimited() -> None:
-    """As Kueue's unset borrowingLimit: a limit on H100s left a tenant's A100s unborrowable (and a lending limit on
-    H100s lent none of its A100s), though the cohort's sat idle."""
-    quotas = {"a": Quota("a", cohort="c", nominal={"h100": 2, "a100": 2}, borrowing_limit={"h100": 1},
-                         lending_limit={"h100": 1}),
-              "b": Quota("b", cohort="c", nominal={"h100": 2, "a100": 2})}
-    assert admit(quotas, {}, "a", {"a100": 4}).admitted  # b's two idle A100s
-    assert not admit(quotas, {}, "a", {"h100": 4}).admitted  # 2 + at most 1 borrowed
-    assert admit(quotas, {}, "b", {"a100": 4}).admitted  # a lends all its unused A100s, one of its H100s
-    assert not admit(quotas, {}, "b", {"h100": 4}).admitted and admit(quotas, {}, "b", {"h100": 3}).admitted
-
-
 def test_no_cohort_no_borrowing_and_unknown_tenants() -> None:
     assert admit(Q, {}, "solo", {"h100": 2}).admitted
     assert "no cohort to borrow from" in admit(Q, {}, "solo", {"h100": 3}).reason

@@ -102,10 +102,10 @@ async def tenants(as_json: bool = False, servers: list[str] | None = None) -> in
     fmt = lambda d: ", ".join(f"{k}={v}" for k, v in sorted(d.items())) if d else "-"  # noqa: E731
 
     def limit(d: dict[str, int] | None, unset: str) -> str:
-        """A limit per kind; kinds it does not name have none."""
-        return f"{fmt(d)}; other kinds: {unset}" if d else unset
+        """A limit per kind; kinds it does not name are limited to 0."""
+        return unset if d is None else (fmt(d) + ", 0 of other kinds") if d else "none"
     for name, t in reply["tenants"].items():
-        # unset, or a kind it does not name, is no limit (as Kueue's); without a cohort
+        # unset is no limit (it read "none", which is what an empty limit means: no borrowing); without a cohort
         # (or a quota: a tenant only seen using devices) there is nothing to borrow from or lend to
         cohort = bool(t["cohort"])
         table.add_row(plain(name) or "(unknown)", plain(t["cohort"] or "-"), plain(fmt(t["nominal"])),

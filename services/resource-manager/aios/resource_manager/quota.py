@@ -3,8 +3,7 @@
 Per device kind, a tenant is entitled to its ``nominal`` quota (if borrowers hold part of it, it gets it back by
 reclaiming, never by exceeding the cohort). Beyond it, it may borrow what other members of its
 cohort leave unused and are willing to lend (``lending_limit``, default: all unused), up to its own
-``borrowing_limit`` (default: no limit). A limit names kinds; a kind it does not name is not limited (Kueue's unset
-``borrowingLimit``: a limit on H100s left the tenant's A100s unborrowable before). Borrowed devices are reclaimable: when a tenant asks for devices within its
+``borrowing_limit`` (default: no limit). Borrowed devices are reclaimable: when a tenant asks for devices within its
 nominal quota that borrowers are using, :func:`reclaim_plan` says how many to take back from whom (the scheduler
 preempts the borrowers' most recent jobs).
 """
@@ -44,15 +43,11 @@ def _members(quotas: Mapping[str, Quota], tenant: str) -> list[Quota]:
     return [m for m in quotas.values() if m.cohort == q.cohort]
 
 
-def limit_of(limits: dict[str, int] | None, kind: str) -> int | None:
-    """The limit of ``kind`` (None: none; a kind the limits do not name has none)."""
-    return None if limits is None else limits.get(kind)
-
-
 def lendable(q: Quota, used: int, kind: str) -> int:
     unused = max(0, q.nominal.get(kind, 0) - used)
-    lending = limit_of(q.lending_limit, kind)
-    return unused if lending is None else min(unused, lending)
+    if q.lending_limit is not None:
+        unused = min(unused, q.lending_limit.get(kind, 0))
+    return unused
 
 
 def borrowed(q: Quota, used: int, kind: str) -> int:
@@ -65,10 +60,9 @@ def fits(quotas: Mapping[str, Quota], usage: Usage, tenant: str, kind: str, extr
     after = _used(usage, tenant, kind) + extra
     if after <= q.nominal.get(kind, 0) and not q.cohort:
         return True, ""
-    most = limit_of(q.borrowing_limit, kind)
-    if most is not None and borrowed(q, after, kind) > most:
+    if q.borrowing_limit is not None and borrowed(q, after, kind) > q.borrowing_limit.get(kind, 0):
         return False, (f"tenant {tenant}: {kind} would be {after} against nominal {q.nominal.get(kind, 0)} + "
-                       f"borrowing limit {most}")
+                       f"borrowing limit {q.borrowing_limit.get(kind, 0)}")
     members = _members(quotas, tenant)
     demand = pool = 0
     for m in members:
@@ -93,8 +87,9 @@ def ceiling(quotas: Mapping[str, Quota], tenant: str, kind: str) -> int:
     it inadmissible)."""
     q = quotas[tenant]
     lend = sum(lendable(m, 0, kind) for m in _members(quotas, tenant) if m.tenant != tenant)
-    most = limit_of(q.borrowing_limit, kind)
-    return q.nominal.get(kind, 0) + (lend if most is None else min(lend, most))
+    if q.borrowing_limit is not None:
+        lend = min(lend, q.borrowing_limit.get(kind, 0))
+    return q.nominal.get(kind, 0) + lend
 
 
 def admit(quotas: Mapping[str, Quota], usage: Usage, tenant: str, request: Mapping[str, int]) -> Admission:
