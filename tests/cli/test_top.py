@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -88,3 +88,30 @@ async def test_a_cancelled_job_whose_workers_still_stop_is_shown_beside_its_devi
     assert [(j["job"], j["status"]) for j in snap["running"]] == [("train-1", "cancelled, workers stopping"),
                                                                    ("web-2", "running")]
     assert "cancelled, workers stopping" in render(snap) and "old-3" not in render(snap)
+
+
+async def test_listings_filter_themselves_against_a_scheduler_of_an_older_version(
+        nats_server: "NatsServer", monkeypatch: Any, capsys: Any) -> None:
+    """During a roll the CLI may be new and the scheduler old: that scheduler ignores the filters and lists every
+    job, so `aios jobs --tenant` listed all tenants' jobs and `aios job --wait` took the oldest job as its own."""
+    import json
+
+    import nats
+
+    from aios.cli.jobs import jobs
+
+    monkeypatch.setenv("AIOS_NATS_URL", nats_server.url)
+    nc = await nats.connect(nats_server.url)
+    old_reply = {"policy": "fifo", "seq": 9, "jobs": [  # the whole list, no "matched"
+        {"job": f"j{i}", "name": "n", "tenant": "a" if i % 2 else "b", "status": "succeeded", "devices": 1,
+         "held": 0, "priority": 0, "nodes": [], "attempts": 1, "step": 0, "total_steps": 0, "loss": None}
+        for i in range(6)]}
+
+    async def answer(msg: "Msg") -> None:
+        await msg.respond(json.dumps(old_reply).encode())
+    await nc.subscribe("aios.sched.jobs", cb=answer)
+    try:
+        assert await jobs(True, tenant="a", limit=2) == 0
+    finally:
+        await nc.close()
+    assert [j["job"] for j in json.loads(capsys.readouterr().out)] == ["j3", "j5"]

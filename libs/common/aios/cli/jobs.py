@@ -153,6 +153,9 @@ async def jobs(as_json: bool, tenant: str | None = None, status: str | None = No
     about 2,400 jobs, and every listing failed); the newest ``limit``, or as many as one reply holds."""
     query = {k: v for k, v in (("tenant", tenant), ("status", status), ("limit", limit)) if v is not None}
     reply = await ask("aios.sched.jobs", query)
+    if "matched" not in reply:  # a scheduler of an older version (during a roll) ignores the filters: applied here
+        reply["jobs"] = [j for j in reply["jobs"] if (tenant is None or j["tenant"] == tenant)
+                         and (status is None or j["status"] == status)][-(limit or 0):]
     left = reply.get("matched", len(reply["jobs"])) - len(reply["jobs"])
     if left:  # on stderr: --json's output stays one JSON document
         print(f"aios jobs: the newest {len(reply['jobs']):,} of {reply['matched']:,} shown; narrow with --status, "
@@ -213,7 +216,9 @@ async def job(job_id: str, as_json: bool, wait: bool) -> int:
             history = await store.read_job(_known_form(job_id))
             if not history:
                 raise NotFound(f"no job {job_id!r}")
-            summary = next(iter((await ask("aios.sched.jobs", {"job": job_id}))["jobs"]), None)
+            # checked here too: a scheduler of an older version (during a roll) ignores the filter and lists all
+            listed = (await ask("aios.sched.jobs", {"job": job_id}))["jobs"]
+            summary = next((j for j in listed if j["job"] == job_id), None)
             done = summary is not None and summary["status"] in ("succeeded", "failed", "cancelled")
             if not wait or done:
                 break
