@@ -148,12 +148,21 @@ QUOTA_SCHEMA: dict[str, Any] = {
                    "lending_limit": {"oneOf": [_COUNTS, {"type": "null"}]}}}
 
 
+MAX_JOBS_PER_TENANT = 1000
+"""Jobs a tenant may have not yet ended (pending or holding devices) when it submits through the gateway, as Slurm's
+MaxSubmitJobs: a tenant's burst of 1,500 jobs that could never start stayed pending for ever and slowed every other
+tenant's placements (each round looks at the whole queue). ``AIOS_GATEWAY_MAX_JOBS_PER_TENANT`` sets it (``off``:
+none); administrators are not held to it."""
+
+
 class Api:
     """The handlers; ``backend`` gives the folded jobs, the event store and request/reply to the other services."""
 
-    def __init__(self, backend: Any, tokens: dict[str, str]) -> None:
+    def __init__(self, backend: Any, tokens: dict[str, str],
+                 max_jobs_per_tenant: int | None = MAX_JOBS_PER_TENANT) -> None:
         self.backend = backend
         self.tokens = tokens
+        self.max_jobs_per_tenant = max_jobs_per_tenant
 
     # -- helpers ------------------------------------------------------------------------------------------------------
     async def _job(self, caller: Caller, job_id: str) -> JobState:
@@ -208,6 +217,12 @@ class Api:
         # the job the key was first used for, whatever its name: a retry with the key and another spec is
         # refused however late it comes (the key alone made a second job once the duplicate window had passed)
         earlier = self.backend.keyed_job(spec.tenant, key) if key else None
+        most = self.max_jobs_per_tenant
+        if most is not None and earlier is None and not caller.admin:  # (a retry of a stored submit is no new job)
+            live = sum(1 for j in self.backend.jobs().values() if j.tenant == spec.tenant and j.status not in TERMINAL)
+            if live >= most:
+                raise HttpError(429, f"tenant {spec.tenant} has {live} jobs not yet ended, the most it may have "
+                                     f"({most}, AIOS_GATEWAY_MAX_JOBS_PER_TENANT): wait for some to end, or cancel some")
         if spec.serve is not None and earlier is None:
             await self._check_served_model(spec.serve["model"])
         try:
@@ -633,7 +648,7 @@ class Api:
 
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/jobs", Api.submit, "Submit a job", body=JOB_SPEC_SCHEMA,
-          responses=(201, 400, 401, 403, 409, 422)),
+          responses=(201, 400, 401, 403, 409, 422, 429)),
     Route("GET", "/api/v1/jobs", Api.list_jobs, "List jobs",
           query=(("status", "string", f"only jobs in this state ({', '.join(STATUSES)})"),
                  ("tenant", "string", "only this tenant's jobs (of those the caller may see)"),

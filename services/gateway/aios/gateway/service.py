@@ -21,12 +21,12 @@ from typing import Any
 
 import nats.errors
 
-from aios.common.errors import AiosError
+from aios.common.errors import AiosError, ConfigError
 from aios.common.events import JOB_AGGREGATES
 from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import Projector
 from aios.gateway import tenant_api
-from aios.gateway.api import Api, build_app
+from aios.gateway.api import MAX_JOBS_PER_TENANT, Api, build_app
 from aios.gateway.auth import ADMIN, parse_tokens
 from aios.gateway.changes import RecentChanges
 from aios.scheduler import visibility
@@ -212,7 +212,7 @@ class GatewayService(Service):
         follower = asyncio.ensure_future(self.projector.follow(ctx.store, self._on_commit, stop=stop))
         telemetry_sub = await ctx.nc.subscribe("aios.telemetry.*", cb=self._on_telemetry)
         ticks = asyncio.ensure_future(self._telemetry_ticks(stop))
-        api = Api(self, tokens)
+        api = Api(self, tokens, max_jobs_per_tenant(dict(os.environ)))
         tenant_sub = await ctx.nc.subscribe(tenant_api.SUBJECTS, queue="aios-gateway",
                                             cb=tenant_api.TenantApi(api).on_request)
         app = build_app(api, metrics=ctx.metrics)
@@ -245,6 +245,18 @@ class GatewayService(Service):
 
     def healthy(self) -> tuple[bool, str]:
         return True, f"{self.url or 'starting'}; {len(self.projector.state.jobs)} jobs folded"
+
+
+def max_jobs_per_tenant(env: dict[str, str]) -> int | None:
+    """``AIOS_GATEWAY_MAX_JOBS_PER_TENANT``: a whole number from 1, or ``off``; default ``api.MAX_JOBS_PER_TENANT``."""
+    raw = env.get("AIOS_GATEWAY_MAX_JOBS_PER_TENANT", "").strip()
+    if not raw:
+        return MAX_JOBS_PER_TENANT
+    if raw == "off":
+        return None
+    if not (raw.isdecimal() and len(raw) <= 9 and int(raw) >= 1):
+        raise ConfigError(f"AIOS_GATEWAY_MAX_JOBS_PER_TENANT: a whole number, 1 or more, or off; got {raw[:32]!r}")
+    return int(raw)
 
 
 def from_env() -> GatewayService:
