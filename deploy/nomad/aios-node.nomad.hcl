@@ -2,7 +2,8 @@
 # node's share of each placed job). A system job: one allocation per eligible node, new nodes get theirs at join.
 # The agent's task holds its workers (they are its child processes, in its container): its memory is theirs too.
 # Nodes with fewer GPUs: run a copy of this job under another name with `-var gpus_per_node=N` and a constraint on
-# their node class (a system job places only where its device request fits).
+# their node class (a system job places only where its device request fits). CPU-only nodes: a copy without the
+# `device` block and the `nvidia` runtime (the agent then registers the node with no accelerators).
 variable "gpus_per_node" {
   type    = number
   default = 8
