@@ -62,6 +62,7 @@ def test_a_job_the_gateway_has_not_folded_yet_is_looked_for_again_once_it_has_re
     assert reply.get("job") == "j-1" and backend.reads == 1, reply
     hidden = asyncio.run(TenantApi(Api(backend, {})).answer("aios.tenant.bob.job", b'{"job": "j-1"}'))
     assert hidden == {"error": "job: no job 'j-1'", "status": 404}, hidden  # another tenant's: as unknown
+    assert backend.reads == 2  # and after the same wait: answering a hidden job at once told it from an unknown one
 
 
 def test_a_tenant_s_job_list_fits_one_nats_message_newest_first() -> None:
