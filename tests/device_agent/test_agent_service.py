@@ -100,19 +100,13 @@ async def test_a_worker_s_output_is_kept_up_to_its_share_of_the_log(agent: tuple
     service, store = agent
     history = await store.read(f"node.{NODE}")
     uuid = history.events[0].devices[0].uuid  # type: ignore[attr-defined]
-    await store.append(f"node.{NODE}", DevicesLeased(aggregate_id=NODE, job_id="loud", device_uuids=[uuid]),
-                       expected_version=history.version)
-    lines: list[bytes] = []
-
-    async def on_log(msg: Any) -> None:
-        lines.append(msg.data)
-
-    sub = await store.nc.subscribe("aios.logs.loud.>", cb=on_log)
+    lines, sub = await _lease_and_listen(store, "loud", uuid, history.version)
     await until(lambda: _holds(service, uuid, job="loud"), what="agent to see the lease")
     script = "for i in range(50): print(f'line {i:03d} ' + 'x' * 11)"  # 50 lines of 21 bytes
     run = {"job_id": "loud", "worker": "w0", "command": [sys.executable, "-c", script], "device_uuids": [uuid]}
     assert (await request(store, run_subject(NODE), run))["ok"]
     await until(lambda: _job_events(store, "loud", 2), what="the worker's exit")
+
     async def all_kept() -> bool:
         return len(lines) >= 5
     await until(all_kept, what="its lines")
@@ -136,14 +130,7 @@ async def test_runs_workers_only_on_leased_devices(agent: tuple[DeviceAgentServi
     assert not bad["ok"] and "`$.job_id`" in bad["error"]
     assert "not JSON" in (await request(store, run_subject(NODE), b"{nope"))["error"]
 
-    await store.append(f"node.{NODE}", DevicesLeased(aggregate_id=NODE, job_id="j1", device_uuids=[uuid]),
-                       expected_version=history.version)
-    lines: list[bytes] = []
-
-    async def on_log(msg: Any) -> None:
-        lines.append(msg.data)
-
-    sub = await store.nc.subscribe("aios.logs.j1.>", cb=on_log)
+    lines, sub = await _lease_and_listen(store, "j1", uuid, history.version)
     await until(lambda: _holds(service, uuid), what="agent to see the lease")
     started = await request(store, run_subject(NODE), run)
     assert started["ok"] and started["pid"] > 0
@@ -173,6 +160,18 @@ async def test_runs_workers_only_on_leased_devices(agent: tuple[DeviceAgentServi
     assert (await request(store, run_subject(NODE), unterminated))["ok"]
     events = await until(lambda: _job_events(store, "j1", 8), what="second failed worker exit")
     assert events[7].exit_code == 2 and events[7].message == "fatal: no newline at the end", events[7]
+
+
+async def _lease_and_listen(store: EventStore, job: str, uuid: str, node_version: int) -> tuple[list[bytes], Any]:
+    """Lease the device to ``job`` on the node's log, and collect the job's log lines (with the subscription)."""
+    await store.append(f"node.{NODE}", DevicesLeased(aggregate_id=NODE, job_id=job, device_uuids=[uuid]),
+                       expected_version=node_version)
+    lines: list[bytes] = []
+
+    async def on_log(msg: Any) -> None:
+        lines.append(msg.data)
+
+    return lines, await store.nc.subscribe(f"aios.logs.{job}.>", cb=on_log)
 
 
 async def _holds(service: DeviceAgentService, uuid: str, job: str = "j1") -> bool:
