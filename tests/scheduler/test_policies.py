@@ -1016,6 +1016,32 @@ def test_why_names_the_job_that_may_not_be_preempted() -> None:
     assert "preemptible: false" not in step(c.state, fifo, 6.0).reasons["big"]
 
 
+@pytest.mark.parametrize("name", ["las", "hetero-las"])
+def test_a_round_asks_the_policy_for_victims_once_for_jobs_it_treats_alike(name: str) -> None:
+    """Found by measuring a long queue: under `las`, a cluster held by jobs that may not be preempted and 3,000
+    queued jobs made a round take 55 s, since every queued job asked the policy for its victims (a walk of every
+    running job) and then up to 20 times more to name who stays. Jobs in the same LAS queue get the same victims:
+    asked once, every job is still told who holds the room."""
+    calls = []
+    base = type(make_policy(name))
+
+    class Counting(base):  # type: ignore[valid-type, misc]
+        def victims(self, state, now, job):  # type: ignore[no-untyped-def]
+            calls.append(job.job_id)
+            return super().victims(state, now, job)
+    c = Cluster(("n1", "h100", 4), ("n2", "h100", 4))
+    for i in range(4):
+        c.submit(f"hold{i}", 2, priority=1, preemptible=False, now=1.0)
+    policy = Counting()
+    step(c.state, policy, 2.0)
+    for i in range(30):
+        c.submit(f"q{i}", 2, priority=5, now=3.0 + i)
+    plan = step(c.state, policy, 4_000.0)
+    for job in [f"q{i}" for i in range(30)]:
+        assert "would preempt but for preemptible: false: hold" in plan.reasons[job], plan.reasons[job]
+    assert len(calls) <= 1 + 4, calls  # once for the queue, once for each job that stays (4 of them)
+
+
 @pytest.mark.parametrize("name", ["fifo", "fairshare", "priority"])
 def test_a_tenant_without_quota_holds_no_quota_kind_with_a_job_that_cannot_be_preempted(name: str) -> None:
     """Found by review: a tenant without a quota ran a preemptible: false job on all four H100s, which tenants a

@@ -34,6 +34,9 @@ class LeastAttainedService(Policy):
         higher.sort(key=lambda r: -self.attained(r, now))
         return higher
 
+    def victims_key(self, job: JobState, now: float) -> object:
+        return self.queue(job, now)
+
     def wake_at(self, state: SchedulerState, now: float) -> float | None:
         """With jobs waiting: when a running job's minimum run ends or it moves to a higher queue."""
         if not state.pending():

@@ -22,3 +22,6 @@ class StrictPriority(Policy):
         lower = [r for r in running(state) if r.spec and r.spec.preemptible and _prio(r) < _prio(job)]
         lower.sort(key=lambda r: (_prio(r), -(r.placed_at or 0.0)))
         return lower
+
+    def victims_key(self, job: JobState, now: float) -> object:
+        return _prio(job)
