@@ -72,6 +72,45 @@ def core(nodes: int, gpus: int, pending: int) -> dict[str, Any]:
             "milp_variables": result.variables}
 
 
+def blocked_queue(blocked: int, nodes: int = 100, gpus: int = 8, rounds: int = 3) -> dict[str, Any]:
+    """One round's time with the cluster full and ``blocked`` jobs queued that cannot start, per policy: a round
+    visits every queued job (admission, placement, the search for room by preemption), so its cost per queued job
+    bounds how long a queue the scheduler keeps up with. ``fairshare+quotas``: each of 4 tenants has a quota of a
+    quarter of the cluster more in a cohort, so every queued job is admitted and then looks for room."""
+    from aios.common.events import TenantQuotaSet
+    from aios.scheduler.local import step
+    from aios.scheduler.policies import make_policy
+    from aios.scheduler.rounds import plan_round
+
+    out: dict[str, Any] = {"blocked_queue_jobs": blocked, "blocked_queue_devices": nodes * gpus}
+    for label, policy_name, quotas in (("fairshare", "fairshare", False), ("fairshare+quotas", "fairshare", True),
+                                       ("priority", "priority", False), ("las", "las", False)):
+        state = SchedulerState()
+        apply(state, [node_registration(f"node-{n:04d}", "h100", gpus) for n in range(nodes)], 0.0)
+        if quotas:
+            apply(state, [(f"tenant.t{t}", [TenantQuotaSet(aggregate_id=f"t{t}", cohort="all",
+                                                            nominal={"h100": nodes * gpus // 2})]) for t in range(4)],
+                  0.0)
+        policy = make_policy(policy_name)
+
+        def submit(i: int, priority: int, now: float, preemptible: bool = True) -> None:
+            spec = {"name": f"job-{i}", "tenant": f"t{i % 4}", "devices": 1, "command": ["train"],
+                    "priority": priority, "preemptible": preemptible}
+            apply(state, [(f"job.job-{i}", [JobSubmitted(aggregate_id=f"job-{i}", tenant=spec["tenant"],
+                                                         spec=spec)])], now)
+        for i in range(nodes * gpus):  # the running jobs, which may not be preempted (serving, say): no queued job
+            # finds room, and each one looks
+            submit(i, 1, 1.0, preemptible=False)
+        step(state, policy, 2.0)
+        for i in range(nodes * gpus, nodes * gpus + blocked):  # ahead of them by priority and by service
+            submit(i, 2, 3.0)
+        t0 = time.perf_counter()
+        for _ in range(rounds):  # past LAS's first threshold (1 h) for the running jobs
+            plan_round(state, policy, 3_700.0)
+        out[f"blocked_queue_round_ms_{label}"] = round((time.perf_counter() - t0) / rounds * 1000, 1)
+    return out
+
+
 async def _log_placed(store: EventStore) -> list[Commit]:
     out: list[Commit] = []
     await store.replay(lambda c: out.append(c) if c.aggregate.startswith("job.") else None)
@@ -156,9 +195,10 @@ async def latency(url: str, rate: float, seconds: float) -> dict[str, Any]:
 
 
 async def run(nodes: int = 1000, gpus_per_node: int = 8, pending: int = 10_000, rate: float = 100.0,
-              seconds: float = 10.0) -> dict[str, Any]:
+              seconds: float = 10.0, blocked: int = 3_000) -> dict[str, Any]:
     result: dict[str, Any] = {"nodes": nodes, "gpus_per_node": gpus_per_node, "pending": pending}
     result.update(core(nodes, gpus_per_node, pending))
+    result.update(blocked_queue(blocked))
     tmp = tempfile.mkdtemp(prefix="aios-bench-sched-")
     server = NatsServer(tmp).start()
     try:

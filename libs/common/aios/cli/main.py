@@ -340,7 +340,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from aios.bench import scheduler
 
         result = asyncio.run(scheduler.run(nodes=args.nodes, gpus_per_node=args.gpus_per_node, pending=args.pending,
-                                           rate=args.rate, seconds=args.seconds))
+                                           rate=args.rate, seconds=args.seconds, blocked=args.blocked))
     elif args.bench == "simulator":
         from aios.bench import simulator
 
@@ -578,6 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     sched.add_argument("--pending", type=_positive, default=10_000)
     sched.add_argument("--rate", type=float, default=100.0, help="submissions per second for the latency part")
     sched.add_argument("--seconds", type=float, default=10.0, help="how long to submit for the latency part")
+    sched.add_argument("--blocked", type=_positive, default=3_000,
+                       help="queued jobs that cannot start, for the round-cost part (a full cluster of 800 devices)")
     sched.set_defaults(handler=cmd_bench)
     simb = bench_sub.add_parser("simulator", help="trace simulator speed on a large synthetic cluster and workload")
     simb.add_argument("--gpus", type=_positive, default=10_000)
