@@ -59,3 +59,13 @@ def test_a_scheduler_that_is_still_rebuilding_says_so_not_leader() -> None:
     assert service.healthy()[1].startswith("starting, ")
     service.leadership = None  # leader election off: it leads once it runs
     assert service.healthy()[1].startswith("leader, ")
+
+
+def test_an_ended_job_holds_no_devices_in_the_listing() -> None:
+    """Found by a walkthrough: a failed job was listed with `"held": 1` (the devices of its last placement), which an
+    API client reads as devices still taken. Where it ran stays in `nodes`."""
+    c = _history(3)
+    placed = {j["job"]: j for j in jobs_reply(c.state, "fifo", {})["jobs"]}
+    assert placed["j0001"]["held"] == 1 and placed["j0002"]["held"] == 0  # placed; pending
+    ended = placed["j0000"]
+    assert ended["status"] == "succeeded" and ended["held"] == 0 and ended["nodes"] == ["n1"]

@@ -205,7 +205,9 @@ def _forget_released(state: SchedulerState) -> None:
 def job_summary(j: JobState) -> dict[str, Any]:
     """What ``aios jobs``, the HTTP API and the dashboard show of a job (JSON-ready)."""
     return {"job": j.job_id, "name": j.spec.name if j.spec else "", "tenant": j.tenant, "status": j.status,
-            "devices": j.devices, "held": j.held_devices(), "priority": j.spec.priority if j.spec else 0,
+            # held now: an ended job keeps its assignments (its "nodes", where it ran), and read as holding them
+            "devices": j.devices, "held": j.held_devices() if j.status in HOLDING else 0,
+            "priority": j.spec.priority if j.spec else 0,
             "kind": "serve" if j.spec and j.spec.serve else "train" if j.spec and j.spec.trainer else "command",
             "nodes": [a.node_id for a in j.assignments], "attempts": j.attempts, "preemptions": j.preemptions,
             "submitted_at": j.submitted_at, "started_at": j.started_at, "finished_at": j.finished_at,
