@@ -89,7 +89,9 @@ class Route:
 _SPEC_NOTES: dict[str, dict[str, Any]] = {
     "name": {"pattern": NAME_PATTERN},
     "tenant": {"pattern": NAME_PATTERN, "description": "defaults to the caller's tenant"},
-    "priority": {"minimum": -MAX_PRIORITY, "maximum": MAX_PRIORITY, "description": "higher runs first"},
+    "priority": {"minimum": -MAX_PRIORITY, "maximum": MAX_PRIORITY, "description": (
+        "higher runs first: under the default policy (fairshare) among its tenant's jobs, preempting none; under "
+        "AIOS_SCHEDULER_POLICY=priority across tenants, preempting preemptible jobs of lower priority")},
     "devices": {"minimum": 0, "maximum": MAX_DEVICES, "description": "accelerators in all (0: a CPU-only job)"},
     "device_types": {"items": {"type": "string", "pattern": KIND_PATTERN},
                      "description": "acceptable device kinds (h100, a100 ...); empty: any"},
