@@ -49,10 +49,12 @@ def test_bench_inventory_prints_the_figures_as_json(aios_env: dict[str, str]) ->
 
 def test_bench_scheduler_prints_the_figures_as_json(aios_env: dict[str, str]) -> None:
     out = subprocess.run([sys.executable, "-m", "aios.cli.main", "bench", "scheduler", "--nodes", "20",
-                          "--gpus-per-node", "4", "--pending", "200", "--rate", "20", "--seconds", "1"],
+                          "--gpus-per-node", "4", "--pending", "200", "--rate", "20", "--seconds", "1", "--blocked", "200"],
                          env=aios_env, capture_output=True, text=True, timeout=170)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
     assert result["committed_placements"] == result["placements_in_log"] == 80
     assert result["milp_status"] in ("optimal", "time-limit") and result["greedy_placements_per_s"] > 0
     assert result["placed"] == 20 and result["submit_to_placed_p99_ms"] > 0
+    assert result["blocked_queue_jobs"] == 200 and all(
+        result[f"blocked_queue_round_ms_{p}"] > 0 for p in ("fairshare", "fairshare+quotas", "priority", "las"))
