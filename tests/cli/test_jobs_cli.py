@@ -53,6 +53,20 @@ def test_submit_why_cancel(aios_env: dict[str, str], tmp_path: Path) -> None:
         wait(lambda j: j.get("long", {}).get("status") in ("placed", "running"), "long placed")
         second = aios("submit", str(blocked))
         assert second.returncode == 0 and second.stdout.startswith("submitted blocked-")
+        assert "note:" not in second.stderr  # it waits for devices a job holds: nothing to say at submission
+        typo = tmp_path / "typo.json"  # a kind no node has: taken (nodes may join), and said at once
+        typo.write_text(json.dumps({"name": "typo", "tenant": "nlp", "devices": 1, "device_types": ["h100x"],
+                                    "command": ["true"]}))
+        noted = aios("submit", str(typo))
+        assert noted.returncode == 0 and noted.stdout.startswith("submitted typo-"), noted
+        assert "note: it cannot start on the nodes there now: no online node has a h100x device (devices " \
+               "online: h100 x2)" in noted.stderr, noted.stderr
+        too_big = tmp_path / "big.json"
+        too_big.write_text(json.dumps({"name": "big", "tenant": "nlp", "devices": 4, "command": ["true"]}))
+        big = json.loads(aios("submit", str(too_big), "--json").stdout)
+        assert "at most 2 of its 4" in big["note"], big
+        for made in (noted.stdout.split()[1], big["job"]):
+            assert aios("cancel", made).returncode == 0
         job_id = second.stdout.split()[1]
         wait(lambda j: "blocked" in j, "blocked seen")
         why = aios("why", job_id)
@@ -110,7 +124,7 @@ def test_submit_why_cancel(aios_env: dict[str, str], tmp_path: Path) -> None:
         listed = json.loads(aios("jobs", "--tenant", "beta", "--json").stdout)
         assert {j["tenant"] for j in listed} == {"beta"} and listed
         listed = json.loads(aios("jobs", "--status", "cancelled", "--json").stdout)
-        assert [j["name"] for j in listed] == ["blocked"]
+        assert sorted(j["name"] for j in listed) == ["big", "blocked", "typo"]
         newest = aios("jobs", "--limit", "1", "--json")  # filtered by the scheduler, which says what it left out
         assert len(json.loads(newest.stdout)) == 1 and "aios jobs: the newest 1 of " in newest.stderr, newest
         typo = aios("jobs", "--status", "runing")
@@ -126,7 +140,7 @@ def test_submit_why_cancel(aios_env: dict[str, str], tmp_path: Path) -> None:
         assert top.returncode == 0, top.stderr
         snap = json.loads(top.stdout)
         assert [n["node"] for n in snap["nodes"]] == ["sim-1"] and len(snap["nodes"][0]["devices"]) == 2
-        assert snap["jobs"]["cancelled"] == 1 and snap["jobs"]["succeeded"] >= 1
+        assert snap["jobs"]["cancelled"] == 3 and snap["jobs"]["succeeded"] >= 1
         assert any(d["utilization_gpu"] is not None for d in snap["nodes"][0]["devices"])  # agents' telemetry
         frame = aios("top", "--once")
         assert frame.returncode == 0 and "sim-1" in frame.stdout and "nlp" in frame.stdout

@@ -110,9 +110,14 @@ def test_tokens_and_tenants(gateway: tuple[str, LocalCluster]) -> None:
     assert call(url, "GET", "/api/v1/jobs", token="not-a-token")[0] == 401
     spec = {"name": "private", "devices": 1, "command": [sys.executable, "-c", "import time; time.sleep(30)"]}
     status, made = call(url, "POST", "/api/v1/jobs", ALICE, spec)
-    assert status == 201, made
+    assert status == 201 and "note" not in made, made
     job = made["job"]
     assert call(url, "GET", f"/api/v1/jobs/{job}", ALICE)[0] == 200
+    # a kind no node has is taken (nodes may join), and the reply says so at once
+    status, typo = call(url, "POST", "/api/v1/jobs", ALICE, {**spec, "name": "typo", "device_types": ["h100x"]})
+    assert status == 201 and typo["note"].startswith("it cannot start on the nodes there now: no online node has "
+                                                     "a h100x device"), typo
+    assert call(url, "POST", f"/api/v1/jobs/{typo['job']}/cancel", ALICE)[0] == 202
     # another tenant's job answers as an unknown one does, word for word: the id's existence stays secret
     unknown = job[:-1] + ("0" if job[-1] != "0" else "1")
     for method, path in (("GET", ""), ("POST", "/cancel"), ("GET", "/logs"), ("GET", "/why")):

@@ -1155,3 +1155,23 @@ def test_a_cpu_only_job_preempts_nobody_when_no_victim_would_free_enough() -> No
     c.submit("urgent", 0, priority=10, cpu_per_worker=7, now=3.0)
     plan = step(c.state, prio, 4.0)
     assert plan.preemptions == [] and c.status("low") == PLACED and c.status("urgent") == PENDING
+
+
+def test_a_job_no_node_there_could_ever_hold_is_named_at_submission() -> None:
+    """Found by a walkthrough: a typo in device_types ("h100x") was taken without a word and waited until someone
+    asked `aios why` (Slurm refuses such a job; Kueue marks it inadmissible). Nodes may join, so it is kept, and
+    the submission says why it cannot start: a kind no node has, a gang larger than all such devices."""
+    from aios.scheduler.rounds import cannot_start_now
+    from aios.scheduler.spec import validate_spec
+
+    c = Cluster(("n1", "h100", 8), ("n2", "a100", 4))
+
+    def spec(**fields: object) -> object:
+        return validate_spec({"name": "x", "tenant": "t", "command": ["run"], **fields})
+    assert "no online node has a h100x device (devices online: a100 x4, h100 x8)" in cannot_start_now(
+        c.state, spec(devices=1, device_types=["h100x"]))
+    assert "at most 4 of its 6 a100 devices" in cannot_start_now(c.state, spec(devices=6, device_types=["a100"]))
+    assert cannot_start_now(c.state, spec(devices=12)) == ""  # a gang over both kinds fits the cluster
+    c.submit("all", 8, device_types=["h100"])
+    step(c.state, make_policy("fifo"), 2.0)
+    assert cannot_start_now(c.state, spec(devices=8, device_types=["h100"])) == ""  # busy is not "never"

@@ -88,11 +88,30 @@ async def submit(path: str, idempotency_key: str | None, as_json: bool) -> int:
         result = await submission.submit(store, spec, idempotency_key)
     finally:
         await store.close()
+    note = "" if result.duplicate else await _cannot_start(result.job)
     if as_json:
-        print(json.dumps({"job": result.job, "seq": result.seq, "duplicate": result.duplicate}))
+        print(json.dumps({"job": result.job, "seq": result.seq, "duplicate": result.duplicate,
+                          **({"note": note} if note else {})}))
     else:
         print(f"submitted {result.job}" + (" (already submitted)" if result.duplicate else ""))
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     return 0
+
+
+async def _cannot_start(job_id: str, tries: int = 10) -> str:
+    """What the scheduler says if the job cannot start on the nodes there now, whoever left ("" if it can, or if
+    the scheduler does not answer within about a second: the note is a courtesy, the job is submitted)."""
+    for _ in range(tries):
+        try:
+            reply = await ask("aios.sched.why", {"job": job_id}, timeout=1.0)
+        except AiosError:
+            return ""
+        if reply.get("why") != f"no job {job_id!r}":  # not folded yet: asked again
+            why = reply.get("cannot_start") or ""
+            return f"it cannot start on the nodes there now: {why}" if why else ""
+        await asyncio.sleep(0.1)
+    return ""
 
 
 async def _check_served_model(path: str, uri: str) -> None:

@@ -234,7 +234,11 @@ class Api:
         except submission.BadKey as exc:
             raise HttpError(400, f"Idempotency-Key: {exc}") from None
         await self.backend.caught_up(result.seq)
-        return {"job": result.job, "duplicate": result.duplicate, "seq": result.seq}
+        reply: dict[str, Any] = {"job": result.job, "duplicate": result.duplicate, "seq": result.seq}
+        never = self.backend.cannot_start_now(spec)
+        if never:  # kept (nodes may join), but said now: a typo in device_types waited without a word
+            reply["note"] = f"it cannot start on the nodes there now: {never}"
+        return reply
 
     async def _check_served_model(self, uri: str) -> None:
         """A serving job of a model the registry does not hold (or only deleted) is refused now, as ``aios serve``

@@ -30,6 +30,8 @@ from aios.gateway.api import MAX_JOBS_PER_TENANT, Api, build_app
 from aios.gateway.auth import ADMIN, parse_tokens
 from aios.gateway.changes import RecentChanges
 from aios.scheduler import visibility
+from aios.scheduler.rounds import cannot_start_now
+from aios.scheduler.spec import JobSpec
 from aios.scheduler.state import STATE_SCHEMA, JobState, SchedulerState, fold_commit, key_index
 
 log = logging.getLogger("aios.gateway")
@@ -109,6 +111,10 @@ class GatewayService(Service):
 
     def tenants(self) -> frozenset[str]:
         return visibility.tenants_of(self.projector.state)
+
+    def cannot_start_now(self, spec: JobSpec) -> str:
+        """Why a job of ``spec`` could not start on the nodes open now, whoever left ("" if it could)."""
+        return cannot_start_now(self.projector.state, spec)
 
     def keyed_job(self, tenant: str, key: str) -> str | None:
         """The job ``tenant`` first submitted with idempotency key ``key``, if any."""

@@ -21,6 +21,7 @@ from aios.scheduler import visibility
 from aios.scheduler.placement import BinCache, ClusterView, Request, fit_in_order, greedy, milp_window
 from aios.scheduler.policies.backfill import EasyBackfill
 from aios.scheduler.policies.base import Policy, compatible
+from aios.scheduler.spec import JobSpec
 from aios.scheduler.state import (
     HOLDING, PENDING, PLACED, PREEMPTING, RUNNING, TERMINAL, JobState, SchedulerState, inventory_shape, still_leased,
 )
@@ -1108,6 +1109,16 @@ def _slow_start(state: SchedulerState, job: JobState, now: float) -> str:
             f"trainer service starts its workers (is it running on {nodes}? `aios nodes` shows the agents)")
 
 
+def cannot_start_now(state: SchedulerState, spec: JobSpec) -> str:
+    """Why a job of ``spec`` could not start on the nodes open now even if every other job left ("" if it could):
+    a kind no node has (a typo, say), a gang larger than all such devices, workers larger than any node. Said at
+    submission, where Slurm refuses such a job and Kueue marks it inadmissible; the job is kept, since nodes may
+    join (an "h100x" was taken without a word, and the job waited until someone asked `aios why`)."""
+    return _Facts(state).never_fits(Request("", spec.devices, frozenset(spec.device_types) or None,
+                                            spec.max_devices_per_node, spec.gang, spec.cpu_per_worker,
+                                            spec.memory_gib_per_worker, 100.0))
+
+
 def explain(state: SchedulerState, policy: Policy, job_id: str, now: float, viewer: str | None = None) -> str:
     """Why a job is where it is (``aios why``); for a ``viewer`` tenant, other tenants' jobs are not named (the
     jobs ahead, the holders of devices), as that tenant cannot see them anywhere else."""
@@ -1135,7 +1146,7 @@ def _explain(state: SchedulerState, policy: Policy, job_id: str, now: float) -> 
     reason = plan.reasons.get(job_id, "waiting for the next round")
     if job.spec is not None and not reason.startswith("capacity"):
         # a policy that ranks who runs next said "N jobs come first" of a job no node here can ever hold
-        never = _Facts(state).never_fits(request_for(job, frozenset(job.spec.device_types) or None))
+        never = cannot_start_now(state, job.spec)
         reason = f"capacity: {never}" if never else reason
     queue = f"position {position} of {len(plan.order)} under {policy.name}"
     return f"{job_id} is pending: {reason}. {queue}" + (f"; ahead: {', '.join(ahead)}" if ahead else "")

@@ -28,8 +28,8 @@ from aios.scheduler.listing import jobs_reply
 from aios.scheduler.placement import BinCache
 from aios.scheduler.policies import make_policy
 from aios.scheduler.predict import RuntimePredictor
-from aios.scheduler.rounds import explain, plan_round
-from aios.scheduler.state import STATE_SCHEMA, SchedulerState, fold_commit, queue_wait
+from aios.scheduler.rounds import cannot_start_now, explain, plan_round
+from aios.scheduler.state import PENDING, STATE_SCHEMA, SchedulerState, fold_commit, queue_wait
 
 log = logging.getLogger("aios.scheduler")
 QUERY_PREFIX = "aios.sched"
@@ -265,7 +265,11 @@ class SchedulerService(Service):
             body: Any = ({"error": "field 'job': a job id is required"} if not isinstance(job, str) else
                          {"error": "field 'viewer': a tenant name is expected"}
                          if viewer is not None and not isinstance(viewer, str) else
-                         {"job": job, "why": explain(state, self.policy, job, time.time(), viewer)})
+                         {"job": job, "why": explain(state, self.policy, job, time.time(), viewer),
+                          # for `aios submit`'s note: whether nodes must join before it can start at all
+                          "cannot_start": cannot_start_now(state, known.spec)
+                          if (known := state.jobs.get(job)) is not None and known.spec is not None
+                          and known.status == PENDING else ""})
         elif what == "jobs":
             body = jobs_reply(state, self.policy.name, args)
         else:
