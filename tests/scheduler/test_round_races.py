@@ -102,3 +102,26 @@ async def test_a_snapshot_the_store_refuses_does_not_stop_the_scheduler(store: E
     assert await scheduler.snapshot_due(ok, seq - 1) == seq
     loaded = await ok.load(scheduler.projector.name, SchedulerState, scheduler.projector.schema)
     assert loaded is not None and loaded[0] == seq
+
+
+def test_progress_reports_wake_no_round() -> None:
+    """Found by a scale probe: every training job reports its progress about once a second, and each report woke a
+    round; with a few jobs training, rounds ran back to back (a core busy, the scheduler's replies queued behind
+    them). Reports are folded and wake nothing; a worker's start or exit, a submit, a node's change still do."""
+    from aios.common.events import CheckpointSaved, JobProgress, WorkerExited
+    from aios.common.store import Commit
+
+    service = SchedulerService(SchedulerConfig(policy="fifo", leader_election=False))
+
+    def wakes(aggregate: str, *events: Any) -> bool:
+        service._wake.clear()
+        service._on_commit(Commit(1, aggregate, list(events)))
+        return service._wake.is_set()
+    assert not wakes("run.j1", JobProgress(aggregate_id="j1", step=10, total_steps=100))
+    assert not wakes("run.j1", CheckpointSaved(aggregate_id="j1", step=10, bucket="b", name="n"))
+    assert wakes("run.j1", WorkerExited(aggregate_id="j1", node_id="n1", worker="w", exit_code=0))
+    assert wakes("run.j1", JobProgress(aggregate_id="j1", step=11), WorkerExited(
+        aggregate_id="j1", node_id="n1", worker="w", exit_code=0))
+    assert wakes("job.j2", JobSubmitted(aggregate_id="j2", tenant="t", spec={}))
+    assert wakes("node.n1", DeviceHealthy(aggregate_id="n1", device_uuid="u", reason="ok"))
+    assert not wakes("model.m1")

@@ -17,7 +17,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from aios.common import tracing
 from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError
-from aios.common.events import JOB_AGGREGATES
+from aios.common.events import JOB_AGGREGATES, CheckpointSaved, JobProgress
 from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import Projector, SnapshotStore
 from aios.common.store import Commit as StoredCommit
@@ -37,6 +37,10 @@ REFIT_EVERY = 50
 """The runtime predictor is fitted again after this many more jobs succeeded (and at the first round)."""
 FOLDED = tuple(f"{kind}." for kind in (*JOB_AGGREGATES, "node", "tenant"))
 """Aggregates whose commits change the scheduler's state (and so wake a round)."""
+REPORTS = (JobProgress, CheckpointSaved)
+"""Events no decision reads: folded (``aios jobs`` shows them) but waking no round. Every training job reports its
+progress about once a second, and with a few of them each such commit woke a round: rounds ran back to back, a
+core busy for as long as anything trained (the half-second tick still runs rounds)."""
 
 
 class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -156,7 +160,7 @@ class SchedulerService(Service):
             ctx.metrics.register(StateCollector(lambda: self.projector.state))
 
     def _on_commit(self, commit: StoredCommit) -> None:
-        if commit.aggregate.startswith(FOLDED):
+        if commit.aggregate.startswith(FOLDED) and not all(isinstance(e, REPORTS) for e in commit.events):
             self._wake.set()
 
     async def round(self) -> None:
