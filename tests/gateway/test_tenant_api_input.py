@@ -110,6 +110,9 @@ def test_a_tenant_with_as_many_jobs_not_ended_as_it_may_have_is_told_to_wait() -
         def jobs(self) -> dict[str, JobState]:
             return jobs
 
+        def live_jobs(self) -> list[JobState]:
+            return [j for j in jobs.values() if j.status == "pending"]
+
         def keyed_job(self, tenant: str, key: str) -> str | None:
             return "j0" if key == "stored" else None
 

@@ -221,7 +221,8 @@ class Api:
         earlier = self.backend.keyed_job(spec.tenant, key) if key else None
         most = self.max_jobs_per_tenant
         if most is not None and earlier is None and not caller.admin:  # (a retry of a stored submit is no new job)
-            live = sum(1 for j in self.backend.jobs().values() if j.tenant == spec.tenant and j.status not in TERMINAL)
+            # over the live jobs: every job ever submitted cost 11 ms a submit at 110,000
+            live = sum(1 for j in self.backend.live_jobs() if j.tenant == spec.tenant)
             if live >= most:
                 raise HttpError(429, f"tenant {spec.tenant} has {live} jobs not yet ended, the most it may have "
                                      f"({most}, AIOS_GATEWAY_MAX_JOBS_PER_TENANT): wait for some to end, or cancel some")

@@ -109,6 +109,10 @@ class GatewayService(Service):
     def jobs(self) -> dict[str, JobState]:
         return self.projector.state.jobs
 
+    def live_jobs(self) -> list[JobState]:
+        """The jobs not yet ended."""
+        return self.projector.state.active()
+
     def tenants(self) -> frozenset[str]:
         return visibility.tenants_of(self.projector.state)
 
