@@ -260,7 +260,8 @@ class Api:
         if status is not None and status not in STATUSES:  # a typo listed no jobs, as if there were none
             raise HttpError(422, f"status: {status!r} is no job state (one of {', '.join(STATUSES)})")
         seen = self._as_seen_by(caller)
-        matched = [j for j in sorted(self.backend.jobs().values(), key=lambda j: j.arrival)
+        matched = [j for j in self.backend.jobs().values()  # in arrival order, as folded (sorting cost 23 ms a
+                   # listing at 110,000 jobs)
                    if caller.may_see(j.tenant) and (status is None or j.status == status)
                    and (tenant is None or j.tenant == tenant)]
         return [seen(job_summary(j)) for j in matched[-limit if limit else 0:]], len(matched)

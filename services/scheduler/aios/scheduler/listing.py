@@ -62,8 +62,11 @@ def jobs_reply(state: SchedulerState, policy: str, args: dict[str, Any],
         pool = state.active() + [state.jobs[i] for i in state.stopping if i in state.jobs and i not in state.live]
     else:
         pool = list(state.jobs.values())
-    matched = sorted((j for j in pool if (args.get("status") is None or j.status == args["status"])
-                      and (args.get("tenant") is None or j.tenant == args["tenant"])), key=lambda j: j.arrival)
+    matched = [j for j in pool if (args.get("status") is None or j.status == args["status"])
+               and (args.get("tenant") is None or j.tenant == args["tenant"])]
+    if args.get("live"):  # the jobs still stopping come after the live ones; the whole history is in arrival
+        # order already (sorting it cost 23 ms a listing at 110,000 jobs)
+        matched.sort(key=lambda j: j.arrival)
     shown = newest_within((job_summary(j) for j in reversed(matched)), limit, max_bytes)
     return {"jobs": shown, "matched": len(matched), "counts": dict(Counter(j.status for j in state.jobs.values())),
             "seq": state.seq, "policy": policy}

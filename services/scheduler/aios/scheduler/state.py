@@ -29,7 +29,8 @@ class JobState(msgspec.Struct):
     spec: JobSpec | None
     tenant: str
     arrival: int
-    """Order of submission (stream sequence of JobSubmitted)."""
+    """Order of submission (stream sequence of JobSubmitted). ``SchedulerState.jobs`` holds the jobs in this order
+    (they are added as their submissions are folded, in the log's order): listings rely on it instead of sorting."""
     submitted_at: float
     queued_at: float | None = None
     """When it last went back into the queue (a requeue, a preemption's end); None: at its submission."""
