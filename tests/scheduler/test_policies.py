@@ -1175,3 +1175,17 @@ def test_a_job_no_node_there_could_ever_hold_is_named_at_submission() -> None:
     c.submit("all", 8, device_types=["h100"])
     step(c.state, make_policy("fifo"), 2.0)
     assert cannot_start_now(c.state, spec(devices=8, device_types=["h100"])) == ""  # busy is not "never"
+
+
+def test_why_reserves_backfill_with_the_rounds_estimate() -> None:
+    """Found by a scale probe: `aios why` ran its own round with the default runtime estimate (an hour) while the
+    live rounds used the learned one, so it named a reservation other than the one in force. It now takes the
+    rounds' estimate (and their cache of the nodes' bins)."""
+    c = Cluster(("n1", "h100", 4))
+    policy = make_policy("backfill")
+    c.submit("a", 3, now=1.0)
+    step(c.state, policy, 2.0)
+    c.submit("b", 4, now=3.0)
+    c.submit("c", 1, now=4.0)
+    assert "reserved at t+3592s" in explain(c.state, policy, "c", 10.0)  # a placed at 2 s, an hour's estimate
+    assert "reserved at t+492s" in explain(c.state, policy, "c", 10.0, estimate=lambda j: 500.0)

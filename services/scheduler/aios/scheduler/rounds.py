@@ -1119,17 +1119,20 @@ def cannot_start_now(state: SchedulerState, spec: JobSpec) -> str:
                                             spec.memory_gib_per_worker, 100.0))
 
 
-def explain(state: SchedulerState, policy: Policy, job_id: str, now: float, viewer: str | None = None) -> str:
+def explain(state: SchedulerState, policy: Policy, job_id: str, now: float, viewer: str | None = None, *,
+            estimate: Callable[[JobState], float] = default_estimate, cache: BinCache | None = None) -> str:
     """Why a job is where it is (``aios why``); for a ``viewer`` tenant, other tenants' jobs are not named (the
-    jobs ahead, the holders of devices), as that tenant cannot see them anywhere else."""
-    text = _explain(state, policy, job_id, now)
+    jobs ahead, the holders of devices), as that tenant cannot see them anywhere else. ``estimate`` and ``cache``:
+    the live rounds' (backfill's reservations are the rounds' own, and the nodes' bins are not built again)."""
+    text = _explain(state, policy, job_id, now, estimate, cache)
     if viewer is None:
         return text
     return visibility.redact(text, lambda j: other.tenant if (other := state.jobs.get(j)) else None, viewer,
                              visibility.tenants_of(state))
 
 
-def _explain(state: SchedulerState, policy: Policy, job_id: str, now: float) -> str:
+def _explain(state: SchedulerState, policy: Policy, job_id: str, now: float,
+             estimate: Callable[[JobState], float] = default_estimate, cache: BinCache | None = None) -> str:
     job = state.jobs.get(job_id)
     if job is None:
         return f"no job {job_id!r}"
@@ -1138,7 +1141,7 @@ def _explain(state: SchedulerState, policy: Policy, job_id: str, now: float) -> 
         where = ", ".join(f"{a.node_id}:{len(a.device_uuids)}" for a in job.assignments
                           if job.status in HOLDING)  # an ended job holds nothing ("cancelled on sim-2:4")
         return f"{job_id} is {job.status}{detail}" + (f" on {where}" if where else "") + _slow_start(state, job, now)
-    plan = plan_round(state, policy, now)
+    plan = plan_round(state, policy, now, estimate=estimate, cache=cache)
     position = plan.order.index(job_id) + 1 if job_id in plan.order else 0
     ahead = plan.order[:position - 1][-5:] if position else []
     if any(p.job_id == job_id for p in plan.placements):

@@ -269,7 +269,8 @@ class SchedulerService(Service):
             body: Any = ({"error": "field 'job': a job id is required"} if not isinstance(job, str) else
                          {"error": "field 'viewer': a tenant name is expected"}
                          if viewer is not None and not isinstance(viewer, str) else
-                         {"job": job, "why": explain(state, self.policy, job, time.time(), viewer),
+                         {"job": job, "why": explain(state, self.policy, job, time.time(), viewer,
+                                                    estimate=self.predictor.estimate, cache=self.bins),
                           # for `aios submit`'s note: whether nodes must join before it can start at all
                           "cannot_start": cannot_start_now(state, known.spec)
                           if (known := state.jobs.get(job)) is not None and known.spec is not None
