@@ -92,7 +92,8 @@ async def test_a_snapshot_the_store_refuses_does_not_stop_the_scheduler(store: E
     full = f"SNAP_FULL_{new_token()[:6].upper()}"
     await store.js.create_object_store(full, config=ObjectStoreConfig(max_bytes=64))
     scheduler = await scheduler_on(store)
-    scheduler.config = SchedulerConfig(policy="fifo", leader_election=False, snapshot_every=1)
+    scheduler.config = SchedulerConfig(policy="fifo", leader_election=False, snapshot_every=1,
+                                       snapshot_min_interval_s=0.0)
     seq = scheduler.projector.seq
     assert seq > 0
     assert await scheduler.snapshot_due(SnapshotStore(store, full), seq - 1) == seq  # refused, said, not raised
@@ -102,6 +103,28 @@ async def test_a_snapshot_the_store_refuses_does_not_stop_the_scheduler(store: E
     assert await scheduler.snapshot_due(ok, seq - 1) == seq
     loaded = await ok.load(scheduler.projector.name, SchedulerState, scheduler.projector.schema)
     assert loaded is not None and loaded[0] == seq
+
+
+async def test_snapshots_are_taken_at_most_once_a_minute(store: EventStore) -> None:
+    """Found by a scale probe: snapshots were due every 5,000 commits of any kind, and training jobs' progress
+    reports (about one a second each) made one due every 5 s on a busy cluster, each a pause of the scheduler's
+    loop and a blob of the whole history. Due by count, a snapshot waits until a minute has passed since the last."""
+    from aios.common.snapshot import SnapshotStore
+
+    await submit(store, f"snap-{new_token()[:6]}", 0)
+    scheduler = await scheduler_on(store)
+    scheduler.config = SchedulerConfig(policy="fifo", leader_election=False, snapshot_every=1)
+    seq = scheduler.projector.seq
+    snapshots = SnapshotStore(store, f"SNAP_RATE_{new_token()[:6].upper()}")
+    assert await scheduler.snapshot_due(snapshots, seq - 1) == seq  # the first is taken
+    await submit(store, f"snap-{new_token()[:6]}", 0)
+    await scheduler.projector.rebuild(store)
+    later = scheduler.projector.seq
+    assert later > seq
+    assert await scheduler.snapshot_due(snapshots, seq) == seq  # due by count, not by time: not taken
+    assert (await snapshots.load(scheduler.projector.name, SchedulerState, scheduler.projector.schema))[0] == seq
+    scheduler._snapshot_tried -= 60.0  # a minute on
+    assert await scheduler.snapshot_due(snapshots, seq) == later
 
 
 def test_progress_reports_wake_no_round() -> None:
