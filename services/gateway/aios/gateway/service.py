@@ -29,6 +29,7 @@ from aios.gateway import tenant_api
 from aios.gateway.api import MAX_JOBS_PER_TENANT, Api, build_app
 from aios.gateway.auth import ADMIN, parse_tokens
 from aios.gateway.changes import RecentChanges
+from aios.resource_manager.inventory import Inventory
 from aios.scheduler import visibility
 from aios.scheduler.rounds import cannot_start_now
 from aios.scheduler.spec import JobSpec
@@ -108,6 +109,10 @@ class GatewayService(Service):
     # -- what api.py needs ------------------------------------------------------------------------------------------
     def jobs(self) -> dict[str, JobState]:
         return self.projector.state.jobs
+
+    def inventory(self) -> Inventory:
+        """Nodes, devices and leases, as this gateway has folded them from the log."""
+        return self.projector.state.inv
 
     def live_jobs(self) -> list[JobState]:
         """The jobs not yet ended."""

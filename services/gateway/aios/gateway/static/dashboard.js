@@ -15,6 +15,13 @@ async function api(path, text = false) {
 }
 // a gateway of an older version (behind the same balancer during a roll) refuses ?limit=: the whole list from it
 function newestJobs() { return api("/api/v1/jobs?limit=" + JOBS_SHOWN).catch(() => api("/api/v1/jobs")); }
+// every node's devices in one request (one a node was 1,000 requests a refresh); an older gateway refuses ?detail=
+async function nodeDetails() {
+  const all = await api("/api/v1/nodes?detail=true").catch(() => null);
+  if (all) return all.nodes;
+  const nodes = await api("/api/v1/nodes");
+  return Promise.all(nodes.nodes.map(n => api("/api/v1/nodes/" + encodeURIComponent(n.node))));
+}
 function showError(e) { const el = document.getElementById("error"); el.hidden = !e; el.textContent = e ? String(e.message || e) : ""; }
 function showLogin() {
   const form = document.getElementById("login");
@@ -25,8 +32,7 @@ function bar(fraction, over) { const w = Math.max(0, Math.min(1, fraction || 0))
 function ago(ts) { if (!ts) return "-"; const s = Date.now() / 1000 - ts; return s < 90 ? `${s.toFixed(0)} s ago` : s < 5400 ? `${(s / 60).toFixed(0)} min ago` : `${(s / 3600).toFixed(1)} h ago`; }
 
 async function renderCluster() {
-  const [nodes, jobs, tenants, tele] = await Promise.all([api("/api/v1/nodes"), newestJobs(), api("/api/v1/tenants"), api("/api/v1/telemetry")]);
-  const details = await Promise.all(nodes.nodes.map(n => api("/api/v1/nodes/" + encodeURIComponent(n.node))));
+  const [details, jobs, tenants, tele] = await Promise.all([nodeDetails(), newestJobs(), api("/api/v1/tenants"), api("/api/v1/telemetry")]);
   const nodeHtml = details.map(n => `<div class="node${n.online ? "" : " offline"}" data-node="${esc(n.node)}">
       <h3>${esc(n.node)} <span class="hint">${esc(n.kinds.join(", "))} · ${n.online ? "online" : "offline"} · ${n.free}/${n.devices.length} free</span></h3>
       <div class="devices">${n.devices.map(d => {
