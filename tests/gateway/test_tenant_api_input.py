@@ -134,3 +134,29 @@ def test_a_tenant_with_as_many_jobs_not_ended_as_it_may_have_is_told_to_wait() -
     for bad in ("0", "-1", "many", "1e3"):
         with pytest.raises(ConfigError, match="AIOS_GATEWAY_MAX_JOBS_PER_TENANT: a whole number"):
             max_jobs_per_tenant({"AIOS_GATEWAY_MAX_JOBS_PER_TENANT": bad})
+
+
+def test_the_tenants_the_gateway_knows_follow_its_log() -> None:
+    """The tenant names a tenant's view hides (redaction) were found by walking every job ever submitted on each
+    request; they are kept between requests now, and must still follow new jobs, new quotas and a rebuilt state."""
+    from aios.common.events import JobSubmitted, TenantQuotaSet
+    from aios.gateway.service import GatewayService
+    from aios.scheduler.local import apply
+    from aios.scheduler.state import SchedulerState
+
+    service = GatewayService()
+
+    def submit(job: str, tenant: str) -> None:
+        apply(service.projector.state, [(f"job.{job}", [JobSubmitted(aggregate_id=job, tenant=tenant, spec={
+            "name": job, "tenant": tenant, "command": ["x"]})])], 1.0)
+    submit("a1", "alice")
+    assert service.tenants() == {"alice"}
+    submit("b1", "bob")
+    assert service.tenants() == {"alice", "bob"}
+    apply(service.projector.state, [("tenant.carol", [TenantQuotaSet(aggregate_id="carol", nominal={"h100": 1})])],
+          2.0)
+    assert service.tenants() == {"alice", "bob", "carol"}
+    service.projector.state = SchedulerState()  # rebuilt (another log): as many jobs, other tenants
+    submit("d1", "dave")
+    submit("e1", "erin")
+    assert service.tenants() == {"dave", "erin"}
