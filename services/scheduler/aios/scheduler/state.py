@@ -227,6 +227,13 @@ class InventoryShape(msgspec.Struct, frozen=True):
     """Devices per kind on online nodes."""
     schedulable_kinds: list[str]
     """Kinds of the devices of nodes open to jobs (online, not cordoned), sorted."""
+    installed: list[tuple[str, float, float, dict[str, int]]]
+    """(node, CPU cores, memory GiB, usable devices per kind) of each node open to jobs, busy or not, by name."""
+    cordoned: list[str]
+    """Online nodes not open to jobs (cordoned, drained, their agent shutting down), by name."""
+    never_fits: dict[tuple[object, ...], str] = {}
+    """The rounds' answers, by request shape, to "could it start here if every other job left": they depend on
+    this shape alone (filled by ``rounds._Facts``)."""
 
 
 _SHAPES: dict[int, tuple[object, int, InventoryShape]] = {}
@@ -247,7 +254,17 @@ def inventory_shape(state: SchedulerState) -> InventoryShape:
                 if node.schedulable:
                     open_kinds.add(d.info.kind)
         kind_of = {u: d.info.kind for n in inv.nodes.values() for u, d in n.devices.items()}
-        cached = _SHAPES[id(inv)] = (inv, inv.shape, InventoryShape(kind_of, online, sorted(open_kinds)))
+        installed = []
+        for node_id, node in sorted(inv.nodes.items()):
+            if node.schedulable:
+                kinds: dict[str, int] = {}
+                for dev in node.devices.values():
+                    if dev.usable:
+                        kinds[dev.info.kind] = kinds.get(dev.info.kind, 0) + 1
+                installed.append((node_id, float(node.cpu_cores), node.memory_bytes / 1024**3, kinds))
+        cordoned = sorted(n for n, node in inv.nodes.items() if node.online and not node.schedulable)
+        cached = _SHAPES[id(inv)] = (inv, inv.shape, InventoryShape(kind_of, online, sorted(open_kinds), installed,
+                                                                    cordoned))
     return cached[2]
 
 
