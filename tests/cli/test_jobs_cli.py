@@ -287,3 +287,22 @@ def test_a_log_reader_that_goes_away_gets_no_traceback(aios_env: dict[str, str],
                          capture_output=True, text=True, timeout=60)
     assert out.stdout.splitlines() == ["[rank0-a1] line 0", "[rank0-a1] line 1"], out
     assert "Traceback" not in out.stderr and "exception" not in out.stderr, out.stderr
+
+
+def test_a_jobs_timeline_folds_runs_of_progress_reports() -> None:
+    """Found by a walkthrough: `aios job` printed every progress report, 166 lines for a job of 3,000 steps, one a
+    second, and the events that matter scrolled away. A run of them shows its first and last and counts the rest
+    (`--json` keeps them all)."""
+    from aios.cli.jobs import timeline_rows
+    from aios.common.events import JobPlaced, JobProgress, JobSucceeded, WorkerExited, timeline_entry
+
+    history: list[Any] = [JobPlaced(aggregate_id="j", assignments=[], world_size=1, ts=100.0)]
+    history += [JobProgress(aggregate_id="j", step=10 * i, total_steps=1000, ts=101.0 + i) for i in range(1, 101)]
+    history += [WorkerExited(aggregate_id="j", node_id="n", worker="w", exit_code=0, ts=202.0),
+                JobProgress(aggregate_id="j", step=1000, total_steps=1000, ts=202.5),
+                JobSucceeded(aggregate_id="j", ts=203.0)]
+    rows = timeline_rows(history, [timeline_entry(e) for e in history])
+    assert [r[1] for r in rows] == ["JobPlaced", "JobProgress", "", "JobProgress", "WorkerExited", "JobProgress",
+                                    "JobSucceeded"]
+    assert rows[2][2] == "... 98 more progress reports" and '"step": 10' in rows[1][2] and '"step": 1000' in rows[3][2]
+    assert rows[0][0] == "0.0" and rows[-1][0] == "103.0"

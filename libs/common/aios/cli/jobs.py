@@ -17,7 +17,7 @@ from aios.cli.output import plain, table_console
 from aios.common import strictjson, tracing
 from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError, NotFound
 from aios.common.events import (
-    JobCancelled, JobCancelRequested, JobFailed, JobSucceeded, timeline_entry,
+    JobCancelled, JobCancelRequested, JobFailed, JobProgress, JobSucceeded, timeline_entry,
 )
 from aios.common.store import open_log
 from aios.scheduler import submission
@@ -255,15 +255,42 @@ async def job(job_id: str, as_json: bool, wait: bool) -> int:
                           f"{_devices(summary)} device(s) on {plain(', '.join(sorted(set(summary['nodes']))) or '-')}"
                           f", attempt {summary['attempts']}{steps}"
                           + (f"\n  {plain(summary['error'])}" if summary["error"] else ""))
-        t0 = history[0].ts
         table = Table("+s", "event", "detail")
-        for e, entry in zip(history, events):
-            detail = {k: v for k, v in entry.items() if k not in ("type", "ts", "trace_id", "spec")}
-            table.add_row(f"{e.ts - t0:.1f}", type(e).__name__, plain(json.dumps(detail, default=str)[:100]))
+        for row in timeline_rows(history, events):
+            table.add_row(*row)
         console.print(table)
     if wait and summary is not None and summary["status"] != "succeeded":
         return 4
     return 0
+
+
+PROGRESS_RUN_SHOWN = 3
+"""Of a run of progress reports in a row, the first and last shown and the rest counted (``--json`` has them all):
+a job of 3,000 steps printed 166 lines of them, one a second, and the events around them scrolled away."""
+
+
+def timeline_rows(history: list[Any], entries: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """``aios job``'s table: (seconds since the first event, type, detail) a row, runs of progress reports folded
+    as ``kubectl describe`` folds repeated events."""
+    rows: list[tuple[str, str, str]] = []
+    t0 = history[0].ts if history else 0.0
+
+    def row(i: int) -> tuple[str, str, str]:
+        detail = {k: v for k, v in entries[i].items() if k not in ("type", "ts", "trace_id", "spec")}
+        return f"{history[i].ts - t0:.1f}", type(history[i]).__name__, plain(json.dumps(detail, default=str)[:100])
+    i = 0
+    while i < len(history):
+        end = i
+        while isinstance(history[i], JobProgress) and end + 1 < len(history) and isinstance(history[end + 1],
+                                                                                            JobProgress):
+            end += 1
+        if end - i + 1 > PROGRESS_RUN_SHOWN:
+            rows += [row(i), ("", "", f"... {end - i - 1} more progress reports"), row(end)]
+            i = end + 1
+            continue
+        rows.append(row(i))
+        i += 1
+    return rows
 
 
 async def checkpoints(sweep: bool, retention: str | None, orphan_grace_s: float, dry_run: bool, as_json: bool,
