@@ -375,7 +375,7 @@ class Api:
         # this process, each time anything changed)
         inv = self.backend.inventory()
         nodes = [self._holders_seen_by(caller, queries.node_detail(inv, n)) for _, n in sorted(inv.nodes.items())]
-        for n in nodes:  # half of it at 8 GPUs a node (1.5 of 3.1 MB at 1,000 nodes): GET /api/v1/nodes/{node} has them
+        for n in nodes:  # half the reply at 8 GPUs a node (1.5 of 3.1 MB at 1,000 nodes); a node's own page has them
             del n["links"]
         return web.json_response({"nodes": nodes, "seq": inv.seq})
 
