@@ -99,18 +99,20 @@ async def submit(path: str, idempotency_key: str | None, as_json: bool) -> int:
     return 0
 
 
-async def _cannot_start(job_id: str, tries: int = 10) -> str:
+async def _cannot_start(job_id: str, within_s: float = 1.5) -> str:
     """What the scheduler says if the job cannot start on the nodes there now, whoever left ("" if it can, or if
-    the scheduler does not answer within about a second: the note is a courtesy, the job is submitted)."""
-    for _ in range(tries):
+    the scheduler does not say within ``within_s``, or is of a version that cannot: the note is a courtesy, the job
+    is submitted)."""
+    deadline = time.monotonic() + within_s
+    while (left := deadline - time.monotonic()) > 0.05:
         try:
-            reply = await ask("aios.sched.why", {"job": job_id}, timeout=1.0)
+            reply = await ask("aios.sched.cannot_start", {"job": job_id}, timeout=left)
         except AiosError:
             return ""
-        if reply.get("why") != f"no job {job_id!r}":  # not folded yet: asked again
+        if reply.get("known"):
             why = reply.get("cannot_start") or ""
             return f"it cannot start on the nodes there now: {why}" if why else ""
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # not folded there yet
     return ""
 
 

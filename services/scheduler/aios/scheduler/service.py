@@ -172,14 +172,20 @@ class SchedulerService(Service):
         if commit.aggregate.startswith(FOLDED) and not all(isinstance(e, REPORTS) for e in commit.events):
             self._wake.set()
 
+    def _refit_if_due(self) -> None:
+        """The runtime predictor, fitted again every REFIT_EVERY more finished jobs, however many finished since the
+        last fit (the history is capped: its length stops moving at MAX_HISTORY, and a round that saw 49 -> 51
+        skipped the fit). Before a round, and before an explanation: a standby runs no rounds, and its `aios why`
+        named backfill reservations of the default estimate, not the leader's."""
+        state = self.projector.state
+        if self._fitted_on < 0 or state.finished_total - self._fitted_on >= REFIT_EVERY:
+            self.predictor.fit(state.finished)
+            self._fitted_on = state.finished_total
+
     async def round(self) -> None:
         state = self.projector.state
         now = time.time()
-        if self._fitted_on < 0 or state.finished_total - self._fitted_on >= REFIT_EVERY:
-            # every REFIT_EVERY more finished jobs, however many finished since the last round (the history is
-            # capped: its length stops moving at MAX_HISTORY, and a round that saw 49 -> 51 skipped the fit)
-            self.predictor.fit(state.finished)
-            self._fitted_on = state.finished_total
+        self._refit_if_due()
         started = time.perf_counter()
         plan = plan_round(state, self.policy, now, estimate=self.predictor.estimate, cache=self.bins)
         self.m_round_s.observe(time.perf_counter() - started)
@@ -273,21 +279,25 @@ class SchedulerService(Service):
                 await msg.respond(json.dumps({"error": f"body: {exc}"}).encode())
             return
         state = self.projector.state
-        if what == "why":
-            job, viewer = args.get("job"), args.get("viewer")
-            body: Any = ({"error": "field 'job': a job id is required"} if not isinstance(job, str) else
-                         {"error": "field 'viewer': a tenant name is expected"}
-                         if viewer is not None and not isinstance(viewer, str) else
-                         {"job": job, "why": explain(state, self.policy, job, time.time(), viewer,
-                                                    estimate=self.predictor.estimate, cache=self.bins),
-                          # for `aios submit`'s note: whether nodes must join before it can start at all
-                          "cannot_start": cannot_start_now(state, known.spec)
-                          if (known := state.jobs.get(job)) is not None and known.spec is not None
-                          and known.status == PENDING else ""})
+        job, viewer = args.get("job"), args.get("viewer")
+        if what in ("why", "cannot_start") and not isinstance(job, str):
+            body: Any = {"error": "field 'job': a job id is required"}
+        elif what == "why":
+            self._refit_if_due()
+            body = ({"error": "field 'viewer': a tenant name is expected"}
+                    if viewer is not None and not isinstance(viewer, str) else
+                    {"job": job, "why": explain(state, self.policy, job, time.time(), viewer,
+                                               estimate=self.predictor.estimate, cache=self.bins)})
+        elif what == "cannot_start":  # `aios submit`'s note: whether nodes must join before it can start at all
+            # (asked with `why`, each submission ran a whole round on every scheduler replica for a lookup)
+            known = state.jobs.get(job)
+            body = {"job": job, "known": known is not None,
+                    "cannot_start": cannot_start_now(state, known.spec)
+                    if known is not None and known.spec is not None and known.status == PENDING else ""}
         elif what == "jobs":
             body = jobs_reply(state, self.policy.name, args)
         else:
-            body = {"error": f"unknown query {what!r} (why, jobs)"}
+            body = {"error": f"unknown query {what!r} (why, cannot_start, jobs)"}
         if msg.reply:
             await msg.respond(json.dumps(body).encode())
 
