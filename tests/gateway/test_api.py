@@ -114,9 +114,12 @@ def test_tokens_and_tenants(gateway: tuple[str, LocalCluster]) -> None:
     job = made["job"]
     assert call(url, "GET", f"/api/v1/jobs/{job}", ALICE)[0] == 200
     # a kind no node has is taken (nodes may join), and the reply says so at once
-    status, typo = call(url, "POST", "/api/v1/jobs", ALICE, {**spec, "name": "typo", "device_types": ["h100x"]})
+    typoed = {**spec, "name": "typo", "device_types": ["h100x"]}
+    status, typo = call(url, "POST", "/api/v1/jobs", ALICE, typoed, headers={"Idempotency-Key": "typo-1"})
     assert status == 201 and typo["note"].startswith("it cannot start on the nodes there now: no online node has "
                                                      "a h100x device"), typo
+    status, again = call(url, "POST", "/api/v1/jobs", ALICE, typoed, headers={"Idempotency-Key": "typo-1"})
+    assert again["duplicate"] and again["job"] == typo["job"] and "note" not in again, again  # as the CLI: once
     assert call(url, "POST", f"/api/v1/jobs/{typo['job']}/cancel", ALICE)[0] == 202
     # every node's devices in one request (the dashboard asked once a node), holders hidden from other tenants
     deadline = time.monotonic() + 30

@@ -237,7 +237,7 @@ class Api:
             raise HttpError(400, f"Idempotency-Key: {exc}") from None
         await self.backend.caught_up(result.seq)
         reply: dict[str, Any] = {"job": result.job, "duplicate": result.duplicate, "seq": result.seq}
-        never = self.backend.cannot_start_now(spec)
+        never = "" if result.duplicate else self.backend.cannot_start_now(spec)  # (a retry's spec is not the job's)
         if never:  # kept (nodes may join), but said now: a typo in device_types waited without a word
             reply["note"] = f"it cannot start on the nodes there now: {never}"
         return reply
