@@ -534,6 +534,8 @@ class _Facts:
         job at submission; here it waits, since nodes may join (Kueue, Ray), but its reason says so."""
         shape = (req.devices, req.kinds, req.max_per_node, req.gang, req.cpu, req.memory_gib)
         if shape not in self._never:  # (the inventory shape's: asked again at every submission)
+            if len(self._never) >= 10_000:  # request shapes are the tenants' to choose: no unbounded growth
+                self._never.clear()
             cordoned = inventory_shape(self.state).cordoned
             # with nodes cordoned, "online" said too little: all of them were online, and healthy (found by a
             # walkthrough: "no online node has any healthy device (devices online: none)")
