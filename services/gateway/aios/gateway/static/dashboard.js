@@ -15,11 +15,12 @@ async function api(path, text = false) {
 }
 // a gateway of an older version (behind the same balancer during a roll) refuses ?limit=: the whole list from it
 function newestJobs() { return api("/api/v1/jobs?limit=" + JOBS_SHOWN).catch(() => api("/api/v1/jobs")); }
-// every node's devices in one request (one a node was 1,000 requests a refresh); an older gateway refuses ?detail=
+// every node's devices in one request (one a node was 1,000 requests a refresh); a gateway of an older version
+// refuses ?detail= (a 400) or, older still, ignores it (devices is a count there): then one request a node
 async function nodeDetails() {
-  const all = await api("/api/v1/nodes?detail=true").catch(() => null);
-  if (all) return all.nodes;
-  const nodes = await api("/api/v1/nodes");
+  const all = await api("/api/v1/nodes?detail=true").catch(e => { if (String(e.message).includes(": 400 ")) return null; throw e; });
+  if (all && all.nodes.every(n => Array.isArray(n.devices))) return all.nodes;
+  const nodes = all || await api("/api/v1/nodes");
   return Promise.all(nodes.nodes.map(n => api("/api/v1/nodes/" + encodeURIComponent(n.node))));
 }
 function showError(e) { const el = document.getElementById("error"); el.hidden = !e; el.textContent = e ? String(e.message || e) : ""; }
