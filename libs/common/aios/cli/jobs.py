@@ -103,6 +103,8 @@ async def _cannot_start(job_id: str, within_s: float = 1.5) -> str:
     """What the scheduler says if the job cannot start on the nodes there now, whoever left ("" if it can, or if
     the scheduler does not say within ``within_s``, or is of a version that cannot: the note is a courtesy, the job
     is submitted)."""
+    from aios.scheduler.rounds import submission_note  # (the scheduler's core: not loaded for every command)
+
     deadline = time.monotonic() + within_s
     while (left := deadline - time.monotonic()) > 0.05:
         try:
@@ -110,8 +112,7 @@ async def _cannot_start(job_id: str, within_s: float = 1.5) -> str:
         except AiosError:
             return ""
         if reply.get("known"):
-            why = reply.get("cannot_start") or ""
-            return f"it cannot start on the nodes there now: {why}" if why else ""
+            return submission_note(reply.get("cannot_start") or "")
         await asyncio.sleep(0.1)  # not folded there yet
     return ""
 

@@ -26,6 +26,7 @@ from aios.common.textcheck import unencodable_reason
 from aios.gateway.auth import Caller, Forbidden, Unauthorized, authenticate
 from aios.resource_manager import queries
 from aios.scheduler import submission, visibility
+from aios.scheduler.rounds import submission_note
 from aios.scheduler.spec import (KIND_PATTERN, MAX_CPU_PER_WORKER, MAX_DEVICES, MAX_MEMORY_GIB_PER_WORKER, MAX_PRIORITY,
                                  MAX_QUOTA, MAX_STOP_GRACE_S, NAME_PATTERN, JobSpec, SpecError, check_tenant,
                                  spec_to_dict, validate_quota, validate_spec)
@@ -237,9 +238,10 @@ class Api:
             raise HttpError(400, f"Idempotency-Key: {exc}") from None
         await self.backend.caught_up(result.seq)
         reply: dict[str, Any] = {"job": result.job, "duplicate": result.duplicate, "seq": result.seq}
-        never = "" if result.duplicate else self.backend.cannot_start_now(spec)  # (a retry's spec is not the job's)
-        if never:  # kept (nodes may join), but said now: a typo in device_types waited without a word
-            reply["note"] = f"it cannot start on the nodes there now: {never}"
+        note = "" if result.duplicate else submission_note(self.backend.cannot_start_now(spec))  # (a retry's spec
+        # is not the job's)
+        if note:  # kept (nodes may join), but said now: a typo in device_types waited without a word
+            reply["note"] = note
         return reply
 
     async def _check_served_model(self, uri: str) -> None:

@@ -1114,6 +1114,11 @@ def cannot_start_now(state: SchedulerState, spec: JobSpec) -> str:
                                             spec.memory_gib_per_worker, 100.0))
 
 
+def submission_note(why: str) -> str:
+    """The note a submission gets for ``cannot_start_now``'s answer ("" for none), the same from the CLI and the API."""
+    return f"it cannot start on the nodes there now: {why}" if why else ""
+
+
 def explain(state: SchedulerState, policy: Policy, job_id: str, now: float, viewer: str | None = None, *,
             estimate: Callable[[JobState], float] = default_estimate, cache: BinCache | None = None) -> str:
     """Why a job is where it is (``aios why``); for a ``viewer`` tenant, other tenants' jobs are not named (the

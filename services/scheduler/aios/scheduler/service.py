@@ -4,9 +4,9 @@ and appends the decisions: leases against node versions first, then placements f
 from __future__ import annotations
 
 import asyncio
-import math
 import json
 import logging
+import math
 import os
 import time
 from typing import Any

@@ -247,24 +247,24 @@ def inventory_shape(state: SchedulerState) -> InventoryShape:
             _SHAPES.clear()
         online: dict[str, int] = {}
         open_kinds: set[str] = set()
-        for node in inv.nodes.values():
+        installed: list[tuple[str, float, float, dict[str, int]]] = []
+        cordoned: list[str] = []
+        for node_id, node in inv.nodes.items():
+            usable: dict[str, int] = {}
             for d in node.devices.values():
                 if node.online:
                     online[d.info.kind] = online.get(d.info.kind, 0) + 1
                 if node.schedulable:
                     open_kinds.add(d.info.kind)
-        kind_of = {u: d.info.kind for n in inv.nodes.values() for u, d in n.devices.items()}
-        installed = []
-        for node_id, node in sorted(inv.nodes.items()):
+                    if d.usable:
+                        usable[d.info.kind] = usable.get(d.info.kind, 0) + 1
             if node.schedulable:
-                kinds: dict[str, int] = {}
-                for dev in node.devices.values():
-                    if dev.usable:
-                        kinds[dev.info.kind] = kinds.get(dev.info.kind, 0) + 1
-                installed.append((node_id, float(node.cpu_cores), node.memory_bytes / 1024**3, kinds))
-        cordoned = sorted(n for n, node in inv.nodes.items() if node.online and not node.schedulable)
-        cached = _SHAPES[id(inv)] = (inv, inv.shape, InventoryShape(kind_of, online, sorted(open_kinds), installed,
-                                                                    cordoned))
+                installed.append((node_id, float(node.cpu_cores), node.memory_bytes / 1024**3, usable))
+            elif node.online:
+                cordoned.append(node_id)
+        kind_of = {u: d.info.kind for n in inv.nodes.values() for u, d in n.devices.items()}
+        cached = _SHAPES[id(inv)] = (inv, inv.shape, InventoryShape(kind_of, online, sorted(open_kinds),
+                                                                    sorted(installed), sorted(cordoned)))
     return cached[2]
 
 
