@@ -13,7 +13,7 @@ sizes). The simulator gives true sizes as estimates only when asked (``--oracle-
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linprog
+from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
 from aios.scheduler.policies.planned import PlannedTimeShare
@@ -24,32 +24,36 @@ def fluid_lp(speed: np.ndarray, gpus: np.ndarray, capacity: np.ndarray, c_obj: n
              job_rows: list[tuple[np.ndarray, float]], extra_col: float) -> np.ndarray | None:
     """Solve over variables ``x[j, k]`` (row-major) and one scalar ``z`` (last): per kind ``sum_j gpus_j x[j, k] <=
     capacity_k * extra_col * z + (1 - extra_col) * capacity_k``; per job ``sum_k x[j, k] <= extra_col * z + (1 -
-    extra_col)`` and the caller's rows ``(coefficients over j's k and z, bound)``. Returns the solution vector."""
+    extra_col)`` and the caller's rows ``(coefficients over j's k and z, bound)``. Returns the solution vector.
+
+    Built with array operations and solved through ``milp`` with no integer variables (HiGHS' LP solver, as
+    ``linprog`` calls it): ``linprog``'s checks of its inputs took more time than the solve on plans of a few
+    hundred variables, re-solved at every arrival and finish (bench/RESULTS.md)."""
     n, m = speed.shape
     nv = n * m + 1
-    rows, cols, vals, b = [], [], [], []
-    r = 0
-    for c in range(m):
-        rows += [r] * (n + 1)
-        cols += [j * m + c for j in range(n)] + [nv - 1]
-        vals += list(gpus) + [-capacity[c] * extra_col]
-        b.append((1 - extra_col) * capacity[c])
-        r += 1
-    for j in range(n):
-        rows += [r] * (m + 1)
-        cols += [j * m + c for c in range(m)] + [nv - 1]
-        vals += [1.0] * m + [-extra_col]
-        b.append(1 - extra_col)
-        r += 1
-        coef, bound = job_rows[j]
-        rows += [r] * (m + 1)
-        cols += [j * m + c for c in range(m)] + [nv - 1]
-        vals += list(coef)
-        b.append(bound)
-        r += 1
-    a = coo_matrix((vals, (rows, cols)), shape=(r, nv)).tocsr()
-    bounds = [(0.0, 0.0 if speed[j, c] <= 0 else None) for j in range(n) for c in range(m)] + [(None, None)]
-    res = linprog(c_obj, A_ub=a, b_ub=np.array(b), bounds=bounds, method="highs")
+    z = nv - 1
+    x_cols = np.arange(n * m).reshape(n, m)
+    # per kind: the n jobs' columns of that kind, then z
+    kind_cols = np.concatenate([x_cols.T, np.full((m, 1), z)], axis=1)
+    kind_vals = np.concatenate([np.broadcast_to(np.asarray(gpus, dtype=float), (m, n)),
+                                (-np.asarray(capacity, dtype=float) * extra_col)[:, None]], axis=1)
+    # per job two rows: its share of time, then the caller's row
+    job_cols = np.repeat(np.concatenate([x_cols, np.full((n, 1), z)], axis=1), 2, axis=0)
+    job_vals = np.empty((2 * n, m + 1))
+    job_vals[0::2, :m], job_vals[0::2, m] = 1.0, -extra_col
+    job_vals[1::2] = [coef for coef, _ in job_rows] if n else np.zeros((0, m + 1))
+    cols = np.concatenate([kind_cols.ravel(), job_cols.ravel()])
+    rows = np.concatenate([np.repeat(np.arange(m), n + 1), np.repeat(np.arange(m, m + 2 * n), m + 1)])
+    vals = np.concatenate([kind_vals.ravel(), job_vals.ravel()])
+    b = np.empty(m + 2 * n)
+    b[:m] = (1 - extra_col) * np.asarray(capacity, dtype=float)
+    b[m::2] = 1 - extra_col
+    b[m + 1::2] = [bound for _, bound in job_rows]
+    a = coo_matrix((vals, (rows, cols)), shape=(m + 2 * n, nv)).tocsr()
+    lower = np.zeros(nv)
+    lower[z] = -np.inf
+    upper = np.append(np.where(speed.ravel() <= 0, 0.0, np.inf), np.inf)
+    res = milp(c_obj, constraints=LinearConstraint(a, -np.inf, b), bounds=Bounds(lower, upper))
     return res.x if res.status == 0 else None
 
 
