@@ -15,7 +15,7 @@ import pytest_asyncio
 
 from aios.common.config import Settings
 from aios.common.events import (
-    DevicesLeased, DeviceUnhealthy, NodeRegistered, WorkerExited, WorkerStarted,
+    DeviceHealthy, DevicesLeased, DevicesReleased, DeviceUnhealthy, NodeRegistered, WorkerExited, WorkerStarted,
 )
 from aios.common.natsserver import NatsServer
 from aios.common.runner import run_service
@@ -394,6 +394,57 @@ async def test_no_lease_no_process_and_a_busy_device_is_a_transient_refusal(
     assert [(e.worker, e.stopped) for e in events if isinstance(e, WorkerExited)] == [("w0", True)]
 
 
+async def test_a_worker_that_outlives_its_sigkill_takes_its_device_out_of_service_until_it_exits(
+        agent: tuple[DeviceAgentService, EventStore], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker stuck in the kernel keeps its GPU after SIGKILL. The scheduler gives the device back after the
+    job's grace, and every worker placed there next was refused after a wait, until its job failed as a crash loop
+    (Slurm drains a node on "Kill task failed"). The agent now marks the devices such a worker holds unhealthy, so
+    nothing is placed there, refuses a start there at once saying why, and puts them back when it exits. (Such a
+    process cannot be made here: the kernel's side is played at the signal boundary, SIGKILL is not delivered
+    until the test lets it be.)"""
+    import os
+    import signal
+
+    from aios.device_agent import workloads
+    from aios.device_agent.health import HELD_REASON
+
+    delivered = {"kill": False}
+    real = workloads._signal_group
+    monkeypatch.setattr(workloads, "_signal_group",
+                        lambda w, sig: real(w, sig) if sig != signal.SIGKILL or delivered["kill"] else None)
+    service, store = agent
+    service.runner.unkillable_s = 0.5
+    history = await store.read(f"node.{NODE}")
+    uuid = history.events[0].devices[1].uuid  # type: ignore[attr-defined]
+    await store.append(f"node.{NODE}", DevicesLeased(aggregate_id=NODE, job_id="j5", device_uuids=[uuid]))
+    await until(lambda: _holds(service, uuid, "j5"), what="the lease seen")
+    deaf = {"job_id": "j5", "worker": "w0", "device_uuids": [uuid], "env": {}, "command": [
+        sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"]}
+    assert (await request(store, run_subject(NODE), deaf))["ok"]
+    await asyncio.sleep(0.3)  # its SIGTERM handler is set
+    stop = asyncio.ensure_future(store.nc.request(stop_subject(NODE), json.dumps(
+        {"job_id": "j5", "grace_s": 0.3}).encode(), timeout=30))
+    [held] = await until(lambda: _of_type(store, DeviceUnhealthy), what="the device marked held")
+    assert held.device_uuid == uuid and held.reason.startswith(HELD_REASON) and "job j5" in held.reason
+
+    # the scheduler gives the device to another job after the grace: its worker is refused at once, saying why
+    await store.append(f"node.{NODE}", DevicesReleased(aggregate_id=NODE, job_id="j5", device_uuids=[uuid]))
+    await store.append(f"node.{NODE}", DevicesLeased(aggregate_id=NODE, job_id="j6", device_uuids=[uuid]))
+    await until(lambda: _holds(service, uuid, "j6"), what="the second lease seen")
+    next_one = {**deaf, "job_id": "j6", "command": [sys.executable, "-c", "print('ran')"]}
+    refused = await request(store, run_subject(NODE), next_one)
+    assert not refused["ok"] and refused["transient"] and HELD_REASON in refused["error"], refused
+    assert not stop.done()
+
+    delivered["kill"] = True  # the kernel lets it go at last
+    os.killpg(service.runner.running[("j5", "w0")].proc.pid, signal.SIGKILL)
+    assert json.loads((await stop).data) == {"ok": True, "stopped": 1}
+    [back] = await until(lambda: _of_type(store, DeviceHealthy), what="the device back in service")
+    assert back.device_uuid == uuid and uuid not in service.health.unhealthy
+    assert [e.signal for e in await store.read_job("j5") if isinstance(e, WorkerExited)] == [9]
+    assert (await request(store, run_subject(NODE), next_one))["ok"]
+
+
 async def test_a_worker_whose_lease_ends_while_it_waits_for_its_devices_never_starts(
         agent: tuple[DeviceAgentService, EventStore]) -> None:
     """The lease was checked before the wait for busy devices only: released meanwhile, the worker started anyway,
@@ -423,6 +474,11 @@ def test_the_shutdown_grace_setting_is_checked() -> None:
     assert AgentConfig.from_env({"AIOS_NODE_ID": "n", "AIOS_AGENT_STOP_GRACE_S": "45"}).stop_grace_s == 45.0
     with pytest.raises(ConfigError, match=r"AIOS_AGENT_STOP_GRACE_S='soon': a positive number of seconds"):
         AgentConfig.from_env({"AIOS_NODE_ID": "n", "AIOS_AGENT_STOP_GRACE_S": "soon"})
+    assert AgentConfig.from_env({"AIOS_NODE_ID": "n"}).unkillable_s == 10.0
+    assert AgentConfig.from_env({"AIOS_NODE_ID": "n", "AIOS_AGENT_UNKILLABLE_S": "60"}).unkillable_s == 60.0
+    for bad in ("0", "-1", "inf", "nan", "later"):
+        with pytest.raises(ConfigError, match=rf"AIOS_AGENT_UNKILLABLE_S='{bad}': a positive number of seconds"):
+            AgentConfig.from_env({"AIOS_NODE_ID": "n", "AIOS_AGENT_UNKILLABLE_S": bad})
 
 
 async def test_a_second_agent_for_a_node_a_live_agent_serves_is_refused(

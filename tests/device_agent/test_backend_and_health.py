@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from aios.device_agent import fakenvml
-from aios.device_agent.health import APPLICATION_XIDS, HealthTracker, is_critical_xid
+from aios.device_agent.health import APPLICATION_XIDS, HELD_REASON, HealthTracker, is_critical_xid
 from aios.device_agent.metrics import DcgmMetrics
 from aios.device_agent.nvml import DeviceSample, HealthSignal, NvmlBackend, NvmlUnavailable, device_kind
 
@@ -251,6 +251,39 @@ def test_a_device_with_a_memory_repair_pending_waits_for_its_reset() -> None:
     assert not failed.healthy and "row remapping failed" in failed.reason
     assert h.on_sample(DeviceSample("g2", 2, repair_pending=False, repair_failed=True), 3600) == []
     assert "g2" in h.unhealthy
+
+
+def test_a_device_held_by_a_worker_that_would_not_die_is_out_of_service_until_it_exits() -> None:
+    """A worker stuck in the kernel outlives its SIGKILL and keeps its device: every worker placed there next was
+    refused, five times, and its job failed as a crash loop. Held, the device is unhealthy (the scheduler places
+    nothing there) until the process exits; quiet samples do not bring it back before."""
+    h = HealthTracker(quiet_s=60)
+    held = f"{HELD_REASON} (pid 7, w0 of job j1)"
+    [t] = h.hold("g0", held, 0)
+    assert not t.healthy and t.reason == held
+    assert h.on_sample(DeviceSample("g0", 0, processes=[(7, 1 << 30)]), 3600) == []  # quiet for an hour: still held
+    assert h.on_sample(DeviceSample("g0", 0), 7200) == []  # no process listed: this agent's own hold waits for the exit
+    [back] = h.release("g0")
+    assert back.healthy and "g0" not in h.unhealthy and h.release("g0") == []
+
+    # a fault of its own while held keeps it out after the exit, under that fault's rule
+    h.hold("g1", held, 0)
+    h.on_signal(HealthSignal("g1", "ecc-dbe"), 5)
+    assert h.release("g1") == [] and "g1" in h.unhealthy
+    assert h.on_sample(DeviceSample("g1", 1), 100)[0].healthy
+    # one already unhealthy keeps its reason, and its recovery once released
+    h.on_signal(HealthSignal("g2", "xid", 79), 0)
+    assert h.hold("g2", held, 1) == [] and "79" in h.unhealthy["g2"][0]
+    assert h.on_sample(DeviceSample("g2", 2), 120) == []  # held: not back on quiet samples
+    assert h.release("g2") == [] and h.on_sample(DeviceSample("g2", 2), 121)[0].healthy
+
+    # a fresh agent finds the hold in the log: it is freed once NVML lists no process on the device (and not while
+    # the list cannot be read)
+    h.carry("g3", held, 0)
+    assert h.on_sample(DeviceSample("g3", 3, processes=[(7, 1 << 30)]), 1) == []
+    assert h.on_sample(DeviceSample("g3", 3, errors=["nvmlDeviceGetComputeRunningProcesses: Unknown Error"]), 2) == []
+    [free] = h.on_sample(DeviceSample("g3", 3), 3)
+    assert free.healthy and "g3" not in h.unhealthy
 
 
 @pytest.mark.parametrize("spec, reads", [("1xH100-80GB", "nvmlDeviceGetRemappedRows"),

@@ -235,3 +235,47 @@ def _alive_in_group(pgid: int) -> list[int]:
             if int(fields[2]) == pgid and fields[0] != "Z":
                 alive.append(int(entry))
     return alive
+
+
+async def test_a_worker_that_outlives_its_sigkill_is_reported_stuck_and_its_exit_still_counts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process in the kernel's uninterruptible sleep (a hung driver or file system) cannot be made here, so the
+    kernel's side is played at the signal boundary: SIGKILL is not delivered until the test lets it be. The runner
+    tells the agent once the worker has outlived its SIGKILL by ``unkillable_s``, and goes on waiting for the exit,
+    which is reported as usual."""
+    import os
+    import signal
+
+    from aios.device_agent import workloads
+
+    delivered = {"kill": False}
+    real = workloads._signal_group
+
+    def kernel(w: Workload, sig: int) -> None:
+        if sig != signal.SIGKILL or delivered["kill"]:
+            real(w, sig)
+    monkeypatch.setattr(workloads, "_signal_group", kernel)
+    stuck: list[Workload] = []
+    exits: list[tuple[int | None, int | None]] = []
+
+    async def on_stuck(w: Workload) -> None:
+        stuck.append(w)
+
+    async def on_exit(w: Workload, code: int | None, sig: int | None) -> None:
+        exits.append((code, sig))
+
+    runner = WorkloadRunner(lambda *a: None, on_exit, on_unkillable=on_stuck, unkillable_s=0.5)
+    deaf = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+    w = await runner.start("j1", "w0", [sys.executable, "-c", deaf], {}, ["GPU-a"])
+    await asyncio.sleep(0.8)
+    stopping = asyncio.ensure_future(runner.stop("j1", grace_s=0.3))
+    for _ in range(100):
+        if stuck:
+            break
+        await asyncio.sleep(0.05)
+    assert stuck == [w] and w.unkillable and not stopping.done() and runner.holders(["GPU-a"]) == [w]
+    delivered["kill"] = True  # the kernel lets it go at last
+    os.killpg(w.proc.pid, signal.SIGKILL)
+    assert await asyncio.wait_for(stopping, 10) == 1
+    await asyncio.sleep(0.2)
+    assert exits == [(None, 9)] and runner.running == {} and len(stuck) == 1

@@ -6,6 +6,12 @@ Recovery: a lost device that answers again is healthy at once; one marked by an 
 after ``quiet_s`` seconds of clean samples with no new error, and not before NVML stops reporting a memory repair
 pending at its next reset: after an uncorrectable error NVIDIA's remedy is a GPU reset (``nvidia-smi -r``, or a
 reboot), and a device put back before it ran the next job on the memory that had failed.
+
+Held: a worker that outlived its SIGKILL (stuck in the kernel, on a hung driver or file system) still holds its
+devices, and a worker placed there next would be refused again and again until its job failed as a crash loop. The
+agent marks such devices unhealthy until that process is gone (Slurm drains a node on "Kill task failed"; here only
+the devices it holds are taken out). Only the process's exit frees them, not quiet samples: a fresh agent that
+finds such a mark in the log frees it once NVML shows no process on the device.
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ def is_critical_xid(xid: int) -> bool:
     return xid not in APPLICATION_XIDS
 
 
+HELD_REASON = "held by a worker that did not exit after SIGKILL"
+"""The start of a held device's reason (``hold``); the log keeps it, and a fresh agent knows the mark by it."""
+
+
 class Transition(msgspec.Struct, frozen=True):
     uuid: str
     healthy: bool
@@ -36,6 +46,9 @@ class HealthTracker:
         self.unhealthy: dict[str, tuple[str, float, bool]] = {}
         """uuid -> (reason, time of the last bad sign, lost?)"""
         self._dbe: dict[str, int] = {}
+        self.held: dict[str, bool] = {}
+        """uuid -> whether the hold was carried from the log (freed by a sample without processes) rather than
+        taken by this agent (freed by the worker's exit, ``release``)."""
 
     def _mark(self, uuid: str, reason: str, now: float, lost: bool = False, xid: int | None = None) -> list[Transition]:
         known = uuid in self.unhealthy
@@ -47,6 +60,25 @@ class HealthTracker:
         had marked it at ``now``: the cluster keeps health across an agent restart, and only the agent can say a
         device recovered, so a fresh tracker that knew nothing of it left the GPU unschedulable for ever."""
         self.unhealthy.setdefault(uuid, (reason, now, False))
+        if reason.startswith(HELD_REASON):
+            self.held.setdefault(uuid, True)
+
+    def hold(self, uuid: str, reason: str, now: float) -> list[Transition]:
+        """The device is held by a process that would not die: unhealthy until ``release``. ``reason`` starts with
+        :data:`HELD_REASON`. One already unhealthy keeps its fault's reason (and its recovery, once released)."""
+        self.held[uuid] = False
+        return [] if uuid in self.unhealthy else self._mark(uuid, reason, now)
+
+    def release(self, uuid: str) -> list[Transition]:
+        """The process that held the device is gone: healthy again, unless a fault of its own marked it meanwhile
+        (then its own recovery applies)."""
+        if self.held.pop(uuid, None) is None:
+            return []
+        state = self.unhealthy.get(uuid)
+        if state is not None and state[0].startswith(HELD_REASON):
+            del self.unhealthy[uuid]
+            return [Transition(uuid, True, "the process that held it has exited")]
+        return []
 
     def on_signal(self, signal: HealthSignal, now: float) -> list[Transition]:
         if signal.kind == "xid" and signal.xid is not None:
@@ -70,6 +102,10 @@ class HealthTracker:
             self._dbe[uuid] = sample.ecc_dbe_total
             if previous is not None and sample.ecc_dbe_total > previous:
                 return self._mark(uuid, "double-bit ECC error", now)
+        if uuid in self.held:
+            # a hold carried from the log ends when NVML shows no process on the device (with NVML reporting them)
+            listed = not any(e.startswith("nvmlDeviceGetComputeRunningProcesses") for e in sample.errors)
+            return self.release(uuid) if self.held[uuid] and listed and not sample.processes else []
         state = self.unhealthy.get(uuid)
         if state is None:
             return []

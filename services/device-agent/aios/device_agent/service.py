@@ -28,7 +28,7 @@ from aios.common.tasks import cancel_and_wait
 from aios.common.wire import new_token
 from aios.device_agent import fakenvml
 from aios.trainer import EXIT_INTERRUPTED
-from aios.device_agent.health import HealthTracker, Transition
+from aios.device_agent.health import HELD_REASON, HealthTracker, Transition
 from aios.device_agent.metrics import DcgmMetrics
 from aios.device_agent.nvml import NvmlBackend, host_resources
 from aios.device_agent.protocol import (
@@ -40,6 +40,9 @@ from aios.resource_manager.inventory import Inventory, fold_commit
 
 log = logging.getLogger("aios.device_agent")
 _encoder = msgspec.json.Encoder()
+
+
+AGENT_UNKILLABLE_S = 10.0
 
 
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,6 +67,9 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     node lost and placed its jobs elsewhere, and a worker running on would train beside its own next attempt
     (Nomad's ``stop_on_client_after``). None: never, as Nomad's and Kubernetes' default, since a NATS outage then
     stops every job. Set it above the resource manager's ``AIOS_NODE_TIMEOUT``."""
+    unkillable_s: float = AGENT_UNKILLABLE_S
+    """A worker still there this long after its SIGKILL is stuck in the kernel: its devices are marked unhealthy
+    until it exits (``AIOS_AGENT_UNKILLABLE_S``; Slurm's UnkillableStepTimeout, after which it drains the node)."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "AgentConfig":
@@ -88,8 +94,15 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
             grace = -1.0
         if not 0 < grace < float("inf"):
             raise ConfigError(f"AIOS_AGENT_STOP_GRACE_S={raw_grace!r}: a positive number of seconds")
+        raw_stuck = env.get("AIOS_AGENT_UNKILLABLE_S", "").strip()
+        try:
+            unkillable = float(raw_stuck) if raw_stuck else AGENT_UNKILLABLE_S
+        except ValueError:
+            unkillable = -1.0
+        if not 0 < unkillable < float("inf"):
+            raise ConfigError(f"AIOS_AGENT_UNKILLABLE_S={raw_stuck!r}: a positive number of seconds")
         return cls(node_id=node, sim=env.get("AIOS_SIM") or None, fence_after_s=fence_after, stop_grace_s=grace,
-                   **intervals)
+                   unkillable_s=unkillable, **intervals)
 
 
 def make_backend(config: AgentConfig) -> tuple[NvmlBackend, fakenvml.FakeNvml | None]:
@@ -145,7 +158,8 @@ class DeviceAgentService(Service):
         self.metrics.describe(self.devices)
         self.links = await asyncio.to_thread(backend.links)
         self.driver = await asyncio.to_thread(backend.driver_version)
-        self.runner = WorkloadRunner(self._on_output, self._on_exit)
+        self.runner = WorkloadRunner(self._on_output, self._on_exit, on_unkillable=self._on_unkillable,
+                                     unkillable_s=cfg.unkillable_s)
         await joblogs.ensure_stream(ctx.store.js, ctx.store.replicas)
         node_subject = ctx.store.subject(f"node.{cfg.node_id}")
         await self.node.rebuild(ctx.store, filter_subject=node_subject)
@@ -391,7 +405,8 @@ class DeviceAgentService(Service):
                          transient=True)
         unhealthy = [u for u in req.device_uuids if u in self.health.unhealthy]
         if unhealthy:
-            return Reply(False, error=f"devices unhealthy: {', '.join(unhealthy)}", transient=True)
+            return Reply(False, error="devices unhealthy: " + ", ".join(
+                f"{u} ({self.health.unhealthy[u][0]})" for u in unhealthy), transient=True)
         try:
             # Workers run user code: they talk to NATS as this node, never with the launcher's credentials.
             env = {**req.env, "AIOS_NATS_URL": ",".join(self.ctx.settings.servers)}
@@ -463,7 +478,16 @@ class DeviceAgentService(Service):
         if kept is not None:
             asyncio.ensure_future(self.ctx.nc.publish(log_subject(w.job_id, w.worker, stream), kept))
 
+    async def _on_unkillable(self, w: Workload) -> None:
+        reason = f"{HELD_REASON} (pid {w.proc.pid}, {w.worker} of job {w.job_id}): out of service until it exits"
+        for uuid in w.device_uuids:
+            for t in self.health.hold(uuid, reason, time.monotonic()):
+                await self._append_health(t)
+
     async def _on_exit(self, w: Workload, code: int | None, sig: int | None) -> None:
+        for uuid in w.device_uuids if w.unkillable else ():
+            for t in self.health.release(uuid):
+                await self._append_health(t)
         if self.fake is not None:
             for uuid in w.device_uuids:
                 gpu = self.fake.by_uuid(uuid)

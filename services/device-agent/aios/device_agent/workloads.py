@@ -24,6 +24,7 @@ def inherited_environment(environ: Mapping[str, str]) -> dict[str, str]:
 
 OutputSink = Callable[["Workload", str, bytes], None]
 ExitSink = Callable[["Workload", "int | None", "int | None"], Awaitable[None]]
+StuckSink = Callable[["Workload"], Awaitable[None]]
 
 
 class DevicesBusy(ValueError):
@@ -57,6 +58,9 @@ class Workload:
     why it did was only in its logs)."""
     logged: int = 0
     """Bytes of output it has written (``joblogs.kept_line`` keeps the first ``MAX_BYTES_PER_WORKER``)."""
+    unkillable: bool = False
+    """It outlived its SIGKILL by the runner's ``unkillable_s`` (stuck in the kernel): its devices were reported
+    held (``on_unkillable``) until it exits."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -88,9 +92,14 @@ LAST_ERROR_CHARS = 300
 
 class WorkloadRunner:
     def __init__(self, on_output: OutputSink, on_exit: ExitSink, device_wait_s: float = 8.0,
-                 default_grace_s: float = 10.0) -> None:
+                 default_grace_s: float = 10.0, on_unkillable: StuckSink | None = None,
+                 unkillable_s: float = 10.0) -> None:
         self.on_output = on_output
         self.on_exit = on_exit
+        self.on_unkillable = on_unkillable
+        """Told of a worker still there ``unkillable_s`` after its SIGKILL (then its exit comes, if ever, through
+        ``on_exit`` as usual)."""
+        self.unkillable_s = unkillable_s
         self.default_grace_s = default_grace_s
         """The grace of a worker whose start named none (an older launcher)."""
         self.device_wait_s = device_wait_s
@@ -111,7 +120,8 @@ class WorkloadRunner:
         while busy := self.holders(device_uuids):
             if time.monotonic() >= deadline:
                 raise DevicesBusy("device(s) still in use by " + ", ".join(
-                    f"{w.worker} of job {w.job_id} on {','.join(w.device_uuids)}" for w in busy))
+                    f"{w.worker} of job {w.job_id} on {','.join(w.device_uuids)}"
+                    + (" (it outlived its SIGKILL)" if w.unkillable else "") for w in busy))
             await asyncio.sleep(0.05)
 
     async def start(self, job_id: str, worker: str, command: list[str], env: dict[str, str],
@@ -227,9 +237,29 @@ class WorkloadRunner:
                 await asyncio.wait_for(w.proc.wait(), max(0.0, started + grace - time.monotonic()))
             except asyncio.TimeoutError:
                 _signal_group(w, signal.SIGKILL)
-                await w.proc.wait()
+                await self._killed(w)
         await asyncio.gather(*(reap(w) for w in targets))
         return len(targets)
+
+    async def _killed(self, w: Workload) -> None:
+        """Wait for a worker sent SIGKILL to go. One still there ``unkillable_s`` later is stuck in the kernel (a
+        hung driver or file system; no signal reaches it): ``on_unkillable`` is told, so that its devices are
+        taken out of service instead of refusing every worker placed there next, and the wait goes on."""
+        try:
+            await asyncio.wait_for(w.proc.wait(), self.unkillable_s)
+            return
+        except asyncio.TimeoutError:
+            pass
+        if not w.unkillable and w.proc.returncode is None:
+            w.unkillable = True
+            log.error("a worker outlived its SIGKILL: its devices are held until it exits",
+                      extra={"job": w.job_id, "worker": w.worker, "pid": w.proc.pid, "devices": w.device_uuids})
+            if self.on_unkillable is not None:
+                try:
+                    await self.on_unkillable(w)
+                except Exception:  # noqa: BLE001 - reporting must not end the wait for the exit
+                    log.exception("reporting a stuck worker failed", extra={"job": w.job_id})
+        await w.proc.wait()
 
     async def stop_all(self, cap_s: float = 10.0) -> None:
         """Every worker at once, each with its job's grace up to ``cap_s``: one job after the other took the sum of
