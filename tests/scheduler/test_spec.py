@@ -83,6 +83,24 @@ def test_bad_fields_are_named(change: dict, field: str, reason: str) -> None:
     assert info.value.field == field and reason in str(info.value)
 
 
+def test_every_broken_rule_is_named_at_once() -> None:
+    """One error at a time, a spec with three mistakes took three submissions to get right; Kubernetes lists every
+    invalid field. (Type errors still stop at the first: the rest of the spec cannot be read without its types.)"""
+    with pytest.raises(SpecError) as info:
+        validate_spec({**GOOD, "name": "Bad Name", "devices": -1, "env": {"RANK": "3"}, "stop_grace_s": 0,
+                       "throughput": {"H100": 2.0}})
+    assert [f for f, _ in info.value.problems] == ["name", "devices", "throughput.H100", "env.RANK", "stop_grace_s"]
+    assert info.value.field == "name" and str(info.value).startswith("name: lowercase letters")
+    assert "; devices: must be between 0 and" in str(info.value) and "; stop_grace_s: seconds" in str(info.value)
+    # a spec that is none of a command, a trainer or a serving job says so, and not the rules of either
+    with pytest.raises(SpecError) as info:
+        validate_spec({**GOOD, "priority": 10**9, "trainer": {"kind": "mlp", "lr": -1}})
+    assert [f for f, _ in info.value.problems] == ["priority", "command"]
+    with pytest.raises(SpecError) as info:  # one problem: the message as before
+        validate_spec({**GOOD, "max_restarts": -1})
+    assert info.value.problems == [(info.value.field, info.value.reason)] and str(info.value).count(": ") == 1
+
+
 def test_missing_fields_and_wrong_shapes() -> None:
     with pytest.raises(SpecError, match="^name: Object missing required field `name`"):
         validate_spec({"tenant": "t", "command": ["x"]})

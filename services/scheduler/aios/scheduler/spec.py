@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 
@@ -29,6 +29,16 @@ class SpecError(AiosError):
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
+        self.problems = [(field, reason)]
+        """Every (field, reason) found; the first is ``field`` and ``reason``."""
+
+    @classmethod
+    def of(cls, problems: list[tuple[str, str]]) -> "SpecError":
+        """One error for several problems: its text names each field and reason, separated by "; "."""
+        exc = cls(*problems[0])
+        exc.problems = list(problems)
+        exc.args = ("; ".join(f"{f}: {r}" for f, r in problems),)
+        return exc
 
 
 DEFAULT_STOP_GRACE_S = 10.0
@@ -190,77 +200,98 @@ def validate_spec(raw: Any) -> JobSpec:
         field = m.group(1) if m else (re.search(r"field `([^`]+)`", text) or [None, "spec"])[1]
         hint = strictjson.number_as_text_hint(strictjson.value_at(raw, f"$.{field}")) if m else ""
         raise SpecError(field, text.split(" - at ")[0] + hint) from None
+    problems = _problems(spec)
+    if problems:
+        raise SpecError.of(problems)
+    return spec
+
+
+def _problems(spec: JobSpec) -> list[tuple[str, str]]:
+    """Every rule a well-typed spec breaks, as (field, reason), in the order of the fields: a user fixing a spec
+    learns of all its mistakes at once, as Kubernetes lists every invalid field (one at a time, a spec with three
+    took three submissions to get right)."""
+    out: list[tuple[str, str]] = []
+
+    def check(rule: Callable[[], None]) -> None:
+        try:
+            rule()
+        except SpecError as exc:
+            out.extend(exc.problems)
     if not _NAME.fullmatch(spec.name):
-        raise SpecError("name", "lowercase letters, digits, '.', '_' or '-', 1 to 64 characters, alphanumeric ends, "
-                                "no '..'")
-    check_tenant(spec.tenant)
+        out.append(("name", "lowercase letters, digits, '.', '_' or '-', 1 to 64 characters, alphanumeric ends, "
+                            "no '..'"))
+    check(lambda: check_tenant(spec.tenant))
     if not -MAX_PRIORITY <= spec.priority <= MAX_PRIORITY:
-        raise SpecError("priority", f"must be between {-MAX_PRIORITY} and {MAX_PRIORITY}")
+        out.append(("priority", f"must be between {-MAX_PRIORITY} and {MAX_PRIORITY}"))
     if not 0 <= spec.devices <= MAX_DEVICES:
-        raise SpecError("devices", f"must be between 0 and {MAX_DEVICES}")
+        out.append(("devices", f"must be between 0 and {MAX_DEVICES}"))
     for i, kind in enumerate(spec.device_types):
         if not _KIND.fullmatch(kind):
-            raise SpecError(f"device_types[{i}]", f"{kind!r} is not a device kind (e.g. h100, a100)")
+            out.append((f"device_types[{i}]", f"{kind!r} is not a device kind (e.g. h100, a100)"))
     for kind, value in spec.throughput.items():
         if not _KIND.fullmatch(kind):  # "H100" never matched the kind h100: the speed-up was silently lost
-            raise SpecError(f"throughput.{kind[:64]}", f"{kind!r} is not a device kind (e.g. h100, a100)")
-        if not value > 0:
-            raise SpecError(f"throughput.{kind}", "must be a positive number")
-        if spec.device_types and kind not in spec.device_types:
-            raise SpecError(f"throughput.{kind}", "names a device kind not in device_types")
+            out.append((f"throughput.{kind[:64]}", f"{kind!r} is not a device kind (e.g. h100, a100)"))
+        elif not value > 0:
+            out.append((f"throughput.{kind}", "must be a positive number"))
+        elif spec.device_types and kind not in spec.device_types:
+            out.append((f"throughput.{kind}", "names a device kind not in device_types"))
     if spec.max_devices_per_node is not None and spec.max_devices_per_node < 1:
-        raise SpecError("max_devices_per_node", "must be at least 1")
+        out.append(("max_devices_per_node", "must be at least 1"))
     if not MIN_CPU_PER_WORKER <= spec.cpu_per_worker <= MAX_CPU_PER_WORKER:
-        raise SpecError("cpu_per_worker", f"must be positive, {CPU_PER_WORKER_RANGE}")
+        out.append(("cpu_per_worker", f"must be positive, {CPU_PER_WORKER_RANGE}"))
     if not MIN_MEMORY_GIB_PER_WORKER <= spec.memory_gib_per_worker <= MAX_MEMORY_GIB_PER_WORKER:
-        raise SpecError("memory_gib_per_worker", f"must be positive, {MEMORY_GIB_PER_WORKER_RANGE}")
+        out.append(("memory_gib_per_worker", f"must be positive, {MEMORY_GIB_PER_WORKER_RANGE}"))
     for key in spec.env:
         if not _ENV_NAME.fullmatch(key):
-            raise SpecError(f"env.{key[:64]}", "not an environment variable name (1 to 256 characters, no '=')")
-        if key in WORKER_VARIABLES:  # it was overwritten without a word
-            raise SpecError(f"env.{key}", "set by AIOS for each worker (torchrun's variables, the job's own and its "
-                                          "devices): it cannot be given")
+            out.append((f"env.{key[:64]}", "not an environment variable name (1 to 256 characters, no '=')"))
+        elif key in WORKER_VARIABLES:  # it was overwritten without a word
+            out.append((f"env.{key}", "set by AIOS for each worker (torchrun's variables, the job's own and its "
+                                      "devices): it cannot be given"))
     if not 0 <= spec.max_restarts <= MAX_RESTARTS:
-        raise SpecError("max_restarts", f"a whole number from 0 to {MAX_RESTARTS}, got {spec.max_restarts}")
+        out.append(("max_restarts", f"a whole number from 0 to {MAX_RESTARTS}, got {spec.max_restarts}"))
     if not 0 < spec.stop_grace_s <= MAX_STOP_GRACE_S:
-        raise SpecError("stop_grace_s", f"seconds, more than 0 and at most {MAX_STOP_GRACE_S:g}")
+        out.append(("stop_grace_s", f"seconds, more than 0 and at most {MAX_STOP_GRACE_S:g}"))
     for field in ("max_runtime_s", "runtime_estimate_s", "checkpoint_interval_s"):
         value = getattr(spec, field)
         if value is not None and value <= 0:
-            raise SpecError(field, "must be a positive number of seconds")
-    if spec.checkpoint_interval_s is not None and spec.checkpoint_interval_s < 1:
-        # 1e-9 was taken: a checkpoint after every step, each one a write to the object store
-        raise SpecError("checkpoint_interval_s", "at least 1 second between checkpoints")
+            out.append((field, "must be a positive number of seconds"))
+        elif field == "checkpoint_interval_s" and value is not None and value < 1:
+            # 1e-9 was taken: a checkpoint after every step, each one a write to the object store
+            out.append((field, "at least 1 second between checkpoints"))
     size = len(msgspec.json.encode(spec))
     if size > MAX_SPEC_BYTES:  # it travels in one NATS message (1 MiB at most): a bigger one hung, then failed
-        raise SpecError("spec", f"{size:,} bytes as JSON, more than the {MAX_SPEC_BYTES:,} a job spec may have "
-                        "(large inputs belong in files or the model registry, not in env or arguments)")
+        out.append(("spec", f"{size:,} bytes as JSON, more than the {MAX_SPEC_BYTES:,} a job spec may have "
+                            "(large inputs belong in files or the model registry, not in env or arguments)"))
     if sum(x is not None for x in (spec.command, spec.trainer, spec.serve)) != 1:
-        raise SpecError("command", "give exactly one of `command` (a list of arguments), `trainer` or `serve`")
+        out.append(("command", "give exactly one of `command` (a list of arguments), `trainer` or `serve`"))
+        return out  # which of them the job is, is not known: their own rules would only add noise
     if spec.serve is not None:
-        check_serve(spec.serve)
+        check(lambda: check_serve(spec.serve))  # type: ignore[arg-type]
     if spec.command is not None and (not spec.command or not all(spec.command)):
-        raise SpecError("command", "must be a non-empty list of non-empty strings")
-    if spec.trainer is not None and not isinstance(spec.trainer.get("kind"), str):
-        raise SpecError("trainer.kind", "required: the built-in trainer to run (e.g. mlp)")
+        out.append(("command", "must be a non-empty list of non-empty strings"))
     if spec.trainer is not None:
-        try:
-            from aios.trainer.mlp import parse_config
-        except ImportError:  # a scheduler deployed without the trainer package: the trainer checks at start
-            return spec
-        try:
-            from aios.trainer.mlp import memory_bytes
+        out.extend(_trainer_problems(spec, spec.trainer))
+    return out
 
-            cfg = parse_config(spec.trainer)
-        except ValueError as exc:
-            field, _, why = str(exc).partition(": ")
-            raise SpecError(field, why) from None
-        need = memory_bytes(cfg) / 1024**3
-        if need > spec.memory_gib_per_worker:  # placement gives each worker that much of a node's memory, no more
-            raise SpecError("trainer", f"needs about {need:,.1f} GiB per worker (its samples, hidden units and "
-                            f"batch), more than memory_gib_per_worker ({spec.memory_gib_per_worker:g}): ask for "
-                            "more, or train on less")
-    return spec
+
+def _trainer_problems(spec: JobSpec, trainer: dict[str, Any]) -> list[tuple[str, str]]:
+    if not isinstance(trainer.get("kind"), str):
+        return [("trainer.kind", "required: the built-in trainer to run (e.g. mlp)")]
+    try:
+        from aios.trainer.mlp import memory_bytes, parse_config
+    except ImportError:  # a scheduler deployed without the trainer package: the trainer checks at start
+        return []
+    try:
+        cfg = parse_config(trainer)
+    except ValueError as exc:
+        field, _, why = str(exc).partition(": ")
+        return [(field, why)]
+    need = memory_bytes(cfg) / 1024**3
+    if need > spec.memory_gib_per_worker:  # placement gives each worker that much of a node's memory, no more
+        return [("trainer", f"needs about {need:,.1f} GiB per worker (its samples, hidden units and batch), more "
+                            f"than memory_gib_per_worker ({spec.memory_gib_per_worker:g}): ask for more, or train "
+                            "on less")]
+    return []
 
 
 def is_name(text: Any) -> bool:
