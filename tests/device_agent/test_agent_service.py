@@ -444,6 +444,29 @@ async def test_a_worker_that_outlives_its_sigkill_takes_its_device_out_of_servic
     assert [e.signal for e in await store.read_job("j5") if isinstance(e, WorkerExited)] == [9]
     assert (await request(store, run_subject(NODE), next_one))["ok"]
 
+    # found by review: a worker of two devices that exits while the hold is being stored (its append slower than
+    # the release's) left the second device held for ever: every device is held before the first append now
+    delivered["kill"] = False
+    real_append = service._append_health
+
+    async def slow_hold(t: Any) -> None:
+        if not t.healthy:
+            await asyncio.sleep(0.3)
+        await real_append(t)
+    monkeypatch.setattr(service, "_append_health", slow_hold)
+    pair = [d.uuid for d in history.events[0].devices if d.uuid != uuid]  # type: ignore[attr-defined]
+    await store.append(f"node.{NODE}", DevicesLeased(aggregate_id=NODE, job_id="j7", device_uuids=pair))
+    await until(lambda: _holds(service, pair[1], "j7"), what="the pair's lease seen")
+    assert (await request(store, run_subject(NODE), {**deaf, "job_id": "j7", "device_uuids": pair}))["ok"]
+    await asyncio.sleep(0.3)
+    stop = asyncio.ensure_future(store.nc.request(stop_subject(NODE), json.dumps(
+        {"job_id": "j7", "grace_s": 0.3}).encode(), timeout=30))
+    await until(lambda: _async(pair[0] in service.health.held), what="the first device held")
+    delivered["kill"] = True
+    os.killpg(service.runner.running[("j7", "w0")].proc.pid, signal.SIGKILL)
+    await stop
+    await until(lambda: _async(not service.health.held and not service.health.unhealthy), what="both back")
+
 
 async def test_a_worker_whose_lease_ends_while_it_waits_for_its_devices_never_starts(
         agent: tuple[DeviceAgentService, EventStore]) -> None:

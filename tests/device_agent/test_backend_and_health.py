@@ -269,13 +269,27 @@ def test_a_device_held_by_a_worker_that_would_not_die_is_out_of_service_until_it
     # a fault of its own while held keeps it out after the exit, under that fault's rule
     h.hold("g1", held, 0)
     h.on_signal(HealthSignal("g1", "ecc-dbe"), 5)
-    assert h.release("g1") == [] and "g1" in h.unhealthy
+    [t] = h.release("g1")
+    assert not t.healthy and t.reason == "double-bit ECC error" and "g1" in h.unhealthy
     assert h.on_sample(DeviceSample("g1", 1), 100)[0].healthy
-    # one already unhealthy keeps its reason, and its recovery once released
+    # one already unhealthy keeps its fault, and the log's reason names the hold too (found by review: a fresh
+    # agent then carried the XID alone, and put the GPU back after a quiet minute, the stuck process still on it)
     h.on_signal(HealthSignal("g2", "xid", 79), 0)
-    assert h.hold("g2", held, 1) == [] and "79" in h.unhealthy["g2"][0]
+    [both] = h.hold("g2", held, 1)
+    assert not both.healthy and both.reason == f"critical XID 79; {held}"
     assert h.on_sample(DeviceSample("g2", 2), 120) == []  # held: not back on quiet samples
-    assert h.release("g2") == [] and h.on_sample(DeviceSample("g2", 2), 121)[0].healthy
+    fresh = HealthTracker(quiet_s=60)
+    fresh.carry("g2", both.reason, 100)
+    assert fresh.on_sample(DeviceSample("g2", 2, processes=[(7, 1 << 30)]), 200) == []
+    [fault] = fresh.on_sample(DeviceSample("g2", 2), 201)  # the process gone: the XID's own rule is left
+    assert not fault.healthy and fault.reason == "critical XID 79"
+    assert fresh.on_sample(DeviceSample("g2", 2), 202)[0].healthy  # its quiet minute counted from the carry (100)
+    [fault] = h.release("g2")
+    assert not fault.healthy and fault.reason == "critical XID 79" and h.on_sample(DeviceSample("g2", 2), 121)[0].healthy
+    # a fault while held: the log's reason names both
+    h.hold("g4", held, 0)
+    [t] = h.on_signal(HealthSignal("g4", "xid", 48), 5)
+    assert t.reason == f"critical XID 48; {held}"
 
     # a fresh agent finds the hold in the log: it is freed once NVML lists no process on the device (and not while
     # the list cannot be read)

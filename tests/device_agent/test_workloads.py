@@ -279,3 +279,35 @@ async def test_a_worker_that_outlives_its_sigkill_is_reported_stuck_and_its_exit
     assert await asyncio.wait_for(stopping, 10) == 1
     await asyncio.sleep(0.2)
     assert exits == [(None, 9)] and runner.running == {} and len(stuck) == 1
+
+
+async def test_a_shutdown_does_not_wait_for_ever_on_a_worker_that_outlives_its_sigkill(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by review: the agent's shutdown capped the grace, not the wait after SIGKILL, so a stuck worker kept
+    the agent (and its heartbeats: the node looked online, drained) running until a supervisor killed it. The
+    worker is reported stuck (its devices' hold is in the log for the next agent) and the shutdown goes on."""
+    import os
+    import signal
+
+    from aios.device_agent import workloads
+
+    real = workloads._signal_group
+    monkeypatch.setattr(workloads, "_signal_group", lambda w, sig: real(w, sig) if sig != signal.SIGKILL else None)
+    stuck: list[Workload] = []
+
+    async def on_stuck(w: Workload) -> None:
+        stuck.append(w)
+
+    async def on_exit(w: Workload, code: int | None, sig: int | None) -> None:
+        pass
+
+    runner = WorkloadRunner(lambda *a: None, on_exit, on_unkillable=on_stuck, unkillable_s=0.3)
+    deaf = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+    w = await runner.start("j1", "w0", [sys.executable, "-c", deaf], {}, ["GPU-a"])
+    try:
+        await asyncio.sleep(0.8)
+        await asyncio.wait_for(runner.stop_all(cap_s=0.3), 5)
+        assert stuck == [w] and w.proc.returncode is None
+    finally:
+        real(w, signal.SIGKILL)
+        await w.proc.wait()

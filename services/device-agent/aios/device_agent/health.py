@@ -46,39 +46,58 @@ class HealthTracker:
         self.unhealthy: dict[str, tuple[str, float, bool]] = {}
         """uuid -> (reason, time of the last bad sign, lost?)"""
         self._dbe: dict[str, int] = {}
-        self.held: dict[str, bool] = {}
-        """uuid -> whether the hold was carried from the log (freed by a sample without processes) rather than
-        taken by this agent (freed by the worker's exit, ``release``)."""
+        self.held: dict[str, tuple[bool, str]] = {}
+        """uuid -> (carried from the log?, the hold's text). A hold taken by this agent ends with its worker's exit
+        (``release``), one carried from the log when NVML lists no process on the device."""
 
     def _mark(self, uuid: str, reason: str, now: float, lost: bool = False, xid: int | None = None) -> list[Transition]:
-        known = uuid in self.unhealthy
-        self.unhealthy[uuid] = (reason, now, lost)
-        return [] if known else [Transition(uuid, False, reason, xid)]
+        known = self.unhealthy.get(uuid)
+        held = self.held.get(uuid)
+        shown = f"{reason}; {held[1]}" if held is not None and HELD_REASON not in reason else reason
+        self.unhealthy[uuid] = (shown, now, lost)
+        if known is None or (held is not None and known[0] != shown):  # the log's reason keeps naming the hold
+            return [Transition(uuid, False, shown, xid)]
+        return []
 
     def carry(self, uuid: str, reason: str, now: float) -> None:
         """A device the log holds unhealthy (a previous agent of this node said so) is watched as if this tracker
         had marked it at ``now``: the cluster keeps health across an agent restart, and only the agent can say a
         device recovered, so a fresh tracker that knew nothing of it left the GPU unschedulable for ever."""
         self.unhealthy.setdefault(uuid, (reason, now, False))
-        if reason.startswith(HELD_REASON):
-            self.held.setdefault(uuid, True)
+        at = reason.find(HELD_REASON)
+        if at >= 0:
+            self.held.setdefault(uuid, (True, reason[at:]))
 
     def hold(self, uuid: str, reason: str, now: float) -> list[Transition]:
         """The device is held by a process that would not die: unhealthy until ``release``. ``reason`` starts with
-        :data:`HELD_REASON`. One already unhealthy keeps its fault's reason (and its recovery, once released)."""
-        self.held[uuid] = False
-        return [] if uuid in self.unhealthy else self._mark(uuid, reason, now)
+        :data:`HELD_REASON`. One already unhealthy keeps its fault, and the hold is added to its reason (the log
+        must say so: a fresh agent would otherwise put it back after the fault's quiet minute, the process still
+        on it)."""
+        self.held[uuid] = (False, reason)
+        known = self.unhealthy.get(uuid)
+        if known is None:
+            return self._mark(uuid, reason, now)
+        if HELD_REASON in known[0]:
+            return []
+        shown = f"{known[0]}; {reason}"
+        self.unhealthy[uuid] = (shown, known[1], known[2])
+        return [Transition(uuid, False, shown)]
 
     def release(self, uuid: str) -> list[Transition]:
-        """The process that held the device is gone: healthy again, unless a fault of its own marked it meanwhile
-        (then its own recovery applies)."""
+        """The process that held the device is gone: healthy again, unless a fault of its own marked it (then it
+        stays out under that fault's rule, and the log's reason names the fault alone)."""
         if self.held.pop(uuid, None) is None:
             return []
         state = self.unhealthy.get(uuid)
-        if state is not None and state[0].startswith(HELD_REASON):
+        if state is None:
+            return []
+        reason, since, lost = state
+        fault = reason[:max(0, reason.find(HELD_REASON))].rstrip("; ") if HELD_REASON in reason else reason
+        if not fault:
             del self.unhealthy[uuid]
             return [Transition(uuid, True, "the process that held it has exited")]
-        return []
+        self.unhealthy[uuid] = (fault, since, lost)
+        return [Transition(uuid, False, fault)] if fault != reason else []
 
     def on_signal(self, signal: HealthSignal, now: float) -> list[Transition]:
         if signal.kind == "xid" and signal.xid is not None:
@@ -105,7 +124,7 @@ class HealthTracker:
         if uuid in self.held:
             # a hold carried from the log ends when NVML shows no process on the device (with NVML reporting them)
             listed = not any(e.startswith("nvmlDeviceGetComputeRunningProcesses") for e in sample.errors)
-            return self.release(uuid) if self.held[uuid] and listed and not sample.processes else []
+            return self.release(uuid) if self.held[uuid][0] and listed and not sample.processes else []
         state = self.unhealthy.get(uuid)
         if state is None:
             return []

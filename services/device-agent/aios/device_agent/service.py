@@ -480,14 +480,15 @@ class DeviceAgentService(Service):
 
     async def _on_unkillable(self, w: Workload) -> None:
         reason = f"{HELD_REASON} (pid {w.proc.pid}, {w.worker} of job {w.job_id}): out of service until it exits"
-        for uuid in w.device_uuids:
-            for t in self.health.hold(uuid, reason, time.monotonic()):
-                await self._append_health(t)
+        now = time.monotonic()  # every device held before the first append: the worker may exit during one
+        transitions = [t for uuid in w.device_uuids for t in self.health.hold(uuid, reason, now)]
+        for t in transitions:
+            await self._append_health(t)
 
     async def _on_exit(self, w: Workload, code: int | None, sig: int | None) -> None:
-        for uuid in w.device_uuids if w.unkillable else ():
-            for t in self.health.release(uuid):
-                await self._append_health(t)
+        released = [t for uuid in (w.device_uuids if w.unkillable else ()) for t in self.health.release(uuid)]
+        for t in released:
+            await self._append_health(t)
         if self.fake is not None:
             for uuid in w.device_uuids:
                 gpu = self.fake.by_uuid(uuid)

@@ -221,7 +221,10 @@ class WorkloadRunner:
         targets = [w for w in self.running.values() if w.job_id == job_id and (not attempt or w.attempt == attempt)]
         return await self._stop(targets, grace_s, cap_s)
 
-    async def _stop(self, targets: list[Workload], grace_s: float | None, cap_s: float | None) -> int:
+    async def _stop(self, targets: list[Workload], grace_s: float | None, cap_s: float | None,
+                    wait_out: bool = True) -> int:
+        """``wait_out``: wait for a worker that outlives its SIGKILL until it exits (else: until it is reported
+        stuck, as on the agent's own shutdown, which would otherwise never end)."""
         started = time.monotonic()
         for w in targets:
             # only a process still running is stopped by us: one that has exited on its own (its pipes still
@@ -237,11 +240,11 @@ class WorkloadRunner:
                 await asyncio.wait_for(w.proc.wait(), max(0.0, started + grace - time.monotonic()))
             except asyncio.TimeoutError:
                 _signal_group(w, signal.SIGKILL)
-                await self._killed(w)
+                await self._killed(w, wait_out)
         await asyncio.gather(*(reap(w) for w in targets))
         return len(targets)
 
-    async def _killed(self, w: Workload) -> None:
+    async def _killed(self, w: Workload, wait_out: bool = True) -> None:
         """Wait for a worker sent SIGKILL to go. One still there ``unkillable_s`` later is stuck in the kernel (a
         hung driver or file system; no signal reaches it): ``on_unkillable`` is told, so that its devices are
         taken out of service instead of refusing every worker placed there next, and the wait goes on."""
@@ -259,13 +262,14 @@ class WorkloadRunner:
                     await self.on_unkillable(w)
                 except Exception:  # noqa: BLE001 - reporting must not end the wait for the exit
                     log.exception("reporting a stuck worker failed", extra={"job": w.job_id})
-        await w.proc.wait()
+        if wait_out:
+            await w.proc.wait()
 
     async def stop_all(self, cap_s: float = 10.0) -> None:
         """Every worker at once, each with its job's grace up to ``cap_s``: one job after the other took the sum of
         their graces, and a supervisor's kill timeout (docker's stop_grace_period) cut the later ones off before
         their checkpoint."""
-        await self._stop(list(self.running.values()), None, cap_s)
+        await self._stop(list(self.running.values()), None, cap_s, wait_out=False)
         if self._watchers:
             await asyncio.wait(self._watchers, timeout=cap_s)
 
