@@ -71,10 +71,12 @@ async def test_node_loss_and_return(cluster: LocalCluster, aios_env: dict[str, s
     # (an upper bound with room for a loaded machine: 9 s was seen with two test workers and other clusters running)
     assert 3 - 0.5 <= detected < 3 + 10, detected
     assert "no heartbeat" in nodes["sim-a"]["lost_reason"] and nodes["sim-b"]["online"]
-    lost = [e for e in (await store.read("node.sim-a")).events if isinstance(e, NodeLost)]
+    node_log = await store.read("node.sim-a")
+    lost = [e for e in node_log.events if isinstance(e, NodeLost)]
     assert len(lost) == 1 and lost[0].jobs == ["train-1"]
     requeued = (await store.read("job.train-1")).events
     assert len(requeued) == 1 and isinstance(requeued[0], JobRequeued) and requeued[0].node_id == "sim-a"
+    assert requeued[0].node_seq == node_log.version  # the loss's commit: ordered by the log, not by clocks
 
     cluster.restart_agent("sim-a")
     nodes = await asyncio.to_thread(wait_nodes, cluster, aios_env, lambda n: n["sim-a"]["online"], 20)

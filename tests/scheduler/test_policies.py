@@ -1087,6 +1087,43 @@ def test_a_job_preempts_no_scavenger_for_room_on_kinds_its_quota_does_not_let_it
     assert preempted == [] and c.status("scav") == PLACED and c.status("nlpjob") == PENDING, preempted
 
 
+def test_a_job_on_a_lost_node_is_requeued_whatever_the_resource_manager_s_clock_says() -> None:
+    """Found by review: the resource manager stamps NodeLost and its JobRequeued with its own clock. 30 s behind
+    the scheduler's, its requeue looked older than the job's placement and was dropped as late, and the fallback
+    saw the node lost "before" the placement too: the job ran on a dead node for ever, charged to its tenant. What
+    happened first is now told by log sequence; a requeue about a placement made after the loss is still late."""
+    from aios.common.events import JobRequeued, JobStarted
+    from aios.scheduler.local import apply
+
+    for skew in (-30.0, -300.0, +300.0):
+        c = Cluster(("n1", "a100", 4), ("n2", "a100", 4))
+        policy = make_policy("fifo")
+        c.submit("j", 4, now=1.0)
+        step(c.state, policy, 100.0)
+        lost = next(iter(c.where("j")))
+        apply(c.state, [("job.j", [JobStarted(aggregate_id="j", world_size=4)])], 101.0)
+        c.lose(lost, 110.0 + skew)
+        loss = c.state.inv.nodes[lost].lost_seq
+        assert loss == c.state.seq
+        apply(c.state, [("job.j", [JobRequeued(aggregate_id="j", reason=f"node {lost} lost", node_id=lost,
+                                               node_seq=loss)])], 110.0 + skew)
+        assert c.status("j") == PENDING and c.state.jobs["j"].requeues == 1, skew
+        step(c.state, policy, 120.0)
+        assert c.status("j") == PLACED and lost not in c.where("j")
+        # the same requeue once more (a retry past the duplicate window): about the loss, before this placement
+        apply(c.state, [("job.j", [JobRequeued(aggregate_id="j", reason=f"node {lost} lost", node_id=lost,
+                                               node_seq=loss)])], 200.0 + skew)
+        assert c.status("j") == PLACED and c.state.jobs["j"].requeues == 1, skew
+
+        # the resource manager died before its requeue: the scheduler's fallback, by sequence as well (its grace is
+        # counted from the loss's stamp: a resource manager ahead of the scheduler delays this backstop by as much)
+        there = next(iter(c.where("j")))
+        apply(c.state, [("job.j", [JobStarted(aggregate_id="j", world_size=4)])], 121.0)
+        c.lose(there, 130.0 + skew)
+        plan = step(c.state, policy, 175.0 + max(0.0, skew))
+        assert plan.requeue_reasons.get("j") == f"node {there} lost; back in the queue", (skew, plan.requeue_reasons)
+
+
 def test_a_job_on_a_lost_node_is_requeued_even_if_the_resource_manager_never_did() -> None:
     """The resource manager appends NodeLost, then JobRequeued: dying between the two (or failing the second) left
     the job "running" for ever, charged to its tenant's quota. And a requeue about a node the job has left since

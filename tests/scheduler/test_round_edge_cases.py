@@ -354,6 +354,48 @@ def test_a_cancelled_jobs_devices_stay_its_own_until_its_workers_have_exited() -
         assert c.status("waiter") == "placed", exits_reported
 
 
+def test_a_stop_s_grace_is_not_cut_short_by_the_clock_of_the_host_that_stamped_it() -> None:
+    """Found by review: the end of a job is stamped by its trainer's clock, a preemption by the leader of its day.
+    A trainer 40 s behind made a 30 s hold look over at once: the devices went to the next job while the ended
+    job's workers still ran (and the agent refused that job's start, up to five times, until it failed). A new
+    leader 40 s ahead of the old one requeued a preempted job at once, its workers still checkpointing. The live
+    scheduler counts each grace from when it first saw the stop, if later than the stamp."""
+    from aios.common.events import JobFailed, JobPreempted
+    from aios.scheduler.local import apply
+    from aios.scheduler.rounds import StopsSeen
+
+    fifo = make_policy("fifo")
+    for skew, seen in ((-40.0, None), (-40.0, StopsSeen()), (0.0, StopsSeen())):
+        c = Cluster(("n1", "a100", 4))
+        c.submit("ended", 4, stop_grace_s=5)  # held 30 s (PREEMPT_GRACE_S) after its end at most
+        step(c.state, fifo, 1.0)
+        _workers(c, "ended", 1.5, True, "rank0")
+        c.submit("next", 4, now=2.0)
+        apply(c.state, [("job.ended", [JobFailed(aggregate_id="ended", reason="a peer failed")])], 20.0 + skew)
+        if seen is not None:
+            seen.observe(c.state, 20.5)
+        plan = plan_round(c.state, fifo, 21.0, seen=seen)
+        given_back = [r for r in plan.releases if r[1] == "ended"]
+        assert bool(given_back) == (skew < 0 and seen is None), (skew, seen, plan.releases)
+        if seen is not None:
+            assert not [r for r in plan_round(c.state, fifo, 50.0, seen=seen).releases if r[1] == "ended"]
+            assert [r for r in plan_round(c.state, fifo, 51.0, seen=seen).releases if r[1] == "ended"]
+
+    # a preemption stamped by an old leader whose clock was 40 s behind the new one's
+    c = Cluster(("n1", "a100", 4))
+    c.submit("low", 4, stop_grace_s=5)
+    step(c.state, fifo, 1.0)
+    _workers(c, "low", 1.5, True, "rank0")
+    apply(c.state, [("job.low", [JobPreempted(aggregate_id="low", reason="for high")])], 100.0)
+    assert "low" in plan_round(c.state, fifo, 141.0).requeues  # by the stamp alone: at once
+    fresh = StopsSeen()  # the new leader's first round
+    fresh.observe(c.state, 141.0)
+    assert "low" not in plan_round(c.state, fifo, 141.0, seen=fresh).requeues
+    fresh.observe(c.state, 170.0)
+    assert "low" not in plan_round(c.state, fifo, 170.0, seen=fresh).requeues
+    assert "low" in plan_round(c.state, fifo, 172.0, seen=fresh).requeues
+
+
 @pytest.mark.parametrize("policy", sorted(POLICIES))
 def test_every_policy_decides_the_random_quota_workloads(policy: str) -> None:
     """Found by the randomised probe run under every policy: `hetero-ts` gave room to a job it had admitted and

@@ -44,6 +44,11 @@ class NodeState(msgspec.Struct):
     backend: str = ""
     registered_at: float = 0.0
     lost_at: float | None = None
+    registered_seq: int = 0
+    """Log sequence of its registration: orders it against a job's placement without comparing the clocks of the
+    hosts that stamped them (an agent's and the scheduler's)."""
+    lost_seq: int = 0
+    """Log sequence of the ``NodeLost`` (0: not lost since it registered)."""
     lost_reason: str = ""
     registrations: int = 0
     cordon: str = ""
@@ -127,19 +132,20 @@ _NOT_INVENTORY = tuple(f"{kind}." for kind in (*JOB_AGGREGATES, "model"))
 def fold_commit(inv: Inventory, commit: Commit) -> Inventory:
     if not commit.aggregate.startswith(_NOT_INVENTORY):  # most of a busy log: nothing here reads job events
         for ev in commit.events:
-            evolve(inv, ev)
+            evolve(inv, ev, commit.seq)
     inv.versions[commit.aggregate] = commit.seq
     inv.seq = commit.seq
     return inv
 
 
-def evolve(inv: Inventory, ev: Event) -> Inventory:
+def evolve(inv: Inventory, ev: Event, seq: int = 0) -> Inventory:
+    """``seq``: the log sequence of the commit the event is in (0: not from the log, a decision's trial)."""
     kind = type(ev)
     if (kind is NodeRegistered or kind is DeviceUnhealthy or kind is DeviceHealthy or kind is NodeLost
             or kind is NodeCordoned or kind is NodeForgotten):
         inv.shape += 1
     if kind is NodeRegistered:
-        _registered(inv, ev)  # type: ignore[arg-type]
+        _registered(inv, ev, seq)  # type: ignore[arg-type]
     elif kind is DevicesLeased:
         node = inv.nodes.get(ev.aggregate_id)
         unknown = [u for u in ev.device_uuids if node is None or u not in node.devices]  # type: ignore[attr-defined]
@@ -164,6 +170,7 @@ def evolve(inv: Inventory, ev: Event) -> Inventory:
         if node is not None:
             node.online = False
             node.lost_at = ev.ts
+            node.lost_seq = seq
             node.lost_reason = ev.reason  # type: ignore[attr-defined]
         release_node(inv.leases, ev.aggregate_id)
         inv.orphaned.pop(ev.aggregate_id, None)
@@ -207,7 +214,7 @@ def _forget_orphan(inv: Inventory, node_id: str, job_id: str) -> None:
             del inv.orphaned[node_id]
 
 
-def _registered(inv: Inventory, ev: NodeRegistered) -> None:
+def _registered(inv: Inventory, ev: NodeRegistered, seq: int = 0) -> None:
     old = inv.nodes.get(ev.aggregate_id)
     if old is not None and old.online and old.agent_id != ev.agent_id and not old.shutting_down:
         # a restart the liveness check did not see (quicker than the timeout): the old agent's workers are gone.
@@ -230,7 +237,8 @@ def _registered(inv: Inventory, ev: NodeRegistered) -> None:
     inv.nodes[ev.aggregate_id] = NodeState(
         node_id=ev.aggregate_id, hostname=ev.hostname, agent_id=ev.agent_id, online=True, cpu_cores=ev.cpu_cores,
         memory_bytes=ev.memory_bytes, devices=devices, links=list(ev.links), labels=dict(ev.labels),
-        backend=ev.backend, registered_at=ev.ts, registrations=(old.registrations if old else 0) + 1)
+        backend=ev.backend, registered_at=ev.ts, registered_seq=seq,
+        registrations=(old.registrations if old else 0) + 1)
     if old is not None and old.cordon:  # an operator's cordon outlives restarts; the agent's own drain ends here
         new = inv.nodes[ev.aggregate_id]
         new.cordon, new.draining = old.cordon, old.draining

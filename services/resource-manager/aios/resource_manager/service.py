@@ -178,8 +178,8 @@ class ResourceManagerService(Service):
             for job in jobs:
                 try:
                     await self.ctx.store.append(f"job.{job}", JobRequeued(
-                        aggregate_id=job, reason=f"node {node_id} lost", node_id=node_id),
-                        idempotency_key=f"rm-requeue-{job}-{result.seq}")
+                        aggregate_id=job, reason=f"node {node_id} lost", node_id=node_id,
+                        node_seq=result.seq), idempotency_key=f"rm-requeue-{job}-{result.seq}")
                 except AiosError as exc:
                     log.error("could not requeue job", extra={"job": job, "error": str(exc)})
 
@@ -204,7 +204,7 @@ class ResourceManagerService(Service):
             for job in jobs:
                 try:
                     await self.ctx.store.append(f"job.{job}", JobRequeued(
-                        aggregate_id=job, reason=reason, node_id=node_id),
+                        aggregate_id=job, reason=reason, node_id=node_id, node_seq=result.seq),
                         idempotency_key=f"rm-requeue-{job}-{result.seq}")
                 except AiosError as exc:
                     log.error("could not requeue job", extra={"job": job, "error": str(exc)})

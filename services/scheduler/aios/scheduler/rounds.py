@@ -196,9 +196,11 @@ def _lost_a_while(state: SchedulerState, job: JobState, now: float) -> str:
         node = state.inv.nodes.get(a.node_id)
         if node is None:
             continue
-        # lost since the placement, or registered again since (a new agent, its devices no longer the job's)
+        # lost since the placement, or registered again since (a new agent, its devices no longer the job's), in
+        # log order: the clocks of the resource manager and the agent are not the scheduler's
         since = node.lost_at if node.lost_at is not None else node.registered_at
-        if (since >= (job.placed_at or 0.0) and now - since > LOST_NODE_GRACE_S
+        after = (node.lost_seq if node.lost_at is not None else node.registered_seq) > job.placed_seq
+        if (after and now - since > LOST_NODE_GRACE_S
                 and any(holder.get(u) != job.job_id for u in a.device_uuids)):
             return a.node_id
     return ""
@@ -210,28 +212,58 @@ def _stop_hold_s(job: JobState) -> float:
     return max(PREEMPT_GRACE_S, job.spec.stop_grace_s + 10) if job.spec else PREEMPT_GRACE_S
 
 
-def _stopping(state: SchedulerState, job: JobState, now: float) -> bool:
+class StopsSeen:
+    """When this process first saw each job's stop begin (its preemption, or its end with workers still stopping),
+    on its own clock. Grace periods count from the later of that and the stop's stamp, which is the clock of the
+    host that wrote it (a trainer, the previous leader): one 40 s behind cut a 30 s grace to nothing, and the
+    job's devices went to the next job while its workers still ran. A new leader counts them from its start
+    (longer, never shorter); Kubernetes' node controller likewise times a node's silence by its own clock. Only
+    the live service keeps one: a simulation has one clock."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[tuple[object, ...], float]] = {}
+
+    def observe(self, state: SchedulerState, now: float) -> None:
+        """Before a round: note the stops not seen before, forget those that are over."""
+        current: dict[str, tuple[object, ...]] = {
+            j.job_id: ("preempted", j.preemptions) for j in state.active() if j.status == PREEMPTING}
+        current.update((job_id, ("ended",)) for job_id in state.stopping)
+        seen = self._seen
+        self._seen = {job_id: (mark, seen[job_id][1] if job_id in seen and seen[job_id][0] == mark else now)
+                      for job_id, mark in current.items()}
+
+    def since(self, job_id: str, stamped: float) -> float:
+        """When the job's stop began, for its grace: its stamp, or later if this process saw it later."""
+        seen = self._seen.get(job_id)
+        return max(stamped, seen[1]) if seen is not None else stamped
+
+
+def _stopping(state: SchedulerState, job: JobState, now: float, seen: StopsSeen | None = None) -> bool:
     """An ended job whose workers have not all exited yet (``state.stopping``), within its grace: it keeps its
     devices until they have (Slurm's COMPLETING; a job placed on them was refused by the node's agent while they
     ran)."""
-    return (job.job_id in state.stopping and job.finished_at is not None
-            and now - job.finished_at <= _stop_hold_s(job))
+    if job.job_id not in state.stopping or job.finished_at is None:
+        return False
+    began = seen.since(job.job_id, job.finished_at) if seen is not None else job.finished_at
+    return now - began <= _stop_hold_s(job)
 
 
-def _housekeeping(state: SchedulerState, now: float, plan: RoundPlan) -> None:
+def _housekeeping(state: SchedulerState, now: float, plan: RoundPlan, seen: StopsSeen | None = None) -> None:
     whole: set[tuple[str, str]] = set()
     stray: dict[tuple[str, str], list[str]] = {}
     for uuid, job_id in state.inv.leases.holder.items():
         job = state.jobs.get(job_id)
         node = state.inv.leases.node_of[uuid]
-        if job is None or job.status not in HOLDING and not _stopping(state, job, now):
+        if job is None or job.status not in HOLDING and not _stopping(state, job, now, seen):
             whole.add((node, job_id))
         elif not any(uuid in a.device_uuids for a in job.assignments):
             stray.setdefault((node, job_id), []).append(uuid)  # booked by a placement that lost a race
     holder = state.inv.leases.holder
     for job in state.active():
-        if job.status == PREEMPTING and (job.workers_running == 0
-                                         or now - (job.preempted_at or now) > _stop_hold_s(job)):
+        preempted = job.preempted_at if job.preempted_at is not None else now
+        if seen is not None and job.status == PREEMPTING:
+            preempted = seen.since(job.job_id, preempted)
+        if job.status == PREEMPTING and (job.workers_running == 0 or now - preempted > _stop_hold_s(job)):
             plan.requeues.append(job.job_id)
             whole.update((a.node_id, job.job_id) for a in job.assignments)
         elif job.status in (PLACED, RUNNING) and (gone := _lost_a_while(state, job, now)):
@@ -269,9 +301,11 @@ def _drain(state: SchedulerState, plan: RoundPlan) -> None:
 
 def plan_round(state: SchedulerState, policy: Policy, now: float, *,
                estimate: Callable[[JobState], float] = default_estimate, milp_max_jobs: int = 200,
-               milp_time_limit: float = 0.5, cache: BinCache | None = None) -> RoundPlan:
+               milp_time_limit: float = 0.5, cache: BinCache | None = None,
+               seen: StopsSeen | None = None) -> RoundPlan:
+    """``seen``: when this process first saw each stop (the live service's; grace periods count from it too)."""
     plan = RoundPlan(rejections=list(state.unrecorded))
-    _housekeeping(state, now, plan)
+    _housekeeping(state, now, plan, seen)
     _drain(state, plan)
     cancelled = set(plan.cancels)
     ordered = [j for j in policy.order(state, now, estimate) if j.job_id not in cancelled]

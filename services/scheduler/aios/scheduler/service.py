@@ -29,7 +29,7 @@ from aios.scheduler.listing import jobs_reply
 from aios.scheduler.placement import BinCache
 from aios.scheduler.policies import make_policy
 from aios.scheduler.predict import RuntimePredictor
-from aios.scheduler.rounds import cannot_start_now, explain, plan_round
+from aios.scheduler.rounds import StopsSeen, cannot_start_now, explain, plan_round
 from aios.scheduler.state import PENDING, STATE_SCHEMA, SchedulerState, fold_commit, queue_wait
 
 log = logging.getLogger("aios.scheduler")
@@ -85,6 +85,8 @@ class SchedulerService(Service):
         self._snapshot_tried = -math.inf
         self._last_appended = 0
         self.bins = BinCache()
+        self.stops_seen = StopsSeen()
+        """When this replica first saw each stop: grace periods are not cut short by another host's clock."""
         self._versions: dict[str, int] = {}
         self._fitted_on = -1
 
@@ -187,7 +189,9 @@ class SchedulerService(Service):
         now = time.time()
         self._refit_if_due()
         started = time.perf_counter()
-        plan = plan_round(state, self.policy, now, estimate=self.predictor.estimate, cache=self.bins)
+        self.stops_seen.observe(state, now)
+        plan = plan_round(state, self.policy, now, estimate=self.predictor.estimate, cache=self.bins,
+                          seen=self.stops_seen)
         self.m_round_s.observe(time.perf_counter() - started)
         self.rounds += 1
         self.m_rounds.inc()

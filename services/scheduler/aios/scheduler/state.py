@@ -39,6 +39,10 @@ class JobState(msgspec.Struct):
     borrowed: dict[str, int] = {}
     assignments: list[Assignment] = []
     placed_at: float | None = None
+    placed_seq: int = 0
+    """Log sequence of the current placement's ``JobPlaced``: what happened to its nodes since is told by sequence,
+    not by comparing the timestamps of different hosts' clocks (a resource manager 30 s behind had its requeue of a
+    job on a lost node dropped as older than the placement, and the job ran on a dead node for ever)."""
     started_at: float | None = None
     finished_at: float | None = None
     preempted_at: float | None = None
@@ -160,7 +164,7 @@ MAX_REPLICA_REPLACEMENTS = 5
 deployment, under its crash-loop cap (a replica that dies at start again and again fails the deployment in the
 end)."""
 MAX_HISTORY = 5000
-STATE_SCHEMA = 10
+STATE_SCHEMA = 11
 """Version of the encoded state in snapshots: a snapshot of another version is ignored and the log replayed."""
 
 
@@ -332,6 +336,14 @@ def made_progress(job: JobState, now: float) -> bool:
     return job.step > job.step_at_requeue or ran >= PROGRESS_RUN_S
 
 
+def _placed_since(job: JobState, ev: JobRequeued) -> bool:
+    """Whether the job was placed again after what a resource manager's requeue is about: by log sequence when the
+    event says which commit ended its leases (its ``ts`` is the resource manager's clock, not the scheduler's)."""
+    if ev.node_seq:
+        return job.placed_seq > ev.node_seq
+    return ev.ts < (job.placed_at or 0.0)
+
+
 def key_index(tenant: str, key: str) -> str:
     """An idempotency key is the tenant's own: two tenants may pick the same one."""
     return f"{tenant}\n{key}"
@@ -378,6 +390,7 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         job.admitted, job.borrowed = True, dict(ev.borrowed)  # type: ignore[attr-defined]
     elif kind is JobPlaced:
         job.status, job.assignments, job.placed_at = PLACED, list(ev.assignments), ev.ts  # type: ignore[attr-defined]
+        job.placed_seq = seq
         job.run_kinds = kinds_held(state, job)
         job.run_speed = speed_share(state, job, job.run_kinds)
         job.attempts += 1
@@ -424,7 +437,7 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         _close_run(state, job, ev.ts)
     elif kind is JobRequeued and ev.node_id and (  # type: ignore[attr-defined]
             job.status not in HOLDING or all(a.node_id != ev.node_id for a in job.assignments)  # type: ignore[attr-defined]
-            or ev.ts < (job.placed_at or 0.0)):
+            or _placed_since(job, ev)):  # type: ignore[arg-type]
         pass  # about a placement the job has left: late (the scheduler requeued it first, and it runs elsewhere
         # now, or on the same node again since)
     elif kind is JobRequeued:

@@ -63,6 +63,10 @@ class JobRequeued(JobEvent, frozen=True, kw_only=True):
     """A worker of its own exited 75 ("interrupted: resume me"), rather than AIOS moving the job."""
     after_failure: bool = False
     """A worker failed, and the job restarts by its ``max_restarts``."""
+    node_seq: int = 0
+    """With ``node_id``: the log sequence of the commit that ended the job's leases there (the node's loss, or the
+    release after its agent restarted). A placement made after it is not this requeue's business, whatever the
+    clocks of the hosts that stamped the two say (0: not said, an older resource manager: judged by time)."""
 
 
 class WorkerStarted(RunEvent, frozen=True, kw_only=True):
