@@ -878,3 +878,74 @@ async def test_a_start_refused_for_good_is_the_outcome_when_another_node_refuses
                                                        "n2": (0.3, "devices busy", True)})
     assert [type(e) for e in outcomes] == [JobFailed], outcomes
     assert "could not start rank0-a1 on n1: command not found" in outcomes[0].reason
+
+
+class _SkewedClock:
+    """The ``time`` module as a host whose wall clock is ``skew_s`` off sees it (monotonic time is its own)."""
+
+    def __init__(self, skew_s: float) -> None:
+        import time as real
+        self._real, self.skew_s = real, skew_s
+
+    def time(self) -> float:
+        return self._real.time() + self.skew_s
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+@pytest.mark.parametrize("skew_s, limit_s, fails", [(300.0, 120, False), (-300.0, 1, True), (0.0, 1, True)])
+async def test_max_runtime_is_timed_on_the_trainer_s_own_clock(store: EventStore, monkeypatch: pytest.MonkeyPatch,
+                                                               skew_s: float, limit_s: int, fails: bool) -> None:
+    """Found by review: a job's run was the trainer's clock less the placement's stamp, the scheduler's clock. A
+    trainer 5 minutes ahead failed a job of ``max_runtime_s: 120`` 0.1 s after its start; one 5 minutes behind let
+    a job of ``max_runtime_s: 5`` run on, and reported it ran 0 s (nothing charged to its tenant, and a runtime
+    predictor that learned jobs take no time). The trainer now times the attempts it launched itself."""
+    from aios.trainer import launcher
+
+    monkeypatch.setattr(launcher, "time", _SkewedClock(skew_s))
+    asked = await placed_on_both_nodes(store, command=["python", "t.py"], max_runtime_s=limit_s)
+    settings = load_settings({"AIOS_NATS_URL": store.servers[0]})
+    context = ServiceContext("trainer", settings, store.nc, store, CollectorRegistry())
+    task = asyncio.ensure_future(LauncherService().run(context))
+    try:
+        await until(lambda: len([a for a in asked if a[1] == "run"]) == 4)
+
+        async def failed() -> list[JobFailed]:
+            return [e for e in (await store.read("job.j1")).events if isinstance(e, JobFailed)]
+        if fails:
+            await until(failed, timeout=10)
+            [ended] = await failed()
+            assert ended.reason.startswith("max_runtime_s: ran ") and 1 <= ended.attempt_s < 8, ended
+        else:
+            await asyncio.sleep(2.5)  # the limit is checked every second
+            assert await failed() == []
+    finally:
+        context.stopping.set()
+        await task
+
+
+def test_an_attempt_s_length_is_taken_from_its_trainer_not_from_two_clocks() -> None:
+    """The fold took an attempt's length as the end's stamp (its trainer's clock) less the placement's (the
+    scheduler's). A trainer 10 minutes ahead made every run of a program that exits 75 at once look like ten
+    minutes of progress, so its crash loop was requeued for ever; one 5 minutes behind charged runs of under five
+    minutes as 0 s. The trainer says how long the attempt ran (``attempt_s``), on its own clock."""
+    from aios.common.events import JobRequeued, JobSucceeded
+    from aios.scheduler.state import SchedulerState, evolve
+
+    state = SchedulerState()
+    placed = [Assignment(node_id="n1", device_uuids=uuids("n1"), ranks=[0, 1])]
+    seq = iter(range(1, 1000))
+    evolve(state, JobSubmitted(aggregate_id="j", tenant="ml", name="j", spec={
+        "name": "j", "tenant": "ml", "devices": 2, "command": ["python", "t.py"]}), next(seq))
+    job = state.jobs["j"]
+    for i in range(7):  # placed at 1000 s by the scheduler, requeued 2 s later by a trainer 10 minutes ahead
+        t = 1000.0 + 10 * i
+        evolve(state, JobPlaced(aggregate_id="j", world_size=2, assignments=placed, ts=t), next(seq))
+        evolve(state, JobRequeued(aggregate_id="j", reason="exited 75", interrupted=True, attempt_s=2.0,
+                                  ts=t + 2 + 600), next(seq))
+    assert job.interrupted_in_a_row == 7 and job.run_seconds == 14.0 and job.attained == 28.0
+    evolve(state, JobPlaced(aggregate_id="j", world_size=2, assignments=placed, ts=2000.0), next(seq))
+    evolve(state, JobSucceeded(aggregate_id="j", runtime_s=134.0, attempt_s=120.0, ts=2000.0 + 120 - 300),
+           next(seq))  # a trainer 5 minutes behind
+    assert job.run_seconds == 134.0 and state.finished[-1].runtime_s == 134.0

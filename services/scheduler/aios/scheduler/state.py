@@ -314,10 +314,13 @@ def work_done(state: SchedulerState, job: JobState, now: float) -> float:
     return job.work + held * max(0.0, now - job.placed_at) * job.run_speed
 
 
-def _close_run(state: SchedulerState, job: JobState, ts: float) -> None:
+def _close_run(state: SchedulerState, job: JobState, ts: float, attempt_s: float | None = None) -> None:
+    """``attempt_s``: the run's length as the trainer that launched it timed it (one clock), else the span between
+    the placement's stamp and ``ts`` (a trainer's clock 5 minutes behind the scheduler's made every shorter run
+    count as 0 s: nothing charged to its tenant, and a predictor that learned jobs take no time)."""
     if job.placed_at is not None:
         held = job.held_devices() or max(job.devices, 1)
-        elapsed = max(0.0, ts - job.placed_at)
+        elapsed = max(0.0, attempt_s if attempt_s is not None else ts - job.placed_at)
         job.attained += held * elapsed
         job.work += held * elapsed * job.run_speed
         job.run_seconds += elapsed
@@ -329,10 +332,11 @@ PROGRESS_RUN_S = 600.0
 ten minutes of running): a command reports no steps or checkpoints."""
 
 
-def made_progress(job: JobState, now: float) -> bool:
+def made_progress(job: JobState, now: float, ran_s: float | None = None) -> bool:
     """Whether the current attempt got anywhere: new steps reported (the built-in trainer's, which it checkpoints) or
-    ``PROGRESS_RUN_S`` of running. Exits 75 in a row without it are a crash loop, not interruptions."""
-    ran = now - job.placed_at if job.placed_at is not None else 0.0
+    ``PROGRESS_RUN_S`` of running. Exits 75 in a row without it are a crash loop, not interruptions. ``ran_s``:
+    the attempt's length on one clock (its trainer's), else ``now`` less the placement's stamp."""
+    ran = ran_s if ran_s is not None else now - job.placed_at if job.placed_at is not None else 0.0
     return job.step > job.step_at_requeue or ran >= PROGRESS_RUN_S
 
 
@@ -442,11 +446,12 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
         # now, or on the same node again since)
     elif kind is JobRequeued:
         if ev.interrupted:  # type: ignore[attr-defined]  (before the run closes: its length counts)
-            job.interrupted_in_a_row = 1 if made_progress(job, ev.ts) else job.interrupted_in_a_row + 1
+            job.interrupted_in_a_row = (1 if made_progress(job, ev.ts, ev.attempt_s)  # type: ignore[attr-defined]
+                                        else job.interrupted_in_a_row + 1)
             job.step_at_requeue = job.step
         if ev.after_failure:  # type: ignore[attr-defined]
             job.failure_restarts += 1
-        _close_run(state, job, ev.ts)
+        _close_run(state, job, ev.ts, ev.attempt_s)  # type: ignore[attr-defined]
         job.status, job.assignments, job.admitted, job.preempted_at = PENDING, [], False, None
         job.queued_at = ev.ts
         job.requeues += 1
@@ -469,7 +474,7 @@ def evolve(state: SchedulerState, ev: Event, seq: int = 0) -> SchedulerState:
     elif kind is JobCancelRequested:
         job.cancel_requested = True
     elif kind in (JobSucceeded, JobFailed, JobCancelled):
-        _close_run(state, job, ev.ts)
+        _close_run(state, job, ev.ts, getattr(ev, "attempt_s", None))
         job.status = {JobSucceeded: SUCCEEDED, JobFailed: FAILED, JobCancelled: CANCELLED}[kind]
         state.live.pop(job.job_id, None)
         if job.workers_running > 0 and job.assignments:

@@ -143,7 +143,8 @@ def own_exits(job: JobState) -> list[str]:
 
 
 def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
-            nodes_lost: frozenset[str] = frozenset(), now: float | None = None) -> tuple[str, str, int | None] | None:
+            nodes_lost: frozenset[str] = frozenset(), now: float | None = None,
+            ran_s: float | None = None) -> tuple[str, str, int | None] | None:
     """``(succeeded|failed|requeued|restarted, reason, exit code)`` once it is decided, else None: the first worker
     (by name) to exit non-zero on its own fails the job at once (its peers are then stopped), or, while the spec's
     ``max_restarts`` allows, restarts it from its checkpoint once they have exited; a worker its agent stopped while
@@ -154,7 +155,8 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
     interruption; a lost node's workers never report their exit, so nobody waits for them. All exiting 0 on their
     own is success. A worker that exits ``EXIT_INTERRUPTED`` (stopped before its last step by a signal AIOS did not
     send, or cut off from NATS) was interrupted too: the job resumes, it neither succeeded nor failed, unless it has
-    done so ``MAX_INTERRUPTIONS_WITHOUT_PROGRESS`` times in a row without progress (at ``now``, default the clock)."""
+    done so ``MAX_INTERRUPTIONS_WITHOUT_PROGRESS`` times in a row without progress (at ``now``, default the clock;
+    ``ran_s``: how long the attempt ran, timed by its trainer, else ``now`` less the placement's stamp)."""
     if not (nodes_going or nodes_lost) and replaceable(job):
         return None  # its replicas are replaced one by one: the attempt goes on
     world = sum(max(1, len(a.device_uuids)) for a in job.assignments)
@@ -188,7 +190,7 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
             # its own doing: a worker's exit 75 came first (its peers were then stopped at the launcher's request);
             # one that exits 75 after AIOS stopped a peer, or while its node goes, is not
             looping = (job.interrupted_in_a_row >= MAX_INTERRUPTIONS_WITHOUT_PROGRESS
-                       and not made_progress(job, now if now is not None else time.time()))
+                       and not made_progress(job, now if now is not None else time.time(), ran_s))
             if job.spec is not None and job.spec.serve is not None:
                 how = how_ended(job, first)
                 if looping:
@@ -288,6 +290,10 @@ class LauncherService(Service):
         self.projector = Projector("launcher", SchedulerState, None, SchedulerState, STATE_SCHEMA,
                                    fold_commit=fold_commit)
         self.launched: set[tuple[str, int]] = set()
+        self.launched_at: dict[tuple[str, int], float] = {}
+        """When this trainer launched each attempt, on its own clock: an attempt's length is timed on one clock
+        (the placement's stamp is the scheduler's: a trainer 5 minutes ahead failed every job of
+        ``max_runtime_s`` under 300 s at once, one behind let them run on and charged them nothing)."""
         self.stopped: set[tuple[str, int]] = set()
         self.nodes_of: dict[tuple[str, int], set[str]] = {}
         """Nodes an attempt's workers were started on (a requeue clears the job's assignments)."""
@@ -343,10 +349,16 @@ class LauncherService(Service):
             if (not limit or job.status not in (PLACED, RUNNING) or job.placed_at is None or key in self.decided
                     or key not in self.launched or not self._leads(job)):
                 continue
-            ran = job.run_seconds + max(0.0, now - job.placed_at)
+            ran = job.run_seconds + self._attempt_ran(job, now)
             if ran > limit:
                 self.decided.add(key)
                 await self._finish(job, "failed", f"max_runtime_s: ran {ran:.0f} s, the limit is {limit:g} s")
+
+    def _attempt_ran(self, job: JobState, now: float, attempt: int | None = None) -> float:
+        """How long the job's attempt has run: since this trainer launched it, on its own clock; for one launched
+        before this trainer started, since the placement's stamp (the scheduler's clock, the best there is)."""
+        started = self.launched_at.get((job.job_id, job.attempts if attempt is None else attempt), job.placed_at)
+        return max(0.0, now - started) if started is not None else 0.0
 
     def _sweep_rank(self) -> int:
         """This trainer's place in the line of sweepers: the online nodes by name (every trainer folds the same
@@ -436,6 +448,7 @@ class LauncherService(Service):
                     and not job.cancel_requested and self._booked(job)):
                 if any(self._mine(a.node_id) for a in job.assignments):
                     self.launched.add(key)
+                    self.launched_at[key] = time.time()
                     with tracing.job_span("launch", job.job_id, job.placement_trace, **{
                             "aios.attempt": job.attempts, "aios.node": self.node_id or "all"}):
                         await self._launch(job)
@@ -484,7 +497,7 @@ class LauncherService(Service):
         if not (lost or going) and (exited := replaceable(job)):
             await self._replace(job, exited)
             return
-        result = outcome(job, going, lost)
+        result = outcome(job, going, lost, ran_s=self._attempt_ran(job, time.time()))
         if result is not None:
             self.decided.add(key)
             with tracing.job_span(f"finish {result[0]}", job.job_id, job.placement_trace,
@@ -618,21 +631,23 @@ class LauncherService(Service):
         """``attempt``: the one this outcome is about (default: the job's current one)."""
         attempt = job.attempts if attempt is None else attempt
         key = f"{result}-{attempt}"
+        ran = round(self._attempt_ran(job, time.time(), attempt), 3) if job.placed_at is not None else None
         if result == "succeeded":
             # the open run is counted by the fold only when this event closes it (it read 0.0 for every job)
-            runtime = job.run_seconds + (max(0.0, time.time() - job.placed_at) if job.placed_at else 0.0)
+            runtime = job.run_seconds + (ran or 0.0)
             await self._append_outcome(job.job_id, attempt, JobSucceeded(aggregate_id=job.job_id,
-                                                                         runtime_s=round(runtime, 3)), key)
+                                                                         runtime_s=round(runtime, 3), attempt_s=ran),
+                                       key)
         elif result in ("requeued", "restarted"):  # the scheduler releases its devices and places it again
             await self._append_outcome(job.job_id, attempt, JobRequeued(
                 aggregate_id=job.job_id, reason=reason, interrupted=exit_code == EXIT_INTERRUPTED,
-                after_failure=result == "restarted"), key)
+                after_failure=result == "restarted", attempt_s=ran), key)
         else:
             key_now = (job.job_id, attempt)
             self._mark_stopped(job, key_now)  # a failed job keeps no checkpoint: the default grace, not its own
             await self._stop(job.job_id, self.nodes_of.get(key_now, set()), grace_s=DEFAULT_STOP_GRACE_S)
             await self._append_outcome(job.job_id, attempt, JobFailed(aggregate_id=job.job_id, reason=reason,
-                                                                      exit_code=exit_code), key)
+                                                                      exit_code=exit_code, attempt_s=ran), key)
 
     def _current(self, job_id: str, attempt: int) -> bool:
         return _is_current(self.projector.state.jobs.get(job_id), attempt)

@@ -63,6 +63,9 @@ class JobRequeued(JobEvent, frozen=True, kw_only=True):
     """A worker of its own exited 75 ("interrupted: resume me"), rather than AIOS moving the job."""
     after_failure: bool = False
     """A worker failed, and the job restarts by its ``max_restarts``."""
+    attempt_s: float | None = None
+    """How long the attempt this ends ran, timed by the trainer that launched it on its own clock (None: not said;
+    the fold then takes the span between the placement's stamp and this one's, two hosts' clocks)."""
     node_seq: int = 0
     """With ``node_id``: the log sequence of the commit that ended the job's leases there (the node's loss, or the
     release after its agent restarted). A placement made after it is not this requeue's business, whatever the
@@ -187,8 +190,14 @@ class CheckpointSaved(RunEvent, frozen=True, kw_only=True):
 
 class JobSucceeded(JobEvent, frozen=True, kw_only=True):
     runtime_s: float | None = None
+    attempt_s: float | None = None
+    """How long the attempt this ends ran, timed by the trainer that launched it on its own clock (None: not said;
+    the fold then takes the span between the placement's stamp and this one's, two hosts' clocks)."""
 
 
 class JobFailed(JobEvent, frozen=True, kw_only=True):
     reason: str
     exit_code: int | None = None
+    attempt_s: float | None = None
+    """How long the attempt this ends ran, timed by the trainer that launched it on its own clock (None: not said;
+    the fold then takes the span between the placement's stamp and this one's, two hosts' clocks)."""
