@@ -10,6 +10,7 @@ import urllib.request
 from typing import Any, AsyncIterator
 
 import msgspec
+from nats.js.api import KeyValueConfig, StorageType
 import pytest
 import pytest_asyncio
 
@@ -517,3 +518,31 @@ async def test_a_second_agent_for_a_node_a_live_agent_serves_is_refused(
     assert code == 2 and f"AIOS_NODE_ID={NODE}: agent {first.agent_id} serves this node" in capsys.readouterr().err
     registered = [e for e in (await store.read(f"node.{NODE}")).events if isinstance(e, NodeRegistered)]
     assert {e.agent_id for e in registered} == {first.agent_id}
+
+
+async def test_an_agent_whose_clock_is_behind_still_keeps_its_node(killable_nats: NatsServer,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by review: a live agent's heartbeat was taken for a dead one's when its stamp, by its host's clock,
+    looked older than a few intervals by the new host's: one started 60 s ahead registered the node beside it. A
+    heartbeat that moves on is a live agent, whatever its stamp says."""
+    store = await connect([killable_nats.url])
+    kv = await store.js.create_key_value(KeyValueConfig(bucket=HEARTBEAT_BUCKET, history=1, ttl=60,
+                                                        storage=StorageType.MEMORY))
+    stop = asyncio.Event()
+
+    async def beating() -> None:  # another host's agent, its clock ten minutes behind
+        while not stop.is_set():
+            await kv.put(NODE, msgspec.json.encode(Heartbeat(NODE, "other-agent", time.time() - 600, 1, 0, 0)))
+            await asyncio.sleep(0.1)
+    beats = asyncio.ensure_future(beating())
+    try:
+        await asyncio.sleep(0.3)
+        copy = DeviceAgentService(AgentConfig(node_id=NODE, sim="1xH100-80GB", heartbeat_interval_s=0.2))
+        code = await asyncio.wait_for(run_service(copy, Settings(nats_url=killable_nats.url),
+                                                  install_signal_handlers=False), 20)
+        assert code == 2 and f"AIOS_NODE_ID={NODE}: agent other-agent serves this node" in capsys.readouterr().err
+        assert not await _of_type(store, NodeRegistered)
+    finally:
+        stop.set()
+        await beats
+        await store.close()

@@ -274,8 +274,10 @@ class DeviceAgentService(Service):
 
     async def _another_agent_serves(self, kv: Any) -> str:
         """Who else serves this node id, if an agent of another id heartbeats for it (a second host of the same
-        name, a copy started by hand): '' if none. A fresh heartbeat of another agent may be the last of one that
-        just died (a restart): it must beat again within a few of our intervals to count as alive."""
+        name, a copy started by hand): '' if none. A heartbeat of another agent may be the last of one that just
+        died (a restart): it must beat again within a few of our intervals to count as alive. Judged by the entry's
+        revision moving on, never by its stamp: that is the other host's clock, and a host 60 s ahead took a live
+        agent's heartbeat for an old one and started beside it."""
         async def beat() -> tuple[int, Heartbeat] | None:
             with contextlib.suppress(nats.js.errors.KeyNotFoundError, msgspec.ValidationError, msgspec.DecodeError):
                 entry = await kv.get(self.config.node_id)
@@ -283,14 +285,13 @@ class DeviceAgentService(Service):
             return None
         first = await beat()
         wait = max(2.5 * self.config.heartbeat_interval_s, 0.5)
-        if first is None or first[1].agent_id == self.agent_id or time.time() - first[1].ts > 3 * wait + 10:
+        if first is None or first[1].agent_id == self.agent_id:
             return ""
         await asyncio.sleep(wait)
         again = await beat()
         if again is None or again[0] == first[0] or again[1].agent_id != first[1].agent_id:
             return ""
-        age = time.time() - again[1].ts
-        return f"agent {again[1].agent_id} serves this node and heartbeats (the last {age:.1f} s ago)"
+        return f"agent {again[1].agent_id} serves this node and heartbeats (it beat again within {wait:.1f} s)"
 
     async def _heartbeats(self, kv: Any) -> None:
         cfg = self.config
