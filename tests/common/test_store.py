@@ -283,3 +283,21 @@ async def test_errors_that_name_a_server_hide_its_password(nats_server: NatsServ
         await open_log([nobody], timeout_s=0.5)
     for exc in (no_log.value, no_server.value):
         assert "tenant-a:***@" in str(exc) and "s3cret" not in str(exc), str(exc)
+
+
+async def test_a_job_s_story_is_told_in_log_order_whatever_its_writers_clocks_say(store: EventStore) -> None:
+    """Found by review: `aios job` and the API sorted a job's events by their stamps, which are the clocks of
+    several hosts; a trainer 5 minutes behind put JobStarted and JobSucceeded before JobSubmitted."""
+    import time
+
+    from aios.common.events import JobStarted, JobSucceeded, WorkerStarted
+
+    now = time.time()
+    await store.append("job.j", JobSubmitted(aggregate_id="j", tenant="t", name="j", spec={}, ts=now))
+    await store.append("run.j", WorkerStarted(aggregate_id="j", node_id="n1", worker="w0", pid=1, ts=now - 299))
+    await store.append("job.j", [JobStarted(aggregate_id="j", world_size=1, ts=now - 298),
+                                 JobSucceeded(aggregate_id="j", ts=now - 280)])
+    assert [type(e).__name__ for e in await store.read_job("j")] == [
+        "JobSubmitted", "WorkerStarted", "JobStarted", "JobSucceeded"]
+    history = await store.read("job.j")
+    assert len(history.seqs) == len(history.events) == 3 and history.seqs[1] == history.seqs[2] == history.version

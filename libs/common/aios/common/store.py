@@ -69,6 +69,8 @@ class AggregateHistory(msgspec.Struct, frozen=True):
     """Stream sequence of the aggregate's last commit; pass it as ``expected_version`` of the next append."""
     trace: dict[str, str] = {}
     """Trace context (``traceparent``) of its first commit that has one: for a job, the job's trace."""
+    seqs: list[int] = []
+    """Stream sequence of each event's commit (``events[i]`` was stored at ``seqs[i]``)."""
 
 
 def check_node_id(node: str, field: str) -> str:
@@ -361,6 +363,7 @@ class EventStore:
         subject = self.subject(aggregate)
         version = await self.version(aggregate)
         events: list[Event] = []
+        seqs: list[int] = []
         decode = decoder()
         trace: dict[str, str] = {}
 
@@ -369,14 +372,17 @@ class EventStore:
                 trace.update((k, v) for k, v in tracing.parse_header_block(hdr).items()
                              if k in ("traceparent", "tracestate"))
             try:
-                events.extend(_decode_at(decode, payload, seq, subject, aggregate))
+                decoded = _decode_at(decode, payload, seq, subject, aggregate)
             except EventError as exc:
                 if on_bad_event == "raise":
                     raise
                 log.error("skipped a bad event while reading", extra={"problem": str(exc)})
+                return
+            events.extend(decoded)
+            seqs.extend([seq] * len(decoded))
 
         await self._consume(subject, 0, version, collect)
-        return AggregateHistory(aggregate, events, version, trace)
+        return AggregateHistory(aggregate, events, version, trace, seqs)
 
     async def commit_at(self, seq: int) -> Commit | None:
         """The commit stored at ``seq`` (None if there is none, or it is not an aggregate's): what a duplicate
@@ -392,10 +398,13 @@ class EventStore:
         return Commit(seq, aggregate, _decode_at(decoder(), msg.data or b"", seq, subject, aggregate))
 
     async def read_job(self, job_id: str) -> list[Event]:
-        """A job's whole story: its decisions (``job.<id>``) and its nodes' reports (``run.<id>``), by time; events
-        that do not belong where they are stored are left out (and logged)."""
+        """A job's whole story: its decisions (``job.<id>``) and its nodes' reports (``run.<id>``), in the order the
+        log stored them (their stamps are the clocks of several hosts: sorted by them, a trainer 5 minutes behind
+        put JobStarted and JobSucceeded before JobSubmitted); events that do not belong where they are stored are
+        left out (and logged)."""
         histories = [await self.read(f"{kind}.{job_id}", on_bad_event="skip") for kind in JOB_AGGREGATES]
-        return sorted((ev for h in histories for ev in h.events), key=lambda ev: ev.ts)
+        stored = sorted((seq, i, ev) for h in histories for i, (seq, ev) in enumerate(zip(h.seqs, h.events)))
+        return [ev for _, _, ev in stored]
 
     async def replay(self, handler: Callable[[Commit], Any], from_seq: int = 1, to_seq: int | None = None, *,
                      filter_subject: str | None = None, on_bad_event: Literal["raise", "skip"] = "raise") -> int:
