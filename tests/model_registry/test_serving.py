@@ -374,6 +374,14 @@ async def test_every_replica_of_a_bare_name_serves_the_version_latest_at_submiss
     assert (await pinned.load())[0] == 1
     assert (await Replica(store, "bare", "job-b", 0, "127.0.0.1", 0, 64, 2.0).load())[0] == 2  # nothing pinned
     assert (await Replica(store, "bare/2", "job-b", 0, "127.0.0.1", 0, 64, 2.0, as_of=submitted).load())[0] == 2
+    # found by review: the submission's stamp is its host's clock, the registration's the registry's; by log
+    # sequence (the job's submission's), a submitter 30 s behind or ahead pins the same version
+    [first, second] = sorted((await reg.read_model("bare")).versions.values(), key=lambda v: v.version)
+    between = first.registered_seq  # a submission stored after the first registration, before the second
+    assert second.registered_seq > between
+    for skewed in (submitted - 30, submitted + 30):
+        pinned = Replica(store, "bare", "job-b", 1, "127.0.0.1", 0, 64, 2.0, as_of=skewed, as_of_seq=between)
+        assert (await pinned.load())[0] == 1
 
 
 def test_the_launcher_tells_a_replica_when_its_job_was_submitted() -> None:
@@ -385,4 +393,5 @@ def test_the_launcher_tells_a_replica_when_its_job_was_submitted() -> None:
     spec = validate_spec({"name": "s", "tenant": "t", "devices": 1, "serve": {"model": "bare"}})
     a = Assignment(node_id="n1", device_uuids=["g0"], ranks=[0])
     job = JobState("s-1", spec, "t", 1, 1234.5, assignments=[a])
-    assert json.loads(worker_env(job, a, 0, 0, "nats://x")["AIOS_SERVE"])["as_of"] == 1234.5
+    serve = json.loads(worker_env(job, a, 0, 0, "nats://x")["AIOS_SERVE"])
+    assert serve["as_of"] == 1234.5 and serve["as_of_seq"] == 1  # the submission's place in the log

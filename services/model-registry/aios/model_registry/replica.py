@@ -153,9 +153,10 @@ class EndpointBook:
 
 class Replica:
     def __init__(self, store: EventStore, uri: str, job_id: str, rank: int, host: str, port: int,
-                 max_batch: int, max_delay_ms: float, as_of: float | None = None) -> None:
-        """``as_of``: for a bare model name, the version served is the latest registered by then (the job's
-        submission)."""
+                 max_batch: int, max_delay_ms: float, as_of: float | None = None, as_of_seq: int = 0) -> None:
+        """``as_of`` / ``as_of_seq``: for a bare model name, the version served is the latest registered by then
+        (the job's submission): by log sequence when given (the registry's clock is not the submitter's), else by
+        time."""
         self.store = store
         self.reg = Registry(store)
         self.uri = uri
@@ -166,13 +167,17 @@ class Replica:
         self.max_batch, self.max_delay_ms = max_batch, max_delay_ms
         self.server: ModelServer | None = None
         self.as_of = as_of
+        self.as_of_seq = as_of_seq
         self.rank = rank
         self.restart_to_follow = False
 
     async def load(self) -> tuple[int, nn.Model, int]:
         state = await self.reg.read_model(self.name)
         bare = self.version is None and not self.alias
-        then = [v for v in state.live if v.registered_at <= self.as_of] if bare and self.as_of is not None else []
+        if bare and self.as_of_seq:
+            then = [v for v in state.live if v.registered_seq <= self.as_of_seq]
+        else:
+            then = [v for v in state.live if v.registered_at <= self.as_of] if bare and self.as_of is not None else []
         version = max(then, key=lambda v: v.version) if then else resolve(state, self.uri)
         return version.version, nn.decode(await self.reg.blobs.get(version.digest)), state.version
 
@@ -252,6 +257,7 @@ async def run(env: dict[str, str]) -> int:
         max_batch = int(serve.get("max_batch", 256))
         max_delay = float(serve.get("max_delay_ms", 2.0))
         as_of = float(serve["as_of"]) if serve.get("as_of") is not None else None
+        as_of_seq = int(serve.get("as_of_seq") or 0)
         port = int(env.get("AIOS_SERVE_PORT", "0"))
         nats_url = env["AIOS_NATS_URL"]
     except (KeyError, ValueError, json.JSONDecodeError) as exc:
@@ -262,7 +268,7 @@ async def run(env: dict[str, str]) -> int:
     store = await open_for_work(nats_url.split(","), name=f"aios-replica-{env.get('AIOS_JOB_ID', '')}")
     try:
         replica = Replica(store, uri, env.get("AIOS_JOB_ID", ""), int(env.get("RANK", "0")),
-                          env.get("AIOS_SERVE_HOST", "127.0.0.1"), port, max_batch, max_delay, as_of)
+                          env.get("AIOS_SERVE_HOST", "127.0.0.1"), port, max_batch, max_delay, as_of, as_of_seq)
         await replica.run(stop)
         return EXIT_TO_FOLLOW if replica.restart_to_follow else 0
     finally:

@@ -197,8 +197,8 @@ class Registry:
         """The model as its events say now (read fresh, not from the fold)."""
         history = await self.store.read(f"model.{check_name(name)}")
         state = ModelState(name)
-        for ev in history.events:
-            evolve(state, ev, history.version)
+        for seq, ev in zip(history.seqs, history.events):
+            evolve(state, ev, seq)
         state.version = history.version
         return state
 

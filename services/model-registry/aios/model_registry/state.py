@@ -56,6 +56,9 @@ class VersionState:
     dataset, metrics, per_class, confusion."""
     other_evaluations: dict[str, dict[str, float]] = field(default_factory=dict)
     """Metrics of evaluations on other data, by dataset: kept beside the headline, not in its place."""
+    registered_seq: int = 0
+    """Log sequence of its registration: orders it against a job's submission (``registered_at`` is the
+    registry's clock, the submission's stamp the gateway's or the CLI's host)."""
 
 
 @dataclass
@@ -81,12 +84,13 @@ class ModelState:
 
 
 def evolve(state: ModelState, ev: Event, version: int) -> ModelState:
-    """Apply one event (mutates and returns ``state``; ``version`` is the aggregate version after it)."""
+    """Apply one event (mutates and returns ``state``; ``version`` is the aggregate version after it: the log
+    sequence of the event's commit)."""
     state.version = version
     if isinstance(ev, ModelVersionRegistered):
         state.versions[ev.version] = VersionState(
             ev.version, ev.digest, ev.size_bytes, ev.format, ev.signature, ev.lineage, dict(ev.metrics),
-            ev.description, dict(ev.tags), ev.ts, ev.registered_by)
+            ev.description, dict(ev.tags), ev.ts, ev.registered_by, registered_seq=version)
         state.collected.discard(ev.digest)
     elif isinstance(ev, ModelVersionEvaluated):
         if ev.version in state.versions:

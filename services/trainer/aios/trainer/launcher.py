@@ -95,9 +95,10 @@ def worker_env(job: JobState, assignment: Assignment, rank: int, local_rank: int
             **({"AIOS_CHECKPOINT_INTERVAL_S": repr(spec.checkpoint_interval_s)}
                if spec.checkpoint_interval_s is not None else {}),
             # a bare model name is served at its latest version when the job was submitted: every replica, and
-            # every replacement, the same one (each resolved it when it started: a deployment served two versions)
-            **({"AIOS_SERVE": json.dumps({**spec.serve, "as_of": job.submitted_at})} if spec.serve is not None
-               else {})}
+            # every replacement, the same one (each resolved it when it started: a deployment served two versions);
+            # by log sequence, the submission's and the registration's stamps being two hosts' clocks
+            **({"AIOS_SERVE": json.dumps({**spec.serve, "as_of": job.submitted_at, "as_of_seq": job.arrival})}
+               if spec.serve is not None else {})}
 
 
 def worker_command(job: JobState | None = None) -> list[str]:
