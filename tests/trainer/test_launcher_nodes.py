@@ -285,6 +285,37 @@ def test_a_worker_killed_by_a_signal_fails_the_job_naming_the_signal() -> None:
     assert state.jobs["j"].exit_signals == {}
 
 
+def test_a_worker_that_dies_on_a_gpu_out_of_service_says_so() -> None:
+    """Found by review: a rank killed as its GPU failed (XID 79) failed its job with "killed by SIGKILL (signal 9:
+    out of memory?)", and nothing said the GPU was behind it, though the inventory knew."""
+    from aios.common.events import DeviceUnhealthy
+    from aios.scheduler.state import SchedulerState, evolve
+    from aios.trainer.launcher import device_faults, outcome
+
+    state = SchedulerState()
+    devices = [DeviceInfo(uuid=u, index=i, kind="a100", model="A100", memory_bytes=40 << 30)
+               for i, u in enumerate(uuids("n1"))]
+    placed = [Assignment(node_id="n1", device_uuids=uuids("n1"), ranks=[0, 1])]
+    for seq, ev in enumerate([
+            NodeRegistered(aggregate_id="n1", hostname="n1", agent_id="a", cpu_cores=8, memory_bytes=64 << 30,
+                           devices=devices),
+            JobSubmitted(aggregate_id="j", tenant="ml", name="j", spec={"name": "j", "tenant": "ml", "devices": 2,
+                                                                        "command": ["python", "t.py"]}),
+            JobPlaced(aggregate_id="j", world_size=2, assignments=placed),
+            DeviceUnhealthy(aggregate_id="n1", device_uuid="n1-g1", reason="critical XID 79", xid=79),
+            WorkerExited(aggregate_id="j", node_id="n1", worker="rank1-a1", exit_code=None, signal=9, attempt=1)],
+            start=1):
+        from aios.resource_manager.inventory import evolve as inventory_evolve
+        inventory_evolve(state.inv, ev, seq)
+        evolve(state, ev, seq)
+    job = state.jobs["j"]
+    faults = device_faults(job, state.inv)
+    assert faults == {"rank1-a1": "its GPU n1-g1 on n1 is out of service (critical XID 79)"}
+    assert outcome(job, faults=faults) == ("failed", "worker rank1-a1 was killed by SIGKILL (signal 9: out of "
+                                                     "memory?); its GPU n1-g1 on n1 is out of service (critical "
+                                                     "XID 79)", None)
+
+
 def test_exit_75_again_and_again_without_progress_fails_the_job_as_a_crash_loop() -> None:
     """Exit 75 requeues a job to resume; a program that exits 75 at once requeued itself for ever. After 5 such
     requeues in a row without progress (no new step reported, each run under 10 minutes) the next exit 75 fails the

@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 import zlib
-from typing import Any
+from typing import Any, Mapping
 
 from aios.common import natsauth, tracing
 from aios.common.events import (
@@ -33,6 +33,7 @@ from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import Projector
 from aios.common.store import Commit
 from aios.device_agent.protocol import run_subject, stop_subject
+from aios.resource_manager.inventory import Inventory
 from aios.trainer import EXIT_INTERRUPTED, MAX_INTERRUPTIONS_WITHOUT_PROGRESS, checkpoints
 from aios.trainer.collective.ring import abort_subject, group_name
 from aios.scheduler.spec import DEFAULT_STOP_GRACE_S
@@ -145,7 +146,8 @@ def own_exits(job: JobState) -> list[str]:
 
 def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
             nodes_lost: frozenset[str] = frozenset(), now: float | None = None,
-            ran_s: float | None = None) -> tuple[str, str, int | None] | None:
+            ran_s: float | None = None, faults: Mapping[str, str] | None = None
+            ) -> tuple[str, str, int | None] | None:
     """``(succeeded|failed|requeued|restarted, reason, exit code)`` once it is decided, else None: the first worker
     (by name) to exit non-zero on its own fails the job at once (its peers are then stopped), or, while the spec's
     ``max_restarts`` allows, restarts it from its checkpoint once they have exited; a worker its agent stopped while
@@ -157,7 +159,8 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
     own is success. A worker that exits ``EXIT_INTERRUPTED`` (stopped before its last step by a signal AIOS did not
     send, or cut off from NATS) was interrupted too: the job resumes, it neither succeeded nor failed, unless it has
     done so ``MAX_INTERRUPTIONS_WITHOUT_PROGRESS`` times in a row without progress (at ``now``, default the clock;
-    ``ran_s``: how long the attempt ran, timed by its trainer, else ``now`` less the placement's stamp)."""
+    ``ran_s``: how long the attempt ran, timed by its trainer, else ``now`` less the placement's stamp). A reason
+    names the fault of the GPU of the worker it is about, if ``faults`` has one."""
     if not (nodes_going or nodes_lost) and replaceable(job):
         return None  # its replicas are replaced one by one: the attempt goes on
     world = sum(max(1, len(a.device_uuids)) for a in job.assignments)
@@ -171,7 +174,7 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
     if bad:
         worker, code = bad[0]
         after = f", after {job.failure_restarts} restarts (max_restarts)" if job.failure_restarts else ""
-        return "failed", f"worker {worker} {how_ended(job, worker)}{after}", code
+        return "failed", f"worker {worker} {how_ended(job, worker, faults)}{after}", code
     if stopped:
         if job.workers_running > 0 and not nodes_lost:
             return None  # the others are stopping too
@@ -180,7 +183,7 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
         worker = next((w for w, c in job.exit_codes.items() if c != 0), "")
         if (worker in interrupted and job.exit_codes[worker] != EXIT_INTERRUPTED and restarts_left(job)
                 and not (nodes_lost or nodes_going) and job.spec.serve is None):
-            return ("restarted", (f"worker {worker} {how_ended(job, worker)}; "
+            return ("restarted", (f"worker {worker} {how_ended(job, worker, faults)}; "
                                  f"restart {job.failure_restarts + 1} of {job.spec.max_restarts}; {resumes(job)}"),
                     job.exit_codes[worker])
         if nodes_lost:
@@ -193,7 +196,7 @@ def outcome(job: JobState, nodes_going: frozenset[str] = frozenset(),
             looping = (job.interrupted_in_a_row >= MAX_INTERRUPTIONS_WITHOUT_PROGRESS
                        and not made_progress(job, now if now is not None else time.time(), ran_s))
             if job.spec is not None and job.spec.serve is not None:
-                how = how_ended(job, first)
+                how = how_ended(job, first, faults)
                 if looping:
                     return "failed", (f"replica {first} {how} again, after {job.interrupted_in_a_row} restarts in a "
                                       f"row, each run shorter than {PROGRESS_RUN_S:g} s: a crash loop"), \
@@ -235,14 +238,32 @@ BUILTIN_EXITS = {2: "its trainer configuration is bad", 3: "a collective failed:
 """What the built-in trainer's exit codes mean (aios.trainer.worker), for the job's error."""
 
 
-def how_ended(job: JobState, worker: str) -> str:
+def how_ended(job: JobState, worker: str, faults: Mapping[str, str] | None = None) -> str:
     """How a worker of the job's current attempt ended (:func:`exit_text`), quoting the last line it wrote to
-    stderr when it failed: a replica whose model is not registered crash-looped, and the cause was only in its
-    logs."""
+    stderr when it failed (a replica whose model is not registered crash-looped, and the cause was only in its
+    logs), and the fault of its GPU if it is out of service (``faults``, :func:`device_faults`)."""
     text = exit_text(job.exit_codes.get(worker), job.exit_signals.get(worker),
                      builtin=job.spec is not None and job.spec.trainer is not None)
     said = job.exit_messages.get(worker)
-    return f'{text}; its last stderr line: "{said}"' if said else text
+    text = f'{text}; its last stderr line: "{said}"' if said else text
+    fault = (faults or {}).get(worker)
+    return f"{text}; {fault}" if fault else text
+
+
+def device_faults(job: JobState, inv: Inventory) -> dict[str, str]:
+    """Worker -> why its GPU is out of service, for the workers of the attempt whose GPU is (an XID, a GPU off the
+    bus, a stuck process): a job killed as its GPU failed said only "killed by SIGKILL (out of memory?)"."""
+    devices = [(a.node_id, u) for a in job.assignments for u in a.device_uuids]
+    out: dict[str, str] = {}
+    for worker, (node_id, rank) in worker_places(job).items():
+        if rank >= len(devices):
+            continue
+        node_id, uuid = devices[rank]
+        node = inv.nodes.get(node_id)
+        device = node.devices.get(uuid) if node is not None else None
+        if device is not None and not device.healthy:
+            out[worker] = f"its GPU {uuid} on {node_id} is out of service ({device.reason or 'unhealthy'})"
+    return out
 
 
 def exit_text(code: int | None, sig: int | None, builtin: bool = False) -> str:
@@ -498,7 +519,8 @@ class LauncherService(Service):
         if not (lost or going) and (exited := replaceable(job)):
             await self._replace(job, exited)
             return
-        result = outcome(job, going, lost, ran_s=self._attempt_ran(job, time.time()))
+        result = outcome(job, going, lost, ran_s=self._attempt_ran(job, time.time()),
+                         faults=device_faults(job, self.projector.state.inv))
         if result is not None:
             self.decided.add(key)
             with tracing.job_span(f"finish {result[0]}", job.job_id, job.placement_trace,
@@ -514,7 +536,7 @@ class LauncherService(Service):
         for worker in exited:
             node, rank = places[worker]
             number = len(job.replacements) + 1 + exited.index(worker)
-            how = how_ended(job, worker)
+            how = how_ended(job, worker, device_faults(job, self.projector.state.inv))
             await self._append(job, ReplicaReplaced(
                 aggregate_id=job.job_id, worker=worker, replacement=f"{worker_name(rank, job.attempts)}-r{number}",
                 node_id=node, rank=rank, attempt=job.attempts,
