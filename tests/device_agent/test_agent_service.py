@@ -468,6 +468,14 @@ async def test_a_worker_that_outlives_its_sigkill_takes_its_device_out_of_servic
     await stop
     await until(lambda: _async(not service.health.held and not service.health.unhealthy), what="both back")
 
+    async def logged_healthy() -> bool:  # the log too: a release stored before its hold left them out there
+        from aios.resource_manager.inventory import Inventory, fold_commit
+        inv = Inventory()
+        await store.replay(lambda c: fold_commit(inv, c), filter_subject=store.subject(f"node.{NODE}"))
+        return all(inv.nodes[NODE].devices[u].healthy for u in pair)
+    await asyncio.sleep(0.8)  # every append made
+    assert await logged_healthy()
+
 
 async def test_a_worker_whose_lease_ends_while_it_waits_for_its_devices_never_starts(
         agent: tuple[DeviceAgentService, EventStore]) -> None:

@@ -301,12 +301,16 @@ async def test_a_shutdown_does_not_wait_for_ever_on_a_worker_that_outlives_its_s
     async def on_exit(w: Workload, code: int | None, sig: int | None) -> None:
         pass
 
-    runner = WorkloadRunner(lambda *a: None, on_exit, on_unkillable=on_stuck, unkillable_s=0.3)
+    runner = WorkloadRunner(lambda *a: None, on_exit, on_unkillable=on_stuck, unkillable_s=10.0)
     deaf = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
     w = await runner.start("j1", "w0", [sys.executable, "-c", deaf], {}, ["GPU-a"])
     try:
         await asyncio.sleep(0.8)
-        await asyncio.wait_for(runner.stop_all(cap_s=0.3), 5)
+        # and sooner than unkillable_s (10 s): the agent's supervisor gives its whole shutdown 30 s, drain and
+        # graces included, and would kill it before the hold of the devices is stored
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(runner.stop_all(cap_s=0.3), 8)
+        assert asyncio.get_running_loop().time() - started < 0.3 + workloads.SHUTDOWN_UNKILLABLE_S + 2
         assert stuck == [w] and w.proc.returncode is None
     finally:
         real(w, signal.SIGKILL)

@@ -1123,6 +1123,20 @@ def test_a_job_on_a_lost_node_is_requeued_whatever_the_resource_manager_s_clock_
         plan = step(c.state, policy, 175.0 + max(0.0, skew))
         assert plan.requeue_reasons.get("j") == f"node {there} lost; back in the queue", (skew, plan.requeue_reasons)
 
+    # the live scheduler counts that grace from when it saw the loss, if later than the resource manager's stamp
+    from aios.scheduler.rounds import StopsSeen, plan_round
+    c = Cluster(("n1", "a100", 4), ("n2", "a100", 4))
+    c.submit("j", 4, now=1.0)
+    step(c.state, policy, 100.0)
+    apply(c.state, [("job.j", [JobStarted(aggregate_id="j", world_size=4)])], 101.0)
+    there = next(iter(c.where("j")))
+    c.lose(there, 130.0 - 300)  # its resource manager 5 minutes behind, and dead before its requeue
+    assert "j" in plan_round(c.state, policy, 131.0).requeues  # by the stamp: the grace looked over at once
+    seen = StopsSeen()
+    seen.observe(c.state, 131.0)
+    assert "j" not in plan_round(c.state, policy, 150.0, seen=seen).requeues
+    assert "j" in plan_round(c.state, policy, 162.0, seen=seen).requeues
+
 
 def test_a_job_on_a_lost_node_is_requeued_even_if_the_resource_manager_never_did() -> None:
     """The resource manager appends NodeLost, then JobRequeued: dying between the two (or failing the second) left

@@ -96,6 +96,9 @@ def test_every_broken_rule_is_named_at_once() -> None:
     with pytest.raises(SpecError) as info:
         validate_spec({**GOOD, "priority": 10**9, "trainer": {"kind": "mlp", "lr": -1}})
     assert [f for f, _ in info.value.problems] == ["priority", "command"]
+    with pytest.raises(SpecError) as info:  # a trainer's memory is not weighed against a memory that is wrong
+        validate_spec({**GOOD, "command": None, "memory_gib_per_worker": -1, "trainer": {"kind": "mlp"}})
+    assert [f for f, _ in info.value.problems] == ["memory_gib_per_worker"]
     with pytest.raises(SpecError) as info:  # one problem: the message as before
         validate_spec({**GOOD, "max_restarts": -1})
     assert info.value.problems == [(info.value.field, info.value.reason)] and str(info.value).count(": ") == 1

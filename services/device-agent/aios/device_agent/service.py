@@ -126,6 +126,7 @@ class DeviceAgentService(Service):
         self.backend_factory = backend_factory
         self.agent_id = new_token()
         self.health = HealthTracker()
+        self._health_appends = asyncio.Lock()
         self.node = Projector("agent-node", Inventory, None, Inventory, fold_commit=fold_commit)
         self.samples = 0
         self.registered = 0
@@ -371,15 +372,23 @@ class DeviceAgentService(Service):
                 await asyncio.sleep(1.0)
 
     async def _append_health(self, t: Transition) -> None:
+        """Store a device's health after transition ``t``: one append at a time, each of the device's state as the
+        tracker has it when it is stored (found by review: a stuck worker's exit, recorded while its hold was still
+        being stored, could land first, and the log kept the GPU out of service while the agent had it back)."""
         node = self.config.node_id
-        ev = (DeviceHealthy(aggregate_id=node, device_uuid=t.uuid, reason=t.reason) if t.healthy else
-              DeviceUnhealthy(aggregate_id=node, device_uuid=t.uuid, reason=t.reason, xid=t.xid))
-        self.metrics.set_health(t.uuid, t.healthy, t.xid)
-        log.warning("device health changed", extra={"uuid": t.uuid, "healthy": t.healthy, "reason": t.reason})
-        try:
-            await self.ctx.store.append(f"node.{node}", ev)
-        except AiosError as exc:
-            log.error("health event not stored", extra={"error": str(exc)})
+        async with self._health_appends:
+            now_state = self.health.unhealthy.get(t.uuid)
+            healthy = now_state is None
+            reason = (t.reason if t.healthy else "healthy again") if healthy else now_state[0]  # type: ignore[index]
+            xid = None if healthy or t.healthy else t.xid
+            ev = (DeviceHealthy(aggregate_id=node, device_uuid=t.uuid, reason=reason) if healthy else
+                  DeviceUnhealthy(aggregate_id=node, device_uuid=t.uuid, reason=reason, xid=xid))
+            self.metrics.set_health(t.uuid, healthy, xid)
+            log.warning("device health changed", extra={"uuid": t.uuid, "healthy": healthy, "reason": reason})
+            try:
+                await self.ctx.store.append(f"node.{node}", ev)
+            except AiosError as exc:
+                log.error("health event not stored", extra={"error": str(exc)})
 
     # -- workloads ------------------------------------------------------------------------------------------------------
     async def _handle_run(self, msg: Msg) -> None:

@@ -88,6 +88,10 @@ def _own_session_dies_with_agent() -> None:
 
 
 LAST_ERROR_CHARS = 300
+SHUTDOWN_UNKILLABLE_S = 2.0
+"""On the agent's own shutdown, how long a worker may outlive its SIGKILL before it is reported stuck: drain (5 s),
+the jobs' grace (up to 20 s) and this must fit a supervisor's kill timeout (30 s in deploy/), or the hold of its
+devices is never stored and the next agent knows nothing of the process."""
 
 
 class WorkloadRunner:
@@ -248,8 +252,9 @@ class WorkloadRunner:
         """Wait for a worker sent SIGKILL to go. One still there ``unkillable_s`` later is stuck in the kernel (a
         hung driver or file system; no signal reaches it): ``on_unkillable`` is told, so that its devices are
         taken out of service instead of refusing every worker placed there next, and the wait goes on."""
-        try:
-            await asyncio.wait_for(w.proc.wait(), self.unkillable_s)
+        try:  # on the agent's own shutdown, sooner: its supervisor's kill timeout would cut the report off
+            await asyncio.wait_for(w.proc.wait(), self.unkillable_s if wait_out else min(self.unkillable_s,
+                                                                                         SHUTDOWN_UNKILLABLE_S))
             return
         except asyncio.TimeoutError:
             pass

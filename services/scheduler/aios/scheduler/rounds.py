@@ -187,7 +187,7 @@ def _choose_kind(tenants: dict[str, quotas.Quota], usage: dict[str, dict[str, in
     return {k: n}, d
 
 
-def _lost_a_while(state: SchedulerState, job: JobState, now: float) -> str:
+def _lost_a_while(state: SchedulerState, job: JobState, now: float, seen: "StopsSeen | None" = None) -> str:
     """A node of the job's placement declared lost (or registered anew) since the placement, more than
     ``LOST_NODE_GRACE_S`` ago, where the job's devices are no longer its own ("" if none): the resource manager
     requeues the job at once, and this is the fallback."""
@@ -200,6 +200,8 @@ def _lost_a_while(state: SchedulerState, job: JobState, now: float) -> str:
         # log order: the clocks of the resource manager and the agent are not the scheduler's
         since = node.lost_at if node.lost_at is not None else node.registered_at
         after = (node.lost_seq if node.lost_at is not None else node.registered_seq) > job.placed_seq
+        if seen is not None:  # its grace from when this replica saw it, if later than the other host's stamp
+            since = seen.since(f"node {a.node_id}", since)
         if (after and now - since > LOST_NODE_GRACE_S
                 and any(holder.get(u) != job.job_id for u in a.device_uuids)):
             return a.node_id
@@ -214,7 +216,7 @@ def _stop_hold_s(job: JobState) -> float:
 
 class StopsSeen:
     """When this process first saw each job's stop begin (its preemption, or its end with workers still stopping),
-    on its own clock. Grace periods count from the later of that and the stop's stamp, which is the clock of the
+    and each node's loss or new registration, on its own clock. Grace periods count from the later of that and the stop's stamp, which is the clock of the
     host that wrote it (a trainer, the previous leader): one 40 s behind cut a 30 s grace to nothing, and the
     job's devices went to the next job while its workers still ran. A new leader counts them from its start
     (longer, never shorter); Kubernetes' node controller likewise times a node's silence by its own clock. Only
@@ -228,6 +230,9 @@ class StopsSeen:
         current: dict[str, tuple[object, ...]] = {
             j.job_id: ("preempted", j.preemptions) for j in state.active() if j.status == PREEMPTING}
         current.update((job_id, ("ended",)) for job_id in state.stopping)
+        current.update((f"node {n}", ("lost", node.lost_seq) if node.lost_at is not None else
+                        ("registered", node.registered_seq)) for n, node in state.inv.nodes.items()
+                       if node.lost_at is not None or node.registrations > 1)
         seen = self._seen
         self._seen = {job_id: (mark, seen[job_id][1] if job_id in seen and seen[job_id][0] == mark else now)
                       for job_id, mark in current.items()}
@@ -266,7 +271,7 @@ def _housekeeping(state: SchedulerState, now: float, plan: RoundPlan, seen: Stop
         if job.status == PREEMPTING and (job.workers_running == 0 or now - preempted > _stop_hold_s(job)):
             plan.requeues.append(job.job_id)
             whole.update((a.node_id, job.job_id) for a in job.assignments)
-        elif job.status in (PLACED, RUNNING) and (gone := _lost_a_while(state, job, now)):
+        elif job.status in (PLACED, RUNNING) and (gone := _lost_a_while(state, job, now, seen)):
             # its node was declared lost, and whoever should have requeued the job did not (the resource manager
             # died between the two appends, or its second one failed): it stayed "running" for ever, charged to
             # its tenant's quota
@@ -1154,11 +1159,13 @@ def submission_note(why: str) -> str:
 
 
 def explain(state: SchedulerState, policy: Policy, job_id: str, now: float, viewer: str | None = None, *,
-            estimate: Callable[[JobState], float] = default_estimate, cache: BinCache | None = None) -> str:
+            estimate: Callable[[JobState], float] = default_estimate, cache: BinCache | None = None,
+            seen: StopsSeen | None = None) -> str:
     """Why a job is where it is (``aios why``); for a ``viewer`` tenant, other tenants' jobs are not named (the
-    jobs ahead, the holders of devices), as that tenant cannot see them anywhere else. ``estimate`` and ``cache``:
-    the live rounds' (backfill's reservations are the rounds' own, and the nodes' bins are not built again)."""
-    text = _explain(state, policy, job_id, now, estimate, cache)
+    jobs ahead, the holders of devices), as that tenant cannot see them anywhere else. ``estimate``, ``cache`` and
+    ``seen``: the live rounds' (backfill's reservations are the rounds' own, the nodes' bins are not built again,
+    and a stopping job's devices are held as the rounds hold them)."""
+    text = _explain(state, policy, job_id, now, estimate, cache, seen)
     if viewer is None:
         return text
     return visibility.redact(text, lambda j: other.tenant if (other := state.jobs.get(j)) else None, viewer,
@@ -1166,7 +1173,8 @@ def explain(state: SchedulerState, policy: Policy, job_id: str, now: float, view
 
 
 def _explain(state: SchedulerState, policy: Policy, job_id: str, now: float,
-             estimate: Callable[[JobState], float] = default_estimate, cache: BinCache | None = None) -> str:
+             estimate: Callable[[JobState], float] = default_estimate, cache: BinCache | None = None,
+             seen: StopsSeen | None = None) -> str:
     job = state.jobs.get(job_id)
     if job is None:
         return f"no job {job_id!r}"
@@ -1175,7 +1183,7 @@ def _explain(state: SchedulerState, policy: Policy, job_id: str, now: float,
         where = ", ".join(f"{a.node_id}:{len(a.device_uuids)}" for a in job.assignments
                           if job.status in HOLDING)  # an ended job holds nothing ("cancelled on sim-2:4")
         return f"{job_id} is {job.status}{detail}" + (f" on {where}" if where else "") + _slow_start(state, job, now)
-    plan = plan_round(state, policy, now, estimate=estimate, cache=cache)
+    plan = plan_round(state, policy, now, estimate=estimate, cache=cache, seen=seen)
     position = plan.order.index(job_id) + 1 if job_id in plan.order else 0
     ahead = plan.order[:position - 1][-5:] if position else []
     if any(p.job_id == job_id for p in plan.placements):

@@ -291,7 +291,8 @@ class SchedulerService(Service):
             body = ({"error": "field 'viewer': a tenant name is expected"}
                     if viewer is not None and not isinstance(viewer, str) else
                     {"job": job, "why": explain(state, self.policy, job, time.time(), viewer,
-                                               estimate=self.predictor.estimate, cache=self.bins)})
+                                               estimate=self.predictor.estimate, cache=self.bins,
+                                               seen=self.stops_seen)})
         elif what == "cannot_start":  # `aios submit`'s note: whether nodes must join before it can start at all
             # (asked with `why`, each submission ran a whole round on every scheduler replica for a lookup)
             known = state.jobs.get(job)

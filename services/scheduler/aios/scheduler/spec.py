@@ -270,7 +270,8 @@ def _problems(spec: JobSpec) -> list[tuple[str, str]]:
     if spec.command is not None and (not spec.command or not all(spec.command)):
         out.append(("command", "must be a non-empty list of non-empty strings"))
     if spec.trainer is not None:
-        out.extend(_trainer_problems(spec, spec.trainer))
+        memory_ok = not any(field == "memory_gib_per_worker" for field, _ in out)
+        out.extend(p for p in _trainer_problems(spec, spec.trainer) if memory_ok or p[0] != "trainer")
     return out
 
 

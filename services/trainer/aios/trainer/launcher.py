@@ -253,10 +253,11 @@ def how_ended(job: JobState, worker: str, faults: Mapping[str, str] | None = Non
 def device_faults(job: JobState, inv: Inventory) -> dict[str, str]:
     """Worker -> why its GPU is out of service, for the workers of the attempt whose GPU is (an XID, a GPU off the
     bus, a stuck process): a job killed as its GPU failed said only "killed by SIGKILL (out of memory?)"."""
-    devices = [(a.node_id, u) for a in job.assignments for u in a.device_uuids]
+    # by rank as placement_workers counts them: one a device, one on a node given none
+    devices = [(a.node_id, u) for a in job.assignments for u in (a.device_uuids or [""])]
     out: dict[str, str] = {}
     for worker, (node_id, rank) in worker_places(job).items():
-        if rank >= len(devices):
+        if rank >= len(devices) or not devices[rank][1]:
             continue
         node_id, uuid = devices[rank]
         node = inv.nodes.get(node_id)

@@ -152,8 +152,9 @@ def submissions(trace: list[TraceJob], throughputs: Throughputs, cluster: dict[s
         try:
             validate_spec(spec)
         except SpecError as exc:
-            given = f" {spec[exc.field]!r}" if exc.field in spec else ""
-            raise ConfigError(f"job {job_id!r}: {exc.field}{given}: {exc.reason}") from None
+            raise ConfigError(f"job {job_id!r}: " + "; ".join(
+                f"{field}{f' {spec[field]!r}' if field in spec else ''}: {reason}"
+                for field, reason in exc.problems)) from None
         out.append((job_id, tj, rates, spec))
     return out
 
