@@ -58,3 +58,14 @@ def test_bench_scheduler_prints_the_figures_as_json(aios_env: dict[str, str]) ->
     assert result["placed"] == 20 and result["submit_to_placed_p99_ms"] > 0
     assert result["blocked_queue_jobs"] == 200 and all(
         result[f"blocked_queue_round_ms_{p}"] > 0 for p in ("fairshare", "fairshare+quotas", "priority", "las"))
+
+
+def test_bench_fluid_lp_prints_the_figures_as_json() -> None:
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "bench" / "fluid_lp.py"
+    out = subprocess.run([sys.executable, str(script), "--jobs", "5", "30", "--repeat", "1"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    figures = json.loads(out.stdout)
+    assert set(figures) == {"ms_per_solve_5_jobs", "ms_per_solve_30_jobs"} and all(v > 0 for v in figures.values())
