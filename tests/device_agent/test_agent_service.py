@@ -504,12 +504,12 @@ def test_the_shutdown_grace_setting_is_checked() -> None:
 
     assert AgentConfig.from_env({"AIOS_NODE_ID": "n"}).stop_grace_s == 20.0
     assert AgentConfig.from_env({"AIOS_NODE_ID": "n", "AIOS_AGENT_STOP_GRACE_S": "45"}).stop_grace_s == 45.0
-    with pytest.raises(ConfigError, match=r"AIOS_AGENT_STOP_GRACE_S='soon': a positive number of seconds"):
+    with pytest.raises(ConfigError, match=r"AIOS_AGENT_STOP_GRACE_S='soon': must be a positive number of seconds"):
         AgentConfig.from_env({"AIOS_NODE_ID": "n", "AIOS_AGENT_STOP_GRACE_S": "soon"})
     assert AgentConfig.from_env({"AIOS_NODE_ID": "n"}).unkillable_s == 10.0
     assert AgentConfig.from_env({"AIOS_NODE_ID": "n", "AIOS_AGENT_UNKILLABLE_S": "60"}).unkillable_s == 60.0
     for bad in ("0", "-1", "inf", "nan", "later"):
-        with pytest.raises(ConfigError, match=rf"AIOS_AGENT_UNKILLABLE_S='{bad}': a positive number of seconds"):
+        with pytest.raises(ConfigError, match=rf"AIOS_AGENT_UNKILLABLE_S='{bad}': must be a positive number of "):
             AgentConfig.from_env({"AIOS_NODE_ID": "n", "AIOS_AGENT_UNKILLABLE_S": bad})
 
 

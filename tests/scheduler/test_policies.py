@@ -1087,6 +1087,18 @@ def test_a_job_preempts_no_scavenger_for_room_on_kinds_its_quota_does_not_let_it
     assert preempted == [] and c.status("scav") == PLACED and c.status("nlpjob") == PENDING, preempted
 
 
+def _running_on_one_of_two_nodes(policy: Policy) -> Cluster:
+    """Job j (4 devices) placed at 100 s on one of two 4-device nodes, running since 101 s."""
+    from aios.common.events import JobStarted
+    from aios.scheduler.local import apply
+
+    c = Cluster(("n1", "a100", 4), ("n2", "a100", 4))
+    c.submit("j", 4, now=1.0)
+    step(c.state, policy, 100.0)
+    apply(c.state, [("job.j", [JobStarted(aggregate_id="j", world_size=4)])], 101.0)
+    return c
+
+
 def test_a_job_on_a_lost_node_is_requeued_whatever_the_resource_manager_s_clock_says() -> None:
     """Found by review: the resource manager stamps NodeLost and its JobRequeued with its own clock. 30 s behind
     the scheduler's, its requeue looked older than the job's placement and was dropped as late, and the fallback
@@ -1095,13 +1107,10 @@ def test_a_job_on_a_lost_node_is_requeued_whatever_the_resource_manager_s_clock_
     from aios.common.events import JobRequeued, JobStarted
     from aios.scheduler.local import apply
 
+    policy = make_policy("fifo")
     for skew in (-30.0, -300.0, +300.0):
-        c = Cluster(("n1", "a100", 4), ("n2", "a100", 4))
-        policy = make_policy("fifo")
-        c.submit("j", 4, now=1.0)
-        step(c.state, policy, 100.0)
+        c = _running_on_one_of_two_nodes(policy)
         lost = next(iter(c.where("j")))
-        apply(c.state, [("job.j", [JobStarted(aggregate_id="j", world_size=4)])], 101.0)
         c.lose(lost, 110.0 + skew)
         loss = c.state.inv.nodes[lost].lost_seq
         assert loss == c.state.seq
@@ -1125,10 +1134,7 @@ def test_a_job_on_a_lost_node_is_requeued_whatever_the_resource_manager_s_clock_
 
     # the live scheduler counts that grace from when it saw the loss, if later than the resource manager's stamp
     from aios.scheduler.rounds import StopsSeen, plan_round
-    c = Cluster(("n1", "a100", 4), ("n2", "a100", 4))
-    c.submit("j", 4, now=1.0)
-    step(c.state, policy, 100.0)
-    apply(c.state, [("job.j", [JobStarted(aggregate_id="j", world_size=4)])], 101.0)
+    c = _running_on_one_of_two_nodes(policy)
     there = next(iter(c.where("j")))
     c.lose(there, 130.0 - 300)  # its resource manager 5 minutes behind, and dead before its requeue
     assert "j" in plan_round(c.state, policy, 131.0).requeues  # by the stamp: the grace looked over at once

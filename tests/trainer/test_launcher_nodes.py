@@ -316,6 +316,18 @@ def test_a_worker_that_dies_on_a_gpu_out_of_service_says_so() -> None:
                                                      "XID 79)", None)
 
 
+def submitted_two_device_command() -> tuple[Any, list[Assignment], Any]:
+    """A scheduler state with job j (a 2-device command) submitted; the placement on n1 to give it; the log
+    sequence numbers to fold the next events at."""
+    from aios.scheduler.state import SchedulerState, evolve
+
+    state = SchedulerState()
+    seq = iter(range(1, 1000))
+    evolve(state, JobSubmitted(aggregate_id="j", tenant="ml", name="j", spec={
+        "name": "j", "tenant": "ml", "devices": 2, "command": ["python", "t.py"]}), next(seq))
+    return state, [Assignment(node_id="n1", device_uuids=uuids("n1"), ranks=[0, 1])], seq
+
+
 def test_exit_75_again_and_again_without_progress_fails_the_job_as_a_crash_loop() -> None:
     """Exit 75 requeues a job to resume; a program that exits 75 at once requeued itself for ever. After 5 such
     requeues in a row without progress (no new step reported, each run under 10 minutes) the next exit 75 fails the
@@ -323,14 +335,10 @@ def test_exit_75_again_and_again_without_progress_fails_the_job_as_a_crash_loop(
     import time
 
     from aios.common.events import JobProgress, JobRequeued, WorkerExited
-    from aios.scheduler.state import SchedulerState, evolve
+    from aios.scheduler.state import evolve
     from aios.trainer.launcher import outcome
 
-    state = SchedulerState()
-    placed = [Assignment(node_id="n1", device_uuids=uuids("n1"), ranks=[0, 1])]
-    seq = iter(range(1, 1000))
-    evolve(state, JobSubmitted(aggregate_id="j", tenant="ml", name="j", spec={
-        "name": "j", "tenant": "ml", "devices": 2, "command": ["python", "t.py"]}), next(seq))
+    state, placed, seq = submitted_two_device_command()
     job = state.jobs["j"]
 
     def attempt(step: int | None = None, ran_s: float = 5.0, peer_stopped: bool = False
@@ -962,13 +970,9 @@ def test_an_attempt_s_length_is_taken_from_its_trainer_not_from_two_clocks() -> 
     minutes of progress, so its crash loop was requeued for ever; one 5 minutes behind charged runs of under five
     minutes as 0 s. The trainer says how long the attempt ran (``attempt_s``), on its own clock."""
     from aios.common.events import JobRequeued, JobSucceeded
-    from aios.scheduler.state import SchedulerState, evolve
+    from aios.scheduler.state import evolve
 
-    state = SchedulerState()
-    placed = [Assignment(node_id="n1", device_uuids=uuids("n1"), ranks=[0, 1])]
-    seq = iter(range(1, 1000))
-    evolve(state, JobSubmitted(aggregate_id="j", tenant="ml", name="j", spec={
-        "name": "j", "tenant": "ml", "devices": 2, "command": ["python", "t.py"]}), next(seq))
+    state, placed, seq = submitted_two_device_command()
     job = state.jobs["j"]
     for i in range(7):  # placed at 1000 s by the scheduler, requeued 2 s later by a trainer 10 minutes ahead
         t = 1000.0 + 10 * i

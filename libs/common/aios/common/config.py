@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import msgspec
@@ -45,6 +46,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def servers(self) -> list[str]:
         return [u.strip() for u in (self.nats_url or "").split(",") if u.strip()]
+
+
+def seconds_setting(env: Mapping[str, str], name: str, default: float | None, *, off: bool = False,
+                    unset: str = "") -> float | None:
+    """A setting of a positive number of seconds: ``default`` when unset, None for ``off`` where allowed, a
+    :class:`ConfigError` naming it otherwise (``unset``: what leaving it unset means, said in the error)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if off and raw.lower() == "off":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{name}={raw!r}: must be a positive number of seconds" + (" or 'off'" if off else "")
+                          + unset)
+    return value
 
 
 def _int(env: dict[str, str], name: str, default: int, low: int, high: int) -> int:

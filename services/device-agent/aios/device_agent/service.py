@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StorageType
 
 from aios.common import joblogs, tracing
-from aios.common.config import AGENT_DRAIN_S, AGENT_STOP_GRACE_S
+from aios.common.config import AGENT_DRAIN_S, AGENT_STOP_GRACE_S, seconds_setting
 from aios.common.errors import AiosError, ConfigError, StoreError
 from aios.common.events import (
     DeviceHealthy, DevicesReleased, DeviceUnhealthy, NodeCordoned, NodeLost, NodeRegistered, WorkerExited,
@@ -80,27 +80,9 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
                              heartbeat_interval_s=float(env.get("AIOS_HEARTBEAT_INTERVAL", "2")))
         except ValueError as exc:
             raise ConfigError(f"AIOS_TELEMETRY_INTERVAL / AIOS_HEARTBEAT_INTERVAL: {exc}") from None
-        fence = env.get("AIOS_AGENT_FENCE_AFTER", "").strip()
-        try:
-            fence_after = float(fence) if fence else None
-        except ValueError:
-            fence_after = -1.0
-        if fence_after is not None and not 0 < fence_after < float("inf"):
-            raise ConfigError(f"AIOS_AGENT_FENCE_AFTER={fence!r}: a positive number of seconds (unset: never)")
-        raw_grace = env.get("AIOS_AGENT_STOP_GRACE_S", "").strip()
-        try:
-            grace = float(raw_grace) if raw_grace else AGENT_STOP_GRACE_S
-        except ValueError:
-            grace = -1.0
-        if not 0 < grace < float("inf"):
-            raise ConfigError(f"AIOS_AGENT_STOP_GRACE_S={raw_grace!r}: a positive number of seconds")
-        raw_stuck = env.get("AIOS_AGENT_UNKILLABLE_S", "").strip()
-        try:
-            unkillable = float(raw_stuck) if raw_stuck else AGENT_UNKILLABLE_S
-        except ValueError:
-            unkillable = -1.0
-        if not 0 < unkillable < float("inf"):
-            raise ConfigError(f"AIOS_AGENT_UNKILLABLE_S={raw_stuck!r}: a positive number of seconds")
+        fence_after = seconds_setting(env, "AIOS_AGENT_FENCE_AFTER", None, unset=" (unset: never)")
+        grace = seconds_setting(env, "AIOS_AGENT_STOP_GRACE_S", AGENT_STOP_GRACE_S)
+        unkillable = seconds_setting(env, "AIOS_AGENT_UNKILLABLE_S", AGENT_UNKILLABLE_S)
         return cls(node_id=node, sim=env.get("AIOS_SIM") or None, fence_after_s=fence_after, stop_grace_s=grace,
                    unkillable_s=unkillable, **intervals)
 

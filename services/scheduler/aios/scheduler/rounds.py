@@ -187,7 +187,7 @@ def _choose_kind(tenants: dict[str, quotas.Quota], usage: dict[str, dict[str, in
     return {k: n}, d
 
 
-def _lost_a_while(state: SchedulerState, job: JobState, now: float, seen: "StopsSeen | None" = None) -> str:
+def _lost_a_while(state: SchedulerState, job: JobState, now: float, seen: "StopsSeen") -> str:
     """A node of the job's placement declared lost (or registered anew) since the placement, more than
     ``LOST_NODE_GRACE_S`` ago, where the job's devices are no longer its own ("" if none): the resource manager
     requeues the job at once, and this is the fallback."""
@@ -198,10 +198,9 @@ def _lost_a_while(state: SchedulerState, job: JobState, now: float, seen: "Stops
             continue
         # lost since the placement, or registered again since (a new agent, its devices no longer the job's), in
         # log order: the clocks of the resource manager and the agent are not the scheduler's
-        since = node.lost_at if node.lost_at is not None else node.registered_at
         after = (node.lost_seq if node.lost_at is not None else node.registered_seq) > job.placed_seq
-        if seen is not None:  # its grace from when this replica saw it, if later than the other host's stamp
-            since = seen.since(f"node {a.node_id}", since)
+        # its grace from when this replica saw it, if later than the other host's stamp
+        since = seen.since(f"node {a.node_id}", node.lost_at if node.lost_at is not None else node.registered_at)
         if (after and now - since > LOST_NODE_GRACE_S
                 and any(holder.get(u) != job.job_id for u in a.device_uuids)):
             return a.node_id
@@ -216,11 +215,11 @@ def _stop_hold_s(job: JobState) -> float:
 
 class StopsSeen:
     """When this process first saw each job's stop begin (its preemption, or its end with workers still stopping),
-    and each node's loss or new registration, on its own clock. Grace periods count from the later of that and the stop's stamp, which is the clock of the
-    host that wrote it (a trainer, the previous leader): one 40 s behind cut a 30 s grace to nothing, and the
-    job's devices went to the next job while its workers still ran. A new leader counts them from its start
-    (longer, never shorter); Kubernetes' node controller likewise times a node's silence by its own clock. Only
-    the live service keeps one: a simulation has one clock."""
+    and each node's loss or new registration, on its own clock. Grace periods count from the later of that and the
+    stamp, which is the clock of the host that wrote it (a trainer, the previous leader): one 40 s behind cut a
+    30 s grace to nothing, and the job's devices went to the next job while its workers still ran. A new leader
+    counts them from its start (longer, never shorter); Kubernetes' node controller likewise times a node's silence
+    by its own clock. Only the live service keeps one; an empty one (a simulation: one clock) gives the stamps."""
 
     def __init__(self) -> None:
         self._seen: dict[str, tuple[tuple[object, ...], float]] = {}
@@ -243,17 +242,16 @@ class StopsSeen:
         return max(stamped, seen[1]) if seen is not None else stamped
 
 
-def _stopping(state: SchedulerState, job: JobState, now: float, seen: StopsSeen | None = None) -> bool:
+def _stopping(state: SchedulerState, job: JobState, now: float, seen: StopsSeen) -> bool:
     """An ended job whose workers have not all exited yet (``state.stopping``), within its grace: it keeps its
     devices until they have (Slurm's COMPLETING; a job placed on them was refused by the node's agent while they
     ran)."""
     if job.job_id not in state.stopping or job.finished_at is None:
         return False
-    began = seen.since(job.job_id, job.finished_at) if seen is not None else job.finished_at
-    return now - began <= _stop_hold_s(job)
+    return now - seen.since(job.job_id, job.finished_at) <= _stop_hold_s(job)
 
 
-def _housekeeping(state: SchedulerState, now: float, plan: RoundPlan, seen: StopsSeen | None = None) -> None:
+def _housekeeping(state: SchedulerState, now: float, plan: RoundPlan, seen: StopsSeen) -> None:
     whole: set[tuple[str, str]] = set()
     stray: dict[tuple[str, str], list[str]] = {}
     for uuid, job_id in state.inv.leases.holder.items():
@@ -265,10 +263,8 @@ def _housekeeping(state: SchedulerState, now: float, plan: RoundPlan, seen: Stop
             stray.setdefault((node, job_id), []).append(uuid)  # booked by a placement that lost a race
     holder = state.inv.leases.holder
     for job in state.active():
-        preempted = job.preempted_at if job.preempted_at is not None else now
-        if seen is not None and job.status == PREEMPTING:
-            preempted = seen.since(job.job_id, preempted)
-        if job.status == PREEMPTING and (job.workers_running == 0 or now - preempted > _stop_hold_s(job)):
+        if job.status == PREEMPTING and (job.workers_running == 0 or now - seen.since(
+                job.job_id, job.preempted_at if job.preempted_at is not None else now) > _stop_hold_s(job)):
             plan.requeues.append(job.job_id)
             whole.update((a.node_id, job.job_id) for a in job.assignments)
         elif job.status in (PLACED, RUNNING) and (gone := _lost_a_while(state, job, now, seen)):
@@ -310,7 +306,7 @@ def plan_round(state: SchedulerState, policy: Policy, now: float, *,
                seen: StopsSeen | None = None) -> RoundPlan:
     """``seen``: when this process first saw each stop (the live service's; grace periods count from it too)."""
     plan = RoundPlan(rejections=list(state.unrecorded))
-    _housekeeping(state, now, plan, seen)
+    _housekeeping(state, now, plan, seen if seen is not None else StopsSeen())
     _drain(state, plan)
     cancelled = set(plan.cancels)
     ordered = [j for j in policy.order(state, now, estimate) if j.job_id not in cancelled]

@@ -24,11 +24,12 @@ import zlib
 from typing import Any, Mapping
 
 from aios.common import natsauth, tracing
+from aios.common.config import seconds_setting
 from aios.common.events import (
     JOB_AGGREGATES, Assignment, JobFailed, JobRequeued, JobStarted, JobSucceeded, ReplicaReplaced,
 )
 from aios.common.events.job import placement_workers, worker_name
-from aios.common.errors import AiosError, ConcurrencyConflict, ConfigError, StoreError
+from aios.common.errors import AiosError, ConcurrencyConflict, StoreError
 from aios.common.runner import Service, ServiceContext
 from aios.common.snapshot import Projector
 from aios.common.store import Commit
@@ -731,25 +732,10 @@ class LauncherService(Service):
                     "error": f"no answer from {subject}: {exc or type(exc).__name__}"}
 
 
-def _seconds_setting(name: str, default: float, off: bool = False) -> float | None:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    if off and raw.lower() == "off":
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        raise ConfigError(f"{name}={raw!r}: must be a positive number of seconds" + (" or 'off'" if off else ""))
-    return value
-
-
 def from_env() -> LauncherService:
-    sweep = _seconds_setting("AIOS_CHECKPOINT_SWEEP_S", 3600.0)
+    sweep = seconds_setting(os.environ, "AIOS_CHECKPOINT_SWEEP_S", 3600.0)
     assert sweep is not None
     return LauncherService(node_id=os.environ.get("AIOS_NODE_ID") or None,
-                           retention_s=_seconds_setting("AIOS_CHECKPOINT_RETENTION_S", checkpoints.DEFAULT_RETENTION_S,
-                                                        off=True),
+                           retention_s=seconds_setting(os.environ, "AIOS_CHECKPOINT_RETENTION_S",
+                                                       checkpoints.DEFAULT_RETENTION_S, off=True),
                            sweep_every_s=sweep)

@@ -25,7 +25,8 @@ import nats.errors
 import nats.js.errors
 
 from aios.common import tracing
-from aios.common.errors import StoreUnavailable
+from aios.common.config import seconds_setting
+from aios.common.errors import ConfigError, StoreUnavailable
 from aios.common.events import (
     CheckpointSaved, Event, JobCancelled, JobFailed, JobPlaced, JobProgress, JobRequeued, JobSucceeded,
 )
@@ -73,16 +74,10 @@ def read_env(env: dict[str, str]) -> WorkerEnv:
         except ValueError:
             raise ValueError(f"{name}: {raw!r} is not an integer") from None
     def seconds(name: str) -> float | None:
-        raw = env.get(name)
-        if not raw:
-            return None
         try:
-            value = float(raw)
-        except ValueError:
-            value = -1.0
-        if not 0 < value < float("inf"):
-            raise ValueError(f"{name}: {raw!r} is not a positive number of seconds")
-        return value
+            return seconds_setting(env, name, None)
+        except ConfigError:
+            raise ValueError(f"{name}: {env.get(name)!r} is not a positive number of seconds") from None
     try:
         trainer = json.loads(need("AIOS_TRAINER"))
     except json.JSONDecodeError as exc:
